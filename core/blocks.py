@@ -1,0 +1,201 @@
+"""Block: drives one cell as explicit (untied), weight-tied, masked weight-tied or DEQ.
+
+A cell is any ``nn.Module`` with ``forward(z, x, **ctx) -> z_next``: ``z`` is the state, ``x`` the
+injected input, ``ctx`` anything else the cell needs (an ``edge_index``, an attention mask). The
+block never looks inside a cell except to find its weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from .grads import implicit_backward, onestep_backward, phantom_backward
+from .jacobian import jacobian_frobenius
+from .masks import MaskSet, masked_call
+from .norms import CellNorm
+from .solvers import get_solver
+from .spec import BlockSpec
+from .stats import BlockStats, residuals
+
+CellFactory = Callable[[], nn.Module]
+
+
+class Block(nn.Module):
+    """One cell driven as ``spec.mode`` says; ``forward`` returns ``(z, BlockStats)``.
+
+    Args:
+        cell_factory: makes a freshly initialised cell; called once (tied, deq) or ``depth`` times
+            (explicit).
+        spec: a BlockSpec, or a mapping that BlockSpec.from_dict accepts.
+
+    Shapes: x: (B, ...) injected input; z0: (B, ...) initial state (default zeros like x) -> z: like z0
+    """
+
+    def __init__(self, cell_factory: CellFactory, spec: BlockSpec | Mapping[str, Any]):
+        super().__init__()
+        self.spec = spec if isinstance(spec, BlockSpec) else BlockSpec.from_dict(spec)
+        n_cells = self.spec.depth if self.spec.mode == "explicit" else 1
+        self.cells = nn.ModuleList(cell_factory() for _ in range(n_cells))
+        self.norms = nn.ModuleList(CellNorm(cell, self.spec.norm, self.spec.mask.min_dim) for cell in self.cells)
+        self.masks = MaskSet(self.cells[0], self.spec.mask, num_masks=self.spec.depth)
+        self.layers = self.spec.depth
+        if self.spec.mode == "deq" and self.masks.num_masks <= 1:
+            self.layers = 1  # without distinct masks a cycle f o ... o f has the fixed point of f
+        self._sparsity = self.masks.zero_fraction()
+
+    # ----------------------------------------------------------------- weights of each layer
+    def _layer_weights(self, n_layers: int) -> list[dict[str, torch.Tensor]]:
+        """For each layer, the tensors that stand in for its cell's own weights (empty: call as is).
+
+        Normalised weights are computed once per forward (so every layer and solver step sees the
+        same normalised W), then multiplied by the layer's mask.
+        """
+        cache: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        out = []
+        for i in range(n_layers):
+            cell_idx = i if self.spec.mode == "explicit" else 0
+            mask_idx = i % self.masks.num_masks if self.masks.num_masks else -1
+            key = (cell_idx, mask_idx)
+            if key not in cache:
+                cell = self.cells[cell_idx]
+                weights = self.norms[cell_idx](cell)
+                if mask_idx >= 0:
+                    weights.update(self.masks.apply({**dict(cell.named_parameters()), **weights}, mask_idx))
+                cache[key] = weights
+            out.append(cache[key])
+        return out
+
+    def _run_layer(self, i: int, weights: dict[str, torch.Tensor], z: torch.Tensor, x: torch.Tensor,
+               ctx: dict[str, Any]) -> torch.Tensor:
+        cell = self.cells[i if self.spec.mode == "explicit" else 0]
+        return masked_call(cell, weights, z, x, **ctx)
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor, z0: torch.Tensor | None = None, **ctx: Any) -> tuple[torch.Tensor, BlockStats]:
+        z = torch.zeros_like(x) if z0 is None else z0
+        if self.spec.mode == "deq":
+            return self._forward_deq(z, x, ctx)
+        return self._forward_unrolled(z, x, ctx)
+
+    @property
+    def active_depth(self) -> int:
+        """Layers unrolled now: ``eval_depth`` in eval mode when set, else ``depth``."""
+        if not self.training and self.spec.eval_depth is not None:
+            return self.spec.eval_depth
+        return self.spec.depth
+
+    def _forward_unrolled(self, z: torch.Tensor, x: torch.Tensor, ctx: dict[str, Any]) -> tuple[torch.Tensor, BlockStats]:
+        depth = self.active_depth
+        weights = self._layer_weights(depth)
+        abs_r, rel_r = [], []
+        for i in range(depth):
+            prev = z
+            z = self._run_layer(i, weights[i], z, x, ctx)
+            with torch.no_grad():
+                a, r = residuals(z.detach(), prev.detach())
+                abs_r.append(a.mean())
+                rel_r.append(r.mean())
+        traces = torch.stack([torch.stack(abs_r), torch.stack(rel_r)]).tolist()
+        stats = BlockStats(
+            mode=self.spec.mode, depth=depth, nfe_forward=depth,
+            nfe_backward=depth if z.requires_grad else 0,
+            abs_trace=traces[0], rel_trace=traces[1],
+            abs_residual=traces[0][-1], rel_residual=traces[1][-1], sparsity=self._sparsity,
+        )
+        return z, stats
+
+    def _forward_deq(self, z: torch.Tensor, x: torch.Tensor, ctx: dict[str, Any]) -> tuple[torch.Tensor, BlockStats]:
+        spec = self.spec
+        k = self.layers
+        weights = self._layer_weights(k)
+
+        def f(state: torch.Tensor) -> torch.Tensor:
+            for i in range(k):
+                state = self._run_layer(i, weights[i], state, x, ctx)
+            return state
+
+        max_iter = spec.max_iter if self.training or spec.eval_max_iter is None else spec.eval_max_iter
+        tol = spec.tol if self.training or spec.eval_tol is None else spec.eval_tol
+        with torch.no_grad():
+            z_star, sstats = get_solver(spec.solver)(
+                f, z.detach(), max_iter=max_iter, tol=tol, stop_mode=spec.stop_mode, **spec.solver_options)
+        stats = BlockStats(
+            mode="deq", depth=k, nfe_forward=sstats.nfe * k, abs_trace=sstats.abs_trace,
+            rel_trace=sstats.rel_trace, abs_residual=sstats.abs_residual, rel_residual=sstats.rel_residual,
+            converged=sstats.converged, sparsity=self._sparsity,
+        )
+        if not torch.is_grad_enabled():
+            return z_star, stats
+
+        grad = spec.grad
+        f0 = z0 = None
+        if grad.mode == "ift" or (self.training and spec.jacobian_samples > 0):
+            z0 = z_star.detach().requires_grad_()
+            f0 = f(z0)
+            stats.nfe_forward += k
+            if self.training and spec.jacobian_samples > 0:
+                stats.jacobian_loss = jacobian_frobenius(f0, z0, spec.jacobian_samples)
+        if grad.mode == "ift":
+            def on_backward(nfe: int) -> None:
+                stats.nfe_backward = (nfe + 1) * k
+
+            out = implicit_backward(f, z_star, grad, spec.solver, on_backward, f0=f0, z0=z0)
+        elif grad.mode == "phantom":
+            out = phantom_backward(f, z_star, grad)
+            stats.nfe_forward += grad.steps * k
+            stats.nfe_backward = grad.steps * k
+        else:
+            out = onestep_backward(f, z_star)
+            stats.nfe_forward += k
+            stats.nfe_backward = k
+        return out, stats
+
+    # ----------------------------------------------------------------- parameter counts
+    def param_counts(self) -> dict[str, int]:
+        """Parameters three ways: unique (stored), dense (as if every layer had its own cell) and
+        nonzero (entries not masked out, summed over layers)."""
+        per_cell = sum(p.numel() for p in self.cells[0].parameters()) + sum(p.numel() for p in self.norms[0].parameters())
+        unique = sum(p.numel() for p in self.parameters())
+        dense = per_cell * self.layers
+        if not self.masks.num_masks:
+            return {"unique": unique, "dense": dense, "nonzero": dense}
+        masked_total = sum(self.masks.mask(0, n).numel() for n in self.masks.names)
+        nonzero = 0
+        for i in range(self.layers):
+            kept = sum(int(self.masks.mask(i, n).count_nonzero()) for n in self.masks.names)
+            nonzero += per_cell - masked_total + kept
+        return {"unique": unique, "dense": dense, "nonzero": nonzero}
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        out = f"mode={s.mode}, depth={s.depth}"
+        if s.mask.active:
+            out += f", mask={s.mask.mode}/{s.mask.kind}@{s.mask.effective_sparsity:g}"
+        if s.mode == "deq":
+            out += f", solver={s.solver}, grad={s.grad.mode}"
+        return out
+
+
+def build_block(cell_factory: CellFactory, spec: BlockSpec | Mapping[str, Any] | None = None, **overrides: Any) -> Block:
+    """A Block from a cell factory and a spec (a BlockSpec, a mapping, or keyword overrides)."""
+    if isinstance(spec, BlockSpec):
+        if overrides:
+            spec = BlockSpec.from_dict(spec.as_dict(), **overrides)
+        return Block(cell_factory, spec)
+    return Block(cell_factory, BlockSpec.from_dict(spec, **overrides))
+
+
+def model_param_counts(model: nn.Module) -> dict[str, int]:
+    """Parameter counts of a whole model (stem, blocks, head): unique, dense and nonzero, where the
+    blocks contribute their own dense and nonzero counts and every other parameter counts once."""
+    unique = sum(p.numel() for p in model.parameters())
+    dense = nonzero = unique
+    for mod in model.modules():
+        if isinstance(mod, Block):
+            c = mod.param_counts()
+            dense += c["dense"] - c["unique"]
+            nonzero += c["nonzero"] - c["unique"]
+    return {"params/unique": unique, "params/dense": dense, "params/nonzero": nonzero}

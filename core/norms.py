@@ -1,0 +1,78 @@
+"""Weight or spectral normalisation of a cell's weights, applied functionally (helps a DEQ contract).
+
+The cell itself stays a plain module: a ``CellNorm`` holds the extra state (weight-norm gains,
+spectral-norm power-iteration vectors) and maps the cell's raw weights to normalised ones once per
+block forward. The block passes them to the cell with ``functional_call``, as it does for masks,
+so masks multiply the normalised weights and any cell works unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORM_KINDS = ("none", "weight", "spectral")
+
+
+class WeightNorm(nn.Module):
+    """W -> g * W / ||W|| per output unit (dim 0); g starts at ||W|| so the initial weight is unchanged.
+
+    Shapes: weight: (out, ...) -> (out, ...)
+    """
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.gain = nn.Parameter(_row_norm(weight.detach()).clone())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * (self.gain / _row_norm(weight).clamp_min(1e-12))
+
+
+class SpectralNorm(nn.Module):
+    """W -> W / sigma_max(W viewed as (out, rest)), sigma by one power-iteration step per training forward.
+
+    Shapes: weight: (out, ...) -> (out, ...)
+    """
+
+    def __init__(self, weight: torch.Tensor, eps: float = 1e-12):
+        super().__init__()
+        out = weight.shape[0]
+        rest = weight[0].numel()
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("u", F.normalize(torch.randn(out, generator=g), dim=0, eps=eps).to(weight.dtype))
+        self.register_buffer("v", F.normalize(torch.randn(rest, generator=g), dim=0, eps=eps).to(weight.dtype))
+        self.eps = eps
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        mat = weight.reshape(weight.shape[0], -1)
+        if self.training:
+            with torch.no_grad():
+                self.v.copy_(F.normalize(mat.t() @ self.u, dim=0, eps=self.eps))
+                self.u.copy_(F.normalize(mat @ self.v, dim=0, eps=self.eps))
+        sigma = torch.dot(self.u, mat @ self.v)
+        return weight / sigma
+
+
+class CellNorm(nn.Module):
+    """The normalisation of every weight of one cell with at least ``min_dim`` dims.
+
+    ``forward(cell)`` returns {name: normalised weight} for ``functional_call``.
+    """
+
+    def __init__(self, cell: nn.Module, kind: str, min_dim: int = 2):
+        super().__init__()
+        if kind not in NORM_KINDS:
+            raise ValueError(f"norm {kind!r} is not valid; choose one of {NORM_KINDS}")
+        self.kind = kind
+        self.names = [n for n, p in cell.named_parameters() if p.dim() >= min_dim] if kind != "none" else []
+        make = WeightNorm if kind == "weight" else SpectralNorm
+        self.norms = nn.ModuleDict({n.replace(".", "__"): make(dict(cell.named_parameters())[n]) for n in self.names})
+
+    def forward(self, cell: nn.Module) -> dict[str, torch.Tensor]:
+        params = dict(cell.named_parameters())
+        return {n: self.norms[n.replace(".", "__")](params[n]) for n in self.names}
+
+
+def _row_norm(weight: torch.Tensor) -> torch.Tensor:
+    return weight.reshape(weight.shape[0], -1).norm(dim=1).view(-1, *([1] * (weight.dim() - 1)))

@@ -1,0 +1,199 @@
+"""Block modes, test-time depth and compute, the cycle DEQ, parameter counts, stats and validation."""
+
+import copy
+
+import pytest
+import torch
+
+from support.cells import CtxWeightCell, TanhCell
+from tiedlab.core import Block, BlockSpec, build_block, jacobian_frobenius, model_param_counts
+
+make = lambda: TanhCell(dim=8, scale=0.6)  # noqa: E731
+
+
+def test_tied_applies_one_cell_depth_times():
+    block = build_block(make, dict(mode="tied", depth=5))
+    x = torch.randn(3, 8, dtype=torch.float64)
+    z, stats = block(x)
+    ref = torch.zeros_like(x)
+    for _ in range(5):
+        ref = block.cells[0](ref, x)
+    torch.testing.assert_close(z, ref)
+    assert stats.nfe_forward == 5 == stats.nfe_backward == len(stats.rel_trace)
+    assert stats.rel_trace[-1] < stats.rel_trace[0]  # the contractive cell settles
+
+
+def test_explicit_uses_independent_cells_in_sequence():
+    block = build_block(make, dict(mode="explicit", depth=3))
+    assert len(block.cells) == 3
+    assert not torch.equal(block.cells[0].W, block.cells[1].W)
+    x = torch.randn(2, 8, dtype=torch.float64)
+    z, _ = block(x)
+    ref = torch.zeros_like(x)
+    for cell in block.cells:
+        ref = cell(ref, x)
+    torch.testing.assert_close(z, ref)
+
+
+def test_unique_params_of_tied_do_not_grow_with_depth_and_explicit_grows_l_fold():
+    per_cell = sum(p.numel() for p in make().parameters())
+    for depth in (1, 4, 16):
+        tied = build_block(make, dict(mode="tied", depth=depth)).param_counts()
+        explicit = build_block(make, dict(mode="explicit", depth=depth)).param_counts()
+        assert tied == {"unique": per_cell, "dense": depth * per_cell, "nonzero": depth * per_cell}
+        assert explicit == {"unique": depth * per_cell, "dense": depth * per_cell, "nonzero": depth * per_cell}
+    masked = build_block(make, dict(mode="tied", depth=4, mask=dict(mode="distinct", sparsity=0.25))).param_counts()
+    masked_weights = 2 * 64  # W and U, not the bias
+    assert masked["unique"] == per_cell
+    assert masked["nonzero"] == 4 * (per_cell - round(0.25 * 64) * 2)
+    assert masked_weights < per_cell
+
+
+def test_model_param_counts_add_stem_and_head_once():
+    model = torch.nn.ModuleDict({"stem": torch.nn.Linear(8, 8), "block": build_block(make, dict(mode="tied", depth=3))})
+    counts = model_param_counts(model)
+    per_cell = sum(p.numel() for p in make().parameters())
+    assert counts["params/unique"] == 72 + per_cell
+    assert counts["params/dense"] == 72 + 3 * per_cell
+
+
+def test_test_time_depth_for_tied():
+    block = build_block(make, dict(mode="tied", depth=2, eval_depth=6))
+    x = torch.randn(2, 8, dtype=torch.float64)
+    _, train_stats = block(x)
+    block.eval()
+    with torch.no_grad():
+        z, eval_stats = block(x)
+    assert (train_stats.nfe_forward, eval_stats.nfe_forward) == (2, 6)
+    ref = torch.zeros_like(x)
+    for _ in range(6):
+        ref = block.cells[0](ref, x)
+    torch.testing.assert_close(z, ref)
+
+
+def test_deq_eval_budget_differs_from_training():
+    block = build_block(make, dict(mode="deq", solver="fixed_point", max_iter=3, tol=0.0, eval_max_iter=40, eval_tol=1e-10))
+    x = torch.randn(4, 8, dtype=torch.float64)
+    _, train_stats = block(x)
+    block.eval()
+    with torch.no_grad():
+        _, eval_stats = block(x)
+    assert train_stats.nfe_forward == 3 + 1  # solver steps + the one step that carries the gradient
+    assert 3 < eval_stats.nfe_forward <= 40
+    assert eval_stats.rel_residual < train_stats.rel_residual
+    assert eval_stats.converged == 1.0 and train_stats.converged == 0.0
+
+
+def test_deq_output_is_a_fixed_point_of_the_cell():
+    block = build_block(make, dict(mode="deq", solver="broyden", tol=1e-9, max_iter=100))
+    x = torch.randn(5, 8, dtype=torch.float64)
+    z, stats = block(x)
+    torch.testing.assert_close(block.cells[0](z, x), z, atol=1e-7, rtol=1e-7)
+    assert stats.converged == 1.0 and stats.rel_residual < 1e-9
+
+
+def test_cycle_deq_with_distinct_masks_converges_and_its_ift_gradient_passes_gradcheck():
+    spec = dict(mode="deq", depth=3, solver="anderson", tol=1e-12, max_iter=300, stop_mode="abs",
+                mask=dict(mode="distinct", sparsity=0.5), grad=dict(mode="ift", tol=1e-12, max_iter=300))
+    block = build_block(make, spec)
+    assert block.layers == 3 and block.masks.num_masks == 3
+    x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    z, stats = block(x)
+    assert stats.converged == 1.0
+    assert stats.nfe_forward % 3 == 0
+    # z is a fixed point of the cycle f_3 o f_2 o f_1, and not of any single masked map.
+    weights = block._layer_weights(3)
+    cyc = z
+    for i in range(3):
+        cyc = block._run_layer(i, weights[i], cyc, x, {})
+    torch.testing.assert_close(cyc, z, atol=1e-9, rtol=1e-9)
+    assert (block._run_layer(0, weights[0], z, x, {}) - z).abs().max() > 1e-3
+
+    cyc_cell = build_block(CtxWeightCell, spec | dict(mask=dict(mode="none")))
+    assert cyc_cell.layers == 1  # without distinct masks the map is one cell
+
+    # gradcheck through the cycle with respect to the input.
+    block.double()
+    assert torch.autograd.gradcheck(lambda x: block(x)[0], (x,), eps=1e-6, atol=1e-5)
+
+
+def test_weight_norm_starts_at_the_raw_weight_and_spectral_norm_bounds_it():
+    x = torch.randn(3, 8, dtype=torch.float64)
+    plain = build_block(make, dict(mode="tied", depth=2))
+    wn = build_block(make, dict(mode="tied", depth=2, norm="weight"))
+    wn.cells.load_state_dict(plain.cells.state_dict())
+    wn.norms[0].norms["W"].gain.data = wn.cells[0].W.detach().norm(dim=1, keepdim=True)
+    wn.norms[0].norms["U"].gain.data = wn.cells[0].U.detach().norm(dim=1, keepdim=True)
+    torch.testing.assert_close(wn(x)[0], plain(x)[0])
+    assert wn.param_counts()["unique"] == plain.param_counts()["unique"] + 16
+
+    sn = build_block(lambda: TanhCell(dim=8, scale=3.0), dict(mode="deq", norm="spectral", tol=1e-6, max_iter=100))
+    for _ in range(30):  # power iteration converges over forwards
+        sn(x)
+    W_eff = sn._layer_weights(1)[0]["W"]
+    assert abs(torch.linalg.matrix_norm(W_eff.detach(), 2).item() - 1.0) < 1e-3
+
+
+def test_jacobian_penalty_matches_frobenius_norm_of_linear_map():
+    A = torch.randn(6, 6, dtype=torch.float64)
+    z0 = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    f0 = z0 @ A.T
+    est = jacobian_frobenius(f0, z0, samples=4000)
+    exact = (A ** 2).sum() / 6  # ||J||_F^2 per element of z: 4 samples x ||A||_F^2 / (4 * 6)
+    assert abs(est.item() - exact.item()) / exact.item() < 0.05
+    assert est.requires_grad is False or est.grad_fn is not None
+
+    block = build_block(make, dict(mode="deq", jacobian_samples=2))
+    z, stats = block(torch.randn(3, 8, dtype=torch.float64))
+    assert stats.jacobian_loss is not None and stats.jacobian_loss.grad_fn is not None
+    (z.sum() + stats.jacobian_loss).backward()
+    assert block.cells[0].W.grad is not None
+    block.eval()
+    with torch.no_grad():
+        assert block(torch.randn(3, 8, dtype=torch.float64))[1].jacobian_loss is None
+
+
+def test_stats_dict_has_the_engine_keys():
+    _, stats = build_block(make, dict(mode="deq"))(torch.randn(2, 8, dtype=torch.float64))
+    d = stats.as_dict()
+    assert {"core/nfe_forward", "core/nfe_backward", "core/rel_residual", "core/abs_residual", "core/converged",
+            "core/sparsity"} <= set(d)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(mode="implicit"), r"block mode 'implicit'.*explicit.*tied.*deq"),
+    (dict(depth=0), r"depth=0 must be an integer >= 1"),
+    (dict(solver="newton"), r"unknown solver 'newton'; valid solvers"),
+    (dict(grad=dict(mode="backprop")), r"grad mode 'backprop'.*ift.*phantom.*onestep"),
+    (dict(mask=dict(mode="distinct", kind="block")), r"mask kind 'block'"),
+    (dict(mask=dict(mode="distinct", sparsity=1.0)), r"sparsity=1.0 must be in \[0, 1\)"),
+    (dict(deepth=3), r"unknown key\(s\) \['deepth'\] in block; valid keys: .*depth"),
+    (dict(mask=dict(sparsty=0.5)), r"unknown key\(s\) \['sparsty'\] in block.mask"),
+    (dict(grad=dict(step=3)), r"unknown key\(s\) \['step'\] in block.grad"),
+    (dict(solver="fixed_point", solver_options=dict(memory=3)), r"no option\(s\) \['memory'\]"),
+    (dict(mode="deq", eval_depth=4), r"eval_depth=4 is only meaningful for mode 'tied'"),
+    (dict(norm="batch"), r"norm 'batch'.*none.*weight.*spectral"),
+    (dict(stop_mode="max"), r"stop_mode='max'"),
+])
+def test_invalid_specs_raise_value_errors_naming_value_and_choices(bad, match):
+    with pytest.raises(ValueError, match=match):
+        BlockSpec.from_dict(bad)
+
+
+def test_spec_round_trips_and_explicit_overrides_win():
+    spec = BlockSpec.from_dict(dict(mode="deq", depth=3, mask=dict(mode="distinct", sparsity=0.5)), depth=5)
+    assert spec.depth == 5 and spec.mask.sparsity == 0.5
+    assert BlockSpec.from_dict(spec.as_dict()) == spec
+    block = Block(make, spec.as_dict())
+    assert block.spec == spec
+    assert "mask=distinct/unstructured@0.5" in repr(block)
+
+
+def test_state_dict_round_trip_restores_masks_and_weights():
+    spec = dict(mode="tied", depth=3, mask=dict(mode="distinct", sparsity=0.5, seed=1))
+    a = build_block(make, spec)
+    b = build_block(make, spec | dict(mask=dict(mode="distinct", sparsity=0.5, seed=2)))
+    assert not torch.equal(a.masks.mask(0, "W"), b.masks.mask(0, "W"))
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    x = torch.randn(2, 8, dtype=torch.float64)
+    torch.testing.assert_close(a(x)[0], b(x)[0])

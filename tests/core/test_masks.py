@@ -1,0 +1,116 @@
+"""Masks: exact sparsity and patterns, distinct vs shared, and gradients that reach the one shared weight."""
+
+import pytest
+import torch
+from torch import nn
+
+from support.cells import TanhCell
+from tiedlab.core import MaskSet, MaskSpec, build_block
+from tiedlab.core.masks import channel_mask, nm_mask, unstructured_mask
+
+
+class ConvCell(nn.Module):
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.norm = nn.GroupNorm(2, c)
+
+    def forward(self, z, x):
+        return torch.relu(self.norm(self.conv(z) + x))
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.37, 0.5, 0.9])
+def test_unstructured_has_exact_zero_count(sparsity):
+    g = torch.Generator().manual_seed(0)
+    m = unstructured_mask(torch.Size([16, 8, 3, 3]), sparsity, g)
+    assert int((m == 0).sum()) == round(sparsity * m.numel())
+    assert set(m.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8)])
+def test_nm_keeps_n_in_every_group_of_m(n, m):
+    mask = nm_mask(torch.Size([6, 8, 3, 3]), n, m, torch.Generator().manual_seed(0))
+    groups = mask.reshape(6, -1).reshape(-1, m)
+    assert torch.all(groups.sum(dim=1) == n)
+
+
+def test_nm_that_does_not_divide_the_tensor_is_rejected():
+    with pytest.raises(ValueError, match=r"m=4 does not divide.*\(5, 3\)"):
+        nm_mask(torch.Size([5, 3]), 2, 4, torch.Generator())
+    with pytest.raises(ValueError, match="input size 3"):
+        build_block(lambda: TanhCell(dim=3), dict(mode="tied", mask=dict(mode="distinct", kind="nm")))
+
+
+def test_channel_zeros_whole_output_channels():
+    m = channel_mask(torch.Size([16, 4, 3, 3]), 0.25, torch.Generator().manual_seed(0))
+    per_channel = m.reshape(16, -1)
+    zero_rows = (per_channel.sum(dim=1) == 0).sum()
+    full_rows = (per_channel.sum(dim=1) == per_channel.shape[1]).sum()
+    assert zero_rows == 4 and full_rows == 12
+
+
+def test_distinct_masks_differ_and_shared_are_identical():
+    cell = ConvCell()
+    distinct = MaskSet(cell, MaskSpec(mode="distinct", sparsity=0.5), num_masks=4)
+    shared = MaskSet(cell, MaskSpec(mode="shared", sparsity=0.5), num_masks=4)
+    assert distinct.names == ["conv.weight"]  # not the bias, not the GroupNorm
+    masks = [distinct.mask(i, "conv.weight") for i in range(4)]
+    assert all(not torch.equal(a, b) for i, a in enumerate(masks) for b in masks[i + 1:])
+    assert shared.num_masks == 1
+    assert all(torch.equal(shared.mask(0, "conv.weight"), shared.mask(i, "conv.weight")) for i in range(4))
+    # Same seed, same masks: masks are reproducible buffers.
+    again = MaskSet(cell, MaskSpec(mode="distinct", sparsity=0.5), num_masks=4)
+    assert torch.equal(again.mask(3, "conv.weight"), masks[3])
+    assert "m3__conv_weight" in distinct.state_dict()
+
+
+def test_shared_weight_gradient_is_the_sum_of_masked_layer_gradients():
+    block = build_block(ConvCell, dict(mode="tied", depth=3, mask=dict(mode="distinct", sparsity=0.5)))
+    cell = block.cells[0]
+    x = torch.randn(2, 8, 6, 6)
+    z, _ = block(x)
+    z.square().sum().backward()
+
+    # Reference: unroll by hand with an independent leaf per layer standing for W * M_i.
+    W = cell.conv.weight.detach()
+    leaves = [(W * block.masks.mask(i, "conv.weight")).requires_grad_() for i in range(3)]
+    ref = torch.zeros_like(x)
+    for leaf in leaves:
+        ref = torch.relu(cell.norm(nn.functional.conv2d(ref, leaf, cell.conv.bias, padding=1) + x))
+    ref.square().sum().backward()
+    expected = sum(leaf.grad * block.masks.mask(i, "conv.weight") for i, leaf in enumerate(leaves))
+    torch.testing.assert_close(ref, z)
+    torch.testing.assert_close(cell.conv.weight.grad, expected)
+
+
+def test_masked_entries_stay_zero_in_effect_and_untouched_after_optimiser_steps():
+    block = build_block(ConvCell, dict(mode="tied", depth=2, mask=dict(mode="shared", sparsity=0.7)))
+    mask = block.masks.mask(0, "conv.weight")
+    w0 = block.cells[0].conv.weight.detach().clone()
+    opt = torch.optim.SGD(block.parameters(), lr=0.1, momentum=0.9)
+    x = torch.randn(4, 8, 5, 5)
+    for _ in range(5):
+        opt.zero_grad()
+        z, _ = block(x)
+        z.square().mean().backward()
+        assert torch.all(block.cells[0].conv.weight.grad[mask == 0] == 0)
+        opt.step()
+    w = block.cells[0].conv.weight.detach()
+    assert torch.equal(w[mask == 0], w0[mask == 0])  # never received a gradient
+    assert not torch.equal(w[mask == 1], w0[mask == 1])  # the kept ones did learn
+    effective = block._layer_weights(1)[0]["conv.weight"]
+    assert torch.all(effective[mask == 0] == 0)
+
+
+def test_mask_spec_validation_names_bad_values_and_choices():
+    with pytest.raises(ValueError, match=r"mask kind 'random'.*unstructured.*nm.*channel"):
+        MaskSpec(mode="distinct", kind="random")
+    with pytest.raises(ValueError, match=r"mask mode 'per_layer'.*none.*shared.*distinct"):
+        MaskSpec(mode="per_layer")
+    for bad in (1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"sparsity={bad}"):
+            MaskSpec(mode="distinct", sparsity=bad)
+    with pytest.raises(ValueError, match="contradicts N:M 2:4"):
+        MaskSpec(mode="distinct", kind="nm", sparsity=0.3)
+    assert MaskSpec(mode="distinct", kind="nm", sparsity=0.5).effective_sparsity == 0.5
+    assert not MaskSpec(mode="distinct", sparsity=0.0).active
