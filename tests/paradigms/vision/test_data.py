@@ -22,7 +22,7 @@ REAL_ROOT = os.environ.get("TIEDLAB_DATA")
 pytestmark = pytest.mark.skipif(not REAL_ROOT, reason="TIEDLAB_DATA is not set")
 
 from tiedlab.paradigms.paths import DataNotFoundError  # noqa: E402
-from tiedlab.paradigms.vision import augment, data  # noqa: E402
+from tiedlab.paradigms.vision import data  # noqa: E402
 from tiedlab.paradigms.vision.augment import (  # noqa: E402
     BatchIterator,
     iterate_batches,
@@ -60,7 +60,7 @@ def _never_touch_home_cache(session_cache: Path) -> None:
 @pytest.fixture(scope="session")
 def cifar_first(session_cache: Path) -> tuple[VisionData, float]:
     """CIFAR-10 with val_size=0, decoded from the JPEG npz into the empty session cache."""
-    assert not list((session_cache / "vision").glob("cifar10-jpeg-decoded_*")) if (session_cache / "vision").exists() else True
+    assert not list(session_cache.rglob("cifar10-jpeg-decoded_*"))
     t0 = time.perf_counter()
     d = load_vision_data("cifar10", val_size=0)
     return d, time.perf_counter() - t0
@@ -147,12 +147,14 @@ def test_fashion_mnist_real() -> None:
     assert d.mean[0] == pytest.approx(0.2860, abs=5e-4)
     split = load_vision_data("fashion-mnist", val_size=5000, seed=3)
     assert torch.bincount(split.val_y).tolist() == [500] * 10  # stratified
-    # the train split is the official order with the validation images taken out
-    keep = torch.ones(60000, dtype=torch.bool)
+    # train + val hold exactly the official train images (compared as multisets of image hashes)
     assert len(split.train_y) == 55000
-    merged = torch.cat([split.train_x, split.val_x]).flatten(1)
-    assert merged.shape[0] == 60000 and int(merged.sum()) == int(d.train_x.sum())
-    del keep
+    weights = torch.randint(1, 1 << 20, (28 * 28,), generator=torch.Generator().manual_seed(0))
+
+    def keys(x: torch.Tensor) -> torch.Tensor:
+        return torch.sort((x.flatten(1).long() * weights).sum(1)).values
+
+    assert torch.equal(keys(torch.cat([split.train_x, split.val_x])), keys(d.train_x))
 
 
 def test_val_split_is_seeded() -> None:
@@ -168,7 +170,8 @@ def test_limits_keep_first_n_after_seeded_shuffle() -> None:
     b = load_vision_data("mnist", val_size=10, limit_train=64, limit_test=32, seed=5)
     assert (len(a.train_y), len(a.val_y), len(a.test_y)) == (64, 10, 32)
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
-    assert a.test_y.tolist() != [7, 2, 1, 0, 4, 1, 4, 9, 5, 9, 0, 6, 9, 0, 1, 5][: len(a.test_y)]
+    official = load_vision_data("mnist", val_size=0).test_y
+    assert not torch.equal(a.test_y, official[:32])  # shuffled before taking the first 32
 
 
 def test_cifar10_first_load_decodes_and_caches(cifar_first: tuple[VisionData, float], session_cache: Path) -> None:
@@ -457,15 +460,15 @@ def _match_crops(src: torch.Tensor, out: torch.Tensor, padding: int) -> tuple[to
 
 
 def test_crop_flip_outputs_are_padded_crops_and_differ_per_image() -> None:
+    # small images keep every op below torch's parallel grain size (fast even on a busy machine)
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(1, 3, 32, 32, generator=g).expand(64, -1, -1, -1).contiguous()  # identical images
-    out = random_crop_flip(x, padding=4, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(1, 3, 16, 16, generator=g).expand(48, -1, -1, -1).contiguous()  # identical images
+    out = random_crop_flip(x, padding=3, generator=torch.Generator().manual_seed(1))
     assert out.shape == x.shape and out.dtype == x.dtype
-    oy, ox, fl = _match_crops(x, out, 4)
+    oy, ox, fl = _match_crops(x, out, 3)
     assert len({(a, b, c) for a, b, c in zip(oy.tolist(), ox.tolist(), fl.tolist())}) > 20
-    assert 10 < int(fl.sum()) < 54
-    distinct = {tuple(o.flatten().tolist()[:64]) for o in out}
-    assert len(distinct) > 20
+    assert 8 < int(fl.sum()) < 40
+    assert len({tuple(o.flatten().tolist()) for o in out}) > 20
 
 
 def test_crop_of_ones_has_expected_count() -> None:
@@ -503,17 +506,25 @@ def test_crop_flip_seeded_and_uint8() -> None:
 
 
 def test_crop_flip_speed() -> None:
+    """Single-threaded best-of-10 timing: stable on a shared 2-core box, where 2 intra-op threads
+    swing between ~0.6 ms and ~20 ms depending on what else runs."""
     x = torch.rand(256, 3, 32, 32)
     g = torch.Generator().manual_seed(0)
-    for _ in range(5):
-        random_crop_flip(x, generator=g)
-    t0 = time.perf_counter()
-    n = 50
-    for _ in range(n):
-        random_crop_flip(x, generator=g)
-    ms = (time.perf_counter() - t0) / n * 1e3
-    print(f"\nrandom_crop_flip (256,3,32,32) float: {ms:.2f} ms/batch")
-    assert ms < 20  # loose bound for a loaded CI machine; ~0.6 ms here
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(5):
+            random_crop_flip(x, generator=g)
+        best = float("inf")
+        for _ in range(10):
+            t0 = time.perf_counter()
+            for _ in range(10):
+                random_crop_flip(x, generator=g)
+            best = min(best, (time.perf_counter() - t0) / 10 * 1e3)
+    finally:
+        torch.set_num_threads(threads)
+    print(f"\nrandom_crop_flip (256,3,32,32) float, 1 thread: {best:.2f} ms/batch")
+    assert best < 5
 
 
 def test_normalize() -> None:

@@ -1,0 +1,171 @@
+"""The structured config schema of a training run, and its translation into core objects.
+
+Hydra composes ``configs/train.yaml`` against ``TrainConfig``, so a misspelt key or a wrong type in
+the typed sections is an error that names it. The ``data`` and ``model`` sections belong to the
+paradigm and are validated by its ``DataOptions`` / ``ModelOptions`` dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from tiedlab.core import BlockSpec, GradSpec, MaskSpec
+
+
+@dataclass
+class BlockConfig:
+    mode: str = "tied"
+    depth: int = 4
+    eval_depth: Optional[int] = None
+    norm: str = "none"
+    jacobian_samples: int = 0
+
+
+@dataclass
+class MaskConfig:
+    mode: str = "none"
+    kind: str = "unstructured"
+    sparsity: float = 0.0
+    n: int = 2
+    m: int = 4
+    seed: int = 0
+
+
+@dataclass
+class SolverConfig:
+    name: str = "anderson"
+    max_iter: int = 30
+    tol: float = 1e-3
+    stop_mode: str = "rel"
+    eval_max_iter: Optional[int] = None
+    eval_tol: Optional[float] = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GradConfig:
+    mode: str = "ift"
+    solver: Optional[str] = None
+    max_iter: int = 30
+    tol: float = 1e-4
+    steps: int = 5
+    tau: float = 0.6
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    clip: Optional[float] = 1.0
+
+
+@dataclass
+class LoopConfig:
+    batch_size: int = 128
+    epochs: Optional[float] = None
+    max_steps: Optional[int] = None  # wins over epochs when set
+    eval_every: int = 200
+    ckpt_every: int = 200
+    device: str = "auto"
+    amp: bool = True
+    compile: bool = False
+    jacobian_weight: float = 0.0
+    diverge_residual: float = 1e3  # a DEQ solve whose residual grows this many times over is divergence
+    time_limit_s: Optional[float] = None
+    progress: Optional[bool] = None
+    threads: Optional[int] = None
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "local"
+    project: str = "tiedlab"
+    mode: Optional[str] = None
+    dir: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    paradigm: str = "vision"
+    seed: int = 0
+    resume: str = "auto"
+    run_dir: Optional[str] = None
+    data: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    block: BlockConfig = field(default_factory=BlockConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    grad: GradConfig = field(default_factory=GradConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+RESUME_CHOICES = ("auto", "true", "false")
+OPTIMIZERS = ("adamw", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+LOGGERS = ("local", "wandb")
+
+
+def block_spec(cfg: Any) -> BlockSpec:
+    """The core BlockSpec a run config describes (validated by the core)."""
+    b, m, s, g = cfg.block, cfg.mask, cfg.solver, cfg.grad
+    return BlockSpec(
+        mode=b.mode, depth=int(b.depth), eval_depth=b.eval_depth, norm=b.norm,
+        jacobian_samples=int(b.jacobian_samples),
+        mask=MaskSpec(mode=m.mode, kind=m.kind, sparsity=float(m.sparsity), n=int(m.n), m=int(m.m), seed=int(m.seed)),
+        solver=s.name, max_iter=int(s.max_iter), tol=float(s.tol), stop_mode=s.stop_mode,
+        solver_options=dict(s.options or {}), eval_max_iter=s.eval_max_iter, eval_tol=s.eval_tol,
+        grad=GradSpec(mode=g.mode, solver=g.solver, max_iter=int(g.max_iter), tol=float(g.tol), steps=int(g.steps),
+                      tau=float(g.tau)),
+    )
+
+
+def validate(cfg: Any) -> BlockSpec:
+    """Reject impossible values before any data is loaded; returns the block spec.
+
+    Raises:
+        ValueError: naming the bad value and the valid choices.
+    """
+    spec = block_spec(cfg)
+    o, t = cfg.optim, cfg.train
+    if o.name not in OPTIMIZERS:
+        raise ValueError(f"optim.name={o.name!r} is not valid; choose one of {OPTIMIZERS}")
+    if not o.lr > 0:
+        raise ValueError(f"optim.lr={o.lr} must be > 0")
+    if o.weight_decay < 0:
+        raise ValueError(f"optim.weight_decay={o.weight_decay} must be >= 0")
+    if not 0 <= o.min_lr_ratio <= 1:
+        raise ValueError(f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
+    if o.clip is not None and not o.clip > 0:
+        raise ValueError(f"optim.clip={o.clip} must be > 0 or null")
+    if t.batch_size < 1:
+        raise ValueError(f"train.batch_size={t.batch_size} must be >= 1")
+    if t.epochs is None and t.max_steps is None:
+        raise ValueError("set train.epochs or train.max_steps (max_steps wins when both are set)")
+    if t.epochs is not None and not t.epochs > 0:
+        raise ValueError(f"train.epochs={t.epochs} must be > 0")
+    if t.max_steps is not None and t.max_steps < 1:
+        raise ValueError(f"train.max_steps={t.max_steps} must be >= 1")
+    for key in ("eval_every", "ckpt_every"):
+        if getattr(t, key) < 1:
+            raise ValueError(f"train.{key}={getattr(t, key)} must be >= 1")
+    if t.device not in DEVICES:
+        raise ValueError(f"train.device={t.device!r} is not valid; choose one of {DEVICES}")
+    if t.jacobian_weight < 0:
+        raise ValueError(f"train.jacobian_weight={t.jacobian_weight} must be >= 0")
+    if t.jacobian_weight > 0 and spec.jacobian_samples == 0:
+        raise ValueError("train.jacobian_weight > 0 needs block.jacobian_samples >= 1")
+    if str(cfg.resume).lower() not in RESUME_CHOICES:
+        raise ValueError(f"resume={cfg.resume!r} is not valid; choose one of {RESUME_CHOICES}")
+    if cfg.logger.name not in LOGGERS:
+        raise ValueError(f"logger.name={cfg.logger.name!r} is not valid; choose one of {LOGGERS}")
+    return spec

@@ -1,0 +1,373 @@
+"""The one training loop every paradigm shares.
+
+``train(cfg, run_dir)`` builds the paradigm's data and model, trains with the configured optimiser and
+schedule, evaluates every ``train.eval_every`` steps and at the end, checkpoints atomically every
+``train.ckpt_every`` steps, resumes from the run directory's checkpoint, and writes the run directory
+contract (see ``rundir``). A non-finite loss or an exploding solver residual ends the run with status
+``diverged``: instability is a result, not a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import resource
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from tiedlab.core import Block, BlockStats, model_param_counts
+
+from . import rundir
+from .base import DataBundle, Paradigm, get_paradigm
+from .config import TrainConfig, validate
+from .tracking import make_tracker
+
+# Config keys that do not change what a run computes: they may differ between a run and its resume.
+_NOT_FINGERPRINTED = ("run_dir", "resume", "logger", "train.progress", "train.time_limit_s", "train.device",
+                      "train.threads")
+
+
+def as_config(cfg: Any) -> DictConfig:
+    """A DictConfig checked against the TrainConfig schema (accepts a dict, DictConfig or TrainConfig)."""
+    schema = OmegaConf.structured(TrainConfig)
+    merged = OmegaConf.merge(schema, cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg))
+    OmegaConf.resolve(merged)
+    return merged
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """A hash of everything in the config that changes what the run computes."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in _NOT_FINGERPRINTED:
+        node, *rest = key.split(".")
+        if rest:
+            plain.get(node, {}).pop(rest[0], None)
+        else:
+            plain.pop(node, None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device='cuda' but CUDA is not available; use train.device=auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA max allocated on GPU; the process peak resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW or SGD; weight decay only on weights with >= 2 dims (not norms, biases or gains)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` of the peak at ``total``."""
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class StatsRecorder:
+    """Collects the BlockStats of every Block call (through forward hooks) and averages them."""
+
+    def __init__(self, model: nn.Module):
+        self.calls: list[BlockStats] = []
+        self.handles = [m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, Block)]
+
+    def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], BlockStats):
+            self.calls.append(output[1])
+
+    def take(self) -> list[BlockStats]:
+        calls, self.calls = self.calls, []
+        return calls
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def summarize(stats: list[BlockStats], prefix: str = "core/") -> dict[str, float]:
+    """Mean NFE, residuals and converged fraction over block calls."""
+    if not stats:
+        return {}
+    def mean(values: list[float]) -> float:
+        vals = [v for v in values if not math.isnan(v)]
+        return float(sum(vals) / len(vals)) if vals else float("nan")
+    return {
+        f"{prefix}nfe_forward": mean([s.nfe_forward for s in stats]),
+        f"{prefix}nfe_backward": mean([s.nfe_backward for s in stats]),
+        f"{prefix}abs_residual": mean([s.abs_residual for s in stats]),
+        f"{prefix}rel_residual": mean([s.rel_residual for s in stats]),
+        f"{prefix}converged": mean([s.converged for s in stats]),
+        f"{prefix}sparsity": mean([s.sparsity for s in stats]),
+        # How far the residual grew during a solve (max over the trace / first): > 1 means it blew up.
+        f"{prefix}residual_growth": mean([max(s.abs_trace) / max(s.abs_trace[0], 1e-30) if s.abs_trace else float("nan")
+                                          for s in stats]),
+    }
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    epoch: int = 0
+    index: int = 0  # batches of ``epoch`` already consumed
+    train_s: float = 0.0
+    samples: int = 0
+    window: list[dict[str, float]] = field(default_factory=list)
+    core_totals: dict[str, list[float]] = field(default_factory=dict)  # key -> [sum, count] over training
+
+
+def _batches(data: DataBundle, seed: int, epoch: int, skip: int) -> Iterator[tuple[int, int, Any]]:
+    """(epoch, index, batch) from ``epoch`` on, skipping the first ``skip`` batches of that epoch.
+
+    Epoch e draws all its randomness from a generator seeded by (seed, e), so a resumed run sees
+    exactly the batches an uninterrupted one would have.
+    """
+    while True:
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        for i, batch in enumerate(data.train_batches(gen)):
+            if i >= skip:
+                yield epoch, i, batch
+        epoch, skip = epoch + 1, 0
+
+
+def _progress(cfg: Any, total: int, start: int):
+    show = cfg.train.progress
+    if show is None:
+        show = sys.stderr.isatty() and not os.environ.get("CI")
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, leave=False)
+
+
+def _evaluate(paradigm: Paradigm, model: nn.Module, data: DataBundle, split: str, recorder: StatsRecorder) -> dict[str, float]:
+    model.eval()
+    recorder.take()
+    with torch.no_grad():
+        out = paradigm.evaluate(model, data, split)
+    out.update(summarize(recorder.take(), prefix=f"core/{split}_"))
+    model.train()
+    return {k: float(v) for k, v in out.items()}
+
+
+def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
+    """Run (or resume) one training run in ``run_dir``; returns what it wrote to metrics.json.
+
+    Raises:
+        ValueError: bad config values, unknown names, missing data (before training starts).
+        rundir.CheckpointError: an unusable checkpoint in ``run_dir``.
+    """
+    cfg = as_config(cfg)
+    spec = validate(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint(cfg)
+
+    resume = str(cfg.resume).lower()
+    state_dict = rundir.load_checkpoint(run_dir, fp) if resume in ("auto", "true") else None
+    previous = _read_metrics(run_dir)
+    if state_dict is None and resume == "auto" and previous.get("status") in ("completed", "diverged") \
+            and previous.get("fingerprint") == fp:
+        print(f"[tiedlab] {run_dir} already holds a finished run ({previous['status']}); nothing to do", file=sys.stderr)
+        return previous
+    if resume == "true" and state_dict is None:
+        raise rundir.CheckpointError(f"resume=true but {run_dir / rundir.CHECKPOINT} does not exist")
+    if resume == "false" and ((run_dir / rundir.CHECKPOINT).exists() or (run_dir / rundir.METRICS).exists()):
+        raise rundir.CheckpointError(
+            f"resume=false but {run_dir} already holds a run; use another run directory or delete it")
+
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
+    device = select_device(cfg.train.device)
+    seed_everything(int(cfg.seed))
+    paradigm = get_paradigm(cfg.paradigm)(cfg.data, cfg.model, device, seed=int(cfg.seed),
+                                          batch_size=int(cfg.train.batch_size))
+    data = paradigm.build_data()
+    model = paradigm.build_model(data, spec).to(device)
+    total_steps = int(cfg.train.max_steps or math.ceil(float(cfg.train.epochs) * data.steps_per_epoch))
+    optimizer = build_optimizer(cfg.optim, model)
+    schedule = cosine_with_warmup(optimizer, int(cfg.optim.warmup_steps), total_steps, float(cfg.optim.min_lr_ratio))
+
+    (run_dir / rundir.CONFIG).write_text(OmegaConf.to_yaml(cfg))
+    paradigm.artifacts(str(run_dir))
+    counts = model_param_counts(model)
+    loop = LoopState()
+    if state_dict is not None:
+        model.load_state_dict(state_dict["model"])
+        optimizer.load_state_dict(state_dict["optimizer"])
+        schedule.load_state_dict(state_dict["schedule"])
+        loop = LoopState(**state_dict["loop"])
+        torch.set_rng_state(state_dict["rng"]["torch"])
+        if device.type == "cuda" and state_dict["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state_dict["rng"]["cuda"], device)
+        random.setstate(state_dict["rng"]["python"])
+        np.random.set_state(state_dict["rng"]["numpy"])
+        rundir.truncate_history(run_dir, loop.step)
+        print(f"[tiedlab] resuming {run_dir} at step {loop.step}/{total_steps}", file=sys.stderr)
+    elif (run_dir / rundir.HISTORY).exists():
+        (run_dir / rundir.HISTORY).unlink()
+
+    base = {"fingerprint": fp, "paradigm": cfg.paradigm, "dataset": data.meta.get("dataset"),
+            "total_steps": total_steps, "data": data.meta}
+    rundir.write_json(run_dir / rundir.METRICS, {**base, "status": "running", "reason": "", "step": loop.step,
+                                                  "metrics": dict(counts)})
+    tracker = make_tracker(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    step_fn = torch.compile(model) if cfg.train.compile else model
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.train.amp
+                else contextlib.nullcontext())
+    recorder = StatsRecorder(model)
+    progress = _progress(cfg, total_steps, loop.step)
+    status, reason = "completed", ""
+    batches = _batches(data, int(cfg.seed), loop.epoch, loop.index)
+    jac_weight = float(cfg.train.jacobian_weight)
+    model.train()
+
+    def checkpoint() -> None:
+        rundir.save_checkpoint(run_dir, {
+            "fingerprint": fp, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "loop": vars(loop).copy(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        })
+
+    try:
+        while loop.step < total_steps:
+            epoch, index, batch = next(batches)
+            t0 = time.perf_counter()
+            with autocast:
+                out = paradigm.training_step(step_fn, batch)
+            loss = out.loss
+            if jac_weight > 0 and out.stats is not None and out.stats.jacobian_loss is not None:
+                loss = loss + jac_weight * out.stats.jacobian_loss
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                status, reason = "diverged", f"non-finite loss ({loss_value}) at step {loop.step + 1}"
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.optim.clip))
+            optimizer.step()
+            schedule.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            loop.train_s += time.perf_counter() - t0
+            loop.step += 1
+            loop.epoch, loop.index = epoch, index + 1
+            loop.samples += data.samples_per_step
+            block_stats = summarize(recorder.take())
+            for key, value in block_stats.items():
+                if not math.isnan(value):
+                    total = loop.core_totals.setdefault(key, [0.0, 0])
+                    total[0] += value
+                    total[1] += 1
+            loop.window.append({"loss": loss_value, **out.metrics, **block_stats})
+            growth = block_stats.get("core/residual_growth", 1.0)
+            if spec.mode == "deq" and (not math.isfinite(growth) or growth > cfg.train.diverge_residual):
+                status, reason = "diverged", (f"solver residual exploded at step {loop.step}: it grew {growth:.3g}x "
+                                              f"during the solve (> train.diverge_residual={cfg.train.diverge_residual:g})")
+                break
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss_value:.4f}", sps=f"{loop.samples / max(loop.train_s, 1e-9):.0f}")
+            time_up = cfg.train.time_limit_s is not None and loop.train_s >= float(cfg.train.time_limit_s)
+            if loop.step % cfg.train.eval_every == 0 or loop.step == total_steps or time_up:
+                record = _eval_record(paradigm, model, data, loop, recorder, ("val",))
+                rundir.append_history(run_dir, record)
+                tracker.log(record, loop.step)
+                loop.window = []
+            if time_up:
+                reason = f"time limit train.time_limit_s={cfg.train.time_limit_s} reached at step {loop.step}/{total_steps}"
+                break
+            if loop.step % cfg.train.ckpt_every == 0 and loop.step < total_steps:
+                checkpoint()
+    except (RuntimeError, ArithmeticError, torch.linalg.LinAlgError) as err:
+        status, reason = "failed", f"{type(err).__name__} at step {loop.step}: {err}"
+        traceback.print_exc()
+    finally:
+        if progress is not None:
+            progress.close()
+
+    final: dict[str, Any] = dict(counts)
+    if status == "completed":
+        record = _eval_record(paradigm, model, data, loop, recorder, ("val", "test"))
+        final.update({k: v for k, v in record.items() if k not in ("step", "epoch", "time/train_s")})
+    # Training-time block statistics, averaged over every step (NFE, residuals of the train-mode solve).
+    final.update({key: total[0] / total[1] for key, total in loop.core_totals.items() if total[1]})
+    final.update({
+        "time/train_s": loop.train_s,
+        "time/step_ms": 1000 * loop.train_s / max(loop.step, 1),
+        "throughput/samples_per_s": loop.samples / max(loop.train_s, 1e-9),
+        "memory/peak_mb": peak_memory_mb(device),
+        "train/steps": loop.step,
+    })
+    if status == "completed":
+        checkpoint()
+    result = {**base, "status": status, "reason": reason, "step": loop.step, "metrics": final}
+    rundir.write_json(run_dir / rundir.METRICS, result)
+    tracker.finish({f"final/{k}": v for k, v in final.items() if isinstance(v, (int, float))} | {"status": status})
+    recorder.close()
+    return result
+
+
+def _eval_record(paradigm: Paradigm, model: nn.Module, data: DataBundle, loop: LoopState, recorder: StatsRecorder,
+                 splits: tuple[str, ...]) -> dict[str, Any]:
+    """Evaluation on ``splits`` plus the training window's means, stamped with step and training time."""
+    record: dict[str, Any] = {"step": loop.step, "epoch": loop.epoch, "time/train_s": loop.train_s}
+    if loop.window:
+        keys = set().union(*loop.window)
+        for key in sorted(keys):
+            vals = [w[key] for w in loop.window if key in w and not math.isnan(w[key])]
+            if vals:
+                record[key if "/" in key else f"train/{key}"] = float(sum(vals) / len(vals))
+    for split in splits:
+        record.update(_evaluate(paradigm, model, data, split, recorder))
+    return record
+
+
+def _read_metrics(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / rundir.METRICS
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}

@@ -1,0 +1,185 @@
+"""The graph cell and the model around the core block: input stem -> Block(cell) -> head.
+
+The cell is ``z' = act(norm(gamma * conv(drop * z, edge_index) + U x))`` with ``conv`` one of PyG's
+GCNConv, SAGEConv, GINConv (2-layer MLP) or GATConv. ``x`` is the input already projected to the
+width by the stem (computed once per forward, not once per layer), ``U`` a Linear(d, d) or the identity.
+
+The block state is the whole graph as ONE sample: ``(1, N, d)``. Nodes are coupled through the
+edges, so the DEQ solvers (Anderson, Broyden) must mix and stop on the whole system, not node by node.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv, global_add_pool, global_mean_pool
+
+from tiedlab.core import Block, BlockStats
+
+CONVS = ("gcn", "sage", "gin", "gat")
+NORMS = ("none", "layer", "batch")
+ACTS = ("relu", "tanh", "elu", "gelu")
+INJECTS = ("linear", "identity")
+POOLS = ("sum", "mean")
+
+_ACT_FNS = {"relu": F.relu, "tanh": torch.tanh, "elu": F.elu, "gelu": F.gelu}
+
+
+def make_conv(kind: str, width: int, *, heads: int = 1, cached: bool = False) -> nn.Module:
+    """A PyG conv mapping width -> width.
+
+    ``cached`` (GCN only) keeps the normalised adjacency after the first call: right for one fixed
+    graph (node tasks), wrong for mini-batches of different graphs.
+
+    Shapes: (N, width), edge_index (2, E) -> (N, width)
+    """
+    if kind == "gcn":
+        return GCNConv(width, width, cached=cached)
+    if kind == "sage":
+        return SAGEConv(width, width)
+    if kind == "gin":
+        mlp = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
+        return GINConv(mlp, train_eps=True)
+    if kind == "gat":
+        if heads < 1 or width % heads:
+            raise ValueError(f"gat needs heads >= 1 dividing width={width}, got heads={heads}")
+        return GATConv(width, width // heads, heads=heads, concat=True)
+    raise ValueError(f"conv {kind!r} is not valid; choose one of {CONVS}")
+
+
+def make_norm(kind: str, width: int) -> nn.Module:
+    """Per-node normalisation of the cell's pre-activation. Shapes: (N, width) -> (N, width)"""
+    if kind == "none":
+        return nn.Identity()
+    if kind == "layer":
+        return nn.LayerNorm(width)
+    if kind == "batch":
+        return nn.BatchNorm1d(width)
+    raise ValueError(f"norm {kind!r} is not valid; choose one of {NORMS}")
+
+
+class GraphCell(nn.Module):
+    """One message-passing layer with input injection, the f(z, x, **ctx) the core block drives.
+
+    ``z' = act(norm(gamma * conv(drop * z, edge_index) + U x))``. ``drop`` is a variational dropout
+    mask drawn once per model forward (the same at every layer and solver step, so a DEQ map stays
+    deterministic). ``gamma < 1`` with the block's spectral norm makes a GCN cell contractive.
+
+    Shapes: z, x: (1, N, width) or (N, width); edge_index: (2, E) int64; drop: like z or None -> like z
+    """
+
+    def __init__(self, width: int, conv: str = "gcn", *, heads: int = 1, norm: str = "layer",
+                 act: str = "relu", inject: str = "linear", gamma: float = 1.0, cached: bool = False):
+        super().__init__()
+        if act not in ACTS:
+            raise ValueError(f"act {act!r} is not valid; choose one of {ACTS}")
+        if inject not in INJECTS:
+            raise ValueError(f"inject {inject!r} is not valid; choose one of {INJECTS}")
+        self.width = width
+        self.gamma = float(gamma)
+        self.act_name = act
+        self.conv = make_conv(conv, width, heads=heads, cached=cached)
+        self.inject = nn.Linear(width, width) if inject == "linear" else nn.Identity()
+        self.norm = make_norm(norm, width)
+
+    def forward(self, z: Tensor, x: Tensor, edge_index: Tensor, drop: Tensor | None = None) -> Tensor:
+        h = z.reshape(-1, self.width)
+        if drop is not None:
+            h = h * drop.reshape(-1, self.width)
+        out = self.conv(h, edge_index)
+        if self.gamma != 1.0:
+            out = out * self.gamma
+        out = out + self.inject(x.reshape(-1, self.width))
+        return _ACT_FNS[self.act_name](self.norm(out)).view(z.shape)
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, act={self.act_name}, gamma={self.gamma:g}"
+
+
+class InputStem(nn.Module):
+    """Dropout on the raw features, then one Linear to the width; sparse features use a sparse matmul.
+
+    Bag-of-words features (Cora: 98.7% zeros) are kept as a sparse COO/CSR tensor: dropout acts on
+    the stored values and ``torch.sparse.mm`` does ~80x fewer multiply-adds than a dense matmul.
+
+    Shapes: x: (N, in_features) dense or sparse -> (N, width)
+    """
+
+    def __init__(self, in_features: int, width: int, dropout: float = 0.0):
+        super().__init__()
+        self.in_features = in_features
+        self.lin = nn.Linear(in_features, width)
+        self.dropout = float(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise ValueError(
+                f"the model expects node features of shape (N, {self.in_features}) but got {tuple(x.shape)}; "
+                f"set data.num_features / rebuild the model for this data")
+        if x.layout == torch.strided:
+            return self.lin(F.dropout(x, self.dropout, self.training))
+        if self.training and self.dropout > 0:
+            x = _sparse_dropout(x, self.dropout)
+        return torch.sparse.mm(x, self.lin.weight.t()) + self.lin.bias
+
+
+def _sparse_dropout(x: Tensor, p: float) -> Tensor:
+    """Dropout on the stored values of a sparse COO or CSR matrix. Shapes: (N, F) -> (N, F)"""
+    if x.layout == torch.sparse_csr:
+        vals = F.dropout(x.values(), p, True)
+        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), vals, x.shape, check_invariants=False)
+    if x.layout == torch.sparse_coo:
+        return torch.sparse_coo_tensor(x.indices(), F.dropout(x.values(), p, True), x.shape, is_coalesced=True,
+                                       check_invariants=False)
+    raise ValueError(f"sparse layout {x.layout} is not supported; use COO or CSR")
+
+
+class GraphModel(nn.Module):
+    """stem -> Block over the graph cell -> head (node logits, or pooled graph logits).
+
+    ``forward(data)`` takes a PyG ``Data``/``Batch`` with ``x``, ``edge_index`` (and ``batch`` for graph
+    tasks) and returns ``(logits, BlockStats)``.
+
+    Shapes: data.x (N, F) -> logits (N, C) for task "node", (num_graphs, C) for task "graph"
+    """
+
+    def __init__(self, stem: InputStem, block: Block, head: nn.Module, *, task: str, pool: str = "sum",
+                 dropout: float = 0.0, cell_dropout: float = 0.0, z0: str = "zeros"):
+        super().__init__()
+        if task not in ("node", "graph"):
+            raise ValueError(f"task must be 'node' or 'graph', got {task!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool {pool!r} is not valid; choose one of {POOLS}")
+        if z0 not in ("zeros", "input"):
+            raise ValueError(f"z0 {z0!r} is not valid; choose one of ('zeros', 'input')")
+        self.stem, self.block, self.head = stem, block, head
+        self.task, self.pool, self.z0 = task, pool, z0
+        self.dropout, self.cell_dropout = float(dropout), float(cell_dropout)
+
+    def forward(self, data: Any) -> tuple[Tensor, BlockStats]:
+        x = self.stem(data.x).unsqueeze(0)  # (1, N, d): the whole graph is one sample of the block
+        ctx: dict[str, Tensor] = {"edge_index": data.edge_index}
+        if self.training and self.cell_dropout > 0:
+            keep = 1.0 - self.cell_dropout
+            ctx["drop"] = torch.bernoulli(torch.full_like(x, keep)) / keep
+        z, stats = self.block(x, z0=x if self.z0 == "input" else None, **ctx)
+        z = z.squeeze(0)
+        if self.task == "node":
+            z = F.dropout(z, self.dropout, self.training)
+        else:  # the head's own dropout acts after pooling
+            pool = global_add_pool if self.pool == "sum" else global_mean_pool
+            z = pool(z, data.batch, size=data.num_graphs)
+        return self.head(z), stats
+
+
+def make_head(task: str, width: int, num_classes: int, dropout: float) -> nn.Module:
+    """Node task: Linear(width, C). Graph task: Linear -> ReLU -> Dropout -> Linear on the pooled state.
+
+    Shapes: (N or num_graphs, width) -> (N or num_graphs, C)
+    """
+    if task == "node":
+        return nn.Linear(width, num_classes)
+    return nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, num_classes))

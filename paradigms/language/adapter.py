@@ -1,0 +1,259 @@
+"""The language paradigm: character/BPE causal language modelling with a transformers decoder block as the cell.
+
+Data (see ``data.py``): ``tinyshakespeare`` at character level and ``austen`` with byte-level BPE.
+The first ``1 - val_fraction`` of the characters is train (the tokenizer is trained on it only); the
+held-out tail is cut in two halves of its tokens: the first half is ``val`` (model selection), the
+second ``test``.
+
+An *epoch* is ``n_train_tokens // (batch_size * context)`` batches of uniformly random windows: it
+reads as many tokens as the train split holds (in expectation each token once). ``samples_per_step``
+counts tokens (``batch_size * context``), so the engine's throughput is tokens/s.
+
+Evaluation runs on a fixed set of non-overlapping windows of each split (``eval_batches`` batches of
+``eval_batch_size`` windows, evenly spaced over the split; ``eval_batches=None``: all windows), the
+same for every run with the same ``context``, and reports the token-weighted mean cross-entropy
+``{split}/loss`` (nats per token) plus ``{split}/bpc`` (char level, bits per character) or
+``{split}/ppl`` (BPE, perplexity).
+
+Unknown characters: byte-level BPE has none. For a char-level tokenizer, held-out characters that
+the train split lacks are an error at ``build_data`` unless ``data.unknown="unk"`` (they are then
+scored as ``[UNK]`` and listed in ``DataBundle.meta["unknown_chars"]``); :meth:`LanguageParadigm.encode`
+and :meth:`LanguageParadigm.evaluate_text` take the same choice for any other text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tiedlab.core import Block, BlockSpec
+
+from ..base import DataBundle, Paradigm, StepOutput
+from . import tokenizer as tok
+from .data import CORPORA, TOKENIZER_KINDS, Corpus, load_corpus
+from .model import CausalLM, TransformerCell, gpt2_config
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+EVAL_SPLITS = ("val", "test")
+
+
+@dataclass
+class LanguageDataOptions:
+    """The ``data`` config section.
+
+    Attributes:
+        name: corpus, one of ``data.CORPORA`` (tinyshakespeare, austen).
+        tokenizer: "char" or "bpe"; None = the corpus default (char for tinyshakespeare, bpe for austen).
+        vocab_size: BPE vocabulary size (ignored at char level).
+        val_fraction: held-out fraction of the characters (val + test).
+        max_chars: keep only the first max_chars characters of the source (quick runs, tests).
+        eval_batches: evaluation batches per split (None: every non-overlapping window).
+        eval_batch_size: windows per evaluation batch (independent of train.batch_size, so that the
+            evaluated windows do not change with the training batch size).
+        unknown: held-out characters outside a char-level vocabulary: "error" or "unk" (score as [UNK]).
+    """
+
+    name: str = "tinyshakespeare"
+    tokenizer: Optional[str] = None
+    vocab_size: int = 4096
+    val_fraction: float = 0.1
+    max_chars: Optional[int] = None
+    eval_batches: Optional[int] = 16
+    eval_batch_size: int = 64
+    unknown: str = "error"
+
+    def __post_init__(self) -> None:
+        if self.name not in CORPORA:
+            raise ValueError(f"unknown corpus data.name={self.name!r}; valid names: {sorted(CORPORA)}")
+        if self.tokenizer is not None and self.tokenizer not in TOKENIZER_KINDS:
+            raise ValueError(f"data.tokenizer={self.tokenizer!r} is not valid; choose one of {list(TOKENIZER_KINDS)} or null")
+        if self.unknown not in tok.UNKNOWN_CHOICES:
+            raise ValueError(f"data.unknown={self.unknown!r} is not valid; choose one of {tok.UNKNOWN_CHOICES}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"data.eval_batch_size={self.eval_batch_size} must be >= 1")
+        if self.eval_batches is not None and self.eval_batches < 1:
+            raise ValueError(f"data.eval_batches={self.eval_batches} must be >= 1 (or null for all windows)")
+
+
+@dataclass
+class LanguageModelOptions:
+    """The ``model`` config section.
+
+    Attributes:
+        width: hidden size of the block (GPT-2 ``n_embd``).
+        heads: attention heads (must divide width).
+        mlp_ratio: MLP hidden size / width.
+        context: tokens per window (training and evaluation).
+        max_positions: size of the learned positional embedding; context must not exceed it.
+        dropout: dropout in the block and on the embedding (must be 0 for DEQ: the solver needs a
+            deterministic map).
+        out_norm: LayerNorm on the cell output (f = LN(GPT2Block(z + x))); needed for DEQ.
+        tie_head: share the LM head's matrix with the token embedding.
+    """
+
+    width: int = 128
+    heads: int = 4
+    mlp_ratio: int = 4
+    context: int = 64
+    max_positions: int = 256
+    dropout: float = 0.0
+    out_norm: bool = True
+    tie_head: bool = True
+
+    def __post_init__(self) -> None:
+        if self.context < 1:
+            raise ValueError(f"model.context={self.context} must be >= 1")
+        if self.context > self.max_positions:
+            raise ValueError(
+                f"model.context={self.context} exceeds the positional range model.max_positions={self.max_positions}; "
+                f"lower context or raise max_positions")
+        gpt2_config(self.width, self.heads, self.mlp_ratio, self.max_positions, self.dropout, vocab_size=1)
+
+
+class LanguageParadigm(Paradigm):
+    """Causal language modelling; the cell is a GPT-2 decoder block with the embedding injected each step."""
+
+    name = "language"
+    DataOptions = LanguageDataOptions
+    ModelOptions = LanguageModelOptions
+    primary_metric = "loss"
+    higher_is_better = False
+
+    def __init__(self, data: Any, model: Any, device: torch.device, seed: int = 0, batch_size: int = 64):
+        super().__init__(data, model, device, seed, batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size={self.batch_size} must be >= 1")
+        self.corpus: Corpus | None = None
+        self._eval: dict[str, list[Batch]] = {}
+
+    # ----------------------------------------------------------------- data
+    def build_data(self) -> DataBundle:
+        d, context, batch_size = self.data_opts, self.model_opts.context, self.batch_size
+        corpus = load_corpus(d.name, tokenizer=d.tokenizer, vocab_size=d.vocab_size, val_fraction=d.val_fraction,
+                             max_chars=d.max_chars)
+        if corpus.val_unknown_chars and d.unknown == "error":
+            raise ValueError(
+                f"{d.name}: the held-out text has {len(corpus.val_unknown_chars)} character(s) outside the "
+                f"char-level train vocabulary: {', '.join(map(repr, corpus.val_unknown_chars[:8]))}; "
+                "set data.unknown='unk' to score them as [UNK]")
+        held_out = corpus.val_ids
+        half = len(held_out) // 2
+        splits = {"train": corpus.train_ids, "val": held_out[:half], "test": held_out[half:]}
+        for split, ids in splits.items():
+            if context > len(ids) - 1:
+                raise ValueError(
+                    f"model.context={context} needs at least {context + 1} tokens but the {split} split of "
+                    f"{corpus.display_name} has {len(ids)}; lower model.context or raise data.max_chars")
+        self.corpus = corpus
+        self._eval = {s: list(dataclasses.replace(corpus, val_ids=splits[s]).eval_batches(
+            "val", d.eval_batch_size, context, d.eval_batches, device=self.device)) for s in EVAL_SPLITS}
+        steps = max(1, len(corpus.train_ids) // (batch_size * context))
+
+        def train_batches(generator: torch.Generator) -> Iterator[Batch]:
+            for _ in range(steps):
+                yield corpus.batch("train", batch_size, context, generator=generator, device=self.device)
+
+        meta = {
+            "dataset": corpus.display_name, "tokenizer": corpus.tokenizer_kind, "vocab_size": corpus.vocab_size,
+            "context": context, "batch_size": batch_size,
+            **{f"n_{s}_tokens": len(ids) for s, ids in splits.items()},
+            **{f"n_{s}_windows": sum(len(x) for x, _ in self._eval[s]) for s in EVAL_SPLITS},
+            "chars_per_token": corpus.chars_per_token, "unknown_chars": list(corpus.val_unknown_chars),
+            "epoch": "n_train_tokens // (batch_size * context) random windows",
+        }
+        return DataBundle(train_batches=train_batches, steps_per_epoch=steps,
+                          samples_per_step=batch_size * context, meta=meta)
+
+    def _require_corpus(self) -> Corpus:
+        if self.corpus is None:
+            raise RuntimeError("call build_data() first: the tokenizer and the vocabulary come from the corpus")
+        return self.corpus
+
+    # ----------------------------------------------------------------- model
+    def _config(self, vocab_size: int):
+        m = self.model_opts
+        return gpt2_config(m.width, m.heads, m.mlp_ratio, m.max_positions, m.dropout, vocab_size)
+
+    def cell(self, data: DataBundle) -> nn.Module:
+        return TransformerCell(self._config(data.meta["vocab_size"]), out_norm=self.model_opts.out_norm)
+
+    def build_model(self, data: DataBundle, spec: BlockSpec) -> nn.Module:
+        if spec.mode == "deq" and self.model_opts.dropout > 0:
+            raise ValueError(f"model.dropout={self.model_opts.dropout} with block mode 'deq': the fixed-point map "
+                             "must be deterministic; set model.dropout=0")
+        config = self._config(data.meta["vocab_size"])
+        return CausalLM(config, Block(lambda: self.cell(data), spec), tie_head=self.model_opts.tie_head)
+
+    # ----------------------------------------------------------------- train / eval
+    def training_step(self, model: nn.Module, batch: Batch) -> StepOutput:
+        x, y = batch
+        logits, stats = model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        return StepOutput(loss=loss, stats=stats)
+
+    def evaluate(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
+        if split not in EVAL_SPLITS:
+            raise ValueError(f"split={split!r} is not valid; choose one of {EVAL_SPLITS}")
+        self._require_corpus()
+        return self._metrics(split, *_score(model, self._eval[split]))
+
+    def _metrics(self, prefix: str, loss_sum: float, n_tokens: int) -> dict[str, float]:
+        loss = loss_sum / n_tokens
+        out = {f"{prefix}/loss": loss}
+        if self._require_corpus().tokenizer_kind == "char":
+            out[f"{prefix}/bpc"] = loss / math.log(2)
+        else:
+            out[f"{prefix}/ppl"] = math.exp(min(loss, 80.0))
+        return out
+
+    # ----------------------------------------------------------------- text in, text out
+    def encode(self, text: str, unknown: str = "error") -> torch.Tensor:
+        """Token ids of ``text`` with the run's tokenizer.
+
+        Shapes: -> (n_tokens,) int64
+
+        Raises:
+            ValueError: characters outside a char-level vocabulary with ``unknown="error"`` (names them).
+        """
+        return tok.encode_checked(self._require_corpus().tokenizer, text, unknown=unknown, as_tensor=True)
+
+    def evaluate_text(self, model: nn.Module, text: str, unknown: str = "error") -> dict[str, float]:
+        """Loss (and bpc/ppl) of ``model`` on ``text``, over non-overlapping windows of ``model.context``
+        tokens (a shorter text is one window; a tail shorter than a window is dropped).
+
+        Raises:
+            ValueError: unknown characters (see :meth:`encode`), or fewer than 2 tokens.
+        """
+        ids = self.encode(text, unknown=unknown)
+        if len(ids) < 2:
+            raise ValueError(f"text of {len(ids)} token(s) has nothing to predict; need at least 2")
+        context = min(self.model_opts.context, len(ids) - 1)
+        starts = torch.arange(0, len(ids) - context, context)
+        window = ids[starts[:, None] + torch.arange(context + 1)].to(self.device)
+        return self._metrics("text", *_score(model, [(window[:, :-1], window[:, 1:])]))
+
+    def artifacts(self, run_dir: str) -> None:
+        """Save the tokenizer to ``run_dir/tokenizer/`` (reload with ``tokenizer.load_tokenizer(run_dir)``)."""
+        tok.save_tokenizer(self._require_corpus().tokenizer, run_dir)
+
+
+def _score(model: nn.Module, batches: list[Batch]) -> tuple[float, int]:
+    """Summed cross-entropy (nats) and token count of ``model`` over ``batches``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    try:
+        with torch.no_grad():
+            for x, y in batches:
+                logits, _ = model(x)
+                total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").double().cpu()
+                count += y.numel()
+    finally:
+        model.train(was_training)
+    return float(total), count

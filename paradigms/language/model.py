@@ -1,0 +1,116 @@
+"""The language cell (a real ``transformers`` GPT-2 decoder block) and the causal LM around the core block.
+
+Why ``GPT2Block`` (transformers 5.x): it is pre-norm (LayerNorm before attention and MLP, what a DEQ
+transformer needs), takes ``hidden_states`` and returns one tensor, holds its weights as ordinary
+parameters used through plain submodule calls (so masks and weight/spectral norms apply through
+``torch.func.functional_call``), and has no rotary embedding (the model adds a learned positional
+embedding, GPT-2 style). Its linear maps are ``transformers.Conv1D`` with weights stored as
+``(in, out)``: a ``channel`` mask therefore zeros *input* features and an ``nm`` mask groups along
+the *output* dimension, and weight norm normalises per input row.
+
+Causal masking: a block built from a bare config has ``_attn_implementation=None``, which falls back
+to eager attention that, with ``attention_mask=None``, attends to *every* position (future tokens
+included). The config made here therefore always sets ``attn_implementation="sdpa"``, whose
+attention is causal (``is_causal``) when no mask is passed; :class:`TransformerCell` refuses any
+other implementation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import GPT2Config
+from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+
+from tiedlab.core import Block, BlockStats
+
+CAUSAL_ATTN = "sdpa"
+
+
+def gpt2_config(width: int, heads: int, mlp_ratio: int, max_positions: int, dropout: float,
+                vocab_size: int) -> GPT2Config:
+    """The one config object the cell and the model are built from (never loaded from the hub).
+
+    Raises:
+        ValueError: ``width`` not divisible by ``heads``, or a non-positive size.
+    """
+    for name, value in (("width", width), ("heads", heads), ("mlp_ratio", mlp_ratio),
+                        ("max_positions", max_positions), ("vocab_size", vocab_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"model {name}={value!r} must be an integer >= 1")
+    if width % heads:
+        raise ValueError(f"model width={width} must be divisible by heads={heads}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"model dropout={dropout} must be in [0, 1)")
+    return GPT2Config(
+        vocab_size=vocab_size, n_positions=max_positions, n_embd=width, n_layer=1, n_head=heads,
+        n_inner=mlp_ratio * width, activation_function="gelu", resid_pdrop=dropout, embd_pdrop=dropout,
+        attn_pdrop=dropout, attn_implementation=CAUSAL_ATTN, bos_token_id=None, eos_token_id=None,
+    )
+
+
+class TransformerCell(nn.Module):
+    """f(z, x) = LN_out(GPT2Block(z + x)): the token embedding is injected at every iteration.
+
+    ``out_norm=False`` drops LN_out (a plain pre-norm residual block). With it, every state is
+    normalised, so the map is bounded and a DEQ solve settles (as in the DEQ transformer of Bai et
+    al.); without it the residual stream ``z + x + ...`` has no fixed point to speak of.
+
+    Shapes: z: (B, T, width), x: (B, T, width) -> (B, T, width)
+    """
+
+    def __init__(self, config: GPT2Config, out_norm: bool = True):
+        super().__init__()
+        if config._attn_implementation != CAUSAL_ATTN:
+            raise ValueError(
+                f"attention implementation {config._attn_implementation!r} is not causal without an explicit mask; "
+                f"build the config with attn_implementation={CAUSAL_ATTN!r}")
+        self.block = GPT2Block(config)
+        self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon) if out_norm else None
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor, **ctx: Any) -> torch.Tensor:
+        if ctx:
+            raise TypeError(f"TransformerCell takes no context, got {sorted(ctx)}")
+        h = self.block(z + x)
+        return self.ln_out(h) if self.ln_out is not None else h
+
+
+class CausalLM(nn.Module):
+    """token + position embedding -> core Block over the cell -> final LayerNorm -> LM head.
+
+    The head is tied to the token embedding when ``tie_head`` (GPT-2 style), else its own matrix.
+
+    Shapes: idx: (B, T) int64, T <= max_positions -> logits (B, T, vocab_size), BlockStats
+    """
+
+    def __init__(self, config: GPT2Config, block: Block, tie_head: bool = True):
+        super().__init__()
+        self.max_positions = config.n_positions
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.block = block
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        for emb in (self.wte, self.wpe):
+            nn.init.normal_(emb.weight, std=config.initializer_range)
+        if tie_head:
+            self.lm_head.weight = self.wte.weight
+        else:
+            nn.init.normal_(self.lm_head.weight, std=config.initializer_range)
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """The injected input. Shapes: idx (B, T) -> (B, T, width)"""
+        if idx.dim() != 2:
+            raise ValueError(f"expected token ids of shape (batch, time), got {tuple(idx.shape)}")
+        t = idx.shape[1]
+        if t > self.max_positions:
+            raise ValueError(f"sequence length {t} exceeds the positional range max_positions={self.max_positions}")
+        pos = torch.arange(t, device=idx.device)
+        return self.drop(self.wte(idx) + self.wpe(pos))
+
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, BlockStats]:
+        z, stats = self.block(self.embed(idx))
+        return self.lm_head(self.ln_f(z)), stats

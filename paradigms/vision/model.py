@@ -1,0 +1,253 @@
+"""The vision model: stem -> core Block over an MDEQ-style residual cell -> global pool (-> linear head).
+
+Pieces another paradigm can reuse (the self-supervised one builds on them):
+
+- :class:`VisionModelOptions`: width, expansion, GroupNorm groups, dropout, stem stride; validated.
+- :class:`VisionStem`: conv3x3 (optionally stride 2) -> GroupNorm -> ReLU, images -> width-C features.
+- :class:`MDEQCell`: the cell ``f(z, x, dropout_mask=None) -> z_next`` the core Block drives.
+- :class:`VisionBackbone`: stem + Block + feature projection + global average pool; ``forward(images) -> (features, stats)``.
+- :class:`VisionClassifier`: backbone + linear head; ``forward(images) -> (logits, stats)``.
+
+Normalisation is GroupNorm throughout (as in MDEQ): its statistics are per sample, so a cell that is
+unrolled or iterated to a fixed point behaves identically in train and eval mode (BatchNorm running
+statistics shared across the unrolled layers of a tied block would be wrong at test time).
+
+Variational dropout: the backbone draws ONE Bernoulli mask per forward from torch's global RNG (which
+the engine checkpoints) and passes it to every cell application through the block's ``ctx``, so all
+layers / solver iterations of one forward drop the same hidden channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tiedlab.core import Block, BlockSpec, BlockStats
+
+__all__ = [
+    "VisionModelOptions",
+    "VisionStem",
+    "MDEQCell",
+    "VisionBackbone",
+    "FeatureProjection",
+    "VisionClassifier",
+    "make_cell",
+    "build_backbone",
+    "STEM_STRIDES",
+]
+
+STEM_STRIDES = (1, 2)
+
+
+@dataclass
+class VisionModelOptions:
+    """Architecture of the vision backbone (the ``model:`` config section).
+
+    Attributes:
+        width: channels C of the state z and of the injected input x.
+        expansion: E; the cell's hidden conv has E * C channels (MDEQ uses 5).
+        groups: GroupNorm groups; must divide C and E * C.
+        dropout: variational dropout probability on the cell's hidden channels (one mask per forward).
+        stem_stride: 1 keeps the image resolution; 2 halves it (4x fewer pixels in the block: faster).
+        init_scale: multiplies the cells' conv weights after default init (< 1 makes the DEQ map
+            start closer to a contraction).
+        feature_mult: the backbone maps the block's output through conv1x1 (C -> feature_mult * C)
+            -> GroupNorm -> ReLU before pooling (as MDEQ's final layer does); 0 pools z itself (whose
+            GroupNorm leaves the channel means of each group summing to a constant: weak features).
+    """
+
+    width: int = 64
+    expansion: int = 5
+    groups: int = 4
+    dropout: float = 0.0
+    stem_stride: int = 1
+    init_scale: float = 1.0
+    feature_mult: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("width", "expansion", "groups"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"model.{name}={value!r} must be an integer >= 1")
+        hidden = self.width * self.expansion
+        if self.width % self.groups or hidden % self.groups:
+            valid = [g for g in range(1, self.width + 1) if self.width % g == 0 and hidden % g == 0]
+            raise ValueError(
+                f"model.groups={self.groups} must divide model.width={self.width} and width*expansion={hidden}; "
+                f"valid groups: {valid}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout={self.dropout!r} must be in [0, 1)")
+        if self.stem_stride not in STEM_STRIDES:
+            raise ValueError(f"model.stem_stride={self.stem_stride!r} is not valid; choose one of {STEM_STRIDES}")
+        if not isinstance(self.feature_mult, int) or isinstance(self.feature_mult, bool) or self.feature_mult < 0:
+            raise ValueError(f"model.feature_mult={self.feature_mult!r} must be an integer >= 0")
+        if not self.init_scale > 0:
+            raise ValueError(f"model.init_scale={self.init_scale!r} must be > 0")
+
+    @property
+    def hidden(self) -> int:
+        """Channels of the cell's hidden conv, E * C."""
+        return self.width * self.expansion
+
+
+class VisionStem(nn.Module):
+    """conv3x3 (in_channels -> width, stride 1 or 2) -> GroupNorm -> ReLU.
+
+    Shapes: images (B, in_channels, H, W) float -> (B, width, ceil(H / stride), ceil(W / stride))
+    """
+
+    def __init__(self, in_channels: int, width: int, *, stride: int = 1, groups: int = 4):
+        super().__init__()
+        if stride not in STEM_STRIDES:
+            raise ValueError(f"stem stride={stride!r} is not valid; choose one of {STEM_STRIDES}")
+        self.conv = nn.Conv2d(in_channels, width, 3, stride=stride, padding=1, bias=False)
+        self.norm = nn.GroupNorm(groups, width)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.conv(images)))
+
+
+class MDEQCell(nn.Module):
+    """The MDEQ residual cell ``f(z, x) = GN3(ReLU(z + GN2(conv2(drop(ReLU(GN1(conv1(z))))) + x)))``.
+
+    conv1: C -> E*C, conv2: E*C -> C, both 3x3 without bias; the injection ``x`` is added before GN2.
+    Weight normalisation, masks and tying are the core Block's job (``block.norm=weight``), not the
+    cell's. The weights are plain parameters used through submodule calls, so the Block can swap them
+    functionally.
+
+    Shapes: z, x: (B, C, H, W); dropout_mask: (B, E*C, 1, 1) or None -> (B, C, H, W)
+    """
+
+    def __init__(self, width: int, expansion: int = 5, groups: int = 4, dropout: float = 0.0,
+                 init_scale: float = 1.0):
+        super().__init__()
+        hidden = width * expansion
+        self.width, self.hidden, self.dropout = width, hidden, float(dropout)
+        self.conv1 = nn.Conv2d(width, hidden, 3, padding=1, bias=False)
+        self.norm1 = nn.GroupNorm(groups, hidden)
+        self.conv2 = nn.Conv2d(hidden, width, 3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(groups, width)
+        self.norm3 = nn.GroupNorm(groups, width)
+        if init_scale != 1.0:
+            with torch.no_grad():
+                self.conv1.weight.mul_(init_scale)
+                self.conv2.weight.mul_(init_scale)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor, dropout_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = F.relu(self.norm1(self.conv1(z)))
+        if dropout_mask is not None:
+            h = h * dropout_mask
+        h = self.norm2(self.conv2(h) + x)
+        return self.norm3(F.relu(h + z))
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, hidden={self.hidden}, dropout={self.dropout:g}"
+
+
+def make_cell(opts: VisionModelOptions) -> MDEQCell:
+    """A freshly initialised cell for these options."""
+    return MDEQCell(opts.width, opts.expansion, opts.groups, opts.dropout, opts.init_scale)
+
+
+def variational_dropout_mask(batch: int, channels: int, p: float, like: torch.Tensor) -> torch.Tensor:
+    """One (B, channels, 1, 1) inverted-dropout mask drawn from torch's global RNG on ``like``'s device.
+
+    Shapes: -> (batch, channels, 1, 1) with values 0 or 1 / (1 - p), dtype and device of ``like``
+    """
+    keep = torch.full((batch, channels, 1, 1), 1.0 - p, dtype=like.dtype, device=like.device)
+    return torch.bernoulli(keep).div_(1.0 - p)
+
+
+class FeatureProjection(nn.Module):
+    """conv1x1 (C -> P) -> GroupNorm -> ReLU: the per-pixel features that are pooled.
+
+    Shapes: (B, C, H, W) -> (B, P, H, W)
+    """
+
+    def __init__(self, width: int, out_channels: int, groups: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.norm = nn.GroupNorm(groups, out_channels)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.conv(z)))
+
+
+class VisionBackbone(nn.Module):
+    """stem -> core Block over the cell -> (feature projection) -> global average pool.
+
+    Usable on its own (the self-supervised paradigm uses it as its encoder). The cell's dropout is
+    drawn here, once per forward, in train mode only.
+
+    Args:
+        stem: maps images to the block's (B, C, H', W') injected input.
+        block: the one core Block; its cells must expose ``width``, ``hidden`` and ``dropout`` (as
+            MDEQCell does).
+        projection: applied to the block's output before pooling (None: pool the state itself).
+
+    Shapes: images (B, C_in, H, W) float, normalised -> features (B, out_features), BlockStats
+    """
+
+    def __init__(self, stem: nn.Module, block: Block, projection: FeatureProjection | None = None):
+        super().__init__()
+        self.stem = stem
+        self.block = block
+        self.projection = projection
+        cell = block.cells[0]
+        self.width = int(cell.width)
+        self.dropout = float(getattr(cell, "dropout", 0.0))
+        self.hidden = int(getattr(cell, "hidden", 0))
+        if self.dropout > 0 and self.hidden < 1:
+            raise ValueError("the block's cell asks for dropout but does not say its hidden channel count")
+
+    @property
+    def out_features(self) -> int:
+        """Length of the pooled feature vector."""
+        return self.projection.conv.out_channels if self.projection is not None else self.width
+
+    def state(self, images: torch.Tensor) -> tuple[torch.Tensor, BlockStats]:
+        """The block's output z (before projection and pooling).
+
+        Shapes: images (B, C_in, H, W) -> (B, C, H', W'), BlockStats
+        """
+        x = self.stem(images)
+        ctx = {}
+        if self.training and self.dropout > 0:
+            ctx["dropout_mask"] = variational_dropout_mask(x.shape[0], self.hidden, self.dropout, x)
+        return self.block(x, **ctx)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, BlockStats]:
+        z, stats = self.state(images)
+        if self.projection is not None:
+            z = self.projection(z)
+        return z.mean(dim=(2, 3)), stats
+
+
+class VisionClassifier(nn.Module):
+    """backbone -> linear head.
+
+    Shapes: images (B, C_in, H, W) float, normalised -> logits (B, num_classes), BlockStats
+    """
+
+    def __init__(self, backbone: VisionBackbone, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.out_features, num_classes)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, BlockStats]:
+        features, stats = self.backbone(images)
+        return self.head(features), stats
+
+
+def build_backbone(in_channels: int, opts: VisionModelOptions, spec: BlockSpec,
+                   cell_factory: Callable[[], nn.Module] | None = None) -> VisionBackbone:
+    """Stem + Block(cell_factory or make_cell(opts), spec) + projection + pool, for ``in_channels`` images."""
+    stem = VisionStem(in_channels, opts.width, stride=opts.stem_stride, groups=opts.groups)
+    block = Block(cell_factory or (lambda: make_cell(opts)), spec)
+    projection = (FeatureProjection(opts.width, opts.feature_mult * opts.width, opts.groups)
+                  if opts.feature_mult else None)
+    return VisionBackbone(stem, block, projection)

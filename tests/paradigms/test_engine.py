@@ -1,0 +1,205 @@
+"""The engine end to end on the test-only digits paradigm: run directories, resume, divergence, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiedlab.paradigms import rundir
+from tiedlab.paradigms.engine import train
+
+TESTS = Path(__file__).resolve().parents[1]
+TOY = "support.toy:ToyParadigm"
+BASE = dict(paradigm=TOY, data={}, model={"width": 32},
+            train=dict(batch_size=128, epochs=None, max_steps=30, eval_every=10, ckpt_every=10, progress=False),
+            optim=dict(lr=0.01))
+
+
+def cfg(**changes):
+    out = json.loads(json.dumps(BASE))
+    for key, value in changes.items():
+        node = out
+        *path, last = key.split(".")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return out
+
+
+def cli(args: list[str], runs: Path, **kw) -> subprocess.Popen | subprocess.CompletedProcess:
+    env = {**os.environ, "TIEDLAB_RUNS": str(runs), "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    flags = [a for a in args if a.startswith("-")]
+    cmd = [sys.executable, "-m", "tiedlab.paradigms.cli", *flags, "paradigm=toy",
+           f"hydra.searchpath=[file://{TESTS / 'support' / 'configs'}]", "train.progress=false", "train.threads=1",
+           *[a for a in args if not a.startswith("-")]]
+    if kw.pop("background", False):
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_run_directory_contract(tmp_path):
+    result = train(cfg(), tmp_path)
+    assert result["status"] == "completed" and result["reason"] == ""
+    m = result["metrics"]
+    for key in ("val/acc", "test/acc", "val/loss", "params/unique", "params/dense", "params/nonzero", "time/train_s",
+                "time/step_ms", "throughput/samples_per_s", "memory/peak_mb", "core/nfe_forward",
+                "core/nfe_backward", "core/rel_residual"):
+        assert key in m, key
+    assert m["test/acc"] > 0.5  # digits: well beyond chance (0.1) after 30 steps
+    assert m["params/dense"] > m["params/unique"]  # tied depth 4
+    assert m["core/nfe_forward"] == 4
+    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["test/acc"] == m["test/acc"]
+    history = rundir.read_history(tmp_path)
+    assert [h["step"] for h in history] == [10, 20, 30]
+    assert all(h["time/train_s"] > 0 for h in history) and history[0]["time/train_s"] < history[-1]["time/train_s"]
+    assert "val/acc" in history[0] and "train/loss" in history[0]
+    assert "mode: tied" in (tmp_path / "config.yaml").read_text()
+    assert (tmp_path / "checkpoint.pt").exists()
+    # Rerunning a finished run does nothing and returns the same result.
+    assert train(cfg(), tmp_path)["metrics"]["test/acc"] == m["test/acc"]
+
+
+@pytest.mark.parametrize("grid,expected", [
+    (["block=explicit,tied,deq", "mask=none,distinct"], 6),
+    (["block=deq", "solver=broyden,fixed_point", "grad=phantom,onestep"], 4),
+    (["block=tied", "block.eval_depth=6"], 1),
+])
+def test_cli_trains_every_block_mode(tmp_path, grid, expected):
+    proc = cli(["-m", *grid, "train.max_steps=12"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [p.parent for p in tmp_path.rglob("metrics.json")]
+    assert len(runs) == expected
+    for run in runs:
+        result = json.loads((run / "metrics.json").read_text())
+        assert result["status"] == "completed", run
+        assert result["metrics"]["val/acc"] > 0.2, run
+        mode = result_mode = next(line for line in (run / "config.yaml").read_text().splitlines() if "mode:" in line)
+        assert mode.split(":")[1].strip() in run.name, (run.name, result_mode)
+
+
+def test_killed_run_resumes_to_the_same_final_metrics(tmp_path):
+    args = ["block=deq", "solver=fixed_point", "train.max_steps=160", "train.ckpt_every=20", "train.eval_every=40"]
+    whole = cli(args, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    proc = cli(args, tmp_path / "killed", background=True)
+    deadline = time.time() + 120
+    ckpt = None
+    while time.time() < deadline:
+        found = list((tmp_path / "killed").rglob("checkpoint.pt"))
+        if found:
+            ckpt = found[0]
+            break
+        time.sleep(0.02)
+    assert ckpt is not None, "no checkpoint appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_dir = ckpt.parent
+    status = json.loads((killed_dir / "metrics.json").read_text())
+    assert status["status"] == "running" and status["step"] < 160  # really killed mid-run
+    resumed = cli(args, tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr
+    (whole_dir,) = [p.parent for p in (tmp_path / "whole").rglob("metrics.json")]
+    a = json.loads((whole_dir / "metrics.json").read_text())
+    b = json.loads((killed_dir / "metrics.json").read_text())
+    assert b["status"] == "completed"
+    for key in ("val/acc", "val/loss", "test/acc", "test/loss", "core/test_nfe_forward"):
+        assert a["metrics"][key] == b["metrics"][key], key
+    assert [h["step"] for h in rundir.read_history(killed_dir)] == [40, 80, 120, 160]
+    assert rundir.read_history(killed_dir)[-1]["val/loss"] == rundir.read_history(whole_dir)[-1]["val/loss"]
+
+
+def test_nan_loss_is_recorded_as_diverged(tmp_path):
+    result = train(cfg(**{"data.nan_input_after": 13}), tmp_path)
+    assert result["status"] == "diverged"
+    assert result["reason"] == "non-finite loss (nan) at step 14" and result["step"] == 13
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
+
+
+def test_exploding_residual_is_recorded_as_diverged(tmp_path):
+    # An undamped Picard iteration on an expansive linear cell: the residual grows 3x per step.
+    result = train(cfg(**{"block.mode": "deq", "solver.name": "fixed_point", "solver.options": {"damping": 1.0},
+                          "solver.max_iter": 20, "model.activation": "identity", "model.scale": 3.0}), tmp_path)
+    assert result["status"] == "diverged", result
+    assert result["reason"].startswith("solver residual exploded at step 1: it grew")
+    # The same cell under a tanh is bounded: no divergence.
+    ok = train(cfg(**{"block.mode": "deq", "solver.name": "fixed_point", "solver.max_iter": 20, "model.scale": 0.9,
+                      "train.max_steps": 5}), tmp_path / "ok")
+    assert ok["status"] == "completed"
+
+
+def test_corrupt_or_foreign_checkpoint_is_an_error_naming_the_file(tmp_path):
+    train(cfg(**{"train.max_steps": 20}), tmp_path)
+    (tmp_path / "metrics.json").unlink()
+    with pytest.raises(rundir.CheckpointError, match="different config"):
+        train(cfg(**{"train.max_steps": 20, "optim.lr": 0.02}), tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(rundir.CheckpointError, match=str(tmp_path / "checkpoint.pt")):
+        train(cfg(**{"train.max_steps": 20}), tmp_path)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"not a checkpoint"  # never overwritten
+    with pytest.raises(rundir.CheckpointError, match="resume=false"):
+        train(cfg(**{"train.max_steps": 20}) | {"resume": "false"}, tmp_path)
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"optim.lr": -0.1}, r"optim.lr=-0.1 must be > 0"),
+    ({"block.depth": 0}, r"depth=0 must be an integer >= 1"),
+    ({"mask.mode": "distinct", "mask.sparsity": 1.0}, r"sparsity=1.0 must be in \[0, 1\)"),
+    ({"block.mode": "implicit"}, r"block mode 'implicit'.*explicit"),
+    ({"solver.name": "newton"}, r"unknown solver 'newton'; valid solvers"),
+    ({"paradigm": "audio"}, r"unknown paradigm 'audio'; valid paradigms: \['graph', 'language', 'ssl', 'vision'\]"),
+    ({"model.widht": 8}, r"unknown key\(s\) \['widht'\] in toy model options; valid keys: \['activation', 'scale', 'width'\]"),
+    ({"train.max_steps": None}, r"set train.epochs or train.max_steps"),
+    ({"optim.name": "lbfgs"}, r"optim.name='lbfgs'.*adamw"),
+])
+def test_bad_values_are_rejected_before_training(tmp_path, change, match):
+    with pytest.raises(ValueError, match=match):
+        train(cfg(**change), tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_misspelt_top_level_key_is_an_error(tmp_path):
+    with pytest.raises(Exception, match="blok"):
+        train(cfg() | {"blok": {"mode": "tied"}}, tmp_path)
+
+
+def test_cli_reports_bad_group_choice_with_valid_options(tmp_path):
+    proc = cli(["block=implicit"], tmp_path)
+    assert proc.returncode != 0
+    assert "implicit" in proc.stderr and "deq" in proc.stderr and "tied" in proc.stderr
+
+
+def test_multirun_with_joblib_launcher(tmp_path):
+    proc = cli(["-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "block=tied,deq",
+                "train.max_steps=10"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.parent.name for p in tmp_path.rglob("metrics.json"))
+    assert runs == ["block=deq,train.max_steps=10", "block=tied,train.max_steps=10"]
+
+
+def test_wandb_logger_offline_never_blocks(tmp_path):
+    pytest.importorskip("wandb")
+    os.environ.pop("WANDB_MODE", None)
+    try:
+        result = train(cfg(**{"logger.name": "wandb", "logger.mode": "offline", "logger.dir": str(tmp_path / "wb"),
+                              "train.max_steps": 10}), tmp_path / "run")
+    finally:
+        os.environ["WANDB_MODE"] = "disabled"
+    assert result["status"] == "completed"
+    assert list((tmp_path / "wb").rglob("*.wandb")), "wandb wrote no offline run file"
+
+
+def test_deterministic_on_cpu(tmp_path):
+    a = train(cfg(**{"block.mode": "deq"}), tmp_path / "a")["metrics"]
+    b = train(cfg(**{"block.mode": "deq"}), tmp_path / "b")["metrics"]
+    assert a["val/loss"] == b["val/loss"] and a["test/acc"] == b["test/acc"]
+    assert torch.equal(torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]["head.weight"],
+                       torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]["head.weight"])
