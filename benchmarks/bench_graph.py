@@ -75,13 +75,16 @@ def parse_sets(items: Iterable[str], base: dict[str, dict[str, Any]]) -> dict[st
 
 
 def make_optimizer(model: nn.Module, optim: dict[str, Any], total_steps: int):
-    """AdamW or SGD (momentum 0.9) with linear warm-up then cosine decay to 0 over ``total_steps``."""
-    if optim["name"] == "adamw":
+    """AdamW, Adam (L2 added to the gradient, as the GCN paper) or SGD (momentum 0.9), with linear warm-up
+    then cosine decay to 0 over ``total_steps``."""
+    if optim["name"] == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
+    elif optim["name"] == "adamw":
         opt = torch.optim.AdamW(model.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
     elif optim["name"] == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=optim["lr"], momentum=0.9, weight_decay=optim["weight_decay"])
     else:
-        raise ValueError(f"optim.name={optim['name']!r} is not valid; choose one of ('adamw', 'sgd')")
+        raise ValueError(f"optim.name={optim['name']!r} is not valid; choose one of ('adamw', 'adam', 'sgd')")
     warm = int(optim.get("warmup", 0))
 
     def factor(step: int) -> float:

@@ -153,21 +153,24 @@ def broyden(
     gx = fx - x
     if track.update(x.view(shape), fx.view(shape)) or max_iter == 1:
         return track.finish(1)
-    U = x.new_zeros(bsz, memory, dim)
-    V = x.new_zeros(bsz, memory, dim)
+    memory = min(memory, max_iter)  # never more rank-one terms than steps: allocate no more
+    U = x.new_empty(bsz, memory, dim)
+    V = x.new_empty(bsz, memory, dim)
     used = 0
 
-    def inv_jac(v: torch.Tensor) -> torch.Tensor:  # B_k v
+    def inv_jac(v: torch.Tensor) -> torch.Tensor:  # B_k v = -v + U^T (V v)
         if used == 0:
             return -v
         n = min(used, memory)
-        return -v + torch.einsum("bmd,bm->bd", U[:, :n], torch.einsum("bmd,bd->bm", V[:, :n], v))
+        coef = torch.bmm(V[:, :n], v.unsqueeze(2))  # (B, n, 1)
+        return torch.baddbmm(-v.unsqueeze(1), coef.transpose(1, 2), U[:, :n]).squeeze(1)
 
-    def inv_jac_t(v: torch.Tensor) -> torch.Tensor:  # v^T B_k
+    def inv_jac_t(v: torch.Tensor) -> torch.Tensor:  # v^T B_k = -v + V^T (U v)
         if used == 0:
             return -v
         n = min(used, memory)
-        return -v + torch.einsum("bmd,bm->bd", V[:, :n], torch.einsum("bmd,bd->bm", U[:, :n], v))
+        coef = torch.bmm(U[:, :n], v.unsqueeze(2))
+        return torch.baddbmm(-v.unsqueeze(1), coef.transpose(1, 2), V[:, :n]).squeeze(1)
 
     for k in range(1, max_iter):
         dx = -inv_jac(gx)
@@ -180,8 +183,8 @@ def broyden(
         gx = gx_new
         v = inv_jac_t(dx)
         denom = (v * dg).sum(dim=1, keepdim=True)
-        u = (dx - inv_jac(dg)) / torch.where(denom.abs() > eps, denom, torch.ones_like(denom))
-        u = torch.where(denom.abs() > eps, u, torch.zeros_like(u))
+        ok = denom.abs() > eps
+        u = (dx - inv_jac(dg)) * torch.where(ok, 1.0 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(denom))
         slot = used % memory
         U[:, slot] = u
         V[:, slot] = v

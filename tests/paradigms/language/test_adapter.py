@@ -1,0 +1,255 @@
+"""Language adapter: the shared contract for every block mode, causal masking, learning on real text,
+bad input (context too long, unknown characters), the saved tokenizer and the config files."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+if not os.environ.get("TIEDLAB_DATA"):
+    pytest.skip("TIEDLAB_DATA is not set (needs tinyshakespeare/)", allow_module_level=True)
+
+from tiedlab.core import Block, BlockSpec, model_param_counts
+from tiedlab.paradigms.contract import CONTRACT_BLOCKS, check_paradigm
+from tiedlab.paradigms.language import tokenizer as T
+from tiedlab.paradigms.language.adapter import LanguageDataOptions, LanguageModelOptions, LanguageParadigm
+from tiedlab.paradigms.language.model import CausalLM, TransformerCell, gpt2_config
+
+CPU = torch.device("cpu")
+SMALL = dict(name="tinyshakespeare", max_chars=50_000, eval_batches=4, eval_batch_size=16)
+TINY = dict(width=32, heads=2, context=16, max_positions=16)
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache_root(tmp_path_factory):
+    """Corpus caches go to a temporary folder, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("tiedlab-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIEDLAB_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def small() -> tuple[LanguageParadigm, object]:
+    paradigm = LanguageParadigm(SMALL, TINY, CPU, seed=0, batch_size=8)
+    return paradigm, paradigm.build_data()
+
+
+# ----------------------------------------------------------------- the shared contract
+@pytest.mark.parametrize("block", list(CONTRACT_BLOCKS))
+def test_contract(block):
+    result = check_paradigm(LanguageParadigm, data=SMALL, model=TINY, blocks=[block], batch_size=8)
+    assert result[block]["last"] < result[block]["first"]
+
+
+def test_bundle(small):
+    paradigm, data = small
+    meta = data.meta
+    assert meta["dataset"].startswith("Tiny Shakespeare") and meta["tokenizer"] == "char"
+    assert data.samples_per_step == 8 * 16  # tokens per step
+    assert data.steps_per_epoch == meta["n_train_tokens"] // (8 * 16)
+    assert meta["n_train_tokens"] == 45_000 and meta["n_val_tokens"] + meta["n_test_tokens"] == 5_000
+    assert meta["n_val_windows"] == meta["n_test_windows"] == 4 * 16
+    # all randomness of an epoch comes from the generator
+    a = list(data.train_batches(torch.Generator().manual_seed(3)))
+    b = list(data.train_batches(torch.Generator().manual_seed(3)))
+    c = next(iter(data.train_batches(torch.Generator().manual_seed(4))))
+    assert len(a) == data.steps_per_epoch
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    assert not torch.equal(a[0][0], c[0])
+    x, y = a[0]
+    assert x.shape == y.shape == (8, 16) and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_evaluation_is_fixed_and_val_differs_from_test(small):
+    paradigm, data = small
+    net = paradigm.build_model(data, BlockSpec(mode="tied", depth=2))
+    val1, val2 = paradigm.evaluate(net, data, "val"), paradigm.evaluate(net, data, "val")
+    test = paradigm.evaluate(net, data, "test")
+    assert val1 == val2
+    assert set(val1) == {"val/loss", "val/bpc"} and set(test) == {"test/loss", "test/bpc"}
+    assert val1["val/bpc"] == pytest.approx(val1["val/loss"] / math.log(2))
+    assert val1["val/loss"] != test["test/loss"]
+    assert abs(val1["val/loss"] - math.log(data.meta["vocab_size"])) < 0.5  # untrained: near uniform
+    with pytest.raises(ValueError, match="split='train'"):
+        paradigm.evaluate(net, data, "train")
+
+
+def test_tied_head_and_param_counts(small):
+    paradigm, data = small
+    tied = paradigm.build_model(data, BlockSpec(mode="tied", depth=4))
+    explicit = paradigm.build_model(data, BlockSpec(mode="explicit", depth=4))
+    assert tied.lm_head.weight is tied.wte.weight
+    cell = sum(p.numel() for p in tied.block.cells[0].parameters())
+    ct, ce = model_param_counts(tied), model_param_counts(explicit)
+    assert ce["params/unique"] - ct["params/unique"] == 3 * cell
+    assert ct["params/dense"] == ce["params/unique"]
+
+
+# ----------------------------------------------------------------- causal masking
+CAUSAL_BLOCKS = {
+    "explicit": dict(mode="explicit", depth=3),
+    "tied": dict(mode="tied", depth=3),
+    "tied_distinct_mask": dict(mode="tied", depth=3, mask=dict(mode="distinct", sparsity=0.5)),
+    "tied_nm_mask_weight_norm": dict(mode="tied", depth=2, norm="weight", mask=dict(mode="distinct", kind="nm")),
+    # tol=0 runs every iteration, so the iteration count cannot depend on the future tokens
+    "deq_fixed_point": dict(mode="deq", solver="fixed_point", max_iter=10, tol=0.0, solver_options=dict(damping=0.8)),
+    "deq_fixed_point_distinct_mask": dict(mode="deq", depth=2, solver="fixed_point", max_iter=6, tol=0.0,
+                                          mask=dict(mode="distinct", sparsity=0.5)),
+}
+
+
+def _lm(spec: dict, vocab: int = 50, out_norm: bool = True) -> CausalLM:
+    config = gpt2_config(32, 2, 4, 16, 0.0, vocab)
+    return CausalLM(config, Block(lambda: TransformerCell(config, out_norm), BlockSpec.from_dict(spec)))
+
+
+def _future_change(net: CausalLM, at: int = 9) -> tuple[float, float]:
+    """Max |logit change| before and from position ``at`` when the token at ``at`` changes."""
+    idx = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(0))
+    idx2 = idx.clone()
+    idx2[:, at] = (idx2[:, at] + 1) % 50
+    a, _ = net(idx)
+    b, _ = net(idx2)
+    return (a[:, :at] - b[:, :at]).abs().max().item(), (a[:, at:] - b[:, at:]).abs().max().item()
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("block", list(CAUSAL_BLOCKS))
+def test_future_tokens_do_not_change_the_past(block, train):
+    net = _lm(CAUSAL_BLOCKS[block]).train(train)
+    with torch.set_grad_enabled(train):
+        past, future = _future_change(net)
+    assert past <= 1e-6, f"{block}: a future token changed earlier logits by {past:.2e}"
+    assert future > 1e-3, f"{block}: the changed token had no effect ({future:.2e})"
+
+
+@pytest.mark.parametrize("solver", ["anderson", "broyden"])
+def test_quasi_newton_deq_leaks_the_future_only_up_to_its_residual(solver):
+    """Anderson and Broyden mix whole samples (every position at once), so before convergence a future
+    token moves earlier positions a little; the map itself is causal (test above), the solver is not."""
+    net = _lm(dict(mode="deq", solver=solver, max_iter=8, tol=1e-3)).eval()
+    with torch.no_grad():
+        past, future = _future_change(net)
+    assert past < 0.05 * future, f"{solver}: leak {past:.2e} vs effect {future:.2e}"
+
+
+def test_default_attention_would_not_be_causal():
+    """Why the config pins attn_implementation: a bare GPT2Config attends to the future."""
+    from transformers import GPT2Config
+
+    with pytest.raises(ValueError, match="not causal"):
+        TransformerCell(GPT2Config(n_embd=32, n_head=2))
+
+
+# ----------------------------------------------------------------- learning on real text
+def test_learns_characters():
+    """100 AdamW steps of a tiny tied model bring the val loss well below the unigram entropy."""
+    paradigm = LanguageParadigm(SMALL, TINY, CPU, seed=0, batch_size=32)
+    data = paradigm.build_data()
+    torch.manual_seed(0)
+    net = paradigm.build_model(data, BlockSpec(mode="tied", depth=2))
+    train_ids = paradigm.corpus.train_ids
+    freq = torch.bincount(train_ids, minlength=data.meta["vocab_size"]).double() / len(train_ids)
+    unigram = -(freq[freq > 0] * freq[freq > 0].log()).sum().item()  # about 3.3 nats
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    assert data.steps_per_epoch < 100  # so this also runs past the end of an epoch
+    batches = (b for epoch in range(2) for b in data.train_batches(torch.Generator().manual_seed(epoch)))
+    for _, batch in zip(range(100), batches):
+        out = paradigm.training_step(net.train(), batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    val = paradigm.evaluate(net, data, "val")["val/loss"]
+    assert val < unigram - 0.5, f"val loss {val:.3f} vs unigram entropy {unigram:.3f}"
+
+
+# ----------------------------------------------------------------- bad input
+def test_context_longer_than_positions_is_an_error():
+    with pytest.raises(ValueError, match="max_positions=16"):
+        LanguageParadigm(SMALL, {**TINY, "context": 17}, CPU)
+    net = _lm(dict(mode="tied", depth=1))
+    with pytest.raises(ValueError, match="exceeds the positional range"):
+        net(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_context_longer_than_split_is_an_error():
+    paradigm = LanguageParadigm({**SMALL, "max_chars": 1000}, {**TINY, "context": 64, "max_positions": 64}, CPU)
+    with pytest.raises(ValueError, match="model.context=64 needs at least 65 tokens but the val split"):
+        paradigm.build_data()
+
+
+def test_unknown_characters(small):
+    paradigm, data = small
+    net = paradigm.build_model(data, BlockSpec(mode="tied", depth=1))
+    with pytest.raises(ValueError, match="outside the tokenizer vocabulary.*'€'"):
+        paradigm.encode("To be, or not to be: €5")
+    with pytest.raises(ValueError, match="'€'"):
+        paradigm.evaluate_text(net, "To be, or not to be: €5")
+    ids = paradigm.encode("be €", unknown="unk")
+    assert ids[-1].item() == paradigm.corpus.tokenizer.unk_token_id
+    scored = paradigm.evaluate_text(net, "To be, or not to be: €5", unknown="unk")
+    assert set(scored) == {"text/loss", "text/bpc"} and math.isfinite(scored["text/loss"])
+
+
+def test_unknown_characters_in_held_out_text():
+    """The first 2000 characters: the held-out 10% has a 'T' that the train 90% lacks."""
+    data = {**SMALL, "max_chars": 2000, "eval_batches": 1}
+    with pytest.raises(ValueError, match="outside the char-level train vocabulary: 'T'"):
+        LanguageParadigm(data, TINY, CPU, batch_size=4).build_data()
+    bundle = LanguageParadigm({**data, "unknown": "unk"}, TINY, CPU, batch_size=4).build_data()
+    assert bundle.meta["unknown_chars"] == ["T"]
+
+
+@pytest.mark.parametrize("section,options,bad", [
+    ("data", {"name": "wikitext"}, "valid names"),
+    ("data", {"tokenizer": "word"}, "data.tokenizer='word'"),
+    ("data", {"unknown": "skip"}, "data.unknown='skip'"),
+    ("data", {"eval_batchs": 3}, "unknown key"),
+    ("model", {"width": 30, "heads": 4}, "divisible"),
+    ("model", {"depth": 4}, "unknown key"),
+])
+def test_bad_options(section, options, bad):
+    data, model = (options, TINY) if section == "data" else (SMALL, options)
+    with pytest.raises(ValueError, match=bad):
+        LanguageParadigm(data, model, CPU)
+
+
+def test_deq_with_dropout_is_an_error(small):
+    _, data = small
+    paradigm = LanguageParadigm(SMALL, {**TINY, "dropout": 0.1}, CPU)
+    with pytest.raises(ValueError, match="dropout=0.1 with block mode 'deq'"):
+        paradigm.build_model(data, BlockSpec(mode="deq"))
+
+
+# ----------------------------------------------------------------- artifacts and configs
+def test_artifacts_save_the_tokenizer(small, tmp_path):
+    paradigm, _ = small
+    paradigm.artifacts(str(tmp_path))
+    loaded = T.load_tokenizer(tmp_path)
+    text = "First Citizen:\nBefore we proceed"
+    assert T.encode_checked(loaded, text) == paradigm.encode(text).tolist()
+    with pytest.raises(RuntimeError, match="build_data"):
+        LanguageParadigm(SMALL, TINY, CPU).artifacts(str(tmp_path))
+
+
+def test_config_files_hold_every_option():
+    omegaconf = pytest.importorskip("omegaconf")
+    paradigm = omegaconf.OmegaConf.load(CONFIGS / "paradigm" / "language.yaml")
+    assert paradigm.paradigm == "language"
+    model = omegaconf.OmegaConf.to_container(paradigm.model)
+    assert set(model) == set(LanguageModelOptions.__dataclass_fields__)
+    assert LanguageModelOptions(**model) == LanguageModelOptions()
+    for name in ("tinyshakespeare", "austen"):
+        path = CONFIGS / "data" / f"{name}.yaml"
+        assert path.read_text().startswith("# @package data")
+        data = omegaconf.OmegaConf.to_container(omegaconf.OmegaConf.load(path))
+        assert set(data) == set(LanguageDataOptions.__dataclass_fields__) and data["name"] == name
+        LanguageDataOptions(**data)

@@ -1,0 +1,107 @@
+"""Every shipped config composes, validates and instantiates: paradigms, data, sizes, experiments, studies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+import tiedlab.paradigms.cli  # noqa: F401  (registers the structured schema)
+from tiedlab.paradigms.base import get_paradigm, options_from
+from tiedlab.paradigms.config import validate
+from tiedlab.paradigms.engine import as_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def names(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def hydra_ctx():
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="tiedlab.configs", version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def instantiate(overrides: list[str]):
+    cfg = compose(config_name="train", overrides=overrides, return_hydra_config=False)
+    run = as_config(OmegaConf.to_container(cfg, resolve=False) | {"run_dir": "unused"})
+    spec = validate(run)
+    cls = get_paradigm(run.paradigm)
+    options_from(cls.DataOptions, run.data, f"{cls.name} data")
+    options_from(cls.ModelOptions, run.model, f"{cls.name} model")
+    return run, spec, cfg
+
+
+def paradigm_of(data_file: str) -> str | None:
+    """The paradigm whose DataOptions a data file fits (data files are per paradigm)."""
+    keys = set(yaml.safe_load((CONFIGS / "data" / f"{data_file}.yaml").read_text()) or {})
+    for paradigm in names("paradigm"):
+        cls = get_paradigm(paradigm)
+        if keys <= {f.name for f in __import__("dataclasses").fields(cls.DataOptions)}:
+            default = yaml.safe_load((CONFIGS / "paradigm" / f"{paradigm}.yaml").read_text())
+            defaults = [d for d in default.get("defaults", []) if isinstance(d, dict) and "/data" in d]
+            if defaults and Path(CONFIGS / "data" / f"{defaults[0]['/data']}.yaml").exists():
+                return paradigm
+    return None
+
+
+def test_default_config_is_a_tied_vision_run(hydra_ctx):
+    run, spec, _ = instantiate([])
+    assert run.paradigm == "vision" and spec.mode == "tied"
+
+
+@pytest.mark.parametrize("paradigm", names("paradigm"))
+@pytest.mark.parametrize("block", names("block"))
+def test_every_paradigm_composes_with_every_block(hydra_ctx, paradigm, block):
+    run, spec, _ = instantiate([f"paradigm={paradigm}", f"block={block}"])
+    assert spec.mode == block
+
+
+@pytest.mark.parametrize("group", ["mask", "solver", "grad", "optim", "logger"])
+def test_every_group_option_composes(hydra_ctx, group):
+    for option in names(group):
+        instantiate([f"{group}={option}", "block=deq"])
+
+
+@pytest.mark.parametrize("size", names("size"))
+def test_every_size_file_composes_with_its_paradigm(hydra_ctx, size):
+    paradigm = size.split("_")[0]
+    assert paradigm in names("paradigm"), f"size {size} names no paradigm"
+    instantiate([f"paradigm={paradigm}", f"size={size}"])
+
+
+@pytest.mark.parametrize("data", names("data"))
+def test_every_data_file_fits_a_paradigm(hydra_ctx, data):
+    paradigm = paradigm_of(data)
+    assert paradigm is not None, f"data file {data}.yaml fits no paradigm's DataOptions"
+    instantiate([f"paradigm={paradigm}", f"data={data}"])
+
+
+@pytest.mark.parametrize("experiment", names("experiment"))
+def test_every_experiment_composes_and_every_swept_value_instantiates(hydra_ctx, experiment):
+    text = (CONFIGS / "experiment" / f"{experiment}.yaml").read_text()
+    assert text.lstrip().startswith("# @package _global_")
+    comment = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    assert len(comment) > 60, f"{experiment}: say in a comment what question it answers"
+    paradigm = experiment.split("_")[0]
+    overrides = [f"paradigm={paradigm}", f"experiment={experiment}"]
+    _, _, cfg = instantiate(overrides)
+    params = (yaml.safe_load(text).get("hydra", {}) or {}).get("sweeper", {}).get("params", {}) or {}
+    assert params, f"{experiment}: an experiment sweeps something (hydra.sweeper.params)"
+    for key, values in params.items():
+        for value in str(values).split(","):
+            instantiate([*overrides, f"{key}={value.strip()}"])
+
+
+@pytest.mark.parametrize("launcher", ["local_parallel", "slurm"])
+def test_launcher_configs_compose(hydra_ctx, launcher):
+    cfg = compose(config_name="train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert "launcher" in cfg.hydra and cfg.hydra.launcher._target_
