@@ -1,10 +1,17 @@
-# The two commands of the README. Both set up everything they need on a fresh machine.
+# The README's commands. Each sets up everything it needs on a fresh machine (.ci/env.sh builds or
+# reuses a pinned virtual environment outside the clone, then installs tiedlab in editable mode).
 SHELL := /bin/bash
 export TIEDLAB_DATA ?= $(abspath ../shared/data)
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= disabled
 
-.PHONY: test test-slow demo bench
+.PHONY: demo quick test test-slow bench
+
+demo:  ## the demo study: all four paradigms on real data, a few runs each -> reports/demo/
+	@source .ci/env.sh && tiedlab-study demo
+
+quick:  ## the full grid at CPU sizes, 2 seeds (about an hour here) -> reports/quick/
+	@source .ci/env.sh && tiedlab-study quick
 
 test:  ## the fast CPU test suite (what CI runs)
 	@source .ci/env.sh && python -m pytest -q

@@ -203,3 +203,21 @@ def test_deterministic_on_cpu(tmp_path):
     assert a["val/loss"] == b["val/loss"] and a["test/acc"] == b["test/acc"]
     assert torch.equal(torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]["head.weight"],
                        torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]["head.weight"])
+
+
+@pytest.mark.slow
+def test_torch_compile_switch_trains_to_the_same_quality(tmp_path):
+    plain = train(cfg(), tmp_path / "plain")["metrics"]
+    compiled = train(cfg(**{"train.compile": True}), tmp_path / "compiled")
+    assert compiled["status"] == "completed"
+    assert abs(compiled["metrics"]["test/acc"] - plain["test/acc"]) < 0.05
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_run_records_cuda_memory(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    result = train(cfg(**{"train.device": "cuda", "train.amp": True, "block.mode": "deq"}), tmp_path)
+    assert result["status"] == "completed"
+    assert 0 < result["metrics"]["memory/peak_mb"] < 2000
+    assert result["metrics"]["test/acc"] > 0.5

@@ -1,0 +1,178 @@
+"""Group runs that differ only in seed into cells, and their mean, sample std and n."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .load import WIDTH_KEYS, Run
+
+# Keys the label, width and depth already show; any other key that varies between cells is named.
+EXPLAINED = {"paradigm", "data.name", "block.mode", "block.depth", "mask.mode", "mask.kind", "mask.sparsity",
+             "solver.name", "grad.mode", "train.jacobian_weight", *(f"model.{k}" for k in WIDTH_KEYS)}
+MODE_ORDER = {"explicit": 0, "tied": 1, "deq": 2}
+# Final metrics the tables show (key, column heading).
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("params/unique", "params unique"), ("params/dense", "params dense"), ("params/nonzero", "params nonzero"),
+    ("time/train_s", "train s"), ("time/step_ms", "step ms"), ("throughput/samples_per_s", "samples/s"),
+    ("memory/peak_mb", "peak MB"), ("core/nfe_forward", "NFE fwd"), ("core/nfe_backward", "NFE bwd"),
+    ("core/rel_residual", "rel residual"),
+)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample standard deviation (ddof=1; None for n < 2) and n of the finite values."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> "Stat":
+        vals = [float(v) for v in values if v is not None and math.isfinite(v)]
+        if not vals:
+            return cls(math.nan, None, 0)
+        return cls(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals))
+
+    @property
+    def se(self) -> float:
+        """Standard error of the mean (nan for n < 2)."""
+        return self.std / math.sqrt(self.n) if self.std is not None else math.nan
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "n": self.n}
+
+
+@dataclass(eq=False)  # identity: cells are dict keys
+class Cell:
+    """Runs of one paradigm and dataset that differ only in seed."""
+
+    paradigm: str
+    dataset: str
+    label: str
+    mode: str
+    width: int | None
+    depth: int | None
+    mask_mode: str
+    mask_kind: str
+    sparsity: float
+    other: str  # the cell's values of other config keys that vary between cells ("" if none)
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def metric(self) -> str:
+        return self.runs[0].metric
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.runs[0].higher_is_better
+
+    @property
+    def completed(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "completed"]
+
+    @property
+    def diverged(self) -> int:
+        return sum(r.status == "diverged" for r in self.runs)
+
+    @property
+    def unfinished(self) -> int:
+        """Runs neither completed nor diverged (running, failed, no metrics.json, unreadable)."""
+        return sum(r.status not in ("completed", "diverged") for r in self.runs)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({r.seed for r in self.runs if r.seed is not None})
+
+    def stat(self, key: str) -> Stat:
+        """A final metric over the completed runs."""
+        return Stat.of(r.metrics.get(key, math.nan) for r in self.completed)
+
+    def primary(self, split: str = "val") -> Stat:
+        return self.stat(f"{split}/{self.metric}")
+
+    def scores(self) -> list[float]:
+        """Final val primary metric of each completed run, signed so that larger is better."""
+        return [r.score(r.value("val")) for r in self.completed if math.isfinite(r.value("val"))]
+
+    def score(self) -> float:
+        """Mean score (nan without completed runs)."""
+        vals = self.scores()
+        return statistics.fmean(vals) if vals else math.nan
+
+    @property
+    def group(self) -> tuple[str, str]:
+        return self.paradigm, self.dataset
+
+    def title(self) -> str:
+        """"tied d=4 w=32 [optim.lr=0.01]" - the label with depth, width and other keys."""
+        parts = [self.label]
+        if self.depth is not None:
+            parts.append(f"d={self.depth}")
+        if self.width is not None:
+            parts.append(f"w={self.width}")
+        if self.other:
+            parts.append(f"[{self.other}]")
+        return " ".join(parts)
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ",".join(map(str, value)) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _varies(name: str, keys: list[dict[str, Any]]) -> bool:
+    """Whether cells differ in ``name``: two values, or (for model/data/optim/train keys) set in some only.
+
+    Solver, grad and mask keys are absent where the mode ignores them, so absence alone does not count.
+    """
+    if len({repr(key[name]) for key in keys if name in key}) > 1:
+        return True
+    present = sum(name in key for key in keys)
+    return 0 < present < len(keys) and name.startswith(("model.", "data.", "optim.", "train.", "block."))
+
+
+def group_cells(runs: list[Run]) -> list[Cell]:
+    """Cells of runs with the same paradigm, dataset and config (less seeds), in report order."""
+    buckets: dict[tuple, list[Run]] = {}
+    for run in runs:
+        key = (run.paradigm, run.dataset, tuple(sorted((k, repr(v)) for k, v in run.key.items())))
+        buckets.setdefault(key, []).append(run)
+    # Keys whose values vary between the cells of one paradigm and dataset (beyond label/width/depth).
+    varying: dict[tuple[str, str], list[str]] = {}
+    per_group: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for (paradigm, dataset, _), members in buckets.items():
+        per_group.setdefault((paradigm, dataset), []).append(members[0].key)
+    for group, keys in per_group.items():
+        names = sorted({k for key in keys for k in key} - EXPLAINED)
+        varying[group] = [n for n in names if _varies(n, keys)]
+    cells = []
+    for (paradigm, dataset, _), members in buckets.items():
+        first = members[0]
+        other = ", ".join(f"{k}={_fmt_value(first.key[k])}" for k in varying[(paradigm, dataset)] if k in first.key)
+        members.sort(key=lambda r: (r.seed if r.seed is not None else -1, r.name))
+        cells.append(Cell(paradigm, dataset, first.label, first.mode, first.width, first.depth, first.mask_mode,
+                          first.mask_kind, first.sparsity, other, members))
+    cells.sort(key=lambda c: (c.paradigm, c.dataset, MODE_ORDER.get(c.mode, 9), c.mask_mode != "none", c.label,
+                              c.width if c.width is not None else -1, c.depth if c.depth is not None else -1, c.other))
+    return cells
+
+
+def groups(cells: list[Cell]) -> dict[tuple[str, str], list[Cell]]:
+    """Cells by (paradigm, dataset), in order."""
+    out: dict[tuple[str, str], list[Cell]] = {}
+    for cell in cells:
+        out.setdefault(cell.group, []).append(cell)
+    return out
+
+
+def best(cells: Iterable[Cell]) -> Cell | None:
+    """The cell with the best mean score, preferring cells with >= 2 completed seeds."""
+    scored = [c for c in cells if math.isfinite(c.score())]
+    multi = [c for c in scored if len(c.scores()) >= 2]
+    pool = multi or scored
+    return max(pool, key=lambda c: c.score()) if pool else None

@@ -1,0 +1,87 @@
+"""Build a report folder from run directories: load, group, decide, plot, write."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import provenance
+from .aggregate import Cell, group_cells
+from .guidelines import guidelines
+from .insights import InsightResult, evaluate
+from .load import Run, load_runs
+from .plots import Plot, make_plots
+from .render import document, to_html, to_markdown
+from .summary import summary
+
+
+@dataclass
+class Report:
+    """Everything a report shows."""
+
+    title: str
+    runs: list[Run]
+    cells: list[Cell]
+    insights: list[InsightResult]
+    guidelines: list[dict[str, Any]]
+    plots: list[Plot] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    report_command: str = ""
+    inputs: list[str] = field(default_factory=list)
+    commit: str = "unknown"
+    date: str = ""
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({r.seed for r in self.runs if r.seed is not None})
+
+    @property
+    def total_train_s(self) -> float:
+        return sum(t for r in self.runs if math.isfinite(t := r.metrics.get("time/train_s", math.nan)))
+
+
+def _remove_old_plots(out: Path) -> None:
+    """Delete the PNGs an earlier build listed in its summary.json (this build may not redraw them)."""
+    try:
+        files = json.loads((out / "summary.json").read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return
+    for name in files:
+        if isinstance(name, str) and name.endswith(".png") and "/" not in name and "\\" not in name:
+            (out / name).unlink(missing_ok=True)
+
+
+def analyse(paths: Iterable[str | Path], title: str = "tiedlab report") -> Report:
+    """Load and analyse the runs under ``paths`` (no files written, no plots)."""
+    paths = list(paths)
+    runs = load_runs(paths)
+    cells = group_cells(runs)
+    return Report(title, runs, cells, evaluate(cells), guidelines(cells), inputs=[str(p) for p in paths])
+
+
+def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tiedlab report",
+                 commands: Iterable[str] = (), report_command: str = "") -> Report:
+    """Write README.md, index.html, summary.json and the plots into ``out``; returns the report.
+
+    Raises:
+        FileNotFoundError: a path in ``paths`` does not exist.
+    """
+    report = analyse(paths, title)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_old_plots(out)
+    report.plots = make_plots(report.cells, out)
+    report.commands = list(commands)
+    report.report_command = report_command
+    report.commit = provenance.git_commit()
+    report.date = provenance.now()
+    report.machine = provenance.machine()
+    blocks = document(report)
+    (out / "README.md").write_text(to_markdown(blocks))
+    (out / "index.html").write_text(to_html(blocks, title))
+    (out / "summary.json").write_text(json.dumps(summary(report), indent=2, sort_keys=False) + "\n")
+    return report

@@ -1,0 +1,47 @@
+"""``tiedlab-report RUNS... --out reports/NAME [--title T] [--command CMD]``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from .build import build_report
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tiedlab-report",
+        description="Build a report (README.md, index.html, summary.json, PNG plots) from tiedlab run directories.")
+    p.add_argument("runs", nargs="+", help="run directories, or folders searched recursively for them")
+    p.add_argument("--out", required=True, help="report folder, e.g. reports/NAME")
+    p.add_argument("--title", default="tiedlab report")
+    p.add_argument("--command", action="append", default=[],
+                   help="the command that made the runs, shown in the header (repeatable)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the report; 0 on success, 1 when no run directory was found, 2 for a path that does not exist."""
+    args = parser().parse_args(argv)
+    invocation = shlex.join(["tiedlab-report", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        report = build_report(args.runs, args.out, args.title, args.command, invocation)
+    except FileNotFoundError as err:
+        print(f"tiedlab-report: {err}", file=sys.stderr)
+        return 2
+    counts: dict[str, int] = {}
+    for run in report.runs:
+        counts[run.status] = counts.get(run.status, 0) + 1
+    status = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+    print(f"[tiedlab] report {args.out}: {len(report.runs)} runs ({status}), {len(report.cells)} cells, "
+          f"{len(report.plots)} plots -> {args.out}/README.md, index.html, summary.json", file=sys.stderr)
+    if not report.runs:
+        print(f"tiedlab-report: no run directories (with config.yaml or metrics.json) under {args.runs}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

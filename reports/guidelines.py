@@ -1,0 +1,55 @@
+"""Guidelines drawn from the runs: the best depth, width and sparsity under a parameter or time budget."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from .aggregate import Cell, best, groups
+
+BUDGETS: tuple[tuple[str, str], ...] = (("params/unique", "unique params"), ("time/train_s", "training s"))
+RULE = ("For each budget (the smallest, median and largest value seen over completed runs, for unique parameters "
+        "and for training seconds), the cell with the best mean val primary metric among cells whose mean cost is "
+        "within the budget (preferring cells with >= 2 seeds).")
+
+
+def _budgets(values: list[float]) -> list[tuple[str, float]]:
+    if not values:
+        return []
+    out: list[tuple[str, float]] = []
+    for name, value in (("smallest", min(values)), ("median", statistics.median(values)), ("largest", max(values))):
+        if not out or value > out[-1][1] * (1 + 1e-9):
+            out.append((name, value))
+    return out
+
+
+def pick(cells: list[Cell], key: str, budget: float) -> Cell | None:
+    """The best cell whose mean ``key`` is at most ``budget``."""
+    return best(c for c in cells if c.stat(key).mean <= budget * (1 + 1e-9))
+
+
+def guidelines(cells: list[Cell]) -> list[dict[str, Any]]:
+    """Per (paradigm, dataset): one pick per budget, with what it achieves and costs."""
+    out = []
+    for (paradigm, dataset), group in groups(cells).items():
+        scored = [c for c in group if c.scores()]
+        picks = []
+        for key, name in BUDGETS:
+            values = [r.metrics.get(key, math.nan) for c in scored for r in c.completed]
+            for budget_name, budget in _budgets([v for v in values if math.isfinite(v)]):
+                cell = pick(scored, key, budget)
+                if cell is None:
+                    continue
+                stat = cell.primary()
+                picks.append({
+                    "budget": key, "budget_name": name, "which": budget_name, "limit": budget,
+                    "label": cell.label, "mode": cell.mode, "depth": cell.depth, "width": cell.width,
+                    "sparsity": cell.sparsity, "mask": cell.mask_mode, "other": cell.other, "title": cell.title(),
+                    "metric": cell.metric, "mean": stat.mean, "std": stat.std, "n": stat.n,
+                    "params_unique": cell.stat("params/unique").mean, "train_s": cell.stat("time/train_s").mean,
+                })
+        if picks:
+            out.append({"paradigm": paradigm, "dataset": dataset, "metric": group[0].metric,
+                        "higher_is_better": group[0].higher_is_better, "picks": picks})
+    return out

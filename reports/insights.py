@@ -1,0 +1,381 @@
+"""Does each insight of Song, Majumder & Lin (2023) transfer? Verdicts from matched comparisons of cells.
+
+Every insight is a set of comparisons; each is a linear contrast of cell means (usually side A minus
+side B) signed so that a positive effect is the insight's direction, decided by one rule (``RULE``).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from .aggregate import Cell, Stat, best, groups
+from .load import Run
+
+Z = 2.0  # a comparison is decided when |effect| > Z * SE
+SATURATION = 0.25  # insight 5: the last depth step gains less than this fraction of the first
+TARGET_FRACTION = 0.95  # insight 2: target = 95% of the worse of the two best final values
+
+RULE = (
+    "Each insight is decided per paradigm and dataset by matched comparisons of two sides (e.g. tied vs DEQ at one "
+    "width). A comparison's effect d is the difference of the sides' means in the insight's direction (the sign is "
+    "flipped where lower is better: loss, time, divergence, spread), and SE = sqrt(s_a^2/n_a + s_b^2/n_b) is the "
+    "pooled standard error (s: sample std over seeds, ddof=1). A comparison holds if d > 2 SE, fails if d < -2 SE, "
+    "and is otherwise inconclusive; it is inconclusive (n<2) when any side has fewer than 2 runs. An insight holds "
+    "when at least one of its comparisons holds and none fails, fails when at least one fails and none holds, and is "
+    "inconclusive otherwise: no runs to compare, n<2, within 2 SE, or mixed (some hold, some fail). Accuracy "
+    "comparisons use the final val primary metric of completed runs; the side's cell is the one with the best mean "
+    "among cells with >= 2 seeds (or any seeds when none has 2). The headline effect is that of the most decisive "
+    "comparison (largest |d|/SE).")
+
+INSIGHTS: dict[int, tuple[str, str]] = {
+    1: ("tied >= DEQ accuracy",
+        "Weight-tied (unmasked) is at least as accurate as the DEQ variants at the same width: best tied cell vs best "
+        "DEQ cell at each width; d = tied - DEQ."),
+    2: ("tied reaches accuracy faster",
+        f"Weight-tied reaches a given accuracy in less training time than DEQ: with the cells of insight 1, the target "
+        f"is {TARGET_FRACTION:.0%} of the worse of the two best final values (within 5% of it when lower is better); a "
+        "run's time to target is the training time (time/train_s) of its first evaluation in history.jsonl at or "
+        "beyond it (a run that never reaches it counts its whole training time, a lower bound); d = DEQ - tied "
+        "seconds. Peak memory is shown beside it."),
+    3: ("tied is more stable",
+        "Weight-tied is more stable than DEQ at the same width: (a) divergence, each run 1 if diverged else 0 "
+        "(completed and diverged runs of every tied / DEQ cell), d = DEQ rate - tied rate; (b) spread over seeds, "
+        "each completed run's absolute deviation from its cell's mean (a Levene-style test; cells with >= 2 seeds), "
+        "d = DEQ - tied."),
+    4: ("distinct masks win",
+        "Distinct masks beat a shared mask and no mask at the same unique parameters: among tied runs of the same "
+        "width and depth (masks add no parameters), best distinct vs best shared cell of the same mask kind and "
+        "sparsity, and best distinct vs the unmasked cell; d = distinct - other."),
+    5: ("accuracy saturates with depth",
+        f"Accuracy saturates with depth: for each variant and width with >= 3 depths (d1 < d2 < ... < dk), the contrast "
+        f"{SATURATION:g} * (m(d2) - m(d1)) - (m(dk) - m(dk-1)) is positive, i.e. the last depth step gains less than "
+        f"{SATURATION:.0%} of the first."),
+    6: ("width buys more than depth",
+        "Width buys more than depth: for each variant, from each (width, depth) of the grid, one step up in width vs "
+        "one step up in depth (the next larger value in the grid, a doubling in the usual grids); d = m(wider) - "
+        "m(deeper). Unique parameters and step time of both sides are shown (for tied models depth adds no unique "
+        "parameters, so this favours depth at matched parameters)."),
+}
+
+
+@dataclass
+class Comparison:
+    """One matched comparison: side A (favoured by the insight) against side B."""
+
+    setting: str
+    a: str
+    b: str
+    n_a: int
+    n_b: int
+    effect: float
+    se: float
+    verdict: str
+    reason: str
+    unit: str
+    a_runs: list[str] = field(default_factory=list)
+    b_runs: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def z(self) -> float:
+        if not math.isfinite(self.effect):
+            return 0.0
+        if self.se > 0:
+            return abs(self.effect) / self.se
+        return math.inf if self.effect != 0 else 0.0
+
+
+@dataclass
+class InsightResult:
+    """The verdict on one insight for one paradigm and dataset."""
+
+    insight: int
+    paradigm: str
+    dataset: str
+    verdict: str
+    reason: str
+    effect: float
+    unit: str
+    n_a: int
+    n_b: int
+    comparisons: list[Comparison]
+
+    def short(self) -> str:
+        """"holds (+0.1 acc, n=3 vs 3)" or "inconclusive (no runs)"."""
+        if self.verdict == "inconclusive" and self.reason in ("no runs", "n<2"):
+            return f"inconclusive ({self.reason})"
+        detail = f"{self.effect:+.3g} {self.unit}, n={self.n_a} vs {self.n_b}" if math.isfinite(self.effect) else ""
+        if self.verdict == "inconclusive":
+            detail = f"{self.reason}; {detail}" if detail else self.reason
+        return f"{self.verdict} ({detail})" if detail else self.verdict
+
+
+def decide(effect: float, se: float, min_n: int) -> tuple[str, str]:
+    """(verdict, reason) of one comparison under ``RULE``."""
+    if min_n == 0:
+        return "inconclusive", "no runs"
+    if min_n < 2:
+        return "inconclusive", "n<2"
+    if not math.isfinite(effect) or not math.isfinite(se):
+        return "inconclusive", "not finite"
+    if effect > Z * se:
+        return "holds", f"d > {Z:g} SE"
+    if effect < -Z * se:
+        return "fails", f"d < -{Z:g} SE"
+    return "inconclusive", f"within {Z:g} SE"
+
+
+def contrast(terms: list[tuple[float, list[float]]]) -> tuple[float, float, int]:
+    """(sum c * mean, sqrt(sum c^2 s^2 / n), smallest n) of independent samples with coefficients c."""
+    stats = [(c, Stat.of(v)) for c, v in terms]
+    min_n = min((s.n for _, s in stats), default=0)
+    if min_n == 0:
+        return math.nan, math.nan, 0
+    effect = sum(c * s.mean for c, s in stats)
+    se = math.sqrt(sum(c * c * (s.std or 0.0) ** 2 / s.n for c, s in stats)) if min_n >= 2 else math.nan
+    return effect, se, min_n
+
+
+def compare(setting: str, a: str, b: str, a_values: list[float], b_values: list[float], unit: str,
+            a_runs: Iterable[Run] = (), b_runs: Iterable[Run] = (), **extra: Any) -> Comparison:
+    """A two-sample comparison: d = mean(a) - mean(b) (values already signed in the insight's direction)."""
+    effect, se, min_n = contrast([(1.0, a_values), (-1.0, b_values)])
+    verdict, reason = decide(effect, se, min_n)
+    return Comparison(setting, a, b, Stat.of(a_values).n, Stat.of(b_values).n, effect, se, verdict, reason, unit,
+                      [r.name for r in a_runs], [r.name for r in b_runs], extra)
+
+
+def side(cell: Cell) -> str:
+    stat = cell.primary()
+    return f"{cell.title()} ({stat.mean:.4g}, n={stat.n})" if stat.n else f"{cell.title()} (n=0)"
+
+
+def is_plain_tied(cell: Cell) -> bool:
+    return cell.mode == "tied" and cell.mask_mode == "none" and not cell.label.endswith("+jac")
+
+
+def depth_matters(cell: Cell) -> bool:
+    """Depth is a real axis for explicit and tied blocks, and for DEQ only with distinct masks (cycle length)."""
+    return cell.mode in ("explicit", "tied") or (cell.mode == "deq" and cell.mask_mode == "distinct")
+
+
+def _by(cells: Iterable[Cell], key: Callable[[Cell], Any]) -> dict[Any, list[Cell]]:
+    out: dict[Any, list[Cell]] = {}
+    for c in cells:
+        out.setdefault(key(c), []).append(c)
+    return out
+
+
+def _sorted_keys(keys: Iterable[Any]) -> list[Any]:
+    return sorted(keys, key=lambda k: (k is None, k if k is not None else 0))
+
+
+def _metric_unit(cells: list[Cell]) -> str:
+    return cells[0].metric if cells else ""
+
+
+def _tied_vs_deq(cells: list[Cell]) -> list[tuple[Any, list[Cell], list[Cell]]]:
+    tied, deq = _by(filter(is_plain_tied, cells), lambda c: c.width), _by((c for c in cells if c.mode == "deq"),
+                                                                            lambda c: c.width)
+    return [(w, tied[w], deq[w]) for w in _sorted_keys(set(tied) & set(deq))]
+
+
+def insight1(cells: list[Cell]) -> list[Comparison]:
+    out = []
+    for w, tied, deq in _tied_vs_deq(cells):
+        a, b = best(tied), best(deq)
+        if a is None or b is None:
+            continue
+        out.append(compare(f"width={w}", side(a), side(b), a.scores(), b.scores(), _metric_unit(cells),
+                           a.completed, b.completed))
+    return out
+
+
+def time_to_target(run: Run, target_score: float) -> tuple[float, bool]:
+    """(training seconds at the first evaluation whose score reaches ``target_score``, reached?)."""
+    curve = run.curve()
+    for t, v in curve:
+        if run.score(v) >= target_score:
+            return t, True
+    total = run.metrics.get("time/train_s", math.nan)
+    return (total if math.isfinite(total) else (curve[-1][0] if curve else math.nan)), False
+
+
+def insight2(cells: list[Cell]) -> list[Comparison]:
+    out = []
+    for w, tied, deq in _tied_vs_deq(cells):
+        a, b = best(tied), best(deq)
+        if a is None or b is None:
+            continue
+        worse = min(a.score(), b.score())
+        target = worse - (1 - TARGET_FRACTION) * abs(worse)
+        times = {c: [time_to_target(r, target) for r in c.completed] for c in (a, b)}
+        ta, tb = ([t for t, _ in times[c] if math.isfinite(t)] for c in (a, b))
+        missed = {c: sum(not ok for _, ok in times[c]) for c in (a, b)}
+        memory = {c: c.stat("memory/peak_mb") for c in (a, b)}
+        target_metric = target if a.higher_is_better else -target
+        out.append(compare(
+            f"width={w}, target {a.metric}={target_metric:.4g}",
+            f"{a.title()} ({statistics.fmean(ta) if ta else math.nan:.3g} s, peak {memory[a].mean:.4g} MB"
+            f"{f', {missed[a]} never reached' if missed[a] else ''})",
+            f"{b.title()} ({statistics.fmean(tb) if tb else math.nan:.3g} s, peak {memory[b].mean:.4g} MB"
+            f"{f', {missed[b]} never reached' if missed[b] else ''})",
+            [-t for t in ta], [-t for t in tb], "s", a.completed, b.completed,
+            target=target_metric, tied_s=Stat.of(ta).as_dict(), deq_s=Stat.of(tb).as_dict(),
+            tied_peak_mb=memory[a].as_dict(), deq_peak_mb=memory[b].as_dict(),
+            tied_not_reached=missed[a], deq_not_reached=missed[b]))
+    return out
+
+
+def _deviations(cells: list[Cell]) -> list[float]:
+    out = []
+    for c in cells:
+        vals = c.scores()
+        if len(vals) >= 2:
+            m = statistics.fmean(vals)
+            out.extend(abs(v - m) for v in vals)
+    return out
+
+
+def insight3(cells: list[Cell]) -> list[Comparison]:
+    out = []
+    for w, tied, deq in _tied_vs_deq(cells):
+        runs = {k: [r for c in side_cells for r in c.runs if r.status in ("completed", "diverged")]
+                for k, side_cells in (("tied", tied), ("deq", deq))}
+        flags = {k: [1.0 if r.status == "diverged" else 0.0 for r in v] for k, v in runs.items()}
+        div = {k: int(sum(v)) for k, v in flags.items()}
+        # d = DEQ rate - tied rate: A (tied) is favoured, so A's values are the negated flags.
+        out.append(compare(f"width={w}: divergence", f"tied: {div['tied']}/{len(flags['tied'])} diverged",
+                           f"DEQ: {div['deq']}/{len(flags['deq'])} diverged", [-f for f in flags["tied"]],
+                           [-f for f in flags["deq"]], "divergence rate", runs["tied"], runs["deq"],
+                           tied_diverged=div["tied"], tied_runs=len(flags["tied"]), deq_diverged=div["deq"],
+                           deq_runs=len(flags["deq"])))
+        dev_t, dev_d = _deviations(tied), _deviations(deq)
+        comp = compare(f"width={w}: spread", f"tied: mean |dev| {statistics.fmean(dev_t) if dev_t else math.nan:.3g}",
+                       f"DEQ: mean |dev| {statistics.fmean(dev_d) if dev_d else math.nan:.3g}",
+                       [-d for d in dev_t], [-d for d in dev_d], f"|dev| {_metric_unit(cells)}",
+                       [r for c in tied if len(c.scores()) >= 2 for r in c.completed],
+                       [r for c in deq if len(c.scores()) >= 2 for r in c.completed])
+        if comp.reason == "no runs" and any(c.completed for c in tied) and any(c.completed for c in deq):
+            comp.reason = "n<2"  # runs exist, but no cell has 2 seeds to measure a spread
+        out.append(comp)
+    return out
+
+
+def insight4(cells: list[Cell]) -> list[Comparison]:
+    out = []
+    tied = [c for c in cells if c.mode == "tied" and not c.label.endswith("+jac")]
+    for (w, d), group in sorted(_by(tied, lambda c: (c.width, c.depth)).items(),
+                                key=lambda kv: tuple(x if x is not None else -1 for x in kv[0])):
+        distinct = [c for c in group if c.mask_mode == "distinct"]
+        shared = _by((c for c in group if c.mask_mode == "shared"), lambda c: (c.mask_kind, round(c.sparsity, 6)))
+        plain = [c for c in group if c.mask_mode == "none"]
+        for (kind, sp), s_cells in sorted(shared.items()):
+            a = best(c for c in distinct if (c.mask_kind, round(c.sparsity, 6)) == (kind, sp))
+            b = best(s_cells)
+            if a and b:
+                out.append(compare(f"width={w}, depth={d}: vs shared {kind}@{sp:g}", side(a), side(b), a.scores(),
+                                   b.scores(), _metric_unit(cells), a.completed, b.completed))
+        a, b = best(distinct), best(plain)
+        if a and b:
+            out.append(compare(f"width={w}, depth={d}: vs no mask", side(a), side(b), a.scores(), b.scores(),
+                               _metric_unit(cells), a.completed, b.completed))
+    return out
+
+
+def _depth_grids(cells: list[Cell]) -> dict[tuple[str, str], list[Cell]]:
+    return _by((c for c in cells if depth_matters(c) and c.depth is not None and c.scores()),
+               lambda c: (c.label, c.other))
+
+
+def insight5(cells: list[Cell]) -> list[Comparison]:
+    out = []
+    for (label, other), group in _depth_grids(cells).items():
+        for w, line in _by(group, lambda c: c.width).items():
+            line = sorted(line, key=lambda c: c.depth)
+            if len(line) < 3:
+                continue
+            (c1, c2), (cj, ck) = line[:2], line[-2:]
+            coef: dict[int, float] = {}
+            for cell, c in ((c1, -SATURATION), (c2, SATURATION), (cj, 1.0), (ck, -1.0)):
+                coef[id(cell)] = coef.get(id(cell), 0.0) + c
+            by_id = {id(c): c for c in (c1, c2, cj, ck)}
+            effect, se, min_n = contrast([(coef[i], by_id[i].scores()) for i in coef])
+            verdict, reason = decide(effect, se, min_n)
+            sign = 1 if c1.higher_is_better else -1
+            g_low, g_high = sign * (c2.score() - c1.score()), sign * (ck.score() - cj.score())
+            out.append(Comparison(
+                f"{label} w={w}{f' [{other}]' if other else ''}",
+                f"depth {cj.depth}->{ck.depth}: {g_high:+.3g} (n={len(cj.scores())}, {len(ck.scores())})",
+                f"depth {c1.depth}->{c2.depth}: {g_low:+.3g} (n={len(c1.scores())}, {len(c2.scores())})",
+                len(cj.scores()) + len(ck.scores()), len(c1.scores()) + len(c2.scores()), effect, se, verdict, reason,
+                c1.metric, [r.name for r in cj.completed + ck.completed], [r.name for r in c1.completed + c2.completed],
+                {"depths": [c.depth for c in line], "means": [c.primary().mean for c in line], "gain_first": g_low,
+                 "gain_last": g_high}))
+    return out
+
+
+def insight6(cells: list[Cell]) -> list[Comparison]:
+    out = []
+    for (label, other), group in _depth_grids(cells).items():
+        grid = {(c.width, c.depth): c for c in group if c.width is not None}
+        widths, depths = sorted({w for w, _ in grid}), sorted({d for _, d in grid})
+        if len(widths) < 2 or len(depths) < 2:
+            continue
+        for i, w in enumerate(widths[:-1]):
+            for j, d in enumerate(depths[:-1]):
+                wide, deep = grid.get((widths[i + 1], d)), grid.get((w, depths[j + 1]))
+                if wide is None or deep is None:
+                    continue
+                extra = {"wider_params": wide.stat("params/unique").mean, "deeper_params": deep.stat("params/unique").mean,
+                         "wider_step_ms": wide.stat("time/step_ms").mean, "deeper_step_ms": deep.stat("time/step_ms").mean}
+                out.append(compare(
+                    f"{label} from w={w}, d={d}{f' [{other}]' if other else ''}",
+                    f"{side(wide)}, {extra['wider_params']:.4g} params, {extra['wider_step_ms']:.3g} ms/step",
+                    f"{side(deep)}, {extra['deeper_params']:.4g} params, {extra['deeper_step_ms']:.3g} ms/step",
+                    wide.scores(), deep.scores(), wide.metric, wide.completed, deep.completed, **extra))
+    return out
+
+
+CHECKS: dict[int, Callable[[list[Cell]], list[Comparison]]] = {
+    1: insight1, 2: insight2, 3: insight3, 4: insight4, 5: insight5, 6: insight6}
+NEEDS: dict[int, str] = {
+    1: "tied and DEQ runs at the same width", 2: "tied and DEQ runs at the same width",
+    3: "tied and DEQ runs at the same width", 4: "tied runs with distinct and shared (or no) masks at one width and depth",
+    5: ">= 3 depths of one variant and width", 6: ">= 2 widths and >= 2 depths of one variant"}
+
+
+def verdict_of(insight: int, paradigm: str, dataset: str, comps: list[Comparison]) -> InsightResult:
+    """Combine the comparisons of one insight under ``RULE``."""
+    a_runs = {r for c in comps for r in c.a_runs}
+    b_runs = {r for c in comps for r in c.b_runs}
+    if not comps:
+        return InsightResult(insight, paradigm, dataset, "inconclusive", "no runs", math.nan, "", 0, 0, [])
+    holds = [c for c in comps if c.verdict == "holds"]
+    fails = [c for c in comps if c.verdict == "fails"]
+    if holds and not fails:
+        verdict, reason = "holds", f"{len(holds)}/{len(comps)} comparisons hold, none fails"
+    elif fails and not holds:
+        verdict, reason = "fails", f"{len(fails)}/{len(comps)} comparisons fail, none holds"
+    elif holds and fails:
+        verdict, reason = "inconclusive", f"mixed: {len(holds)} hold, {len(fails)} fail"
+    elif all(c.reason in ("n<2", "no runs") for c in comps):
+        verdict, reason = "inconclusive", "n<2" if any(c.reason == "n<2" for c in comps) else "no runs"
+    else:
+        verdict, reason = "inconclusive", f"within {Z:g} SE"
+    usable = [c for c in comps if c.reason not in ("n<2", "no runs")] or comps
+    head = max(usable, key=lambda c: (c.z, c.n_a + c.n_b))
+    return InsightResult(insight, paradigm, dataset, verdict, reason, head.effect, head.unit, len(a_runs),
+                         len(b_runs), comps)
+
+
+def evaluate(cells: list[Cell]) -> list[InsightResult]:
+    """Every insight for every (paradigm, dataset), in order."""
+    out = []
+    for (paradigm, dataset), group in groups(cells).items():
+        for number, check in CHECKS.items():
+            out.append(verdict_of(number, paradigm, dataset, check(group)))
+    return out

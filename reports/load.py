@@ -1,0 +1,288 @@
+"""Read run directories (config.yaml, history.jsonl, metrics.json) into ``Run`` records with labels.
+
+The run directory is the report's only input (see ``tiedlab.paradigms.rundir``). A run without
+metrics.json (just started) or with status running / failed / diverged is kept, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+CONFIG, HISTORY, METRICS = "config.yaml", "history.jsonl", "metrics.json"
+
+# Paradigm -> (primary metric, higher is better). Unknown paradigms fall back on what the runs logged.
+PRIMARY: dict[str, tuple[str, bool]] = {
+    "vision": ("acc", True),
+    "graph": ("acc", True),
+    "ssl": ("knn_acc", True),
+    "language": ("loss", False),
+}
+FALLBACK: tuple[tuple[str, bool], ...] = (("acc", True), ("knn_acc", True))  # else ("loss", False)
+
+# Where the model's width lives in ``model`` (first present wins).
+WIDTH_KEYS = ("width", "hidden", "d_model", "hidden_channels", "channels")
+# Config keys that never distinguish one cell from another (seeds, bookkeeping, devices).
+NOT_GROUPED = ("seed", "mask.seed", "run_dir", "resume", "logger", "train.progress", "train.time_limit_s",
+               "train.device", "train.threads")
+
+
+@dataclass
+class Run:
+    """One run directory as the report sees it."""
+
+    dir: Path
+    name: str  # display path, relative to the folder it was found under
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    history: list[dict[str, Any]]
+    status: str  # completed | running | diverged | failed | missing (no metrics.json) | unreadable
+    reason: str
+    step: int | None = None
+    total_steps: int | None = None
+    paradigm: str = "?"
+    dataset: str = "?"
+    seed: int | None = None
+    mode: str = "?"
+    label: str = "?"
+    width: int | None = None
+    depth: int | None = None
+    mask_mode: str = "none"
+    mask_kind: str = ""
+    sparsity: float = 0.0
+    key: dict[str, Any] = field(default_factory=dict)  # the config that defines the run's cell
+    metric: str = "acc"  # primary metric name (set per paradigm by ``load_runs``)
+    higher_is_better: bool = True
+
+    def value(self, split: str = "val") -> float:
+        """The final primary metric on ``split`` (nan if absent)."""
+        return self.metrics.get(f"{split}/{self.metric}", math.nan)
+
+    def score(self, value: float) -> float:
+        """``value`` signed so that larger is always better."""
+        return value if self.higher_is_better else -value
+
+    def curve(self) -> list[tuple[float, float]]:
+        """(training seconds, val primary metric) at each evaluation in history.jsonl."""
+        out = []
+        for rec in self.history:
+            t, v = to_float(rec.get("time/train_s")), to_float(rec.get(f"val/{self.metric}"))
+            if math.isfinite(t) and math.isfinite(v):
+                out.append((t, v))
+        return out
+
+
+def to_float(value: Any) -> float:
+    """A float from a JSON value; "nan"/"inf" strings and numbers convert, anything else is nan."""
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return math.nan
+    return math.nan
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``{"a.b": value}``; lists become tuples so they can be compared and hashed."""
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: "{}"}
+    if isinstance(obj, list):
+        return {prefix[:-1]: tuple(json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for v in obj)}
+    return {prefix[:-1]: obj}
+
+
+def paradigm_name(raw: str) -> str:
+    """"vision" -> "vision"; "support.toy:ToyParadigm" -> "toy" (class name, lowercased, less "paradigm")."""
+    if ":" not in raw and "." not in raw:
+        return raw
+    cls = raw.rpartition(":")[2] if ":" in raw else raw.rpartition(".")[2]
+    short = cls.lower().replace("paradigm", "")
+    return short or raw.partition(":")[0].rpartition(".")[2] or raw
+
+
+def mask_sparsity(mask: dict[str, Any]) -> float:
+    """The fraction of masked weights (1 - n/m for N:M masks); 0 without a mask."""
+    if mask.get("mode", "none") == "none":
+        return 0.0
+    if mask.get("kind") == "nm":
+        n, m = to_float(mask.get("n", 2)), to_float(mask.get("m", 4))
+        return 1.0 - n / m if m else 0.0
+    return to_float(mask.get("sparsity", 0.0))
+
+
+def mask_active(mask: dict[str, Any]) -> bool:
+    return mask.get("mode", "none") != "none" and (mask.get("kind") == "nm" or mask_sparsity(mask) > 0)
+
+
+def variant_label(config: dict[str, Any]) -> str:
+    """"explicit", "tied", "tied+distinct/unstructured@0.5", "deq anderson+ift", ... plus "+jac"."""
+    block, mask = config.get("block") or {}, config.get("mask") or {}
+    mode = block.get("mode", "?")
+    if mode == "deq":
+        label = f"deq {(config.get('solver') or {}).get('name', '?')}+{(config.get('grad') or {}).get('mode', '?')}"
+    else:
+        label = str(mode)
+    if mask_active(mask):
+        label += f"+{mask.get('mode')}/{mask.get('kind', 'unstructured')}@{mask_sparsity(mask):g}"
+    if to_float((config.get("train") or {}).get("jacobian_weight", 0.0)) > 0:
+        label += "+jac"
+    return label
+
+
+def group_key(config: dict[str, Any]) -> dict[str, Any]:
+    """The flattened config less seeds, bookkeeping, and the keys a run's mode ignores.
+
+    Solver and gradient settings only matter to DEQ; mask settings only when a mask is active
+    (and n, m only for N:M masks).
+    """
+    flat = flatten(config)
+    mode = (config.get("block") or {}).get("mode")
+    mask = config.get("mask") or {}
+
+    def dropped(key: str) -> bool:
+        if any(key == k or key.startswith(k + ".") for k in NOT_GROUPED):
+            return True
+        if mode != "deq" and key.split(".")[0] in ("solver", "grad"):
+            return True
+        if key.startswith("mask.") and (not mask_active(mask) or (key in ("mask.n", "mask.m") and mask.get("kind") != "nm")):
+            return True
+        return key == "mask.sparsity" and mask.get("kind") == "nm"
+
+    return {k: v for k, v in flat.items() if not dropped(k)}
+
+
+def _read_json(path: Path) -> tuple[dict[str, Any] | None, str]:
+    try:
+        return json.loads(path.read_text()), ""
+    except (OSError, json.JSONDecodeError) as err:
+        return None, f"{path.name} unreadable ({type(err).__name__}: {err})"
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """history.jsonl lines; a cut last line (a killed run) ends the history."""
+    path = run_dir / HISTORY
+    out: list[dict[str, Any]] = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return sorted(out, key=lambda r: to_float(r.get("step", 0)))
+
+
+def load_run(run_dir: Path, name: str | None = None) -> Run:
+    """One run directory; never raises on missing or broken files (they become the status)."""
+    run_dir = Path(run_dir)
+    config: dict[str, Any] = {}
+    problems = []
+    if (run_dir / CONFIG).exists():
+        try:
+            config = yaml.safe_load((run_dir / CONFIG).read_text()) or {}
+        except yaml.YAMLError as err:
+            problems.append(f"config.yaml unreadable ({type(err).__name__})")
+    if (run_dir / METRICS).exists():
+        result, problem = _read_json(run_dir / METRICS)
+        if result is None:
+            result, status, reason = {}, "unreadable", problem
+        else:
+            status, reason = str(result.get("status", "unknown")), str(result.get("reason", "") or "")
+    else:
+        result, status, reason = {}, "missing", "no metrics.json yet (not started, or killed before its first write)"
+    if problems:
+        reason = "; ".join([reason, *problems]) if reason else "; ".join(problems)
+    metrics = {k: to_float(v) for k, v in (result.get("metrics") or {}).items()}
+    block, model, mask = config.get("block") or {}, config.get("model") or {}, config.get("mask") or {}
+    raw_paradigm = str(config.get("paradigm") or result.get("paradigm") or "?")
+    width = next((model[k] for k in WIDTH_KEYS if isinstance(model.get(k), int)), None)
+    dataset = (config.get("data") or {}).get("name") or result.get("dataset") or "?"
+    seed = config.get("seed")
+    key = group_key(config) if config else {"dir": str(run_dir)}
+    return Run(
+        dir=run_dir, name=name or run_dir.name, config=config, metrics=metrics, history=read_history(run_dir),
+        status=status, reason=reason, step=result.get("step"), total_steps=result.get("total_steps"),
+        paradigm=paradigm_name(raw_paradigm), dataset=str(dataset), seed=seed if isinstance(seed, int) else None,
+        mode=str(block.get("mode", "?")), label=variant_label(config) if config else "?", width=width,
+        depth=block.get("depth") if isinstance(block.get("depth"), int) else None,
+        mask_mode=str(mask.get("mode", "none")) if mask_active(mask) else "none",
+        mask_kind=str(mask.get("kind", "")) if mask_active(mask) else "", sparsity=mask_sparsity(mask), key=key,
+    )
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / CONFIG).is_file() or (path / METRICS).is_file()
+
+
+def find_run_dirs(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
+    """(run dir, display name) for each run dir given or found below a folder given.
+
+    Hidden folders (e.g. Hydra's ``.hydra``, which holds its own config.yaml) are skipped, and the
+    search does not descend into a run dir.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+    """
+    found: dict[Path, str] = {}
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} does not exist")
+        if is_run_dir(p):
+            found.setdefault(p.resolve(), p.name)
+            continue
+        for root, dirs, _files in os.walk(p):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            here = Path(root)
+            if here != p and is_run_dir(here):
+                found.setdefault(here.resolve(), str(here.relative_to(p)))
+                dirs[:] = []
+    return sorted(found.items(), key=lambda item: item[1])
+
+
+def primary_metric(paradigm: str, runs: list[Run]) -> tuple[str, bool]:
+    """(metric, higher is better) of a paradigm: the table, else what its runs logged, else loss."""
+    if paradigm in PRIMARY:
+        return PRIMARY[paradigm]
+    keys = set()
+    for run in runs:
+        keys.update(run.metrics)
+        for rec in run.history:
+            keys.update(rec)
+    for name, higher in FALLBACK:
+        if f"val/{name}" in keys:
+            return name, higher
+    return "loss", False
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """Every run under ``paths``, with the primary metric of its paradigm set.
+
+    A run whose dataset is unknown (no data.name in its config and no metrics.json yet) takes the
+    dataset of its paradigm's other runs when they all agree on one.
+    """
+    runs = [load_run(d, name) for d, name in find_run_dirs(paths)]
+    by_paradigm: dict[str, list[Run]] = {}
+    for run in runs:
+        by_paradigm.setdefault(run.paradigm, []).append(run)
+    for paradigm, group in by_paradigm.items():
+        metric, higher = primary_metric(paradigm, group)
+        known = {r.dataset for r in group if r.dataset != "?"}
+        for run in group:
+            run.metric, run.higher_is_better = metric, higher
+            if run.dataset == "?" and len(known) == 1:
+                run.dataset = next(iter(known))
+    return runs

@@ -1,0 +1,242 @@
+"""The report as a list of blocks, written out as Markdown (README.md) and self-contained HTML (index.html)."""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import guidelines as guide
+from .aggregate import COLUMNS, Stat, groups
+from .insights import INSIGHTS, NEEDS, RULE
+
+
+@dataclass
+class Block:
+    """One piece of the document: heading, paragraph, list, code, table or image."""
+
+    kind: str  # h1 | h2 | h3 | p | ul | code | table | img
+    text: str = ""
+    items: list[str] = field(default_factory=list)  # ul items; img: [file]
+    header: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    row_classes: list[str] = field(default_factory=list)
+
+
+def fmt(value: Any) -> str:
+    """A number in a table: 4 significant digits, thousands separators for large values, "-" for missing."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if abs(value) >= 1e4:
+        return f"{value:,.0f}"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def fmt_stat(stat: Stat, n_row: int | None = None) -> str:
+    """"mean ± std" ("-" for the std of one run), with "(n=k)" when k differs from the row's n."""
+    if stat.n == 0:
+        return "-"
+    out = f"{fmt(stat.mean)} ± {fmt(stat.std) if stat.std is not None else '-'}"
+    return out if n_row is None or stat.n == n_row else f"{out} (n={stat.n})"
+
+
+def header_blocks(report: Any) -> list[Block]:
+    counts: dict[str, int] = {}
+    for run in report.runs:
+        counts[run.status] = counts.get(run.status, 0) + 1
+    m = report.machine
+    items = [
+        f"commit: {report.commit}",
+        f"date: {report.date}",
+        *[f"command: `{c}`" for c in report.commands],
+        f"report command: `{report.report_command}`",
+        f"runs: {len(report.runs)} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'none'}) in "
+        f"{len(report.cells)} cells",
+        f"seeds: {', '.join(map(str, report.seeds)) or '-'}",
+        f"machine: {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, torch {m['torch']}, "
+        f"CUDA device: {m['cuda_device']}",
+        f"total run time: {fmt(report.total_train_s)} s of training ({fmt(report.total_train_s / 3600)} h, sum of "
+        "time/train_s)",
+    ]
+    return [Block("h1", report.title), Block("ul", items=items)]
+
+
+def insight_blocks(report: Any) -> list[Block]:
+    cols = list(groups(report.cells))
+    by_key = {(r.insight, r.paradigm, r.dataset): r for r in report.insights}
+    rows, classes = [], []
+    for number, (short, _) in INSIGHTS.items():
+        rows.append([f"{number}. {short}"] + [by_key[(number, *g)].short() if (number, *g) in by_key else "-"
+                                              for g in cols])
+        classes.append("")
+    blocks = [Block("h2", "Insight transfer"), Block("p", "Decision rule: " + RULE)]
+    if cols:
+        blocks.append(Block("table", header=["insight"] + [f"{p} / {d}" for p, d in cols], rows=rows,
+                            row_classes=classes))
+    else:
+        blocks.append(Block("p", "No runs: every insight is inconclusive (no runs)."))
+    blocks.append(Block("h3", "What each insight compares"))
+    blocks.append(Block("ul", items=[f"{n}. {text} Needs {NEEDS[n]}." for n, (_, text) in INSIGHTS.items()]))
+    detail = []
+    detail_classes = []
+    for r in report.insights:
+        if not r.comparisons:
+            detail.append([str(r.insight), f"{r.paradigm} / {r.dataset}", f"no runs (needs {NEEDS[r.insight]})", "-",
+                           "-", "-", "-", "inconclusive (no runs)"])
+            detail_classes.append("inconclusive")
+        for c in r.comparisons:
+            detail.append([str(r.insight), f"{r.paradigm} / {r.dataset}", c.setting, c.a, c.b,
+                           f"{c.n_a} vs {c.n_b}", f"{fmt(c.effect)} ± {fmt(c.se)} {c.unit}",
+                           f"{c.verdict} ({c.reason})"])
+            detail_classes.append(c.verdict)
+    blocks.append(Block("h3", "Comparisons behind the verdicts"))
+    blocks.append(Block("table", header=["insight", "paradigm / dataset", "comparison", "side A (insight favours)",
+                                         "side B", "n A vs B", "d ± SE", "verdict"], rows=detail,
+                        row_classes=detail_classes))
+    return blocks
+
+
+def guideline_blocks(report: Any) -> list[Block]:
+    blocks = [Block("h2", "Guidelines"), Block("p", guide.RULE)]
+    if not report.guidelines:
+        blocks.append(Block("p", "No completed runs with a finite primary metric: no guidelines."))
+    for g in report.guidelines:
+        rows = [[f"{p['budget_name']} <= {fmt(p['limit'])} ({p['which']})", p["title"], fmt(p["depth"]),
+                 fmt(p["width"]), fmt(p["sparsity"]) + (f" ({p['mask']})" if p["mask"] != "none" else ""),
+                 f"{fmt_stat(Stat(p['mean'], p['std'], p['n']))} (n={p['n']})", fmt(p["params_unique"]),
+                 fmt(p["train_s"])] for p in g["picks"]]
+        blocks.append(Block("h3", f"{g['paradigm']} / {g['dataset']}: best val {g['metric']} "
+                                  f"({'higher' if g['higher_is_better'] else 'lower'} is better) within a budget"))
+        blocks.append(Block("table", header=["budget", "best cell", "depth", "width", "sparsity", f"val {g['metric']}",
+                                             "params unique", "train s"], rows=rows))
+    return blocks
+
+
+def cell_blocks(report: Any) -> list[Block]:
+    blocks: list[Block] = []
+    for (paradigm, dataset), cells in groups(report.cells).items():
+        metric, higher = cells[0].metric, cells[0].higher_is_better
+        show_other = any(c.other for c in cells)
+        header = ["variant", "depth", "width", *(["other"] if show_other else []), "n", f"val {metric}",
+                  f"test {metric}", *[name for _, name in COLUMNS], "diverged / runs", "unfinished"]
+        rows, classes = [], []
+        for c in cells:
+            n = len(c.completed)
+            rows.append([c.label, fmt(c.depth), fmt(c.width), *([c.other] if show_other else []), str(n),
+                         fmt_stat(c.primary("val"), n), fmt_stat(c.primary("test"), n),
+                         *[fmt_stat(c.stat(key), n) for key, _ in COLUMNS], f"{c.diverged} / {len(c.runs)}",
+                         str(c.unfinished)])
+            classes.append("diverged" if c.diverged else ("unfinished" if c.unfinished else ""))
+        blocks.append(Block("h2", f"{paradigm} / {dataset}"))
+        blocks.append(Block("p", f"Primary metric: {metric} ({'higher' if higher else 'lower'} is better). Each row "
+                                 "is a cell of runs that differ only in seed: mean ± sample std (ddof=1) over its "
+                                 "completed runs, n = completed runs (a metric's own n is shown when it differs); "
+                                 "diverged and unfinished (running, failed, no metrics.json) runs are counted, "
+                                 "not averaged."))
+        blocks.append(Block("table", header=header, rows=rows, row_classes=classes))
+        for plot in report.plots:
+            if (plot.paradigm, plot.dataset) == (paradigm, dataset):
+                blocks.append(Block("img", plot.title, items=[plot.file]))
+    return blocks
+
+
+def run_blocks(report: Any) -> list[Block]:
+    rows, classes = [], []
+    for r in report.runs:
+        rows.append([r.name, r.paradigm, r.dataset, r.label, fmt(r.width), fmt(r.depth), fmt(r.seed), r.status,
+                     r.reason or "", f"{fmt(r.step)} / {fmt(r.total_steps)}", fmt(r.value("val")),
+                     fmt(r.value("test")), fmt(r.metrics.get("time/train_s"))])
+        classes.append("" if r.status == "completed" else ("diverged" if r.status == "diverged" else "unfinished"))
+    return [Block("h2", "Runs"),
+            Block("p", "Every run directory found, whatever its status; val/test are the primary metric."),
+            Block("table", header=["run", "paradigm", "dataset", "variant", "width", "depth", "seed", "status",
+                                   "reason", "step", "val", "test", "train s"], rows=rows, row_classes=classes)]
+
+
+def document(report: Any) -> list[Block]:
+    """The whole report, in order."""
+    return [*header_blocks(report), *insight_blocks(report), *guideline_blocks(report), *cell_blocks(report),
+            *run_blocks(report)]
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    out: list[str] = []
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            out.append("#" * int(b.kind[1]) + " " + b.text)
+        elif b.kind == "p":
+            out.append(b.text)
+        elif b.kind == "ul":
+            out.append("\n".join(f"- {item}" for item in b.items))
+        elif b.kind == "code":
+            out.append(f"```\n{b.text}\n```")
+        elif b.kind == "table":
+            lines = ["| " + " | ".join(map(_md_cell, b.header)) + " |", "|" + "---|" * len(b.header)]
+            lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in b.rows]
+            out.append("\n".join(lines))
+        elif b.kind == "img":
+            out.append(f"![{b.text}]({b.items[0]})")
+    return "\n\n".join(out) + "\n"
+
+
+CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; }
+tr.diverged td, tr.fails td { background: #fde2e2; }
+tr.unfinished td { background: #fff4d6; }
+tr.holds td { background: #e3f6e3; }
+code { background: #f4f4f4; padding: 1px 3px; }
+figure { margin: 1em 0; } img { max-width: 100%; }
+figcaption { font-size: 0.85em; color: #555; }
+"""
+
+
+def _inline(text: str) -> str:
+    """Escape, then turn `code` spans into <code>."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def to_html(blocks: list[Block], title: str) -> str:
+    out = ["<!DOCTYPE html>", "<html lang=\"en\">", "<head>", "<meta charset=\"utf-8\">",
+           f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>"]
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            out.append(f"<{b.kind}>{html.escape(b.text)}</{b.kind}>")
+        elif b.kind == "p":
+            out.append(f"<p>{_inline(b.text)}</p>")
+        elif b.kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b.items) + "</ul>")
+        elif b.kind == "code":
+            out.append(f"<pre>{html.escape(b.text)}</pre>")
+        elif b.kind == "table":
+            out.append("<table>")
+            out.append("<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in b.header) + "</tr></thead>")
+            out.append("<tbody>")
+            for i, row in enumerate(b.rows):
+                cls = b.row_classes[i] if i < len(b.row_classes) else ""
+                attr = f' class="{html.escape(cls)}"' if cls else ""
+                out.append(f"<tr{attr}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+            out.append("</tbody>")
+            out.append("</table>")
+        elif b.kind == "img":
+            src = html.escape(b.items[0], quote=True)
+            out.append(f"<figure><img src=\"{src}\" alt=\"{html.escape(b.text, quote=True)}\">"
+                       f"<figcaption>{html.escape(b.text)}</figcaption></figure>")
+    out += ["</body>", "</html>"]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,74 @@
+"""summary.json: the report's content, machine-readable (non-finite floats as "nan"/"inf" strings, like run dirs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from .aggregate import COLUMNS, Cell
+from .insights import INSIGHTS, RULE, InsightResult
+from .load import Run
+
+RUN_METRICS = ("params/unique", "params/dense", "params/nonzero", "time/train_s", "time/step_ms",
+               "throughput/samples_per_s", "memory/peak_mb", "core/nfe_forward", "core/nfe_backward",
+               "core/rel_residual", "core/test_nfe_forward")
+
+
+def clean(obj: Any) -> Any:
+    """JSON-safe: non-finite floats become strings, tuples lists, dataclasses dicts."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return clean(dataclasses.asdict(obj))
+    return obj
+
+
+def run_entry(run: Run) -> dict[str, Any]:
+    return {
+        "dir": str(run.dir), "name": run.name, "status": run.status, "reason": run.reason, "label": run.label,
+        "paradigm": run.paradigm, "dataset": run.dataset, "seed": run.seed, "mode": run.mode, "width": run.width,
+        "depth": run.depth, "mask": run.mask_mode, "mask_kind": run.mask_kind, "sparsity": run.sparsity,
+        "step": run.step, "total_steps": run.total_steps, "metric": run.metric,
+        "higher_is_better": run.higher_is_better, "val": run.value("val"), "test": run.value("test"),
+        "metrics": {k: run.metrics[k] for k in RUN_METRICS if k in run.metrics},
+        "history_points": len(run.history),
+    }
+
+
+def cell_entry(cell: Cell) -> dict[str, Any]:
+    stats = {f"val/{cell.metric}": cell.primary("val").as_dict(), f"test/{cell.metric}": cell.primary("test").as_dict()}
+    stats.update({key: cell.stat(key).as_dict() for key, _ in COLUMNS})
+    return {
+        "paradigm": cell.paradigm, "dataset": cell.dataset, "label": cell.label, "title": cell.title(),
+        "mode": cell.mode, "width": cell.width, "depth": cell.depth, "mask": cell.mask_mode,
+        "mask_kind": cell.mask_kind, "sparsity": cell.sparsity, "other": cell.other, "metric": cell.metric,
+        "higher_is_better": cell.higher_is_better, "n": len(cell.completed), "runs": len(cell.runs),
+        "diverged": cell.diverged, "unfinished": cell.unfinished, "seeds": cell.seeds,
+        "run_names": [r.name for r in cell.runs], "stats": stats,
+    }
+
+
+def insight_entry(result: InsightResult) -> dict[str, Any]:
+    return {"insight": result.insight, "name": INSIGHTS[result.insight][0], "paradigm": result.paradigm,
+            "dataset": result.dataset, "verdict": result.verdict, "reason": result.reason, "text": result.short(),
+            "effect": result.effect, "unit": result.unit, "n_a": result.n_a, "n_b": result.n_b,
+            "comparisons": [dataclasses.asdict(c) for c in result.comparisons]}
+
+
+def summary(report: Any) -> dict[str, Any]:
+    """Everything the README shows, as one JSON-ready dict."""
+    return clean({
+        "title": report.title, "commit": report.commit, "date": report.date, "commands": report.commands,
+        "report_command": report.report_command, "inputs": report.inputs, "machine": report.machine,
+        "seeds": report.seeds, "total_train_s": report.total_train_s, "rule": RULE,
+        "insight_texts": {str(k): {"name": v[0], "method": v[1]} for k, v in INSIGHTS.items()},
+        "runs": [run_entry(r) for r in report.runs], "cells": [cell_entry(c) for c in report.cells],
+        "insights": [insight_entry(r) for r in report.insights], "guidelines": report.guidelines,
+        "plots": [dataclasses.asdict(p) for p in report.plots],
+        "files": ["README.md", "index.html", "summary.json", *[p.file for p in report.plots]],
+    })
