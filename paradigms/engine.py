@@ -74,10 +74,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a fresh peak: CUDA's allocator statistics, and on Linux the process's VmHWM (clear_refs 5),
+    so that runs sharing a process (tests, the basic multirun launcher) each get their own peak."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """CUDA max allocated on GPU; the process peak resident set size on CPU."""
+    """CUDA max allocated on GPU; the process peak resident set size on CPU (since the last reset)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
@@ -217,6 +236,7 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
     device = select_device(cfg.train.device)
+    reset_peak_memory(device)
     seed_everything(int(cfg.seed))
     paradigm = get_paradigm(cfg.paradigm)(cfg.data, cfg.model, device, seed=int(cfg.seed),
                                           batch_size=int(cfg.train.batch_size))

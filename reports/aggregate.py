@@ -136,24 +136,36 @@ def _varies(name: str, keys: list[dict[str, Any]]) -> bool:
     return 0 < present < len(keys) and name.startswith(("model.", "data.", "optim.", "train.", "block."))
 
 
+def _usual_values(keys: list[dict[str, Any]]) -> dict[str, str | None]:
+    """For each key that varies between cells (beyond label, width, depth): the repr of its most common value.
+
+    A cell names a varying key only where it differs from the usual value; where some cells lack the key,
+    every cell that has it names it (the usual value is then None).
+    """
+    out: dict[str, str | None] = {}
+    for name in sorted({k for key in keys for k in key} - EXPLAINED):
+        if not _varies(name, keys):
+            continue
+        values = [repr(key[name]) for key in keys if name in key]
+        out[name] = max(values, key=values.count) if len(values) == len(keys) else None
+    return out
+
+
 def group_cells(runs: list[Run]) -> list[Cell]:
     """Cells of runs with the same paradigm, dataset and config (less seeds), in report order."""
     buckets: dict[tuple, list[Run]] = {}
     for run in runs:
         key = (run.paradigm, run.dataset, tuple(sorted((k, repr(v)) for k, v in run.key.items())))
         buckets.setdefault(key, []).append(run)
-    # Keys whose values vary between the cells of one paradigm and dataset (beyond label/width/depth).
-    varying: dict[tuple[str, str], list[str]] = {}
     per_group: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for (paradigm, dataset, _), members in buckets.items():
         per_group.setdefault((paradigm, dataset), []).append(members[0].key)
-    for group, keys in per_group.items():
-        names = sorted({k for key in keys for k in key} - EXPLAINED)
-        varying[group] = [n for n in names if _varies(n, keys)]
+    usual = {group: _usual_values(keys) for group, keys in per_group.items()}
     cells = []
     for (paradigm, dataset, _), members in buckets.items():
         first = members[0]
-        other = ", ".join(f"{k}={_fmt_value(first.key[k])}" for k in varying[(paradigm, dataset)] if k in first.key)
+        other = ", ".join(f"{k}={_fmt_value(first.key[k])}" for k, common in usual[(paradigm, dataset)].items()
+                          if k in first.key and repr(first.key[k]) != common)
         members.sort(key=lambda r: (r.seed if r.seed is not None else -1, r.name))
         cells.append(Cell(paradigm, dataset, first.label, first.mode, first.width, first.depth, first.mask_mode,
                           first.mask_kind, first.sparsity, other, members))

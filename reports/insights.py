@@ -27,8 +27,9 @@ RULE = (
     "when at least one of its comparisons holds and none fails, fails when at least one fails and none holds, and is "
     "inconclusive otherwise: no runs to compare, n<2, within 2 SE, or mixed (some hold, some fail). Accuracy "
     "comparisons use the final val primary metric of completed runs; the side's cell is the one with the best mean "
-    "among cells with >= 2 seeds (or any seeds when none has 2). The headline effect is that of the most decisive "
-    "comparison (largest |d|/SE).")
+    "among cells with >= 2 seeds (or any seeds when none has 2). Insight 3 applies the same 2 SE rule to a "
+    "divergence rate (two-proportion SE) and to a log variance ratio (its large-sample SE). The headline effect is "
+    "that of the most decisive comparison (largest |d|/SE).")
 
 INSIGHTS: dict[int, tuple[str, str]] = {
     1: ("tied >= DEQ accuracy",
@@ -41,16 +42,18 @@ INSIGHTS: dict[int, tuple[str, str]] = {
         "beyond it (a run that never reaches it counts its whole training time, a lower bound); d = DEQ - tied "
         "seconds. Peak memory is shown beside it."),
     3: ("tied is more stable",
-        "Weight-tied is more stable than DEQ at the same width: (a) divergence, each run 1 if diverged else 0 "
-        "(completed and diverged runs of every tied / DEQ cell), d = DEQ rate - tied rate; (b) spread over seeds, "
-        "each completed run's absolute deviation from its cell's mean (a Levene-style test; cells with >= 2 seeds), "
-        "d = DEQ - tied."),
+        "Weight-tied is more stable than DEQ at the same width: (a) divergence over the completed and diverged runs "
+        "of every tied / DEQ cell, d = DEQ rate - tied rate with the two-proportion SE sqrt(p(1-p)(1/n_a + 1/n_b)) "
+        "(p: the pooled rate); (b) spread over seeds, d = ln(pooled within-cell variance of DEQ / of tied) with "
+        "SE = sqrt(2/df_a + 2/df_b) (df = sum of n - 1 over cells with >= 2 seeds; the large-sample SE of a log "
+        "variance). Both use the 2 SE rule."),
     4: ("distinct masks win",
         "Distinct masks beat a shared mask and no mask at the same unique parameters: among tied runs of the same "
         "width and depth (masks add no parameters), best distinct vs best shared cell of the same mask kind and "
         "sparsity, and best distinct vs the unmasked cell; d = distinct - other."),
     5: ("accuracy saturates with depth",
-        f"Accuracy saturates with depth: for each variant and width with >= 3 depths (d1 < d2 < ... < dk), the contrast "
+        f"Accuracy saturates with depth: for each variant and width with >= 3 depths (d1 < d2 < ... < dk), the "
+        f"contrast "
         f"{SATURATION:g} * (m(d2) - m(d1)) - (m(dk) - m(dk-1)) is positive, i.e. the last depth step gains less than "
         f"{SATURATION:.0%} of the first."),
     6: ("width buys more than depth",
@@ -230,38 +233,57 @@ def insight2(cells: list[Cell]) -> list[Comparison]:
     return out
 
 
-def _deviations(cells: list[Cell]) -> list[float]:
-    out = []
+def _pooled_variance(cells: list[Cell]) -> tuple[float, int, list[Run]]:
+    """(pooled within-cell variance of the scores, its degrees of freedom, the runs behind it)."""
+    ss, df, runs = 0.0, 0, []
     for c in cells:
         vals = c.scores()
         if len(vals) >= 2:
-            m = statistics.fmean(vals)
-            out.extend(abs(v - m) for v in vals)
-    return out
+            ss += statistics.variance(vals) * (len(vals) - 1)
+            df += len(vals) - 1
+            runs += [r for r in c.completed if math.isfinite(r.value("val"))]
+    return (ss / df if df else math.nan), df, runs
+
+
+def divergence(setting: str, tied: list[Run], deq: list[Run]) -> Comparison:
+    """Two-proportion test: d = DEQ divergence rate - tied rate, SE from the pooled rate."""
+    x_t, x_d = sum(r.status == "diverged" for r in tied), sum(r.status == "diverged" for r in deq)
+    n_t, n_d = len(tied), len(deq)
+    if n_t and n_d:
+        pooled = (x_t + x_d) / (n_t + n_d)
+        effect, se = x_d / n_d - x_t / n_t, math.sqrt(pooled * (1 - pooled) * (1 / n_t + 1 / n_d))
+    else:
+        effect, se = math.nan, math.nan
+    verdict, reason = decide(effect, se, min(n_t, n_d))
+    return Comparison(setting, f"tied: {x_t}/{n_t} diverged", f"DEQ: {x_d}/{n_d} diverged", n_t, n_d, effect, se,
+                      verdict, reason, "divergence rate", [r.name for r in tied], [r.name for r in deq],
+                      {"tied_diverged": x_t, "tied_runs": n_t, "deq_diverged": x_d, "deq_runs": n_d})
+
+
+def spread(setting: str, tied: list[Cell], deq: list[Cell]) -> Comparison:
+    """Log variance ratio: d = ln(pooled var DEQ / pooled var tied), SE = sqrt(2/df_tied + 2/df_DEQ)."""
+    (v_t, df_t, r_t), (v_d, df_d, r_d) = _pooled_variance(tied), _pooled_variance(deq)
+    if df_t and df_d and v_t > 0 and v_d > 0:
+        effect, se = math.log(v_d / v_t), math.sqrt(2 / df_t + 2 / df_d)
+        verdict, reason = decide(effect, se, 2)
+    else:
+        effect, se = math.nan, math.nan
+        has_runs = any(c.scores() for c in tied) and any(c.scores() for c in deq)
+        verdict, reason = "inconclusive", ("zero spread on a side" if df_t and df_d else
+                                           "n<2" if has_runs else "no runs")
+    return Comparison(setting, f"tied: std {math.sqrt(v_t) if df_t else math.nan:.3g} (df={df_t})",
+                      f"DEQ: std {math.sqrt(v_d) if df_d else math.nan:.3g} (df={df_d})", len(r_t), len(r_d),
+                      effect, se, verdict, reason, "ln variance ratio", [r.name for r in r_t], [r.name for r in r_d],
+                      {"tied_var": v_t, "tied_df": df_t, "deq_var": v_d, "deq_df": df_d})
 
 
 def insight3(cells: list[Cell]) -> list[Comparison]:
     out = []
     for w, tied, deq in _tied_vs_deq(cells):
-        runs = {k: [r for c in side_cells for r in c.runs if r.status in ("completed", "diverged")]
-                for k, side_cells in (("tied", tied), ("deq", deq))}
-        flags = {k: [1.0 if r.status == "diverged" else 0.0 for r in v] for k, v in runs.items()}
-        div = {k: int(sum(v)) for k, v in flags.items()}
-        # d = DEQ rate - tied rate: A (tied) is favoured, so A's values are the negated flags.
-        out.append(compare(f"width={w}: divergence", f"tied: {div['tied']}/{len(flags['tied'])} diverged",
-                           f"DEQ: {div['deq']}/{len(flags['deq'])} diverged", [-f for f in flags["tied"]],
-                           [-f for f in flags["deq"]], "divergence rate", runs["tied"], runs["deq"],
-                           tied_diverged=div["tied"], tied_runs=len(flags["tied"]), deq_diverged=div["deq"],
-                           deq_runs=len(flags["deq"])))
-        dev_t, dev_d = _deviations(tied), _deviations(deq)
-        comp = compare(f"width={w}: spread", f"tied: mean |dev| {statistics.fmean(dev_t) if dev_t else math.nan:.3g}",
-                       f"DEQ: mean |dev| {statistics.fmean(dev_d) if dev_d else math.nan:.3g}",
-                       [-d for d in dev_t], [-d for d in dev_d], f"|dev| {_metric_unit(cells)}",
-                       [r for c in tied if len(c.scores()) >= 2 for r in c.completed],
-                       [r for c in deq if len(c.scores()) >= 2 for r in c.completed])
-        if comp.reason == "no runs" and any(c.completed for c in tied) and any(c.completed for c in deq):
-            comp.reason = "n<2"  # runs exist, but no cell has 2 seeds to measure a spread
-        out.append(comp)
+        ended = [[r for c in side_cells for r in c.runs if r.status in ("completed", "diverged")]
+                 for side_cells in (tied, deq)]
+        out.append(divergence(f"width={w}: divergence", *ended))
+        out.append(spread(f"width={w}: spread over seeds", tied, deq))
     return out
 
 
@@ -330,8 +352,10 @@ def insight6(cells: list[Cell]) -> list[Comparison]:
                 wide, deep = grid.get((widths[i + 1], d)), grid.get((w, depths[j + 1]))
                 if wide is None or deep is None:
                     continue
-                extra = {"wider_params": wide.stat("params/unique").mean, "deeper_params": deep.stat("params/unique").mean,
-                         "wider_step_ms": wide.stat("time/step_ms").mean, "deeper_step_ms": deep.stat("time/step_ms").mean}
+                extra = {"wider_params": wide.stat("params/unique").mean,
+                         "deeper_params": deep.stat("params/unique").mean,
+                         "wider_step_ms": wide.stat("time/step_ms").mean,
+                         "deeper_step_ms": deep.stat("time/step_ms").mean}
                 out.append(compare(
                     f"{label} from w={w}, d={d}{f' [{other}]' if other else ''}",
                     f"{side(wide)}, {extra['wider_params']:.4g} params, {extra['wider_step_ms']:.3g} ms/step",
@@ -344,7 +368,8 @@ CHECKS: dict[int, Callable[[list[Cell]], list[Comparison]]] = {
     1: insight1, 2: insight2, 3: insight3, 4: insight4, 5: insight5, 6: insight6}
 NEEDS: dict[int, str] = {
     1: "tied and DEQ runs at the same width", 2: "tied and DEQ runs at the same width",
-    3: "tied and DEQ runs at the same width", 4: "tied runs with distinct and shared (or no) masks at one width and depth",
+    3: "tied and DEQ runs at the same width",
+    4: "tied runs with distinct and shared (or no) masks at one width and depth",
     5: ">= 3 depths of one variant and width", 6: ">= 2 widths and >= 2 depths of one variant"}
 
 
@@ -365,7 +390,7 @@ def verdict_of(insight: int, paradigm: str, dataset: str, comps: list[Comparison
     elif all(c.reason in ("n<2", "no runs") for c in comps):
         verdict, reason = "inconclusive", "n<2" if any(c.reason == "n<2" for c in comps) else "no runs"
     else:
-        verdict, reason = "inconclusive", f"within {Z:g} SE"
+        verdict, reason = "inconclusive", "; ".join(sorted({c.reason for c in comps} - {"no runs"}))
     usable = [c for c in comps if c.reason not in ("n<2", "no runs")] or comps
     head = max(usable, key=lambda c: (c.z, c.n_a + c.n_b))
     return InsightResult(insight, paradigm, dataset, verdict, reason, head.effect, head.unit, len(a_runs),

@@ -157,7 +157,9 @@ def group_key(config: dict[str, Any]) -> dict[str, Any]:
             return True
         if mode != "deq" and key.split(".")[0] in ("solver", "grad"):
             return True
-        if key.startswith("mask.") and (not mask_active(mask) or (key in ("mask.n", "mask.m") and mask.get("kind") != "nm")):
+        if key.startswith("mask.") and not mask_active(mask):
+            return True
+        if key in ("mask.n", "mask.m") and mask.get("kind") != "nm":
             return True
         return key == "mask.sparsity" and mask.get("kind") == "nm"
 
@@ -237,18 +239,21 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
     Raises:
         FileNotFoundError: a path that does not exist.
     """
+    paths = [Path(p) for p in paths]
     found: dict[Path, str] = {}
-    for p in map(Path, paths):
+    for p in paths:
         if not p.exists():
             raise FileNotFoundError(f"{p} does not exist")
+        # With several inputs, names start with the input's own name so that they stay distinct.
+        prefix = f"{p.resolve().name}/" if len(paths) > 1 else ""
         if is_run_dir(p):
-            found.setdefault(p.resolve(), p.name)
+            found.setdefault(p.resolve(), p.resolve().name)
             continue
         for root, dirs, _files in os.walk(p):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             here = Path(root)
             if here != p and is_run_dir(here):
-                found.setdefault(here.resolve(), str(here.relative_to(p)))
+                found.setdefault(here.resolve(), prefix + str(here.relative_to(p)))
                 dirs[:] = []
     return sorted(found.items(), key=lambda item: item[1])
 

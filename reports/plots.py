@@ -112,7 +112,10 @@ def plot_width(cells: list[Cell], path: Path, title: str) -> bool:
                                                                  c.other)).items():
         _line(ax, line, lambda c: c.width, _fmt([label, f"d={depth}" if depth is not None else "", other]),
               line[0].mode)
+    widths = sorted({c.width for c in axis})
     ax.set_xscale("log", base=2)
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.minorticks_off()
     _save(fig, ax, path)
     return True
 
@@ -144,18 +147,29 @@ def plot_time(cells: list[Cell], path: Path, title: str) -> bool:
     if not curves:
         return False
     fig, ax = _figure(title, "training time (s, time/train_s)", _ylabel(cells[0]))
+    palette = _palette(len({id(c) for c, _, _ in curves}))
     colors: dict[int, Any] = {}
+    marked = False
     for cell, run, curve in curves:
         first = id(cell) not in colors
+        color = colors.setdefault(id(cell), palette[len(colors) % len(palette)])
         marker, style = MODE_STYLE.get(cell.mode, ("D", ":"))
-        kwargs = {"color": colors[id(cell)]} if not first else {"label": cell.title()}
-        (h,) = ax.plot([t for t, _ in curve], [v for _, v in curve], marker=marker, markersize=3, linestyle=style,
-                       alpha=0.8, **kwargs)
-        colors.setdefault(id(cell), h.get_color())
+        ax.plot([t for t, _ in curve], [v for _, v in curve], marker=marker, markersize=3, linestyle=style,
+                alpha=0.8, color=color, label=cell.title() if first else None)
         if run.status == "diverged":
-            ax.plot([curve[-1][0]], [curve[-1][1]], marker="x", color="black", markersize=8)
+            ax.plot([curve[-1][0]], [curve[-1][1]], marker="x", color="black", markersize=8, linestyle="none",
+                    label=None if marked else "diverged (last evaluation)")
+            marked = True
     _save(fig, ax, path)
     return True
+
+
+def _palette(n: int) -> list[Any]:
+    """Distinct colours: tab10 up to 10, tab20 beyond (then repeating)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i) for i in range(cmap.N)]
 
 
 def plot_memory(cells: list[Cell], path: Path, title: str) -> bool:
@@ -174,7 +188,8 @@ def plot_memory(cells: list[Cell], path: Path, title: str) -> bool:
 
 
 PLOTS: tuple[tuple[str, str, Callable[[list[Cell], Path, str], bool]], ...] = (
-    ("depth", "vs depth", plot_depth), ("width", "vs width", plot_width), ("sparsity", "vs mask sparsity", plot_sparsity),
+    ("depth", "vs depth", plot_depth), ("width", "vs width", plot_width),
+    ("sparsity", "vs mask sparsity", plot_sparsity),
     ("time", "vs training time", plot_time), ("memory", "vs peak memory", plot_memory))
 
 

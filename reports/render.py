@@ -41,6 +41,15 @@ def fmt(value: Any) -> str:
     return f"{value:.4g}"
 
 
+def duration(seconds: float) -> str:
+    """"42.0 s", "12.5 min", "3.20 h"."""
+    if not math.isfinite(seconds):
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+
+
 def fmt_stat(stat: Stat, n_row: int | None = None) -> str:
     """"mean ± std" ("-" for the std of one run), with "(n=k)" when k differs from the row's n."""
     if stat.n == 0:
@@ -64,8 +73,7 @@ def header_blocks(report: Any) -> list[Block]:
         f"seeds: {', '.join(map(str, report.seeds)) or '-'}",
         f"machine: {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, torch {m['torch']}, "
         f"CUDA device: {m['cuda_device']}",
-        f"total run time: {fmt(report.total_train_s)} s of training ({fmt(report.total_train_s / 3600)} h, sum of "
-        "time/train_s)",
+        f"total run time: {duration(report.total_train_s)} of training (sum of time/train_s over all runs)",
     ]
     return [Block("h1", report.title), Block("ul", items=items)]
 

@@ -221,3 +221,15 @@ def test_cuda_bf16_run_records_cuda_memory(tmp_path):
     assert result["status"] == "completed"
     assert 0 < result["metrics"]["memory/peak_mb"] < 2000
     assert result["metrics"]["test/acc"] > 0.5
+
+
+def test_peak_memory_is_reset_per_run():
+    from tiedlab.paradigms.engine import peak_memory_mb, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    big = torch.ones(300 * 2**20 // 4)  # 300 MiB
+    big += 1
+    high = peak_memory_mb(cpu)
+    del big
+    reset_peak_memory(cpu)
+    assert peak_memory_mb(cpu) < high - 200

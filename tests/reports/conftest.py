@@ -1,0 +1,168 @@
+"""Synthetic run directories whose report is known in advance (written by hand, no training)."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+
+def write_run(root: Path, name: str, *, paradigm: str = "vision", dataset: str = "cifar10", mode: str = "tied",
+              width: int = 32, depth: int = 4, seed: int = 0, val: float | None = 0.9, test: float | None = None,
+              metric: str = "acc", status: str | None = "completed", reason: str = "", mask: dict | None = None,
+              solver: str = "anderson", grad: str = "ift", jac: float = 0.0, train_s: float = 10.0,
+              params: int | None = None, memory: float = 100.0, history: list[tuple[float, float]] | None = None,
+              extra: dict[str, Any] | None = None) -> Path:
+    """One run dir: config.yaml always; metrics.json unless ``status`` is None; history.jsonl from ``history``."""
+    run = root / name
+    run.mkdir(parents=True)
+    config = {
+        "paradigm": paradigm, "seed": seed, "resume": "auto", "run_dir": None, "data": {"name": dataset},
+        "model": {"width": width},
+        "block": {"mode": mode, "depth": depth, "eval_depth": None, "norm": "none",
+                  "jacobian_samples": 1 if jac else 0},
+        "mask": {"mode": "none", "kind": "unstructured", "sparsity": 0.0, "n": 2, "m": 4, "seed": seed, **(mask or {})},
+        "solver": {"name": solver, "max_iter": 30, "tol": 0.001},
+        "grad": {"mode": grad, "steps": 5, "tau": 0.6},
+        "optim": {"name": "adamw", "lr": 0.001},
+        "train": {"batch_size": 128, "max_steps": 100, "jacobian_weight": jac, "progress": False, "device": "auto"},
+        "logger": {"name": "local"},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    key = f"val/{metric}"
+    if history is None and val is not None:
+        history = [(0.25 * train_s, 0.6 * val), (0.5 * train_s, 0.9 * val), (train_s, val)]
+    lines = [{"step": 10 * (i + 1), "epoch": 0, "time/train_s": t, key: v, "train/loss": 1.0}
+             for i, (t, v) in enumerate(history or [])]
+    (run / "history.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    if status is None:
+        return run
+    unique = params if params is not None else width * width
+    metrics: dict[str, Any] = {"params/unique": unique, "params/dense": unique * (1 if mode == "deq" else depth),
+                               "params/nonzero": unique}
+    if status in ("completed", "diverged"):
+        metrics.update({"time/train_s": train_s, "time/step_ms": 10.0 * train_s, "throughput/samples_per_s": 1000.0,
+                        "memory/peak_mb": memory, "core/nfe_forward": 20.0 if mode == "deq" else float(depth),
+                        "core/nfe_backward": 15.0 if mode == "deq" else float(depth), "core/rel_residual": 1e-3})
+    if status == "completed":
+        metrics[key] = val
+        metrics[f"test/{metric}"] = test if test is not None else val - 0.01
+    if status == "diverged":
+        metrics["core/rel_residual"] = "nan"  # stored as a string, like the engine does
+    metrics.update(extra or {})
+    (run / "metrics.json").write_text(json.dumps({
+        "status": status, "reason": reason, "step": 100 if status == "completed" else 40, "total_steps": 100,
+        "paradigm": paradigm, "dataset": dataset, "data": {"dataset": dataset}, "fingerprint": "x",
+        "metrics": metrics}))
+    return run
+
+
+def cell(root: Path, prefix: str, values: list[float], **kw: Any) -> list[Path]:
+    """One run per value, seeds 0, 1, ..."""
+    return [write_run(root, f"{prefix}-s{i}", seed=i, val=v, **kw) for i, v in enumerate(values)]
+
+
+def build_synthetic(root: Path) -> None:
+    """The scenario the synthetic tests check (expected numbers in test_report_synthetic.py)."""
+    v = root / "vision"
+    # Tied over depth at width 32: gains 0.10 (2->4) then 0.005 (8->16): depth saturates.
+    cell(v, "tied-d2", [0.79, 0.80, 0.81], depth=2)
+    cell(v, "tied-d4", [0.89, 0.90, 0.91], depth=4)
+    cell(v, "tied-d8", [0.93, 0.94, 0.95], depth=8)
+    cell(v, "tied-d16", [0.935, 0.945, 0.955], depth=16)
+    write_run(v, "tied-d8-s3", depth=8, seed=3, val=None, status="running", history=[])  # still running
+    # Width 64 at depth 4 beats width 32 at depth 8 (0.97 vs 0.94).
+    cell(v, "tied-w64-d4", [0.96, 0.97, 0.98], width=64, depth=4)
+    write_run(v, "tied-w128-d4-s0", width=128, depth=4, val=None, status=None)  # no metrics.json yet
+    # Masks at width 32, depth 4: distinct 0.93 > shared 0.85, and > no mask (tied-d4, 0.90).
+    cell(v, "distinct", [0.92, 0.93, 0.94], mask={"mode": "distinct", "sparsity": 0.5})
+    cell(v, "shared", [0.84, 0.85, 0.86], mask={"mode": "shared", "sparsity": 0.5})
+    cell(v, "shared-nm", [0.83, 0.84, 0.85], mask={"mode": "shared", "kind": "nm", "sparsity": 0.0})
+    # DEQ at width 32: slower (40 s vs 10 s), lower (0.80), one diverged seed.
+    cell(v, "deq", [0.79, 0.80, 0.81], mode="deq", train_s=40.0, memory=60.0)
+    write_run(v, "deq-s3", mode="deq", seed=3, val=None, status="diverged", train_s=12.0,
+              reason="non-finite loss (nan) at step 41", history=[(6.0, 0.5), (12.0, 0.55)])
+    cell(v, "deq-broyden", [0.77, 0.78, 0.79], mode="deq", solver="broyden", grad="phantom", train_s=40.0)
+    write_run(v, "deq-jac-s0", mode="deq", val=0.79, jac=0.1, train_s=40.0)
+    # Graph: DEQ beats tied -> insight 1 fails ...
+    g = root / "graph"
+    cell(g, "tied", [0.69, 0.70, 0.71], paradigm="graph", dataset="cora", width=16)
+    # ... and its seeds spread 5x wider (std 0.05 vs 0.01) -> insight 3 holds on spread.
+    cell(g, "deq", [0.80, 0.85, 0.90], paradigm="graph", dataset="cora", width=16, mode="deq")
+    # SSL: one seed per side -> inconclusive (n<2).
+    s = root / "ssl"
+    cell(s, "tied", [0.5], paradigm="ssl", dataset="cifar10", metric="knn_acc", width=8)
+    cell(s, "deq", [0.4], paradigm="ssl", dataset="cifar10", metric="knn_acc", width=8, mode="deq")
+    # Language: loss, lower is better; tied 1.5 < DEQ 1.8 -> insight 1 holds.
+    lang = root / "language"
+    cell(lang, "tied", [1.49, 1.50, 1.51], paradigm="language", dataset="tinyshakespeare", metric="loss", width=64,
+         history=[(1.0, 3.0), (5.0, 1.6), (10.0, 1.5)])
+    cell(lang, "deq", [1.79, 1.80, 1.81], paradigm="language", dataset="tinyshakespeare", metric="loss", width=64,
+         mode="deq", history=[(4.0, 3.0), (20.0, 2.0), (40.0, 1.8)])
+
+
+@pytest.fixture(scope="session")
+def synthetic_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    build_synthetic(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_report(synthetic_runs: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, int]:
+    """(report folder, summary.json, exit code) of ``tiedlab-report`` over the synthetic runs."""
+    from tiedlab.reports.cli import main
+
+    out = tmp_path_factory.mktemp("report") / "synthetic"
+    code = main([str(synthetic_runs), "--out", str(out), "--title", "synthetic", "--command", "make runs",
+                 "--command", "tiedlab-study demo"])
+    return out, json.loads((out / "summary.json").read_text()), code
+
+
+class _TagChecker(HTMLParser):
+    """Balanced table tags and the img sources of an HTML page."""
+
+    TRACKED = {"html", "head", "body", "table", "thead", "tbody", "tr", "td", "th", "ul", "li", "figure", "p"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.images: list[str] = []
+        self.counts: dict[str, int] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.counts[tag] = self.counts.get(tag, 0) + 1
+        if tag == "img":
+            self.images.append(dict(attrs).get("src") or "")
+        if tag in self.TRACKED:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.TRACKED:
+            if not self.stack or self.stack[-1] != tag:
+                self.errors.append(f"</{tag}> closes {self.stack[-1] if self.stack else 'nothing'}")
+            else:
+                self.stack.pop()
+
+
+@pytest.fixture
+def check_html():
+    """check_html(folder) -> the parser: asserts balanced tags and that every <img src> exists in ``folder``."""
+
+    def check(folder: Path) -> _TagChecker:
+        parser = _TagChecker()
+        parser.feed((folder / "index.html").read_text())
+        parser.close()
+        assert not parser.errors, parser.errors[:5]
+        assert not parser.stack, f"unclosed tags: {parser.stack}"
+        for src in parser.images:
+            assert src and not src.startswith(("http:", "https:", "/")), src
+            assert (folder / src).is_file(), f"<img src={src!r}> does not exist"
+        return parser
+
+    return check

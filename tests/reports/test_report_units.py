@@ -1,0 +1,119 @@
+"""The pieces: decision rule, labels, paradigm names, run-dir discovery, number formatting, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tiedlab.reports.aggregate import Stat
+from tiedlab.reports.cli import main
+from tiedlab.reports.insights import contrast, decide, divergence
+from tiedlab.reports.load import find_run_dirs, load_run, paradigm_name, to_float, variant_label
+from tiedlab.reports.render import fmt, fmt_stat
+
+
+def test_stat_uses_sample_std_and_skips_non_finite():
+    s = Stat.of([0.89, 0.90, 0.91, math.nan, math.inf])
+    assert s.n == 3 and s.mean == pytest.approx(0.90) and s.std == pytest.approx(0.01)
+    assert Stat.of([0.5]).std is None and Stat.of([]).n == 0
+
+
+@pytest.mark.parametrize("a,b,expected,reason", [
+    ([0.89, 0.90, 0.91], [0.79, 0.80, 0.81], "holds", "d > 2 SE"),
+    ([0.79, 0.80, 0.81], [0.89, 0.90, 0.91], "fails", "d < -2 SE"),
+    ([0.80, 0.85, 0.90], [0.79, 0.80, 0.81], "inconclusive", "within 2 SE"),  # d=0.05, 2 SE=0.06
+    ([0.90], [0.80, 0.81], "inconclusive", "n<2"),
+    ([], [0.80, 0.81], "inconclusive", "no runs"),
+])
+def test_decision_rule(a, b, expected, reason):
+    effect, se, n = contrast([(1.0, a), (-1.0, b)])
+    assert decide(effect, se, n) == (expected, reason)
+
+
+def test_contrast_standard_error():
+    effect, se, n = contrast([(1.0, [1.0, 2.0, 3.0]), (-0.5, [0.0, 2.0])])
+    assert effect == pytest.approx(2.0 - 0.5) and n == 2
+    assert se == pytest.approx(math.sqrt(1.0 / 3 + 0.25 * 2.0 / 2))
+
+
+def test_divergence_uses_the_two_proportion_standard_error():
+    class R:
+        def __init__(self, status: str, name: str):
+            self.status, self.name = status, name
+
+    tied = [R("completed", f"t{i}") for i in range(3)]
+    comp = divergence("w", tied, [R("diverged", f"d{i}") for i in range(3)])
+    assert comp.effect == 1.0 and comp.se == pytest.approx(math.sqrt(0.25 * 2 / 3)) and comp.verdict == "holds"
+    comp = divergence("w", tied[:2], [R("diverged", "d0"), R("diverged", "d1")])
+    assert comp.verdict == "inconclusive"  # 2 of 2 vs 0 of 2 is not enough
+
+
+@pytest.mark.parametrize("config,label", [
+    ({"block": {"mode": "explicit"}}, "explicit"),
+    ({"block": {"mode": "tied"}, "mask": {"mode": "distinct", "kind": "unstructured", "sparsity": 0.5}},
+     "tied+distinct/unstructured@0.5"),
+    ({"block": {"mode": "tied"}, "mask": {"mode": "shared", "kind": "nm", "sparsity": 0.0, "n": 2, "m": 4}},
+     "tied+shared/nm@0.5"),
+    ({"block": {"mode": "tied"}, "mask": {"mode": "distinct", "kind": "unstructured", "sparsity": 0.0}}, "tied"),
+    ({"block": {"mode": "deq"}, "solver": {"name": "broyden"}, "grad": {"mode": "phantom"}}, "deq broyden+phantom"),
+    ({"block": {"mode": "deq"}, "solver": {"name": "fixed_point"}, "grad": {"mode": "onestep"},
+      "train": {"jacobian_weight": 0.5}}, "deq fixed_point+onestep+jac"),
+])
+def test_variant_label(config, label):
+    assert variant_label(config) == label
+
+
+@pytest.mark.parametrize("raw,short", [("vision", "vision"), ("support.toy:ToyParadigm", "toy"),
+                                       ("tiedlab.paradigms.ssl.adapter:SSLParadigm", "ssl")])
+def test_paradigm_name(raw, short):
+    assert paradigm_name(raw) == short
+
+
+def test_to_float_reads_the_strings_run_dirs_use_for_non_finite():
+    assert math.isnan(to_float("nan")) and to_float("inf") == math.inf and to_float(3) == 3.0
+    assert math.isnan(to_float(None)) and math.isnan(to_float("x")) and math.isnan(to_float(True))
+
+
+def test_find_run_dirs_skips_hidden_folders_and_does_not_descend(tmp_path):
+    run = tmp_path / "multirun" / "toy" / "block=tied"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "config.yaml").write_text("paradigm: vision\n")
+    (run / ".hydra" / "config.yaml").write_text("paradigm: vision\n")
+    (run / "nested").mkdir()
+    (run / "nested" / "metrics.json").write_text("{}")
+    other = tmp_path / "b"
+    other.mkdir()
+    (other / "metrics.json").write_text(json.dumps({"status": "failed", "reason": "RuntimeError at step 3: boom"}))
+    found = find_run_dirs([tmp_path])
+    assert [name for _, name in found] == ["b", "multirun/toy/block=tied"]
+    assert find_run_dirs([run]) == [(run.resolve(), "block=tied")]  # a run dir given directly
+    failed = load_run(other)
+    assert failed.status == "failed" and failed.reason == "RuntimeError at step 3: boom" and failed.label == "?"
+
+
+def test_unreadable_metrics_is_a_status_not_a_crash(tmp_path):
+    (tmp_path / "config.yaml").write_text("paradigm: vision\nblock: {mode: tied, depth: 2}\nmodel: {width: 8}\n")
+    (tmp_path / "metrics.json").write_text('{"status": "compl')
+    run = load_run(tmp_path)
+    assert run.status == "unreadable" and "metrics.json unreadable" in run.reason
+    assert (run.label, run.width, run.depth) == ("tied", 8, 2)
+
+
+def test_number_formatting():
+    assert fmt(0.9) == "0.9" and fmt(123456.0) == "123,456" and fmt(math.nan) == "-" and fmt(None) == "-"
+    assert fmt_stat(Stat(0.9, 0.01, 3), 3) == "0.9 ± 0.01" and fmt_stat(Stat(0.9, None, 1), 1) == "0.9 ± -"
+    assert fmt_stat(Stat(0.9, 0.01, 2), 3) == "0.9 ± 0.01 (n=2)" and fmt_stat(Stat(math.nan, None, 0)) == "-"
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 1
+    assert "no run directories" in capsys.readouterr().err
+    assert (tmp_path / "r" / "README.md").exists()  # an empty report still says so
+    assert "No runs: every insight is inconclusive (no runs)." in (tmp_path / "r" / "README.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "r")])  # RUNS is required
