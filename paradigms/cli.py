@@ -102,12 +102,20 @@ def study_commands(study: dict[str, Any], out: Path, extra: list[str], jobs: int
     cmds = []
     for grid in study["grids"]:
         sweep = [f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in (grid.get("sweep") or {}).items()]
-        cmd = [sys.executable, "-m", "tiedlab.paradigms.cli", "-m", *grid.get("overrides", []), *sweep, *extra,
-               f"hydra.sweep.dir={out / grid['name']}", "train.progress=false"]
+        fixed = [*grid.get("overrides", []), *extra]
+        # Name each run directory after what its grid sweeps only (the fixed overrides are in config.yaml).
+        hidden = sorted({o.split("=")[0].lstrip("+~") for o in fixed} | set(_HIDDEN_KEYS))
+        cmd = [sys.executable, "-m", "tiedlab.paradigms.cli", "-m", *fixed, *sweep,
+               f"hydra.sweep.dir={out / grid['name']}", "train.progress=false",
+               f"hydra.job.config.override_dirname.exclude_keys=[{','.join(hidden)}]"]
         if jobs > 1:
             cmd += ["hydra/launcher=local_parallel", f"hydra.launcher.n_jobs={jobs}"]
         cmds.append(cmd)
     return cmds
+
+
+_HIDDEN_KEYS = ("paradigm", "hydra.searchpath", "run_dir", "resume", "train.progress", "train.device", "train.threads",
+                "logger", "hydra.launcher.n_jobs", "hydra/launcher")
 
 
 def study(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from tiedlab.core import Block, BlockSpec
 from tiedlab.paradigms.base import DataBundle, Paradigm, StepOutput
 
 from .data import PLANETOID_NAMES, TU_NAMES, load_planetoid, load_tu, sparse_features, validate_graph
-from .model import ACTS, CONVS, INJECTS, NORMS, POOLS, GraphCell, GraphModel, InputStem, make_head
+from .model import ACTS, CONVS, INJECT_INTO, INJECTS, NORMS, POOLS, GraphCell, GraphModel, InputStem, make_head
 
 SPARSE_CHOICES = ("auto", "coo", "csr", "dense")
 SPLITS = ("train", "val", "test")
@@ -104,8 +104,10 @@ class GraphModelOptions:
         heads: attention heads (gat; must divide width).
         norm: none, layer or batch (batch only with block.mode=explicit: shared running stats are
             wrong for a tied or DEQ cell that sees a different input at every layer).
-        act: relu, tanh, elu or gelu.
+        act: relu, tanh, elu, gelu or none (a linear cell, SGC-like).
         inject: how the cell takes the projected input: linear (its own U) or identity.
+        inject_into: output (z' = act(norm(conv(z) + U x))) or conv (z' = act(norm(conv(z + U x))):
+            the injection propagated with the state, IGNN-style).
         gamma: scale of the conv term; < 1 with block.norm=spectral makes a GCN cell a contraction.
         dropout: node tasks: on the block output before the head; graph tasks: inside the head MLP.
         input_dropout: on the raw features (on the stored values when they are sparse).
@@ -122,6 +124,7 @@ class GraphModelOptions:
     norm: str = "layer"
     act: str = "relu"
     inject: str = "linear"
+    inject_into: str = "output"
     gamma: float = 1.0
     dropout: float = 0.5
     input_dropout: float = 0.5
@@ -137,6 +140,7 @@ class GraphModelOptions:
         _choice("model.norm", self.norm, NORMS)
         _choice("model.act", self.act, ACTS)
         _choice("model.inject", self.inject, INJECTS)
+        _choice("model.inject_into", self.inject_into, INJECT_INTO)
         _choice("model.z0", self.z0, ("zeros", "input"))
         _choice("model.sparse_input", self.sparse_input, SPARSE_CHOICES)
         _choice("model.pool", self.pool, POOLS)
@@ -177,8 +181,9 @@ class GraphParadigm(Paradigm):
     primary_metric = "acc"
     higher_is_better = True
 
-    def __init__(self, data: Any, model: Any, device: torch.device | str, seed: int = 0):
-        super().__init__(data, model, torch.device(device), seed)
+    def __init__(self, data: Any, model: Any, device: torch.device | str, seed: int = 0, batch_size: int = 32):
+        # TU graph batches use data.batch_size (graphs per batch); node tasks are full-batch.
+        super().__init__(data, model, torch.device(device), seed, batch_size)
         self.task = task_of(self.data_opts.name)
         if self.task == "graph" and self.model_opts.sparse_input in ("coo", "csr"):
             raise ValueError(f"model.sparse_input={self.model_opts.sparse_input!r} applies to node tasks only; "
@@ -251,7 +256,8 @@ class GraphParadigm(Paradigm):
     # ------------------------------------------------------------------ model
     def cell(self, data: GraphBundle) -> GraphCell:
         m = self.model_opts
-        return GraphCell(m.width, m.conv, heads=m.heads, norm=m.norm, act=m.act, inject=m.inject, gamma=m.gamma,
+        return GraphCell(m.width, m.conv, heads=m.heads, norm=m.norm, act=m.act, inject=m.inject,
+                         inject_into=m.inject_into, gamma=m.gamma,
                          cached=data.task == "node")
 
     def build_model(self, data: GraphBundle, spec: BlockSpec) -> GraphModel:

@@ -21,11 +21,12 @@ from tiedlab.core import Block, BlockStats
 
 CONVS = ("gcn", "sage", "gin", "gat")
 NORMS = ("none", "layer", "batch")
-ACTS = ("relu", "tanh", "elu", "gelu")
+ACTS = ("relu", "tanh", "elu", "gelu", "none")
 INJECTS = ("linear", "identity")
+INJECT_INTO = ("output", "conv")
 POOLS = ("sum", "mean")
 
-_ACT_FNS = {"relu": F.relu, "tanh": torch.tanh, "elu": F.elu, "gelu": F.gelu}
+_ACT_FNS = {"relu": F.relu, "tanh": torch.tanh, "elu": F.elu, "gelu": F.gelu, "none": lambda t: t}
 
 
 def make_conv(kind: str, width: int, *, heads: int = 1, cached: bool = False) -> nn.Module:
@@ -64,7 +65,9 @@ def make_norm(kind: str, width: int) -> nn.Module:
 class GraphCell(nn.Module):
     """One message-passing layer with input injection, the f(z, x, **ctx) the core block drives.
 
-    ``z' = act(norm(gamma * conv(drop * z, edge_index) + U x))``. ``drop`` is a variational dropout
+    ``inject_into="output"``: ``z' = act(norm(gamma * conv(drop * z, edge_index) + U x))``;
+    ``inject_into="conv"``: ``z' = act(norm(gamma * conv(drop * (z + U x), edge_index)))``, the injection
+    propagated with the state (IGNN-style: every layer's output is fully smoothed). ``drop`` is a variational dropout
     mask drawn once per model forward (the same at every layer and solver step, so a DEQ map stays
     deterministic). ``gamma < 1`` with the block's spectral norm makes a GCN cell contractive.
 
@@ -72,8 +75,11 @@ class GraphCell(nn.Module):
     """
 
     def __init__(self, width: int, conv: str = "gcn", *, heads: int = 1, norm: str = "layer",
-                 act: str = "relu", inject: str = "linear", gamma: float = 1.0, cached: bool = False):
+                 act: str = "relu", inject: str = "linear", inject_into: str = "output", gamma: float = 1.0,
+                 cached: bool = False):
         super().__init__()
+        if inject_into not in INJECT_INTO:
+            raise ValueError(f"inject_into {inject_into!r} is not valid; choose one of {INJECT_INTO}")
         if act not in ACTS:
             raise ValueError(f"act {act!r} is not valid; choose one of {ACTS}")
         if inject not in INJECTS:
@@ -81,22 +87,27 @@ class GraphCell(nn.Module):
         self.width = width
         self.gamma = float(gamma)
         self.act_name = act
+        self.inject_into = inject_into
         self.conv = make_conv(conv, width, heads=heads, cached=cached)
         self.inject = nn.Linear(width, width) if inject == "linear" else nn.Identity()
         self.norm = make_norm(norm, width)
 
     def forward(self, z: Tensor, x: Tensor, edge_index: Tensor, drop: Tensor | None = None) -> Tensor:
         h = z.reshape(-1, self.width)
+        u = self.inject(x.reshape(-1, self.width))
+        if self.inject_into == "conv":
+            h = h + u
         if drop is not None:
             h = h * drop.reshape(-1, self.width)
         out = self.conv(h, edge_index)
         if self.gamma != 1.0:
             out = out * self.gamma
-        out = out + self.inject(x.reshape(-1, self.width))
+        if self.inject_into == "output":
+            out = out + u
         return _ACT_FNS[self.act_name](self.norm(out)).view(z.shape)
 
     def extra_repr(self) -> str:
-        return f"width={self.width}, act={self.act_name}, gamma={self.gamma:g}"
+        return f"width={self.width}, act={self.act_name}, inject_into={self.inject_into}, gamma={self.gamma:g}"
 
 
 class InputStem(nn.Module):

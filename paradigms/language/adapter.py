@@ -91,8 +91,10 @@ class LanguageModelOptions:
         mlp_ratio: MLP hidden size / width.
         context: tokens per window (training and evaluation).
         max_positions: size of the learned positional embedding; context must not exceed it.
-        dropout: dropout in the block and on the embedding (must be 0 for DEQ: the solver needs a
-            deterministic map).
+        dropout: dropout on the injected embedding (drawn once per forward, so a DEQ map stays
+            deterministic).
+        block_dropout: attention and residual dropout inside the block (must be 0 for DEQ: the
+            solver needs the same map at every iteration).
         out_norm: LayerNorm on the cell output (f = LN(GPT2Block(z + x))); needed for DEQ.
         tie_head: share the LM head's matrix with the token embedding.
     """
@@ -103,6 +105,7 @@ class LanguageModelOptions:
     context: int = 64
     max_positions: int = 256
     dropout: float = 0.0
+    block_dropout: float = 0.0
     out_norm: bool = True
     tie_head: bool = True
 
@@ -113,7 +116,8 @@ class LanguageModelOptions:
             raise ValueError(
                 f"model.context={self.context} exceeds the positional range model.max_positions={self.max_positions}; "
                 f"lower context or raise max_positions")
-        gpt2_config(self.width, self.heads, self.mlp_ratio, self.max_positions, self.dropout, vocab_size=1)
+        gpt2_config(self.width, self.heads, self.mlp_ratio, self.max_positions, self.dropout, 1,
+                    self.block_dropout)
 
 
 class LanguageParadigm(Paradigm):
@@ -178,15 +182,16 @@ class LanguageParadigm(Paradigm):
     # ----------------------------------------------------------------- model
     def _config(self, vocab_size: int):
         m = self.model_opts
-        return gpt2_config(m.width, m.heads, m.mlp_ratio, m.max_positions, m.dropout, vocab_size)
+        return gpt2_config(m.width, m.heads, m.mlp_ratio, m.max_positions, m.dropout, vocab_size, m.block_dropout)
 
     def cell(self, data: DataBundle) -> nn.Module:
         return TransformerCell(self._config(data.meta["vocab_size"]), out_norm=self.model_opts.out_norm)
 
     def build_model(self, data: DataBundle, spec: BlockSpec) -> nn.Module:
-        if spec.mode == "deq" and self.model_opts.dropout > 0:
-            raise ValueError(f"model.dropout={self.model_opts.dropout} with block mode 'deq': the fixed-point map "
-                             "must be deterministic; set model.dropout=0")
+        if spec.mode == "deq" and self.model_opts.block_dropout > 0:
+            raise ValueError(f"model.block_dropout={self.model_opts.block_dropout} with block mode 'deq': the "
+                             "fixed-point map must be the same at every iteration; set model.block_dropout=0 "
+                             "(model.dropout, on the embedding, is allowed)")
         config = self._config(data.meta["vocab_size"])
         return CausalLM(config, Block(lambda: self.cell(data), spec), tie_head=self.model_opts.tie_head)
 

@@ -30,8 +30,11 @@ CAUSAL_ATTN = "sdpa"
 
 
 def gpt2_config(width: int, heads: int, mlp_ratio: int, max_positions: int, dropout: float,
-                vocab_size: int) -> GPT2Config:
+                vocab_size: int, block_dropout: float = 0.0) -> GPT2Config:
     """The one config object the cell and the model are built from (never loaded from the hub).
+
+    ``dropout`` acts on the embedding (``embd_pdrop``), ``block_dropout`` inside the block (attention
+    and residual dropout).
 
     Raises:
         ValueError: ``width`` not divisible by ``heads``, or a non-positive size.
@@ -42,12 +45,13 @@ def gpt2_config(width: int, heads: int, mlp_ratio: int, max_positions: int, drop
             raise ValueError(f"model {name}={value!r} must be an integer >= 1")
     if width % heads:
         raise ValueError(f"model width={width} must be divisible by heads={heads}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"model dropout={dropout} must be in [0, 1)")
+    for name, value in (("dropout", dropout), ("block_dropout", block_dropout)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"model {name}={value} must be in [0, 1)")
     return GPT2Config(
         vocab_size=vocab_size, n_positions=max_positions, n_embd=width, n_layer=1, n_head=heads,
-        n_inner=mlp_ratio * width, activation_function="gelu", resid_pdrop=dropout, embd_pdrop=dropout,
-        attn_pdrop=dropout, attn_implementation=CAUSAL_ATTN, bos_token_id=None, eos_token_id=None,
+        n_inner=mlp_ratio * width, activation_function="gelu", resid_pdrop=block_dropout, embd_pdrop=dropout,
+        attn_pdrop=block_dropout, attn_implementation=CAUSAL_ATTN, bos_token_id=None, eos_token_id=None,
     )
 
 

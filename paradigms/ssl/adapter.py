@@ -74,7 +74,8 @@ class SSLDataOptions:
         gray_prob: probability of grayscale (RGB data only).
         knn_bank_size: train images in the kNN memory bank (a fixed seeded subset); None = all.
         knn_k / knn_temperature: the weighted kNN (lightly's benchmarks: 200 and 0.1).
-        linear_epochs: epochs of the logistic-regression probe on frozen bank features.
+        linear_steps / linear_l2: L-BFGS iterations and L2 weight of the logistic-regression probe
+            fitted on the frozen bank features.
         eval_batch_size: batch size of feature extraction.
     """
 
@@ -94,7 +95,8 @@ class SSLDataOptions:
     knn_bank_size: int | None = None
     knn_k: int = 200
     knn_temperature: float = 0.1
-    linear_epochs: int = 10
+    linear_steps: int = 100
+    linear_l2: float = 1e-4
     eval_batch_size: int = 1000
 
     def __post_init__(self) -> None:
@@ -108,7 +110,9 @@ class SSLDataOptions:
         _int_at_least("data.crop_size", self.crop_size, 1, allow_none=True)
         _int_at_least("data.knn_bank_size", self.knn_bank_size, 1, allow_none=True)
         _int_at_least("data.knn_k", self.knn_k, 1)
-        _int_at_least("data.linear_epochs", self.linear_epochs, 1)
+        _int_at_least("data.linear_steps", self.linear_steps, 1)
+        if not isinstance(self.linear_l2, (int, float)) or self.linear_l2 < 0:
+            raise ValueError(f"data.linear_l2={self.linear_l2!r} must be >= 0")
         _int_at_least("data.eval_batch_size", self.eval_batch_size, 1)
         if not isinstance(self.crop_scale_min, (int, float)) or not 0.0 < self.crop_scale_min <= 1.0:
             raise ValueError(f"data.crop_scale_min={self.crop_scale_min!r} must be in (0, 1]")
@@ -319,5 +323,5 @@ class SSLParadigm(Paradigm):
         knn = knn_accuracy(bank, bank_y, queries, query_y, data.num_classes, k=opts.knn_k,
                            temperature=opts.knn_temperature, batch_size=opts.eval_batch_size)
         linear = linear_probe_accuracy(bank, bank_y, queries, query_y, data.num_classes,
-                                       epochs=opts.linear_epochs, seed=self.seed)
+                                       steps=opts.linear_steps, l2=float(opts.linear_l2))
         return {f"knn_acc{suffix}": knn, f"linear_acc{suffix}": linear}

@@ -137,7 +137,8 @@ class SimCLR(SSLModel):
         self.projection_head = SimCLRProjectionHead(backbone.out_features, proj_hidden, proj_dim)
         self.criterion = NTXentLoss(temperature=temperature)
 
-    def loss_from_features(self, f0, f1, view0, view1):
+    def loss_from_features(self, f0: torch.Tensor, f1: torch.Tensor, view0: torch.Tensor,
+                           view1: torch.Tensor) -> torch.Tensor:
         z0, z1 = self.projection_head(f0), self.projection_head(f1)
         with _no_autocast(z0.device):
             return self.criterion(z0.float(), z1.float())
@@ -189,7 +190,8 @@ class BYOL(SSLModel):
         update_momentum(self.projection_head, self.target.projection_head, m=m)
         self.momentum_step += 1
 
-    def loss_from_features(self, f0, f1, view0, view1):
+    def loss_from_features(self, f0: torch.Tensor, f1: torch.Tensor, view0: torch.Tensor,
+                           view1: torch.Tensor) -> torch.Tensor:
         p0 = self.prediction_head(self.projection_head(f0))
         p1 = self.prediction_head(self.projection_head(f1))
         with torch.no_grad():
@@ -211,7 +213,8 @@ class VICReg(SSLModel):
         self.projection_head = VICRegProjectionHead(backbone.out_features, proj_hidden, proj_dim, num_layers=2)
         self.criterion = VICRegLoss()
 
-    def loss_from_features(self, f0, f1, view0, view1):
+    def loss_from_features(self, f0: torch.Tensor, f1: torch.Tensor, view0: torch.Tensor,
+                           view1: torch.Tensor) -> torch.Tensor:
         z0, z1 = self.projection_head(f0), self.projection_head(f1)
         with _no_autocast(z0.device):
             return self.criterion(z0.float(), z1.float())

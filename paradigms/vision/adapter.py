@@ -52,7 +52,6 @@ class VisionDataOptions:
         download: let torchvision download a missing dataset into the cache.
         channels / image_size: the (C, H, W) images the model is built for; a dataset whose images
             differ is an error that names the values to set. None = take whatever the data have.
-        batch_size: training batch size (the data config sets it to ``${train.batch_size}``).
         eval_batch_size: batch size of evaluation.
     """
 
@@ -66,7 +65,6 @@ class VisionDataOptions:
     download: bool = False
     channels: int | None = None
     image_size: int | Sequence[int] | None = None
-    batch_size: int = 128
     eval_batch_size: int = 1000
 
     def __post_init__(self) -> None:
@@ -76,7 +74,6 @@ class VisionDataOptions:
         _positive_int("data.limit_train", self.limit_train, allow_none=True)
         _positive_int("data.limit_test", self.limit_test, allow_none=True)
         _positive_int("data.channels", self.channels, allow_none=True)
-        _positive_int("data.batch_size", self.batch_size)
         _positive_int("data.eval_batch_size", self.eval_batch_size)
         if self.augment not in AUGMENTS:
             raise ValueError(f"data.augment={self.augment!r} is not valid; choose one of {AUGMENTS}")
@@ -157,7 +154,7 @@ class VisionParadigm(Paradigm):
             "test": (raw.test_x.to(dev), raw.test_y.to(dev)),
         }
         n_train = len(raw.train_y)
-        batch_size = min(opts.batch_size, n_train)
+        batch_size = min(self.batch_size, n_train)
         kind = opts.augment_kind
         mean, std = raw.mean, raw.std
         train_x, train_y = splits["train"]

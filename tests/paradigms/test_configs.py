@@ -41,15 +41,13 @@ def instantiate(overrides: list[str]):
 
 
 def paradigm_of(data_file: str) -> str | None:
-    """The paradigm whose DataOptions a data file fits (data files are per paradigm)."""
+    """The first paradigm whose DataOptions take every key of a data file (data files are per paradigm)."""
+    import dataclasses
+
     keys = set(yaml.safe_load((CONFIGS / "data" / f"{data_file}.yaml").read_text()) or {})
     for paradigm in names("paradigm"):
-        cls = get_paradigm(paradigm)
-        if keys <= {f.name for f in __import__("dataclasses").fields(cls.DataOptions)}:
-            default = yaml.safe_load((CONFIGS / "paradigm" / f"{paradigm}.yaml").read_text())
-            defaults = [d for d in default.get("defaults", []) if isinstance(d, dict) and "/data" in d]
-            if defaults and Path(CONFIGS / "data" / f"{defaults[0]['/data']}.yaml").exists():
-                return paradigm
+        if keys <= {f.name for f in dataclasses.fields(get_paradigm(paradigm).DataOptions)}:
+            return paradigm
     return None
 
 
@@ -105,3 +103,28 @@ def test_every_experiment_composes_and_every_swept_value_instantiates(hydra_ctx,
 def test_launcher_configs_compose(hydra_ctx, launcher):
     cfg = compose(config_name="train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert "launcher" in cfg.hydra and cfg.hydra.launcher._target_
+
+
+@pytest.mark.parametrize("study", names("study"))
+def test_every_study_grid_composes_with_every_swept_value(hydra_ctx, study):
+    from tiedlab.paradigms.cli import load_study
+
+    spec = load_study(study)
+    assert spec["question"] and spec["grids"]
+    for grid in spec["grids"]:
+        overrides = [o for o in grid["overrides"]]
+        instantiate(overrides)
+        for key, values in (grid.get("sweep") or {}).items():
+            for value in values:
+                instantiate([*overrides, f"{key}={value}"])
+
+
+def test_study_runner_dry_run_and_unknown_name(capsys, tmp_path):
+    from tiedlab.paradigms.cli import study
+
+    assert study(["demo", "--dry-run", "--runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("tiedlab.paradigms.cli -m") == len(__import__("tiedlab.paradigms.cli", fromlist=["x"]).load_study("demo")["grids"])
+    assert f"hydra.sweep.dir={tmp_path}/vision" in out and "block=explicit,tied,deq" in out
+    with pytest.raises(ValueError, match=r"unknown study 'nope'; valid studies: \[.*'demo'"):
+        study(["nope"])

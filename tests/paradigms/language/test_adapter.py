@@ -93,6 +93,20 @@ def test_tied_head_and_param_counts(small):
     assert ct["params/dense"] == ce["params/unique"]
 
 
+def test_austen_bpe_reports_perplexity(tmp_path):
+    paradigm = LanguageParadigm({"name": "austen", "max_chars": 100_000, "vocab_size": 512, "eval_batches": 2,
+                                 "eval_batch_size": 8}, TINY, CPU, batch_size=4)
+    data = paradigm.build_data()
+    assert data.meta["tokenizer"] == "bpe" and data.meta["vocab_size"] == 512 and data.meta["chars_per_token"] > 1.5
+    net = paradigm.build_model(data, BlockSpec(mode="tied", depth=1))
+    metrics = paradigm.evaluate(net, data, "val")
+    assert set(metrics) == {"val/loss", "val/ppl"}
+    assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]))
+    assert paradigm.encode("Emma Woodhouse, handsome, clever, and rich \u20ac").numel() > 0  # byte-level: no unknowns
+    paradigm.artifacts(str(tmp_path))
+    assert T.load_tokenizer(tmp_path).get_vocab() == paradigm.corpus.tokenizer.get_vocab()
+
+
 # ----------------------------------------------------------------- causal masking
 CAUSAL_BLOCKS = {
     "explicit": dict(mode="explicit", depth=3),
@@ -222,11 +236,14 @@ def test_bad_options(section, options, bad):
         LanguageParadigm(data, model, CPU)
 
 
-def test_deq_with_dropout_is_an_error(small):
+def test_deq_with_block_dropout_is_an_error(small):
     _, data = small
-    paradigm = LanguageParadigm(SMALL, {**TINY, "dropout": 0.1}, CPU)
-    with pytest.raises(ValueError, match="dropout=0.1 with block mode 'deq'"):
+    paradigm = LanguageParadigm(SMALL, {**TINY, "block_dropout": 0.1}, CPU)
+    with pytest.raises(ValueError, match="block_dropout=0.1 with block mode 'deq'"):
         paradigm.build_model(data, BlockSpec(mode="deq"))
+    # embedding dropout is drawn once per forward: the DEQ map stays deterministic
+    net = LanguageParadigm(SMALL, {**TINY, "dropout": 0.1}, CPU).build_model(data, BlockSpec(mode="deq", max_iter=4))
+    assert net.drop.p == 0.1 and all(m.p == 0.0 for m in net.block.modules() if isinstance(m, torch.nn.Dropout))
 
 
 # ----------------------------------------------------------------- artifacts and configs
