@@ -1,16 +1,25 @@
 """Fixed-point solvers for z* = f(z*): plain functions with one contract and a registry.
 
-Contract: ``solver(f, z0, *, max_iter, tol, stop_mode, **options) -> (z, SolverStats)``.
+Contract: ``solver(f, z0, *, max_iter, tol, stop_mode, sample_dims=1, **options) -> (z, SolverStats)``.
 
 - ``f`` maps a tensor of the shape of ``z0`` to one of the same shape; it is called without grad.
-- The first dimension is the batch: residuals are per sample, the solver stops when every sample's
-  residual (``stop_mode`` "abs" or "rel") is <= ``tol`` or after ``max_iter`` evaluations of ``f``.
-- The returned ``z`` holds, per sample, the iterate with the lowest residual seen.
+- The first ``sample_dims`` dimensions index independent systems (default 1: one per sample; 2 for a
+  sequence state (B, T, D): one per position). Each system has its own residual (``stop_mode`` "abs"
+  or "rel"), its own quasi-Newton history (Anderson weights, Broyden's inverse Jacobian) and its own
+  stopping: a system whose current residual is <= ``tol`` is held (not updated) while it stays so.
+  The solver stops when every system is held, or after ``max_iter`` evaluations of ``f``.
+- The returned ``z`` holds, per system, the iterate with the lowest residual seen.
+
+Why per-system holding: a system's trajectory then depends on the others only through ``f``, never
+through a shared stopping step or shared mixing weights. For a causal map (position t of ``f(z)``
+depends on positions <= t of ``z``) and ``sample_dims=2``, the solution at position t is therefore an
+exact function of the inputs at positions <= t: the solve is as causal as the map.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Callable
 
 import torch
@@ -22,7 +31,10 @@ STOP_MODES = ("abs", "rel")
 
 
 class _Tracker:
-    """Keeps the best iterate per sample and the residual traces."""
+    """Keeps the best iterate per system, which systems are still active, and the residual traces.
+
+    Shapes: z0: (N, D), one row per system
+    """
 
     def __init__(self, z0: torch.Tensor, tol: float, stop_mode: str):
         if stop_mode not in STOP_MODES:
@@ -31,28 +43,55 @@ class _Tracker:
         self.best = z0.clone()
         self.best_abs = torch.full((z0.shape[0],), float("inf"), device=z0.device, dtype=z0.dtype)
         self.best_rel = self.best_abs.clone()
+        self.active = torch.ones(z0.shape[0], dtype=torch.bool, device=z0.device)
         self.stats = SolverStats()
 
     def update(self, z: torch.Tensor, fz: torch.Tensor) -> bool:
-        """Record the residual of ``z`` (with ``fz = f(z)``); True when every sample has converged."""
+        """Record the residual of ``z`` (with ``fz = f(z)``); True when no system is active any more.
+
+        A system stays active while its current residual is above ``tol`` (or NaN).
+        """
         abs_r, rel_r = residuals(fz, z)
         key, best_key = (abs_r, self.best_abs) if self.stop_mode == "abs" else (rel_r, self.best_rel)
         better = key < best_key
-        self.best[better] = z[better].to(self.best.dtype)
+        self.best = torch.where(better[:, None], z.to(self.best.dtype), self.best)
         self.best_abs = torch.where(better, abs_r, self.best_abs)
         self.best_rel = torch.where(better, rel_r, self.best_rel)
+        self.active = ~(key <= self.tol)
         self.stats.abs_trace.append(abs_r.mean().item())
         self.stats.rel_trace.append(rel_r.mean().item())
-        return bool(((self.best_abs if self.stop_mode == "abs" else self.best_rel) <= self.tol).all())
+        return not bool(self.active.any())
 
-    def finish(self, nfe: int) -> tuple[torch.Tensor, SolverStats]:
+    def hold(self, proposed: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """The next iterate: ``proposed`` for active systems, ``current`` for held ones.
+
+        Shapes: proposed, current: (N, D) -> (N, D)
+        """
+        return torch.where(self.active[:, None], proposed, current)
+
+    def finish(self, nfe: int, shape: torch.Size) -> tuple[torch.Tensor, SolverStats]:
         s = self.stats
         s.nfe = nfe
         s.abs_residual = self.best_abs.mean().item()
         s.rel_residual = self.best_rel.mean().item()
         final = self.best_abs if self.stop_mode == "abs" else self.best_rel
         s.converged = (final <= self.tol).float().mean().item()
-        return self.best, s
+        return self.best.view(shape), s
+
+
+def _systems(z0: torch.Tensor, sample_dims: int) -> tuple[int, int]:
+    """(number of systems, size of each) when the first ``sample_dims`` dims of ``z0`` index systems."""
+    _check_sample_dims(sample_dims)
+    if sample_dims > z0.dim():
+        raise ValueError(f"sample_dims={sample_dims} exceeds the {z0.dim()} dimension(s) of the state "
+                         f"{tuple(z0.shape)}; choose 1 to {z0.dim()}")
+    return math.prod(z0.shape[:sample_dims]), math.prod(z0.shape[sample_dims:])
+
+
+def _check_sample_dims(sample_dims: object) -> None:
+    if isinstance(sample_dims, bool) or not isinstance(sample_dims, int) or sample_dims < 1:
+        raise ValueError(f"sample_dims={sample_dims!r} must be an integer >= 1 (1: one system per sample, "
+                         "2: one per (sample, position))")
 
 
 def _check_budget(max_iter: int, tol: float) -> None:
@@ -64,53 +103,58 @@ def _check_budget(max_iter: int, tol: float) -> None:
 
 def fixed_point(
     f: Map, z0: torch.Tensor, *, max_iter: int = 30, tol: float = 1e-4, stop_mode: str = "rel",
-    damping: float = 1.0,
+    sample_dims: int = 1, damping: float = 1.0,
 ) -> tuple[torch.Tensor, SolverStats]:
-    """Damped Picard iteration z <- (1 - damping) z + damping f(z).
+    """Damped Picard iteration z <- (1 - damping) z + damping f(z), per system (see the module contract).
 
     Shapes: z0: (B, ...) -> z: (B, ...)
     """
     _check_budget(max_iter, tol)
     if not 0.0 < damping <= 1.0:
         raise ValueError(f"damping={damping} must be in (0, 1]")
-    track = _Tracker(z0, tol, stop_mode)
-    z = z0
+    shape = z0.shape
+    n, dim = _systems(z0, sample_dims)
+    g = lambda v: f(v.view(shape)).reshape(n, dim)  # noqa: E731
+    z = z0.reshape(n, dim)
+    track = _Tracker(z, tol, stop_mode)
     for k in range(1, max_iter + 1):
-        fz = f(z)
+        fz = g(z)
         if track.update(z, fz):
-            return track.finish(k)
-        z = fz if damping == 1.0 else (1.0 - damping) * z + damping * fz
-    return track.finish(max_iter)
+            return track.finish(k, shape)
+        z = track.hold(fz if damping == 1.0 else (1.0 - damping) * z + damping * fz, z)
+    return track.finish(max_iter, shape)
 
 
 def anderson(
     f: Map, z0: torch.Tensor, *, max_iter: int = 30, tol: float = 1e-4, stop_mode: str = "rel",
-    memory: int = 5, lam: float = 1e-4, beta: float = 1.0,
+    sample_dims: int = 1, memory: int = 5, lam: float = 1e-4, beta: float = 1.0,
 ) -> tuple[torch.Tensor, SolverStats]:
-    """Anderson acceleration (type II) with ``memory`` past iterates, batched.
+    """Anderson acceleration (type II) with ``memory`` past iterates, batched over systems.
 
-    Each step mixes the last m iterates with weights alpha that minimise ||sum alpha_i g_i||^2 subject
-    to sum alpha_i = 1 (g_i = f(x_i) - x_i), with Tikhonov regularisation ``lam`` relative to the
-    mean squared residual (so it works at any residual scale); ``beta`` damps the mix.
+    Each step mixes the last m iterates of each system with weights alpha that minimise
+    ||sum alpha_i g_i||^2 subject to sum alpha_i = 1 (g_i = f(x_i) - x_i, the system's own rows), with
+    Tikhonov regularisation ``lam`` relative to the system's mean squared residual (so it works at any
+    residual scale); ``beta`` damps the mix. All systems are solved at once (one batched solve).
 
     Shapes: z0: (B, ...) -> z: (B, ...)
     """
     _check_budget(max_iter, tol)
     if memory < 1:
         raise ValueError(f"memory={memory} must be >= 1")
-    shape, bsz = z0.shape, z0.shape[0]
-    g = lambda v: f(v.view(shape)).reshape(bsz, -1)  # noqa: E731
-    track = _Tracker(z0, tol, stop_mode)
-    X = z0.new_zeros(bsz, memory, z0[0].numel())
+    shape = z0.shape
+    bsz, dim = _systems(z0, sample_dims)
+    g = lambda v: f(v.view(shape)).reshape(bsz, dim)  # noqa: E731
+    X = z0.new_zeros(bsz, memory, dim)
     F = torch.zeros_like(X)
-    X[:, 0] = z0.reshape(bsz, -1)
+    X[:, 0] = z0.reshape(bsz, dim)
     F[:, 0] = g(X[:, 0])
-    if track.update(X[:, 0].view(shape), F[:, 0].view(shape)) or max_iter == 1:
-        return track.finish(1)
+    track = _Tracker(X[:, 0], tol, stop_mode)
+    if track.update(X[:, 0], F[:, 0]) or max_iter == 1:
+        return track.finish(1, shape)
     eye = torch.eye(memory, dtype=z0.dtype, device=z0.device)
     for k in range(1, max_iter):
         n = min(k, memory)
-        G = F[:, :n] - X[:, :n]  # (B, n, D)
+        G = F[:, :n] - X[:, :n]  # (N, n, D)
         # Solve [0 1^T; 1 GG^T + lam I] [c; alpha] = [1; 0] for the mixing weights.
         H = z0.new_zeros(bsz, n + 1, n + 1)
         H[:, 0, 1:] = 1.0
@@ -120,39 +164,41 @@ def anderson(
         H[:, 1:, 1:] = GG + lam * scale * eye[:n, :n]
         rhs = z0.new_zeros(bsz, n + 1, 1)
         rhs[:, 0] = 1.0
-        alpha = torch.linalg.solve(H, rhs)[:, 1:]  # (B, n, 1)
+        alpha = torch.linalg.solve(H, rhs)[:, 1:]  # (N, n, 1)
         mixed_f = (alpha.transpose(1, 2) @ F[:, :n])[:, 0]
         x_new = mixed_f if beta == 1.0 else beta * mixed_f + (1 - beta) * (alpha.transpose(1, 2) @ X[:, :n])[:, 0]
         slot = k % memory
-        X[:, slot] = x_new
-        F[:, slot] = g(x_new)
-        if track.update(X[:, slot].view(shape), F[:, slot].view(shape)):
-            return track.finish(k + 1)
-    return track.finish(max_iter)
+        X[:, slot] = track.hold(x_new, X[:, (k - 1) % memory])
+        F[:, slot] = g(X[:, slot])
+        if track.update(X[:, slot], F[:, slot]):
+            return track.finish(k + 1, shape)
+    return track.finish(max_iter, shape)
 
 
 def broyden(
     f: Map, z0: torch.Tensor, *, max_iter: int = 30, tol: float = 1e-4, stop_mode: str = "rel",
-    memory: int = 30, eps: float = 1e-12,
+    sample_dims: int = 1, memory: int = 30, eps: float = 1e-12,
 ) -> tuple[torch.Tensor, SolverStats]:
-    """Limited-memory "good" Broyden's method on g(z) = f(z) - z, batched.
+    """Limited-memory "good" Broyden's method on g(z) = f(z) - z, batched over systems.
 
-    The inverse Jacobian of g is kept as -I + U^T V with one rank-one term per step (Sherman-Morrison);
-    after ``memory`` updates the oldest term is overwritten.
+    Each system keeps its own inverse Jacobian estimate -I + U^T V with one rank-one term per step
+    (Sherman-Morrison); after ``memory`` updates the oldest term is overwritten. A held system takes
+    no step and so adds no secant term. With ``sample_dims=2`` the estimate covers each position's own
+    block of the Jacobian only (the coupling between positions is left to the iteration).
 
     Shapes: z0: (B, ...) -> z: (B, ...)
     """
     _check_budget(max_iter, tol)
     if memory < 1:
         raise ValueError(f"memory={memory} must be >= 1")
-    shape, bsz = z0.shape, z0.shape[0]
-    dim = z0[0].numel()
-    track = _Tracker(z0, tol, stop_mode)
+    shape = z0.shape
+    bsz, dim = _systems(z0, sample_dims)
     x = z0.reshape(bsz, dim)
+    track = _Tracker(x, tol, stop_mode)
     fx = f(x.view(shape)).reshape(bsz, dim)
     gx = fx - x
-    if track.update(x.view(shape), fx.view(shape)) or max_iter == 1:
-        return track.finish(1)
+    if track.update(x, fx) or max_iter == 1:
+        return track.finish(1, shape)
     memory = min(memory, max_iter)  # never more rank-one terms than steps: allocate no more
     U = x.new_empty(bsz, memory, dim)
     V = x.new_empty(bsz, memory, dim)
@@ -162,7 +208,7 @@ def broyden(
         if used == 0:
             return -v
         n = min(used, memory)
-        coef = torch.bmm(V[:, :n], v.unsqueeze(2))  # (B, n, 1)
+        coef = torch.bmm(V[:, :n], v.unsqueeze(2))  # (N, n, 1)
         return torch.baddbmm(-v.unsqueeze(1), coef.transpose(1, 2), U[:, :n]).squeeze(1)
 
     def inv_jac_t(v: torch.Tensor) -> torch.Tensor:  # v^T B_k = -v + V^T (U v)
@@ -173,15 +219,15 @@ def broyden(
         return torch.baddbmm(-v.unsqueeze(1), coef.transpose(1, 2), V[:, :n]).squeeze(1)
 
     for k in range(1, max_iter):
-        dx = -inv_jac(gx)
+        dx = track.hold(-inv_jac(gx), torch.zeros_like(gx))
         x = x + dx
         fx = f(x.view(shape)).reshape(bsz, dim)
         gx_new = fx - x
-        if track.update(x.view(shape), fx.view(shape)):
-            return track.finish(k + 1)
+        if track.update(x, fx):
+            return track.finish(k + 1, shape)
         dg = gx_new - gx
         gx = gx_new
-        v = inv_jac_t(dx)
+        v = inv_jac_t(dx)  # zero for a held system (dx = 0): its denominator is 0 and no term is added
         denom = (v * dg).sum(dim=1, keepdim=True)
         ok = denom.abs() > eps
         u = (dx - inv_jac(dg)) * torch.where(ok, 1.0 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(denom))
@@ -189,7 +235,7 @@ def broyden(
         U[:, slot] = u
         V[:, slot] = v
         used += 1
-    return track.finish(max_iter)
+    return track.finish(max_iter, shape)
 
 
 SOLVERS: dict[str, Callable[..., tuple[torch.Tensor, SolverStats]]] = {
@@ -208,15 +254,19 @@ def get_solver(name: str) -> Callable[..., tuple[torch.Tensor, SolverStats]]:
 
 
 def solver_options(name: str) -> set[str]:
-    """The solver-specific keyword options ``name`` accepts (beyond max_iter, tol, stop_mode)."""
+    """The keyword options ``name`` accepts beyond max_iter, tol, stop_mode: ``sample_dims`` (every
+    solver) and its own (anderson: memory, lam, beta; broyden: memory, eps; fixed_point: damping)."""
     params = inspect.signature(get_solver(name)).parameters
     return {p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY} - {
         "max_iter", "tol", "stop_mode"}
 
 
 def check_solver_options(name: str, options: dict) -> None:
-    """Raise a ValueError naming any option ``name`` does not take, with the ones it does."""
+    """Raise a ValueError naming any option ``name`` does not take (with the ones it does), or a bad
+    ``sample_dims``."""
     valid = solver_options(name)
     bad = sorted(set(options) - valid)
     if bad:
         raise ValueError(f"solver {name!r} has no option(s) {bad}; valid options: {sorted(valid)}")
+    if "sample_dims" in options:
+        _check_sample_dims(options["sample_dims"])

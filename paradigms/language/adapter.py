@@ -15,6 +15,10 @@ same for every run with the same ``context``, and reports the token-weighted mea
 ``{split}/loss`` (nats per token) plus ``{split}/bpc`` (char level, bits per character) or
 ``{split}/ppl`` (BPE, perplexity).
 
+DEQ: the block is solved with one fixed-point system per (sequence, position) (``model.causal_spec``,
+solver option ``sample_dims=2``), which keeps the solve exactly causal; a config that sets another
+``sample_dims`` is an error.
+
 Unknown characters: byte-level BPE has none. For a char-level tokenizer, held-out characters that
 the train split lacks are an error at ``build_data`` unless ``data.unknown="unk"`` (they are then
 scored as ``[UNK]`` and listed in ``DataBundle.meta["unknown_chars"]``); :meth:`LanguageParadigm.encode`
@@ -37,7 +41,7 @@ from tiedlab.core import Block, BlockSpec
 from ..base import DataBundle, Paradigm, StepOutput
 from . import tokenizer as tok
 from .data import CORPORA, TOKENIZER_KINDS, Corpus, load_corpus
-from .model import CausalLM, TransformerCell, gpt2_config
+from .model import CausalLM, TransformerCell, causal_spec, gpt2_config
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 EVAL_SPLITS = ("val", "test")
@@ -193,6 +197,7 @@ class LanguageParadigm(Paradigm):
                              "fixed-point map must be the same at every iteration; set model.block_dropout=0 "
                              "(model.dropout, on the embedding, is allowed)")
         config = self._config(data.meta["vocab_size"])
+        spec = causal_spec(spec)  # a DEQ is solved per position: see model.causal_spec
         return CausalLM(config, Block(lambda: self.cell(data), spec), tie_head=self.model_opts.tie_head)
 
     # ----------------------------------------------------------------- train / eval

@@ -77,7 +77,8 @@ def test_registry_errors_name_the_valid_choices():
         get_solver("newton")
     with pytest.raises(ValueError, match=r"no option\(s\) \['memory'\].*damping"):
         check_solver_options("fixed_point", {"memory": 3})
-    assert solver_options("anderson") == {"memory", "lam", "beta"}
+    assert solver_options("anderson") == {"sample_dims", "memory", "lam", "beta"}
+    assert all("sample_dims" in solver_options(name) for name in SOLVERS)
     with pytest.raises(ValueError, match="stop_mode"):
         get_solver("anderson")(lambda z: z, torch.zeros(2, 2), stop_mode="max")
     with pytest.raises(ValueError, match="max_iter=0"):

@@ -1,8 +1,9 @@
-"""Language adapter: the shared contract for every block mode, causal masking, learning on real text,
-bad input (context too long, unknown characters), the saved tokenizer and the config files."""
+"""Language adapter: the shared contract for every block mode, causal masking and causal DEQ solving,
+learning on real text, bad input (context too long, unknown characters), the saved tokenizer and the config files."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -15,11 +16,11 @@ import torch
 if not os.environ.get("TIEDLAB_DATA"):
     pytest.skip("TIEDLAB_DATA is not set (needs tinyshakespeare/)", allow_module_level=True)
 
-from tiedlab.core import Block, BlockSpec, model_param_counts
+from tiedlab.core import Block, BlockSpec, GradSpec, model_param_counts
 from tiedlab.paradigms.contract import CONTRACT_BLOCKS, check_paradigm
 from tiedlab.paradigms.language import tokenizer as T
 from tiedlab.paradigms.language.adapter import LanguageDataOptions, LanguageModelOptions, LanguageParadigm
-from tiedlab.paradigms.language.model import CausalLM, TransformerCell, gpt2_config
+from tiedlab.paradigms.language.model import CausalLM, TransformerCell, causal_spec, gpt2_config
 
 CPU = torch.device("cpu")
 SMALL = dict(name="tinyshakespeare", max_chars=50_000, eval_batches=4, eval_batch_size=16)
@@ -107,32 +108,51 @@ def test_austen_bpe_reports_perplexity(tmp_path):
     assert T.load_tokenizer(tmp_path).get_vocab() == paradigm.corpus.tokenizer.get_vocab()
 
 
-# ----------------------------------------------------------------- causal masking
+# ----------------------------------------------------------------- causal masking and causal solving
 CAUSAL_BLOCKS = {
     "explicit": dict(mode="explicit", depth=3),
     "tied": dict(mode="tied", depth=3),
     "tied_distinct_mask": dict(mode="tied", depth=3, mask=dict(mode="distinct", sparsity=0.5)),
     "tied_nm_mask_weight_norm": dict(mode="tied", depth=2, norm="weight", mask=dict(mode="distinct", kind="nm")),
-    # tol=0 runs every iteration, so the iteration count cannot depend on the future tokens
-    "deq_fixed_point": dict(mode="deq", solver="fixed_point", max_iter=10, tol=0.0, solver_options=dict(damping=0.8)),
-    "deq_fixed_point_distinct_mask": dict(mode="deq", depth=2, solver="fixed_point", max_iter=6, tol=0.0,
-                                          mask=dict(mode="distinct", sparsity=0.5)),
+    # DEQs solved per position (causal_spec): exact for any tol, since converged positions are held on
+    # their own and no stopping step or mixing weight is shared between positions
+    "deq_anderson_ift": dict(mode="deq", solver="anderson", max_iter=30, tol=1e-3,
+                             grad=dict(mode="ift", max_iter=10)),
+    "deq_anderson_8_steps": dict(mode="deq", solver="anderson", max_iter=8, tol=0.0, grad=dict(mode="onestep")),
+    "deq_broyden_phantom": dict(mode="deq", solver="broyden", max_iter=18, tol=1e-3,
+                                grad=dict(mode="phantom", steps=2)),
+    "deq_fixed_point": dict(mode="deq", solver="fixed_point", max_iter=20, tol=1e-3, solver_options=dict(damping=0.8)),
+    "deq_fixed_point_tol0": dict(mode="deq", solver="fixed_point", max_iter=10, tol=0.0,
+                                 solver_options=dict(damping=0.8)),
+    "deq_anderson_distinct_mask": dict(mode="deq", depth=2, solver="anderson", max_iter=12, tol=1e-3,
+                                       mask=dict(mode="distinct", sparsity=0.5)),
 }
 
 
 def _lm(spec: dict, vocab: int = 50, out_norm: bool = True) -> CausalLM:
     config = gpt2_config(32, 2, 4, 16, 0.0, vocab)
-    return CausalLM(config, Block(lambda: TransformerCell(config, out_norm), BlockSpec.from_dict(spec)))
+    return CausalLM(config, Block(lambda: TransformerCell(config, out_norm), causal_spec(BlockSpec.from_dict(spec))))
 
 
-def _future_change(net: CausalLM, at: int = 9) -> tuple[float, float]:
-    """Max |logit change| before and from position ``at`` when the token at ``at`` changes."""
-    idx = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(0))
+def _future_change(net: CausalLM, at: int = 9) -> tuple[float, float, float]:
+    """Max |logit change| before and from position ``at`` when every token from ``at`` on changes, and
+    (with grad enabled) the max |gradient| of the earlier logits with respect to the later inputs.
+
+    Shapes: net takes (3, 16) token ids
+    """
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, 50, (3, 16), generator=g)
     idx2 = idx.clone()
-    idx2[:, at] = (idx2[:, at] + 1) % 50
+    idx2[:, at:] = (idx2[:, at:] + torch.randint(1, 50, (3, 16 - at), generator=g)) % 50
     a, _ = net(idx)
     b, _ = net(idx2)
-    return (a[:, :at] - b[:, :at]).abs().max().item(), (a[:, at:] - b[:, at:]).abs().max().item()
+    grad = 0.0
+    if torch.is_grad_enabled():
+        x = net.embed(idx).detach().requires_grad_()
+        z, _ = net.block(x)
+        net.lm_head(net.ln_f(z))[:, :at].square().sum().backward()
+        grad = x.grad[:, at:].abs().max().item()
+    return (a[:, :at] - b[:, :at]).abs().max().item(), (a[:, at:] - b[:, at:]).abs().max().item(), grad
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
@@ -140,19 +160,37 @@ def _future_change(net: CausalLM, at: int = 9) -> tuple[float, float]:
 def test_future_tokens_do_not_change_the_past(block, train):
     net = _lm(CAUSAL_BLOCKS[block]).train(train)
     with torch.set_grad_enabled(train):
-        past, future = _future_change(net)
-    assert past <= 1e-6, f"{block}: a future token changed earlier logits by {past:.2e}"
-    assert future > 1e-3, f"{block}: the changed token had no effect ({future:.2e})"
+        past, future, grad = _future_change(net)
+    assert past <= 1e-6, f"{block}: future tokens changed earlier logits by {past:.2e}"
+    assert grad <= 1e-6, f"{block}: earlier logits have gradient {grad:.2e} to later inputs"
+    assert future > 1e-3, f"{block}: the changed tokens had no effect ({future:.2e})"
 
 
-@pytest.mark.parametrize("solver", ["anderson", "broyden"])
-def test_quasi_newton_deq_leaks_the_future_only_up_to_its_residual(solver):
-    """Anderson and Broyden mix whole samples (every position at once), so before convergence a future
-    token moves earlier positions a little; the map itself is causal (test above), the solver is not."""
-    net = _lm(dict(mode="deq", solver=solver, max_iter=8, tol=1e-3)).eval()
+@pytest.mark.parametrize("solver", ["anderson", "broyden", "fixed_point"])
+def test_deq_is_causal_in_float64(solver):
+    net = _lm(dict(mode="deq", solver=solver, max_iter=20, tol=1e-4)).double().eval()
     with torch.no_grad():
-        past, future = _future_change(net)
-    assert past < 0.05 * future, f"{solver}: leak {past:.2e} vs effect {future:.2e}"
+        past, future, _ = _future_change(net)
+    assert past <= 1e-12 and future > 1e-3, f"{solver}: past {past:.2e}, future {future:.2e}"
+
+
+def test_deq_is_built_per_position(small):
+    paradigm, data = small
+    net = paradigm.build_model(data, BlockSpec(mode="deq", solver="broyden", grad=GradSpec(mode="ift")))
+    assert net.block.spec.solver_options["sample_dims"] == 2
+    assert net.block.spec.grad.solver_options["sample_dims"] == 2
+    assert paradigm.build_model(data, BlockSpec(mode="tied")).block.spec.solver_options == {}
+
+
+def test_per_sequence_deq_is_refused():
+    """A DEQ solved with one system per sequence mixes future positions into earlier ones."""
+    config = gpt2_config(32, 2, 4, 16, 0.0, 50)
+    spec = BlockSpec(mode="deq", solver="anderson", max_iter=8)
+    with pytest.raises(ValueError, match="not causal: build its spec with causal_spec"):
+        CausalLM(config, Block(lambda: TransformerCell(config), spec))
+    for bad in (dict(solver_options=dict(sample_dims=1)), dict(grad=GradSpec(solver_options=dict(sample_dims=1)))):
+        with pytest.raises(ValueError, match="sample_dims=1: a causal language model solves each"):
+            causal_spec(dataclasses.replace(spec, **bad))
 
 
 def test_default_attention_would_not_be_causal():
