@@ -61,8 +61,7 @@ class BlockSpec:
             raise ValueError(f"norm {self.norm!r} is not valid; choose one of {NORM_KINDS}")
         get_solver(self.solver)
         check_solver_options(self.solver, self.solver_options)
-        if self.grad.solver is not None:
-            check_solver_options(self.grad.solver, self.grad.solver_options)
+        check_solver_options(self.grad.solver or self.solver, self.grad.solver_options)
         if self.stop_mode not in STOP_MODES:
             raise ValueError(f"stop_mode={self.stop_mode!r} is not valid; choose one of {STOP_MODES}")
         for name in ("max_iter", "eval_max_iter"):

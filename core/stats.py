@@ -18,7 +18,7 @@ class SolverStats:
         rel_trace: per step, the batch mean of ||f(z) - z|| / ||f(z)||.
         abs_residual: batch mean absolute residual of the returned point.
         rel_residual: batch mean relative residual of the returned point.
-        converged: fraction of samples whose residual (in the stop mode) is <= tol.
+        converged: fraction of systems (samples, or rows with sample_dims > 1) whose residual (in the stop mode) is <= tol.
     """
 
     nfe: int = 0

@@ -94,7 +94,16 @@ def load_study(name: str) -> dict[str, Any]:
         if bad:
             raise ValueError(f"unknown key(s) {bad} in grid {grid.get('name')!r} of {path}; valid keys: "
                              "['name', 'overrides', 'sweep']")
+        grid["overrides"] = _flatten(grid.get("overrides") or [])
     return study
+
+
+def _flatten(overrides: list[Any]) -> list[str]:
+    """Nested lists of overrides (a YAML anchor reused inside another list: ``[*vision, block=tied]``) made flat."""
+    flat: list[str] = []
+    for item in overrides:
+        flat.extend(_flatten(item) if isinstance(item, list) else [str(item)])
+    return flat
 
 
 def study_commands(study: dict[str, Any], out: Path, extra: list[str], jobs: int) -> list[list[str]]:

@@ -51,6 +51,7 @@ class GradConfig:
     tol: float = 1e-4
     steps: int = 5
     tau: float = 0.6
+    options: dict[str, Any] = field(default_factory=dict)  # the adjoint solver's own options (e.g. sample_dims)
 
 
 @dataclass
@@ -125,7 +126,7 @@ def block_spec(cfg: Any) -> BlockSpec:
         solver=s.name, max_iter=int(s.max_iter), tol=float(s.tol), stop_mode=s.stop_mode,
         solver_options=dict(s.options or {}), eval_max_iter=s.eval_max_iter, eval_tol=s.eval_tol,
         grad=GradSpec(mode=g.mode, solver=g.solver, max_iter=int(g.max_iter), tol=float(g.tol), steps=int(g.steps),
-                      tau=float(g.tau)),
+                      tau=float(g.tau), solver_options=dict(g.options or {})),
     )
 
 
