@@ -2,10 +2,13 @@
 all through the adapter's own API (SSLParadigm.build_data / build_model / training_step / evaluate).
 
   train   pre-train under a wall-clock budget (training time only; evaluation is timed apart) with
-          AdamW or SGD and a cosine schedule whose progress is max(step / steps, train_s / budget_s),
+          AdamW or SGD (weight decay and gradient clipping as the engine applies them) and a cosine
+          schedule whose progress is max(step / steps, train_s / budget_s),
           so the rate anneals to its floor by the end of whichever limit comes first. The checkpoint
           with the best val/knn_acc is scored on test; the test split never steers anything. Prints
           the trained, random-init and raw-pixel kNN (and linear-probe) accuracies side by side.
+          (The target's reference command is the engine's ``tiedlab-ssl size=ssl_quick``, same model and
+          data; see reports/targets/ssl.md. This variant anneals by wall-clock time instead of steps.)
   views   images/s of the two view backends on the same uint8 batches: the batched tensor path
           (tensor_views) and lightly's PIL SimCLRTransform (LightlyViews), each making 2 views.
   speed   samples/s of ``bare_loop`` (pre-made views, ``model(v0, v1)``, backward, AdamW) vs
@@ -18,7 +21,8 @@ Usage (wrap runs in ``flock /tmp/tiedlab-cpu.lock``; set TIEDLAB_DATA and TIEDLA
   python benchmarks/bench_ssl.py speed --steps 10 --rounds 3
 
 ``--set`` takes dotted keys under data., model., block. (a BlockSpec), optim. {name, lr, weight_decay,
-warmup, min_lr_ratio}, train. {batch_size, steps, eval_every}.
+warmup, min_lr_ratio, clip (gradient-norm clip as the engine's optim.clip; 0 = none)}, train. {batch_size,
+steps, eval_every}.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {"width": 16, "expansion": 2, "groups": 4, "stem_stride": 2, "feature_mult": 8,
               "method": "simclr", "proj_hidden": 512, "proj_dim": 128, "temperature": 0.2},
     "block": {"mode": "tied", "depth": 4},
-    "optim": {"name": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "warmup": 50, "min_lr_ratio": 0.0},
+    "optim": {"name": "adamw", "lr": 4e-3, "weight_decay": 1e-4, "warmup": 50, "min_lr_ratio": 0.0, "clip": 1.0},
     "train": {"batch_size": 128, "steps": 100000, "eval_every": 200},
 }
 
@@ -82,10 +86,14 @@ def build(cfg: dict[str, dict[str, Any]], seed: int = 0):
 
 
 def make_optimizer(model: nn.Module, optim: dict[str, Any]) -> torch.optim.Optimizer:
+    """AdamW or SGD (momentum 0.9) as the engine builds them: weight decay only on weights with >= 2 dims."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": optim["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
     if optim["name"] == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
+        return torch.optim.AdamW(groups, lr=optim["lr"])
     if optim["name"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=optim["lr"], momentum=0.9, weight_decay=optim["weight_decay"])
+        return torch.optim.SGD(groups, lr=optim["lr"], momentum=0.9)
     raise ValueError(f"optim.name={optim['name']!r} is not valid; choose one of ('adamw', 'sgd')")
 
 
@@ -106,6 +114,7 @@ def train_run(cfg: dict[str, dict[str, Any]], budget_s: float, seed: int = 0, ve
     base_lrs = [g["lr"] for g in opt.param_groups]
     steps, every = int(cfg["train"]["steps"]), int(cfg["train"]["eval_every"])
     warmup, floor = int(cfg["optim"].get("warmup", 0)), float(cfg["optim"].get("min_lr_ratio", 0.0))
+    clip = float(cfg["optim"].get("clip", 0.0))
     t_eval = time.perf_counter()
     val0 = paradigm.evaluate(model, bundle, "val")
     eval_s = time.perf_counter() - t_eval
@@ -132,6 +141,8 @@ def train_run(cfg: dict[str, dict[str, Any]], budget_s: float, seed: int = 0, ve
             out = paradigm.training_step(model, batch)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             train_s += time.perf_counter() - t0
             step += 1

@@ -56,7 +56,7 @@ def build(args: argparse.Namespace) -> tuple[VisionParadigm, VisionDataBundle, n
     if args.limit_train:
         data["limit_train"] = args.limit_train
     model = {"width": args.width, "expansion": args.expansion, "groups": args.groups, "dropout": args.dropout,
-             "stem_stride": args.stem_stride, "feature_mult": args.feature_mult,
+             "stem_stride": args.stem_stride, "feature_mult": args.feature_mult, "pool_size": args.pool_size,
              "label_smoothing": args.label_smoothing}
     torch.manual_seed(args.seed)
     paradigm = VisionParadigm(data, model, torch.device(args.device), seed=args.seed, batch_size=args.batch_size)
@@ -243,6 +243,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--stem-stride", type=int, default=2)
     p.add_argument("--feature-mult", type=int, default=4)
+    p.add_argument("--pool-size", type=int, default=4, help="side of the pooling grid before the head (1 = global)")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--optim", default="adamw", choices=("adamw", "sgd"))

@@ -11,7 +11,9 @@ Evaluation on ``split`` ("val" or "test"): the kNN memory bank is the train spli
 subset of ``data.knn_bank_size`` images), the queries are the split. Reported side by side:
 ``{split}/knn_acc`` (the primary metric), ``{split}/linear_acc``, the same two for the backbone at its
 random initialisation (``*_random_init``) and for raw standardised pixels (``*_pixels``), so a reader
-sees what pre-training added.
+sees what pre-training added. The trained and the random-init backbone are scored on the same features:
+``backbone(images)``, the projected block output average-pooled as ``model.pool_size`` says (1, global
+pooling, by default: what the SSL loss trains); pixels are the full flattened image.
 """
 
 from __future__ import annotations

@@ -104,9 +104,12 @@ class VisionOptions(VisionModelOptions):
     """The ``model:`` config section: the backbone's options plus the loss.
 
     Attributes:
+        pool_size: as in VisionModelOptions, but 4 by default here: a classifier over a globally
+            averaged single-resolution state learns several times slower (see the model module).
         label_smoothing: cross-entropy label smoothing in training (evaluation loss is plain).
     """
 
+    pool_size: int = 4
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:

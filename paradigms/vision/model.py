@@ -5,12 +5,19 @@ Pieces another paradigm can reuse (the self-supervised one builds on them):
 - :class:`VisionModelOptions`: width, expansion, GroupNorm groups, dropout, stem stride; validated.
 - :class:`VisionStem`: conv3x3 (optionally stride 2) -> GroupNorm -> ReLU, images -> width-C features.
 - :class:`MDEQCell`: the cell ``f(z, x, dropout_mask=None) -> z_next`` the core Block drives.
-- :class:`VisionBackbone`: stem + Block + feature projection + global average pool; ``forward(images) -> (features, stats)``.
+- :class:`VisionBackbone`: stem + Block + feature projection + average pool to a ``pool_size`` x ``pool_size``
+  grid; ``forward(images) -> (features, stats)``.
 - :class:`VisionClassifier`: backbone + linear head; ``forward(images) -> (logits, stats)``.
 
 Normalisation is GroupNorm throughout (as in MDEQ): its statistics are per sample, so a cell that is
 unrolled or iterated to a fixed point behaves identically in train and eval mode (BatchNorm running
 statistics shared across the unrolled layers of a tied block would be wrong at test time).
+
+Pooling: the block runs at one resolution (the stem's), so its state has a small receptive field.
+Global average pooling (``pool_size=1``) then hands the head an orderless bag of local features
+(strokes, edges) and a classifier learns slowly (MNIST, width 16, 80 steps: 30% validation accuracy;
+a 4 x 4 grid: 94%). The classifier therefore pools to a grid (``VisionOptions.pool_size=4``) and
+flattens it; ``pool_size=1`` is plain global average pooling (the SSL encoder's default).
 
 Variational dropout: the backbone draws ONE Bernoulli mask per forward from torch's global RNG (which
 the engine checkpoints) and passes it to every cell application through the block's ``ctx``, so all
@@ -36,6 +43,7 @@ __all__ = [
     "FeatureProjection",
     "VisionClassifier",
     "make_cell",
+    "variational_dropout_mask",
     "build_backbone",
     "STEM_STRIDES",
 ]
@@ -58,6 +66,9 @@ class VisionModelOptions:
         feature_mult: the backbone maps the block's output through conv1x1 (C -> feature_mult * C)
             -> GroupNorm -> ReLU before pooling (as MDEQ's final layer does); 0 pools z itself (whose
             GroupNorm leaves the channel means of each group summing to a constant: weak features).
+        pool_size: the projected features are average-pooled to a pool_size x pool_size grid and
+            flattened (out_features = channels * pool_size**2); 1 = global average pooling. A grid
+            keeps the spatial layout a single-resolution block cannot summarise by itself.
     """
 
     width: int = 64
@@ -67,9 +78,10 @@ class VisionModelOptions:
     stem_stride: int = 1
     init_scale: float = 1.0
     feature_mult: int = 4
+    pool_size: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("width", "expansion", "groups"):
+        for name in ("width", "expansion", "groups", "pool_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"model.{name}={value!r} must be an integer >= 1")
@@ -178,7 +190,7 @@ class FeatureProjection(nn.Module):
 
 
 class VisionBackbone(nn.Module):
-    """stem -> core Block over the cell -> (feature projection) -> global average pool.
+    """stem -> core Block over the cell -> (feature projection) -> average pool to a grid -> flatten.
 
     Usable on its own (the self-supervised paradigm uses it as its encoder). The cell's dropout is
     drawn here, once per forward, in train mode only.
@@ -188,15 +200,21 @@ class VisionBackbone(nn.Module):
         block: the one core Block; its cells must expose ``width``, ``hidden`` and ``dropout`` (as
             MDEQCell does).
         projection: applied to the block's output before pooling (None: pool the state itself).
+        pool_size: side of the average-pooling grid (1 = global average pooling); the feature map
+            must be at least this large.
 
     Shapes: images (B, C_in, H, W) float, normalised -> features (B, out_features), BlockStats
     """
 
-    def __init__(self, stem: nn.Module, block: Block, projection: FeatureProjection | None = None):
+    def __init__(self, stem: nn.Module, block: Block, projection: FeatureProjection | None = None,
+                 pool_size: int = 1):
         super().__init__()
+        if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
+            raise ValueError(f"pool_size={pool_size!r} must be an integer >= 1")
         self.stem = stem
         self.block = block
         self.projection = projection
+        self.pool_size = pool_size
         cell = block.cells[0]
         self.width = int(cell.width)
         self.dropout = float(getattr(cell, "dropout", 0.0))
@@ -206,8 +224,9 @@ class VisionBackbone(nn.Module):
 
     @property
     def out_features(self) -> int:
-        """Length of the pooled feature vector."""
-        return self.projection.conv.out_channels if self.projection is not None else self.width
+        """Length of the pooled feature vector: channels * pool_size**2."""
+        channels = self.projection.conv.out_channels if self.projection is not None else self.width
+        return channels * self.pool_size ** 2
 
     def state(self, images: torch.Tensor) -> tuple[torch.Tensor, BlockStats]:
         """The block's output z (before projection and pooling).
@@ -224,7 +243,22 @@ class VisionBackbone(nn.Module):
         z, stats = self.state(images)
         if self.projection is not None:
             z = self.projection(z)
-        return z.mean(dim=(2, 3)), stats
+        return self.pool(z), stats
+
+    def pool(self, z: torch.Tensor) -> torch.Tensor:
+        """Average-pool to the pool_size x pool_size grid and flatten (channel-major).
+
+        Shapes: (B, P, H', W') -> (B, P * pool_size**2)
+        """
+        g = self.pool_size
+        if g == 1:
+            return z.mean(dim=(2, 3))
+        h, w = z.shape[-2:]
+        if h < g or w < g:
+            raise ValueError(
+                f"model.pool_size={g} needs a feature map of at least {g}x{g}, but the block's is {h}x{w} "
+                f"(image size / model.stem_stride); set model.pool_size <= {min(h, w)} or model.stem_stride=1")
+        return F.adaptive_avg_pool2d(z, g).flatten(1)
 
 
 class VisionClassifier(nn.Module):
@@ -245,9 +279,9 @@ class VisionClassifier(nn.Module):
 
 def build_backbone(in_channels: int, opts: VisionModelOptions, spec: BlockSpec,
                    cell_factory: Callable[[], nn.Module] | None = None) -> VisionBackbone:
-    """Stem + Block(cell_factory or make_cell(opts), spec) + projection + pool, for ``in_channels`` images."""
+    """Stem + Block(cell_factory or make_cell(opts), spec) + projection + grid pool, for ``in_channels`` images."""
     stem = VisionStem(in_channels, opts.width, stride=opts.stem_stride, groups=opts.groups)
     block = Block(cell_factory or (lambda: make_cell(opts)), spec)
     projection = (FeatureProjection(opts.width, opts.feature_mult * opts.width, opts.groups)
                   if opts.feature_mult else None)
-    return VisionBackbone(stem, block, projection)
+    return VisionBackbone(stem, block, projection, pool_size=opts.pool_size)
