@@ -177,30 +177,38 @@ def adapter_loop(paradigm: GraphParadigm, model: nn.Module, batches: list[Any], 
 
 
 class BareTiedGCN(nn.Module):
-    """A plain PyG node classifier, written directly: sparse input linear, one GCNConv + Linear U
-    applied ``depth`` times as z = act(norm(conv(z) + U h)), dropout, linear head; returns the loss."""
+    """A plain PyG node classifier, written directly: sparse input linear (+ LayerNorm), one GCNConv + Linear U
+    applied ``depth`` times as z = act(norm(conv(z + U h))) (inject_into="conv") or act(norm(conv(z) + U h)),
+    dropout, linear head; returns the loss."""
 
     def __init__(self, in_features: int, width: int, num_classes: int, depth: int, *, norm: str = "none",
-                 dropout: float = 0.5, input_dropout: float = 0.5):
+                 dropout: float = 0.5, input_dropout: float = 0.5, stem_norm: str = "layer",
+                 inject_into: str = "conv"):
         super().__init__()
         from torch_geometric.nn import GCNConv
 
         self.lin_in = nn.Linear(in_features, width)
+        self.norm_in = nn.LayerNorm(width) if stem_norm == "layer" else nn.Identity()
         self.conv = GCNConv(width, width, cached=True)
         self.U = nn.Linear(width, width)
         self.norm = nn.LayerNorm(width) if norm == "layer" else nn.Identity()
         self.head = nn.Linear(width, num_classes)
         self.depth, self.dropout, self.input_dropout = depth, dropout, input_dropout
+        self.inject_into = inject_into
 
     def logits(self, data: Any) -> torch.Tensor:
         x = data.x
         if self.training and self.input_dropout > 0:
             x = torch.sparse_coo_tensor(x.indices(), F.dropout(x.values(), self.input_dropout, True), x.shape,
                                         is_coalesced=True, check_invariants=False)
-        h = torch.sparse.mm(x, self.lin_in.weight.t()) + self.lin_in.bias
+        h = self.norm_in(torch.sparse.mm(x, self.lin_in.weight.t()) + self.lin_in.bias)
         z = torch.zeros_like(h)
+        u = self.U(h)
         for _ in range(self.depth):
-            z = F.relu(self.norm(self.conv(z, data.edge_index) + self.U(h)))
+            if self.inject_into == "conv":
+                z = F.relu(self.norm(self.conv(z + u, data.edge_index)))
+            else:
+                z = F.relu(self.norm(self.conv(z, data.edge_index) + u))
         return self.head(F.dropout(z, self.dropout, self.training))
 
     def forward(self, data: Any) -> torch.Tensor:
@@ -220,11 +228,13 @@ def speed(cfg: dict[str, dict[str, Any]], steps: int, rounds: int) -> dict[str, 
     model = paradigm.build_model(bundle, BlockSpec.from_dict(cfg["block"]))
     m = paradigm.model_opts
     bare = BareTiedGCN(bundle.num_features, m.width, bundle.num_classes, model.block.spec.depth, norm=m.norm,
-                       dropout=m.dropout, input_dropout=m.input_dropout)
+                       dropout=m.dropout, input_dropout=m.input_dropout, stem_norm=m.stem_norm,
+                       inject_into=m.inject_into)
     # the same function: copy the adapter's weights into the bare model and compare in eval mode
     cell = model.block.cells[0]
     with torch.no_grad():
         bare.lin_in.load_state_dict(model.stem.lin.state_dict())
+        bare.norm_in.load_state_dict(model.stem.norm.state_dict())
         bare.conv.load_state_dict(cell.conv.state_dict())
         bare.U.load_state_dict(cell.inject.state_dict())
         bare.norm.load_state_dict(cell.norm.state_dict())

@@ -26,7 +26,7 @@ from tiedlab.core import Block, BlockSpec
 from tiedlab.paradigms.base import DataBundle, Paradigm, StepOutput
 
 from .data import PLANETOID_NAMES, TU_NAMES, load_planetoid, load_tu, sparse_features, validate_graph
-from .model import ACTS, CONVS, INJECT_INTO, INJECTS, NORMS, POOLS, GraphCell, GraphModel, InputStem, make_head
+from .model import ACTS, CONVS, INJECT_INTO, INJECTS, NORMS, POOLS, STEM_NORMS, GraphCell, GraphModel, InputStem, make_head
 
 SPARSE_CHOICES = ("auto", "coo", "csr", "dense")
 SPLITS = ("train", "val", "test")
@@ -111,6 +111,8 @@ class GraphModelOptions:
         gamma: scale of the conv term; < 1 with block.norm=spectral makes a GCN cell a contraction.
         dropout: node tasks: on the block output before the head; graph tasks: inside the head MLP.
         input_dropout: on the raw features (on the stored values when they are sparse).
+        stem_norm: layer (a LayerNorm after the input Linear: the injected input at unit scale per node,
+            which a normalised cell and a DEQ need on row-normalised bag-of-words) or none.
         cell_dropout: variational dropout on the state inside the cell (one mask per forward).
         z0: the block's initial state: zeros, or input (the projected features).
         sparse_input: features as auto (sparse COO for node tasks, dense for graph tasks), coo, csr
@@ -124,10 +126,11 @@ class GraphModelOptions:
     norm: str = "layer"
     act: str = "relu"
     inject: str = "linear"
-    inject_into: str = "output"
+    inject_into: str = "conv"
     gamma: float = 1.0
     dropout: float = 0.5
     input_dropout: float = 0.5
+    stem_norm: str = "layer"
     cell_dropout: float = 0.0
     z0: str = "zeros"
     sparse_input: str = "auto"
@@ -141,6 +144,7 @@ class GraphModelOptions:
         _choice("model.act", self.act, ACTS)
         _choice("model.inject", self.inject, INJECTS)
         _choice("model.inject_into", self.inject_into, INJECT_INTO)
+        _choice("model.stem_norm", self.stem_norm, STEM_NORMS)
         _choice("model.z0", self.z0, ("zeros", "input"))
         _choice("model.sparse_input", self.sparse_input, SPARSE_CHOICES)
         _choice("model.pool", self.pool, POOLS)
@@ -162,6 +166,7 @@ class GraphBundle(DataBundle):
         num_features, num_classes: input size and classes.
         graph: node tasks: the whole graph on the device (x sparse or dense, masks, y).
         eval_batches: graph tasks: {"train"|"val"|"test": pre-collated Batches on the device}.
+        _eval_cache, _best: the last node-task eval forward, and the best-validation record (see evaluate).
     """
 
     task: str = "node"
@@ -170,6 +175,7 @@ class GraphBundle(DataBundle):
     graph: Data | None = None
     eval_batches: dict[str, list[Batch]] = field(default_factory=dict)
     _eval_cache: Any = field(default=None, repr=False)
+    _best: Any = field(default=None, repr=False)
 
 
 class GraphParadigm(Paradigm):
@@ -269,7 +275,7 @@ class GraphParadigm(Paradigm):
         if self.data_opts.num_features is not None and self.data_opts.num_features != data.num_features:
             raise ValueError(f"data.num_features={self.data_opts.num_features} but the data has "
                              f"{data.num_features} features per node")
-        stem = InputStem(data.num_features, m.width, dropout=m.input_dropout)
+        stem = InputStem(data.num_features, m.width, dropout=m.input_dropout, norm=m.stem_norm)
         block = Block(lambda: self.cell(data), spec)
         head = make_head(data.task, m.width, data.num_classes, m.dropout)
         model = GraphModel(stem, block, head, task=data.task, pool=m.pool, dropout=m.dropout,
@@ -291,34 +297,59 @@ class GraphParadigm(Paradigm):
     def evaluate(self, model: nn.Module, data: GraphBundle, split: str) -> dict[str, float]:
         """Accuracy and mean cross-entropy on ``split`` (train, val or test), plus the block's forward
         NFE and relative residual. Node tasks run one full-graph forward, shared by the splits until the
-        model's weights change."""
+        model's weights change.
+
+        Model selection by validation: every "val" evaluation also scores the test split and keeps the
+        test accuracy of the best validation accuracy so far (ties: lower val loss), per model; a "test"
+        evaluation reports it as ``test/acc_at_best_val`` (with ``test/best_val_acc``), next to the final
+        model's ``test/acc``. The record lives on the bundle, so a resumed run restarts it.
+        """
         _choice("split", split, SPLITS)
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                if data.task == "node":
-                    logits, stats = self._node_eval(model, data)
-                    mask = data.graph[f"{split}_mask"]
-                    logits, y = logits[mask], data.graph.y[mask]
-                    loss = F.cross_entropy(logits, y).item()
-                    acc = (logits.argmax(-1) == y).float().mean().item()
-                    nfe, rel = float(stats.nfe_forward), float(stats.rel_residual)
-                else:
-                    loss_sum = correct = count = nfe = rel = 0.0
-                    batches = data.eval_batches[split]
-                    for b in batches:
-                        logits, stats = model(b)
-                        loss_sum += F.cross_entropy(logits, b.y, reduction="sum").item()
-                        correct += (logits.argmax(-1) == b.y).sum().item()
-                        count += b.num_graphs
-                        nfe += stats.nfe_forward / len(batches)
-                        rel += stats.rel_residual / len(batches)
-                    loss, acc = loss_sum / count, correct / count
+                out = self._score(model, data, split)
+                if split in ("val", "test"):
+                    other = self._score(model, data, "test" if split == "val" else "val")
+                    val, test = (out, other) if split == "val" else (other, out)
+                    best = self._update_best(model, data, val, test)
+                    if split == "test":
+                        out["acc_at_best_val"], out["best_val_acc"] = best["test_acc"], best["val_acc"]
         finally:
             model.train(was_training)
-        return {f"{split}/acc": float(acc), f"{split}/loss": float(loss), f"{split}/nfe": float(nfe),
-                f"{split}/rel_residual": float(rel)}
+        return {f"{split}/{k}": float(v) for k, v in out.items()}
+
+    def _score(self, model: nn.Module, data: GraphBundle, split: str) -> dict[str, float]:
+        """acc, loss, nfe, rel_residual of the eval-mode model on one split (no grad, eval mode set)."""
+        if data.task == "node":
+            logits, stats = self._node_eval(model, data)
+            mask = data.graph[f"{split}_mask"]
+            logits, y = logits[mask], data.graph.y[mask]
+            return {"acc": (logits.argmax(-1) == y).float().mean().item(), "loss": F.cross_entropy(logits, y).item(),
+                    "nfe": float(stats.nfe_forward), "rel_residual": float(stats.rel_residual)}
+        loss_sum = correct = count = nfe = rel = 0.0
+        batches = data.eval_batches[split]
+        for b in batches:
+            logits, stats = model(b)
+            loss_sum += F.cross_entropy(logits, b.y, reduction="sum").item()
+            correct += (logits.argmax(-1) == b.y).sum().item()
+            count += b.num_graphs
+            nfe += stats.nfe_forward / len(batches)
+            rel += stats.rel_residual / len(batches)
+        return {"acc": correct / count, "loss": loss_sum / count, "nfe": nfe, "rel_residual": rel}
+
+    @staticmethod
+    def _update_best(model: nn.Module, data: GraphBundle, val: dict[str, float], test: dict[str, float]) -> dict:
+        """Keep, per model, the test accuracy at the best (val acc, -val loss) seen so far; returns it."""
+        best = data._best
+        if best is None or best["model"]() is not model:
+            best = None
+        if best is None or (val["acc"], -val["loss"]) > (best["val_acc"], -best["val_loss"]):
+            best = {"model": weakref.ref(model), "val_acc": val["acc"], "val_loss": val["loss"],
+                    "test_acc": test["acc"]}
+            data._best = best
+        return best
 
     @staticmethod
     def _node_eval(model: nn.Module, data: GraphBundle) -> tuple[Tensor, Any]:

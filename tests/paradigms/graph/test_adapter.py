@@ -1,0 +1,328 @@
+"""GraphParadigm: the shared contract on Cora and MUTAG, learning on real data, masks through the PyG
+convs, DEQ contraction, data protocol (folds, hold-out, generator), bad inputs and the config files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+if not os.environ.get("TIEDLAB_DATA"):
+    pytest.skip("TIEDLAB_DATA is not set", allow_module_level=True)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from tiedlab.core import BlockSpec  # noqa: E402
+from tiedlab.paradigms.base import get_paradigm, options_from  # noqa: E402
+from tiedlab.paradigms.contract import check_paradigm  # noqa: E402
+from tiedlab.paradigms.graph.adapter import (  # noqa: E402
+    GraphDataOptions,
+    GraphModelOptions,
+    GraphParadigm,
+    stratified_holdout,
+    task_of,
+)
+from tiedlab.paradigms.graph.model import GraphCell  # noqa: E402
+
+DATA = Path(os.environ["TIEDLAB_DATA"])
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+CPU = torch.device("cpu")
+SMALL = {"width": 16, "dropout": 0.0, "input_dropout": 0.0}
+
+
+@pytest.fixture(autouse=True)
+def _tmp_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TIEDLAB_CACHE", str(tmp_path_factory.getbasetemp() / "tiedlab-cache"))
+
+
+def _build(data: dict, model: dict, block: dict):
+    paradigm = GraphParadigm(data, model, CPU, seed=0)
+    bundle = paradigm.build_data()
+    return paradigm, bundle, paradigm.build_model(bundle, BlockSpec.from_dict(block))
+
+
+# ------------------------------------------------------------------------------------ contract
+
+
+def test_registry_finds_the_adapter():
+    assert get_paradigm("graph") is GraphParadigm
+
+
+def test_contract_cora():
+    res = check_paradigm(GraphParadigm, data={"name": "cora"}, model=SMALL)
+    assert set(res) >= {"explicit", "tied", "deq_anderson_ift"}
+
+
+def test_contract_mutag_gin():
+    # 100 steps, not 30: 32 MUTAG graphs start near the label prior (loss ~0.6) and even a bare PyG
+    # GIN (2 GINConv, sum pool, MLP head, Adam 3e-3) only reaches ~0.45 after 30 steps, ~0.15 after 100.
+    res = check_paradigm(GraphParadigm, data={"name": "MUTAG", "batch_size": 32},
+                         model={**SMALL, "conv": "gin"}, overfit_steps=100)
+    assert all(r["last"] < r["first"] for r in res.values())
+
+
+@pytest.mark.parametrize("conv", ["sage", "gat"])
+def test_other_convs_run_every_mode(conv):
+    check_paradigm(GraphParadigm, data={"name": "cora"}, model={**SMALL, "conv": conv, "heads": 2},
+                   blocks=("explicit", "tied_distinct_mask", "deq_fixed_point_onestep"), overfit_steps=20)
+
+
+# ------------------------------------------------------------------------------------ learning
+
+
+def test_tied_gcn_learns_cora():
+    """Full-batch training of a tied GCN cell: well above chance (1/7) on the public test split."""
+    torch.manual_seed(0)
+    paradigm, bundle, model = _build({"name": "cora"}, {"width": 64, "norm": "layer", "inject": "identity"},
+                                     dict(mode="tied", depth=3))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.5)
+    t0 = time.perf_counter()
+    best = (-1.0, 0.0)
+    for epoch in range(60):
+        model.train()
+        out = paradigm.training_step(model, bundle.graph)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        if epoch % 5 == 4:
+            val = paradigm.evaluate(model, bundle, "val")["val/acc"]
+            if val > best[0]:
+                best = (val, paradigm.evaluate(model, bundle, "test")["test/acc"])
+    assert best[1] >= 0.70, f"test acc at best val {best}"
+    assert time.perf_counter() - t0 < 30
+
+
+# ------------------------------------------------------------------------------------ masks and DEQ
+
+
+def test_masks_reach_the_conv_weights():
+    """A distinct-masked tied block runs layer i with every conv/inject weight W * M_i, through the
+    PyG conv unchanged: the same output as setting the masked weights by hand."""
+    paradigm, bundle, model = _build({"name": "cora"}, {"width": 8},
+                                     dict(mode="tied", depth=3, mask=dict(mode="distinct", sparsity=0.5)))
+    block = model.block
+    assert set(block.masks.names) == {"conv.lin.weight", "inject.weight"}
+    model.eval()
+    x = model.stem(bundle.graph.x).unsqueeze(0)
+    ei = bundle.graph.edge_index
+    z, _ = block(x, edge_index=ei)
+    ref_cell = GraphCell(8, "gcn", inject_into=paradigm.model_opts.inject_into, cached=False)
+    ref_cell.load_state_dict(block.cells[0].state_dict())
+    ref = torch.zeros_like(x)
+    with torch.no_grad():
+        for i in range(3):
+            for name in block.masks.names:
+                mod, _, attr = name.rpartition(".")
+                src = dict(block.cells[0].named_parameters())[name]
+                getattr(ref_cell.get_submodule(mod), attr).copy_(src * block.masks.mask(i, name))
+            ref = ref_cell(ref, x, ei)
+    torch.testing.assert_close(z, ref)
+    # and the masks differ by layer, so the three layers are three different sparse maps
+    assert not torch.equal(block.masks.mask(0, "conv.lin.weight"), block.masks.mask(1, "conv.lin.weight"))
+
+
+def test_deq_with_spectral_norm_and_gamma_converges():
+    """norm none + spectral-normalised weights + gamma 0.9: the GCN cell is a contraction, so the
+    solver reaches a small relative residual (IGNN-style well-posedness)."""
+    torch.manual_seed(0)
+    _, bundle, model = _build({"name": "cora"}, {"width": 16, "norm": "none", "gamma": 0.9},
+                              dict(mode="deq", norm="spectral", solver="anderson", max_iter=40, tol=1e-4))
+    # the core's spectral norm estimates sigma by one power-iteration step per training forward (its
+    # initial u, v are random), so let a few training forwards settle the estimate first
+    model.train()
+    with torch.no_grad():
+        for _ in range(10):
+            model(bundle.graph)
+    model.eval()
+    with torch.no_grad():
+        weights = model.block.norms[0](model.block.cells[0])
+        _, stats = model(bundle.graph)
+    assert set(weights) == {"conv.lin.weight", "inject.weight"}
+    for name, w in weights.items():  # the normalised weights have spectral norm ~1: a 0.9-Lipschitz map
+        assert torch.linalg.matrix_norm(w, 2) < 1.05, name
+    assert stats.rel_residual < 1e-3 and stats.converged == 1.0, stats
+
+
+def test_state_is_the_whole_graph_as_one_sample():
+    _, bundle, model = _build({"name": "cora"}, SMALL, dict(mode="tied", depth=2))
+    seen = {}
+    model.block.register_forward_hook(lambda m, args, out: seen.update(z=out[0].shape))  # returns None
+    model(bundle.graph)
+    assert seen["z"] == (1, 2708, 16)
+
+
+# ------------------------------------------------------------------------------------ data protocol
+
+
+def test_node_bundle_and_cheap_eval():
+    paradigm, bundle, model = _build({"name": "citeseer"}, SMALL, dict(mode="tied", depth=2))
+    m = bundle.meta
+    assert (m["dataset"], m["num_nodes"], m["num_features"], m["num_classes"]) == ("CiteSeer", 3327, 3703, 6)
+    assert (m["train_size"], m["val_size"], m["test_size"]) == (120, 500, 1000)
+    assert bundle.graph.x.layout == torch.sparse_coo and bundle.steps_per_epoch == 1
+    batches = list(bundle.train_batches(torch.Generator().manual_seed(0)))
+    assert len(batches) == 1 and batches[0] is bundle.graph
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    val, test = paradigm.evaluate(model, bundle, "val"), paradigm.evaluate(model, bundle, "test")
+    assert len(calls) == 1  # one full-graph forward serves both splits
+    assert not model.training or True
+    model.train()
+    out = paradigm.training_step(model, bundle.graph)
+    out.loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    val2 = paradigm.evaluate(model, bundle, "val")
+    assert len(calls) == 3 and val2 != val  # weights changed: a fresh forward
+    assert model.training  # evaluate restores the mode
+    assert set(test) == {"test/acc", "test/loss", "test/nfe", "test/rel_residual", "test/acc_at_best_val",
+                         "test/best_val_acc"}
+
+
+@pytest.mark.parametrize("name", ["cora", "MUTAG"])
+def test_test_accuracy_at_the_best_validation(name):
+    """evaluate('test') reports the test accuracy of the evaluation with the best val accuracy so far."""
+    torch.manual_seed(0)
+    paradigm, bundle, model = _build({"name": name}, SMALL, dict(mode="tied", depth=2))
+    scores = []
+    for _ in range(4):
+        val = paradigm.evaluate(model, bundle, "val")
+        test = paradigm.evaluate(model, bundle, "test")
+        scores.append((val["val/acc"], -val["val/loss"], test["test/acc"]))
+        best = max(scores)
+        assert test["test/acc_at_best_val"] == best[2] and test["test/best_val_acc"] == best[0]
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.5 * torch.randn_like(p))
+    assert len({s[2] for s in scores}) > 1  # the model did change between evaluations
+    # a fresh model starts its own record
+    _, _, other = _build({"name": name}, SMALL, dict(mode="tied", depth=2))
+    test = paradigm.evaluate(other, bundle, "test")
+    assert test["test/acc_at_best_val"] == test["test/acc"]
+
+
+def test_tu_fold_holdout_and_generator():
+    paradigm = GraphParadigm({"name": "mutag", "fold": 3, "batch_size": 16}, SMALL, CPU)
+    bundle = paradigm.build_data()
+    m = bundle.meta
+    assert m["dataset"] == "MUTAG" and m["fold"] == 3
+    assert m["train_size"] + m["val_size"] + m["test_size"] == 188
+    assert m["val_size"] == 17 and m["val_protocol"] == "holdout"
+
+    def epoch(seed):
+        return [b.y.tolist() + [b.num_nodes] for b in bundle.train_batches(torch.Generator().manual_seed(seed))]
+
+    assert epoch(5) == epoch(5) and epoch(5) != epoch(6)
+    assert sum(len(b) - 1 for b in epoch(5)) == m["train_size"] and len(epoch(5)) == bundle.steps_per_epoch
+    gin = GraphParadigm({"name": "mutag", "fold": 3, "val_fraction": 0.0}, SMALL, CPU).build_data()
+    assert gin.meta["val_protocol"].startswith("test fold") and gin.meta["val_size"] == gin.meta["test_size"]
+
+
+def test_stratified_holdout():
+    labels = torch.tensor([0] * 30 + [1] * 10)
+    keep, out = stratified_holdout(torch.arange(40), labels, 0.2, seed=0)
+    assert torch.bincount(labels[out]).tolist() == [6, 2]
+    assert torch.equal(torch.cat([keep, out]).sort().values, torch.arange(40))
+    assert torch.equal(out, stratified_holdout(torch.arange(40), labels, 0.2, seed=0)[1])
+
+
+# ------------------------------------------------------------------------------------ bad inputs
+
+
+def _fake_root(tmp_path: Path, monkeypatch) -> Path:
+    root = tmp_path / "root"
+    (root / "planetoid").mkdir(parents=True)
+    shutil.copytree(DATA / "tu-gin" / "MUTAG", root / "tu-gin" / "MUTAG")
+    monkeypatch.setenv("TIEDLAB_DATA", str(root))
+    return root
+
+
+def test_edge_index_out_of_range(tmp_path, monkeypatch):
+    root = _fake_root(tmp_path, monkeypatch)
+    with np.load(DATA / "planetoid" / "cora.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["edge_index"] = arrays["edge_index"].copy()
+    arrays["edge_index"][0, 7] = 5000
+    np.savez(root / "planetoid" / "cora.npz", **arrays)
+    with pytest.raises(ValueError, match=r"node id 5000 .*num_nodes=2708"):
+        GraphParadigm({"name": "cora"}, SMALL, CPU).build_data()
+
+
+def test_fold_file_that_does_not_match(tmp_path, monkeypatch):
+    root = _fake_root(tmp_path, monkeypatch)
+    f = root / "tu-gin" / "MUTAG" / "10fold_idx" / "test_idx-2.txt"
+    f.write_text(f.read_text() + "500\n")
+    with pytest.raises(ValueError, match=r"test_idx-2\.txt.*graph id 500 out of range \[0, 188\)"):
+        GraphParadigm({"name": "MUTAG", "fold": 1}, SMALL, CPU).build_data()
+
+
+def test_wrong_feature_sizes():
+    with pytest.raises(ValueError, match=r"1433 features.*num_features=1000.*data\.num_features"):
+        GraphParadigm({"name": "cora", "num_features": 1000}, SMALL, CPU).build_data()
+    with pytest.raises(ValueError, match=r"7 features.*num_features=8"):
+        GraphParadigm({"name": "MUTAG", "num_features": 8}, SMALL, CPU).build_data()
+    # a model built for Cora fed MUTAG graphs: the stem names both sizes
+    _, _, model = _build({"name": "cora"}, SMALL, dict(mode="tied", depth=2))
+    mutag = GraphParadigm({"name": "MUTAG"}, SMALL, CPU).build_data()
+    with pytest.raises(ValueError, match=r"expects node features of shape \(N, 1433\) but got \(\d+, 7\)"):
+        model(mutag.eval_batches["test"][0])
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match=r"'pubmedx'.*cora.*MUTAG"):
+        GraphParadigm({"name": "pubmedx"}, SMALL, CPU)
+    with pytest.raises(ValueError, match=r"data\.fold must be an int in 0\.\.9, got 10"):
+        GraphParadigm({"name": "MUTAG", "fold": 10}, SMALL, CPU)
+    with pytest.raises(ValueError, match=r"model\.conv='gcnn'.*'gcn', 'sage', 'gin', 'gat'"):
+        GraphParadigm({"name": "cora"}, {"conv": "gcnn"}, CPU)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['widht'\].*width"):
+        GraphParadigm({"name": "cora"}, {"widht": 3}, CPU)
+    with pytest.raises(ValueError, match=r"heads=3 .*width=16"):
+        GraphParadigm({"name": "cora"}, {"width": 16, "conv": "gat", "heads": 3}, CPU)
+    with pytest.raises(ValueError, match=r"model\.stem_norm='batch'.*'layer', 'none'"):
+        GraphParadigm({"name": "cora"}, {"stem_norm": "batch"}, CPU)
+    with pytest.raises(ValueError, match="node tasks only"):
+        GraphParadigm({"name": "MUTAG"}, {"sparse_input": "csr"}, CPU)
+    p = GraphParadigm({"name": "cora"}, {**SMALL, "norm": "batch"}, CPU)
+    bundle = p.build_data()
+    with pytest.raises(ValueError, match=r"norm='batch' is only valid with block\.mode='explicit', not 'tied'"):
+        p.build_model(bundle, BlockSpec.from_dict(dict(mode="tied")))
+    p.build_model(bundle, BlockSpec.from_dict(dict(mode="explicit", depth=2)))  # fine
+    assert task_of("PTC_MR") == "graph" and task_of("CiteSeer") == "node"
+
+
+# ------------------------------------------------------------------------------------ configs
+
+
+def _yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def test_config_files_validate():
+    para = _yaml(CONFIGS / "paradigm" / "graph.yaml")
+    assert para["paradigm"] == "graph" and para["defaults"] == [{"/data": "cora"}]
+    assert options_from(GraphModelOptions, para["model"], "graph model") == GraphModelOptions()
+    names = ["cora", "citeseer", "mutag", "proteins", "enzymes", "nci1"]
+    for name in names:
+        path = CONFIGS / "data" / f"{name}.yaml"
+        assert path.read_text().startswith("# @package data"), path
+        opts = options_from(GraphDataOptions, _yaml(path), str(path))
+        assert task_of(opts.name)
+    for name in ("graph_quick", "graph_paper"):
+        text = (CONFIGS / "size" / f"{name}.yaml").read_text()
+        assert text.startswith("# @package _global_")
+        cfg = yaml.safe_load(text)
+        options_from(GraphModelOptions, {**para["model"], **cfg.get("model", {})}, name)
+    for name in ("graph_tied_vs_deq", "graph_depth", "graph_sparsity"):
+        text = (CONFIGS / "experiment" / f"{name}.yaml").read_text()
+        assert text.startswith("# @package _global_")
+        cfg = yaml.safe_load(text)
+        assert cfg["hydra"]["sweeper"]["params"], name
+        options_from(GraphModelOptions, {**para["model"], **cfg.get("model", {})}, name)
+        BlockSpec.from_dict(cfg.get("block", {}))
