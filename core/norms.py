@@ -32,10 +32,14 @@ class WeightNorm(nn.Module):
 class SpectralNorm(nn.Module):
     """W -> W / sigma_max(W viewed as (out, rest)), sigma by one power-iteration step per training forward.
 
+    The singular vectors are converged on the initial weight at construction (``init_iters`` steps, as
+    torch's ``spectral_norm`` does), so the normalised weight has spectral norm ~1 from the first
+    forward, in eval mode too (random vectors would under-estimate sigma and leave a DEQ map expansive).
+
     Shapes: weight: (out, ...) -> (out, ...)
     """
 
-    def __init__(self, weight: torch.Tensor, eps: float = 1e-12):
+    def __init__(self, weight: torch.Tensor, eps: float = 1e-12, init_iters: int = 15):
         super().__init__()
         out = weight.shape[0]
         rest = weight[0].numel()
@@ -43,13 +47,19 @@ class SpectralNorm(nn.Module):
         self.register_buffer("u", F.normalize(torch.randn(out, generator=g), dim=0, eps=eps).to(weight.dtype))
         self.register_buffer("v", F.normalize(torch.randn(rest, generator=g), dim=0, eps=eps).to(weight.dtype))
         self.eps = eps
+        mat = weight.detach().reshape(out, -1).to(self.u.device)
+        for _ in range(init_iters):
+            self._power_step(mat)
+
+    @torch.no_grad()
+    def _power_step(self, mat: torch.Tensor) -> None:
+        self.v.copy_(F.normalize(mat.t() @ self.u, dim=0, eps=self.eps))
+        self.u.copy_(F.normalize(mat @ self.v, dim=0, eps=self.eps))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         mat = weight.reshape(weight.shape[0], -1)
         if self.training:
-            with torch.no_grad():
-                self.v.copy_(F.normalize(mat.t() @ self.u, dim=0, eps=self.eps))
-                self.u.copy_(F.normalize(mat @ self.v, dim=0, eps=self.eps))
+            self._power_step(mat.detach())
         sigma = torch.dot(self.u, mat @ self.v)
         return weight / sigma
 

@@ -134,6 +134,14 @@ def test_weight_norm_starts_at_the_raw_weight_and_spectral_norm_bounds_it():
     assert abs(torch.linalg.matrix_norm(W_eff.detach(), 2).item() - 1.0) < 1e-3
 
 
+def test_spectral_norm_holds_from_the_first_forward_in_eval_mode():
+    torch.manual_seed(0)
+    sn = build_block(lambda: TanhCell(dim=8, scale=3.0), dict(mode="deq", norm="spectral", tol=1e-6, max_iter=100))
+    sn.eval()  # no training forward has run a power-iteration step yet
+    W_eff = sn._layer_weights(1)[0]["W"]
+    assert abs(torch.linalg.matrix_norm(W_eff.detach(), 2).item() - 1.0) < 1e-2
+
+
 def test_jacobian_penalty_matches_frobenius_norm_of_linear_map():
     A = torch.randn(6, 6, dtype=torch.float64)
     z0 = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
