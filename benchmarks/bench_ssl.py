@@ -44,6 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from tiedlab.core import BlockSpec, model_param_counts  # noqa: E402
 from tiedlab.paradigms.ssl.adapter import SSLParadigm  # noqa: E402
 from tiedlab.paradigms.ssl.views import LightlyViews, tensor_views  # noqa: E402
+from overrides import parse_sets  # noqa: E402  (benchmarks/overrides.py, a sibling module)
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"name": "cifar10", "knn_bank_size": 10000, "crop_scale_min": 0.2},
@@ -53,26 +54,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "optim": {"name": "adamw", "lr": 4e-3, "weight_decay": 1e-4, "warmup": 50, "min_lr_ratio": 0.0, "clip": 1.0},
     "train": {"batch_size": 128, "steps": 100000, "eval_every": 200},
 }
-
-
-def parse_sets(items: Iterable[str], base: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Apply ``section.key=value`` overrides (nested with more dots) to a copy of ``base``; values are
-    JSON when they parse as JSON, else strings."""
-    cfg = json.loads(json.dumps(base))
-    for item in items:
-        key, sep, raw = item.partition("=")
-        parts = key.split(".")
-        if not sep or len(parts) < 2 or parts[0] not in cfg:
-            raise ValueError(f"--set {item!r}: expected section.key=value with section in {sorted(cfg)}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node = cfg[parts[0]]
-        for p in parts[1:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return cfg
 
 
 def build(cfg: dict[str, dict[str, Any]], seed: int = 0):
