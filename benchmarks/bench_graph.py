@@ -178,21 +178,23 @@ def adapter_loop(paradigm: GraphParadigm, model: nn.Module, batches: list[Any], 
 
 class BareTiedGCN(nn.Module):
     """A plain PyG node classifier, written directly: sparse input linear (+ LayerNorm), one GCNConv + Linear U
-    applied ``depth`` times as z = act(norm(conv(z + U h))) (inject_into="conv") or act(norm(conv(z) + U h)),
-    dropout, linear head; returns the loss."""
+    (or the identity, inject="identity") applied ``depth`` times as z = act(norm(conv(z + U h)))
+    (inject_into="conv") or act(norm(conv(z) + U h)), dropout, a linear head or (head="conv") a GCNConv to the
+    classes; returns the loss."""
 
     def __init__(self, in_features: int, width: int, num_classes: int, depth: int, *, norm: str = "none",
                  dropout: float = 0.5, input_dropout: float = 0.5, stem_norm: str = "layer",
-                 inject_into: str = "conv"):
+                 inject_into: str = "conv", inject: str = "linear", head: str = "linear"):
         super().__init__()
         from torch_geometric.nn import GCNConv
 
         self.lin_in = nn.Linear(in_features, width)
         self.norm_in = nn.LayerNorm(width) if stem_norm == "layer" else nn.Identity()
         self.conv = GCNConv(width, width, cached=True)
-        self.U = nn.Linear(width, width)
+        self.U = nn.Linear(width, width) if inject == "linear" else nn.Identity()
         self.norm = nn.LayerNorm(width) if norm == "layer" else nn.Identity()
-        self.head = nn.Linear(width, num_classes)
+        self.head = GCNConv(width, num_classes, cached=True) if head == "conv" else nn.Linear(width, num_classes)
+        self.head_conv = head == "conv"
         self.depth, self.dropout, self.input_dropout = depth, dropout, input_dropout
         self.inject_into = inject_into
 
@@ -209,7 +211,8 @@ class BareTiedGCN(nn.Module):
                 z = F.relu(self.norm(self.conv(z + u, data.edge_index)))
             else:
                 z = F.relu(self.norm(self.conv(z, data.edge_index) + u))
-        return self.head(F.dropout(z, self.dropout, self.training))
+        z = F.dropout(z, self.dropout, self.training)
+        return self.head(z, data.edge_index) if self.head_conv else self.head(z)
 
     def forward(self, data: Any) -> torch.Tensor:
         out = self.logits(data)
@@ -229,7 +232,7 @@ def speed(cfg: dict[str, dict[str, Any]], steps: int, rounds: int) -> dict[str, 
     m = paradigm.model_opts
     bare = BareTiedGCN(bundle.num_features, m.width, bundle.num_classes, model.block.spec.depth, norm=m.norm,
                        dropout=m.dropout, input_dropout=m.input_dropout, stem_norm=m.stem_norm,
-                       inject_into=m.inject_into)
+                       inject_into=m.inject_into, inject=m.inject, head=m.head)
     # the same function: copy the adapter's weights into the bare model and compare in eval mode
     cell = model.block.cells[0]
     with torch.no_grad():

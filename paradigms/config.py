@@ -111,7 +111,7 @@ class TrainConfig:
 
 
 RESUME_CHOICES = ("auto", "true", "false")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 LOGGERS = ("local", "wandb")
 

@@ -101,12 +101,15 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW or SGD; weight decay only on weights with >= 2 dims (not norms, biases or gains)."""
+    """AdamW (decoupled decay), Adam (coupled L2: decay added to the gradient, as in the GCN recipe) or SGD;
+    weight decay only on weights with >= 2 dims (not norms, biases or gains)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 

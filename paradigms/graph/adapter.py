@@ -26,7 +26,7 @@ from tiedlab.core import Block, BlockSpec
 from tiedlab.paradigms.base import DataBundle, Paradigm, StepOutput
 
 from .data import PLANETOID_NAMES, TU_NAMES, load_planetoid, load_tu, sparse_features, validate_graph
-from .model import ACTS, CONVS, INJECT_INTO, INJECTS, NORMS, POOLS, STEM_NORMS, GraphCell, GraphModel, InputStem, make_head
+from .model import ACTS, CONVS, HEADS, INJECT_INTO, INJECTS, NORMS, POOLS, STEM_NORMS, GraphCell, GraphModel, InputStem, make_head
 
 SPARSE_CHOICES = ("auto", "coo", "csr", "dense")
 SPLITS = ("train", "val", "test")
@@ -118,6 +118,8 @@ class GraphModelOptions:
         sparse_input: features as auto (sparse COO for node tasks, dense for graph tasks), coo, csr
             (node tasks) or dense.
         pool: graph tasks: sum or mean pooling of the final node states.
+        head: node tasks: linear (Linear(width, C)) or conv (a GCNConv(width, C): one more propagation to
+            the classes, like the GCN paper's last layer). Graph tasks need linear.
     """
 
     width: int = 64
@@ -135,6 +137,7 @@ class GraphModelOptions:
     z0: str = "zeros"
     sparse_input: str = "auto"
     pool: str = "sum"
+    head: str = "linear"
 
     def __post_init__(self) -> None:
         if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 1:
@@ -148,6 +151,7 @@ class GraphModelOptions:
         _choice("model.z0", self.z0, ("zeros", "input"))
         _choice("model.sparse_input", self.sparse_input, SPARSE_CHOICES)
         _choice("model.pool", self.pool, POOLS)
+        _choice("model.head", self.head, HEADS)
         if self.conv == "gat" and (self.heads < 1 or self.width % self.heads):
             raise ValueError(f"model.heads={self.heads} must be >= 1 and divide model.width={self.width}")
         for key in ("dropout", "input_dropout", "cell_dropout"):
@@ -277,7 +281,7 @@ class GraphParadigm(Paradigm):
                              f"{data.num_features} features per node")
         stem = InputStem(data.num_features, m.width, dropout=m.input_dropout, norm=m.stem_norm)
         block = Block(lambda: self.cell(data), spec)
-        head = make_head(data.task, m.width, data.num_classes, m.dropout)
+        head = make_head(data.task, m.width, data.num_classes, m.dropout, m.head)
         model = GraphModel(stem, block, head, task=data.task, pool=m.pool, dropout=m.dropout,
                            cell_dropout=m.cell_dropout, z0=m.z0)
         return model.to(self.device)

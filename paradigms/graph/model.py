@@ -26,6 +26,7 @@ INJECTS = ("linear", "identity")
 INJECT_INTO = ("output", "conv")
 STEM_NORMS = ("layer", "none")
 POOLS = ("sum", "mean")
+HEADS = ("linear", "conv")
 
 _ACT_FNS = {"relu": F.relu, "tanh": torch.tanh, "elu": F.elu, "gelu": F.gelu, "none": lambda t: t}
 
@@ -187,17 +188,24 @@ class GraphModel(nn.Module):
         z = z.squeeze(0)
         if self.task == "node":
             z = F.dropout(z, self.dropout, self.training)
+            if isinstance(self.head, GCNConv):  # GCN's last layer: one more propagation, to the classes
+                return self.head(z, data.edge_index), stats
         else:  # the head's own dropout acts after pooling
             pool = global_add_pool if self.pool == "sum" else global_mean_pool
             z = pool(z, data.batch, size=data.num_graphs)
         return self.head(z), stats
 
 
-def make_head(task: str, width: int, num_classes: int, dropout: float) -> nn.Module:
-    """Node task: Linear(width, C). Graph task: Linear -> ReLU -> Dropout -> Linear on the pooled state.
+def make_head(task: str, width: int, num_classes: int, dropout: float, kind: str = "linear") -> nn.Module:
+    """Node task: Linear(width, C), or (``kind="conv"``) a cached GCNConv(width, C) that propagates once more,
+    like the GCN paper's last layer. Graph task: Linear -> ReLU -> Dropout -> Linear on the pooled state.
 
     Shapes: (N or num_graphs, width) -> (N or num_graphs, C)
     """
+    if kind not in HEADS:
+        raise ValueError(f"head {kind!r} is not valid; choose one of {HEADS}")
+    if kind == "conv" and task != "node":
+        raise ValueError("head 'conv' is only valid for node tasks; graph tasks pool before the head")
     if task == "node":
-        return nn.Linear(width, num_classes)
+        return GCNConv(width, num_classes, cached=True) if kind == "conv" else nn.Linear(width, num_classes)
     return nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, num_classes))

@@ -158,12 +158,35 @@ def test_corrupt_or_foreign_checkpoint_is_an_error_naming_the_file(tmp_path):
     ({"paradigm": "audio"}, r"unknown paradigm 'audio'; valid paradigms: \['graph', 'language', 'ssl', 'vision'\]"),
     ({"model.widht": 8}, r"unknown key\(s\) \['widht'\] in toy model options; valid keys: \['activation', 'scale', 'width'\]"),
     ({"train.max_steps": None}, r"set train.epochs or train.max_steps"),
-    ({"optim.name": "lbfgs"}, r"optim.name='lbfgs'.*adamw"),
+    ({"optim.name": "lbfgs"}, r"optim.name='lbfgs'.*'adamw', 'adam', 'sgd'"),
 ])
 def test_bad_values_are_rejected_before_training(tmp_path, change, match):
     with pytest.raises(ValueError, match=match):
         train(cfg(**change), tmp_path)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_adam_couples_weight_decay_to_the_gradient_and_skips_norms_and_biases():
+    from types import SimpleNamespace
+    from tiedlab.paradigms.engine import build_optimizer
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    opt = build_optimizer(SimpleNamespace(name="adam", lr=0.1, weight_decay=0.5, betas=[0.9, 0.999]), model)
+    assert type(opt) is torch.optim.Adam
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.5 for p in g["params"]}
+    assert decayed == {id(model[0].weight)}
+    # coupled L2: with a zero loss gradient the decay term alone moves the weights (Adam's first step is
+    # lr * sign(grad), here grad = wd * w); AdamW would shrink them by lr * wd * w instead.
+    w0 = model[0].weight.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert torch.allclose(model[0].weight, w0 - 0.1 * torch.sign(w0), atol=1e-5)
+    assert torch.equal(model[0].bias.grad, torch.zeros(2))
+
+
+def test_adam_trains(tmp_path):
+    result = train(cfg(**{"optim.name": "adam", "optim.weight_decay": 5e-4}), tmp_path)
+    assert result["status"] == "completed"
 
 
 def test_misspelt_top_level_key_is_an_error(tmp_path):

@@ -19,6 +19,7 @@ import yaml  # noqa: E402
 
 from tiedlab.core import BlockSpec  # noqa: E402
 from tiedlab.paradigms.base import get_paradigm, options_from  # noqa: E402
+from tiedlab.paradigms.config import OPTIMIZERS  # noqa: E402
 from tiedlab.paradigms.contract import check_paradigm  # noqa: E402
 from tiedlab.paradigms.graph.adapter import (  # noqa: E402
     GraphDataOptions,
@@ -56,6 +57,16 @@ def test_registry_finds_the_adapter():
 def test_contract_cora():
     res = check_paradigm(GraphParadigm, data={"name": "cora"}, model=SMALL)
     assert set(res) >= {"explicit", "tied", "deq_anderson_ift"}
+
+
+def test_contract_cora_gcn_head():
+    res = check_paradigm(GraphParadigm, data={"name": "cora"}, model={**SMALL, "head": "conv"})
+    assert set(res) >= {"explicit", "tied", "deq_anderson_ift"}
+    p = GraphParadigm({"name": "MUTAG"}, {**SMALL, "head": "conv"}, CPU)
+    with pytest.raises(ValueError, match="head 'conv' is only valid for node tasks"):
+        p.build_model(p.build_data(), BlockSpec.from_dict(dict(mode="tied")))
+    with pytest.raises(ValueError, match=r"model\.head='gcn'.*'linear', 'conv'"):
+        GraphParadigm({"name": "cora"}, {"head": "gcn"}, CPU)
 
 
 def test_contract_mutag_gin():
@@ -326,3 +337,7 @@ def test_config_files_validate():
         assert cfg["hydra"]["sweeper"]["params"], name
         options_from(GraphModelOptions, {**para["model"], **cfg.get("model", {})}, name)
         BlockSpec.from_dict(cfg.get("block", {}))
+    recipe = yaml.safe_load((CONFIGS / "experiment" / "graph_gcn.yaml").read_text())
+    opts = options_from(GraphModelOptions, {**para["model"], **recipe["model"]}, "graph_gcn")
+    assert opts.head == "conv" and recipe["optim"]["name"] in OPTIMIZERS
+    BlockSpec.from_dict({"mode": "tied", **recipe["block"]})
