@@ -32,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tiedlab.core import BlockSpec, model_param_counts  # noqa: E402
 from tiedlab.paradigms.graph.adapter import GraphParadigm  # noqa: E402
+from overrides import parse_sets  # noqa: E402  (benchmarks/overrides.py, a sibling module)
 
 # ------------------------------------------------------------------------------------------ defaults
 
@@ -49,26 +50,6 @@ TU_DEFAULTS: dict[str, dict[str, Any]] = {
     "optim": {"name": "adamw", "lr": 0.01, "weight_decay": 1e-4, "warmup": 0},
     "train": {"epochs": 100, "eval_every": 1},
 }
-
-
-def parse_sets(items: Iterable[str], base: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Apply ``section.key=value`` (nested with more dots) overrides to a copy of ``base``; values are JSON
-    when they parse as JSON, else strings."""
-    cfg = json.loads(json.dumps(base))
-    for item in items:
-        key, sep, raw = item.partition("=")
-        parts = key.split(".")
-        if not sep or len(parts) < 2 or parts[0] not in cfg:
-            raise ValueError(f"--set {item!r}: expected section.key=value with section in {sorted(cfg)}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node = cfg[parts[0]]
-        for p in parts[1:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return cfg
 
 
 # ------------------------------------------------------------------------------------------ training
