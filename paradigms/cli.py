@@ -3,12 +3,13 @@
     tiedlab-vision  [overrides]    = tiedlab-train paradigm=vision [overrides]
     tiedlab-ssl / tiedlab-graph / tiedlab-language
     tiedlab-train -m +experiment=vision_depth      (a multirun grid; hydra/launcher=local_parallel for joblib)
-    tiedlab-study NAME [--dry-run] [--jobs N] [extra overrides]
+    tiedlab-study NAME [--dry-run] [--jobs N] [--grids 'graph_*,vision_masks'] [extra overrides]
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import shlex
 import subprocess
@@ -123,6 +124,19 @@ def study_commands(study: dict[str, Any], out: Path, extra: list[str], jobs: int
     return cmds
 
 
+def select_grids(study: dict[str, Any], patterns: list[str]) -> list[dict[str, Any]]:
+    """The study's grids whose names match any of ``patterns`` (fnmatch), in study order.
+
+    A pattern that matches no grid is an error naming the valid grid names (a typo must not run nothing).
+    """
+    names = [g["name"] for g in study["grids"]]
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            raise ValueError(f"--grids pattern {pattern!r} matches no grid of study {study['name']!r}; "
+                             f"valid grids: {names}")
+    return [g for g in study["grids"] if any(fnmatch.fnmatchcase(g["name"], p) for p in patterns)]
+
+
 _HIDDEN_KEYS = ("paradigm", "hydra.searchpath", "run_dir", "resume", "train.progress", "train.device", "train.threads",
                 "logger", "hydra.launcher.n_jobs", "hydra/launcher")
 
@@ -137,8 +151,12 @@ def study(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="parallel runs per grid (joblib launcher)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--grids", default=None,
+                        help="comma-separated grid names or fnmatch patterns to run (default all), e.g. 'graph_*'")
     args = parser.parse_args(argv)
     spec = load_study(args.name)
+    if args.grids:
+        spec["grids"] = select_grids(spec, args.grids.split(","))
     runs = Path(args.runs or Path(os.environ.get("TIEDLAB_RUNS", "runs")) / "study" / args.name)
     cmds = study_commands(spec, runs, args.overrides, args.jobs)
     started = time.time()

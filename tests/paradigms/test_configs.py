@@ -128,3 +128,15 @@ def test_study_runner_dry_run_and_unknown_name(capsys, tmp_path):
     assert f"hydra.sweep.dir={tmp_path}/vision" in out and "block=explicit,tied,deq" in out
     with pytest.raises(ValueError, match=r"unknown study 'nope'; valid studies: \[.*'demo'"):
         study(["nope"])
+
+
+def test_study_runner_runs_only_the_selected_grids(capsys, tmp_path):
+    from tiedlab.paradigms.cli import load_study, study
+
+    assert study(["quick", "--dry-run", "--runs", str(tmp_path), "--grids", "graph_*,vision_masks"]) == 0
+    out = capsys.readouterr().out
+    ran = [line.split("hydra.sweep.dir=")[1].split()[0] for line in out.splitlines() if line.startswith("+ ")]
+    expected = [g["name"] for g in load_study("quick")["grids"] if g["name"].startswith("graph_") or g["name"] == "vision_masks"]
+    assert [Path(r).name for r in ran] == expected and len(expected) == 5
+    with pytest.raises(ValueError, match=r"--grids pattern 'grahp_\*' matches no grid of study 'quick'; valid grids: \["):
+        study(["quick", "--dry-run", "--grids", "grahp_*"])
