@@ -113,8 +113,11 @@ def study_commands(study: dict[str, Any], out: Path, extra: list[str], jobs: int
     for grid in study["grids"]:
         sweep = [f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in (grid.get("sweep") or {}).items()]
         fixed = [*grid.get("overrides", []), *extra]
-        # Name each run directory after what its grid sweeps only (the fixed overrides are in config.yaml).
-        hidden = sorted({o.split("=")[0].lstrip("+~") for o in fixed} | set(_HIDDEN_KEYS))
+        # Name each run directory after what its grid sweeps only (the fixed overrides are in config.yaml). A key
+        # both fixed and swept (an anchor's model.width=24, swept over 12,48: the sweep wins) must stay in the name,
+        # or its runs would share one directory.
+        swept = set(grid.get("sweep") or {})
+        hidden = sorted(({o.split("=")[0].lstrip("+~") for o in fixed} | set(_HIDDEN_KEYS)) - swept)
         cmd = [sys.executable, "-m", "tiedlab.paradigms.cli", "-m", *fixed, *sweep,
                f"hydra.sweep.dir={out / grid['name']}", "train.progress=false",
                f"hydra.job.config.override_dirname.exclude_keys=[{','.join(hidden)}]"]

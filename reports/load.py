@@ -28,8 +28,10 @@ FALLBACK: tuple[tuple[str, bool], ...] = (("acc", True), ("knn_acc", True))  # e
 
 # Where the model's width lives in ``model`` (first present wins).
 WIDTH_KEYS = ("width", "hidden", "d_model", "hidden_channels", "channels")
-# Config keys that never distinguish one cell from another (seeds, bookkeeping, devices).
-NOT_GROUPED = ("seed", "mask.seed", "run_dir", "resume", "logger", "train.progress", "train.time_limit_s",
+# Config keys that never distinguish one cell from another (seeds, bookkeeping, devices). ``data.fold`` is a
+# replicate like the seed: the runs of a k-fold cross-validation (TU graph tasks) form one cell whose mean and
+# std are over the folds.
+NOT_GROUPED = ("seed", "data.fold", "mask.seed", "run_dir", "resume", "logger", "train.progress", "train.time_limit_s",
                "train.device", "train.threads")
 
 

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import yaml
 
 from tiedlab.reports.aggregate import Stat
 from tiedlab.reports.cli import main
@@ -117,3 +118,22 @@ def test_cli_errors(tmp_path, capsys):
     assert "No runs: every insight is inconclusive (no runs)." in (tmp_path / "r" / "README.md").read_text()
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "r")])  # RUNS is required
+
+
+def test_cross_validation_folds_are_replicates_of_one_cell(tmp_path):
+    from tiedlab.reports.aggregate import group_cells
+    from tiedlab.reports.load import load_runs
+
+    from .conftest import write_run
+
+    for fold, acc in enumerate([0.8, 0.9, 0.7]):
+        run = write_run(tmp_path, f"f{fold}", paradigm="graph", dataset="MUTAG", val=acc)
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["data"]["fold"] = fold
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    write_run(tmp_path, "other", paradigm="graph", dataset="MUTAG", width=64, val=0.5)
+    cells = group_cells(load_runs([tmp_path]))
+    assert sorted(len(c.runs) for c in cells) == [1, 3]
+    folds = next(c for c in cells if len(c.runs) == 3)
+    stat = folds.stat("val/acc")
+    assert stat.n == 3 and stat.mean == pytest.approx(0.8)
