@@ -69,6 +69,14 @@ def test_every_group_option_composes(hydra_ctx, group):
         instantiate([f"{group}={option}", "block=deq"])
 
 
+@pytest.mark.parametrize("paradigm", names("paradigm"))
+def test_the_optim_group_picks_the_optimiser_in_every_paradigm(hydra_ctx, paradigm):
+    """optim=sgd must give SGD: a paradigm file that also set optim.name would silently rename it back."""
+    for option in names("optim"):
+        run, _, _ = instantiate([f"paradigm={paradigm}", f"optim={option}"])
+        assert run.optim.name == option, (paradigm, option, run.optim.name)
+
+
 @pytest.mark.parametrize("size", names("size"))
 def test_every_size_file_composes_with_its_paradigm(hydra_ctx, size):
     paradigm = size.split("_")[0]
