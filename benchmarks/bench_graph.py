@@ -1,7 +1,7 @@
 """Graph paradigm benchmark: the accuracy targets and the speed claim, through the adapter's own API.
 
 Every model is built by GraphParadigm (build_data / build_model / training_step / evaluate) and trained
-by a bare loop here (AdamW or SGD, cosine schedule, optional linear warm-up), selecting the epoch by
+by a bare loop here (the engine's optimiser and cosine schedule with optional linear warm-up; no gradient clipping), selecting the epoch by
 validation accuracy and reporting the test accuracy at that epoch. The test split never steers anything.
 
 Usage (wrap long runs in ``flock /tmp/tiedlab-cpu.lock``):
@@ -31,6 +31,8 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tiedlab.core import BlockSpec, model_param_counts  # noqa: E402
+from tiedlab.paradigms.config import OPTIMIZERS, OptimConfig  # noqa: E402
+from tiedlab.paradigms.engine import build_optimizer, cosine_with_warmup  # noqa: E402
 from tiedlab.paradigms.graph.adapter import GraphParadigm  # noqa: E402
 from overrides import parse_sets  # noqa: E402  (benchmarks/overrides.py, a sibling module)
 
@@ -56,24 +58,16 @@ TU_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def make_optimizer(model: nn.Module, optim: dict[str, Any], total_steps: int):
-    """AdamW, Adam (L2 added to the gradient, as the GCN paper) or SGD (momentum 0.9), with linear warm-up
-    then cosine decay to 0 over ``total_steps``."""
-    if optim["name"] == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
-    elif optim["name"] == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
-    elif optim["name"] == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=optim["lr"], momentum=0.9, weight_decay=optim["weight_decay"])
-    else:
-        raise ValueError(f"optim.name={optim['name']!r} is not valid; choose one of ('adamw', 'adam', 'sgd')")
-    warm = int(optim.get("warmup", 0))
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total_steps - warm))))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    """The engine's optimiser (``build_optimizer``: adamw, adam or sgd, decay on >= 2-dim weights only) and its
+    schedule (linear warm-up over ``optim["warmup"]`` steps, cosine to 0 over ``total_steps``)."""
+    known = {"name", "lr", "weight_decay", "warmup"}
+    if set(optim) - known:
+        raise ValueError(f"optim keys {sorted(set(optim) - known)} are not valid here; valid keys: {sorted(known)}")
+    if optim["name"] not in OPTIMIZERS:
+        raise ValueError(f"optim.name={optim['name']!r} is not valid; choose one of {OPTIMIZERS}")
+    opt = build_optimizer(OptimConfig(name=optim["name"], lr=float(optim["lr"]),
+                                      weight_decay=float(optim["weight_decay"])), model)
+    return opt, cosine_with_warmup(opt, int(optim.get("warmup", 0)), total_steps, 0.0)
 
 
 def train_run(cfg: dict[str, dict[str, Any]], seed: int = 0, verbose: bool = False) -> dict[str, Any]:
