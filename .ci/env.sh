@@ -16,3 +16,7 @@ fi
 source "$TIEDLAB_VENV/bin/activate"
 python -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored" || true
 python -c "import tiedlab.core" || { echo "tiedlab failed to install into $TIEDLAB_VENV" >&2; exit 1; }
+# The same run-time defaults as the Makefile, so the README's commands work after `source .ci/env.sh` too.
+export TIEDLAB_DATA="${TIEDLAB_DATA:-$(cd .. && pwd)/shared/data}"
+export HF_HUB_OFFLINE=1
+export WANDB_MODE="${WANDB_MODE:-disabled}"
