@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiedlab.core import BlockSpec
 from tiedlab.paradigms import rundir
 from tiedlab.paradigms.engine import train
 
@@ -65,6 +66,37 @@ def test_run_directory_contract(tmp_path):
     assert (tmp_path / "checkpoint.pt").exists()
     # Rerunning a finished run does nothing and returns the same result.
     assert train(cfg(), tmp_path)["metrics"]["test/acc"] == m["test/acc"]
+
+
+def test_final_evaluation_reuses_the_last_validation_and_scores_test_once(tmp_path, monkeypatch):
+    from support.toy import ToyParadigm
+
+    calls: list[str] = []
+    evaluate = ToyParadigm.evaluate
+
+    def counting(self, model, data, split):
+        calls.append(split)
+        return evaluate(self, model, data, split)
+
+    monkeypatch.setattr(ToyParadigm, "evaluate", counting)
+    result = train(cfg(**{"train.max_steps": 25}), tmp_path / "a")  # 25 is not a multiple of eval_every
+    assert calls == ["val", "val", "val", "test"]  # steps 10, 20, 25 (the last one), then test only
+    last = rundir.read_history(tmp_path / "a")[-1]
+    assert last["step"] == 25
+    for key in ("val/acc", "val/loss", "core/val_nfe_forward"):
+        assert result["metrics"][key] == last[key], key
+    assert not any(k.startswith("train/") and k != "train/steps" for k in result["metrics"])
+    # the reused record equals what a fresh evaluation of the final weights gives
+    ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    paradigm = ToyParadigm({}, {"width": 32}, torch.device("cpu"), seed=0, batch_size=128)
+    data = paradigm.build_data()
+    model = paradigm.build_model(data, BlockSpec.from_dict(dict(mode="tied", depth=4)))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    with torch.no_grad():
+        fresh = evaluate(paradigm, model, data, "val")
+    assert fresh["val/acc"] == result["metrics"]["val/acc"]
+    assert fresh["val/loss"] == pytest.approx(result["metrics"]["val/loss"], rel=1e-6)
 
 
 @pytest.mark.parametrize("grid,expected", [
