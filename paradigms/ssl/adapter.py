@@ -18,6 +18,7 @@ pooling, by default: what the SSL loss trains); pixels are the full flattened im
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -190,6 +191,12 @@ class SSLDataBundle(DataBundle):
     cache: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
+def _weights_key(module: nn.Module) -> tuple:
+    """Identifies the module's current weights: every parameter's and buffer's storage and in-place version
+    counter (bumped by each optimiser step and by load_state_dict), so an equal key means unchanged weights."""
+    return tuple((t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
+
+
 def _unwrap(model: nn.Module) -> SSLModel:
     """The SSLModel behind a torch.compile wrapper."""
     core = getattr(model, "_orig_mod", model)
@@ -296,11 +303,12 @@ class SSLParadigm(Paradigm):
         core.eval()
         try:
             with torch.no_grad():
-                out = self._score(core.encode, data, split, "")
+                out = self._score(core.encode, data, split, "", core.bank_cache, _weights_key(core))
                 key = (id(data), split)
                 if key not in core.baseline_cache:
-                    core.baseline_cache[key] = self._score(lambda x: core.initial_backbone(x)[0], data, split,
-                                                           "_random_init")
+                    initial = core.initial_backbone
+                    core.baseline_cache[key] = self._score(lambda x: initial(x)[0], data, split, "_random_init",
+                                                           core.bank_cache, _weights_key(initial))
                 out.update(core.baseline_cache[key])
                 if split not in data.cache:
                     data.cache[split] = self._score(lambda x: x.flatten(1), data, split, "_pixels")
@@ -309,8 +317,13 @@ class SSLParadigm(Paradigm):
             core.train(was_training)
         return {f"{split}/{k}": float(v) for k, v in out.items()}
 
-    def _score(self, encode, data: SSLDataBundle, split: str, suffix: str) -> dict[str, float]:
-        """kNN and linear-probe accuracy of ``encode``'s features, keys ``knn_acc{suffix}``, ``linear_acc{suffix}``."""
+    def _score(self, encode, data: SSLDataBundle, split: str, suffix: str,
+               bank_cache: dict[str, tuple] | None = None, weights: tuple = ()) -> dict[str, float]:
+        """kNN and linear-probe accuracy of ``encode``'s features, keys ``knn_acc{suffix}``, ``linear_acc{suffix}``.
+
+        With ``bank_cache`` (one entry per suffix), a split scored on the same bundle with unchanged
+        ``weights`` (:func:`_weights_key`) reuses the bank's features: val and test of one evaluation encode
+        the 10k-image bank once, not twice."""
         opts: SSLDataOptions = self.data_opts
         bank_x, bank_y = data.splits["bank"]
         query_x, query_y = data.splits[split]
@@ -320,7 +333,13 @@ class SSLParadigm(Paradigm):
         def prepare(x: torch.Tensor) -> torch.Tensor:
             return normalize(x, data.mean, data.std)
 
-        bank = extract_features(encode, bank_x, prepare, opts.eval_batch_size)
+        cached = bank_cache.get(suffix) if bank_cache is not None else None
+        if cached is not None and cached[0]() is data and cached[1] == weights:
+            bank = cached[2]
+        else:
+            bank = extract_features(encode, bank_x, prepare, opts.eval_batch_size)
+            if bank_cache is not None:
+                bank_cache[suffix] = (weakref.ref(data), weights, bank)
         queries = extract_features(encode, query_x, prepare, opts.eval_batch_size)
         knn = knn_accuracy(bank, bank_y, queries, query_y, data.num_classes, k=opts.knn_k,
                            temperature=opts.knn_temperature, batch_size=opts.eval_batch_size)

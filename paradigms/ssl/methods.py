@@ -79,6 +79,8 @@ class SSLModel(nn.Module):
         object.__setattr__(self, "hidden", {"initial_backbone": initial.eval()})
         # evaluation results of the initial backbone, keyed by (id of the data bundle, split)
         object.__setattr__(self, "baseline_cache", {})
+        # the latest memory-bank features of each encoder (see the SSL adapter's evaluate)
+        object.__setattr__(self, "bank_cache", {})
 
     # ---------------------------------------------------------------- modules kept outside the tree
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> "SSLModel":

@@ -183,6 +183,51 @@ def test_random_init_and_pixel_baselines_are_reported_and_fixed():
     assert set(test) == {k.replace("val/", "test/") for k in after}
 
 
+def test_bank_features_are_encoded_once_per_weights_and_never_stale(monkeypatch):
+    import tiedlab.paradigms.ssl.adapter as adapter
+
+    torch.manual_seed(0)
+    paradigm, bundle, model = make("simclr")
+    bank_size = len(bundle.splits["bank"][1])
+    encoded: list[int] = []
+    extract = adapter.extract_features
+
+    def counting(encode, images, prepare, batch_size):
+        encoded.append(len(images))
+        return extract(encode, images, prepare, batch_size)
+
+    monkeypatch.setattr(adapter, "extract_features", counting)
+
+    def bank_passes() -> int:
+        n = encoded.count(bank_size)
+        encoded.clear()
+        return n
+
+    val = paradigm.evaluate(model, bundle, "val")
+    assert bank_passes() == 3  # trained model, random init, pixels
+    test = paradigm.evaluate(model, bundle, "test")
+    assert bank_passes() == 1  # pixels only: the model's and the random init's bank features are reused
+    model.bank_cache.clear()
+    assert paradigm.evaluate(model, bundle, "test") == test  # reuse gives what encoding again gives
+    assert bank_passes() == 1
+    # an optimiser step changes the weights: the model's bank is encoded again, the baselines are not
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = paradigm.training_step(model, next(iter(bundle.train_batches(torch.Generator().manual_seed(0))))).loss
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    after = paradigm.evaluate(model, bundle, "val")
+    assert bank_passes() == 1 and after["val/knn_acc_random_init"] == val["val/knn_acc_random_init"]
+    # so does loading other weights (load_state_dict copies in place)
+    model.load_state_dict(make("simclr")[2].state_dict())
+    paradigm.evaluate(model, bundle, "val")
+    assert bank_passes() == 1
+    # another bundle never reads this one's bank features
+    other = paradigm.build_data()
+    paradigm.evaluate(model, other, "val")
+    assert bank_passes() == 3
+
+
 # ----------------------------------------------------------------------------------------- views
 
 
