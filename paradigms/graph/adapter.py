@@ -170,7 +170,7 @@ class GraphBundle(DataBundle):
         num_features, num_classes: input size and classes.
         graph: node tasks: the whole graph on the device (x sparse or dense, masks, y).
         eval_batches: graph tasks: {"train"|"val"|"test": pre-collated Batches on the device}.
-        _eval_cache, _best: the last node-task eval forward, and the best-validation record (see evaluate).
+        _eval_cache: the last node-task eval forward (see evaluate).
     """
 
     task: str = "node"
@@ -179,7 +179,6 @@ class GraphBundle(DataBundle):
     graph: Data | None = None
     eval_batches: dict[str, list[Batch]] = field(default_factory=dict)
     _eval_cache: Any = field(default=None, repr=False)
-    _best: Any = field(default=None, repr=False)
 
 
 class GraphParadigm(Paradigm):
@@ -306,7 +305,8 @@ class GraphParadigm(Paradigm):
         Model selection by validation: every "val" evaluation also scores the test split and keeps the
         test accuracy of the best validation accuracy so far (ties: lower val loss), per model; a "test"
         evaluation reports it as ``test/acc_at_best_val`` (with ``test/best_val_acc``), next to the final
-        model's ``test/acc``. The record lives on the bundle, so a resumed run restarts it.
+        model's ``test/acc``. The record lives on the model (``GraphModel.best_val``, saved in its state dict),
+        so a resumed run continues it.
         """
         _choice("split", split, SPLITS)
         was_training = model.training
@@ -317,7 +317,7 @@ class GraphParadigm(Paradigm):
                 if split in ("val", "test"):
                     other = self._score(model, data, "test" if split == "val" else "val")
                     val, test = (out, other) if split == "val" else (other, out)
-                    best = self._update_best(model, data, val, test)
+                    best = self._update_best(model, val, test)
                     if split == "test":
                         out["acc_at_best_val"], out["best_val_acc"] = best["test_acc"], best["val_acc"]
         finally:
@@ -344,16 +344,15 @@ class GraphParadigm(Paradigm):
         return {"acc": correct / count, "loss": loss_sum / count, "nfe": nfe, "rel_residual": rel}
 
     @staticmethod
-    def _update_best(model: nn.Module, data: GraphBundle, val: dict[str, float], test: dict[str, float]) -> dict:
-        """Keep, per model, the test accuracy at the best (val acc, -val loss) seen so far; returns it."""
-        best = data._best
-        if best is None or best["model"]() is not model:
-            best = None
+    def _update_best(model: nn.Module, val: dict[str, float], test: dict[str, float]) -> dict[str, float]:
+        """Keep on the model the test accuracy at the best (val acc, -val loss) seen so far; returns the record."""
+        core = getattr(model, "_orig_mod", model)  # behind torch.compile
+        if not isinstance(core, GraphModel):
+            raise TypeError(f"expected the GraphModel that build_model returned, got {type(core).__name__}")
+        best = core.best_val
         if best is None or (val["acc"], -val["loss"]) > (best["val_acc"], -best["val_loss"]):
-            best = {"model": weakref.ref(model), "val_acc": val["acc"], "val_loss": val["loss"],
-                    "test_acc": test["acc"]}
-            data._best = best
-        return best
+            core.best_val = {"val_acc": val["acc"], "val_loss": val["loss"], "test_acc": test["acc"]}
+        return core.best_val
 
     @staticmethod
     def _node_eval(model: nn.Module, data: GraphBundle) -> tuple[Tensor, Any]:

@@ -177,6 +177,17 @@ class GraphModel(nn.Module):
         self.stem, self.block, self.head = stem, block, head
         self.task, self.pool, self.z0 = task, pool, z0
         self.dropout, self.cell_dropout = float(dropout), float(cell_dropout)
+        # model selection by validation (the graph adapter's evaluate): {"val_acc", "val_loss", "test_acc"} of
+        # the best validation so far; extra state, so a checkpoint and a resumed run carry it
+        self.best_val: dict[str, float] | None = None
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"best_val": None if self.best_val is None else dict(self.best_val)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or "best_val" not in state:
+            raise ValueError(f"GraphModel extra state must be a dict with 'best_val', got {state!r}")
+        self.best_val = None if state["best_val"] is None else dict(state["best_val"])
 
     def forward(self, data: Any) -> tuple[Tensor, BlockStats]:
         x = self.stem(data.x).unsqueeze(0)  # (1, N, d): the whole graph is one sample of the block

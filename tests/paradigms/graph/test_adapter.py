@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from tiedlab.core import BlockSpec
+from tiedlab.paradigms import rundir
 from tiedlab.paradigms.base import get_paradigm, options_from
 from tiedlab.paradigms.config import OPTIMIZERS
 from tiedlab.paradigms.contract import check_paradigm
@@ -194,7 +195,7 @@ def test_node_bundle_and_cheap_eval():
 
 
 @pytest.mark.parametrize("name", ["cora", "MUTAG"])
-def test_test_accuracy_at_the_best_validation(name):
+def test_test_accuracy_at_the_best_validation(name, tmp_path):
     """evaluate('test') reports the test accuracy of the evaluation with the best val accuracy so far."""
     torch.manual_seed(0)
     paradigm, bundle, model = _build({"name": name}, SMALL, dict(mode="tied", depth=2))
@@ -209,6 +210,14 @@ def test_test_accuracy_at_the_best_validation(name):
             for p in model.parameters():
                 p.add_(0.5 * torch.randn_like(p))
     assert len({s[2] for s in scores}) > 1  # the model did change between evaluations
+    # the record is part of the model's state (a checkpoint file): a resumed run continues it
+    record = dict(model.best_val)
+    assert record == {"val_acc": best[0], "val_loss": -best[1], "test_acc": best[2]}
+    rundir.save_checkpoint(tmp_path, {"fingerprint": "f", "model": model.state_dict()})
+    _, _, resumed = _build({"name": name}, SMALL, dict(mode="tied", depth=2))
+    assert resumed.best_val is None
+    resumed.load_state_dict(rundir.load_checkpoint(tmp_path, "f")["model"])
+    assert resumed.best_val == record
     # a fresh model starts its own record
     _, _, other = _build({"name": name}, SMALL, dict(mode="tied", depth=2))
     test = paradigm.evaluate(other, bundle, "test")
