@@ -10,7 +10,7 @@ export WANDB_MODE ?= disabled
 demo:  ## the demo study: all four paradigms on real data, a few runs each -> reports/demo/
 	@source .ci/env.sh && tiedlab-study demo
 
-quick:  ## the full grid at CPU sizes, 2 seeds (1.5-2 hours on a 2-core CPU) -> reports/quick/
+quick:  ## the full grid at CPU sizes, 2 seeds (52 min on a quiet 2-core CPU) -> reports/quick/
 	@source .ci/env.sh && tiedlab-study quick
 
 test:  ## the fast CPU test suite (what CI runs)
