@@ -121,6 +121,8 @@ def study_commands(study: dict[str, Any], out: Path, extra: list[str], jobs: int
         cmd = [sys.executable, "-m", "tiedlab.paradigms.cli", "-m", *fixed, *sweep,
                f"hydra.sweep.dir={out / grid['name']}", "train.progress=false",
                f"hydra.job.config.override_dirname.exclude_keys=[{','.join(hidden)}]"]
+        if swept:  # RUNS/<grid>/<swept values>: a grid has one paradigm, so no paradigm level in between
+            cmd.append("hydra.sweep.subdir=${hydra:job.override_dirname}")
         if jobs > 1:
             cmd += ["hydra/launcher=local_parallel", f"hydra.launcher.n_jobs={jobs}"]
         cmds.append(cmd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,24 @@ def test_study_run_dirs_keep_swept_keys_that_are_also_fixed(tmp_path):
             assert key not in hidden, (grid["name"], key)
             fixed_values = [a for a in cmd if a.startswith(f"{key}=")]
             assert fixed_values[-1].split("=", 1)[1] == ",".join(map(str, grid["sweep"][key])), (grid["name"], key)
+
+
+def test_study_grid_runs_into_one_directory_per_swept_value(tmp_path):
+    """A grid's runs land in RUNS/<grid>/<swept key=value,...> (the real runner command, toy paradigm)."""
+    import os
+    import subprocess
+
+    from tiedlab.paradigms.cli import study_commands
+
+    tests = Path(__file__).resolve().parents[1]
+    grid = {"name": "toy_grid", "sweep": {"block": ["explicit", "tied"], "seed": [0, 1]},
+            "overrides": ["paradigm=toy", f"hydra.searchpath=[file://{tests / 'support' / 'configs'}]",
+                          "train.max_steps=3", "train.eval_every=3", "train.threads=1", "model.width=8"]}
+    (cmd,) = study_commands({"grids": [grid]}, tmp_path, [], 1)
+    env = {**os.environ, "PYTHONPATH": str(tests), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted(p.parent.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("metrics.json"))
+    assert runs == [f"toy_grid/block={b},seed={s}" for b in ("explicit", "tied") for s in (0, 1)]
+    for run in runs:
+        assert json.loads((tmp_path / run / "metrics.json").read_text())["status"] == "completed"
