@@ -357,7 +357,7 @@ class GraphParadigm(Paradigm):
     @staticmethod
     def _node_eval(model: nn.Module, data: GraphBundle) -> tuple[Tensor, Any]:
         """Eval-mode logits of the whole graph, reused while no parameter or buffer has changed."""
-        key = tuple(t._version for t in (*model.parameters(), *model.buffers()))
+        key = tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
         cache = data._eval_cache
         if cache is not None and cache[0]() is model and cache[1] == key:
             return cache[2], cache[3]

@@ -184,6 +184,11 @@ class GraphModel(nn.Module):
     def get_extra_state(self) -> dict[str, Any]:
         return {"best_val": None if self.best_val is None else dict(self.best_val)}
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # checkpoints written before the record was saved have no extra state: load them with no record
+        state_dict.setdefault(prefix + "_extra_state", {"best_val": None})
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def set_extra_state(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or "best_val" not in state:
             raise ValueError(f"GraphModel extra state must be a dict with 'best_val', got {state!r}")

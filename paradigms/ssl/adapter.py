@@ -192,8 +192,9 @@ class SSLDataBundle(DataBundle):
 
 
 def _weights_key(module: nn.Module) -> tuple:
-    """Identifies the module's current weights: every parameter's and buffer's storage and in-place version
-    counter (bumped by each optimiser step and by load_state_dict), so an equal key means unchanged weights."""
+    """Identifies the module's current weights between training steps: every parameter's and buffer's storage
+    and in-place version counter (bumped by load_state_dict, in-place edits and the default optimisers; not by
+    fused optimisers or ``p.data`` writes, hence training_step also clears the model's caches)."""
     return tuple((t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
 
 
@@ -289,7 +290,9 @@ class SSLParadigm(Paradigm):
     # ----------------------------------------------------------------- step and evaluation
     def training_step(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> StepOutput:
         view0, view1 = batch
-        _unwrap(model).before_step()
+        core = _unwrap(model)
+        core.bank_cache.clear()  # the weights are about to change (version counters miss e.g. fused optimisers)
+        core.before_step()
         loss, stats = model(view0, view1)
         return StepOutput(loss=loss, stats=stats)
 
@@ -304,12 +307,14 @@ class SSLParadigm(Paradigm):
         try:
             with torch.no_grad():
                 out = self._score(core.encode, data, split, "", core.bank_cache, _weights_key(core))
-                key = (id(data), split)
-                if key not in core.baseline_cache:
-                    initial = core.initial_backbone
-                    core.baseline_cache[key] = self._score(lambda x: initial(x)[0], data, split, "_random_init",
-                                                           core.bank_cache, _weights_key(initial))
-                out.update(core.baseline_cache[key])
+                initial = core.initial_backbone
+                weights = _weights_key(initial)
+                cached = core.baseline_cache.get(split)
+                if cached is None or cached[0]() is not data or cached[1] != weights:
+                    cached = (weakref.ref(data), weights,
+                              self._score(lambda x: initial(x)[0], data, split, "_random_init", core.bank_cache, weights))
+                    core.baseline_cache[split] = cached
+                out.update(cached[2])
                 if split not in data.cache:
                     data.cache[split] = self._score(lambda x: x.flatten(1), data, split, "_pixels")
                 out.update(data.cache[split])

@@ -77,7 +77,7 @@ class SSLModel(nn.Module):
         for p in initial.parameters():
             p.requires_grad_(False)
         object.__setattr__(self, "hidden", {"initial_backbone": initial.eval()})
-        # evaluation results of the initial backbone, keyed by (id of the data bundle, split)
+        # evaluation results of the initial backbone: {split: (weakref to the data bundle, weights key, scores)}
         object.__setattr__(self, "baseline_cache", {})
         # the latest memory-bank features of each encoder (see the SSL adapter's evaluate)
         object.__setattr__(self, "bank_cache", {})

@@ -218,6 +218,11 @@ def test_test_accuracy_at_the_best_validation(name, tmp_path):
     assert resumed.best_val is None
     resumed.load_state_dict(rundir.load_checkpoint(tmp_path, "f")["model"])
     assert resumed.best_val == record
+    # a checkpoint from before the record was saved still loads, with no record
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    assert len(old) == len(model.state_dict()) - 1
+    resumed.load_state_dict(old)
+    assert resumed.best_val is None
     # a fresh model starts its own record
     _, _, other = _build({"name": name}, SMALL, dict(mode="tied", depth=2))
     test = paradigm.evaluate(other, bundle, "test")
