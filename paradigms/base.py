@@ -109,6 +109,14 @@ class Paradigm(ABC):
         """Save what a run directory needs to be reloaded without the data root (e.g. a tokenizer)."""
 
 
+def weights_key(module: nn.Module) -> tuple:
+    """Identifies a module's current weights, for caching evaluation work between training steps: every
+    parameter's and buffer's storage and in-place version counter. load_state_dict, in-place edits and the
+    default optimisers bump the counter; fused optimisers and ``p.data`` writes do not, so a cache keyed on it
+    must also be cleared when training steps."""
+    return tuple((t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
+
+
 def options_from(cls: type, config: Mapping[str, Any] | None, where: str) -> Any:
     """Instantiate the options dataclass ``cls`` from a mapping; unknown keys raise naming the valid ones."""
     config = dict(config or {})

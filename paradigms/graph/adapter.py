@@ -23,7 +23,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
 from tiedlab.core import Block, BlockSpec
-from tiedlab.paradigms.base import DataBundle, Paradigm, StepOutput
+from tiedlab.paradigms.base import DataBundle, Paradigm, StepOutput, weights_key
 
 from .data import PLANETOID_NAMES, TU_NAMES, load_planetoid, load_tu, sparse_features, validate_graph
 from .model import ACTS, CONVS, HEADS, INJECT_INTO, INJECTS, NORMS, POOLS, STEM_NORMS, GraphCell, GraphModel, InputStem, make_head
@@ -170,7 +170,6 @@ class GraphBundle(DataBundle):
         num_features, num_classes: input size and classes.
         graph: node tasks: the whole graph on the device (x sparse or dense, masks, y).
         eval_batches: graph tasks: {"train"|"val"|"test": pre-collated Batches on the device}.
-        _eval_cache: the last node-task eval forward (see evaluate).
     """
 
     task: str = "node"
@@ -178,7 +177,6 @@ class GraphBundle(DataBundle):
     num_classes: int = 0
     graph: Data | None = None
     eval_batches: dict[str, list[Batch]] = field(default_factory=dict)
-    _eval_cache: Any = field(default=None, repr=False)
 
 
 class GraphParadigm(Paradigm):
@@ -287,6 +285,7 @@ class GraphParadigm(Paradigm):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, model: nn.Module, batch: Any) -> StepOutput:
+        _core(model).eval_cache = None  # the weights are about to change
         logits, stats = model(batch)
         if self.task == "node":
             mask = batch.train_mask
@@ -346,9 +345,7 @@ class GraphParadigm(Paradigm):
     @staticmethod
     def _update_best(model: nn.Module, val: dict[str, float], test: dict[str, float]) -> dict[str, float]:
         """Keep on the model the test accuracy at the best (val acc, -val loss) seen so far; returns the record."""
-        core = getattr(model, "_orig_mod", model)  # behind torch.compile
-        if not isinstance(core, GraphModel):
-            raise TypeError(f"expected the GraphModel that build_model returned, got {type(core).__name__}")
+        core = _core(model)
         best = core.best_val
         if best is None or (val["acc"], -val["loss"]) > (best["val_acc"], -best["val_loss"]):
             core.best_val = {"val_acc": val["acc"], "val_loss": val["loss"], "test_acc": test["acc"]}
@@ -357,13 +354,21 @@ class GraphParadigm(Paradigm):
     @staticmethod
     def _node_eval(model: nn.Module, data: GraphBundle) -> tuple[Tensor, Any]:
         """Eval-mode logits of the whole graph, reused while no parameter or buffer has changed."""
-        key = tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
-        cache = data._eval_cache
-        if cache is not None and cache[0]() is model and cache[1] == key:
+        core, key = _core(model), weights_key(model)
+        cache = core.eval_cache
+        if cache is not None and cache[0]() is data and cache[1] == key:
             return cache[2], cache[3]
         logits, stats = model(data.graph)
-        data._eval_cache = (weakref.ref(model), key, logits, stats)
+        core.eval_cache = (weakref.ref(data), key, logits, stats)
         return logits, stats
+
+
+def _core(model: nn.Module) -> GraphModel:
+    """The GraphModel behind a torch.compile wrapper."""
+    core = getattr(model, "_orig_mod", model)
+    if not isinstance(core, GraphModel):
+        raise TypeError(f"expected the GraphModel that build_model returned, got {type(core).__name__}")
+    return core
 
 
 def stratified_holdout(ids: Tensor, labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:

@@ -180,6 +180,8 @@ class GraphModel(nn.Module):
         # model selection by validation (the graph adapter's evaluate): {"val_acc", "val_loss", "test_acc"} of
         # the best validation so far; extra state, so a checkpoint and a resumed run carry it
         self.best_val: dict[str, float] | None = None
+        # the last node-task eval forward (the adapter's cache; not state, cleared by each training step)
+        self.eval_cache: tuple | None = None
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"best_val": None if self.best_val is None else dict(self.best_val)}

@@ -27,7 +27,7 @@ from torch import nn
 
 from tiedlab.core import BlockSpec
 
-from ..base import DataBundle, Paradigm, StepOutput
+from ..base import DataBundle, Paradigm, StepOutput, weights_key
 from ..vision.augment import normalize
 from ..vision.data import VISION_DATASETS, VisionData, load_vision_data
 from ..vision.model import MDEQCell, VisionModelOptions, build_backbone, make_cell
@@ -191,13 +191,6 @@ class SSLDataBundle(DataBundle):
     cache: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def _weights_key(module: nn.Module) -> tuple:
-    """Identifies the module's current weights between training steps: every parameter's and buffer's storage
-    and in-place version counter (bumped by load_state_dict, in-place edits and the default optimisers; not by
-    fused optimisers or ``p.data`` writes, hence training_step also clears the model's caches)."""
-    return tuple((t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
-
-
 def _unwrap(model: nn.Module) -> SSLModel:
     """The SSLModel behind a torch.compile wrapper."""
     core = getattr(model, "_orig_mod", model)
@@ -306,13 +299,14 @@ class SSLParadigm(Paradigm):
         core.eval()
         try:
             with torch.no_grad():
-                out = self._score(core.encode, data, split, "", core.bank_cache, _weights_key(core))
+                out = self._score(core.encode, data, split, "", core.bank_cache, weights_key(core))
                 initial = core.initial_backbone
-                weights = _weights_key(initial)
+                weights = weights_key(initial)
                 cached = core.baseline_cache.get(split)
                 if cached is None or cached[0]() is not data or cached[1] != weights:
-                    cached = (weakref.ref(data), weights,
-                              self._score(lambda x: initial(x)[0], data, split, "_random_init", core.bank_cache, weights))
+                    scores = self._score(lambda x: initial(x)[0], data, split, "_random_init", core.bank_cache,
+                                         weights)
+                    cached = (weakref.ref(data), weights, scores)
                     core.baseline_cache[split] = cached
                 out.update(cached[2])
                 if split not in data.cache:
@@ -326,9 +320,9 @@ class SSLParadigm(Paradigm):
                bank_cache: dict[str, tuple] | None = None, weights: tuple = ()) -> dict[str, float]:
         """kNN and linear-probe accuracy of ``encode``'s features, keys ``knn_acc{suffix}``, ``linear_acc{suffix}``.
 
-        With ``bank_cache`` (one entry per suffix), a split scored on the same bundle with unchanged
-        ``weights`` (:func:`_weights_key`) reuses the bank's features: val and test of one evaluation encode
-        the 10k-image bank once, not twice."""
+        With ``bank_cache`` (one entry per suffix), a split scored on the same bundle with unchanged ``weights``
+        (:func:`~tiedlab.paradigms.base.weights_key`) reuses the bank's features: val and test of one evaluation
+        encode the 10k-image bank once, not twice."""
         opts: SSLDataOptions = self.data_opts
         bank_x, bank_y = data.splits["bank"]
         query_x, query_y = data.splits[split]

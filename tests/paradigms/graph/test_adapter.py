@@ -189,6 +189,9 @@ def test_node_bundle_and_cheap_eval():
             p.add_(torch.randn_like(p))
     val2 = paradigm.evaluate(model, bundle, "val")
     assert len(calls) == 3 and val2 != val  # weights changed: a fresh forward
+    paradigm.training_step(model, bundle.graph)  # a step clears the cache even if no version counter moves
+    paradigm.evaluate(model, bundle, "val")
+    assert len(calls) == 5
     assert model.training  # evaluate restores the mode
     assert set(test) == {"test/acc", "test/loss", "test/nfe", "test/rel_residual", "test/acc_at_best_val",
                          "test/best_val_acc"}
