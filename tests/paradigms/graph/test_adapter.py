@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +89,6 @@ def test_tied_gcn_learns_cora():
     paradigm, bundle, model = _build({"name": "cora"}, {"width": 64, "norm": "layer", "inject": "identity"},
                                      dict(mode="tied", depth=3))
     opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.5)
-    t0 = time.perf_counter()
     best = (-1.0, 0.0)
     for epoch in range(60):
         model.train()
@@ -103,7 +101,6 @@ def test_tied_gcn_learns_cora():
             if val > best[0]:
                 best = (val, paradigm.evaluate(model, bundle, "test")["test/acc"])
     assert best[1] >= 0.70, f"test acc at best val {best}"
-    assert time.perf_counter() - t0 < 30
 
 
 # ------------------------------------------------------------------------------------ masks and DEQ

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -299,12 +298,9 @@ def test_tu_bad_name():
         load_tu("COLLAB")
 
 
-def test_nci1_parses_quickly():
-    t = time.perf_counter()
+def test_nci1_parses():
     td = load_tu("NCI1")
-    dt = time.perf_counter() - t
     assert len(td) == 4110 and td.num_classes == 2 and td.num_features == 37
-    assert dt < 5.0, f"NCI1 took {dt:.2f} s"
 
 
 def test_tu_loaders():
