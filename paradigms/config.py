@@ -90,6 +90,7 @@ class LoggerConfig:
     project: str = "tiedlab"
     mode: Optional[str] = None
     dir: Optional[str] = None
+    group: Optional[str] = None  # the study runner sets "<study>/<grid>"
     tags: list[str] = field(default_factory=list)
 
 
