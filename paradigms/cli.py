@@ -27,18 +27,67 @@ from .config import TrainConfig
 
 CONFIG_PATH = "pkg://tiedlab.configs"
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+TRACEBACK_ENV = "TIEDLAB_TRACEBACK"  # set to 1 to see the full traceback of a reported error
+
+
+class RunError(Exception):
+    """A run that could not start (a bad config, data or run directory) or that failed; its one-line message
+    was already printed when it was raised."""
+
+
+def _report(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _show_traceback() -> bool:
+    return os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _hydra_main(cfg: DictConfig) -> Any:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from .base import get_paradigm
     from .engine import train as run_training
 
-    result = run_training(cfg, cfg.run_dir)
-    cls = get_paradigm(cfg.paradigm)
-    metric = result.get("metrics", {}).get(f"val/{cls.primary_metric}")
-    print(f"[tiedlab] {result['status']}: {cfg.run_dir} val/{cls.primary_metric}={metric}", file=sys.stderr)
-    return metric
+    hydra_cfg = HydraConfig.get()
+    try:
+        result = run_training(cfg, cfg.run_dir, list(hydra_cfg.overrides.task))
+    except (ValueError, OSError) as err:  # config, data, checkpoint and run-directory errors name their problem
+        if _show_traceback():
+            raise
+        message = f"[tiedlab] error: {err}"
+    else:
+        cls = get_paradigm(cfg.paradigm)
+        metric = result.get("metrics", {}).get(f"val/{cls.primary_metric}")
+        if result["status"] != "failed":
+            _report(f"[tiedlab] {result['status']}: {cfg.run_dir} val/{cls.primary_metric}={metric}")
+            return metric
+        message = f"[tiedlab] failed: {cfg.run_dir}: {result['reason']}"
+    _report(message)
+    if hydra_cfg.mode == RunMode.RUN:
+        sys.exit(1)  # one line, and no "Error executing job" from Hydra
+    raise RunError(message)  # a multirun goes on with its other jobs, then exits 1
+
+
+def _main() -> None:
+    """Hydra's app with tiedlab's error reporting: a failed run or a bad config, data file, run directory or
+    override prints one line (no traceback; ``TIEDLAB_TRACEBACK=1`` shows it) and exits with status 1."""
+    from hydra.errors import HydraException
+
+    if not _show_traceback():
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing a trace: reported below
+    try:
+        _hydra_main()
+    except RunError:
+        sys.exit(1)  # already reported by the job that failed
+    except (HydraException, ValueError) as err:  # a bad override, group choice or config value
+        if _show_traceback():
+            raise
+        cause = f" ({str(err.__cause__).strip().splitlines()[0]})" if err.__cause__ and str(err.__cause__).strip() else ""
+        _report(f"[tiedlab] error: {str(err).strip()}{cause}")
+        sys.exit(1)
 
 
 def _run_with_paradigm(paradigm: str | None) -> None:
@@ -48,7 +97,7 @@ def _run_with_paradigm(paradigm: str | None) -> None:
         first = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
         args = [*args[:first], f"paradigm={paradigm}", *args[first:]]
     sys.argv = [sys.argv[0], *args]
-    _hydra_main()
+    _main()
 
 
 def train() -> None:
@@ -108,7 +157,7 @@ def _flatten(overrides: list[Any]) -> list[str]:
 
 
 def study_commands(study: dict[str, Any], out: Path, extra: list[str], jobs: int) -> list[list[str]]:
-    """One multirun command per grid of the study."""
+    """One multirun command per grid of the study (each run's tracker grouped as ``<study>/<grid>``)."""
     cmds = []
     for grid in study["grids"]:
         sweep = [f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in (grid.get("sweep") or {}).items()]
@@ -120,6 +169,7 @@ def study_commands(study: dict[str, Any], out: Path, extra: list[str], jobs: int
         hidden = sorted(({o.split("=")[0].lstrip("+~") for o in fixed} | set(_HIDDEN_KEYS)) - swept)
         cmd = [sys.executable, "-m", "tiedlab.paradigms.cli", "-m", *fixed, *sweep,
                f"hydra.sweep.dir={out / grid['name']}", "train.progress=false",
+               f"logger.group={study.get('name', 'study')}/{grid['name']}",
                f"hydra.job.config.override_dirname.exclude_keys=[{','.join(hidden)}]"]
         if swept:  # RUNS/<grid>/<swept values>: a grid has one paradigm, so no paradigm level in between
             cmd.append("hydra.sweep.subdir=${hydra:job.override_dirname}")
@@ -143,7 +193,7 @@ def select_grids(study: dict[str, Any], patterns: list[str]) -> list[dict[str, A
 
 
 _HIDDEN_KEYS = ("paradigm", "hydra.searchpath", "run_dir", "resume", "train.progress", "train.device", "train.threads",
-                "logger", "hydra.launcher.n_jobs", "hydra/launcher")
+                "logger", "logger.group", "hydra.launcher.n_jobs", "hydra/launcher")
 
 
 def study(argv: list[str] | None = None) -> int:
@@ -173,18 +223,45 @@ def study(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     elapsed = time.time() - started
-    print(f"[tiedlab] study {args.name}: {len(cmds)} grids in {elapsed / 60:.1f} min, {failures} failed", flush=True)
+    counts = count_statuses(runs / grid["name"] for grid in spec["grids"])
+    print(f"[tiedlab] study {args.name}: {len(cmds)} grids in {elapsed / 60:.1f} min, {failures} exited non-zero; "
+          f"runs: {', '.join(f'{n} {status}' for status, n in counts.items())}", flush=True)
     if spec.get("report", True) and not args.no_report:
         from tiedlab.reports.cli import main as report_main
 
         report_main([str(runs), "--out", args.out or f"reports/{args.name}", "--title", f"study {args.name}",
                      "--command", shlex.join(["tiedlab-study", *(argv if argv is not None else sys.argv[1:])])])
-    return 1 if failures else 0
+    return 1 if failures or counts["failed"] or counts["unreadable"] else 0
+
+
+def count_statuses(folders: Any) -> dict[str, int]:
+    """How many run directories (folders holding config.yaml) under ``folders`` are completed, diverged,
+    failed, unfinished (running, or no metrics.json yet) or unreadable (metrics.json is not a run's)."""
+    from . import rundir
+
+    counts = dict.fromkeys(("completed", "diverged", "failed", "unfinished", "unreadable"), 0)
+    for folder in folders:
+        for config in sorted(Path(folder).rglob(rundir.CONFIG)) if Path(folder).is_dir() else []:
+            if any(part.startswith(".") for part in config.relative_to(folder).parts):
+                continue  # Hydra's own .hydra/config.yaml
+            try:
+                status = rundir.read_metrics(config.parent).get("status", "unfinished")
+            except rundir.RunDirError:
+                status = "unreadable"
+            counts[status if status in counts else "unfinished"] += 1
+    return counts
 
 
 def study_main() -> None:
-    sys.exit(study())
+    try:
+        code = study()
+    except (ValueError, OSError) as err:  # an unknown study or grid, a bad study file: one line, no traceback
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        print(f"tiedlab-study: error: {err}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    _hydra_main()
+    _main()

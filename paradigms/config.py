@@ -8,7 +8,7 @@ paradigm and are validated by its ``DataOptions`` / ``ModelOptions`` dataclasses
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from tiedlab.core import BlockSpec, GradSpec, MaskSpec
 
@@ -171,3 +171,29 @@ def validate(cfg: Any) -> BlockSpec:
     if cfg.logger.name not in LOGGERS:
         raise ValueError(f"logger.name={cfg.logger.name!r} is not valid; choose one of {LOGGERS}")
     return spec
+
+
+def ignored_options(cfg: Any, overrides: Sequence[str] = ()) -> list[str]:
+    """Options that a run would silently ignore, one message each: the solver and implicit gradient of a block
+    that is not a DEQ, mask options without a mask mode. ``overrides`` are the command line's (``key=value``),
+    so that a key set there is named even when its value equals the default. Ignored options are also left out
+    of the run's fingerprint (``rundir.active_config``).
+    """
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    out = []
+    if cfg.block.mode != "deq":
+        named = sorted(k for k in keys if k.split(".")[0] in ("solver", "grad"))
+        if cfg.grad.mode != "ift" and "grad" not in named:
+            named.append(f"grad.mode={cfg.grad.mode}")
+        if cfg.solver.name != "anderson" and "solver" not in named:
+            named.append(f"solver.name={cfg.solver.name}")
+        if named:
+            out.append(f"{', '.join(named)} ignored: block.mode={cfg.block.mode} has no solver or implicit gradient "
+                       "(only block=deq uses solver.* and grad.*)")
+    if cfg.mask.mode == "none":
+        named = sorted(k for k in keys if k.startswith("mask.") and k != "mask.mode")
+        if float(cfg.mask.sparsity) != 0 and "mask.sparsity" not in named:
+            named.append(f"mask.sparsity={cfg.mask.sparsity}")
+        if named:
+            out.append(f"{', '.join(named)} ignored: mask.mode=none (choose mask=distinct or mask=shared)")
+    return out

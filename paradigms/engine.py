@@ -3,14 +3,14 @@
 ``train(cfg, run_dir)`` builds the paradigm's data and model, trains with the configured optimiser and
 schedule, evaluates every ``train.eval_every`` steps and at the end, checkpoints atomically every
 ``train.ckpt_every`` steps, resumes from the run directory's checkpoint, and writes the run directory
-contract (see ``rundir``). A non-finite loss or an exploding solver residual ends the run with status
-``diverged``: instability is a result, not a crash.
+contract (see ``rundir``), holding its lock. A non-finite loss or an exploding solver residual ends the run
+with status ``diverged``: instability is a result, not a crash. A crash in the loop (an exception, a full disk)
+ends it with status ``failed`` and the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -21,7 +21,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,12 +32,9 @@ from tiedlab.core import Block, BlockStats, model_param_counts
 
 from . import rundir
 from .base import DataBundle, Paradigm, get_paradigm
-from .config import TrainConfig, validate
+from .config import TrainConfig, ignored_options, validate
+from .provenance import now, run_provenance
 from .tracking import make_tracker
-
-# Config keys that do not change what a run computes: they may differ between a run and its resume.
-_NOT_FINGERPRINTED = ("run_dir", "resume", "logger", "train.progress", "train.time_limit_s", "train.device",
-                      "train.threads")
 
 
 def as_config(cfg: Any) -> DictConfig:
@@ -49,15 +46,8 @@ def as_config(cfg: Any) -> DictConfig:
 
 
 def fingerprint(cfg: DictConfig) -> str:
-    """A hash of everything in the config that changes what the run computes."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    for key in _NOT_FINGERPRINTED:
-        node, *rest = key.split(".")
-        if rest:
-            plain.get(node, {}).pop(rest[0], None)
-        else:
-            plain.pop(node, None)
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A hash of everything in the config that changes what the run computes (``rundir.fingerprint``)."""
+    return rundir.fingerprint(OmegaConf.to_container(cfg, resolve=True))
 
 
 def select_device(name: str) -> torch.device:
@@ -210,35 +200,49 @@ def _evaluate(paradigm: Paradigm, model: nn.Module, data: DataBundle, split: str
     return {k: float(v) for k, v in out.items()}
 
 
-def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
+def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run (or resume) one training run in ``run_dir``; returns what it wrote to metrics.json.
 
+    The process holds the run directory's lock throughout. A finished run of the same config returns at once
+    (nothing is loaded or rewritten). ``overrides`` (the command line's) only sharpen the warnings about
+    ignored options.
+
     Raises:
-        ValueError: bad config values, unknown names, missing data (before training starts).
-        rundir.CheckpointError: an unusable checkpoint in ``run_dir``.
+        ValueError: bad config values, unknown names, missing or corrupt data (before training starts).
+        rundir.RunDirError: the run directory holds another config's run or an unusable checkpoint, or another
+            process is using it (``RunLockedError``).
     """
     cfg = as_config(cfg)
     spec = validate(cfg)
+    for message in ignored_options(cfg, overrides):
+        print(f"[tiedlab] warning: {message}", file=sys.stderr)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fp = fingerprint(cfg)
+    with rundir.hold_lock(run_dir):
+        return _train_locked(cfg, spec, run_dir, fingerprint(cfg))
 
+
+def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str) -> dict[str, Any]:
     resume = str(cfg.resume).lower()
-    state_dict = rundir.load_checkpoint(run_dir, fp) if resume in ("auto", "true") else None
-    previous = _read_metrics(run_dir)
-    if state_dict is None and resume == "auto" and previous.get("status") in ("completed", "diverged") \
-            and previous.get("fingerprint") == fp:
+    if resume == "false" and ((run_dir / rundir.CHECKPOINT).exists() or (run_dir / rundir.METRICS).exists()):
+        raise rundir.RunDirError(
+            f"resume=false but {run_dir} already holds a run; use another run directory or delete it")
+    previous = rundir.read_metrics(run_dir)
+    if previous and previous.get("fingerprint") != fp:
+        raise rundir.RunDirError(
+            f"{run_dir} holds a {previous.get('status', '?')} run of another config (fingerprint "
+            f"{previous.get('fingerprint')} != {fp}); use another run directory, or delete it to start over")
+    if previous.get("status") in rundir.FINISHED:
         print(f"[tiedlab] {run_dir} already holds a finished run ({previous['status']}); nothing to do", file=sys.stderr)
         return previous
+    state_dict = rundir.load_checkpoint(run_dir, fp)
     if resume == "true" and state_dict is None:
         raise rundir.CheckpointError(f"resume=true but {run_dir / rundir.CHECKPOINT} does not exist")
-    if resume == "false" and ((run_dir / rundir.CHECKPOINT).exists() or (run_dir / rundir.METRICS).exists()):
-        raise rundir.CheckpointError(
-            f"resume=false but {run_dir} already holds a run; use another run directory or delete it")
 
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
     device = select_device(cfg.train.device)
+    sessions = [*(previous.get("provenance") or []), run_provenance(str(device), torch.get_num_threads())]
     reset_peak_memory(device)
     seed_everything(int(cfg.seed))
     paradigm = get_paradigm(cfg.paradigm)(cfg.data, cfg.model, device, seed=int(cfg.seed),
@@ -258,18 +262,14 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
         optimizer.load_state_dict(state_dict["optimizer"])
         schedule.load_state_dict(state_dict["schedule"])
         loop = LoopState(**state_dict["loop"])
-        torch.set_rng_state(state_dict["rng"]["torch"])
-        if device.type == "cuda" and state_dict["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state_dict["rng"]["cuda"], device)
-        random.setstate(state_dict["rng"]["python"])
-        np.random.set_state(state_dict["rng"]["numpy"])
+        rundir.set_rng_state(state_dict["rng"], device if device.type == "cuda" else None)
         rundir.truncate_history(run_dir, loop.step)
         print(f"[tiedlab] resuming {run_dir} at step {loop.step}/{total_steps}", file=sys.stderr)
     elif (run_dir / rundir.HISTORY).exists():
         (run_dir / rundir.HISTORY).unlink()
 
     base = {"fingerprint": fp, "paradigm": cfg.paradigm, "dataset": data.meta.get("dataset"),
-            "total_steps": total_steps, "data": data.meta}
+            "total_steps": total_steps, "data": data.meta, "provenance": sessions}
     rundir.write_json(run_dir / rundir.METRICS, {**base, "status": "running", "reason": "", "step": loop.step,
                                                   "metrics": dict(counts)})
     tracker = make_tracker(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
@@ -288,8 +288,7 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
         rundir.save_checkpoint(run_dir, {
             "fingerprint": fp, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "loop": vars(loop).copy(),
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+            "rng": rundir.rng_state(device if device.type == "cuda" else None),
         })
 
     try:
@@ -344,14 +343,40 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
                 break
             if loop.step % cfg.train.ckpt_every == 0 and loop.step < total_steps:
                 checkpoint()
-    except (RuntimeError, ArithmeticError, torch.linalg.LinAlgError) as err:
+    except OSError as err:  # a full disk, a vanished run directory: the run failed, say why
         status, reason = "failed", f"{type(err).__name__} at step {loop.step}: {err}"
-        traceback.print_exc()
+    except Exception as err:  # noqa: BLE001 - any crash in the loop is recorded as a failed run
+        trace = run_dir / rundir.TRACEBACK
+        trace.write_text(traceback.format_exc())
+        status, reason = "failed", f"{type(err).__name__} at step {loop.step}: {err} (traceback in {trace})"
     finally:
         if progress is not None:
             progress.close()
 
     final: dict[str, Any] = dict(counts)
+    try:
+        status, reason = _finish(cfg, paradigm, model, data, loop, recorder, last_val, final, device, status, reason,
+                                 checkpoint)
+    except OSError as err:
+        status, reason = "failed", f"{type(err).__name__} while writing the final results: {err}"
+    sessions[-1]["ended"] = now()
+    result = {**base, "status": status, "reason": reason, "step": loop.step, "metrics": final}
+    try:
+        rundir.write_json(run_dir / rundir.METRICS, result)
+    except OSError:
+        # The atomic write needs room for a second copy: overwrite in place, which needs none beyond it.
+        (run_dir / rundir.METRICS).write_text(json.dumps({**base, "status": "failed", "step": loop.step,
+                                                          "reason": f"could not write metrics.json: {reason}"}))
+        raise
+    tracker.finish({f"final/{k}": v for k, v in final.items() if isinstance(v, (int, float))} | {"status": status})
+    recorder.close()
+    return result
+
+
+def _finish(cfg: Any, paradigm: Paradigm, model: nn.Module, data: DataBundle, loop: LoopState,
+            recorder: StatsRecorder, last_val: dict[str, Any], final: dict[str, Any], device: torch.device,
+            status: str, reason: str, checkpoint: Any) -> tuple[str, str]:
+    """The final evaluation and statistics into ``final``, and the last checkpoint of a completed run."""
     if status == "completed":
         if last_val.get("step") == loop.step:
             # the weights are those the last in-loop validation scored: reuse it, evaluate only test
@@ -371,11 +396,7 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     })
     if status == "completed":
         checkpoint()
-    result = {**base, "status": status, "reason": reason, "step": loop.step, "metrics": final}
-    rundir.write_json(run_dir / rundir.METRICS, result)
-    tracker.finish({f"final/{k}": v for k, v in final.items() if isinstance(v, (int, float))} | {"status": status})
-    recorder.close()
-    return result
+    return status, reason
 
 
 def _eval_record(paradigm: Paradigm, model: nn.Module, data: DataBundle, loop: LoopState, recorder: StatsRecorder,
@@ -391,13 +412,3 @@ def _eval_record(paradigm: Paradigm, model: nn.Module, data: DataBundle, loop: L
     for split in splits:
         record.update(_evaluate(paradigm, model, data, split, recorder))
     return record
-
-
-def _read_metrics(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / rundir.METRICS
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}

@@ -2,31 +2,82 @@
 
     config.yaml     the resolved config
     history.jsonl   one JSON line per evaluation (step, elapsed training seconds, metrics)
-    metrics.json    status (running, completed, diverged, failed), reason, final metrics
-    checkpoint.pt   model, optimiser, schedule, RNG and loop state; written atomically
+    metrics.json    status (running, completed, diverged, failed), reason, the config's fingerprint,
+                    provenance (commit, packages, host, device, times, command), final metrics
+    checkpoint.pt   model, optimiser, schedule, RNG and loop state: tensors and plain Python values only,
+                    written atomically, read with ``weights_only=True`` (a planted pickle never runs)
+    run.lock        held by the process that trains the run, for the run's lifetime
+    traceback.txt   where a run that crashed (status failed) crashed
+
+torch is imported only by the checkpoint functions, so reports can use the rest without it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
+import errno
+import hashlib
 import json
 import math
 import os
+import socket
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, Iterator
 
 CONFIG = "config.yaml"
 HISTORY = "history.jsonl"
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+LOCK = "run.lock"
+TRACEBACK = "traceback.txt"
+CHECKPOINT_FORMAT = 2  # 2: RNG states as tensors and lists, loadable with weights_only=True
 STATUSES = ("running", "completed", "diverged", "failed")
+FINISHED = ("completed", "diverged")
+
+# Config keys that do not change what a run computes: they may differ between a run and its resume, and
+# the report never groups cells by them. The one list of run-directory bookkeeping keys.
+NOT_FINGERPRINTED = ("run_dir", "resume", "logger", "train.progress", "train.time_limit_s", "train.device",
+                     "train.threads")
 
 
-class CheckpointError(RuntimeError):
+class RunDirError(ValueError):
+    """A run directory cannot be used as asked; the message names it and what to do."""
+
+
+class CheckpointError(RunDirError):
     """A checkpoint exists but cannot be used; the message names the file and what to do."""
+
+
+class RunLockedError(RunDirError):
+    """Another process holds the run directory's lock; the message names it."""
+
+
+def active_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` less the keys that do not change what the run computes: bookkeeping
+    (``NOT_FINGERPRINTED``), the solver and implicit gradient of a block that is not a DEQ, and the
+    mask options when there is no mask (they are ignored there)."""
+    plain = json.loads(json.dumps(config, default=str))
+    for key in NOT_FINGERPRINTED:
+        node, _, rest = key.partition(".")
+        if rest:
+            (plain.get(node) or {}).pop(rest, None)
+        else:
+            plain.pop(node, None)
+    if (plain.get("block") or {}).get("mode", "deq") != "deq":
+        plain.pop("solver", None)
+        plain.pop("grad", None)
+    if (plain.get("mask") or {}).get("mode", "none") == "none":
+        plain.pop("mask", None)
+    return plain
+
+
+def fingerprint(config: dict[str, Any]) -> str:
+    """A hash of everything in a resolved config (a plain dict, as in config.yaml) that changes what the
+    run computes (see ``active_config``)."""
+    return hashlib.sha256(json.dumps(active_config(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -81,12 +132,48 @@ def truncate_history(run_dir: Path, step: int) -> None:
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    """Atomically write ``checkpoint.pt`` (temp file, then rename)."""
+    """Atomically write ``checkpoint.pt`` (temp file, then rename). ``state`` holds tensors and plain
+    Python values only (see ``rng_state``), so that it loads with ``weights_only=True``."""
     import io
+
+    import torch
 
     buf = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **state}, buf)
     atomic_write_bytes(Path(run_dir) / CHECKPOINT, buf.getvalue())
+
+
+def rng_state(cuda_device: Any = None) -> dict[str, Any]:
+    """The torch, Python, numpy (and CUDA) generator states as tensors and lists (no numpy objects)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "python": [version, list(internal), gauss],
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "cuda": torch.cuda.get_rng_state(cuda_device) if cuda_device is not None else None}
+
+
+def set_rng_state(state: dict[str, Any], cuda_device: Any = None) -> None:
+    """Restore what ``rng_state`` returned."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if cuda_device is not None and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], cuda_device)
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
 
 
 def load_checkpoint(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
@@ -96,15 +183,19 @@ def load_checkpoint(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
         CheckpointError: the file is corrupt, of another format, or from a run with another config
             (``fingerprint`` differs); it is never silently ignored or overwritten.
     """
+    import torch
+
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: only tensors and plain containers unpickle; anything else (code) is refused.
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling error means the same thing here
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {err}). "
-            "Delete it to start over, or use another run directory.") from err
+            f"checkpoint {path} is corrupt, unsafe or not a tiedlab checkpoint of format {CHECKPOINT_FORMAT} "
+            f"({type(err).__name__}: {first}); delete it to start over, or use another run directory") from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {state.get('format') if isinstance(state, dict) else '?'}, "
                               f"expected {CHECKPOINT_FORMAT}; delete it or use another run directory")
@@ -113,3 +204,55 @@ def load_checkpoint(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
             f"checkpoint {path} belongs to a run with a different config (fingerprint {state.get('fingerprint')} != "
             f"{fingerprint}); use another run directory, or delete it to start over")
     return state
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """metrics.json as a dict; {} when absent.
+
+    Raises:
+        RunDirError: the file exists but is not a JSON object (naming it).
+    """
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return {}
+    try:
+        out = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunDirError(f"{path} is not valid JSON ({err}); delete the run directory to start over") from err
+    if not isinstance(out, dict):
+        raise RunDirError(f"{path} does not hold a JSON object; delete the run directory to start over")
+    return out
+
+
+@contextlib.contextmanager
+def hold_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/run.lock`` (an exclusive flock, released by the kernel if the process dies) while
+    the body runs; the file names the holder.
+
+    Raises:
+        RunLockedError: another process holds it (naming its pid, host, start time and command).
+    """
+    import fcntl
+
+    path = Path(run_dir) / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "an unknown process"
+            raise RunLockedError(f"{run_dir} is in use by another process ({holder}); wait for it to end or "
+                                 "use another run directory") from None
+        started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since {started}: {' '.join(sys.argv)}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

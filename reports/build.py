@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import provenance
+from tiedlab.paradigms import provenance
 from .aggregate import Cell, group_cells
 from .guidelines import guidelines
 from .insights import InsightResult, evaluate
@@ -31,7 +31,8 @@ class Report:
     commands: list[str] = field(default_factory=list)
     report_command: str = ""
     inputs: list[str] = field(default_factory=list)
-    commit: str = "unknown"
+    commit: str = "unknown"  # the checkout the report was built in
+    run_commits: dict[str, int] = field(default_factory=dict)  # the commits the runs were trained at -> runs
     date: str = ""
     machine: dict[str, Any] = field(default_factory=dict)
 
@@ -63,6 +64,17 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report") -> Repor
     return Report(title, runs, cells, evaluate(cells), guidelines(cells), inputs=[str(p) for p in paths])
 
 
+def run_commits(runs: Iterable[Run]) -> dict[str, int]:
+    """How many runs each code version trained ("abc1234", "abc1234+dirty"; a run resumed under another
+    commit counts under each; "unknown" for runs without provenance)."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        versions = {f"{p.get('commit', 'unknown')}{'+dirty' if p.get('dirty') else ''}" for p in run.provenance}
+        for version in sorted(versions or {"unknown"}):
+            counts[version] = counts.get(version, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
 def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tiedlab report",
                  commands: Iterable[str] = (), report_command: str = "") -> Report:
     """Write README.md, index.html, summary.json and the plots into ``out``; returns the report.
@@ -78,6 +90,7 @@ def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tie
     report.commands = list(commands)
     report.report_command = report_command
     report.commit = provenance.git_commit()
+    report.run_commits = run_commits(report.runs)
     report.date = provenance.now()
     report.machine = provenance.machine()
     blocks = document(report)

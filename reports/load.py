@@ -15,7 +15,9 @@ from typing import Any, Iterable
 
 import yaml
 
-CONFIG, HISTORY, METRICS = "config.yaml", "history.jsonl", "metrics.json"
+from tiedlab.paradigms import rundir
+
+CONFIG, HISTORY, METRICS = rundir.CONFIG, rundir.HISTORY, rundir.METRICS
 
 # Paradigm -> (primary metric, higher is better). Unknown paradigms fall back on what the runs logged.
 PRIMARY: dict[str, tuple[str, bool]] = {
@@ -31,8 +33,7 @@ WIDTH_KEYS = ("width", "hidden", "d_model", "hidden_channels", "channels")
 # Config keys that never distinguish one cell from another (seeds, bookkeeping, devices). ``data.fold`` is a
 # replicate like the seed: the runs of a k-fold cross-validation (TU graph tasks) form one cell whose mean and
 # std are over the folds.
-NOT_GROUPED = ("seed", "data.fold", "mask.seed", "run_dir", "resume", "logger", "train.progress", "train.time_limit_s",
-               "train.device", "train.threads")
+NOT_GROUPED = ("seed", "data.fold", "mask.seed", *rundir.NOT_FINGERPRINTED)
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Run:
     history: list[dict[str, Any]]
     status: str  # completed | running | diverged | failed | missing (no metrics.json) | unreadable
     reason: str
+    provenance: list[dict[str, Any]] = field(default_factory=list)  # one entry per process that trained it
     step: int | None = None
     total_steps: int | None = None
     paradigm: str = "?"
@@ -208,6 +210,11 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
             status, reason = str(result.get("status", "unknown")), str(result.get("reason", "") or "")
     else:
         result, status, reason = {}, "missing", "no metrics.json yet (not started, or killed before its first write)"
+    if config and result.get("fingerprint") and rundir.fingerprint(config) != result["fingerprint"]:
+        # config.yaml was edited, or the files come from two runs: never file the results under this config.
+        problems.append(f"config.yaml does not match the fingerprint in metrics.json ({rundir.fingerprint(config)} != "
+                        f"{result['fingerprint']}): edited after the run or mixed with another run's files")
+        status, config = "unreadable", {}
     if problems:
         reason = "; ".join([reason, *problems]) if reason else "; ".join(problems)
     metrics = {k: to_float(v) for k, v in (result.get("metrics") or {}).items()}
@@ -219,7 +226,8 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
     key = group_key(config) if config else {"dir": str(run_dir)}
     return Run(
         dir=run_dir, name=name or run_dir.name, config=config, metrics=metrics, history=read_history(run_dir),
-        status=status, reason=reason, step=result.get("step"), total_steps=result.get("total_steps"),
+        status=status, reason=reason, provenance=[p for p in result.get("provenance") or [] if isinstance(p, dict)],
+        step=result.get("step"), total_steps=result.get("total_steps"),
         paradigm=paradigm_name(raw_paradigm), dataset=str(dataset), seed=seed if isinstance(seed, int) else None,
         mode=str(block.get("mode", "?")), label=variant_label(config) if config else "?", width=width,
         depth=block.get("depth") if isinstance(block.get("depth"), int) else None,

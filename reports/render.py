@@ -64,7 +64,8 @@ def header_blocks(report: Any) -> list[Block]:
         counts[run.status] = counts.get(run.status, 0) + 1
     m = report.machine
     items = [
-        f"commit: {report.commit}",
+        "code of the runs: " + (", ".join(f"{c} ({n} runs)" for c, n in report.run_commits.items()) or "-"),
+        f"report built at commit: {report.commit}",
         f"date: {report.date}",
         *[f"command: `{c}`" for c in report.commands],
         f"report command: `{report.report_command}`",

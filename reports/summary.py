@@ -63,7 +63,7 @@ def insight_entry(result: InsightResult) -> dict[str, Any]:
 def summary(report: Any) -> dict[str, Any]:
     """Everything the README shows, as one JSON-ready dict."""
     return clean({
-        "title": report.title, "commit": report.commit, "date": report.date, "commands": report.commands,
+        "title": report.title, "commit": report.commit, "run_commits": report.run_commits, "date": report.date, "commands": report.commands,
         "report_command": report.report_command, "inputs": report.inputs, "machine": report.machine,
         "seeds": report.seeds, "total_train_s": report.total_train_s, "rule": RULE,
         "insight_texts": {str(k): {"name": v[0], "method": v[1]} for k, v in INSIGHTS.items()},

@@ -87,7 +87,7 @@ def test_final_evaluation_reuses_the_last_validation_and_scores_test_once(tmp_pa
         assert result["metrics"][key] == last[key], key
     assert not any(k.startswith("train/") and k != "train/steps" for k in result["metrics"])
     # the reused record equals what a fresh evaluation of the final weights gives
-    ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     paradigm = ToyParadigm({}, {"width": 32}, torch.device("cpu"), seed=0, batch_size=128)
     data = paradigm.build_data()
     model = paradigm.build_model(data, BlockSpec.from_dict(dict(mode="tied", depth=4)))
@@ -177,7 +177,7 @@ def test_corrupt_or_foreign_checkpoint_is_an_error_naming_the_file(tmp_path):
     with pytest.raises(rundir.CheckpointError, match=str(tmp_path / "checkpoint.pt")):
         train(cfg(**{"train.max_steps": 20}), tmp_path)
     assert (tmp_path / "checkpoint.pt").read_bytes() == b"not a checkpoint"  # never overwritten
-    with pytest.raises(rundir.CheckpointError, match="resume=false"):
+    with pytest.raises(rundir.RunDirError, match="resume=false"):
         train(cfg(**{"train.max_steps": 20}) | {"resume": "false"}, tmp_path)
 
 
@@ -256,8 +256,8 @@ def test_deterministic_on_cpu(tmp_path):
     a = train(cfg(**{"block.mode": "deq"}), tmp_path / "a")["metrics"]
     b = train(cfg(**{"block.mode": "deq"}), tmp_path / "b")["metrics"]
     assert a["val/loss"] == b["val/loss"] and a["test/acc"] == b["test/acc"]
-    assert torch.equal(torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]["head.weight"],
-                       torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]["head.weight"])
+    assert torch.equal(torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]["head.weight"],
+                       torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]["head.weight"])
 
 
 @pytest.mark.slow

@@ -10,18 +10,20 @@ from typing import Any
 import pytest
 import yaml
 
+from tiedlab.paradigms import rundir
+
 
 def write_run(root: Path, name: str, *, paradigm: str = "vision", dataset: str = "cifar10", mode: str = "tied",
               width: int = 32, depth: int = 4, seed: int = 0, val: float | None = 0.9, test: float | None = None,
               metric: str = "acc", status: str | None = "completed", reason: str = "", mask: dict | None = None,
               solver: str = "anderson", grad: str = "ift", jac: float = 0.0, train_s: float = 10.0,
               params: int | None = None, memory: float = 100.0, history: list[tuple[float, float]] | None = None,
-              extra: dict[str, Any] | None = None) -> Path:
+              extra: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> Path:
     """One run dir: config.yaml always; metrics.json unless ``status`` is None; history.jsonl from ``history``."""
     run = root / name
     run.mkdir(parents=True)
     config = {
-        "paradigm": paradigm, "seed": seed, "resume": "auto", "run_dir": None, "data": {"name": dataset},
+        "paradigm": paradigm, "seed": seed, "resume": "auto", "run_dir": None, "data": {"name": dataset, **(data or {})},
         "model": {"width": width},
         "block": {"mode": mode, "depth": depth, "eval_depth": None, "norm": "none",
                   "jacobian_samples": 1 if jac else 0},
@@ -56,7 +58,8 @@ def write_run(root: Path, name: str, *, paradigm: str = "vision", dataset: str =
     metrics.update(extra or {})
     (run / "metrics.json").write_text(json.dumps({
         "status": status, "reason": reason, "step": 100 if status == "completed" else 40, "total_steps": 100,
-        "paradigm": paradigm, "dataset": dataset, "data": {"dataset": dataset}, "fingerprint": "x",
+        "paradigm": paradigm, "dataset": dataset, "data": {"dataset": dataset}, "fingerprint": rundir.fingerprint(config),
+        "provenance": [{"commit": "abc1234", "dirty": False, "host": "testhost", "started": "2026-01-01T00:00:00+00:00"}],
         "metrics": metrics}))
     return run
 

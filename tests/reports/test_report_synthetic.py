@@ -44,7 +44,9 @@ def test_header_names_commit_commands_seeds_machine(synthetic_report):
     assert summary["commands"] == ["make runs", "tiedlab-study demo"]
     assert "command: `make runs`" in readme and "command: `tiedlab-study demo`" in readme
     assert "report command: `tiedlab-report " in readme
-    assert summary["commit"] != "" and f"commit: {summary['commit']}" in readme
+    assert summary["commit"] != "" and f"report built at commit: {summary['commit']}" in readme
+    # the runs' own commits (from their metrics.json), not the checkout's; runs without metrics count as unknown
+    assert summary["run_commits"]["abc1234"] >= 40 and "code of the runs: abc1234 (" in readme
     assert summary["seeds"] == [0, 1, 2, 3] and "seeds: 0, 1, 2, 3" in readme
     assert summary["machine"]["cpus"] >= 1 and "CUDA device:" in readme and "torch" in summary["machine"]
     # 12 tied@32 + 9 masked + 3 w64 at 10 s; DEQ 3 x 40 + 12 (diverged) + 3 x 40 + 40; graph/ssl/language 14 x 10.

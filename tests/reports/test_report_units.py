@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-import yaml
 
 from tiedlab.reports.aggregate import Stat
 from tiedlab.reports.cli import main
@@ -127,10 +126,7 @@ def test_cross_validation_folds_are_replicates_of_one_cell(tmp_path):
     from .conftest import write_run
 
     for fold, acc in enumerate([0.8, 0.9, 0.7]):
-        run = write_run(tmp_path, f"f{fold}", paradigm="graph", dataset="MUTAG", val=acc)
-        cfg = yaml.safe_load((run / "config.yaml").read_text())
-        cfg["data"]["fold"] = fold
-        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        write_run(tmp_path, f"f{fold}", paradigm="graph", dataset="MUTAG", val=acc, data={"fold": fold})
     write_run(tmp_path, "other", paradigm="graph", dataset="MUTAG", width=64, val=0.5)
     cells = group_cells(load_runs([tmp_path]))
     assert sorted(len(c.runs) for c in cells) == [1, 3]

@@ -22,6 +22,7 @@ class ToyData:
     name: str = "digits"
     limit: int | None = None
     nan_input_after: int | None = None  # test hook: poison the inputs after this many training steps
+    fail_after: int | None = None  # test hook: raise a RuntimeError after this many training steps
 
 
 @dataclass
@@ -97,6 +98,8 @@ class ToyParadigm(Paradigm):
     def training_step(self, model: nn.Module, batch: Any) -> StepOutput:
         x, y = batch
         self.steps = getattr(self, "steps", 0) + 1
+        if self.data_opts.fail_after is not None and self.steps > self.data_opts.fail_after:
+            raise RuntimeError(f"planted failure after {self.data_opts.fail_after} steps")
         if self.data_opts.nan_input_after is not None and self.steps > self.data_opts.nan_input_after:
             x = x * float("nan")
         logits, stats = model(x)

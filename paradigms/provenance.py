@@ -1,0 +1,92 @@
+"""Where a result came from: the code's commit, packages, machine, device, times and command.
+
+Every run directory records ``run_provenance()`` in metrics.json (one entry per process that trained it), and
+the report's header lists the commits of the runs it read. Imports nothing heavy (no torch).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+# The packages whose versions change what a run computes.
+PACKAGES = ("torch", "torchvision", "numpy", "scipy", "torch-geometric", "transformers", "tokenizers", "lightly",
+            "hydra-core", "omegaconf")
+CODE_DIR = Path(__file__).resolve().parents[1]  # the checkout (or installed tree) this code runs from
+
+
+def _git(args: list[str], cwd: str | Path | None) -> str | None:
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """``git rev-parse --short HEAD`` in ``cwd`` (default: the current folder), "unknown" outside a repo."""
+    out = (_git(["rev-parse", "--short", "HEAD"], cwd) or "").strip()
+    return out or "unknown"
+
+
+def code_version() -> dict[str, Any]:
+    """The commit of the code that is running (not of the current folder) and whether its tree was dirty
+    (tracked files changed; None when it is not a git checkout)."""
+    commit = git_commit(CODE_DIR)
+    status = _git(["status", "--porcelain", "--untracked-files=no"], CODE_DIR) if commit != "unknown" else None
+    return {"commit": commit, "dirty": None if status is None else bool(status.strip()), "path": str(CODE_DIR)}
+
+
+def package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cuda_device() -> str:
+    """The CUDA device name: from torch when the caller already imported it, else nvidia-smi, else "none"."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                return torch.cuda.get_device_name(0)
+        except Exception:  # noqa: BLE001 - a broken CUDA setup just means no device name
+            pass
+    if shutil.which("nvidia-smi"):
+        try:
+            proc = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                  text=True, timeout=10)
+            names = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+            if proc.returncode == 0 and names:
+                return ", ".join(names)
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return "none"
+
+
+def machine() -> dict[str, Any]:
+    """Platform, Python, CPU count, torch version (without importing torch) and CUDA device."""
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "torch": package_version("torch"), "cuda_device": cuda_device()}
+
+
+def now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def run_provenance(device: str, threads: int | None = None) -> dict[str, Any]:
+    """What one process that trains a run records at its start (``ended`` is filled in at its end)."""
+    return {**code_version(), "packages": {name: package_version(name) for name in PACKAGES},
+            "host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "device": device, "threads": threads,
+            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]), "started": now(), "ended": None}

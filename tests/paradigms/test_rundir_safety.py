@@ -1,0 +1,260 @@
+"""Run directories that cannot be hijacked, overwritten or redone, errors in one line, runs that say where they
+came from (the reliability issue): each case here failed before the fix."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tiedlab.paradigms import engine, rundir
+from tiedlab.paradigms.engine import train
+
+TESTS = Path(__file__).resolve().parents[1]
+TOY = "support.toy:ToyParadigm"
+BASE = dict(paradigm=TOY, data={}, model={"width": 16},
+            train=dict(batch_size=128, epochs=None, max_steps=10, eval_every=5, ckpt_every=5, progress=False,
+                       threads=1),
+            optim=dict(lr=0.01))
+
+
+def cfg(**changes):
+    out = json.loads(json.dumps(BASE))
+    for key, value in changes.items():
+        node = out
+        *path, last = key.split(".")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return out
+
+
+def cli(args: list[str], runs: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "tiedlab.paradigms.cli", "paradigm=toy",
+           f"hydra.searchpath=[file://{TESTS / 'support' / 'configs'}]", "train.progress=false", "train.threads=1",
+           "train.max_steps=6", "train.eval_every=3", "train.ckpt_every=3", "model.width=8", *args]
+    full_env = {**os.environ, "TIEDLAB_RUNS": str(runs), "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1",
+                **(env or {})}
+    full_env.pop("TIEDLAB_TRACEBACK", None) if env is None or "TIEDLAB_TRACEBACK" not in env else None
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=240)
+
+
+class Payload:
+    """Unpickling this runs ``touch MARKER``: what a planted checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+def test_planted_pickle_payload_in_a_checkpoint_does_not_run(tmp_path):
+    run = tmp_path / "run"
+    config = engine.as_config(cfg())
+    run.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"format": rundir.CHECKPOINT_FORMAT, "fingerprint": engine.fingerprint(config),
+                "model": Payload(marker)}, run / rundir.CHECKPOINT)
+    with pytest.raises(rundir.CheckpointError, match=str(run / rundir.CHECKPOINT)):
+        train(config, run)
+    assert not marker.exists(), "the checkpoint's pickle payload ran"
+    # the same file through the plain pickle loader would have run it: the test plants a live payload
+    torch.load(run / rundir.CHECKPOINT, weights_only=False)
+    assert marker.exists()
+
+
+def test_checkpoint_holds_only_tensors_and_plain_values_and_resumes_exactly(tmp_path):
+    """A run checkpointed at step 5 and resumed ends where an uninterrupted one does (RNG states included),
+    and its checkpoint loads with weights_only=True."""
+    whole = train(cfg(), tmp_path / "whole")["metrics"]
+    part = train(cfg(**{"train.time_limit_s": 0.0}), tmp_path / "part")  # stops after its first step
+    assert part["status"] == "completed" and part["step"] == 1
+    state = torch.load(tmp_path / "part" / rundir.CHECKPOINT, weights_only=True)
+    assert isinstance(state["rng"]["python"], list) and torch.is_tensor(state["rng"]["numpy"]["keys"])
+    (tmp_path / "part" / rundir.METRICS).unlink()  # pretend it was killed after that checkpoint
+    (tmp_path / "part" / rundir.CONFIG).unlink()
+    resumed = train(cfg(), tmp_path / "part")
+    assert resumed["status"] == "completed"
+    assert resumed["metrics"]["val/loss"] == whole["val/loss"] and resumed["metrics"]["test/acc"] == whole["test/acc"]
+
+
+# ------------------------------------------------------------------------------- finished runs
+def test_a_finished_run_is_not_overwritten_by_another_config(tmp_path):
+    train(cfg(), tmp_path)
+    (tmp_path / rundir.CHECKPOINT).unlink()
+    before = (tmp_path / rundir.METRICS).read_bytes()
+    with pytest.raises(rundir.RunDirError, match=r"holds a completed run of another config"):
+        train(cfg(**{"optim.lr": 0.02}), tmp_path)
+    assert (tmp_path / rundir.METRICS).read_bytes() == before
+
+
+def test_a_finished_run_is_not_redone(tmp_path, monkeypatch):
+    train(cfg(), tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != rundir.LOCK}
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a finished run loaded its data again")
+
+    monkeypatch.setattr("support.toy.ToyParadigm.build_data", no_loading)
+    result = train(cfg(), tmp_path)
+    assert result["status"] == "completed"
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != rundir.LOCK}
+    assert after == before  # memory/peak_mb and every other file untouched
+
+
+def test_ignored_options_warn_and_stay_out_of_the_fingerprint(tmp_path, capsys):
+    plain = engine.fingerprint(engine.as_config(cfg()))
+    assert engine.fingerprint(engine.as_config(cfg(**{"grad.mode": "phantom", "solver.name": "broyden"}))) == plain
+    assert engine.fingerprint(engine.as_config(cfg(**{"mask.sparsity": 0.5}))) == plain
+    assert engine.fingerprint(engine.as_config(cfg(**{"block.mode": "deq"}))) != \
+        engine.fingerprint(engine.as_config(cfg(**{"block.mode": "deq", "grad.mode": "phantom"})))
+    train(cfg(**{"grad.mode": "phantom", "mask.sparsity": 0.5, "train.max_steps": 2}), tmp_path)
+    err = capsys.readouterr().err
+    assert "[tiedlab] warning: grad.mode=phantom ignored: block.mode=tied" in err
+    assert "[tiedlab] warning: mask.sparsity=0.5 ignored: mask.mode=none" in err
+
+
+# ------------------------------------------------------------------------------------------ the lock
+def test_a_second_process_on_a_run_directory_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from tiedlab.paradigms import rundir\n"
+         f"with rundir.hold_lock(rundir.Path({str(run)!r})):\n    print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(rundir.RunLockedError, match=rf"in use by another process \(pid {holder.pid} on "):
+            train(cfg(), run)
+        assert not (run / rundir.METRICS).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train(cfg(), run)["status"] == "completed"  # the kernel released the dead holder's lock
+
+
+def test_the_same_command_twice_trains_once_and_the_second_says_who_holds_it(tmp_path):
+    runs = tmp_path / "runs"
+    env = {**os.environ, "TIEDLAB_RUNS": str(runs), "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "tiedlab.paradigms.cli", "paradigm=toy",
+            f"hydra.searchpath=[file://{TESTS / 'support' / 'configs'}]", "train.progress=false", "train.threads=1",
+            "train.max_steps=1000000", "train.eval_every=100", "model.width=8", "run_dir=" + str(tmp_path / "run")]
+    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "run" / rundir.METRICS).exists():
+            assert time.monotonic() < deadline and first.poll() is None, "the first run never started"
+            time.sleep(0.05)
+        second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=240)
+        assert second.returncode != 0
+        assert "Traceback" not in second.stderr
+        assert f"is in use by another process (pid {first.pid} on" in second.stderr
+        assert first.poll() is None  # still training, undisturbed
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    steps = [r["step"] for r in rundir.read_history(tmp_path / "run")]
+    assert steps == sorted(set(steps))  # every record once: only one process wrote
+
+
+# ------------------------------------------------------------------------------------------ failures
+def test_a_full_disk_records_failed_with_the_reason(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir, "save_checkpoint", full)
+    result = train(cfg(), tmp_path)
+    assert result["status"] == "failed" and "No space left on device" in result["reason"]
+    on_disk = json.loads((tmp_path / rundir.METRICS).read_text())
+    assert on_disk["status"] == "failed" and "No space left on device" in on_disk["reason"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["optim.lr=-1"], "[tiedlab] error: optim.lr=-1.0 must be > 0"),
+    (["block.mode=implicit"], "[tiedlab] error: block mode 'implicit'"),
+    (["data.fail_after=2"], "[tiedlab] failed: "),
+])
+def test_errors_print_one_line_and_exit_non_zero(tmp_path, args, message):
+    done = cli(args, tmp_path)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "HYDRA_FULL_ERROR" not in done.stderr, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("[tiedlab] ")]
+    assert any(line.startswith(message) for line in lines), done.stderr[-2000:]
+    if args == ["data.fail_after=2"]:
+        assert "RuntimeError at step 2: planted failure" in done.stderr
+        (trace,) = tmp_path.rglob(rundir.TRACEBACK)  # the crash's traceback is kept in the run directory
+        assert "Traceback" in trace.read_text() and str(trace) in done.stderr
+
+
+def test_the_traceback_is_one_variable_away(tmp_path):
+    done = cli(["optim.lr=-1"], tmp_path, env={"TIEDLAB_TRACEBACK": "1", "HYDRA_FULL_ERROR": "1"})
+    assert done.returncode != 0 and "Traceback" in done.stderr and "optim.lr=-1.0 must be > 0" in done.stderr
+
+
+def test_a_study_with_a_failed_run_counts_it_and_exits_non_zero(tmp_path, monkeypatch, capsys):
+    from tiedlab.paradigms import cli as cli_module
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / "toy.yaml").write_text(yaml.safe_dump({"name": "toy", "grids": [{
+        "name": "toy_grid", "sweep": {"data.fail_after": ["null", 2]},
+        "overrides": ["paradigm=toy", f"hydra.searchpath=[file://{TESTS / 'support' / 'configs'}]",
+                      "train.max_steps=4", "train.eval_every=2", "train.threads=1", "model.width=8"]}]}))
+    monkeypatch.setattr(cli_module, "study_dir", lambda: studies)
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cli_module.study(["toy", "--runs", str(tmp_path / "runs"), "--no-report"]) == 1
+    out = capsys.readouterr().out
+    assert "runs: 1 completed, 0 diverged, 1 failed, 0 unfinished, 0 unreadable" in out
+
+
+# ---------------------------------------------------------------------------------------- provenance
+def test_every_run_records_where_it_came_from(tmp_path):
+    result = train(cfg(**{"train.time_limit_s": 0.0}), tmp_path)
+    (tmp_path / rundir.METRICS).unlink()
+    result = train(cfg(), tmp_path)  # resumed by a second process: two entries
+    sessions = result["provenance"]
+    assert len(sessions) == 1  # metrics.json was gone, so only this process's entry
+    p = sessions[0]
+    for key in ("commit", "dirty", "packages", "host", "device", "threads", "command", "started", "ended"):
+        assert key in p, key
+    assert p["device"] == "cpu" and p["threads"] == 1 and p["ended"] >= p["started"]
+    assert p["packages"]["torch"] == torch.__version__.split("+")[0] or p["packages"]["torch"] in torch.__version__
+    assert len(p["commit"]) >= 7 and isinstance(p["dirty"], bool)  # tests run from a git checkout
+    assert json.loads((tmp_path / rundir.METRICS).read_text())["provenance"] == sessions
+
+
+def test_a_resumed_run_keeps_every_process_in_its_provenance(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(rundir, "save_checkpoint", full)
+        assert train(cfg(), tmp_path)["status"] == "failed"
+    result = train(cfg(), tmp_path)  # the failed run is retried in the same directory
+    assert result["status"] == "completed" and len(result["provenance"]) == 2
+
+
+# ------------------------------------------------------------------------------------------- report
+def test_the_report_refuses_a_config_edited_after_the_run(tmp_path):
+    from tiedlab.reports.load import load_run
+
+    train(cfg(), tmp_path)
+    assert load_run(tmp_path).status == "completed"
+    config = yaml.safe_load((tmp_path / rundir.CONFIG).read_text())
+    assert rundir.fingerprint(config) == json.loads((tmp_path / rundir.METRICS).read_text())["fingerprint"]
+    config["optim"]["lr"] = 0.5
+    (tmp_path / rundir.CONFIG).write_text(yaml.safe_dump(config))
+    run = load_run(tmp_path)
+    assert run.status == "unreadable" and "does not match the fingerprint in metrics.json" in run.reason
+    assert run.key == {"dir": str(tmp_path)}  # not filed under the edited config's cell
