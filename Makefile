@@ -1,5 +1,5 @@
 # The README's commands. Each sets up everything it needs on a fresh machine (.ci/env.sh builds or
-# reuses a pinned virtual environment outside the clone, then installs tiedlab in editable mode).
+# reuses the pinned dependency environment outside the clone, and this checkout's own .venv/ on top of it).
 SHELL := /bin/bash
 export TIEDLAB_DATA ?= $(abspath ../shared/data)
 export HF_HUB_OFFLINE := 1

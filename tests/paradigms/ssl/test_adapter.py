@@ -380,7 +380,8 @@ def test_engine_stops_on_bad_input_before_training(tmp_path, data, batch_size, m
                train=dict(batch_size=batch_size, epochs=None, max_steps=2, eval_every=1, progress=False))
     with pytest.raises(ValueError, match=match):
         train(cfg, tmp_path)
-    assert not any(tmp_path.iterdir())  # no config, history, metrics or checkpoint: nothing ran
+    # no config, history, metrics or checkpoint: nothing ran (only the run directory's lock file was opened)
+    assert [p.name for p in tmp_path.iterdir()] == ["run.lock"]
 
 
 def test_views_reject_a_crop_larger_than_the_images():
