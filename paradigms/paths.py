@@ -265,7 +265,7 @@ def _mismatch(path: Path, root: Path, expected: str, actual: str, count: int) ->
     others = f" ({count - 1} more listed file(s) also differ)" if count > 1 else ""
     return DataIntegrityError(
         f"{path} does not match {root / SUMS_NAME}: sha256 {actual[:12]}... ({path.stat().st_size:,} bytes), "
-        f"expected {expected[:12]}...{others}. The file is damaged, truncated or was replaced. Fix: restore it "
+        f"expected {expected[:12]}...{others}; the file is damaged, truncated or was replaced. Fix: restore it "
         f"from the original data, or, if the new content is intended, update its line in {SUMS_NAME} "
         f"(sha256sum ./{_relative(path, root)})."
     )
