@@ -45,7 +45,8 @@ expected layout under the data root:
   planetoid/{cora,citeseer}.npz and planetoid/raw/ind.*
   tu-gin/<NAME>/<NAME>.txt and tu-gin/<NAME>/10fold_idx/
   tinyshakespeare/input.txt
-  austen/austen.txt"""
+  austen/austen.txt
+  SHA256SUMS                           (optional, sha256sum output: every file read is checked against it)"""
 
 
 class DataNotFoundError(FileNotFoundError):
