@@ -2,7 +2,9 @@
 
 Everything is read from the read-only data root (``$TIEDLAB_DATA``, see :mod:`tiedlab.paradigms.paths`).
 The only thing ever written is PyG's own processed copy of Planetoid (``source="pyg"``), which goes to the
-cache dir (``$TIEDLAB_CACHE``), never next to the data.
+cache dir (``$TIEDLAB_CACHE``), never next to the data. Every file read is first checked against the
+root's ``SHA256SUMS`` when it has one (``DataIntegrityError``); a file that cannot be parsed raises
+``DataFormatError`` naming it. Both are ``ValueError`` subclasses.
 
 Public API:
     load_planetoid(name, *, source="npz", download=False, normalize_features=False) -> Data
@@ -26,7 +28,16 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
-from tiedlab.paradigms.paths import DataNotFoundError, cache_dir, data_path, data_root
+from tiedlab.paradigms.paths import (
+    DataFormatError,
+    DataNotFoundError,
+    cache_dir,
+    data_path,
+    data_root,
+    read_npz,
+    read_text_file,
+    verify_files,
+)
 
 __all__ = [
     "PLANETOID_NAMES",
@@ -94,11 +105,8 @@ def sparse_features(x: Tensor, layout: Literal["coo", "csr"] = "coo") -> Tensor:
 
 def _planetoid_from_npz(key: str) -> Data:
     path = data_path("planetoid", f"{key}.npz")
-    with np.load(path) as z:
-        missing = [k for k in ("x", "y", "edge_index", *_MASKS) if k not in z.files]
-        if missing:
-            raise ValueError(f"{path}: missing arrays {missing}; it holds {sorted(z.files)}")
-        arrays = {k: z[k] for k in ("x", "y", "edge_index", *_MASKS)}
+    fix = f"copy planetoid/{key}.npz again from the shared data folder, or use source='pyg'"
+    arrays = read_npz(path, ("x", "y", "edge_index", *_MASKS), fix=fix)
     return Data(
         x=torch.from_numpy(arrays["x"]).to(torch.float32),
         y=torch.from_numpy(arrays["y"]).to(torch.int64),
@@ -137,6 +145,7 @@ def _planetoid_from_pyg(key: str, download: bool) -> Data:
 
     copied = False
     if raw_src is not None and not missing:
+        verify_files(raw_src / f for f in files)
         for f in files:
             copied |= _copy_if_changed(raw_src / f, raw_cache / f)
     elif not download and not all((raw_cache / f).is_file() for f in files):
@@ -182,6 +191,12 @@ def load_planetoid(
     Shapes: x (N, F) float32, y (N,) int64, edge_index (2, E) int64 (both directions, no self loops),
         train_mask/val_mask/test_mask (N,) bool; ``data.num_classes`` is an int.
         Cora N=2708 F=1433 C=7 E=10556; CiteSeer N=3327 F=3703 C=6 E=9104.
+
+    Raises:
+        ValueError: unknown ``name`` or ``source``.
+        DataNotFoundError: the npz (or, for ``source="pyg"``, a raw file) is missing.
+        DataIntegrityError: a file read differs from its line in ``<root>/SHA256SUMS``.
+        DataFormatError: the npz is truncated, not an npz, or lacks an array (names the file).
     """
     key = _planetoid_name(name)
     if source == "npz":
@@ -318,11 +333,12 @@ def _parse_gin_txt(path: Path) -> tuple[list[int], list[int], np.ndarray, np.nda
     Returns (nodes per graph, graph labels, node tags (total_nodes,), edge src, edge dst) where the
     edges use global node ids (graph offset + local id) exactly as listed in the file.
     """
-    lines = path.read_text().split("\n")
+    fix = f"copy {path.parent.name}/{path.name} again from the shared data folder"
+    lines = read_text_file(path, fix=fix).split("\n")
     nlines = len(lines)
 
-    def bad(lineno: int, msg: str) -> ValueError:  # lineno is 1-based
-        return ValueError(f"{path}: line {lineno}: {msg}")
+    def bad(lineno: int, msg: str) -> DataFormatError:  # lineno is 1-based
+        return DataFormatError(f"{path}: line {lineno}: {msg}. Fix: {fix}")
 
     def ints(i: int) -> list[int]:
         if i >= nlines or not lines[i].strip():
@@ -384,53 +400,66 @@ def _parse_gin_txt(path: Path) -> tuple[list[int], list[int], np.ndarray, np.nda
 
 
 def _read_ids(path: Path) -> np.ndarray:
+    """The integer graph ids of one fold file, or DataFormatError naming it."""
+    fix = "copy the 10fold_idx folder again from the shared data folder"
     try:
-        return np.asarray([int(t) for t in path.read_text().split()], dtype=np.int64)
+        return np.asarray([int(t) for t in read_text_file(path, fix=fix).split()], dtype=np.int64)
+    except DataFormatError:
+        raise
     except ValueError as err:
-        raise ValueError(f"{path}: expected one integer graph id per line ({err})") from None
+        raise DataFormatError(f"{path}: expected one integer graph id per line ({err}). Fix: {fix}") from None
 
 
 def _line_of(ids: np.ndarray, value: int) -> int:
     return int(np.flatnonzero(ids == value)[0]) + 1
 
 
+def _fold_files(folder: Path) -> list[Path]:
+    """The 20 fold files ``{train,test}_idx-{1..10}.txt``, all present and checked against SHA256SUMS."""
+    paths = [folder / f"{split}_idx-{k}.txt" for k in range(1, NUM_FOLDS + 1) for split in ("train", "test")]
+    for path in paths:
+        if not path.is_file():
+            raise DataNotFoundError(f"missing fold file {path}")
+    verify_files(paths)
+    return paths
+
+
 def _read_folds(folder: Path, num_graphs: int) -> list[tuple[Tensor, Tensor]]:
     folds: list[tuple[Tensor, Tensor]] = []
     tested_in = np.full(num_graphs, -1, dtype=np.int64)
+    _fold_files(folder)
     for k in range(1, NUM_FOLDS + 1):
         parts = {}
         for split in ("train", "test"):
             path = folder / f"{split}_idx-{k}.txt"
-            if not path.is_file():
-                raise DataNotFoundError(f"missing fold file {path}")
             ids = _read_ids(path)
             out = ids[(ids < 0) | (ids >= num_graphs)]
             if out.size:
-                raise ValueError(
+                raise DataFormatError(
                     f"{path}: line {_line_of(ids, out[0])}: graph id {int(out[0])} out of range "
                     f"[0, {num_graphs}) (the dataset has {num_graphs} graphs)"
                 )
             uniq, counts = np.unique(ids, return_counts=True)
             if (counts > 1).any():
                 dup = int(uniq[counts > 1][0])
-                raise ValueError(f"{path}: graph id {dup} is listed {int(counts[counts > 1][0])} times")
+                raise DataFormatError(f"{path}: graph id {dup} is listed {int(counts[counts > 1][0])} times")
             parts[split] = (path, ids)
         (train_path, train), (test_path, test) = parts["train"], parts["test"]
         both = np.intersect1d(train, test)
         if both.size:
-            raise ValueError(
+            raise DataFormatError(
                 f"{test_path}: graph id {int(both[0])} is in both {train_path.name} and {test_path.name}"
             )
         if train.size + test.size != num_graphs:
             missing = np.setdiff1d(np.arange(num_graphs), np.concatenate([train, test]))
-            raise ValueError(
+            raise DataFormatError(
                 f"{train_path} + {test_path.name}: graph id {int(missing[0])} is in neither "
                 f"({missing.size} of {num_graphs} graphs missing); train and test must partition the graphs"
             )
         prev = tested_in[test]
         if (prev >= 0).any():
             j = int(np.flatnonzero(prev >= 0)[0])
-            raise ValueError(
+            raise DataFormatError(
                 f"{test_path}: graph id {int(test[j])} is also in test_idx-{int(prev[j])}.txt; "
                 "test folds must be disjoint"
             )
@@ -454,6 +483,12 @@ def load_tu(name: str, *, degree_as_tag: bool | None = None, max_degree: int | N
     NCI109, IMDBBINARY, IMDBMULTI.
 
     Shapes: graphs[i].x (n_i, F) float32, .edge_index (2, e_i) int64, .y (1,) int64.
+
+    Raises:
+        ValueError: unknown ``name`` (lists the valid ones) or a bad ``max_degree``.
+        DataNotFoundError: the dataset file or a fold file is missing.
+        DataIntegrityError: a file read differs from its line in ``<root>/SHA256SUMS``.
+        DataFormatError: a file is empty, not UTF-8 or not in the GIN format (names file and line).
     """
     key = _tu_name(name)
     path = data_path("tu-gin", key, f"{key}.txt")

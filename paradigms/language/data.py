@@ -7,6 +7,10 @@ source file's size/mtime, the tokenizer kind, ``vocab_size`` (BPE), ``val_fracti
 
 Val characters outside a char-level train vocabulary (none for tiny-shakespeare) are mapped to
 ``[UNK]``, logged, and listed in :attr:`Corpus.val_unknown_chars`.
+
+The source file is checked against the data root's ``SHA256SUMS`` on every load, cached tokens or not
+(``DataIntegrityError``: a half-length copy does not train as "Tiny Shakespeare"); an empty or non-UTF-8
+source raises ``DataFormatError`` naming it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from ..paths import cache_dir, data_path
+from ..paths import DataFormatError, cache_dir, data_path, read_text_file
 from . import tokenizer as _tok
 
 log = logging.getLogger(__name__)
@@ -80,9 +84,15 @@ def read_text(name: str) -> str:
     Raises:
         ValueError: unknown ``name`` (lists the valid ones).
         DataNotFoundError: the file is missing under ``$TIEDLAB_DATA``.
+        DataIntegrityError: the file differs from its line in ``<root>/SHA256SUMS``.
+        DataFormatError: the file is empty or not UTF-8 (names it).
     """
-    with open(_source_path(name), encoding="utf-8", newline="") as f:
-        return f.read()
+    return read_text_file(_source_path(name), fix=_restore_hint(name))
+
+
+def _restore_hint(name: str) -> str:
+    """How to fix a damaged source file of corpus ``name``."""
+    return f"copy {'/'.join(_source(name).parts)} again from the shared data folder"
 
 
 def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
@@ -101,6 +111,28 @@ def _source(name: str) -> _Source:
     if name not in CORPORA:
         raise ValueError(f"unknown corpus {name!r}; valid names: {sorted(CORPORA)}")
     return CORPORA[name]
+
+
+def _check_split(
+    name: str, path: Path, n_chars: int, train: str, val: str, max_chars: int | None, val_fraction: float
+) -> None:
+    """Both splits must hold text: else the config (``max_chars``, ``val_fraction``) or the file is at fault.
+
+    Raises:
+        ValueError: ``max_chars`` cut the text too short for ``val_fraction``.
+        DataFormatError: the file itself is too short (names it).
+    """
+    if train and val:
+        return
+    if max_chars is not None and n_chars == max_chars:
+        raise ValueError(
+            f"max_chars={max_chars} leaves an empty {'train' if not train else 'val'} split at "
+            f"val_fraction={val_fraction}; raise max_chars or move val_fraction towards 0.5"
+        )
+    raise DataFormatError(
+        f"{path} holds only {n_chars} character(s), too few to split into train and val at "
+        f"val_fraction={val_fraction}. Fix: {_restore_hint(name)}"
+    )
 
 
 def _source_path(name: str) -> Path:
@@ -254,6 +286,8 @@ def load_corpus(
     Raises:
         ValueError: unknown ``name`` or ``tokenizer`` kind (lists the valid ones), bad ``val_fraction``.
         DataNotFoundError: the source file is missing under ``$TIEDLAB_DATA``.
+        DataIntegrityError: the source file differs from its line in ``<root>/SHA256SUMS``.
+        DataFormatError: the source file is empty, not UTF-8 or too short to split (names it).
     """
     src = _source(name)
     kind = src.default_tokenizer if tokenizer is None else tokenizer
@@ -292,6 +326,7 @@ def load_corpus(
     if max_chars is not None:
         text = text[:max_chars]
     train_text, val_text = split_text(text, val_fraction)
+    _check_split(name, path, len(text), train_text, val_text, max_chars, val_fraction)
     if kind == "char":
         tok = _tok.train_char_tokenizer(train_text)
     else:

@@ -16,8 +16,11 @@ Where the data come from (first hit wins; ``<root>`` is ``$TIEDLAB_DATA``, ``<ca
   ``<root>/fashion-mnist/FashionMNIST/raw``, then ``<cache>/fashion-mnist``, then a download.
 - ``digits``: sklearn's bundled ``load_digits`` (8x8, scaled from 0..16 to 0..255).
 
-A file that exists but is damaged raises ``ValueError`` naming the file (it never silently falls
+Every data-root file read is first checked against ``<root>/SHA256SUMS`` when the root has one
+(:class:`DataIntegrityError` on a mismatch; see :func:`tiedlab.paradigms.paths.verify_files`). A file
+that exists but is damaged raises :class:`DataFormatError` naming the file (it never silently falls
 back to another source); nothing found raises :class:`DataNotFoundError` listing every path tried.
+Both errors are ``ValueError`` subclasses.
 
 Ordering: the train split keeps the source order (the official order for MNIST and Fashion-MNIST;
 class-grouped for the CIFAR-10 JPEG copy) with the validation images taken out, so with
@@ -34,12 +37,22 @@ import os
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
 
-from tiedlab.paradigms.paths import DATA_ENV, DataNotFoundError, cache_dir, data_root
+from tiedlab.paradigms.paths import (
+    DATA_ENV,
+    DataFormatError,
+    DataIntegrityError,
+    DataNotFoundError,
+    cache_dir,
+    data_root,
+    read_npz,
+    verify_files,
+)
 
 __all__ = [
     "VisionData",
@@ -48,6 +61,8 @@ __all__ = [
     "check_image_shape",
     "read_idx",
     "DataNotFoundError",
+    "DataFormatError",
+    "DataIntegrityError",
 ]
 
 VISION_DATASETS: tuple[str, ...] = ("cifar10", "mnist", "fashion-mnist", "digits")
@@ -158,7 +173,9 @@ def load_vision_data(
         see :class:`VisionData`.
 
     Raises:
-        ValueError: unknown name, bad sizes, or a damaged data file (named in the message).
+        ValueError: unknown name or bad sizes.
+        DataIntegrityError: a data file differs from its line in ``<root>/SHA256SUMS`` (named).
+        DataFormatError: a damaged data file (named in the message, with the fix).
         DataNotFoundError: no copy of the data found (the message lists the paths tried).
     """
     if not isinstance(name, str) or name.strip().lower().replace("_", "-") not in _ALIASES:
@@ -304,8 +321,9 @@ def _torchvision_split(
         train = cls(root=str(root), train=True, download=download)
         test = cls(root=str(root), train=False, download=download)
     except (RuntimeError, OSError, ValueError, EOFError) as exc:
-        raise ValueError(
-            f"torchvision {cls_name} under {root} could not be read ({exc}). "
+        reason = " ".join(str(exc).split())[:200]
+        raise DataFormatError(
+            f"torchvision {cls_name} under {root} could not be read ({type(exc).__name__}: {reason}). "
             f"Fix: delete that folder and copy it again, or pass download=True."
         ) from exc
 
@@ -322,20 +340,29 @@ def _torchvision_split(
     return tx, ty, ex, ey, classes
 
 
-def _load_npz(path: Path, keys: tuple[str, ...], fix: str) -> dict[str, np.ndarray]:
-    """All ``keys`` of an .npz, or ValueError naming the file."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            names = list(z.files)
-            arrays = {k: z[k] for k in keys if k in names}
-    except (ValueError, zipfile.BadZipFile, EOFError, OSError, zlib.error, KeyError) as exc:
-        raise ValueError(
-            f"{path} is truncated or not a valid .npz file ({type(exc).__name__}: {exc}). Fix: {fix}"
-        ) from exc
-    missing = [k for k in keys if k not in arrays]
-    if missing:
-        raise ValueError(f"{path} lacks the keys {missing} (it has {sorted(names)}). Fix: {fix}")
-    return arrays
+# the files torchvision reads from its folders (with download=False), relative to the root it is given
+_TORCHVISION_FILES: dict[str, tuple[str, ...]] = {
+    "CIFAR10": tuple(
+        f"cifar-10-batches-py/{f}"
+        for f in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+                  "test_batch", "batches.meta")
+    ),
+    "MNIST": tuple(f"MNIST/raw/{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")),
+    "FashionMNIST": tuple(
+        f"FashionMNIST/raw/{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")
+    ),
+}
+
+
+def _verify_existing(paths: Iterable[Path]) -> None:
+    """Check the given data-root files that exist against SHA256SUMS (torchvision reports missing ones)."""
+    verify_files(p for p in paths if p.is_file())
+
+
+def _torchvision_from_root(cls_name: str, root: Path) -> tuple[torch.Tensor, ...]:
+    """Train/test tensors from a torchvision folder inside the data root, its files verified first."""
+    _verify_existing(root / f for f in _TORCHVISION_FILES[cls_name])
+    return _torchvision_split(cls_name, root, download=False)[:4]
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,18 +384,18 @@ def _decode_jpegs(buffers: list[torch.Tensor]) -> list[torch.Tensor]:
 def _decode_split(path: Path, split: str, buf: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> np.ndarray:
     fix = "copy cifar10_jpeg.npz again from the shared data folder (or remove it to fall back to torchvision)"
     if buf.ndim != 1 or buf.dtype != np.uint8:
-        raise ValueError(f"{path}: {split}_jpeg must be a 1-D uint8 buffer, got {buf.dtype} {buf.shape}. Fix: {fix}")
+        raise DataFormatError(f"{path}: {split}_jpeg must be a 1-D uint8 buffer, got {buf.dtype} {buf.shape}. Fix: {fix}")
     n = len(labels)
     if offsets.ndim != 1 or len(offsets) != n + 1:
-        raise ValueError(
+        raise DataFormatError(
             f"{path}: {split}_offsets has {len(offsets)} entries but {split}_labels has {n} "
             f"(expected {n + 1}). Fix: {fix}"
         )
     if n == 0:
-        raise ValueError(f"{path}: the {split} split is empty. Fix: {fix}")
+        raise DataFormatError(f"{path}: the {split} split is empty. Fix: {fix}")
     offsets = offsets.astype(np.int64, copy=False)
     if offsets[0] != 0 or offsets[-1] != len(buf) or np.any(np.diff(offsets) <= 0):
-        raise ValueError(
+        raise DataFormatError(
             f"{path}: {split}_offsets do not match {split}_jpeg (first={int(offsets[0])}, "
             f"last={int(offsets[-1])}, buffer length={len(buf)}, non-increasing steps="
             f"{int(np.sum(np.diff(offsets) <= 0))}). Fix: {fix}"
@@ -379,12 +406,12 @@ def _decode_split(path: Path, split: str, buf: np.ndarray, offsets: np.ndarray, 
         images = _decode_jpegs(pieces)
     except RuntimeError as exc:
         bad = _first_bad_jpeg(pieces)
-        raise ValueError(
-            f"{path}: {split} image {bad} is not a valid JPEG ({exc}). Fix: {fix}"
+        raise DataFormatError(
+            f"{path}: {split} image {bad} is not a valid JPEG ({' '.join(str(exc).split())[:200]}). Fix: {fix}"
         ) from exc
     shapes = {tuple(im.shape) for im in images}
     if shapes != {(3, 32, 32)}:
-        raise ValueError(f"{path}: decoded {split} images have shapes {sorted(shapes)}, expected only (3, 32, 32). Fix: {fix}")
+        raise DataFormatError(f"{path}: decoded {split} images have shapes {sorted(shapes)}, expected only (3, 32, 32). Fix: {fix}")
     return torch.stack(images).numpy()
 
 
@@ -416,12 +443,12 @@ def _load_cifar_jpeg(src: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
             pass  # a damaged cache is rebuilt below
     fix = "copy cifar10_jpeg.npz again from the shared data folder (or remove it to fall back to torchvision)"
     keys = ("train_jpeg", "train_offsets", "train_labels", "test_jpeg", "test_offsets", "test_labels")
-    z = _load_npz(src, keys, fix)
+    z = read_npz(src, keys, fix=fix)
     out: dict[str, np.ndarray] = {}
     for split in ("train", "test"):
         labels = z[f"{split}_labels"]
         if labels.ndim != 1 or (len(labels) and (labels.min() < 0 or labels.max() > 9)):
-            raise ValueError(f"{src}: {split}_labels must be 1-D in 0..9. Fix: {fix}")
+            raise DataFormatError(f"{src}: {split}_labels must be 1-D in 0..9. Fix: {fix}")
         out[f"{split}_x"] = _decode_split(src, split, z[f"{split}_jpeg"], z[f"{split}_offsets"], labels)
         out[f"{split}_y"] = labels.astype(np.int64)
     _atomic_savez(cache, out)
@@ -456,12 +483,13 @@ def _load_cifar10(*, download: bool) -> _Splits:
         npz = root / "cifar10-jpeg" / "cifar10_jpeg.npz"
         tried.append(str(npz))
         if npz.exists():
+            verify_files([npz])
             tx, ty, ex, ey = _load_cifar_jpeg(npz)
             return tx, ty, ex, ey, _CIFAR_JPEG_DISPLAY, _CIFAR_CLASSES
         tv_root = root / "cifar10"
         tried.append(str(tv_root / "cifar-10-batches-py"))
         if (tv_root / "cifar-10-batches-py").is_dir():
-            return (*_torchvision_split("CIFAR10", tv_root, download=False)[:4], "CIFAR-10", _CIFAR_CLASSES)
+            return (*_torchvision_from_root("CIFAR10", tv_root), "CIFAR-10", _CIFAR_CLASSES)
     return _from_cache_or_download("CIFAR10", "cifar10", "cifar-10-batches-py", "CIFAR-10", _CIFAR_CLASSES, tried, root, download)
 
 
@@ -493,11 +521,11 @@ def _check_pair(
     path: Path, x: np.ndarray, y: np.ndarray, split: str, hw: tuple[int, int], fix: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if x.dtype != np.uint8 or x.ndim != 3 or tuple(x.shape[1:]) != hw:
-        raise ValueError(f"{path}: x_{split} must be uint8 of shape (N, {hw[0]}, {hw[1]}), got {x.dtype} {x.shape}. Fix: {fix}")
+        raise DataFormatError(f"{path}: x_{split} must be uint8 of shape (N, {hw[0]}, {hw[1]}), got {x.dtype} {x.shape}. Fix: {fix}")
     if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(f"{path}: y_{split} has shape {y.shape} but x_{split} has {len(x)} images. Fix: {fix}")
+        raise DataFormatError(f"{path}: y_{split} has shape {y.shape} but x_{split} has {len(x)} images. Fix: {fix}")
     if len(y) and (y.min() < 0 or y.max() > 9):
-        raise ValueError(f"{path}: y_{split} labels must be in 0..9, got {int(y.min())}..{int(y.max())}. Fix: {fix}")
+        raise DataFormatError(f"{path}: y_{split} labels must be in 0..9, got {int(y.min())}..{int(y.max())}. Fix: {fix}")
     return torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
 
 
@@ -509,15 +537,16 @@ def _load_mnist(*, download: bool) -> _Splits:
         npz = root / "mnist" / "mnist.npz"
         tried.append(str(npz))
         if npz.exists():
+            verify_files([npz])
             fix = "copy mnist.npz again from the shared data folder (or remove it to fall back to torchvision)"
-            z = _load_npz(npz, ("x_train", "y_train", "x_test", "y_test"), fix)
+            z = read_npz(npz, ("x_train", "y_train", "x_test", "y_test"), fix=fix)
             tx, ty = _check_pair(npz, z["x_train"], z["y_train"], "train", (28, 28), fix)
             ex, ey = _check_pair(npz, z["x_test"], z["y_test"], "test", (28, 28), fix)
             return tx, ty, ex, ey, "MNIST", classes
         tv_root = root / "mnist"
         tried.append(str(tv_root / "MNIST" / "raw"))
         if (tv_root / "MNIST" / "raw").is_dir():
-            return (*_torchvision_split("MNIST", tv_root, download=False)[:4], "MNIST", classes)
+            return (*_torchvision_from_root("MNIST", tv_root), "MNIST", classes)
     return _from_cache_or_download("MNIST", "mnist", "MNIST/raw", "MNIST", classes, tried, root, download)
 
 
@@ -542,7 +571,7 @@ def read_idx(path: str | os.PathLike[str], *, expect_ndim: int | None = None) ->
     Header: two zero bytes, type code 0x08 (uint8), ndim, then ndim big-endian uint32 dims.
 
     Raises:
-        ValueError: naming the file, for bad gzip data, a wrong magic number or a payload whose
+        DataFormatError: naming the file, for bad gzip data, a wrong magic number or a payload whose
             size disagrees with the header.
     """
     path = Path(path)
@@ -556,25 +585,25 @@ def read_idx(path: str | os.PathLike[str], *, expect_ndim: int | None = None) ->
     except FileNotFoundError as exc:
         raise DataNotFoundError(f"missing {path}. Fix: {fix}") from exc
     except (OSError, EOFError, zlib.error) as exc:
-        raise ValueError(f"{path} is not a valid gzip file or is truncated ({type(exc).__name__}: {exc}). Fix: {fix}") from exc
+        raise DataFormatError(f"{path} is not a valid gzip file or is truncated ({type(exc).__name__}: {exc}). Fix: {fix}") from exc
     if len(raw) < 4:
-        raise ValueError(f"{path}: only {len(raw)} bytes, too short for an IDX header. Fix: {fix}")
+        raise DataFormatError(f"{path}: only {len(raw)} bytes, too short for an IDX header. Fix: {fix}")
     zero1, zero2, dtype_code, ndim = raw[0], raw[1], raw[2], raw[3]
     if zero1 != 0 or zero2 != 0 or dtype_code != 0x08:
         magic = int.from_bytes(raw[:4], "big")
-        raise ValueError(
+        raise DataFormatError(
             f"{path}: bad IDX magic number 0x{magic:08x} (expected 0x0000080N for unsigned-byte data). Fix: {fix}"
         )
     if expect_ndim is not None and ndim != expect_ndim:
-        raise ValueError(f"{path}: IDX file has {ndim} dimensions, expected {expect_ndim}. Fix: {fix}")
+        raise DataFormatError(f"{path}: IDX file has {ndim} dimensions, expected {expect_ndim}. Fix: {fix}")
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header}). Fix: {fix}")
+        raise DataFormatError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header}). Fix: {fix}")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(dims, dtype=np.int64)) if dims else 1
     got = len(raw) - header
     if got != expected:
-        raise ValueError(
+        raise DataFormatError(
             f"{path}: IDX header says dims {dims} = {expected} bytes of data, but the file holds {got}. Fix: {fix}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
@@ -595,24 +624,29 @@ def _load_fashion(*, download: bool) -> _Splits:
                     f"Fashion-MNIST in {folder} is incomplete: missing {missing}. Fix: copy all four "
                     f"files {sorted(_FASHION_FILES.values())} (e.g. `apt-get install dataset-fashion-mnist`)."
                 )
+            verify_files(paths.values())
             arrays = {k: read_idx(p, expect_ndim=3 if k.endswith("_x") else 1) for k, p in paths.items()}
             out = []
             for split in ("train", "test"):
                 x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
                 if x.shape[1:] != (28, 28):
-                    raise ValueError(f"{paths[split + '_x']}: images are {x.shape[1:]}, expected (28, 28).")
+                    raise DataFormatError(
+                        f"{paths[split + '_x']}: images are {x.shape[1:]}, expected (28, 28). Fix: copy it again."
+                    )
                 if len(x) != len(y):
-                    raise ValueError(
+                    raise DataFormatError(
                         f"{paths[split + '_x']} has {len(x)} images but {paths[split + '_y']} has {len(y)} labels. "
                         f"Fix: copy both files again."
                     )
                 if len(y) and y.max() > 9:
-                    raise ValueError(f"{paths[split + '_y']}: labels must be in 0..9, got max {int(y.max())}.")
+                    raise DataFormatError(
+                        f"{paths[split + '_y']}: labels must be in 0..9, got max {int(y.max())}. Fix: copy it again."
+                    )
                 out += [torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y.astype(np.int64))]
             return (*out, "Fashion-MNIST", _FASHION_CLASSES)
         tried.append(str(folder / "FashionMNIST" / "raw"))
         if (folder / "FashionMNIST" / "raw").is_dir():
-            return (*_torchvision_split("FashionMNIST", folder, download=False)[:4], "Fashion-MNIST", _FASHION_CLASSES)
+            return (*_torchvision_from_root("FashionMNIST", folder), "Fashion-MNIST", _FASHION_CLASSES)
     return _from_cache_or_download(
         "FashionMNIST", "fashion-mnist", "FashionMNIST/raw", "Fashion-MNIST", _FASHION_CLASSES, tried, root, download
     )

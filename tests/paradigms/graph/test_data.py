@@ -20,7 +20,8 @@ from tiedlab.paradigms.graph.data import (
     tu_loaders,
     validate_graph,
 )
-from tiedlab.paradigms.paths import DataNotFoundError, data_root
+from tiedlab.paradigms import paths
+from tiedlab.paradigms.paths import DataFormatError, DataIntegrityError, DataNotFoundError, data_root
 
 DATA = data_root()  # $TIEDLAB_DATA; unset is an error naming the fix, as in the other adapters' tests
 
@@ -404,6 +405,87 @@ def test_graph_file_truncated_or_bad_row(fake_mutag):
     f.write_text(text + "1 0\n")
     with pytest.raises(ValueError, match=r"line 3561: unexpected content after the last of 188 graphs"):
         load_tu("MUTAG")
+
+
+def test_graph_file_empty_or_not_text(fake_mutag):
+    f = fake_mutag / "MUTAG.txt"
+    f.write_bytes(b"")
+    with pytest.raises(DataFormatError, match=rf"^{f} is empty \(0 bytes\)\. Fix: copy MUTAG/MUTAG\.txt again"):
+        load_tu("MUTAG")
+    f.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(DataFormatError, match=rf"^{f} is not UTF-8 text"):
+        load_tu("MUTAG")
+
+
+# SHA256SUMS and unreadable npz files -------------------------------------------------------------
+
+
+def _copy_sums(root: Path, prefix: str) -> None:
+    """The real SHA256SUMS lines for files under ``prefix`` as the fake root's SHA256SUMS."""
+    lines = [ln for ln in (DATA / "SHA256SUMS").read_text().splitlines() if ln.split("  ./", 1)[1].startswith(prefix)]
+    assert lines, f"the real SHA256SUMS lists nothing under {prefix}"
+    (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random"])
+def test_planetoid_damaged_npz_names_the_file(tmp_path, monkeypatch, damage):
+    path = tmp_path / "root" / "planetoid" / "cora.npz"
+    path.parent.mkdir(parents=True)
+    good = (DATA / "planetoid" / "cora.npz").read_bytes()
+    path.write_bytes(good[: len(good) // 2] if damage == "truncated" else np.random.default_rng(0).bytes(len(good)))
+    monkeypatch.setenv("TIEDLAB_DATA", str(tmp_path / "root"))  # no SHA256SUMS: the format check speaks
+    with pytest.raises(DataFormatError) as err:
+        load_planetoid("cora")
+    msg = str(err.value)
+    assert msg.startswith(f"{path} is truncated or not an .npz archive") and "copy planetoid/cora.npz again" in msg
+    assert "allow_pickle" not in msg and "\n" not in msg
+
+
+def test_planetoid_npz_checked_against_sums(tmp_path, monkeypatch):
+    root = _fake_root(tmp_path, "planetoid")
+    _copy_sums(root, "planetoid/")
+    monkeypatch.setenv("TIEDLAB_DATA", str(root))
+    assert load_planetoid("cora").num_nodes == 2708
+    path = root / "planetoid" / "cora.npz"
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(DataIntegrityError) as err:
+        load_planetoid("cora")
+    msg = str(err.value)
+    assert msg.startswith(f"{path} does not match {root / 'SHA256SUMS'}: sha256 ")
+    assert "expected 3b07ed20c630..." in msg and "sha256sum ./planetoid/cora.npz" in msg
+
+
+def test_planetoid_raw_files_checked_before_copy(tmp_path, monkeypatch):
+    root = _fake_root(tmp_path, "planetoid/raw")
+    _copy_sums(root, "planetoid/raw/ind.cora.")
+    monkeypatch.setenv("TIEDLAB_DATA", str(root))
+    monkeypatch.setenv("TIEDLAB_CACHE", str(tmp_path / "cache"))
+    bad = root / "planetoid" / "raw" / "ind.cora.graph"
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(DataIntegrityError, match=rf"^{bad} does not match"):
+        load_planetoid("cora", source="pyg")
+    assert not (tmp_path / "cache" / "graph" / "planetoid" / "Cora" / "raw" / "ind.cora.graph").exists()
+
+
+def test_tu_files_checked_against_sums(fake_mutag, monkeypatch):
+    root = fake_mutag.parent.parent
+    _copy_sums(root, "tu-gin/MUTAG/")
+    load_tu("MUTAG")
+    fold = fake_mutag / "10fold_idx" / "train_idx-9.txt"
+    fold.write_text(fold.read_text().replace("\n", "\n\n", 1))  # still a valid fold file, but not the listed one
+    with pytest.raises(DataIntegrityError, match=rf"^{fold} does not match"):
+        load_tu("MUTAG")
+
+
+def test_real_tu_hashed_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIEDLAB_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = paths._sha256_file
+    monkeypatch.setattr(paths, "_sha256_file", lambda p: calls.append(p) or real(p))
+    load_tu("MUTAG")
+    assert len(calls) == 21  # MUTAG.txt and the 20 fold files, all listed in the real SHA256SUMS
+    load_tu("MUTAG")
+    assert len(calls) == 21  # unchanged files: a stat each
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -15,6 +16,9 @@ if not os.environ.get("TIEDLAB_DATA"):
 
 from tiedlab.paradigms.language import data as D
 from tiedlab.paradigms.language import tokenizer as T
+from tiedlab.paradigms.paths import DataFormatError, DataIntegrityError
+
+REAL_DATA = os.environ["TIEDLAB_DATA"]
 
 N_CHARS = 1_115_394
 N_TRAIN = int(N_CHARS * 0.9)  # 1,003,854 (nanoGPT shakespeare_char)
@@ -30,8 +34,8 @@ def cache_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def text() -> str:
-    return D.read_text("tinyshakespeare")
+def text(cache_root) -> str:
+    return D.read_text("tinyshakespeare")  # checks SHA256SUMS, caching the digest under cache_root
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +209,62 @@ def test_bad_arguments(cache_root):
         D.load_corpus("tinyshakespeare", tokenizer="word")
     with pytest.raises(ValueError, match="val_fraction=1.5"):
         D.load_corpus("tinyshakespeare", val_fraction=1.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# damaged corpora in a fake data root: SHA256SUMS and unreadable files
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_root(tmp_path, monkeypatch):
+    """An empty data root ($TIEDLAB_DATA) and a fresh cache ($TIEDLAB_CACHE)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    monkeypatch.setenv("TIEDLAB_DATA", str(root))
+    monkeypatch.setenv("TIEDLAB_CACHE", str(tmp_path / "cache"))
+    return root
+
+
+def _put(root, name: str, blob: bytes):
+    path = root.joinpath(*D.CORPORA[name].parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(blob)
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(D.CORPORA))
+def test_empty_corpus_names_the_file(fake_root, name):
+    path = _put(fake_root, name, b"")
+    rel = "/".join(D.CORPORA[name].parts)
+    for load in (D.read_text, D.load_corpus):
+        with pytest.raises(DataFormatError) as err:
+            load(name)
+        assert str(err.value) == f"{path} is empty (0 bytes). Fix: copy {rel} again from the shared data folder"
+
+
+def test_corpus_too_short_or_not_text(fake_root):
+    path = _put(fake_root, "tinyshakespeare", b"a")
+    with pytest.raises(DataFormatError, match=rf"^{path} holds only 1 character\(s\), too few to split"):
+        D.load_corpus("tinyshakespeare")
+    _put(fake_root, "tinyshakespeare", b"abcdefgh")
+    with pytest.raises(ValueError, match=r"max_chars=2 leaves an empty train split at val_fraction=0\.9"):
+        D.load_corpus("tinyshakespeare", max_chars=2, val_fraction=0.9)
+    _put(fake_root, "tinyshakespeare", b"First Citizen:\n\x93Before\x94")
+    with pytest.raises(DataFormatError, match=rf"^{path} is not UTF-8 text \(byte 0x93 at offset 15\)"):
+        D.read_text("tinyshakespeare")
+
+
+def test_half_length_corpus_fails_against_sums_even_when_cached(fake_root, text):
+    path = _put(fake_root, "tinyshakespeare", text[: len(text) // 2].encode())
+    first = D.load_corpus("tinyshakespeare", max_chars=5000)  # no SHA256SUMS yet: tokens get cached
+    assert first.cache_path is not None and first.cache_path.is_dir()
+    real_line = [ln for ln in (Path(REAL_DATA) / "SHA256SUMS").read_text().splitlines() if "tinyshakespeare/input.txt" in ln]
+    (fake_root / "SHA256SUMS").write_text(real_line[0] + "\n")
+    with pytest.raises(DataIntegrityError) as err:
+        D.load_corpus("tinyshakespeare", max_chars=5000)
+    msg = str(err.value)
+    assert msg.startswith(f"{path} does not match {fake_root / 'SHA256SUMS'}: sha256 ")
+    assert f"({path.stat().st_size:,} bytes), expected 86c4e6aa9db7..." in msg
+    path.write_text(text)  # the whole text again (a new mtime and size): verified, then loaded
+    assert D.load_corpus("tinyshakespeare", max_chars=5000).n_train_chars == 4500

@@ -8,6 +8,7 @@ temporary cache, and later loads reuse it.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import struct
@@ -21,7 +22,13 @@ import torch
 REAL_ROOT = os.environ.get("TIEDLAB_DATA")
 pytestmark = pytest.mark.skipif(not REAL_ROOT, reason="TIEDLAB_DATA is not set")
 
-from tiedlab.paradigms.paths import DataNotFoundError  # noqa: E402
+from tiedlab.paradigms import paths  # noqa: E402
+from tiedlab.paradigms.paths import (  # noqa: E402
+    DataFormatError,
+    DataIntegrityError,
+    DataNotFoundError,
+    hash_cache_file,
+)
 from tiedlab.paradigms.vision import data  # noqa: E402
 from tiedlab.paradigms.vision.augment import (  # noqa: E402
     BatchIterator,
@@ -437,6 +444,92 @@ def test_read_idx_roundtrip(tmp_path: Path) -> None:
         read_idx(tmp_path / "a-idx3-ubyte", expect_ndim=1)
     with pytest.raises(DataNotFoundError, match="nope"):
         read_idx(tmp_path / "nope.gz")
+
+
+@pytest.mark.parametrize("damage", ["random", "pickled"])
+def test_mnist_unreadable_npz_names_the_file(fake_root: Path, damage: str) -> None:
+    path = fake_root / "mnist" / "mnist.npz"
+    path.parent.mkdir()
+    if damage == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(3000))
+        expect = f"{path} is truncated or not an .npz archive (3,000 bytes, no zip directory at its end). Fix: "
+    else:
+        x = np.zeros((2, 28, 28), np.uint8)
+        np.savez(path, x_train=np.array([x, "y"], dtype=object), y_train=np.zeros(2), x_test=x, y_test=np.zeros(2))
+        expect = f"{path}: array 'x_train' is unreadable (it holds pickled Python objects, which tiedlab never loads)"
+    with pytest.raises(DataFormatError) as err:
+        load_vision_data("mnist", val_size=1)
+    msg = str(err.value)
+    assert msg.startswith(expect) and "copy mnist.npz again" in msg
+    assert "allow_pickle" not in msg and "\n" not in msg
+
+
+def _write_sums(root: Path, listed: dict[str, bytes]) -> None:
+    """SHA256SUMS in ``root`` listing each relative path with the digest of the given bytes."""
+    lines = [f"{hashlib.sha256(blob).hexdigest()}  ./{rel}\n" for rel, blob in listed.items()]
+    (root / "SHA256SUMS").write_text("".join(lines))
+
+
+def test_cifar_npz_checked_against_sums_before_decoding(
+    fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIEDLAB_CACHE", str(tmp_path / "cache"))  # the session's decode cache is for real CIFAR
+    src = _write_cifar(fake_root, _fake_cifar_arrays())
+    _write_sums(fake_root, {"cifar10-jpeg/cifar10_jpeg.npz": b"the listed copy"})
+
+    def no_decode(buffers: list[torch.Tensor]) -> list[torch.Tensor]:
+        raise AssertionError("decoded a file that fails its checksum")
+
+    real_decode = data._decode_jpegs
+    monkeypatch.setattr(data, "_decode_jpegs", no_decode)
+    with pytest.raises(DataIntegrityError) as err:
+        load_vision_data("cifar10", val_size=1)
+    msg = str(err.value)
+    assert msg.startswith(f"{src} does not match {fake_root / 'SHA256SUMS'}: sha256 ")
+    assert hashlib.sha256(b"the listed copy").hexdigest()[:12] in msg and "sha256sum ./cifar10-jpeg/cifar10_jpeg.npz" in msg
+    monkeypatch.setattr(data, "_decode_jpegs", real_decode)
+    _write_sums(fake_root, {"cifar10-jpeg/cifar10_jpeg.npz": src.read_bytes()})
+    assert len(load_vision_data("cifar10", val_size=1).test_y) == 10
+
+
+def test_fashion_and_mnist_files_checked_against_sums(fake_root: Path) -> None:
+    folder = _write_fashion(fake_root)
+    _write_sums(fake_root, {f"fashion-mnist/{p.name}": p.read_bytes() for p in folder.iterdir()})
+    load_vision_data("fashion-mnist", val_size=0)
+    bad = folder / "t10k-labels-idx1-ubyte.gz"
+    bad.write_bytes(gzip.compress(_idx_bytes(np.arange(10)[::-1] % 10)))  # valid IDX, other labels
+    with pytest.raises(DataIntegrityError, match=rf"^{bad} does not match"):
+        load_vision_data("fashion-mnist", val_size=0)
+    mnist = fake_root / "mnist" / "mnist.npz"
+    mnist.parent.mkdir()
+    x = np.zeros((20, 28, 28), np.uint8)
+    np.savez(mnist, x_train=x, y_train=np.arange(20) % 10, x_test=x[:5], y_test=np.arange(5))
+    _write_sums(fake_root, {"mnist/mnist.npz": b"another file"})
+    with pytest.raises(DataIntegrityError, match=rf"^{mnist} does not match"):
+        load_vision_data("mnist", val_size=1)
+
+
+def test_torchvision_folder_files_checked_against_sums(fake_root: Path) -> None:
+    raw = fake_root / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 12), ("t10k", 4)):
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(_idx_bytes(np.zeros((n, 28, 28))))
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx_bytes(np.arange(n) % 10))
+    _write_sums(fake_root, {"mnist/MNIST/raw/t10k-labels-idx1-ubyte": b"the original labels"})
+    with pytest.raises(DataIntegrityError, match=rf"^{raw / 't10k-labels-idx1-ubyte'} does not match"):
+        load_vision_data("mnist", val_size=2)
+
+
+def test_real_cifar_digest_is_cached(cifar_first: tuple[VisionData, float], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session's first CIFAR-10 load hashed the real npz (listed in SHA256SUMS) once; later loads only stat it."""
+    npz = Path(REAL_ROOT) / "cifar10-jpeg" / "cifar10_jpeg.npz"
+    assert str(npz.resolve()) in hash_cache_file().read_text()
+
+    def fail(path: Path) -> str:
+        raise AssertionError(f"{path} was hashed again")
+
+    monkeypatch.setattr(paths, "_sha256_file", fail)
+    assert torch.equal(load_vision_data("cifar10", val_size=0).test_y, cifar_first[0].test_y)
 
 
 # ----------------------------------------------------------------------------------------------
