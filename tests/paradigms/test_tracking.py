@@ -1,0 +1,119 @@
+"""The wandb tracker: no network when offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+pytest.importorskip("wandb")
+
+# Records, and refuses, every Python-level network attempt that is not a unix socket or loopback: the
+# events are raised by the socket module itself, so this sees urllib3/requests/asyncio/OpenTelemetry alike.
+GUARD = """
+import os, socket, sys
+
+_LOG = os.environ["TIEDLAB_NET_LOG"]
+_LOCAL = {None, "", "localhost", "127.0.0.1", "::1", b"localhost", b"127.0.0.1", b"::1"}
+
+def _local(address):
+    if isinstance(address, (str, bytes)):  # a unix socket path
+        return True
+    return isinstance(address, tuple) and address[0] in _LOCAL
+
+def _guard(event, args):
+    if event in ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex", "socket.gethostbyaddr"):
+        bad = args[0] not in _LOCAL
+    elif event in ("socket.connect", "socket.sendto", "socket.sendmsg"):
+        bad = not _local(args[1])
+    else:
+        return
+    if bad:
+        with open(_LOG, "a") as fh:
+            fh.write(f"{event} {args[1:] if event.startswith('socket.connect') else args}\\n")
+        raise OSError(f"network access refused by the test: {event} {args!r}")
+
+sys.addaudithook(_guard)
+"""
+
+# One training process's use of the tracker, as the engine makes it.
+RUN = """
+import sys
+from pathlib import Path
+from omegaconf import OmegaConf
+from tiedlab.paradigms.tracking import make_tracker
+
+cfg = OmegaConf.create(dict(name="wandb", project="tiedlab", mode="offline", dir=None, tags=[]))
+tracker = make_tracker(cfg, Path(sys.argv[1]), {"seed": 0})
+for step in (10, 20):
+    tracker.log({"val/loss": 1.0 / step}, step)
+tracker.finish({"final/val/loss": 0.05, "status": "completed"})
+"""
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """wandb's caches and settings under tmp_path; os.environ as it was."""
+    saved = dict(os.environ)
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        os.environ[var] = str(tmp_path / "wandb-home" / var.lower())
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def _offline_process(tmp_path: Path, run_dir: Path, prefix: list[str] = ()) -> Path:
+    """Run RUN in a fresh Python with GUARD installed; returns the file of refused network attempts."""
+    (tmp_path / "guard").mkdir(exist_ok=True)
+    (tmp_path / "guard" / "sitecustomize.py").write_text(GUARD)
+    (tmp_path / "run.py").write_text(RUN)
+    net_log = tmp_path / "network-attempts.txt"
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_ERROR_REPORTING")}
+    env.update(PYTHONPATH=str(tmp_path / "guard"), TIEDLAB_NET_LOG=str(net_log))
+    done = subprocess.run([*prefix, sys.executable, str(tmp_path / "run.py"), str(run_dir)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return net_log
+
+
+def _offline_runs(directory: Path) -> list[Path]:
+    return sorted((directory / "wandb").glob("offline-run-*"))
+
+
+def test_offline_wandb_opens_no_network_connection(tmp_path):
+    run_dir = tmp_path / "run"
+    net_log = _offline_process(tmp_path, run_dir)
+    attempts = net_log.read_text() if net_log.exists() else ""
+    assert attempts == "", f"offline wandb tried the network:\n{attempts}"
+    (run,) = _offline_runs(run_dir)
+    assert list(run.glob("*.wandb")), "wandb wrote no offline run file"
+    # wandb-core (Go, out of reach of the Python guard) was started without its error reporting/analytics
+    core_log = (run / "logs" / "debug-core.log").read_text().splitlines()
+    start = next(json.loads(line) for line in core_log if "starting server" in line)
+    assert start["disable-analytics"] is True
+
+
+def _no_network_prefix() -> list[str] | None:
+    """``unshare`` arguments that run a command in a new network namespace (no interfaces), if allowed here."""
+    if shutil.which("unshare") is None:
+        return None
+    for prefix in (["unshare", "--net"], ["unshare", "--map-root-user", "--net"]):
+        if subprocess.run([*prefix, "true"], capture_output=True).returncode == 0:
+            return prefix
+    return None
+
+
+def test_offline_wandb_without_a_network_finishes(tmp_path):
+    prefix = _no_network_prefix()
+    if prefix is None:
+        pytest.skip("unshare cannot make a network namespace here")
+    net_log = _offline_process(tmp_path, tmp_path / "run", prefix)  # times out (fails) if anything waits
+    assert not net_log.exists(), net_log.read_text()
+    (run,) = _offline_runs(tmp_path / "run")
+    assert list(run.glob("*.wandb")), "wandb wrote no offline run file"
