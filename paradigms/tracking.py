@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Protocol
+
+WANDB_MODES = ("offline", "online", "disabled")
+_warned_disabled = False  # the WANDB_MODE=disabled warning is printed once per process
 
 
 class Tracker(Protocol):
@@ -20,6 +24,17 @@ class LocalTracker:
 
     def finish(self, summary: dict[str, Any]) -> None:
         pass
+
+
+def wandb_mode(cfg: Any) -> str:
+    """``logger.mode``, else ``$WANDB_MODE``, else offline; anything but offline/online/disabled is an error."""
+    if cfg.mode is not None:
+        mode, source = cfg.mode, "logger.mode"
+    else:
+        mode, source = os.environ.get("WANDB_MODE") or "offline", "WANDB_MODE"
+    if mode not in WANDB_MODES:
+        raise ValueError(f"{source}={mode!r} is not a wandb mode; choose one of {', '.join(WANDB_MODES)}")
+    return mode
 
 
 def _offline_without_network() -> None:
@@ -40,9 +55,10 @@ def _offline_without_network() -> None:
 class WandbTracker:
     """One wandb run per training run (so one per multirun job), finished at the end of the job.
 
-    Offline unless the environment says otherwise (``WANDB_MODE=online`` or ``logger.mode=online``);
-    offline opens no network connection (see ``_offline_without_network``) and the files go to
-    ``logger.dir`` or the run directory, so nothing blocks without a network.
+    The mode is ``logger.mode``, else ``$WANDB_MODE``, else offline. Offline opens no network connection
+    (see ``_offline_without_network``); disabled logs nothing and, when it comes from ``$WANDB_MODE``
+    (the Makefile's and .ci/env.sh's default), says so once on stderr. The files go to ``logger.dir``
+    or the run directory, so nothing blocks without a network.
     """
 
     def __init__(self, cfg: Any, run_dir: Path, config: dict[str, Any]):
@@ -50,7 +66,12 @@ class WandbTracker:
             import wandb
         except ImportError as err:
             raise ValueError("logger=wandb needs the wandb package: pip install 'tiedlab[wandb]'") from err
-        mode = cfg.mode or os.environ.get("WANDB_MODE") or "offline"
+        self.run = None
+        self.mode = mode = wandb_mode(cfg)
+        if mode == "disabled":
+            if cfg.mode is None:
+                _warn_disabled_by_environment()
+            return
         if mode == "offline":
             _offline_without_network()
         directory = Path(cfg.dir or run_dir)
@@ -61,12 +82,25 @@ class WandbTracker:
                               settings=wandb.Settings(init_timeout=30, silent=True))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        self.run.log(metrics, step=step)
+        if self.run is not None:
+            self.run.log(metrics, step=step)
 
     def finish(self, summary: dict[str, Any]) -> None:
+        if self.run is None:
+            return
         for key, value in summary.items():
             self.run.summary[key] = value
         self.run.finish()
+
+
+def _warn_disabled_by_environment() -> None:
+    global _warned_disabled
+    if _warned_disabled:
+        return
+    _warned_disabled = True
+    print("[tiedlab] warning: logger=wandb logs nothing because WANDB_MODE=disabled (the Makefile's and "
+          ".ci/env.sh's default); set WANDB_MODE=offline or online, or logger.mode=offline, to record wandb runs",
+          file=sys.stderr)
 
 
 def make_tracker(cfg: Any, run_dir: Path, config: dict[str, Any]) -> Tracker:

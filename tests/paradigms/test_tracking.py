@@ -1,4 +1,4 @@
-"""The wandb tracker: no network when offline."""
+"""The wandb tracker: loud when disabled, no network when offline."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from tiedlab.paradigms import tracking
+from tiedlab.paradigms.config import LoggerConfig
+from tiedlab.paradigms.tracking import make_tracker
 
-pytest.importorskip("wandb")
+wandb = pytest.importorskip("wandb")
 
 # Records, and refuses, every Python-level network attempt that is not a unix socket or loopback: the
 # events are raised by the socket module itself, so this sees urllib3/requests/asyncio/OpenTelemetry alike.
@@ -59,13 +63,71 @@ tracker.finish({"final/val/loss": 0.05, "status": "completed"})
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
-    """wandb's caches and settings under tmp_path; os.environ as it was."""
+    """wandb's caches and settings under tmp_path; os.environ and the warn-once flag as they were."""
     saved = dict(os.environ)
     for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         os.environ[var] = str(tmp_path / "wandb-home" / var.lower())
+    monkeypatch.setattr(tracking, "_warned_disabled", False)
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+def logger(**changes):
+    return OmegaConf.structured(LoggerConfig(name="wandb", **changes))
+
+
+class FakeRun:
+    def __init__(self, run_id: str):
+        self.id, self.summary, self.logged, self.finished = run_id, {}, [], False
+
+    def log(self, metrics, step):
+        self.logged.append((step, metrics))
+
+    def finish(self):
+        self.finished = True
+
+
+@pytest.fixture
+def fake_init(monkeypatch):
+    """Replace wandb.init by a recorder of its keyword arguments (no wandb-core process)."""
+    calls: list[dict] = []
+
+    def init(**kwargs):
+        calls.append(kwargs)
+        return FakeRun(kwargs.get("id"))
+
+    monkeypatch.setattr(wandb, "init", init)
+    return calls
+
+
+def test_wandb_disabled_by_the_environment_says_so_once(tmp_path, capsys, fake_init):
+    os.environ["WANDB_MODE"] = "disabled"
+    for name in ("a", "b"):  # two runs in one process (a multirun): one warning
+        tracker = make_tracker(logger(), tmp_path / name, {})
+        tracker.log({"val/loss": 1.0}, 10)
+        tracker.finish({"status": "completed"})
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[tiedlab] warning:")]
+    assert len(warnings) == 1, warnings
+    assert "logger=wandb logs nothing" in warnings[0] and "WANDB_MODE=disabled" in warnings[0]
+    assert "WANDB_MODE=offline" in warnings[0] and "logger.mode=offline" in warnings[0]
+    assert fake_init == []
+
+
+def test_wandb_disabled_on_request_is_silent(tmp_path, capsys, fake_init):
+    os.environ.pop("WANDB_MODE", None)
+    make_tracker(logger(mode="disabled"), tmp_path, {}).finish({})
+    assert "[tiedlab] warning" not in capsys.readouterr().err
+    assert fake_init == []
+
+
+@pytest.mark.parametrize("source", ["logger.mode", "WANDB_MODE"])
+def test_an_unknown_wandb_mode_is_an_error_naming_the_choices(tmp_path, source, fake_init):
+    os.environ["WANDB_MODE"] = "ofline" if source == "WANDB_MODE" else "offline"
+    cfg = logger(mode="ofline") if source == "logger.mode" else logger()
+    with pytest.raises(ValueError, match=rf"{source}='ofline'.*offline, online, disabled"):
+        make_tracker(cfg, tmp_path, {})
+    assert fake_init == []
 
 
 def _offline_process(tmp_path: Path, run_dir: Path, prefix: list[str] = ()) -> Path:
