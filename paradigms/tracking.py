@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
+import secrets
+import string
 import sys
 from pathlib import Path
 from typing import Any, Protocol
 
+from .rundir import atomic_write_bytes
+
+WANDB_ID = "wandb-id"  # in the run directory: the id of the wandb run this directory logs to
 WANDB_MODES = ("offline", "online", "disabled")
+WANDB_INIT_TIMEOUT_S = 30.0
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _warned_disabled = False  # the WANDB_MODE=disabled warning is printed once per process
 
 
@@ -37,6 +45,23 @@ def wandb_mode(cfg: Any) -> str:
     return mode
 
 
+def read_run_id(run_dir: Path) -> str | None:
+    """The wandb run id stored in ``run_dir/wandb-id``, or None when there is none yet."""
+    path = Path(run_dir) / WANDB_ID
+    if not path.exists():
+        return None
+    text = path.read_text().strip()
+    if not _ID_PATTERN.fullmatch(text):
+        raise ValueError(f"{path} holds {text!r}, not a wandb run id (1-64 letters, digits, '-' or '_'); "
+                         "delete the file to start a new wandb run for this run directory")
+    return text
+
+
+def _new_run_id() -> str:
+    """A wandb-style id: 8 random base-36 characters."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
 def _offline_without_network() -> None:
     """Switch off what wandb sends home even in offline mode (checked for wandb 0.31).
 
@@ -53,15 +78,18 @@ def _offline_without_network() -> None:
 
 
 class WandbTracker:
-    """One wandb run per training run (so one per multirun job), finished at the end of the job.
+    """One wandb run per run directory, continued when the run resumes; grouped by ``logger.group``.
 
     The mode is ``logger.mode``, else ``$WANDB_MODE``, else offline. Offline opens no network connection
     (see ``_offline_without_network``); disabled logs nothing and, when it comes from ``$WANDB_MODE``
-    (the Makefile's and .ci/env.sh's default), says so once on stderr. The files go to ``logger.dir``
-    or the run directory, so nothing blocks without a network.
+    (the Makefile's and .ci/env.sh's default), says so once on stderr. The run's id is kept in
+    ``run_dir/wandb-id`` and a later process continues that run (``resume="allow"``); ``fresh=True``
+    (the run directory starts again from step 0) starts a new wandb run instead. The files go to
+    ``logger.dir`` or the run directory. ``wandb.init`` gives up after ``WANDB_INIT_TIMEOUT_S`` and any
+    failure in it is a RuntimeError naming the mode and the folder.
     """
 
-    def __init__(self, cfg: Any, run_dir: Path, config: dict[str, Any]):
+    def __init__(self, cfg: Any, run_dir: Path, config: dict[str, Any], fresh: bool = False):
         try:
             import wandb
         except ImportError as err:
@@ -74,12 +102,23 @@ class WandbTracker:
             return
         if mode == "offline":
             _offline_without_network()
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run_id = None if fresh else read_run_id(run_dir)
+        if run_id is None:
+            run_id = _new_run_id()
+            atomic_write_bytes(run_dir / WANDB_ID, (run_id + "\n").encode())
         directory = Path(cfg.dir or run_dir)
         directory.mkdir(parents=True, exist_ok=True)
-        self._wandb = wandb
-        self.run = wandb.init(project=cfg.project, mode=mode, dir=str(directory), config=config,
-                              name=run_dir.name, tags=list(cfg.tags), reinit="finish_previous",
-                              settings=wandb.Settings(init_timeout=30, silent=True))
+        try:
+            self.run = wandb.init(project=cfg.project, mode=mode, dir=str(directory), config=config,
+                                  name=run_dir.name, group=cfg.group, tags=list(cfg.tags),
+                                  id=run_id, resume="allow", reinit="finish_previous",
+                                  settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S, silent=True))
+        except Exception as err:  # wandb raises its own Error types, TimeoutError, OSError, ...
+            hint = "" if mode == "offline" else "; logger.mode=offline logs without a network"
+            raise RuntimeError(f"wandb.init failed (mode {mode}, dir {directory}, run id {run_id}): "
+                               f"{type(err).__name__}: {err}{hint}") from err
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.run is not None:
@@ -103,7 +142,8 @@ def _warn_disabled_by_environment() -> None:
           file=sys.stderr)
 
 
-def make_tracker(cfg: Any, run_dir: Path, config: dict[str, Any]) -> Tracker:
+def make_tracker(cfg: Any, run_dir: Path, config: dict[str, Any], fresh: bool = False) -> Tracker:
+    """The tracker ``logger.name`` names (local or wandb); ``fresh``: the run directory starts from step 0."""
     if cfg.name == "wandb":
-        return WandbTracker(cfg, run_dir, config)
+        return WandbTracker(cfg, run_dir, config, fresh=fresh)
     return LocalTracker()

@@ -1,4 +1,4 @@
-"""The wandb tracker: loud when disabled, no network when offline."""
+"""The wandb tracker: loud when disabled, no network when offline, one wandb run per run directory."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from tiedlab.paradigms import tracking
 from tiedlab.paradigms.config import LoggerConfig
-from tiedlab.paradigms.tracking import make_tracker
+from tiedlab.paradigms.tracking import WANDB_ID, make_tracker, read_run_id
 
 wandb = pytest.importorskip("wandb")
 
@@ -53,7 +53,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tiedlab.paradigms.tracking import make_tracker
 
-cfg = OmegaConf.create(dict(name="wandb", project="tiedlab", mode="offline", dir=None, tags=[]))
+cfg = OmegaConf.create(dict(name="wandb", project="tiedlab", mode="offline", dir=None, group="quick/toy", tags=[]))
 tracker = make_tracker(cfg, Path(sys.argv[1]), {"seed": 0})
 for step in (10, 20):
     tracker.log({"val/loss": 1.0 / step}, step)
@@ -111,7 +111,7 @@ def test_wandb_disabled_by_the_environment_says_so_once(tmp_path, capsys, fake_i
     assert len(warnings) == 1, warnings
     assert "logger=wandb logs nothing" in warnings[0] and "WANDB_MODE=disabled" in warnings[0]
     assert "WANDB_MODE=offline" in warnings[0] and "logger.mode=offline" in warnings[0]
-    assert fake_init == []
+    assert fake_init == [] and not list(tmp_path.rglob(WANDB_ID))
 
 
 def test_wandb_disabled_on_request_is_silent(tmp_path, capsys, fake_init):
@@ -128,6 +128,48 @@ def test_an_unknown_wandb_mode_is_an_error_naming_the_choices(tmp_path, source, 
     with pytest.raises(ValueError, match=rf"{source}='ofline'.*offline, online, disabled"):
         make_tracker(cfg, tmp_path, {})
     assert fake_init == []
+
+
+def test_one_wandb_run_per_run_directory_continued_and_grouped(tmp_path, fake_init):
+    os.environ.pop("WANDB_MODE", None)
+    cfg = logger(group="quick/vision_depth")
+    first = make_tracker(cfg, tmp_path / "run", {"seed": 0})
+    run_id = read_run_id(tmp_path / "run")
+    assert run_id and fake_init[0]["id"] == run_id == first.run.id
+    second = make_tracker(cfg, tmp_path / "run", {"seed": 0})  # a later process resuming the run directory
+    assert fake_init[1]["id"] == run_id == second.run.id
+    for call in fake_init:
+        assert call["resume"] == "allow" and call["group"] == "quick/vision_depth" and call["mode"] == "offline"
+        assert call["dir"] == str(tmp_path / "run") and call["name"] == "run"
+        assert call["settings"].init_timeout <= 60
+    other = make_tracker(cfg, tmp_path / "other", {})
+    assert other.run.id != run_id
+    make_tracker(logger(dir=str(tmp_path / "wb")), tmp_path / "run", {})
+    assert fake_init[-1]["dir"] == str(tmp_path / "wb") and fake_init[-1]["group"] is None
+    assert fake_init[-1]["id"] == run_id  # the id lives in the run directory, wherever wandb's files go
+
+
+def test_a_fresh_run_directory_gets_a_new_wandb_run(tmp_path, fake_init):
+    make_tracker(logger(mode="offline"), tmp_path, {})
+    old = read_run_id(tmp_path)
+    make_tracker(logger(mode="offline"), tmp_path, {}, fresh=True)
+    assert fake_init[-1]["id"] == read_run_id(tmp_path) != old
+
+
+def test_a_corrupt_wandb_id_file_is_an_error_naming_it(tmp_path, fake_init):
+    (tmp_path / WANDB_ID).write_text("no/such id\n")
+    with pytest.raises(ValueError, match=rf"{WANDB_ID} holds 'no/such id'.*delete the file"):
+        make_tracker(logger(mode="offline"), tmp_path, {})
+    assert fake_init == []
+
+
+def test_a_failing_wandb_init_is_one_runtime_error(tmp_path, monkeypatch):
+    def init(**kwargs):
+        raise TimeoutError("wandb-core did not answer")
+
+    monkeypatch.setattr(wandb, "init", init)
+    with pytest.raises(RuntimeError, match=r"wandb.init failed \(mode offline, dir .*\): TimeoutError: wandb-core"):
+        make_tracker(logger(mode="offline"), tmp_path, {})
 
 
 def _offline_process(tmp_path: Path, run_dir: Path, prefix: list[str] = ()) -> Path:
@@ -179,3 +221,17 @@ def test_offline_wandb_without_a_network_finishes(tmp_path):
     assert not net_log.exists(), net_log.read_text()
     (run,) = _offline_runs(tmp_path / "run")
     assert list(run.glob("*.wandb")), "wandb wrote no offline run file"
+
+
+def test_a_resumed_run_directory_continues_its_offline_wandb_run(tmp_path):
+    os.environ.pop("WANDB_MODE", None)
+    cfg = logger(mode="offline", group="quick/toy")
+    for step in (10, 30):  # the first process, then the one that resumes the run directory
+        tracker = make_tracker(cfg, tmp_path / "run", {"seed": 0})
+        tracker.log({"val/loss": 1.0 / step}, step)
+        tracker.finish({"status": "completed"})
+        assert tracker.run.group == "quick/toy"
+    runs = _offline_runs(tmp_path / "run")
+    run_id = read_run_id(tmp_path / "run")
+    assert len(runs) == 2 and all(list(run.glob("*.wandb")) for run in runs)
+    assert all(run.name.endswith(f"-{run_id}") for run in runs)  # `wandb sync` uploads both as one run
