@@ -51,10 +51,12 @@ def _hydra_main(cfg: DictConfig) -> Any:
     from .base import get_paradigm
     from .engine import train as run_training
 
+    from .tracking import TrackerError
+
     hydra_cfg = HydraConfig.get()
     try:
         result = run_training(cfg, cfg.run_dir, list(hydra_cfg.overrides.task))
-    except (ValueError, OSError) as err:  # config, data, checkpoint and run-directory errors name their problem
+    except (ValueError, OSError, TrackerError) as err:  # config, data, checkpoint, run-directory, tracker errors
         if _show_traceback():
             raise
         message = f"[tiedlab] error: {err}"
@@ -86,8 +88,19 @@ def _main() -> None:
         if _show_traceback():
             raise
         cause = f" ({str(err.__cause__).strip().splitlines()[0]})" if err.__cause__ and str(err.__cause__).strip() else ""
-        _report(f"[tiedlab] error: {str(err).strip()}{cause}")
+        _report(f"[tiedlab] error: {_one_line(str(err))}{cause}")
         sys.exit(1)
+
+
+def _one_line(message: str) -> str:
+    """Hydra's multi-line messages on one line: "Could not find 'block/x'; available options in 'block': deq,
+    explicit, tied" (the config search path it appends is left out)."""
+    message = message.split("\nConfig search path")[0].strip()
+    head, _, options = message.partition("\n\nAvailable options in ")
+    if options:
+        group, _, names = options.partition(":")
+        head += f"; available options in {group}: {', '.join(n.strip() for n in names.split() if n.strip())}"
+    return "; ".join(line.strip() for line in head.splitlines() if line.strip())
 
 
 def _run_with_paradigm(paradigm: str | None) -> None:

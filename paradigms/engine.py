@@ -270,9 +270,9 @@ def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str) -> dict[st
 
     base = {"fingerprint": fp, "paradigm": cfg.paradigm, "dataset": data.meta.get("dataset"),
             "total_steps": total_steps, "data": data.meta, "provenance": sessions}
+    tracker = make_tracker(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), fresh=state_dict is None)
     rundir.write_json(run_dir / rundir.METRICS, {**base, "status": "running", "reason": "", "step": loop.step,
                                                   "metrics": dict(counts)})
-    tracker = make_tracker(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
     step_fn = torch.compile(model) if cfg.train.compile else model
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.train.amp
                 else contextlib.nullcontext())

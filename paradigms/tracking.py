@@ -19,6 +19,10 @@ _ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _warned_disabled = False  # the WANDB_MODE=disabled warning is printed once per process
 
 
+class TrackerError(RuntimeError):
+    """The tracker could not start (the message names the mode, folder and run id)."""
+
+
 class Tracker(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
     def finish(self, summary: dict[str, Any]) -> None: ...
@@ -86,7 +90,7 @@ class WandbTracker:
     ``run_dir/wandb-id`` and a later process continues that run (``resume="allow"``); ``fresh=True``
     (the run directory starts again from step 0) starts a new wandb run instead. The files go to
     ``logger.dir`` or the run directory. ``wandb.init`` gives up after ``WANDB_INIT_TIMEOUT_S`` and any
-    failure in it is a RuntimeError naming the mode and the folder.
+    failure in it is a TrackerError naming the mode and the folder.
     """
 
     def __init__(self, cfg: Any, run_dir: Path, config: dict[str, Any], fresh: bool = False):
@@ -117,7 +121,7 @@ class WandbTracker:
                                   settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S, silent=True))
         except Exception as err:  # wandb raises its own Error types, TimeoutError, OSError, ...
             hint = "" if mode == "offline" else "; logger.mode=offline logs without a network"
-            raise RuntimeError(f"wandb.init failed (mode {mode}, dir {directory}, run id {run_id}): "
+            raise TrackerError(f"wandb.init failed (mode {mode}, dir {directory}, run id {run_id}): "
                                f"{type(err).__name__}: {err}{hint}") from err
 
     def log(self, metrics: dict[str, float], step: int) -> None:

@@ -196,6 +196,20 @@ def test_errors_print_one_line_and_exit_non_zero(tmp_path, args, message):
         assert "Traceback" in trace.read_text() and str(trace) in done.stderr
 
 
+def test_a_corrupt_data_file_is_one_line_naming_it(tmp_path):
+    root = tmp_path / "data"
+    (root / "planetoid").mkdir(parents=True)
+    (root / "planetoid" / "cora.npz").write_bytes(os.urandom(4096))
+    env = {**os.environ, "TIEDLAB_DATA": str(root), "TIEDLAB_RUNS": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"}
+    env.pop("TIEDLAB_TRACEBACK", None)
+    done = subprocess.run([sys.executable, "-m", "tiedlab.paradigms.cli", "paradigm=graph", "data=cora",
+                           "train.max_steps=2", "train.progress=false"], env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("[tiedlab] error:")]
+    assert str(root / "planetoid" / "cora.npz") in line and "allow_pickle" not in line
+
+
 def test_the_traceback_is_one_variable_away(tmp_path):
     done = cli(["optim.lr=-1"], tmp_path, env={"TIEDLAB_TRACEBACK": "1", "HYDRA_FULL_ERROR": "1"})
     assert done.returncode != 0 and "Traceback" in done.stderr and "optim.lr=-1.0 must be > 0" in done.stderr
