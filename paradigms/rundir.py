@@ -81,17 +81,33 @@ def fingerprint(config: dict[str, Any]) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
+
+    Raises:
+        OSError: naming ``path`` (a full disk's ENOSPC names no file by itself).
+    """
+    with _naming(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Re-raise an OSError that names no file as one that names ``path``."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, f"{err.strerror or err} while writing {path}", str(path)) from err
 
 
 def _finite(value: Any) -> Any:
@@ -106,7 +122,7 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
 
 
 def append_history(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(run_dir / HISTORY, "a") as fh:
+    with _naming(Path(run_dir) / HISTORY), open(Path(run_dir) / HISTORY, "a") as fh:
         fh.write(json.dumps({k: _finite(v) for k, v in record.items()}, sort_keys=True) + "\n")
 
 

@@ -168,6 +168,17 @@ def test_the_same_command_twice_trains_once_and_the_second_says_who_holds_it(tmp
 
 
 # ------------------------------------------------------------------------------------------ failures
+def test_a_write_error_names_the_file(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=rf"No space left on device while writing {tmp_path / 'metrics.json'}"):
+        rundir.write_json(tmp_path / "metrics.json", {"status": "running"})
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temp file left behind
+
+
 def test_a_full_disk_records_failed_with_the_reason(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
