@@ -9,7 +9,9 @@ _tiedlab_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _tiedlab_py="$(command -v python3)"
 _tiedlab_key="$(cat "$_tiedlab_root/requirements.txt" <("$_tiedlab_py" -c 'import sys; print(sys.version)') \
   | sha256sum | cut -c1-16)"
-export TIEDLAB_DEPS="${TIEDLAB_DEPS:-$HOME/.cache/tiedlab/deps-$_tiedlab_key}"
+# Computed for this clone's requirements.txt on every source (never inherited from an earlier source in the same
+# shell); $TIEDLAB_DEPS_ROOT moves the folder that holds the dependency environments.
+export TIEDLAB_DEPS="${TIEDLAB_DEPS_ROOT:-$HOME/.cache/tiedlab}/deps-$_tiedlab_key"
 
 _tiedlab_env_setup() {
   local deps="$TIEDLAB_DEPS" root="$_tiedlab_root"
@@ -22,12 +24,16 @@ _tiedlab_env_setup() {
       rm -rf "$deps"
       "$_tiedlab_py" -m venv "$deps" || exit 1
       "$deps/bin/python" -m pip install -q --upgrade "setuptools>=68" wheel 2>&1 | grep -v "is ignored"
+      [ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
       "$deps/bin/python" -m pip install -q -r "$root/requirements.txt" 2>&1 | grep -v "is ignored"
-      "$deps/bin/python" -c "import torch, torchvision, torch_geometric, transformers, lightly, hydra" || exit 1
+      [ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
+      (cd / && "$deps/bin/python" -I -c "import torch, torchvision, torch_geometric, transformers, lightly, hydra") \
+        || exit 1
       touch "$deps/.complete"
     fi
   ) 9>"$deps.lock" || { echo "could not build the dependency environment $deps" >&2; return 1; }
-  if "$deps/bin/python" -c "import tiedlab" 2>/dev/null; then
+  # -I and cd /: a folder named tiedlab in the current directory or on PYTHONPATH must not count.
+  if (cd / && "$deps/bin/python" -I -c "import tiedlab") 2>/dev/null; then
     echo "$deps has a tiedlab installed in it; it must hold dependencies only (delete it to rebuild)" >&2
     return 1
   fi
@@ -44,8 +50,10 @@ _tiedlab_env_setup() {
       echo "import site; site.addsitedir('$("$deps/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
         > "$site/_tiedlab_deps.pth"
       (cd "$root" && "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 \
-        | grep -v "is ignored")
-      "$venv/bin/python" -c "import tiedlab.core" || exit 1
+        | grep -v "is ignored"; exit "${PIPESTATUS[0]}") || exit 1
+      # the installed tiedlab must be this checkout's (not a folder that happens to be on the path)
+      (cd / && "$venv/bin/python" -I -c "import sys, tiedlab.core as c; sys.exit(not c.__file__.startswith('$root/'))") \
+        || exit 1
       echo "$stamp" > "$venv/.tiedlab-stamp"
     fi
   ) 9>"$root/.venv.lock" || { echo "tiedlab failed to install into $venv" >&2; return 1; }

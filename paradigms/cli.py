@@ -60,6 +60,10 @@ def _hydra_main(cfg: DictConfig) -> Any:
         if _show_traceback():
             raise
         message = f"[tiedlab] error: {err}"
+    except Exception as err:  # noqa: BLE001 - a crash while building the run: one line, the trace on request
+        if _show_traceback():
+            raise
+        message = f"[tiedlab] error: {type(err).__name__} while setting up the run: {err} ({TRACEBACK_ENV}=1 shows where)"
     else:
         cls = get_paradigm(cfg.paradigm)
         metric = result.get("metrics", {}).get(f"val/{cls.primary_metric}")
@@ -149,9 +153,10 @@ def load_study(name: str) -> dict[str, Any]:
         valid = sorted(p.stem for p in folder.glob("*.yaml"))
         raise ValueError(f"unknown study {name!r}; valid studies: {valid}")
     study = yaml.safe_load(path.read_text())
-    unknown = sorted(set(study) - {"name", "question", "grids", "report"})
+    unknown = sorted(set(study) - {"name", "question", "grids", "report", "primary"})
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {path}; valid keys: ['grids', 'name', 'question', 'report']")
+        raise ValueError(f"unknown key(s) {unknown} in {path}; valid keys: "
+                         "['grids', 'name', 'primary', 'question', 'report']")
     for grid in study["grids"]:
         bad = sorted(set(grid) - {"name", "overrides", "sweep"})
         if bad:
@@ -221,11 +226,19 @@ def study(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--grids", default=None,
                         help="comma-separated grid names or fnmatch patterns to run (default all), e.g. 'graph_*'")
+    parser.add_argument("--until-decided", action="store_true",
+                        help="after the grids, add seed rounds to the arms of undetermined primary comparisons until "
+                             "each is decided or has --max-seeds seeds (group-sequential: alpha split over the looks)")
+    parser.add_argument("--max-seeds", type=int, default=10, help="seeds per arm at most (--until-decided)")
+    parser.add_argument("--seed-step", type=int, default=2, help="seeds added per round (--until-decided)")
     args = parser.parse_args(argv)
     spec = load_study(args.name)
+    runs = Path(args.runs or Path(os.environ.get("TIEDLAB_RUNS", "runs")) / "study" / args.name)
+    plan = sequential_plan(spec, args.max_seeds, args.seed_step) if args.until_decided else None
+    if not args.dry_run:
+        write_study_file(runs, spec, plan)
     if args.grids:
         spec["grids"] = select_grids(spec, args.grids.split(","))
-    runs = Path(args.runs or Path(os.environ.get("TIEDLAB_RUNS", "runs")) / "study" / args.name)
     cmds = study_commands(spec, runs, args.overrides, args.jobs)
     started = time.time()
     failures = 0
@@ -235,6 +248,8 @@ def study(argv: list[str] | None = None) -> int:
             failures += subprocess.call(cmd) != 0
     if args.dry_run:
         return 0
+    if plan is not None:
+        failures += add_seeds_until_decided(spec, runs, plan, args.overrides, args.jobs)
     elapsed = time.time() - started
     counts = count_statuses(runs / grid["name"] for grid in spec["grids"])
     print(f"[tiedlab] study {args.name}: {len(cmds)} grids in {elapsed / 60:.1f} min, {failures} exited non-zero; "
@@ -245,6 +260,94 @@ def study(argv: list[str] | None = None) -> int:
         report_main([str(runs), "--out", args.out or f"reports/{args.name}", "--title", f"study {args.name}",
                      "--command", shlex.join(["tiedlab-study", *(argv if argv is not None else sys.argv[1:])])])
     return 1 if failures or counts["failed"] or counts["unreadable"] else 0
+
+
+STUDY_FILE = "study.yaml"  # in a study's runs folder: the study as run (its primary comparisons, the seed plan)
+
+
+def write_study_file(runs: Path, spec: dict[str, Any], plan: dict[str, int] | None) -> None:
+    """Record the study (and the sequential plan, when seeds are added until decided) beside its runs, so the
+    report reads the pre-registered comparisons and the looks from the runs folder itself.
+
+    Raises:
+        ValueError: the folder already holds another study, or a sequential plan other than this one.
+    """
+    from . import rundir
+
+    runs.mkdir(parents=True, exist_ok=True)
+    path = runs / STUDY_FILE
+    record = {**spec, **({"sequential": plan} if plan else {})}
+    if path.exists():
+        old = yaml.safe_load(path.read_text()) or {}
+        if old.get("name") != spec.get("name"):
+            raise ValueError(f"{runs} holds the runs of study {old.get('name')!r}, not {spec.get('name')!r}; "
+                             "use another --runs folder")
+        if old.get("sequential") and plan and old["sequential"] != plan:
+            raise ValueError(f"{path} was run with the sequential plan {old['sequential']}, not {plan}: the looks "
+                             "of a group-sequential design are fixed in advance; rerun with the same --max-seeds "
+                             "and --seed-step")
+        if old.get("sequential") and not plan:
+            record["sequential"] = old["sequential"]  # seeds were added sequentially: the looks stay counted
+    rundir.atomic_write_bytes(path, yaml.safe_dump(record, sort_keys=False).encode())
+
+
+def sequential_plan(spec: dict[str, Any], max_seeds: int, step: int) -> dict[str, int]:
+    """The looks of ``--until-decided``: from the seeds the study's grids start with, ``step`` more per round,
+    up to ``max_seeds``. Raises ValueError when the study names no primary comparison or the plan is empty."""
+    from tiedlab.reports import stats
+    from tiedlab.reports.primary import load_primaries
+
+    specs = load_primaries(spec)
+    if not specs:
+        raise ValueError(f"study {spec.get('name')!r} names no primary comparison: --until-decided has nothing to "
+                         "decide (add a 'primary:' block to the study file)")
+    grids = {g["name"]: g for g in spec["grids"]}
+    start = min(len((grids[arm.grid].get("sweep") or {}).get("seed") or [0])
+                for p in specs for arm in (p.a, p.b))
+    if step < 1 or max_seeds < start:
+        raise ValueError(f"--max-seeds={max_seeds} must be >= the {start} seeds the grids start with, and "
+                         f"--seed-step={step} >= 1")
+    looks = stats.plan_looks(start, max_seeds, step)
+    return {"start": start, "step": step, "max_seeds": max_seeds, "looks": len(looks)}
+
+
+def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, int], extra: list[str],
+                            jobs: int) -> int:
+    """Seed rounds for the arms of undetermined primary comparisons, until each is decided or has
+    ``plan["max_seeds"]`` seeds; returns how many grid commands exited non-zero. A rerun continues: the
+    decision at each look depends only on the runs in ``runs``."""
+    from tiedlab.reports.load import load_runs
+    from tiedlab.reports.primary import arm_runs, evaluate_primaries, load_primaries, replicate_id, run_values
+
+    specs = load_primaries(spec)
+    grids = {g["name"]: g for g in spec["grids"]}
+    failures = 0
+    while True:
+        found = load_runs([runs]) if runs.exists() else []
+        results = evaluate_primaries(specs, found, looks=plan["looks"])
+        todo: dict[tuple[str, tuple[tuple[str, str], ...]], list[int]] = {}
+        for result in results:
+            if result.verdict != "undetermined":
+                continue
+            for arm in (result.spec.a, result.spec.b):
+                members = arm_runs(arm, found)
+                seeds = sorted({int(run_values(r.name)["seed"]) for r in members if "seed" in run_values(r.name)})
+                if not members or len(seeds) >= plan["max_seeds"]:
+                    continue
+                cell = tuple(sorted((k, v) for k, v in run_values(members[0].name).items() if k != "seed"))
+                n_new = min(plan["step"], plan["max_seeds"] - len({replicate_id(r) for r in members}))
+                todo.setdefault((arm.grid, cell), list(range(max(seeds) + 1, max(seeds) + 1 + n_new)))
+        if not todo:
+            return failures
+        for (grid_name, cell), seeds in todo.items():
+            grid = {"name": grid_name, "overrides": grids[grid_name].get("overrides") or [],
+                    "sweep": {**{k: [v] for k, v in cell}, "seed": seeds}}
+            (cmd,) = study_commands({"name": spec.get("name"), "grids": [grid]}, runs, extra, jobs)
+            print(f"[tiedlab] undetermined: adding seeds {seeds} to {grid_name} {dict(cell)}", flush=True)
+            print("+ " + shlex.join(cmd), flush=True)
+            if subprocess.call(cmd) != 0:
+                failures += 1
+                return failures  # a failing arm would be retried forever
 
 
 def count_statuses(folders: Any) -> dict[str, int]:

@@ -190,6 +190,10 @@ def ignored_options(cfg: Any, overrides: Sequence[str] = ()) -> list[str]:
         if named:
             out.append(f"{', '.join(named)} ignored: block.mode={cfg.block.mode} has no solver or implicit gradient "
                        "(only block=deq uses solver.* and grad.*)")
+        jacobian = [f"{k}={v}" for k, v in (("block.jacobian_samples", cfg.block.jacobian_samples),
+                                            ("train.jacobian_weight", cfg.train.jacobian_weight)) if v]
+        if jacobian:
+            out.append(f"{', '.join(jacobian)} ignored: the Jacobian penalty is a DEQ's (block=deq)")
     if cfg.mask.mode == "none":
         named = sorted(k for k in keys if k.startswith("mask.") and k != "mask.mode")
         if float(cfg.mask.sparsity) != 0 and "mask.sparsity" not in named:

@@ -219,20 +219,21 @@ def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with rundir.hold_lock(run_dir):
-        return _train_locked(cfg, spec, run_dir, fingerprint(cfg))
+        return _train_locked(cfg, spec, run_dir, fingerprint(cfg), list(overrides))
 
 
-def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str) -> dict[str, Any]:
+def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str, overrides: list[str]) -> dict[str, Any]:
     resume = str(cfg.resume).lower()
     if resume == "false" and ((run_dir / rundir.CHECKPOINT).exists() or (run_dir / rundir.METRICS).exists()):
         raise rundir.RunDirError(
             f"resume=false but {run_dir} already holds a run; use another run directory or delete it")
     previous = rundir.read_metrics(run_dir)
-    if previous and previous.get("fingerprint") != fp:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    if previous and not rundir.same_config(plain, previous):
         raise rundir.RunDirError(
             f"{run_dir} holds a {previous.get('status', '?')} run of another config (fingerprint "
             f"{previous.get('fingerprint')} != {fp}); use another run directory, or delete it to start over")
-    if previous.get("status") in rundir.FINISHED:
+    if _finished(cfg, previous):
         print(f"[tiedlab] {run_dir} already holds a finished run ({previous['status']}); nothing to do", file=sys.stderr)
         return previous
     state_dict = rundir.load_checkpoint(run_dir, fp)
@@ -242,7 +243,8 @@ def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str) -> dict[st
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
     device = select_device(cfg.train.device)
-    sessions = [*(previous.get("provenance") or []), run_provenance(str(device), torch.get_num_threads())]
+    sessions = [*(previous.get("provenance") or []), run_provenance(str(device), torch.get_num_threads(),
+                                                                          overrides)]
     reset_peak_memory(device)
     seed_everything(int(cfg.seed))
     paradigm = get_paradigm(cfg.paradigm)(cfg.data, cfg.model, device, seed=int(cfg.seed),
@@ -253,7 +255,7 @@ def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str) -> dict[st
     optimizer = build_optimizer(cfg.optim, model)
     schedule = cosine_with_warmup(optimizer, int(cfg.optim.warmup_steps), total_steps, float(cfg.optim.min_lr_ratio))
 
-    (run_dir / rundir.CONFIG).write_text(OmegaConf.to_yaml(cfg))
+    rundir.write_text(run_dir / rundir.CONFIG, OmegaConf.to_yaml(cfg))
     paradigm.artifacts(str(run_dir))
     counts = model_param_counts(model)
     loop = LoopState()
@@ -268,7 +270,8 @@ def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str) -> dict[st
     elif (run_dir / rundir.HISTORY).exists():
         (run_dir / rundir.HISTORY).unlink()
 
-    base = {"fingerprint": fp, "paradigm": cfg.paradigm, "dataset": data.meta.get("dataset"),
+    base = {"fingerprint": fp, "fingerprint_version": rundir.FINGERPRINT_VERSION, "paradigm": cfg.paradigm, "dataset": data.meta.get("dataset"),
+            "primary_metric": {"name": paradigm.primary_metric, "higher_is_better": paradigm.higher_is_better},
             "total_steps": total_steps, "data": data.meta, "provenance": sessions}
     tracker = make_tracker(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), fresh=state_dict is None)
     rundir.write_json(run_dir / rundir.METRICS, {**base, "status": "running", "reason": "", "step": loop.step,
@@ -322,7 +325,7 @@ def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str) -> dict[st
                     total = loop.core_totals.setdefault(key, [0.0, 0])
                     total[0] += value
                     total[1] += 1
-            loop.window.append({"loss": loss_value, **out.metrics, **block_stats})
+            loop.window.append({"loss": loss_value, **{k: float(v) for k, v in out.metrics.items()}, **block_stats})
             growth = block_stats.get("core/residual_growth", 1.0)
             if spec.mode == "deq" and (not math.isfinite(growth) or growth > cfg.train.diverge_residual):
                 status, reason = "diverged", (f"solver residual exploded at step {loop.step}: it grew {growth:.3g}x "
@@ -346,9 +349,7 @@ def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str) -> dict[st
     except OSError as err:  # a full disk, a vanished run directory: the run failed, say why
         status, reason = "failed", f"{type(err).__name__} at step {loop.step}: {err}"
     except Exception as err:  # noqa: BLE001 - any crash in the loop is recorded as a failed run
-        trace = run_dir / rundir.TRACEBACK
-        trace.write_text(traceback.format_exc())
-        status, reason = "failed", f"{type(err).__name__} at step {loop.step}: {err} (traceback in {trace})"
+        status, reason = "failed", f"{type(err).__name__} at step {loop.step}: {err}{_keep_traceback(run_dir)}"
     finally:
         if progress is not None:
             progress.close()
@@ -359,6 +360,8 @@ def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str) -> dict[st
                                  checkpoint)
     except OSError as err:
         status, reason = "failed", f"{type(err).__name__} while writing the final results: {err}"
+    except Exception as err:  # noqa: BLE001 - a crash in the final evaluation fails the run, with the reason
+        status, reason = "failed", f"{type(err).__name__} in the final evaluation: {err}{_keep_traceback(run_dir)}"
     sessions[-1]["ended"] = now()
     result = {**base, "status": status, "reason": reason, "step": loop.step, "metrics": final}
     try:
@@ -371,6 +374,30 @@ def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str) -> dict[st
     tracker.finish({f"final/{k}": v for k, v in final.items() if isinstance(v, (int, float))} | {"status": status})
     recorder.close()
     return result
+
+
+def _keep_traceback(run_dir: Path) -> str:
+    """Write the exception being handled to ``run_dir/traceback.txt``; returns " (traceback in PATH)"."""
+    trace = run_dir / rundir.TRACEBACK
+    try:
+        rundir.write_text(trace, traceback.format_exc())
+    except OSError:
+        return ""
+    return f" (traceback in {trace})"
+
+
+def _finished(cfg: Any, previous: dict[str, Any]) -> bool:
+    """A diverged run, or a completed one that trained all its steps or used up this config's time limit (a run
+    stopped by ``train.time_limit_s`` continues when rerun with a larger limit)."""
+    if previous.get("status") == "diverged":
+        return True
+    if previous.get("status") != "completed":
+        return False
+    if previous.get("step", 0) >= previous.get("total_steps", 0):
+        return True
+    limit = cfg.train.time_limit_s
+    spent = (previous.get("metrics") or {}).get("time/train_s", 0.0)
+    return limit is not None and isinstance(spent, (int, float)) and spent >= float(limit)
 
 
 def _finish(cfg: Any, paradigm: Paradigm, model: nn.Module, data: DataBundle, loop: LoopState,

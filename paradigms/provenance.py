@@ -42,7 +42,8 @@ def code_version() -> dict[str, Any]:
     """The commit of the code that is running (not of the current folder) and whether its tree was dirty
     (tracked files changed; None when it is not a git checkout)."""
     commit = git_commit(CODE_DIR)
-    status = _git(["status", "--porcelain", "--untracked-files=no"], CODE_DIR) if commit != "unknown" else None
+    # untracked files count too (a new module the run imported); ignored ones (runs/, .venv/) do not
+    status = _git(["status", "--porcelain"], CODE_DIR) if commit != "unknown" else None
     return {"commit": commit, "dirty": None if status is None else bool(status.strip()), "path": str(CODE_DIR)}
 
 
@@ -84,9 +85,11 @@ def now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def run_provenance(device: str, threads: int | None = None) -> dict[str, Any]:
-    """What one process that trains a run records at its start (``ended`` is filled in at its end)."""
+def run_provenance(device: str, threads: int | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """What one process that trains a run records at its start (``ended`` is filled in at its end): ``command``
+    is the process's (a whole sweep's, in a multirun), ``overrides`` this run's own."""
     return {**code_version(), "packages": {name: package_version(name) for name in PACKAGES},
             "host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "device": device, "threads": threads,
-            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]), "started": now(), "ended": None}
+            "command": shlex.join([sys.argv[0], *sys.argv[1:]]), "overrides": list(overrides or []),
+            "started": now(), "ended": None}

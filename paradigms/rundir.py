@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -55,10 +56,15 @@ class RunLockedError(RunDirError):
     """Another process holds the run directory's lock; the message names it."""
 
 
-def active_config(config: dict[str, Any]) -> dict[str, Any]:
+FINGERPRINT_VERSION = 2  # 2: options a run ignores are left out (1: every key but the bookkeeping ones)
+
+
+def active_config(config: dict[str, Any], version: int = FINGERPRINT_VERSION) -> dict[str, Any]:
     """``config`` less the keys that do not change what the run computes: bookkeeping
-    (``NOT_FINGERPRINTED``), the solver and implicit gradient of a block that is not a DEQ, and the
-    mask options when there is no mask (they are ignored there)."""
+    (``NOT_FINGERPRINTED``) and, from version 2 on, what the run ignores: the solver, implicit gradient and
+    Jacobian penalty of a block that is not a DEQ, and the mask options when there is no mask."""
+    if version not in (1, 2):
+        raise ValueError(f"fingerprint version {version!r} is not known; versions: 1, 2")
     plain = json.loads(json.dumps(config, default=str))
     for key in NOT_FINGERPRINTED:
         node, _, rest = key.partition(".")
@@ -66,18 +72,29 @@ def active_config(config: dict[str, Any]) -> dict[str, Any]:
             (plain.get(node) or {}).pop(rest, None)
         else:
             plain.pop(node, None)
-    if (plain.get("block") or {}).get("mode", "deq") != "deq":
-        plain.pop("solver", None)
-        plain.pop("grad", None)
-    if (plain.get("mask") or {}).get("mode", "none") == "none":
-        plain.pop("mask", None)
+    if version >= 2:
+        block = plain.get("block") or {}
+        if block.get("mode", "tied") != "deq":
+            plain.pop("solver", None)
+            plain.pop("grad", None)
+            block.pop("jacobian_samples", None)
+            (plain.get("train") or {}).pop("jacobian_weight", None)
+        if (plain.get("mask") or {}).get("mode", "none") == "none":
+            plain.pop("mask", None)
     return plain
 
 
-def fingerprint(config: dict[str, Any]) -> str:
+def fingerprint(config: dict[str, Any], version: int = FINGERPRINT_VERSION) -> str:
     """A hash of everything in a resolved config (a plain dict, as in config.yaml) that changes what the
     run computes (see ``active_config``)."""
-    return hashlib.sha256(json.dumps(active_config(config), sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(active_config(config, version), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def same_config(config: dict[str, Any], metrics: dict[str, Any]) -> bool:
+    """Whether ``config`` is the one a run's metrics.json was written for (by the fingerprint version it
+    records; runs from before versions were recorded used version 1)."""
+    version = metrics.get("fingerprint_version", 1)
+    return version in (1, 2) and fingerprint(config, version) == metrics.get("fingerprint")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -122,8 +139,19 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
 
 
 def append_history(run_dir: Path, record: dict[str, Any]) -> None:
-    with _naming(Path(run_dir) / HISTORY), open(Path(run_dir) / HISTORY, "a") as fh:
-        fh.write(json.dumps({k: _finite(v) for k, v in record.items()}, sort_keys=True) + "\n")
+    path = Path(run_dir) / HISTORY
+    line = (json.dumps({k: _finite(v) for k, v in record.items()}, sort_keys=True) + "\n").encode()
+    with _naming(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+
+def write_text(path: Path, text: str) -> None:
+    """``path`` replaced atomically by ``text`` (a symlink at ``path`` is replaced, never followed)."""
+    atomic_write_bytes(Path(path), text.encode())
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
@@ -208,7 +236,8 @@ def load_checkpoint(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
         # weights_only: only tensors and plain containers unpickle; anything else (code) is refused.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling error means the same thing here
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+        first = text.splitlines()[0] if text else ""
         raise CheckpointError(
             f"checkpoint {path} is corrupt, unsafe or not a tiedlab checkpoint of format {CHECKPOINT_FORMAT} "
             f"({type(err).__name__}: {first}); delete it to start over, or use another run directory") from err
@@ -251,7 +280,12 @@ def hold_lock(run_dir: Path) -> Iterator[None]:
     import fcntl
 
     path = Path(run_dir) / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # O_NOFOLLOW: a planted symlink must not make us truncate the file it points at
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise RunDirError(f"{path} is a symbolic link; a run directory's files must be plain files") from None
+        raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -262,9 +296,9 @@ def hold_lock(run_dir: Path) -> Iterator[None]:
             raise RunLockedError(f"{run_dir} is in use by another process ({holder}); wait for it to end or "
                                  "use another run directory") from None
         started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        holder = f"pid {os.getpid()} on {socket.gethostname()} since {started}: {' '.join(sys.argv)}"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, holder.encode(), 0)
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since {started}: {' '.join(sys.argv)}".encode()
+        os.pwrite(fd, holder, 0)  # then cut what an earlier, longer holder left: never an empty file
+        os.ftruncate(fd, len(holder))
         try:
             yield
         finally:

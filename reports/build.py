@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import yaml
+
 from tiedlab.paradigms import provenance
 from .aggregate import Cell, group_cells
 from .guidelines import guidelines
 from .insights import InsightResult, evaluate
 from .load import Run, load_runs
+from .primary import PrimaryResult, evaluate_primaries, load_primaries
 from .plots import Plot, make_plots
 from .render import document, to_html, to_markdown
 from .summary import summary
@@ -31,6 +34,9 @@ class Report:
     commands: list[str] = field(default_factory=list)
     report_command: str = ""
     inputs: list[str] = field(default_factory=list)
+    primaries: list[PrimaryResult] = field(default_factory=list)  # the study's pre-registered comparisons
+    study: dict[str, Any] | None = None  # the study file the runs were made by (None: runs without a study)
+    looks: int = 1  # looks of the sequential design the seeds were added by (1: a fixed design)
     commit: str = "unknown"  # the checkout the report was built in
     run_commits: dict[str, int] = field(default_factory=dict)  # the commits the runs were trained at -> runs
     date: str = ""
@@ -56,12 +62,46 @@ def _remove_old_plots(out: Path) -> None:
             (out / name).unlink(missing_ok=True)
 
 
-def analyse(paths: Iterable[str | Path], title: str = "tiedlab report") -> Report:
-    """Load and analyse the runs under ``paths`` (no files written, no plots)."""
+STUDY_FILE = "study.yaml"  # written by tiedlab-study into its runs folder
+
+
+def find_study(paths: Iterable[str | Path], study: str | Path | None = None) -> dict[str, Any] | None:
+    """The study the runs under ``paths`` belong to: ``study`` (a study name or a YAML file) when given, else the
+    ``study.yaml`` that tiedlab-study wrote into an input folder; None when there is none.
+
+    Raises:
+        ValueError: two inputs hold different studies, or ``study`` names no study.
+    """
+    if study is not None:
+        path = Path(study)
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            return yaml.safe_load(path.read_text())
+        from tiedlab.paradigms.cli import load_study
+
+        return load_study(str(study))
+    found = {}
+    for p in paths:
+        path = Path(p) / STUDY_FILE
+        if path.is_file():
+            found[str(path)] = yaml.safe_load(path.read_text()) or {}
+    names = {str(s.get("name")) for s in found.values()}
+    if len(names) > 1:
+        raise ValueError(f"the inputs hold runs of different studies ({sorted(names)} in {sorted(found)}); "
+                         "report them separately")
+    return next(iter(found.values()), None)
+
+
+def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: str | Path | None = None) -> Report:
+    """Load and analyse the runs under ``paths`` (no files written, no plots): the study's pre-registered primary
+    comparisons (when the runs come from a study) and the descriptive secondary comparisons."""
     paths = list(paths)
     runs = load_runs(paths)
     cells = group_cells(runs)
-    return Report(title, runs, cells, evaluate(cells), guidelines(cells), inputs=[str(p) for p in paths])
+    spec = find_study(paths, study)
+    looks = int(((spec or {}).get("sequential") or {}).get("looks", 1))
+    primaries = evaluate_primaries(load_primaries(spec), runs, looks=looks) if spec else []
+    return Report(title, runs, cells, evaluate(cells), guidelines(cells), inputs=[str(p) for p in paths],
+                  primaries=primaries, study=spec, looks=looks)
 
 
 def run_commits(runs: Iterable[Run]) -> dict[str, int]:
@@ -76,13 +116,13 @@ def run_commits(runs: Iterable[Run]) -> dict[str, int]:
 
 
 def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tiedlab report",
-                 commands: Iterable[str] = (), report_command: str = "") -> Report:
+                 commands: Iterable[str] = (), report_command: str = "", study: str | Path | None = None) -> Report:
     """Write README.md, index.html, summary.json and the plots into ``out``; returns the report.
 
     Raises:
         FileNotFoundError: a path in ``paths`` does not exist.
     """
-    report = analyse(paths, title)
+    report = analyse(paths, title, study)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _remove_old_plots(out)

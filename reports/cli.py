@@ -18,6 +18,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="tiedlab report")
     p.add_argument("--command", action="append", default=[],
                    help="the command that made the runs, shown in the header (repeatable)")
+    p.add_argument("--study", default=None,
+                   help="the study whose primary comparisons to test (a name in configs/study/ or a YAML file); "
+                        "default: the study.yaml tiedlab-study wrote into the runs folder")
     return p
 
 
@@ -26,9 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     invocation = shlex.join(["tiedlab-report", *(argv if argv is not None else sys.argv[1:])])
     try:
-        report = build_report(args.runs, args.out, args.title, args.command, invocation)
+        report = build_report(args.runs, args.out, args.title, args.command, invocation, args.study)
     except FileNotFoundError as err:
         print(f"tiedlab-report: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # a malformed study file or primary comparison
+        print(f"tiedlab-report: error: {err}", file=sys.stderr)
         return 2
     counts: dict[str, int] = {}
     for run in report.runs:

@@ -19,14 +19,8 @@ from tiedlab.paradigms import rundir
 
 CONFIG, HISTORY, METRICS = rundir.CONFIG, rundir.HISTORY, rundir.METRICS
 
-# Paradigm -> (primary metric, higher is better). Unknown paradigms fall back on what the runs logged.
-PRIMARY: dict[str, tuple[str, bool]] = {
-    "vision": ("acc", True),
-    "graph": ("acc", True),
-    "ssl": ("knn_acc", True),
-    "language": ("loss", False),
-}
-FALLBACK: tuple[tuple[str, bool], ...] = (("acc", True), ("knn_acc", True))  # else ("loss", False)
+# Runs written before metrics.json named its primary metric: the first of these that they logged (else loss, lower).
+FALLBACK: tuple[tuple[str, bool], ...] = (("acc", True), ("knn_acc", True))
 
 # Where the model's width lives in ``model`` (first present wins).
 WIDTH_KEYS = ("width", "hidden", "d_model", "hidden_channels", "channels")
@@ -63,6 +57,7 @@ class Run:
     key: dict[str, Any] = field(default_factory=dict)  # the config that defines the run's cell
     metric: str = "acc"  # primary metric name (set per paradigm by ``load_runs``)
     higher_is_better: bool = True
+    declared: tuple[str, bool] | None = None  # the primary metric metrics.json names, if it names one
 
     def value(self, split: str = "val") -> float:
         """The final primary metric on ``split`` (nan if absent)."""
@@ -141,7 +136,7 @@ def variant_label(config: dict[str, Any]) -> str:
         label = str(mode)
     if mask_active(mask):
         label += f"+{mask.get('mode')}/{mask.get('kind', 'unstructured')}@{mask_sparsity(mask):g}"
-    if to_float((config.get("train") or {}).get("jacobian_weight", 0.0)) > 0:
+    if mode == "deq" and to_float((config.get("train") or {}).get("jacobian_weight", 0.0)) > 0:
         label += "+jac"
     return label
 
@@ -210,10 +205,11 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
             status, reason = str(result.get("status", "unknown")), str(result.get("reason", "") or "")
     else:
         result, status, reason = {}, "missing", "no metrics.json yet (not started, or killed before its first write)"
-    if config and result.get("fingerprint") and rundir.fingerprint(config) != result["fingerprint"]:
+    if config and result.get("fingerprint") and not rundir.same_config(config, result):
         # config.yaml was edited, or the files come from two runs: never file the results under this config.
-        problems.append(f"config.yaml does not match the fingerprint in metrics.json ({rundir.fingerprint(config)} != "
-                        f"{result['fingerprint']}): edited after the run or mixed with another run's files")
+        problems.append(f"config.yaml does not match the fingerprint in metrics.json (version "
+                        f"{result.get('fingerprint_version', 1)}: {result['fingerprint']}): edited after the run or "
+                        "mixed with another run's files")
         status, config = "unreadable", {}
     if problems:
         reason = "; ".join([reason, *problems]) if reason else "; ".join(problems)
@@ -227,6 +223,7 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
     return Run(
         dir=run_dir, name=name or run_dir.name, config=config, metrics=metrics, history=read_history(run_dir),
         status=status, reason=reason, provenance=[p for p in result.get("provenance") or [] if isinstance(p, dict)],
+        declared=_declared(result.get("primary_metric")),
         step=result.get("step"), total_steps=result.get("total_steps"),
         paradigm=paradigm_name(raw_paradigm), dataset=str(dataset), seed=seed if isinstance(seed, int) else None,
         mode=str(block.get("mode", "?")), label=variant_label(config) if config else "?", width=width,
@@ -234,6 +231,12 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
         mask_mode=str(mask.get("mode", "none")) if mask_active(mask) else "none",
         mask_kind=str(mask.get("kind", "")) if mask_active(mask) else "", sparsity=mask_sparsity(mask), key=key,
     )
+
+
+def _declared(value: Any) -> tuple[str, bool] | None:
+    if isinstance(value, dict) and isinstance(value.get("name"), str) and isinstance(value.get("higher_is_better"), bool):
+        return value["name"], value["higher_is_better"]
+    return None
 
 
 def is_run_dir(path: Path) -> bool:
@@ -269,9 +272,17 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
 
 
 def primary_metric(paradigm: str, runs: list[Run]) -> tuple[str, bool]:
-    """(metric, higher is better) of a paradigm: the table, else what its runs logged, else loss."""
-    if paradigm in PRIMARY:
-        return PRIMARY[paradigm]
+    """(metric, higher is better) of a paradigm: what its runs' metrics.json name (the adapter's own
+    ``primary_metric``), else, for runs written before they named it, what they logged, else loss.
+
+    Raises:
+        ValueError: runs of one paradigm name different primary metrics.
+    """
+    declared = {r.declared for r in runs if r.declared is not None}
+    if len(declared) > 1:
+        raise ValueError(f"runs of paradigm {paradigm!r} name different primary metrics: {sorted(declared)}")
+    if declared:
+        return next(iter(declared))
     keys = set()
     for run in runs:
         keys.update(run.metrics)

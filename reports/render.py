@@ -79,20 +79,93 @@ def header_blocks(report: Any) -> list[Block]:
     return [Block("h1", report.title), Block("ul", items=items)]
 
 
+SECONDARY_NOTE = (
+    "Not verdicts. These comparisons pick the best cell of each side on the metric they compare, are not "
+    "pre-registered and are not corrected for multiplicity; their 'd > 2 SE' screen decides about one null "
+    "comparison in five at 2 seeds per side. Read them as a description of the grid; the answer is the primary "
+    "comparisons above.")
+VERDICT_CLASS = {"holds": "holds", "fails": "fails", "equivalent": "holds", "undetermined": "inconclusive"}
+
+
+def _interval(result: Any) -> str:
+    """"+0.012 [+0.004, +0.020]" (the interval at the level the verdict was read at), or the effect alone."""
+    effect, lo, hi = result.effect, result.ci_low, result.ci_high
+    if not math.isfinite(effect):
+        return "-"
+    return f"{effect:+.3g} [{lo:+.3g}, {hi:+.3g}]" if math.isfinite(lo) and math.isfinite(hi) else f"{effect:+.3g}"
+
+
+def primary_text(result: Any) -> str:
+    """"holds: +0.012 [+0.004, +0.020], n=5/5" (the transfer table's cell)."""
+    more = (f"; ~{result.seeds_needed} seeds/arm to decide" if result.verdict == "undetermined" and result.seeds_needed
+            else "")
+    return f"{result.verdict}: {_interval(result)}, n={result.n_a}/{result.n_b}{more}"
+
+
+def primary_blocks(report: Any) -> list[Block]:
+    """The pre-registered primary comparisons, their verdicts, and the transfer table built from them."""
+    from .stats import RULE as STATS_RULE
+
+    if not report.primaries:
+        text = ("These runs come from no study file with pre-registered primary comparisons (`primary:` in "
+                "configs/study/NAME.yaml, or `tiedlab-report --study NAME`): no verdicts, only the descriptive "
+                "comparisons below.")
+        return [Block("h2", "Primary comparisons (pre-registered)"), Block("p", text)]
+    looks = (f" The seeds were added in up to {report.looks} looks (tiedlab-study --until-decided): each look "
+             f"tests at alpha/{report.looks}." if report.looks > 1 else "")
+    blocks = [Block("h2", "Primary comparisons (pre-registered)"), Block("p", "Rule: " + STATS_RULE + looks)]
+    rows, classes = [], []
+    for r in report.primaries:
+        s = r.spec
+        effect = {"mean": "A - B", "divergence": "rate B - rate A", "spread": "var B / var A"}[s.kind]
+        rows.append([str(s.insight), s.paradigm, s.label or "-", f"A: {s.a.title()}", f"B: {s.b.title()}",
+                     f"{s.claim}, delta {s.delta:g}", f"{s.kind}: {s.metric}"
+                     + (f" ({s.direction} is better)" if s.kind == "mean" else "")
+                     + (", log" if s.transform == "log" else "") + f"; effect {effect}",
+                     f"{r.n_a}/{r.n_b}" + (" paired" if r.paired else ""), _interval(r), fmt(r.p),
+                     r.verdict + (f" ({r.reason})" if r.reason else ""),
+                     fmt(r.seeds_needed) if r.verdict == "undetermined" else "-"])
+        classes.append(VERDICT_CLASS.get(r.verdict, ""))
+    blocks.append(Block("table", header=["insight", "paradigm", "claim", "arm A", "arm B", "claim, delta", "test",
+                                         "n A/B", "effect [CI at the verdict's level]", "p", "verdict (Holm)",
+                                         "seeds/arm to decide"], rows=rows, row_classes=classes))
+    notes = [f"insight {r.spec.insight} / {r.spec.paradigm}: {n}" for r in report.primaries for n in r.notes]
+    if notes:
+        blocks.append(Block("ul", items=notes))
+    paradigms = sorted({r.spec.paradigm for r in report.primaries})
+    by_key = {(r.spec.insight, r.spec.paradigm): r for r in report.primaries}
+    table = [[f"{n}. {short}"] + [primary_text(by_key[(n, p)]) if (n, p) in by_key else "not pre-registered"
+                                  for p in paradigms] for n, (short, _) in INSIGHTS.items()]
+    blocks += [Block("h2", "Insight transfer"),
+               Block("p", "One pre-registered primary comparison per insight and paradigm: the verdict, the effect "
+                          "(arm A - arm B, in the direction of the claim) with its 95% interval, and the seeds."),
+               Block("table", header=["insight"] + paradigms, rows=table)]
+    return blocks
+
+
+def screen(text: str) -> str:
+    """A secondary comparison's 2 SE screen in words that claim no verdict: "A ahead", "B ahead", "within"."""
+    for word, said in (("holds", "A ahead"), ("fails", "B ahead"), ("inconclusive", "not separated")):
+        if text.startswith(word):
+            return said + text[len(word):]
+    return text
+
+
 def insight_blocks(report: Any) -> list[Block]:
     cols = list(groups(report.cells))
     by_key = {(r.insight, r.paradigm, r.dataset): r for r in report.insights}
     rows, classes = [], []
     for number, (short, _) in INSIGHTS.items():
-        rows.append([f"{number}. {short}"] + [by_key[(number, *g)].short() if (number, *g) in by_key else "-"
-                                              for g in cols])
+        rows.append([f"{number}. {short}"] + [screen(by_key[(number, *g)].short()) if (number, *g) in by_key
+                                              else "-" for g in cols])
         classes.append("")
-    blocks = [Block("h2", "Insight transfer"), Block("p", "Decision rule: " + RULE)]
+    blocks = [Block("h2", "Secondary comparisons (descriptive)"),
+              Block("p", SECONDARY_NOTE + " How the screen reads: " + RULE)]
     if cols:
         blocks.append(Block("table", header=["insight"] + [f"{p} / {d}" for p, d in cols], rows=rows,
                             row_classes=classes))
     else:
-        blocks.append(Block("p", "No runs: every insight is inconclusive (no runs)."))
+        blocks.append(Block("p", "No runs: nothing to describe."))
     blocks.append(Block("h3", "What each insight compares"))
     blocks.append(Block("ul", items=[f"{n}. {text} Needs {NEEDS[n]}." for n, (_, text) in INSIGHTS.items()]))
     detail = []
@@ -100,16 +173,16 @@ def insight_blocks(report: Any) -> list[Block]:
     for r in report.insights:
         if not r.comparisons:
             detail.append([str(r.insight), f"{r.paradigm} / {r.dataset}", f"no runs (needs {NEEDS[r.insight]})", "-",
-                           "-", "-", "-", "inconclusive (no runs)"])
-            detail_classes.append("inconclusive")
+                           "-", "-", "-", "no runs"])
+            detail_classes.append("")
         for c in r.comparisons:
             detail.append([str(r.insight), f"{r.paradigm} / {r.dataset}", c.setting, c.a, c.b,
                            f"{c.n_a} vs {c.n_b}", f"{fmt(c.effect)} ± {fmt(c.se)} {c.unit}",
-                           f"{c.verdict} ({c.reason})"])
-            detail_classes.append(c.verdict)
-    blocks.append(Block("h3", "Comparisons behind the verdicts"))
+                           screen(f"{c.verdict} ({c.reason})")])
+            detail_classes.append("")
+    blocks.append(Block("h3", "The secondary comparisons"))
     blocks.append(Block("table", header=["insight", "paradigm / dataset", "comparison", "side A (insight favours)",
-                                         "side B", "n A vs B", "d ± SE", "verdict"], rows=detail,
+                                         "side B", "n A vs B", "d ± SE", "2 SE screen"], rows=detail,
                         row_classes=detail_classes))
     return blocks
 
@@ -173,8 +246,8 @@ def run_blocks(report: Any) -> list[Block]:
 
 def document(report: Any) -> list[Block]:
     """The whole report, in order."""
-    return [*header_blocks(report), *insight_blocks(report), *guideline_blocks(report), *cell_blocks(report),
-            *run_blocks(report)]
+    return [*header_blocks(report), *primary_blocks(report), *insight_blocks(report), *guideline_blocks(report),
+            *cell_blocks(report), *run_blocks(report)]
 
 
 def _md_cell(text: str) -> str:

@@ -60,12 +60,25 @@ def insight_entry(result: InsightResult) -> dict[str, Any]:
             "comparisons": [dataclasses.asdict(c) for c in result.comparisons]}
 
 
+def primary_entry(result: Any) -> dict[str, Any]:
+    spec, test = result.spec, result.test
+    return {"insight": spec.insight, "paradigm": spec.paradigm, "label": spec.label, "claim": spec.claim,
+            "delta": spec.delta, "metric": spec.metric, "direction": spec.direction, "kind": spec.kind,
+            "transform": spec.transform, "a": spec.a.title(), "b": spec.b.title(), "verdict": result.verdict,
+            "reason": result.reason, "p": result.p, "level": result.level, "effect": result.effect,
+            "ci_low": result.ci_low, "ci_high": result.ci_high, "n_a": result.n_a, "n_b": result.n_b,
+            "paired": result.paired, "seeds_needed": result.seeds_needed, "notes": result.notes, "a_runs": result.a_runs,
+            "b_runs": result.b_runs, "test": dataclasses.asdict(test) if dataclasses.is_dataclass(test) else str(test)}
+
+
 def summary(report: Any) -> dict[str, Any]:
     """Everything the README shows, as one JSON-ready dict."""
     return clean({
         "title": report.title, "commit": report.commit, "run_commits": report.run_commits, "date": report.date, "commands": report.commands,
         "report_command": report.report_command, "inputs": report.inputs, "machine": report.machine,
         "seeds": report.seeds, "total_train_s": report.total_train_s, "rule": RULE,
+        "study": (report.study or {}).get("name"), "looks": report.looks,
+        "primaries": [primary_entry(r) for r in report.primaries],
         "insight_texts": {str(k): {"name": v[0], "method": v[1]} for k, v in INSIGHTS.items()},
         "runs": [run_entry(r) for r in report.runs], "cells": [cell_entry(c) for c in report.cells],
         "insights": [insight_entry(r) for r in report.insights], "guidelines": report.guidelines,

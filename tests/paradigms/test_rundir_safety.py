@@ -247,10 +247,11 @@ def test_a_study_with_a_failed_run_counts_it_and_exits_non_zero(tmp_path, monkey
 def test_every_run_records_where_it_came_from(tmp_path):
     result = train(cfg(**{"train.time_limit_s": 0.0}), tmp_path)
     (tmp_path / rundir.METRICS).unlink()
-    result = train(cfg(), tmp_path)  # resumed by a second process: two entries
+    result = train(cfg(), tmp_path, overrides=["optim.lr=0.01"])  # resumed from the checkpoint by a second process
     sessions = result["provenance"]
-    assert len(sessions) == 1  # metrics.json was gone, so only this process's entry
+    assert len(sessions) == 1  # metrics.json (which lists the earlier processes) was deleted: only this one
     p = sessions[0]
+    assert p["overrides"] == ["optim.lr=0.01"]
     for key in ("commit", "dirty", "packages", "host", "device", "threads", "command", "started", "ended"):
         assert key in p, key
     assert p["device"] == "cpu" and p["threads"] == 1 and p["ended"] >= p["started"]
@@ -283,3 +284,87 @@ def test_the_report_refuses_a_config_edited_after_the_run(tmp_path):
     run = load_run(tmp_path)
     assert run.status == "unreadable" and "does not match the fingerprint in metrics.json" in run.reason
     assert run.key == {"dir": str(tmp_path)}  # not filed under the edited config's cell
+
+
+# ------------------------------------------------------------------------------ review follow-ups
+def test_a_run_stopped_by_its_time_limit_continues_with_a_larger_one(tmp_path):
+    part = train(cfg(**{"train.time_limit_s": 0.0}), tmp_path)
+    assert part["status"] == "completed" and part["step"] == 1
+    again = train(cfg(**{"train.time_limit_s": 0.0}), tmp_path)  # the same limit: nothing to do
+    assert again["step"] == 1
+    whole = train(cfg(**{"train.time_limit_s": None}), tmp_path)
+    assert whole["status"] == "completed" and whole["step"] == whole["total_steps"] == 10
+
+
+def test_runs_fingerprinted_before_version_2_still_resume_and_report(tmp_path):
+    from tiedlab.reports.load import load_run
+
+    train(cfg(), tmp_path)
+    metrics = json.loads((tmp_path / rundir.METRICS).read_text())
+    config = yaml.safe_load((tmp_path / rundir.CONFIG).read_text())
+    del metrics["fingerprint_version"]  # what a run written by the previous tiedlab holds
+    metrics["fingerprint"] = rundir.fingerprint(config, version=1)
+    (tmp_path / rundir.METRICS).write_text(json.dumps(metrics))
+    assert train(cfg(), tmp_path)["fingerprint"] == metrics["fingerprint"]  # nothing to do, not "another config"
+    assert load_run(tmp_path).status == "completed"
+    with pytest.raises(rundir.RunDirError, match="another config"):
+        train(cfg(**{"optim.lr": 0.02}), tmp_path)
+
+
+def test_a_crash_in_the_final_evaluation_records_failed(tmp_path, monkeypatch):
+    from support.toy import ToyParadigm
+
+    real = ToyParadigm.evaluate
+
+    def broken(self, model, data, split):
+        if split == "test":
+            raise RuntimeError("CUDA out of memory (planted)")
+        return real(self, model, data, split)
+
+    monkeypatch.setattr(ToyParadigm, "evaluate", broken)
+    result = train(cfg(), tmp_path)
+    assert result["status"] == "failed" and "in the final evaluation: CUDA out of memory" in result["reason"]
+    assert json.loads((tmp_path / rundir.METRICS).read_text())["status"] == "failed"
+    assert "Traceback" in (tmp_path / rundir.TRACEBACK).read_text()
+
+
+def test_numpy_metrics_from_a_paradigm_keep_the_checkpoint_loadable(tmp_path, monkeypatch):
+    import numpy as np
+    from support.toy import ToyParadigm
+
+    real = ToyParadigm.training_step
+
+    def numpy_metrics(self, model, batch):
+        out = real(self, model, batch)
+        out.metrics["train/acc"] = np.float64(out.metrics["train/acc"])
+        return out
+
+    monkeypatch.setattr(ToyParadigm, "training_step", numpy_metrics)
+    train(cfg(**{"train.time_limit_s": 0.0, "train.eval_every": 100}), tmp_path)  # checkpoint with a window
+    assert rundir.load_checkpoint(tmp_path, engine.fingerprint(engine.as_config(cfg(**{"train.eval_every": 100}))))
+
+
+def test_a_planted_symlink_in_a_run_directory_is_never_followed(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / rundir.LOCK).symlink_to(victim)
+    with pytest.raises(rundir.RunDirError, match="symbolic link"):
+        train(cfg(), run)
+    (run / rundir.LOCK).unlink()
+    (run / rundir.CONFIG).symlink_to(victim)
+    (run / rundir.HISTORY).symlink_to(victim)
+    assert train(cfg(), run)["status"] == "completed"  # the links are replaced, their target never written
+    assert victim.read_text() == "precious"
+    assert not (run / rundir.CONFIG).is_symlink() and not (run / rundir.HISTORY).is_symlink()
+    with pytest.raises(OSError):  # appending to a linked history.jsonl is refused, not followed
+        rundir.append_history(_linked_history(tmp_path, victim), {"step": 1})
+    assert victim.read_text() == "precious"
+
+
+def _linked_history(folder: Path, target: Path) -> Path:
+    run = folder / "linked"
+    run.mkdir()
+    (run / rundir.HISTORY).symlink_to(target)
+    return run

@@ -58,7 +58,7 @@ def write_run(root: Path, name: str, *, paradigm: str = "vision", dataset: str =
     metrics.update(extra or {})
     (run / "metrics.json").write_text(json.dumps({
         "status": status, "reason": reason, "step": 100 if status == "completed" else 40, "total_steps": 100,
-        "paradigm": paradigm, "dataset": dataset, "data": {"dataset": dataset}, "fingerprint": rundir.fingerprint(config),
+        "paradigm": paradigm, "dataset": dataset, "data": {"dataset": dataset}, "fingerprint": rundir.fingerprint(config), "fingerprint_version": rundir.FINGERPRINT_VERSION,
         "provenance": [{"commit": "abc1234", "dirty": False, "host": "testhost", "started": "2026-01-01T00:00:00+00:00"}],
         "metrics": metrics}))
     return run

@@ -114,7 +114,7 @@ def test_cli_errors(tmp_path, capsys):
     assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 1
     assert "no run directories" in capsys.readouterr().err
     assert (tmp_path / "r" / "README.md").exists()  # an empty report still says so
-    assert "No runs: every insight is inconclusive (no runs)." in (tmp_path / "r" / "README.md").read_text()
+    assert "No runs: nothing to describe." in (tmp_path / "r" / "README.md").read_text()
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "r")])  # RUNS is required
 

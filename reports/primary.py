@@ -1,0 +1,304 @@
+"""Pre-registered primary comparisons: what a study file names before it runs, and their verdicts.
+
+A study file lists, per insight and paradigm, one primary comparison under ``primary:``: two arms (a grid and
+the swept values its runs have, never a best-of pick on the metric under test), the metric and its direction,
+the kind of claim and the smallest effect of interest ``delta``. Everything else in a report is secondary and
+descriptive. The verdicts come from ``reports.stats`` (paired or Welch t intervals, Fisher's exact test, the F
+test) with Holm's correction across the report's primary comparisons.
+
+    primary:
+      defaults: {delta: {acc: 0.005, knn_acc: 0.005, loss: 0.02}}
+      comparisons:
+        - {insight: 1, paradigm: vision, claim: noninferiority, metric: val/acc,
+           a: {grid: vision_tied_vs_deq, where: {block: tied}},
+           b: {grid: vision_tied_vs_deq, where: {block: deq}}}
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Iterable, Mapping, Protocol
+
+from . import stats
+
+KINDS = ("mean", "divergence", "spread")
+TRANSFORMS = ("none", "log")
+DIRECTIONS = ("higher", "lower")
+REPLICATE_KEYS = ("seed", "data.fold")  # run-name keys that tell replicates apart, never arms
+# The smallest effects of interest when a study names none, by metric name (accuracies are fractions).
+DEFAULT_DELTA = {"acc": 0.005, "knn_acc": 0.005, "loss": 0.02}
+_ENTRY_KEYS = {"insight", "paradigm", "claim", "metric", "direction", "delta", "kind", "transform", "a", "b", "label"}
+
+
+class RunLike(Protocol):
+    """What a primary comparison reads of a run (``reports.load.Run`` or a run rebuilt from summary.json)."""
+
+    name: str
+    status: str
+    metrics: dict[str, float]
+
+
+def run_values(name: str) -> dict[str, str]:
+    """The swept ``key=value`` pairs of a run directory's name (its last path component), e.g.
+    "vision_depth/block.depth=8,seed=1" -> {"block.depth": "8", "seed": "1"}."""
+    leaf = name.rstrip("/").rsplit("/", 1)[-1]
+    out = {}
+    for part in leaf.split(","):
+        key, sep, value = part.partition("=")
+        if sep:
+            out[key.lstrip("+~")] = value
+    return out
+
+
+def run_grid(name: str) -> str:
+    """The grid a run belongs to: the first path component of its name under the study's runs folder."""
+    return name.strip("/").split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One side of a comparison: the runs of ``grid`` whose swept values include ``where``."""
+
+    grid: str
+    where: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def from_dict(cls, raw: Any, context: str) -> "Arm":
+        if not isinstance(raw, Mapping) or set(raw) - {"grid", "where"} or "grid" not in raw:
+            raise ValueError(f"{context}: an arm is {{grid: NAME, where: {{key: value, ...}}}}, got {raw!r}")
+        where = raw.get("where") or {}
+        if not isinstance(where, Mapping):
+            raise ValueError(f"{context}: 'where' must map swept keys to values, got {where!r}")
+        bad = sorted(k for k in where if k in REPLICATE_KEYS)
+        if bad:
+            raise ValueError(f"{context}: {bad} tell replicates apart and cannot select an arm")
+        return cls(str(raw["grid"]), tuple(sorted((str(k), _text(v)) for k, v in where.items())))
+
+    def matches(self, name: str) -> bool:
+        values = run_values(name)
+        return run_grid(name) == self.grid and all(values.get(k) == v for k, v in self.where)
+
+    def title(self) -> str:
+        return f"{self.grid}: {', '.join(f'{k}={v}' for k, v in self.where) or 'all'}"
+
+
+def _text(value: Any) -> str:
+    """A YAML value as Hydra writes it in a run directory's name (true -> true, 0.5 -> 0.5)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+@dataclass(frozen=True)
+class PrimarySpec:
+    """One pre-registered comparison. A positive effect always favours arm ``a``."""
+
+    insight: int
+    paradigm: str
+    a: Arm
+    b: Arm
+    claim: str
+    delta: float
+    metric: str = "val/acc"
+    direction: str = "higher"
+    kind: str = "mean"
+    transform: str = "none"
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.claim not in stats.CLAIMS:
+            raise ValueError(f"claim={self.claim!r} is not valid; choose one of {stats.CLAIMS}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r} is not valid; choose one of {KINDS}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction={self.direction!r} is not valid; choose one of {DIRECTIONS}")
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"transform={self.transform!r} is not valid; choose one of {TRANSFORMS}")
+        if not (isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and self.delta > 0):
+            raise ValueError(f"delta={self.delta!r} must be a number > 0 (the smallest effect of interest)")
+        if self.kind != "mean" and self.claim != "superiority":
+            raise ValueError(f"kind={self.kind} tests a difference only: claim must be 'superiority', "
+                             f"got {self.claim!r}")
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], defaults: Mapping[str, Any], index: int) -> "PrimarySpec":
+        context = f"primary comparison #{index + 1}"
+        unknown = sorted(set(raw) - _ENTRY_KEYS)
+        if unknown:
+            raise ValueError(f"{context}: unknown key(s) {unknown}; valid keys: {sorted(_ENTRY_KEYS)}")
+        missing = sorted({"insight", "paradigm", "claim", "a", "b"} - set(raw))
+        if missing:
+            raise ValueError(f"{context}: missing key(s) {missing}")
+        metric = str(raw.get("metric", "val/acc"))
+        delta = raw.get("delta")
+        if delta is None:
+            table = defaults.get("delta") or {}
+            delta = table.get(metric.rsplit("/", 1)[-1])
+            if delta is None:
+                raise ValueError(f"{context}: no delta for metric {metric!r} (defaults name {sorted(table)}); "
+                                 "set delta: the smallest effect of interest")
+        return cls(insight=int(raw["insight"]), paradigm=str(raw["paradigm"]),
+                   a=Arm.from_dict(raw["a"], f"{context}, arm a"), b=Arm.from_dict(raw["b"], f"{context}, arm b"),
+                   claim=str(raw["claim"]), delta=float(delta), metric=metric,
+                   direction=str(raw.get("direction", "lower" if metric.endswith("loss") else "higher")),
+                   kind=str(raw.get("kind", "mean")), transform=str(raw.get("transform", "none")),
+                   label=str(raw.get("label", "")))
+
+    def title(self) -> str:
+        return self.label or f"{self.a.title()} vs {self.b.title()}"
+
+
+def load_primaries(study: Mapping[str, Any]) -> list[PrimarySpec]:
+    """The primary comparisons a study file names (an empty list when it names none).
+
+    Raises:
+        ValueError: a malformed entry, or two entries for one (insight, paradigm).
+    """
+    block = study.get("primary")
+    if not block:
+        return []
+    if not isinstance(block, Mapping) or set(block) - {"defaults", "comparisons"}:
+        raise ValueError(f"primary: must be {{defaults: ..., comparisons: [...]}}, got keys {sorted(block)}")
+    defaults = block.get("defaults") or {}
+    DEFAULT = {"delta": {**DEFAULT_DELTA, **(defaults.get("delta") or {})}}
+    specs = [PrimarySpec.from_dict(raw, DEFAULT, i) for i, raw in enumerate(block.get("comparisons") or [])]
+    seen: dict[tuple[int, str], int] = {}
+    for i, spec in enumerate(specs):
+        key = (spec.insight, spec.paradigm)
+        if key in seen:
+            raise ValueError(f"primary comparisons #{seen[key] + 1} and #{i + 1} both test insight {spec.insight} in "
+                             f"{spec.paradigm}: pre-register one per insight and paradigm")
+        seen[key] = i
+    grids = {g["name"] for g in study.get("grids") or []}
+    for spec in specs:
+        for arm in (spec.a, spec.b):
+            if grids and arm.grid not in grids:
+                raise ValueError(f"primary comparison of insight {spec.insight} in {spec.paradigm}: grid "
+                                 f"{arm.grid!r} is not in the study; grids: {sorted(grids)}")
+    return specs
+
+
+@dataclass
+class PrimaryResult:
+    """A primary comparison's arms, its test and its (Holm-corrected) verdict. ``effect`` favours arm a when
+    positive: mean a - mean b (kind mean), rate b - rate a (divergence), variance b / variance a (spread)."""
+
+    spec: PrimarySpec
+    a_runs: list[str]
+    b_runs: list[str]
+    test: Any  # stats.Comparison for kind mean; stats.RateTest / stats.VarianceTest otherwise
+    verdict: str = "undetermined"
+    reason: str = ""
+    p: float = math.nan
+    notes: list[str] = field(default_factory=list)
+    effect: float = math.nan
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    n_a: int = 0
+    n_b: int = 0
+    paired: bool = False
+    seeds_needed: int | None = None
+    level: float = math.nan  # the alpha its verdict was read at (after Holm)
+
+
+def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[PrimaryResult]:
+    """Holm across every primary comparison of a report (``stats.holm_levels``): a mean comparison is re-read
+    from its interval at its level (``stats.reread``); a divergence or spread test is decided when its p is within
+    its level, in the direction its effect has (it has no other reading, so it releases its share like Holm's)."""
+    if not results:
+        return []
+    p = [r.test.p if r.spec.kind != "mean" or r.test.readable else math.nan for r in results]
+    release = [stats.releases(r.spec.claim) if r.spec.kind == "mean" else True for r in results]
+    levels, decided = stats.holm_levels(p, release, alpha)
+    m = sum(math.isfinite(x) for x in p)
+    for r, level, dec in zip(results, levels, decided):
+        r.level, r.p = float(level), float(r.test.p)
+        if r.spec.kind == "mean":
+            c = stats.reread(r.test, float(level), primary=bool(dec),
+                             note=f"Holm {'decided' if dec else 'undecided'} at alpha {level:.3g} ({m} comparisons)")
+            r.test, r.verdict, r.reason = c, c.verdict, c.reason
+            r.effect, r.ci_low, r.ci_high, r.n_a, r.n_b = c.effect, c.ci_low, c.ci_high, c.n_a, c.n_b
+            r.paired, r.seeds_needed = c.paired, c.seeds_needed
+            continue
+        t = r.test
+        if r.spec.kind == "divergence":
+            r.effect, r.n_a, r.n_b = t.difference, t.n_b, t.n_a  # the test was called with (b, a)
+        else:
+            r.effect, r.ci_low, r.ci_high, r.n_a, r.n_b = t.ratio, t.ci_low, t.ci_high, t.df_b + 1, t.df_a + 1
+        favours_a = r.effect > (1.0 if r.spec.kind == "spread" else 0.0)
+        if not math.isfinite(t.p):
+            r.verdict, r.reason = "undetermined", getattr(t, "reason", "") or "no test"
+        elif dec:
+            r.verdict = "holds" if favours_a else "fails"
+            r.reason = f"Holm decided at alpha {level:.3g} ({m} comparisons): p={t.p:.3g}"
+        else:
+            r.verdict, r.reason = "undetermined", f"Holm undecided at alpha {level:.3g} ({m} comparisons): p={t.p:.3g}"
+    return results
+
+
+def replicate_id(run: RunLike) -> Hashable:
+    """The seed (and fold) of a run, from its name; the run's name when it has neither."""
+    values = run_values(run.name)
+    key = tuple(values.get(k) for k in REPLICATE_KEYS)
+    return key if any(v is not None for v in key) else run.name
+
+
+def arm_runs(arm: Arm, runs: Iterable[RunLike]) -> list[RunLike]:
+    """The runs of an arm. Raises ValueError when they span several cells (``where`` names too few keys)."""
+    chosen = [r for r in runs if arm.matches(r.name)]
+    cells = {tuple(sorted((k, v) for k, v in run_values(r.name).items() if k not in REPLICATE_KEYS)) for r in chosen}
+    if len(cells) > 1:
+        raise ValueError(f"arm {arm.title()} matches runs of {len(cells)} cells "
+                         f"({sorted(', '.join(f'{k}={v}' for k, v in c) for c in cells)}); name the keys that tell "
+                         "them apart in 'where'")
+    return chosen
+
+
+def _value(spec: PrimarySpec, run: RunLike) -> float:
+    value = run.metrics.get(spec.metric, math.nan)
+    value = float(value) if isinstance(value, (int, float)) else math.nan
+    if spec.transform == "log":
+        value = math.log(value) if value > 0 else math.nan
+    return value if spec.direction == "higher" else -value
+
+
+def _values(spec: PrimarySpec, runs: list[RunLike], notes: list[str], side: str) -> dict[Hashable, float]:
+    grouped: dict[Hashable, list[float]] = {}
+    for run in runs:
+        if run.status == "completed":
+            grouped.setdefault(replicate_id(run), []).append(_value(spec, run))
+    skipped = [r for r in runs if r.status != "completed"]
+    if skipped:
+        notes.append(f"arm {side}: {len(skipped)} run(s) not completed and left out "
+                     f"({', '.join(sorted({r.status for r in skipped}))})")
+    merged, merge_notes = stats.merge_duplicates(grouped)
+    notes.extend(f"arm {side}: {n}" for n in merge_notes)
+    return merged
+
+
+def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: float = stats.ALPHA,
+                       looks: int = 1) -> list[PrimaryResult]:
+    """Each spec's test on its arms' runs, then Holm across all of them (at ``alpha / looks`` per look when
+    the seeds were added sequentially: ``tiedlab-study --until-decided``)."""
+    runs = list(runs)
+    results = []
+    for spec in specs:
+        a, b = arm_runs(spec.a, runs), arm_runs(spec.b, runs)
+        notes: list[str] = []
+        if spec.kind == "mean":
+            test = stats.compare(_values(spec, a, notes, "a"), _values(spec, b, notes, "b"), claim=spec.claim,
+                                 delta=spec.delta, alpha=alpha)
+        elif spec.kind == "divergence":  # a positive effect favours a: fewer of its runs diverged
+            ended_a = [r for r in a if r.status in ("completed", "diverged")]
+            ended_b = [r for r in b if r.status in ("completed", "diverged")]
+            test = stats.rate_test(sum(r.status == "diverged" for r in ended_b), len(ended_b),
+                                   sum(r.status == "diverged" for r in ended_a), len(ended_a), alpha=alpha)
+        else:  # spread: a positive effect favours a: its runs vary less over seeds
+            test = stats.variance_test([list(_values(spec, b, notes, "b").values())],
+                                       [list(_values(spec, a, notes, "a").values())], alpha=alpha)
+        results.append(PrimaryResult(spec, [r.name for r in a], [r.name for r in b], test, notes=notes))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return correct(results, alpha=alpha / looks)

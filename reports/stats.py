@@ -1,0 +1,680 @@
+"""The statistics behind the report's verdicts: t intervals read against 0 and a margin, corrected for multiplicity.
+
+The rule, in plain words (``RULE`` is the text the report prints):
+
+* A comparison contrasts two sides A and B over replicates (a seed, or a (seed, fold) pair). Its effect is
+  mean A - mean B, signed by the caller so that larger is better for A. Several runs of one replicate are first
+  averaged (``merge_duplicates``).
+* It is paired (a t test on the per-replicate differences, ``scipy.stats.ttest_rel``) when both sides hold the
+  same replicates, at least 2 of them; otherwise it is Welch's t test (``scipy.stats.ttest_ind(equal_var=False)``).
+* Every verdict is read from the two-sided 1 - alpha confidence interval [lo, hi] of the effect (alpha = 0.05):
+  a superiority claim holds if lo > 0, fails if hi < 0, and is read "equivalent" if -delta < lo and hi < delta; a
+  noninferiority claim holds if lo > -delta and fails if hi < -delta; an equivalence claim is "equivalent" if
+  -delta < lo and hi < delta and fails if lo > delta or hi < -delta. Anything else is undetermined, as is a
+  comparison with fewer than 2 replicates on a side or no spread at all (the t interval does not exist).
+  A verdict can only be false when the interval misses the true effect, which happens with probability alpha.
+* The report's primary comparisons are corrected together (``holm``) so that the chance of any false verdict
+  among them is at most alpha, by Holm's step-down procedure with one restriction: a decided comparison hands its
+  share of alpha on to the others only if it has no other reading left that could still be false. A superiority
+  claim's "equivalent" reading and an equivalence claim's "fails" reading could be, so those comparisons keep
+  their share; a family of such comparisons is read as by Bonferroni, each at level 1 - alpha/m.
+* A sequential plan looks after 2, 4, ... seeds per arm and stops at the first verdict; each of its K looks is
+  read at level 1 - alpha/K (equal alpha spending), so over all looks the chance of a false verdict is at most
+  alpha, and a rerun that resumes reaches the same verdict at the same look.
+
+Every distribution comes from ``scipy.stats`` (t, noncentral t, F, chi-squared, normal, Fisher's exact test);
+nothing here computes a distribution by hand. The tests in ``tests/reports/test_stats.py`` simulate the false
+verdict rates of these procedures under the null and their power under a planted effect.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Hashable, Mapping, Sequence
+
+import numpy as np
+from scipy import integrate, stats
+
+ALPHA = 0.05
+POWER = 0.8
+CLAIMS = ("superiority", "noninferiority", "equivalence")
+VERDICTS = ("holds", "fails", "equivalent", "undetermined")
+MAX_N = 1000  # seeds_needed gives up beyond this many seeds per arm
+
+RULE = (
+    "Each comparison contrasts two sides over replicates (seeds, or seed and fold): its effect is mean A - mean B, "
+    "signed so that larger is better for A; several runs of one replicate are averaged first. When both sides hold "
+    "the same replicates (at least 2), the comparison is paired (t test on the per-replicate differences); otherwise "
+    f"it is Welch's t test. Verdicts are read from the two-sided {1 - ALPHA:.0%} confidence interval [lo, hi] of "
+    f"the effect (alpha = {ALPHA:g}) against 0 and the claim's margin delta: a superiority claim holds if lo > 0, "
+    "fails if hi < 0, and is read equivalent if -delta < lo and hi < delta; a noninferiority claim (A not worse "
+    "than B by more than delta) holds if lo > -delta and fails if hi < -delta; an equivalence claim is equivalent "
+    "if -delta < lo and hi < delta and fails if lo > delta or hi < -delta; anything else is undetermined, as is a "
+    "comparison with fewer than 2 replicates on a side (n<2) or with no spread at all. The primary comparisons of "
+    "the report are corrected together so that the chance of any false verdict among them is at most alpha "
+    "(Holm's step-down on each comparison's p, the smallest alpha at which its interval reaches the claim's "
+    "decision): with m comparisons of which r have released their share, the next smallest p is decided if "
+    "p <= alpha/(m - r) and read from its interval at level 1 - alpha/(m - r); the others are read from their "
+    "interval at the level where this stops. A decided noninferiority comparison releases its share; a superiority "
+    "or equivalence comparison never does, because its secondary reading (equivalent, resp. fails) could still be "
+    "false, so a family of those is read as by Bonferroni, each at level 1 - alpha/m. A sequential plan looks after "
+    "2, 4, ... seeds per arm and stops at the first verdict; each of its K looks is read at level 1 - alpha/K "
+    "(equal alpha spending), so the chance of a false verdict over all looks is at most alpha. For an undetermined "
+    f"comparison, 'seeds needed' is the number of seeds per arm that would reach the claim's decision with power "
+    f"{POWER:.0%} at the observed effect and spread.")
+
+
+# --------------------------------------------------------------------------------------------------- checks
+
+
+def _check_claim(claim: str) -> str:
+    if claim not in CLAIMS:
+        raise ValueError(f"claim {claim!r} is not one of {', '.join(CLAIMS)}")
+    return claim
+
+
+def _check_delta(delta: float) -> float:
+    if not (isinstance(delta, (int, float, np.floating, np.integer)) and math.isfinite(delta) and delta > 0):
+        raise ValueError(f"delta={delta!r}: the margin must be a finite number > 0 (in the metric's units)")
+    return float(delta)
+
+
+def _check_alpha(alpha: float) -> float:
+    if not (isinstance(alpha, (int, float, np.floating)) and 0 < alpha < 1):
+        raise ValueError(f"alpha={alpha!r}: must be a number strictly between 0 and 1")
+    return float(alpha)
+
+
+def _check_n(n: int, name: str = "n", low: int = 2) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < low:
+        raise ValueError(f"{name}={n!r}: must be an integer >= {low}")
+    return int(n)
+
+
+# ----------------------------------------------------------------------------------------------- replicates
+
+
+def merge_duplicates(values: Mapping[Hashable, Sequence[float]]) -> tuple[dict[Hashable, float], list[str]]:
+    """One value per replicate id, with a warning for everything that was not taken as is.
+
+    ``values`` maps a replicate id (a seed, or a (seed, fold) tuple) to the values found for it: usually one, several
+    when two run directories share the config and the seed. Non-finite values are dropped (one warning per id,
+    with the count); an id left with no value is dropped (its warning says so); several finite values are merged
+    into their mean (one warning per id naming it and the count). Returns (id -> value, warnings).
+    """
+    merged: dict[Hashable, float] = {}
+    warnings: list[str] = []
+    for rid, vals in values.items():
+        if isinstance(vals, (str, bytes)) or not isinstance(vals, Sequence):
+            raise ValueError(f"replicate {rid!r}: expected a sequence of values, got {type(vals).__name__} {vals!r}")
+        floats = [float(v) for v in vals]
+        finite = [v for v in floats if math.isfinite(v)]
+        if len(finite) < len(floats):
+            bad = [v for v in floats if not math.isfinite(v)]
+            left = "the replicate is left out" if not finite else f"{len(finite)} kept"
+            warnings.append(f"replicate {rid!r}: dropped {len(bad)} non-finite value(s) {bad}; {left}")
+        if not finite:
+            continue
+        if len(finite) > 1:
+            warnings.append(f"replicate {rid!r}: {len(finite)} values (runs with the same config and replicate) "
+                            f"merged into their mean")
+        merged[rid] = float(np.mean(finite))
+    return merged, warnings
+
+
+# ----------------------------------------------------------------------------------------- interval reading
+
+
+def interval(effect, se, df, alpha: float):
+    """Two-sided 1 - alpha t interval effect +- t_{1 - alpha/2, df} * se (``scipy.stats.t.interval``; arrays work).
+
+    The same numbers as ``TtestResult.confidence_interval(1 - alpha)`` for the test that gave se and df; ``holm``
+    and the sequential looks use it to read a comparison at another level.
+    """
+    lo, hi = stats.t.interval(1 - np.asarray(alpha, dtype=float), df, loc=effect, scale=se)
+    return lo, hi
+
+
+def claim_p(claim: str, effect, se, df, delta: float):
+    """The smallest alpha at which the 1 - alpha interval reaches the claim's decision (arrays work).
+
+    superiority: the two-sided t test p of effect = 0 (the interval excludes 0, on either side);
+    noninferiority: the two-sided p of effect = -delta (the interval excludes -delta: holds above, fails below;
+    it is 2 x the one-sided p of H0: effect <= -delta whenever the estimate is above -delta);
+    equivalence: 2 x the larger of the two one-sided (TOST) p values of H0: effect <= -delta and H0: effect >= delta,
+    capped at 1 (the interval lies within +-delta). From ``scipy.stats.t``.
+    """
+    _check_claim(claim)
+    effect, se, df = (np.asarray(x, dtype=float) for x in (effect, se, df))
+    if claim == "superiority":
+        p = 2 * stats.t.sf(np.abs(effect) / se, df)
+    elif claim == "noninferiority":
+        p = 2 * stats.t.sf(np.abs(effect + delta) / se, df)
+    else:
+        above_low = stats.t.sf((effect + delta) / se, df)  # H0: effect <= -delta
+        below_high = stats.t.cdf((effect - delta) / se, df)  # H0: effect >= delta
+        p = np.minimum(1.0, 2 * np.maximum(above_low, below_high))
+    return p[()] if p.ndim == 0 else p
+
+
+def read(claim: str, lo, hi, delta: float, *, primary=True, secondary: bool = True):
+    """The verdict of an interval [lo, hi] (arrays work): holds, fails, equivalent or undetermined.
+
+    superiority: holds if lo > 0, fails if hi < 0, else (secondary reading) equivalent if -delta < lo and hi < delta.
+    noninferiority: holds if lo > -delta, fails if hi < -delta (no secondary reading).
+    equivalence: equivalent if -delta < lo and hi < delta, else (secondary reading) fails if lo > delta or
+    hi < -delta: shown to differ by more than the margin.
+    ``primary`` (bool or boolean array) False skips the primary decision (Holm left it undecided); ``secondary``
+    False skips the secondary one. A nan interval is undetermined.
+    """
+    _check_claim(claim)
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    primary = np.asarray(primary, dtype=bool)
+    inside = (lo > -delta) & (hi < delta)
+    if claim == "superiority":
+        conds = [primary & (lo > 0), primary & (hi < 0), secondary & inside]
+        choices = ["holds", "fails", "equivalent"]
+    elif claim == "noninferiority":
+        conds, choices = [primary & (lo > -delta), primary & (hi < -delta)], ["holds", "fails"]
+    else:
+        conds = [primary & inside, secondary & ((lo > delta) | (hi < -delta))]
+        choices = ["equivalent", "fails"]
+    out = np.select(conds, choices, default="undetermined")
+    return str(out) if out.ndim == 0 else out
+
+
+def _reason(claim: str, verdict: str, lo: float, hi: float, delta: float, alpha: float) -> str:
+    ci = f"{100 * (1 - alpha):.4g}% CI [{lo:.3g}, {hi:.3g}]"
+    margin = f"+-{delta:g}"
+    if claim == "superiority":
+        return {"holds": f"{ci} above 0", "fails": f"{ci} below 0", "equivalent": f"{ci} within {margin}",
+                "undetermined": f"{ci} contains 0"}[verdict]
+    if claim == "noninferiority":
+        return {"holds": f"{ci} above -{delta:g}", "fails": f"{ci} below -{delta:g}",
+                "undetermined": f"{ci} contains -{delta:g}"}[verdict]
+    return {"equivalent": f"{ci} within {margin}", "fails": f"{ci} outside {margin}",
+            "undetermined": f"{ci} crosses {margin}"}[verdict]
+
+
+# ----------------------------------------------------------------------------------------------- comparison
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One comparison of side A with side B under a claim, read at level 1 - alpha_used.
+
+    effect: mean A - mean B (paired: the mean of the per-replicate differences, the same number). sd: the spread
+    used for planning: paired, the sample sd of the differences (ddof=1); unpaired, sqrt((s_a^2 + s_b^2) / 2), the
+    root mean square of the two sample sds, so that sd * sqrt(2/n) is the standard error at n seeds per arm.
+    se: the standard error of the effect (paired sd/sqrt(n); Welch sqrt(s_a^2/n_a + s_b^2/n_b)); df: the test's
+    degrees of freedom (paired n - 1; Welch-Satterthwaite). [ci_low, ci_high]: the two-sided 1 - alpha_used t
+    interval. p: ``claim_p`` (the smallest alpha at which the interval reaches the claim's decision). seeds_needed:
+    for an undetermined verdict, seeds per arm (pairs when paired) for power ``POWER`` at level alpha_used at the
+    observed effect and sd; None when decided or not computable (n<2, zero spread, not reachable by MAX_N).
+    """
+
+    claim: str
+    delta: float
+    n_a: int
+    n_b: int
+    paired: bool
+    effect: float
+    ci_low: float
+    ci_high: float
+    alpha_used: float
+    p: float
+    verdict: str
+    reason: str
+    seeds_needed: int | None
+    sd: float
+    df: float
+    se: float
+
+    @property
+    def decided(self) -> bool:
+        return self.verdict != "undetermined"
+
+    @property
+    def readable(self) -> bool:
+        """False when no interval exists (n<2, zero spread): no level can decide it."""
+        return math.isfinite(self.se) and self.se > 0 and math.isfinite(self.df)
+
+
+def _side(values: Mapping[Hashable, float], name: str) -> dict[Hashable, float]:
+    out = {}
+    for rid, v in values.items():
+        v = float(v)
+        if not math.isfinite(v):
+            raise ValueError(f"side {name}, replicate {rid!r}: value {v} is not finite (clean it with "
+                             f"merge_duplicates first)")
+        out[rid] = v
+    return out
+
+
+def _plan(effect: float, sd: float, claim: str, delta: float, alpha: float, paired: bool) -> int | None:
+    if not (math.isfinite(effect) and math.isfinite(sd) and sd > 0):
+        return None
+    return seeds_needed(effect, sd, claim=claim, delta=delta, alpha=alpha, paired=paired)
+
+
+def compare(a: Mapping[Hashable, float], b: Mapping[Hashable, float], *, claim: str, delta: float,
+            alpha: float = ALPHA) -> Comparison:
+    """Compare side A with side B (replicate id -> value, one value per id: see ``merge_duplicates``).
+
+    Paired t test (``scipy.stats.ttest_rel`` on the common ids, in A's order) when both sides hold the same ids and
+    at least 2 of them; otherwise Welch's t test (``scipy.stats.ttest_ind(equal_var=False)``). The interval is the
+    test result's ``confidence_interval(1 - alpha)``, read by ``read``. Fewer than 2 replicates on a side (or
+    pairs): undetermined, reason "n<2", nan interval. No spread at all (every difference equal when paired, every
+    value of each side equal when not): the t interval does not exist, so undetermined with the exact difference
+    in the reason, nan interval and p (scipy would return an infinite statistic and an interval of width 0).
+    """
+    _check_claim(claim)
+    delta, alpha = _check_delta(delta), _check_alpha(alpha)
+    a, b = _side(a, "A"), _side(b, "B")
+    paired = set(a) == set(b) and len(a) >= 2
+    xa = np.array(list(a.values()))
+    xb = np.array([b[k] for k in a]) if paired else np.array(list(b.values()))
+    n_a, n_b = len(xa), len(xb)
+    nan = math.nan
+    effect = float(xa.mean() - xb.mean()) if n_a and n_b else nan
+    base = dict(claim=claim, delta=delta, n_a=n_a, n_b=n_b, paired=paired, effect=effect, alpha_used=alpha)
+    if n_a < 2 or n_b < 2:
+        return Comparison(**base, ci_low=nan, ci_high=nan, p=nan, verdict="undetermined",
+                          reason=f"n<2: {n_a} replicate(s) for A, {n_b} for B", seeds_needed=None, sd=nan,
+                          df=nan, se=nan)
+    if paired:
+        diff = xa - xb
+        sd = float(np.std(diff, ddof=1))
+        no_spread = bool(np.all(diff == diff[0]))
+    else:
+        sd = float(math.sqrt((np.var(xa, ddof=1) + np.var(xb, ddof=1)) / 2))
+        no_spread = bool(np.all(xa == xa[0]) and np.all(xb == xb[0]))
+    if no_spread:
+        what = "every paired difference is" if paired else "each side is constant and the difference is"
+        return Comparison(**base, ci_low=nan, ci_high=nan, p=nan, verdict="undetermined",
+                          reason=f"zero spread: {what} exactly {effect:.6g}, so there is no t interval "
+                                 f"(the replicates show no noise to judge it against)",
+                          seeds_needed=None, sd=0.0, df=nan, se=0.0)
+    res = stats.ttest_rel(xa, xb) if paired else stats.ttest_ind(xa, xb, equal_var=False)
+    df = float(res.df)
+    se = float(sd / math.sqrt(n_a)) if paired else float(math.sqrt(np.var(xa, ddof=1) / n_a
+                                                                   + np.var(xb, ddof=1) / n_b))
+    ci = res.confidence_interval(1 - alpha)
+    lo, hi = float(ci.low), float(ci.high)
+    verdict = read(claim, lo, hi, delta)
+    return Comparison(**base, ci_low=lo, ci_high=hi, p=float(claim_p(claim, effect, se, df, delta)),
+                      verdict=verdict, reason=_reason(claim, verdict, lo, hi, delta, alpha),
+                      seeds_needed=None if verdict != "undetermined" else _plan(effect, sd, claim, delta, alpha,
+                                                                                paired),
+                      sd=sd, df=df, se=se)
+
+
+def reread(c: Comparison, alpha: float, *, primary: bool = True, secondary: bool = True,
+           note: str = "") -> Comparison:
+    """``c`` read at level 1 - alpha: its interval recomputed (``interval``), its verdict, reason and plan.
+
+    ``primary``/``secondary`` as in ``read``; ``note`` is put in front of the reason. A comparison without an
+    interval (n<2, zero spread) keeps its verdict and reason, with alpha_used updated.
+    """
+    alpha = _check_alpha(alpha)
+    prefix = f"{note}: " if note else ""
+    if not c.readable:
+        return replace(c, alpha_used=alpha, reason=prefix + c.reason)
+    lo, hi = (float(x) for x in interval(c.effect, c.se, c.df, alpha))
+    verdict = read(c.claim, lo, hi, c.delta, primary=primary, secondary=secondary)
+    return replace(c, ci_low=lo, ci_high=hi, alpha_used=alpha, verdict=verdict,
+                   reason=prefix + _reason(c.claim, verdict, lo, hi, c.delta, alpha),
+                   seeds_needed=None if verdict != "undetermined" else _plan(c.effect, c.sd, c.claim, c.delta,
+                                                                             alpha, c.paired))
+
+
+# ------------------------------------------------------------------------------------------- multiplicity
+
+
+def releases(claim: str, secondary: bool = True) -> bool:
+    """Whether a decided comparison of this claim hands its share of alpha on (see ``holm``)."""
+    _check_claim(claim)
+    return claim == "noninferiority" or not secondary
+
+
+def holm_levels(p, release, alpha: float = ALPHA):
+    """Holm's step-down with release flags, vectorised over families: (levels, decided), each shaped like ``p``.
+
+    ``p``: (m,) or (N, m) claim p values; nan marks a comparison that cannot be read (it is left out of m).
+    ``release``: (m,) booleans, whether a decided comparison hands its share on. With m readable comparisons of
+    which r decided ones have released their share, the smallest remaining p is decided if p <= alpha/(m - r), at
+    that level; the first that is not stops the procedure and every undecided comparison gets the level
+    alpha/(m - r) reached there. With every flag True this is Holm's procedure; with every flag False, Bonferroni.
+    """
+    alpha = _check_alpha(alpha)
+    p = np.asarray(p, dtype=float)
+    one = p.ndim == 1
+    p = np.atleast_2d(p)
+    release = np.broadcast_to(np.asarray(release, dtype=bool), p.shape)
+    readable = np.isfinite(p)
+    m = readable.sum(axis=1, keepdims=True)
+    order = np.argsort(np.where(readable, p, np.inf), axis=1, kind="stable")
+    ps = np.take_along_axis(np.where(readable, p, np.inf), order, axis=1)
+    rel = np.take_along_axis(release, order, axis=1)
+    released_before = np.cumsum(rel, axis=1) - rel
+    with np.errstate(divide="ignore"):
+        thresh = alpha / np.maximum(m - released_before, 1)
+    decided_sorted = np.cumprod(ps <= thresh, axis=1).astype(bool)
+    r_final = np.sum(decided_sorted & rel, axis=1, keepdims=True)
+    final = alpha / np.maximum(m - r_final, 1)
+    levels_sorted = np.where(decided_sorted, thresh, final)
+    levels, decided = np.empty_like(levels_sorted), np.empty_like(decided_sorted)
+    np.put_along_axis(levels, order, levels_sorted, axis=1)
+    np.put_along_axis(decided, order, decided_sorted, axis=1)
+    return (levels[0], decided[0]) if one else (levels, decided)
+
+
+def holm(comparisons: Sequence[Comparison], alpha: float = ALPHA, *, secondary: bool = True) -> list[Comparison]:
+    """The report's primary comparisons corrected together: chance of any false verdict among them <= alpha.
+
+    Step-down on each comparison's ``p`` (``holm_levels``): a decided comparison is read from its interval at the
+    level at which it was decided (1 - alpha/(m - r)), where its primary decision is reached by construction; the
+    undecided ones are read at the level where the procedure stopped, which can give only a secondary reading.
+    A decided noninferiority comparison releases its share (r grows). A superiority or equivalence comparison
+    never does when ``secondary`` is True (the default): its secondary reading ("equivalent", resp. "fails") is
+    false when the true effect is on the far side of the margin while its primary null is false, and a
+    comparison that might still make a false reading cannot give its alpha away (releasing it lets the family
+    reach nearly 2 x alpha: 0.09 at m = 6 in the tests). ``secondary=False`` drops those readings (they come
+    out undetermined) and every decided comparison releases: Holm's procedure proper.
+
+    Why it holds (any dependence between comparisons): let J be the comparisons whose primary null is true (effect
+    0; -delta; |effect| >= delta) and K those with a secondary reading whose primary null is false. Each of these
+    |J| + |K| intervals misses its true effect at level 1 - alpha/(|J| + |K|) with probability alpha/(|J| + |K|),
+    so all cover with probability >= 1 - alpha. Then no comparison of J is decided, since only decided comparisons
+    outside J and K can have released, which keeps every level <= alpha/(|J| + |K|); so every verdict of J and K
+    comes from an interval that covers the truth and is true. What remains are the released noninferiority
+    verdicts, whose only possible error is the direction (holds at an effect below -delta or fails above it), as
+    in Holm's procedure (proved for independent comparisons, Shaffer 1980).
+    Comparisons that cannot be read (n<2, zero spread) stay undetermined and are left out of m. The returned list
+    is in the input order; p is unchanged, alpha_used is the level each was read at.
+    """
+    alpha = _check_alpha(alpha)
+    if not comparisons:
+        return []
+    p = np.array([c.p if c.readable else math.nan for c in comparisons], dtype=float)
+    release = np.array([releases(c.claim, secondary) for c in comparisons])
+    levels, decided = holm_levels(p, release, alpha)
+    m = int(np.isfinite(p).sum())
+    out = []
+    for c, level, dec in zip(comparisons, levels, decided):
+        note = f"Holm {'decided' if dec else 'undecided'} at alpha {level:.3g} ({m} comparisons)"
+        out.append(reread(c, float(level), primary=bool(dec), secondary=secondary, note=note))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- power
+
+
+def _design(n: int, sd: float, paired: bool) -> tuple[int, float]:
+    """(df, true standard error) at n seeds per arm: paired n - 1 and sd/sqrt(n); unpaired 2n - 2, sd*sqrt(2/n)."""
+    return (n - 1, sd / math.sqrt(n)) if paired else (2 * n - 2, sd * math.sqrt(2 / n))
+
+
+def _tost_power(effect: float, delta: float, sigma: float, df: int, crit: float) -> float:
+    """P(-delta < lo and hi < delta) for effect-hat ~ N(effect, sigma^2), se-hat = sigma sqrt(V / df), V ~ chi2(df).
+
+    Integrated over u = chi2.cdf(V), so that the integrand is a smooth probability on [0, u_max] at any df, where
+    u_max is the point beyond which the interval is wider than the margin band; 128-point Gauss-Legendre
+    (``scipy.integrate.fixed_quad``) agrees with adaptive ``quad`` to about 1e-5.
+    """
+    u_max = float(stats.chi2.cdf(df * (delta / (crit * sigma)) ** 2, df))
+
+    def inside(u: np.ndarray) -> np.ndarray:
+        half = crit * np.sqrt(stats.chi2.ppf(u, df) / df)
+        return np.maximum(0.0, stats.norm.cdf((delta - effect) / sigma - half)
+                          - stats.norm.cdf((-delta - effect) / sigma + half))
+
+    value, _ = integrate.fixed_quad(inside, 0.0, u_max, n=128)
+    return float(min(1.0, max(0.0, value)))
+
+
+def power_of(n: int, effect: float, sd: float, *, claim: str, delta: float, alpha: float = ALPHA,
+             paired: bool) -> float:
+    """Probability that n seeds per arm (n pairs when paired) reach the claim's decision at level alpha.
+
+    The decision is the one on the side of the true effect: superiority, the interval excludes 0 on that side
+    (holds for effect > 0); noninferiority, it excludes -delta on that side (holds for effect > -delta);
+    equivalence, it lies within +-delta. The test is the paired t test (df n - 1) or the equal-n two-sample t test
+    (df 2n - 2, pooled variance sd^2; Welch's df equals 2n - 2 when the two sample variances are equal and is a
+    little lower otherwise, so for Welch this is slightly optimistic). superiority and noninferiority use the
+    noncentral t (``scipy.stats.nct``), exact; equivalence integrates the normal probability of the effect
+    estimate over the chi-squared distribution of the variance estimate (``scipy.stats.norm``, ``chi2``,
+    ``scipy.integrate.quad``), exact, since the two TOST statistics share that estimate.
+    """
+    _check_claim(claim)
+    n, delta, alpha = _check_n(n), _check_delta(delta), _check_alpha(alpha)
+    if not (math.isfinite(effect) and math.isfinite(sd) and sd > 0):
+        raise ValueError(f"effect={effect!r}, sd={sd!r}: need a finite effect and a finite sd > 0")
+    df, sigma = _design(n, sd, paired)
+    crit = float(stats.t.ppf(1 - alpha / 2, df))
+    if claim == "equivalence":
+        return _tost_power(effect, delta, sigma, df, crit)
+    boundary = 0.0 if claim == "superiority" else -delta
+    return float(stats.nct.sf(crit, df, abs(effect - boundary) / sigma))
+
+
+def seeds_needed(effect: float, sd: float, *, claim: str, delta: float, alpha: float = ALPHA, paired: bool,
+                 power: float = POWER, max_n: int = MAX_N) -> int | None:
+    """The smallest n >= 2 per arm (pairs when paired) with ``power_of(n, ...) >= power``; None beyond max_n.
+
+    None also means not reachable at all: a superiority effect of 0, a noninferiority effect of exactly -delta, an
+    equivalence effect at or beyond the margin. Power grows with n, so the search bisects.
+    """
+    if not 0 < power < 1:
+        raise ValueError(f"power={power!r}: must be strictly between 0 and 1")
+    max_n = _check_n(max_n, "max_n")
+
+    def enough(n: int) -> bool:
+        return power_of(n, effect, sd, claim=claim, delta=delta, alpha=alpha, paired=paired) >= power
+
+    if enough(2):
+        return 2
+    if not enough(max_n):
+        return None
+    lo, hi = 2, max_n  # enough(lo) is False, enough(hi) is True
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return hi
+
+
+# ----------------------------------------------------------------------------------------- batch (simulation)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """``compare`` over N comparisons at once (rows of (N, n) arrays): arrays of length N."""
+
+    effect: np.ndarray
+    se: np.ndarray
+    df: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    p: np.ndarray
+    verdict: np.ndarray
+
+
+def batch_compare(a: np.ndarray, b: np.ndarray, *, claim: str, delta: float, alpha: float = ALPHA,
+                  paired: bool) -> Batch:
+    """The same procedure as ``compare`` for the rows of a (N, n_a) and b (N, n_b), with scipy's axis support.
+
+    ``paired`` says which test (rows of a and b are then the same replicates, in order). For simulations; rows
+    with no spread come out undetermined with a nan interval, like ``compare``; n_a, n_b must be >= 2.
+    """
+    _check_claim(claim)
+    delta, alpha = _check_delta(delta), _check_alpha(alpha)
+    a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
+    _check_n(a.shape[1], "n_a"), _check_n(b.shape[1], "n_b")
+    if paired:
+        res = stats.ttest_rel(a, b, axis=1)
+        se = np.std(a - b, axis=1, ddof=1) / math.sqrt(a.shape[1])
+    else:
+        res = stats.ttest_ind(a, b, axis=1, equal_var=False)
+        se = np.sqrt(np.var(a, axis=1, ddof=1) / a.shape[1] + np.var(b, axis=1, ddof=1) / b.shape[1])
+    effect = a.mean(axis=1) - b.mean(axis=1)
+    df = np.broadcast_to(np.asarray(res.df, dtype=float), effect.shape)
+    ok = se > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ci = res.confidence_interval(1 - alpha)
+        lo, hi = np.where(ok, ci.low, np.nan), np.where(ok, ci.high, np.nan)
+        p = np.where(ok, claim_p(claim, effect, np.where(ok, se, 1.0), df, delta), np.nan)
+    return Batch(effect=effect, se=se, df=df, ci_low=lo, ci_high=hi, p=p, verdict=read(claim, lo, hi, delta))
+
+
+# ------------------------------------------------------------------------------------------ spread and rates
+
+
+@dataclass(frozen=True)
+class VarianceTest:
+    """Exact F test of var A / var B on pooled within-cell variances (two-sided p, 1 - alpha interval of the ratio).
+
+    reason is "" when computed, else says why p and the interval are nan.
+    """
+
+    var_a: float
+    var_b: float
+    df_a: int
+    df_b: int
+    ratio: float
+    ci_low: float
+    ci_high: float
+    p: float
+    alpha: float
+    reason: str
+
+
+def _pooled(groups: Sequence[Sequence[float]], name: str) -> tuple[float, int]:
+    ss, df = 0.0, 0
+    for i, g in enumerate(groups):
+        x = np.asarray(g, dtype=float)
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"side {name}, cell {i}: non-finite values {x[~np.isfinite(x)].tolist()}")
+        if len(x) >= 2:
+            ss += float(np.sum((x - x.mean()) ** 2))
+            df += len(x) - 1
+    return (ss / df if df else math.nan), df
+
+
+def variance_test(a_groups: Sequence[Sequence[float]], b_groups: Sequence[Sequence[float]],
+                  alpha: float = ALPHA) -> VarianceTest:
+    """Spread of side A vs side B, each side pooling several cells (e.g. widths): an exact F test (``scipy.stats.f``).
+
+    Each side's variance is the pooled within-cell variance sum of squares about each cell's mean / df, with
+    df = sum of (n - 1) over its cells (cells of one value add nothing). ratio = var_a / var_b; under normality
+    ratio / (true ratio) ~ F(df_a, df_b), which gives the two-sided p of "equal spread",
+    2 x min(F.cdf, F.sf) capped at 1, and the interval [ratio / F_{1-alpha/2}, ratio / F_{alpha/2}] of the true
+    ratio. The F test is exact under normality and sensitive to heavy tails; ``brown_forsythe`` is the robust check.
+    """
+    alpha = _check_alpha(alpha)
+    (va, dfa), (vb, dfb) = _pooled(a_groups, "A"), _pooled(b_groups, "B")
+    nan = math.nan
+    base = dict(var_a=va, var_b=vb, df_a=dfa, df_b=dfb, alpha=alpha)
+    if dfa == 0 or dfb == 0:
+        which = " and ".join(s for s, d in (("A", dfa), ("B", dfb)) if d == 0)
+        return VarianceTest(**base, ratio=nan, ci_low=nan, ci_high=nan, p=nan,
+                            reason=f"no cell with >= 2 values on side {which} (df=0)")
+    if va == 0 or vb == 0:
+        which = " and ".join(s for s, v in (("A", va), ("B", vb)) if v == 0)
+        return VarianceTest(**base, ratio=va / vb if vb else nan, ci_low=nan, ci_high=nan, p=nan,
+                            reason=f"zero spread on side {which}: no F test")
+    ratio = va / vb
+    p = min(1.0, 2 * min(float(stats.f.cdf(ratio, dfa, dfb)), float(stats.f.sf(ratio, dfa, dfb))))
+    lo = ratio / float(stats.f.ppf(1 - alpha / 2, dfa, dfb))
+    hi = ratio / float(stats.f.ppf(alpha / 2, dfa, dfb))
+    return VarianceTest(**base, ratio=ratio, ci_low=lo, ci_high=hi, p=p, reason="")
+
+
+@dataclass(frozen=True)
+class SpreadTest:
+    """Brown-Forsythe test (Levene's test about the medians) of equal spread of two samples."""
+
+    statistic: float
+    p: float
+
+
+def brown_forsythe(a: Sequence[float], b: Sequence[float]) -> SpreadTest:
+    """``scipy.stats.levene(a, b, center='median')``: robust to non-normal tails; needs >= 2 values per sample."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    for name, x in (("A", a), ("B", b)):
+        if len(x) < 2 or not np.all(np.isfinite(x)):
+            raise ValueError(f"sample {name} = {x.tolist()}: need >= 2 finite values")
+    res = stats.levene(a, b, center="median")
+    return SpreadTest(statistic=float(res.statistic), p=float(res.pvalue))
+
+
+@dataclass(frozen=True)
+class RateTest:
+    """Fisher's exact test of two event rates (e.g. divergence): rate_a - rate_b and the two-sided p."""
+
+    k_a: int
+    n_a: int
+    k_b: int
+    n_b: int
+    rate_a: float
+    rate_b: float
+    difference: float
+    odds_ratio: float
+    p: float
+    alpha: float
+
+
+def rate_test(k_a: int, n_a: int, k_b: int, n_b: int, alpha: float = ALPHA) -> RateTest:
+    """k events among n runs on each side: ``scipy.stats.fisher_exact([[k_a, n_a-k_a], [k_b, n_b-k_b]])``.
+
+    Exact at any n (the two-proportion normal test is not at a handful of runs); decided when p <= alpha (within a
+    family, at the family's level). difference = k_a/n_a - k_b/n_b; odds_ratio is scipy's sample odds ratio.
+    """
+    alpha = _check_alpha(alpha)
+    for name, k, n in (("A", k_a, n_a), ("B", k_b, n_b)):
+        _check_n(n, f"n_{name.lower()}", low=1)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= n:
+            raise ValueError(f"k_{name.lower()}={k!r}: must be an integer count between 0 and n_{name.lower()}={n}")
+    res = stats.fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]], alternative="two-sided")
+    return RateTest(k_a=int(k_a), n_a=int(n_a), k_b=int(k_b), n_b=int(n_b), rate_a=k_a / n_a, rate_b=k_b / n_b,
+                    difference=k_a / n_a - k_b / n_b, odds_ratio=float(res.statistic), p=float(res.pvalue),
+                    alpha=alpha)
+
+
+# ------------------------------------------------------------------------------------------------ sequential
+
+
+def sequential_alpha(looks: int, alpha: float = ALPHA) -> list[float]:
+    """Per-look levels of a group-sequential plan: equal (Bonferroni) spending, alpha/looks at each look.
+
+    Valid for any correlation between looks (the union bound), and a look's level does not depend on what was
+    seen before, so a resumed rerun reads each look the same way. Pocock / O'Brien-Fleming boundaries would spend
+    less conservatively but rest on normal theory that does not hold for t statistics at 2-10 seeds.
+    """
+    looks, alpha = _check_n(looks, "looks", low=1), _check_alpha(alpha)
+    return [alpha / looks] * looks
+
+
+def plan_looks(n_start: int, n_max: int, step: int) -> list[int]:
+    """Seeds per arm at each look: n_start, n_start + step, ..., and n_max as the last look (e.g. 2, 4, ..., 10)."""
+    n_start, step = _check_n(n_start, "n_start"), _check_n(step, "step", low=1)
+    n_max = _check_n(n_max, "n_max", low=n_start)
+    looks = list(range(n_start, n_max + 1, step))
+    return looks if looks[-1] == n_max else looks + [n_max]
+
+
+def sequential_decide(a: Mapping[Hashable, float], b: Mapping[Hashable, float], *, claim: str, delta: float,
+                      look: int, looks: int, alpha: float = ALPHA) -> Comparison:
+    """The verdict at look ``look`` (1-based) of ``looks``: ``compare`` at the look's level from ``sequential_alpha``.
+
+    Stop at the first verdict other than undetermined; the plan's chance of any false verdict over all its looks
+    is at most alpha. Undetermined before the last look means: run the next look's seeds.
+    """
+    looks = _check_n(looks, "looks", low=1)
+    look = _check_n(look, "look", low=1)
+    if look > looks:
+        raise ValueError(f"look={look}: must be between 1 and looks={looks}")
+    level = sequential_alpha(looks, alpha)[look - 1]
+    c = compare(a, b, claim=claim, delta=delta, alpha=level)
+    then = ("continue to the next look" if look < looks else "last look") if not c.decided else "stop"
+    return replace(c, reason=f"look {look}/{looks} at alpha {level:.3g}: {c.reason}; {then}")

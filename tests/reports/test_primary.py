@@ -1,0 +1,145 @@
+"""Pre-registered primary comparisons: study-file parsing, arm selection by grid and swept values, verdicts with
+Holm's correction, the report's primary section, and the study runner's seed rounds until decided."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tiedlab.paradigms.cli import load_study
+from tiedlab.reports import primary, stats
+from tiedlab.reports.build import build_report
+from tiedlab.reports.primary import Arm, PrimarySpec, evaluate_primaries, load_primaries, run_values
+
+from .conftest import write_run
+
+
+@dataclass
+class FakeRun:
+    name: str
+    status: str = "completed"
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def spec(**changes):
+    raw = {"insight": 1, "paradigm": "vision", "claim": "superiority", "metric": "val/acc",
+           "a": {"grid": "g", "where": {"block": "tied"}}, "b": {"grid": "g", "where": {"block": "deq"}}}
+    raw.update(changes)
+    return raw
+
+
+def test_every_shipped_study_pre_registers_valid_primaries():
+    for name in ("demo", "quick", "paper"):
+        study = load_study(name)
+        specs = load_primaries(study)
+        assert specs, name
+        grids = {g["name"]: g for g in study["grids"]}
+        for s in specs:
+            for arm in (s.a, s.b):
+                sweep = grids[arm.grid].get("sweep") or {}
+                for key, value in arm.where:  # every selector names a value the grid really sweeps
+                    assert key in sweep and value in [primary._text(v) for v in sweep[key]], (name, s, key)
+                assert ("block.depth", "1") not in arm.where  # depth 1 is never a tied arm
+    quick = load_primaries(load_study("quick"))
+    assert {(s.insight, s.paradigm) for s in quick} == {(i, p) for i in range(1, 7)
+                                                         for p in ("vision", "graph", "language", "ssl")}
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"claim": "better"}, r"claim='better' is not valid; choose one of \('superiority', 'noninferiority', 'equivalence'\)"),
+    ({"delta": -1}, r"delta=-1.0 must be a number > 0"),
+    ({"kind": "median"}, r"kind='median' is not valid; choose one of \('mean', 'divergence', 'spread'\)"),
+    ({"metric": "val/bleu"}, r"no delta for metric 'val/bleu'"),
+    ({"colour": "red"}, r"unknown key\(s\) \['colour'\]"),
+    ({"a": {"grid": "g", "where": {"seed": 0}}}, r"\['seed'\] tell replicates apart"),
+    ({"kind": "spread", "claim": "noninferiority"}, r"kind=spread tests a difference only"),
+])
+def test_bad_primary_entries_are_errors_naming_the_value(change, match):
+    with pytest.raises(ValueError, match=match):
+        load_primaries({"primary": {"comparisons": [spec(**change)]}})
+
+
+def test_one_primary_per_insight_and_paradigm_and_known_grids():
+    with pytest.raises(ValueError, match=r"both test insight 1 in vision"):
+        load_primaries({"primary": {"comparisons": [spec(), spec()]}})
+    with pytest.raises(ValueError, match=r"grid 'g' is not in the study"):
+        load_primaries({"grids": [{"name": "other"}], "primary": {"comparisons": [spec()]}})
+
+
+def test_defaults_direction_and_delta_by_metric():
+    (loss,) = load_primaries({"primary": {"comparisons": [spec(metric="val/loss")]}})
+    assert loss.direction == "lower" and loss.delta == 0.02
+    (acc,) = load_primaries({"primary": {"defaults": {"delta": {"acc": 0.01}}, "comparisons": [spec()]}})
+    assert acc.direction == "higher" and acc.delta == 0.01
+
+
+def test_arms_select_by_grid_and_swept_values_in_both_run_layouts():
+    arm = Arm.from_dict({"grid": "vision_masks", "where": {"mask": "distinct", "mask.sparsity": 0.5}}, "t")
+    assert arm.matches("vision_masks/mask.sparsity=0.5,mask=distinct,seed=1")
+    assert arm.matches("vision_masks/vision/mask.sparsity=0.5,mask=distinct,seed=0")  # the older layout
+    assert not arm.matches("vision_masks/mask.sparsity=0.75,mask=distinct,seed=0")
+    assert not arm.matches("vision_depth/mask.sparsity=0.5,mask=distinct,seed=0")
+    assert run_values("g/block.depth=8,seed=1") == {"block.depth": "8", "seed": "1"}
+    loose = Arm.from_dict({"grid": "vision_masks", "where": {"mask": "distinct"}}, "t")
+    runs = [FakeRun(f"vision_masks/mask.sparsity={s},mask=distinct,seed=0") for s in (0.5, 0.75)]
+    with pytest.raises(ValueError, match=r"matches runs of 2 cells"):
+        primary.arm_runs(loose, runs)
+
+
+def _runs(values_a, values_b, metric="val/acc"):
+    return ([FakeRun(f"g/block=tied,seed={i}", metrics={metric: v}) for i, v in enumerate(values_a)]
+            + [FakeRun(f"g/block=deq,seed={i}", metrics={metric: v}) for i, v in enumerate(values_b)])
+
+
+def test_a_clear_effect_holds_a_null_one_stays_undetermined_and_says_how_many_seeds():
+    (s,) = load_primaries({"primary": {"comparisons": [spec()]}})
+    (clear,) = evaluate_primaries([s], _runs([0.90, 0.91, 0.92, 0.905, 0.915], [0.80, 0.805, 0.81, 0.79, 0.82]))
+    assert clear.verdict == "holds" and clear.test.paired and clear.test.n_a == 5
+    (noisy,) = evaluate_primaries([s], _runs([0.90, 0.80], [0.85, 0.86]))
+    assert noisy.verdict == "undetermined"
+
+
+def test_lower_is_better_metrics_are_signed_for_arm_a():
+    (s,) = load_primaries({"primary": {"comparisons": [spec(metric="val/loss")]}})
+    (r,) = evaluate_primaries([s], _runs([1.50, 1.51, 1.49, 1.50], [1.90, 1.92, 1.88, 1.91], "val/loss"))
+    assert r.verdict == "holds" and r.test.effect > 0  # tied's lower loss is a positive effect
+
+
+def test_duplicate_seeds_are_merged_with_a_note_and_unfinished_runs_named():
+    (s,) = load_primaries({"primary": {"comparisons": [spec()]}})
+    runs = _runs([0.9, 0.91, 0.92], [0.8, 0.81, 0.82])
+    runs.append(FakeRun("g2/block=tied,seed=0", metrics={"val/acc": 0.95}))  # another grid: not in the arm
+    runs.append(FakeRun("g/block=tied,seed=0", metrics={"val/acc": 0.93}))  # a second run dir of seed 0
+    runs.append(FakeRun("g/block=deq,seed=3", status="diverged"))
+    (r,) = evaluate_primaries([s], runs)
+    assert r.test.n_a == 3 and any("merged" in n or "seed" in n for n in r.notes)
+    assert any("not completed" in n and "diverged" in n for n in r.notes)
+
+
+def test_holm_counts_every_primary_comparison():
+    specs = load_primaries({"primary": {"comparisons": [spec(insight=i) for i in range(1, 7)]}})
+    one = evaluate_primaries(specs[:1], _runs([0.90, 0.905, 0.91], [0.88, 0.883, 0.89]))
+    six = evaluate_primaries(specs, _runs([0.90, 0.905, 0.91], [0.88, 0.883, 0.89]))
+    assert one[0].p == six[0].p  # the same test ...
+    # ... but decided against a 6-way correction: never more decisive than alone
+    assert [r.verdict for r in six].count("undetermined") >= [r.verdict for r in one].count("undetermined")
+
+
+def test_report_reads_the_study_file_beside_the_runs_and_leads_with_the_primaries(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (a, b) in enumerate([(0.90, 0.80), (0.91, 0.81), (0.92, 0.79), (0.905, 0.805)]):
+        write_run(runs / "g", f"block=tied,seed={seed}", mode="tied", seed=seed, val=a)
+        write_run(runs / "g", f"block=deq,seed={seed}", mode="deq", seed=seed, val=b)
+    (runs / "study.yaml").write_text(yaml.safe_dump({"name": "t", "grids": [{"name": "g"}],
+                                                     "primary": {"comparisons": [spec()]}}))
+    build_report([runs], tmp_path / "out", "t")
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert readme.index("## Primary comparisons (pre-registered)") < readme.index("## Secondary comparisons")
+    assert "| 1. tied >= DEQ accuracy | holds: +" in readme
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["primaries"][0]["verdict"] == "holds" and summary["study"] == "t"
+    assert stats.RULE in readme
