@@ -242,7 +242,10 @@ def study(argv: list[str] | None = None) -> int:
     cmds = study_commands(spec, runs, args.overrides, args.jobs)
     started = time.time()
     failures = 0
-    for cmd in cmds:
+    for grid, cmd in zip(spec["grids"], cmds):
+        if not args.dry_run and not args.overrides and grid_finished(grid, runs):
+            print(f"= {grid['name']}: every run finished; skipped", flush=True)
+            continue
         print("+ " + shlex.join(cmd), flush=True)
         if not args.dry_run:
             failures += subprocess.call(cmd) != 0
@@ -260,6 +263,31 @@ def study(argv: list[str] | None = None) -> int:
         report_main([str(runs), "--out", args.out or f"reports/{args.name}", "--title", f"study {args.name}",
                      "--command", shlex.join(["tiedlab-study", *(argv if argv is not None else sys.argv[1:])])])
     return 1 if failures or counts["failed"] or counts["unreadable"] else 0
+
+
+def grid_finished(grid: dict[str, Any], runs: Path) -> bool:
+    """Whether every run of a grid already finished (completed all its steps, or diverged), by the run
+    directory names Hydra gives its sweep (the sorted ``key=value`` pairs of the swept keys)."""
+    import itertools
+
+    from . import rundir
+
+    sweep = grid.get("sweep") or {}
+    if not sweep:
+        return False
+    keys = list(sweep)
+    values = [v if isinstance(v, list) else [v] for v in sweep.values()]
+    for combo in itertools.product(*values):
+        name = ",".join(sorted(f"{k}={v}" for k, v in zip(keys, combo)))
+        try:
+            metrics = rundir.read_metrics(runs / grid["name"] / name)
+        except rundir.RunDirError:
+            return False
+        done = metrics.get("status") == "diverged" or (
+            metrics.get("status") == "completed" and metrics.get("step", 0) >= metrics.get("total_steps", 1))
+        if not done:
+            return False
+    return True
 
 
 STUDY_FILE = "study.yaml"  # in a study's runs folder: the study as run (its primary comparisons, the seed plan)
@@ -343,6 +371,8 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
             grid = {"name": grid_name, "overrides": grids[grid_name].get("overrides") or [],
                     "sweep": {**{k: [v] for k, v in cell}, "seed": seeds}}
             (cmd,) = study_commands({"name": spec.get("name"), "grids": [grid]}, runs, extra, jobs)
+            if not extra and grid_finished(grid, runs):
+                continue  # a rerun: these seeds are already there
             print(f"[tiedlab] undetermined: adding seeds {seeds} to {grid_name} {dict(cell)}", flush=True)
             print("+ " + shlex.join(cmd), flush=True)
             if subprocess.call(cmd) != 0:

@@ -1,0 +1,518 @@
+"""reports/stats: the verdict procedures are calibrated (simulated under the null), have the planned power, match
+scipy on worked examples, and refuse bad input by name. Simulations are vectorised (``batch_compare``, whose rows
+are checked against the scalar ``compare``) and seeded, so every number here is the same on every run."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from tiedlab.reports import stats as S
+
+ALPHA = S.ALPHA
+N = 20_000  # null comparisons per calibration cell: binomial SE of a 5% rate is 0.0015
+SLACK = 0.01
+DELTA = 4.0  # margin in units of the per-arm sd: wide, so the boundary cases reach their worst rate
+
+
+# --------------------------------------------------------------------------------------------- simulation
+
+
+def draw(rng: np.random.Generator, design: str, n: int, rows: int, theta: float = 0.0):
+    """(a, b, paired) for ``rows`` comparisons whose true effect (mean A - mean B) is ``theta``.
+
+    equal: unpaired, sd 1 on both sides, n per side. unequal: unpaired, sd 3 on A with n seeds and sd 1 on B with
+    2n (the larger spread on the smaller side, the hard case for Welch). paired: a shared per-seed effect u ~ N(0, 1)
+    plus N(0, 0.5^2) noise on each side (the arms correlate at 0.8).
+    """
+    if design == "equal":
+        return rng.normal(theta, 1.0, (rows, n)), rng.normal(0.0, 1.0, (rows, n)), False
+    if design == "unequal":
+        return rng.normal(theta, 3.0, (rows, n)), rng.normal(0.0, 1.0, (rows, 2 * n)), False
+    u = rng.normal(0.0, 1.0, (rows, n))
+    return u + theta + rng.normal(0.0, 0.5, (rows, n)), u + rng.normal(0.0, 0.5, (rows, n)), True
+
+
+def false_verdict(claim: str, verdict, theta, delta: float):
+    """Whether each verdict is false at true effect ``theta`` (every claim a verdict makes about the effect)."""
+    verdict, theta = np.asarray(verdict), np.asarray(theta, dtype=float)
+    if claim == "superiority":
+        wrong = {"holds": theta <= 0, "fails": theta >= 0, "equivalent": np.abs(theta) >= delta}
+    elif claim == "noninferiority":
+        wrong = {"holds": theta <= -delta, "fails": theta >= -delta}
+    else:
+        wrong = {"equivalent": np.abs(theta) >= delta, "fails": np.abs(theta) <= delta}
+    out = np.zeros(np.broadcast_shapes(verdict.shape, theta.shape), dtype=bool)
+    for v, bad in wrong.items():
+        out |= (verdict == v) & bad
+    return out
+
+
+BOUNDARY = {"superiority": 0.0, "noninferiority": -DELTA, "equivalence": DELTA}  # the true effect of the worst case
+
+
+def as_dicts(a_row, b_row, paired: bool):
+    """One simulated row as compare's input: seeds 0.. on A; the same seeds on B when paired, else 100.."""
+    a = {i: float(v) for i, v in enumerate(a_row)}
+    b = {(i if paired else 100 + i): float(v) for i, v in enumerate(b_row)}
+    return a, b
+
+
+# ------------------------------------------------------------------------------- 1. calibration, fixed rule
+
+
+@pytest.fixture(scope="module")
+def calibration() -> dict[tuple[str, int, str], float]:
+    """False-verdict rate of each (design, n, claim) at the claim's worst true effect, N null comparisons each."""
+    rng = np.random.default_rng(20240601)
+    rates = {}
+    for design in ("equal", "unequal", "paired"):
+        for n in (2, 3, 5):
+            a, b, paired = draw(rng, design, n, N)
+            for claim, theta in BOUNDARY.items():
+                res = S.batch_compare(a + theta, b, claim=claim, delta=DELTA, paired=paired)
+                rates[design, n, claim] = float(false_verdict(claim, res.verdict, theta, DELTA).mean())
+                if claim == "noninferiority":
+                    rates[design, n, "noninferiority holds"] = float((res.verdict == "holds").mean())
+    print("\nfalse-verdict rates at the boundary:", {k: round(v, 4) for k, v in rates.items()})
+    return rates
+
+
+@pytest.mark.parametrize("design", ["equal", "unequal", "paired"])
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_fixed_rule_is_calibrated(calibration, design, n):
+    # superiority: holds or fails at a true effect of 0; noninferiority: holds or fails at -delta (holds alone is
+    # the one-sided half, alpha/2); equivalence: equivalent or fails at +delta.
+    for claim in S.CLAIMS:
+        assert calibration[design, n, claim] <= ALPHA + SLACK, (design, n, claim, calibration[design, n, claim])
+    assert calibration[design, n, "noninferiority holds"] <= ALPHA / 2 + SLACK
+    if design == "paired":  # the exact t test: the superiority rate is alpha, not just below it
+        assert calibration[design, n, "superiority"] == pytest.approx(ALPHA, abs=SLACK)
+
+
+def test_batch_rows_are_the_scalar_compare():
+    rng = np.random.default_rng(7)
+    for design in ("equal", "unequal", "paired"):
+        a, b, paired = draw(rng, design, 3, 6, theta=0.8)
+        for claim in S.CLAIMS:
+            res = S.batch_compare(a, b, claim=claim, delta=1.0, alpha=0.1, paired=paired)
+            for i in range(len(a)):
+                c = S.compare(*as_dicts(a[i], b[i], paired), claim=claim, delta=1.0, alpha=0.1)
+                assert c.paired == paired and c.verdict == res.verdict[i]
+                assert (c.ci_low, c.ci_high, c.p, c.se, c.df) == pytest.approx(
+                    (res.ci_low[i], res.ci_high[i], res.p[i], res.se[i], res.df[i]), rel=1e-9)
+
+
+def test_welch_satterthwaite_df_would_be_liberal():
+    """Why unpaired comparisons use Hsu's df: Welch-Satterthwaite's decides too often at 2 vs 4 seeds when the side
+    with fewer seeds is the noisier one (sd ratio 3); Welch's statistic with min(n_a, n_b) - 1 df does not."""
+    rng = np.random.default_rng(19)
+    a, b, _ = draw(rng, "unequal", 2, N)
+    welch = stats.ttest_ind(a, b, axis=1, equal_var=False)
+    hsu = S.batch_compare(a, b, claim="superiority", delta=DELTA, paired=False)
+    assert np.allclose(hsu.effect / hsu.se, welch.statistic)  # the same statistic, other df
+    satterthwaite, ours = float((welch.pvalue <= ALPHA).mean()), float((hsu.p <= ALPHA).mean())
+    print(f"\n2 vs 4 seeds, sd ratio 3, null: Welch-Satterthwaite {satterthwaite:.3f}, Hsu df {ours:.3f}")
+    assert satterthwaite > ALPHA + 0.03 and ours <= ALPHA
+
+
+def test_old_two_se_rule_is_miscalibrated():
+    """Why the module exists: 'd > 2 SE' with 2 seeds a side decides far more than alpha of null comparisons."""
+    rng = np.random.default_rng(11)
+    a, b, _ = draw(rng, "equal", 2, N)
+    d = a.mean(axis=1) - b.mean(axis=1)
+    se = np.sqrt(a.var(axis=1, ddof=1) / 2 + b.var(axis=1, ddof=1) / 2)
+    old = float((np.abs(d) > 2 * se).mean())
+    new = float(false_verdict("superiority", S.batch_compare(a, b, claim="superiority", delta=DELTA,
+                                                              paired=False).verdict, 0.0, DELTA).mean())
+    print(f"\nnull decisions with 2 seeds a side: old 2 SE rule {old:.3f}, t interval {new:.3f}")
+    assert old > 0.1 and new <= ALPHA + SLACK
+
+
+# ------------------------------------------------------------------------------------------- 1b. Holm
+
+
+def family(rng, specs, rows):
+    """Simulate a family: specs = [(design, n, claim, theta)], returns per-comparison batch results."""
+    out = []
+    for design, n, claim, theta in specs:
+        a, b, paired = draw(rng, design, n, rows, theta)
+        out.append((claim, theta, S.batch_compare(a, b, claim=claim, delta=DELTA, paired=paired), (a, b, paired)))
+    return out
+
+
+def holm_false_rate(fam, *, release=None, secondary=True) -> tuple[float, np.ndarray]:
+    """Family-wise false-verdict rate of holm (via holm_levels and read), and the levels it used."""
+    claims = [f[0] for f in fam]
+    p = np.stack([f[2].p for f in fam], axis=1)
+    rel = [S.releases(c, secondary) for c in claims] if release is None else release
+    levels, decided = S.holm_levels(p, rel)
+    any_false = np.zeros(len(p), dtype=bool)
+    for j, (claim, theta, res, _) in enumerate(fam):
+        lo, hi = S.interval(res.effect, res.se, res.df, levels[:, j])
+        verdict = S.read(claim, lo, hi, DELTA, primary=decided[:, j], secondary=secondary)
+        any_false |= false_verdict(claim, verdict, theta, DELTA)
+    return float(any_false.mean()), levels
+
+
+MIXED = [("equal", 3, "superiority", 0.0), ("unequal", 2, "superiority", 0.0), ("paired", 5, "superiority", 0.0),
+         ("equal", 5, "superiority", 0.0), ("paired", 2, "superiority", 0.0), ("unequal", 3, "superiority", 0.0)]
+
+
+def test_holm_all_null_family_is_calibrated():
+    rng = np.random.default_rng(3)
+    fam = family(rng, MIXED, 4000)
+    for secondary in (True, False):
+        rate, _ = holm_false_rate(fam, secondary=secondary)
+        print(f"\nHolm, 6 null superiority comparisons, secondary={secondary}: {rate:.4f}")
+        assert rate <= ALPHA + SLACK
+    paired = [("paired", n, "superiority", 0.0) for n in (2, 3, 5, 2, 3, 5)]  # exact tests: near alpha, not below
+    rate, _ = holm_false_rate(family(rng, paired, 4000), secondary=False)
+    print(f"Holm, 6 null paired superiority comparisons: {rate:.4f}")
+    assert 0.035 <= rate <= ALPHA + SLACK
+    boundary = [(d, n, c, BOUNDARY[c]) for (d, n, _, _), c in zip(MIXED, S.CLAIMS * 2)]
+    rate, _ = holm_false_rate(family(rng, boundary, 4000))
+    print(f"Holm, 2 of each claim at its boundary: {rate:.4f}")
+    assert rate <= ALPHA + SLACK
+
+
+def test_holm_release_path_is_calibrated():
+    # Three noninferiority comparisons far above the margin are decided and release their share, so the three at
+    # the margin are read at up to alpha/3, alpha/2 ... and still stay within alpha together.
+    rng = np.random.default_rng(5)
+    specs = [("paired", 5, "noninferiority", 3 * DELTA)] * 3 + [("equal", 5, "noninferiority", -DELTA),
+                                                                 ("paired", 3, "noninferiority", -DELTA),
+                                                                 ("unequal", 5, "noninferiority", -DELTA)]
+    rate, levels = holm_false_rate(family(rng, specs, 4000))
+    print(f"\nHolm, 3 decided + 3 null noninferiority comparisons: {rate:.4f}")
+    assert np.median(levels[:, 3:]) >= ALPHA / 3 - 1e-12  # the released share did reach the null comparisons
+    assert rate <= ALPHA + SLACK
+
+
+def test_releasing_with_secondary_readings_would_break_the_bound():
+    # One null superiority comparison and five at effect = delta whose intervals are 1.5 x delta wide at alpha/6:
+    # those five are usually decided ('holds'), and when not, read 'equivalent' (false at effect = delta). Letting
+    # them release their share, as plain Holm would, nearly doubles the family's rate; holm keeps it.
+    m, n = 6, 30
+    crit = stats.t.ppf(1 - ALPHA / (2 * m), n - 1)
+    delta = 1.0
+    sd = delta / (1.5 * crit) * math.sqrt(n)
+    rng = np.random.default_rng(9)
+    fam = []
+    for theta in [0.0] + [delta] * (m - 1):
+        a = rng.normal(theta, sd, (8000, n))
+        fam.append(("superiority", theta, S.batch_compare(a, np.zeros_like(a), claim="superiority", delta=delta,
+                                                          paired=True), None))
+    rates = {}
+    for name, release in (("plain Holm", [True] * m), ("holm", None)):
+        p = np.stack([f[2].p for f in fam], axis=1)
+        levels, decided = S.holm_levels(p, release if release else [S.releases("superiority")] * m)
+        bad = np.zeros(len(p), dtype=bool)
+        for j, (claim, theta, res, _) in enumerate(fam):
+            lo, hi = S.interval(res.effect, res.se, res.df, levels[:, j])
+            bad |= false_verdict(claim, S.read(claim, lo, hi, delta, primary=decided[:, j]), theta, delta)
+        rates[name] = float(bad.mean())
+    print("\nsecondary readings with and without release:", rates)
+    assert rates["plain Holm"] > ALPHA + 0.02
+    assert rates["holm"] <= ALPHA + SLACK
+
+
+def test_holm_scalar_matches_the_batch_path():
+    rng = np.random.default_rng(13)
+    specs = [("equal", 4, "superiority", 1.5), ("paired", 5, "noninferiority", 1.0), ("paired", 6, "equivalence", 0.0),
+             ("unequal", 3, "superiority", 0.0), ("paired", 4, "noninferiority", 4.0), ("equal", 5, "equivalence", 1.0)]
+    fam = []
+    for design, n, claim, theta in specs:
+        a, b, paired = draw(rng, design, n, 12, theta)
+        fam.append((claim, a, b, paired))
+    for secondary in (True, False):
+        p = np.stack([S.batch_compare(a, b, claim=c, delta=2.0, paired=pr).p for c, a, b, pr in fam], axis=1)
+        levels, decided = S.holm_levels(p, [S.releases(c, secondary) for c, *_ in fam])
+        for i in range(len(p)):
+            comps = [S.compare(*as_dicts(a[i], b[i], pr), claim=c, delta=2.0) for c, a, b, pr in fam]
+            for j, h in enumerate(S.holm(comps, secondary=secondary)):
+                assert h.alpha_used == pytest.approx(levels[i, j]) and h.p == comps[j].p
+                lo, hi = S.interval(comps[j].effect, comps[j].se, comps[j].df, levels[i, j])
+                assert h.verdict == S.read(h.claim, lo, hi, 2.0, primary=decided[i, j], secondary=secondary)
+                if h.decided:
+                    assert h.seeds_needed is None
+
+
+def test_holm_levels_worked_examples():
+    p = [0.001, 0.02, 0.04]
+    levels, decided = S.holm_levels(p, [True] * 3)  # Holm: 0.001 <= .05/3, 0.02 <= .05/2, 0.04 <= .05
+    assert levels == pytest.approx([ALPHA / 3, ALPHA / 2, ALPHA]) and decided.all()
+    levels, decided = S.holm_levels(p, [False] * 3)  # nothing released: Bonferroni at .05/3
+    assert levels == pytest.approx([ALPHA / 3] * 3) and decided.tolist() == [True, False, False]
+    levels, decided = S.holm_levels([0.001, math.nan, 0.03], [True] * 3)  # an unreadable comparison is not counted
+    assert levels == pytest.approx([ALPHA / 2, ALPHA, ALPHA]) and decided.tolist() == [True, False, True]
+    assert S.releases("noninferiority") and not S.releases("superiority") and not S.releases("equivalence")
+    assert S.releases("superiority", secondary=False)
+
+
+def test_holm_superiority_family_is_bonferroni_and_reports_its_level():
+    rng = np.random.default_rng(17)
+    comps = []
+    for k in range(4):
+        a, b, paired = draw(rng, "paired", 6, 1, theta=[0.0, 1.5, 3.0, 0.2][k])
+        comps.append(S.compare(*as_dicts(a[0], b[0], paired), claim="superiority", delta=1.0))
+    comps.append(S.compare({0: 1.0}, {0: 0.5}, claim="superiority", delta=1.0))  # n<2: left out of m
+    out = S.holm(comps)
+    for c, h in zip(comps[:4], out[:4]):
+        assert h.alpha_used == pytest.approx(ALPHA / 4)
+        assert h.verdict == S.reread(c, ALPHA / 4).verdict and "Holm" in h.reason
+        assert (h.ci_low, h.ci_high) == pytest.approx(S.interval(c.effect, c.se, c.df, ALPHA / 4))
+    assert out[4].verdict == "undetermined" and "n<2" in out[4].reason
+    assert S.holm([]) == []
+
+
+def test_holm_worked_example_release():
+    # A noninferiority comparison far above its margin is decided at alpha/2 and releases its share, so the
+    # superiority comparison (p = 0.030, between alpha/2 and alpha) is read at alpha and holds; two superiority
+    # comparisons keep their shares and the same one stays undetermined at alpha/2.
+    ni = S.compare({0: 1.0, 1: 1.1, 2: 0.9, 3: 1.05}, {0: 0.0, 1: 0.05, 2: -0.02, 3: 0.01}, claim="noninferiority",
+                   delta=0.1)
+    sup = S.compare({0: 0.92, 1: 0.93, 2: 0.90, 3: 0.95}, {0: 0.90, 1: 0.90, 2: 0.89, 3: 0.91}, claim="superiority",
+                    delta=0.05)
+    assert ni.p < ALPHA / 2 < sup.p <= ALPHA and sup.verdict == "holds"
+    h_ni, h_sup = S.holm([ni, sup])
+    assert (h_ni.verdict, h_ni.alpha_used) == ("holds", ALPHA / 2)
+    assert (h_sup.verdict, h_sup.alpha_used) == ("holds", ALPHA) and h_sup.reason.startswith("Holm decided")
+    big = S.compare({0: 0.92, 1: 0.93, 2: 0.90, 3: 0.95}, {0: 0.0, 1: 0.05, 2: -0.02, 3: 0.01}, claim="superiority",
+                    delta=0.05)
+    h_big, h_sup = S.holm([big, sup])
+    assert h_big.verdict == "holds" and (h_sup.verdict, h_sup.alpha_used) == ("undetermined", ALPHA / 2)
+    assert h_sup.seeds_needed is not None and h_sup.seeds_needed > 4
+    assert S.holm([big, sup], secondary=False)[1].verdict == "holds"  # plain Holm, without the equivalent reading
+
+
+# --------------------------------------------------------------------------------------------------- 2. power
+
+
+@pytest.mark.parametrize("paired", [False, True])
+@pytest.mark.parametrize("claim,effect,delta,decision", [
+    ("superiority", 1.5, 1.0, "holds"), ("noninferiority", 0.0, 1.5, "holds"), ("equivalence", 0.0, 1.5, "equivalent")])
+def test_planned_seeds_reach_the_planned_power(paired, claim, effect, delta, decision):
+    # sd = 1 is the spread the plan uses: of the differences when paired, of each arm when not.
+    n = S.seeds_needed(effect, 1.0, claim=claim, delta=delta, paired=paired)
+    planned = S.power_of(n, effect, 1.0, claim=claim, delta=delta, paired=paired)
+    assert planned >= S.POWER and (n == 2 or S.power_of(n - 1, effect, 1.0, claim=claim, delta=delta,
+                                                        paired=paired) < S.POWER)
+    rng = np.random.default_rng(23)
+    if paired:
+        u = rng.normal(0.0, 1.0, (N, n))
+        a, b = u + effect + rng.normal(0.0, 0.5 ** 0.5, (N, n)), u + rng.normal(0.0, 0.5 ** 0.5, (N, n))
+    else:
+        a, b = rng.normal(effect, 1.0, (N, n)), rng.normal(0.0, 1.0, (N, n))
+    rate = float((S.batch_compare(a, b, claim=claim, delta=delta, paired=paired).verdict == decision).mean())
+    print(f"\n{claim} paired={paired}: n={n}, planned power {planned:.3f}, simulated {rate:.3f}")
+    assert abs(rate - planned) <= 0.05
+
+
+def test_power_is_nct_and_seeds_needed_edges():
+    n, sd, effect = 8, 1.0, 1.2
+    crit = stats.t.ppf(1 - ALPHA / 2, n - 1)  # Hsu's critical value; the statistic is the pooled t (2n - 2 df)
+    assert S.power_of(n, effect, sd, claim="superiority", delta=1.0, paired=False) == pytest.approx(
+        stats.nct.sf(crit, 2 * n - 2, effect / (sd * math.sqrt(2 / n))))
+    assert S.power_of(n, -effect, sd, claim="superiority", delta=1.0, paired=False) == pytest.approx(
+        S.power_of(n, effect, sd, claim="superiority", delta=1.0, paired=False))  # the decision on its side
+    assert S.seeds_needed(0.0, 1.0, claim="superiority", delta=1.0, paired=True) is None
+    assert S.seeds_needed(-1.0, 1.0, claim="noninferiority", delta=1.0, paired=True) is None
+    assert S.seeds_needed(1.0, 1.0, claim="equivalence", delta=1.0, paired=True) is None
+    assert S.seeds_needed(0.05, 1.0, claim="superiority", delta=1.0, paired=True, max_n=50) is None
+    assert S.seeds_needed(50.0, 1.0, claim="superiority", delta=1.0, paired=True) == 2
+    with pytest.raises(ValueError, match="sd=0"):
+        S.power_of(5, 1.0, 0.0, claim="superiority", delta=1.0, paired=True)
+
+
+# ---------------------------------------------------------------------------------------------- 3. sequential
+
+
+@pytest.mark.parametrize("design", ["equal", "paired"])
+def test_sequential_plan_is_calibrated(design):
+    looks = S.plan_looks(2, 10, 2)
+    assert looks == [2, 4, 6, 8, 10]
+    levels = S.sequential_alpha(len(looks))
+    assert levels == pytest.approx([ALPHA / 5] * 5) and sum(levels) == pytest.approx(ALPHA)
+    rng = np.random.default_rng(29)
+    a, b, paired = draw(rng, design, looks[-1], 10_000)
+    for claim, theta in BOUNDARY.items():
+        first = np.full(len(a), "undetermined", dtype=object)
+        for n, level in zip(looks, levels):
+            res = S.batch_compare(a[:, :n] + theta, b[:, :n], claim=claim, delta=DELTA, alpha=level, paired=paired)
+            first = np.where(first == "undetermined", res.verdict, first)  # stop at the first verdict
+        rate = float(false_verdict(claim, first.astype(str), theta, DELTA).mean())
+        print(f"\nsequential {design} {claim} at its boundary: {rate:.4f}")
+        assert rate <= ALPHA + SLACK
+
+
+def test_sequential_decide_is_the_look_level_compare_and_resumes():
+    a = {s: 0.9 + 0.01 * s for s in range(6)}
+    b = {s: 0.8 + 0.012 * s for s in range(6)}
+    c = S.sequential_decide(a, b, claim="superiority", delta=0.05, look=3, looks=5)
+    again = S.sequential_decide(dict(reversed(a.items())), b, claim="superiority", delta=0.05, look=3, looks=5)
+    plain = S.compare(a, b, claim="superiority", delta=0.05, alpha=ALPHA / 5)
+    assert c.verdict == again.verdict == plain.verdict == "holds" and c.alpha_used == ALPHA / 5
+    assert c.reason.startswith("look 3/5") and c.reason.endswith("stop")
+    short = S.sequential_decide({0: 0.9, 1: 0.7}, {0: 0.8, 1: 0.8}, claim="superiority", delta=0.05, look=1, looks=5)
+    assert short.verdict == "undetermined" and short.reason.endswith("continue to the next look")
+    with pytest.raises(ValueError, match="look=6"):
+        S.sequential_decide(a, b, claim="superiority", delta=0.05, look=6, looks=5)
+    assert S.plan_looks(2, 9, 3) == [2, 5, 8, 9]
+    with pytest.raises(ValueError, match="n_max=1"):
+        S.plan_looks(2, 1, 2)
+
+
+# ------------------------------------------------------------------------------------ 4. worked examples
+
+
+A = {0: 0.912, 1: 0.905, 2: 0.921, 3: 0.899, 4: 0.915}
+B = {0: 0.894, 1: 0.897, 2: 0.902, 3: 0.893, 4: 0.901}
+B_OTHER = {10: 0.894, 11: 0.897, 12: 0.902, 13: 0.870}
+
+
+def test_paired_and_welch_match_scipy():
+    xa, xb = np.array(list(A.values())), np.array(list(B.values()))
+    c = S.compare(A, B, claim="superiority", delta=0.01)
+    ref = stats.ttest_rel(xa, xb)
+    assert c.paired and c.df == ref.df == 4 and c.p == pytest.approx(ref.pvalue)
+    assert (c.ci_low, c.ci_high) == pytest.approx(tuple(ref.confidence_interval(0.95)))
+    assert c.effect == pytest.approx(np.mean(xa - xb)) and c.sd == pytest.approx(np.std(xa - xb, ddof=1))
+    assert S.interval(c.effect, c.se, c.df, 0.01) == pytest.approx(tuple(ref.confidence_interval(0.99)))
+
+    xo = np.array(list(B_OTHER.values()))
+    w = S.compare(A, B_OTHER, claim="superiority", delta=0.01)
+    ref = stats.ttest_ind(xa, xo, equal_var=False)
+    assert not w.paired and (w.n_a, w.n_b) == (5, 4) and w.df == 3  # Hsu: min(5, 4) - 1
+    assert w.effect / w.se == pytest.approx(ref.statistic)  # Welch's statistic
+    assert w.p == pytest.approx(2 * stats.t.sf(abs(ref.statistic), 3))
+    half = stats.t.ppf(0.975, 3) * w.se
+    assert (w.ci_low, w.ci_high) == pytest.approx((w.effect - half, w.effect + half))
+    assert w.ci_high - w.ci_low > np.diff(ref.confidence_interval(0.95))[0]  # wider than Welch-Satterthwaite's
+    assert w.sd == pytest.approx(math.sqrt((np.var(xa, ddof=1) + np.var(xo, ddof=1)) / 2))
+
+
+@pytest.mark.parametrize("b_side", [B, B_OTHER])
+def test_claim_p_values_are_shifted_scipy_tests(b_side):
+    xa, xb = np.array(list(A.values())), np.array(list(b_side.values()))
+    paired = b_side is B
+
+    def ttest(x, y, alternative):  # unpaired: Welch's statistic on Hsu's df, min(n_a, n_b) - 1
+        if paired:
+            return stats.ttest_rel(x, y, alternative=alternative).pvalue
+        t = stats.ttest_ind(x, y, equal_var=False).statistic
+        dist = stats.t(min(len(x), len(y)) - 1)
+        return dist.sf(t) if alternative == "greater" else dist.cdf(t)
+
+    delta = 0.01
+    ni = S.compare(A, b_side, claim="noninferiority", delta=delta)
+    assert ni.p == pytest.approx(2 * ttest(xa + delta, xb, "greater"))  # effect above -delta: 2 x one-sided
+    eq = S.compare(A, b_side, claim="equivalence", delta=0.03)
+    tost = max(ttest(xa + 0.03, xb, "greater"), ttest(xa - 0.03, xb, "less"))
+    assert eq.p == pytest.approx(min(1.0, 2 * tost))
+    # CI-consistency: the decision is reached exactly when p <= alpha
+    for c in (ni, eq, S.compare(A, b_side, claim="superiority", delta=delta)):
+        for alpha in (0.001, 0.01, 0.05, 0.2):
+            lo, hi = S.interval(c.effect, c.se, c.df, alpha)
+            assert (S.read(c.claim, lo, hi, c.delta, secondary=False) != "undetermined") == (c.p <= alpha)
+
+
+def test_verdict_table():
+    cases = [("superiority", 0.1, 0.3, "holds"), ("superiority", -0.3, -0.1, "fails"),
+             ("superiority", -0.1, 0.1, "equivalent"), ("superiority", -0.3, 0.1, "undetermined"),
+             ("noninferiority", -0.15, 0.3, "holds"), ("noninferiority", -0.5, -0.25, "fails"),
+             ("noninferiority", -0.3, 0.3, "undetermined"), ("equivalence", -0.1, 0.15, "equivalent"),
+             ("equivalence", 0.25, 0.4, "fails"), ("equivalence", -0.4, -0.21, "fails"),
+             ("equivalence", 0.1, 0.3, "undetermined")]
+    for claim, lo, hi, verdict in cases:
+        assert S.read(claim, lo, hi, 0.2) == verdict, (claim, lo, hi)
+    assert S.read("superiority", -0.1, 0.1, 0.2, secondary=False) == "undetermined"
+    assert S.read("superiority", math.nan, math.nan, 0.2) == "undetermined"
+    assert set(S.VERDICTS) == {"holds", "fails", "equivalent", "undetermined"}
+
+
+def test_variance_f_test_matches_scipy_f():
+    a_groups = [[0.80, 0.86, 0.91, 0.77], [0.70, 0.74]]  # two cells on side A: pooled df 3 + 1
+    b_groups = [[0.85, 0.86, 0.855], [0.90, 0.902, 0.899, 0.91], [0.5]]  # a one-value cell adds nothing
+    v = S.variance_test(a_groups, b_groups)
+    ss_a = sum(np.sum((np.array(g) - np.mean(g)) ** 2) for g in a_groups)
+    ss_b = sum(np.sum((np.array(g) - np.mean(g)) ** 2) for g in b_groups[:2])
+    ratio = (ss_a / 4) / (ss_b / 5)
+    assert (v.df_a, v.df_b) == (4, 5) and v.ratio == pytest.approx(ratio) and v.reason == ""
+    assert v.p == pytest.approx(2 * stats.f.sf(ratio, 4, 5))
+    assert (v.ci_low, v.ci_high) == pytest.approx((ratio / stats.f.ppf(0.975, 4, 5), ratio / stats.f.ppf(0.025, 4, 5)))
+    single = S.variance_test([[1.0, 2.0, 4.0]], [[1.0, 1.5, 1.7, 2.0]])
+    ratio = np.var([1.0, 2.0, 4.0], ddof=1) / np.var([1.0, 1.5, 1.7, 2.0], ddof=1)
+    assert single.p == pytest.approx(2 * min(stats.f.cdf(ratio, 2, 3), stats.f.sf(ratio, 2, 3)))
+    assert math.isnan(S.variance_test([[1.0]], [[1.0, 2.0]]).p)
+    assert "side A" in S.variance_test([[1.0]], [[1.0, 2.0]]).reason
+    assert "zero spread" in S.variance_test([[1.0, 1.0]], [[1.0, 2.0]]).reason
+    bf = S.brown_forsythe([0.80, 0.86, 0.91, 0.77], [0.85, 0.86, 0.855, 0.87])
+    ref = stats.levene([0.80, 0.86, 0.91, 0.77], [0.85, 0.86, 0.855, 0.87], center="median")
+    assert (bf.statistic, bf.p) == pytest.approx((ref.statistic, ref.pvalue))
+
+
+def test_rate_test_matches_fisher_exact():
+    r = S.rate_test(4, 10, 0, 12)
+    ref = stats.fisher_exact([[4, 6], [0, 12]])
+    assert r.p == pytest.approx(ref.pvalue) and r.odds_ratio == ref.statistic
+    assert r.difference == pytest.approx(0.4) and (r.rate_a, r.rate_b) == (0.4, 0.0)
+    with pytest.raises(ValueError, match="k_a=11"):
+        S.rate_test(11, 10, 0, 12)
+    with pytest.raises(ValueError, match="n_b=0"):
+        S.rate_test(1, 10, 0, 0)
+
+
+# ------------------------------------------------------------------------------------ 5. input handling
+
+
+def test_duplicates_are_merged_with_a_warning():
+    values, warnings = S.merge_duplicates({0: [0.90, 0.92], 1: [0.85], (2, 1): [0.8, 0.82, 0.84]})
+    assert values == pytest.approx({0: 0.91, 1: 0.85, (2, 1): 0.82})
+    assert len(warnings) == 2 and "replicate 0: 2 values" in warnings[0] and "(2, 1): 3 values" in warnings[1]
+    values, warnings = S.merge_duplicates({0: [math.nan, None], 1: [0.8, math.inf]})
+    assert values == {1: 0.8} and len(warnings) == 2
+    assert "left out" in warnings[0] and "non-finite" in warnings[1]
+    with pytest.raises(ValueError, match="replicate 3"):
+        S.merge_duplicates({3: 0.9})
+
+
+def test_n_below_two_and_zero_spread_are_undetermined():
+    for a, b in (({0: 0.9}, {0: 0.8, 1: 0.81}), ({0: 0.9}, {0: 0.8}), ({}, {0: 0.8, 1: 0.7})):
+        c = S.compare(a, b, claim="superiority", delta=0.01)
+        assert c.verdict == "undetermined" and c.reason.startswith("n<2") and math.isnan(c.ci_low)
+        assert c.seeds_needed is None and not c.readable
+    z = S.compare({0: 0.9, 1: 0.9}, {0: 0.8, 1: 0.8}, claim="superiority", delta=0.01)
+    assert z.verdict == "undetermined" and "zero spread" in z.reason and "0.1" in z.reason
+    assert math.isnan(z.p) and math.isnan(z.ci_low) and z.sd == 0
+    z = S.compare({0: 0.9, 1: 0.9}, {2: 0.8, 3: 0.8}, claim="equivalence", delta=0.01)
+    assert z.verdict == "undetermined" and "each side is constant" in z.reason
+    w = S.compare({0: 0.9, 1: 0.9, 2: 0.9}, {3: 0.8, 4: 0.82, 5: 0.81}, claim="superiority", delta=0.01)
+    assert w.df == pytest.approx(2) and math.isfinite(w.ci_low)  # one constant side is fine for Welch
+    u = S.compare({0: 0.9, 1: 0.91}, {0: 0.9, 1: 0.905}, claim="superiority", delta=0.01)
+    assert u.verdict == "undetermined" and u.seeds_needed is not None and u.seeds_needed > 2
+
+
+def test_bad_claim_delta_and_values_name_themselves():
+    with pytest.raises(ValueError, match=r"claim 'superior' is not one of superiority, noninferiority, equivalence"):
+        S.compare(A, B, claim="superior", delta=0.01)
+    for bad in (0, -0.1, math.nan, math.inf):
+        with pytest.raises(ValueError, match=rf"delta={bad!r}.*> 0"):
+            S.compare(A, B, claim="superiority", delta=bad)
+    with pytest.raises(ValueError, match="alpha=1.5"):
+        S.compare(A, B, claim="superiority", delta=0.01, alpha=1.5)
+    with pytest.raises(ValueError, match="replicate 2: value nan"):
+        S.compare({**A, 2: math.nan}, B, claim="superiority", delta=0.01)
+    with pytest.raises(ValueError, match="claim 'x'"):
+        S.seeds_needed(1.0, 1.0, claim="x", delta=1.0, paired=True)
+    with pytest.raises(ValueError, match="looks=0"):
+        S.sequential_alpha(0)
+
+
+def test_rule_states_the_procedure():
+    for phrase in ("alpha = 0.05", "95%", "paired", "Welch", "superiority", "noninferiority", "equivalence",
+                   "Holm", "Bonferroni", "1 - alpha/K", "n<2", "80%"):
+        assert phrase in S.RULE, phrase
