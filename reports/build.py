@@ -14,7 +14,7 @@ from tiedlab.paradigms import provenance
 from .aggregate import Cell, group_cells
 from .guidelines import guidelines
 from .insights import InsightResult, evaluate
-from .load import Run, load_runs
+from .load import Run, load_runs, runs_from_summary
 from .primary import PrimaryResult, evaluate_primaries, load_primaries
 from .plots import Plot, make_plots
 from .render import document, to_html, to_markdown
@@ -37,6 +37,7 @@ class Report:
     primaries: list[PrimaryResult] = field(default_factory=list)  # the study's pre-registered comparisons
     study: dict[str, Any] | None = None  # the study file the runs were made by (None: runs without a study)
     looks: int = 1  # looks of the sequential design the seeds were added by (1: a fixed design)
+    rebuilt_from: str = ""  # the summary.json this report re-analysed (its run directories were not read)
     commit: str = "unknown"  # the checkout the report was built in
     run_commits: dict[str, int] = field(default_factory=dict)  # the commits the runs were trained at -> runs
     date: str = ""
@@ -91,11 +92,12 @@ def find_study(paths: Iterable[str | Path], study: str | Path | None = None) -> 
     return next(iter(found.values()), None)
 
 
-def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: str | Path | None = None) -> Report:
-    """Load and analyse the runs under ``paths`` (no files written, no plots): the study's pre-registered primary
-    comparisons (when the runs come from a study) and the descriptive secondary comparisons."""
+def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: str | Path | None = None,
+            runs: list[Run] | None = None) -> Report:
+    """Load and analyse the runs under ``paths`` (or the given ``runs``; no files written, no plots): the study's
+    pre-registered primary comparisons (when the runs come from a study) and the descriptive secondary ones."""
     paths = list(paths)
-    runs = load_runs(paths)
+    runs = load_runs(paths) if runs is None else runs
     cells = group_cells(runs)
     spec = find_study(paths, study)
     looks = int(((spec or {}).get("sequential") or {}).get("looks", 1))
@@ -116,13 +118,18 @@ def run_commits(runs: Iterable[Run]) -> dict[str, int]:
 
 
 def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tiedlab report",
-                 commands: Iterable[str] = (), report_command: str = "", study: str | Path | None = None) -> Report:
+                 commands: Iterable[str] = (), report_command: str = "", study: str | Path | None = None,
+                 from_summary: str | Path | None = None) -> Report:
     """Write README.md, index.html, summary.json and the plots into ``out``; returns the report.
 
     Raises:
         FileNotFoundError: a path in ``paths`` does not exist.
     """
-    report = analyse(paths, title, study)
+    if from_summary is not None:  # a new analysis of an old report's results: its summary.json is the input
+        report = analyse([from_summary], title, study, runs=runs_from_summary(from_summary))
+        report.rebuilt_from = str(from_summary)
+    else:
+        report = analyse(paths, title, study)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _remove_old_plots(out)

@@ -13,7 +13,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tiedlab-report",
         description="Build a report (README.md, index.html, summary.json, PNG plots) from tiedlab run directories.")
-    p.add_argument("runs", nargs="+", help="run directories, or folders searched recursively for them")
+    p.add_argument("runs", nargs="*", help="run directories, or folders searched recursively for them")
+    p.add_argument("--from-summary", default=None,
+                   help="re-analyse the runs an earlier report's summary.json lists (no run directories needed; "
+                        "no time curves), e.g. under a new rule or new primary comparisons")
     p.add_argument("--out", required=True, help="report folder, e.g. reports/NAME")
     p.add_argument("--title", default="tiedlab report")
     p.add_argument("--command", action="append", default=[],
@@ -29,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     invocation = shlex.join(["tiedlab-report", *(argv if argv is not None else sys.argv[1:])])
     try:
-        report = build_report(args.runs, args.out, args.title, args.command, invocation, args.study)
+        if bool(args.runs) == bool(args.from_summary):
+            print("tiedlab-report: error: give run folders or --from-summary FILE (one of the two)", file=sys.stderr)
+            return 2
+        report = build_report(args.runs, args.out, args.title, args.command, invocation, args.study,
+                              args.from_summary)
     except FileNotFoundError as err:
         print(f"tiedlab-report: {err}", file=sys.stderr)
         return 2

@@ -312,3 +312,39 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
             if run.dataset == "?" and len(known) == 1:
                 run.dataset = next(iter(known))
     return runs
+
+
+def runs_from_summary(path: str | Path) -> list[Run]:
+    """The runs a report's summary.json lists, rebuilt for a new analysis of the same results (new rules, new
+    primary comparisons) when the run directories are gone. What summary.json does not keep stays empty: the
+    config (a run's cell is the cell the summary put it in) and the history (no time curves).
+
+    Raises:
+        ValueError: the file is not a tiedlab summary.json.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        entries, cells = data["runs"], data.get("cells") or []
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a tiedlab report's summary.json ({type(err).__name__}: {err})") from err
+    cell_of = {name: i for i, c in enumerate(cells) for name in c.get("run_names") or []}
+    runs = []
+    for e in entries:
+        metric, higher = str(e.get("metric", "acc")), bool(e.get("higher_is_better", True))
+        metrics = {k: to_float(v) for k, v in (e.get("metrics") or {}).items()}
+        metrics.update({f"val/{metric}": to_float(e.get("val")), f"test/{metric}": to_float(e.get("test"))})
+        cell = cells[cell_of[e["name"]]] if e["name"] in cell_of else {}
+        key = {"label": e.get("label"), "width": e.get("width"), "depth": e.get("depth"), "mask": e.get("mask"),
+               "mask_kind": e.get("mask_kind"), "sparsity": e.get("sparsity"),
+               "variant": cell.get("other") or ""} if cell else {"dir": e.get("dir")}
+        runs.append(Run(
+            dir=Path(str(e.get("dir", e["name"]))), name=str(e["name"]), config={}, metrics=metrics, history=[],
+            status=str(e.get("status", "unknown")), reason=str(e.get("reason") or ""), step=e.get("step"),
+            total_steps=e.get("total_steps"), paradigm=str(e.get("paradigm", "?")), dataset=str(e.get("dataset", "?")),
+            seed=e.get("seed") if isinstance(e.get("seed"), int) else None, mode=str(e.get("mode", "?")),
+            label=str(e.get("label", "?")), width=e.get("width"), depth=e.get("depth"),
+            mask_mode=str(e.get("mask", "none")), mask_kind=str(e.get("mask_kind") or ""),
+            sparsity=to_float(e.get("sparsity", 0.0)), key=key, metric=metric, higher_is_better=higher,
+            declared=(metric, higher)))
+    return runs

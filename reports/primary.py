@@ -201,6 +201,7 @@ class PrimaryResult:
     paired: bool = False
     seeds_needed: int | None = None
     level: float = math.nan  # the alpha its verdict was read at (after Holm)
+    groups: tuple = ()  # kind spread: the values of arm b and arm a the F test compares
 
 
 def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[PrimaryResult]:
@@ -225,7 +226,8 @@ def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[Pr
         t = r.test
         if r.spec.kind == "divergence":
             r.effect, r.n_a, r.n_b = t.difference, t.n_b, t.n_a  # the test was called with (b, a)
-        else:
+        else:  # the ratio's interval at the level the verdict is read at, like a mean comparison's
+            t = r.test = stats.variance_test(*r.groups, alpha=float(level))
             r.effect, r.ci_low, r.ci_high, r.n_a, r.n_b = t.ratio, t.ci_low, t.ci_high, t.df_b + 1, t.df_a + 1
         favours_a = r.effect > (1.0 if r.spec.kind == "spread" else 0.0)
         if not math.isfinite(t.p):
@@ -296,9 +298,11 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             test = stats.rate_test(sum(r.status == "diverged" for r in ended_b), len(ended_b),
                                    sum(r.status == "diverged" for r in ended_a), len(ended_a), alpha=alpha)
         else:  # spread: a positive effect favours a: its runs vary less over seeds
-            test = stats.variance_test([list(_values(spec, b, notes, "b").values())],
-                                       [list(_values(spec, a, notes, "a").values())], alpha=alpha)
+            groups = ([list(_values(spec, b, notes, "b").values())], [list(_values(spec, a, notes, "a").values())])
+            test = stats.variance_test(*groups, alpha=alpha)
         results.append(PrimaryResult(spec, [r.name for r in a], [r.name for r in b], test, notes=notes))
+        if spec.kind == "spread":
+            results[-1].groups = groups
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return correct(results, alpha=alpha / looks)

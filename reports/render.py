@@ -76,6 +76,10 @@ def header_blocks(report: Any) -> list[Block]:
         f"CUDA device: {m['cuda_device']}",
         f"total run time: {duration(report.total_train_s)} of training (sum of time/train_s over all runs)",
     ]
+    if report.rebuilt_from:
+        items.insert(0, f"rebuilt from {report.rebuilt_from}: the runs and final metrics that summary lists, analysed "
+                        "by this version's rules; it keeps no configs or histories, so there are no time curves and "
+                        "the secondary time-to-target comparison counts every run's whole training time")
     return [Block("h1", report.title), Block("ul", items=items)]
 
 
@@ -134,11 +138,15 @@ def primary_blocks(report: Any) -> list[Block]:
         blocks.append(Block("ul", items=notes))
     paradigms = sorted({r.spec.paradigm for r in report.primaries})
     by_key = {(r.spec.insight, r.spec.paradigm): r for r in report.primaries}
-    table = [[f"{n}. {short}"] + [primary_text(by_key[(n, p)]) if (n, p) in by_key else "not pre-registered"
-                                  for p in paradigms] for n, (short, _) in INSIGHTS.items()]
+    labels = {r.spec.insight: r.spec.label for r in reversed(report.primaries) if r.spec.label}
+    table = [[f"{n}. {labels.get(n, short)}"] + [primary_text(by_key[(n, p)]) if (n, p) in by_key
+                                                 else "not pre-registered" for p in paradigms]
+             for n, (short, _) in INSIGHTS.items()]
     blocks += [Block("h2", "Insight transfer"),
                Block("p", "One pre-registered primary comparison per insight and paradigm: the verdict, the effect "
-                          "(arm A - arm B, in the direction of the claim) with its 95% interval, and the seeds."),
+                          "in the claim's direction (A - B; for spread var B / var A) with its interval at the level "
+                          "the verdict was read at (after Holm's correction, see the table above), the seeds per "
+                          "arm, and for an undetermined verdict the seeds per arm that would decide it."),
                Block("table", header=["insight"] + paradigms, rows=table)]
     return blocks
 

@@ -77,7 +77,7 @@ def summary(report: Any) -> dict[str, Any]:
         "title": report.title, "commit": report.commit, "run_commits": report.run_commits, "date": report.date, "commands": report.commands,
         "report_command": report.report_command, "inputs": report.inputs, "machine": report.machine,
         "seeds": report.seeds, "total_train_s": report.total_train_s, "rule": RULE,
-        "study": (report.study or {}).get("name"), "looks": report.looks,
+        "study": (report.study or {}).get("name"), "looks": report.looks, "rebuilt_from": report.rebuilt_from,
         "primaries": [primary_entry(r) for r in report.primaries],
         "insight_texts": {str(k): {"name": v[0], "method": v[1]} for k, v in INSIGHTS.items()},
         "runs": [run_entry(r) for r in report.runs], "cells": [cell_entry(c) for c in report.cells],

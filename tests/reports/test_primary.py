@@ -139,7 +139,7 @@ def test_report_reads_the_study_file_beside_the_runs_and_leads_with_the_primarie
     build_report([runs], tmp_path / "out", "t")
     readme = (tmp_path / "out" / "README.md").read_text()
     assert readme.index("## Primary comparisons (pre-registered)") < readme.index("## Secondary comparisons")
-    assert "| 1. tied >= DEQ accuracy | holds: +" in readme
+    assert "| 1. tied >= DEQ accuracy | holds: +" in readme  # no label: the insight's short name
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["primaries"][0]["verdict"] == "holds" and summary["study"] == "t"
     assert stats.RULE in readme

@@ -115,8 +115,10 @@ def test_cli_errors(tmp_path, capsys):
     assert "no run directories" in capsys.readouterr().err
     assert (tmp_path / "r" / "README.md").exists()  # an empty report still says so
     assert "No runs: nothing to describe." in (tmp_path / "r" / "README.md").read_text()
-    with pytest.raises(SystemExit):
-        main(["--out", str(tmp_path / "r")])  # RUNS is required
+    assert main(["--out", str(tmp_path / "r")]) == 2  # run folders or --from-summary are required
+    assert "give run folders or --from-summary FILE" in capsys.readouterr().err
+    assert main(["--from-summary", str(tmp_path / "nope.json"), "--out", str(tmp_path / "r")]) == 2
+    assert "is not a tiedlab report's summary.json" in capsys.readouterr().err
 
 
 def test_cross_validation_folds_are_replicates_of_one_cell(tmp_path):
