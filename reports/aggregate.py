@@ -7,7 +7,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .load import WIDTH_KEYS, Run
+from .load import SUMMARY_OTHER, WIDTH_KEYS, Run
 
 # Keys the label, width and depth already show; any other key that varies between cells is named.
 EXPLAINED = {"paradigm", "data.name", "block.mode", "block.depth", "mask.mode", "mask.kind", "mask.sparsity",
@@ -87,16 +87,38 @@ class Cell:
     def seeds(self) -> list[int]:
         return sorted({r.seed for r in self.runs if r.seed is not None})
 
+    def replicates(self) -> dict[Any, list[Run]]:
+        """The completed runs by replicate (seed and fold): several run directories of one seed are one
+        replicate, never several (``duplicates`` names them)."""
+        out: dict[Any, list[Run]] = {}
+        for r in self.completed:
+            out.setdefault((r.seed, (r.config.get("data") or {}).get("fold")) if r.seed is not None else r.name,
+                           []).append(r)
+        return out
+
+    @property
+    def duplicates(self) -> list[str]:
+        """"seed 0: 2 run directories (merged)" for each replicate with more than one completed run."""
+        return [f"seed {key[0] if isinstance(key, tuple) else key}: {len(runs)} run directories (merged)"
+                for key, runs in self.replicates().items() if len(runs) > 1]
+
+    def _per_replicate(self, value: Any) -> list[float]:
+        out = []
+        for runs in self.replicates().values():
+            vals = [v for v in (value(r) for r in runs) if math.isfinite(v)]
+            out.append(statistics.fmean(vals) if vals else math.nan)
+        return out
+
     def stat(self, key: str) -> Stat:
-        """A final metric over the completed runs."""
-        return Stat.of(r.metrics.get(key, math.nan) for r in self.completed)
+        """A final metric over the completed runs, one value per replicate (duplicates of a seed averaged)."""
+        return Stat.of(self._per_replicate(lambda r: r.metrics.get(key, math.nan)))
 
     def primary(self, split: str = "val") -> Stat:
         return self.stat(f"{split}/{self.metric}")
 
     def scores(self) -> list[float]:
-        """Final val primary metric of each completed run, signed so that larger is better."""
-        return [r.score(r.value("val")) for r in self.completed if math.isfinite(r.value("val"))]
+        """Final val primary metric of each replicate, signed so that larger is better."""
+        return [v for v in self._per_replicate(lambda r: r.score(r.value("val"))) if math.isfinite(v)]
 
     def score(self) -> float:
         """Mean score (nan without completed runs)."""
@@ -164,8 +186,10 @@ def group_cells(runs: list[Run]) -> list[Cell]:
     cells = []
     for (paradigm, dataset, _), members in buckets.items():
         first = members[0]
-        other = ", ".join(f"{k}={_fmt_value(first.key[k])}" for k, common in usual[(paradigm, dataset)].items()
-                          if k in first.key and repr(first.key[k]) != common)
+        other = first.key.get(SUMMARY_OTHER)  # runs rebuilt from a summary.json keep their cell's description
+        if other is None:
+            other = ", ".join(f"{k}={_fmt_value(first.key[k])}" for k, common in usual[(paradigm, dataset)].items()
+                              if k in first.key and repr(first.key[k]) != common)
         members.sort(key=lambda r: (r.seed if r.seed is not None else -1, r.name))
         cells.append(Cell(paradigm, dataset, first.label, first.mode, first.width, first.depth, first.mask_mode,
                           first.mask_kind, first.sparsity, other, members))

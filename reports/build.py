@@ -140,6 +140,10 @@ def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tie
     report.run_commits = run_commits(report.runs)
     report.date = provenance.now()
     report.machine = provenance.machine()
+    if from_summary is not None:  # the runs ran where and when the original report says
+        original = json.loads(Path(from_summary).read_text())
+        report.machine = original.get("machine") or report.machine
+        report.date = f"{report.date} (the original report: {original.get('date', '?')})"
     blocks = document(report)
     (out / "README.md").write_text(to_markdown(blocks))
     (out / "index.html").write_text(to_html(blocks, title))

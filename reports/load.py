@@ -314,6 +314,9 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     return runs
 
 
+SUMMARY_CELL, SUMMARY_OTHER = "summary.cell", "summary.other"  # the cell keys of runs rebuilt from a summary
+
+
 def runs_from_summary(path: str | Path) -> list[Run]:
     """The runs a report's summary.json lists, rebuilt for a new analysis of the same results (new rules, new
     primary comparisons) when the run directories are gone. What summary.json does not keep stays empty: the
@@ -335,9 +338,9 @@ def runs_from_summary(path: str | Path) -> list[Run]:
         metrics = {k: to_float(v) for k, v in (e.get("metrics") or {}).items()}
         metrics.update({f"val/{metric}": to_float(e.get("val")), f"test/{metric}": to_float(e.get("test"))})
         cell = cells[cell_of[e["name"]]] if e["name"] in cell_of else {}
-        key = {"label": e.get("label"), "width": e.get("width"), "depth": e.get("depth"), "mask": e.get("mask"),
-               "mask_kind": e.get("mask_kind"), "sparsity": e.get("sparsity"),
-               "variant": cell.get("other") or ""} if cell else {"dir": e.get("dir")}
+        # the summary's own cells: one key per cell, and the cell's description as it was ("other")
+        key = ({SUMMARY_CELL: cell_of[e["name"]], SUMMARY_OTHER: cell.get("other") or ""} if cell
+               else {"dir": e.get("dir")})
         runs.append(Run(
             dir=Path(str(e.get("dir", e["name"]))), name=str(e["name"]), config={}, metrics=metrics, history=[],
             status=str(e.get("status", "unknown")), reason=str(e.get("reason") or ""), step=e.get("step"),
@@ -346,5 +349,7 @@ def runs_from_summary(path: str | Path) -> list[Run]:
             label=str(e.get("label", "?")), width=e.get("width"), depth=e.get("depth"),
             mask_mode=str(e.get("mask", "none")), mask_kind=str(e.get("mask_kind") or ""),
             sparsity=to_float(e.get("sparsity", 0.0)), key=key, metric=metric, higher_is_better=higher,
-            declared=(metric, higher)))
+            declared=(metric, higher),
+            # the runs' code as the summary kept it; summaries without it: the commit the report was built at
+            provenance=e.get("code") or [{"commit": str(data.get("commit", "unknown")), "dirty": None}]))
     return runs

@@ -76,6 +76,9 @@ def header_blocks(report: Any) -> list[Block]:
         f"CUDA device: {m['cuda_device']}",
         f"total run time: {duration(report.total_train_s)} of training (sum of time/train_s over all runs)",
     ]
+    duplicated = [f"{c.title()} ({c.paradigm}): {d}" for c in report.cells for d in c.duplicates]
+    if duplicated:
+        items.append("replicates: duplicates of one seed count once, their runs averaged: " + "; ".join(duplicated))
     if report.rebuilt_from:
         items.insert(0, f"rebuilt from {report.rebuilt_from}: the runs and final metrics that summary lists, analysed "
                         "by this version's rules; it keeps no configs or histories, so there are no time curves and "

@@ -37,6 +37,7 @@ def run_entry(run: Run) -> dict[str, Any]:
         "higher_is_better": run.higher_is_better, "val": run.value("val"), "test": run.value("test"),
         "metrics": {k: run.metrics[k] for k in RUN_METRICS if k in run.metrics},
         "history_points": len(run.history),
+        "code": [{"commit": p.get("commit", "unknown"), "dirty": p.get("dirty")} for p in run.provenance],
     }
 
 

@@ -135,3 +135,20 @@ def test_cross_validation_folds_are_replicates_of_one_cell(tmp_path):
     folds = next(c for c in cells if len(c.runs) == 3)
     stat = folds.stat("val/acc")
     assert stat.n == 3 and stat.mean == pytest.approx(0.8)
+
+
+def test_duplicate_seeds_are_one_replicate_and_the_report_says_so(tmp_path):
+    from tiedlab.reports.aggregate import group_cells
+    from tiedlab.reports.build import build_report
+    from tiedlab.reports.load import load_runs
+
+    from .conftest import write_run
+
+    write_run(tmp_path, "a", seed=0, val=0.90)
+    write_run(tmp_path, "a-again", seed=0, val=0.80)  # the same config and seed run twice
+    write_run(tmp_path, "b", seed=1, val=0.70)
+    (cell,) = group_cells(load_runs([tmp_path]))
+    assert cell.primary().n == 2 and cell.primary().mean == pytest.approx((0.85 + 0.70) / 2)
+    assert cell.duplicates == ["seed 0: 2 run directories (merged)"]
+    build_report([tmp_path], tmp_path / "out")
+    assert "duplicates of one seed count once" in (tmp_path / "out" / "README.md").read_text()

@@ -1,0 +1,63 @@
+"""The committed reports and the README say only what their verdicts decided: each committed report's primary
+verdicts are rebuilt from its own summary.json under the current rule and must match what it and the README
+state."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tiedlab.reports.build import analyse
+from tiedlab.reports.load import runs_from_summary
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED = {"quick": ROOT / "reports" / "quick", "demo": ROOT / "reports" / "demo"}
+PARADIGM_COLUMNS = ("vision", "graph", "language", "ssl")  # the README answer table's column order
+
+
+def rebuilt(name: str) -> dict[tuple[int, str], str]:
+    summary = COMMITTED[name] / "summary.json"
+    report = analyse([summary], study=name, runs=runs_from_summary(summary))
+    return {(r.spec.insight, r.spec.paradigm): r.verdict for r in report.primaries}
+
+
+@pytest.mark.parametrize("name", sorted(COMMITTED))
+def test_committed_report_verdicts_are_what_its_summary_decides(name):
+    verdicts = rebuilt(name)
+    assert verdicts, f"reports/{name} has no primary comparisons"
+    summary = json.loads((COMMITTED[name] / "summary.json").read_text())
+    stated = {(p["insight"], p["paradigm"]): p["verdict"] for p in summary["primaries"]}
+    assert stated == verdicts
+    readme = (COMMITTED[name] / "README.md").read_text()
+    assert "## Primary comparisons (pre-registered)" in readme
+    transfer = readme.split("## Insight transfer", 1)[1].split("\n## ", 1)[0]
+    header = next(line for line in transfer.splitlines() if line.startswith("| insight |"))
+    columns = [c.strip() for c in header.strip("|").split("|")][1:]
+    for line in transfer.splitlines():
+        match = re.match(r"\| (\d)\. ", line)
+        if not match:
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")][1:]
+        for paradigm, cell in zip(columns, cells):
+            expected = verdicts.get((int(match.group(1)), paradigm))
+            assert cell.split(":")[0] == (expected or "not pre-registered"), (name, line)
+
+
+def test_readme_states_only_the_quick_verdicts_the_report_holds():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- answer:quick", 1)[1].split("<!-- /answer -->", 1)[0]
+    verdicts = rebuilt("quick")
+    rows = [line for line in block.splitlines() if re.match(r"\| \d\. ", line)]
+    assert len(rows) == 6
+    for line in rows:
+        insight = int(line[2])
+        cells = [c.strip() for c in line.strip("|").split("|")][1:]
+        for paradigm, cell in zip(PARADIGM_COLUMNS, cells):
+            assert cell.split(" ")[0] == verdicts[(insight, paradigm)], (insight, paradigm, cell)
+    # the retired rule's words are not the README's answer
+    answer = readme.split("## Status", 1)[1]
+    for phrase in ("equal within noise", "at least as accurate as DEQ everywhere", "width buys more than depth in all"):
+        assert phrase not in answer
