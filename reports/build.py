@@ -77,7 +77,7 @@ def find_study(paths: Iterable[str | Path], study: str | Path | None = None) -> 
         path = Path(study)
         if path.suffix in (".yaml", ".yml") and path.is_file():
             return yaml.safe_load(path.read_text())
-        from tiedlab.paradigms.cli import load_study
+        from tiedlab.paradigms.study import load_study
 
         return load_study(str(study))
     found = {}

@@ -75,6 +75,11 @@ def header_blocks(report: Any) -> list[Block]:
         f"machine: {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, torch {m['torch']}, "
         f"CUDA device: {m['cuda_device']}",
         f"total run time: {duration(report.total_train_s)} of training (sum of time/train_s over all runs)",
+        (f"verdicts: {len(report.primaries)} pre-registered primary comparisons of study "
+         f"{(report.study or {}).get('name')!r}, alpha 0.05 with Holm's correction across them"
+         + (f", seeds added in up to {report.looks} looks (alpha/{report.looks} each)" if report.looks > 1 else "")
+         + " (rule under Primary comparisons); every other comparison is descriptive" if report.primaries
+         else "verdicts: none (no pre-registered primary comparisons); every comparison is descriptive"),
     ]
     duplicated = [f"{c.title()} ({c.paradigm}): {d}" for c in report.cells for d in c.duplicates]
     if duplicated:

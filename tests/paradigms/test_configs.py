@@ -116,7 +116,7 @@ def test_launcher_configs_compose(hydra_ctx, launcher):
 
 @pytest.mark.parametrize("study", names("study"))
 def test_every_study_grid_composes_with_every_swept_value(hydra_ctx, study):
-    from tiedlab.paradigms.cli import load_study
+    from tiedlab.paradigms.study import load_study
 
     spec = load_study(study)
     assert spec["question"] and spec["grids"]
@@ -129,18 +129,18 @@ def test_every_study_grid_composes_with_every_swept_value(hydra_ctx, study):
 
 
 def test_study_runner_dry_run_and_unknown_name(capsys, tmp_path):
-    from tiedlab.paradigms.cli import study
+    from tiedlab.paradigms.study import study
 
     assert study(["demo", "--dry-run", "--runs", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert out.count("tiedlab.paradigms.cli -m") == len(__import__("tiedlab.paradigms.cli", fromlist=["x"]).load_study("demo")["grids"])
+    assert out.count("tiedlab.paradigms.cli -m") == len(__import__("tiedlab.paradigms.study", fromlist=["x"]).load_study("demo")["grids"])
     assert f"hydra.sweep.dir={tmp_path}/vision" in out and "block=explicit,tied,deq" in out
     with pytest.raises(ValueError, match=r"unknown study 'nope'; valid studies: \[.*'demo'"):
         study(["nope"])
 
 
 def test_study_runner_runs_only_the_selected_grids(capsys, tmp_path):
-    from tiedlab.paradigms.cli import load_study, study
+    from tiedlab.paradigms.study import load_study, study
 
     assert study(["quick", "--dry-run", "--runs", str(tmp_path), "--grids", "graph_*,vision_masks"]) == 0
     out = capsys.readouterr().out
@@ -154,7 +154,7 @@ def test_study_runner_runs_only_the_selected_grids(capsys, tmp_path):
 def test_study_run_dirs_keep_swept_keys_that_are_also_fixed(tmp_path):
     """quick's width grids fix model.width in their anchor and sweep it: the sweep wins (last override) and the run
     directory must be named after it, or the two widths of a seed would share (and refuse) one directory."""
-    from tiedlab.paradigms.cli import load_study, study_commands
+    from tiedlab.paradigms.study import load_study, study_commands
 
     spec = load_study("quick")
     grids = [g for g in spec["grids"] if g["name"] in ("vision_width", "language_width", "graph_depth", "graph_width")]
@@ -173,7 +173,7 @@ def test_study_grid_runs_into_one_directory_per_swept_value(tmp_path):
     import os
     import subprocess
 
-    from tiedlab.paradigms.cli import study_commands
+    from tiedlab.paradigms.study import study_commands
 
     tests = Path(__file__).resolve().parents[1]
     grid = {"name": "toy_grid", "sweep": {"block": ["explicit", "tied"], "seed": [0, 1]},

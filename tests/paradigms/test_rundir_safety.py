@@ -227,7 +227,7 @@ def test_the_traceback_is_one_variable_away(tmp_path):
 
 
 def test_a_study_with_a_failed_run_counts_it_and_exits_non_zero(tmp_path, monkeypatch, capsys):
-    from tiedlab.paradigms import cli as cli_module
+    from tiedlab.paradigms import study as cli_module
 
     studies = tmp_path / "studies"
     studies.mkdir()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from tiedlab.paradigms import cli as cli_module
+from tiedlab.paradigms import study as cli_module
 
 TESTS = Path(__file__).resolve().parents[1]
 

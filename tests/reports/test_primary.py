@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tiedlab.paradigms.cli import load_study
+from tiedlab.paradigms.study import load_study
 from tiedlab.reports import primary, stats
 from tiedlab.reports.build import build_report
 from tiedlab.reports.primary import Arm, PrimarySpec, evaluate_primaries, load_primaries, run_values

@@ -1,0 +1,276 @@
+"""The study runner: a named cross-paradigm set of grids (``configs/study/NAME.yaml``), run grid by grid with
+Hydra multirun, finished grids skipped, then its report; ``--until-decided`` adds seed rounds to the arms of
+undetermined pre-registered primary comparisons (a group-sequential plan recorded in the runs folder).
+
+    tiedlab-study NAME [--dry-run] [--jobs N] [--grids 'graph_*,vision_masks'] [--until-decided] [overrides]
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import rundir
+
+def study_dir() -> Path:
+    """The folder of study files inside the installed configs package."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("tiedlab.configs"))) / "study"
+
+
+def load_study(name: str) -> dict[str, Any]:
+    """The study file ``configs/study/NAME.yaml``; a ValueError lists the valid names."""
+    folder = study_dir()
+    path = folder / f"{name}.yaml"
+    if not path.exists():
+        valid = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ValueError(f"unknown study {name!r}; valid studies: {valid}")
+    study = yaml.safe_load(path.read_text())
+    unknown = sorted(set(study) - {"name", "question", "grids", "report", "primary"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {path}; valid keys: "
+                         "['grids', 'name', 'primary', 'question', 'report']")
+    for grid in study["grids"]:
+        bad = sorted(set(grid) - {"name", "overrides", "sweep"})
+        if bad:
+            raise ValueError(f"unknown key(s) {bad} in grid {grid.get('name')!r} of {path}; valid keys: "
+                             "['name', 'overrides', 'sweep']")
+        grid["overrides"] = _flatten(grid.get("overrides") or [])
+    return study
+
+
+def _flatten(overrides: list[Any]) -> list[str]:
+    """Nested lists of overrides (a YAML anchor reused inside another list: ``[*vision, block=tied]``) made flat."""
+    flat: list[str] = []
+    for item in overrides:
+        flat.extend(_flatten(item) if isinstance(item, list) else [str(item)])
+    return flat
+
+
+def study_commands(study: dict[str, Any], out: Path, extra: list[str], jobs: int) -> list[list[str]]:
+    """One multirun command per grid of the study (each run's tracker grouped as ``<study>/<grid>``)."""
+    cmds = []
+    for grid in study["grids"]:
+        sweep = [f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in (grid.get("sweep") or {}).items()]
+        fixed = [*grid.get("overrides", []), *extra]
+        # Name each run directory after what its grid sweeps only (the fixed overrides are in config.yaml). A key
+        # both fixed and swept (an anchor's model.width=24, swept over 12,48: the sweep wins) must stay in the name,
+        # or its runs would share one directory.
+        swept = set(grid.get("sweep") or {})
+        hidden = sorted(({o.split("=")[0].lstrip("+~") for o in fixed} | set(_HIDDEN_KEYS)) - swept)
+        cmd = [sys.executable, "-m", "tiedlab.paradigms.cli", "-m", *fixed, *sweep,
+               f"hydra.sweep.dir={out / grid['name']}", "train.progress=false",
+               f"logger.group={study.get('name', 'study')}/{grid['name']}",
+               f"hydra.job.config.override_dirname.exclude_keys=[{','.join(hidden)}]"]
+        if swept:  # RUNS/<grid>/<swept values>: a grid has one paradigm, so no paradigm level in between
+            cmd.append("hydra.sweep.subdir=${hydra:job.override_dirname}")
+        if jobs > 1:
+            cmd += ["hydra/launcher=local_parallel", f"hydra.launcher.n_jobs={jobs}"]
+        cmds.append(cmd)
+    return cmds
+
+
+def select_grids(study: dict[str, Any], patterns: list[str]) -> list[dict[str, Any]]:
+    """The study's grids whose names match any of ``patterns`` (fnmatch), in study order.
+
+    A pattern that matches no grid is an error naming the valid grid names (a typo must not run nothing).
+    """
+    names = [g["name"] for g in study["grids"]]
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            raise ValueError(f"--grids pattern {pattern!r} matches no grid of study {study['name']!r}; "
+                             f"valid grids: {names}")
+    return [g for g in study["grids"] if any(fnmatch.fnmatchcase(g["name"], p) for p in patterns)]
+
+
+# Overrides that never name a run directory: the run-directory bookkeeping keys and the launcher's own.
+_HIDDEN_KEYS = ("paradigm", "hydra.searchpath", *rundir.NOT_FINGERPRINTED, "logger.group", "hydra.launcher.n_jobs",
+                "hydra/launcher")
+
+
+def study(argv: list[str] | None = None) -> int:
+    """Run every grid of a named study, then build its report."""
+    parser = argparse.ArgumentParser(prog="tiedlab-study", description=study.__doc__)
+    parser.add_argument("name", help="a file in configs/study/ (without .yaml)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. train.device=cpu")
+    parser.add_argument("--runs", default=None, help="where run directories go (default runs/study/NAME)")
+    parser.add_argument("--out", default=None, help="report folder (default reports/NAME)")
+    parser.add_argument("--jobs", type=int, default=1, help="parallel runs per grid (joblib launcher)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--grids", default=None,
+                        help="comma-separated grid names or fnmatch patterns to run (default all), e.g. 'graph_*'")
+    parser.add_argument("--until-decided", action="store_true",
+                        help="after the grids, add seed rounds to the arms of undetermined primary comparisons until "
+                             "each is decided or has --max-seeds seeds (group-sequential: alpha split over the looks)")
+    parser.add_argument("--max-seeds", type=int, default=10, help="seeds per arm at most (--until-decided)")
+    parser.add_argument("--seed-step", type=int, default=2, help="seeds added per round (--until-decided)")
+    args = parser.parse_args(argv)
+    spec = load_study(args.name)
+    runs = Path(args.runs or Path(os.environ.get("TIEDLAB_RUNS", "runs")) / "study" / args.name)
+    plan = sequential_plan(spec, args.max_seeds, args.seed_step) if args.until_decided else None
+    if not args.dry_run:
+        write_study_file(runs, spec, plan)
+    if args.grids:
+        spec["grids"] = select_grids(spec, args.grids.split(","))
+    cmds = study_commands(spec, runs, args.overrides, args.jobs)
+    started = time.time()
+    failures = 0
+    for grid, cmd in zip(spec["grids"], cmds):
+        if not args.dry_run and not args.overrides and grid_finished(grid, runs):
+            print(f"= {grid['name']}: every run finished; skipped", flush=True)
+            continue
+        print("+ " + shlex.join(cmd), flush=True)
+        if not args.dry_run:
+            failures += subprocess.call(cmd) != 0
+    if args.dry_run:
+        return 0
+    if plan is not None:
+        failures += add_seeds_until_decided(spec, runs, plan, args.overrides, args.jobs)
+    elapsed = time.time() - started
+    counts = count_statuses(runs / grid["name"] for grid in spec["grids"])
+    print(f"[tiedlab] study {args.name}: {len(cmds)} grids in {elapsed / 60:.1f} min, {failures} exited non-zero; "
+          f"runs: {', '.join(f'{n} {status}' for status, n in counts.items())}", flush=True)
+    if spec.get("report", True) and not args.no_report:
+        from tiedlab.reports.cli import main as report_main
+
+        report_main([str(runs), "--out", args.out or f"reports/{args.name}", "--title", f"study {args.name}",
+                     "--command", shlex.join(["tiedlab-study", *(argv if argv is not None else sys.argv[1:])])])
+    return 1 if failures or counts["failed"] or counts["unreadable"] else 0
+
+
+def grid_finished(grid: dict[str, Any], runs: Path) -> bool:
+    """Whether every run of a grid already finished (completed all its steps, or diverged), by the run
+    directory names Hydra gives its sweep (the sorted ``key=value`` pairs of the swept keys)."""
+    import itertools
+
+    sweep = grid.get("sweep") or {}
+    if not sweep:
+        return False
+    keys = list(sweep)
+    values = [v if isinstance(v, list) else [v] for v in sweep.values()]
+    for combo in itertools.product(*values):
+        name = ",".join(sorted(f"{k}={v}" for k, v in zip(keys, combo)))
+        try:
+            metrics = rundir.read_metrics(runs / grid["name"] / name)
+        except rundir.RunDirError:
+            return False
+        done = metrics.get("status") == "diverged" or (
+            metrics.get("status") == "completed" and metrics.get("step", 0) >= metrics.get("total_steps", 1))
+        if not done:
+            return False
+    return True
+
+
+STUDY_FILE = "study.yaml"  # in a study's runs folder: the study as run (its primary comparisons, the seed plan)
+
+
+def write_study_file(runs: Path, spec: dict[str, Any], plan: dict[str, int] | None) -> None:
+    """Record the study (and the sequential plan, when seeds are added until decided) beside its runs, so the
+    report reads the pre-registered comparisons and the looks from the runs folder itself.
+
+    Raises:
+        ValueError: the folder already holds another study, or a sequential plan other than this one.
+    """
+    runs.mkdir(parents=True, exist_ok=True)
+    path = runs / STUDY_FILE
+    record = {**spec, **({"sequential": plan} if plan else {})}
+    if path.exists():
+        old = yaml.safe_load(path.read_text()) or {}
+        if old.get("name") != spec.get("name"):
+            raise ValueError(f"{runs} holds the runs of study {old.get('name')!r}, not {spec.get('name')!r}; "
+                             "use another --runs folder")
+        if old.get("sequential") and plan and old["sequential"] != plan:
+            raise ValueError(f"{path} was run with the sequential plan {old['sequential']}, not {plan}: the looks "
+                             "of a group-sequential design are fixed in advance; rerun with the same --max-seeds "
+                             "and --seed-step")
+        if old.get("sequential") and not plan:
+            record["sequential"] = old["sequential"]  # seeds were added sequentially: the looks stay counted
+    rundir.atomic_write_bytes(path, yaml.safe_dump(record, sort_keys=False).encode())
+
+
+def sequential_plan(spec: dict[str, Any], max_seeds: int, step: int) -> dict[str, int]:
+    """The looks of ``--until-decided``: from the seeds the study's grids start with, ``step`` more per round,
+    up to ``max_seeds``. Raises ValueError when the study names no primary comparison or the plan is empty."""
+    from tiedlab.reports import stats
+    from tiedlab.reports.primary import load_primaries
+
+    specs = load_primaries(spec)
+    if not specs:
+        raise ValueError(f"study {spec.get('name')!r} names no primary comparison: --until-decided has nothing to "
+                         "decide (add a 'primary:' block to the study file)")
+    grids = {g["name"]: g for g in spec["grids"]}
+    start = min(len((grids[arm.grid].get("sweep") or {}).get("seed") or [0])
+                for p in specs for arm in (p.a, p.b))
+    if step < 1 or max_seeds < start:
+        raise ValueError(f"--max-seeds={max_seeds} must be >= the {start} seeds the grids start with, and "
+                         f"--seed-step={step} >= 1")
+    looks = stats.plan_looks(start, max_seeds, step)
+    return {"start": start, "step": step, "max_seeds": max_seeds, "looks": len(looks)}
+
+
+def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, int], extra: list[str],
+                            jobs: int) -> int:
+    """Seed rounds for the arms of undetermined primary comparisons, until each is decided or has
+    ``plan["max_seeds"]`` seeds; returns how many grid commands exited non-zero. A rerun continues: the
+    decision at each look depends only on the runs in ``runs``."""
+    from tiedlab.reports.load import load_runs
+    from tiedlab.reports.primary import arm_runs, evaluate_primaries, load_primaries, replicate_id, run_values
+
+    specs = load_primaries(spec)
+    grids = {g["name"]: g for g in spec["grids"]}
+    failures = 0
+    while True:
+        found = load_runs([runs]) if runs.exists() else []
+        results = evaluate_primaries(specs, found, looks=plan["looks"])
+        todo: dict[tuple[str, tuple[tuple[str, str], ...]], list[int]] = {}
+        for result in results:
+            if result.verdict != "undetermined":
+                continue
+            for arm in (result.spec.a, result.spec.b):
+                members = arm_runs(arm, found)
+                seeds = sorted({int(run_values(r.name)["seed"]) for r in members if "seed" in run_values(r.name)})
+                if not members or len(seeds) >= plan["max_seeds"]:
+                    continue
+                cell = tuple(sorted((k, v) for k, v in run_values(members[0].name).items() if k != "seed"))
+                n_new = min(plan["step"], plan["max_seeds"] - len({replicate_id(r) for r in members}))
+                todo.setdefault((arm.grid, cell), list(range(max(seeds) + 1, max(seeds) + 1 + n_new)))
+        if not todo:
+            return failures
+        for (grid_name, cell), seeds in todo.items():
+            grid = {"name": grid_name, "overrides": grids[grid_name].get("overrides") or [],
+                    "sweep": {**{k: [v] for k, v in cell}, "seed": seeds}}
+            (cmd,) = study_commands({"name": spec.get("name"), "grids": [grid]}, runs, extra, jobs)
+            if not extra and grid_finished(grid, runs):
+                continue  # a rerun: these seeds are already there
+            print(f"[tiedlab] undetermined: adding seeds {seeds} to {grid_name} {dict(cell)}", flush=True)
+            print("+ " + shlex.join(cmd), flush=True)
+            if subprocess.call(cmd) != 0:
+                failures += 1
+                return failures  # a failing arm would be retried forever
+
+
+def count_statuses(folders: Any) -> dict[str, int]:
+    """How many run directories (folders holding config.yaml) under ``folders`` are completed, diverged,
+    failed, unfinished (running, or no metrics.json yet) or unreadable (metrics.json is not a run's)."""
+    counts = dict.fromkeys(("completed", "diverged", "failed", "unfinished", "unreadable"), 0)
+    for folder in folders:
+        for config in sorted(Path(folder).rglob(rundir.CONFIG)) if Path(folder).is_dir() else []:
+            if any(part.startswith(".") for part in config.relative_to(folder).parts):
+                continue  # Hydra's own .hydra/config.yaml
+            try:
+                status = rundir.read_metrics(config.parent).get("status", "unfinished")
+            except rundir.RunDirError:
+                status = "unreadable"
+            counts[status if status in counts else "unfinished"] += 1
+    return counts
