@@ -18,6 +18,8 @@ import yaml
 from tiedlab.paradigms import engine, rundir
 from tiedlab.paradigms.engine import train
 
+from support.toy import with_changes
+
 TESTS = Path(__file__).resolve().parents[1]
 TOY = "support.toy:ToyParadigm"
 BASE = dict(paradigm=TOY, data={}, model={"width": 16},
@@ -27,14 +29,7 @@ BASE = dict(paradigm=TOY, data={}, model={"width": 16},
 
 
 def cfg(**changes):
-    out = json.loads(json.dumps(BASE))
-    for key, value in changes.items():
-        node = out
-        *path, last = key.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return out
+    return with_changes(BASE, **changes)
 
 
 def cli(args: list[str], runs: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -111,3 +111,17 @@ class ToyParadigm(Paradigm):
         logits, _ = model(x)
         return {f"{split}/acc": (logits.argmax(1) == y).float().mean().item(),
                 f"{split}/loss": F.cross_entropy(logits, y).item()}
+
+
+def with_changes(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A deep copy of a plain config dict with dotted keys changed: ``with_changes(BASE, **{"optim.lr": 0.1})``."""
+    import json
+
+    out = json.loads(json.dumps(base))
+    for key, value in changes.items():
+        node = out
+        *path, last = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
