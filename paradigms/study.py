@@ -121,6 +121,7 @@ def study(argv: list[str] | None = None) -> int:
     plan = sequential_plan(spec, args.max_seeds, args.seed_step) if args.until_decided else None
     if not args.dry_run:
         write_study_file(runs, spec, plan)
+    full = dict(spec)
     if args.grids:
         spec["grids"] = select_grids(spec, args.grids.split(","))
     cmds = study_commands(spec, runs, args.overrides, args.jobs)
@@ -136,7 +137,7 @@ def study(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     if plan is not None:
-        failures += add_seeds_until_decided(spec, runs, plan, args.overrides, args.jobs)
+        failures += add_seeds_until_decided(full, runs, plan, args.overrides, args.jobs)
     elapsed = time.time() - started
     counts = count_statuses(runs / grid["name"] for grid in spec["grids"])
     print(f"[tiedlab] study {args.name}: {len(cmds)} grids in {elapsed / 60:.1f} min, {failures} exited non-zero; "
@@ -196,6 +197,10 @@ def write_study_file(runs: Path, spec: dict[str, Any], plan: dict[str, int] | No
                              "and --seed-step")
         if old.get("sequential") and not plan:
             record["sequential"] = old["sequential"]  # seeds were added sequentially: the looks stay counted
+        if (old.get("primary") or None) != (spec.get("primary") or None):
+            raise ValueError(f"{path} registered other primary comparisons than configs/study/"
+                             f"{spec.get('name')}.yaml now names: a pre-registered comparison is not changed after "
+                             "its runs; use another --runs folder for the new ones")
     rundir.atomic_write_bytes(path, yaml.safe_dump(record, sort_keys=False).encode())
 
 
@@ -219,45 +224,86 @@ def sequential_plan(spec: dict[str, Any], max_seeds: int, step: int) -> dict[str
     return {"start": start, "step": step, "max_seeds": max_seeds, "looks": len(looks)}
 
 
+SEQUENTIAL_FILE = "sequential.yaml"  # in a study's runs folder: the look reached and the look each verdict came at
+
+
+def read_sequential_state(runs: Path) -> dict[str, Any]:
+    """{"look": index of the last look analysed (-1: none), "decided": {"INSIGHT/PARADIGM": look index}}."""
+    path = Path(runs) / SEQUENTIAL_FILE
+    state = yaml.safe_load(path.read_text()) if path.exists() else None
+    return state if isinstance(state, dict) else {"look": -1, "decided": {}}
+
+
+def seed_limits(specs: list[Any], plan: dict[str, int], state: dict[str, Any]) -> dict[tuple[int, str], int]:
+    """The seeds each primary comparison is read on: those below the seed count of the look it was decided at,
+    or of the last look reached (all the seeds of a fixed design: no limits before the first look)."""
+    from tiedlab.reports import stats
+
+    if state.get("look", -1) < 0:
+        return {}
+    counts = stats.plan_looks(plan["start"], plan["max_seeds"], plan["step"])
+    last = counts[min(state["look"], len(counts) - 1)]
+    decided = state.get("decided") or {}
+    return {(s.insight, s.paradigm): counts[decided[f"{s.insight}/{s.paradigm}"]]
+            if f"{s.insight}/{s.paradigm}" in decided else last for s in specs}
+
+
 def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, int], extra: list[str],
                             jobs: int) -> int:
-    """Seed rounds for the arms of undetermined primary comparisons, until each is decided or has
-    ``plan["max_seeds"]`` seeds; returns how many grid commands exited non-zero. A rerun continues: the
-    decision at each look depends only on the runs in ``runs``."""
+    """The looks of the group-sequential plan: at look k every primary comparison still undetermined gets seeds
+    0..n_k-1 on both arms (missing or unfinished runs only) and is read on exactly those seeds at alpha/looks
+    (Holm across the comparisons); a decided comparison is frozen at the look it was decided at
+    (``sequential.yaml``). A rerun replays the looks on the same data and continues where it stopped. Returns how
+    many grid commands exited non-zero."""
+    from tiedlab.reports import stats
     from tiedlab.reports.load import load_runs
-    from tiedlab.reports.primary import arm_runs, evaluate_primaries, load_primaries, replicate_id, run_values
+    from tiedlab.reports.primary import arm_runs, evaluate_primaries, load_primaries, run_values
 
     specs = load_primaries(spec)
     grids = {g["name"]: g for g in spec["grids"]}
+    counts = stats.plan_looks(plan["start"], plan["max_seeds"], plan["step"])
+    state = read_sequential_state(runs)
+    state["decided"] = dict(state.get("decided") or {})
     failures = 0
-    while True:
+    for look, n in enumerate(counts):
         found = load_runs([runs]) if runs.exists() else []
-        results = evaluate_primaries(specs, found, looks=plan["looks"])
-        todo: dict[tuple[str, tuple[tuple[str, str], ...]], list[int]] = {}
-        for result in results:
-            if result.verdict != "undetermined":
-                continue
-            for arm in (result.spec.a, result.spec.b):
-                members = arm_runs(arm, found)
-                seeds = sorted({int(run_values(r.name)["seed"]) for r in members if "seed" in run_values(r.name)})
-                if not members or len(seeds) >= plan["max_seeds"]:
+        pending = [s for s in specs if f"{s.insight}/{s.paradigm}" not in state["decided"]]
+        if not pending:
+            break
+        todo: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[set[int], set[str]]] = {}
+        for s in pending:
+            for arm in (s.a, s.b):
+                members = arm_runs(arm, found, grids)
+                if not members:
+                    print(f"[tiedlab] warning: arm {arm.title()} has no runs: run its grid first", flush=True)
                     continue
-                cell = tuple(sorted((k, v) for k, v in run_values(members[0].name).items() if k != "seed"))
-                n_new = min(plan["step"], plan["max_seeds"] - len({replicate_id(r) for r in members}))
-                todo.setdefault((arm.grid, cell), list(range(max(seeds) + 1, max(seeds) + 1 + n_new)))
-        if not todo:
-            return failures
-        for (grid_name, cell), seeds in todo.items():
+                values = run_values(members[0].name)
+                cell = tuple(sorted((k, v) for k, v in values.items() if k not in ("seed", "data.fold")))
+                folds = {run_values(r.name)["data.fold"] for r in members if "data.fold" in run_values(r.name)}
+                seeds, all_folds = todo.setdefault((arm.grid, cell), (set(), set()))
+                seeds.update(range(n))
+                all_folds.update(folds)
+        for (grid_name, cell), (seeds, folds) in todo.items():
             grid = {"name": grid_name, "overrides": grids[grid_name].get("overrides") or [],
-                    "sweep": {**{k: [v] for k, v in cell}, "seed": seeds}}
+                    "sweep": {**{k: [v] for k, v in cell}, **({"data.fold": sorted(folds)} if folds else {}),
+                              "seed": sorted(seeds)}}
+            if grid_finished(grid, runs):
+                continue
             (cmd,) = study_commands({"name": spec.get("name"), "grids": [grid]}, runs, extra, jobs)
-            if not extra and grid_finished(grid, runs):
-                continue  # a rerun: these seeds are already there
-            print(f"[tiedlab] undetermined: adding seeds {seeds} to {grid_name} {dict(cell)}", flush=True)
+            print(f"[tiedlab] look {look + 1}/{len(counts)}: seeds 0-{n - 1} for {grid_name} {dict(cell)}", flush=True)
             print("+ " + shlex.join(cmd), flush=True)
-            if subprocess.call(cmd) != 0:
-                failures += 1
-                return failures  # a failing arm would be retried forever
+            failures += subprocess.call(cmd) != 0
+        found = load_runs([runs]) if runs.exists() else []
+        state["look"] = look
+        limits = seed_limits(specs, plan, state)
+        for r in evaluate_primaries(specs, found, looks=plan["looks"], grids=grids, seed_limits=limits):
+            key = f"{r.spec.insight}/{r.spec.paradigm}"
+            if key not in state["decided"] and r.verdict != "undetermined":
+                state["decided"][key] = look
+        rundir.atomic_write_bytes(runs / SEQUENTIAL_FILE, yaml.safe_dump(state, sort_keys=True).encode())
+        print(f"[tiedlab] look {look + 1}/{len(counts)} ({n} seeds): {len(state['decided'])} of {len(specs)} "
+              "primary comparisons decided", flush=True)
+    return failures
 
 
 def count_statuses(folders: Any) -> dict[str, int]:

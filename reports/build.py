@@ -38,6 +38,7 @@ class Report:
     study: dict[str, Any] | None = None  # the study file the runs were made by (None: runs without a study)
     looks: int = 1  # looks of the sequential design the seeds were added by (1: a fixed design)
     rebuilt_from: str = ""  # the summary.json this report re-analysed (its run directories were not read)
+    seed_limits: dict[tuple[int, str], int] = field(default_factory=dict)  # sequential studies: seeds read
     commit: str = "unknown"  # the checkout the report was built in
     run_commits: dict[str, int] = field(default_factory=dict)  # the commits the runs were trained at -> runs
     date: str = ""
@@ -73,6 +74,12 @@ def find_study(paths: Iterable[str | Path], study: str | Path | None = None) -> 
     Raises:
         ValueError: two inputs hold different studies, or ``study`` names no study.
     """
+    if study is None:  # a summary.json being rebuilt carries the study it was made for
+        for p in paths:
+            if Path(p).is_file() and Path(p).suffix == ".json":
+                carried = json.loads(Path(p).read_text()).get("study_spec")
+                if carried:
+                    return carried
     if study is not None:
         path = Path(study)
         if path.suffix in (".yaml", ".yml") and path.is_file():
@@ -99,11 +106,38 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
     paths = list(paths)
     runs = load_runs(paths) if runs is None else runs
     cells = group_cells(runs)
-    spec = find_study(paths, study)
-    looks = int(((spec or {}).get("sequential") or {}).get("looks", 1))
-    primaries = evaluate_primaries(load_primaries(spec), runs, looks=looks) if spec else []
+    spec, limits = find_study(paths, study), {}
+    recorded = find_study(paths) if study is not None else spec  # what the runs folder says it was run as
+    if recorded and recorded.get("sequential"):
+        if spec is not recorded and spec is not None:
+            if (spec.get("primary") or None) != (recorded.get("primary") or None):
+                raise ValueError(f"--study {study} names other primary comparisons than the runs were registered "
+                                 "with (study.yaml in the runs folder); report them without --study")
+            spec = {**spec, "sequential": recorded["sequential"]}
+    plan = (spec or {}).get("sequential")
+    looks = int((plan or {}).get("looks", 1))
+    specs = load_primaries(spec) if spec else []
+    if plan:
+        limits = _seed_limits(paths, specs, plan)
+    grids = [g["name"] for g in (spec or {}).get("grids") or []]
+    primaries = evaluate_primaries(specs, runs, looks=looks, grids=grids, seed_limits=limits) if spec else []
     return Report(title, runs, cells, evaluate(cells), guidelines(cells), inputs=[str(p) for p in paths],
-                  primaries=primaries, study=spec, looks=looks)
+                  primaries=primaries, study=spec, looks=looks, seed_limits=limits)
+
+
+def _seed_limits(paths: list[str | Path], specs: list[Any], plan: dict[str, int]) -> dict[tuple[int, str], int]:
+    """The seeds each comparison of a sequential study is read on: from the runs folder's sequential.yaml, or
+    the seed limits a rebuilt summary.json carried."""
+    from tiedlab.paradigms.study import SEQUENTIAL_FILE, read_sequential_state, seed_limits
+
+    for p in paths:
+        p = Path(p)
+        if p.is_file() and p.suffix == ".json":
+            rows = json.loads(p.read_text()).get("seed_limits") or []
+            return {(int(r["insight"]), str(r["paradigm"])): int(r["seeds"]) for r in rows}
+        if (p / SEQUENTIAL_FILE).is_file():
+            return seed_limits(specs, plan, read_sequential_state(p))
+    return {}
 
 
 def run_commits(runs: Iterable[Run]) -> dict[str, int]:
@@ -143,7 +177,8 @@ def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tie
     if from_summary is not None:  # the runs ran where and when the original report says
         original = json.loads(Path(from_summary).read_text())
         report.machine = original.get("machine") or report.machine
-        report.date = f"{report.date} (the original report: {original.get('date', '?')})"
+        first = str(original.get("date", "?")).split(" (the original report: ")[-1].rstrip(")")
+        report.date = f"{report.date} (the original report: {first})"
     blocks = document(report)
     (out / "README.md").write_text(to_markdown(blocks))
     (out / "index.html").write_text(to_html(blocks, title))

@@ -52,9 +52,25 @@ def run_values(name: str) -> dict[str, str]:
     return out
 
 
-def run_grid(name: str) -> str:
-    """The grid a run belongs to: the first path component of its name under the study's runs folder."""
-    return name.strip("/").split("/", 1)[0]
+def run_grid(name: str, grids: Iterable[str] = ()) -> str:
+    """The grid a run belongs to: the first component of its name that names one of the study's ``grids``
+    (names carry a prefix when a report reads several folders), else the first component."""
+    parts = name.strip("/").split("/")
+    known = set(grids)
+    return next((p for p in parts[:-1] if p in known), parts[0])
+
+
+def same_value(written: str, wanted: str) -> bool:
+    """Whether a run directory's value (as Hydra wrote it) is the one a study names: equal as text, as numbers
+    (0.001 and 1e-3) or as booleans (True and true)."""
+    if written == wanted:
+        return True
+    if written.lower() in ("true", "false") or wanted.lower() in ("true", "false"):
+        return written.lower() == wanted.lower()
+    try:
+        return float(written) == float(wanted)
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -76,9 +92,10 @@ class Arm:
             raise ValueError(f"{context}: {bad} tell replicates apart and cannot select an arm")
         return cls(str(raw["grid"]), tuple(sorted((str(k), _text(v)) for k, v in where.items())))
 
-    def matches(self, name: str) -> bool:
+    def matches(self, name: str, grids: Iterable[str] = ()) -> bool:
         values = run_values(name)
-        return run_grid(name) == self.grid and all(values.get(k) == v for k, v in self.where)
+        return (run_grid(name, {self.grid, *grids}) == self.grid
+                and all(k in values and same_value(values[k], v) for k, v in self.where))
 
     def title(self) -> str:
         return f"{self.grid}: {', '.join(f'{k}={v}' for k, v in self.where) or 'all'}"
@@ -210,11 +227,15 @@ def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[Pr
     its level, in the direction its effect has (it has no other reading, so it releases its share like Holm's)."""
     if not results:
         return []
-    p = [r.test.p if r.spec.kind != "mean" or r.test.readable else math.nan for r in results]
+    p = [math.nan if r.test is None else r.test.p if r.spec.kind != "mean" or r.test.readable else math.nan
+         for r in results]
     release = [stats.releases(r.spec.claim) if r.spec.kind == "mean" else True for r in results]
     levels, decided = stats.holm_levels(p, release, alpha)
     m = sum(math.isfinite(x) for x in p)
     for r, level, dec in zip(results, levels, decided):
+        if r.test is None:
+            r.level, r.verdict, r.reason = float(level), "undetermined", "no test: " + "; ".join(r.notes)
+            continue
         r.level, r.p = float(level), float(r.test.p)
         if r.spec.kind == "mean":
             c = stats.reread(r.test, float(level), primary=bool(dec),
@@ -247,9 +268,9 @@ def replicate_id(run: RunLike) -> Hashable:
     return key if any(v is not None for v in key) else run.name
 
 
-def arm_runs(arm: Arm, runs: Iterable[RunLike]) -> list[RunLike]:
+def arm_runs(arm: Arm, runs: Iterable[RunLike], grids: Iterable[str] = ()) -> list[RunLike]:
     """The runs of an arm. Raises ValueError when they span several cells (``where`` names too few keys)."""
-    chosen = [r for r in runs if arm.matches(r.name)]
+    chosen = [r for r in runs if arm.matches(r.name, grids)]
     cells = {tuple(sorted((k, v) for k, v in run_values(r.name).items() if k not in REPLICATE_KEYS)) for r in chosen}
     if len(cells) > 1:
         raise ValueError(f"arm {arm.title()} matches runs of {len(cells)} cells "
@@ -280,21 +301,46 @@ def _values(spec: PrimarySpec, runs: list[RunLike], notes: list[str], side: str)
     return merged
 
 
+def seed_of(run: RunLike) -> int | None:
+    """The run's seed, from its name (None when its name has none)."""
+    try:
+        return int(run_values(run.name)["seed"])
+    except (KeyError, ValueError):
+        return None
+
+
 def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: float = stats.ALPHA,
-                       looks: int = 1) -> list[PrimaryResult]:
+                       looks: int = 1, grids: Iterable[str] = (),
+                       seed_limits: Mapping[tuple[int, str], int] | None = None) -> list[PrimaryResult]:
     """Each spec's test on its arms' runs, then Holm across all of them (at ``alpha / looks`` per look when
-    the seeds were added sequentially: ``tiedlab-study --until-decided``)."""
-    runs = list(runs)
+    the seeds were added sequentially: ``tiedlab-study --until-decided``). ``seed_limits`` maps (insight,
+    paradigm) to the seeds a comparison is read on (seeds below the limit: the look it was decided at)."""
+    runs, grids = list(runs), list(grids) or sorted({s.a.grid for s in specs} | {s.b.grid for s in specs})
     results = []
     for spec in specs:
-        a, b = arm_runs(spec.a, runs), arm_runs(spec.b, runs)
-        notes: list[str] = []
+        limit = (seed_limits or {}).get((spec.insight, spec.paradigm))
+        a, b = ([r for r in arm_runs(arm, runs, grids) if limit is None or (seed_of(r) is not None
+                                                                         and seed_of(r) < limit)]
+                for arm in (spec.a, spec.b))
+        notes: list[str] = [f"arm {side} ({arm.title()}) matches no run" for side, arm, members
+                            in (("a", spec.a, a), ("b", spec.b, b)) if not members]
+        if limit is not None:
+            notes.append(f"read on seeds < {limit} (the look it was decided at, or the last look reached)")
         if spec.kind == "mean":
-            test = stats.compare(_values(spec, a, notes, "a"), _values(spec, b, notes, "b"), claim=spec.claim,
-                                 delta=spec.delta, alpha=alpha)
+            va, vb = _values(spec, a, notes, "a"), _values(spec, b, notes, "b")
+            common = set(va) & set(vb)
+            if set(va) != set(vb) and len(common) >= 2:  # pair on the seeds both arms have
+                notes.append(f"paired on the {len(common)} seeds both arms have; "
+                             f"{len(set(va) ^ set(vb))} unpaired replicate(s) left out")
+                va, vb = {k: va[k] for k in common}, {k: vb[k] for k in common}
+            test = stats.compare(va, vb, claim=spec.claim, delta=spec.delta, alpha=alpha)
         elif spec.kind == "divergence":  # a positive effect favours a: fewer of its runs diverged
             ended_a = [r for r in a if r.status in ("completed", "diverged")]
             ended_b = [r for r in b if r.status in ("completed", "diverged")]
+            if not ended_a or not ended_b:
+                notes.append("an arm has no completed or diverged run: no rate to compare")
+                results.append(PrimaryResult(spec, [r.name for r in a], [r.name for r in b], None, notes=notes))
+                continue
             test = stats.rate_test(sum(r.status == "diverged" for r in ended_b), len(ended_b),
                                    sum(r.status == "diverged" for r in ended_a), len(ended_a), alpha=alpha)
         else:  # spread: a positive effect favours a: its runs vary less over seeds

@@ -114,6 +114,13 @@ def primary_text(result: Any) -> str:
     return f"{result.verdict}: {_interval(result)}, n={result.n_a}/{result.n_b}{more}"
 
 
+def _seeds_needed(result: Any) -> str:
+    """Seeds per arm to decide an undetermined comparison at its observed effect and spread (power 80%)."""
+    if result.verdict != "undetermined" or result.spec.kind != "mean" or not math.isfinite(result.ci_low):
+        return "-"
+    return fmt(result.seeds_needed) if result.seeds_needed else "> 1000"
+
+
 def primary_blocks(report: Any) -> list[Block]:
     """The pre-registered primary comparisons, their verdicts, and the transfer table built from them."""
     from .stats import RULE as STATS_RULE
@@ -136,7 +143,7 @@ def primary_blocks(report: Any) -> list[Block]:
                      + (", log" if s.transform == "log" else "") + f"; effect {effect}",
                      f"{r.n_a}/{r.n_b}" + (" paired" if r.paired else ""), _interval(r), fmt(r.p),
                      r.verdict + (f" ({r.reason})" if r.reason else ""),
-                     fmt(r.seeds_needed) if r.verdict == "undetermined" else "-"])
+                     _seeds_needed(r)])
         classes.append(VERDICT_CLASS.get(r.verdict, ""))
     blocks.append(Block("table", header=["insight", "paradigm", "claim", "arm A", "arm B", "claim, delta", "test",
                                          "n A/B", "effect [CI at the verdict's level]", "p", "verdict (Holm)",

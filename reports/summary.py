@@ -79,6 +79,8 @@ def summary(report: Any) -> dict[str, Any]:
         "report_command": report.report_command, "inputs": report.inputs, "machine": report.machine,
         "seeds": report.seeds, "total_train_s": report.total_train_s, "rule": RULE,
         "study": (report.study or {}).get("name"), "looks": report.looks, "rebuilt_from": report.rebuilt_from,
+        "study_spec": report.study,  # the registered comparisons (and sequential plan) a rebuild re-reads
+        "seed_limits": [{"insight": i, "paradigm": p, "seeds": n} for (i, p), n in sorted(report.seed_limits.items())],
         "primaries": [primary_entry(r) for r in report.primaries],
         "insight_texts": {str(k): {"name": v[0], "method": v[1]} for k, v in INSIGHTS.items()},
         "runs": [run_entry(r) for r in report.runs], "cells": [cell_entry(c) for c in report.cells],

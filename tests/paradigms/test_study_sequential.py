@@ -1,59 +1,82 @@
-"""tiedlab-study --until-decided: seed rounds only for the arms of undetermined primary comparisons, at the levels
-of a fixed group-sequential plan, continuing where a rerun left off (the real runner, toy paradigm)."""
+"""tiedlab-study --until-decided: the looks of a group-sequential plan. Seeds go only to the arms of undetermined
+primary comparisons, a decided comparison is frozen at the look it was decided at (even when an arm it shares
+grows), and a rerun replays the looks and continues (the real runner, toy paradigm)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tiedlab.paradigms import study as cli_module
+from tiedlab.paradigms import study as study_module
+from tiedlab.reports.build import analyse
 
 TESTS = Path(__file__).resolve().parents[1]
+TOY = ["paradigm=toy", f"hydra.searchpath=[file://{TESTS / 'support' / 'configs'}]", "train.max_steps=3",
+       "train.eval_every=3", "train.threads=1", "model.width=8"]
 
 
-def test_until_decided_adds_seeds_to_undetermined_arms_only(tmp_path, monkeypatch, capsys):
+def arm(block: str) -> dict:
+    return {"grid": "g", "where": {"block": block}}
+
+
+def test_until_decided_freezes_decided_comparisons_and_seeds_only_undetermined_arms(tmp_path, monkeypatch, capsys):
     studies = tmp_path / "studies"
     studies.mkdir()
-    toy = ["paradigm=toy", f"hydra.searchpath=[file://{TESTS / 'support' / 'configs'}]", "train.max_steps=3",
-           "train.eval_every=3", "train.threads=1", "model.width=8"]
-    study = {"name": "toy", "grids": [{"name": "g", "overrides": toy, "sweep": {"block": ["tied", "explicit"],
-                                                                               "seed": [0, 1]}},
-                                      {"name": "h", "overrides": toy, "sweep": {"model.width": [4, 16], "seed": [0, 1]}}],
-             # g: a wide margin, decided once a few seeds narrow the interval; h: never decidable (delta tiny)
+    study = {"name": "toy", "grids": [{"name": "g", "overrides": TOY,
+                                       "sweep": {"block": ["tied", "explicit", "deq"], "seed": [0, 1]}}],
              "primary": {"comparisons": [
-                 {"insight": 1, "paradigm": "toy", "claim": "noninferiority", "metric": "val/acc", "delta": 0.3,
-                  "a": {"grid": "g", "where": {"block": "tied"}}, "b": {"grid": "g", "where": {"block": "explicit"}}},
+                 # a wide margin: decided at the first look (2 seeds)
+                 {"insight": 1, "paradigm": "toy", "claim": "noninferiority", "metric": "val/acc", "delta": 1.0,
+                  "a": arm("tied"), "b": arm("explicit")},
+                 # shares the tied arm; superiority between near-identical models: undetermined to the end
                  {"insight": 4, "paradigm": "toy", "claim": "superiority", "metric": "val/acc", "delta": 1e-6,
-                  "a": {"grid": "h", "where": {"model.width": 4}}, "b": {"grid": "h", "where": {"model.width": 16}}}]}}
+                  "a": arm("tied"), "b": arm("deq")}]}}
     (studies / "toy.yaml").write_text(yaml.safe_dump(study))
-    monkeypatch.setattr(cli_module, "study_dir", lambda: studies)
+    monkeypatch.setattr(study_module, "study_dir", lambda: studies)
     monkeypatch.setenv("PYTHONPATH", str(TESTS))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     runs = tmp_path / "runs"
     args = ["toy", "--runs", str(runs), "--no-report", "--until-decided", "--max-seeds", "4", "--seed-step", "2"]
-    assert cli_module.study(args) == 0
+    assert study_module.study(args) == 0
     out = capsys.readouterr().out
-    recorded = yaml.safe_load((runs / "study.yaml").read_text())
-    assert recorded["sequential"] == {"start": 2, "step": 2, "max_seeds": 4, "looks": 2}
-    seeds = lambda grid, cell: sorted(int(p.name.split("seed=")[1]) for p in (runs / grid).glob(f"{cell},seed=*"))
-    # g was undetermined at 2 seeds (df=1 at alpha/2) and got seeds 2, 3 on both arms ...
-    assert seeds("g", "block=tied") == seeds("g", "block=explicit") == [0, 1, 2, 3]
-    # ... h never decides: it stops at --max-seeds
-    assert seeds("h", "model.width=4") == seeds("h", "model.width=16") == [0, 1, 2, 3]
-    assert "adding seeds [2, 3] to g" in out
-    from tiedlab.reports.build import analyse
-
+    assert yaml.safe_load((runs / "study.yaml").read_text())["sequential"] == {"start": 2, "step": 2,
+                                                                              "max_seeds": 4, "looks": 2}
+    state = yaml.safe_load((runs / "sequential.yaml").read_text())
+    assert state == {"look": 1, "decided": {"1/toy": 0}}
+    seeds = lambda block: sorted(int(p.name.split("seed=")[1]) for p in (runs / "g").glob(f"block={block},seed=*"))
+    assert seeds("explicit") == [0, 1]  # decided at look 1: its arm gets no more seeds
+    assert seeds("tied") == seeds("deq") == [0, 1, 2, 3]  # the undetermined comparison's arms
+    assert "look 2/2: seeds 0-3 for g {'block': 'deq'}" in out and "for g {'block': 'explicit'}" not in out
     by_insight = {r.spec.insight: r for r in analyse([runs]).primaries}
-    assert by_insight[1].verdict == "holds" and by_insight[1].n_a == 4 and by_insight[1].level <= 0.05 / 2
-    assert by_insight[4].verdict == "undetermined"
-    # a rerun continues where it stopped: nothing to add, nothing retrained
-    assert cli_module.study(args) == 0
-    assert "adding seeds" not in capsys.readouterr().out
-    # the looks are fixed in advance: another plan on the same runs is refused
-    try:
-        cli_module.study(["toy", "--runs", str(runs), "--no-report", "--until-decided", "--max-seeds", "6"])
-    except ValueError as err:
-        assert "sequential plan" in str(err)
-    else:
-        raise AssertionError("a different sequential plan was accepted")
+    # frozen at its look: read on seeds 0-1 although the tied arm now has 4, at alpha / 2 looks
+    assert by_insight[1].verdict == "holds" and (by_insight[1].n_a, by_insight[1].n_b) == (2, 2)
+    assert by_insight[1].level <= 0.05 / 2
+    assert by_insight[4].verdict == "undetermined" and by_insight[4].n_a == 4
+    # a rerun replays the looks on the same data: nothing to train, the same state
+    assert study_module.study(args) == 0
+    assert "look 2/2: seeds" not in capsys.readouterr().out
+    assert yaml.safe_load((runs / "sequential.yaml").read_text()) == state
+    # the looks are fixed in advance, and so are the registered comparisons
+    with pytest.raises(ValueError, match="sequential plan"):
+        study_module.study(["toy", "--runs", str(runs), "--no-report", "--until-decided", "--max-seeds", "6"])
+    study["primary"]["comparisons"][1]["delta"] = 0.1
+    (studies / "toy.yaml").write_text(yaml.safe_dump(study))
+    with pytest.raises(ValueError, match="registered other primary comparisons"):
+        study_module.study(args)
+
+
+def test_until_decided_with_grids_selected_still_sees_every_registered_grid(tmp_path, monkeypatch):
+    """--grids runs a subset, but the plan and the registered comparisons are the whole study's."""
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    study = {"name": "toy", "grids": [{"name": "g", "overrides": TOY, "sweep": {"block": ["tied"], "seed": [0, 1]}},
+                                      {"name": "h", "overrides": TOY, "sweep": {"block": ["tied"], "seed": [0, 1]}}],
+             "primary": {"comparisons": [{"insight": 1, "paradigm": "toy", "claim": "superiority", "delta": 0.5,
+                                          "a": {"grid": "g", "where": {"block": "tied"}},
+                                          "b": {"grid": "h", "where": {"block": "tied"}}}]}}
+    (studies / "toy.yaml").write_text(yaml.safe_dump(study))
+    monkeypatch.setattr(study_module, "study_dir", lambda: studies)
+    assert study_module.study(["toy", "--runs", str(tmp_path / "runs"), "--dry-run", "--grids", "g",
+                               "--until-decided", "--max-seeds", "2"]) == 0

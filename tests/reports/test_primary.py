@@ -125,8 +125,32 @@ def test_holm_counts_every_primary_comparison():
     one = evaluate_primaries(specs[:1], _runs([0.90, 0.905, 0.91], [0.88, 0.883, 0.89]))
     six = evaluate_primaries(specs, _runs([0.90, 0.905, 0.91], [0.88, 0.883, 0.89]))
     assert one[0].p == six[0].p  # the same test ...
-    # ... but decided against a 6-way correction: never more decisive than alone
-    assert [r.verdict for r in six].count("undetermined") >= [r.verdict for r in one].count("undetermined")
+    assert one[0].level == 0.05 and six[0].level == pytest.approx(0.05 / 6)  # ... read against 6 (superiority
+    # comparisons keep their share: Bonferroni levels), so its interval is wider
+    assert six[0].ci_high - six[0].ci_low > one[0].ci_high - one[0].ci_low
+
+
+def test_run_names_match_arms_as_hydra_writes_values_and_under_a_prefix():
+    arm = Arm.from_dict({"grid": "g", "where": {"flag": True, "optim.lr": "1e-3"}}, "t")
+    assert arm.matches("g/flag=True,optim.lr=0.001,seed=0")
+    assert arm.matches("study-a/g/flag=True,optim.lr=0.001,seed=0", ["g"])  # several report inputs: a prefix
+    assert not arm.matches("g/flag=False,optim.lr=0.001,seed=0")
+
+
+def test_an_arm_without_runs_and_a_divergence_arm_without_ended_runs_are_named(tmp_path):
+    specs = load_primaries({"primary": {"comparisons": [
+        spec(), spec(insight=3, kind="divergence", a={"grid": "g", "where": {"block": "tied"}},
+                     b={"grid": "g", "where": {"block": "explicit"}})]}})
+    results = evaluate_primaries(specs, _runs([0.9, 0.91], [0.8, 0.81]))
+    assert any("arm b (g: block=explicit) matches no run" in n for n in results[1].notes)
+    assert results[1].verdict == "undetermined" and "no rate to compare" in results[1].reason
+
+
+def test_pairs_on_the_seeds_both_arms_have():
+    (s,) = load_primaries({"primary": {"comparisons": [spec()]}})
+    runs = _runs([0.90, 0.91, 0.92, 0.93], [0.80, 0.81, 0.82])  # seed 3 of arm b is missing (failed, say)
+    (r,) = evaluate_primaries([s], runs)
+    assert r.paired and (r.n_a, r.n_b) == (3, 3) and any("paired on the 3 seeds" in n for n in r.notes)
 
 
 def test_report_reads_the_study_file_beside_the_runs_and_leads_with_the_primaries(tmp_path):
