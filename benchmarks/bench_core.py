@@ -44,7 +44,7 @@ def variants(depth: int) -> dict[str, dict]:
         "tied": dict(mode="tied", depth=depth),
         "tied+distinct/unstructured": dict(mode="tied", depth=depth, mask=dict(mode="distinct", sparsity=0.5)),
         "tied+distinct/nm2:4": dict(mode="tied", depth=depth, mask=dict(mode="distinct", kind="nm")),
-        "tied+distinct/channel": dict(mode="tied", depth=depth, mask=dict(mode="distinct", kind="channel", sparsity=0.5)),
+        "tied+disjoint": dict(mode="tied", depth=depth, mask=dict(mode="disjoint")),
         "deq anderson+ift": dict(deq, solver="anderson", grad=dict(mode="ift", max_iter=12)),
         "deq broyden+phantom": dict(deq, solver="broyden", grad=dict(mode="phantom", steps=5, tau=0.7)),
         "deq fixed_point+onestep": dict(deq, solver="fixed_point", solver_options=dict(damping=0.7),

@@ -1,8 +1,14 @@
 """Sparse masks over a cell's weights and the masked functional call.
 
 A mask is a fixed 0/1 tensor drawn once from a seed and kept as a buffer. Layer i of a masked block
-runs the one shared cell with every masked weight W replaced by W * M_i, through
-``torch.func.functional_call``: any cell works unchanged and the gradient of every use reaches W.
+runs the one shared cell with every masked weight W replaced by W * M_i (times 1/density with
+``rescale``), through ``torch.func.functional_call``: any cell works unchanged and the gradient of every
+use reaches W.
+
+Orientation: dim 0 of a weight is its output, dim 1 its input (``nn.Linear`` (out, in), ``nn.Conv2d``
+(out, in, kh, kw)); N:M groups run along dim 1 at each (out, kh, kw), the layout sparse kernels use.
+transformers' ``Conv1D`` (GPT-2) stores its weight as (in, out): there the groups run along its output
+features.
 """
 
 from __future__ import annotations
@@ -14,8 +20,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-MASK_KINDS = ("unstructured", "nm", "channel")
-MASK_MODES = ("none", "shared", "distinct")
+MASK_KINDS = ("unstructured", "nm")
+MASK_MODES = ("none", "shared", "distinct", "disjoint")
 
 
 def unstructured_mask(shape: torch.Size, sparsity: float, generator: torch.Generator) -> torch.Tensor:
@@ -31,39 +37,36 @@ def unstructured_mask(shape: torch.Size, sparsity: float, generator: torch.Gener
 
 
 def nm_mask(shape: torch.Size, n: int, m: int, generator: torch.Generator) -> torch.Tensor:
-    """An N:M mask: in every group of m consecutive weights along the input dimension, n are kept.
+    """An N:M mask: in every group of m consecutive input channels (dim 1) at each output and kernel position
+    (out, kh, kw, ...), n are kept; a 2-d weight (out, in) groups along its input features.
 
-    The weight is viewed as (out, rest) with rest = numel / out, which must be divisible by m.
-
-    Shapes: -> (*shape) float 0/1
+    Shapes: -> (*shape) float 0/1 (shape has >= 2 dims; shape[1] a multiple of m)
     """
     if not 0 < n < m:
         raise ValueError(f"N:M needs 0 < n < m, got n={n}, m={m}")
-    out = shape[0]
-    rest = int(torch.Size(shape[1:]).numel())
-    if rest % m != 0:
+    if len(shape) < 2 or shape[1] % m != 0:
         raise ValueError(
-            f"N:M with m={m} does not divide the tensor of shape {tuple(shape)}: its input size {rest} is not "
-            f"a multiple of {m}; choose an m that divides it or mask.kind='unstructured'")
-    groups = out * rest // m
-    keep = torch.rand(groups, m, generator=generator).argsort(dim=1)[:, :n]
-    mask = torch.zeros(groups, m)
-    mask.scatter_(1, keep, 1.0)
-    return mask.view(shape)
+            f"N:M with m={m} does not fit the tensor of shape {tuple(shape)}: its input channels (dim 1) are not a "
+            f"multiple of {m}; choose an m that divides them or mask.kind='unstructured'")
+    out, inputs, *kernel = shape
+    positions = out * int(torch.Size(kernel).numel())
+    keep = torch.rand(positions, inputs // m, m, generator=generator).argsort(dim=2)[..., :n]
+    mask = torch.zeros(positions, inputs // m, m)
+    mask.scatter_(2, keep, 1.0)
+    # (out, *kernel, in) -> (out, in, *kernel)
+    mask = mask.view(out, *kernel, inputs)
+    return mask.permute(0, len(shape) - 1, *range(1, len(shape) - 1)).contiguous()
 
 
-def channel_mask(shape: torch.Size, sparsity: float, generator: torch.Generator) -> torch.Tensor:
-    """A mask that zeros round(sparsity * out) whole output channels (dim 0).
-
-    Shapes: -> (*shape) float 0/1
-    """
-    out = shape[0]
-    zeros = round(sparsity * out)
-    if zeros >= out:
-        raise ValueError(f"sparsity={sparsity} would zero all {out} output channels of a tensor of shape {tuple(shape)}")
-    keep = torch.ones(out)
-    keep[torch.randperm(out, generator=generator)[:zeros]] = 0.0
-    return keep.view(-1, *([1] * (len(shape) - 1))).expand(shape).contiguous()
+def disjoint_masks(shape: torch.Size, parts: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """``parts`` masks that partition the tensor: every entry is kept by exactly one of them (as evenly as the
+    size allows), at random places. Shapes: -> parts x (*shape) float 0/1"""
+    n = int(torch.Size(shape).numel())
+    if parts > n:
+        raise ValueError(f"disjoint masks: {parts} layers cannot each own a part of a tensor of {n} entries")
+    owner = torch.empty(n, dtype=torch.long)
+    owner[torch.randperm(n, generator=generator)] = torch.arange(n) % parts
+    return [(owner == i).float().view(shape) for i in range(parts)]
 
 
 @dataclass(frozen=True)
@@ -71,12 +74,16 @@ class MaskSpec:
     """Which masks a block draws.
 
     Attributes:
-        mode: "none", "shared" (one mask used at every layer) or "distinct" (one mask per layer).
-        kind: "unstructured", "nm" or "channel".
+        mode: "none"; "shared" (one mask used at every layer); "distinct" (one mask per layer); "disjoint"
+            (the layers' masks partition each weight: layer i owns 1/L of its entries, an untied model inside
+            one tensor; kind unstructured, sparsity implied by the depth).
+        kind: "unstructured" or "nm" (N:M along the input channels; see the module docstring).
         sparsity: fraction of zeros in [0, 1); for kind "nm" it is 1 - n/m and may be left at 0.
         n, m: the N:M pattern (n kept in every m), used by kind "nm".
-        seed: seeds the masks; independent of the global RNG.
+        seed: seeds the masks; independent of the global RNG (runs set it from their seed unless pinned).
         min_dim: only weights with at least this many dims are masked (2: not biases or norms).
+        rescale: multiply kept weights by 1/density (the mask's kept fraction), so that masking does not
+            also shrink the cell's update against its input injection.
     """
 
     mode: str = "none"
@@ -86,12 +93,21 @@ class MaskSpec:
     m: int = 4
     seed: int = 0
     min_dim: int = 2
+    rescale: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MASK_MODES:
             raise ValueError(f"mask mode {self.mode!r} is not valid; choose one of {MASK_MODES}")
+        if self.kind == "channel":
+            raise ValueError("mask kind 'channel' was removed: a zeroed output channel was not removed (after a "
+                             "norm and ReLU it was nonzero again) and the two convs' channel masks disagreed; "
+                             f"choose one of {MASK_KINDS}")
         if self.kind not in MASK_KINDS:
             raise ValueError(f"mask kind {self.kind!r} is not valid; choose one of {MASK_KINDS}")
+        if self.mode == "disjoint" and (self.kind != "unstructured" or self.sparsity != 0.0):
+            raise ValueError(f"mask mode 'disjoint' partitions each weight between the layers (sparsity 1 - 1/depth): "
+                             f"it needs kind 'unstructured' and sparsity 0, got kind={self.kind!r}, "
+                             f"sparsity={self.sparsity}")
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"mask sparsity={self.sparsity} must be in [0, 1)")
         if self.kind == "nm":
@@ -110,19 +126,17 @@ class MaskSpec:
         """Whether any weight is masked at all."""
         if self.mode == "none":
             return False
-        return self.kind == "nm" or self.sparsity > 0.0
+        return self.mode == "disjoint" or self.kind == "nm" or self.sparsity > 0.0
 
     @property
     def effective_sparsity(self) -> float:
         return 1.0 - self.n / self.m if self.kind == "nm" else self.sparsity
 
     def draw(self, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
-        """One mask of this spec for a tensor of ``shape``."""
+        """One mask of this spec for a tensor of ``shape`` (not for mode disjoint: ``disjoint_masks``)."""
         if self.kind == "unstructured":
             return unstructured_mask(shape, self.sparsity, generator)
-        if self.kind == "nm":
-            return nm_mask(shape, self.n, self.m, generator)
-        return channel_mask(shape, self.sparsity, generator)
+        return nm_mask(shape, self.n, self.m, generator)
 
 
 def maskable_weights(cell: nn.Module, min_dim: int = 2) -> dict[str, torch.Tensor]:
@@ -150,10 +164,23 @@ class MaskSet(nn.Module):
             raise ValueError(f"masking was asked for but the cell has no weight with dim >= {spec.min_dim}")
         self.names = sorted(weights)
         generator = torch.Generator().manual_seed(spec.seed)
-        for i in range(self.num_masks):
+        if spec.mode == "disjoint":
+            if num_masks < 2:
+                raise ValueError(f"mask mode 'disjoint' needs depth >= 2 layers to share a weight, got {num_masks}")
             for name in self.names:
                 w = weights[name]
-                self.register_buffer(self._key(i, name), spec.draw(w.shape, generator).to(w.dtype), persistent=True)
+                for i, part in enumerate(disjoint_masks(w.shape, num_masks, generator)):
+                    self.register_buffer(self._key(i, name), part.to(w.dtype), persistent=True)
+        else:
+            for i in range(self.num_masks):
+                for name in self.names:
+                    w = weights[name]
+                    self.register_buffer(self._key(i, name), spec.draw(w.shape, generator).to(w.dtype),
+                                         persistent=True)
+        # 1/density of each mask (rescale): kept weights carry the whole weight's scale
+        self.scales = {(i, name): (self.mask(i, name).numel() / max(int(self.mask(i, name).count_nonzero()), 1)
+                                   if spec.rescale else 1.0)
+                       for i in range(self.num_masks) for name in self.names}
 
     @staticmethod
     def _key(i: int, name: str) -> str:
@@ -164,8 +191,21 @@ class MaskSet(nn.Module):
         return getattr(self, self._key(layer % self.num_masks, name))
 
     def apply(self, weights: dict[str, torch.Tensor], layer: int) -> dict[str, torch.Tensor]:
-        """{name: W * M_layer} for every masked weight name; ``weights`` maps names to the W to use."""
-        return {name: weights[name] * self.mask(layer, name) for name in self.names}
+        """{name: W * M_layer (/ density with rescale)} for every masked weight name; ``weights`` maps names to
+        the W to use."""
+        i = layer % self.num_masks
+        return {name: weights[name] * self.mask(i, name) * self.scales[(i, name)]
+                if self.scales[(i, name)] != 1.0 else weights[name] * self.mask(i, name) for name in self.names}
+
+    def used(self, layers: int) -> int:
+        """Entries of the masked weights that at least one of the first ``layers`` layers keeps."""
+        total = 0
+        for name in self.names:
+            union = torch.zeros_like(self.mask(0, name), dtype=torch.bool)
+            for i in range(layers):
+                union |= self.mask(i, name) != 0
+            total += int(union.sum())
+        return total
 
     def zero_fraction(self) -> float:
         """Mean fraction of zeros over all masks and masked weights."""

@@ -29,7 +29,9 @@ class MaskConfig:
     sparsity: float = 0.0
     n: int = 2
     m: int = 4
-    seed: int = 0
+    seed: Optional[int] = None  # None: the run's seed
+    min_dim: int = 2
+    rescale: bool = False
 
 
 @dataclass
@@ -123,7 +125,8 @@ def block_spec(cfg: Any) -> BlockSpec:
     return BlockSpec(
         mode=b.mode, depth=int(b.depth), eval_depth=b.eval_depth, norm=b.norm,
         jacobian_samples=int(b.jacobian_samples),
-        mask=MaskSpec(mode=m.mode, kind=m.kind, sparsity=float(m.sparsity), n=int(m.n), m=int(m.m), seed=int(m.seed)),
+        mask=MaskSpec(mode=m.mode, kind=m.kind, sparsity=float(m.sparsity), n=int(m.n), m=int(m.m),
+                      seed=int(cfg.seed if m.seed is None else m.seed), min_dim=int(m.min_dim), rescale=bool(m.rescale)),
         solver=s.name, max_iter=int(s.max_iter), tol=float(s.tol), stop_mode=s.stop_mode,
         solver_options=dict(s.options or {}), eval_max_iter=s.eval_max_iter, eval_tol=s.eval_tol,
         grad=GradSpec(mode=g.mode, solver=g.solver, max_iter=int(g.max_iter), tol=float(g.tol), steps=int(g.steps),

@@ -16,6 +16,7 @@ MODE_ORDER = {"explicit": 0, "tied": 1, "deq": 2}
 # Final metrics the tables show (key, column heading).
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("params/unique", "params unique"), ("params/dense", "params dense"), ("params/nonzero", "params nonzero"),
+    ("params/used", "params used"),
     ("time/train_s", "train s"), ("time/step_ms", "step ms"), ("throughput/samples_per_s", "samples/s"),
     ("memory/peak_mb", "peak MB"), ("core/nfe_forward", "NFE fwd"), ("core/nfe_backward", "NFE bwd"),
     ("core/rel_residual", "rel residual"),

@@ -10,7 +10,7 @@ from .aggregate import COLUMNS, Cell
 from .insights import INSIGHTS, RULE, InsightResult
 from .load import Run
 
-RUN_METRICS = ("params/unique", "params/dense", "params/nonzero", "time/train_s", "time/step_ms",
+RUN_METRICS = ("params/unique", "params/dense", "params/nonzero", "params/used", "time/train_s", "time/step_ms",
                "throughput/samples_per_s", "memory/peak_mb", "core/nfe_forward", "core/nfe_backward",
                "core/rel_residual", "core/test_nfe_forward")
 

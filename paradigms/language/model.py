@@ -5,8 +5,8 @@ transformer needs), takes ``hidden_states`` and returns one tensor, holds its we
 parameters used through plain submodule calls (so masks and weight/spectral norms apply through
 ``torch.func.functional_call``), and has no rotary embedding (the model adds a learned positional
 embedding, GPT-2 style). Its linear maps are ``transformers.Conv1D`` with weights stored as
-``(in, out)``: a ``channel`` mask therefore zeros *input* features and an ``nm`` mask groups along
-the *output* dimension, and weight norm normalises per input row.
+``(in, out)``: an ``nm`` mask (which groups along dim 1) therefore groups along the *output* features, and
+weight norm normalises per input row.
 
 Causal masking: a block built from a bare config has ``_attn_implementation=None``, which falls back
 to eager attention that, with ``attention_mask=None``, attends to *every* position (future tokens

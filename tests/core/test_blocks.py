@@ -40,8 +40,10 @@ def test_unique_params_of_tied_do_not_grow_with_depth_and_explicit_grows_l_fold(
     for depth in (1, 4, 16):
         tied = build_block(make, dict(mode="tied", depth=depth)).param_counts()
         explicit = build_block(make, dict(mode="explicit", depth=depth)).param_counts()
-        assert tied == {"unique": per_cell, "dense": depth * per_cell, "nonzero": depth * per_cell}
-        assert explicit == {"unique": depth * per_cell, "dense": depth * per_cell, "nonzero": depth * per_cell}
+        assert tied == {"unique": per_cell, "dense": depth * per_cell, "nonzero": depth * per_cell,
+                        "used": per_cell}
+        assert explicit == {"unique": depth * per_cell, "dense": depth * per_cell, "nonzero": depth * per_cell,
+                            "used": depth * per_cell}
     masked = build_block(make, dict(mode="tied", depth=4, mask=dict(mode="distinct", sparsity=0.25))).param_counts()
     masked_weights = 2 * 64  # W and U, not the bias
     assert masked["unique"] == per_cell

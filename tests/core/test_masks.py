@@ -6,7 +6,7 @@ from torch import nn
 
 from support.cells import TanhCell
 from tiedlab.core import MaskSet, MaskSpec, build_block
-from tiedlab.core.masks import channel_mask, nm_mask, unstructured_mask
+from tiedlab.core.masks import disjoint_masks, nm_mask, unstructured_mask
 
 
 class ConvCell(nn.Module):
@@ -28,25 +28,75 @@ def test_unstructured_has_exact_zero_count(sparsity):
 
 
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8)])
-def test_nm_keeps_n_in_every_group_of_m(n, m):
+def test_nm_keeps_n_in_every_group_of_m_input_channels_at_each_output_and_kernel_position(n, m):
     mask = nm_mask(torch.Size([6, 8, 3, 3]), n, m, torch.Generator().manual_seed(0))
-    groups = mask.reshape(6, -1).reshape(-1, m)
-    assert torch.all(groups.sum(dim=1) == n)
+    # groups run along dim 1 (input channels) at each (out, kh, kw): the layout sparse kernels use
+    groups = mask.permute(0, 2, 3, 1).reshape(6, 3, 3, 8 // m, m)
+    assert torch.all(groups.sum(dim=-1) == n)
+    # and not along the flattened (in, kh, kw) axis (the old layout): there most groups are not n of m
+    flat = mask.reshape(6, -1).reshape(-1, m).sum(dim=1)
+    assert not torch.all(flat == n)
 
 
-def test_nm_that_does_not_divide_the_tensor_is_rejected():
-    with pytest.raises(ValueError, match=r"m=4 does not divide.*\(5, 3\)"):
+def test_nm_on_a_linear_weight_groups_its_input_features():
+    mask = nm_mask(torch.Size([5, 8]), 2, 4, torch.Generator().manual_seed(1))
+    assert torch.all(mask.reshape(5, 2, 4).sum(dim=-1) == 2)
+
+
+def test_nm_that_does_not_divide_the_input_channels_is_rejected():
+    with pytest.raises(ValueError, match=r"m=4 does not fit the tensor of shape \(5, 3\).*input channels"):
         nm_mask(torch.Size([5, 3]), 2, 4, torch.Generator())
-    with pytest.raises(ValueError, match="input size 3"):
+    with pytest.raises(ValueError, match="input channels"):
         build_block(lambda: TanhCell(dim=3), dict(mode="tied", mask=dict(mode="distinct", kind="nm")))
 
 
-def test_channel_zeros_whole_output_channels():
-    m = channel_mask(torch.Size([16, 4, 3, 3]), 0.25, torch.Generator().manual_seed(0))
-    per_channel = m.reshape(16, -1)
-    zero_rows = (per_channel.sum(dim=1) == 0).sum()
-    full_rows = (per_channel.sum(dim=1) == per_channel.shape[1]).sum()
-    assert zero_rows == 4 and full_rows == 12
+def test_channel_masks_are_gone_with_the_reason():
+    with pytest.raises(ValueError, match=r"mask kind 'channel' was removed.*choose one of \('unstructured', 'nm'\)"):
+        MaskSpec(mode="distinct", kind="channel", sparsity=0.5)
+
+
+def test_disjoint_masks_partition_the_weight_exactly():
+    parts = disjoint_masks(torch.Size([7, 5, 3]), 4, torch.Generator().manual_seed(0))
+    total = torch.stack(parts).sum(dim=0)
+    assert torch.all(total == 1)  # every entry kept by exactly one layer
+    assert sorted(int(p.sum()) for p in parts) == [26, 26, 26, 27]  # 105 entries, as even as possible
+    block = build_block(lambda: ConvCell(), dict(mode="tied", depth=4, mask=dict(mode="disjoint")))
+    stacked = torch.stack([block.masks.mask(i, "conv.weight") for i in range(4)])
+    assert torch.all(stacked.sum(dim=0) == 1)
+    with pytest.raises(ValueError, match="disjoint.*needs kind 'unstructured' and sparsity 0"):
+        MaskSpec(mode="disjoint", sparsity=0.5)
+
+
+def test_rescale_divides_kept_weights_by_the_density():
+    torch.manual_seed(0)
+    plain = build_block(lambda: ConvCell(), dict(mode="tied", depth=2, mask=dict(mode="distinct", sparsity=0.75)))
+    scaled = build_block(lambda: ConvCell(), dict(mode="tied", depth=2,
+                                                  mask=dict(mode="distinct", sparsity=0.75, rescale=True)))
+    scaled.load_state_dict(plain.state_dict())
+    w_plain = plain._layer_weights(1)[0]["conv.weight"]
+    w_scaled = scaled._layer_weights(1)[0]["conv.weight"]
+    assert torch.allclose(w_scaled, w_plain * 4)  # density 0.25
+
+
+def test_params_used_counts_the_union_of_kept_entries():
+    cell = lambda: nn.Linear(4, 4, bias=False)  # noqa: E731 - 16 weights, nothing else
+    shared = build_block(cell, dict(mode="tied", depth=4, mask=dict(mode="shared", sparsity=0.5)))
+    assert shared.param_counts() == {"unique": 16, "dense": 64, "nonzero": 32, "used": 8}
+    disjoint = build_block(cell, dict(mode="tied", depth=4, mask=dict(mode="disjoint")))
+    assert disjoint.param_counts() == {"unique": 16, "dense": 64, "nonzero": 16, "used": 16}
+    distinct = build_block(cell, dict(mode="tied", depth=2, mask=dict(mode="distinct", sparsity=0.5, seed=3)))
+    union = (distinct.masks.mask(0, "weight") + distinct.masks.mask(1, "weight") > 0).sum()
+    assert distinct.param_counts()["used"] == int(union)
+    plain = build_block(cell, dict(mode="tied", depth=4))
+    assert plain.param_counts()["used"] == 16
+
+
+def test_masks_differ_between_seeds_and_come_back_from_a_state_dict():
+    a = build_block(lambda: ConvCell(), dict(mode="tied", depth=2, mask=dict(mode="distinct", sparsity=0.5, seed=0)))
+    b = build_block(lambda: ConvCell(), dict(mode="tied", depth=2, mask=dict(mode="distinct", sparsity=0.5, seed=1)))
+    assert not torch.equal(a.masks.mask(0, "conv.weight"), b.masks.mask(0, "conv.weight"))
+    b.load_state_dict(a.state_dict())  # a checkpoint carries the masks it trained with
+    assert torch.equal(a.masks.mask(1, "conv.weight"), b.masks.mask(1, "conv.weight"))
 
 
 def test_distinct_masks_differ_and_shared_are_identical():
@@ -103,7 +153,7 @@ def test_masked_entries_stay_zero_in_effect_and_untouched_after_optimiser_steps(
 
 
 def test_mask_spec_validation_names_bad_values_and_choices():
-    with pytest.raises(ValueError, match=r"mask kind 'random'.*unstructured.*nm.*channel"):
+    with pytest.raises(ValueError, match=r"mask kind 'random'.*unstructured.*nm"):
         MaskSpec(mode="distinct", kind="random")
     with pytest.raises(ValueError, match=r"mask mode 'per_layer'.*none.*shared.*distinct"):
         MaskSpec(mode="per_layer")

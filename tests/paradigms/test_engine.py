@@ -45,7 +45,8 @@ def test_run_directory_contract(tmp_path):
     result = train(cfg(), tmp_path)
     assert result["status"] == "completed" and result["reason"] == ""
     m = result["metrics"]
-    for key in ("val/acc", "test/acc", "val/loss", "params/unique", "params/dense", "params/nonzero", "time/train_s",
+    for key in ("val/acc", "test/acc", "val/loss", "params/unique", "params/dense", "params/nonzero", "params/used",
+                "time/train_s",
                 "time/step_ms", "throughput/samples_per_s", "memory/peak_mb", "core/nfe_forward",
                 "core/nfe_backward", "core/rel_residual"):
         assert key in m, key
@@ -283,3 +284,19 @@ def test_peak_memory_is_reset_per_run():
     del big
     reset_peak_memory(cpu)
     assert peak_memory_mb(cpu) < high - 200
+
+
+def test_masks_follow_the_run_seed_unless_pinned(tmp_path):
+    from tiedlab.paradigms.config import block_spec
+    from tiedlab.paradigms.engine import as_config
+
+    masked = {"mask.mode": "distinct", "mask.sparsity": 0.5, "train.max_steps": 2}
+    assert block_spec(as_config(cfg(seed=3, **masked))).mask.seed == 3
+    assert block_spec(as_config(cfg(seed=3, **masked, **{"mask.seed": 7}))).mask.seed == 7
+    masks = {}
+    for seed in (0, 1):
+        train(cfg(seed=seed, **masked), tmp_path / str(seed))
+        state = torch.load(tmp_path / str(seed) / "checkpoint.pt", weights_only=True)["model"]
+        masks[seed] = {k: v for k, v in state.items() if ".masks.m" in k}
+    assert masks[0] and masks[0].keys() == masks[1].keys()
+    assert all(not torch.equal(masks[0][k], masks[1][k]) for k in masks[0])  # redrawn with the seed

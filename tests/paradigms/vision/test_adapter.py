@@ -72,7 +72,8 @@ def test_contract(block):
 
 @pytest.mark.parametrize("spec", [
     dict(mode="tied", depth=3, norm="weight", mask=dict(mode="distinct", kind="nm")),
-    dict(mode="tied", depth=2, norm="spectral", mask=dict(mode="shared", kind="channel", sparsity=0.5)),
+    dict(mode="tied", depth=2, norm="spectral", mask=dict(mode="shared", kind="unstructured", sparsity=0.5,
+                                                           rescale=True)),
     dict(mode="deq", depth=2, norm="weight", mask=dict(mode="distinct", sparsity=0.5), solver="broyden",
          max_iter=6, grad=dict(mode="phantom", steps=2), jacobian_samples=1),
 ])
