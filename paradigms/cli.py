@@ -15,12 +15,16 @@ from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import TrainConfig
 
+from .rundir import short_dirname
+
 CONFIG_PATH = "pkg://tiedlab.configs"
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+if not OmegaConf.has_resolver("tiedlab_dirname"):  # run directory names within file-system limits
+    OmegaConf.register_new_resolver("tiedlab_dirname", short_dirname)
 TRACEBACK_ENV = "TIEDLAB_TRACEBACK"  # set to 1 to see the full traceback of a reported error
 
 
@@ -86,8 +90,24 @@ def _main() -> None:
         if _show_traceback():
             raise
         cause = f" ({str(err.__cause__).strip().splitlines()[0]})" if err.__cause__ and str(err.__cause__).strip() else ""
-        _report(f"[tiedlab] error: {_one_line(str(err))}{cause}")
+        _report(f"[tiedlab] error: {_did_you_mean(str(err)) or _one_line(str(err)) + cause}")
         sys.exit(1)
+
+
+def _did_you_mean(message: str) -> str | None:
+    """Hydra's "Could not override 'block.depht'" (which suggests '+block.depht', a key nothing reads) as
+    "unknown key block.depht; did you mean block.depth?"."""
+    import re
+
+    from .config import closest_keys
+
+    match = re.search(r"Could not override '([^']+)'", message)
+    if not match:
+        return None
+    key = match.group(1)
+    near = closest_keys(key)
+    hint = f"; did you mean {' or '.join(near)}?" if near else "; see `--help` or configs/train.yaml for the valid keys"
+    return f"unknown key {key}{hint}"
 
 
 def _one_line(message: str) -> str:

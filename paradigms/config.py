@@ -140,6 +140,10 @@ def validate(cfg: Any) -> BlockSpec:
     Raises:
         ValueError: naming the bad value and the valid choices.
     """
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(unknown)}: nothing reads them (remove them; a '+' override "
+                         "adds a key, it does not make it used)")
     spec = block_spec(cfg)
     o, t = cfg.optim, cfg.train
     if o.name not in OPTIMIZERS:
@@ -204,3 +208,44 @@ def ignored_options(cfg: Any, overrides: Sequence[str] = ()) -> list[str]:
         if named:
             out.append(f"{', '.join(named)} ignored: mask.mode=none (choose mask=distinct or mask=shared)")
     return out
+
+
+def schema_keys() -> list[str]:
+    """Every dotted key of the typed sections of a run config (``block.depth``, ``optim.lr``, ``seed``, ...);
+    ``data.*`` and ``model.*`` belong to the paradigm."""
+    import dataclasses
+
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            out += [f"{f.name}.{g.name}" for g in dataclasses.fields(default)]
+        elif f.name not in ("data", "model"):
+            out.append(f.name)
+    return out
+
+
+def closest_keys(key: str, n: int = 2) -> list[str]:
+    """The valid keys closest to a mistyped one (difflib), best first."""
+    import difflib
+
+    return difflib.get_close_matches(key, schema_keys(), n=n, cutoff=0.6)
+
+
+def unknown_keys(cfg: Any) -> list[str]:
+    """Keys in the typed sections of ``cfg`` that the schema does not have (``+block.depht=4`` adds one that
+    nothing reads), each with its closest valid key."""
+    from omegaconf import OmegaConf
+
+    valid = set(schema_keys())
+    plain = OmegaConf.to_container(cfg, resolve=False) if not isinstance(cfg, dict) else cfg
+    found = []
+    for section, node in plain.items():
+        if section in ("data", "model", "hydra"):
+            continue
+        keys = [f"{section}.{k}" for k in node] if isinstance(node, dict) else [section]
+        for key in keys:
+            if key not in valid:
+                near = closest_keys(key)
+                found.append(f"{key}" + (f" (did you mean {' or '.join(near)}?)" if near else ""))
+    return found

@@ -44,6 +44,18 @@ NOT_FINGERPRINTED = ("run_dir", "resume", "logger", "train.progress", "train.tim
                      "train.threads")
 
 
+MAX_NAME_BYTES = 200  # a run directory's name; file systems allow 255
+
+
+def short_dirname(name: str) -> str:
+    """A run directory's name from Hydra's ``override_dirname``, unchanged when it fits in ``MAX_NAME_BYTES``;
+    else its head and a hash of the whole (the same overrides always give the same name)."""
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    head = name.encode()[:MAX_NAME_BYTES - 20].decode(errors="ignore")
+    return f"{head},hash={hashlib.sha256(name.encode()).hexdigest()[:12]}"
+
+
 class RunDirError(ValueError):
     """A run directory cannot be used as asked; the message names it and what to do."""
 

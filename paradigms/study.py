@@ -73,7 +73,7 @@ def study_commands(study: dict[str, Any], out: Path, extra: list[str], jobs: int
                f"logger.group={study.get('name', 'study')}/{grid['name']}",
                f"hydra.job.config.override_dirname.exclude_keys=[{','.join(hidden)}]"]
         if swept:  # RUNS/<grid>/<swept values>: a grid has one paradigm, so no paradigm level in between
-            cmd.append("hydra.sweep.subdir=${hydra:job.override_dirname}")
+            cmd.append("hydra.sweep.subdir='${tiedlab_dirname:${hydra:job.override_dirname}}'")
         if jobs > 1:
             cmd += ["hydra/launcher=local_parallel", f"hydra.launcher.n_jobs={jobs}"]
         cmds.append(cmd)

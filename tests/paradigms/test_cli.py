@@ -1,0 +1,58 @@
+"""The command line says what is wrong in one line: mistyped keys get the closest valid key (never a '+' that
+silently adds one), run directory names stay within file-system limits, --help names the command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tiedlab.paradigms.rundir import MAX_NAME_BYTES, short_dirname
+
+TESTS = Path(__file__).resolve().parents[1]
+TOY = ["paradigm=toy", f"hydra.searchpath=[file://{TESTS / 'support' / 'configs'}]", "train.progress=false",
+       "train.threads=1", "train.max_steps=2", "train.eval_every=2", "model.width=8"]
+
+
+def cli(args: list[str], runs: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TIEDLAB_RUNS": str(runs), "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    env.pop("TIEDLAB_TRACEBACK", None)
+    return subprocess.run([sys.executable, "-m", "tiedlab.paradigms.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=240)
+
+
+def test_a_mistyped_key_gets_the_closest_valid_one_and_no_plus(tmp_path):
+    done = cli([*TOY, "block.depht=4"], tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("[tiedlab] error:")]
+    assert line.startswith("[tiedlab] error: unknown key block.depht; did you mean block.depth")
+    assert "+block" not in done.stderr
+
+
+def test_a_plus_override_of_an_unknown_key_is_refused_not_ignored(tmp_path):
+    done = cli([*TOY, "+block.depht=4"], tmp_path)
+    assert done.returncode == 1
+    assert "unknown key(s) block.depht (did you mean block.depth" in done.stderr
+    assert not list(tmp_path.rglob("metrics.json"))
+
+
+def test_long_overrides_give_a_run_directory_name_within_limits_and_the_same_one_again(tmp_path):
+    long = ["data.name=" + "d" * 300]
+    first = cli([*TOY, *long], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (run,) = [p.parent for p in tmp_path.rglob("metrics.json")]
+    assert len(run.name.encode()) <= MAX_NAME_BYTES and ",hash=" in run.name
+    again = cli([*TOY, *long], tmp_path)
+    assert "already holds a finished run" in again.stderr  # the same overrides find the same directory
+
+
+def test_short_names_are_unchanged_and_long_ones_are_distinct():
+    assert short_dirname("block=tied,seed=0") == "block=tied,seed=0"
+    a, b = short_dirname("x" * 300 + "a"), short_dirname("x" * 300 + "b")
+    assert a != b and len(a.encode()) <= MAX_NAME_BYTES
+
+
+def test_help_names_the_command(tmp_path):
+    done = cli(["--help"], tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("tiedlab is powered by Hydra")
