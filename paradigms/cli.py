@@ -66,7 +66,13 @@ def _hydra_main(cfg: DictConfig) -> Any:
         cls = get_paradigm(cfg.paradigm)
         metric = result.get("metrics", {}).get(f"val/{cls.primary_metric}")
         if result["status"] != "failed":
-            _report(f"[tiedlab] {result['status']}: {cfg.run_dir} val/{cls.primary_metric}={metric}")
+            m = result.get("metrics", {})
+            test = m.get(f"test/{cls.primary_metric}")
+            _report(f"[tiedlab] {result['status']}: {cfg.run_dir} val/{cls.primary_metric}={metric}"
+                    + (f" test/{cls.primary_metric}={test}" if test is not None else "")
+                    + (f", {m['time/train_s']:.1f} s training, {result.get('step')} steps"
+                       if isinstance(m.get("time/train_s"), (int, float)) else "")
+                    + (f" ({result['reason']})" if result.get("reason") else ""))
             return metric
         message = f"[tiedlab] failed: {cfg.run_dir}: {result['reason']}"
     _report(message)

@@ -82,7 +82,8 @@ class LoopConfig:
     jacobian_weight: float = 0.0
     diverge_residual: float = 1e3  # a DEQ solve whose residual grows this many times over is divergence
     time_limit_s: Optional[float] = None
-    progress: Optional[bool] = None
+    progress: Optional[bool] = None  # a progress bar (None: on a terminal, not under CI)
+    log_every: Optional[int] = None  # without a bar, a log line every this many steps (None: ~10 per run; 0: none)
     threads: Optional[int] = None
 
 

@@ -281,6 +281,7 @@ def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str, overrides:
                 else contextlib.nullcontext())
     recorder = StatsRecorder(model)
     progress = _progress(cfg, total_steps, loop.step)
+    log_every = cfg.train.log_every if cfg.train.log_every is not None else max(1, total_steps // 10)
     status, reason = "completed", ""
     last_val: dict[str, Any] = {}  # the latest in-loop validation record of this process
     batches = _batches(data, int(cfg.seed), loop.epoch, loop.index)
@@ -334,9 +335,13 @@ def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str, overrides:
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss_value:.4f}", sps=f"{loop.samples / max(loop.train_s, 1e-9):.0f}")
+            elif log_every and loop.step % log_every == 0:
+                eta = loop.train_s / loop.step * (total_steps - loop.step) if loop.step else 0.0
+                _say(progress, f"[tiedlab] step {loop.step}/{total_steps}: loss {loss_value:.4g}, "
+                               f"{loop.samples / max(loop.train_s, 1e-9):.0f} samples/s, training ETA {eta:.0f} s")
             time_up = cfg.train.time_limit_s is not None and loop.train_s >= float(cfg.train.time_limit_s)
             if loop.step % cfg.train.eval_every == 0 or loop.step == total_steps or time_up:
-                record = _eval_record(paradigm, model, data, loop, recorder, ("val",))
+                record = _eval_record(paradigm, model, data, loop, recorder, ("val",), progress)
                 last_val = record
                 rundir.append_history(run_dir, record)
                 tracker.log(record, loop.step)
@@ -426,9 +431,18 @@ def _finish(cfg: Any, paradigm: Paradigm, model: nn.Module, data: DataBundle, lo
     return status, reason
 
 
+def _say(progress: Any, line: str) -> None:
+    """One log line on stderr, above the progress bar when there is one."""
+    if progress is not None:
+        progress.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
 def _eval_record(paradigm: Paradigm, model: nn.Module, data: DataBundle, loop: LoopState, recorder: StatsRecorder,
-                 splits: tuple[str, ...]) -> dict[str, Any]:
-    """Evaluation on ``splits`` plus the training window's means, stamped with step and training time."""
+                 splits: tuple[str, ...], progress: Any = None) -> dict[str, Any]:
+    """Evaluation on ``splits`` plus the training window's means, stamped with step and training time; says
+    what it evaluates and what came out (evaluation can take longer than training)."""
     record: dict[str, Any] = {"step": loop.step, "epoch": loop.epoch, "time/train_s": loop.train_s}
     if loop.window:
         keys = set().union(*loop.window)
@@ -437,5 +451,10 @@ def _eval_record(paradigm: Paradigm, model: nn.Module, data: DataBundle, loop: L
             if vals:
                 record[key if "/" in key else f"train/{key}"] = float(sum(vals) / len(vals))
     for split in splits:
-        record.update(_evaluate(paradigm, model, data, split, recorder))
+        _say(progress, f"[tiedlab] step {loop.step}: evaluating {split} ...")
+        t0 = time.perf_counter()
+        scores = _evaluate(paradigm, model, data, split, recorder)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in scores.items() if not k.startswith("core/"))
+        _say(progress, f"[tiedlab] step {loop.step}: {shown} ({time.perf_counter() - t0:.1f} s)")
+        record.update(scores)
     return record

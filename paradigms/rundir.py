@@ -40,8 +40,8 @@ FINISHED = ("completed", "diverged")
 
 # Config keys that do not change what a run computes: they may differ between a run and its resume, and
 # the report never groups cells by them. The one list of run-directory bookkeeping keys.
-NOT_FINGERPRINTED = ("run_dir", "resume", "logger", "train.progress", "train.time_limit_s", "train.device",
-                     "train.threads")
+NOT_FINGERPRINTED = ("run_dir", "resume", "logger", "train.progress", "train.log_every", "train.time_limit_s",
+                     "train.device", "train.threads")
 
 
 MAX_NAME_BYTES = 200  # a run directory's name; file systems allow 255

@@ -56,3 +56,14 @@ def test_short_names_are_unchanged_and_long_ones_are_distinct():
 def test_help_names_the_command(tmp_path):
     done = cli(["--help"], tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("tiedlab is powered by Hydra")
+
+
+def test_a_run_off_a_terminal_logs_its_steps_and_evaluations_and_a_summary(tmp_path):
+    done = cli([*TOY, "train.max_steps=20", "train.eval_every=10"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [x for x in done.stderr.splitlines() if x.startswith("[tiedlab] ")]
+    assert sum(x.startswith("[tiedlab] step ") and "samples/s, training ETA" in x for x in lines) == 10  # every 2
+    assert any(x.startswith("[tiedlab] step 10: evaluating val") for x in lines)
+    assert any(x.startswith("[tiedlab] step 20: test/acc=") for x in lines)
+    summary = lines[-1]
+    assert summary.startswith("[tiedlab] completed: ") and "test/acc=" in summary and "s training, 20 steps" in summary
