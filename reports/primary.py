@@ -250,6 +250,7 @@ def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[Pr
         else:  # the ratio's interval at the level the verdict is read at, like a mean comparison's
             t = r.test = stats.variance_test(*r.groups, alpha=float(level))
             r.effect, r.ci_low, r.ci_high, r.n_a, r.n_b = t.ratio, t.ci_low, t.ci_high, t.df_b + 1, t.df_a + 1
+            r.seeds_needed = stats.variance_seeds_needed(t.ratio, alpha=float(level)) if not dec else None
         favours_a = r.effect > (1.0 if r.spec.kind == "spread" else 0.0)
         if not math.isfinite(t.p):
             r.verdict, r.reason = "undetermined", getattr(t, "reason", "") or "no test"

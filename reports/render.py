@@ -116,7 +116,7 @@ def primary_text(result: Any) -> str:
 
 def _seeds_needed(result: Any) -> str:
     """Seeds per arm to decide an undetermined comparison at its observed effect and spread (power 80%)."""
-    if result.verdict != "undetermined" or result.spec.kind != "mean" or not math.isfinite(result.ci_low):
+    if result.verdict != "undetermined" or result.spec.kind == "divergence" or not math.isfinite(result.ci_low):
         return "-"
     return fmt(result.seeds_needed) if result.seeds_needed else "> 1000"
 

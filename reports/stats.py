@@ -613,6 +613,23 @@ def variance_test(a_groups: Sequence[Sequence[float]], b_groups: Sequence[Sequen
     return VarianceTest(**base, ratio=ratio, ci_low=lo, ci_high=hi, p=p, reason="")
 
 
+def variance_seeds_needed(ratio: float, *, alpha: float = ALPHA, power: float = POWER,
+                          max_n: int = MAX_N) -> int | None:
+    """Seeds per arm (one cell each) for the two-sided F test of equal spread at level alpha to detect a true
+    variance ratio ``ratio`` (either direction) with the given power: the smallest n with
+    P(F > F_{1-alpha/2}(n-1, n-1) / r) + P(F < F_{alpha/2}(n-1, n-1) / r) >= power, F ~ F(n-1, n-1)
+    (``scipy.stats.f``); None for a ratio of 1, a non-finite one, or beyond max_n."""
+    alpha = _check_alpha(alpha)
+    if not (math.isfinite(ratio) and ratio > 0) or ratio == 1.0:
+        return None
+    for n in range(2, max_n + 1):
+        df = n - 1
+        hi, lo = float(stats.f.ppf(1 - alpha / 2, df, df)), float(stats.f.ppf(alpha / 2, df, df))
+        if float(stats.f.sf(hi / ratio, df, df)) + float(stats.f.cdf(lo / ratio, df, df)) >= power:
+            return n
+    return None
+
+
 @dataclass(frozen=True)
 class SpreadTest:
     """Brown-Forsythe test (Levene's test about the medians) of equal spread of two samples."""

@@ -516,3 +516,19 @@ def test_rule_states_the_procedure():
     for phrase in ("alpha = 0.05", "95%", "paired", "Welch", "superiority", "noninferiority", "equivalence",
                    "Holm", "Bonferroni", "1 - alpha/K", "n<2", "80%"):
         assert phrase in S.RULE, phrase
+
+
+def test_variance_seeds_needed_reaches_the_power_it_promises():
+    """Plan n for a true variance ratio of 4, then simulate the F test at that n: power within 5 points."""
+    n = S.variance_seeds_needed(4.0, alpha=0.05)
+    assert n is not None and S.variance_seeds_needed(1 / 4.0, alpha=0.05) == n  # either direction
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 2.0, size=(4000, n))  # variance 4
+    b = rng.normal(0, 1.0, size=(4000, n))
+    ratio = a.var(axis=1, ddof=1) / b.var(axis=1, ddof=1)
+    df = n - 1
+    crit_hi, crit_lo = stats.f.ppf(0.975, df, df), stats.f.ppf(0.025, df, df)
+    power = np.mean((ratio > crit_hi) | (ratio < crit_lo))
+    assert 0.75 <= power <= 0.95  # the smallest n reaching 80%: at or just above it
+    assert S.variance_seeds_needed(4.0, power=0.5) < n
+    assert S.variance_seeds_needed(1.0) is None
