@@ -1,0 +1,166 @@
+"""One command that measures what a lent GPU does with tiedlab, in well under 10 minutes on one GPU.
+
+    python benchmarks/gpu_check.py                  # the device it finds (cuda if any), paper sizes
+    python benchmarks/gpu_check.py --tiny --device cpu --steps 3   # the same path at toy sizes (tested on CPU)
+
+Prints, per paradigm (vision, ssl, graph, language; ``--only`` picks some): samples/s and step ms of training
+(evaluation excluded, bf16 autocast on CUDA), peak memory, and for vision an MFU estimate from the FLOPs of one
+training step (``torch.utils.flop_counter``) against the device's dense bf16 peak; then the time a short vision
+run takes to reach a validation accuracy. Seed batching (the throughput issue) is not built yet: reported as
+such. Writes everything to ``--out`` (JSON) as well. Every run goes through the engine (``engine.train``) in a
+temporary folder, so what it measures is what a study runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) of the devices this project may be lent.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+# Per paradigm: the overrides of a measured run (paper sizes on a GPU) and of a tiny one (CPU tests).
+SIZES: dict[str, dict[str, list[str]]] = {
+    "vision": {"paper": ["paradigm=vision", "size=vision_paper", "data=cifar10", "data.val_size=1000",
+                         "data.limit_test=1000"],
+               "tiny": ["paradigm=vision", "size=vision_quick", "data=mnist", "data.limit_train=512",
+                        "data.val_size=128", "data.limit_test=128", "model.width=8", "train.batch_size=32"]},
+    "ssl": {"paper": ["paradigm=ssl", "size=ssl_paper", "data.val_size=1000", "data.limit_test=1000",
+                      "data.knn_bank_size=2000", "data.linear_steps=10"],
+            "tiny": ["paradigm=ssl", "size=ssl_quick", "data.limit_train=256", "data.val_size=64",
+                     "data.limit_test=64", "data.knn_bank_size=256", "data.linear_steps=2", "train.batch_size=32"]},
+    "graph": {"paper": ["paradigm=graph", "size=graph_paper", "data=cora"],
+              "tiny": ["paradigm=graph", "data=cora", "model.width=16"]},
+    "language": {"paper": ["paradigm=language", "size=language_paper", "data.eval_batches=4"],
+                 "tiny": ["paradigm=language", "size=language_quick", "model.width=32", "train.batch_size=8",
+                          "data.eval_batches=1"]},
+}
+
+
+def compose(overrides: list[str]) -> Any:
+    """The run config the command line would build from ``overrides`` (Hydra's compose API)."""
+    from hydra import compose as hydra_compose, initialize_config_module
+
+    import tiedlab.paradigms.cli  # noqa: F401  (registers the config schema and the run-name resolver)
+
+    with initialize_config_module(config_module="tiedlab.configs", version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak in FLOP/s, when it is one of ``PEAK_BF16_TFLOPS``."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf * 1e12 for key, tf in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def step_flops(cfg: Any, device: torch.device) -> float:
+    """FLOPs of one training step (forward and backward) of the configured model on one batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tiedlab.paradigms.base import get_paradigm
+    from tiedlab.paradigms.config import validate
+    from tiedlab.paradigms.engine import as_config
+
+    cfg = as_config(cfg)
+    spec = validate(cfg)
+    paradigm = get_paradigm(cfg.paradigm)(cfg.data, cfg.model, device, seed=0, batch_size=int(cfg.train.batch_size))
+    data = paradigm.build_data()
+    model = paradigm.build_model(data, spec).to(device)
+    batch = next(iter(data.train_batches(torch.Generator().manual_seed(0))))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        paradigm.training_step(model, batch).loss.backward()
+    return float(counter.get_total_flops())
+
+
+def measure(name: str, overrides: list[str], steps: int, device: str, root: Path) -> dict[str, Any]:
+    """Train ``steps`` steps through the engine; samples/s, step ms and peak memory from its metrics.json."""
+    from tiedlab.paradigms.engine import train
+
+    cfg = compose([*overrides, f"train.max_steps={steps}", f"train.eval_every={steps}", f"train.ckpt_every={steps}",
+                   "train.epochs=null", "train.progress=false", f"train.device={device}", "train.time_limit_s=null",
+                   f"run_dir={root / name}"])
+    started = time.perf_counter()
+    result = train(cfg, root / name)
+    m = result["metrics"]
+    return {"paradigm": name, "status": result["status"], "steps": result["step"],
+            "samples_per_s": m.get("throughput/samples_per_s"), "step_ms": m.get("time/step_ms"),
+            "peak_mb": m.get("memory/peak_mb"), "wall_s": time.perf_counter() - started,
+            "params_unique": m.get("params/unique"), "cfg": cfg}
+
+
+def time_to_accuracy(overrides: list[str], steps: int, eval_every: int, target: float, device: str,
+                     root: Path) -> dict[str, Any]:
+    """A short vision run evaluated every ``eval_every`` steps: the training time of the first evaluation at or
+    above ``target`` validation accuracy (None if never reached)."""
+    from tiedlab.paradigms.engine import train
+    from tiedlab.paradigms.rundir import read_history
+
+    cfg = compose([*overrides, f"train.max_steps={steps}", f"train.eval_every={eval_every}", "train.epochs=null",
+                   "train.progress=false", f"train.device={device}", "train.time_limit_s=null",
+                   f"run_dir={root / 'time-to-accuracy'}"])
+    result = train(cfg, root / "time-to-accuracy")
+    reached = next((r for r in read_history(root / "time-to-accuracy") if r.get("val/acc", 0.0) >= target), None)
+    return {"target_val_acc": target, "reached_at_step": reached and reached["step"],
+            "train_s": reached and reached["time/train_s"], "final_val_acc": result["metrics"].get("val/acc")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    parser.add_argument("--tiny", action="store_true", help="toy sizes (a CPU check of the whole path)")
+    parser.add_argument("--steps", type=int, default=60, help="training steps per paradigm")
+    parser.add_argument("--only", default="vision,ssl,graph,language", help="comma-separated paradigms")
+    parser.add_argument("--out", default=None, help="also write the results here (JSON)")
+    args = parser.parse_args(argv)
+    names = [n for n in args.only.split(",") if n]
+    unknown = sorted(set(names) - set(SIZES))
+    if unknown:
+        parser.error(f"--only {unknown} not known; choose from {sorted(SIZES)}")
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    size = "tiny" if args.tiny else "paper"
+    out: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                           "torch": torch.__version__, "size": size, "steps": args.steps, "paradigms": []}
+    with tempfile.TemporaryDirectory(prefix="tiedlab-gpu-check-") as tmp:
+        root = Path(tmp)
+        for name in names:
+            row = measure(name, SIZES[name][size], args.steps, device.type, root)
+            cfg = row.pop("cfg")
+            if name == "vision":
+                flops, peak = step_flops(cfg, device), peak_flops(device)
+                row["step_gflops"] = flops / 1e9
+                row["mfu"] = (flops / (row["step_ms"] / 1e3) / peak) if peak and row["step_ms"] else None
+            out["paradigms"].append(row)
+            print(f"{name:9s} {row['status']:9s} {row['samples_per_s'] or math.nan:10.1f} samples/s "
+                  f"{row['step_ms'] or math.nan:8.2f} ms/step {row['peak_mb'] or math.nan:9.1f} MB peak"
+                  + (f"  {row['step_gflops']:.2f} GFLOP/step, MFU {row['mfu']:.1%}" if row.get("mfu") is not None
+                     else f"  {row['step_gflops']:.2f} GFLOP/step, MFU n/a (no known peak)" if "step_gflops" in row
+                     else ""), flush=True)
+        if "vision" in names:
+            tta = time_to_accuracy(SIZES["vision"]["tiny" if args.tiny else "paper"], max(args.steps, 2),
+                                   max(1, max(args.steps, 2) // 4), 0.5, device.type, root)
+            out["time_to_accuracy"] = tta
+            print(f"vision time to val acc {tta['target_val_acc']}: step {tta['reached_at_step']}, "
+                  f"{tta['train_s']} s of training (final val acc {tta['final_val_acc']})", flush=True)
+    out["seed_batching"] = "not built yet (throughput issue): no speed-up to measure"
+    print(f"seed batching: {out['seed_batching']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
+    return 0 if all(r["status"] == "completed" for r in out["paradigms"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
