@@ -5,7 +5,11 @@ export TIEDLAB_DATA ?= $(abspath ../shared/data)
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= disabled
 
-.PHONY: demo quick test test-slow bench
+.PHONY: help demo quick test test-slow bench report
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
 
 demo:  ## the demo study: all four paradigms on real data, a few runs each -> reports/demo/
 	@source .ci/env.sh && tiedlab-study demo
@@ -21,3 +25,7 @@ test-slow:  ## long runs on real data (accuracy targets)
 
 bench:  ## core speed and memory benchmark (prints ratios to tied)
 	@source .ci/env.sh && python benchmarks/bench_core.py
+
+report:  ## rebuild a study's report from its runs: make report STUDY=quick (runs/study/STUDY -> reports/STUDY/)
+	@source .ci/env.sh && tiedlab-report runs/study/$(or $(STUDY),demo) --out reports/$(or $(STUDY),demo) \
+		--title "study $(or $(STUDY),demo)" --command "tiedlab-study $(or $(STUDY),demo)"

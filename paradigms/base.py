@@ -160,3 +160,17 @@ def iterate_forever(make: Callable[[torch.Generator], Iterable[Any]], seed: int)
         for i, batch in enumerate(make(gen)):
             yield epoch, i, batch
         epoch += 1
+
+
+def paradigms_for_data(data: Mapping[str, Any]) -> list[str]:
+    """The registered paradigms whose data options accept every key of ``data`` (to say which paradigm a
+    dataset config belongs to when it was given to another). Imports the adapters: only for error messages."""
+    owners = []
+    for name in sorted(PARADIGMS):
+        try:
+            cls = get_paradigm(name)
+        except ValueError:
+            continue
+        if set(data) <= {f.name for f in dataclasses.fields(cls.DataOptions)}:
+            owners.append(name)
+    return owners

@@ -31,7 +31,7 @@ from torch import nn
 from tiedlab.core import Block, BlockStats, model_param_counts
 
 from . import rundir
-from .base import DataBundle, Paradigm, get_paradigm
+from .base import DataBundle, Paradigm, get_paradigm, paradigms_for_data
 from .config import TrainConfig, ignored_options, validate
 from .provenance import now, run_provenance
 from .tracking import make_tracker
@@ -247,8 +247,7 @@ def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str, overrides:
                                                                           overrides)]
     reset_peak_memory(device)
     seed_everything(int(cfg.seed))
-    paradigm = get_paradigm(cfg.paradigm)(cfg.data, cfg.model, device, seed=int(cfg.seed),
-                                          batch_size=int(cfg.train.batch_size))
+    paradigm = _make_paradigm(cfg, device)
     data = paradigm.build_data()
     model = paradigm.build_model(data, spec).to(device)
     total_steps = int(cfg.train.max_steps or math.ceil(float(cfg.train.epochs) * data.steps_per_epoch))
@@ -379,6 +378,23 @@ def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str, overrides:
     tracker.finish({f"final/{k}": v for k, v in final.items() if isinstance(v, (int, float))} | {"status": status})
     recorder.close()
     return result
+
+
+def _make_paradigm(cfg: Any, device: torch.device) -> Paradigm:
+    """The run's paradigm adapter. A dataset config of another paradigm (``tiedlab-vision data=cora``) is an
+    error that says whose it is."""
+    try:
+        return get_paradigm(cfg.paradigm)(cfg.data, cfg.model, device, seed=int(cfg.seed),
+                                          batch_size=int(cfg.train.batch_size))
+    except ValueError as err:
+        if "data options" not in str(err):
+            raise
+        owners = [p for p in paradigms_for_data(OmegaConf.to_container(cfg.data)) if p != cfg.paradigm]
+        if not owners:
+            raise
+        name = cfg.data.get("name", "this dataset")
+        raise ValueError(f"{name} is a {' or '.join(owners)} dataset, not a {cfg.paradigm} one: use "
+                         f"tiedlab-{owners[0]} data={name} (or paradigm={owners[0]})") from err
 
 
 def _keep_traceback(run_dir: Path) -> str:

@@ -67,3 +67,9 @@ def test_a_run_off_a_terminal_logs_its_steps_and_evaluations_and_a_summary(tmp_p
     assert any(x.startswith("[tiedlab] step 20: test/acc=") for x in lines)
     summary = lines[-1]
     assert summary.startswith("[tiedlab] completed: ") and "test/acc=" in summary and "s training, 20 steps" in summary
+
+
+def test_a_dataset_of_another_paradigm_says_whose_it_is(tmp_path):
+    done = cli(["paradigm=vision", "data=cora", "train.max_steps=1", "train.progress=false"], tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "[tiedlab] error: cora is a graph dataset, not a vision one: use tiedlab-graph data=cora" in done.stderr
