@@ -16,7 +16,7 @@ from .guidelines import guidelines
 from .insights import InsightResult, evaluate
 from .load import Run, load_runs, runs_from_summary
 from .primary import PrimaryResult, evaluate_primaries, load_primaries
-from .plots import Plot, make_plots
+from .plots import Plot, forest_plot, make_plots
 from .render import document, to_html, to_markdown
 from .summary import summary
 
@@ -60,7 +60,7 @@ def _remove_old_plots(out: Path) -> None:
     except (OSError, ValueError, AttributeError):
         return
     for name in files:
-        if isinstance(name, str) and name.endswith(".png") and "/" not in name and "\\" not in name:
+        if isinstance(name, str) and name.endswith((".png", ".svg")) and "/" not in name and "\\" not in name:
             (out / name).unlink(missing_ok=True)
 
 
@@ -167,7 +167,8 @@ def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tie
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _remove_old_plots(out)
-    report.plots = make_plots(report.cells, out)
+    forest = forest_plot(report.primaries, out)
+    report.plots = ([forest] if forest else []) + make_plots(report.cells, out)
     report.commands = list(commands)
     report.report_command = report_command
     report.commit = provenance.git_commit()

@@ -203,3 +203,52 @@ def make_plots(cells: list[Cell], out: Path) -> list[Plot]:
             if fn(group, out / name, title):
                 written.append(Plot(name, title, paradigm, dataset, kind))
     return written
+
+
+FOREST = "forest"  # the headline figure's file stem (PNG and SVG)
+VERDICT_COLOR = {"holds": "tab:green", "fails": "tab:red", "equivalent": "tab:blue", "undetermined": "tab:gray"}
+FOREST_CLIP = 5.0  # effects and interval ends beyond +-5 delta are drawn at the edge, with an arrow
+
+
+def forest_plot(primaries: list[Any], out: Path) -> Plot | None:
+    """The primary comparisons as a forest plot: one row per insight and paradigm, the effect and its interval
+    (at the level each verdict was read at) in units of that comparison's delta, against 0 and +-delta, coloured
+    by verdict. Spread and divergence comparisons (ratios and rates, not in units of delta) are listed in the
+    row label without a bar. Writes forest.png and forest.svg; None without primary comparisons."""
+    if not primaries:
+        return None
+    rows = sorted(primaries, key=lambda r: (r.spec.insight, r.spec.paradigm))
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 0.32 * len(rows) + 1.4), dpi=150)
+    ax = fig.add_subplot(1, 1, 1)
+    for y, r in enumerate(reversed(rows)):
+        colour = VERDICT_COLOR.get(r.verdict, "black")
+        if r.spec.kind == "mean" and math.isfinite(r.effect):
+            lo, hi = (r.ci_low / r.spec.delta, r.ci_high / r.spec.delta) if math.isfinite(r.ci_low) else (None, None)
+            if lo is not None:
+                a, b = max(lo, -FOREST_CLIP), min(hi, FOREST_CLIP)
+                ax.plot([a, b], [y, y], color=colour, lw=2, solid_capstyle="butt")
+                for end, edge in ((lo, -FOREST_CLIP), (hi, FOREST_CLIP)):
+                    if abs(end) > FOREST_CLIP:
+                        ax.annotate("", xy=(edge, y), xytext=(edge * 0.93, y),
+                                    arrowprops={"arrowstyle": "->", "color": colour, "lw": 1.2})
+            ax.plot([max(min(r.effect / r.spec.delta, FOREST_CLIP), -FOREST_CLIP)], [y], "o", color=colour, ms=5)
+    ax.axvline(0, color="black", lw=0.8)
+    for edge in (-1, 1):
+        ax.axvline(edge, color="black", lw=0.8, ls="--")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{r.spec.insight}. {r.spec.paradigm}: {r.verdict}"
+                        + ("" if r.spec.kind == "mean" else f" ({r.spec.kind}, not in delta units)")
+                        for r in reversed(rows)], fontsize=7)
+    ax.set_xlim(-FOREST_CLIP * 1.05, FOREST_CLIP * 1.05)
+    ax.set_xlabel("effect of arm A over arm B, in units of the comparison's delta (dashed: +-delta)")
+    ax.set_title("Primary comparisons: effect and interval at the verdict's level", fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.savefig(out / f"{FOREST}.png", bbox_inches="tight")
+    fig.savefig(out / f"{FOREST}.svg", bbox_inches="tight")
+    return Plot(f"{FOREST}.png", "Primary comparisons: effect and interval against 0 and +-delta, by verdict",
+                "all", "all", "forest")

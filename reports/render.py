@@ -132,7 +132,9 @@ def primary_blocks(report: Any) -> list[Block]:
         return [Block("h2", "Primary comparisons (pre-registered)"), Block("p", text)]
     looks = (f" The seeds were added in up to {report.looks} looks (tiedlab-study --until-decided): each look "
              f"tests at alpha/{report.looks}." if report.looks > 1 else "")
-    blocks = [Block("h2", "Primary comparisons (pre-registered)"), Block("p", "Rule: " + STATS_RULE + looks)]
+    blocks = [Block("h2", "Primary comparisons (pre-registered)")]
+    blocks += [Block("img", p.title, items=[p.file]) for p in report.plots if p.kind == "forest"]
+    blocks.append(Block("p", "Rule: " + STATS_RULE + looks))
     rows, classes = [], []
     for r in report.primaries:
         s = r.spec

@@ -86,5 +86,6 @@ def summary(report: Any) -> dict[str, Any]:
         "runs": [run_entry(r) for r in report.runs], "cells": [cell_entry(c) for c in report.cells],
         "insights": [insight_entry(r) for r in report.insights], "guidelines": report.guidelines,
         "plots": [dataclasses.asdict(p) for p in report.plots],
-        "files": ["README.md", "index.html", "summary.json", *[p.file for p in report.plots]],
+        "files": ["README.md", "index.html", "summary.json", *[p.file for p in report.plots],
+                  *[p.file.replace(".png", ".svg") for p in report.plots if p.kind == "forest"]],
     })
