@@ -51,10 +51,20 @@ def duration(seconds: float) -> str:
 
 
 def fmt_stat(stat: Stat, n_row: int | None = None) -> str:
-    """"mean ± std" ("-" for the std of one run), with "(n=k)" when k differs from the row's n."""
+    """"mean ± std" with the mean rounded to the std's second significant digit ("0.812 ± 0.012"); one run
+    shows its value alone, runs that all agree show "(all equal)" rather than "± 0"; "(n=k)" when k differs
+    from the row's n."""
     if stat.n == 0:
         return "-"
-    out = f"{fmt(stat.mean)} ± {fmt(stat.std) if stat.std is not None else '-'}"
+    if stat.std is None:
+        out = fmt(stat.mean)
+    elif stat.std == 0:
+        out = f"{fmt(stat.mean)} (all equal)"
+    elif math.isfinite(stat.std) and math.isfinite(stat.mean) and abs(stat.mean) < 1e4:
+        decimals = max(0, 1 - math.floor(math.log10(stat.std)))
+        out = f"{stat.mean:.{decimals}f} ± {stat.std:.2g}"
+    else:
+        out = f"{fmt(stat.mean)} ± {fmt(stat.std)}"
     return out if n_row is None or stat.n == n_row else f"{out} (n={stat.n})"
 
 

@@ -103,8 +103,12 @@ def test_unreadable_metrics_is_a_status_not_a_crash(tmp_path):
 
 def test_number_formatting():
     assert fmt(0.9) == "0.9" and fmt(123456.0) == "123,456" and fmt(math.nan) == "-" and fmt(None) == "-"
-    assert fmt_stat(Stat(0.9, 0.01, 3), 3) == "0.9 ± 0.01" and fmt_stat(Stat(0.9, None, 1), 1) == "0.9 ± -"
-    assert fmt_stat(Stat(0.9, 0.01, 2), 3) == "0.9 ± 0.01 (n=2)" and fmt_stat(Stat(math.nan, None, 0)) == "-"
+    assert fmt_stat(Stat(0.9, 0.01, 3), 3) == "0.900 ± 0.01" and fmt_stat(Stat(0.9, None, 1), 1) == "0.9"
+    assert fmt_stat(Stat(0.9, 0.01, 2), 3) == "0.900 ± 0.01 (n=2)" and fmt_stat(Stat(math.nan, None, 0)) == "-"
+    # digits follow the spread; constants say so instead of "± 0"
+    assert fmt_stat(Stat(0.81234, 0.0123, 3)) == "0.812 ± 0.012"
+    assert fmt_stat(Stat(1523.7, 41.2, 3)) == "1524 ± 41"
+    assert fmt_stat(Stat(64.0, 0.0, 3)) == "64 (all equal)"
 
 
 def test_cli_errors(tmp_path, capsys):
