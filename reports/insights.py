@@ -19,17 +19,16 @@ SATURATION = 0.25  # insight 5: the last depth step gains less than this fractio
 TARGET_FRACTION = 0.95  # insight 2: target = 95% of the worse of the two best final values
 
 RULE = (
-    "Each insight is decided per paradigm and dataset by matched comparisons of two sides (e.g. tied vs DEQ at one "
-    "width). A comparison's effect d is the difference of the sides' means in the insight's direction (the sign is "
-    "flipped where lower is better: loss, time, divergence, spread), and SE = sqrt(s_a^2/n_a + s_b^2/n_b) is the "
-    "pooled standard error (s: sample std over seeds, ddof=1). A comparison holds if d > 2 SE, fails if d < -2 SE, "
-    "and is otherwise inconclusive; it is inconclusive (n<2) when any side has fewer than 2 runs. An insight holds "
-    "when at least one of its comparisons holds and none fails, fails when at least one fails and none holds, and is "
-    "inconclusive otherwise: no runs to compare, n<2, within 2 SE, or mixed (some hold, some fail). Accuracy "
-    "comparisons use the final val primary metric of completed runs; the side's cell is the one with the best mean "
-    "among cells with >= 2 seeds (or any seeds when none has 2). Insight 3 applies the same 2 SE rule to a "
-    "divergence rate (two-proportion SE) and to a log variance ratio (its large-sample SE). The headline effect is "
-    "that of the most decisive comparison (largest |d|/SE).")
+    "A descriptive screen, not a test: each insight is screened per paradigm and dataset by matched comparisons of "
+    "two sides (e.g. tied vs DEQ at one width). A comparison's effect d is the difference of the sides' means in "
+    "the insight's direction (the sign is flipped where lower is better: loss, time, divergence, spread), and "
+    "SE = sqrt(s_a^2/n_a + s_b^2/n_b) (s: sample std over seeds, ddof=1). The screen reads 'A ahead' if d > 2 SE, "
+    "'B ahead' if d < -2 SE, and 'not separated' otherwise or when a side has fewer than 2 runs (n<2). Per insight: "
+    "A ahead when some comparison is and none has B ahead, B ahead in the mirror case, else not separated (mixed, "
+    "within 2 SE, n<2 or no runs). Accuracy comparisons use the final val primary metric of completed runs; a "
+    "side's cell is the one with the best mean among cells with >= 2 seeds (a best-of pick on the metric compared). "
+    "Insight 3 screens a divergence rate (two-proportion SE) and a log variance ratio (large-sample SE) the same "
+    "way. The headline effect is that of the comparison with the largest |d|/SE.")
 
 INSIGHTS: dict[int, tuple[str, str]] = {
     1: ("tied >= DEQ accuracy",
