@@ -219,16 +219,17 @@ def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with rundir.hold_lock(run_dir):
-        return _train_locked(cfg, spec, run_dir, fingerprint(cfg), list(overrides))
+        return _train_locked(cfg, spec, run_dir, list(overrides))
 
 
-def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str, overrides: list[str]) -> dict[str, Any]:
+def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     resume = str(cfg.resume).lower()
     if resume == "false" and ((run_dir / rundir.CHECKPOINT).exists() or (run_dir / rundir.METRICS).exists()):
         raise rundir.RunDirError(
             f"resume=false but {run_dir} already holds a run; use another run directory or delete it")
     previous = rundir.read_metrics(run_dir)
     plain = OmegaConf.to_container(cfg, resolve=True)
+    fp = rundir.fingerprint(plain)
     if previous and not rundir.same_config(plain, previous):
         raise rundir.RunDirError(
             f"{run_dir} holds a {previous.get('status', '?')} run of another config (fingerprint "
@@ -269,10 +270,11 @@ def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str, overrides:
     elif (run_dir / rundir.HISTORY).exists():
         (run_dir / rundir.HISTORY).unlink()
 
-    base = {"fingerprint": fp, "fingerprint_version": rundir.FINGERPRINT_VERSION, "paradigm": cfg.paradigm, "dataset": data.meta.get("dataset"),
+    base = {"fingerprint": fp, "fingerprint_version": rundir.FINGERPRINT_VERSION, "paradigm": cfg.paradigm,
+            "dataset": data.meta.get("dataset"),
             "primary_metric": {"name": paradigm.primary_metric, "higher_is_better": paradigm.higher_is_better},
             "total_steps": total_steps, "data": data.meta, "provenance": sessions}
-    tracker = make_tracker(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), fresh=state_dict is None)
+    tracker = make_tracker(cfg.logger, run_dir, plain, fresh=state_dict is None)
     rundir.write_json(run_dir / rundir.METRICS, {**base, "status": "running", "reason": "", "step": loop.step,
                                                   "metrics": dict(counts)})
     step_fn = torch.compile(model) if cfg.train.compile else model
@@ -350,9 +352,7 @@ def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str, overrides:
                 break
             if loop.step % cfg.train.ckpt_every == 0 and loop.step < total_steps:
                 checkpoint()
-    except OSError as err:  # a full disk, a vanished run directory: the run failed, say why
-        status, reason = "failed", f"{type(err).__name__} at step {loop.step}: {err}"
-    except Exception as err:  # noqa: BLE001 - any crash in the loop is recorded as a failed run
+    except Exception as err:  # noqa: BLE001 - any crash in the loop (a full disk too) is a failed run, with why
         status, reason = "failed", f"{type(err).__name__} at step {loop.step}: {err}{_keep_traceback(run_dir)}"
     finally:
         if progress is not None:
@@ -362,9 +362,7 @@ def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, fp: str, overrides:
     try:
         status, reason = _finish(cfg, paradigm, model, data, loop, recorder, last_val, final, device, status, reason,
                                  checkpoint)
-    except OSError as err:
-        status, reason = "failed", f"{type(err).__name__} while writing the final results: {err}"
-    except Exception as err:  # noqa: BLE001 - a crash in the final evaluation fails the run, with the reason
+    except Exception as err:  # noqa: BLE001 - a crash in the final evaluation or a failed write fails the run
         status, reason = "failed", f"{type(err).__name__} in the final evaluation: {err}{_keep_traceback(run_dir)}"
     sessions[-1]["ended"] = now()
     result = {**base, "status": status, "reason": reason, "step": loop.step, "metrics": final}

@@ -20,13 +20,14 @@ import json
 import logging
 import os
 import re
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+
+from .rundir import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -251,15 +252,7 @@ def _save_hash_cache(cache_file: Path, fresh: dict[str, dict]) -> None:
     replace it atomically."""
     files = {**_load_hash_cache(cache_file), **fresh}
     payload = json.dumps({"format": HASH_CACHE_FORMAT, "files": files}, indent=0, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=cache_file.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, cache_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(cache_file, payload.encode())
 
 
 def _mismatch(path: Path, root: Path, expected: str, actual: str, count: int) -> DataIntegrityError:
