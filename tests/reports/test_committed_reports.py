@@ -18,10 +18,14 @@ COMMITTED = {"quick": ROOT / "reports" / "quick", "demo": ROOT / "reports" / "de
 PARADIGM_COLUMNS = ("vision", "graph", "language", "ssl")  # the README answer table's column order
 
 
-def rebuilt(name: str) -> dict[tuple[int, str], str]:
+def rebuilt_results(name: str) -> dict[tuple[int, str], object]:
     summary = COMMITTED[name] / "summary.json"
     report = analyse([summary], study=name, runs=runs_from_summary(summary))
-    return {(r.spec.insight, r.spec.paradigm): r.verdict for r in report.primaries}
+    return {(r.spec.insight, r.spec.paradigm): r for r in report.primaries}
+
+
+def rebuilt(name: str) -> dict[tuple[int, str], str]:
+    return {key: r.verdict for key, r in rebuilt_results(name).items()}
 
 
 @pytest.mark.parametrize("name", sorted(COMMITTED))
@@ -49,14 +53,19 @@ def test_committed_report_verdicts_are_what_its_summary_decides(name):
 def test_readme_states_only_the_quick_verdicts_the_report_holds():
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- answer:quick", 1)[1].split("<!-- /answer -->", 1)[0]
-    verdicts = rebuilt("quick")
+    results = rebuilt_results("quick")
     rows = [line for line in block.splitlines() if re.match(r"\| \d\. ", line)]
     assert len(rows) == 6
     for line in rows:
         insight = int(line[2])
         cells = [c.strip() for c in line.strip("|").split("|")][1:]
         for paradigm, cell in zip(PARADIGM_COLUMNS, cells):
-            assert cell.split(" ")[0] == verdicts[(insight, paradigm)], (insight, paradigm, cell)
+            r = results[(insight, paradigm)]
+            assert cell.split(" ")[0] == r.verdict, (insight, paradigm, cell)
+            # the numbers too: the effect, the seeds per arm and the seeds that would decide it
+            assert cell.split(" (", 1)[1].startswith(f"{r.effect:+.3g}, "), (insight, paradigm, cell)
+            assert f"{r.n_a}/{r.n_b} seeds" in cell
+            assert (f"~{r.seeds_needed} seeds to decide" in cell) == bool(r.seeds_needed), (insight, paradigm, cell)
     # the retired rule's words are not the README's answer
     answer = readme.split("## Status", 1)[1]
     for phrase in ("equal within noise", "at least as accurate as DEQ everywhere", "width buys more than depth in all"):
