@@ -38,16 +38,17 @@ class ConvCell(nn.Module):
 
 
 def variants(depth: int) -> dict[str, dict]:
-    deq = dict(mode="deq", max_iter=12, tol=1e-3)
+    deq = dict(mode="deq")
+    budget = dict(max_iter=12, tol=1e-3)
     return {
         "explicit": dict(mode="explicit", depth=depth),
         "tied": dict(mode="tied", depth=depth),
         "tied+distinct/unstructured": dict(mode="tied", depth=depth, mask=dict(mode="distinct", sparsity=0.5)),
         "tied+distinct/nm2:4": dict(mode="tied", depth=depth, mask=dict(mode="distinct", kind="nm")),
         "tied+disjoint": dict(mode="tied", depth=depth, mask=dict(mode="disjoint")),
-        "deq anderson+ift": dict(deq, solver="anderson", grad=dict(mode="ift", max_iter=12)),
-        "deq broyden+phantom": dict(deq, solver="broyden", grad=dict(mode="phantom", steps=5, tau=0.7)),
-        "deq fixed_point+onestep": dict(deq, solver="fixed_point", solver_options=dict(damping=0.7),
+        "deq anderson+ift": dict(deq, solver=dict(budget, name="anderson"), grad=dict(mode="ift", max_iter=12)),
+        "deq broyden+phantom": dict(deq, solver=dict(budget, name="broyden"), grad=dict(mode="phantom", steps=5, tau=0.7)),
+        "deq fixed_point+onestep": dict(deq, solver=dict(budget, name="fixed_point", options=dict(damping=0.7)),
                                         grad=dict(mode="onestep")),
     }
 
@@ -118,7 +119,8 @@ def main() -> None:
     for steps in (5, 10, 20, 40):
         row = []
         for name in ("deq anderson+ift", "deq broyden+phantom", "deq fixed_point+onestep"):
-            spec = dict(variants(args.depth)[name], max_iter=steps, tol=0.0)
+            spec = variants(args.depth)[name]
+            spec = dict(spec, solver=dict(spec["solver"], max_iter=steps, tol=0.0))
             row.append(saved_bytes(build_block(lambda: ConvCell(args.width), spec), x)[0] / 2**20)
         print(f"| {steps} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
 

@@ -65,7 +65,7 @@ def block_spec(args: argparse.Namespace) -> BlockSpec:
     if args.mask_sparsity > 0:
         spec["mask"] = dict(mode="distinct", sparsity=args.mask_sparsity)
     if args.mode == "deq":
-        spec.update(solver=args.solver, max_iter=args.max_iter, tol=args.tol, grad=dict(mode=args.grad))
+        spec.update(solver=dict(name=args.solver, max_iter=args.max_iter, tol=args.tol), grad=dict(mode=args.grad))
     return BlockSpec.from_dict(spec)
 
 

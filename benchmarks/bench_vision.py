@@ -43,7 +43,7 @@ def block_spec(args: argparse.Namespace) -> BlockSpec:
     """The BlockSpec the command line asks for."""
     spec: dict[str, Any] = {"mode": args.block, "depth": args.depth, "norm": args.norm}
     if args.block == "deq":
-        spec.update(solver=args.solver, max_iter=args.max_iter, tol=args.tol,
+        spec.update(solver={"name": args.solver, "max_iter": args.max_iter, "tol": args.tol},
                     grad={"mode": args.grad, "steps": args.grad_steps})
     if args.mask != "none":
         spec["mask"] = {"mode": args.mask, "kind": args.mask_kind, "sparsity": args.sparsity}

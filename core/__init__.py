@@ -4,13 +4,13 @@ from .blocks import Block, CellFactory, build_block, model_param_counts
 from .grads import GRAD_MODES, GradSpec
 from .jacobian import jacobian_frobenius
 from .masks import MASK_KINDS, MASK_MODES, MaskSet, MaskSpec, maskable_weights, masked_call
-from .norms import NORM_KINDS, CellNorm, SpectralNorm, WeightNorm
-from .solvers import SOLVERS, get_solver, solver_options
+from .norms import NORM_KINDS, NORMS, CellNorm, SpectralNorm, WeightNorm
+from .solvers import SOLVERS, SolverSpec, get_solver, solver_options
 from .spec import BLOCK_MODES, BlockSpec
 from .stats import BlockStats, SolverStats
 
 __all__ = [
-    "BLOCK_MODES", "GRAD_MODES", "MASK_KINDS", "MASK_MODES", "NORM_KINDS", "SOLVERS",
+    "BLOCK_MODES", "GRAD_MODES", "MASK_KINDS", "MASK_MODES", "NORM_KINDS", "NORMS", "SOLVERS", "SolverSpec",
     "Block", "BlockSpec", "BlockStats", "CellFactory", "GradSpec", "MaskSet", "MaskSpec", "SolverStats",
     "build_block", "get_solver", "jacobian_frobenius", "maskable_weights", "masked_call",
     "model_param_counts", "solver_options", "CellNorm", "SpectralNorm", "WeightNorm",

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .grads import implicit_backward, onestep_backward, phantom_backward
+from .grads import GRAD_MODES
 from .jacobian import jacobian_frobenius
 from .masks import MaskSet, masked_call
 from .norms import CellNorm
@@ -44,6 +44,9 @@ class Block(nn.Module):
         self.layers = self.spec.depth
         if self.spec.mode == "deq" and self.masks.num_masks <= 1:
             self.layers = 1  # without distinct masks a cycle f o ... o f has the fixed point of f
+        # registries looked up once: the backward mode and the adjoint solver (default: the forward one)
+        self._backward = GRAD_MODES[self.spec.grad.mode]
+        self._adjoint = get_solver(self.spec.grad.solver) if self.spec.grad.solver else self.spec.solver.function
         self._sparsity = self.masks.zero_fraction()
 
     # ----------------------------------------------------------------- weights of each layer
@@ -117,11 +120,8 @@ class Block(nn.Module):
                 state = self._run_layer(i, weights[i], state, x, ctx)
             return state
 
-        max_iter = spec.max_iter if self.training or spec.eval_max_iter is None else spec.eval_max_iter
-        tol = spec.tol if self.training or spec.eval_tol is None else spec.eval_tol
         with torch.no_grad():
-            z_star, sstats = get_solver(spec.solver)(
-                f, z.detach(), max_iter=max_iter, tol=tol, stop_mode=spec.stop_mode, **spec.solver_options)
+            z_star, sstats = spec.solver.solve(f, z.detach(), training=self.training)
         stats = BlockStats(
             mode="deq", depth=k, nfe_forward=sstats.nfe * k, abs_trace=sstats.abs_trace,
             rel_trace=sstats.rel_trace, abs_residual=sstats.abs_residual, rel_residual=sstats.rel_residual,
@@ -130,27 +130,21 @@ class Block(nn.Module):
         if not torch.is_grad_enabled():
             return z_star, stats
 
-        grad = spec.grad
         f0 = z0 = None
-        if grad.mode == "ift" or (self.training and spec.jacobian_samples > 0):
+        if spec.grad.mode == "ift" or (self.training and spec.jacobian_samples > 0):
             z0 = z_star.detach().requires_grad_()
             f0 = f(z0)
             stats.nfe_forward += k
             if self.training and spec.jacobian_samples > 0:
                 stats.jacobian_loss = jacobian_frobenius(f0, z0, spec.jacobian_samples)
-        if grad.mode == "ift":
-            def on_backward(nfe: int) -> None:
-                stats.nfe_backward = (nfe + 1) * k
 
-            out = implicit_backward(f, z_star, grad, spec.solver, on_backward, f0=f0, z0=z0)
-        elif grad.mode == "phantom":
-            out = phantom_backward(f, z_star, grad)
-            stats.nfe_forward += grad.steps * k
-            stats.nfe_backward = grad.steps * k
-        else:
-            out = onestep_backward(f, z_star)
-            stats.nfe_forward += k
-            stats.nfe_backward = k
+        def on_backward(nfe: int) -> None:  # the adjoint's VJPs, plus the one through f0
+            stats.nfe_backward = (nfe + 1) * k
+
+        out, extra_forward, backward = self._backward(f, z_star, spec.grad, self._adjoint, on_backward, f0=f0, z0=z0)
+        stats.nfe_forward += extra_forward * k
+        if backward is not None:
+            stats.nfe_backward = backward * k
         return out, stats
 
     # ----------------------------------------------------------------- parameter counts
@@ -180,7 +174,7 @@ class Block(nn.Module):
         if s.mask.active:
             out += f", mask={s.mask.mode}/{s.mask.kind}@{s.mask.effective_sparsity:g}"
         if s.mode == "deq":
-            out += f", solver={s.solver}, grad={s.grad.mode}"
+            out += f", solver={s.solver.name}, grad={s.grad.mode}"
         return out
 
 

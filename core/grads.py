@@ -14,14 +14,13 @@ vector-Jacobian products its adjoint solve cost through ``on_backward(nfe)`` whe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
-from .solvers import get_solver
+from .solvers import SolverFn, check_solver_options, get_solver
 
 Map = Callable[[torch.Tensor], torch.Tensor]
-GRAD_MODES = ("ift", "phantom", "onestep")
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,10 @@ class GradSpec:
         solver: the adjoint solver for ift (None: the forward solver).
         max_iter, tol: the adjoint solve's budget (ift).
         steps, tau: unrolled steps and damping (phantom).
-        solver_options: extra options of the adjoint solver.
+        options: the adjoint solver's own options (checked against the forward solver when ``solver`` is None,
+            by ``BlockSpec``).
+
+    The config's ``grad`` node has exactly these fields.
     """
 
     mode: str = "ift"
@@ -42,13 +44,14 @@ class GradSpec:
     tol: float = 1e-4
     steps: int = 5
     tau: float = 0.6
-    solver_options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in GRAD_MODES:
-            raise ValueError(f"grad mode {self.mode!r} is not valid; choose one of {GRAD_MODES}")
+            raise ValueError(f"grad mode {self.mode!r} is not valid; choose one of {tuple(GRAD_MODES)}")
         if self.solver is not None:
             get_solver(self.solver)
+            check_solver_options(self.solver, self.options)
         if self.max_iter < 1:
             raise ValueError(f"grad max_iter={self.max_iter} must be >= 1")
         if self.steps < 1:
@@ -72,49 +75,63 @@ class _AdjointIdentity(torch.autograd.Function):
 
 
 def implicit_backward(
-    f: Map, z_star: torch.Tensor, spec: GradSpec, forward_solver: str,
-    on_backward: Callable[[int], None], f0: torch.Tensor | None = None, z0: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """f(z*) whose backward solves y = g + J^T y at z*.
+    f: Map, z_star: torch.Tensor, spec: GradSpec, adjoint: SolverFn, on_backward: Callable[[int], None],
+    f0: torch.Tensor | None = None, z0: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int, Optional[int]]:
+    """f(z*) whose backward solves y = g + J^T y at z* with the ``adjoint`` solver function.
 
     One evaluation ``f0 = f(z0)`` with ``z0 = z*.detach().requires_grad_()`` serves both as the output
     (its graph carries the gradient to the parameters and the injected input) and for the adjoint's
-    vector-Jacobian products. The caller may pass ``f0, z0`` in when it built them already (for the
-    Jacobian penalty).
+    vector-Jacobian products. The caller passes ``f0, z0`` in when it built them already (the block does:
+    they serve the Jacobian penalty too) and counts that evaluation; the adjoint's VJPs are reported through
+    ``on_backward(nfe)`` when the backward runs.
+
+    Returns: (output, extra map evaluations in the forward pass, None: backward counted by ``on_backward``).
 
     Shapes: z_star: (B, ...) -> (B, ...)
     """
+    extra = 0
     if z0 is None or f0 is None:
         z0 = z_star.detach().requires_grad_()
         f0 = f(z0)
-    solver = get_solver(spec.solver or forward_solver)
+        extra = 1
 
     def solve(grad: torch.Tensor) -> torch.Tensor:
         def adjoint_map(y: torch.Tensor) -> torch.Tensor:
             return torch.autograd.grad(f0, z0, y, retain_graph=True)[0] + grad
 
-        y, stats = solver(adjoint_map, grad, max_iter=spec.max_iter, tol=spec.tol, stop_mode="rel",
-                          **spec.solver_options)
+        y, stats = adjoint(adjoint_map, grad, max_iter=spec.max_iter, tol=spec.tol, stop_mode="rel", **spec.options)
         on_backward(stats.nfe)
         return y
 
-    return _AdjointIdentity.apply(f0, solve)
+    return _AdjointIdentity.apply(f0, solve), extra, None
 
 
-def phantom_backward(f: Map, z_star: torch.Tensor, spec: GradSpec) -> torch.Tensor:
-    """``spec.steps`` damped steps from z*, kept in the graph.
+def phantom_backward(f: Map, z_star: torch.Tensor, spec: GradSpec, *_: object, **__: object
+                     ) -> tuple[torch.Tensor, int, Optional[int]]:
+    """``spec.steps`` damped steps from z*, kept in the graph (``steps`` evaluations forward and backward).
 
     Shapes: z_star: (B, ...) -> (B, ...)
     """
     z = z_star.detach()
     for _ in range(spec.steps):
         z = (1.0 - spec.tau) * z + spec.tau * f(z)
-    return z
+    return z, spec.steps, spec.steps
 
 
-def onestep_backward(f: Map, z_star: torch.Tensor) -> torch.Tensor:
-    """f(z*) with z* detached: the gradient ignores the Jacobian of f in z.
+def onestep_backward(f: Map, z_star: torch.Tensor, spec: GradSpec, *_: object, **__: object
+                     ) -> tuple[torch.Tensor, int, Optional[int]]:
+    """f(z*) with z* detached: the gradient ignores the Jacobian of f in z (one evaluation each way).
 
     Shapes: z_star: (B, ...) -> (B, ...)
     """
-    return f(z_star.detach())
+    return f(z_star.detach()), 1, 1
+
+
+# The backward modes, one contract: (f, z_star, spec, adjoint, on_backward, f0=None, z0=None) ->
+# (output, extra forward evaluations, backward evaluations or None when counted by on_backward).
+GRAD_MODES: dict[str, Callable[..., tuple[torch.Tensor, int, Optional[int]]]] = {
+    "ift": implicit_backward,
+    "phantom": phantom_backward,
+    "onestep": onestep_backward,
+}

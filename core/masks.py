@@ -20,7 +20,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-MASK_KINDS = ("unstructured", "nm")
 MASK_MODES = ("none", "shared", "distinct", "disjoint")
 
 
@@ -69,6 +68,13 @@ def disjoint_masks(shape: torch.Size, parts: int, generator: torch.Generator) ->
     return [(owner == i).float().view(shape) for i in range(parts)]
 
 
+# The mask kinds, by the name a MaskSpec's ``kind`` takes: each draws one mask for a tensor of a shape.
+MASK_KINDS: dict[str, Any] = {
+    "unstructured": lambda spec, shape, generator: unstructured_mask(shape, spec.sparsity, generator),
+    "nm": lambda spec, shape, generator: nm_mask(shape, spec.n, spec.m, generator),
+}
+
+
 @dataclass(frozen=True)
 class MaskSpec:
     """Which masks a block draws.
@@ -101,9 +107,9 @@ class MaskSpec:
         if self.kind == "channel":
             raise ValueError("mask kind 'channel' was removed: a zeroed output channel was not removed (after a "
                              "norm and ReLU it was nonzero again) and the two convs' channel masks disagreed; "
-                             f"choose one of {MASK_KINDS}")
+                             f"choose one of {tuple(MASK_KINDS)}")
         if self.kind not in MASK_KINDS:
-            raise ValueError(f"mask kind {self.kind!r} is not valid; choose one of {MASK_KINDS}")
+            raise ValueError(f"mask kind {self.kind!r} is not valid; choose one of {tuple(MASK_KINDS)}")
         if self.mode == "disjoint" and (self.kind != "unstructured" or self.sparsity != 0.0):
             raise ValueError(f"mask mode 'disjoint' partitions each weight between the layers (sparsity 1 - 1/depth): "
                              f"it needs kind 'unstructured' and sparsity 0, got kind={self.kind!r}, "
@@ -134,9 +140,7 @@ class MaskSpec:
 
     def draw(self, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
         """One mask of this spec for a tensor of ``shape`` (not for mode disjoint: ``disjoint_masks``)."""
-        if self.kind == "unstructured":
-            return unstructured_mask(shape, self.sparsity, generator)
-        return nm_mask(shape, self.n, self.m, generator)
+        return MASK_KINDS[self.kind](self, shape, generator)
 
 
 def maskable_weights(cell: nn.Module, min_dim: int = 2) -> dict[str, torch.Tensor]:

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORM_KINDS = ("none", "weight", "spectral")
 
 
 class WeightNorm(nn.Module):
@@ -64,6 +63,11 @@ class SpectralNorm(nn.Module):
         return weight / sigma
 
 
+# The normalisations, by the name a BlockSpec's ``norm`` takes ("none": the weights as they are).
+NORMS: dict[str, type[nn.Module]] = {"weight": WeightNorm, "spectral": SpectralNorm}
+NORM_KINDS = ("none", *NORMS)
+
+
 class CellNorm(nn.Module):
     """The normalisation of every weight of one cell with at least ``min_dim`` dims.
 
@@ -76,8 +80,8 @@ class CellNorm(nn.Module):
             raise ValueError(f"norm {kind!r} is not valid; choose one of {NORM_KINDS}")
         self.kind = kind
         self.names = [n for n, p in cell.named_parameters() if p.dim() >= min_dim] if kind != "none" else []
-        make = WeightNorm if kind == "weight" else SpectralNorm
-        self.norms = nn.ModuleDict({n.replace(".", "__"): make(dict(cell.named_parameters())[n]) for n in self.names})
+        params = dict(cell.named_parameters())
+        self.norms = nn.ModuleDict({n.replace(".", "__"): NORMS[kind](params[n]) for n in self.names})
 
     def forward(self, cell: nn.Module) -> dict[str, torch.Tensor]:
         params = dict(cell.named_parameters())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -27,6 +28,7 @@ import torch
 from .stats import SolverStats, residuals
 
 Map = Callable[[torch.Tensor], torch.Tensor]
+SolverFn = Callable[..., "tuple[torch.Tensor, SolverStats]"]
 STOP_MODES = ("abs", "rel")
 
 
@@ -251,6 +253,57 @@ def get_solver(name: str) -> Callable[..., tuple[torch.Tensor, SolverStats]]:
         return SOLVERS[name]
     except KeyError:
         raise ValueError(f"unknown solver {name!r}; valid solvers: {sorted(SOLVERS)}") from None
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """The forward solve of a DEQ: which solver, its budget in training and in eval mode, its options.
+
+    The config's ``solver`` node has exactly these fields (``paradigms/config.py`` generates it from them).
+
+    Attributes:
+        name: a key of ``SOLVERS`` (looked up once, on creation).
+        max_iter, tol, stop_mode: the budget in training ("abs" or "rel" residual against ``tol``).
+        eval_max_iter, eval_tol: the budget in eval mode (test-time compute); None = as in training.
+        options: the solver's own keyword options (see ``solver_options(name)``), e.g. Anderson's memory,
+            and ``sample_dims`` (every solver).
+    """
+
+    name: str = "anderson"
+    max_iter: int = 30
+    tol: float = 1e-3
+    stop_mode: str = "rel"
+    eval_max_iter: int | None = None
+    eval_tol: float | None = None
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_function", get_solver(self.name))
+        check_solver_options(self.name, self.options)
+        if self.stop_mode not in STOP_MODES:
+            raise ValueError(f"solver stop_mode={self.stop_mode!r} is not valid; choose one of {STOP_MODES}")
+        for key in ("max_iter", "eval_max_iter"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"solver {key}={value!r} must be an integer >= 1")
+        for key in ("tol", "eval_tol"):
+            value = getattr(self, key)
+            if value is not None and not value >= 0:
+                raise ValueError(f"solver {key}={value!r} must be >= 0")
+
+    @property
+    def function(self) -> Callable[..., tuple[torch.Tensor, SolverStats]]:
+        """The registered solver function."""
+        return self._function  # type: ignore[attr-defined]
+
+    def solve(self, f: Map, z0: torch.Tensor, training: bool = True) -> tuple[torch.Tensor, SolverStats]:
+        """z* = f(z*) from ``z0`` with the training or the eval-mode budget.
+
+        Shapes: z0: (B, ...) -> z: (B, ...)
+        """
+        max_iter = self.max_iter if training or self.eval_max_iter is None else self.eval_max_iter
+        tol = self.tol if training or self.eval_tol is None else self.eval_tol
+        return self.function(f, z0, max_iter=max_iter, tol=tol, stop_mode=self.stop_mode, **self.options)
 
 
 def solver_options(name: str) -> set[str]:

@@ -9,14 +9,17 @@ from typing import Any, Mapping
 from .grads import GradSpec
 from .masks import MaskSpec
 from .norms import NORM_KINDS
-from .solvers import STOP_MODES, check_solver_options, get_solver
+from .solvers import SolverSpec, check_solver_options
 
 BLOCK_MODES = ("explicit", "tied", "deq")
+# The nested specs of a BlockSpec: one per config node of the same name (block.mask is the config's ``mask``).
+NESTED: dict[str, type] = {"mask": MaskSpec, "solver": SolverSpec, "grad": GradSpec}
 
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """How a block drives its cell.
+    """How a block drives its cell. A run config's ``block``, ``mask``, ``solver`` and ``grad`` nodes have
+    exactly these fields and the nested specs' fields; ``from_dict`` is the one way from a config to a spec.
 
     Attributes:
         mode: "explicit" (depth independent copies), "tied" (one cell unrolled depth times) or "deq".
@@ -24,28 +27,21 @@ class BlockSpec:
             f_K o ... o f_1 with one mask per position; any other deq uses one map f (K = 1).
         eval_depth: tied only: unroll this many layers in eval mode (test-time depth); None = depth.
             With distinct masks, layers past ``depth`` reuse the masks cyclically.
-        mask: which masks the layers use (see MaskSpec).
-        norm: "none", "weight" or "spectral" normalisation of the cell's weights.
-        solver, max_iter, tol, stop_mode, solver_options: the DEQ forward solve in training.
-        eval_max_iter, eval_tol: the DEQ solve in eval mode (test-time compute); None = as in training.
-        grad: how the DEQ is differentiated (see GradSpec).
+        norm: "none", "weight" or "spectral" normalisation of the cell's weights (``norms.NORMS``).
         jacobian_samples: > 0 makes a training-mode DEQ forward return the Hutchinson Jacobian penalty.
+        mask: which masks the layers use (see MaskSpec).
+        solver: the DEQ forward solve (see SolverSpec).
+        grad: how the DEQ is differentiated (see GradSpec).
     """
 
     mode: str = "tied"
     depth: int = 4
     eval_depth: int | None = None
-    mask: MaskSpec = field(default_factory=MaskSpec)
     norm: str = "none"
-    solver: str = "anderson"
-    max_iter: int = 30
-    tol: float = 1e-3
-    stop_mode: str = "rel"
-    solver_options: dict = field(default_factory=dict)
-    eval_max_iter: int | None = None
-    eval_tol: float | None = None
-    grad: GradSpec = field(default_factory=GradSpec)
     jacobian_samples: int = 0
+    mask: MaskSpec = field(default_factory=MaskSpec)
+    solver: SolverSpec = field(default_factory=SolverSpec)
+    grad: GradSpec = field(default_factory=GradSpec)
 
     def __post_init__(self) -> None:
         if self.mode not in BLOCK_MODES:
@@ -59,36 +55,28 @@ class BlockSpec:
                 raise ValueError(f"block eval_depth={self.eval_depth} must be >= 1")
         if self.norm not in NORM_KINDS:
             raise ValueError(f"norm {self.norm!r} is not valid; choose one of {NORM_KINDS}")
-        get_solver(self.solver)
-        check_solver_options(self.solver, self.solver_options)
-        check_solver_options(self.grad.solver or self.solver, self.grad.solver_options)
-        if self.stop_mode not in STOP_MODES:
-            raise ValueError(f"stop_mode={self.stop_mode!r} is not valid; choose one of {STOP_MODES}")
-        for name in ("max_iter", "eval_max_iter"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name}={value} must be >= 1")
-        for name in ("tol", "eval_tol"):
-            value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise ValueError(f"{name}={value} must be >= 0")
+        for name, cls in NESTED.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ValueError(f"block {name}={getattr(self, name)!r} must be a {cls.__name__} "
+                                 "(BlockSpec.from_dict builds one from a mapping)")
+        if self.grad.solver is None:
+            check_solver_options(self.solver.name, self.grad.options)
         if self.jacobian_samples < 0:
             raise ValueError(f"jacobian_samples={self.jacobian_samples} must be >= 0")
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any] | None = None, **overrides: Any) -> "BlockSpec":
         """Build from a (possibly nested) mapping such as a Hydra/OmegaConf node; keyword overrides win.
+        ``mask``, ``solver`` and ``grad`` are mappings of their specs' fields (or the specs themselves).
 
         Unknown keys at any level raise a ValueError that lists the valid keys.
         """
         merged = {**_plain(config or {}), **overrides}
         _check_keys("block", merged, cls)
-        if isinstance(merged.get("mask"), Mapping):
-            _check_keys("block.mask", merged["mask"], MaskSpec)
-            merged["mask"] = MaskSpec(**merged["mask"])
-        if isinstance(merged.get("grad"), Mapping):
-            _check_keys("block.grad", merged["grad"], GradSpec)
-            merged["grad"] = GradSpec(**merged["grad"])
+        for name, nested in NESTED.items():
+            if isinstance(merged.get(name), Mapping):
+                _check_keys(f"block.{name}", merged[name], nested)
+                merged[name] = nested(**merged[name])
         return cls(**merged)
 
     def as_dict(self) -> dict[str, Any]:

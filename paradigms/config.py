@@ -7,53 +7,54 @@ paradigm and are validated by its ``DataOptions`` / ``ModelOptions`` dataclasses
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from tiedlab.core import BlockSpec, GradSpec, MaskSpec
+from tiedlab.core import BlockSpec, GradSpec, MaskSpec, SolverSpec
+from tiedlab.core.spec import NESTED
 
 
-@dataclass
-class BlockConfig:
-    mode: str = "tied"
-    depth: int = 4
-    eval_depth: Optional[int] = None
-    norm: str = "none"
-    jacobian_samples: int = 0
+def config_node(spec: type, name: str, exclude: Sequence[str] = (), defaults: dict[str, tuple[Any, Any]] | None = None
+                ) -> type:
+    """A Hydra structured-config dataclass with the fields of the core spec ``spec`` (same names, types and
+    defaults; ``exclude`` left out), so that the config node and the spec cannot drift apart. ``defaults``
+    maps a field to (type, default) where the config means something the core spec cannot (``mask.seed``
+    null: the run's seed)."""
+    hints = typing.get_type_hints(spec)
+    fields = []
+    for f in dataclasses.fields(spec):
+        if f.name in exclude:
+            continue
+        kind, default = (defaults or {}).get(f.name, (hints[f.name], f.default))
+        kind = _omegaconf_type(kind)
+        if default is not dataclasses.MISSING:
+            fields.append((f.name, kind, field(default=default)))
+        else:
+            fields.append((f.name, kind, field(default_factory=f.default_factory)))
+    node = dataclasses.make_dataclass(name, fields)
+    node.__module__ = __name__  # pickled by name (joblib workers), found here
+    return node
 
 
-@dataclass
-class MaskConfig:
-    mode: str = "none"
-    kind: str = "unstructured"
-    sparsity: float = 0.0
-    n: int = 2
-    m: int = 4
-    seed: Optional[int] = None  # None: the run's seed
-    min_dim: int = 2
-    rescale: bool = False
+def _omegaconf_type(kind: Any) -> Any:
+    """``X | None`` -> ``Optional[X]`` and ``dict`` -> ``dict[str, Any]`` (the spellings OmegaConf reads)."""
+    args = typing.get_args(kind)
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        inner = [a for a in args if a is not type(None)]
+        return Optional[inner[0]] if len(inner) == 1 and len(args) == 2 else Any
+    if kind is dict:
+        return dict[str, Any]
+    return kind
 
 
-@dataclass
-class SolverConfig:
-    name: str = "anderson"
-    max_iter: int = 30
-    tol: float = 1e-3
-    stop_mode: str = "rel"
-    eval_max_iter: Optional[int] = None
-    eval_tol: Optional[float] = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class GradConfig:
-    mode: str = "ift"
-    solver: Optional[str] = None
-    max_iter: int = 30
-    tol: float = 1e-4
-    steps: int = 5
-    tau: float = 0.6
-    options: dict[str, Any] = field(default_factory=dict)  # the adjoint solver's own options (e.g. sample_dims)
+# The config nodes ``block``, ``mask``, ``solver`` and ``grad``: the core specs' own fields.
+BlockConfig = config_node(BlockSpec, "BlockConfig", exclude=tuple(NESTED))
+MaskConfig = config_node(MaskSpec, "MaskConfig", defaults={"seed": (Optional[int], None)})
+SolverConfig = config_node(SolverSpec, "SolverConfig")
+GradConfig = config_node(GradSpec, "GradConfig")
 
 
 @dataclass
@@ -121,18 +122,21 @@ LOGGERS = ("local", "wandb")
 
 
 def block_spec(cfg: Any) -> BlockSpec:
-    """The core BlockSpec a run config describes (validated by the core)."""
-    b, m, s, g = cfg.block, cfg.mask, cfg.solver, cfg.grad
-    return BlockSpec(
-        mode=b.mode, depth=int(b.depth), eval_depth=b.eval_depth, norm=b.norm,
-        jacobian_samples=int(b.jacobian_samples),
-        mask=MaskSpec(mode=m.mode, kind=m.kind, sparsity=float(m.sparsity), n=int(m.n), m=int(m.m),
-                      seed=int(cfg.seed if m.seed is None else m.seed), min_dim=int(m.min_dim), rescale=bool(m.rescale)),
-        solver=s.name, max_iter=int(s.max_iter), tol=float(s.tol), stop_mode=s.stop_mode,
-        solver_options=dict(s.options or {}), eval_max_iter=s.eval_max_iter, eval_tol=s.eval_tol,
-        grad=GradSpec(mode=g.mode, solver=g.solver, max_iter=int(g.max_iter), tol=float(g.tol), steps=int(g.steps),
-                      tau=float(g.tau), solver_options=dict(g.options or {})),
-    )
+    """The core BlockSpec a run config describes, through ``BlockSpec.from_dict`` (which validates it): the
+    ``block`` node with its ``mask``, ``solver`` and ``grad`` nodes nested, ``mask.seed`` null set to the run's
+    seed."""
+    nodes = {name: _plain_node(cfg[name]) for name in ("block", *NESTED)}
+    if nodes["mask"].get("seed") is None:
+        nodes["mask"]["seed"] = int(cfg.seed)
+    return BlockSpec.from_dict(nodes.pop("block"), **nodes)
+
+
+def _plain_node(node: Any) -> dict[str, Any]:
+    if isinstance(node, dict):
+        return dict(node)
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True)
 
 
 def validate(cfg: Any) -> BlockSpec:

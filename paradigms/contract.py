@@ -20,10 +20,12 @@ CONTRACT_BLOCKS: dict[str, dict[str, Any]] = {
     "explicit": dict(mode="explicit", depth=2),
     "tied": dict(mode="tied", depth=2),
     "tied_distinct_mask": dict(mode="tied", depth=2, mask=dict(mode="distinct", sparsity=0.5)),
-    "deq_anderson_ift": dict(mode="deq", solver="anderson", max_iter=8, tol=1e-3, grad=dict(mode="ift", max_iter=8)),
-    "deq_broyden_phantom": dict(mode="deq", solver="broyden", max_iter=8, tol=1e-3, grad=dict(mode="phantom", steps=2)),
-    "deq_fixed_point_onestep": dict(mode="deq", solver="fixed_point", max_iter=8, tol=1e-3,
-                                    solver_options=dict(damping=0.8), grad=dict(mode="onestep")),
+    "deq_anderson_ift": dict(mode="deq", solver=dict(name="anderson", max_iter=8, tol=1e-3),
+                             grad=dict(mode="ift", max_iter=8)),
+    "deq_broyden_phantom": dict(mode="deq", solver=dict(name="broyden", max_iter=8, tol=1e-3),
+                                grad=dict(mode="phantom", steps=2)),
+    "deq_fixed_point_onestep": dict(mode="deq", solver=dict(name="fixed_point", max_iter=8, tol=1e-3,
+                                                            options=dict(damping=0.8)), grad=dict(mode="onestep")),
 }
 
 

@@ -74,16 +74,15 @@ def causal_spec(spec: BlockSpec) -> BlockSpec:
     """
     if spec.mode != "deq":
         return spec
-    grad_opts = spec.grad.solver_options
-    for where, opts in (("solver_options", spec.solver_options), ("grad.solver_options", grad_opts)):
+    for where, opts in (("solver.options", spec.solver.options), ("grad.options", spec.grad.options)):
         if opts.get("sample_dims", CAUSAL_SAMPLE_DIMS) != CAUSAL_SAMPLE_DIMS:
             raise ValueError(
                 f"{where} sample_dims={opts['sample_dims']!r}: a causal language model solves each (batch, "
                 f"position) on its own, sample_dims={CAUSAL_SAMPLE_DIMS}; any other value lets the solver "
                 "mix future positions into earlier ones (drop the option or set it to 2)")
-    grad = dataclasses.replace(spec.grad, solver_options={**grad_opts, "sample_dims": CAUSAL_SAMPLE_DIMS})
-    return dataclasses.replace(spec, solver_options={**spec.solver_options, "sample_dims": CAUSAL_SAMPLE_DIMS},
-                               grad=grad)
+    causal = {"sample_dims": CAUSAL_SAMPLE_DIMS}
+    return dataclasses.replace(spec, solver=dataclasses.replace(spec.solver, options={**spec.solver.options, **causal}),
+                               grad=dataclasses.replace(spec.grad, options={**spec.grad.options, **causal}))
 
 
 class TransformerCell(nn.Module):

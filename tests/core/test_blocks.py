@@ -74,7 +74,7 @@ def test_test_time_depth_for_tied():
 
 
 def test_deq_eval_budget_differs_from_training():
-    block = build_block(make, dict(mode="deq", solver="fixed_point", max_iter=3, tol=0.0, eval_max_iter=40, eval_tol=1e-10))
+    block = build_block(make, dict(mode="deq", solver=dict(name="fixed_point", max_iter=3, tol=0.0, eval_max_iter=40, eval_tol=1e-10)))
     x = torch.randn(4, 8, dtype=torch.float64)
     _, train_stats = block(x)
     block.eval()
@@ -87,7 +87,7 @@ def test_deq_eval_budget_differs_from_training():
 
 
 def test_deq_output_is_a_fixed_point_of_the_cell():
-    block = build_block(make, dict(mode="deq", solver="broyden", tol=1e-9, max_iter=100))
+    block = build_block(make, dict(mode="deq", solver=dict(name="broyden", tol=1e-9, max_iter=100)))
     x = torch.randn(5, 8, dtype=torch.float64)
     z, stats = block(x)
     torch.testing.assert_close(block.cells[0](z, x), z, atol=1e-7, rtol=1e-7)
@@ -95,7 +95,7 @@ def test_deq_output_is_a_fixed_point_of_the_cell():
 
 
 def test_cycle_deq_with_distinct_masks_converges_and_its_ift_gradient_passes_gradcheck():
-    spec = dict(mode="deq", depth=3, solver="anderson", tol=1e-12, max_iter=300, stop_mode="abs",
+    spec = dict(mode="deq", depth=3, solver=dict(name="anderson", tol=1e-12, max_iter=300, stop_mode="abs"),
                 mask=dict(mode="distinct", sparsity=0.5), grad=dict(mode="ift", tol=1e-12, max_iter=300))
     block = build_block(make, spec)
     assert block.layers == 3 and block.masks.num_masks == 3
@@ -129,7 +129,7 @@ def test_weight_norm_starts_at_the_raw_weight_and_spectral_norm_bounds_it():
     torch.testing.assert_close(wn(x)[0], plain(x)[0])
     assert wn.param_counts()["unique"] == plain.param_counts()["unique"] + 16
 
-    sn = build_block(lambda: TanhCell(dim=8, scale=3.0), dict(mode="deq", norm="spectral", tol=1e-6, max_iter=100))
+    sn = build_block(lambda: TanhCell(dim=8, scale=3.0), dict(mode="deq", norm="spectral", solver=dict(tol=1e-6, max_iter=100)))
     for _ in range(30):  # power iteration converges over forwards
         sn(x)
     W_eff = sn._layer_weights(1)[0]["W"]
@@ -138,7 +138,7 @@ def test_weight_norm_starts_at_the_raw_weight_and_spectral_norm_bounds_it():
 
 def test_spectral_norm_holds_from_the_first_forward_in_eval_mode():
     torch.manual_seed(0)
-    sn = build_block(lambda: TanhCell(dim=8, scale=3.0), dict(mode="deq", norm="spectral", tol=1e-6, max_iter=100))
+    sn = build_block(lambda: TanhCell(dim=8, scale=3.0), dict(mode="deq", norm="spectral", solver=dict(tol=1e-6, max_iter=100)))
     sn.eval()  # no training forward has run a power-iteration step yet
     W_eff = sn._layer_weights(1)[0]["W"]
     assert abs(torch.linalg.matrix_norm(W_eff.detach(), 2).item() - 1.0) < 1e-2
@@ -173,17 +173,21 @@ def test_stats_dict_has_the_engine_keys():
 @pytest.mark.parametrize("bad,match", [
     (dict(mode="implicit"), r"block mode 'implicit'.*explicit.*tied.*deq"),
     (dict(depth=0), r"depth=0 must be an integer >= 1"),
-    (dict(solver="newton"), r"unknown solver 'newton'; valid solvers"),
+    (dict(solver=dict(name="newton")), r"unknown solver 'newton'; valid solvers"),
     (dict(grad=dict(mode="backprop")), r"grad mode 'backprop'.*ift.*phantom.*onestep"),
     (dict(mask=dict(mode="distinct", kind="block")), r"mask kind 'block'"),
     (dict(mask=dict(mode="distinct", sparsity=1.0)), r"sparsity=1.0 must be in \[0, 1\)"),
     (dict(deepth=3), r"unknown key\(s\) \['deepth'\] in block; valid keys: .*depth"),
     (dict(mask=dict(sparsty=0.5)), r"unknown key\(s\) \['sparsty'\] in block.mask"),
     (dict(grad=dict(step=3)), r"unknown key\(s\) \['step'\] in block.grad"),
-    (dict(solver="fixed_point", solver_options=dict(memory=3)), r"no option\(s\) \['memory'\]"),
+    (dict(solver=dict(name="fixed_point", options=dict(memory=3))), r"no option\(s\) \['memory'\]"),
     (dict(mode="deq", eval_depth=4), r"eval_depth=4 is only meaningful for mode 'tied'"),
     (dict(norm="batch"), r"norm 'batch'.*none.*weight.*spectral"),
-    (dict(stop_mode="max"), r"stop_mode='max'"),
+    (dict(stop_mode="max"), r"unknown key\(s\) \['stop_mode'\] in block"),
+    (dict(solver=dict(stop_mode="max")), r"stop_mode='max'"),
+    (dict(solver=dict(tol=1e-3, max_iter=0)), r"solver max_iter=0 must be an integer >= 1"),
+    (dict(grad=dict(options=dict(memory=3)), solver=dict(name="fixed_point")), r"no option\(s\) \['memory'\]"),
+    (dict(solver="anderson"), r"block solver='anderson' must be a SolverSpec"),
 ])
 def test_invalid_specs_raise_value_errors_naming_value_and_choices(bad, match):
     with pytest.raises(ValueError, match=match):

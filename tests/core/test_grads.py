@@ -6,7 +6,8 @@ import torch
 from support.cells import CtxWeightCell, LinearCell, TanhCell
 from tiedlab.core import build_block
 
-DEQ = dict(mode="deq", solver="anderson", max_iter=200, tol=1e-12, stop_mode="abs")
+SOLVE = dict(name="anderson", max_iter=200, tol=1e-12, stop_mode="abs")
+DEQ = dict(mode="deq", solver=SOLVE)
 IFT = dict(mode="ift", max_iter=200, tol=1e-12)
 
 
@@ -31,7 +32,7 @@ def test_ift_matches_closed_form_gradient_of_linear_fixed_point():
 
 @pytest.mark.parametrize("solver", ["anderson", "broyden", "fixed_point"])
 def test_ift_passes_gradcheck_on_nonlinear_cell(solver):
-    block = build_block(CtxWeightCell, dict(DEQ, solver=solver, max_iter=500, grad=dict(IFT, max_iter=500)))
+    block = build_block(CtxWeightCell, dict(DEQ, solver=dict(SOLVE, name=solver, max_iter=500), grad=dict(IFT, max_iter=500)))
     W = (0.5 * torch.randn(4, 4, dtype=torch.float64) / 2).requires_grad_()
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, W: block(x, W=W)[0], (x, W), eps=1e-6, atol=1e-5)
@@ -89,7 +90,7 @@ def test_deq_memory_does_not_grow_with_solver_steps(grad):
     x = torch.randn(4, 8)
     counts = []
     for max_iter in (5, 50):
-        block = build_block(make, dict(mode="deq", solver="fixed_point", max_iter=max_iter, tol=0.0, grad=dict(mode=grad)))
+        block = build_block(make, dict(mode="deq", solver=dict(name="fixed_point", max_iter=max_iter, tol=0.0), grad=dict(mode=grad)))
         n, stats = _saved_tensor_count(block, x)
         assert stats.nfe_forward >= max_iter
         counts.append(n)
@@ -100,7 +101,7 @@ def test_deq_memory_does_not_grow_with_solver_steps(grad):
 
 
 def test_ift_backward_nfe_is_recorded_when_backward_runs():
-    block = build_block(lambda: TanhCell(dim=8, scale=0.7), dict(DEQ, tol=1e-8, grad=dict(mode="ift", tol=1e-8)))
+    block = build_block(lambda: TanhCell(dim=8, scale=0.7), dict(DEQ, solver=dict(SOLVE, tol=1e-8), grad=dict(mode="ift", tol=1e-8)))
     z, stats = block(torch.randn(3, 8, dtype=torch.float64))
     assert stats.nfe_backward == 0
     z.sum().backward()

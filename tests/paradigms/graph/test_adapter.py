@@ -137,7 +137,7 @@ def test_deq_with_spectral_norm_and_gamma_converges():
     solver reaches a small relative residual (IGNN-style well-posedness)."""
     torch.manual_seed(0)
     _, bundle, model = _build({"name": "cora"}, {"width": 16, "norm": "none", "gamma": 0.9},
-                              dict(mode="deq", norm="spectral", solver="anderson", max_iter=40, tol=1e-4))
+                              dict(mode="deq", norm="spectral", solver=dict(name="anderson", max_iter=40, tol=1e-4)))
     # the core's spectral norm estimates sigma by one power-iteration step per training forward (its
     # initial u, v are random), so let a few training forwards settle the estimate first
     model.train()

@@ -16,7 +16,7 @@ import torch
 if not os.environ.get("TIEDLAB_DATA"):
     pytest.skip("TIEDLAB_DATA is not set (needs tinyshakespeare/)", allow_module_level=True)
 
-from tiedlab.core import Block, BlockSpec, GradSpec, model_param_counts
+from tiedlab.core import Block, BlockSpec, GradSpec, SolverSpec, model_param_counts
 from tiedlab.paradigms.contract import CONTRACT_BLOCKS, check_paradigm
 from tiedlab.paradigms.language import tokenizer as T
 from tiedlab.paradigms.language.adapter import LanguageDataOptions, LanguageModelOptions, LanguageParadigm
@@ -116,15 +116,16 @@ CAUSAL_BLOCKS = {
     "tied_nm_mask_weight_norm": dict(mode="tied", depth=2, norm="weight", mask=dict(mode="distinct", kind="nm")),
     # DEQs solved per position (causal_spec): exact for any tol, since converged positions are held on
     # their own and no stopping step or mixing weight is shared between positions
-    "deq_anderson_ift": dict(mode="deq", solver="anderson", max_iter=30, tol=1e-3,
+    "deq_anderson_ift": dict(mode="deq", solver=dict(name="anderson", max_iter=30, tol=1e-3),
                              grad=dict(mode="ift", max_iter=10)),
-    "deq_anderson_8_steps": dict(mode="deq", solver="anderson", max_iter=8, tol=0.0, grad=dict(mode="onestep")),
-    "deq_broyden_phantom": dict(mode="deq", solver="broyden", max_iter=18, tol=1e-3,
+    "deq_anderson_8_steps": dict(mode="deq", solver=dict(name="anderson", max_iter=8, tol=0.0), grad=dict(mode="onestep")),
+    "deq_broyden_phantom": dict(mode="deq", solver=dict(name="broyden", max_iter=18, tol=1e-3),
                                 grad=dict(mode="phantom", steps=2)),
-    "deq_fixed_point": dict(mode="deq", solver="fixed_point", max_iter=20, tol=1e-3, solver_options=dict(damping=0.8)),
-    "deq_fixed_point_tol0": dict(mode="deq", solver="fixed_point", max_iter=10, tol=0.0,
-                                 solver_options=dict(damping=0.8)),
-    "deq_anderson_distinct_mask": dict(mode="deq", depth=2, solver="anderson", max_iter=12, tol=1e-3,
+    "deq_fixed_point": dict(mode="deq", solver=dict(name="fixed_point", max_iter=20, tol=1e-3,
+                                                            options=dict(damping=0.8))),
+    "deq_fixed_point_tol0": dict(mode="deq", solver=dict(name="fixed_point", max_iter=10, tol=0.0,
+                                                                 options=dict(damping=0.8))),
+    "deq_anderson_distinct_mask": dict(mode="deq", depth=2, solver=dict(name="anderson", max_iter=12, tol=1e-3),
                                        mask=dict(mode="distinct", sparsity=0.5)),
 }
 
@@ -168,7 +169,7 @@ def test_future_tokens_do_not_change_the_past(block, train):
 
 @pytest.mark.parametrize("solver", ["anderson", "broyden", "fixed_point"])
 def test_deq_is_causal_in_float64(solver):
-    net = _lm(dict(mode="deq", solver=solver, max_iter=20, tol=1e-4)).double().eval()
+    net = _lm(dict(mode="deq", solver=dict(name=solver, max_iter=20, tol=1e-4))).double().eval()
     with torch.no_grad():
         past, future, _ = _future_change(net)
     assert past <= 1e-12 and future > 1e-3, f"{solver}: past {past:.2e}, future {future:.2e}"
@@ -176,19 +177,19 @@ def test_deq_is_causal_in_float64(solver):
 
 def test_deq_is_built_per_position(small):
     paradigm, data = small
-    net = paradigm.build_model(data, BlockSpec(mode="deq", solver="broyden", grad=GradSpec(mode="ift")))
-    assert net.block.spec.solver_options["sample_dims"] == 2
-    assert net.block.spec.grad.solver_options["sample_dims"] == 2
-    assert paradigm.build_model(data, BlockSpec(mode="tied")).block.spec.solver_options == {}
+    net = paradigm.build_model(data, BlockSpec(mode="deq", solver=SolverSpec(name="broyden"), grad=GradSpec(mode="ift")))
+    assert net.block.spec.solver.options["sample_dims"] == 2
+    assert net.block.spec.grad.options["sample_dims"] == 2
+    assert paradigm.build_model(data, BlockSpec(mode="tied")).block.spec.solver.options == {}
 
 
 def test_per_sequence_deq_is_refused():
     """A DEQ solved with one system per sequence mixes future positions into earlier ones."""
     config = gpt2_config(32, 2, 4, 16, 0.0, 50)
-    spec = BlockSpec(mode="deq", solver="anderson", max_iter=8)
+    spec = BlockSpec(mode="deq", solver=SolverSpec(name="anderson", max_iter=8))
     with pytest.raises(ValueError, match="not causal: build its spec with causal_spec"):
         CausalLM(config, Block(lambda: TransformerCell(config), spec))
-    for bad in (dict(solver_options=dict(sample_dims=1)), dict(grad=GradSpec(solver_options=dict(sample_dims=1)))):
+    for bad in (dict(solver=SolverSpec(options=dict(sample_dims=1))), dict(grad=GradSpec(options=dict(sample_dims=1)))):
         with pytest.raises(ValueError, match="sample_dims=1: a causal language model solves each"):
             causal_spec(dataclasses.replace(spec, **bad))
 
@@ -280,7 +281,7 @@ def test_deq_with_block_dropout_is_an_error(small):
     with pytest.raises(ValueError, match="block_dropout=0.1 with block mode 'deq'"):
         paradigm.build_model(data, BlockSpec(mode="deq"))
     # embedding dropout is drawn once per forward: the DEQ map stays deterministic
-    net = LanguageParadigm(SMALL, {**TINY, "dropout": 0.1}, CPU).build_model(data, BlockSpec(mode="deq", max_iter=4))
+    net = LanguageParadigm(SMALL, {**TINY, "dropout": 0.1}, CPU).build_model(data, BlockSpec(mode="deq", solver=SolverSpec(max_iter=4)))
     assert net.drop.p == 0.1 and all(m.p == 0.0 for m in net.block.modules() if isinstance(m, torch.nn.Dropout))
 
 

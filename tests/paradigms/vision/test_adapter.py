@@ -74,8 +74,8 @@ def test_contract(block):
     dict(mode="tied", depth=3, norm="weight", mask=dict(mode="distinct", kind="nm")),
     dict(mode="tied", depth=2, norm="spectral", mask=dict(mode="shared", kind="unstructured", sparsity=0.5,
                                                            rescale=True)),
-    dict(mode="deq", depth=2, norm="weight", mask=dict(mode="distinct", sparsity=0.5), solver="broyden",
-         max_iter=6, grad=dict(mode="phantom", steps=2), jacobian_samples=1),
+    dict(mode="deq", depth=2, norm="weight", mask=dict(mode="distinct", sparsity=0.5),
+         solver=dict(name="broyden", max_iter=6), grad=dict(mode="phantom", steps=2), jacobian_samples=1),
 ])
 def test_norms_and_mask_kinds_drive_the_cell(spec):
     paradigm = make(model={"width": 8, "expansion": 2, "groups": 2})
@@ -166,7 +166,7 @@ def test_eval_mode_matches_train_mode_for_a_deq():
     paradigm = make(data={"augment": "none"})
     bundle = paradigm.build_data()
     net = paradigm.build_model(bundle, BlockSpec.from_dict(
-        dict(mode="deq", solver="anderson", max_iter=20, tol=1e-5, grad=dict(mode="phantom", steps=2))))
+        dict(mode="deq", solver=dict(name="anderson", max_iter=20, tol=1e-5), grad=dict(mode="phantom", steps=2))))
     train(paradigm, bundle, net, steps=10)
     x, y = bundle.splits["val"]
     from tiedlab.paradigms.vision.augment import normalize
@@ -215,7 +215,7 @@ def test_variational_dropout_draws_one_mask_per_forward_from_the_global_rng():
     paradigm = make(model={"width": 8, "expansion": 2, "groups": 2, "dropout": 0.5})
     bundle = paradigm.build_data()
     x = _epoch(bundle, 0)[0][0][:8]
-    for spec in (BlockSpec(mode="tied", depth=3), BlockSpec.from_dict(dict(mode="deq", max_iter=5, tol=0.0))):
+    for spec in (BlockSpec(mode="tied", depth=3), BlockSpec.from_dict(dict(mode="deq", solver=dict(max_iter=5, tol=0.0)))):
         net = paradigm.build_model(bundle, spec)
         seen: list[torch.Tensor] = []
         net.backbone.block.cells[0].register_forward_pre_hook(
