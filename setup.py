@@ -17,7 +17,7 @@ PACKAGE_DIR = {
     "tiedlab.core": "core",
     "tiedlab.paradigms": "paradigms",
     "tiedlab.configs": "configs",
-    "tiedlab.reports": "reports",
+    "tiedlab.reports": "reports/builder",
 }
 
 
