@@ -11,10 +11,10 @@ help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
 
-demo:  ## the demo study: all four paradigms on real data, a few runs each -> reports/demo/
+demo:  ## the demo study: all four paradigms on real data, a few runs each -> reports/studies/demo/
 	@source .ci/env.sh && tiedlab-study demo
 
-quick:  ## the full grid at CPU sizes, 2 seeds (52 min on a quiet 2-core CPU) -> reports/quick/
+quick:  ## the full grid at CPU sizes, 2 seeds (52 min on a quiet 2-core CPU) -> reports/studies/quick/
 	@source .ci/env.sh && tiedlab-study quick
 
 test:  ## the fast CPU test suite (what CI runs)
@@ -26,6 +26,6 @@ test-slow:  ## long runs on real data (accuracy targets)
 bench:  ## core speed and memory benchmark (prints ratios to tied)
 	@source .ci/env.sh && python benchmarks/bench_core.py
 
-report:  ## rebuild a study's report from its runs: make report STUDY=quick (runs/study/STUDY -> reports/STUDY/)
-	@source .ci/env.sh && tiedlab-report runs/study/$(or $(STUDY),demo) --out reports/$(or $(STUDY),demo) \
+report:  ## rebuild a study's report from its runs: make report STUDY=quick (runs/study/STUDY -> reports/studies/STUDY/)
+	@source .ci/env.sh && tiedlab-report runs/study/$(or $(STUDY),demo) --out reports/studies/$(or $(STUDY),demo) \
 		--title "study $(or $(STUDY),demo)" --command "tiedlab-study $(or $(STUDY),demo)"

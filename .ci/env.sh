@@ -37,9 +37,10 @@ _tiedlab_env_setup() {
     echo "$deps has a tiedlab installed in it; it must hold dependencies only (delete it to rebuild)" >&2
     return 1
   fi
-  # Layer 2, rebuilt when the checkout moved, the dependency environment changed or pyproject.toml changed.
+  # Layer 2, rebuilt when the checkout moved, the dependency environment changed or pyproject.toml or setup.py
+  # changed.
   local venv="$root/.venv" site stamp
-  stamp="$(printf '%s\n%s\n' "$root" "$deps" | cat - "$root/pyproject.toml" | sha256sum | cut -c1-16)"
+  stamp="$(printf '%s\n%s\n' "$root" "$deps" | cat - "$root/pyproject.toml" "$root/setup.py" | sha256sum | cut -c1-16)"
   (
     flock 9
     if [ "$(cat "$venv/.tiedlab-stamp" 2>/dev/null)" != "$stamp" ]; then

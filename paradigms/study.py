@@ -104,7 +104,7 @@ def study(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="a file in configs/study/ (without .yaml)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. train.device=cpu")
     parser.add_argument("--runs", default=None, help="where run directories go (default runs/study/NAME)")
-    parser.add_argument("--out", default=None, help="report folder (default reports/NAME)")
+    parser.add_argument("--out", default=None, help="report folder (default reports/studies/NAME)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel runs per grid (joblib launcher)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--no-report", action="store_true")
@@ -145,7 +145,7 @@ def study(argv: list[str] | None = None) -> int:
     if spec.get("report", True) and not args.no_report:
         from tiedlab.reports.cli import main as report_main
 
-        report_main([str(runs), "--out", args.out or f"reports/{args.name}", "--title", f"study {args.name}",
+        report_main([str(runs), "--out", args.out or f"reports/studies/{args.name}", "--title", f"study {args.name}",
                      "--command", shlex.join(["tiedlab-study", *(argv if argv is not None else sys.argv[1:])])])
     return 1 if failures or counts["failed"] or counts["unreadable"] else 0
 

@@ -14,7 +14,7 @@ from tiedlab.reports.build import analyse
 from tiedlab.reports.load import runs_from_summary
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = {"quick": ROOT / "reports" / "quick", "demo": ROOT / "reports" / "demo"}
+COMMITTED = {"quick": ROOT / "reports" / "studies" / "quick", "demo": ROOT / "reports" / "studies" / "demo"}
 PARADIGM_COLUMNS = ("vision", "graph", "language", "ssl")  # the README answer table's column order
 
 
@@ -31,7 +31,7 @@ def rebuilt(name: str) -> dict[tuple[int, str], str]:
 @pytest.mark.parametrize("name", sorted(COMMITTED))
 def test_committed_report_verdicts_are_what_its_summary_decides(name):
     verdicts = rebuilt(name)
-    assert verdicts, f"reports/{name} has no primary comparisons"
+    assert verdicts, f"reports/studies/{name} has no primary comparisons"
     summary = json.loads((COMMITTED[name] / "summary.json").read_text())
     stated = {(p["insight"], p["paradigm"]): p["verdict"] for p in summary["primaries"]}
     assert stated == verdicts

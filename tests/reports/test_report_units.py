@@ -156,3 +156,56 @@ def test_duplicate_seeds_are_one_replicate_and_the_report_says_so(tmp_path):
     assert cell.duplicates == ["seed 0: 2 run directories (merged)"]
     build_report([tmp_path], tmp_path / "out")
     assert "duplicates of one seed count once" in (tmp_path / "out" / "README.md").read_text()
+
+
+def _rewrite(run, model: dict | None = None, **top):
+    """Set keys of a written run's ``model`` (config.yaml, fingerprint refreshed) and top-level metrics.json fields."""
+    import yaml
+
+    from tiedlab.paradigms import rundir
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"].update(model or {})
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    result = json.loads((run / "metrics.json").read_text())
+    result.update(top, fingerprint=rundir.fingerprint(config))
+    (run / "metrics.json").write_text(json.dumps(result))
+    return run
+
+
+@pytest.mark.parametrize("declared, expected", [
+    (None, ("model.width", 8)),  # a run dir from before metrics.json named its width: the guess
+    ({"key": "model.hidden", "value": 96}, ("model.hidden", 96)),  # what metrics.json names wins over the guess
+    ({"key": "model.hidden"}, ("model.hidden", 96)),  # a key alone: the value is the config's
+    ({"key": None}, (None, None)),  # the model has no one width: no guess
+])
+def test_the_width_is_what_metrics_json_names_else_the_guess(tmp_path, declared, expected):
+    from .conftest import write_run
+
+    run = _rewrite(write_run(tmp_path, "r", width=8), model={"hidden": 96},
+                   **({"width": declared} if declared is not None else {}))
+    loaded = load_run(run)
+    assert (loaded.width_key, loaded.width) == expected
+    assert loaded.status == "completed"
+
+
+def test_cells_name_every_varying_key_but_the_declared_width(tmp_path):
+    from tiedlab.reports.aggregate import group_cells
+    from tiedlab.reports.load import load_runs
+
+    from .conftest import write_run
+
+    # the width is model.hidden (declared); model.width varies too and is not the width, so the cells name it
+    for i, (hidden, width) in enumerate([(96, 8), (96, 16), (128, 8)]):
+        _rewrite(write_run(tmp_path, f"r{i}", width=width), model={"hidden": hidden},
+                 width={"key": "model.hidden", "value": hidden})
+    cells = group_cells(load_runs([tmp_path]))
+    assert sorted((c.width, c.other) for c in cells) == [(96, ""), (96, "model.width=16"), (128, "")]
+
+
+def test_replicate_and_bookkeeping_keys_have_one_list_each():
+    from tiedlab.paradigms import rundir
+    from tiedlab.reports import load, primary
+
+    assert primary.REPLICATE_KEYS is load.REPLICATE_KEYS
+    assert load.NOT_GROUPED == (*load.REPLICATE_KEYS, "mask.seed", *rundir.NOT_FINGERPRINTED)

@@ -1,4 +1,4 @@
-"""reports/stats: the verdict procedures are calibrated (simulated under the null), have the planned power, match
+"""reports/builder/stats.py: the verdict procedures are calibrated (simulated under the null), have the planned power, match
 scipy on worked examples, and refuse bad input by name. Simulations are vectorised (``batch_compare``, whose rows
 are checked against the scalar ``compare``) and seeded, so every number here is the same on every run."""
 

@@ -1,4 +1,4 @@
-"""``tiedlab-report RUNS... --out reports/NAME [--title T] [--command CMD]``."""
+"""``tiedlab-report RUNS... --out reports/studies/NAME [--title T] [--command CMD]``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--from-summary", default=None,
                    help="re-analyse the runs an earlier report's summary.json lists (no run directories needed; "
                         "no time curves), e.g. under a new rule or new primary comparisons")
-    p.add_argument("--out", required=True, help="report folder, e.g. reports/NAME")
+    p.add_argument("--out", required=True, help="report folder, e.g. reports/studies/NAME")
     p.add_argument("--title", default="tiedlab report")
     p.add_argument("--command", action="append", default=[],
                    help="the command that made the runs, shown in the header (repeatable)")

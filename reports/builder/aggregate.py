@@ -7,11 +7,12 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .load import SUMMARY_OTHER, WIDTH_KEYS, Run
+from .load import SUMMARY_OTHER, Run
 
-# Keys the label, width and depth already show; any other key that varies between cells is named.
+# Keys the label and depth already show, and the width's key (each run's ``width_key``); any other key that
+# varies between cells is named.
 EXPLAINED = {"paradigm", "data.name", "block.mode", "block.depth", "mask.mode", "mask.kind", "mask.sparsity",
-             "solver.name", "grad.mode", "train.jacobian_weight", *(f"model.{k}" for k in WIDTH_KEYS)}
+             "solver.name", "grad.mode", "train.jacobian_weight"}
 MODE_ORDER = {"explicit": 0, "tied": 1, "deq": 2}
 # Final metrics the tables show (key, column heading).
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -159,14 +160,15 @@ def _varies(name: str, keys: list[dict[str, Any]]) -> bool:
     return 0 < present < len(keys) and name.startswith(("model.", "data.", "optim.", "train.", "block."))
 
 
-def _usual_values(keys: list[dict[str, Any]]) -> dict[str, str | None]:
-    """For each key that varies between cells (beyond label, width, depth): the repr of its most common value.
+def _usual_values(keys: list[dict[str, Any]], explained: set[str]) -> dict[str, str | None]:
+    """For each key that varies between cells (beyond label, width, depth: ``explained``): the repr of its most
+    common value.
 
     A cell names a varying key only where it differs from the usual value; where some cells lack the key,
     every cell that has it names it (the usual value is then None).
     """
     out: dict[str, str | None] = {}
-    for name in sorted({k for key in keys for k in key} - EXPLAINED):
+    for name in sorted({k for key in keys for k in key} - explained):
         if not _varies(name, keys):
             continue
         values = [repr(key[name]) for key in keys if name in key]
@@ -181,9 +183,11 @@ def group_cells(runs: list[Run]) -> list[Cell]:
         key = (run.paradigm, run.dataset, tuple(sorted((k, repr(v)) for k, v in run.key.items())))
         buckets.setdefault(key, []).append(run)
     per_group: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    width_keys: dict[tuple[str, str], set[str]] = {}
     for (paradigm, dataset, _), members in buckets.items():
         per_group.setdefault((paradigm, dataset), []).append(members[0].key)
-    usual = {group: _usual_values(keys) for group, keys in per_group.items()}
+        width_keys.setdefault((paradigm, dataset), set()).update(r.width_key for r in members if r.width_key)
+    usual = {group: _usual_values(keys, EXPLAINED | width_keys[group]) for group, keys in per_group.items()}
     cells = []
     for (paradigm, dataset, _), members in buckets.items():
         first = members[0]

@@ -22,12 +22,17 @@ CONFIG, HISTORY, METRICS = rundir.CONFIG, rundir.HISTORY, rundir.METRICS
 # Runs written before metrics.json named its primary metric: the first of these that they logged (else loss, lower).
 FALLBACK: tuple[tuple[str, bool], ...] = (("acc", True), ("knn_acc", True))
 
-# Where the model's width lives in ``model`` (first present wins).
+# Runs written before metrics.json named their width (``"width": {"key": ..., "value": ...}``): where in
+# ``model`` the width is guessed to live (first present wins).
 WIDTH_KEYS = ("width", "hidden", "d_model", "hidden_channels", "channels")
-# Config keys that never distinguish one cell from another (seeds, bookkeeping, devices). ``data.fold`` is a
-# replicate like the seed: the runs of a k-fold cross-validation (TU graph tasks) form one cell whose mean and
-# std are over the folds.
-NOT_GROUPED = ("seed", "data.fold", "mask.seed", *rundir.NOT_FINGERPRINTED)
+# The config keys that tell replicates of one cell apart (they change what a run computes, so unlike the
+# bookkeeping keys they are fingerprinted). ``data.fold`` is a replicate like the seed: the runs of a k-fold
+# cross-validation (TU graph tasks) form one cell whose mean and std are over the folds. The primary comparisons
+# read the same keys from run names (``primary.REPLICATE_KEYS`` is this tuple).
+REPLICATE_KEYS = ("seed", "data.fold")
+# Config keys that never distinguish one cell from another: the replicate keys, the mask seed (null: the run's
+# seed) and the run-directory bookkeeping keys (devices, logging, resume; their one list is in rundir).
+NOT_GROUPED = (*REPLICATE_KEYS, "mask.seed", *rundir.NOT_FINGERPRINTED)
 
 
 @dataclass
@@ -50,6 +55,7 @@ class Run:
     mode: str = "?"
     label: str = "?"
     width: int | None = None
+    width_key: str | None = None  # the config key the width was read from (e.g. "model.width")
     depth: int | None = None
     mask_mode: str = "none"
     mask_kind: str = ""
@@ -214,9 +220,9 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
     if problems:
         reason = "; ".join([reason, *problems]) if reason else "; ".join(problems)
     metrics = {k: to_float(v) for k, v in (result.get("metrics") or {}).items()}
-    block, model, mask = config.get("block") or {}, config.get("model") or {}, config.get("mask") or {}
+    block, mask = config.get("block") or {}, config.get("mask") or {}
     raw_paradigm = str(config.get("paradigm") or result.get("paradigm") or "?")
-    width = next((model[k] for k in WIDTH_KEYS if isinstance(model.get(k), int)), None)
+    width_key, width = run_width(result, config)
     dataset = (config.get("data") or {}).get("name") or result.get("dataset") or "?"
     seed = config.get("seed")
     key = group_key(config) if config else {"dir": str(run_dir)}
@@ -227,10 +233,28 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
         step=result.get("step"), total_steps=result.get("total_steps"),
         paradigm=paradigm_name(raw_paradigm), dataset=str(dataset), seed=seed if isinstance(seed, int) else None,
         mode=str(block.get("mode", "?")), label=variant_label(config) if config else "?", width=width,
+        width_key=width_key,
         depth=block.get("depth") if isinstance(block.get("depth"), int) else None,
         mask_mode=str(mask.get("mode", "none")) if mask_active(mask) else "none",
         mask_kind=str(mask.get("kind", "")) if mask_active(mask) else "", sparsity=mask_sparsity(mask), key=key,
     )
+
+
+def run_width(result: dict[str, Any], config: dict[str, Any]) -> tuple[str | None, int | None]:
+    """(config key, value) of a run's width: what metrics.json names (``"width": {"key": "model.width",
+    "value": 64}``; a null key: the model has no one width), else, for runs written before it named it, the first
+    of ``WIDTH_KEYS`` in ``model`` that holds an int; (None, None) when neither says."""
+    declared = result.get("width")
+    if isinstance(declared, dict) and "key" in declared and isinstance(declared["key"], (str, type(None))):
+        key, value = declared["key"], declared.get("value")
+        if key is None:
+            return None, None
+        if value is None:  # metrics.json names only the key: the value is the config's
+            value = flatten(config).get(key)
+        return key, value if isinstance(value, int) and not isinstance(value, bool) else None
+    model = config.get("model") or {}
+    guess = next((k for k in WIDTH_KEYS if isinstance(model.get(k), int)), None)
+    return (f"model.{guess}", model[guess]) if guess is not None else (None, None)
 
 
 def _declared(value: Any) -> tuple[str, bool] | None:

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable, Mapping, Protocol
 
 from . import stats
+from .load import REPLICATE_KEYS  # the run-name keys that tell replicates apart (seed, fold), never arms
 
 KINDS = ("mean", "divergence", "spread")
 TRANSFORMS = ("none", "log")
 DIRECTIONS = ("higher", "lower")
-REPLICATE_KEYS = ("seed", "data.fold")  # run-name keys that tell replicates apart, never arms
 # The smallest effects of interest when a study names none, by metric name (accuracies are fractions).
 DEFAULT_DELTA = {"acc": 0.005, "knn_acc": 0.005, "loss": 0.02}
 _ENTRY_KEYS = {"insight", "paradigm", "claim", "metric", "direction", "delta", "kind", "transform", "a", "b", "label"}
