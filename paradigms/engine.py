@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from tiedlab.core import Block, BlockStats, model_param_counts
+from tiedlab.core import Block, BlockSpec, BlockStats, model_param_counts
 
 from . import rundir
 from .base import DataBundle, Paradigm, get_paradigm, paradigms_for_data
@@ -222,7 +222,35 @@ def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[
         return _train_locked(cfg, spec, run_dir, list(overrides))
 
 
-def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+def _train_locked(cfg: DictConfig, spec: BlockSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """Check the run directory, then build, train, evaluate and record the run (the lock is held)."""
+    opened = _open_run_dir(cfg, run_dir)
+    if opened.finished:
+        return opened.previous
+    run = _Run(cfg, spec, run_dir, opened, overrides)
+    status, reason = run.train()
+    return run.finish(status, reason)
+
+
+@dataclass
+class _Opened:
+    """What the run directory holds before training: the previous metrics.json, the config's fingerprint,
+    and the checkpoint's contents (None: start fresh)."""
+
+    previous: dict[str, Any]
+    plain: dict[str, Any]
+    fingerprint: str
+    state_dict: dict[str, Any] | None
+    finished: bool
+
+
+def _open_run_dir(cfg: DictConfig, run_dir: Path) -> _Opened:
+    """Refuse a run directory of another config (or a used one under resume=false); say whether its run
+    already finished; load its checkpoint.
+
+    Raises:
+        rundir.RunDirError: as above; rundir.CheckpointError: resume=true without a checkpoint, or a bad one.
+    """
     resume = str(cfg.resume).lower()
     if resume == "false" and ((run_dir / rundir.CHECKPOINT).exists() or (run_dir / rundir.METRICS).exists()):
         raise rundir.RunDirError(
@@ -236,146 +264,194 @@ def _train_locked(cfg: DictConfig, spec: Any, run_dir: Path, overrides: list[str
             f"{previous.get('fingerprint')} != {fp}); use another run directory, or delete it to start over")
     if _finished(cfg, previous):
         print(f"[tiedlab] {run_dir} already holds a finished run ({previous['status']}); nothing to do", file=sys.stderr)
-        return previous
+        return _Opened(previous, plain, fp, None, finished=True)
     state_dict = rundir.load_checkpoint(run_dir, fp)
     if resume == "true" and state_dict is None:
         raise rundir.CheckpointError(f"resume=true but {run_dir / rundir.CHECKPOINT} does not exist")
+    return _Opened(previous, plain, fp, state_dict, finished=False)
 
-    if cfg.train.threads:
-        torch.set_num_threads(int(cfg.train.threads))
-    device = select_device(cfg.train.device)
-    sessions = [*(previous.get("provenance") or []), run_provenance(str(device), torch.get_num_threads(),
-                                                                          overrides)]
-    reset_peak_memory(device)
-    seed_everything(int(cfg.seed))
-    paradigm = _make_paradigm(cfg, device)
-    data = paradigm.build_data()
-    model = paradigm.build_model(data, spec).to(device)
-    total_steps = int(cfg.train.max_steps or math.ceil(float(cfg.train.epochs) * data.steps_per_epoch))
-    optimizer = build_optimizer(cfg.optim, model)
-    schedule = cosine_with_warmup(optimizer, int(cfg.optim.warmup_steps), total_steps, float(cfg.optim.min_lr_ratio))
 
-    rundir.write_text(run_dir / rundir.CONFIG, OmegaConf.to_yaml(cfg))
-    paradigm.artifacts(str(run_dir))
-    counts = model_param_counts(model)
-    loop = LoopState()
-    if state_dict is not None:
-        model.load_state_dict(state_dict["model"])
-        optimizer.load_state_dict(state_dict["optimizer"])
-        schedule.load_state_dict(state_dict["schedule"])
-        loop = LoopState(**state_dict["loop"])
-        rundir.set_rng_state(state_dict["rng"], device if device.type == "cuda" else None)
-        rundir.truncate_history(run_dir, loop.step)
-        print(f"[tiedlab] resuming {run_dir} at step {loop.step}/{total_steps}", file=sys.stderr)
-    elif (run_dir / rundir.HISTORY).exists():
-        (run_dir / rundir.HISTORY).unlink()
+class _Run:
+    """One run's objects and its loop, in the order a reader follows them: ``__init__`` builds (data, model,
+    optimiser, schedule) and restores a checkpoint; ``train`` loops over ``_step``, ``_log``, ``_evaluate_due``
+    and ``_checkpoint``; ``finish`` evaluates at the end and writes metrics.json."""
 
-    base = {"fingerprint": fp, "fingerprint_version": rundir.FINGERPRINT_VERSION, "paradigm": cfg.paradigm,
-            "dataset": data.meta.get("dataset"),
-            "primary_metric": {"name": paradigm.primary_metric, "higher_is_better": paradigm.higher_is_better},
-            "total_steps": total_steps, "data": data.meta, "provenance": sessions}
-    tracker = make_tracker(cfg.logger, run_dir, plain, fresh=state_dict is None)
-    rundir.write_json(run_dir / rundir.METRICS, {**base, "status": "running", "reason": "", "step": loop.step,
-                                                  "metrics": dict(counts)})
-    step_fn = torch.compile(model) if cfg.train.compile else model
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.train.amp
-                else contextlib.nullcontext())
-    recorder = StatsRecorder(model)
-    progress = _progress(cfg, total_steps, loop.step)
-    log_every = cfg.train.log_every if cfg.train.log_every is not None else max(1, total_steps // 10)
-    status, reason = "completed", ""
-    last_val: dict[str, Any] = {}  # the latest in-loop validation record of this process
-    batches = _batches(data, int(cfg.seed), loop.epoch, loop.index)
-    jac_weight = float(cfg.train.jacobian_weight)
-    model.train()
+    def __init__(self, cfg: DictConfig, spec: BlockSpec, run_dir: Path, opened: _Opened, overrides: list[str]):
+        self.cfg, self.spec, self.run_dir, self.fp = cfg, spec, run_dir, opened.fingerprint
+        if cfg.train.threads:
+            torch.set_num_threads(int(cfg.train.threads))
+        self.device = device = select_device(cfg.train.device)
+        self.sessions = [*(opened.previous.get("provenance") or []),
+                         run_provenance(str(device), torch.get_num_threads(), overrides)]
+        reset_peak_memory(device)
+        seed_everything(int(cfg.seed))
+        self.paradigm = _make_paradigm(cfg, device)
+        self.data = self.paradigm.build_data()
+        self.model = self.paradigm.build_model(self.data, spec).to(device)
+        self.total_steps = int(cfg.train.max_steps or math.ceil(float(cfg.train.epochs) * self.data.steps_per_epoch))
+        self.optimizer = build_optimizer(cfg.optim, self.model)
+        self.schedule = cosine_with_warmup(self.optimizer, int(cfg.optim.warmup_steps), self.total_steps,
+                                           float(cfg.optim.min_lr_ratio))
+        rundir.write_text(run_dir / rundir.CONFIG, OmegaConf.to_yaml(cfg))
+        self.paradigm.artifacts(str(run_dir))
+        self.counts = model_param_counts(self.model)
+        self.loop = LoopState()
+        self._restore(opened.state_dict)
 
-    def checkpoint() -> None:
-        rundir.save_checkpoint(run_dir, {
-            "fingerprint": fp, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(), "loop": vars(loop).copy(),
-            "rng": rundir.rng_state(device if device.type == "cuda" else None),
+        self.base = {"fingerprint": self.fp, "fingerprint_version": rundir.FINGERPRINT_VERSION,
+                     "paradigm": cfg.paradigm, "dataset": self.data.meta.get("dataset"),
+                     "primary_metric": {"name": self.paradigm.primary_metric,
+                                        "higher_is_better": self.paradigm.higher_is_better},
+                     "total_steps": self.total_steps, "data": self.data.meta, "provenance": self.sessions}
+        self.tracker = make_tracker(cfg.logger, run_dir, opened.plain, fresh=opened.state_dict is None)
+        rundir.write_json(run_dir / rundir.METRICS, {**self.base, "status": "running", "reason": "",
+                                                     "step": self.loop.step, "metrics": dict(self.counts)})
+        self.step_fn = torch.compile(self.model) if cfg.train.compile else self.model
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.train.amp
+                         else contextlib.nullcontext())
+        self.recorder = StatsRecorder(self.model)
+        self.progress = None
+        self.log_every = cfg.train.log_every if cfg.train.log_every is not None else max(1, self.total_steps // 10)
+        self.last_val: dict[str, Any] = {}  # the latest in-loop validation record of this process
+
+    def _restore(self, state_dict: dict[str, Any] | None) -> None:
+        """Continue from a checkpoint (weights, optimiser, schedule, loop counters, RNG; history cut back to its
+        step), or start fresh (an old history.jsonl without a checkpoint is removed)."""
+        if state_dict is None:
+            if (self.run_dir / rundir.HISTORY).exists():
+                (self.run_dir / rundir.HISTORY).unlink()
+            return
+        self.model.load_state_dict(state_dict["model"])
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        self.schedule.load_state_dict(state_dict["schedule"])
+        self.loop = LoopState(**state_dict["loop"])
+        rundir.set_rng_state(state_dict["rng"], self._cuda)
+        rundir.truncate_history(self.run_dir, self.loop.step)
+        print(f"[tiedlab] resuming {self.run_dir} at step {self.loop.step}/{self.total_steps}", file=sys.stderr)
+
+    @property
+    def _cuda(self) -> torch.device | None:
+        return self.device if self.device.type == "cuda" else None
+
+    def _checkpoint(self) -> None:
+        rundir.save_checkpoint(self.run_dir, {
+            "fingerprint": self.fp, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(), "loop": vars(self.loop).copy(), "rng": rundir.rng_state(self._cuda),
         })
 
-    try:
-        while loop.step < total_steps:
-            epoch, index, batch = next(batches)
-            t0 = time.perf_counter()
-            with autocast:
-                out = paradigm.training_step(step_fn, batch)
-            loss = out.loss
-            if jac_weight > 0 and out.stats is not None and out.stats.jacobian_loss is not None:
-                loss = loss + jac_weight * out.stats.jacobian_loss
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                status, reason = "diverged", f"non-finite loss ({loss_value}) at step {loop.step + 1}"
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.optim.clip))
-            optimizer.step()
-            schedule.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            loop.train_s += time.perf_counter() - t0
-            loop.step += 1
-            loop.epoch, loop.index = epoch, index + 1
-            loop.samples += data.samples_per_step
-            block_stats = summarize(recorder.take())
-            for key, value in block_stats.items():
-                if not math.isnan(value):
-                    total = loop.core_totals.setdefault(key, [0.0, 0])
-                    total[0] += value
-                    total[1] += 1
-            loop.window.append({"loss": loss_value, **{k: float(v) for k, v in out.metrics.items()}, **block_stats})
-            growth = block_stats.get("core/residual_growth", 1.0)
-            if spec.mode == "deq" and (not math.isfinite(growth) or growth > cfg.train.diverge_residual):
-                status, reason = "diverged", (f"solver residual exploded at step {loop.step}: it grew {growth:.3g}x "
-                                              f"during the solve (> train.diverge_residual={cfg.train.diverge_residual:g})")
-                break
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss_value:.4f}", sps=f"{loop.samples / max(loop.train_s, 1e-9):.0f}")
-            elif log_every and loop.step % log_every == 0:
-                eta = loop.train_s / loop.step * (total_steps - loop.step) if loop.step else 0.0
-                _say(progress, f"[tiedlab] step {loop.step}/{total_steps}: loss {loss_value:.4g}, "
-                               f"{loop.samples / max(loop.train_s, 1e-9):.0f} samples/s, training ETA {eta:.0f} s")
-            time_up = cfg.train.time_limit_s is not None and loop.train_s >= float(cfg.train.time_limit_s)
-            if loop.step % cfg.train.eval_every == 0 or loop.step == total_steps or time_up:
-                record = _eval_record(paradigm, model, data, loop, recorder, ("val",), progress)
-                last_val = record
-                rundir.append_history(run_dir, record)
-                tracker.log(record, loop.step)
-                loop.window = []
-            if time_up:
-                reason = f"time limit train.time_limit_s={cfg.train.time_limit_s} reached at step {loop.step}/{total_steps}"
-                break
-            if loop.step % cfg.train.ckpt_every == 0 and loop.step < total_steps:
-                checkpoint()
-    except Exception as err:  # noqa: BLE001 - any crash in the loop (a full disk too) is a failed run, with why
-        status, reason = "failed", f"{type(err).__name__} at step {loop.step}: {err}{_keep_traceback(run_dir)}"
-    finally:
-        if progress is not None:
-            progress.close()
+    def train(self) -> tuple[str, str]:
+        """Train to ``total_steps`` (or the time limit); returns (status, reason). A crash is a failed run."""
+        cfg, loop = self.cfg, self.loop
+        self.progress = _progress(cfg, self.total_steps, loop.step)
+        batches = _batches(self.data, int(cfg.seed), loop.epoch, loop.index)
+        self.model.train()
+        status, reason = "completed", ""
+        try:
+            while loop.step < self.total_steps:
+                epoch, index, batch = next(batches)
+                stopped = self._step(batch)
+                if stopped:
+                    return "diverged", stopped
+                loop.epoch, loop.index = epoch, index + 1
+                time_up = cfg.train.time_limit_s is not None and loop.train_s >= float(cfg.train.time_limit_s)
+                self._evaluate_due(time_up)
+                if time_up:
+                    reason = (f"time limit train.time_limit_s={cfg.train.time_limit_s} reached at step "
+                              f"{loop.step}/{self.total_steps}")
+                    break
+                if loop.step % cfg.train.ckpt_every == 0 and loop.step < self.total_steps:
+                    self._checkpoint()
+        except Exception as err:  # noqa: BLE001 - any crash in the loop (a full disk too) is a failed run, with why
+            status, reason = "failed", f"{type(err).__name__} at step {loop.step}: {err}{_keep_traceback(self.run_dir)}"
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+        return status, reason
 
-    final: dict[str, Any] = dict(counts)
-    try:
-        status, reason = _finish(cfg, paradigm, model, data, loop, recorder, last_val, final, device, status, reason,
-                                 checkpoint)
-    except Exception as err:  # noqa: BLE001 - a crash in the final evaluation or a failed write fails the run
-        status, reason = "failed", f"{type(err).__name__} in the final evaluation: {err}{_keep_traceback(run_dir)}"
-    sessions[-1]["ended"] = now()
-    result = {**base, "status": status, "reason": reason, "step": loop.step, "metrics": final}
-    try:
-        rundir.write_json(run_dir / rundir.METRICS, result)
-    except OSError:
-        # The atomic write needs room for a second copy: overwrite in place, which needs none beyond it.
-        (run_dir / rundir.METRICS).write_text(json.dumps({**base, "status": "failed", "step": loop.step,
-                                                          "reason": f"could not write metrics.json: {reason}"}))
-        raise
-    tracker.finish({f"final/{k}": v for k, v in final.items() if isinstance(v, (int, float))} | {"status": status})
-    recorder.close()
-    return result
+    def _step(self, batch: Any) -> str:
+        """One optimiser step on ``batch``, timed; its loss and block statistics go to the loop's window.
+        Returns why the run diverged ("" while it has not)."""
+        cfg, loop = self.cfg, self.loop
+        t0 = time.perf_counter()
+        with self.autocast:
+            out = self.paradigm.training_step(self.step_fn, batch)
+        loss = out.loss
+        jac_weight = float(cfg.train.jacobian_weight)
+        if jac_weight > 0 and out.stats is not None and out.stats.jacobian_loss is not None:
+            loss = loss + jac_weight * out.stats.jacobian_loss
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            return f"non-finite loss ({loss_value}) at step {loop.step + 1}"
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(cfg.optim.clip))
+        self.optimizer.step()
+        self.schedule.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        loop.train_s += time.perf_counter() - t0
+        loop.step += 1
+        loop.samples += self.data.samples_per_step
+        block_stats = summarize(self.recorder.take())
+        for key, value in block_stats.items():
+            if not math.isnan(value):
+                total = loop.core_totals.setdefault(key, [0.0, 0])
+                total[0] += value
+                total[1] += 1
+        loop.window.append({"loss": loss_value, **{k: float(v) for k, v in out.metrics.items()}, **block_stats})
+        growth = block_stats.get("core/residual_growth", 1.0)
+        if self.spec.mode == "deq" and (not math.isfinite(growth) or growth > cfg.train.diverge_residual):
+            return (f"solver residual exploded at step {loop.step}: it grew {growth:.3g}x "
+                    f"during the solve (> train.diverge_residual={cfg.train.diverge_residual:g})")
+        self._log(loss_value)
+        return ""
+
+    def _log(self, loss_value: float) -> None:
+        """The progress bar, or a log line every ``log_every`` steps."""
+        loop, progress = self.loop, self.progress
+        speed = loop.samples / max(loop.train_s, 1e-9)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_value:.4f}", sps=f"{speed:.0f}")
+        elif self.log_every and loop.step % self.log_every == 0:
+            eta = loop.train_s / loop.step * (self.total_steps - loop.step) if loop.step else 0.0
+            _say(progress, f"[tiedlab] step {loop.step}/{self.total_steps}: loss {loss_value:.4g}, "
+                           f"{speed:.0f} samples/s, training ETA {eta:.0f} s")
+
+    def _evaluate_due(self, time_up: bool) -> None:
+        """Validation every ``eval_every`` steps, at the last step and when time is up: into history.jsonl and
+        the tracker, with the training window's means."""
+        loop = self.loop
+        if loop.step % self.cfg.train.eval_every == 0 or loop.step == self.total_steps or time_up:
+            record = _eval_record(self.paradigm, self.model, self.data, loop, self.recorder, ("val",), self.progress)
+            self.last_val = record
+            rundir.append_history(self.run_dir, record)
+            self.tracker.log(record, loop.step)
+            loop.window = []
+
+    def finish(self, status: str, reason: str) -> dict[str, Any]:
+        """The final evaluation, metrics.json and the tracker's summary; returns what metrics.json holds."""
+        final: dict[str, Any] = dict(self.counts)
+        try:
+            status, reason = _finish(self.cfg, self.paradigm, self.model, self.data, self.loop, self.recorder,
+                                     self.last_val, final, self.device, status, reason, self._checkpoint)
+        except Exception as err:  # noqa: BLE001 - a crash in the final evaluation or a failed write fails the run
+            status, reason = "failed", f"{type(err).__name__} in the final evaluation: {err}{_keep_traceback(self.run_dir)}"
+        self.sessions[-1]["ended"] = now()
+        result = {**self.base, "status": status, "reason": reason, "step": self.loop.step, "metrics": final}
+        try:
+            rundir.write_json(self.run_dir / rundir.METRICS, result)
+        except OSError:
+            # The atomic write needs room for a second copy: overwrite in place, which needs none beyond it.
+            (self.run_dir / rundir.METRICS).write_text(json.dumps({
+                **self.base, "status": "failed", "step": self.loop.step,
+                "reason": f"could not write metrics.json: {reason}"}))
+            raise
+        self.tracker.finish({f"final/{k}": v for k, v in final.items() if isinstance(v, (int, float))}
+                            | {"status": status})
+        self.recorder.close()
+        return result
 
 
 def _make_paradigm(cfg: Any, device: torch.device) -> Paradigm:
