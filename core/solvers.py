@@ -184,9 +184,17 @@ def broyden(
     """Limited-memory "good" Broyden's method on g(z) = f(z) - z, batched over systems.
 
     Each system keeps its own inverse Jacobian estimate -I + U^T V with one rank-one term per step
-    (Sherman-Morrison); after ``memory`` updates the oldest term is overwritten. A held system takes
-    no step and so adds no secant term. With ``sample_dims=2`` the estimate covers each position's own
-    block of the Jacobian only (the coupling between positions is left to the iteration).
+    (Sherman-Morrison). A held system takes no step and so adds a zero term. With ``sample_dims=2`` the
+    estimate covers each position's own block of the Jacobian only (the coupling between positions is
+    left to the iteration).
+
+    Limited memory is a restart: when ``memory`` terms are stored, all of them are dropped and the
+    estimate is rebuilt from -I, starting with the latest secant pair. Dropping only the oldest term
+    is not valid: every later term was computed from the estimate that still contained it (u_k and
+    v_k both pass through B_{k-1}), so what remains estimates no Jacobian; on contractive linear maps
+    that circular overwrite made the iterates grow by 1e16 and more. The restart happens at the same
+    steps for every system, so a system's trajectory still depends on the others only through ``f``.
+    With ``memory >= max_iter - 1`` (the defaults) no restart occurs.
 
     Shapes: z0: (B, ...) -> z: (B, ...)
     """
@@ -201,24 +209,22 @@ def broyden(
     gx = fx - x
     if track.update(x, fx) or max_iter == 1:
         return track.finish(1, shape)
-    memory = min(memory, max_iter)  # never more rank-one terms than steps: allocate no more
+    memory = min(memory, max_iter - 1)  # at most max_iter - 1 secant terms are ever made: allocate no more
     U = x.new_empty(bsz, memory, dim)
     V = x.new_empty(bsz, memory, dim)
-    used = 0
+    used = 0  # terms of the current estimate, 0..memory
 
-    def inv_jac(v: torch.Tensor) -> torch.Tensor:  # B_k v = -v + U^T (V v)
+    def inv_jac(v: torch.Tensor) -> torch.Tensor:  # B v = -v + U^T (V v)
         if used == 0:
             return -v
-        n = min(used, memory)
-        coef = torch.bmm(V[:, :n], v.unsqueeze(2))  # (N, n, 1)
-        return torch.baddbmm(-v.unsqueeze(1), coef.transpose(1, 2), U[:, :n]).squeeze(1)
+        coef = torch.bmm(V[:, :used], v.unsqueeze(2))  # (N, used, 1)
+        return torch.baddbmm(-v.unsqueeze(1), coef.transpose(1, 2), U[:, :used]).squeeze(1)
 
-    def inv_jac_t(v: torch.Tensor) -> torch.Tensor:  # v^T B_k = -v + V^T (U v)
+    def inv_jac_t(v: torch.Tensor) -> torch.Tensor:  # v^T B = -v + V^T (U v)
         if used == 0:
             return -v
-        n = min(used, memory)
-        coef = torch.bmm(U[:, :n], v.unsqueeze(2))
-        return torch.baddbmm(-v.unsqueeze(1), coef.transpose(1, 2), V[:, :n]).squeeze(1)
+        coef = torch.bmm(U[:, :used], v.unsqueeze(2))
+        return torch.baddbmm(-v.unsqueeze(1), coef.transpose(1, 2), V[:, :used]).squeeze(1)
 
     for k in range(1, max_iter):
         dx = track.hold(-inv_jac(gx), torch.zeros_like(gx))
@@ -229,13 +235,14 @@ def broyden(
             return track.finish(k + 1, shape)
         dg = gx_new - gx
         gx = gx_new
-        v = inv_jac_t(dx)  # zero for a held system (dx = 0): its denominator is 0 and no term is added
+        if used == memory:
+            used = 0  # restart from -I at the current iterate (see the docstring)
+        v = inv_jac_t(dx)  # zero for a held system (dx = 0): its denominator is 0 and its term is zero
         denom = (v * dg).sum(dim=1, keepdim=True)
         ok = denom.abs() > eps
         u = (dx - inv_jac(dg)) * torch.where(ok, 1.0 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(denom))
-        slot = used % memory
-        U[:, slot] = u
-        V[:, slot] = v
+        U[:, used] = u
+        V[:, used] = v
         used += 1
     return track.finish(max_iter, shape)
 

@@ -83,3 +83,41 @@ def test_registry_errors_name_the_valid_choices():
         get_solver("anderson")(lambda z: z, torch.zeros(2, 2), stop_mode="max")
     with pytest.raises(ValueError, match="max_iter=0"):
         get_solver("broyden")(lambda z: z, torch.zeros(2, 2), max_iter=0)
+
+
+def _spread_linear_maps(rho: float, dim: int = 64, batch: int = 4, seeds: int = 8):
+    """Seeded contractive maps f(z) = z A^T + x, A symmetric with eigenvalues spread over [-rho, rho]."""
+    for seed in range(seeds):
+        g = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(torch.randn(dim, dim, dtype=torch.float64, generator=g))
+        A = q @ torch.diag(torch.linspace(-rho, rho, dim, dtype=torch.float64)) @ q.T
+        x = torch.randn(batch, dim, dtype=torch.float64, generator=g)
+        yield (lambda z, A=A, x=x: z @ A.T + x), x
+
+
+@pytest.mark.parametrize("memory, rho", [(10, 0.95), (30, 0.99)])
+def test_broyden_with_memory_below_a_third_of_max_iter_converges(memory, rho):
+    # The old circular overwrite of the oldest rank-one term made these iterates grow by 1e16 to 1e100
+    # (the best iterate it kept had relative residual 1e-3 to 1e-6); with restarts all converge.
+    max_iter = 100
+    assert max_iter > 3 * memory
+    for f, x in _spread_linear_maps(rho):
+        z, stats = get_solver("broyden")(f, torch.zeros_like(x), max_iter=max_iter, tol=1e-8, stop_mode="rel",
+                                         memory=memory)
+        rel = ((f(z) - z).norm(dim=1) / f(z).norm(dim=1)).max()
+        assert stats.nfe > memory + 1  # at least one restart happened
+        assert stats.converged == 1.0
+        assert rel <= 1e-8
+        assert max(stats.abs_trace) <= 1e3 * stats.abs_trace[0]
+
+
+def test_broyden_memory_beyond_the_steps_taken_changes_nothing():
+    # Restarts only occur once ``memory`` terms are stored: any memory >= max_iter - 1 is the full method.
+    f, x = next(_spread_linear_maps(0.95))
+    runs = {m: get_solver("broyden")(f, torch.zeros_like(x), max_iter=40, tol=1e-12, stop_mode="rel", memory=m)
+            for m in (10, 39, 40, 1000)}
+    for m in (40, 1000):
+        assert torch.equal(runs[m][0], runs[39][0])
+        assert runs[m][1].abs_trace == runs[39][1].abs_trace
+    assert runs[10][1].abs_trace[:11] == runs[39][1].abs_trace[:11]  # the same until the first restart
+    assert runs[10][1].abs_trace != runs[39][1].abs_trace
