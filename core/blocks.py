@@ -7,16 +7,19 @@ block never looks inside a cell except to find its weights.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import contextlib
+import dataclasses
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from .grads import GRAD_MODES
+from .equilibrium import residual_metrics, spectral_norm_at
+from .grads import GRAD_MODES, GradSpec
 from .jacobian import jacobian_frobenius
 from .masks import MaskSet, masked_call
 from .norms import CellNorm
-from .solvers import get_solver
+from .solvers import SolverSpec, get_solver
 from .spec import BlockSpec
 from .stats import BlockStats, residuals
 
@@ -44,10 +47,35 @@ class Block(nn.Module):
         self.layers = self.spec.depth
         if self.spec.mode == "deq" and self.masks.num_masks <= 1:
             self.layers = 1  # without distinct masks a cycle f o ... o f has the fixed point of f
-        # registries looked up once: the backward mode and the adjoint solver (default: the forward one)
+        self._resolve()
+        self._sparsity = self.masks.zero_fraction()
+        # DEQ warm-up (set by the trainer): > 0 unrolls the DEQ's map this many times with plain backprop, as a
+        # weight-tied model, instead of solving for its fixed point (MDEQ's pretraining)
+        self.warmup_depth = 0
+
+    def _resolve(self) -> None:
+        """Registries looked up once per spec: the backward mode and the adjoint solver (default: the forward
+        one)."""
         self._backward = GRAD_MODES[self.spec.grad.mode]
         self._adjoint = get_solver(self.spec.grad.solver) if self.spec.grad.solver else self.spec.solver.function
-        self._sparsity = self.masks.zero_fraction()
+
+    @contextlib.contextmanager
+    def solved_with(self, solver: SolverSpec, grad: GradSpec) -> Iterator["Block"]:
+        """Temporarily solve and differentiate with other budgets (e.g. a tight-tolerance reference gradient).
+
+        Raises:
+            ValueError: the block is not a DEQ.
+        """
+        if self.spec.mode != "deq":
+            raise ValueError(f"solved_with needs a deq block, not mode {self.spec.mode!r}")
+        saved = self.spec
+        self.spec = dataclasses.replace(saved, solver=solver, grad=grad)
+        self._resolve()
+        try:
+            yield self
+        finally:
+            self.spec = saved
+            self._resolve()
 
     # ----------------------------------------------------------------- weights of each layer
     def _layer_weights(self, n_layers: int) -> list[dict[str, torch.Tensor]]:
@@ -79,13 +107,16 @@ class Block(nn.Module):
     # ----------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, z0: torch.Tensor | None = None, **ctx: Any) -> tuple[torch.Tensor, BlockStats]:
         z = torch.zeros_like(x) if z0 is None else z0
-        if self.spec.mode == "deq":
+        if self.spec.mode == "deq" and not self.warmup_depth:
             return self._forward_deq(z, x, ctx)
         return self._forward_unrolled(z, x, ctx)
 
     @property
     def active_depth(self) -> int:
-        """Layers unrolled now: ``eval_depth`` in eval mode when set, else ``depth``."""
+        """Layers unrolled now: ``eval_depth`` in eval mode when set, else ``depth`` (a DEQ in warm-up:
+        ``warmup_depth``)."""
+        if self.spec.mode == "deq":
+            return self.warmup_depth
         if not self.training and self.spec.eval_depth is not None:
             return self.spec.eval_depth
         return self.spec.depth
@@ -110,8 +141,8 @@ class Block(nn.Module):
         )
         return z, stats
 
-    def _forward_deq(self, z: torch.Tensor, x: torch.Tensor, ctx: dict[str, Any]) -> tuple[torch.Tensor, BlockStats]:
-        spec = self.spec
+    def _deq_map(self, x: torch.Tensor, ctx: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The DEQ's map z -> f_K(... f_1(z, x) ...) for this input (K = 1 without distinct masks)."""
         k = self.layers
         weights = self._layer_weights(k)
 
@@ -119,6 +150,32 @@ class Block(nn.Module):
             for i in range(k):
                 state = self._run_layer(i, weights[i], state, x, ctx)
             return state
+
+        return f
+
+    def equilibrium(self, x: torch.Tensor, z0: torch.Tensor | None = None, *, power_iters: int = 20,
+                    rel_residual: float = 1e-2, **ctx: Any) -> dict[str, float]:
+        """How well a DEQ's solve reaches its fixed point at input ``x``, with the budget of the current mode:
+        ``rel_residual`` (mean relative residual at z*), ``converged_fraction`` (samples within ``rel_residual``)
+        and ``spectral_norm`` (the largest per-sample estimate of ||df/dz|| at z*, ``power_iters`` steps of power
+        iteration; > 1: the map does not contract there). Parameters' gradients are not touched.
+
+        Shapes: x: (B, ...) -> {name: float}
+        """
+        if self.spec.mode != "deq":
+            raise ValueError(f"equilibrium needs a deq block, not mode {self.spec.mode!r}")
+        f = self._deq_map(x, ctx)
+        z = torch.zeros_like(x) if z0 is None else z0
+        with torch.no_grad():
+            z_star, _ = self.spec.solver.solve(f, z.detach(), training=self.training)
+            out = residual_metrics(f(z_star), z_star, rel_residual)
+        out["spectral_norm"] = spectral_norm_at(lambda v: f(v), z_star, iters=power_iters).max().item()
+        return out
+
+    def _forward_deq(self, z: torch.Tensor, x: torch.Tensor, ctx: dict[str, Any]) -> tuple[torch.Tensor, BlockStats]:
+        spec = self.spec
+        k = self.layers
+        f = self._deq_map(x, ctx)
 
         with torch.no_grad():
             z_star, sstats = spec.solver.solve(f, z.detach(), training=self.training)

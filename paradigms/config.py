@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from tiedlab.core import BlockSpec, GradSpec, MaskSpec, SolverSpec
+from tiedlab.core.equilibrium import EquilibriumThresholds
 from tiedlab.core.spec import NESTED
 
 
-def config_node(spec: type, name: str, exclude: Sequence[str] = (), defaults: dict[str, tuple[Any, Any]] | None = None
-                ) -> type:
+def config_node(spec: type, name: str, exclude: Sequence[str] = (), defaults: dict[str, tuple[Any, Any]] | None = None,
+                extra: Sequence[tuple[str, Any, Any]] = ()) -> type:
     """A Hydra structured-config dataclass with the fields of the core spec ``spec`` (same names, types and
     defaults; ``exclude`` left out), so that the config node and the spec cannot drift apart. ``defaults``
     maps a field to (type, default) where the config means something the core spec cannot (``mask.seed``
-    null: the run's seed)."""
+    null: the run's seed); ``extra`` adds (name, type, default) fields that only the trainer reads."""
     hints = typing.get_type_hints(spec)
     fields = []
     for f in dataclasses.fields(spec):
@@ -34,6 +35,7 @@ def config_node(spec: type, name: str, exclude: Sequence[str] = (), defaults: di
             fields.append((f.name, kind, field(default=default)))
         else:
             fields.append((f.name, kind, field(default_factory=f.default_factory)))
+    fields += [(key, kind, field(default=default)) for key, kind, default in extra]
     node = dataclasses.make_dataclass(name, fields)
     node.__module__ = __name__  # pickled by name (joblib workers), found here
     return node
@@ -55,6 +57,14 @@ BlockConfig = config_node(BlockSpec, "BlockConfig", exclude=tuple(NESTED))
 MaskConfig = config_node(MaskSpec, "MaskConfig", defaults={"seed": (Optional[int], None)})
 SolverConfig = config_node(SolverSpec, "SolverConfig")
 GradConfig = config_node(GradSpec, "GradConfig")
+# A DEQ run's equilibrium health: the thresholds that flag it "not at equilibrium" (null: not checked), and how
+# the trainer measures it. Measuring never changes what the run trains (its RNG and buffers are restored).
+EquilibriumConfig = config_node(EquilibriumThresholds, "EquilibriumConfig", extra=(
+    ("probe_every", Optional[int], None),  # steps between gradient probes (null: at every evaluation; 0: never)
+    ("power_iters", int, 20),  # power-iteration steps of the spectral-norm estimate at z*
+    ("reference_tol", float, 1e-6),  # the tight-tolerance reference gradient's forward and adjoint solve
+    ("reference_max_iter", int, 300),
+))
 
 
 @dataclass
@@ -86,6 +96,8 @@ class LoopConfig:
     progress: Optional[bool] = None  # a progress bar (None: on a terminal, not under CI)
     log_every: Optional[int] = None  # without a bar, a log line every this many steps (None: ~10 per run; 0: none)
     threads: Optional[int] = None
+    deq_warmup_steps: int = 0  # a DEQ's first steps unroll its map as a weight-tied model (MDEQ's pretraining)
+    deq_warmup_depth: Optional[int] = None  # layers unrolled in the warm-up (None: block.depth)
 
 
 @dataclass
@@ -113,6 +125,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    equilibrium: EquilibriumConfig = field(default_factory=EquilibriumConfig)
 
 
 RESUME_CHOICES = ("auto", "true", "false")
@@ -178,11 +191,34 @@ def validate(cfg: Any) -> BlockSpec:
         raise ValueError(f"train.jacobian_weight={t.jacobian_weight} must be >= 0")
     if t.jacobian_weight > 0 and spec.jacobian_samples == 0:
         raise ValueError("train.jacobian_weight > 0 needs block.jacobian_samples >= 1")
+    if t.deq_warmup_steps < 0:
+        raise ValueError(f"train.deq_warmup_steps={t.deq_warmup_steps} must be >= 0")
+    if t.deq_warmup_depth is not None and t.deq_warmup_depth < 1:
+        raise ValueError(f"train.deq_warmup_depth={t.deq_warmup_depth} must be >= 1 or null (block.depth)")
+    thresholds(cfg)
+    e = cfg.equilibrium
+    if e.probe_every is not None and e.probe_every < 0:
+        raise ValueError(f"equilibrium.probe_every={e.probe_every} must be >= 0 (0: never) or null (every evaluation)")
+    for key in ("power_iters", "reference_max_iter"):
+        if getattr(e, key) < 1:
+            raise ValueError(f"equilibrium.{key}={getattr(e, key)} must be >= 1")
+    if not e.reference_tol > 0:
+        raise ValueError(f"equilibrium.reference_tol={e.reference_tol} must be > 0")
     if str(cfg.resume).lower() not in RESUME_CHOICES:
         raise ValueError(f"resume={cfg.resume!r} is not valid; choose one of {RESUME_CHOICES}")
     if cfg.logger.name not in LOGGERS:
         raise ValueError(f"logger.name={cfg.logger.name!r} is not valid; choose one of {LOGGERS}")
     return spec
+
+
+def thresholds(cfg: Any) -> EquilibriumThresholds:
+    """The run's equilibrium thresholds (validated by the core); the gradient's is not checked when the run never
+    probes its gradient (``equilibrium.probe_every=0``)."""
+    e = cfg.equilibrium
+    values = {f.name: e[f.name] for f in dataclasses.fields(EquilibriumThresholds)}
+    if e.probe_every == 0:
+        values["grad_cosine"] = None
+    return EquilibriumThresholds(**values)
 
 
 def ignored_options(cfg: Any, overrides: Sequence[str] = ()) -> list[str]:
@@ -204,6 +240,10 @@ def ignored_options(cfg: Any, overrides: Sequence[str] = ()) -> list[str]:
                        "(only block=deq uses solver.* and grad.*)")
         jacobian = [f"{k}={v}" for k, v in (("block.jacobian_samples", cfg.block.jacobian_samples),
                                             ("train.jacobian_weight", cfg.train.jacobian_weight)) if v]
+        warmup = [f"{k}={v}" for k, v in (("train.deq_warmup_steps", cfg.train.deq_warmup_steps),
+                                          ("train.deq_warmup_depth", cfg.train.deq_warmup_depth)) if v]
+        if warmup:
+            out.append(f"{', '.join(warmup)} ignored: the warm-up unrolls a DEQ's map (block=deq)")
         if jacobian:
             out.append(f"{', '.join(jacobian)} ignored: the Jacobian penalty is a DEQ's (block=deq)")
     if cfg.mask.mode == "none":

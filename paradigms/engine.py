@@ -11,6 +11,7 @@ ends it with status ``failed`` and the reason.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -28,11 +29,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from tiedlab.core import Block, BlockSpec, BlockStats, model_param_counts
+from tiedlab.core import Block, BlockSpec, BlockStats, GradSpec, SolverSpec, model_param_counts
+from tiedlab.core.equilibrium import equilibrium_flags, gradient_cosine
 
 from . import rundir
 from .base import DataBundle, Paradigm, get_paradigm, paradigms_for_data
-from .config import TrainConfig, ignored_options, validate
+from .config import TrainConfig, ignored_options, thresholds, validate
 from .provenance import now, run_provenance
 from .tracking import make_tracker
 
@@ -165,6 +167,129 @@ class LoopState:
     core_totals: dict[str, list[float]] = field(default_factory=dict)  # key -> [sum, count] over training
 
 
+class EquilibriumProbe:
+    """Measures a DEQ run's equilibrium health without changing what it trains.
+
+    ``capture()`` records the input of every DEQ block's first call during a validation pass; ``health()`` then
+    solves each captured input again (eval budget) and returns ``eq/rel_residual`` (mean over blocks),
+    ``eq/converged_fraction`` (lowest) and ``eq/spectral_norm`` (highest estimate of ||df/dz|| at z*).
+    ``grad_cosine()`` compares, on one fixed training batch (the first of epoch 0), the gradient the run's
+    backward mode gives with a tight-tolerance IFT gradient. RNG states and buffers are restored after each
+    measurement, so a run with probes trains exactly as one without.
+    """
+
+    def __init__(self, cfg: DictConfig, paradigm: Paradigm, model: nn.Module, data: DataBundle,
+                 recorder: "StatsRecorder"):
+        self.cfg, self.paradigm, self.model, self.data, self.recorder = cfg, paradigm, model, data, recorder
+        self.options = cfg.equilibrium
+        self.thresholds = thresholds(cfg)
+        self.blocks = [m for m in model.modules() if isinstance(m, Block) and m.spec.mode == "deq"]
+        self.inputs: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self.batch: Any = None
+        self.last_probe: int | None = None  # the step of the last gradient probe
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[None]:
+        self.inputs = {}
+
+        def hook(i: int) -> Any:
+            def keep(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                self.inputs.setdefault(i, (args, kwargs))
+            return keep
+
+        handles = [b.register_forward_pre_hook(hook(i), with_kwargs=True) for i, b in enumerate(self.blocks)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def health(self) -> dict[str, float]:
+        """Residual, converged fraction and spectral norm at the captured inputs (eval mode)."""
+        found = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with _restored(self.model):
+                for i, (args, kwargs) in self.inputs.items():
+                    kwargs = dict(kwargs)
+                    z0 = args[1] if len(args) > 1 else kwargs.pop("z0", None)
+                    found.append(self.blocks[i].equilibrium(
+                        args[0], z0, power_iters=int(self.options.power_iters),
+                        rel_residual=float(self.thresholds.rel_residual or 1e-2), **kwargs))
+        finally:
+            self.model.train(was_training)
+            self.recorder.take()
+            self.inputs = {}
+        if not found:
+            return {}
+        return {"eq/rel_residual": sum(f["rel_residual"] for f in found) / len(found),
+                "eq/converged_fraction": min(f["converged_fraction"] for f in found),
+                "eq/spectral_norm": max(f["spectral_norm"] for f in found)}
+
+    def grad_cosine(self, seed: int) -> dict[str, float]:
+        """``eq/grad_cosine`` between the run's gradient and a tight-tolerance IFT one on the probe batch."""
+        if self.batch is None:
+            self.batch = next(iter(self.data.train_batches(torch.Generator().manual_seed(epoch_seed(seed, 0)))))
+        batch = self.batch
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        o = self.options
+        grads = []
+        with _restored(self.model), torch.random.fork_rng(devices=_cuda_devices(self.model)):
+            for tight in (False, True):
+                torch.manual_seed(seed)
+                with contextlib.ExitStack() as stack:
+                    if tight:
+                        for b in self.blocks:
+                            stack.enter_context(b.solved_with(
+                                SolverSpec(b.spec.solver.name, max_iter=int(o.reference_max_iter),
+                                           tol=float(o.reference_tol), options=b.spec.solver.options),
+                                GradSpec("ift", max_iter=int(o.reference_max_iter), tol=float(o.reference_tol),
+                                         options=b.spec.grad.options)))
+                    self.model.train()
+                    loss = self.paradigm.training_step(self.model, batch).loss
+                    grads.append(torch.autograd.grad(loss, params, allow_unused=True))
+        self.recorder.take()
+        return {"eq/grad_cosine": gradient_cosine(grads[0], grads[1])}
+
+    def grad_due(self, step: int, final: bool) -> bool:
+        """Whether an evaluation at ``step`` also probes the gradient: always at the end (unless probes are off),
+        else when ``probe_every`` steps have passed since the last probe (null: at every evaluation)."""
+        every = self.options.probe_every
+        if every == 0:
+            return False
+        return final or every is None or self.last_probe is None or step - self.last_probe >= every
+
+    def verdict(self, record: dict[str, Any]) -> dict[str, Any]:
+        """metrics.json's ``equilibrium``: the measured values of ``record``, the flags, the thresholds."""
+        measured = {k.split("/", 1)[1]: record[k] for k in ("eq/rel_residual", "eq/converged_fraction",
+                                                             "eq/spectral_norm", "eq/grad_cosine") if k in record}
+        flags = equilibrium_flags(measured, self.thresholds)
+        return {"at_equilibrium": not flags, "flags": flags, "measured": measured,
+                "thresholds": dataclasses.asdict(self.thresholds)}
+
+
+@contextlib.contextmanager
+def _restored(model: nn.Module) -> Iterator[None]:
+    """Restore every buffer of ``model`` (norm statistics, power-iteration vectors) on exit."""
+    saved = {name: b.detach().clone() for name, b in model.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(saved[name])
+
+
+def _cuda_devices(model: nn.Module) -> list[int]:
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s data order and augmentation (a resumed run sees the same batches)."""
+    return seed * 100_003 + epoch
+
+
 def _batches(data: DataBundle, seed: int, epoch: int, skip: int) -> Iterator[tuple[int, int, Any]]:
     """(epoch, index, batch) from ``epoch`` on, skipping the first ``skip`` batches of that epoch.
 
@@ -172,7 +297,7 @@ def _batches(data: DataBundle, seed: int, epoch: int, skip: int) -> Iterator[tup
     exactly the batches an uninterrupted one would have.
     """
     while True:
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
         for i, batch in enumerate(data.train_batches(gen)):
             if i >= skip:
                 yield epoch, i, batch
@@ -313,6 +438,25 @@ class _Run:
         self.progress = None
         self.log_every = cfg.train.log_every if cfg.train.log_every is not None else max(1, self.total_steps // 10)
         self.last_val: dict[str, Any] = {}  # the latest in-loop validation record of this process
+        self.probe = EquilibriumProbe(cfg, self.paradigm, self.model, self.data, self.recorder) \
+            if spec.mode == "deq" else None
+        self.warmup_steps = int(cfg.train.deq_warmup_steps) if spec.mode == "deq" else 0
+        self.warmup_depth = int(cfg.train.deq_warmup_depth or spec.depth)
+        if self.warmup_steps >= self.total_steps:
+            raise ValueError(f"train.deq_warmup_steps={self.warmup_steps} must be below the run's {self.total_steps} "
+                             "steps: the DEQ would never be solved")
+
+    @property
+    def warming_up(self) -> bool:
+        """Whether the next step (and an evaluation now) unrolls the DEQ's map instead of solving it."""
+        return self.loop.step < self.warmup_steps
+
+    def _set_warmup(self) -> None:
+        """The DEQ blocks unroll ``warmup_depth`` layers while warming up (a function of the step, so a resumed run
+        switches at the same step as an uninterrupted one), and solve for the fixed point after."""
+        if self.warmup_steps:
+            for block in self.probe.blocks:
+                block.warmup_depth = self.warmup_depth if self.warming_up else 0
 
     def _restore(self, state_dict: dict[str, Any] | None) -> None:
         """Continue from a checkpoint (weights, optimiser, schedule, loop counters, RNG; history cut back to its
@@ -349,6 +493,7 @@ class _Run:
         try:
             while loop.step < self.total_steps:
                 epoch, index, batch = next(batches)
+                self._set_warmup()
                 stopped = self._step(batch)
                 if stopped:
                     return "diverged", stopped
@@ -372,6 +517,7 @@ class _Run:
         """One optimiser step on ``batch``, timed; its loss and block statistics go to the loop's window.
         Returns why the run diverged ("" while it has not)."""
         cfg, loop = self.cfg, self.loop
+        solving = self.spec.mode == "deq" and not self.warming_up
         t0 = time.perf_counter()
         with self.autocast:
             out = self.paradigm.training_step(self.step_fn, batch)
@@ -401,7 +547,7 @@ class _Run:
                 total[1] += 1
         loop.window.append({"loss": loss_value, **{k: float(v) for k, v in out.metrics.items()}, **block_stats})
         growth = block_stats.get("core/residual_growth", 1.0)
-        if self.spec.mode == "deq" and (not math.isfinite(growth) or growth > cfg.train.diverge_residual):
+        if solving and (not math.isfinite(growth) or growth > cfg.train.diverge_residual):
             return (f"solver residual exploded at step {loop.step}: it grew {growth:.3g}x "
                     f"during the solve (> train.diverge_residual={cfg.train.diverge_residual:g})")
         self._log(loss_value)
@@ -424,22 +570,64 @@ class _Run:
         the tracker, with the training window's means."""
         loop = self.loop
         if loop.step % self.cfg.train.eval_every == 0 or loop.step == self.total_steps or time_up:
-            record = _eval_record(self.paradigm, self.model, self.data, loop, self.recorder, ("val",), self.progress)
+            record = self._eval_record(("val",), final=loop.step == self.total_steps or time_up)
             self.last_val = record
             rundir.append_history(self.run_dir, record)
             self.tracker.log(record, loop.step)
             loop.window = []
 
+    def _eval_record(self, splits: tuple[str, ...], final: bool) -> dict[str, Any]:
+        """Evaluation on ``splits`` (see ``_eval_record``); a solving DEQ's validation also records its
+        equilibrium health, and the gradient probe when due."""
+        self._set_warmup()
+        probe = self.probe if self.probe is not None and not self.warming_up else None
+        with probe.capture() if probe is not None and "val" in splits else contextlib.nullcontext():
+            record = _eval_record(self.paradigm, self.model, self.data, self.loop, self.recorder, splits,
+                                  self.progress)
+        if probe is not None and "val" in splits:
+            record.update(probe.health())
+            if probe.grad_due(self.loop.step, final):
+                record.update(probe.grad_cosine(int(self.cfg.seed)))
+                probe.last_probe = self.loop.step
+        return record
+
+    def _final(self, final: dict[str, Any], status: str) -> None:
+        """The final evaluation and statistics into ``final``, and the last checkpoint of a completed run."""
+        loop = self.loop
+        if status == "completed":
+            if self.last_val.get("step") == loop.step:
+                # the weights are those the last in-loop validation scored: reuse it, evaluate only test
+                record = {k: v for k, v in self.last_val.items() if k.startswith(("val/", "core/val_", "eq/"))}
+                record.update(self._eval_record(("test",), final=True))
+            else:
+                record = self._eval_record(("val", "test"), final=True)
+            final.update({k: v for k, v in record.items() if k not in ("step", "epoch", "time/train_s")})
+        # Training-time block statistics, averaged over every step (NFE, residuals of the train-mode solve).
+        final.update({key: total[0] / total[1] for key, total in loop.core_totals.items() if total[1]})
+        final.update({
+            "time/train_s": loop.train_s,
+            "time/step_ms": 1000 * loop.train_s / max(loop.step, 1),
+            "throughput/samples_per_s": loop.samples / max(loop.train_s, 1e-9),
+            "memory/peak_mb": peak_memory_mb(self.device),
+            "train/steps": loop.step,
+        })
+        if status == "completed":
+            self._checkpoint()
+
     def finish(self, status: str, reason: str) -> dict[str, Any]:
         """The final evaluation, metrics.json and the tracker's summary; returns what metrics.json holds."""
         final: dict[str, Any] = dict(self.counts)
         try:
-            status, reason = _finish(self.cfg, self.paradigm, self.model, self.data, self.loop, self.recorder,
-                                     self.last_val, final, self.device, status, reason, self._checkpoint)
+            self._final(final, status)
         except Exception as err:  # noqa: BLE001 - a crash in the final evaluation or a failed write fails the run
             status, reason = "failed", f"{type(err).__name__} in the final evaluation: {err}{_keep_traceback(self.run_dir)}"
         self.sessions[-1]["ended"] = now()
         result = {**self.base, "status": status, "reason": reason, "step": self.loop.step, "metrics": final}
+        if self.probe is not None and status == "completed":
+            result["equilibrium"] = self.probe.verdict(final)
+            if result["equilibrium"]["flags"]:
+                print(f"[tiedlab] warning: {self.run_dir} is not at equilibrium: "
+                      f"{'; '.join(result['equilibrium']['flags'])}", file=sys.stderr)
         try:
             rundir.write_json(self.run_dir / rundir.METRICS, result)
         except OSError:
@@ -493,32 +681,6 @@ def _finished(cfg: Any, previous: dict[str, Any]) -> bool:
     limit = cfg.train.time_limit_s
     spent = (previous.get("metrics") or {}).get("time/train_s", 0.0)
     return limit is not None and isinstance(spent, (int, float)) and spent >= float(limit)
-
-
-def _finish(cfg: Any, paradigm: Paradigm, model: nn.Module, data: DataBundle, loop: LoopState,
-            recorder: StatsRecorder, last_val: dict[str, Any], final: dict[str, Any], device: torch.device,
-            status: str, reason: str, checkpoint: Any) -> tuple[str, str]:
-    """The final evaluation and statistics into ``final``, and the last checkpoint of a completed run."""
-    if status == "completed":
-        if last_val.get("step") == loop.step:
-            # the weights are those the last in-loop validation scored: reuse it, evaluate only test
-            record = {k: v for k, v in last_val.items() if k.startswith(("val/", "core/val_"))}
-            record.update(_eval_record(paradigm, model, data, loop, recorder, ("test",)))
-        else:
-            record = _eval_record(paradigm, model, data, loop, recorder, ("val", "test"))
-        final.update({k: v for k, v in record.items() if k not in ("step", "epoch", "time/train_s")})
-    # Training-time block statistics, averaged over every step (NFE, residuals of the train-mode solve).
-    final.update({key: total[0] / total[1] for key, total in loop.core_totals.items() if total[1]})
-    final.update({
-        "time/train_s": loop.train_s,
-        "time/step_ms": 1000 * loop.train_s / max(loop.step, 1),
-        "throughput/samples_per_s": loop.samples / max(loop.train_s, 1e-9),
-        "memory/peak_mb": peak_memory_mb(device),
-        "train/steps": loop.step,
-    })
-    if status == "completed":
-        checkpoint()
-    return status, reason
 
 
 def _say(progress: Any, line: str) -> None:

@@ -41,7 +41,7 @@ FINISHED = ("completed", "diverged")
 # Config keys that do not change what a run computes: they may differ between a run and its resume, and
 # the report never groups cells by them. The one list of run-directory bookkeeping keys.
 NOT_FINGERPRINTED = ("run_dir", "resume", "logger", "train.progress", "train.log_every", "train.time_limit_s",
-                     "train.device", "train.threads")
+                     "train.device", "train.threads", "equilibrium")
 
 
 MAX_NAME_BYTES = 200  # a run directory's name; file systems allow 255
@@ -73,8 +73,9 @@ FINGERPRINT_VERSION = 2  # 2: options a run ignores are left out (1: every key b
 
 def active_config(config: dict[str, Any], version: int = FINGERPRINT_VERSION) -> dict[str, Any]:
     """``config`` less the keys that do not change what the run computes: bookkeeping
-    (``NOT_FINGERPRINTED``) and, from version 2 on, what the run ignores: the solver, implicit gradient and
-    Jacobian penalty of a block that is not a DEQ, and the mask options when there is no mask."""
+    (``NOT_FINGERPRINTED``) and, from version 2 on, what the run ignores: the solver, implicit gradient,
+    Jacobian penalty and warm-up of a block that is not a DEQ, a warm-up of 0 steps, and the mask options when
+    there is no mask."""
     if version not in (1, 2):
         raise ValueError(f"fingerprint version {version!r} is not known; versions: 1, 2")
     plain = json.loads(json.dumps(config, default=str))
@@ -91,6 +92,10 @@ def active_config(config: dict[str, Any], version: int = FINGERPRINT_VERSION) ->
             plain.pop("grad", None)
             block.pop("jacobian_samples", None)
             (plain.get("train") or {}).pop("jacobian_weight", None)
+        train = plain.get("train") or {}
+        if block.get("mode", "tied") != "deq" or not train.get("deq_warmup_steps"):
+            train.pop("deq_warmup_steps", None)
+            train.pop("deq_warmup_depth", None)
         if (plain.get("mask") or {}).get("mode", "none") == "none":
             plain.pop("mask", None)
     return plain

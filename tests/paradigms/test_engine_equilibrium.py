@@ -1,0 +1,111 @@
+"""A DEQ run's equilibrium health, measured by the engine, and the weight-tied warm-up before the solver."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tiedlab.paradigms import rundir
+from tiedlab.paradigms.engine import _Run, train
+
+from support.toy import with_changes
+
+TOY = "support.toy:ToyParadigm"
+LOOP = dict(batch_size=128, epochs=None, max_steps=30, eval_every=10, ckpt_every=10, progress=False, log_every=0)
+BASE = dict(paradigm=TOY, data={}, model={"width": 32}, train=LOOP, optim=dict(lr=0.01), block=dict(mode="deq"))
+EQ_KEYS = ("eq/rel_residual", "eq/converged_fraction", "eq/spectral_norm", "eq/grad_cosine")
+
+
+def cfg(**changes):
+    return with_changes(BASE, **changes)
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / rundir.CHECKPOINT, weights_only=True)["model"]
+
+
+def test_a_solved_deq_records_its_health_at_every_evaluation_and_is_at_equilibrium(tmp_path):
+    result = train(cfg(), tmp_path)
+    history = rundir.read_history(tmp_path)
+    assert [h["step"] for h in history] == [10, 20, 30]
+    for record in history:
+        assert set(EQ_KEYS) <= set(record), sorted(record)
+    eq = result["equilibrium"]
+    assert eq["at_equilibrium"] and eq["flags"] == []
+    assert eq["measured"]["rel_residual"] <= 1e-2 and eq["measured"]["converged_fraction"] >= 0.9
+    assert eq["measured"]["grad_cosine"] >= 0.95
+    assert eq["thresholds"] == {"rel_residual": 0.01, "converged_fraction": 0.9, "grad_cosine": 0.95,
+                                "spectral_norm": None}
+    assert json.loads((tmp_path / rundir.METRICS).read_text())["equilibrium"] == eq
+
+
+def test_a_deq_stopped_after_three_solver_steps_is_flagged_not_at_equilibrium(tmp_path, capsys):
+    result = train(cfg(solver=dict(max_iter=3), grad=dict(mode="onestep")), tmp_path)
+    assert result["status"] == "completed"
+    eq = result["equilibrium"]
+    assert not eq["at_equilibrium"]
+    named = {flag.split()[0] for flag in eq["flags"]}
+    assert {"rel_residual", "converged_fraction", "grad_cosine"} <= named
+    assert eq["measured"]["rel_residual"] > 0.1 and eq["measured"]["grad_cosine"] < 0.9
+    assert "is not at equilibrium" in capsys.readouterr().err
+
+
+def test_probes_do_not_change_what_the_run_trains(tmp_path):
+    """Gradient probes at every evaluation (restored RNG and buffers) against none: the same weights."""
+    dropout = dict(block=dict(mode="deq", norm="spectral"))  # spectral norm: buffers a probe would move
+    probed = train(cfg(**dropout), tmp_path / "probed")
+    plain = train(cfg(**dropout, equilibrium=dict(probe_every=0)), tmp_path / "plain")
+    for name, tensor in _weights(tmp_path / "probed").items():
+        assert torch.equal(tensor, _weights(tmp_path / "plain")[name]), name
+    assert probed["metrics"]["val/loss"] == plain["metrics"]["val/loss"]
+    assert "eq/grad_cosine" not in plain["metrics"] and "grad_cosine" not in plain["equilibrium"]["measured"]
+    assert plain["equilibrium"]["thresholds"]["grad_cosine"] is None  # never probed: not checked, and said so
+
+
+def test_probe_every_sets_the_gradient_probes_steps_and_the_last_evaluation_always_probes(tmp_path):
+    train(cfg(equilibrium=dict(probe_every=20)), tmp_path)
+    probed = [h["step"] for h in rundir.read_history(tmp_path) if "eq/grad_cosine" in h]
+    assert probed == [10, 30]
+
+
+def test_warm_up_unrolls_the_map_then_solves_it(tmp_path):
+    train(cfg(train=dict(LOOP, deq_warmup_steps=15, deq_warmup_depth=3)), tmp_path)
+    history = rundir.read_history(tmp_path)
+    assert history[0]["core/nfe_forward"] == 3.0 and "eq/rel_residual" not in history[0]  # steps 1-10 unrolled
+    assert history[1]["core/nfe_forward"] > 3.0 and "eq/rel_residual" in history[1]  # steps 16-20 solve
+
+
+@pytest.mark.parametrize("crash_at", [12, 22])
+def test_the_warm_up_switch_resumes_exactly(tmp_path, monkeypatch, crash_at):
+    """A run that crashes in (12) or after (22) the warm-up, rerun from its step-10/20 checkpoint, ends with the
+    weights of an uninterrupted one."""
+    config = cfg(train=dict(LOOP, deq_warmup_steps=15))
+    train(config, tmp_path / "whole")
+    step = _Run._step
+
+    def crash(self, batch):
+        if self.loop.step == crash_at:
+            raise RuntimeError("simulated crash")
+        return step(self, batch)
+
+    monkeypatch.setattr(_Run, "_step", crash)
+    assert train(config, tmp_path / "crashed")["status"] == "failed"
+    monkeypatch.setattr(_Run, "_step", step)
+    assert train(config, tmp_path / "crashed")["status"] == "completed"
+    for name, tensor in _weights(tmp_path / "whole").items():
+        assert torch.equal(tensor, _weights(tmp_path / "crashed")[name]), name
+
+
+def test_a_warm_up_as_long_as_the_run_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="deq_warmup_steps=30 must be below the run's 30 steps"):
+        train(cfg(train=dict(LOOP, deq_warmup_steps=30)), tmp_path)
+
+
+def test_warm_up_of_a_tied_block_is_named_as_ignored_and_left_out_of_the_fingerprint(tmp_path, capsys):
+    tied = dict(block=dict(mode="tied"))
+    a = train(cfg(**tied, train=dict(LOOP, deq_warmup_steps=5)), tmp_path / "a")
+    assert "train.deq_warmup_steps=5 ignored" in capsys.readouterr().err
+    b = train(cfg(**tied), tmp_path / "b")
+    assert a["fingerprint"] == b["fingerprint"] and "equilibrium" not in a
