@@ -107,8 +107,9 @@ class Cell:
             if values:
                 medians[name] = statistics.median(values)
         flags = Counter(flag_kind(f) for r in runs for f in r.equilibrium_flags)
-        return {"at": sum(r.at_equilibrium is True for r in runs), "not_at": sum(r.at_equilibrium is False for r in runs),
-                "not_measured": sum(r.at_equilibrium is None for r in runs), "medians": medians,
+        states = [r.at_equilibrium for r in runs]
+        return {"at": states.count(True), "not_at": states.count(False), "not_measured": states.count(None),
+                "medians": medians,
                 "flags": sorted(flags.items(), key=lambda kv: (-kv[1], kv[0]))}
 
     @property

@@ -370,7 +370,8 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             usable = {"a": len(_values(spec, a, [], "a")), "b": len(_values(spec, b, [], "b"))}
         short = short_of_equilibrium(left_out, usable)
         if short:
-            results.append(PrimaryResult(spec, *names, None, reason=short, notes=notes, not_at_equilibrium=left_out))
+            results.append(PrimaryResult(spec, *names, None, reason=short, notes=notes, n_a=usable["a"],
+                                         n_b=usable["b"], not_at_equilibrium=left_out))
             continue
         if spec.kind == "mean":
             va, vb = _values(spec, a, notes, "a"), _values(spec, b, notes, "b")
