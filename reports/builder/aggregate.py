@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .load import SUMMARY_OTHER, Run
+from .load import EQUILIBRIUM_MEASURES, SUMMARY_OTHER, Run, set_apart
 
 # Keys the label and depth already show, and the width's key (each run's ``width_key``); any other key that
 # varies between cells is named.
@@ -74,11 +76,41 @@ class Cell:
 
     @property
     def completed(self) -> list[Run]:
-        return [r for r in self.runs if r.status == "completed"]
+        """The completed runs the cell's values are over: every completed run but those flagged not at
+        equilibrium (``not_at_equilibrium``), which are counted apart."""
+        return [r for r in self.runs if r.status == "completed" and not set_apart(r)]
+
+    @property
+    def not_at_equilibrium(self) -> list[Run]:
+        """Completed DEQ runs flagged not at equilibrium: counted and shown, never averaged in."""
+        return [r for r in self.runs if set_apart(r)]
+
+    @property
+    def ended(self) -> list[Run]:
+        """The runs a divergence rate is over: the diverged and the ``completed`` ones."""
+        return [r for r in self.runs if r.status == "diverged" or (r.status == "completed" and not set_apart(r))]
 
     @property
     def diverged(self) -> int:
         return sum(r.status == "diverged" for r in self.runs)
+
+    def equilibrium(self) -> dict[str, Any]:
+        """Over the cell's completed DEQ runs (those set apart included): how many are at equilibrium, not at it,
+        or not measured; the median of each measured value over the runs that measured it (finite values only);
+        and the flags by how often they occur (``flag_kind``), most common first."""
+        runs = [r for r in self.runs if r.status == "completed" and r.mode == "deq"]
+        measured = [r.equilibrium_measured for r in runs]
+        names = [*EQUILIBRIUM_MEASURES, *sorted({k for m in measured for k in m} - set(EQUILIBRIUM_MEASURES))]
+        medians = {}
+        for name in names:
+            values = [m[name] for m in measured if math.isfinite(m.get(name, math.nan))]
+            if values:
+                medians[name] = statistics.median(values)
+        flags = Counter(flag_kind(f) for r in runs for f in r.equilibrium_flags)
+        states = [r.at_equilibrium for r in runs]
+        return {"at": states.count(True), "not_at": states.count(False), "not_measured": states.count(None),
+                "medians": medians,
+                "flags": sorted(flags.items(), key=lambda kv: (-kv[1], kv[0]))}
 
     @property
     def unfinished(self) -> int:
@@ -141,6 +173,21 @@ class Cell:
         if self.other:
             parts.append(f"[{self.other}]")
         return " ".join(parts)
+
+
+_FLAG_VALUE = re.compile(r"^(\S+) \S+ ([<>]=?) (\S+)")  # "rel_residual 0.21 > 0.01 (...)"
+_FLAG_WORDS = re.compile(r"^(\S+) (not measured|is nan)")  # "grad_cosine not measured (...)"
+
+
+def flag_kind(flag: str) -> str:
+    """A flag less the run's own value, so that runs failing one check count together: "rel_residual 0.21 > 0.01
+    (mean relative residual ...)" -> "rel_residual > 0.01", "grad_cosine not measured (...)" -> "grad_cosine not
+    measured"; a flag of another form is kept whole."""
+    match = _FLAG_VALUE.match(flag)
+    if match:
+        return f"{match.group(1)} {match.group(2)} {match.group(3)}"
+    match = _FLAG_WORDS.match(flag)
+    return f"{match.group(1)} {match.group(2)}" if match else flag
 
 
 def _fmt_value(value: Any) -> str:

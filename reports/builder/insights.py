@@ -28,7 +28,8 @@ RULE = (
     "within 2 SE, n<2 or no runs). Accuracy comparisons use the final val primary metric of completed runs; a "
     "side's cell is the one with the best mean among cells with >= 2 seeds (a best-of pick on the metric compared). "
     "Insight 3 screens a divergence rate (two-proportion SE) and a log variance ratio (large-sample SE) the same "
-    "way. The headline effect is that of the comparison with the largest |d|/SE.")
+    "way. The headline effect is that of the comparison with the largest |d|/SE. Completed DEQ runs flagged not at "
+    "equilibrium are left out of every comparison (counted under Equilibrium).")
 
 INSIGHTS: dict[int, tuple[str, str]] = {
     1: ("tied >= DEQ accuracy",
@@ -279,8 +280,7 @@ def spread(setting: str, tied: list[Cell], deq: list[Cell]) -> Comparison:
 def insight3(cells: list[Cell]) -> list[Comparison]:
     out = []
     for w, tied, deq in _tied_vs_deq(cells):
-        ended = [[r for c in side_cells for r in c.runs if r.status in ("completed", "diverged")]
-                 for side_cells in (tied, deq)]
+        ended = [[r for c in side_cells for r in c.ended] for side_cells in (tied, deq)]
         out.append(divergence(f"width={w}: divergence", *ended))
         out.append(spread(f"width={w}: spread over seeds", tied, deq))
     return out

@@ -2,6 +2,10 @@
 
 The run directory is the report's only input (see ``tiedlab.paradigms.rundir``). A run without
 metrics.json (just started) or with status running / failed / diverged is kept, never dropped.
+
+A DEQ run's metrics.json may state whether it reached its fixed point (``"equilibrium"``, see
+``parse_equilibrium``); a completed run that states it did not is kept but set apart: counted and shown, never
+averaged into its cell or a primary comparison's arm (``set_apart``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,83 @@ REPLICATE_KEYS = ("seed", "data.fold")
 # Config keys that never distinguish one cell from another: the replicate keys, the mask seed (null: the run's
 # seed) and the run-directory bookkeeping keys (devices, logging, resume; their one list is in rundir).
 NOT_GROUPED = (*REPLICATE_KEYS, "mask.seed", *rundir.NOT_FINGERPRINTED)
+# metrics.json's "equilibrium" object (DEQ runs only): its keys, and the measured values in the order reports show
+# them (``tiedlab.core.equilibrium.METRIC_KEYS``; a run may measure others, shown after these).
+EQUILIBRIUM_KEYS = ("at_equilibrium", "flags", "measured", "thresholds")
+EQUILIBRIUM_REQUIRED = ("at_equilibrium", "flags", "measured")
+EQUILIBRIUM_MEASURES = ("rel_residual", "converged_fraction", "spectral_norm", "grad_cosine")
+
+
+@dataclass(frozen=True)
+class Equilibrium:
+    """A DEQ run's equilibrium check as its metrics.json states it: whether it is at its fixed point, the reasons
+    it is not (``flags``, empty when it is), what was measured (nan: not measured or undefined) and the thresholds
+    it was judged against (None: not checked)."""
+
+    at_equilibrium: bool
+    flags: tuple[str, ...] = ()
+    measured: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float | None] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The metrics.json form (``parse_equilibrium`` reads it back)."""
+        return {"at_equilibrium": self.at_equilibrium, "flags": list(self.flags), "measured": dict(self.measured),
+                "thresholds": dict(self.thresholds)}
+
+
+def _number(value: Any, what: str, allow_none: bool) -> float | None:
+    """A JSON number, "nan"/"inf"/"-inf" string (how run dirs store non-finite floats) or, if allowed, null.
+
+    Raises:
+        ValueError: anything else, naming ``what`` and the value.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and value.strip().lower() in ("nan", "inf", "+inf", "-inf", "infinity", "-infinity"):
+        return float(value)
+    raise ValueError(f"{what}={value!r} must be a number{', null' if allow_none else ''} or \"nan\"/\"inf\"")
+
+
+def _numbers(raw: Any, what: str, allow_none: bool) -> dict[str, float | None]:
+    """``{name: number}`` from a JSON object (see ``_number``). Raises ValueError naming the bad entry."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{what} must be an object {{name: number}}, got {raw!r}")
+    return {str(k): _number(v, f"{what}.{k}", allow_none) for k, v in raw.items()}
+
+
+def parse_equilibrium(raw: Any) -> Equilibrium | None:
+    """metrics.json's ``"equilibrium"`` value: None when absent or null (not measured), else an ``Equilibrium``.
+
+    The shape: ``{"at_equilibrium": bool, "flags": [str, ...], "measured": {name: number | null},
+    "thresholds": {name: number | null}}`` ("thresholds" optional; non-finite numbers as "nan"/"inf" strings; a
+    null measured value reads as nan). ``at_equilibrium`` is false exactly when ``flags`` names a reason.
+
+    Raises:
+        ValueError: any other shape, naming the bad key or value.
+    """
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError(f"equilibrium must be an object with keys {list(EQUILIBRIUM_KEYS)}, got {raw!r}")
+    unknown = sorted(set(raw) - set(EQUILIBRIUM_KEYS))
+    missing = [k for k in EQUILIBRIUM_REQUIRED if k not in raw]
+    if unknown or missing:
+        raise ValueError(f"equilibrium has unknown key(s) {unknown} / lacks {missing}; its keys are "
+                         f"{list(EQUILIBRIUM_KEYS)} (thresholds optional)")
+    at, flags = raw["at_equilibrium"], raw["flags"]
+    if not isinstance(at, bool):
+        raise ValueError(f"equilibrium.at_equilibrium={at!r} must be true or false")
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise ValueError(f"equilibrium.flags={flags!r} must be a list of strings")
+    if at == bool(flags):
+        raise ValueError(f"equilibrium.at_equilibrium={at!r} contradicts equilibrium.flags={flags!r} (a run is at "
+                         "equilibrium exactly when no flag names a reason it is not)")
+    measured = {k: math.nan if v is None else v
+                for k, v in _numbers(raw["measured"], "equilibrium.measured", allow_none=True).items()}
+    thresholds = _numbers(raw.get("thresholds") or {}, "equilibrium.thresholds", allow_none=True)
+    return Equilibrium(at, tuple(flags), measured, thresholds)
 
 
 @dataclass
@@ -64,6 +145,22 @@ class Run:
     metric: str = "acc"  # primary metric name (set per paradigm by ``load_runs``)
     higher_is_better: bool = True
     declared: tuple[str, bool] | None = None  # the primary metric metrics.json names, if it names one
+    equilibrium: Equilibrium | None = None  # DEQ runs whose metrics.json states it; None: not measured / not a DEQ
+
+    @property
+    def at_equilibrium(self) -> bool | None:
+        """Whether the run reached its fixed point (None: not measured, or not a DEQ)."""
+        return None if self.equilibrium is None else self.equilibrium.at_equilibrium
+
+    @property
+    def equilibrium_flags(self) -> list[str]:
+        """Why the run is not at equilibrium (empty when it is, or when it was not measured)."""
+        return [] if self.equilibrium is None else list(self.equilibrium.flags)
+
+    @property
+    def equilibrium_measured(self) -> dict[str, float]:
+        """The equilibrium measurements (rel_residual, converged_fraction, ...; empty when not measured)."""
+        return {} if self.equilibrium is None else dict(self.equilibrium.measured)
 
     def value(self, split: str = "val") -> float:
         """The final primary metric on ``split`` (nan if absent)."""
@@ -81,6 +178,12 @@ class Run:
             if math.isfinite(t) and math.isfinite(v):
                 out.append((t, v))
         return out
+
+
+def set_apart(run: Any) -> bool:
+    """Whether a run completed but is flagged not at equilibrium: counted and shown, never averaged into a cell or
+    a primary arm. Takes any run-like object (one without ``at_equilibrium`` was not measured)."""
+    return getattr(run, "status", None) == "completed" and getattr(run, "at_equilibrium", None) is False
 
 
 def to_float(value: Any) -> float:
@@ -217,10 +320,14 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
                         f"{result.get('fingerprint_version', 1)}: {result['fingerprint']}): edited after the run or "
                         "mixed with another run's files")
         status, config = "unreadable", {}
+    block, mask = config.get("block") or {}, config.get("mask") or {}
+    equilibrium, problem = read_equilibrium(result, block.get("mode") if config else None)
+    if problem:
+        problems.append(problem)
+        status = "unreadable"
     if problems:
         reason = "; ".join([reason, *problems]) if reason else "; ".join(problems)
     metrics = {k: to_float(v) for k, v in (result.get("metrics") or {}).items()}
-    block, mask = config.get("block") or {}, config.get("mask") or {}
     raw_paradigm = str(config.get("paradigm") or result.get("paradigm") or "?")
     width_key, width = run_width(result, config)
     dataset = (config.get("data") or {}).get("name") or result.get("dataset") or "?"
@@ -229,7 +336,7 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
     return Run(
         dir=run_dir, name=name or run_dir.name, config=config, metrics=metrics, history=read_history(run_dir),
         status=status, reason=reason, provenance=[p for p in result.get("provenance") or [] if isinstance(p, dict)],
-        declared=_declared(result.get("primary_metric")),
+        declared=_declared(result.get("primary_metric")), equilibrium=equilibrium,
         step=result.get("step"), total_steps=result.get("total_steps"),
         paradigm=paradigm_name(raw_paradigm), dataset=str(dataset), seed=seed if isinstance(seed, int) else None,
         mode=str(block.get("mode", "?")), label=variant_label(config) if config else "?", width=width,
@@ -238,6 +345,19 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
         mask_mode=str(mask.get("mode", "none")) if mask_active(mask) else "none",
         mask_kind=str(mask.get("kind", "")) if mask_active(mask) else "", sparsity=mask_sparsity(mask), key=key,
     )
+
+
+def read_equilibrium(result: dict[str, Any], mode: str | None) -> tuple[Equilibrium | None, str]:
+    """(the run's equilibrium check, "") from metrics.json, or (None, the problem) when its "equilibrium" value is
+    malformed or stated for a run that is not a DEQ (``mode``: the config's block.mode; None when unknown)."""
+    try:
+        equilibrium = parse_equilibrium(result.get("equilibrium"))
+    except ValueError as err:
+        return None, f"metrics.json: {err}"
+    if equilibrium is not None and mode is not None and mode != "deq":
+        return None, (f"metrics.json states an equilibrium for a run whose block.mode is {mode!r}; only DEQ runs "
+                      "(block.mode 'deq') measure one")
+    return equilibrium, ""
 
 
 def run_width(result: dict[str, Any], config: dict[str, Any]) -> tuple[str | None, int | None]:
@@ -358,6 +478,7 @@ def runs_from_summary(path: str | Path) -> list[Run]:
     cell_of = {name: i for i, c in enumerate(cells) for name in c.get("run_names") or []}
     runs = []
     for e in entries:
+        equilibrium, problem = read_equilibrium(e, None)
         metric, higher = str(e.get("metric", "acc")), bool(e.get("higher_is_better", True))
         metrics = {k: to_float(v) for k, v in (e.get("metrics") or {}).items()}
         metrics.update({f"val/{metric}": to_float(e.get("val")), f"test/{metric}": to_float(e.get("test"))})
@@ -367,13 +488,14 @@ def runs_from_summary(path: str | Path) -> list[Run]:
                else {"dir": e.get("dir")})
         runs.append(Run(
             dir=Path(str(e.get("dir", e["name"]))), name=str(e["name"]), config={}, metrics=metrics, history=[],
-            status=str(e.get("status", "unknown")), reason=str(e.get("reason") or ""), step=e.get("step"),
+            status="unreadable" if problem else str(e.get("status", "unknown")),
+            reason="; ".join(x for x in (str(e.get("reason") or ""), problem) if x), step=e.get("step"),
             total_steps=e.get("total_steps"), paradigm=str(e.get("paradigm", "?")), dataset=str(e.get("dataset", "?")),
             seed=e.get("seed") if isinstance(e.get("seed"), int) else None, mode=str(e.get("mode", "?")),
             label=str(e.get("label", "?")), width=e.get("width"), depth=e.get("depth"),
             mask_mode=str(e.get("mask", "none")), mask_kind=str(e.get("mask_kind") or ""),
             sparsity=to_float(e.get("sparsity", 0.0)), key=key, metric=metric, higher_is_better=higher,
-            declared=(metric, higher),
+            declared=(metric, higher), equilibrium=equilibrium,
             # the runs' code as the summary kept it; summaries without it: the commit the report was built at
             provenance=e.get("code") or [{"commit": str(data.get("commit", "unknown")), "dirty": None}]))
     return runs

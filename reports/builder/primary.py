@@ -23,6 +23,7 @@ from typing import Any, Hashable, Iterable, Mapping, Protocol
 
 from . import stats
 from .load import REPLICATE_KEYS  # the run-name keys that tell replicates apart (seed, fold), never arms
+from .load import set_apart  # completed runs flagged not at equilibrium: left out of the arms, counted
 
 KINDS = ("mean", "divergence", "spread")
 TRANSFORMS = ("none", "log")
@@ -33,7 +34,8 @@ _ENTRY_KEYS = {"insight", "paradigm", "claim", "metric", "direction", "delta", "
 
 
 class RunLike(Protocol):
-    """What a primary comparison reads of a run (``reports.load.Run`` or a run rebuilt from summary.json)."""
+    """What a primary comparison reads of a run (``reports.load.Run`` or a run rebuilt from summary.json); a run
+    may also have ``at_equilibrium`` (False: left out of its arm, see ``reports.load.set_apart``)."""
 
     name: str
     status: str
@@ -219,6 +221,7 @@ class PrimaryResult:
     seeds_needed: int | None = None
     level: float = math.nan  # the alpha its verdict was read at (after Holm)
     groups: tuple = ()  # kind spread: the values of arm b and arm a the F test compares
+    not_at_equilibrium: dict[str, list[str]] = field(default_factory=dict)  # arm ("a", "b") -> runs left out
 
 
 def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[PrimaryResult]:
@@ -233,8 +236,9 @@ def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[Pr
     levels, decided = stats.holm_levels(p, release, alpha)
     m = sum(math.isfinite(x) for x in p)
     for r, level, dec in zip(results, levels, decided):
-        if r.test is None:
-            r.level, r.verdict, r.reason = float(level), "undetermined", "no test: " + "; ".join(r.notes)
+        if r.test is None:  # a reason set before the test (baseline not at equilibrium) stays
+            r.level, r.verdict = float(level), "undetermined"
+            r.reason = r.reason or "no test: " + "; ".join(r.notes)
             continue
         r.level, r.p = float(level), float(r.test.p)
         if r.spec.kind == "mean":
@@ -302,6 +306,34 @@ def _values(spec: PrimarySpec, runs: list[RunLike], notes: list[str], side: str)
     return merged
 
 
+EQUILIBRIUM_REASON = "baseline not at equilibrium"
+MIN_USABLE = 2  # an arm left with fewer usable replicates after leaving out runs not at equilibrium is undetermined
+
+
+def leave_out_not_at_equilibrium(runs: list[RunLike], notes: list[str], side: str) -> tuple[list[RunLike], list[str]]:
+    """(the arm's runs less those flagged not at equilibrium, their names); a note names how many were left out."""
+    out = [r.name for r in runs if set_apart(r)]
+    if out:
+        notes.append(f"arm {side}: {len(out)} run(s) not at equilibrium and left out ({', '.join(sorted(out))})")
+    return [r for r in runs if not set_apart(r)], out
+
+
+def short_of_equilibrium(left_out: dict[str, list[str]], usable: dict[str, int]) -> str:
+    """The reason a comparison is undetermined because leaving out runs not at equilibrium left an arm with fewer
+    than ``MIN_USABLE`` usable replicates ("" when no arm is)."""
+    short = [f"arm {side} has {usable[side]} usable replicate(s) after {len(left_out[side])} not at equilibrium "
+             "were left out" for side in ("a", "b") if left_out[side] and usable[side] < MIN_USABLE]
+    return f"{EQUILIBRIUM_REASON}: {'; '.join(short)} (needs {MIN_USABLE})" if short else ""
+
+
+def equilibrium_text(result: PrimaryResult) -> str:
+    """"not at equilibrium, left out: arm a 0, arm b 2" ("" when no run was)."""
+    left = result.not_at_equilibrium
+    if not any(left.values()):
+        return ""
+    return f"not at equilibrium, left out: arm a {len(left.get('a', []))}, arm b {len(left.get('b', []))}"
+
+
 def seed_of(run: RunLike) -> int | None:
     """The run's seed, from its name (None when its name has none)."""
     try:
@@ -327,6 +359,20 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
                             in (("a", spec.a, a), ("b", spec.b, b)) if not members]
         if limit is not None:
             notes.append(f"read on seeds < {limit} (the look it was decided at, or the last look reached)")
+        names = ([r.name for r in a], [r.name for r in b])
+        (a, out_a), (b, out_b) = (leave_out_not_at_equilibrium(members, notes, side)
+                                  for side, members in (("a", a), ("b", b)))
+        left_out = {"a": out_a, "b": out_b}
+        if spec.kind == "divergence":
+            usable = {"a": sum(r.status in ("completed", "diverged") for r in a),
+                      "b": sum(r.status in ("completed", "diverged") for r in b)}
+        else:
+            usable = {"a": len(_values(spec, a, [], "a")), "b": len(_values(spec, b, [], "b"))}
+        short = short_of_equilibrium(left_out, usable)
+        if short:
+            results.append(PrimaryResult(spec, *names, None, reason=short, notes=notes, n_a=usable["a"],
+                                         n_b=usable["b"], not_at_equilibrium=left_out))
+            continue
         if spec.kind == "mean":
             va, vb = _values(spec, a, notes, "a"), _values(spec, b, notes, "b")
             common = set(va) & set(vb)
@@ -340,16 +386,21 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             ended_b = [r for r in b if r.status in ("completed", "diverged")]
             if not ended_a or not ended_b:
                 notes.append("an arm has no completed or diverged run: no rate to compare")
-                results.append(PrimaryResult(spec, [r.name for r in a], [r.name for r in b], None, notes=notes))
+                results.append(PrimaryResult(spec, *names, None, notes=notes, not_at_equilibrium=left_out))
                 continue
             test = stats.rate_test(sum(r.status == "diverged" for r in ended_b), len(ended_b),
                                    sum(r.status == "diverged" for r in ended_a), len(ended_a), alpha=alpha)
         else:  # spread: a positive effect favours a: its runs vary less over seeds
             groups = ([list(_values(spec, b, notes, "b").values())], [list(_values(spec, a, notes, "a").values())])
             test = stats.variance_test(*groups, alpha=alpha)
-        results.append(PrimaryResult(spec, [r.name for r in a], [r.name for r in b], test, notes=notes))
+        results.append(PrimaryResult(spec, *names, test, notes=notes, not_at_equilibrium=left_out))
         if spec.kind == "spread":
             results[-1].groups = groups
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return correct(results, alpha=alpha / looks)
+        results = correct(results, alpha=alpha / looks)
+    for r in results:  # the verdict says how many runs of each arm were left out as not at equilibrium
+        extra = equilibrium_text(r)
+        if extra:
+            r.reason = f"{r.reason}; {extra}" if r.reason else extra
+    return results

@@ -10,6 +10,7 @@ from typing import Any
 from . import guidelines as guide
 from .aggregate import COLUMNS, Stat, groups
 from .insights import INSIGHTS, NEEDS, RULE
+from .load import EQUILIBRIUM_MEASURES, set_apart
 
 
 @dataclass
@@ -91,6 +92,10 @@ def header_blocks(report: Any) -> list[Block]:
          + " (rule under Primary comparisons); every other comparison is descriptive" if report.primaries
          else "verdicts: none (no pre-registered primary comparisons); every comparison is descriptive"),
     ]
+    apart = sum(len(c.not_at_equilibrium) for c in report.cells)
+    if apart:
+        items.append(f"not at equilibrium: {apart} completed DEQ run(s) flagged, counted apart and never averaged "
+                     "(see Equilibrium)")
     duplicated = [f"{c.title()} ({c.paradigm}): {d}" for c in report.cells for d in c.duplicates]
     if duplicated:
         items.append("replicates: duplicates of one seed count once, their runs averaged: " + "; ".join(duplicated))
@@ -121,7 +126,10 @@ def primary_text(result: Any) -> str:
     """"holds: +0.012 [+0.004, +0.020], n=5/5" (the transfer table's cell)."""
     more = (f"; ~{result.seeds_needed} seeds/arm to decide" if result.verdict == "undetermined" and result.seeds_needed
             else "")
-    return f"{result.verdict}: {_interval(result)}, n={result.n_a}/{result.n_b}{more}"
+    left = result.not_at_equilibrium
+    apart = (f"; not at equilibrium, left out: {len(left.get('a', []))}/{len(left.get('b', []))}"
+             if any(left.values()) else "")
+    return f"{result.verdict}: {_interval(result)}, n={result.n_a}/{result.n_b}{more}{apart}"
 
 
 def _seeds_needed(result: Any) -> str:
@@ -247,18 +255,21 @@ def cell_blocks(report: Any) -> list[Block]:
                   f"test {metric}", *[name for _, name in COLUMNS], "diverged / runs", "unfinished"]
         rows, classes = [], []
         for c in cells:
-            n = len(c.completed)
-            rows.append([c.label, fmt(c.depth), fmt(c.width), *([c.other] if show_other else []), str(n),
+            n, apart = len(c.completed), len(c.not_at_equilibrium)
+            rows.append([c.label, fmt(c.depth), fmt(c.width), *([c.other] if show_other else []),
+                         f"{n} (+{apart} not at equilibrium)" if apart else str(n),
                          fmt_stat(c.primary("val"), n), fmt_stat(c.primary("test"), n),
                          *[fmt_stat(c.stat(key), n) for key, _ in COLUMNS], f"{c.diverged} / {len(c.runs)}",
                          str(c.unfinished)])
-            classes.append("diverged" if c.diverged else ("unfinished" if c.unfinished else ""))
+            classes.append("diverged" if c.diverged else ("unfinished" if c.unfinished else
+                                                          ("noteq" if apart else "")))
         blocks.append(Block("h2", f"{paradigm} / {dataset}"))
         blocks.append(Block("p", f"Primary metric: {metric} ({'higher' if higher else 'lower'} is better). Each row "
                                  "is a cell of runs that differ only in seed: mean ± sample std (ddof=1) over its "
                                  "completed runs, n = completed runs (a metric's own n is shown when it differs); "
-                                 "diverged and unfinished (running, failed, no metrics.json) runs are counted, "
-                                 "not averaged."))
+                                 "diverged and unfinished (running, failed, no metrics.json) runs, and completed DEQ "
+                                 "runs flagged not at equilibrium (\"+k not at equilibrium\"), are counted, not "
+                                 "averaged."))
         blocks.append(Block("table", header=header, rows=rows, row_classes=classes))
         for plot in report.plots:
             if (plot.paradigm, plot.dataset) == (paradigm, dataset):
@@ -266,15 +277,70 @@ def cell_blocks(report: Any) -> list[Block]:
     return blocks
 
 
+EQUILIBRIUM_NOTE = (
+    "DEQ runs whose metrics.json states an equilibrium check (`equilibrium`: the relative residual, the fraction of "
+    "converged samples, the spectral norm of df/dz at z* and the cosine of the budgeted with a tight-tolerance "
+    "gradient, against the run's thresholds). A completed run flagged not at equilibrium is counted here and in "
+    "its cell's n (\"+k not at equilibrium\"), never averaged into its cell, a comparison or a primary arm; runs "
+    "written before the check are \"not measured\" and included as before. Counts and medians are over each "
+    "cell's completed DEQ runs (a median over the runs that measured the value); flags are grouped by the check "
+    "failed, most common first.")
+
+
+def _flags_text(flags: list[tuple[str, int]], most: int = 3) -> str:
+    """"rel_residual > 0.01 (2), grad_cosine < 0.95 (1)" - the ``most`` most common flag kinds."""
+    shown = ", ".join(f"{kind} ({count})" for kind, count in flags[:most])
+    return (shown + (f", {len(flags) - most} more" if len(flags) > most else "")) or "-"
+
+
+def equilibrium_blocks(report: Any) -> list[Block]:
+    """Per DEQ cell: runs at / not at equilibrium / not measured, the medians of the measured values and the most
+    common flags, then the flagged runs themselves; nothing when the report has no DEQ run."""
+    cells = [c for c in report.cells if c.mode == "deq"]
+    if not cells:
+        return []
+    summaries = [(c, c.equilibrium()) for c in cells]
+    names = [*EQUILIBRIUM_MEASURES, *sorted({k for _, e in summaries for k in e["medians"]}
+                                            - set(EQUILIBRIUM_MEASURES))]
+    rows, classes = [], []
+    for c, e in summaries:
+        rows.append([f"{c.paradigm} / {c.dataset}", c.title(), str(e["at"]), str(e["not_at"]), str(e["not_measured"]),
+                     *[fmt(e["medians"].get(name)) for name in names], _flags_text(e["flags"])])
+        classes.append("noteq" if e["not_at"] else "")
+    blocks = [Block("h2", "Equilibrium"), Block("p", EQUILIBRIUM_NOTE),
+              Block("table", header=["paradigm / dataset", "cell", "at equilibrium", "not at equilibrium",
+                                     "not measured", *[f"median {name}" for name in names], "most common flags"],
+                    rows=rows, row_classes=classes)]
+    flagged = [(c, r) for c in cells for r in c.not_at_equilibrium]
+    if flagged:
+        blocks.append(Block("h3", "Runs not at equilibrium (counted, not averaged)"))
+        blocks.append(Block("table", header=["run", "cell", "seed", "flags", "val", "test"], rows=[
+            [r.name, c.title(), fmt(r.seed), "; ".join(r.equilibrium_flags), fmt(r.value("val")), fmt(r.value("test"))]
+            for c, r in flagged], row_classes=["noteq"] * len(flagged)))
+    return blocks
+
+
+def _run_status(run: Any) -> tuple[str, str]:
+    """(status text, row class) of a run in the Runs table; a run set apart says so."""
+    if set_apart(run):
+        return "completed, not at equilibrium (not averaged)", "noteq"
+    if run.status == "completed":
+        return run.status, ""
+    return run.status, "diverged" if run.status == "diverged" else "unfinished"
+
+
 def run_blocks(report: Any) -> list[Block]:
     rows, classes = [], []
     for r in report.runs:
-        rows.append([r.name, r.paradigm, r.dataset, r.label, fmt(r.width), fmt(r.depth), fmt(r.seed), r.status,
-                     r.reason or "", f"{fmt(r.step)} / {fmt(r.total_steps)}", fmt(r.value("val")),
+        status, cls = _run_status(r)
+        reason = "; ".join(x for x in (r.reason, *(r.equilibrium_flags if cls == "noteq" else [])) if x)
+        rows.append([r.name, r.paradigm, r.dataset, r.label, fmt(r.width), fmt(r.depth), fmt(r.seed), status,
+                     reason, f"{fmt(r.step)} / {fmt(r.total_steps)}", fmt(r.value("val")),
                      fmt(r.value("test")), fmt(r.metrics.get("time/train_s"))])
-        classes.append("" if r.status == "completed" else ("diverged" if r.status == "diverged" else "unfinished"))
+        classes.append(cls)
     return [Block("h2", "Runs"),
-            Block("p", "Every run directory found, whatever its status; val/test are the primary metric."),
+            Block("p", "Every run directory found, whatever its status; val/test are the primary metric. A completed "
+                       "run not at equilibrium shows its flags as its reason."),
             Block("table", header=["run", "paradigm", "dataset", "variant", "width", "depth", "seed", "status",
                                    "reason", "step", "val", "test", "train s"], rows=rows, row_classes=classes)]
 
@@ -282,7 +348,7 @@ def run_blocks(report: Any) -> list[Block]:
 def document(report: Any) -> list[Block]:
     """The whole report, in order."""
     return [*header_blocks(report), *primary_blocks(report), *insight_blocks(report), *guideline_blocks(report),
-            *cell_blocks(report), *run_blocks(report)]
+            *cell_blocks(report), *equilibrium_blocks(report), *run_blocks(report)]
 
 
 def _md_cell(text: str) -> str:
@@ -316,6 +382,7 @@ th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-al
 th { background: #f0f0f0; }
 tr.diverged td, tr.fails td { background: #fde2e2; }
 tr.unfinished td { background: #fff4d6; }
+tr.noteq td { background: #ece4f7; }
 tr.holds td { background: #e3f6e3; }
 code { background: #f4f4f4; padding: 1px 3px; }
 figure { margin: 1em 0; } img { max-width: 100%; }

@@ -37,6 +37,8 @@ def run_entry(run: Run) -> dict[str, Any]:
         "higher_is_better": run.higher_is_better, "val": run.value("val"), "test": run.value("test"),
         "metrics": {k: run.metrics[k] for k in RUN_METRICS if k in run.metrics},
         "history_points": len(run.history),
+        # DEQ runs: metrics.json's equilibrium check as it was (None: not measured or not a DEQ); a rebuild re-reads it
+        "equilibrium": run.equilibrium.as_dict() if run.equilibrium is not None else None,
         "code": [{"commit": p.get("commit", "unknown"), "dirty": p.get("dirty")} for p in run.provenance],
     }
 
@@ -49,7 +51,8 @@ def cell_entry(cell: Cell) -> dict[str, Any]:
         "mode": cell.mode, "width": cell.width, "depth": cell.depth, "mask": cell.mask_mode,
         "mask_kind": cell.mask_kind, "sparsity": cell.sparsity, "other": cell.other, "metric": cell.metric,
         "higher_is_better": cell.higher_is_better, "n": len(cell.completed), "runs": len(cell.runs),
-        "diverged": cell.diverged, "unfinished": cell.unfinished, "seeds": cell.seeds,
+        "diverged": cell.diverged, "unfinished": cell.unfinished, "not_at_equilibrium": len(cell.not_at_equilibrium),
+        "equilibrium": cell.equilibrium() if cell.mode == "deq" else None, "seeds": cell.seeds,
         "run_names": [r.name for r in cell.runs], "stats": stats,
     }
 
@@ -68,7 +71,8 @@ def primary_entry(result: Any) -> dict[str, Any]:
             "transform": spec.transform, "a": spec.a.title(), "b": spec.b.title(), "verdict": result.verdict,
             "reason": result.reason, "p": result.p, "level": result.level, "effect": result.effect,
             "ci_low": result.ci_low, "ci_high": result.ci_high, "n_a": result.n_a, "n_b": result.n_b,
-            "paired": result.paired, "seeds_needed": result.seeds_needed, "notes": result.notes, "a_runs": result.a_runs,
+            "paired": result.paired, "seeds_needed": result.seeds_needed, "notes": result.notes,
+            "not_at_equilibrium": result.not_at_equilibrium, "a_runs": result.a_runs,
             "b_runs": result.b_runs, "test": dataclasses.asdict(test) if dataclasses.is_dataclass(test) else str(test)}
 
 

@@ -12,14 +12,33 @@ import yaml
 
 from tiedlab.paradigms import rundir
 
+ABSENT = object()  # write_run(equilibrium=ABSENT): metrics.json has no "equilibrium" key (runs written before it)
+
+
+def eq_check(rel_residual: float | None = 1e-3, converged_fraction: float | None = 1.0,
+                spectral_norm: float | None = 0.8, grad_cosine: float | None = 0.99) -> dict[str, Any]:
+    """metrics.json's "equilibrium" value as the engine writes it, judged by the core's own
+    ``equilibrium_flags`` at the default thresholds (nan is written as the string "nan", like the engine)."""
+    from tiedlab.core.equilibrium import EquilibriumThresholds, equilibrium_flags
+
+    thresholds = EquilibriumThresholds()
+    measured = {"rel_residual": rel_residual, "converged_fraction": converged_fraction,
+                "spectral_norm": spectral_norm, "grad_cosine": grad_cosine}
+    flags = equilibrium_flags({k: v for k, v in measured.items() if v is not None}, thresholds)
+    return {"at_equilibrium": not flags, "flags": flags,
+            "measured": {k: "nan" if isinstance(v, float) and v != v else v for k, v in measured.items()},
+            "thresholds": {k: getattr(thresholds, k) for k in measured}}
+
 
 def write_run(root: Path, name: str, *, paradigm: str = "vision", dataset: str = "cifar10", mode: str = "tied",
               width: int = 32, depth: int = 4, seed: int = 0, val: float | None = 0.9, test: float | None = None,
               metric: str = "acc", status: str | None = "completed", reason: str = "", mask: dict | None = None,
               solver: str = "anderson", grad: str = "ift", jac: float = 0.0, train_s: float = 10.0,
               params: int | None = None, memory: float = 100.0, history: list[tuple[float, float]] | None = None,
-              extra: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> Path:
-    """One run dir: config.yaml always; metrics.json unless ``status`` is None; history.jsonl from ``history``."""
+              extra: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
+              equilibrium: Any = ABSENT) -> Path:
+    """One run dir: config.yaml always; metrics.json unless ``status`` is None (with ``equilibrium`` as its
+    "equilibrium" value unless ABSENT); history.jsonl from ``history``."""
     run = root / name
     run.mkdir(parents=True)
     config = {
@@ -56,7 +75,8 @@ def write_run(root: Path, name: str, *, paradigm: str = "vision", dataset: str =
     if status == "diverged":
         metrics["core/rel_residual"] = "nan"  # stored as a string, like the engine does
     metrics.update(extra or {})
-    (run / "metrics.json").write_text(json.dumps({
+    top = {} if equilibrium is ABSENT else {"equilibrium": equilibrium}
+    (run / "metrics.json").write_text(json.dumps({**top,
         "status": status, "reason": reason, "step": 100 if status == "completed" else 40, "total_steps": 100,
         "paradigm": paradigm, "dataset": dataset, "data": {"dataset": dataset}, "fingerprint": rundir.fingerprint(config), "fingerprint_version": rundir.FINGERPRINT_VERSION,
         "provenance": [{"commit": "abc1234", "dirty": False, "host": "testhost", "started": "2026-01-01T00:00:00+00:00"}],
