@@ -13,8 +13,9 @@ from tiedlab.paradigms.engine import _Run, train
 from support.toy import with_changes
 
 TOY = "support.toy:ToyParadigm"
-LOOP = dict(batch_size=128, epochs=None, max_steps=30, eval_every=10, ckpt_every=10, progress=False, log_every=0)
-BASE = dict(paradigm=TOY, data={}, model={"width": 32}, train=LOOP, optim=dict(lr=0.01), block=dict(mode="deq"))
+LOOP = dict(batch_size=64, epochs=None, max_steps=30, eval_every=10, ckpt_every=10, progress=False, log_every=0)
+BASE = dict(paradigm=TOY, data={}, model={"width": 16}, train=LOOP, optim=dict(lr=0.01), block=dict(mode="deq"),
+            equilibrium=dict(power_iters=10))
 EQ_KEYS = ("eq/rel_residual", "eq/converged_fraction", "eq/spectral_norm", "eq/grad_cosine")
 
 
