@@ -31,6 +31,7 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tiedlab.core import BlockSpec, model_param_counts  # noqa: E402
+from tiedlab.paradigms.base import epoch_generator  # noqa: E402
 from tiedlab.paradigms.config import OPTIMIZERS, OptimConfig  # noqa: E402
 from tiedlab.paradigms.engine import build_optimizer, cosine_with_warmup  # noqa: E402
 from tiedlab.paradigms.graph.adapter import GraphParadigm  # noqa: E402
@@ -82,7 +83,7 @@ def train_run(cfg: dict[str, dict[str, Any]], seed: int = 0, verbose: bool = Fal
     t0 = time.perf_counter()
     train_s = 0.0
     for epoch in range(epochs):
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        gen = epoch_generator(seed, epoch)
         t = time.perf_counter()
         model.train()
         for batch in bundle.train_batches(gen):

@@ -44,6 +44,7 @@ from transformers import AlbertConfig, AlbertModel
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
 from tiedlab.core import BlockSpec, model_param_counts
+from tiedlab.paradigms.base import eval_mode
 from tiedlab.paradigms.language.adapter import LanguageParadigm
 from tiedlab.paradigms.language.model import CausalLM
 
@@ -161,10 +162,8 @@ def check_causal(model: nn.Module, vocab: int, context: int) -> float:
     idx2 = idx.clone()
     at = context // 2
     idx2[:, at:] = (idx2[:, at:] + torch.randint(1, vocab, (2, context - at), generator=gen)) % vocab
-    was = model.training
-    with torch.no_grad():
-        a, b = model.eval()(idx)[0], model(idx2)[0]
-    model.train(was)
+    with eval_mode(model):
+        a, b = model(idx)[0], model(idx2)[0]
     leak = (a[:, :at] - b[:, :at]).abs().max().item()
     if leak > 1e-5:
         raise SystemExit(f"model is not causal: future tokens moved earlier logits by {leak:.2e}")

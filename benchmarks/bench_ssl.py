@@ -42,6 +42,9 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tiedlab.core import BlockSpec, model_param_counts  # noqa: E402
+from tiedlab.paradigms.base import check_choice, epoch_generator  # noqa: E402
+from tiedlab.paradigms.config import OptimConfig  # noqa: E402
+from tiedlab.paradigms.engine import build_optimizer  # noqa: E402
 from tiedlab.paradigms.ssl.adapter import SSLParadigm  # noqa: E402
 from tiedlab.paradigms.ssl.views import LightlyViews, tensor_views  # noqa: E402
 from overrides import parse_sets  # noqa: E402  (benchmarks/overrides.py, a sibling module)
@@ -67,15 +70,11 @@ def build(cfg: dict[str, dict[str, Any]], seed: int = 0):
 
 
 def make_optimizer(model: nn.Module, optim: dict[str, Any]) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum 0.9) as the engine builds them: weight decay only on weights with >= 2 dims."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": optim["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-    if optim["name"] == "adamw":
-        return torch.optim.AdamW(groups, lr=optim["lr"])
-    if optim["name"] == "sgd":
-        return torch.optim.SGD(groups, lr=optim["lr"], momentum=0.9)
-    raise ValueError(f"optim.name={optim['name']!r} is not valid; choose one of ('adamw', 'sgd')")
+    """The engine's optimiser (``engine.build_optimizer``): AdamW or SGD (momentum 0.9), weight decay only on
+    weights with >= 2 dims."""
+    check_choice("optim.name", optim["name"], ("adamw", "sgd"))
+    return build_optimizer(OptimConfig(name=optim["name"], lr=float(optim["lr"]),
+                                       weight_decay=float(optim["weight_decay"])), model)
 
 
 def lr_factor(step: int, progress: float, warmup: int, floor: float) -> float:
@@ -107,7 +106,7 @@ def train_run(cfg: dict[str, dict[str, Any]], budget_s: float, seed: int = 0, ve
     train_s, step, epoch, loss_sum, loss_n = 0.0, 0, 0, 0.0, 0
     done = False
     while not done:
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        gen = epoch_generator(seed, epoch)
         batches = iter(bundle.train_batches(gen))
         while True:
             t0 = time.perf_counter()

@@ -33,7 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tiedlab.core import BlockSpec, model_param_counts
-from tiedlab.paradigms.vision.adapter import VisionParadigm, VisionDataBundle
+from tiedlab.paradigms.base import check_choice, epoch_generator
+from tiedlab.paradigms.config import OptimConfig
+from tiedlab.paradigms.engine import build_optimizer
+from tiedlab.paradigms.vision.adapter import VisionDataBundle, VisionParadigm
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -68,15 +71,11 @@ def build(args: argparse.Namespace) -> tuple[VisionParadigm, VisionDataBundle, n
 
 
 def make_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW or SGD (Nesterov); weight decay only on tensors with >= 2 dims, as the engine does."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    if args.optim == "adamw":
-        return torch.optim.AdamW(groups, lr=args.lr)
-    if args.optim == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
-    raise ValueError(f"--optim {args.optim!r} is not valid; choose adamw or sgd")
+    """The engine's optimiser (``engine.build_optimizer``): AdamW or SGD (Nesterov), weight decay only on tensors
+    with >= 2 dims."""
+    check_choice("--optim", args.optim, ("adamw", "sgd"))
+    return build_optimizer(OptimConfig(name=args.optim, lr=args.lr, weight_decay=args.weight_decay, momentum=0.9,
+                                       nesterov=True), model)
 
 
 def lr_factor(progress: float, step: int, warmup: int) -> float:
@@ -116,7 +115,7 @@ def adapter_loop(paradigm: VisionParadigm, model: nn.Module, bundle: VisionDataB
     samples, epoch = 0, 0
     t0 = time.perf_counter()
     while samples < steps * bundle.samples_per_step:
-        for batch in bundle.train_batches(torch.Generator().manual_seed(seed * 100_003 + epoch)):
+        for batch in bundle.train_batches(epoch_generator(seed, epoch)):
             out = paradigm.training_step(model, batch)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -182,7 +181,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
 
     done = False
     while not done:
-        gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
+        gen = epoch_generator(args.seed, epoch)
         for batch in bundle.train_batches(gen):
             t0 = time.perf_counter()
             for group in opt.param_groups:

@@ -7,21 +7,39 @@ evaluation cadence, checkpoints, timing, memory and tracking.
 Adding a paradigm (see CONTRIBUTING.md for the whole recipe): subclass ``Paradigm``, add one line to
 ``PARADIGMS`` (or name it as ``"package.module:Class"`` in the config without touching tiedlab),
 add ``configs/paradigm/<name>.yaml`` and a data file, and a test module that runs
-``tiedlab.paradigms.contract.check_paradigm``.
+``tiedlab.paradigms.contract.check_paradigm``. An adapter package is laid out the same way in every
+paradigm: ``options.py`` (the ``DataOptions``/``ModelOptions`` dataclasses, checked with the validators
+below), ``data.py`` or a ``data/`` package (datasets), ``model.py`` (modules) and ``adapter.py`` (the
+``Paradigm`` subclass and its ``DataBundle``).
+
+Shared helpers for adapters: the evaluation template (``Paradigm.evaluate`` runs the adapter's ``score`` in
+``eval_mode``), ``unwrap`` (the model behind a compile/DataParallel wrapper), ``weights_key`` and
+``WeightsCache`` (evaluation work reused while the weights stay), ``check_choice``/``check_int``/``check_range``
+(option errors that name the bad value and the choices), ``write_folder`` (a folder written atomically) and
+``epoch_seed``/``epoch_generator`` (the one formula for the seed of an epoch's batches).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
+import os
+import shutil
+import tempfile
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Hashable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import torch
 from torch import nn
 
 from tiedlab.core import BlockSpec, BlockStats
+
+T = TypeVar("T")
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass
@@ -99,11 +117,16 @@ class Paradigm(ABC):
     def training_step(self, model: nn.Module, batch: Any) -> StepOutput:
         """Loss (and block stats) of one batch in train mode."""
 
-    @abstractmethod
     def evaluate(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
-        """Quality on ``split`` ("val" or "test") in eval mode, as ``{f"{split}/acc": ..., f"{split}/loss": ...}``.
+        """Quality on ``split`` ("val" or "test"): ``score`` in eval mode under no_grad, the model's mode
+        restored after (an error too)."""
+        with eval_mode(model):
+            return self.score(model, data, split)
 
-        Must include ``f"{split}/{primary_metric}"``."""
+    @abstractmethod
+    def score(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
+        """Quality on ``split`` as ``{f"{split}/acc": ..., f"{split}/loss": ...}``; ``evaluate`` calls it with the
+        model in eval mode and gradients off. Must include ``f"{split}/{primary_metric}"``."""
 
     def artifacts(self, run_dir: str) -> None:
         """Save what a run directory needs to be reloaded without the data root (e.g. a tokenizer)."""
@@ -115,6 +138,131 @@ def weights_key(module: nn.Module) -> tuple:
     default optimisers bump the counter; fused optimisers and ``p.data`` writes do not, so a cache keyed on it
     must also be cleared when training steps."""
     return tuple((t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
+
+
+class WeightsCache:
+    """Results computed from a model's weights on one data bundle, reused until either changes.
+
+    Each slot remembers the bundle (weakly: a new bundle never reads an old one's entry) and the
+    :func:`weights_key` it was computed for. Clear it when training steps (see :func:`weights_key`).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[Hashable, tuple[weakref.ref, tuple, Any]] = {}
+
+    def get(self, slot: Hashable, data: Any, weights: tuple, compute: Callable[[], T]) -> T:
+        """The value of ``slot`` for ``data`` and ``weights``; ``compute()`` (and kept) when absent or stale."""
+        entry = self._entries.get(slot)
+        if entry is not None and entry[0]() is data and entry[1] == weights:
+            return entry[2]
+        value = compute()
+        self._entries[slot] = (weakref.ref(data), weights, value)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode with gradients off; its train/eval mode is restored on exit (an error too)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def unwrap(model: nn.Module, cls: type[M]) -> M:
+    """The ``cls`` instance behind a ``torch.compile`` or (Distributed)DataParallel wrapper (or ``model`` itself).
+
+    Raises:
+        TypeError: naming the class found, when it is not a ``cls``.
+    """
+    core = getattr(model, "_orig_mod", model)
+    if isinstance(core, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        core = core.module
+    if not isinstance(core, cls):
+        raise TypeError(f"expected the {cls.__name__} that build_model returned, got {type(core).__name__}")
+    return core
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s batches in a run seeded ``seed`` (engine, benchmarks: one formula)."""
+    return seed * 100_003 + epoch
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator seeded with :func:`epoch_seed`: ``DataBundle.train_batches`` draws epoch ``epoch`` from it."""
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch))
+
+
+def write_folder(target: Path, fill: Callable[[Path], None]) -> bool:
+    """Write a whole folder atomically: ``fill(tmp)`` fills a temp folder beside ``target``, which then replaces
+    ``target`` by a rename (an existing ``target`` is moved aside and deleted first). Files go through
+    ``rundir.atomic_write_bytes``; this is its form for folders (a tokenizer, a token cache).
+
+    Returns False when another writer's folder took the place between the two renames (it is kept: the
+    writers write the same thing). The temp folder never stays behind.
+    """
+    target = Path(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        fill(tmp)
+        if target.exists():  # a stale entry: move it aside, then delete it
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+            with contextlib.suppress(OSError):
+                os.replace(target, trash / "old")
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.exists():
+                raise
+            return False
+        return True
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ option validators (errors name value and choices)
+def check_choice(where: str, value: Any, choices: Sequence[Any], *, allow_none: bool = False) -> None:
+    """Raise ValueError ``where=value is not valid; choose one of choices`` unless ``value`` is one of ``choices``."""
+    if value is None and allow_none:
+        return
+    if value not in choices:
+        raise ValueError(f"{where}={value!r} is not valid; choose one of {choices}{' or null' if allow_none else ''}")
+
+
+def check_int(where: str, value: Any, low: int = 1, high: int | None = None, *, allow_none: bool = False) -> None:
+    """Raise ValueError naming ``where=value`` unless it is an int (not a bool) in ``low..high`` (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
+        raise ValueError(f"{where}={value!r} must be {'null or ' if allow_none else ''}{bound}")
+
+
+def check_range(where: str, value: Any, low: float | None = None, high: float | None = None, *,
+                low_open: bool = False, high_open: bool = False, allow_none: bool = False) -> None:
+    """Raise ValueError naming ``where=value`` and the interval unless it is a number inside it (``low``/``high``:
+    None = unbounded; ``*_open``: that end excluded), or None when allowed."""
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (low is None or (value > low if low_open else value >= low))
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        if low is not None and high is not None:
+            bound = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        elif low is not None:
+            bound = f"{'>' if low_open else '>='} {low}"
+        else:
+            bound = f"{'<' if high_open else '<='} {high}"
+        raise ValueError(f"{where}={value!r} must be {'null or ' if allow_none else ''}{bound}")
 
 
 def options_from(cls: type, config: Mapping[str, Any] | None, where: str) -> Any:
@@ -150,16 +298,6 @@ def get_paradigm(name: str) -> type[Paradigm]:
     if not (isinstance(cls, type) and issubclass(cls, Paradigm)):
         raise ValueError(f"paradigm {name!r} points at {target!r}, which is not a Paradigm subclass")
     return cls
-
-
-def iterate_forever(make: Callable[[torch.Generator], Iterable[Any]], seed: int) -> Iterator[tuple[int, int, Any]]:
-    """(epoch, index in epoch, batch) over endless epochs, epoch e drawing from a generator seeded (seed, e)."""
-    epoch = 0
-    while True:
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        for i, batch in enumerate(make(gen)):
-            yield epoch, i, batch
-        epoch += 1
 
 
 def paradigms_for_data(data: Mapping[str, Any]) -> list[str]:

@@ -12,7 +12,6 @@ Public API: GraphParadigm, GraphDataOptions, GraphModelOptions, GraphBundle, tas
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -23,142 +22,13 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
 from tiedlab.core import Block, BlockSpec
-from tiedlab.paradigms.base import DataBundle, Paradigm, StepOutput, weights_key
+from tiedlab.paradigms.base import DataBundle, Paradigm, StepOutput, check_choice, unwrap, weights_key
 
-from .data import PLANETOID_NAMES, TU_NAMES, load_planetoid, load_tu, sparse_features, validate_graph
-from .model import ACTS, CONVS, HEADS, INJECT_INTO, INJECTS, NORMS, POOLS, STEM_NORMS, GraphCell, GraphModel, InputStem, make_head
+from .data import load_planetoid, load_tu, sparse_features, stratified_holdout, validate_graph
+from .model import GraphCell, GraphModel, InputStem, make_head
+from .options import GraphDataOptions, GraphModelOptions, task_of
 
-SPARSE_CHOICES = ("auto", "coo", "csr", "dense")
 SPLITS = ("train", "val", "test")
-NUM_FOLDS = 10
-
-
-def task_of(name: str) -> str:
-    """'node' for a Planetoid name, 'graph' for a TU name (case-insensitive, '-'/'_' ignored)."""
-    key = str(name).lower().replace("-", "").replace("_", "")
-    if key in PLANETOID_NAMES:
-        return "node"
-    if key.upper() in TU_NAMES or key.upper() == "PTCMR":
-        return "graph"
-    raise ValueError(f"unknown graph dataset {name!r}; valid names: node tasks {sorted(PLANETOID_NAMES)}, "
-                     f"graph tasks {list(TU_NAMES)}")
-
-
-def _choice(what: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{what}={value!r} is not valid; choose one of {choices}")
-
-
-@dataclass
-class GraphDataOptions:
-    """The ``data`` config section.
-
-    Attributes:
-        name: dataset: cora, citeseer (node tasks) or a TU name (MUTAG, PROTEINS, ENZYMES, NCI1, ...).
-        num_features: the model's expected input size; None = take it from the data. A mismatch is an error.
-        normalize_features: row-normalise Planetoid bag-of-words features (as the GCN paper).
-        source: Planetoid reader, "npz" or "pyg" (see data.load_planetoid).
-        fold: TU fold 0..9.
-        val_fraction: TU: fraction of the fold's training graphs held out as "val" (stratified);
-            0 = "val" is the test fold (GIN protocol, optimistic).
-        split_seed: seeds the TU val hold-out.
-        batch_size: graphs per training batch (TU only; node tasks are full-batch).
-        eval_batch_size: graphs per evaluation batch (TU only).
-        degree_as_tag, max_degree: TU node features from degrees (see data.load_tu).
-    """
-
-    name: str = "cora"
-    num_features: int | None = None
-    normalize_features: bool = True
-    source: str = "npz"
-    fold: int = 0
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    batch_size: int = 32
-    eval_batch_size: int = 512
-    degree_as_tag: bool | None = None
-    max_degree: int | None = None
-
-    def __post_init__(self) -> None:
-        task_of(self.name)
-        _choice("data.source", self.source, ("npz", "pyg"))
-        if isinstance(self.fold, bool) or not isinstance(self.fold, int) or not 0 <= self.fold < NUM_FOLDS:
-            raise ValueError(f"data.fold must be an int in 0..{NUM_FOLDS - 1}, got {self.fold!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction={self.val_fraction} must be in [0, 1)")
-        for key in ("batch_size", "eval_batch_size"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"data.{key} must be a positive int, got {value!r}")
-        if self.num_features is not None and self.num_features < 1:
-            raise ValueError(f"data.num_features={self.num_features} must be >= 1 or null")
-
-
-@dataclass
-class GraphModelOptions:
-    """The ``model`` config section.
-
-    Attributes:
-        width: state size d.
-        conv: message passing of the cell: gcn, sage, gin (2-layer MLP) or gat.
-        heads: attention heads (gat; must divide width).
-        norm: none, layer or batch (batch only with block.mode=explicit: shared running stats are
-            wrong for a tied or DEQ cell that sees a different input at every layer).
-        act: relu, tanh, elu, gelu or none (a linear cell, SGC-like).
-        inject: how the cell takes the projected input: linear (its own U) or identity.
-        inject_into: output (z' = act(norm(conv(z) + U x))) or conv (z' = act(norm(conv(z + U x))):
-            the injection propagated with the state, IGNN-style).
-        gamma: scale of the conv term; < 1 with block.norm=spectral makes a GCN cell a contraction.
-        dropout: node tasks: on the block output before the head; graph tasks: inside the head MLP.
-        input_dropout: on the raw features (on the stored values when they are sparse).
-        stem_norm: layer (a LayerNorm after the input Linear: the injected input at unit scale per node,
-            which a normalised cell and a DEQ need on row-normalised bag-of-words) or none.
-        cell_dropout: variational dropout on the state inside the cell (one mask per forward).
-        z0: the block's initial state: zeros, or input (the projected features).
-        sparse_input: features as auto (sparse COO for node tasks, dense for graph tasks), coo, csr
-            (node tasks) or dense.
-        pool: graph tasks: sum or mean pooling of the final node states.
-        head: node tasks: linear (Linear(width, C)) or conv (a GCNConv(width, C): one more propagation to
-            the classes, like the GCN paper's last layer). Graph tasks need linear.
-    """
-
-    width: int = 64
-    conv: str = "gcn"
-    heads: int = 1
-    norm: str = "layer"
-    act: str = "relu"
-    inject: str = "linear"
-    inject_into: str = "conv"
-    gamma: float = 1.0
-    dropout: float = 0.5
-    input_dropout: float = 0.5
-    stem_norm: str = "layer"
-    cell_dropout: float = 0.0
-    z0: str = "zeros"
-    sparse_input: str = "auto"
-    pool: str = "sum"
-    head: str = "linear"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 1:
-            raise ValueError(f"model.width must be a positive int, got {self.width!r}")
-        _choice("model.conv", self.conv, CONVS)
-        _choice("model.norm", self.norm, NORMS)
-        _choice("model.act", self.act, ACTS)
-        _choice("model.inject", self.inject, INJECTS)
-        _choice("model.inject_into", self.inject_into, INJECT_INTO)
-        _choice("model.stem_norm", self.stem_norm, STEM_NORMS)
-        _choice("model.z0", self.z0, ("zeros", "input"))
-        _choice("model.sparse_input", self.sparse_input, SPARSE_CHOICES)
-        _choice("model.pool", self.pool, POOLS)
-        _choice("model.head", self.head, HEADS)
-        if self.conv == "gat" and (self.heads < 1 or self.width % self.heads):
-            raise ValueError(f"model.heads={self.heads} must be >= 1 and divide model.width={self.width}")
-        for key in ("dropout", "input_dropout", "cell_dropout"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ValueError(f"model.{key}={getattr(self, key)} must be in [0, 1)")
-        if not self.gamma > 0:
-            raise ValueError(f"model.gamma={self.gamma} must be > 0")
 
 
 @dataclass
@@ -285,7 +155,7 @@ class GraphParadigm(Paradigm):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, model: nn.Module, batch: Any) -> StepOutput:
-        _core(model).eval_cache = None  # the weights are about to change
+        unwrap(model, GraphModel).eval_cache.clear()  # the weights are about to change
         logits, stats = model(batch)
         if self.task == "node":
             mask = batch.train_mask
@@ -296,7 +166,7 @@ class GraphParadigm(Paradigm):
         acc = (logits.detach().argmax(-1) == y).float().mean().item()
         return StepOutput(loss=loss, stats=stats, metrics={"train/acc": acc})
 
-    def evaluate(self, model: nn.Module, data: GraphBundle, split: str) -> dict[str, float]:
+    def score(self, model: nn.Module, data: GraphBundle, split: str) -> dict[str, float]:
         """Accuracy and mean cross-entropy on ``split`` (train, val or test), plus the block's forward
         NFE and relative residual. Node tasks run one full-graph forward, shared by the splits until the
         model's weights change.
@@ -307,23 +177,17 @@ class GraphParadigm(Paradigm):
         model's ``test/acc``. The record lives on the model (``GraphModel.best_val``, saved in its state dict),
         so a resumed run continues it.
         """
-        _choice("split", split, SPLITS)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                out = self._score(model, data, split)
-                if split in ("val", "test"):
-                    other = self._score(model, data, "test" if split == "val" else "val")
-                    val, test = (out, other) if split == "val" else (other, out)
-                    best = self._update_best(model, val, test)
-                    if split == "test":
-                        out["acc_at_best_val"], out["best_val_acc"] = best["test_acc"], best["val_acc"]
-        finally:
-            model.train(was_training)
+        check_choice("split", split, SPLITS)
+        out = self._split_scores(model, data, split)
+        if split in ("val", "test"):
+            other = self._split_scores(model, data, "test" if split == "val" else "val")
+            val, test = (out, other) if split == "val" else (other, out)
+            best = self._update_best(model, val, test)
+            if split == "test":
+                out["acc_at_best_val"], out["best_val_acc"] = best["test_acc"], best["val_acc"]
         return {f"{split}/{k}": float(v) for k, v in out.items()}
 
-    def _score(self, model: nn.Module, data: GraphBundle, split: str) -> dict[str, float]:
+    def _split_scores(self, model: nn.Module, data: GraphBundle, split: str) -> dict[str, float]:
         """acc, loss, nfe, rel_residual of the eval-mode model on one split (no grad, eval mode set)."""
         if data.task == "node":
             logits, stats = self._node_eval(model, data)
@@ -345,7 +209,7 @@ class GraphParadigm(Paradigm):
     @staticmethod
     def _update_best(model: nn.Module, val: dict[str, float], test: dict[str, float]) -> dict[str, float]:
         """Keep on the model the test accuracy at the best (val acc, -val loss) seen so far; returns the record."""
-        core = _core(model)
+        core = unwrap(model, GraphModel)
         best = core.best_val
         if best is None or (val["acc"], -val["loss"]) > (best["val_acc"], -best["val_loss"]):
             core.best_val = {"val_acc": val["acc"], "val_loss": val["loss"], "test_acc": test["acc"]}
@@ -354,35 +218,4 @@ class GraphParadigm(Paradigm):
     @staticmethod
     def _node_eval(model: nn.Module, data: GraphBundle) -> tuple[Tensor, Any]:
         """Eval-mode logits of the whole graph, reused while no parameter or buffer has changed."""
-        core, key = _core(model), weights_key(model)
-        cache = core.eval_cache
-        if cache is not None and cache[0]() is data and cache[1] == key:
-            return cache[2], cache[3]
-        logits, stats = model(data.graph)
-        core.eval_cache = (weakref.ref(data), key, logits, stats)
-        return logits, stats
-
-
-def _core(model: nn.Module) -> GraphModel:
-    """The GraphModel behind a torch.compile wrapper."""
-    core = getattr(model, "_orig_mod", model)
-    if not isinstance(core, GraphModel):
-        raise TypeError(f"expected the GraphModel that build_model returned, got {type(core).__name__}")
-    return core
-
-
-def stratified_holdout(ids: Tensor, labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Split ``ids`` into (kept, held out) with round(fraction * n_c) held out of every class c.
-
-    Shapes: ids (n,) int64, labels (num_graphs,) int64 -> (n - k,), (k,) int64, both sorted
-    """
-    gen = torch.Generator().manual_seed(int(seed))
-    y = labels[ids]
-    held = []
-    for c in torch.unique(y).tolist():
-        members = ids[y == c]
-        members = members[torch.randperm(members.numel(), generator=gen)]
-        held.append(members[: round(fraction * members.numel())])
-    out = torch.cat(held).sort().values
-    keep = ids[~torch.isin(ids, out)].sort().values
-    return keep, out
+        return unwrap(model, GraphModel).eval_cache.get("graph", data, weights_key(model), lambda: model(data.graph))

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv, global_add_pool, global_mean_pool
 
 from tiedlab.core import Block, BlockStats
+from tiedlab.paradigms.base import WeightsCache
 
 CONVS = ("gcn", "sage", "gin", "gat")
 NORMS = ("none", "layer", "batch")
@@ -181,7 +182,7 @@ class GraphModel(nn.Module):
         # the best validation so far; extra state, so a checkpoint and a resumed run carry it
         self.best_val: dict[str, float] | None = None
         # the last node-task eval forward (the adapter's cache; not state, cleared by each training step)
-        self.eval_cache: tuple | None = None
+        self.eval_cache = WeightsCache()
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"best_val": None if self.best_val is None else dict(self.best_val)}

@@ -27,10 +27,8 @@ and :meth:`LanguageParadigm.evaluate_text` take the same choice for any other te
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,90 +36,14 @@ from torch import nn
 
 from tiedlab.core import Block, BlockSpec
 
-from ..base import DataBundle, Paradigm, StepOutput
+from ..base import DataBundle, Paradigm, StepOutput, check_choice, check_int, eval_mode
 from . import tokenizer as tok
-from .data import CORPORA, TOKENIZER_KINDS, Corpus, load_corpus
+from .data import Corpus, load_corpus
 from .model import CausalLM, TransformerCell, causal_spec, gpt2_config
+from .options import LanguageDataOptions, LanguageModelOptions
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 EVAL_SPLITS = ("val", "test")
-
-
-@dataclass
-class LanguageDataOptions:
-    """The ``data`` config section.
-
-    Attributes:
-        name: corpus, one of ``data.CORPORA`` (tinyshakespeare, austen).
-        tokenizer: "char" or "bpe"; None = the corpus default (char for tinyshakespeare, bpe for austen).
-        vocab_size: BPE vocabulary size (ignored at char level).
-        val_fraction: held-out fraction of the characters (val + test).
-        max_chars: keep only the first max_chars characters of the source (quick runs, tests).
-        eval_batches: evaluation batches per split (None: every non-overlapping window).
-        eval_batch_size: windows per evaluation batch (independent of train.batch_size, so that the
-            evaluated windows do not change with the training batch size).
-        unknown: held-out characters outside a char-level vocabulary: "error" or "unk" (score as [UNK]).
-    """
-
-    name: str = "tinyshakespeare"
-    tokenizer: Optional[str] = None
-    vocab_size: int = 4096
-    val_fraction: float = 0.1
-    max_chars: Optional[int] = None
-    eval_batches: Optional[int] = 16
-    eval_batch_size: int = 64
-    unknown: str = "error"
-
-    def __post_init__(self) -> None:
-        if self.name not in CORPORA:
-            raise ValueError(f"unknown corpus data.name={self.name!r}; valid names: {sorted(CORPORA)}")
-        if self.tokenizer is not None and self.tokenizer not in TOKENIZER_KINDS:
-            raise ValueError(f"data.tokenizer={self.tokenizer!r} is not valid; choose one of {list(TOKENIZER_KINDS)} or null")
-        if self.unknown not in tok.UNKNOWN_CHOICES:
-            raise ValueError(f"data.unknown={self.unknown!r} is not valid; choose one of {tok.UNKNOWN_CHOICES}")
-        if self.eval_batch_size < 1:
-            raise ValueError(f"data.eval_batch_size={self.eval_batch_size} must be >= 1")
-        if self.eval_batches is not None and self.eval_batches < 1:
-            raise ValueError(f"data.eval_batches={self.eval_batches} must be >= 1 (or null for all windows)")
-
-
-@dataclass
-class LanguageModelOptions:
-    """The ``model`` config section.
-
-    Attributes:
-        width: hidden size of the block (GPT-2 ``n_embd``).
-        heads: attention heads (must divide width).
-        mlp_ratio: MLP hidden size / width.
-        context: tokens per window (training and evaluation).
-        max_positions: size of the learned positional embedding; context must not exceed it.
-        dropout: dropout on the injected embedding (drawn once per forward, so a DEQ map stays
-            deterministic).
-        block_dropout: attention and residual dropout inside the block (must be 0 for DEQ: the
-            solver needs the same map at every iteration).
-        out_norm: LayerNorm on the cell output (f = LN(GPT2Block(z + x))); needed for DEQ.
-        tie_head: share the LM head's matrix with the token embedding.
-    """
-
-    width: int = 128
-    heads: int = 4
-    mlp_ratio: int = 4
-    context: int = 64
-    max_positions: int = 256
-    dropout: float = 0.0
-    block_dropout: float = 0.0
-    out_norm: bool = True
-    tie_head: bool = True
-
-    def __post_init__(self) -> None:
-        if self.context < 1:
-            raise ValueError(f"model.context={self.context} must be >= 1")
-        if self.context > self.max_positions:
-            raise ValueError(
-                f"model.context={self.context} exceeds the positional range model.max_positions={self.max_positions}; "
-                f"lower context or raise max_positions")
-        gpt2_config(self.width, self.heads, self.mlp_ratio, self.max_positions, self.dropout, 1,
-                    self.block_dropout)
 
 
 class LanguageParadigm(Paradigm):
@@ -135,8 +57,7 @@ class LanguageParadigm(Paradigm):
 
     def __init__(self, data: Any, model: Any, device: torch.device, seed: int = 0, batch_size: int = 64):
         super().__init__(data, model, device, seed, batch_size)
-        if self.batch_size < 1:
-            raise ValueError(f"train.batch_size={self.batch_size} must be >= 1")
+        check_int("train.batch_size", self.batch_size)
         self.corpus: Corpus | None = None
         self._eval: dict[str, list[Batch]] = {}
 
@@ -150,17 +71,15 @@ class LanguageParadigm(Paradigm):
                 f"{d.name}: the held-out text has {len(corpus.val_unknown_chars)} character(s) outside the "
                 f"char-level train vocabulary: {', '.join(map(repr, corpus.val_unknown_chars[:8]))}; "
                 "set data.unknown='unk' to score them as [UNK]")
-        held_out = corpus.val_ids
-        half = len(held_out) // 2
-        splits = {"train": corpus.train_ids, "val": held_out[:half], "test": held_out[half:]}
-        for split, ids in splits.items():
+        splits = corpus.train_val_test()
+        for split, ids in splits.by_split.items():
             if context > len(ids) - 1:
                 raise ValueError(
                     f"model.context={context} needs at least {context + 1} tokens but the {split} split of "
                     f"{corpus.display_name} has {len(ids)}; lower model.context or raise data.max_chars")
         self.corpus = corpus
-        self._eval = {s: list(dataclasses.replace(corpus, val_ids=splits[s]).eval_batches(
-            "val", d.eval_batch_size, context, d.eval_batches, device=self.device)) for s in EVAL_SPLITS}
+        self._eval = {s: list(splits.eval_batches(s, d.eval_batch_size, context, d.eval_batches, device=self.device))
+                      for s in EVAL_SPLITS}
         steps = max(1, len(corpus.train_ids) // (batch_size * context))
 
         def train_batches(generator: torch.Generator) -> Iterator[Batch]:
@@ -170,7 +89,7 @@ class LanguageParadigm(Paradigm):
         meta = {
             "dataset": corpus.display_name, "tokenizer": corpus.tokenizer_kind, "vocab_size": corpus.vocab_size,
             "context": context, "batch_size": batch_size,
-            **{f"n_{s}_tokens": len(ids) for s, ids in splits.items()},
+            **{f"n_{s}_tokens": len(ids) for s, ids in splits.by_split.items()},
             **{f"n_{s}_windows": sum(len(x) for x, _ in self._eval[s]) for s in EVAL_SPLITS},
             "chars_per_token": corpus.chars_per_token, "unknown_chars": list(corpus.val_unknown_chars),
             "epoch": "n_train_tokens // (batch_size * context) random windows",
@@ -207,11 +126,10 @@ class LanguageParadigm(Paradigm):
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         return StepOutput(loss=loss, stats=stats)
 
-    def evaluate(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
-        if split not in EVAL_SPLITS:
-            raise ValueError(f"split={split!r} is not valid; choose one of {EVAL_SPLITS}")
+    def score(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
+        check_choice("split", split, EVAL_SPLITS)
         self._require_corpus()
-        return self._metrics(split, *_score(model, self._eval[split]))
+        return self._metrics(split, *_loss_sum(model, self._eval[split]))
 
     def _metrics(self, prefix: str, loss_sum: float, n_tokens: int) -> dict[str, float]:
         loss = loss_sum / n_tokens
@@ -246,24 +164,19 @@ class LanguageParadigm(Paradigm):
         context = min(self.model_opts.context, len(ids) - 1)
         starts = torch.arange(0, len(ids) - context, context)
         window = ids[starts[:, None] + torch.arange(context + 1)].to(self.device)
-        return self._metrics("text", *_score(model, [(window[:, :-1], window[:, 1:])]))
+        with eval_mode(model):
+            return self._metrics("text", *_loss_sum(model, [(window[:, :-1], window[:, 1:])]))
 
     def artifacts(self, run_dir: str) -> None:
         """Save the tokenizer to ``run_dir/tokenizer/`` (reload with ``tokenizer.load_tokenizer(run_dir)``)."""
         tok.save_tokenizer(self._require_corpus().tokenizer, run_dir)
 
 
-def _score(model: nn.Module, batches: list[Batch]) -> tuple[float, int]:
-    """Summed cross-entropy (nats) and token count of ``model`` over ``batches``, in eval mode."""
-    was_training = model.training
-    model.eval()
+def _loss_sum(model: nn.Module, batches: list[Batch]) -> tuple[float, int]:
+    """Summed cross-entropy (nats) and token count of ``model`` over ``batches`` (call it in eval mode)."""
     total, count = torch.zeros((), dtype=torch.float64), 0
-    try:
-        with torch.no_grad():
-            for x, y in batches:
-                logits, _ = model(x)
-                total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").double().cpu()
-                count += y.numel()
-    finally:
-        model.train(was_training)
+    for x, y in batches:
+        logits, _ = model(x)
+        total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").double().cpu()
+        count += y.numel()
     return float(total), count

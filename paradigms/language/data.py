@@ -19,9 +19,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +27,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from ..base import write_folder
 from ..paths import DataFormatError, cache_dir, data_path, read_text_file
 from . import tokenizer as _tok
 
@@ -55,6 +53,7 @@ CORPORA: dict[str, _Source] = {
 __all__ = [
     "CORPORA",
     "Corpus",
+    "TokenSplits",
     "SPLITS",
     "TOKENIZER_KINDS",
     "bits_per_character",
@@ -139,34 +138,14 @@ def _source_path(name: str) -> Path:
     return data_path(*_source(name).parts)
 
 
-@dataclass
-class Corpus:
-    """A tokenized corpus split into train/val.
-
-    Shapes: ``train_ids``: ``(n_train_tokens,)``, ``val_ids``: ``(n_val_tokens,)``, int64.
-    ``chars_per_token`` is measured on the val split (val characters / val tokens).
-    """
+class _Windows:
+    """Training and evaluation windows over the token ids of named splits; subclasses give ``name`` and
+    ``ids(split)``."""
 
     name: str
-    display_name: str
-    tokenizer_kind: str
-    tokenizer: PreTrainedTokenizerFast
-    train_ids: torch.Tensor
-    val_ids: torch.Tensor
-    vocab_size: int
-    chars_per_token: float
-    n_train_chars: int
-    n_val_chars: int
-    val_unknown_chars: tuple[str, ...] = ()
-    cache_path: Path | None = field(default=None, repr=False)
 
     def ids(self, split: str) -> torch.Tensor:
-        """The ids of ``split`` (``"train"`` or ``"val"``). Shapes: ``(n_tokens,)``."""
-        if split == "train":
-            return self.train_ids
-        if split == "val":
-            return self.val_ids
-        raise ValueError(f"split={split!r} is not valid; choose one of {SPLITS}")
+        raise NotImplementedError
 
     def _check_window(self, split: str, batch_size: int, context: int) -> torch.Tensor:
         ids = self.ids(split)
@@ -194,8 +173,9 @@ class Corpus:
             0, high, (batch_size,), generator=generator, device=generator.device
         ).cpu()
 
+    @staticmethod
     def _gather(
-        self, ids: torch.Tensor, starts: torch.Tensor, context: int, device: torch.device | str
+        ids: torch.Tensor, starts: torch.Tensor, context: int, device: torch.device | str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         window = ids[starts[:, None] + torch.arange(context + 1)]  # (B, context + 1)
         x = window[:, :-1].to(device=device, dtype=torch.long)
@@ -253,6 +233,59 @@ class Corpus:
         starts = self.eval_offsets(split, context, max_windows)
         for i in range(0, len(starts), batch_size):
             yield self._gather(ids, starts[i : i + batch_size], context, device)
+
+
+@dataclass
+class TokenSplits(_Windows):
+    """Token ids by split name (e.g. train, val, test), cut into windows as :class:`Corpus` cuts its own.
+
+    Shapes: each of ``by_split``: ``(n_tokens,)`` int64.
+    """
+
+    name: str
+    by_split: dict[str, torch.Tensor]
+
+    def ids(self, split: str) -> torch.Tensor:
+        """The ids of ``split``. Shapes: ``(n_tokens,)``."""
+        if split not in self.by_split:
+            raise ValueError(f"split={split!r} is not valid; choose one of {tuple(self.by_split)}")
+        return self.by_split[split]
+
+
+@dataclass
+class Corpus(_Windows):
+    """A tokenized corpus split into train/val.
+
+    Shapes: ``train_ids``: ``(n_train_tokens,)``, ``val_ids``: ``(n_val_tokens,)``, int64.
+    ``chars_per_token`` is measured on the val split (val characters / val tokens).
+    """
+
+    name: str
+    display_name: str
+    tokenizer_kind: str
+    tokenizer: PreTrainedTokenizerFast
+    train_ids: torch.Tensor
+    val_ids: torch.Tensor
+    vocab_size: int
+    chars_per_token: float
+    n_train_chars: int
+    n_val_chars: int
+    val_unknown_chars: tuple[str, ...] = ()
+    cache_path: Path | None = field(default=None, repr=False)
+
+    def ids(self, split: str) -> torch.Tensor:
+        """The ids of ``split`` (``"train"`` or ``"val"``). Shapes: ``(n_tokens,)``."""
+        if split == "train":
+            return self.train_ids
+        if split == "val":
+            return self.val_ids
+        raise ValueError(f"split={split!r} is not valid; choose one of {SPLITS}")
+
+    def train_val_test(self) -> TokenSplits:
+        """Train, and the held-out ids cut in two halves of their tokens: ``val`` (the first) and ``test``."""
+        half = len(self.val_ids) // 2
+        return TokenSplits(self.name, {"train": self.train_ids, "val": self.val_ids[:half],
+                                       "test": self.val_ids[half:]})
 
     def bits_per_character(self, loss: float | torch.Tensor) -> float | torch.Tensor:
         """Nats per token -> bits per character using this corpus's val ``chars_per_token``."""
@@ -359,7 +392,7 @@ def load_corpus(
     }
     log.info("%s/%s: tokenizer %.2fs, encode %.2fs", name, kind, t_train, t_encode)
     if use_cache:
-        _write_cache(base, final, meta, train_ids, val_ids, tok)
+        _write_cache(final, meta, train_ids, val_ids, tok)
     return _make_corpus(name, display, kind, tok, train_ids, val_ids, meta, final if use_cache else None)
 
 
@@ -412,31 +445,19 @@ def _read_cache(
 
 
 def _write_cache(
-    base: Path,
     final: Path,
     meta: dict,
     train_ids: torch.Tensor,
     val_ids: torch.Tensor,
     tok: PreTrainedTokenizerFast,
 ) -> None:
-    """Build the whole cache folder under a temp name, then rename it into place."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=base))
-    try:
+    """Build the whole cache folder under a temp name, then rename it into place (``base.write_folder``)."""
+
+    def fill(tmp: Path) -> None:
         torch.save(train_ids, tmp / "train_ids.pt")
         torch.save(val_ids, tmp / "val_ids.pt")
         _tok.save_tokenizer(tok, tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
-        if final.exists():  # stale/partial entry (or a concurrent writer): replace it
-            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}-old-", dir=base))
-            try:
-                os.replace(final, trash / "old")
-            except OSError:
-                pass
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.replace(tmp, final)
-        except OSError as e:  # another process won the race; its entry is equivalent
-            log.info("cache %s written concurrently (%s); keeping the existing one", final, e)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    if not write_folder(final, fill):  # another process won the race; its entry is equivalent
+        log.info("cache %s written concurrently; keeping the existing one", final)

@@ -19,13 +19,13 @@ the tokenizer can represent.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+from ..base import write_folder
 
 UNK_TOKEN = "[UNK]"
 EOS_TOKEN = "<|endoftext|>"
@@ -181,19 +181,7 @@ def save_tokenizer(tok: PreTrainedTokenizerFast, run_dir: str | os.PathLike[str]
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     target = _tokenizer_dir(run_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=run_dir))
-    try:
-        tok.save_pretrained(str(tmp))
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=".tokenizer-old-", dir=run_dir))
-            os.replace(target, old / "t")
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    write_folder(target, lambda tmp: tok.save_pretrained(str(tmp)))
     return target
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from tiedlab.core import BlockStats
+from tiedlab.paradigms.base import WeightsCache
 from tiedlab.paradigms.vision.model import VisionBackbone
 
 __all__ = ["SSL_METHODS", "SSLModel", "SimCLR", "BYOL", "VICReg", "build_ssl_model", "MomentumEncoder"]
@@ -77,10 +78,10 @@ class SSLModel(nn.Module):
         for p in initial.parameters():
             p.requires_grad_(False)
         object.__setattr__(self, "hidden", {"initial_backbone": initial.eval()})
-        # evaluation results of the initial backbone: {split: (weakref to the data bundle, weights key, scores)}
-        object.__setattr__(self, "baseline_cache", {})
+        # evaluation results of the initial backbone, one slot per split
+        object.__setattr__(self, "baseline_cache", WeightsCache())
         # the latest memory-bank features of each encoder (see the SSL adapter's evaluate)
-        object.__setattr__(self, "bank_cache", {})
+        object.__setattr__(self, "bank_cache", WeightsCache())
 
     # ---------------------------------------------------------------- modules kept outside the tree
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> "SSLModel":

@@ -3,13 +3,14 @@
 Data live on the training device as whole uint8 tensors; each training batch is cut with one
 ``index_select``, augmented on the device (random crop + flip for CIFAR-10 by default) and
 normalised there, all randomness drawn from the generator the engine passes in. See
-:mod:`tiedlab.paradigms.vision.model` for the model and the MDEQ cell.
+:mod:`tiedlab.paradigms.vision.model` for the model and the MDEQ cell, :mod:`.options` for the config
+sections and :mod:`.data` for the datasets.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -19,103 +20,11 @@ from tiedlab.core import BlockSpec
 
 from ..base import DataBundle, Paradigm, StepOutput
 from .augment import iterate_batches, normalize, random_crop_flip
-from .data import VISION_DATASETS, VisionData, check_image_shape, load_vision_data
-from .model import MDEQCell, VisionClassifier, VisionModelOptions, build_backbone, make_cell
+from .data import VisionData, check_image_shape, load_vision_data
+from .model import MDEQCell, VisionClassifier, build_backbone, make_cell
+from .options import AUGMENTS, DEFAULT_AUGMENT, VisionDataOptions, VisionOptions
 
 __all__ = ["VisionParadigm", "VisionDataOptions", "VisionOptions", "VisionDataBundle", "AUGMENTS", "DEFAULT_AUGMENT"]
-
-AUGMENTS = ("auto", "none", "flip", "crop", "crop_flip")
-# what augment="auto" means per dataset (flips would turn digits into other glyphs)
-DEFAULT_AUGMENT = {"cifar10": "crop_flip", "mnist": "none", "fashion-mnist": "none", "digits": "none"}
-
-
-def _positive_int(where: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{where}={value!r} must be {'None or ' if allow_none else ''}an integer >= 1")
-
-
-@dataclass
-class VisionDataOptions:
-    """The ``data:`` config section.
-
-    Attributes:
-        name: dataset, one of ``VISION_DATASETS``.
-        val_size: images held out of the official train split for validation (>= 1: runs select by it).
-        split_seed: seeds the validation split and ``limit_*`` shuffles (fixed across run seeds so that
-            seeds share one split).
-        limit_train / limit_test: keep N images (quick runs and tests); None = all.
-        augment: "auto" (crop_flip for CIFAR-10, none for the digit-like sets), "none", "flip",
-            "crop" or "crop_flip".
-        crop_padding: zero padding of the random crop, in pixels.
-        download: let torchvision download a missing dataset into the cache.
-        channels / image_size: the (C, H, W) images the model is built for; a dataset whose images
-            differ is an error that names the values to set. None = take whatever the data have.
-        eval_batch_size: batch size of evaluation.
-    """
-
-    name: str = "cifar10"
-    val_size: int = 5000
-    split_seed: int = 0
-    limit_train: int | None = None
-    limit_test: int | None = None
-    augment: str = "auto"
-    crop_padding: int = 4
-    download: bool = False
-    channels: int | None = None
-    image_size: int | Sequence[int] | None = None
-    eval_batch_size: int = 1000
-
-    def __post_init__(self) -> None:
-        if self.name not in VISION_DATASETS:
-            raise ValueError(f"data.name={self.name!r} is not valid; choose one of {VISION_DATASETS}")
-        _positive_int("data.val_size", self.val_size)
-        _positive_int("data.limit_train", self.limit_train, allow_none=True)
-        _positive_int("data.limit_test", self.limit_test, allow_none=True)
-        _positive_int("data.channels", self.channels, allow_none=True)
-        _positive_int("data.eval_batch_size", self.eval_batch_size)
-        if self.augment not in AUGMENTS:
-            raise ValueError(f"data.augment={self.augment!r} is not valid; choose one of {AUGMENTS}")
-        if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
-            raise ValueError(f"data.crop_padding={self.crop_padding!r} must be an integer >= 0")
-        if self.image_size is not None:
-            size = [self.image_size] if isinstance(self.image_size, int) else list(self.image_size)
-            if len(size) not in (1, 2) or any(not isinstance(s, int) or s < 1 for s in size):
-                raise ValueError(f"data.image_size={self.image_size!r} must be an int or [height, width] of ints >= 1")
-
-    @property
-    def augment_kind(self) -> str:
-        """The augmentation in effect ("auto" resolved for this dataset)."""
-        return DEFAULT_AUGMENT[self.name] if self.augment == "auto" else self.augment
-
-    def expected_shape(self, actual: tuple[int, int, int]) -> tuple[int, int, int]:
-        """(C, H, W) the config asks for; unset entries take the actual value."""
-        c, h, w = actual
-        if self.channels is not None:
-            c = self.channels
-        if self.image_size is not None:
-            h, w = (self.image_size, self.image_size) if isinstance(self.image_size, int) else tuple(self.image_size)
-        return int(c), int(h), int(w)
-
-
-@dataclass
-class VisionOptions(VisionModelOptions):
-    """The ``model:`` config section: the backbone's options plus the loss.
-
-    Attributes:
-        pool_size: as in VisionModelOptions, but 4 by default here: a classifier over a globally
-            averaged single-resolution state learns several times slower (see the model module).
-        label_smoothing: cross-entropy label smoothing in training (evaluation loss is plain).
-    """
-
-    pool_size: int = 4
-    label_smoothing: float = 0.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"model.label_smoothing={self.label_smoothing!r} must be in [0, 1)")
 
 
 @dataclass
@@ -200,7 +109,7 @@ class VisionParadigm(Paradigm):
         acc = (logits.detach().argmax(dim=1) == labels).float().mean()
         return StepOutput(loss=loss, stats=stats, metrics={"train/acc": float(acc)})
 
-    def evaluate(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
+    def score(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
         if not isinstance(data, VisionDataBundle):
             raise TypeError(f"evaluate needs the VisionDataBundle that build_data returned, got {type(data).__name__}")
         if split not in data.splits:
@@ -208,18 +117,12 @@ class VisionParadigm(Paradigm):
         x, y = data.splits[split]
         if len(y) == 0:
             raise ValueError(f"the {split} split is empty (data.val_size / data.limit_test)")
-        was_training = model.training
-        model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=y.device)
         correct = torch.zeros((), dtype=torch.int64, device=y.device)
-        try:
-            with torch.no_grad():
-                for xb, yb in iterate_batches(x, y, data.eval_batch_size, shuffle=False):
-                    logits, _ = model(normalize(xb, data.mean, data.std))
-                    logits = logits.float()
-                    loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
-                    correct += (logits.argmax(dim=1) == yb).sum()
-        finally:
-            model.train(was_training)
+        for xb, yb in iterate_batches(x, y, data.eval_batch_size, shuffle=False):
+            logits, _ = model(normalize(xb, data.mean, data.std))
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
+            correct += (logits.argmax(dim=1) == yb).sum()
         n = len(y)
         return {f"{split}/acc": float(correct) / n, f"{split}/loss": float(loss_sum) / n}

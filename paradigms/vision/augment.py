@@ -11,7 +11,9 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["normalize", "random_crop_flip", "iterate_batches", "BatchIterator"]
+from ..base import check_int
+
+__all__ = ["normalize", "random_crop_flip", "iterate_batches"]
 
 
 def _device_of(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
@@ -110,8 +112,7 @@ def iterate_batches(
         x: (N, ...); y: (N, ...); yields (B, ...) pairs with B = batch_size (the last may be shorter
         unless ``drop_last``).
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_int("batch_size", batch_size)
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
     n = len(x)
@@ -124,45 +125,3 @@ def iterate_batches(
     else:
         for i in range(0, stop, batch_size):
             yield x[i : i + batch_size], y[i : i + batch_size]
-
-
-class BatchIterator:
-    """Re-iterable epoch loader over device-resident tensors; each ``iter()`` is a new epoch.
-
-    Shapes:
-        x: (N, ...); y: (N, ...); yields (B, ...) pairs.
-    """
-
-    def __init__(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        batch_size: int,
-        *,
-        shuffle: bool = True,
-        generator: torch.Generator | None = None,
-        drop_last: bool = False,
-    ) -> None:
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        if len(x) != len(y):
-            raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
-        self.x, self.y = x, y
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.generator = generator
-        self.drop_last = drop_last
-
-    def __len__(self) -> int:
-        n = len(self.x)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return iterate_batches(
-            self.x,
-            self.y,
-            self.batch_size,
-            shuffle=self.shuffle,
-            generator=self.generator,
-            drop_last=self.drop_last,
-        )

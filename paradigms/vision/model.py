@@ -2,7 +2,8 @@
 
 Pieces another paradigm can reuse (the self-supervised one builds on them):
 
-- :class:`VisionModelOptions`: width, expansion, GroupNorm groups, dropout, stem stride; validated.
+- :class:`VisionModelOptions` (defined in :mod:`.options`): width, expansion, GroupNorm groups, dropout, stem
+  stride; validated.
 - :class:`VisionStem`: conv3x3 (optionally stride 2) -> GroupNorm -> ReLU, images -> width-C features.
 - :class:`MDEQCell`: the cell ``f(z, x, dropout_mask=None) -> z_next`` the core Block drives.
 - :class:`VisionBackbone`: stem + Block + feature projection + average pool to a ``pool_size`` x ``pool_size``
@@ -26,7 +27,6 @@ layers / solver iterations of one forward drop the same hidden channels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tiedlab.core import Block, BlockSpec, BlockStats
+
+from .options import STEM_STRIDES, VisionModelOptions
 
 __all__ = [
     "VisionModelOptions",
@@ -47,63 +49,6 @@ __all__ = [
     "build_backbone",
     "STEM_STRIDES",
 ]
-
-STEM_STRIDES = (1, 2)
-
-
-@dataclass
-class VisionModelOptions:
-    """Architecture of the vision backbone (the ``model:`` config section).
-
-    Attributes:
-        width: channels C of the state z and of the injected input x.
-        expansion: E; the cell's hidden conv has E * C channels (MDEQ uses 5).
-        groups: GroupNorm groups; must divide C and E * C.
-        dropout: variational dropout probability on the cell's hidden channels (one mask per forward).
-        stem_stride: 1 keeps the image resolution; 2 halves it (4x fewer pixels in the block: faster).
-        init_scale: multiplies the cells' conv weights after default init (< 1 makes the DEQ map
-            start closer to a contraction).
-        feature_mult: the backbone maps the block's output through conv1x1 (C -> feature_mult * C)
-            -> GroupNorm -> ReLU before pooling (as MDEQ's final layer does); 0 pools z itself (whose
-            GroupNorm leaves the channel means of each group summing to a constant: weak features).
-        pool_size: the projected features are average-pooled to a pool_size x pool_size grid and
-            flattened (out_features = channels * pool_size**2); 1 = global average pooling. A grid
-            keeps the spatial layout a single-resolution block cannot summarise by itself.
-    """
-
-    width: int = 64
-    expansion: int = 5
-    groups: int = 4
-    dropout: float = 0.0
-    stem_stride: int = 1
-    init_scale: float = 1.0
-    feature_mult: int = 4
-    pool_size: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("width", "expansion", "groups", "pool_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"model.{name}={value!r} must be an integer >= 1")
-        hidden = self.width * self.expansion
-        if self.width % self.groups or hidden % self.groups:
-            valid = [g for g in range(1, self.width + 1) if self.width % g == 0 and hidden % g == 0]
-            raise ValueError(
-                f"model.groups={self.groups} must divide model.width={self.width} and width*expansion={hidden}; "
-                f"valid groups: {valid}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout={self.dropout!r} must be in [0, 1)")
-        if self.stem_stride not in STEM_STRIDES:
-            raise ValueError(f"model.stem_stride={self.stem_stride!r} is not valid; choose one of {STEM_STRIDES}")
-        if not isinstance(self.feature_mult, int) or isinstance(self.feature_mult, bool) or self.feature_mult < 0:
-            raise ValueError(f"model.feature_mult={self.feature_mult!r} must be an integer >= 0")
-        if not self.init_scale > 0:
-            raise ValueError(f"model.init_scale={self.init_scale!r} must be > 0")
-
-    @property
-    def hidden(self) -> int:
-        """Channels of the cell's hidden conv, E * C."""
-        return self.width * self.expansion
 
 
 class VisionStem(nn.Module):

@@ -106,7 +106,7 @@ class ToyParadigm(Paradigm):
         loss = F.cross_entropy(logits, y)
         return StepOutput(loss, stats, {"train/acc": (logits.argmax(1) == y).float().mean().item()})
 
-    def evaluate(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
+    def score(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
         x, y = self.splits[split]
         logits, _ = model(x)
         return {f"{split}/acc": (logits.argmax(1) == y).float().mean().item(),

@@ -17,13 +17,9 @@ from tiedlab.paradigms import rundir
 from tiedlab.paradigms.base import get_paradigm, options_from
 from tiedlab.paradigms.config import OPTIMIZERS
 from tiedlab.paradigms.contract import check_paradigm
-from tiedlab.paradigms.graph.adapter import (
-    GraphDataOptions,
-    GraphModelOptions,
-    GraphParadigm,
-    stratified_holdout,
-    task_of,
-)
+from tiedlab.paradigms.graph.adapter import GraphParadigm
+from tiedlab.paradigms.graph.data import stratified_holdout
+from tiedlab.paradigms.graph.options import GraphDataOptions, GraphModelOptions, task_of
 from tiedlab.paradigms.graph.model import GraphCell
 from tiedlab.paradigms.paths import data_root
 
@@ -299,7 +295,7 @@ def test_wrong_feature_sizes():
 def test_bad_options():
     with pytest.raises(ValueError, match=r"'pubmedx'.*cora.*MUTAG"):
         GraphParadigm({"name": "pubmedx"}, SMALL, CPU)
-    with pytest.raises(ValueError, match=r"data\.fold must be an int in 0\.\.9, got 10"):
+    with pytest.raises(ValueError, match=r"data\.fold=10 must be an integer in 0\.\.9"):
         GraphParadigm({"name": "MUTAG", "fold": 10}, SMALL, CPU)
     with pytest.raises(ValueError, match=r"model\.conv='gcnn'.*'gcn', 'sage', 'gin', 'gat'"):
         GraphParadigm({"name": "cora"}, {"conv": "gcnn"}, CPU)

@@ -17,7 +17,6 @@ from tiedlab.paradigms.graph.data import (
     load_tu,
     normalize_rows,
     sparse_features,
-    tu_loaders,
     validate_graph,
 )
 from tiedlab.paradigms import paths
@@ -302,24 +301,6 @@ def test_tu_bad_name():
 def test_nci1_parses():
     td = load_tu("NCI1")
     assert len(td) == 4110 and td.num_classes == 2 and td.num_features == 37
-
-
-def test_tu_loaders():
-    td = load_tu("MUTAG")
-    tr, te = tu_loaders(td, fold=2, batch_size=32, seed=0)
-    train_ids, test_ids = td.folds[2]
-    assert sum(b.num_graphs for b in tr) == train_ids.numel()
-    assert sum(b.num_graphs for b in te) == test_ids.numel()
-    b = next(iter(te))
-    assert b.x.shape[1] == 7 and b.y.shape == (b.num_graphs,)
-    assert torch.equal(b.y, torch.cat([td.graphs[i].y for i in test_ids[: b.num_graphs].tolist()]))
-    first = [next(iter(tu_loaders(td, 2, 32, seed=s)[0])).y for s in (0, 0, 1)]
-    assert torch.equal(first[0], first[1])
-    for bad in (-1, 10):
-        with pytest.raises(ValueError, match=rf"0\.\.9, got {bad}"):
-            tu_loaders(td, fold=bad, batch_size=32, seed=0)
-    with pytest.raises(ValueError, match="batch_size"):
-        tu_loaders(td, fold=0, batch_size=0, seed=0)
 
 
 # corrupt files in a fake root ---------------------------------------------------------------------

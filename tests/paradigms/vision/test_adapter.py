@@ -19,7 +19,8 @@ from tiedlab.core import Block, BlockSpec, BlockStats
 from tiedlab.paradigms.contract import CONTRACT_BLOCKS, check_paradigm
 from tiedlab.paradigms.paths import DataNotFoundError
 from tiedlab.paradigms.vision.adapter import VisionParadigm
-from tiedlab.paradigms.vision.model import MDEQCell, VisionModelOptions, build_backbone
+from tiedlab.paradigms.vision.model import MDEQCell, build_backbone
+from tiedlab.paradigms.vision.options import VisionModelOptions
 
 DIGITS = {"name": "digits", "channels": 1, "image_size": 8}
 # width 32 (not 8): the 8-channel MDEQ cell's DEQ loses its fixed point within the contract's 30 Adam
@@ -204,7 +205,7 @@ def test_augmentation_changes_images_not_labels():
 
 
 def test_auto_augment_is_none_for_digits_and_crop_flip_for_cifar():
-    from tiedlab.paradigms.vision.adapter import VisionDataOptions
+    from tiedlab.paradigms.vision.options import VisionDataOptions
 
     assert VisionDataOptions(name="digits").augment_kind == "none"
     assert VisionDataOptions(name="cifar10").augment_kind == "crop_flip"
