@@ -84,6 +84,7 @@ class Paradigm(ABC):
         Options: dataclass of the paradigm's ``data`` and ``model`` config sections, so that a
             misspelt key is an error naming the valid ones.
         primary_metric: the quality key reports rank by (e.g. ``"acc"``), and whether higher is better.
+        width_key: the config key of the model's width, written to metrics.json for the report (None: none).
     """
 
     name: ClassVar[str]
@@ -91,6 +92,7 @@ class Paradigm(ABC):
     ModelOptions: ClassVar[type]
     primary_metric: ClassVar[str] = "acc"
     higher_is_better: ClassVar[bool] = True
+    width_key: ClassVar[str | None] = "model.width"  # the config key of the model's width (None: no one width)
 
     def __init__(self, data: Mapping[str, Any], model: Mapping[str, Any], device: torch.device, seed: int = 0,
                  batch_size: int = 128):

@@ -33,7 +33,7 @@ from tiedlab.core import Block, BlockSpec, BlockStats, GradSpec, SolverSpec, mod
 from tiedlab.core.equilibrium import equilibrium_flags, gradient_cosine
 
 from . import rundir
-from .base import DataBundle, Paradigm, get_paradigm, paradigms_for_data
+from .base import DataBundle, Paradigm, epoch_generator, get_paradigm, paradigms_for_data
 from .config import TrainConfig, ignored_options, thresholds, validate
 from .provenance import now, run_provenance
 from .tracking import make_tracker
@@ -230,7 +230,7 @@ class EquilibriumProbe:
     def grad_cosine(self, seed: int) -> dict[str, float]:
         """``eq/grad_cosine`` between the run's gradient and a tight-tolerance IFT one on the probe batch."""
         if self.batch is None:
-            self.batch = next(iter(self.data.train_batches(torch.Generator().manual_seed(epoch_seed(seed, 0)))))
+            self.batch = next(iter(self.data.train_batches(epoch_generator(seed, 0))))
         batch = self.batch
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = self.options
@@ -285,11 +285,6 @@ def _cuda_devices(model: nn.Module) -> list[int]:
     return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of epoch ``epoch``'s data order and augmentation (a resumed run sees the same batches)."""
-    return seed * 100_003 + epoch
-
-
 def _batches(data: DataBundle, seed: int, epoch: int, skip: int) -> Iterator[tuple[int, int, Any]]:
     """(epoch, index, batch) from ``epoch`` on, skipping the first ``skip`` batches of that epoch.
 
@@ -297,8 +292,7 @@ def _batches(data: DataBundle, seed: int, epoch: int, skip: int) -> Iterator[tup
     exactly the batches an uninterrupted one would have.
     """
     while True:
-        gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-        for i, batch in enumerate(data.train_batches(gen)):
+        for i, batch in enumerate(data.train_batches(epoch_generator(seed, epoch))):
             if i >= skip:
                 yield epoch, i, batch
         epoch, skip = epoch + 1, 0
@@ -427,7 +421,8 @@ class _Run:
                      "paradigm": cfg.paradigm, "dataset": self.data.meta.get("dataset"),
                      "primary_metric": {"name": self.paradigm.primary_metric,
                                         "higher_is_better": self.paradigm.higher_is_better},
-                     "total_steps": self.total_steps, "data": self.data.meta, "provenance": self.sessions}
+                     "total_steps": self.total_steps, "data": self.data.meta, "provenance": self.sessions,
+                     "width": _width(cfg, self.paradigm)}
         self.tracker = make_tracker(cfg.logger, run_dir, opened.plain, fresh=opened.state_dict is None)
         rundir.write_json(run_dir / rundir.METRICS, {**self.base, "status": "running", "reason": "",
                                                      "step": self.loop.step, "metrics": dict(self.counts)})
@@ -657,6 +652,13 @@ def _make_paradigm(cfg: Any, device: torch.device) -> Paradigm:
         name = cfg.data.get("name", "this dataset")
         raise ValueError(f"{name} is a {' or '.join(owners)} dataset, not a {cfg.paradigm} one: use "
                          f"tiedlab-{owners[0]} data={name} (or paradigm={owners[0]})") from err
+
+
+def _width(cfg: DictConfig, paradigm: Paradigm) -> dict[str, Any]:
+    """metrics.json's ``width``: the config key that holds the model's width (the adapter's ``width_key``; None:
+    no one width) and its value, so that the report needs no table of where each paradigm keeps it."""
+    key = paradigm.width_key
+    return {"key": key, "value": OmegaConf.select(cfg, key) if key else None}
 
 
 def _keep_traceback(run_dir: Path) -> str:
