@@ -132,7 +132,7 @@ class MaskSpec:
         """Whether any weight is masked at all."""
         if self.mode == "none":
             return False
-        return self.mode == "disjoint" or self.kind == "nm" or self.sparsity > 0.0
+        return self.mode == "disjoint" or self.kind != "unstructured" or self.sparsity > 0.0  # other kinds: their own pattern
 
     @property
     def effective_sparsity(self) -> float:
