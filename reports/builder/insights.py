@@ -197,13 +197,14 @@ def insight1(cells: list[Cell]) -> list[Comparison]:
     return out
 
 
-def time_to_target(run: Run, target_score: float) -> tuple[float, bool]:
-    """(training seconds at the first evaluation whose score reaches ``target_score``, reached?)."""
-    curve = run.curve()
+def time_to_target(run: Run, target_score: float, x: str = "time/train_s") -> tuple[float, bool]:
+    """(training seconds, or steps with ``x="step"``, at the first evaluation whose score reaches ``target_score``,
+    reached?). Its resolution is the run's evaluation interval (``train.eval_every``)."""
+    curve = run.curve(x)
     for t, v in curve:
         if run.score(v) >= target_score:
             return t, True
-    total = run.metrics.get("time/train_s", math.nan)
+    total = run.metrics.get("time/train_s" if x == "time/train_s" else "train/steps", math.nan)
     return (total if math.isfinite(total) else (curve[-1][0] if curve else math.nan)), False
 
 
@@ -215,21 +216,25 @@ def insight2(cells: list[Cell]) -> list[Comparison]:
             continue
         worse = min(a.score(), b.score())
         target = worse - (1 - TARGET_FRACTION) * abs(worse)
-        times = {c: [time_to_target(r, target) for r in c.completed] for c in (a, b)}
-        ta, tb = ([t for t, _ in times[c] if math.isfinite(t)] for c in (a, b))
-        missed = {c: sum(not ok for _, ok in times[c]) for c in (a, b)}
         memory = {c: c.stat("memory/peak_mb") for c in (a, b)}
         target_metric = target if a.higher_is_better else -target
-        out.append(compare(
-            f"width={w}, target {a.metric}={target_metric:.4g}",
-            f"{a.title()} ({statistics.fmean(ta) if ta else math.nan:.3g} s, peak {memory[a].mean:.4g} MB"
-            f"{f', {missed[a]} never reached' if missed[a] else ''})",
-            f"{b.title()} ({statistics.fmean(tb) if tb else math.nan:.3g} s, peak {memory[b].mean:.4g} MB"
-            f"{f', {missed[b]} never reached' if missed[b] else ''})",
-            [-t for t in ta], [-t for t in tb], "s", a.completed, b.completed,
-            target=target_metric, tied_s=Stat.of(ta).as_dict(), deq_s=Stat.of(tb).as_dict(),
-            tied_peak_mb=memory[a].as_dict(), deq_peak_mb=memory[b].as_dict(),
-            tied_not_reached=missed[a], deq_not_reached=missed[b]))
+        # seconds to the target (step time and learning speed together) and steps to it (learning speed alone)
+        for x, unit in (("time/train_s", "s"), ("step", "steps")):
+            times = {c: [time_to_target(r, target, x) for r in c.completed] for c in (a, b)}
+            ta, tb = ([t for t, _ in times[c] if math.isfinite(t)] for c in (a, b))
+            missed = {c: sum(not ok for _, ok in times[c]) for c in (a, b)}
+
+            def shown(c: Cell, values: list[float]) -> str:
+                return (f"{c.title()} ({statistics.fmean(values) if values else math.nan:.3g} {unit}"
+                        + (f", peak {memory[c].mean:.4g} MB" if unit == "s" else "")
+                        + (f", {missed[c]} never reached" if missed[c] else "") + ")")
+
+            out.append(compare(
+                f"width={w}, target {a.metric}={target_metric:.4g}" + (", in steps" if unit == "steps" else ""),
+                shown(a, ta), shown(b, tb), [-t for t in ta], [-t for t in tb], unit, a.completed, b.completed,
+                target=target_metric, tied_s=Stat.of(ta).as_dict(), deq_s=Stat.of(tb).as_dict(),
+                tied_peak_mb=memory[a].as_dict(), deq_peak_mb=memory[b].as_dict(),
+                tied_not_reached=missed[a], deq_not_reached=missed[b]))
     return out
 
 

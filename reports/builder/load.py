@@ -170,11 +170,11 @@ class Run:
         """``value`` signed so that larger is always better."""
         return value if self.higher_is_better else -value
 
-    def curve(self) -> list[tuple[float, float]]:
-        """(training seconds, val primary metric) at each evaluation in history.jsonl."""
+    def curve(self, x: str = "time/train_s") -> list[tuple[float, float]]:
+        """(``x``: training seconds, or ``"step"``; val primary metric) at each evaluation in history.jsonl."""
         out = []
         for rec in self.history:
-            t, v = to_float(rec.get("time/train_s")), to_float(rec.get(f"val/{self.metric}"))
+            t, v = to_float(rec.get(x)), to_float(rec.get(f"val/{self.metric}"))
             if math.isfinite(t) and math.isfinite(v):
                 out.append((t, v))
         return out

@@ -146,8 +146,12 @@ def test_effect_sizes_and_runs_behind_them(synthetic_report):
     assert (v1["n_a"], v1["n_b"]) == (3, 3) and v1["text"] == "holds (+0.145 acc, n=3 vs 3)"
     assert verdict(summary, "graph", 1)["effect"] == pytest.approx(-0.15)
     assert verdict(summary, "language", 1)["effect"] == pytest.approx(0.30)
-    # Insight 2: target 0.95 * 0.80; tied crosses it at 5 s, DEQ at 40 s; memory shown beside it.
-    (comp,) = verdict(summary, "vision", 2)["comparisons"]
+    # Insight 2: target 0.95 * 0.80; tied crosses it at 5 s, DEQ at 40 s; memory shown beside it. In steps
+    # (learning speed without step time): tied at its 2nd evaluation (step 20), DEQ at its 3rd (step 30).
+    comp, steps = verdict(summary, "vision", 2)["comparisons"]
+    assert steps["unit"] == "steps" and steps["setting"].endswith(", in steps")
+    assert steps["extra"]["tied_s"]["mean"] == 20.0 and steps["extra"]["deq_s"]["mean"] == 30.0
+    assert steps["effect"] == pytest.approx(10.0)
     assert comp["extra"]["target"] == pytest.approx(0.76)
     assert comp["extra"]["tied_s"]["mean"] == pytest.approx(5.0) and comp["extra"]["deq_s"]["mean"] == 40.0
     assert comp["extra"]["deq_peak_mb"]["mean"] == 60.0 and comp["effect"] == pytest.approx(35.0)
