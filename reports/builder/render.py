@@ -475,6 +475,7 @@ code { background: #f4f4f4; padding: 1px 3px; overflow-wrap: anywhere; }
 details { margin: 0.3em 0 1.2em; } summary { cursor: pointer; color: #2a5a9a; }
 .figs { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 520px), 1fr)); gap: 1em 2em;
         margin: 1em 0; }
+.figs.one { grid-template-columns: minmax(0, 900px); }
 figure { margin: 0; } figure img { display: block; max-width: 100%; height: auto; }
 figcaption { font-size: 0.85em; color: #555; }
 """
@@ -610,10 +611,15 @@ def to_html(blocks: list[Block], title: str, folder: str | Path | None = None) -
            f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
            _toc(blocks, ids), "<main>"]
     figures: list[str] = []
+
+    def flush() -> None:
+        if figures:  # a figure alone (the forest plot) takes the width; several share it in columns
+            out.append(f"<div class=\"figs{' one' if len(figures) == 1 else ''}\">" + "".join(figures) + "</div>")
+            figures.clear()
+
     for i, b in enumerate(blocks):
-        if b.kind != "img" and figures:
-            out.append("<div class=\"figs\">" + "".join(figures) + "</div>")
-            figures = []
+        if b.kind != "img":
+            flush()
         if b.kind in ("h1", "h2", "h3"):
             ident = f' id="{ids[i]}"' if i in ids else ""
             out.append(f"<{b.kind}{ident}>{html.escape(b.text)}</{b.kind}>")
@@ -627,7 +633,6 @@ def to_html(blocks: list[Block], title: str, folder: str | Path | None = None) -
             out.append(_table_html(b))
         elif b.kind == "img":
             figures.append(_figure_html(b, folder))
-    if figures:
-        out.append("<div class=\"figs\">" + "".join(figures) + "</div>")
+    flush()
     out += ["</main>", f"<script>{SORT_JS}</script>", "</body>", "</html>"]
     return "\n".join(out) + "\n"

@@ -128,6 +128,29 @@ def build_synthetic(root: Path) -> None:
          mode="deq", history=[(4.0, 3.0), (20.0, 2.0), (40.0, 1.8)])
 
 
+TOY = "support.toy:ToyParadigm"  # the test-only paradigm (tests/support/toy.py): real training, ~0.1-3 s a run
+
+
+def toy_cfg(mode: str, seed: int, width: int = 16) -> dict:
+    return dict(paradigm=TOY, seed=seed, data={}, model={"width": width}, block={"mode": mode, "depth": 3},
+                train=dict(batch_size=64, epochs=None, max_steps=10, eval_every=5, ckpt_every=100, progress=False,
+                           threads=1), optim=dict(lr=0.01))
+
+
+@pytest.fixture(scope="session")
+def toy_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real tiny runs of the toy paradigm (engine.train), trained once per session: explicit, tied and DEQ at
+    width 16, seeds 0 and 1, under RUNS/multirun/toy/block=MODE,seed=SEED. Read them, never write into them."""
+    from tiedlab.paradigms.engine import train
+
+    runs = tmp_path_factory.mktemp("real_runs")
+    for mode in ("explicit", "tied", "deq"):
+        for seed in (0, 1):
+            result = train(toy_cfg(mode, seed), runs / "multirun" / "toy" / f"block={mode},seed={seed}")
+            assert result["status"] == "completed"
+    return runs
+
+
 @pytest.fixture(scope="session")
 def synthetic_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("runs")
