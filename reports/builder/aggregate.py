@@ -147,6 +147,10 @@ class Cell:
         """A final metric over the completed runs, one value per replicate (duplicates of a seed averaged)."""
         return Stat.of(self._per_replicate(lambda r: r.metrics.get(key, math.nan)))
 
+    def values(self, key: str) -> list[float]:
+        """A final metric's finite value per replicate (what ``stat`` is over): the single seeds a plot shows."""
+        return [v for v in self._per_replicate(lambda r: r.metrics.get(key, math.nan)) if math.isfinite(v)]
+
     def primary(self, split: str = "val") -> Stat:
         return self.stat(f"{split}/{self.metric}")
 

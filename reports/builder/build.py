@@ -182,6 +182,6 @@ def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tie
         report.date = f"{report.date} (the original report: {first})"
     blocks = document(report)
     (out / "README.md").write_text(to_markdown(blocks))
-    (out / "index.html").write_text(to_html(blocks, title))
+    (out / "index.html").write_text(to_html(blocks, title, out))
     (out / "summary.json").write_text(json.dumps(summary(report), indent=2, sort_keys=False) + "\n")
     return report

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import guidelines as guide
@@ -19,10 +22,11 @@ class Block:
 
     kind: str  # h1 | h2 | h3 | p | ul | code | table | img
     text: str = ""
-    items: list[str] = field(default_factory=list)  # ul items; img: [file]
+    items: list[str] = field(default_factory=list)  # ul items; img: [PNG file, SVG file (optional)]
     header: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
     row_classes: list[str] = field(default_factory=list)
+    details: str = ""  # table: shown folded behind this summary line (<details>), in README.md and index.html
 
 
 def fmt(value: Any) -> str:
@@ -62,11 +66,42 @@ def fmt_stat(stat: Stat, n_row: int | None = None) -> str:
     elif stat.std == 0:
         out = f"{fmt(stat.mean)} (all equal)"
     elif math.isfinite(stat.std) and math.isfinite(stat.mean) and abs(stat.mean) < 1e4:
-        decimals = max(0, 1 - math.floor(math.log10(stat.std)))
-        out = f"{stat.mean:.{decimals}f} ± {stat.std:.2g}"
+        place = 1 - math.floor(math.log10(stat.std))  # decimals that keep the std's second significant digit
+        if place >= 0:
+            out = f"{stat.mean:.{place}f} ± {stat.std:.2g}"
+        else:  # a std of 100 or more: both rounded to its second digit, never "1.4e+02"
+            out = f"{round(stat.mean, place):.0f} ± {round(stat.std, place):.0f}"
     else:
         out = f"{fmt(stat.mean)} ± {fmt(stat.std)}"
     return out if n_row is None or stat.n == n_row else f"{out} (n={stat.n})"
+
+
+def fmt_value(stat: Stat, n_row: int | None = None) -> str:
+    """A compact table's value: the mean alone when the runs agree (parameter counts), else ``fmt_stat``."""
+    if stat.n and (stat.std is None or stat.std == 0):
+        out = fmt(stat.mean)
+        return out if n_row is None or stat.n == n_row else f"{out} (n={stat.n})"
+    return fmt_stat(stat, n_row)
+
+
+def fmt_interval(stat: Stat, level: float = 0.95) -> str:
+    """"0.856 [0.815, 0.897]": the mean and its t interval over the replicates (level 95%), rounded to the
+    interval's half-width's second significant digit; one run shows its value and "(n=1)", runs that all agree
+    "(all equal)"."""
+    if stat.n == 0 or not math.isfinite(stat.mean):
+        return "-"
+    if stat.std is None:
+        return f"{fmt(stat.mean)} (n=1)"
+    if stat.std == 0 or not math.isfinite(stat.std):
+        return fmt_stat(stat)
+    from scipy.stats import t
+
+    half = float(t.ppf(0.5 + level / 2, stat.n - 1)) * stat.std / math.sqrt(stat.n)
+    place = 1 - math.floor(math.log10(half))
+    if place < 0 or abs(stat.mean) >= 1e4:
+        return f"{fmt(round(stat.mean, min(place, 0)))} [{fmt(round(stat.mean - half, min(place, 0)))}, " \
+               f"{fmt(round(stat.mean + half, min(place, 0)))}]"
+    return f"{stat.mean:.{place}f} [{stat.mean - half:.{place}f}, {stat.mean + half:.{place}f}]"
 
 
 def header_blocks(report: Any) -> list[Block]:
@@ -151,23 +186,29 @@ def primary_blocks(report: Any) -> list[Block]:
     looks = (f" The seeds were added in up to {report.looks} looks (tiedlab-study --until-decided): each look "
              f"tests at alpha/{report.looks}." if report.looks > 1 else "")
     blocks = [Block("h2", "Primary comparisons (pre-registered)")]
-    blocks += [Block("img", p.title, items=[p.file]) for p in report.plots if p.kind == "forest"]
+    blocks += [Block("img", p.title, items=[p.file, p.svg]) for p in report.plots if p.kind == "forest"]
     blocks.append(Block("p", "Rule: " + STATS_RULE + looks))
-    rows, classes = [], []
+    rows, compact, classes = [], [], []
     for r in report.primaries:
         s = r.spec
         effect = {"mean": "A - B", "divergence": "rate B - rate A", "spread": "var B / var A"}[s.kind]
+        claim, n = f"{s.claim}, delta {s.delta:g}", f"{r.n_a}/{r.n_b}" + (" paired" if r.paired else "")
         rows.append([str(s.insight), s.paradigm, s.label or "-", f"A: {s.a.title()}", f"B: {s.b.title()}",
-                     f"{s.claim}, delta {s.delta:g}", f"{s.kind}: {s.metric}"
+                     claim, f"{s.kind}: {s.metric}"
                      + (f" ({s.direction} is better)" if s.kind == "mean" else "")
                      + (", log" if s.transform == "log" else "") + f"; effect {effect}",
-                     f"{r.n_a}/{r.n_b}" + (" paired" if r.paired else ""), _interval(r), fmt(r.p),
-                     r.verdict + (f" ({r.reason})" if r.reason else ""),
+                     n, _interval(r), fmt(r.p), r.verdict + (f" ({r.reason})" if r.reason else ""),
                      _seeds_needed(r)])
+        compact.append([str(s.insight), s.paradigm, s.label or "-", s.a.title(), s.b.title(), claim, n,
+                        _interval(r), fmt(r.p), r.verdict, _seeds_needed(r)])
         classes.append(VERDICT_CLASS.get(r.verdict, ""))
+    blocks.append(Block("table", header=["insight", "paradigm", "claim", "arm A", "arm B", "claim, delta", "n A/B",
+                                         "effect [CI at the verdict's level]", "p", "verdict (Holm)",
+                                         "seeds/arm to decide"], rows=compact, row_classes=classes))
     blocks.append(Block("table", header=["insight", "paradigm", "claim", "arm A", "arm B", "claim, delta", "test",
                                          "n A/B", "effect [CI at the verdict's level]", "p", "verdict (Holm)",
-                                         "seeds/arm to decide"], rows=rows, row_classes=classes))
+                                         "seeds/arm to decide"], rows=rows, row_classes=classes,
+                        details="Full table: each comparison's test and why its verdict is what it is"))
     notes = [f"insight {r.spec.insight} / {r.spec.paradigm}: {n}" for r in report.primaries for n in r.notes]
     if notes:
         blocks.append(Block("ul", items=notes))
@@ -226,7 +267,7 @@ def insight_blocks(report: Any) -> list[Block]:
     blocks.append(Block("h3", "The secondary comparisons"))
     blocks.append(Block("table", header=["insight", "paradigm / dataset", "comparison", "side A (insight favours)",
                                          "side B", "n A vs B", "d ± SE", "2 SE screen"], rows=detail,
-                        row_classes=detail_classes))
+                        row_classes=detail_classes, details=f"All {len(detail)} secondary comparisons"))
     return blocks
 
 
@@ -246,34 +287,53 @@ def guideline_blocks(report: Any) -> list[Block]:
     return blocks
 
 
+COMPACT = (("params/unique", "params unique"), ("params/used", "params used"), ("time/train_s", "train s"),
+           ("memory/peak_mb", "peak MB"))
+
+
 def cell_blocks(report: Any) -> list[Block]:
+    """Per paradigm and dataset: a compact table (variant, depth, width, n, the primary metric with its 95%
+    interval, parameters, time, memory), every column behind a disclosure, then the plots."""
     blocks: list[Block] = []
     for (paradigm, dataset), cells in groups(report.cells).items():
         metric, higher = cells[0].metric, cells[0].higher_is_better
         show_other = any(c.other for c in cells)
         header = ["variant", "depth", "width", *(["other"] if show_other else []), "n", f"val {metric}",
                   f"test {metric}", *[name for _, name in COLUMNS], "diverged / runs", "unfinished"]
-        rows, classes = [], []
+        rows, classes, compact = [], [], []
         for c in cells:
             n, apart = len(c.completed), len(c.not_at_equilibrium)
-            rows.append([c.label, fmt(c.depth), fmt(c.width), *([c.other] if show_other else []),
-                         f"{n} (+{apart} not at equilibrium)" if apart else str(n),
+            shown_n = f"{n} (+{apart} not at equilibrium)" if apart else str(n)
+            rows.append([c.label, fmt(c.depth), fmt(c.width), *([c.other] if show_other else []), shown_n,
                          fmt_stat(c.primary("val"), n), fmt_stat(c.primary("test"), n),
                          *[fmt_stat(c.stat(key), n) for key, _ in COLUMNS], f"{c.diverged} / {len(c.runs)}",
                          str(c.unfinished)])
+            compact.append([c.label, fmt(c.depth), fmt(c.width), *([c.other] if show_other else []),
+                            shown_n + (f" ({c.diverged} diverged)" if c.diverged else "")
+                            + (f" ({c.unfinished} unfinished)" if c.unfinished else ""),
+                            fmt_interval(c.primary("val")), *[fmt_value(c.stat(key), n) for key, _ in COMPACT]])
             classes.append("diverged" if c.diverged else ("unfinished" if c.unfinished else
                                                           ("noteq" if apart else "")))
+        lead = 5 + show_other  # variant, depth, width, (other), n, the metric: always shown
+        keep = [i for i in range(len(compact[0])) if i < lead or any(row[i] != "-" for row in compact)]
+        compact_header = ["variant", "depth", "width", *(["other"] if show_other else []), "n",
+                          f"val {metric}, mean [95% CI]", *[name for _, name in COMPACT]]
         blocks.append(Block("h2", f"{paradigm} / {dataset}"))
         blocks.append(Block("p", f"Primary metric: {metric} ({'higher' if higher else 'lower'} is better). Each row "
-                                 "is a cell of runs that differ only in seed: mean ± sample std (ddof=1) over its "
-                                 "completed runs, n = completed runs (a metric's own n is shown when it differs); "
-                                 "diverged and unfinished (running, failed, no metrics.json) runs, and completed DEQ "
-                                 "runs flagged not at equilibrium (\"+k not at equilibrium\"), are counted, not "
-                                 "averaged."))
-        blocks.append(Block("table", header=header, rows=rows, row_classes=classes))
+                                 "is a cell of runs that differ only in seed, n = its completed runs: the val metric's "
+                                 "mean with its 95% t interval over the seeds, and the mean of the other values (one "
+                                 "value where every seed agrees, else mean ± sample std). Diverged and unfinished "
+                                 "(running, failed, no metrics.json) runs, and completed DEQ runs flagged not at "
+                                 "equilibrium (\"+k not at equilibrium\"), are counted, not averaged. Every column "
+                                 "(test metric, dense and nonzero parameters, step time, throughput, NFE, residual) "
+                                 "as mean ± sample std (ddof=1) is in the full table below it."))
+        blocks.append(Block("table", header=[compact_header[i] for i in keep],
+                            rows=[[row[i] for i in keep] for row in compact], row_classes=classes))
+        blocks.append(Block("table", header=header, rows=rows, row_classes=classes,
+                            details=f"Full table: {len(header)} columns, mean ± sample std"))
         for plot in report.plots:
             if (plot.paradigm, plot.dataset) == (paradigm, dataset):
-                blocks.append(Block("img", plot.title, items=[plot.file]))
+                blocks.append(Block("img", plot.title, items=[plot.file, plot.svg]))
     return blocks
 
 
@@ -342,7 +402,8 @@ def run_blocks(report: Any) -> list[Block]:
             Block("p", "Every run directory found, whatever its status; val/test are the primary metric. A completed "
                        "run not at equilibrium shows its flags as its reason."),
             Block("table", header=["run", "paradigm", "dataset", "variant", "width", "depth", "seed", "status",
-                                   "reason", "step", "val", "test", "train s"], rows=rows, row_classes=classes)]
+                                   "reason", "step", "val", "test", "train s"], rows=rows, row_classes=classes,
+                  details=f"All {len(rows)} runs")]
 
 
 def document(report: Any) -> list[Block]:
@@ -353,6 +414,15 @@ def document(report: Any) -> list[Block]:
 
 def _md_cell(text: str) -> str:
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(b: Block) -> str:
+    lines = ["| " + " | ".join(map(_md_cell, b.header)) + " |", "|" + "---|" * len(b.header)]
+    lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in b.rows]
+    table = "\n".join(lines)
+    if b.details:  # GitHub renders a table inside <details> when blank lines surround it
+        return f"<details><summary>{html.escape(b.details)}</summary>\n\n{table}\n\n</details>"
+    return table
 
 
 def to_markdown(blocks: list[Block]) -> str:
@@ -367,27 +437,86 @@ def to_markdown(blocks: list[Block]) -> str:
         elif b.kind == "code":
             out.append(f"```\n{b.text}\n```")
         elif b.kind == "table":
-            lines = ["| " + " | ".join(map(_md_cell, b.header)) + " |", "|" + "---|" * len(b.header)]
-            lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in b.rows]
-            out.append("\n".join(lines))
+            out.append(_md_table(b))
         elif b.kind == "img":
-            out.append(f"![{b.text}]({b.items[0]})")
+            svg = b.items[1] if len(b.items) > 1 and b.items[1] != b.items[0] else ""
+            out.append(f"![{b.text}]({b.items[0]})" + (f"\n\n*{b.text}* (vector: [{svg}]({svg}))" if svg else ""))
     return "\n\n".join(out) + "\n"
 
 
-CSS = """
-body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
+CSS = r"""
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 0; color: #222;
+       line-height: 1.4; }
+nav#toc { font-size: 0.85em; padding: 1em 1.2em; background: #f7f7f7; border-bottom: 1px solid #ddd; }
+nav#toc ul { list-style: none; margin: 0.2em 0; padding-left: 0.9em; }
+nav#toc > ul { padding-left: 0; }
+nav#toc a { color: #2a5a9a; text-decoration: none; } nav#toc a:hover { text-decoration: underline; }
+main { padding: 1em 2em 3em; min-width: 0; max-width: 1500px; }
+@media (min-width: 1100px) {
+  body { display: grid; grid-template-columns: 15em minmax(0, 1fr); }
+  nav#toc { position: sticky; top: 0; height: 100vh; overflow-y: auto; box-sizing: border-box;
+            border-bottom: 0; border-right: 1px solid #ddd; }
+}
+h1 { margin: 0.3em 0 0.4em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #eee; } h3 { margin-top: 1.2em; }
+.tw { overflow-x: auto; max-width: 100%; margin: 0.5em 0 1.2em; }
+table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
-th { background: #f0f0f0; }
+td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+th { background: #f0f0f0; position: relative; }
+table.sortable th { cursor: pointer; padding-right: 1.2em; }
+table.sortable th::after { content: "\2195"; position: absolute; right: 0.3em; color: #aaa; font-size: 0.8em; }
+table.sortable th[aria-sort="ascending"]::after { content: "\2191"; color: #333; }
+table.sortable th[aria-sort="descending"]::after { content: "\2193"; color: #333; }
 tr.diverged td, tr.fails td { background: #fde2e2; }
 tr.unfinished td { background: #fff4d6; }
 tr.noteq td { background: #ece4f7; }
 tr.holds td { background: #e3f6e3; }
-code { background: #f4f4f4; padding: 1px 3px; }
-figure { margin: 1em 0; } img { max-width: 100%; }
+code { background: #f4f4f4; padding: 1px 3px; overflow-wrap: anywhere; }
+details { margin: 0.3em 0 1.2em; } summary { cursor: pointer; color: #2a5a9a; }
+.figs { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 520px), 1fr)); gap: 1em 2em;
+        margin: 1em 0; }
+.figs.one { grid-template-columns: minmax(0, 900px); }
+figure { margin: 0; } figure img { display: block; max-width: 100%; height: auto; }
 figcaption { font-size: 0.85em; color: #555; }
 """
+
+# Click (or Enter on) a column heading to sort its table; again to reverse. Numbers sort as numbers ("1,234",
+# "0.81 ± 0.01", "3 / 4" by their leading number), text as text, "-" last.
+SORT_JS = """
+(function () {
+  function key(cell) {
+    var text = cell.textContent.trim(), m = text.replace(/,/g, "").match(/^[-+]?(\\d+\\.?\\d*|\\.\\d+)(e[-+]?\\d+)?/i);
+    if (text === "-" || text === "") return [2, 0, ""];
+    return m ? [0, parseFloat(m[0]), text] : [1, 0, text];
+  }
+  function compare(a, b) {
+    if (a[0] !== b[0]) return a[0] - b[0];
+    if (a[0] === 0 && a[1] !== b[1]) return a[1] - b[1];
+    return a[2].localeCompare(b[2], undefined, {numeric: true});
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
+    var heads = table.tHead.rows[0].cells, body = table.tBodies[0];
+    Array.prototype.forEach.call(heads, function (th, col) {
+      th.tabIndex = 0;
+      th.title = "sort by this column";
+      function sort() {
+        var up = th.getAttribute("aria-sort") !== "ascending";
+        Array.prototype.forEach.call(heads, function (h) { h.removeAttribute("aria-sort"); });
+        th.setAttribute("aria-sort", up ? "ascending" : "descending");
+        var rows = Array.prototype.map.call(body.rows, function (row, i) { return [key(row.cells[col]), i, row]; });
+        rows.sort(function (a, b) { return (up ? compare(a[0], b[0]) : compare(b[0], a[0])) || a[1] - b[1]; });
+        rows.forEach(function (r) { body.appendChild(r[2]); });
+      }
+      th.addEventListener("click", sort);
+      th.addEventListener("keydown", function (e) {
+        if (e.key === "Enter" || e.key === " ") { e.preventDefault(); sort(); }
+      });
+    });
+  });
+})();
+"""
+
+_NUMERIC = re.compile(r"^[-+]?(\d[\d,]*\.?\d*|\.\d+)(e[-+]?\d+)?( ± [\d.e+-]+| \[[^\]]*\])?( \((all equal|n=\d+)\))?$")
 
 
 def _inline(text: str) -> str:
@@ -396,12 +525,104 @@ def _inline(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
-def to_html(blocks: list[Block], title: str) -> str:
+def anchors(blocks: list[Block]) -> dict[int, str]:
+    """A unique id for every h2 and h3 (the table of contents links to them), by block index."""
+    out, used = {}, set()
+    for i, b in enumerate(blocks):
+        if b.kind in ("h2", "h3"):
+            base = re.sub(r"[^a-z0-9]+", "-", b.text.lower()).strip("-") or "section"
+            name, k = base, 2
+            while name in used:
+                name, k = f"{base}-{k}", k + 1
+            used.add(name)
+            out[i] = name
+    return out
+
+
+def _toc(blocks: list[Block], ids: dict[int, str]) -> str:
+    out, open_sub = ["<nav id=\"toc\" aria-label=\"Contents\"><strong>Contents</strong><ul>"], False
+    for i, b in enumerate(blocks):
+        if i not in ids:
+            continue
+        text = b.text if b.kind == "h2" else b.text.split(":")[0]  # "graph / cora: best val acc ..." -> "graph / cora"
+        link = f"<a href=\"#{ids[i]}\">{html.escape(text)}</a>"
+        if b.kind == "h2":
+            out.append(("</ul></li>" if open_sub else "</li>") if len(out) > 1 else "")
+            out.append(f"<li>{link}")
+            open_sub = False
+        else:
+            out.append(("" if open_sub else "<ul>") + f"<li>{link}</li>")
+            open_sub = True
+    if len(out) > 1:
+        out.append("</ul></li>" if open_sub else "</li>")
+    out.append("</ul></nav>")
+    return "".join(out)
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
+def _figure_html(b: Block, folder: Path | None) -> str:
+    """A figure: the PNG embedded as a data URI when ``folder`` holds it (index.html needs no other file), else
+    linked; the caption links the SVG beside it."""
+    file = b.items[0]
+    svg = b.items[1] if len(b.items) > 1 and b.items[1] != file else ""
+    src, size = file, None
+    path = folder / file if folder is not None else None
+    if path is not None and path.is_file():
+        data = path.read_bytes()
+        size = _png_size(data)
+        src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
+    ident = re.sub(r"[^a-z0-9]+", "-", Path(file).stem.lower()).strip("-")
+    link = f' <a href="{html.escape(svg, quote=True)}">SVG</a>' if svg else ""
+    return (f"<figure id=\"fig-{ident}\"><img src=\"{html.escape(src, quote=True)}\" "
+            f"data-file=\"{html.escape(file, quote=True)}\" alt=\"{html.escape(b.text, quote=True)}\"{dims}>"
+            f"<figcaption>{html.escape(b.text)}{link}</figcaption></figure>")
+
+
+def _table_html(b: Block) -> str:
+    out = ["<div class=\"tw\"><table class=\"sortable\">",
+           "<thead><tr>" + "".join(f"<th scope=\"col\">{html.escape(h)}</th>" for h in b.header) + "</tr></thead>",
+           "<tbody>"]
+    for i, row in enumerate(b.rows):
+        cls = b.row_classes[i] if i < len(b.row_classes) else ""
+        attr = f' class="{html.escape(cls)}"' if cls else ""
+        out.append(f"<tr{attr}>" + "".join(
+            f"<td class=\"num\">{html.escape(str(c))}</td>" if j and _NUMERIC.match(str(c))
+            else f"<td>{html.escape(str(c))}</td>" for j, c in enumerate(row)) + "</tr>")
+    out += ["</tbody>", "</table></div>"]
+    table = "\n".join(out)
+    if b.details:
+        return f"<details><summary>{html.escape(b.details)}</summary>\n{table}\n</details>"
+    return table
+
+
+def to_html(blocks: list[Block], title: str, folder: str | Path | None = None) -> str:
+    """One self-contained page: a table of contents from the headings, sortable tables, the PNGs of ``folder``
+    embedded (the SVGs beside them linked), no network."""
+    folder = Path(folder) if folder is not None else None
+    ids = anchors(blocks)
     out = ["<!DOCTYPE html>", "<html lang=\"en\">", "<head>", "<meta charset=\"utf-8\">",
-           f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>"]
-    for b in blocks:
+           "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+           f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
+           _toc(blocks, ids), "<main>"]
+    figures: list[str] = []
+
+    def flush() -> None:
+        if figures:  # a figure alone (the forest plot) takes the width; several share it in columns
+            out.append(f"<div class=\"figs{' one' if len(figures) == 1 else ''}\">" + "".join(figures) + "</div>")
+            figures.clear()
+
+    for i, b in enumerate(blocks):
+        if b.kind != "img":
+            flush()
         if b.kind in ("h1", "h2", "h3"):
-            out.append(f"<{b.kind}>{html.escape(b.text)}</{b.kind}>")
+            ident = f' id="{ids[i]}"' if i in ids else ""
+            out.append(f"<{b.kind}{ident}>{html.escape(b.text)}</{b.kind}>")
         elif b.kind == "p":
             out.append(f"<p>{_inline(b.text)}</p>")
         elif b.kind == "ul":
@@ -409,18 +630,9 @@ def to_html(blocks: list[Block], title: str) -> str:
         elif b.kind == "code":
             out.append(f"<pre>{html.escape(b.text)}</pre>")
         elif b.kind == "table":
-            out.append("<table>")
-            out.append("<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in b.header) + "</tr></thead>")
-            out.append("<tbody>")
-            for i, row in enumerate(b.rows):
-                cls = b.row_classes[i] if i < len(b.row_classes) else ""
-                attr = f' class="{html.escape(cls)}"' if cls else ""
-                out.append(f"<tr{attr}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
-            out.append("</tbody>")
-            out.append("</table>")
+            out.append(_table_html(b))
         elif b.kind == "img":
-            src = html.escape(b.items[0], quote=True)
-            out.append(f"<figure><img src=\"{src}\" alt=\"{html.escape(b.text, quote=True)}\">"
-                       f"<figcaption>{html.escape(b.text)}</figcaption></figure>")
-    out += ["</body>", "</html>"]
+            figures.append(_figure_html(b, folder))
+    flush()
+    out += ["</main>", f"<script>{SORT_JS}</script>", "</body>", "</html>"]
     return "\n".join(out) + "\n"

@@ -89,7 +89,7 @@ def summary(report: Any) -> dict[str, Any]:
         "insight_texts": {str(k): {"name": v[0], "method": v[1]} for k, v in INSIGHTS.items()},
         "runs": [run_entry(r) for r in report.runs], "cells": [cell_entry(c) for c in report.cells],
         "insights": [insight_entry(r) for r in report.insights], "guidelines": report.guidelines,
-        "plots": [dataclasses.asdict(p) for p in report.plots],
+        "plots": [{**dataclasses.asdict(p), "svg": p.svg} for p in report.plots],
         "files": ["README.md", "index.html", "summary.json", *[p.file for p in report.plots],
-                  *[p.file.replace(".png", ".svg") for p in report.plots if p.kind == "forest"]],
+                  *[p.svg for p in report.plots]],
     })

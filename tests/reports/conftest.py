@@ -128,6 +128,29 @@ def build_synthetic(root: Path) -> None:
          mode="deq", history=[(4.0, 3.0), (20.0, 2.0), (40.0, 1.8)])
 
 
+TOY = "support.toy:ToyParadigm"  # the test-only paradigm (tests/support/toy.py): real training, ~0.1-3 s a run
+
+
+def toy_cfg(mode: str, seed: int, width: int = 16) -> dict:
+    return dict(paradigm=TOY, seed=seed, data={}, model={"width": width}, block={"mode": mode, "depth": 3},
+                train=dict(batch_size=64, epochs=None, max_steps=10, eval_every=5, ckpt_every=100, progress=False,
+                           threads=1), optim=dict(lr=0.01))
+
+
+@pytest.fixture(scope="session")
+def toy_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real tiny runs of the toy paradigm (engine.train), trained once per session: explicit, tied and DEQ at
+    width 16, seeds 0 and 1, under RUNS/multirun/toy/block=MODE,seed=SEED. Read them, never write into them."""
+    from tiedlab.paradigms.engine import train
+
+    runs = tmp_path_factory.mktemp("real_runs")
+    for mode in ("explicit", "tied", "deq"):
+        for seed in (0, 1):
+            result = train(toy_cfg(mode, seed), runs / "multirun" / "toy" / f"block={mode},seed={seed}")
+            assert result["status"] == "completed"
+    return runs
+
+
 @pytest.fixture(scope="session")
 def synthetic_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("runs")
@@ -149,19 +172,29 @@ def synthetic_report(synthetic_runs: Path, tmp_path_factory: pytest.TempPathFact
 class _TagChecker(HTMLParser):
     """Balanced table tags and the img sources of an HTML page."""
 
-    TRACKED = {"html", "head", "body", "table", "thead", "tbody", "tr", "td", "th", "ul", "li", "figure", "p"}
+    TRACKED = {"html", "head", "body", "table", "thead", "tbody", "tr", "td", "th", "ul", "li", "figure", "p", "nav",
+               "main", "details", "summary", "div", "script", "style"}
 
     def __init__(self) -> None:
         super().__init__()
         self.stack: list[str] = []
         self.errors: list[str] = []
-        self.images: list[str] = []
+        self.images: list[str] = []  # each <img>'s file (data-file; its src when not embedded)
+        self.sources: list[str] = []  # each <img>'s src
+        self.links: list[str] = []  # every <a href>
+        self.ids: list[str] = []
         self.counts: dict[str, int] = {}
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.counts[tag] = self.counts.get(tag, 0) + 1
+        found = dict(attrs)
         if tag == "img":
-            self.images.append(dict(attrs).get("src") or "")
+            self.sources.append(found.get("src") or "")
+            self.images.append(found.get("data-file") or found.get("src") or "")
+        if tag == "a":
+            self.links.append(found.get("href") or "")
+        if found.get("id"):
+            self.ids.append(found["id"] or "")
         if tag in self.TRACKED:
             self.stack.append(tag)
 
@@ -175,17 +208,26 @@ class _TagChecker(HTMLParser):
 
 @pytest.fixture
 def check_html():
-    """check_html(folder) -> the parser: asserts balanced tags and that every <img src> exists in ``folder``."""
+    """check_html(folder) -> the parser: asserts balanced tags, that every <img> is its PNG embedded (index.html
+    stands alone) and exists in ``folder`` too, that every local link (SVGs, the table of contents) resolves."""
 
     def check(folder: Path) -> _TagChecker:
+        import base64
+
         parser = _TagChecker()
         parser.feed((folder / "index.html").read_text())
         parser.close()
         assert not parser.errors, parser.errors[:5]
         assert not parser.stack, f"unclosed tags: {parser.stack}"
-        for src in parser.images:
-            assert src and not src.startswith(("http:", "https:", "/")), src
-            assert (folder / src).is_file(), f"<img src={src!r}> does not exist"
+        for src, file in zip(parser.sources, parser.images):
+            assert src.startswith("data:image/png;base64,"), f"<img> of {file} is not embedded: {src[:60]}"
+            assert base64.b64decode(src.split(",", 1)[1]) == (folder / file).read_bytes(), file
+        for href in parser.links:
+            assert href and not href.startswith(("http:", "https:", "/")), href
+            if href.startswith("#"):
+                assert href[1:] in parser.ids, f"<a href={href!r}>: no such id"
+            else:
+                assert (folder / href).is_file(), f"<a href={href!r}> does not exist"
         return parser
 
     return check

@@ -131,8 +131,9 @@ def test_markdown_shows_counts_medians_flags_and_the_flagged_runs(eq_report, che
     _, _, out = eq_report
     readme = (out / "README.md").read_text()
     table = readme.split("\n## vision / cifar10\n", 1)[1].split("\n## ", 1)[0]
-    deq_row = next(line for line in table.splitlines() if line.startswith("| deq anderson+ift | 4 | 32 |"))
-    assert "| 3 (+2 not at equilibrium) | 0.820 ± 0.02 |" in deq_row
+    compact, full = [line for line in table.splitlines() if line.startswith("| deq anderson+ift | 4 | 32 |")]
+    assert "| 3 (+2 not at equilibrium) | 0.820 [0.770, 0.870] |" in compact  # 0.82 ± 4.30 * 0.02 / sqrt(3)
+    assert "| 3 (+2 not at equilibrium) | 0.820 ± 0.02 |" in full
     section = readme.split("## Equilibrium", 1)[1].split("\n## ", 1)[0]
     row = next(line for line in section.splitlines() if "deq anderson+ift d=4 w=32" in line)
     assert row.startswith("| vision / cifar10 | deq anderson+ift d=4 w=32 | 2 | 2 | 1 | 0.026 | 0.965 | 1.025 | 0.98 |")

@@ -9,26 +9,11 @@ import pytest
 
 from tiedlab.reports.cli import main
 
-TOY = "support.toy:ToyParadigm"
-
-
-def toy_cfg(mode: str, seed: int) -> dict:
-    return dict(paradigm=TOY, seed=seed, data={}, model={"width": 16}, block={"mode": mode, "depth": 3},
-                train=dict(batch_size=64, epochs=None, max_steps=10, eval_every=5, ckpt_every=100, progress=False,
-                           threads=1), optim=dict(lr=0.01))
-
 
 @pytest.fixture(scope="module")
-def real_report(tmp_path_factory) -> tuple[Path, dict, int]:
-    from tiedlab.paradigms.engine import train
-
-    runs = tmp_path_factory.mktemp("real_runs")
-    for mode in ("explicit", "tied", "deq"):
-        for seed in (0, 1):
-            result = train(toy_cfg(mode, seed), runs / "multirun" / "toy" / f"block={mode},seed={seed}")
-            assert result["status"] == "completed"
+def real_report(toy_runs, tmp_path_factory) -> tuple[Path, dict, int]:
     out = tmp_path_factory.mktemp("real_report") / "toy"
-    code = main([str(runs), "--out", str(out), "--title", "toy end to end", "--command", "pytest tests/reports"])
+    code = main([str(toy_runs), "--out", str(out), "--title", "toy end to end", "--command", "pytest tests/reports"])
     return out, json.loads((out / "summary.json").read_text()), code
 
 

@@ -35,6 +35,10 @@ def test_exit_code_and_files(synthetic_report):
         data = (out / plot["file"]).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, plot["file"]
     assert sorted(p.name for p in out.glob("*.png")) == sorted(p["file"] for p in summary["plots"])
+    # vector output beside every PNG, listed in summary.json's files
+    assert sorted(p.name for p in out.glob("*.svg")) == sorted(p["svg"] for p in summary["plots"])
+    assert all(b"<svg" in (out / p["svg"]).read_bytes()[:500] for p in summary["plots"])
+    assert {p["svg"] for p in summary["plots"]} <= set(summary["files"])
 
 
 def test_header_names_commit_commands_seeds_machine(synthetic_report):
@@ -105,10 +109,15 @@ def test_cells_mean_std_n(synthetic_report):
     lang = cell_of(summary, "language", "tied", 64, 4)
     assert lang["stats"]["val/loss"]["mean"] == pytest.approx(1.50)
     readme = (out / "README.md").read_text()
-    (row,) = [line for line in readme.splitlines() if line.startswith("| deq anderson+ift | 4 | 32 |")]
-    assert "| 3 | 0.800 ± 0.01 | 0.790 ± 0.01 |" in row and "| 1 / 4 |" in row
-    (row,) = [line for line in readme.splitlines() if line.startswith("| deq anderson+ift+jac | 4 | 32 |")]
-    assert "| 0.79 |" in row
+    # the compact table: the val metric with its 95% t interval (0.80 ± 4.30 * 0.01 / sqrt(3)), the diverged run
+    # counted, one value for parameters every seed shares; then the full table behind a disclosure
+    compact, full = [line for line in readme.splitlines() if line.startswith("| deq anderson+ift | 4 | 32 |")]
+    assert "| 3 (1 diverged) | 0.800 [0.775, 0.825] | 1024 |" in compact
+    assert "| 3 | 0.800 ± 0.01 | 0.790 ± 0.01 |" in full and "| 1 / 4 |" in full
+    assert readme.index(compact) < readme.index("<details><summary>Full table: ", readme.index(compact)) \
+        < readme.index(full)
+    compact, full = [line for line in readme.splitlines() if line.startswith("| deq anderson+ift+jac | 4 | 32 |")]
+    assert "| 1 | 0.79 (n=1) |" in compact and "| 0.79 |" in full
 
 
 @pytest.mark.parametrize("paradigm,insight,expected,reason", [
@@ -212,6 +221,10 @@ def test_html_parses_and_images_exist(synthetic_report, check_html):
     assert parser.counts["table"] >= 8 and parser.counts["td"] > 500
     html = (out / "index.html").read_text()
     assert "<style>" in html and "http://" not in html and "https://" not in html
+    # sortable tables, a table of contents that links every section
+    assert parser.counts["table"] == html.count('<table class="sortable">') and "<script>" in html
+    assert '<nav id="toc"' in html and '<a href="#primary-comparisons-pre-registered">' in html
+    assert '<a href="#vision-cifar10">vision / cifar10</a>' in html
 
 
 def test_summary_is_strict_json(synthetic_report):

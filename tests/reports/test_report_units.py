@@ -209,3 +209,30 @@ def test_replicate_and_bookkeeping_keys_have_one_list_each():
 
     assert primary.REPLICATE_KEYS is load.REPLICATE_KEYS
     assert load.NOT_GROUPED == (*load.REPLICATE_KEYS, "mask.seed", *rundir.NOT_FINGERPRINTED)
+
+
+def test_spread_digits_interval_and_compact_values():
+    from tiedlab.reports.render import fmt_interval, fmt_value
+
+    assert fmt_stat(Stat(2531.2, 140.3, 2)) == "2530 ± 140"  # never "1.4e+02"
+    # 95% t interval over the seeds, rounded to its half-width's second digit: 0.856 ± 12.71 * 0.0046 / sqrt(2)
+    assert fmt_interval(Stat(0.8558, 0.0046, 2)) == "0.856 [0.814, 0.897]"
+    assert fmt_interval(Stat(0.79, None, 1)) == "0.79 (n=1)" and fmt_interval(Stat(math.nan, None, 0)) == "-"
+    assert fmt_interval(Stat(0.5, 0.0, 3)) == "0.5 (all equal)"
+    assert fmt_value(Stat(60178.0, 0.0, 2), 2) == "60,178" and fmt_value(Stat(17.3, 1.2, 2), 2) == "17.3 ± 1.2"
+
+
+def test_one_colour_per_variant_across_a_report():
+    from tiedlab.reports.plots import variant, variant_colors
+
+    class C:
+        def __init__(self, label):
+            self.label = label
+
+    labels = ["explicit", "tied", "tied+distinct/unstructured@0.5", "tied+distinct/unstructured@0.75",
+              "tied+shared/unstructured@0.5", "deq anderson+ift", "deq broyden+phantom", "deq anderson+ift+jac"]
+    labels += [f"tied+other{i}/x@0.5" for i in range(20)]
+    colors = variant_colors([C(x) for x in labels])
+    assert variant("tied+distinct/unstructured@0.75") == "tied+distinct/unstructured" == variant(labels[2])
+    assert len(colors) == len({variant(x) for x in labels}) == len(set(colors.values()))  # no colour repeats
+    assert (colors["explicit"], colors["tied"], colors["deq anderson+ift"]) == ("#555555", "#1f77b4", "#d62728")
