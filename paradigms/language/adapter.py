@@ -107,8 +107,9 @@ class LanguageParadigm(Paradigm):
         m = self.model_opts
         return gpt2_config(m.width, m.heads, m.mlp_ratio, m.max_positions, m.dropout, vocab_size, m.block_dropout)
 
-    def cell(self, data: DataBundle) -> nn.Module:
-        return TransformerCell(self._config(data.meta["vocab_size"]), out_norm=self.model_opts.out_norm)
+    def cell(self, data: DataBundle, twice_differentiable: bool = False) -> nn.Module:
+        return TransformerCell(self._config(data.meta["vocab_size"]), out_norm=self.model_opts.out_norm,
+                               twice_differentiable=twice_differentiable)
 
     def build_model(self, data: DataBundle, spec: BlockSpec) -> nn.Module:
         if spec.mode == "deq" and self.model_opts.block_dropout > 0:
@@ -117,7 +118,8 @@ class LanguageParadigm(Paradigm):
                              "(model.dropout, on the embedding, is allowed)")
         config = self._config(data.meta["vocab_size"])
         spec = causal_spec(spec)  # a DEQ is solved per position: see model.causal_spec
-        return CausalLM(config, Block(lambda: self.cell(data), spec), tie_head=self.model_opts.tie_head)
+        penalised = spec.mode == "deq" and spec.jacobian_samples > 0  # the penalty's backward differentiates a VJP
+        return CausalLM(config, Block(lambda: self.cell(data, penalised), spec), tie_head=self.model_opts.tie_head)
 
     # ----------------------------------------------------------------- train / eval
     def training_step(self, model: nn.Module, batch: Batch) -> StepOutput:

@@ -29,6 +29,7 @@ import dataclasses
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch import nn
 from transformers import GPT2Config
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
@@ -91,12 +92,15 @@ class TransformerCell(nn.Module):
     ``out_norm=False`` drops LN_out (a plain pre-norm residual block). With it, every state is
     normalised, so the map is bounded and a DEQ solve settles (as in the DEQ transformer of Bai et
     al.); without it the residual stream ``z + x + ...`` has no fixed point to speak of.
+    ``twice_differentiable=True`` computes attention with SDPA's math kernel, whose backward can itself be
+    differentiated (the fused CPU kernel's cannot): a DEQ trained with the Jacobian penalty needs it.
 
     Shapes: z: (B, T, width), x: (B, T, width) -> (B, T, width)
     """
 
-    def __init__(self, config: GPT2Config, out_norm: bool = True):
+    def __init__(self, config: GPT2Config, out_norm: bool = True, twice_differentiable: bool = False):
         super().__init__()
+        self.twice_differentiable = twice_differentiable
         if config._attn_implementation != CAUSAL_ATTN:
             raise ValueError(
                 f"attention implementation {config._attn_implementation!r} is not causal without an explicit mask; "
@@ -107,7 +111,11 @@ class TransformerCell(nn.Module):
     def forward(self, z: torch.Tensor, x: torch.Tensor, **ctx: Any) -> torch.Tensor:
         if ctx:
             raise TypeError(f"TransformerCell takes no context, got {sorted(ctx)}")
-        h = self.block(z + x)
+        if self.twice_differentiable:
+            with sdpa_kernel(SDPBackend.MATH):
+                h = self.block(z + x)
+        else:
+            h = self.block(z + x)
         return self.ln_out(h) if self.ln_out is not None else h
 
 

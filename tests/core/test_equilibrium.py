@@ -166,3 +166,35 @@ def test_default_budget_ift_gradient_matches_the_exact_one_on_a_contractive_cell
     budgeted = [p.grad for p in block.cells[0].parameters()]
     exact = _exact_implicit_grads(block.cells[0], x, c)
     assert gradient_cosine(budgeted, exact) >= 0.99
+
+
+class _OnceDifferentiableTanh(torch.autograd.Function):
+    """tanh whose backward cannot itself be differentiated (like fused attention kernels on CPU)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y)
+
+
+def test_spectral_norm_needs_no_double_backward_and_matches_the_exact_jacobian_of_a_nonlinear_map():
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(12, 12, generator=g, dtype=torch.float64) / 3
+    x = torch.randn(4, 12, generator=g, dtype=torch.float64)
+    z = torch.randn(4, 12, generator=g, dtype=torch.float64)
+
+    def f(v):
+        return _OnceDifferentiableTanh.apply(v @ W.T + x)
+
+    est = spectral_norm_at(f, z, iters=60, generator=torch.Generator().manual_seed(0))
+    for i in range(4):
+        jac = torch.autograd.functional.jacobian(lambda v: torch.tanh(v @ W.T + x[i]), z[i])
+        exact = torch.linalg.matrix_norm(jac, 2).item()
+        assert abs(est[i].item() - exact) <= 1e-3 * exact, (i, est[i].item(), exact)
