@@ -152,9 +152,9 @@ def study(argv: list[str] | None = None) -> int:
         spec["grids"] = select_grids(spec, args.grids.split(","))
     if args.status:
         return print_status(spec, runs, args.overrides)
-    plan = sequential_plan(spec, args.max_seeds, args.seed_step) if args.until_decided else None
+    plan = sequential_plan(full, args.max_seeds, args.seed_step) if args.until_decided else None
     if not args.dry_run:
-        write_study_file(runs, spec, plan)
+        write_study_file(runs, full, plan)  # the whole study (its registered comparisons), whatever --grids ran
     if launcher == "slurm":
         return submit_study(spec, runs, args)
     execute = (lambda grids: run_grids_with_ray(spec.get("name", "study"), grids, runs, args)) \
