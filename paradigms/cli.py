@@ -25,6 +25,7 @@ CONFIG_PATH = "pkg://tiedlab.configs"
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 if not OmegaConf.has_resolver("tiedlab_dirname"):  # run directory names within file-system limits
     OmegaConf.register_new_resolver("tiedlab_dirname", short_dirname)
+from .launch import INTERRUPTED_EXIT  # a run stopped by SIGUSR2/SIGTERM after a checkpoint: resumable
 TRACEBACK_ENV = "TIEDLAB_TRACEBACK"  # set to 1 to see the full traceback of a reported error
 
 
@@ -65,6 +66,11 @@ def _hydra_main(cfg: DictConfig) -> Any:
     else:
         cls = get_paradigm(cfg.paradigm)
         metric = result.get("metrics", {}).get(f"val/{cls.primary_metric}")
+        if result["status"] == "interrupted":
+            _report(f"[tiedlab] interrupted: {cfg.run_dir}: {result['reason']}")
+            if hydra_cfg.mode == RunMode.RUN:
+                sys.exit(INTERRUPTED_EXIT)  # resumable: not a failure
+            raise RunError(f"[tiedlab] interrupted: {cfg.run_dir}")
         if result["status"] != "failed":
             m = result.get("metrics", {})
             test = m.get(f"test/{cls.primary_metric}")

@@ -5,7 +5,8 @@ schedule, evaluates every ``train.eval_every`` steps and at the end, checkpoints
 ``train.ckpt_every`` steps, resumes from the run directory's checkpoint, and writes the run directory
 contract (see ``rundir``), holding its lock. A non-finite loss or an exploding solver residual ends the run
 with status ``diverged``: instability is a result, not a crash. A crash in the loop (an exception, a full disk)
-ends it with status ``failed`` and the reason.
+ends it with status ``failed`` and the reason. SIGUSR2 or SIGTERM checkpoints at the next step and ends it with
+status ``interrupted`` (rerun to resume; the command line exits with ``INTERRUPTED_EXIT``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import math
 import os
 import random
 import resource
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -479,14 +482,21 @@ class _Run:
         })
 
     def train(self) -> tuple[str, str]:
-        """Train to ``total_steps`` (or the time limit); returns (status, reason). A crash is a failed run."""
+        """Train to ``total_steps`` (or the time limit); returns (status, reason). A crash is a failed run; a
+        SIGUSR2 or SIGTERM (a scheduler's warning before a timeout, a preemption) checkpoints at the next step
+        boundary and ends the run as ``interrupted`` (resumable)."""
         cfg, loop = self.cfg, self.loop
         self.progress = _progress(cfg, self.total_steps, loop.step)
         batches = _batches(self.data, int(cfg.seed), loop.epoch, loop.index)
         self.model.train()
         status, reason = "completed", ""
+        stop = _StopSignals()
         try:
             while loop.step < self.total_steps:
+                if stop.received:
+                    self._checkpoint()
+                    return "interrupted", (f"{stop.received} at step {loop.step}/{self.total_steps}: checkpointed; "
+                                           "rerun the same command to resume")
                 epoch, index, batch = next(batches)
                 self._set_warmup()
                 stopped = self._step(batch)
@@ -504,6 +514,7 @@ class _Run:
         except Exception as err:  # noqa: BLE001 - any crash in the loop (a full disk too) is a failed run, with why
             status, reason = "failed", f"{type(err).__name__} at step {loop.step}: {err}{_keep_traceback(self.run_dir)}"
         finally:
+            stop.restore()
             if self.progress is not None:
                 self.progress.close()
         return status, reason
@@ -635,6 +646,29 @@ class _Run:
                             | {"status": status})
         self.recorder.close()
         return result
+
+
+class _StopSignals:
+    """SIGUSR2 and SIGTERM only set ``received`` (the signal's name) while installed, so that the loop can
+    checkpoint at a step boundary; ``restore`` puts the previous handlers back. Installed only in the main
+    thread (Python delivers signals there; elsewhere the process keeps its handlers)."""
+
+    SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received = ""
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = self.received or signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
 
 
 def _make_paradigm(cfg: Any, device: torch.device) -> Paradigm:

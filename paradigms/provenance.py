@@ -91,5 +91,7 @@ def run_provenance(device: str, threads: int | None = None, overrides: list[str]
     return {**code_version(), "packages": {name: package_version(name) for name in PACKAGES},
             "host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "device": device, "threads": threads,
+            # the GPUs this process was given (a scheduler pins each run to its own; None: not set)
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "command": shlex.join([sys.argv[0], *sys.argv[1:]]), "overrides": list(overrides or []),
             "started": now(), "ended": None}

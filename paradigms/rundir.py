@@ -2,7 +2,7 @@
 
     config.yaml     the resolved config
     history.jsonl   one JSON line per evaluation (step, elapsed training seconds, metrics)
-    metrics.json    status (running, completed, diverged, failed), reason, the config's fingerprint,
+    metrics.json    status (running, completed, diverged, failed, interrupted), reason, the config's fingerprint,
                     provenance (commit, packages, host, device, times, command), final metrics
     checkpoint.pt   model, optimiser, schedule, RNG and loop state: tensors and plain Python values only,
                     written atomically, read with ``weights_only=True`` (a planted pickle never runs)
@@ -35,7 +35,8 @@ CHECKPOINT = "checkpoint.pt"
 LOCK = "run.lock"
 TRACEBACK = "traceback.txt"
 CHECKPOINT_FORMAT = 2  # 2: RNG states as tensors and lists, loadable with weights_only=True
-STATUSES = ("running", "completed", "diverged", "failed")
+# interrupted: stopped by SIGUSR2/SIGTERM (a scheduler's timeout warning, a preemption) after a checkpoint; resumable
+STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "diverged")
 
 # Config keys that do not change what a run computes: they may differ between a run and its resume, and

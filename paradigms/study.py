@@ -3,6 +3,13 @@ Hydra multirun, finished grids skipped, then its report; ``--until-decided`` add
 undetermined pre-registered primary comparisons (a group-sequential plan recorded in the runs folder).
 
     tiedlab-study NAME [--dry-run] [--jobs N] [--grids 'graph_*,vision_masks'] [--until-decided] [overrides]
+    tiedlab-study NAME --gpus all|0,1,.. [--per-gpu K] [--ray-address ADDR]   (Ray: all grids' runs at once)
+    tiedlab-study NAME --slurm [--slurm-option KEY=VALUE ...]                  (one submitit job array; returns)
+    tiedlab-study NAME --status                                                (per grid, from the run folders)
+
+Without a launcher flag the grids run one after another as Hydra multiruns (any ``hydra/launcher=`` given as an
+override applies to each). ``--jobs N`` (N > 1), ``--gpus``, ``--slurm`` and a ``hydra/launcher=`` override each
+choose how runs are launched: two of them together are an error, never one silently replacing the other.
 """
 
 from __future__ import annotations
@@ -105,7 +112,28 @@ def study(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. train.device=cpu")
     parser.add_argument("--runs", default=None, help="where run directories go (default runs/study/NAME)")
     parser.add_argument("--out", default=None, help="report folder (default reports/studies/NAME)")
-    parser.add_argument("--jobs", type=int, default=1, help="parallel runs per grid (joblib launcher)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once on this machine's CPUs, all grids together (Ray), the cores split "
+                             "between them (train.threads)")
+    parser.add_argument("--gpus", default=None,
+                        help="'all' or device ids (0,1,3): all grids' runs over these GPUs, --per-gpu at a time on "
+                             "each, each run seeing only its own (Ray)")
+    parser.add_argument("--per-gpu", type=int, default=None, help="runs at once per GPU with --gpus (default 1)")
+    parser.add_argument("--ray-address", default=None,
+                        help="with --gpus or --jobs: an existing Ray cluster ('auto', or HOST:PORT) instead of a "
+                             "Ray started on this machine; the runs folder must be on a shared file system")
+    parser.add_argument("--slurm", action="store_true",
+                        help="submit every unfinished run as one Slurm job array (submitit) and return; timed-out "
+                             "or preempted jobs checkpoint, are requeued and resume")
+    parser.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --slurm: change a value of configs/hydra/launcher/slurm.yaml (partition=gpu, "
+                             "timeout_min=600, array_parallelism=32, ...)")
+    parser.add_argument("--submitit-cluster", default=None, choices=["slurm", "local", "debug"],
+                        help="with --slurm: submitit's executor (default: Slurm when sbatch exists; 'local' runs "
+                             "the same submission as processes on this machine)")
+    parser.add_argument("--status", action="store_true",
+                        help="print, per grid, how many runs are done, not at equilibrium, diverged, failed, "
+                             "running, stopped (resumable) and pending; run nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--grids", default=None,
@@ -115,32 +143,31 @@ def study(argv: list[str] | None = None) -> int:
                              "each is decided or has --max-seeds seeds (group-sequential: alpha split over the looks)")
     parser.add_argument("--max-seeds", type=int, default=10, help="seeds per arm at most (--until-decided)")
     parser.add_argument("--seed-step", type=int, default=2, help="seeds added per round (--until-decided)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before or after the flags
+    launcher = choose_launcher(args)
     spec = load_study(args.name)
     runs = Path(args.runs or Path(os.environ.get("TIEDLAB_RUNS", "runs")) / "study" / args.name)
-    plan = sequential_plan(spec, args.max_seeds, args.seed_step) if args.until_decided else None
-    if not args.dry_run:
-        write_study_file(runs, spec, plan)
     full = dict(spec)
     if args.grids:
         spec["grids"] = select_grids(spec, args.grids.split(","))
-    cmds = study_commands(spec, runs, args.overrides, args.jobs)
+    if args.status:
+        return print_status(spec, runs, args.overrides)
+    plan = sequential_plan(full, args.max_seeds, args.seed_step) if args.until_decided else None
+    if not args.dry_run:
+        write_study_file(runs, full, plan)  # the whole study (its registered comparisons), whatever --grids ran
+    if launcher == "slurm":
+        return submit_study(spec, runs, args)
+    execute = (lambda grids: run_grids_with_ray(spec.get("name", "study"), grids, runs, args)) \
+        if launcher == "ray" else (lambda grids: run_grids(spec.get("name", "study"), grids, runs, args))
     started = time.time()
-    failures = 0
-    for grid, cmd in zip(spec["grids"], cmds):
-        if not args.dry_run and not args.overrides and grid_finished(grid, runs):
-            print(f"= {grid['name']}: every run finished; skipped", flush=True)
-            continue
-        print("+ " + shlex.join(cmd), flush=True)
-        if not args.dry_run:
-            failures += subprocess.call(cmd) != 0
+    failures = execute(spec["grids"])
     if args.dry_run:
         return 0
     if plan is not None:
-        failures += add_seeds_until_decided(full, runs, plan, args.overrides, args.jobs)
+        failures += add_seeds_until_decided(full, runs, plan, args.overrides, args.jobs, execute)
     elapsed = time.time() - started
     counts = count_statuses(runs / grid["name"] for grid in spec["grids"])
-    print(f"[tiedlab] study {args.name}: {len(cmds)} grids in {elapsed / 60:.1f} min, {failures} exited non-zero; "
+    print(f"[tiedlab] study {args.name}: {len(spec['grids'])} grids in {elapsed / 60:.1f} min, {failures} exited non-zero; "
           f"runs: {', '.join(f'{n} {status}' for status, n in counts.items())}", flush=True)
     if spec.get("report", True) and not args.no_report:
         from tiedlab.reports.cli import main as report_main
@@ -148,6 +175,148 @@ def study(argv: list[str] | None = None) -> int:
         report_main([str(runs), "--out", args.out or f"reports/studies/{args.name}", "--title", f"study {args.name}",
                      "--command", shlex.join(["tiedlab-study", *(argv if argv is not None else sys.argv[1:])])])
     return 1 if failures or counts["failed"] or counts["unreadable"] else 0
+
+
+def choose_launcher(args: argparse.Namespace) -> str:
+    """"multirun" (grid by grid, Hydra's launcher), "ray" (--jobs N > 1 or --gpus) or "slurm" (--slurm), from
+    flags that must not contradict each other.
+
+    Raises:
+        ValueError: two ways of launching at once (--gpus, --jobs N, --slurm, a hydra/launcher= or
+            hydra.launcher.* override), or an option of one without it.
+    """
+    chosen = [name for name, on in (("--gpus", args.gpus is not None), (f"--jobs {args.jobs}", args.jobs > 1),
+                                    ("--slurm", args.slurm)) if on]
+    hydra_launcher = [o for o in args.overrides if o.split("=")[0].lstrip("+~").startswith(("hydra/launcher",
+                                                                                            "hydra.launcher"))]
+    if args.jobs < 1:
+        raise ValueError(f"--jobs={args.jobs} must be >= 1")
+    if len(chosen) > 1 or (chosen and hydra_launcher):
+        raise ValueError(f"{' and '.join(chosen + hydra_launcher)} each choose how runs are launched; give one "
+                         "(--gpus places runs on GPUs, --jobs N on CPU cores, --slurm submits to Slurm)")
+    if args.per_gpu is not None and args.gpus is None:
+        raise ValueError("--per-gpu needs --gpus")
+    if args.per_gpu is not None and args.per_gpu < 1:
+        raise ValueError(f"--per-gpu={args.per_gpu} must be >= 1")
+    if args.ray_address and not (args.gpus is not None or args.jobs > 1):
+        raise ValueError("--ray-address needs --gpus or --jobs N")
+    if (args.slurm_option or args.submitit_cluster) and not args.slurm:
+        raise ValueError("--slurm-option and --submitit-cluster need --slurm")
+    if args.slurm and args.until_decided:
+        raise ValueError("--until-decided reads results between its seed rounds, so it needs a launcher that waits: "
+                         "use --gpus or --jobs, or run the looks after the Slurm jobs ended")
+    if any(o.split("=")[0].startswith("hydra/launcher") and o.split("=", 1)[1] == "slurm" for o in hydra_launcher):
+        print("[tiedlab] note: hydra/launcher=slurm runs the grids one after another and waits for each job array; "
+              "--slurm submits the whole study as one array and returns", flush=True)
+    return "slurm" if args.slurm else "ray" if chosen else "multirun"
+
+
+def run_grids(study_name: str, grids: list[dict[str, Any]], runs: Path, args: argparse.Namespace) -> int:
+    """Each grid as one Hydra multirun, one after another (finished grids skipped); returns how many exited
+    non-zero."""
+    failures = 0
+    cmds = study_commands({"name": study_name, "grids": grids}, runs, args.overrides, 1)
+    for grid, cmd in zip(grids, cmds):
+        if not args.dry_run and not args.overrides and grid_finished(grid, runs):
+            print(f"= {grid['name']}: every run finished; skipped", flush=True)
+            continue
+        print("+ " + shlex.join(cmd), flush=True)
+        if not args.dry_run:
+            failures += subprocess.call(cmd) != 0
+    return failures
+
+
+def _unfinished(study_name: str, grids: list[dict[str, Any]], runs: Path, args: argparse.Namespace) -> list[Any]:
+    """The runs of ``grids`` to launch: all but the finished ones (unless extra overrides were given, as for
+    multirun: the engine then says whether a folder holds another config's run) and those running now."""
+    from . import launch
+
+    todo = []
+    for run in launch.study_runs({"name": study_name, "grids": grids}, runs, args.overrides):
+        state = launch.run_state(Path(run.run_dir))
+        if state == "running":
+            print(f"= {run.name}: running in another process; left to it", flush=True)
+        elif state in ("done", "not_at_equilibrium", "diverged") and not args.overrides:
+            continue
+        else:
+            todo.append(run)
+    return todo
+
+
+def run_grids_with_ray(study_name: str, grids: list[dict[str, Any]], runs: Path, args: argparse.Namespace) -> int:
+    """Every unfinished run of ``grids`` at once through Ray (``launch.run_with_ray``); returns how many runs
+    did not end with status 0."""
+    from . import launch
+
+    todo = _unfinished(study_name, grids, runs, args)
+    where = (f"GPUs {args.gpus}, {args.per_gpu or 1} per GPU" if args.gpus is not None
+             else f"{args.jobs} at a time on CPU")
+    print(f"[tiedlab] {len(todo)} runs to train over {where}"
+          + (f" on the Ray cluster {args.ray_address}" if args.ray_address else ""), flush=True)
+    if args.dry_run:
+        for run in todo:
+            print("+ " + shlex.join(launch.run_command(run)), flush=True)
+        return 0
+    if not todo:
+        return 0
+
+    def done(result: dict[str, Any]) -> None:
+        state = "ok" if result["code"] == 0 else f"exit {result['code']}"
+        print(f"[tiedlab] {result['run']}" + (f" (GPU {result['gpu']})" if result.get("gpu") else "") + f": {state}",
+              flush=True)
+
+    results = launch.run_with_ray(todo, gpus=args.gpus, per_gpu=args.per_gpu or 1, jobs=args.jobs,
+                                  address=args.ray_address, record=runs / ".launch" / "events.jsonl", on_done=done)
+    return sum(r["code"] != 0 for r in results)
+
+
+def submit_study(spec: dict[str, Any], runs: Path, args: argparse.Namespace) -> int:
+    """Submit every unfinished run of the study as one submitit job array and return at once."""
+    import json
+
+    from . import launch
+
+    options = launch.slurm_options(args.slurm_option)
+    todo = _unfinished(spec.get("name", "study"), spec["grids"], runs, args)
+    if args.dry_run or not todo:
+        print(f"[tiedlab] {len(todo)} runs to submit; options {options}", flush=True)
+        for run in todo if args.dry_run else []:
+            print("+ " + shlex.join(launch.run_command(run)), flush=True)
+        return 0
+    folder = runs / ".submitit"
+    jobs = launch.submit_slurm(todo, folder, options, name=f"tiedlab-{spec.get('name', 'study')}",
+                               cluster=args.submitit_cluster)
+    ids = [str(j.job_id) for j in jobs]
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "submissions.jsonl", "a") as fh:
+        fh.write(json.dumps({"time": time.time(), "jobs": ids, "runs": [r.run_dir for r in todo],
+                             "options": options}) + "\n")
+    first = ids[0].split("_")[0]
+    print(f"[tiedlab] submitted {len(todo)} runs of study {spec.get('name')} as job array {first} "
+          f"(at most {options.get('array_parallelism')} at once, {options.get('timeout_min')} min per job, requeued "
+          f"after a timeout or preemption); logs in {folder}\n"
+          f"[tiedlab] follow it with: tiedlab-study {args.name} --status"
+          + (f" --runs {args.runs}" if args.runs else ""), flush=True)
+    return 0
+
+
+def print_status(spec: dict[str, Any], runs: Path, extra: list[str]) -> int:
+    """``--status``: the run folders' states per grid (``launch.run_state``), and the last submission."""
+    import json
+
+    from . import launch
+
+    table = launch.study_status(launch.study_runs(spec, runs, extra))
+    print(f"study {spec.get('name')} in {runs}")
+    print(launch.format_status(table))
+    record = runs / ".submitit" / "submissions.jsonl"
+    if record.exists():
+        lines = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+        if lines:
+            print(f"last Slurm submission: job array {lines[-1]['jobs'][0].split('_')[0]}, {len(lines[-1]['runs'])} "
+                  f"runs, at {time.strftime('%Y-%m-%d %H:%M', time.localtime(lines[-1]['time']))} "
+                  f"(logs in {record.parent})")
+    return 0
 
 
 def grid_finished(grid: dict[str, Any], runs: Path) -> bool:
@@ -249,7 +418,7 @@ def seed_limits(specs: list[Any], plan: dict[str, int], state: dict[str, Any]) -
 
 
 def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, int], extra: list[str],
-                            jobs: int) -> int:
+                            jobs: int, execute: Any = None) -> int:
     """The looks of the group-sequential plan: at look k every primary comparison still undetermined gets seeds
     0..n_k-1 on both arms (missing or unfinished runs only) and is read on exactly those seeds at alpha/looks
     (Holm across the comparisons); a decided comparison is frozen at the look it was decided at
@@ -283,16 +452,22 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
                 seeds, all_folds = todo.setdefault((arm.grid, cell), (set(), set()))
                 seeds.update(range(n))
                 all_folds.update(folds)
+        look_grids = []
         for (grid_name, cell), (seeds, folds) in todo.items():
             grid = {"name": grid_name, "overrides": grids[grid_name].get("overrides") or [],
                     "sweep": {**{k: [v] for k, v in cell}, **({"data.fold": sorted(folds)} if folds else {}),
                               "seed": sorted(seeds)}}
             if grid_finished(grid, runs):
                 continue
-            (cmd,) = study_commands({"name": spec.get("name"), "grids": [grid]}, runs, extra, jobs)
             print(f"[tiedlab] look {look + 1}/{len(counts)}: seeds 0-{n - 1} for {grid_name} {dict(cell)}", flush=True)
-            print("+ " + shlex.join(cmd), flush=True)
-            failures += subprocess.call(cmd) != 0
+            if execute is None:
+                (cmd,) = study_commands({"name": spec.get("name"), "grids": [grid]}, runs, extra, jobs)
+                print("+ " + shlex.join(cmd), flush=True)
+                failures += subprocess.call(cmd) != 0
+            else:
+                look_grids.append(grid)
+        if look_grids:
+            failures += execute(look_grids)
         found = load_runs([runs]) if runs.exists() else []
         state["look"] = look
         limits = seed_limits(specs, plan, state)

@@ -1,0 +1,410 @@
+"""A study's runs one by one, and the engines that place them: Ray (every GPU of a node or of a Ray cluster, K runs
+per GPU; CPU slots with threads split between them) and Slurm through submitit (one job array for the whole study,
+requeued after a timeout or a preemption), and ``--status`` (what the run directories say, per grid).
+
+The runs are those Hydra's multirun would make for each grid (the same ``run_dir`` names, so a run folder made
+by one way of running is found, skipped or resumed by another). Each run is one subprocess of the ordinary
+command line (``python -m tiedlab.paradigms.cli ... hydra.run.dir=RUN_DIR``): a new process sees only the GPU
+it was given (``CUDA_VISIBLE_DEVICES`` is set before CUDA starts) and the engine's run lock, checkpoint and
+resume do the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import rundir
+
+INTERRUPTED_EXIT = 75  # the exit status of a run stopped by SIGUSR2/SIGTERM after a checkpoint (EX_TEMPFAIL: resumable)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run of a study: its grid, its overrides (the grid's fixed ones, the study's extra ones, its swept
+    values) and its run directory."""
+
+    grid: str
+    overrides: tuple[str, ...]
+    run_dir: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.grid}/{Path(self.run_dir).name}"
+
+
+def sweep_values(key: str, value: Any) -> list[str]:
+    """The values of one swept key as Hydra's basic sweeper writes them into each job's override (and so into
+    its ``override_dirname``): ``seed: [0, 1]`` -> ["0", "1"]; ``flag: [true]`` -> ["true"]."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    (override,) = OverridesParser.create().parse_overrides([f"{key}={text}"])
+    if override.is_sweep_override():
+        return list(override.sweep_string_iterator())
+    return [override.get_value_element_as_str()]
+
+
+def grid_runs(study_name: str, grid: dict[str, Any], out: Path, extra: Sequence[str]) -> list[RunSpec]:
+    """The runs Hydra's multirun makes for ``grid`` (``study.study_commands``), in sweep order. A run's
+    directory is ``OUT/<grid>/<sorted key=value of the swept keys>`` (shortened by ``rundir.short_dirname`` as the
+    ``tiedlab_dirname`` resolver does); a grid that sweeps nothing has one run, in ``OUT/<grid>/<paradigm>``."""
+    sweep = grid.get("sweep") or {}
+    keys = list(sweep)
+    values = [sweep_values(k, sweep[k]) for k in keys]
+    fixed = [*grid.get("overrides", []), *extra]
+    common = ["train.progress=false", f"logger.group={study_name}/{grid['name']}"]
+    runs = []
+    for combo in itertools.product(*values):
+        pairs = [f"{k}={v}" for k, v in zip(keys, combo)]
+        if keys:
+            folder = rundir.short_dirname(",".join(sorted(pairs)))
+        else:
+            folder = next((o.split("=", 1)[1] for o in fixed if o.split("=")[0].lstrip("+~") == "paradigm"),
+                          "vision")
+        runs.append(RunSpec(grid["name"], (*fixed, *pairs, *common), str(Path(out) / grid["name"] / folder)))
+    return runs
+
+
+def study_runs(study: dict[str, Any], out: Path, extra: Sequence[str]) -> list[RunSpec]:
+    """Every run of every grid of ``study``, grid by grid."""
+    return [r for g in study["grids"] for r in grid_runs(study.get("name", "study"), g, out, extra)]
+
+
+def _quoted(value: str) -> str:
+    """A Hydra override value quoted (a run directory holds '=' and ',', which Hydra would parse)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def run_command(run: RunSpec, threads: int | None = None) -> list[str]:
+    """The command line that trains ``run`` in its directory (and nothing else: Hydra's own files go into the
+    run directory's ``.hydra``, as under multirun)."""
+    cmd = [sys.executable, "-m", "tiedlab.paradigms.cli", *run.overrides, f"hydra.run.dir={_quoted(run.run_dir)}"]
+    if threads:
+        cmd.append(f"train.threads={threads}")
+    return cmd
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the parent (a Ray worker, a submitit job) dies, so that a killed
+    worker never leaves an orphan holding the run's lock."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def start_run(run: RunSpec, env: dict[str, str], threads: int | None = None) -> subprocess.Popen:
+    """Start ``run``'s training process, its output appended to ``RUN_DIR/launch.log``."""
+    Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+    log = open(Path(run.run_dir) / "launch.log", "ab")  # noqa: SIM115 - the child holds it; closed when it exits
+    try:
+        return subprocess.Popen(run_command(run, threads), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    finally:
+        log.close()
+
+
+def _event(record: Path | None, **fields: Any) -> None:
+    """One line of the scheduler's log (``RUNS/.launch/events.jsonl``): which run started or ended where."""
+    if record is None:
+        return
+    record.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps({**fields, "t": time.time(), "host": os.uname().nodename}) + "\n").encode()
+    fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------------- Ray
+
+
+def gpu_ids(spec: str) -> list[str] | None:
+    """``--gpus``: "all" (None: every GPU the node or Ray cluster has) or a comma-separated list of device ids.
+
+    Raises:
+        ValueError: an empty or non-integer id, or a repeated one.
+    """
+    if spec == "all":
+        return None
+    ids = [s.strip() for s in spec.split(",")]
+    if not all(i.isdigit() for i in ids) or len(set(ids)) != len(ids):
+        raise ValueError(f"--gpus={spec!r} must be 'all' or distinct device ids such as 0,1,2")
+    return ids
+
+
+def count_gpus() -> int:
+    """How many GPUs this machine has (nvidia-smi; CUDA is never initialised in this process)."""
+    import shutil
+
+    if not shutil.which("nvidia-smi"):
+        return 0
+    proc = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=30)
+    return sum(1 for line in proc.stdout.splitlines() if line.startswith("GPU ")) if proc.returncode == 0 else 0
+
+
+def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: bool) -> dict[str, Any]:
+    """Inside a Ray worker: train ``run`` on the GPU Ray gave this task (the only device the run sees)."""
+    import ray
+
+    env = dict(os.environ)
+    device = None
+    if gpu:
+        ids = ray.get_gpu_ids()
+        device = ",".join(str(i) for i in ids)
+        env["CUDA_VISIBLE_DEVICES"] = device
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    path = Path(record) if record else None
+    _event(path, event="start", run=run.name, gpu=device, pid=os.getpid())
+    proc = start_run(run, env, threads)
+    _event(path, event="child", run=run.name, gpu=device, pid=proc.pid)
+    code = proc.wait()
+    _event(path, event="end", run=run.name, gpu=device, code=code)
+    return {"run": run.name, "gpu": device, "code": code}
+
+
+def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: int, address: str | None,
+                 record: Path | None, retries: int = 3,
+                 on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Train ``runs`` with Ray: on GPUs (``gpus`` "all" or ids), ``per_gpu`` at a time on each (a fractional GPU
+    resource of 1/per_gpu per run, so Ray never puts more than ``per_gpu`` on one), each run pinned to its GPU;
+    without GPUs, ``jobs`` at a time with the CPU cores split between them. On a Ray cluster (``address``) the
+    runs go wherever the cluster has room (the runs folder must be on a shared file system). A worker that dies
+    (killed, out of memory, a lost node) is retried ``retries`` times: its run resumes from its checkpoint.
+    Returns one {"run", "gpu", "code"} per run (code -1: the task failed ``retries`` + 1 times)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    cpus = os.cpu_count() or 1
+    if address is None:
+        ids = gpu_ids(gpus) if gpus else []
+        if gpus and ids is None:
+            ids = [str(i) for i in range(count_gpus())]
+            if not ids:
+                raise ValueError("--gpus all: this machine has no GPU (nvidia-smi lists none); use --jobs N on CPU")
+        slots = len(ids) * per_gpu if gpus else jobs
+        threads = max(1, cpus // max(1, slots))
+        if gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)  # Ray hands out these ids, and only these
+        ray.init(num_cpus=max(cpus, slots * threads), num_gpus=len(ids), include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    else:
+        if gpus not in (None, "all"):
+            raise ValueError(f"--gpus={gpus} names devices, which on a Ray cluster (--ray-address) Ray places "
+                             "itself: use --gpus all")
+        ray.init(address=address, log_to_driver=False)
+        total = ray.cluster_resources()
+        slots = int(total.get("GPU", 0)) * per_gpu if gpus else jobs
+        threads = max(1, int(total.get("CPU", cpus)) // max(1, slots))
+    try:
+        options: dict[str, Any] = {"num_cpus": threads, "max_retries": retries, "retry_exceptions": False}
+        if gpus:
+            options["num_gpus"] = 1.0 / per_gpu
+        task = ray.remote(_ray_task).options(**options)
+        pending = {task.remote(r, threads, str(record) if record else None, bool(gpus)): r for r in runs}
+        results = []
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            run = pending.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except Exception as err:  # noqa: BLE001 - a task that failed every retry: its run is reported
+                result = {"run": run.name, "gpu": None, "code": -1, "error": f"{type(err).__name__}: {err}"}
+            results.append(result)
+            if on_done is not None:
+                on_done(result)
+        return results
+    finally:
+        ray.shutdown()
+
+
+# --------------------------------------------------------------------------------------------------- Slurm
+
+
+class StudyRun:
+    """What one submitit array task runs: one run's training process. On SIGUSR2 (Slurm's warning before a
+    timeout, or a preemption) submitit calls ``checkpoint``, which passes the signal on to the training process,
+    waits for it to checkpoint and exit, and returns the same run for submitit to requeue: the requeued job
+    resumes from the run's checkpoint."""
+
+    def __init__(self, stop_wait_s: float = 600.0):
+        self.stop_wait_s = stop_wait_s
+        self._proc: subprocess.Popen | None = None
+
+    def __call__(self, run: RunSpec) -> int:
+        self._proc = start_run(run, dict(os.environ))
+        code = self._proc.wait()
+        self._proc = None
+        if code == INTERRUPTED_EXIT:
+            # The run itself got SIGTERM/SIGUSR2 (a preemption signals every process of the job) and checkpointed:
+            # requeue this job as submitit does after its own checkpoint (Slurm: scontrol requeue; local: the
+            # controller restarts it), so it resumes.
+            import submitit
+
+            submitit.JobEnvironment()._requeue(0)
+            sys.exit(-1)  # as submitit's own handler does after a requeue: no result is written, the job comes back
+        if code != 0:
+            raise RuntimeError(f"{run.name} exited with status {code}; see {Path(run.run_dir) / 'launch.log'}")
+        return code
+
+    def checkpoint(self, run: RunSpec) -> Any:
+        import submitit
+
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGUSR2)
+            # This runs in a signal handler that interrupted ``proc.wait()`` in ``__call__``, which holds the
+            # Popen's wait lock: wait with waitpid itself.
+            deadline = time.time() + self.stop_wait_s
+            while True:
+                try:
+                    pid, _ = os.waitpid(proc.pid, os.WNOHANG)
+                except ChildProcessError:
+                    break  # already reaped
+                if pid:
+                    break
+                if time.time() > deadline:
+                    proc.kill()  # the last checkpoint stands
+                    deadline = float("inf")
+                time.sleep(0.05)
+        return submitit.helpers.DelayedSubmission(StudyRun(self.stop_wait_s), run)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"stop_wait_s": self.stop_wait_s, "_proc": None}
+
+
+SLURM_KEYS = ("timeout_min", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "nodes", "partition",
+              "array_parallelism", "max_num_timeout", "signal_delay_s", "constraint", "account", "qos")
+
+
+def slurm_options(given: Sequence[str]) -> dict[str, Any]:
+    """configs/hydra/launcher/slurm.yaml's values with ``--slurm-option KEY=VALUE`` ones over them.
+
+    Raises:
+        ValueError: a key that is not a Slurm option of this runner, or an option without '='.
+    """
+    import importlib.resources
+
+    import yaml
+
+    path = Path(str(importlib.resources.files("tiedlab.configs"))) / "hydra" / "launcher" / "slurm.yaml"
+    options = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k in SLURM_KEYS}
+    for item in given:
+        key, sep, value = item.partition("=")
+        if not sep or key not in SLURM_KEYS:
+            raise ValueError(f"--slurm-option {item!r}: expected KEY=VALUE with KEY one of {list(SLURM_KEYS)}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def submit_slurm(runs: list[RunSpec], folder: Path, options: dict[str, Any], name: str,
+                 cluster: str | None = None) -> list[Any]:
+    """Submit every run as one job array (at most ``array_parallelism`` running at once) and return the jobs
+    without waiting. A job that times out is requeued (up to ``max_num_timeout`` times; preemptions without
+    limit) and resumes its run. ``cluster`` "local" runs the same submission as local processes (tests)."""
+    import submitit
+
+    o = dict(options)
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster,
+                                     slurm_max_num_timeout=int(o.pop("max_num_timeout", 3)))
+    params: dict[str, Any] = {"name": name, "timeout_min": int(o.pop("timeout_min", 60))}
+    for key in ("gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "nodes"):
+        if o.get(key) is not None:
+            params[key] = o.pop(key)
+    if o.get("array_parallelism") is not None:
+        params["slurm_array_parallelism"] = int(o.pop("array_parallelism"))
+    if o.get("signal_delay_s") is not None:
+        params["slurm_signal_delay_s"] = int(o.pop("signal_delay_s"))
+    for key in ("partition", "constraint", "account", "qos"):
+        if o.get(key) is not None:
+            params[f"slurm_{key}"] = o.pop(key)
+    executor.update_parameters(**params)
+    return executor.map_array(StudyRun(), runs)
+
+
+# --------------------------------------------------------------------------------------------------- status
+
+
+STATUS_COLUMNS = ("runs", "done", "not_at_equilibrium", "diverged", "failed", "running", "stopped", "pending")
+
+
+def _lock_held(run_dir: Path) -> bool:
+    """Whether a live process holds the run's lock, read from the holder line it wrote (``pid N on HOST since
+    ...``; emptied on release) without touching the lock itself (taking it, even briefly, could refuse the run's
+    own start). On this host the pid is checked; a holder on another host counts as running."""
+    import re
+    import socket
+
+    try:
+        text = (run_dir / rundir.LOCK).read_text(errors="replace").strip()
+    except OSError:
+        return False
+    match = re.match(r"pid (\d+) on (\S+) since", text)
+    if not match:
+        return False
+    if match.group(2) != socket.gethostname():
+        return True
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_state(run_dir: Path) -> str:
+    """done | not_at_equilibrium (done, but a DEQ that did not end at equilibrium) | diverged | failed |
+    running (its process holds the lock) | stopped (started, not running: interrupted, killed or time-limited;
+    a rerun resumes it) | pending (never started)."""
+    try:
+        metrics = rundir.read_metrics(run_dir)
+    except rundir.RunDirError:
+        return "failed"
+    status = metrics.get("status")
+    if _lock_held(run_dir):
+        return "running"
+    if status == "diverged":
+        return "diverged"
+    if status == "failed":
+        return "failed"
+    if status == "completed" and metrics.get("step", 0) >= metrics.get("total_steps", 1):
+        eq = metrics.get("equilibrium")
+        return "not_at_equilibrium" if isinstance(eq, dict) and eq.get("at_equilibrium") is False else "done"
+    if metrics or (run_dir / rundir.CHECKPOINT).exists():
+        return "stopped"
+    return "pending"
+
+
+def study_status(runs: list[RunSpec]) -> dict[str, dict[str, int]]:
+    """Per grid, how many of its runs are in each of ``STATUS_COLUMNS`` (``run_state``)."""
+    table: dict[str, dict[str, int]] = {}
+    for run in runs:
+        row = table.setdefault(run.grid, dict.fromkeys(STATUS_COLUMNS, 0))
+        row["runs"] += 1
+        row[run_state(Path(run.run_dir))] += 1
+    return table
+
+
+def format_status(table: dict[str, dict[str, int]]) -> str:
+    """The status table as aligned text, with a total row."""
+    total = {c: sum(row[c] for row in table.values()) for c in STATUS_COLUMNS}
+    heads = ["grid", *(c.replace("_", "-") for c in STATUS_COLUMNS)]
+    rows = [[g, *(str(row[c]) for c in STATUS_COLUMNS)] for g, row in table.items()]
+    rows.append(["total", *(str(total[c]) for c in STATUS_COLUMNS)])
+    widths = [max(len(r[i]) for r in [heads, *rows]) for i in range(len(heads))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([fmt(heads), *(fmt(r) for r in rows)])
