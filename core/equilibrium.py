@@ -34,8 +34,10 @@ class EquilibriumThresholds:
             when the mean relative residual is above it (so a few far-off samples flag it even when
             the converged fraction passes).
         converged_fraction: the run is flagged when fewer samples than this are converged.
-        grad_cosine: the run is flagged when the budgeted gradient's cosine with a tight-tolerance
-            one is below this.
+        grad_cosine: the run is flagged when its gradient's cosine with the gradient its backward mode gives
+            after a tight-tolerance solve (and, for IFT, a tight adjoint solve) is below this: the budget is
+            too small for the gradient the run means to take. (How far phantom and one-step gradients are from
+            the implicit one is an approximation by design; the engine records it apart, unjudged.)
         spectral_norm: the run is flagged when the estimated ||df/dz||_2 at z* is above this
             (default None: not checked; 1.0 asks for a contraction at z*).
     """
@@ -190,7 +192,7 @@ def equilibrium_flags(
         "converged_fraction": (lambda v, t: v < t, "<",
                                f"fraction of samples with relative residual <= {thresholds.rel_residual:g}"
                                if thresholds.rel_residual is not None else "fraction of converged samples"),
-        "grad_cosine": (lambda v, t: v < t, "<", "cosine of the budgeted with a tight-tolerance gradient"),
+        "grad_cosine": (lambda v, t: v < t, "<", "cosine of the run's gradient with its backward mode after a tight-tolerance solve"),
         "spectral_norm": (lambda v, t: v > t, ">", "estimated ||df/dz||_2 at z*"),
     }
     reasons = []

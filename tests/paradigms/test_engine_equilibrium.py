@@ -16,7 +16,7 @@ TOY = "support.toy:ToyParadigm"
 LOOP = dict(batch_size=64, epochs=None, max_steps=30, eval_every=10, ckpt_every=10, progress=False, log_every=0)
 BASE = dict(paradigm=TOY, data={}, model={"width": 16}, train=LOOP, optim=dict(lr=0.01), block=dict(mode="deq"),
             equilibrium=dict(power_iters=10))
-EQ_KEYS = ("eq/rel_residual", "eq/converged_fraction", "eq/spectral_norm", "eq/grad_cosine")
+EQ_KEYS = ("eq/rel_residual", "eq/converged_fraction", "eq/spectral_norm", "eq/grad_cosine", "eq/grad_cosine_ift")
 
 
 def cfg(**changes):
@@ -69,6 +69,13 @@ def test_probe_every_sets_the_gradient_probes_steps_and_the_last_evaluation_alwa
     train(cfg(equilibrium=dict(probe_every=20)), tmp_path)
     probed = [h["step"] for h in rundir.read_history(tmp_path) if "eq/grad_cosine" in h]
     assert probed == [10, 30]
+
+
+def test_a_one_step_gradient_is_judged_against_its_own_mode_and_its_distance_to_ift_recorded(tmp_path):
+    """JFB ignores the Jacobian by design: at equilibrium its gradient equals its tight-solve self (cosine ~1) while
+    its cosine with the implicit gradient is recorded apart (below the IFT run's)."""
+    jfb = train(cfg(grad=dict(mode="onestep")), tmp_path / "jfb")["equilibrium"]["measured"]
+    assert jfb["grad_cosine"] >= 0.99 and jfb["grad_cosine_ift"] < jfb["grad_cosine"]
 
 
 def test_warm_up_unrolls_the_map_then_solves_it(tmp_path):
