@@ -146,7 +146,7 @@ def test_study_runner_runs_only_the_selected_grids(capsys, tmp_path):
     out = capsys.readouterr().out
     ran = [line.split("hydra.sweep.dir=")[1].split()[0] for line in out.splitlines() if line.startswith("+ ")]
     expected = [g["name"] for g in load_study("quick")["grids"] if g["name"].startswith("graph_") or g["name"] == "vision_masks"]
-    assert [Path(r).name for r in ran] == expected and len(expected) == 6
+    assert [Path(r).name for r in ran] == expected and len(expected) == 7
     with pytest.raises(ValueError, match=r"--grids pattern 'grahp_\*' matches no grid of study 'quick'; valid grids: \["):
         study(["quick", "--dry-run", "--grids", "grahp_*"])
 
@@ -187,3 +187,30 @@ def test_study_grid_runs_into_one_directory_per_swept_value(tmp_path):
     assert runs == [f"toy_grid/block={b},seed={s}" for b in ("explicit", "tied") for s in (0, 1)]
     for run in runs:
         assert json.loads((tmp_path / run / "metrics.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("variant,grad", [("ift_jacobian", "ift"), ("phantom", "phantom"), ("jfb", "onestep")])
+@pytest.mark.parametrize("paradigm", ["vision", "graph"])
+def test_deq_variants_select_their_gradient_and_the_paradigms_recipe_follows(hydra_ctx, variant, grad, paradigm):
+    """deq=<variant> picks the block, solver and backward mode; the paradigm's recipe (loaded after it) adds its
+    settings: vision's penalty weight and warm-up, none for graph (no recipe file)."""
+    cfg = compose(config_name="train", overrides=[f"paradigm={paradigm}", f"deq={variant}"])
+    assert (cfg.block.mode, cfg.grad.mode) == ("deq", grad)
+    if variant == "phantom":
+        assert cfg.grad.steps == 5
+    if paradigm == "vision":
+        assert (cfg.train.jacobian_weight, cfg.block.jacobian_samples, cfg.train.deq_warmup_steps) == (2.0, 1, 50)
+    else:
+        assert cfg.train.deq_warmup_steps == 0
+        assert cfg.train.jacobian_weight == (1.0 if variant == "ift_jacobian" else 0.0)
+    instantiate([f"paradigm={paradigm}", f"deq={variant}"])
+
+
+def test_a_recipe_never_replaces_what_the_command_line_chose(hydra_ctx):
+    """Recipes set budgets and penalties, never the solver or the backward mode (configs/recipe/README.md)."""
+    for path in (CONFIGS / "recipe").rglob("*.yaml"):
+        node = OmegaConf.load(path)
+        assert "name" not in (node.get("solver") or {}) and "mode" not in (node.get("grad") or {}), path
+        assert "options" not in (node.get("solver") or {}), path
+    cfg = compose(config_name="train", overrides=["paradigm=vision", "block=deq", "solver=broyden", "grad=phantom"])
+    assert (cfg.solver.name, cfg.grad.mode, cfg.train.jacobian_weight) == ("broyden", "phantom", 2.0)
