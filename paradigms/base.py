@@ -85,6 +85,10 @@ class Paradigm(ABC):
             misspelt key is an error naming the valid ones.
         primary_metric: the quality key reports rank by (e.g. ``"acc"``), and whether higher is better.
         width_key: the config key of the model's width, written to metrics.json for the report (None: none).
+        data_parallel: True when one run may train data-parallel over several processes (torchrun; see
+            ``distributed``): a batch is a tensor, or a tuple, list or dict of tensors, split along dim 0, the
+            loss is the mean of per-sample losses and nothing in the model mixes samples (no BatchNorm), so
+            the mean of equal slices' gradients is the batch's. Else False or the reason it may not (refused).
     """
 
     name: ClassVar[str]
@@ -93,6 +97,7 @@ class Paradigm(ABC):
     primary_metric: ClassVar[str] = "acc"
     higher_is_better: ClassVar[bool] = True
     width_key: ClassVar[str | None] = "model.width"  # the config key of the model's width (None: no one width)
+    data_parallel: ClassVar[bool | str] = False  # see above: True, or why one run cannot span processes
 
     def __init__(self, data: Mapping[str, Any], model: Mapping[str, Any], device: torch.device, seed: int = 0,
                  batch_size: int = 128):

@@ -38,6 +38,11 @@ def _report(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise): the other ranks print only their own errors."""
+    return int(os.environ.get("RANK") or 0)
+
+
 def _show_traceback() -> bool:
     return os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
 
@@ -48,6 +53,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
     from hydra.types import RunMode
 
     from .base import get_paradigm
+    from .distributed import SameOnEveryRank
     from .engine import train as run_training
 
     from .tracking import TrackerError
@@ -59,6 +65,8 @@ def _hydra_main(cfg: DictConfig) -> Any:
         if _show_traceback():
             raise
         message = f"[tiedlab] error: {err}"
+        if _rank() and isinstance(err, SameOnEveryRank):
+            message = ""  # rank 0 prints it
     except Exception as err:  # noqa: BLE001 - a crash while building the run: one line, the trace on request
         if _show_traceback():
             raise
@@ -66,6 +74,10 @@ def _hydra_main(cfg: DictConfig) -> Any:
     else:
         cls = get_paradigm(cfg.paradigm)
         metric = result.get("metrics", {}).get(f"val/{cls.primary_metric}")
+        if _rank() and result["status"] != "failed":  # rank 0 reports the run; the others only their own failure
+            if result["status"] == "interrupted" and hydra_cfg.mode == RunMode.RUN:
+                sys.exit(INTERRUPTED_EXIT)
+            return metric
         if result["status"] == "interrupted":
             _report(f"[tiedlab] interrupted: {cfg.run_dir}: {result['reason']}")
             if hydra_cfg.mode == RunMode.RUN:
@@ -80,8 +92,10 @@ def _hydra_main(cfg: DictConfig) -> Any:
                        if isinstance(m.get("time/train_s"), (int, float)) else "")
                     + (f" ({result['reason']})" if result.get("reason") else ""))
             return metric
-        message = f"[tiedlab] failed: {cfg.run_dir}: {result['reason']}"
-    _report(message)
+        where = f" (rank {_rank()})" if _rank() else ""
+        message = f"[tiedlab] failed{where}: {cfg.run_dir}: {result['reason']}"
+    if message:
+        _report(message)
     if hydra_cfg.mode == RunMode.RUN:
         sys.exit(1)  # one line, and no "Error executing job" from Hydra
     raise RunError(message)  # a multirun goes on with its other jobs, then exits 1
@@ -94,6 +108,8 @@ def _main() -> None:
 
     if not _show_traceback():
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing a trace: reported below
+    if _rank():  # under torchrun, rank 0 alone writes the run directory (Hydra's .hydra/ and log file too)
+        sys.argv = [*sys.argv, "hydra.output_subdir=null", "hydra/job_logging=none"]
     try:
         _hydra_main()
     except RunError:

@@ -6,7 +6,8 @@ schedule, evaluates every ``train.eval_every`` steps and at the end, checkpoints
 contract (see ``rundir``), holding its lock. A non-finite loss or an exploding solver residual ends the run
 with status ``diverged``: instability is a result, not a crash. A crash in the loop (an exception, a full disk)
 ends it with status ``failed`` and the reason. SIGUSR2 or SIGTERM checkpoints at the next step and ends it with
-status ``interrupted`` (rerun to resume; the command line exits with ``INTERRUPTED_EXIT``).
+status ``interrupted`` (rerun to resume; the command line exits with ``INTERRUPTED_EXIT``). Under ``torchrun``
+one run trains data-parallel over several processes (see ``distributed``): rank 0 alone writes and evaluates.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ from torch import nn
 from tiedlab.core import Block, BlockSpec, BlockStats, GradSpec, SolverSpec, model_param_counts
 from tiedlab.core.equilibrium import equilibrium_flags, gradient_cosine
 
-from . import rundir
+from . import distributed, rundir
 from .base import DataBundle, Paradigm, epoch_generator, get_paradigm, paradigms_for_data
 from .config import TrainConfig, ignored_options, thresholds, validate
 from .provenance import now, run_provenance
-from .tracking import make_tracker
+from .tracking import LocalTracker, make_tracker
 
 
 def as_config(cfg: Any) -> DictConfig:
@@ -354,20 +355,30 @@ def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[
     """
     cfg = as_config(cfg)
     spec = validate(cfg)
-    for message in ignored_options(cfg, overrides):
+    world = distributed.world_from_env()  # one process of one unless started by torchrun
+    distributed.check_supported(world, cfg.paradigm, int(cfg.train.batch_size))
+    for message in ignored_options(cfg, overrides) if world.is_main else ():
         print(f"[tiedlab] warning: {message}", file=sys.stderr)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with rundir.hold_lock(run_dir):
-        return _train_locked(cfg, spec, run_dir, list(overrides))
+    world.join(select_device(cfg.train.device))
+    with contextlib.ExitStack() as stack:
+        def hold() -> None:  # rank 0 alone creates and writes the run directory
+            run_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(rundir.hold_lock(run_dir))
+
+        world.main_first(hold, then_others=False)
+        return _train_locked(cfg, spec, run_dir, list(overrides), world)
 
 
-def _train_locked(cfg: DictConfig, spec: BlockSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    """Check the run directory, then build, train, evaluate and record the run (the lock is held)."""
-    opened = _open_run_dir(cfg, run_dir)
+def _train_locked(cfg: DictConfig, spec: BlockSpec, run_dir: Path, overrides: list[str],
+                  world: distributed.World | None = None) -> dict[str, Any]:
+    """Check the run directory, then build, train, evaluate and record the run (the lock is held by rank 0;
+    the other ranks read the run directory after rank 0 checked it, before it writes)."""
+    world = world or distributed.World(device=select_device(cfg.train.device))
+    opened = world.main_first(lambda: _open_run_dir(cfg, run_dir))
     if opened.finished:
         return opened.previous
-    run = _Run(cfg, spec, run_dir, opened, overrides)
+    run = _Run(cfg, spec, run_dir, opened, overrides, world)
     status, reason = run.train()
     return run.finish(status, reason)
 
@@ -416,13 +427,15 @@ class _Run:
     optimiser, schedule) and restores a checkpoint; ``train`` loops over ``_step``, ``_log``, ``_evaluate_due``
     and ``_checkpoint``; ``finish`` evaluates at the end and writes metrics.json."""
 
-    def __init__(self, cfg: DictConfig, spec: BlockSpec, run_dir: Path, opened: _Opened, overrides: list[str]):
+    def __init__(self, cfg: DictConfig, spec: BlockSpec, run_dir: Path, opened: _Opened, overrides: list[str],
+                 world: distributed.World | None = None):
         self.cfg, self.spec, self.run_dir, self.fp = cfg, spec, run_dir, opened.fingerprint
+        self.world = world = world or distributed.World(device=select_device(cfg.train.device))
         if cfg.train.threads:
             torch.set_num_threads(int(cfg.train.threads))
-        self.device = device = select_device(cfg.train.device)
+        self.device = device = world.device
         self.sessions = [*(opened.previous.get("provenance") or []),
-                         run_provenance(str(device), torch.get_num_threads(), overrides)]
+                         run_provenance(str(device), torch.get_num_threads(), overrides, world.size)]
         reset_peak_memory(device)
         seed_everything(int(cfg.seed))
         self.paradigm = _make_paradigm(cfg, device)
@@ -432,11 +445,14 @@ class _Run:
         self.optimizer = build_optimizer(cfg.optim, self.model)
         self.schedule = cosine_with_warmup(self.optimizer, int(cfg.optim.warmup_steps), self.total_steps,
                                            float(cfg.optim.min_lr_ratio))
-        rundir.write_text(run_dir / rundir.CONFIG, OmegaConf.to_yaml(cfg))
-        self.paradigm.artifacts(str(run_dir))
+        if world.is_main:
+            rundir.write_text(run_dir / rundir.CONFIG, OmegaConf.to_yaml(cfg))
+            self.paradigm.artifacts(str(run_dir))
         self.counts = model_param_counts(self.model)
         self.loop = LoopState()
         self._restore(opened.state_dict)
+        world.broadcast_module(self.model)  # built from the same seed on every rank: make sure
+        self.signal_seen = ""  # a stop signal any rank received, as the ranks agreed after the last step
 
         self.base = {"fingerprint": self.fp, "fingerprint_version": rundir.FINGERPRINT_VERSION,
                      "paradigm": cfg.paradigm, "dataset": self.data.meta.get("dataset"),
@@ -444,9 +460,11 @@ class _Run:
                                         "higher_is_better": self.paradigm.higher_is_better},
                      "total_steps": self.total_steps, "data": self.data.meta, "provenance": self.sessions,
                      "width": _width(cfg, self.paradigm)}
-        self.tracker = make_tracker(cfg.logger, run_dir, opened.plain, fresh=opened.state_dict is None)
-        rundir.write_json(run_dir / rundir.METRICS, {**self.base, "status": "running", "reason": "",
-                                                     "step": self.loop.step, "metrics": dict(self.counts)})
+        self.tracker = make_tracker(cfg.logger, run_dir, opened.plain, fresh=opened.state_dict is None) \
+            if world.is_main else LocalTracker()
+        if world.is_main:
+            rundir.write_json(run_dir / rundir.METRICS, {**self.base, "status": "running", "reason": "",
+                                                         "step": self.loop.step, "metrics": dict(self.counts)})
         self.step_fn = torch.compile(self.model) if cfg.train.compile else self.model
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.train.amp
                          else contextlib.nullcontext())
@@ -477,26 +495,40 @@ class _Run:
     def _restore(self, state_dict: dict[str, Any] | None) -> None:
         """Continue from a checkpoint (weights, optimiser, schedule, loop counters, RNG; history cut back to its
         step), or start fresh (an old history.jsonl without a checkpoint is removed)."""
+        world = self.world
         if state_dict is None:
-            if (self.run_dir / rundir.HISTORY).exists():
+            if world.is_main and (self.run_dir / rundir.HISTORY).exists():
                 (self.run_dir / rundir.HISTORY).unlink()
+            if world.rank:  # the model is built; from here on each rank draws its own random numbers
+                torch.manual_seed(distributed.rank_seed(int(self.cfg.seed), world.rank))
             return
         self.model.load_state_dict(state_dict["model"])
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self.schedule.load_state_dict(state_dict["schedule"])
         self.loop = LoopState(**state_dict["loop"])
-        rundir.set_rng_state(state_dict["rng"], self._cuda)
-        rundir.truncate_history(self.run_dir, self.loop.step)
-        print(f"[tiedlab] resuming {self.run_dir} at step {self.loop.step}/{self.total_steps}", file=sys.stderr)
+        ranks = state_dict.get("rng_ranks") or [state_dict["rng"]]  # every rank's, from a data-parallel run
+        if world.rank < len(ranks):
+            rundir.set_rng_state(ranks[world.rank], self._cuda)
+        else:  # resumed over more processes than it was checkpointed from: a new stream for this rank
+            torch.manual_seed(distributed.rank_seed(int(self.cfg.seed), world.rank) + self.loop.step)
+        if world.is_main:
+            rundir.truncate_history(self.run_dir, self.loop.step)
+        where = f" (rank {world.rank} of {world.size})" if world.parallel else ""
+        print(f"[tiedlab] resuming {self.run_dir} at step {self.loop.step}/{self.total_steps}{where}", file=sys.stderr)
 
     @property
     def _cuda(self) -> torch.device | None:
         return self.device if self.device.type == "cuda" else None
 
     def _checkpoint(self) -> None:
+        """Rank 0 writes the checkpoint, with every rank's RNG state when there are several (all ranks call it)."""
+        rng = self.world.gather_rng(rundir.rng_state(self._cuda))
+        if not self.world.is_main:
+            return
         rundir.save_checkpoint(self.run_dir, {
             "fingerprint": self.fp, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(), "loop": vars(self.loop).copy(), "rng": rundir.rng_state(self._cuda),
+            "schedule": self.schedule.state_dict(), "loop": vars(self.loop).copy(), "rng": rng[0],
+            **({"rng_ranks": rng} if self.world.parallel else {}),
         })
 
     def train(self) -> tuple[str, str]:
@@ -504,20 +536,21 @@ class _Run:
         SIGUSR2 or SIGTERM (a scheduler's warning before a timeout, a preemption) checkpoints at the next step
         boundary and ends the run as ``interrupted`` (resumable)."""
         cfg, loop = self.cfg, self.loop
-        self.progress = _progress(cfg, self.total_steps, loop.step)
+        self.progress = _progress(cfg, self.total_steps, loop.step) if self.world.is_main else None
         batches = _batches(self.data, int(cfg.seed), loop.epoch, loop.index)
         self.model.train()
         status, reason = "completed", ""
         stop = _StopSignals()
         try:
             while loop.step < self.total_steps:
-                if stop.received:
+                received = self.signal_seen if self.world.parallel else stop.received
+                if received:
                     self._checkpoint()
-                    return "interrupted", (f"{stop.received} at step {loop.step}/{self.total_steps}: checkpointed; "
+                    return "interrupted", (f"{received} at step {loop.step}/{self.total_steps}: checkpointed; "
                                            "rerun the same command to resume")
                 epoch, index, batch = next(batches)
                 self._set_warmup()
-                stopped = self._step(batch)
+                stopped = self._step(batch, stop)
                 if stopped:
                     return "diverged", stopped
                 loop.epoch, loop.index = epoch, index + 1
@@ -537,23 +570,24 @@ class _Run:
                 self.progress.close()
         return status, reason
 
-    def _step(self, batch: Any) -> str:
-        """One optimiser step on ``batch``, timed; its loss and block statistics go to the loop's window.
-        Returns why the run diverged ("" while it has not)."""
-        cfg, loop = self.cfg, self.loop
+    def _step(self, batch: Any, stop: "_StopSignals | None" = None) -> str:
+        """One optimiser step on ``batch`` (this rank's share of it), timed; its loss and block statistics (means
+        over the ranks) go to the loop's window. Returns why the run diverged ("" while it has not)."""
+        cfg, loop, world = self.cfg, self.loop, self.world
         solving = self.spec.mode == "deq" and not self.warming_up
         t0 = time.perf_counter()
         with self.autocast:
-            out = self.paradigm.training_step(self.step_fn, batch)
+            out = self.paradigm.training_step(self.step_fn, world.shard(batch))
         loss = out.loss
         jac_weight = float(cfg.train.jacobian_weight)
         if jac_weight > 0 and out.stats is not None and out.stats.jacobian_loss is not None:
             loss = loss + jac_weight * out.stats.jacobian_loss
-        loss_value = loss.item()
+        loss_value = world.mean(loss)  # the global batch's loss: every rank decides alike
         if not math.isfinite(loss_value):
             return f"non-finite loss ({loss_value}) at step {loop.step + 1}"
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        world.average_gradients(self.model)  # the global batch's gradient (slices of equal size)
         if cfg.optim.clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(cfg.optim.clip))
         self.optimizer.step()
@@ -564,6 +598,12 @@ class _Run:
         loop.step += 1
         loop.samples += self.data.samples_per_step
         block_stats = summarize(self.recorder.take())
+        if world.parallel:  # means over the ranks, any rank's stop signal, rank 0's clock (its time limit)
+            metrics, self.signal_seen, loop.train_s = world.agree(
+                {**{f"m:{k}": float(v) for k, v in out.metrics.items()}, **block_stats},
+                stop.received if stop is not None else "", loop.train_s)
+            block_stats = {k: v for k, v in metrics.items() if not k.startswith("m:")}
+            out.metrics = {k[2:]: v for k, v in metrics.items() if k.startswith("m:")}
         for key, value in block_stats.items():
             if not math.isnan(value):
                 total = loop.core_totals.setdefault(key, [0.0, 0])
@@ -580,6 +620,8 @@ class _Run:
     def _log(self, loss_value: float) -> None:
         """The progress bar, or a log line every ``log_every`` steps."""
         loop, progress = self.loop, self.progress
+        if not self.world.is_main:
+            return
         speed = loop.samples / max(loop.train_s, 1e-9)
         if progress is not None:
             progress.update(1)
@@ -593,7 +635,10 @@ class _Run:
         """Validation every ``eval_every`` steps, at the last step and when time is up: into history.jsonl and
         the tracker, with the training window's means."""
         loop = self.loop
-        if loop.step % self.cfg.train.eval_every == 0 or loop.step == self.total_steps or time_up:
+        due = loop.step % self.cfg.train.eval_every == 0 or loop.step == self.total_steps or time_up
+        if due and not self.world.is_main:  # rank 0 evaluates alone; the others wait at the next step
+            loop.window = []
+        elif due:
             record = self._eval_record(("val",), final=loop.step == self.total_steps or time_up)
             self.last_val = record
             rundir.append_history(self.run_dir, record)
@@ -618,7 +663,7 @@ class _Run:
     def _final(self, final: dict[str, Any], status: str) -> None:
         """The final evaluation and statistics into ``final``, and the last checkpoint of a completed run."""
         loop = self.loop
-        if status == "completed":
+        if status == "completed" and self.world.is_main:
             if self.last_val.get("step") == loop.step:
                 # the weights are those the last in-loop validation scored: reuse it, evaluate only test
                 record = {k: v for k, v in self.last_val.items() if k.startswith(("val/", "core/val_", "eq/"))}
@@ -647,6 +692,9 @@ class _Run:
             status, reason = "failed", f"{type(err).__name__} in the final evaluation: {err}{_keep_traceback(self.run_dir)}"
         self.sessions[-1]["ended"] = now()
         result = {**self.base, "status": status, "reason": reason, "step": self.loop.step, "metrics": final}
+        if not self.world.is_main:  # rank 0 alone evaluates and writes
+            self.recorder.close()
+            return result
         if self.probe is not None and status == "completed":
             result["equilibrium"] = self.probe.verdict(final)
             if result["equilibrium"]["flags"]:

@@ -54,6 +54,7 @@ class LanguageParadigm(Paradigm):
     ModelOptions = LanguageModelOptions
     primary_metric = "loss"
     higher_is_better = False
+    data_parallel = True  # (inputs, targets) of equal-length windows, mean over tokens: slices average exactly
 
     def __init__(self, data: Any, model: Any, device: torch.device, seed: int = 0, batch_size: int = 64):
         super().__init__(data, model, device, seed, batch_size)

@@ -64,6 +64,9 @@ class SSLParadigm(Paradigm):
     ModelOptions = SSLModelOptions
     primary_metric = "knn_acc"
     higher_is_better = True
+    data_parallel = ("its losses compare the samples of a batch (SimCLR's negatives, VICReg's variance and "
+                     "covariance, BatchNorm in the projection heads), so a slice's gradient is not a share of the "
+                     "batch's (that needs the embeddings gathered across processes, not done)")
 
     # ----------------------------------------------------------------- data
     def build_data(self) -> SSLDataBundle:

@@ -51,6 +51,7 @@ class VisionParadigm(Paradigm):
     ModelOptions = VisionOptions
     primary_metric = "acc"
     higher_is_better = True
+    data_parallel = True  # (images, labels), mean cross-entropy, GroupNorm: slices average to the batch
 
     # ----------------------------------------------------------------- data
     def build_data(self) -> VisionDataBundle:

@@ -65,6 +65,7 @@ class ToyParadigm(Paradigm):
     name = "toy"
     DataOptions = ToyData
     ModelOptions = ToyModel
+    data_parallel = True  # (images, labels), mean cross-entropy
 
     def build_data(self) -> DataBundle:
         from sklearn.datasets import load_digits
