@@ -8,9 +8,11 @@ from typing import Any
 
 from .aggregate import Cell, best, groups
 
-BUDGETS: tuple[tuple[str, str], ...] = (("params/unique", "unique params"), ("time/train_s", "training s"))
-RULE = ("For each budget (the smallest, median and largest value seen over completed runs, for unique parameters "
-        "and for training seconds), the cell with the best mean val primary metric among cells whose mean cost is "
+BUDGETS: tuple[tuple[str, str], ...] = (("params/unique", "unique params"), ("params/nonzero", "nonzero params"),
+                                        ("time/train_s", "training s"))
+RULE = ("For each budget (the smallest, median and largest value seen over completed runs, for unique (stored) "
+        "parameters, nonzero parameters (kept by the masks, summed over layers: the FLOPs' proxy) and training "
+        "seconds), the cell with the best mean val primary metric among cells whose mean cost is "
         "within the budget (preferring cells with >= 2 seeds).")
 
 

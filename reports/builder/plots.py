@@ -256,6 +256,54 @@ def plot_sparsity(cells: list[Cell], path: Path, title: str, colors: dict[str, s
     return True
 
 
+def mask_gaps(cells: list[Cell]) -> dict[tuple[Any, ...], list[tuple[float, float, float, float]]]:
+    """Distinct minus shared masks, per (mode, kind, width, depth, other): one (density, gap, interval low, high)
+    per density that both mask modes ran, the gap in the primary metric signed so that > 0 means distinct is
+    better, with a 95% Welch interval (unpaired: masks differ per seed anyway). Cells with < 2 scores per side are
+    left out (no interval)."""
+    from scipy import stats
+
+    by_key: dict[tuple[Any, ...], dict[str, Cell]] = {}
+    for c in cells:
+        if c.mask_mode in ("distinct", "shared") and len(c.scores()) >= 2:
+            by_key.setdefault((c.mode, c.mask_kind, c.width, c.depth, c.other, c.sparsity), {})[c.mask_mode] = c
+    out: dict[tuple[Any, ...], list[tuple[float, float, float, float]]] = {}
+    for (mode, kind, width, depth, other, sparsity), pair in sorted(by_key.items(), key=lambda kv: str(kv[0])):
+        if len(pair) < 2:
+            continue
+        a, b = pair["distinct"].scores(), pair["shared"].scores()
+        va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+        gap, se = statistics.fmean(a) - statistics.fmean(b), math.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else math.inf
+        half = float(stats.t.ppf(0.975, df)) * se if se > 0 else 0.0
+        out.setdefault((mode, kind, width, depth, other), []).append((1.0 - sparsity, gap, gap - half, gap + half))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def plot_mask_gap(cells: list[Cell], path: Path, title: str, colors: dict[str, str] | None = None) -> bool:
+    """Distinct minus shared masks against mask density (log2 axis), one line per depth (and width, kind), with
+    95% Welch intervals: the paper's claim that distinct masks raise capacity as density falls and depth grows."""
+    gaps = {k: v for k, v in mask_gaps(cells).items() if len(v) >= 2}
+    if not gaps:
+        return False
+    styler = Styler(colors if colors is not None else variant_colors(cells))
+    fig, ax = _figure(title, "mask density (1 - sparsity)", f"distinct - shared, val {cells[0].metric} "
+                      f"({'higher' if cells[0].higher_is_better else 'lower'}-is-better sign)")
+    densities = set()
+    for i, ((mode, kind, width, depth, other), points) in enumerate(gaps.items()):
+        x = [p[0] for p in points]
+        densities.update(x)
+        color, linestyle, marker = styler(f"{mode} d={depth}")
+        ax.errorbar(x, [p[1] for p in points], yerr=[[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]],
+                    color=color, ls=linestyle, marker=marker, capsize=3, lw=1.4, ms=4,
+                    label=_fmt([mode, kind, f"w={width}" if width is not None else "",
+                                f"d={depth}" if depth is not None else "", other]))
+    ax.axhline(0.0, color="black", lw=0.8)
+    _log2_axis(ax, densities)
+    _save(fig, ax, path, note="points: mean gap; bars: 95% Welch interval")
+    return True
+
+
 def _mean_curve(runs: list[Any]) -> list[tuple[float, float, float]]:
     """(mean time, mean value, std of value) at each evaluation step that at least half the runs (and two, when
     there are two or more) reached; a single run's own curve."""
@@ -333,7 +381,7 @@ def plot_memory(cells: list[Cell], path: Path, title: str, colors: dict[str, str
 
 PLOTS: tuple[tuple[str, str, Callable[..., bool]], ...] = (
     ("depth", "vs depth", plot_depth), ("width", "vs width", plot_width),
-    ("sparsity", "vs mask sparsity", plot_sparsity),
+    ("sparsity", "vs mask sparsity", plot_sparsity), ("maskgap", "distinct - shared masks vs density", plot_mask_gap),
     ("time", "vs training time", plot_time), ("memory", "vs peak memory", plot_memory))
 
 

@@ -236,3 +236,35 @@ def test_one_colour_per_variant_across_a_report():
     assert variant("tied+distinct/unstructured@0.75") == "tied+distinct/unstructured" == variant(labels[2])
     assert len(colors) == len({variant(x) for x in labels}) == len(set(colors.values()))  # no colour repeats
     assert (colors["explicit"], colors["tied"], colors["deq anderson+ift"]) == ("#555555", "#1f77b4", "#d62728")
+
+
+def test_mask_gap_is_distinct_minus_shared_per_density_and_depth_with_a_welch_interval(tmp_path):
+    """The picture of the mask claim: distinct - shared at each density, one line per depth, 95% Welch intervals
+    (checked against scipy's own), and the plot written as PNG and SVG."""
+    from scipy import stats
+
+    from .conftest import write_run
+    from tiedlab.reports.aggregate import group_cells
+    from tiedlab.reports.load import load_runs
+    from tiedlab.reports.plots import mask_gaps, plot_mask_gap
+
+    vals = {("distinct", 0.5, 4): [0.80, 0.82, 0.81], ("shared", 0.5, 4): [0.78, 0.77, 0.79],
+            ("distinct", 0.75, 4): [0.76, 0.79, 0.77], ("shared", 0.75, 4): [0.70, 0.72, 0.69],
+            ("distinct", 0.5, 8): [0.83, 0.84, 0.82], ("shared", 0.5, 8): [0.78, 0.80, 0.79],
+            ("distinct", 0.75, 8): [0.80, 0.81, 0.79], ("shared", 0.75, 8): [0.70, 0.71, 0.73]}
+    for (mode, sparsity, depth), scores in vals.items():
+        for seed, v in enumerate(scores):
+            write_run(tmp_path, f"{mode}-{sparsity}-{depth}-s{seed}", depth=depth, seed=seed, val=v,
+                      mask={"mode": mode, "kind": "unstructured", "sparsity": sparsity})
+    cells = group_cells(load_runs([tmp_path]))
+    gaps = mask_gaps(cells)
+    assert sorted(k[3] for k in gaps) == [4, 8]
+    for (mode, kind, width, depth, other), points in gaps.items():
+        assert [round(p[0], 6) for p in points] == [0.25, 0.5]  # densities, ascending
+        for density, gap, lo, hi in points:
+            a, b = vals[("distinct", 1 - density, depth)], vals[("shared", 1 - density, depth)]
+            ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+            assert gap == pytest.approx(sum(a) / 3 - sum(b) / 3)
+            assert (lo, hi) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert plot_mask_gap(cells, tmp_path / "gap.png", "vision: distinct - shared")
+    assert (tmp_path / "gap.png").stat().st_size > 0 and (tmp_path / "gap.svg").exists()
