@@ -339,8 +339,9 @@ def cell_blocks(report: Any) -> list[Block]:
 
 EQUILIBRIUM_NOTE = (
     "DEQ runs whose metrics.json states an equilibrium check (`equilibrium`: the relative residual, the fraction of "
-    "converged samples, the spectral norm of df/dz at z* and the cosine of the budgeted with a tight-tolerance "
-    "gradient, against the run's thresholds). A completed run flagged not at equilibrium is counted here and in "
+    "converged samples, the spectral norm of df/dz at z*, and grad_cosine: the cosine of the run's gradient with "
+    "the one its backward mode gives after a tight-tolerance solve, against the run's thresholds; grad_cosine_ift, "
+    "the cosine with the exact implicit gradient, is shown but not judged). A completed run flagged not at equilibrium is counted here and in "
     "its cell's n (\"+k not at equilibrium\"), never averaged into its cell, a comparison or a primary arm; runs "
     "written before the check are \"not measured\" and included as before. Counts and medians are over each "
     "cell's completed DEQ runs (a median over the runs that measured the value); flags are grouped by the check "
