@@ -14,7 +14,7 @@ help:  ## this list
 demo:  ## the demo study: all four paradigms on real data, a few runs each -> reports/studies/demo/
 	@source .ci/env.sh && tiedlab-study demo
 
-quick:  ## the full grid at CPU sizes, 2 seeds (52 min on a quiet 2-core CPU) -> reports/studies/quick/
+quick:  ## the full grid at CPU sizes, 2 seeds (52 min on a quiet 2-core CPU before the DEQ variant grids; more now) -> reports/studies/quick/
 	@source .ci/env.sh && tiedlab-study quick
 
 test:  ## the fast CPU test suite (what CI runs)
