@@ -332,12 +332,11 @@ def _progress(cfg: Any, total: int, start: int):
 
 
 def _evaluate(paradigm: Paradigm, model: nn.Module, data: DataBundle, split: str, recorder: StatsRecorder) -> dict[str, float]:
-    model.eval()
+    """The adapter's scores on ``split`` (``Paradigm.evaluate`` runs them in eval mode under no_grad and restores
+    the mode) plus the block statistics of that pass."""
     recorder.take()
-    with torch.no_grad():
-        out = paradigm.evaluate(model, data, split)
+    out = paradigm.evaluate(model, data, split)
     out.update(summarize(recorder.take(), prefix=f"core/{split}_"))
-    model.train()
     return {k: float(v) for k, v in out.items()}
 
 
