@@ -89,6 +89,9 @@ class Paradigm(ABC):
             ``distributed``): a batch is a tensor, or a tuple, list or dict of tensors, split along dim 0, the
             loss is the mean of per-sample losses and nothing in the model mixes samples (no BatchNorm), so
             the mean of equal slices' gradients is the batch's. Else False or the reason it may not (refused).
+        scores_train: True when ``score`` also takes split "train" (the training data as evaluation sees it,
+            without augmentation), which ``train.score_train`` records as ``fit/...``: how well the model fits
+            what it trained on, the capacity measure of the mask study.
     """
 
     name: ClassVar[str]
@@ -98,6 +101,7 @@ class Paradigm(ABC):
     higher_is_better: ClassVar[bool] = True
     width_key: ClassVar[str | None] = "model.width"  # the config key of the model's width (None: no one width)
     data_parallel: ClassVar[bool | str] = False  # see above: True, or why one run cannot span processes
+    scores_train: ClassVar[bool] = False  # see above: score(..., "train") works
 
     def __init__(self, data: Mapping[str, Any], model: Mapping[str, Any], device: torch.device, seed: int = 0,
                  batch_size: int = 128):
@@ -125,7 +129,7 @@ class Paradigm(ABC):
         """Loss (and block stats) of one batch in train mode."""
 
     def evaluate(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
-        """Quality on ``split`` ("val" or "test"): ``score`` in eval mode under no_grad, the model's mode
+        """Quality on ``split`` ("val", "test", or "train" where ``scores_train``): ``score`` in eval mode under no_grad, the model's mode
         restored after (an error too)."""
         with eval_mode(model):
             return self.score(model, data, split)

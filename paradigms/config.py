@@ -98,6 +98,7 @@ class LoopConfig:
     threads: Optional[int] = None
     deq_warmup_steps: int = 0  # a DEQ's first steps unroll its map as a weight-tied model (MDEQ's pretraining)
     deq_warmup_depth: Optional[int] = None  # layers unrolled in the warm-up (None: block.depth)
+    score_train: bool = False  # the final evaluation also scores the training split (fit/...: capacity)
 
 
 @dataclass

@@ -438,6 +438,9 @@ class _Run:
         reset_peak_memory(device)
         seed_everything(int(cfg.seed))
         self.paradigm = _make_paradigm(cfg, device)
+        if cfg.train.score_train and not getattr(self.paradigm, "scores_train", False):
+            raise ValueError(f"train.score_train=true: the {cfg.paradigm} adapter cannot score its training split "
+                             f"(Paradigm.scores_train); set train.score_train=false")
         self.data = self.paradigm.build_data()
         self.model = self.paradigm.build_model(self.data, spec).to(device)
         self.total_steps = int(cfg.train.max_steps or math.ceil(float(cfg.train.epochs) * self.data.steps_per_epoch))
@@ -670,6 +673,8 @@ class _Run:
             else:
                 record = self._eval_record(("val", "test"), final=True)
             final.update({k: v for k, v in record.items() if k not in ("step", "epoch", "time/train_s")})
+            if self.cfg.train.score_train:
+                final.update(self._fit_scores())
         # Training-time block statistics, averaged over every step (NFE, residuals of the train-mode solve).
         final.update({key: total[0] / total[1] for key, total in loop.core_totals.items() if total[1]})
         final.update({
@@ -681,6 +686,14 @@ class _Run:
         })
         if status == "completed":
             self._checkpoint()
+
+    def _fit_scores(self) -> dict[str, float]:
+        """The final weights scored on the training split in eval mode, as ``fit/<metric>`` (``train/...`` keys
+        are the training steps' running means, under augmentation and changing weights)."""
+        _say(self.progress, f"[tiedlab] step {self.loop.step}: evaluating the training split ...")
+        scores = _evaluate(self.paradigm, self.model, self.data, "train", self.recorder)
+        return {("fit/" + k[len("train/"):] if k.startswith("train/") else k.replace("core/train_", "core/fit_")): v
+                for k, v in scores.items()}
 
     def finish(self, status: str, reason: str) -> dict[str, Any]:
         """The final evaluation, metrics.json and the tracker's summary; returns what metrics.json holds."""

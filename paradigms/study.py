@@ -403,7 +403,7 @@ def read_sequential_state(runs: Path) -> dict[str, Any]:
     return state if isinstance(state, dict) else {"look": -1, "decided": {}}
 
 
-def seed_limits(specs: list[Any], plan: dict[str, int], state: dict[str, Any]) -> dict[tuple[int, str], int]:
+def seed_limits(specs: list[Any], plan: dict[str, int], state: dict[str, Any]) -> dict[str, int]:
     """The seeds each primary comparison is read on: those below the seed count of the look it was decided at,
     or of the last look reached (all the seeds of a fixed design: no limits before the first look)."""
     from tiedlab.reports import stats
@@ -413,8 +413,7 @@ def seed_limits(specs: list[Any], plan: dict[str, int], state: dict[str, Any]) -
     counts = stats.plan_looks(plan["start"], plan["max_seeds"], plan["step"])
     last = counts[min(state["look"], len(counts) - 1)]
     decided = state.get("decided") or {}
-    return {(s.insight, s.paradigm): counts[decided[f"{s.insight}/{s.paradigm}"]]
-            if f"{s.insight}/{s.paradigm}" in decided else last for s in specs}
+    return {s.key: counts[decided[s.key]] if s.key in decided else last for s in specs}
 
 
 def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, int], extra: list[str],
@@ -436,7 +435,7 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
     failures = 0
     for look, n in enumerate(counts):
         found = load_runs([runs]) if runs.exists() else []
-        pending = [s for s in specs if f"{s.insight}/{s.paradigm}" not in state["decided"]]
+        pending = [s for s in specs if s.key not in state["decided"]]
         if not pending:
             break
         todo: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[set[int], set[str]]] = {}
@@ -472,7 +471,7 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
         state["look"] = look
         limits = seed_limits(specs, plan, state)
         for r in evaluate_primaries(specs, found, looks=plan["looks"], grids=grids, seed_limits=limits):
-            key = f"{r.spec.insight}/{r.spec.paradigm}"
+            key = r.spec.key
             if key not in state["decided"] and r.verdict != "undetermined":
                 state["decided"][key] = look
         rundir.atomic_write_bytes(runs / SEQUENTIAL_FILE, yaml.safe_dump(state, sort_keys=True).encode())

@@ -52,6 +52,7 @@ class VisionParadigm(Paradigm):
     primary_metric = "acc"
     higher_is_better = True
     data_parallel = True  # (images, labels), mean cross-entropy, GroupNorm: slices average to the batch
+    scores_train = True  # the training images without augmentation
 
     # ----------------------------------------------------------------- data
     def build_data(self) -> VisionDataBundle:

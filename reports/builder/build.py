@@ -38,7 +38,7 @@ class Report:
     study: dict[str, Any] | None = None  # the study file the runs were made by (None: runs without a study)
     looks: int = 1  # looks of the sequential design the seeds were added by (1: a fixed design)
     rebuilt_from: str = ""  # the summary.json this report re-analysed (its run directories were not read)
-    seed_limits: dict[tuple[int, str], int] = field(default_factory=dict)  # sequential studies: seeds read
+    seed_limits: dict[str, int] = field(default_factory=dict)  # sequential studies: seeds read
     commit: str = "unknown"  # the checkout the report was built in
     run_commits: dict[str, int] = field(default_factory=dict)  # the commits the runs were trained at -> runs
     date: str = ""
@@ -125,7 +125,7 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
                   primaries=primaries, study=spec, looks=looks, seed_limits=limits)
 
 
-def _seed_limits(paths: list[str | Path], specs: list[Any], plan: dict[str, int]) -> dict[tuple[int, str], int]:
+def _seed_limits(paths: list[str | Path], specs: list[Any], plan: dict[str, int]) -> dict[str, int]:
     """The seeds each comparison of a sequential study is read on: from the runs folder's sequential.yaml, or
     the seed limits a rebuilt summary.json carried."""
     from tiedlab.paradigms.study import SEQUENTIAL_FILE, read_sequential_state, seed_limits
@@ -134,7 +134,7 @@ def _seed_limits(paths: list[str | Path], specs: list[Any], plan: dict[str, int]
         p = Path(p)
         if p.is_file() and p.suffix == ".json":
             rows = json.loads(p.read_text()).get("seed_limits") or []
-            return {(int(r["insight"]), str(r["paradigm"])): int(r["seeds"]) for r in rows}
+            return {str(r.get("id") or f"{r['insight']}/{r['paradigm']}"): int(r["seeds"]) for r in rows}
         if (p / SEQUENTIAL_FILE).is_file():
             return seed_limits(specs, plan, read_sequential_state(p))
     return {}

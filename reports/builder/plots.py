@@ -441,7 +441,7 @@ def _forest(rows: list[Any], out: Path) -> None:
     for edge in (-1, 1):
         ax.axvline(edge, color="black", lw=0.8, ls="--")
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{r.spec.insight}. {r.spec.paradigm}: {r.verdict}"
+    ax.set_yticklabels([f"{r.spec.insight}. {r.spec.paradigm}{'' if r.spec.headline else f' ({r.spec.id})'}: {r.verdict}"
                         + ("" if r.spec.kind == "mean" else f" ({r.spec.kind}, not in delta units)")
                         for r in reversed(rows)], fontsize=8)
     ax.set_xlim(-FOREST_CLIP * 1.05, FOREST_CLIP * 1.05)

@@ -30,7 +30,7 @@ TRANSFORMS = ("none", "log")
 DIRECTIONS = ("higher", "lower")
 # The smallest effects of interest when a study names none, by metric name (accuracies are fractions).
 DEFAULT_DELTA = {"acc": 0.005, "knn_acc": 0.005, "loss": 0.02}
-_ENTRY_KEYS = {"insight", "paradigm", "claim", "metric", "direction", "delta", "kind", "transform", "a", "b", "label"}
+_ENTRY_KEYS = {"id", "insight", "paradigm", "claim", "metric", "direction", "delta", "kind", "transform", "a", "b", "label"}
 
 
 class RunLike(Protocol):
@@ -125,6 +125,17 @@ class PrimarySpec:
     kind: str = "mean"
     transform: str = "none"
     label: str = ""
+    id: str = ""  # set when one study pre-registers several comparisons of one insight and paradigm
+
+    @property
+    def key(self) -> str:
+        """The comparison's name in a study: its ``id``, else "INSIGHT/PARADIGM" (the one the transfer table shows)."""
+        return self.id or f"{self.insight}/{self.paradigm}"
+
+    @property
+    def headline(self) -> bool:
+        """True for the comparison the transfer table shows for its insight and paradigm (the one without an id)."""
+        return not self.id
 
     def __post_init__(self) -> None:
         if self.claim not in stats.CLAIMS:
@@ -163,7 +174,7 @@ class PrimarySpec:
                    claim=str(raw["claim"]), delta=float(delta), metric=metric,
                    direction=str(raw.get("direction", "lower" if metric.endswith("loss") else "higher")),
                    kind=str(raw.get("kind", "mean")), transform=str(raw.get("transform", "none")),
-                   label=str(raw.get("label", "")))
+                   label=str(raw.get("label", "")), id=str(raw.get("id") or ""))
 
     def title(self) -> str:
         return self.label or f"{self.a.title()} vs {self.b.title()}"
@@ -173,7 +184,8 @@ def load_primaries(study: Mapping[str, Any]) -> list[PrimarySpec]:
     """The primary comparisons a study file names (an empty list when it names none).
 
     Raises:
-        ValueError: a malformed entry, or two entries for one (insight, paradigm).
+        ValueError: a malformed entry, or two entries with one key (the ``id``, else "INSIGHT/PARADIGM": a study
+            may name several comparisons of one insight and paradigm, each but the headline one with an id).
     """
     block = study.get("primary")
     if not block:
@@ -183,13 +195,13 @@ def load_primaries(study: Mapping[str, Any]) -> list[PrimarySpec]:
     defaults = block.get("defaults") or {}
     DEFAULT = {"delta": {**DEFAULT_DELTA, **(defaults.get("delta") or {})}}
     specs = [PrimarySpec.from_dict(raw, DEFAULT, i) for i, raw in enumerate(block.get("comparisons") or [])]
-    seen: dict[tuple[int, str], int] = {}
+    seen: dict[str, int] = {}
     for i, spec in enumerate(specs):
-        key = (spec.insight, spec.paradigm)
-        if key in seen:
-            raise ValueError(f"primary comparisons #{seen[key] + 1} and #{i + 1} both test insight {spec.insight} in "
-                             f"{spec.paradigm}: pre-register one per insight and paradigm")
-        seen[key] = i
+        if spec.key in seen:
+            raise ValueError(f"primary comparisons #{seen[spec.key] + 1} and #{i + 1} are both {spec.key!r}: "
+                             "pre-register one headline comparison per insight and paradigm and give any other an "
+                             "id of its own")
+        seen[spec.key] = i
     grids = {g["name"] for g in study.get("grids") or []}
     for spec in specs:
         for arm in (spec.a, spec.b):
@@ -344,14 +356,14 @@ def seed_of(run: RunLike) -> int | None:
 
 def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: float = stats.ALPHA,
                        looks: int = 1, grids: Iterable[str] = (),
-                       seed_limits: Mapping[tuple[int, str], int] | None = None) -> list[PrimaryResult]:
+                       seed_limits: Mapping[str, int] | None = None) -> list[PrimaryResult]:
     """Each spec's test on its arms' runs, then Holm across all of them (at ``alpha / looks`` per look when
-    the seeds were added sequentially: ``tiedlab-study --until-decided``). ``seed_limits`` maps (insight,
-    paradigm) to the seeds a comparison is read on (seeds below the limit: the look it was decided at)."""
+    the seeds were added sequentially: ``tiedlab-study --until-decided``). ``seed_limits`` maps a comparison's
+    ``key`` to the seeds a comparison is read on (seeds below the limit: the look it was decided at)."""
     runs, grids = list(runs), list(grids) or sorted({s.a.grid for s in specs} | {s.b.grid for s in specs})
     results = []
     for spec in specs:
-        limit = (seed_limits or {}).get((spec.insight, spec.paradigm))
+        limit = (seed_limits or {}).get(spec.key)
         a, b = ([r for r in arm_runs(arm, runs, grids) if limit is None or (seed_of(r) is not None
                                                                          and seed_of(r) < limit)]
                 for arm in (spec.a, spec.b))

@@ -193,13 +193,14 @@ def primary_blocks(report: Any) -> list[Block]:
         s = r.spec
         effect = {"mean": "A - B", "divergence": "rate B - rate A", "spread": "var B / var A"}[s.kind]
         claim, n = f"{s.claim}, delta {s.delta:g}", f"{r.n_a}/{r.n_b}" + (" paired" if r.paired else "")
-        rows.append([str(s.insight), s.paradigm, s.label or "-", f"A: {s.a.title()}", f"B: {s.b.title()}",
+        name = str(s.insight) if s.headline else f"{s.insight} ({s.id})"
+        rows.append([name, s.paradigm, s.label or "-", f"A: {s.a.title()}", f"B: {s.b.title()}",
                      claim, f"{s.kind}: {s.metric}"
                      + (f" ({s.direction} is better)" if s.kind == "mean" else "")
                      + (", log" if s.transform == "log" else "") + f"; effect {effect}",
                      n, _interval(r), fmt(r.p), r.verdict + (f" ({r.reason})" if r.reason else ""),
                      _seeds_needed(r)])
-        compact.append([str(s.insight), s.paradigm, s.label or "-", s.a.title(), s.b.title(), claim, n,
+        compact.append([name, s.paradigm, s.label or "-", s.a.title(), s.b.title(), claim, n,
                         _interval(r), fmt(r.p), r.verdict, _seeds_needed(r)])
         classes.append(VERDICT_CLASS.get(r.verdict, ""))
     blocks.append(Block("table", header=["insight", "paradigm", "claim", "arm A", "arm B", "claim, delta", "n A/B",
@@ -209,11 +210,11 @@ def primary_blocks(report: Any) -> list[Block]:
                                          "n A/B", "effect [CI at the verdict's level]", "p", "verdict (Holm)",
                                          "seeds/arm to decide"], rows=rows, row_classes=classes,
                         details="Full table: each comparison's test and why its verdict is what it is"))
-    notes = [f"insight {r.spec.insight} / {r.spec.paradigm}: {n}" for r in report.primaries for n in r.notes]
+    notes = [f"{r.spec.key}: {n}" for r in report.primaries for n in r.notes]
     if notes:
         blocks.append(Block("ul", items=notes))
     paradigms = sorted({r.spec.paradigm for r in report.primaries})
-    by_key = {(r.spec.insight, r.spec.paradigm): r for r in report.primaries}
+    by_key = {(r.spec.insight, r.spec.paradigm): r for r in report.primaries if r.spec.headline}
     labels = {r.spec.insight: r.spec.label for r in reversed(report.primaries) if r.spec.label}
     table = [[f"{n}. {labels.get(n, short)}"] + [primary_text(by_key[(n, p)]) if (n, p) in by_key
                                                  else "not pre-registered" for p in paradigms]

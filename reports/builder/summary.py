@@ -66,7 +66,7 @@ def insight_entry(result: InsightResult) -> dict[str, Any]:
 
 def primary_entry(result: Any) -> dict[str, Any]:
     spec, test = result.spec, result.test
-    return {"insight": spec.insight, "paradigm": spec.paradigm, "label": spec.label, "claim": spec.claim,
+    return {"id": spec.key, "insight": spec.insight, "paradigm": spec.paradigm, "label": spec.label, "claim": spec.claim,
             "delta": spec.delta, "metric": spec.metric, "direction": spec.direction, "kind": spec.kind,
             "transform": spec.transform, "a": spec.a.title(), "b": spec.b.title(), "verdict": result.verdict,
             "reason": result.reason, "p": result.p, "level": result.level, "effect": result.effect,
@@ -84,7 +84,7 @@ def summary(report: Any) -> dict[str, Any]:
         "seeds": report.seeds, "total_train_s": report.total_train_s, "rule": RULE,
         "study": (report.study or {}).get("name"), "looks": report.looks, "rebuilt_from": report.rebuilt_from,
         "study_spec": report.study,  # the registered comparisons (and sequential plan) a rebuild re-reads
-        "seed_limits": [{"insight": i, "paradigm": p, "seeds": n} for (i, p), n in sorted(report.seed_limits.items())],
+        "seed_limits": [{"id": key, "seeds": n} for key, n in sorted(report.seed_limits.items())],
         "primaries": [primary_entry(r) for r in report.primaries],
         "insight_texts": {str(k): {"name": v[0], "method": v[1]} for k, v in INSIGHTS.items()},
         "runs": [run_entry(r) for r in report.runs], "cells": [cell_entry(c) for c in report.cells],

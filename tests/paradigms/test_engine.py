@@ -341,3 +341,16 @@ def test_masks_follow_the_run_seed_unless_pinned(tmp_path):
         masks[seed] = {k: v for k, v in state.items() if ".masks.m" in k}
     assert masks[0] and masks[0].keys() == masks[1].keys()
     assert all(not torch.equal(masks[0][k], masks[1][k]) for k in masks[0])  # redrawn with the seed
+
+
+def test_score_train_records_the_final_fit_on_the_training_split(tmp_path, monkeypatch):
+    from support.toy import ToyParadigm
+
+    with pytest.raises(ValueError, match=r"train.score_train=true: the .* adapter cannot score its training split"):
+        train(cfg(**{"train.score_train": True}), tmp_path / "refused")
+    monkeypatch.setattr(ToyParadigm, "scores_train", True, raising=False)
+    m = train(cfg(**{"train.score_train": True}), tmp_path / "run")["metrics"]
+    assert set(m) >= {"fit/acc", "fit/loss"} and not any(k.startswith("core/train_") for k in m)
+    assert m["fit/acc"] > 0.8 and m["fit/acc"] >= m["test/acc"] - 0.05  # digits after 30 steps: fits its data
+    plain = train(cfg(), tmp_path / "plain")["metrics"]
+    assert "fit/acc" not in plain and plain["test/acc"] == m["test/acc"]  # scoring the fit changes nothing else

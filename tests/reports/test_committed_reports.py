@@ -18,13 +18,14 @@ COMMITTED = {"quick": ROOT / "reports" / "studies" / "quick", "demo": ROOT / "re
 PARADIGM_COLUMNS = ("vision", "graph", "language", "ssl")  # the README answer table's column order
 
 
-def rebuilt_results(name: str) -> dict[tuple[int, str], object]:
+def rebuilt_results(name: str) -> dict[str, object]:
+    """Each primary comparison of a committed report rebuilt from its summary.json, by key ("4/vision", or its id)."""
     summary = COMMITTED[name] / "summary.json"
     report = analyse([summary], study=name, runs=runs_from_summary(summary))
-    return {(r.spec.insight, r.spec.paradigm): r for r in report.primaries}
+    return {r.spec.key: r for r in report.primaries}
 
 
-def rebuilt(name: str) -> dict[tuple[int, str], str]:
+def rebuilt(name: str) -> dict[str, str]:
     return {key: r.verdict for key, r in rebuilt_results(name).items()}
 
 
@@ -33,7 +34,7 @@ def test_committed_report_verdicts_are_what_its_summary_decides(name):
     verdicts = rebuilt(name)
     assert verdicts, f"reports/studies/{name} has no primary comparisons"
     summary = json.loads((COMMITTED[name] / "summary.json").read_text())
-    stated = {(p["insight"], p["paradigm"]): p["verdict"] for p in summary["primaries"]}
+    stated = {p.get("id") or f"{p['insight']}/{p['paradigm']}": p["verdict"] for p in summary["primaries"]}
     assert stated == verdicts
     readme = (COMMITTED[name] / "README.md").read_text()
     assert "## Primary comparisons (pre-registered)" in readme
@@ -46,7 +47,7 @@ def test_committed_report_verdicts_are_what_its_summary_decides(name):
             continue
         cells = [c.strip() for c in line.strip("|").split("|")][1:]
         for paradigm, cell in zip(columns, cells):
-            expected = verdicts.get((int(match.group(1)), paradigm))
+            expected = verdicts.get(f"{match.group(1)}/{paradigm}")
             assert cell.split(":")[0] == (expected or "not pre-registered"), (name, line)
 
 
@@ -60,7 +61,7 @@ def test_readme_states_only_the_quick_verdicts_the_report_holds():
         insight = int(line[2])
         cells = [c.strip() for c in line.strip("|").split("|")][1:]
         for paradigm, cell in zip(PARADIGM_COLUMNS, cells):
-            r = results[(insight, paradigm)]
+            r = results[f"{insight}/{paradigm}"]
             assert cell.split(" ")[0] == r.verdict, (insight, paradigm, cell)
             # the numbers too: the effect, the seeds per arm and the seeds that would decide it
             assert cell.split(" (", 1)[1].startswith(f"{r.effect:+.3g}, "), (insight, paradigm, cell)

@@ -63,9 +63,13 @@ def test_bad_primary_entries_are_errors_naming_the_value(change, match):
         load_primaries({"primary": {"comparisons": [spec(**change)]}})
 
 
-def test_one_primary_per_insight_and_paradigm_and_known_grids():
-    with pytest.raises(ValueError, match=r"both test insight 1 in vision"):
+def test_one_headline_primary_per_insight_and_paradigm_others_by_id_and_known_grids():
+    with pytest.raises(ValueError, match=r"#1 and #2 are both '1/vision'"):
         load_primaries({"primary": {"comparisons": [spec(), spec()]}})
+    with pytest.raises(ValueError, match=r"#2 and #3 are both 'flops'"):
+        load_primaries({"primary": {"comparisons": [spec(), spec(id="flops"), spec(id="flops")]}})
+    head, other = load_primaries({"primary": {"comparisons": [spec(), spec(id="flops")]}})
+    assert (head.key, head.headline, other.key, other.headline) == ("1/vision", True, "flops", False)
     with pytest.raises(ValueError, match=r"grid 'g' is not in the study"):
         load_primaries({"grids": [{"name": "other"}], "primary": {"comparisons": [spec()]}})
 
