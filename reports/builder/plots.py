@@ -45,7 +45,7 @@ class Plot:
     title: str
     paradigm: str
     dataset: str
-    kind: str  # depth | width | sparsity | time | memory | forest
+    kind: str  # depth | width | sparsity | maskgap | capacity | fitgap | time | memory | forest
 
     @property
     def svg(self) -> str:
@@ -256,28 +256,88 @@ def plot_sparsity(cells: list[Cell], path: Path, title: str, colors: dict[str, s
     return True
 
 
-def mask_gaps(cells: list[Cell]) -> dict[tuple[Any, ...], list[tuple[float, float, float, float]]]:
-    """Distinct minus shared masks, per (mode, kind, width, depth, other): one (density, gap, interval low, high)
-    per density that both mask modes ran, the gap in the primary metric signed so that > 0 means distinct is
-    better, with a 95% Welch interval (unpaired: masks differ per seed anyway). Cells with < 2 scores per side are
-    left out (no interval)."""
+FIT = "fit/loss"  # the capacity measure: the final weights' loss on the training split (train.score_train)
+GAP_NOTE = "points: mean gap; bars: 95% Welch interval"
+MATCH_TOLERANCE = 1.25  # a dense width matches a masked cell when their cell nonzeros differ by at most 25%
+
+
+def _welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """mean(a) - mean(b) with its 95% Welch interval (unpaired). Needs >= 2 values per side."""
     from scipy import stats
 
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    gap, se = statistics.fmean(a) - statistics.fmean(b), math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else math.inf
+    half = float(stats.t.ppf(0.975, df)) * se if se > 0 else 0.0
+    return gap, gap - half, gap + half
+
+
+def _signed(cell: Cell, key: str | None) -> list[float]:
+    """A cell's per-replicate values signed so that larger is better: the val primary metric (``key`` None) or a
+    loss ``key`` such as ``fit/loss`` (negated)."""
+    if key is None:
+        return cell.scores()
+    return [-v if key.endswith("loss") else v for v in cell.values(key)]
+
+
+def mask_gaps(cells: list[Cell], key: str | None = None) -> dict[tuple[Any, ...], list[tuple[float, float, float, float]]]:
+    """Distinct minus shared masks, per (mode, kind, width, depth, other): one (density, gap, interval low, high)
+    per density that both mask modes ran, the gap in the val primary metric (or in ``key``, e.g. ``fit/loss``)
+    signed so that > 0 means distinct is better, with a 95% Welch interval (unpaired: masks differ per seed
+    anyway). Cells with < 2 values per side are left out (no interval)."""
     by_key: dict[tuple[Any, ...], dict[str, Cell]] = {}
     for c in cells:
-        if c.mask_mode in ("distinct", "shared") and len(c.scores()) >= 2:
+        if c.mask_mode in ("distinct", "shared") and len(_signed(c, key)) >= 2:
             by_key.setdefault((c.mode, c.mask_kind, c.width, c.depth, c.other, c.sparsity), {})[c.mask_mode] = c
     out: dict[tuple[Any, ...], list[tuple[float, float, float, float]]] = {}
     for (mode, kind, width, depth, other, sparsity), pair in sorted(by_key.items(), key=lambda kv: str(kv[0])):
         if len(pair) < 2:
             continue
-        a, b = pair["distinct"].scores(), pair["shared"].scores()
-        va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-        gap, se = statistics.fmean(a) - statistics.fmean(b), math.sqrt(va + vb)
-        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else math.inf
-        half = float(stats.t.ppf(0.975, df)) * se if se > 0 else 0.0
-        out.setdefault((mode, kind, width, depth, other), []).append((1.0 - sparsity, gap, gap - half, gap + half))
+        gap = _welch(_signed(pair["distinct"], key), _signed(pair["shared"], key))
+        out.setdefault((mode, kind, width, depth, other), []).append((1.0 - sparsity, *gap))
     return {k: sorted(v) for k, v in out.items()}
+
+
+def matched_dense(cell: Cell, cells: list[Cell]) -> Cell | None:
+    """The dense tied cell (same depth and other keys) whose width gives a cell the nonzeros and FLOPs per layer of
+    ``cell``'s masks: width ~ cell.width * sqrt(density), within ``MATCH_TOLERANCE`` in nonzeros (None: none ran)."""
+    if cell.width is None:
+        return None
+    target = (1.0 - cell.sparsity) * cell.width ** 2
+    found = [c for c in cells if c.mode == cell.mode and c.mask_mode == "none" and c.depth == cell.depth
+             and c.other == cell.other and c.width is not None
+             and 1 / MATCH_TOLERANCE <= c.width ** 2 / target <= MATCH_TOLERANCE]
+    return min(found, key=lambda c: abs(math.log(c.width ** 2 / target)), default=None)
+
+
+def dense_gaps(cells: list[Cell], key: str | None = None) -> dict[tuple[Any, ...], list[tuple[float, float, float, float]]]:
+    """Distinct masks minus the dense tied model of matched nonzeros and FLOPs per layer (``matched_dense``), per
+    (mode, kind, width, depth, other): (density, gap, low, high), signed as in ``mask_gaps``."""
+    out: dict[tuple[Any, ...], list[tuple[float, float, float, float]]] = {}
+    for c in cells:
+        a = _signed(c, key)
+        if c.mask_mode != "distinct" or len(a) < 2:
+            continue
+        dense = matched_dense(c, cells)
+        if dense is None or len(_signed(dense, key)) < 2:
+            continue
+        out.setdefault((c.mode, c.mask_kind, c.width, c.depth, c.other), []).append(
+            (1.0 - c.sparsity, *_welch(a, _signed(dense, key))))
+    return {k: sorted(v) for k, v in sorted(out.items(), key=lambda kv: str(kv[0]))}
+
+
+def _gap_lines(ax: Any, gaps: dict[tuple[Any, ...], list[tuple[float, float, float, float]]], styler: "Styler",
+               linestyle: str | None, what: str) -> set[float]:
+    densities: set[float] = set()
+    for (mode, kind, width, depth, other), points in gaps.items():
+        x = [p[0] for p in points]
+        densities.update(x)
+        color, default_ls, marker = styler(f"{mode} d={depth}")
+        ax.errorbar(x, [p[1] for p in points], yerr=[[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]],
+                    color=color, ls=linestyle or default_ls, marker=marker, capsize=3, lw=1.4, ms=4,
+                    label=_fmt([what, mode, kind, f"w={width}" if width is not None else "",
+                                f"d={depth}" if depth is not None else "", other]))
+    return densities
 
 
 def plot_mask_gap(cells: list[Cell], path: Path, title: str, colors: dict[str, str] | None = None) -> bool:
@@ -289,18 +349,95 @@ def plot_mask_gap(cells: list[Cell], path: Path, title: str, colors: dict[str, s
     styler = Styler(colors if colors is not None else variant_colors(cells))
     fig, ax = _figure(title, "mask density (1 - sparsity)", f"distinct - shared, val {cells[0].metric} "
                       f"({'higher' if cells[0].higher_is_better else 'lower'}-is-better sign)")
-    densities = set()
-    for i, ((mode, kind, width, depth, other), points) in enumerate(gaps.items()):
-        x = [p[0] for p in points]
-        densities.update(x)
-        color, linestyle, marker = styler(f"{mode} d={depth}")
-        ax.errorbar(x, [p[1] for p in points], yerr=[[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]],
-                    color=color, ls=linestyle, marker=marker, capsize=3, lw=1.4, ms=4,
-                    label=_fmt([mode, kind, f"w={width}" if width is not None else "",
-                                f"d={depth}" if depth is not None else "", other]))
+    densities = _gap_lines(ax, gaps, styler, None, "")
     ax.axhline(0.0, color="black", lw=0.8)
     _log2_axis(ax, densities)
-    _save(fig, ax, path, note="points: mean gap; bars: 95% Welch interval")
+    _save(fig, ax, path, note=GAP_NOTE)
+    return True
+
+
+def plot_fit_gap(cells: list[Cell], path: Path, title: str, colors: dict[str, str] | None = None) -> bool:
+    """On the training-set fit (``fit/loss``, the capacity measure): distinct minus shared masks (solid) and distinct
+    masks minus the dense tied model of the same nonzeros and FLOPs per layer (dashed) against density, one colour
+    per depth, with 95% Welch intervals; > 0: distinct fits its training data better."""
+    shared = {k: v for k, v in mask_gaps(cells, FIT).items() if len(v) >= 2}
+    dense = {k: v for k, v in dense_gaps(cells, FIT).items() if len(v) >= 2}
+    if not shared and not dense:
+        return False
+    palette = {f"d={d}": PALETTE[i % len(PALETTE)] for i, d in enumerate(sorted({k[3] for k in [*shared, *dense]}))}
+    fig, ax = _figure(title, "mask density (1 - sparsity)", "gap in training-set loss (> 0: distinct fits better)")
+    densities = set()
+    for gaps, ls, what in ((shared, "-", "distinct - shared:"), (dense, "--", "distinct - dense at w*sqrt(density):")):
+        styler = _DepthStyler(palette)
+        densities |= _gap_lines(ax, gaps, styler, ls, what)
+    ax.axhline(0.0, color="black", lw=0.8)
+    _log2_axis(ax, densities)
+    _save(fig, ax, path, note=GAP_NOTE + "; dense: the width with the masked cell's nonzeros per layer")
+    return True
+
+
+class _DepthStyler:
+    """One colour per depth (``palette``: "d=DEPTH" -> colour), whatever the mode."""
+
+    def __init__(self, palette: dict[str, str]) -> None:
+        self.palette = palette
+
+    def __call__(self, label: str) -> tuple[str, str, str]:
+        depth = label.rsplit(" ", 1)[-1]
+        return self.palette.get(depth, "black"), "-", "o"
+
+
+def _arm(c: Cell) -> str:
+    """A cell's arm in the capacity picture: "tied dense", "tied shared", "tied distinct", "tied disjoint",
+    "explicit", "deq"."""
+    if c.mode == "tied":
+        return f"tied {'dense' if c.mask_mode == 'none' else c.mask_mode}"
+    return c.mode if c.mask_mode == "none" else f"{c.mode} {c.mask_mode}"
+
+
+def plot_capacity(cells: list[Cell], path: Path, title: str, colors: dict[str, str] | None = None) -> bool:
+    """Training-set loss (``fit/loss``) against nonzero parameters (summed over layers: proportional to FLOPs per
+    sample), one panel per depth: dense tied models over width, shared and distinct masks over density, disjoint
+    masks and explicit layers; mean over seeds with +-1 std bars, single seeds faint. Capacity reads as the lower
+    envelope: the arm lowest at a given nonzero count fits best per FLOP."""
+    from matplotlib.figure import Figure
+
+    cells = [c for c in cells if c.values(FIT) and c.values("params/nonzero") and c.depth is not None]
+    depths = sorted({c.depth for c in cells})
+    if len(cells) < 3 or not any(c.mask_mode != "none" for c in cells):
+        return False
+    arms = sorted({_arm(c) for c in cells})
+    palette = {a: (BASE_COLOR.get(a.split(" ")[0]) if a in ("explicit", "tied dense") else None) for a in arms}
+    free = iter(PALETTE)
+    palette = {a: c or next(free) for a, c in palette.items()}
+    fig = Figure(figsize=(3.3 * len(depths) + 0.6, AXES_HEIGHT + 0.35), layout="constrained")
+    axes = fig.subplots(1, len(depths), sharey=True, squeeze=False)[0]
+    for ax, depth in zip(axes, depths):
+        ax.set_title(f"depth {depth}")
+        ax.set_xlabel("nonzero parameters (over layers)")
+        ax.grid(True, alpha=0.3)
+        ax.set_xscale("log", base=2)
+        at = [c for c in cells if c.depth == depth]
+        for arm in arms:
+            series = _series([c for c in at if _arm(c) == arm],
+                             lambda c: c.width if arm.endswith(("shared", "distinct")) else None)
+            for i, (_, members) in enumerate(sorted(series.items(), key=lambda kv: str(kv[0]))):
+                members = sorted(members, key=lambda c: statistics.fmean(c.values("params/nonzero")))
+                xs = [statistics.fmean(c.values("params/nonzero")) for c in members]
+                stats = [c.stat(FIT) for c in members]
+                ax.errorbar(xs, [s.mean for s in stats], yerr=[s.std or 0.0 for s in stats], color=palette[arm],
+                            ls=LINESTYLES[i % len(LINESTYLES)], marker=MARKERS[arms.index(arm) % len(MARKERS)],
+                            capsize=2, lw=1.3, ms=4, label=arm if depth == depths[0] and i == 0 else None)
+                seeds = [(x, v) for x, c in zip(xs, members) for v in c.values(FIT)]
+                ax.scatter([p[0] for p in seeds], [p[1] for p in seeds], s=8, color=palette[arm], alpha=0.3,
+                           linewidths=0)
+    axes[0].set_ylabel("training-set loss (fit/loss; lower fits better)")
+    fig.suptitle(title, fontsize=9.5)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 5), frameon=False,
+               title="mean over seeds +-1 std; faint: single seeds; masked arms over density, dense over width",
+               title_fontsize=7.5)
+    save_figure(fig, path)
     return True
 
 
@@ -382,7 +519,12 @@ def plot_memory(cells: list[Cell], path: Path, title: str, colors: dict[str, str
 PLOTS: tuple[tuple[str, str, Callable[..., bool]], ...] = (
     ("depth", "vs depth", plot_depth), ("width", "vs width", plot_width),
     ("sparsity", "vs mask sparsity", plot_sparsity), ("maskgap", "distinct - shared masks vs density", plot_mask_gap),
+    ("capacity", "training-set fit vs nonzero parameters", plot_capacity),
+    ("fitgap", "training-set fit: distinct - shared and distinct - matched dense vs density", plot_fit_gap),
     ("time", "vs training time", plot_time), ("memory", "vs peak memory", plot_memory))
+
+
+FIT_PLOTS = ("capacity", "fitgap")  # plots of the training-set fit, not of the val primary metric
 
 
 def make_plots(cells: list[Cell], out: Path) -> list[Plot]:
@@ -394,7 +536,7 @@ def make_plots(cells: list[Cell], out: Path) -> list[Plot]:
         for (paradigm, dataset), group in groups(cells).items():
             for kind, what, fn in PLOTS:
                 name = f"{slug(paradigm)}-{slug(dataset)}-{kind}.png"
-                title = f"{paradigm} / {dataset}: val {group[0].metric} {what}"
+                title = f"{paradigm} / {dataset}: " + (what if kind in FIT_PLOTS else f"val {group[0].metric} {what}")
                 if fn(group, out / name, title, colors):
                     written.append(Plot(name, title, paradigm, dataset, kind))
     return written

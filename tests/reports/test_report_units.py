@@ -268,3 +268,41 @@ def test_mask_gap_is_distinct_minus_shared_per_density_and_depth_with_a_welch_in
             assert (lo, hi) == (pytest.approx(ci.low), pytest.approx(ci.high))
     assert plot_mask_gap(cells, tmp_path / "gap.png", "vision: distinct - shared")
     assert (tmp_path / "gap.png").stat().st_size > 0 and (tmp_path / "gap.svg").exists()
+
+
+def test_fit_gaps_against_shared_masks_and_the_nonzero_matched_dense_width(tmp_path):
+    """The capacity picture of the mask study, on the training-set loss (fit/loss, lower is better): distinct minus
+    shared and distinct minus the dense tied width with the masked cell's nonzeros per layer (16 * sqrt(0.25) = 8;
+    none ran for density 0.5 within 25%: no point), signed so that > 0 means distinct fits better, with Welch
+    intervals; the capacity plot and the gap plot are written."""
+    from scipy import stats
+
+    from .conftest import write_run
+    from tiedlab.reports.aggregate import group_cells
+    from tiedlab.reports.load import load_runs
+    from tiedlab.reports.plots import dense_gaps, mask_gaps, matched_dense, plot_capacity, plot_fit_gap
+
+    fits = {("distinct", 0.75, 16): [0.30, 0.32, 0.31], ("shared", 0.75, 16): [0.40, 0.41, 0.43],
+            ("distinct", 0.5, 16): [0.25, 0.26, 0.27], ("shared", 0.5, 16): [0.30, 0.29, 0.31],
+            ("none", 0.0, 8): [0.35, 0.36, 0.33], ("none", 0.0, 16): [0.20, 0.21, 0.22],
+            ("none", 0.0, 6): [0.50, 0.52, 0.49]}
+    for (mode, sparsity, width), values in fits.items():
+        for seed, v in enumerate(values):
+            write_run(tmp_path, f"{mode}-{sparsity}-{width}-s{seed}", width=width, depth=8, seed=seed, val=0.8,
+                      mask={"mode": mode, "kind": "unstructured", "sparsity": sparsity},
+                      extra={"fit/loss": v, "params/nonzero": int(width * width * 8 * (1 - sparsity))})
+    cells = group_cells(load_runs([tmp_path]))
+    (distinct_25,) = [c for c in cells if c.mask_mode == "distinct" and c.sparsity == 0.75]
+    (distinct_50,) = [c for c in cells if c.mask_mode == "distinct" and c.sparsity == 0.5]
+    assert matched_dense(distinct_25, cells).width == 8 and matched_dense(distinct_50, cells) is None  # 128 nonzeros: 8^2=64, 16^2=256 (none)
+    (shared_points,) = mask_gaps(cells, "fit/loss").values()
+    (dense_points,) = dense_gaps(cells, "fit/loss").values()
+    assert [p[0] for p in shared_points] == [0.25, 0.5] and [p[0] for p in dense_points] == [0.25]
+    a, b = fits[("distinct", 0.75, 16)], fits[("none", 0.0, 8)]
+    ci = stats.ttest_ind(b, a, equal_var=False).confidence_interval(0.95)  # loss: b - a > 0 when distinct fits better
+    assert dense_points[0][1:] == (pytest.approx(sum(b) / 3 - sum(a) / 3), pytest.approx(ci.low), pytest.approx(ci.high))
+    assert shared_points[0][1] == pytest.approx((0.40 + 0.41 + 0.43 - 0.30 - 0.32 - 0.31) / 3)
+    assert plot_fit_gap(cells, tmp_path / "fitgap.png", "fit gap") and (tmp_path / "fitgap.svg").exists()
+    assert plot_capacity(cells, tmp_path / "capacity.png", "capacity") and (tmp_path / "capacity.svg").exists()
+    plain = [c for c in cells if c.mask_mode == "none"]
+    assert not plot_capacity(plain, tmp_path / "none.png", "no masks")  # nothing to compare: no figure
