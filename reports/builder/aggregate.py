@@ -18,6 +18,7 @@ EXPLAINED = {"paradigm", "data.name", "block.mode", "block.depth", "mask.mode", 
 MODE_ORDER = {"explicit": 0, "tied": 1, "deq": 2}
 # Final metrics the tables show (key, column heading).
 COLUMNS: tuple[tuple[str, str], ...] = (
+    ("fit/loss", "fit loss"), ("fit/acc", "fit acc"),  # the training split, scored at the end (train.score_train)
     ("params/unique", "params unique"), ("params/dense", "params dense"), ("params/nonzero", "params nonzero"),
     ("params/used", "params used"),
     ("time/train_s", "train s"), ("time/step_ms", "step ms"), ("throughput/samples_per_s", "samples/s"),

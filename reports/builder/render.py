@@ -288,8 +288,8 @@ def guideline_blocks(report: Any) -> list[Block]:
     return blocks
 
 
-COMPACT = (("params/unique", "params unique"), ("params/used", "params used"), ("time/train_s", "train s"),
-           ("memory/peak_mb", "peak MB"))
+COMPACT = (("fit/loss", "fit loss"), ("params/unique", "params unique"), ("params/used", "params used"),
+           ("params/nonzero", "params nonzero"), ("time/train_s", "train s"), ("memory/peak_mb", "peak MB"))
 
 
 def cell_blocks(report: Any) -> list[Block]:
@@ -322,7 +322,8 @@ def cell_blocks(report: Any) -> list[Block]:
         blocks.append(Block("h2", f"{paradigm} / {dataset}"))
         blocks.append(Block("p", f"Primary metric: {metric} ({'higher' if higher else 'lower'} is better). Each row "
                                  "is a cell of runs that differ only in seed, n = its completed runs: the val metric's "
-                                 "mean with its 95% t interval over the seeds, and the mean of the other values (one "
+                                 "mean with its 95% t interval over the seeds, and the mean of the other values (fit loss: the final "
+                                 "weights' loss on the training split, where the study scored it; one "
                                  "value where every seed agrees, else mean ± sample std). Diverged and unfinished "
                                  "(running, failed, no metrics.json) runs, and completed DEQ runs flagged not at "
                                  "equilibrium (\"+k not at equilibrium\"), are counted, not averaged. Every column "
