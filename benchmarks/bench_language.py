@@ -118,7 +118,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                "lr": opt.param_groups[0]["lr"], "train/loss": round(last_loss, 4), **{k: round(v, 4) for k, v in m.items()}}
         if last_stats is not None:  # the core block's cost and convergence on the last training batch
             rec.update(nfe_forward=last_stats.nfe_forward, nfe_backward=last_stats.nfe_backward,
-                       rel_residual=round(last_stats.rel_residual, 5))
+                       rel_residual=round(float(last_stats.rel_residual), 5))
         history.append(rec)
         print(json.dumps(rec), flush=True)
 

@@ -132,12 +132,12 @@ class Block(nn.Module):
                 a, r = residuals(z.detach(), prev.detach())
                 abs_r.append(a.mean())
                 rel_r.append(r.mean())
-        traces = torch.stack([torch.stack(abs_r), torch.stack(rel_r)]).tolist()
+        abs_trace, rel_trace = torch.stack(abs_r), torch.stack(rel_r)  # kept on the device: BlockStats.resolve
         stats = BlockStats(
             mode=self.spec.mode, depth=depth, nfe_forward=depth,
             nfe_backward=depth if z.requires_grad else 0,
-            abs_trace=traces[0], rel_trace=traces[1],
-            abs_residual=traces[0][-1], rel_residual=traces[1][-1], sparsity=self._sparsity,
+            abs_trace=abs_trace, rel_trace=rel_trace,
+            abs_residual=abs_trace[-1], rel_residual=rel_trace[-1], sparsity=self._sparsity,
         )
         return z, stats
 

@@ -40,6 +40,10 @@ class BlockStats:
     For explicit and tied blocks the residual is that of the last layer, ``||z_L - z_{L-1}||``, which
     tells whether the unrolled iteration has settled; for DEQ it is the solver's residual.
 
+    An unrolled forward leaves its residuals on the device (``abs_trace``/``rel_trace`` as 1-D tensors and the
+    residuals as 0-dim tensors) so that a training step never waits for the host; ``resolve()`` reads them into
+    floats in one transfer (``as_dict`` and the engine's summaries call it at their log intervals).
+
     ``jacobian_loss`` is the Hutchinson estimate of ``||df/dz||_F^2 / numel`` (a tensor with graph, to
     be weighted and added to the loss) when the block was asked for it, else None.
     """
@@ -56,8 +60,17 @@ class BlockStats:
     sparsity: float = 0.0
     jacobian_loss: Optional[torch.Tensor] = None
 
+    def resolve(self) -> "BlockStats":
+        """Residuals still on the device read into Python floats (one host transfer); returns self."""
+        if isinstance(self.abs_trace, torch.Tensor):
+            abs_trace, rel_trace = torch.stack([self.abs_trace, self.rel_trace]).tolist()
+            self.abs_trace, self.rel_trace = abs_trace, rel_trace
+            self.abs_residual, self.rel_residual = abs_trace[-1], rel_trace[-1]
+        return self
+
     def as_dict(self) -> dict[str, float]:
         """Scalars under the ``core/`` keys the engine logs."""
+        self.resolve()
         out = {
             "core/nfe_forward": float(self.nfe_forward),
             "core/nfe_backward": float(self.nfe_backward),

@@ -68,12 +68,13 @@ class StepOutput:
     Attributes:
         loss: scalar to minimise (before the engine adds the Jacobian penalty).
         stats: the BlockStats of the model's core block(s) for this batch (None if the model has none).
-        metrics: extra scalars to log (e.g. ``train/acc``).
+        metrics: extra scalars to log (e.g. ``train/acc``): floats, or 0-dim tensors the engine reads at its log
+            interval (a tensor left on the device keeps the step free of host synchronisation).
     """
 
     loss: torch.Tensor
     stats: BlockStats | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 class Paradigm(ABC):

@@ -141,9 +141,10 @@ class StatsRecorder:
 
 
 def summarize(stats: list[BlockStats], prefix: str = "core/") -> dict[str, float]:
-    """Mean NFE, residuals and converged fraction over block calls."""
+    """Mean NFE, residuals and converged fraction over block calls (residuals still on the device are read here)."""
     if not stats:
         return {}
+    stats = [s.resolve() for s in stats]
     def mean(values: list[float]) -> float:
         vals = [v for v in values if not math.isnan(v)]
         return float(sum(vals) / len(vals)) if vals else float("nan")
@@ -158,6 +159,9 @@ def summarize(stats: list[BlockStats], prefix: str = "core/") -> dict[str, float
         f"{prefix}residual_growth": mean([max(s.abs_trace) / max(s.abs_trace[0], 1e-30) if s.abs_trace else float("nan")
                                           for s in stats]),
     }
+
+
+READ_EVERY = 50  # training steps read from the device at least this often (see _Run._flush)
 
 
 @dataclass
@@ -473,6 +477,8 @@ class _Run:
         self.recorder = StatsRecorder(self.model)
         self.progress = None
         self.log_every = cfg.train.log_every if cfg.train.log_every is not None else max(1, self.total_steps // 10)
+        # Steps whose loss, metrics and block statistics are still on the device, read together by ``_flush``.
+        self.pending: list[tuple[torch.Tensor, dict[str, Any], list[BlockStats]]] = []
         self.last_val: dict[str, Any] = {}  # the latest in-loop validation record of this process
         self.probe = EquilibriumProbe(cfg, self.paradigm, self.model, self.data, self.recorder) \
             if spec.mode == "deq" else None
@@ -547,16 +553,21 @@ class _Run:
             while loop.step < self.total_steps:
                 received = self.signal_seen if self.world.parallel else stop.received
                 if received:
+                    stopped = self._flush()
+                    if stopped:
+                        return "diverged", stopped
                     self._checkpoint()
                     return "interrupted", (f"{received} at step {loop.step}/{self.total_steps}: checkpointed; "
                                            "rerun the same command to resume")
                 epoch, index, batch = next(batches)
                 self._set_warmup()
                 stopped = self._step(batch, stop)
+                time_up = cfg.train.time_limit_s is not None and loop.train_s >= float(cfg.train.time_limit_s)
+                if not stopped and (time_up or stop.received or self._read_due()):
+                    stopped = self._flush(stop)
                 if stopped:
                     return "diverged", stopped
                 loop.epoch, loop.index = epoch, index + 1
-                time_up = cfg.train.time_limit_s is not None and loop.train_s >= float(cfg.train.time_limit_s)
                 self._evaluate_due(time_up)
                 if time_up:
                     reason = (f"time limit train.time_limit_s={cfg.train.time_limit_s} reached at step "
@@ -573,8 +584,11 @@ class _Run:
         return status, reason
 
     def _step(self, batch: Any, stop: "_StopSignals | None" = None) -> str:
-        """One optimiser step on ``batch`` (this rank's share of it), timed; its loss and block statistics (means
-        over the ranks) go to the loop's window. Returns why the run diverged ("" while it has not)."""
+        """One optimiser step on ``batch`` (this rank's share of it), timed. Its loss, metrics and block statistics
+        stay on the device in ``pending`` until ``_flush`` reads them (at the next log, evaluation or checkpoint, or
+        every ``READ_EVERY`` steps), so that a step does not wait for the host; a step whose values decide at once
+        (a solving DEQ: the residual check; data-parallel ranks: the agreed loss and stop signal; a progress bar)
+        is read at once. Returns why the run diverged ("" while it has not, or not yet read)."""
         cfg, loop, world = self.cfg, self.loop, self.world
         solving = self.spec.mode == "deq" and not self.warming_up
         t0 = time.perf_counter()
@@ -584,9 +598,12 @@ class _Run:
         jac_weight = float(cfg.train.jacobian_weight)
         if jac_weight > 0 and out.stats is not None and out.stats.jacobian_loss is not None:
             loss = loss + jac_weight * out.stats.jacobian_loss
-        loss_value = world.mean(loss)  # the global batch's loss: every rank decides alike
-        if not math.isfinite(loss_value):
-            return f"non-finite loss ({loss_value}) at step {loop.step + 1}"
+        recorded = loss.detach()
+        if world.parallel:
+            loss_value = world.mean(loss)  # the global batch's loss: every rank decides alike, before stepping
+            if not math.isfinite(loss_value):
+                return f"non-finite loss ({loss_value}) at step {loop.step + 1}"
+            recorded = torch.tensor(loss_value, dtype=torch.float64)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         world.average_gradients(self.model)  # the global batch's gradient (slices of equal size)
@@ -594,39 +611,72 @@ class _Run:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(cfg.optim.clip))
         self.optimizer.step()
         self.schedule.step()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        loop.train_s += time.perf_counter() - t0
+        loop.train_s += time.perf_counter() - t0  # on a GPU: the launch time; _flush adds the wait for the device
         loop.step += 1
         loop.samples += self.data.samples_per_step
-        block_stats = summarize(self.recorder.take())
-        if world.parallel:  # means over the ranks, any rank's stop signal, rank 0's clock (its time limit)
-            metrics, self.signal_seen, loop.train_s = world.agree(
-                {**{f"m:{k}": float(v) for k, v in out.metrics.items()}, **block_stats},
-                stop.received if stop is not None else "", loop.train_s)
-            block_stats = {k: v for k, v in metrics.items() if not k.startswith("m:")}
-            out.metrics = {k[2:]: v for k, v in metrics.items() if k.startswith("m:")}
-        for key, value in block_stats.items():
-            if not math.isnan(value):
-                total = loop.core_totals.setdefault(key, [0.0, 0])
-                total[0] += value
-                total[1] += 1
-        loop.window.append({"loss": loss_value, **{k: float(v) for k, v in out.metrics.items()}, **block_stats})
-        growth = block_stats.get("core/residual_growth", 1.0)
-        if solving and (not math.isfinite(growth) or growth > cfg.train.diverge_residual):
-            return (f"solver residual exploded at step {loop.step}: it grew {growth:.3g}x "
-                    f"during the solve (> train.diverge_residual={cfg.train.diverge_residual:g})")
-        self._log(loss_value)
+        self.pending.append((recorded, out.metrics, self.recorder.take()))
+        if solving or world.parallel or self.progress is not None:
+            return self._flush(stop)
         return ""
 
-    def _log(self, loss_value: float) -> None:
-        """The progress bar, or a log line every ``log_every`` steps."""
+    def _read_due(self) -> bool:
+        """Whether the steps in ``pending`` are read now: at a log line, an evaluation, a checkpoint, the last step,
+        and at least every ``READ_EVERY`` steps (a diverged run is noticed within that many)."""
+        step, train = self.loop.step, self.cfg.train
+        return bool(self.pending) and (
+            step == self.total_steps or step % READ_EVERY == 0 or step % train.eval_every == 0
+            or step % train.ckpt_every == 0 or bool(self.log_every and step % self.log_every == 0))
+
+    def _flush(self, stop: "_StopSignals | None" = None) -> str:
+        """Read the pending steps in one transfer (after waiting for the device, which counts as training time):
+        each step's loss and block statistics (means over the ranks) go to the loop's window and totals; returns
+        why the run diverged at the first step that did ("" when none did)."""
+        cfg, loop, world = self.cfg, self.loop, self.world
+        pending, self.pending = self.pending, []
+        if not pending:
+            return ""
+        if self.device.type == "cuda":
+            t0 = time.perf_counter()
+            torch.cuda.synchronize(self.device)
+            loop.train_s += time.perf_counter() - t0
+        losses = torch.stack([p[0].detach().to("cpu", torch.float64).reshape(()) for p in pending]).tolist()
+        first = loop.step - len(pending) + 1
+        solving = self.spec.mode == "deq" and not self.warming_up
+        for i, ((_, metrics, calls), loss_value) in enumerate(zip(pending, losses)):
+            step = first + i
+            if not math.isfinite(loss_value):
+                loop.step = step - 1  # the run's last finite step (the ones after it are not counted)
+                return f"non-finite loss ({loss_value}) at step {step}"
+            block_stats = summarize(calls)
+            metrics = {k: float(v) for k, v in metrics.items()}
+            if world.parallel:  # means over the ranks, any rank's stop signal, rank 0's clock (its time limit)
+                agreed, self.signal_seen, loop.train_s = world.agree(
+                    {**{f"m:{k}": v for k, v in metrics.items()}, **block_stats},
+                    stop.received if stop is not None else "", loop.train_s)
+                block_stats = {k: v for k, v in agreed.items() if not k.startswith("m:")}
+                metrics = {k[2:]: v for k, v in agreed.items() if k.startswith("m:")}
+            for key, value in block_stats.items():
+                if not math.isnan(value):
+                    total = loop.core_totals.setdefault(key, [0.0, 0])
+                    total[0] += value
+                    total[1] += 1
+            loop.window.append({"loss": loss_value, **metrics, **block_stats})
+            growth = block_stats.get("core/residual_growth", 1.0)
+            if solving and (not math.isfinite(growth) or growth > cfg.train.diverge_residual):
+                loop.step = step
+                return (f"solver residual exploded at step {step}: it grew {growth:.3g}x "
+                        f"during the solve (> train.diverge_residual={cfg.train.diverge_residual:g})")
+        self._log(losses[-1], len(pending))
+        return ""
+
+    def _log(self, loss_value: float, steps: int = 1) -> None:
+        """The progress bar (``steps`` more done), or a log line every ``log_every`` steps."""
         loop, progress = self.loop, self.progress
         if not self.world.is_main:
             return
         speed = loop.samples / max(loop.train_s, 1e-9)
         if progress is not None:
-            progress.update(1)
+            progress.update(steps)
             progress.set_postfix(loss=f"{loss_value:.4f}", sps=f"{speed:.0f}")
         elif self.log_every and loop.step % self.log_every == 0:
             eta = loop.train_s / loop.step * (self.total_steps - loop.step) if loop.step else 0.0

@@ -166,7 +166,7 @@ class GraphParadigm(Paradigm):
         else:
             y = batch.y
         loss = F.cross_entropy(logits, y)
-        acc = (logits.detach().argmax(-1) == y).float().mean().item()
+        acc = (logits.detach().argmax(-1) == y).float().mean()  # read by the engine at its log interval
         return StepOutput(loss=loss, stats=stats, metrics={"train/acc": acc})
 
     def score(self, model: nn.Module, data: GraphBundle, split: str) -> dict[str, float]:
@@ -206,7 +206,7 @@ class GraphParadigm(Paradigm):
             correct += (logits.argmax(-1) == b.y).sum().item()
             count += b.num_graphs
             nfe += stats.nfe_forward / len(batches)
-            rel += stats.rel_residual / len(batches)
+            rel += float(stats.rel_residual) / len(batches)
         return {"acc": correct / count, "loss": loss_sum / count, "nfe": nfe, "rel_residual": rel}
 
     @staticmethod

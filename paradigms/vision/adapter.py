@@ -109,7 +109,7 @@ class VisionParadigm(Paradigm):
         logits = logits.float()
         loss = F.cross_entropy(logits, labels, label_smoothing=self.model_opts.label_smoothing)
         acc = (logits.detach().argmax(dim=1) == labels).float().mean()
-        return StepOutput(loss=loss, stats=stats, metrics={"train/acc": float(acc)})
+        return StepOutput(loss=loss, stats=stats, metrics={"train/acc": acc})
 
     def score(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
         if not isinstance(data, VisionDataBundle):

@@ -354,3 +354,39 @@ def test_score_train_records_the_final_fit_on_the_training_split(tmp_path, monke
     assert m["fit/acc"] > 0.8 and m["fit/acc"] >= m["test/acc"] - 0.05  # digits after 30 steps: fits its data
     plain = train(cfg(), tmp_path / "plain")["metrics"]
     assert "fit/acc" not in plain and plain["test/acc"] == m["test/acc"]  # scoring the fit changes nothing else
+
+
+def test_training_steps_never_read_the_device_between_log_intervals(tmp_path, monkeypatch):
+    """A tied model's step leaves its loss, accuracy and block statistics on the device (#18: no host sync per
+    step): no .item(), .tolist(), float() or bool() of a tensor inside a step (SGD: no step counter to read); they
+    are read together at the log interval, and the history holds the same values as reading them every step."""
+    from tiedlab.paradigms import engine
+
+    reads = {"inside": 0, "outside": 0}
+    inside = [False]
+    for name in ("item", "tolist", "__float__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            reads["inside" if inside[0] else "outside"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    step = engine._Run._step
+
+    def watched(self, *args, **kwargs):
+        inside[0] = True
+        try:
+            return step(self, *args, **kwargs)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(engine._Run, "_step", watched)
+    changes = {"optim.name": "sgd", "optim.lr": 0.1, "train.log_every": 0}
+    deferred = train(cfg(**changes), tmp_path / "deferred")
+    assert deferred["status"] == "completed" and reads["inside"] == 0 and reads["outside"] > 0
+    monkeypatch.setattr(engine, "READ_EVERY", 1)  # read every step: the same records
+    every = train(cfg(**changes), tmp_path / "every")
+    strip = lambda h: {k: v for k, v in h.items() if not k.startswith("time/")}
+    assert [strip(h) for h in rundir.read_history(tmp_path / "deferred")] == \
+           [strip(h) for h in rundir.read_history(tmp_path / "every")]

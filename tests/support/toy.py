@@ -105,7 +105,7 @@ class ToyParadigm(Paradigm):
             x = x * float("nan")
         logits, stats = model(x)
         loss = F.cross_entropy(logits, y)
-        return StepOutput(loss, stats, {"train/acc": (logits.argmax(1) == y).float().mean().item()})
+        return StepOutput(loss, stats, {"train/acc": (logits.argmax(1) == y).float().mean()})
 
     def score(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
         x, y = self.splits[split]
