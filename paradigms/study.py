@@ -2,7 +2,7 @@
 Hydra multirun, finished grids skipped, then its report; ``--until-decided`` adds seed rounds to the arms of
 undetermined pre-registered primary comparisons (a group-sequential plan recorded in the runs folder).
 
-    tiedlab-study NAME [--dry-run] [--jobs N] [--grids 'graph_*,vision_masks'] [--until-decided] [overrides]
+    tiedlab-study NAME [--dry-run | --plan | --status] [--jobs N] [--grids 'graph_*,vision_masks'] [--until-decided] [overrides]
     tiedlab-study NAME --gpus all|0,1,.. [--per-gpu K] [--ray-address ADDR]   (Ray: all grids' runs at once)
     tiedlab-study NAME --slurm [--slurm-option KEY=VALUE ...]                  (one submitit job array; returns)
     tiedlab-study NAME --status                                                (per grid, from the run folders)
@@ -134,6 +134,10 @@ def study(argv: list[str] | None = None) -> int:
     parser.add_argument("--status", action="store_true",
                         help="print, per grid, how many runs are done, not at equilibrium, diverged, failed, "
                              "running, stopped (resumable) and pending; run nothing")
+    parser.add_argument("--plan", action="store_true",
+                        help="print, per grid, the runs, those finished and the estimated time of the rest (from "
+                             "measured run times), and per primary comparison the seeds the verdict rules need and "
+                             "their cost; run nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--grids", default=None,
@@ -152,6 +156,13 @@ def study(argv: list[str] | None = None) -> int:
         spec["grids"] = select_grids(spec, args.grids.split(","))
     if args.status:
         return print_status(spec, runs, args.overrides)
+    if args.plan:
+        from .plan import format_plan, study_plan
+
+        slots = args.jobs if args.gpus is None else (args.per_gpu or 1) * max(1, len(args.gpus.split(",")))
+        print(f"study {spec.get('name')} in {runs}")
+        print(format_plan(study_plan(spec, runs, args.overrides), slots=slots))
+        return 0
     plan = sequential_plan(full, args.max_seeds, args.seed_step) if args.until_decided else None
     if not args.dry_run:
         write_study_file(runs, full, plan)  # the whole study (its registered comparisons), whatever --grids ran

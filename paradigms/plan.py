@@ -1,0 +1,214 @@
+"""``tiedlab-study NAME --plan``: what a study costs and what deciding it would cost, from measured run times.
+
+Per grid: its runs, how many are finished, the steps per run, the measured wall seconds per run (the median over
+its finished runs: the sum of each run's sessions, from run start to metrics.json, evaluation included) and the
+estimated seconds of the runs still to go (a cell's own median where some seed of it finished, else the grid's
+median seconds per step times the run's steps). Per pre-registered primary comparison: the seeds per arm now, the
+verdict so far and, for an undetermined one, the seeds per arm the verdict rules would need (the report's power
+calculation at the observed spread) and what those extra runs would cost. Nothing is estimated without a
+measurement: a grid with no finished run says "not measured", and the plan says which device the measurements
+come from (CPU now; a GPU once runs finished there).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import launch, rundir
+
+REPLICATE_KEYS = ("seed", "data.fold")  # swept keys that tell the runs of one cell apart
+
+
+@dataclass
+class RunCost:
+    """One run of the study as the plan sees it."""
+
+    spec: launch.RunSpec
+    state: str  # launch.run_state
+    steps: int | None  # total steps (metrics.json, else the last train.max_steps override; None: unknown)
+    wall_s: float | None  # measured wall seconds of a finished run (None: not finished)
+    device: str | None  # where it ran ("cpu", "cuda:0"; None: not run)
+
+    @property
+    def cell(self) -> tuple[str, tuple[str, ...]]:
+        """The run's grid and swept values less the replicate keys."""
+        leaf = Path(self.spec.run_dir).name
+        return self.spec.grid, tuple(sorted(p for p in leaf.split(",") if p.split("=")[0] not in REPLICATE_KEYS))
+
+
+@dataclass
+class GridPlan:
+    name: str
+    runs: int
+    finished: int
+    steps: str  # "1500", "300-900", "?"
+    measured_s: float | None  # median wall seconds per finished run
+    remaining_s: float | None  # estimated seconds of the unfinished runs (None: some are not measured)
+    unmeasured: int = 0  # unfinished runs without an estimate
+
+
+@dataclass
+class PrimaryPlan:
+    key: str
+    label: str
+    n: str  # "4/4"
+    verdict: str
+    seeds_needed: int | None
+    extra_runs: int
+    extra_s: float | None
+
+
+@dataclass
+class StudyPlan:
+    grids: list[GridPlan] = field(default_factory=list)
+    primaries: list[PrimaryPlan] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+
+    @property
+    def remaining_s(self) -> float:
+        return sum(g.remaining_s or 0.0 for g in self.grids)
+
+    @property
+    def extra_s(self) -> float:
+        return sum(p.extra_s or 0.0 for p in self.primaries)
+
+
+def wall_seconds(metrics: dict[str, Any]) -> float | None:
+    """A run's wall time: the sum over its sessions (a resumed run has several) of ended - started."""
+    total = 0.0
+    for session in metrics.get("provenance") or []:
+        try:
+            start = _dt.datetime.fromisoformat(session["started"])
+            end = _dt.datetime.fromisoformat(session["ended"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        total += (end - start).total_seconds()
+    return total or None
+
+
+def _override_steps(overrides: Sequence[str]) -> int | None:
+    steps = None
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+~") == "train.max_steps":
+            steps = int(value) if value not in ("null", "None", "") else None
+    return steps
+
+
+def run_costs(spec: dict[str, Any], runs: Path, extra: Sequence[str]) -> list[RunCost]:
+    """Every run of the study with its state, steps and (when finished) measured wall seconds and device."""
+    out = []
+    for run in launch.study_runs(spec, runs, extra):
+        state = launch.run_state(Path(run.run_dir))
+        try:
+            metrics = rundir.read_metrics(Path(run.run_dir))
+        except rundir.RunDirError:
+            metrics = {}
+        finished = state in ("done", "not_at_equilibrium", "diverged")
+        sessions = metrics.get("provenance") or [{}]
+        out.append(RunCost(run, state, metrics.get("total_steps") or _override_steps(run.overrides),
+                           wall_seconds(metrics) if finished else None,
+                           sessions[-1].get("device") if metrics else None))
+    return out
+
+
+def _steps_text(costs: list[RunCost]) -> str:
+    steps = sorted({c.steps for c in costs if c.steps})
+    if not steps or len(steps) < len({c.steps for c in costs}):
+        return "?" if not steps else f"{steps[0]}-{steps[-1]}, some ?"
+    return str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
+
+
+def estimate(run: RunCost, costs: list[RunCost]) -> float | None:
+    """Seconds ``run`` should take: the median of its cell's finished seeds, else its grid's median seconds per
+    step times its steps (None when neither was measured)."""
+    same_cell = [c.wall_s for c in costs if c.cell == run.cell and c.wall_s]
+    if same_cell:
+        return statistics.median(same_cell)
+    per_step = [c.wall_s / c.steps for c in costs if c.spec.grid == run.spec.grid and c.wall_s and c.steps]
+    if per_step and run.steps:
+        return statistics.median(per_step) * run.steps
+    return None
+
+
+def grid_plans(costs: list[RunCost]) -> list[GridPlan]:
+    out = []
+    for grid in dict.fromkeys(c.spec.grid for c in costs):
+        members = [c for c in costs if c.spec.grid == grid]
+        done = [c for c in members if c.wall_s]
+        todo = [c for c in members if c.state not in ("done", "not_at_equilibrium", "diverged")]
+        guesses = [estimate(c, costs) for c in todo]
+        unmeasured = sum(g is None for g in guesses)
+        out.append(GridPlan(grid, len(members), len(members) - len(todo), _steps_text(members),
+                            statistics.median(c.wall_s for c in done) if done else None,
+                            sum(g for g in guesses if g is not None) if not unmeasured else None, unmeasured))
+    return out
+
+
+def primary_plans(spec: dict[str, Any], runs: Path, costs: list[RunCost]) -> list[PrimaryPlan]:
+    """Each primary comparison's state on the finished runs and the cost of the seeds it still needs."""
+    from tiedlab.reports.load import load_runs
+    from tiedlab.reports.primary import arm_runs, evaluate_primaries, load_primaries
+
+    specs = load_primaries(spec)
+    if not specs:
+        return []
+    found = load_runs([runs]) if Path(runs).exists() else []
+    grids = [g["name"] for g in spec["grids"]]
+    out = []
+    for result in evaluate_primaries(specs, found, grids=grids):
+        s = result.spec
+        extra_runs, extra_s = 0, 0.0
+        if result.verdict == "undetermined" and result.seeds_needed:
+            for arm, n in ((s.a, result.n_a), (s.b, result.n_b)):
+                more = max(0, result.seeds_needed - n)
+                if not more:
+                    continue
+                names = {r.name for r in arm_runs(arm, found, grids)}
+                walls = [c.wall_s for c in costs if c.wall_s and c.spec.name in names]
+                extra_runs += more
+                extra_s = None if extra_s is None or not walls else extra_s + more * statistics.median(walls)
+        out.append(PrimaryPlan(s.key, s.label, f"{result.n_a}/{result.n_b}", result.verdict, result.seeds_needed,
+                               extra_runs, extra_s))
+    return out
+
+
+def study_plan(spec: dict[str, Any], runs: Path, extra: Sequence[str] = ()) -> StudyPlan:
+    costs = run_costs(spec, runs, extra)
+    return StudyPlan(grid_plans(costs), primary_plans(spec, runs, costs),
+                     sorted({c.device for c in costs if c.wall_s and c.device}))
+
+
+def _hours(seconds: float | None) -> str:
+    if seconds is None:
+        return "not measured"
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def format_plan(plan: StudyPlan, slots: int = 1) -> str:
+    """The plan as plain-text tables, with totals at ``slots`` runs at a time."""
+    lines = ["grid                              runs  done  steps/run   measured s/run  to go (est.)"]
+    for g in plan.grids:
+        measured = f"{g.measured_s:.0f}" if g.measured_s is not None else "-"
+        to_go = _hours(g.remaining_s) if g.finished < g.runs else "done"
+        if g.unmeasured:
+            to_go = f"{g.unmeasured} runs not measured"
+        lines.append(f"{g.name:<32} {g.runs:>5} {g.finished:>5}  {g.steps:<11} {measured:>14}  {to_go}")
+    if plan.primaries:
+        lines += ["", "primary comparison         n A/B   verdict        seeds/arm to decide  extra runs  extra (est.)"]
+        for p in plan.primaries:
+            needed = str(p.seeds_needed) if p.seeds_needed else "-"
+            lines.append(f"{p.key:<26} {p.n:<7} {p.verdict:<14} {needed:>19}  {p.extra_runs:>10}  "
+                         f"{_hours(p.extra_s) if p.extra_runs else '-'}")
+    unmeasured = sum(g.unmeasured for g in plan.grids)
+    rests = f"measured on {', '.join(plan.devices)}" if plan.devices else "nothing measured yet"
+    lines += ["", f"to go: {_hours(plan.remaining_s)} of runs" + (f" (+{unmeasured} runs not measured)" if unmeasured else "")
+              + f", plus {_hours(plan.extra_s)} for the seeds the undetermined primaries need; "
+              f"at {slots} run(s) at a time: {_hours((plan.remaining_s + plan.extra_s) / max(slots, 1))} "
+              f"(wall seconds of finished runs, {rests}; runs at once share the machine, so divide with care)"]
+    return "\n".join(lines)

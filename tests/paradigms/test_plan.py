@@ -1,0 +1,63 @@
+"""tiedlab-study --plan: per grid, the runs, the finished ones and the estimated time of the rest from measured run
+times; per primary comparison, the seeds the verdict rules need and what they would cost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reports.conftest import write_run
+from tiedlab.paradigms import study as study_module
+from tiedlab.paradigms.plan import study_plan, wall_seconds
+
+
+def finished(runs: Path, grid: str, leaf: str, seed: int, val: float, seconds: list[int], steps: int = 100) -> None:
+    run = write_run(runs / grid, leaf, seed=seed, val=val, width=8)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["provenance"] = [{"started": f"2026-01-01T00:{10 * i:02d}:00+00:00",
+                              "ended": f"2026-01-01T00:{10 * i:02d}:{s:02d}+00:00", "device": "cpu"}
+                             for i, s in enumerate(seconds)]
+    metrics.update(step=steps, total_steps=steps)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_wall_seconds_sum_the_sessions_of_a_resumed_run():
+    assert wall_seconds({"provenance": [{"started": "2026-01-01T00:00:00+00:00", "ended": "2026-01-01T00:00:30+00:00"},
+                                        {"started": "2026-01-01T01:00:00+00:00", "ended": "2026-01-01T01:00:12+00:00"}]}) == 42
+    assert wall_seconds({"provenance": [{"started": "2026-01-01T00:00:00+00:00", "ended": None}]}) is None
+
+
+def test_plan_estimates_unfinished_runs_from_measured_ones_and_prices_the_seeds_a_verdict_needs(tmp_path, monkeypatch,
+                                                                                                capsys):
+    spec = {"name": "toy", "grids": [
+        {"name": "g", "overrides": ["paradigm=toy", "train.max_steps=100"],
+         "sweep": {"block": ["tied", "explicit"], "seed": [0, 1, 2, 3]}},
+        {"name": "h", "overrides": ["paradigm=toy", "train.max_steps=200"], "sweep": {"seed": [0, 1]}}],
+        "primary": {"comparisons": [{"insight": 1, "paradigm": "toy", "claim": "superiority", "metric": "val/acc",
+                                     "delta": 0.001, "a": {"grid": "g", "where": {"block": "tied"}},
+                                     "b": {"grid": "g", "where": {"block": "explicit"}}}]}}
+    runs = tmp_path / "runs"
+    for seed, (tied, explicit) in enumerate([(0.90, 0.89), (0.92, 0.93), (0.91, 0.905)]):
+        finished(runs, "g", f"block=tied,seed={seed}", seed, tied, [20 + seed])  # 20, 21, 22 s
+        finished(runs, "g", f"block=explicit,seed={seed}", seed, explicit, [30, 10])  # 40 s in two sessions
+    plan = study_plan(spec, runs)
+    g, h = plan.grids
+    assert (g.runs, g.finished, g.steps, g.measured_s) == (8, 6, "100", pytest.approx(31.0))  # median of 20, 21, 22, 40, 40, 40
+    assert g.remaining_s == pytest.approx(21 + 40)  # seed 3 of each cell: its cell's median
+    assert (h.runs, h.finished, h.steps, h.remaining_s, h.unmeasured) == (2, 0, "200", None, 2)
+    (p,) = plan.primaries
+    assert (p.key, p.n, p.verdict) == ("1/toy", "3/3", "undetermined") and p.seeds_needed > 4
+    assert p.extra_runs == 2 * (p.seeds_needed - 3) and p.extra_s == pytest.approx((p.seeds_needed - 3) * (21 + 40))
+    assert plan.devices == ["cpu"]
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / "toy.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.setattr(study_module, "study_dir", lambda: studies)
+    assert study_module.study(["toy", "--runs", str(runs), "--plan", "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs not measured" in out and "at 2 run(s) at a time" in out and "measured on cpu" in out
+    assert not (runs / "study.yaml").exists() and not (runs / "h").exists()  # a plan runs and writes nothing
