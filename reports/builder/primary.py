@@ -24,6 +24,9 @@ from typing import Any, Hashable, Iterable, Mapping, Protocol
 from . import stats
 from .load import REPLICATE_KEYS  # the run-name keys that tell replicates apart (seed, fold), never arms
 from .load import set_apart  # completed runs flagged not at equilibrium: left out of the arms, counted
+from .load import to_float
+
+LATE_FRACTION = 0.2  # "near convergence": the metric's move over the last 20% of a run's steps
 
 KINDS = ("mean", "divergence", "spread")
 TRANSFORMS = ("none", "log")
@@ -296,6 +299,38 @@ def arm_runs(arm: Arm, runs: Iterable[RunLike], grids: Iterable[str] = ()) -> li
     return chosen
 
 
+def late_change(run: Any, key: str) -> float | None:
+    """How far ``key`` moved over the last ``LATE_FRACTION`` of a run's steps: |its last evaluation - the last one
+    at or before 80% of the steps| from history.jsonl (None without both). ``fit/*`` is scored once, at the end:
+    its move is read from ``train/*``, the training steps' running mean."""
+    hist_key = "train/" + key.split("/", 1)[1] if key.startswith("fit/") else key
+    points = [(h["step"], to_float(h.get(hist_key))) for h in getattr(run, "history", None) or []
+              if isinstance(h.get("step"), int)]
+    points = [p for p in points if math.isfinite(p[1])]
+    total = getattr(run, "total_steps", None) or (points[-1][0] if points else 0)
+    early = [p for p in points if p[0] <= (1 - LATE_FRACTION) * total]
+    if len(points) < 2 or not early or early[-1] == points[-1]:
+        return None
+    return abs(points[-1][1] - early[-1][1])
+
+
+def convergence_note(spec: PrimarySpec, a: list[Any], b: list[Any]) -> str | None:
+    """Whether the arms were read near convergence: the median move of the metric over the last 20% of steps in
+    each arm against the comparison's delta (None when the history does not hold the metric)."""
+    import statistics
+
+    moves = {side: [m for m in (late_change(r, spec.metric) for r in runs) if m is not None]
+             for side, runs in (("A", a), ("B", b))}
+    if not all(moves.values()):
+        return None
+    medians = {side: statistics.median(v) for side, v in moves.items()}
+    read = "train/" + spec.metric.split("/", 1)[1] if spec.metric.startswith("fit/") else spec.metric
+    settled = max(medians.values()) < spec.delta
+    return (f"near convergence {'yes' if settled else 'no'}: over the last {LATE_FRACTION:.0%} of steps {read} moved by "
+            f"{medians['A']:.3g} (arm A) and {medians['B']:.3g} (arm B), median over seeds, against delta "
+            f"{spec.delta:g}")
+
+
 def _value(spec: PrimarySpec, run: RunLike) -> float:
     value = run.metrics.get(spec.metric, math.nan)
     value = float(value) if isinstance(value, (int, float)) else math.nan
@@ -386,6 +421,9 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
                                          n_b=usable["b"], not_at_equilibrium=left_out))
             continue
         if spec.kind == "mean":
+            note = convergence_note(spec, a, b)
+            if note:
+                notes.append(note)
             va, vb = _values(spec, a, notes, "a"), _values(spec, b, notes, "b")
             common = set(va) & set(vb)
             if set(va) != set(vb) and len(common) >= 2:  # pair on the seeds both arms have

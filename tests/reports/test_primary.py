@@ -176,3 +176,24 @@ def test_report_reads_the_study_file_beside_the_runs_and_leads_with_the_primarie
     assert (out / "forest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in (out / "forest.svg").read_bytes()
     section = readme.split("## Primary comparisons (pre-registered)", 1)[1]
     assert section.lstrip().startswith("![Primary comparisons") and "forest.svg" in summary["files"]
+
+
+def test_convergence_note_reads_the_last_fifth_of_each_runs_history_against_delta():
+    """'Near convergence': the metric's move over the last 20% of steps (fit/* from the train/* running mean),
+    median over an arm's seeds, against the comparison's delta."""
+    from types import SimpleNamespace
+
+    from tiedlab.reports.primary import convergence_note, late_change
+
+    def run(values, total=1000):  # evaluations every 200 steps
+        return SimpleNamespace(total_steps=total, history=[{"step": 200 * (i + 1), "train/loss": v}
+                                                           for i, v in enumerate(values)])
+
+    assert late_change(run([1.0, 0.6, 0.5, 0.45, 0.44]), "fit/loss") == pytest.approx(0.01)  # step 800 -> 1000
+    assert late_change(run([1.0]), "fit/loss") is None and late_change(run([1.0, 0.5]), "val/acc") is None
+    (s,) = load_primaries({"primary": {"comparisons": [spec(metric="fit/loss", delta=0.02)]}})
+    settled = convergence_note(s, [run([1, 0.6, 0.5, 0.45, 0.44]), run([1, 0.6, 0.5, 0.45, 0.43])],
+                               [run([1, 0.7, 0.6, 0.55, 0.545])])
+    assert settled.startswith("near convergence yes") and "train/loss moved by 0.015 (arm A)" in settled
+    moving = convergence_note(s, [run([1, 0.6, 0.5, 0.45, 0.40])], [run([1, 0.7, 0.6, 0.55, 0.545])])
+    assert moving.startswith("near convergence no")
