@@ -545,43 +545,63 @@ class _Run:
         boundary and ends the run as ``interrupted`` (resumable)."""
         cfg, loop = self.cfg, self.loop
         self.progress = _progress(cfg, self.total_steps, loop.step) if self.world.is_main else None
-        batches = _batches(self.data, int(cfg.seed), loop.epoch, loop.index)
+        batches = self.batches()
         self.model.train()
-        status, reason = "completed", ""
         stop = _StopSignals()
         try:
             while loop.step < self.total_steps:
-                received = self.signal_seen if self.world.parallel else stop.received
-                if received:
-                    stopped = self._flush()
-                    if stopped:
-                        return "diverged", stopped
-                    self._checkpoint()
-                    return "interrupted", (f"{received} at step {loop.step}/{self.total_steps}: checkpointed; "
-                                           "rerun the same command to resume")
+                ended = self._signalled(stop)
+                if ended:
+                    return ended
                 epoch, index, batch = next(batches)
                 self._set_warmup()
-                stopped = self._step(batch, stop)
-                time_up = cfg.train.time_limit_s is not None and loop.train_s >= float(cfg.train.time_limit_s)
-                if not stopped and (time_up or stop.received or self._read_due()):
-                    stopped = self._flush(stop)
-                if stopped:
-                    return "diverged", stopped
-                loop.epoch, loop.index = epoch, index + 1
-                self._evaluate_due(time_up)
-                if time_up:
-                    reason = (f"time limit train.time_limit_s={cfg.train.time_limit_s} reached at step "
-                              f"{loop.step}/{self.total_steps}")
-                    break
-                if loop.step % cfg.train.ckpt_every == 0 and loop.step < self.total_steps:
-                    self._checkpoint()
+                ended = self._after_step(self._step(batch, stop), epoch, index, stop)
+                if ended:
+                    return ended
         except Exception as err:  # noqa: BLE001 - any crash in the loop (a full disk too) is a failed run, with why
-            status, reason = "failed", f"{type(err).__name__} at step {loop.step}: {err}{_keep_traceback(self.run_dir)}"
+            return "failed", self.crash_reason(err)
         finally:
             stop.restore()
             if self.progress is not None:
                 self.progress.close()
-        return status, reason
+        return "completed", ""
+
+    def batches(self) -> Iterator[tuple[int, int, Any]]:
+        """(epoch, index, batch) from where the run stands (``_batches``)."""
+        return _batches(self.data, int(self.cfg.seed), self.loop.epoch, self.loop.index)
+
+    def crash_reason(self, err: Exception) -> str:
+        return f"{type(err).__name__} at step {self.loop.step}: {err}{_keep_traceback(self.run_dir)}"
+
+    def _signalled(self, stop: "_StopSignals") -> tuple[str, str] | None:
+        """After SIGUSR2/SIGTERM (any rank's): read what is pending, checkpoint, and end as ``interrupted``."""
+        received = self.signal_seen if self.world.parallel else stop.received
+        if not received:
+            return None
+        stopped = self._flush()
+        if stopped:
+            return "diverged", stopped
+        self._checkpoint()
+        return "interrupted", (f"{received} at step {self.loop.step}/{self.total_steps}: checkpointed; "
+                               "rerun the same command to resume")
+
+    def _after_step(self, stopped: str, epoch: int, index: int, stop: "_StopSignals") -> tuple[str, str] | None:
+        """What follows a step on batch ``index`` of ``epoch``: read the pending steps when due, evaluate, stop at
+        the time limit, checkpoint. Returns (status, reason) when the run ends here, None to go on."""
+        cfg, loop = self.cfg, self.loop
+        time_up = cfg.train.time_limit_s is not None and loop.train_s >= float(cfg.train.time_limit_s)
+        if not stopped and (time_up or stop.received or self._read_due()):
+            stopped = self._flush(stop)
+        if stopped:
+            return "diverged", stopped
+        loop.epoch, loop.index = epoch, index + 1
+        self._evaluate_due(time_up)
+        if time_up:
+            return "completed", (f"time limit train.time_limit_s={cfg.train.time_limit_s} reached at step "
+                                 f"{loop.step}/{self.total_steps}")
+        if loop.step % cfg.train.ckpt_every == 0 and loop.step < self.total_steps:
+            self._checkpoint()
+        return None
 
     def _step(self, batch: Any, stop: "_StopSignals | None" = None) -> str:
         """One optimiser step on ``batch`` (this rank's share of it), timed. Its loss, metrics and block statistics
@@ -590,7 +610,6 @@ class _Run:
         (a solving DEQ: the residual check; data-parallel ranks: the agreed loss and stop signal; a progress bar)
         is read at once. Returns why the run diverged ("" while it has not, or not yet read)."""
         cfg, loop, world = self.cfg, self.loop, self.world
-        solving = self.spec.mode == "deq" and not self.warming_up
         t0 = time.perf_counter()
         with self.autocast:
             out = self.paradigm.training_step(self.step_fn, world.shard(batch))
@@ -607,14 +626,24 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         world.average_gradients(self.model)  # the global batch's gradient (slices of equal size)
+        return self.update(time.perf_counter() - t0, recorded, out.metrics, self.recorder.take(), stop)
+
+    def update(self, seconds: float, loss: torch.Tensor, metrics: dict[str, Any], stats: list[BlockStats],
+               stop: "_StopSignals | None" = None) -> str:
+        """The optimiser step on the gradients in ``.grad`` (clipped), the schedule, the clock (``seconds`` of
+        forward and backward plus the update's own) and the step's records into ``pending`` (read at once where a
+        decision needs them: see ``_step``). Returns why the run diverged ("" while it has not)."""
+        cfg, loop, world = self.cfg, self.loop, self.world
+        t0 = time.perf_counter()
         if cfg.optim.clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(cfg.optim.clip))
         self.optimizer.step()
         self.schedule.step()
-        loop.train_s += time.perf_counter() - t0  # on a GPU: the launch time; _flush adds the wait for the device
+        loop.train_s += seconds + time.perf_counter() - t0  # on a GPU: launch time; _flush adds the device's wait
         loop.step += 1
         loop.samples += self.data.samples_per_step
-        self.pending.append((recorded, out.metrics, self.recorder.take()))
+        self.pending.append((loss, metrics, stats))
+        solving = self.spec.mode == "deq" and not self.warming_up
         if solving or world.parallel or self.progress is not None:
             return self._flush(stop)
         return ""
