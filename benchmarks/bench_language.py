@@ -281,10 +281,9 @@ def engine_loop(args: argparse.Namespace, steps: int, run_root: str) -> float:
     AdamW with the bare loop's settings (lr 1e-3, no weight decay, no clipping, no warm-up), no evaluation
     before the last step and one evaluation batch.
     """
-    from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    import tiedlab.paradigms.cli  # noqa: F401  (registers the config schema train.yaml extends)
+    from tiedlab.paradigms.cli import compose_config
     from tiedlab.paradigms.engine import train as engine_train
 
     overrides = ["paradigm=language", "size=language_quick", f"block={args.mode}", f"block.depth={args.depth}",
@@ -295,8 +294,7 @@ def engine_loop(args: argparse.Namespace, steps: int, run_root: str) -> float:
                  "train.progress=false", "train.device=cpu", f"train.threads={args.threads}", "data.eval_batches=1",
                  "optim.lr=0.001", "optim.weight_decay=0.0", "optim.clip=null", "optim.warmup_steps=0",
                  f"seed={args.seed}"]
-    with initialize_config_module(config_module="tiedlab.configs", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_config(overrides)
     OmegaConf.set_struct(cfg, False)
     cfg.paradigm = f"{__name__}:StepTimedLanguage"
     run_dir = os.path.join(run_root, f"engine-{len(os.listdir(run_root))}")

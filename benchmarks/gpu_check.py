@@ -47,13 +47,10 @@ SIZES: dict[str, dict[str, list[str]]] = {
 
 
 def compose(overrides: list[str]) -> Any:
-    """The run config the command line would build from ``overrides`` (Hydra's compose API)."""
-    from hydra import compose as hydra_compose, initialize_config_module
+    """The run config the command line would build from ``overrides`` (``cli.compose_config``)."""
+    from tiedlab.paradigms.cli import compose_config
 
-    import tiedlab.paradigms.cli  # noqa: F401  (registers the config schema and the run-name resolver)
-
-    with initialize_config_module(config_module="tiedlab.configs", version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides)
+    return compose_config(overrides)
 
 
 def peak_flops(device: torch.device) -> float | None:

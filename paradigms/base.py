@@ -90,6 +90,9 @@ class Paradigm(ABC):
             ``distributed``): a batch is a tensor, or a tuple, list or dict of tensors, split along dim 0, the
             loss is the mean of per-sample losses and nothing in the model mixes samples (no BatchNorm), so
             the mean of equal slices' gradients is the batch's. Else False or the reason it may not (refused).
+        seed_batch: True when K seeds of one config may train as one vectorised model (``seedbatch``: vmap over
+            the stacked parameters): the batch is a tensor or a tuple/list/dict of tensors of one shape for every
+            seed and ``training_step`` reads nothing back to the host (no ``.item()``). Else False or the reason.
         scores_train: True when ``score`` also takes split "train" (the training data as evaluation sees it,
             without augmentation), which ``train.score_train`` records as ``fit/...``: how well the model fits
             what it trained on, the capacity measure of the mask study.
@@ -103,6 +106,7 @@ class Paradigm(ABC):
     width_key: ClassVar[str | None] = "model.width"  # the config key of the model's width (None: no one width)
     data_parallel: ClassVar[bool | str] = False  # see above: True, or why one run cannot span processes
     scores_train: ClassVar[bool] = False  # see above: score(..., "train") works
+    seed_batch: ClassVar[bool | str] = False  # see above: True, or why seeds cannot train as one vmapped model
 
     def __init__(self, data: Mapping[str, Any], model: Mapping[str, Any], device: torch.device, seed: int = 0,
                  batch_size: int = 128):

@@ -29,6 +29,15 @@ from .launch import INTERRUPTED_EXIT  # a run stopped by SIGUSR2/SIGTERM after a
 TRACEBACK_ENV = "TIEDLAB_TRACEBACK"  # set to 1 to see the full traceback of a reported error
 
 
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The run config the command line builds from ``overrides``, without starting a Hydra app (Hydra's compose
+    API; set ``run_dir`` among the overrides: the default one names Hydra's output folder)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="tiedlab.configs", version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
 class RunError(Exception):
     """A run that could not start (a bad config, data or run directory) or that failed; its one-line message
     was already printed when it was raised."""

@@ -53,6 +53,7 @@ class VisionParadigm(Paradigm):
     higher_is_better = True
     data_parallel = True  # (images, labels), mean cross-entropy, GroupNorm: slices average to the batch
     scores_train = True  # the training images without augmentation
+    seed_batch = True  # (images, labels) of one shape per seed; no host reads in the step
 
     # ----------------------------------------------------------------- data
     def build_data(self) -> VisionDataBundle:

@@ -66,6 +66,7 @@ class ToyParadigm(Paradigm):
     DataOptions = ToyData
     ModelOptions = ToyModel
     data_parallel = True  # (images, labels), mean cross-entropy
+    seed_batch = True
 
     def build_data(self) -> DataBundle:
         from sklearn.datasets import load_digits

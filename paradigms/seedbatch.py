@@ -1,0 +1,246 @@
+"""Seed batches: K runs of one configuration that differ only in seed, trained in one process as one vectorised
+model (``torch.func.vmap`` over the K models' stacked parameters and buffers: grouped convolutions and batched
+matrix products instead of K small ones).
+
+Each run keeps everything that makes it a run: its own initialisation, masks, data order (its seed's batches,
+stacked along a new leading dimension), optimiser, schedule, run directory, lock, history, evaluations and
+checkpoints. Only the forward and backward pass are shared; the gradients land on each run's own parameters (the
+stack is differentiable), and each run's optimiser steps them as in a run of its own. A checkpoint is an ordinary
+run's checkpoint, so a run can be resumed alone or in another batch. The results equal K separate runs within
+floating-point tolerance (tested) when the model draws no random numbers in its forward pass (dropout 0: vmap is
+asked to refuse randomness rather than make it differ from a separate run's).
+
+A paradigm opts in with ``Paradigm.seed_batch = True`` (its batch a tensor or a tuple/list/dict of tensors of one
+shape for every seed, and its training step free of host reads such as ``.item()``); a solving DEQ cannot be
+vectorised (its solver stops on a per-batch residual test) and is refused, like a paradigm that does not opt in.
+The time of a shared step is split evenly between the runs (``time/step_ms`` is the cost per seed).
+
+    python -m tiedlab.paradigms.seedbatch RUN_DIR... -- OVERRIDES   (each run's overrides: its seed=... appended)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.func import functional_call, vmap
+from torch.utils import _pytree as pytree
+
+from tiedlab.core import BlockStats
+
+from . import rundir
+from .config import validate
+from .engine import _open_run_dir, _Run, _StopSignals, as_config
+
+REPLICATE = ("seed", "run_dir")  # config keys that may differ between the runs of one batch (mask.seed: null only)
+
+
+def _differences(plain: list[dict[str, Any]]) -> list[str]:
+    """The dotted config keys (other than the seed and run directory) whose values differ between the runs."""
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+        return out
+
+    flats = [flat({k: v for k, v in p.items() if k not in REPLICATE}) for p in plain]
+    keys = set().union(*flats)
+    return sorted(k for k in keys if len({repr(f.get(k)) for f in flats}) > 1)
+
+
+def check_batchable(cfgs: list[DictConfig]) -> None:
+    """Raises ValueError unless the configs are one configuration with distinct seeds that can be vectorised."""
+    from .base import get_paradigm
+
+    if len(cfgs) < 2:
+        raise ValueError(f"a seed batch needs 2 or more runs, got {len(cfgs)}")
+    plain = [OmegaConf.to_container(c, resolve=True) for c in cfgs]
+    differ = _differences(plain)
+    if differ:
+        raise ValueError(f"the runs of a seed batch may differ only in seed; they differ in {differ}")
+    seeds = [int(c.seed) for c in cfgs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"the runs of a seed batch need distinct seeds, got {seeds}")
+    cfg = cfgs[0]
+    allowed = getattr(get_paradigm(cfg.paradigm), "seed_batch", False)
+    if allowed is not True:
+        why = f": {allowed}" if isinstance(allowed, str) else ""
+        raise ValueError(f"the {cfg.paradigm} paradigm does not train seed batches{why} (Paradigm.seed_batch); "
+                         "run its seeds separately")
+    if str(cfg.block.mode) == "deq":
+        raise ValueError("a DEQ cannot train in a seed batch: its solver stops on a per-batch residual test, "
+                         "which vmap cannot split by seed; run its seeds separately")
+    if cfg.mask.seed is not None:
+        raise ValueError(f"mask.seed={cfg.mask.seed} pins one mask for every seed; a seed batch's runs draw their "
+                         "own (mask.seed: null)")
+
+
+def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
+                     overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Train (or resume) the runs ``cfgs[i]`` in ``run_dirs[i]`` as one seed batch; returns what each wrote to
+    metrics.json. Finished runs are skipped; the rest must stand at the same step (else: train them separately).
+
+    Raises:
+        ValueError: configs that are not one configuration with distinct seeds, a paradigm or block mode that
+            cannot be vectorised, unfinished runs at different steps; rundir.RunDirError as ``engine.train``.
+    """
+    cfgs = [as_config(c) for c in cfgs]
+    if len(cfgs) != len(run_dirs):
+        raise ValueError(f"{len(cfgs)} configs for {len(run_dirs)} run directories")
+    specs = [validate(c) for c in cfgs]
+    check_batchable(cfgs)
+    results: list[dict[str, Any] | None] = [None] * len(cfgs)
+    with contextlib.ExitStack() as stack:
+        todo = []
+        for i, (cfg, run_dir) in enumerate(zip(cfgs, map(Path, run_dirs))):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(rundir.hold_lock(run_dir))
+            opened = _open_run_dir(cfg, run_dir)
+            if opened.finished:
+                results[i] = opened.previous
+            else:
+                todo.append((i, cfg, specs[i], run_dir, opened))
+        runs = [(i, _Run(cfg, spec, run_dir, opened, list(overrides))) for i, cfg, spec, run_dir, opened in todo]
+        if len(runs) == 1:  # nothing to batch with: an ordinary run
+            (i, run), = runs
+            results[i] = run.finish(*run.train())
+        elif runs:
+            steps = {run.loop.step for _, run in runs}
+            if len(steps) > 1:
+                raise ValueError(f"the unfinished runs stand at steps {sorted(steps)}: a seed batch trains in "
+                                 "lockstep; resume them separately")
+            for (i, run), (status, reason) in zip(runs, SeedBatch([r for _, r in runs]).train()):
+                results[i] = run.finish(status, reason)
+    return results  # type: ignore[return-value]
+
+
+class SeedBatch:
+    """The lockstep loop of K ``engine._Run``s: one vectorised forward and backward per step, then each run's own
+    update, reads, evaluations and checkpoints (``_Run.update`` / ``_after_step``). A run that diverges or fails
+    leaves the batch; the others go on."""
+
+    def __init__(self, runs: list[_Run]):
+        self.runs = runs
+        self.base = runs[0].model  # functional_call swaps each seed's tensors into this module's structure
+        self.param_names = [n for n, _ in self.base.named_parameters()]
+        self.buffer_names = [n for n, _ in self.base.named_buffers()]
+        self.paradigm = runs[0].paradigm
+
+    def _one(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], batch: Any) -> tuple:
+        """One seed's training step inside vmap: (loss, metrics, residual traces (2, depth) or an empty tensor)."""
+        base, state = self.base, {**params, **buffers}
+
+        class Bound(torch.nn.Module):  # the model as the adapter calls it, on this seed's tensors
+            def forward(self, *args: Any, **kwargs: Any) -> Any:
+                return functional_call(base, state, args, kwargs)
+
+        out = self.paradigm.training_step(Bound(), batch)
+        stats = out.stats
+        traces = (torch.stack([stats.abs_trace, stats.rel_trace]) if stats is not None
+                  and isinstance(stats.abs_trace, torch.Tensor) else out.loss.new_zeros(0))
+        metrics = {k: v if isinstance(v, torch.Tensor) else torch.tensor(float(v)) for k, v in out.metrics.items()}
+        return out.loss, metrics, traces
+
+    def _stats(self, run: _Run, template: BlockStats | None, traces: torch.Tensor) -> list[BlockStats]:
+        if template is None or traces.numel() == 0:
+            return []
+        return [BlockStats(mode=template.mode, depth=template.depth, nfe_forward=template.nfe_forward,
+                           nfe_backward=template.nfe_backward, abs_trace=traces[0].detach(),
+                           rel_trace=traces[1].detach(), abs_residual=traces[0, -1].detach(),
+                           rel_residual=traces[1, -1].detach(), sparsity=template.sparsity)]
+
+    def train(self) -> list[tuple[str, str]]:
+        """Train every run to its end; returns each run's (status, reason)."""
+        live = list(self.runs)
+        ended: dict[int, tuple[str, str]] = {}
+        iterators = {id(r): r.batches() for r in live}
+        for r in live:
+            r.model.train()
+        stop = _StopSignals()
+        step_fn = vmap(self._one, randomness="error")
+        try:
+            while live and live[0].loop.step < live[0].total_steps:
+                for r in list(live):
+                    end = r._signalled(stop)
+                    if end:
+                        ended[id(r)] = end
+                        live.remove(r)
+                if not live:
+                    break
+                drawn = [next(iterators[id(r)]) for r in live]
+                t0 = time.perf_counter()
+                params = {n: torch.stack([r.model.get_parameter(n) for r in live]) for n in self.param_names}
+                buffers = {n: torch.stack([r.model.get_buffer(n) for r in live]) for n in self.buffer_names}
+                batch = pytree.tree_map(lambda *xs: torch.stack(xs), *[d[2] for d in drawn])
+                for r in live:
+                    r.optimizer.zero_grad(set_to_none=True)
+                try:
+                    losses, metrics, traces = step_fn(params, buffers, batch)
+                except RuntimeError as err:
+                    if "randomness" in str(err):
+                        raise ValueError("the model draws random numbers in its forward pass (dropout?): a seed "
+                                         "batch cannot reproduce separate runs; set the dropout to 0 or run the "
+                                         "seeds separately") from err
+                    raise
+                template = live[0].recorder.take()  # the base model's hooks saw the vectorised call: not per seed
+                losses.sum().backward()
+                seconds = (time.perf_counter() - t0) / len(live)
+                for k, r in enumerate(list(live)):
+                    r.recorder.take()
+                    try:
+                        stopped = r.update(seconds, losses[k].detach(), {n: v[k].detach() for n, v in metrics.items()},
+                                           self._stats(r, template[0] if template else None, traces[k]), stop)
+                        end = r._after_step(stopped, drawn[k][0], drawn[k][1], stop)
+                    except Exception as err:  # noqa: BLE001 - one run's crash fails that run, not the batch
+                        end = ("failed", r.crash_reason(err))
+                    if end:
+                        ended[id(r)] = end
+                        live.remove(r)
+        except ValueError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a crash of the shared step fails every run still in the batch
+            for r in live:
+                ended.setdefault(id(r), ("failed", r.crash_reason(err)))
+        finally:
+            stop.restore()
+        return [ended.get(id(r), ("completed", "")) for r in self.runs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tiedlab.paradigms.seedbatch RUN_DIR... -- OVERRIDES``: the runs in RUN_DIR..., each composed
+    from OVERRIDES plus its own ``seed=`` (its run directory's name must hold ``seed=N``)."""
+    import re
+
+    from .cli import compose_config
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        print("usage: python -m tiedlab.paradigms.seedbatch RUN_DIR... -- OVERRIDES", file=sys.stderr)
+        return 2
+    cut = argv.index("--")
+    run_dirs, overrides = argv[:cut], argv[cut + 1:]
+    try:
+        cfgs = []
+        for d in run_dirs:
+            seed = re.search(r"(?:^|,)seed=(\d+)(?:,|$)", Path(d).name)
+            if not seed:
+                raise ValueError(f"{d}: a seed batch's run directory names its seed (seed=N), as the study runner "
+                                 "makes them")
+            cfgs.append(compose_config([*overrides, f"seed={seed.group(1)}", f"run_dir={d}"]))
+        results = train_seed_batch(cfgs, run_dirs, overrides)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for d, r in zip(run_dirs, results):
+        print(f"[tiedlab] {d}: {r.get('status')}{' (' + r['reason'] + ')' if r.get('reason') else ''}", file=sys.stderr)
+    return 0 if all(r.get("status") == "completed" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Seed batches (``paradigms/seedbatch.py``): K runs that differ only in seed, trained as one vmapped model, give
+the metrics and histories of K separate runs (within floating-point tolerance), keep their own run directories and
+checkpoints (resumable alone or in a batch), and refuse what cannot be vectorised."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tiedlab.paradigms import rundir
+from tiedlab.paradigms.engine import train
+from tiedlab.paradigms.seedbatch import train_seed_batch
+
+from support.toy import with_changes
+
+TOY = "support.toy:ToyParadigm"
+BASE = dict(paradigm=TOY, data={}, model={"width": 32},
+            train=dict(batch_size=64, epochs=None, max_steps=24, eval_every=8, ckpt_every=8, progress=False),
+            optim=dict(lr=0.01), block={"mode": "tied", "depth": 3}, mask={"mode": "distinct", "sparsity": 0.5})
+
+
+def cfg(seed, **changes):
+    return with_changes(BASE, seed=seed, **changes)
+
+
+def close(a: dict, b: dict, keys) -> None:
+    for key in keys:
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+
+
+def test_a_seed_batch_equals_separate_runs_and_each_run_keeps_its_own_directory(tmp_path):
+    batched = train_seed_batch([cfg(0), cfg(1), cfg(2)], [tmp_path / f"b{s}" for s in range(3)])
+    separate = [train(cfg(s), tmp_path / f"s{s}") for s in range(3)]
+    keys = ("val/acc", "val/loss", "test/acc", "test/loss", "core/rel_residual", "params/used")
+    for b, s in zip(batched, separate):
+        assert b["status"] == s["status"] == "completed" and b["step"] == 24
+        close(b["metrics"], s["metrics"], keys)
+    assert batched[0]["metrics"]["val/loss"] != batched[1]["metrics"]["val/loss"]  # distinct seeds, masks, order
+    for s in range(3):
+        hb, hs = rundir.read_history(tmp_path / f"b{s}"), rundir.read_history(tmp_path / f"s{s}")
+        assert [h["step"] for h in hb] == [8, 16, 24]
+        for a, b in zip(hb, hs):
+            close(a, b, ("train/loss", "train/acc", "val/acc", "val/loss"))
+    # each run directory is an ordinary run's: rerunning it alone finds it finished
+    assert train(cfg(1), tmp_path / "b1")["metrics"]["val/loss"] == batched[1]["metrics"]["val/loss"]
+
+
+def test_a_seed_batch_resumes_from_its_runs_checkpoints(tmp_path, monkeypatch):
+    from tiedlab.paradigms import seedbatch
+
+    full = train_seed_batch([cfg(0), cfg(1)], [tmp_path / "full0", tmp_path / "full1"])
+    calls = {"n": 0}
+    update = seedbatch._Run.update
+
+    def crash_after_12(self, *args, **kwargs):  # the process dies after step 12 (checkpoint at 8)
+        calls["n"] += 1
+        if self.loop.step == 12:
+            raise KeyboardInterrupt
+        return update(self, *args, **kwargs)
+
+    monkeypatch.setattr(seedbatch._Run, "update", crash_after_12)
+    with pytest.raises(KeyboardInterrupt):
+        train_seed_batch([cfg(0), cfg(1)], [tmp_path / "r0", tmp_path / "r1"])
+    monkeypatch.setattr(seedbatch._Run, "update", update)
+    assert all(json.loads((tmp_path / f"r{s}" / "metrics.json").read_text())["status"] == "running" for s in (0, 1))
+    resumed = train_seed_batch([cfg(0), cfg(1)], [tmp_path / "r0", tmp_path / "r1"])
+    for a, b in zip(resumed, full):
+        assert len(a["provenance"]) == 2
+        close(a["metrics"], b["metrics"], ("val/acc", "val/loss", "test/loss"))
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"model.width": 16}, r"may differ only in seed; they differ in \['model.width'\]"),
+    ({"block.mode": "deq", "mask.mode": "none"}, r"a DEQ cannot train in a seed batch"),
+    ({"mask.seed": 3}, r"mask.seed=3 pins one mask for every seed"),
+])
+def test_what_cannot_be_one_seed_batch_is_refused(tmp_path, changes, match):
+    other = dict(changes) if "model.width" in changes else {}
+    both = {} if other else changes
+    with pytest.raises(ValueError, match=match):
+        train_seed_batch([cfg(0, **both), cfg(1, **both, **other)], [tmp_path / "a", tmp_path / "b"])
+    assert not (tmp_path / "a" / "checkpoint.pt").exists()
+
+
+def test_diverging_runs_of_a_seed_batch_are_recorded_as_diverged_at_their_step(tmp_path):
+    poisoned = {"data.nan_input_after": 5}  # the toy's inputs turn NaN after 5 steps, in every seed
+    results = train_seed_batch([cfg(0, **poisoned), cfg(1, **poisoned)], [tmp_path / "a", tmp_path / "b"])
+    for r in results:
+        assert (r["status"], r["reason"], r["step"]) == ("diverged", "non-finite loss (nan) at step 6", 5)
+    with pytest.raises(ValueError, match=r"differ in \['data.nan_input_after'\]"):
+        train_seed_batch([cfg(0), cfg(1, **poisoned)], [tmp_path / "c", tmp_path / "d"])
