@@ -41,6 +41,42 @@ class RunSpec:
         return f"{self.grid}/{Path(self.run_dir).name}"
 
 
+@dataclasses.dataclass(frozen=True)
+class SeedBatchSpec:
+    """Runs of one grid cell that differ only in seed, trained in one process as one seed batch
+    (``tiedlab.paradigms.seedbatch``); its output goes to the first run's ``launch.log``."""
+
+    grid: str
+    overrides: tuple[str, ...]  # the runs' overrides less their seed= (each run directory's name holds its seed)
+    run_dirs: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.grid}/{' + '.join(Path(d).name for d in self.run_dirs)}"
+
+    @property
+    def run_dir(self) -> str:
+        return self.run_dirs[0]
+
+
+def seed_batches(runs: Sequence[RunSpec], k: int, batchable: Callable[[RunSpec], bool]) -> list[Any]:
+    """``runs`` with the seeds of each cell (same grid, same overrides but the seed) grouped into seed batches of
+    up to ``k`` where ``batchable(first run of the cell)``; a cell's leftover single seed stays a RunSpec."""
+    cells: dict[tuple[str, tuple[str, ...]], list[RunSpec]] = {}
+    for run in runs:
+        rest = tuple(o for o in run.overrides if o.split("=", 1)[0] != "seed")
+        cells.setdefault((run.grid, rest), []).append(run)
+    out: list[Any] = []
+    for (grid, rest), members in cells.items():
+        if k < 2 or len(members) < 2 or not batchable(members[0]):
+            out.extend(members)
+            continue
+        for i in range(0, len(members), k):
+            chunk = members[i: i + k]
+            out.append(chunk[0] if len(chunk) == 1 else SeedBatchSpec(grid, rest, tuple(r.run_dir for r in chunk)))
+    return out
+
+
 def sweep_values(key: str, value: Any) -> list[str]:
     """The values of one swept key as Hydra's basic sweeper writes them into each job's override (and so into
     its ``override_dirname``): ``seed: [0, 1]`` -> ["0", "1"]; ``flag: [true]`` -> ["true"]."""
@@ -84,9 +120,12 @@ def _quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def run_command(run: RunSpec, threads: int | None = None) -> list[str]:
+def run_command(run: "RunSpec | SeedBatchSpec", threads: int | None = None) -> list[str]:
     """The command line that trains ``run`` in its directory (and nothing else: Hydra's own files go into the
-    run directory's ``.hydra``, as under multirun)."""
+    run directory's ``.hydra``, as under multirun), or a seed batch's runs in theirs."""
+    if isinstance(run, SeedBatchSpec):
+        cmd = [sys.executable, "-m", "tiedlab.paradigms.seedbatch", *run.run_dirs, "--", *run.overrides]
+        return cmd + ([f"train.threads={threads}"] if threads else [])
     cmd = [sys.executable, "-m", "tiedlab.paradigms.cli", *run.overrides, f"hydra.run.dir={_quoted(run.run_dir)}"]
     if threads:
         cmd.append(f"train.threads={threads}")

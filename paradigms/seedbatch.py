@@ -54,10 +54,24 @@ def _differences(plain: list[dict[str, Any]]) -> list[str]:
     return sorted(k for k in keys if len({repr(f.get(k)) for f in flats}) > 1)
 
 
-def check_batchable(cfgs: list[DictConfig]) -> None:
-    """Raises ValueError unless the configs are one configuration with distinct seeds that can be vectorised."""
+def why_not_batchable(cfg: DictConfig) -> str | None:
+    """Why the seeds of ``cfg`` cannot train as one seed batch (None: they can)."""
     from .base import get_paradigm
 
+    allowed = getattr(get_paradigm(cfg.paradigm), "seed_batch", False)
+    if allowed is not True:
+        why = f": {allowed}" if isinstance(allowed, str) else ""
+        return f"the {cfg.paradigm} paradigm does not train seed batches{why} (Paradigm.seed_batch)"
+    if str(cfg.block.mode) == "deq":
+        return ("a DEQ cannot train in a seed batch: its solver stops on a per-batch residual test, which vmap "
+                "cannot split by seed")
+    if cfg.mask.seed is not None:
+        return f"mask.seed={cfg.mask.seed} pins one mask for every seed; a seed batch's runs draw their own (mask.seed: null)"
+    return None
+
+
+def check_batchable(cfgs: list[DictConfig]) -> None:
+    """Raises ValueError unless the configs are one configuration with distinct seeds that can be vectorised."""
     if len(cfgs) < 2:
         raise ValueError(f"a seed batch needs 2 or more runs, got {len(cfgs)}")
     plain = [OmegaConf.to_container(c, resolve=True) for c in cfgs]
@@ -67,18 +81,9 @@ def check_batchable(cfgs: list[DictConfig]) -> None:
     seeds = [int(c.seed) for c in cfgs]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"the runs of a seed batch need distinct seeds, got {seeds}")
-    cfg = cfgs[0]
-    allowed = getattr(get_paradigm(cfg.paradigm), "seed_batch", False)
-    if allowed is not True:
-        why = f": {allowed}" if isinstance(allowed, str) else ""
-        raise ValueError(f"the {cfg.paradigm} paradigm does not train seed batches{why} (Paradigm.seed_batch); "
-                         "run its seeds separately")
-    if str(cfg.block.mode) == "deq":
-        raise ValueError("a DEQ cannot train in a seed batch: its solver stops on a per-batch residual test, "
-                         "which vmap cannot split by seed; run its seeds separately")
-    if cfg.mask.seed is not None:
-        raise ValueError(f"mask.seed={cfg.mask.seed} pins one mask for every seed; a seed batch's runs draw their "
-                         "own (mask.seed: null)")
+    why = why_not_batchable(cfgs[0])
+    if why:
+        raise ValueError(f"{why}; run its seeds separately")
 
 
 def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
@@ -218,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     import re
 
     from .cli import compose_config
+    from .launch import _quoted
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv:
@@ -232,13 +238,17 @@ def main(argv: list[str] | None = None) -> int:
             if not seed:
                 raise ValueError(f"{d}: a seed batch's run directory names its seed (seed=N), as the study runner "
                                  "makes them")
-            cfgs.append(compose_config([*overrides, f"seed={seed.group(1)}", f"run_dir={d}"]))
+            cfgs.append(compose_config([*overrides, f"seed={seed.group(1)}", f"run_dir={_quoted(d)}"]))
         results = train_seed_batch(cfgs, run_dirs, overrides)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for d, r in zip(run_dirs, results):
         print(f"[tiedlab] {d}: {r.get('status')}{' (' + r['reason'] + ')' if r.get('reason') else ''}", file=sys.stderr)
+    from .launch import INTERRUPTED_EXIT
+
+    if any(r.get("status") == "interrupted" for r in results):
+        return INTERRUPTED_EXIT  # signalled: checkpointed, resumable (as a single run's exit status says)
     return 0 if all(r.get("status") == "completed" for r in results) else 1
 
 

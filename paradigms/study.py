@@ -119,6 +119,10 @@ def study(argv: list[str] | None = None) -> int:
                         help="'all' or device ids (0,1,3): all grids' runs over these GPUs, --per-gpu at a time on "
                              "each, each run seeing only its own (Ray)")
     parser.add_argument("--per-gpu", type=int, default=None, help="runs at once per GPU with --gpus (default 1)")
+    parser.add_argument("--seed-batch", type=int, default=None, metavar="K",
+                        help="train up to K seeds of a cell in one process as one vectorised model (Ray path; "
+                             "paradigms and blocks that cannot be vectorised run their seeds separately); "
+                             "benchmarks/bench_seeds.py measures whether it pays on your machine")
     parser.add_argument("--ray-address", default=None,
                         help="with --gpus or --jobs: an existing Ray cluster ('auto', or HOST:PORT) instead of a "
                              "Ray started on this machine; the runs folder must be on a shared file system")
@@ -213,13 +217,16 @@ def choose_launcher(args: argparse.Namespace) -> str:
         raise ValueError("--ray-address needs --gpus or --jobs N")
     if (args.slurm_option or args.submitit_cluster) and not args.slurm:
         raise ValueError("--slurm-option and --submitit-cluster need --slurm")
+    if args.seed_batch is not None and (args.seed_batch < 2 or args.slurm or hydra_launcher):
+        raise ValueError(f"--seed-batch={args.seed_batch} needs K >= 2 and the Ray path (--jobs N or --gpus; "
+                         "with neither, one run at a time), not --slurm or a hydra/launcher= override")
     if args.slurm and args.until_decided:
         raise ValueError("--until-decided reads results between its seed rounds, so it needs a launcher that waits: "
                          "use --gpus or --jobs, or run the looks after the Slurm jobs ended")
     if any(o.split("=")[0].startswith("hydra/launcher") and o.split("=", 1)[1] == "slurm" for o in hydra_launcher):
         print("[tiedlab] note: hydra/launcher=slurm runs the grids one after another and waits for each job array; "
               "--slurm submits the whole study as one array and returns", flush=True)
-    return "slurm" if args.slurm else "ray" if chosen else "multirun"
+    return "slurm" if args.slurm else "ray" if chosen or args.seed_batch else "multirun"
 
 
 def run_grids(study_name: str, grids: list[dict[str, Any]], runs: Path, args: argparse.Namespace) -> int:
@@ -254,15 +261,40 @@ def _unfinished(study_name: str, grids: list[dict[str, Any]], runs: Path, args: 
     return todo
 
 
+def _batchable_reporter() -> Any:
+    """``launch.seed_batches``' test of a cell: its first run's config can train as a seed batch; says once per
+    grid why not."""
+    from . import launch
+    from .cli import compose_config
+    from .seedbatch import why_not_batchable
+
+    said: set[str] = set()
+
+    def batchable(run: Any) -> bool:
+        why = why_not_batchable(compose_config([*run.overrides, f"run_dir={launch._quoted(run.run_dir)}"]))
+        cell = ",".join(p for p in Path(run.run_dir).name.split(",") if not p.startswith("seed="))
+        if why and why not in said:
+            said.add(why)
+            print(f"[tiedlab] {run.grid}/{cell} (and any other cell like it): seeds run separately ({why})", flush=True)
+        return why is None
+
+    return batchable
+
+
 def run_grids_with_ray(study_name: str, grids: list[dict[str, Any]], runs: Path, args: argparse.Namespace) -> int:
     """Every unfinished run of ``grids`` at once through Ray (``launch.run_with_ray``); returns how many runs
     did not end with status 0."""
     from . import launch
 
     todo = _unfinished(study_name, grids, runs, args)
+    count = len(todo)
+    if args.seed_batch:
+        todo = launch.seed_batches(todo, args.seed_batch, _batchable_reporter())
     where = (f"GPUs {args.gpus}, {args.per_gpu or 1} per GPU" if args.gpus is not None
              else f"{args.jobs} at a time on CPU")
-    print(f"[tiedlab] {len(todo)} runs to train over {where}"
+    batches = sum(isinstance(t, launch.SeedBatchSpec) for t in todo)
+    print(f"[tiedlab] {count} runs to train" + (f" ({batches} seed batches of up to {args.seed_batch})" if batches else "")
+          + f" over {where}"
           + (f" on the Ray cluster {args.ray_address}" if args.ray_address else ""), flush=True)
     if args.dry_run:
         for run in todo:

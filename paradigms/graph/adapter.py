@@ -60,6 +60,7 @@ class GraphParadigm(Paradigm):
     data_parallel = ("node tasks train on the whole graph as one batch and graph tasks on torch_geometric "
                      "Batches, which do not split into equal slices of tensors")
     scores_train = True  # the training nodes (or graphs), without dropout
+    seed_batch = "its batches are torch_geometric graphs (Data, Batch), which do not stack into one tensor per seed"
 
     def __init__(self, data: Any, model: Any, device: torch.device | str, seed: int = 0, batch_size: int = 32):
         # TU graph batches use data.batch_size (graphs per batch); node tasks are full-batch.

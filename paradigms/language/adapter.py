@@ -55,6 +55,7 @@ class LanguageParadigm(Paradigm):
     primary_metric = "loss"
     higher_is_better = False
     data_parallel = True  # (inputs, targets) of equal-length windows, mean over tokens: slices average exactly
+    seed_batch = True  # (inputs, targets) of one shape per seed (on CPU, vmap runs attention through a slow fallback)
 
     def __init__(self, data: Any, model: Any, device: torch.device, seed: int = 0, batch_size: int = 64):
         super().__init__(data, model, device, seed, batch_size)

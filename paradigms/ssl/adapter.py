@@ -67,6 +67,8 @@ class SSLParadigm(Paradigm):
     data_parallel = ("its losses compare the samples of a batch (SimCLR's negatives, VICReg's variance and "
                      "covariance, BatchNorm in the projection heads), so a slice's gradient is not a share of the "
                      "batch's (that needs the embeddings gathered across processes, not done)")
+    seed_batch = ("a step updates state outside the parameters (the momentum target, the feature caches) in place, "
+                  "which a vmap over stacked parameters would share between the seeds")
 
     # ----------------------------------------------------------------- data
     def build_data(self) -> SSLDataBundle:

@@ -92,3 +92,62 @@ def test_diverging_runs_of_a_seed_batch_are_recorded_as_diverged_at_their_step(t
         assert (r["status"], r["reason"], r["step"]) == ("diverged", "non-finite loss (nan) at step 6", 5)
     with pytest.raises(ValueError, match=r"differ in \['data.nan_input_after'\]"):
         train_seed_batch([cfg(0), cfg(1, **poisoned)], [tmp_path / "c", tmp_path / "d"])
+
+
+@pytest.mark.parametrize("paradigm,overrides", [
+    ("vision", ["size=vision_quick", "data=fashion-mnist", "data.limit_train=256", "data.val_size=64",
+                "data.limit_test=64", "model.width=8", "model.groups=2", "train.batch_size=32", "mask=distinct",
+                "mask.sparsity=0.5"]),
+    ("language", ["size=language_quick", "model.width=32", "train.batch_size=4", "data.eval_batches=1"]),
+])
+def test_real_adapters_train_a_seed_batch_like_separate_runs(tmp_path, paradigm, overrides):
+    """The vision cell (convolutions, GroupNorm, distinct masks) and the transformer block under vmap: the same
+    validation loss as separate runs after 6 steps."""
+    from tiedlab.paradigms.cli import compose_config
+
+    common = [f"paradigm={paradigm}", *overrides, "train.epochs=null", "train.max_steps=6", "train.eval_every=6",
+              "train.progress=false", "train.threads=1"]
+    cfgs = lambda name: [compose_config([*common, f"seed={s}", f"run_dir={tmp_path / name / str(s)}"]) for s in (0, 1)]
+    batched = train_seed_batch(cfgs("b"), [tmp_path / "b" / str(s) for s in (0, 1)])
+    separate = [train(c, tmp_path / "s" / str(s)) for s, c in enumerate(cfgs("s"))]
+    for b, s in zip(batched, separate):
+        assert b["status"] == "completed"
+        close(b["metrics"], s["metrics"], ("val/loss", "test/loss"))
+
+
+def test_graph_batches_are_refused_with_the_reason(tmp_path):
+    from tiedlab.paradigms.cli import compose_config
+
+    cfgs = [compose_config(["paradigm=graph", "data=cora", f"seed={s}", f"run_dir={tmp_path / str(s)}"]) for s in (0, 1)]
+    with pytest.raises(ValueError, match=r"the graph paradigm does not train seed batches: its batches are torch_geometric"):
+        train_seed_batch(cfgs, [tmp_path / "0", tmp_path / "1"])
+
+
+def test_study_runs_group_into_seed_batches_per_cell_and_the_command_trains_them(tmp_path, monkeypatch):
+    """tiedlab-study --seed-batch K: each cell's seeds in batches of up to K (a leftover seed alone, a cell that
+    cannot be batched left as single runs), and the seed batch command trains the runs named by their seeds."""
+    from pathlib import Path
+
+    from tiedlab.paradigms import launch, seedbatch
+
+    tests = Path(__file__).resolve().parents[1]
+    grid = {"name": "g", "overrides": ["paradigm=toy", f"hydra.searchpath=[file://{tests / 'support' / 'configs'}]",
+                                       "train.max_steps=4", "train.eval_every=4", "model.width=8"],
+            "sweep": {"block": ["tied", "deq"], "seed": [0, 1, 2]}}
+    runs = launch.grid_runs("s", grid, tmp_path, [])
+    grouped = launch.seed_batches(runs, 2, lambda run: "block=deq" not in run.overrides)
+    kinds = [(type(g).__name__, len(getattr(g, "run_dirs", [g.run_dir]))) for g in grouped]
+    assert kinds == [("SeedBatchSpec", 2), ("RunSpec", 1), ("RunSpec", 1), ("RunSpec", 1), ("RunSpec", 1)]
+    batch = grouped[0]
+    assert [Path(d).name for d in batch.run_dirs] == ["block=tied,seed=0", "block=tied,seed=1"]
+    assert not any(o.startswith("seed=") for o in batch.overrides)
+    cmd = launch.run_command(batch, threads=1)
+    assert cmd[1:3] == ["-m", "tiedlab.paradigms.seedbatch"] and cmd[-1] == "train.threads=1"
+    monkeypatch.syspath_prepend(str(tests))
+    assert seedbatch.main([*batch.run_dirs, "--", *batch.overrides, "train.threads=1"]) == 0
+    for d, seed in zip(batch.run_dirs, (0, 1)):
+        m = json.loads((Path(d) / "metrics.json").read_text())
+        assert m["status"] == "completed" and m["step"] == 4
+        assert rundir.read_metrics(Path(d))["metrics"]["val/acc"] > 0
+        assert "\nseed: %d\n" % seed in (Path(d) / "config.yaml").read_text()  # its own seed, from its name
+    assert seedbatch.main([str(tmp_path / "no-seed-here"), "--", *batch.overrides]) == 1
