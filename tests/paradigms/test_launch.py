@@ -84,6 +84,8 @@ def test_run_folders_are_those_multirun_makes_and_status_reads_them(tmp_path, mo
     (["--slurm-option", "partition=gpu"], "need --slurm"),
     (["--slurm", "--until-decided"], "--until-decided"),
     (["--ray-address", "auto"], "--ray-address needs"),
+    (["--seed-batch", "4", "--slurm"], r"--seed-batch=4 needs K >= 2 and the Ray path"),
+    (["--seed-batch", "1", "--jobs", "2"], r"--seed-batch=1 needs K >= 2"),
 ])
 def test_launcher_flags_that_contradict_are_errors(tmp_path, monkeypatch, argv, match):
     write_study(tmp_path, monkeypatch, [{"name": "g", "overrides": TOY, "sweep": {"seed": [0]}}])
