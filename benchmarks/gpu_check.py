@@ -6,8 +6,8 @@
 Prints, per paradigm (vision, ssl, graph, language; ``--only`` picks some): samples/s and step ms of training
 (evaluation excluded, bf16 autocast on CUDA), peak memory, and for vision an MFU estimate from the FLOPs of one
 training step (``torch.utils.flop_counter``) against the device's dense bf16 peak; then the time a short vision
-run takes to reach a validation accuracy. Seed batching (the throughput issue) is not built yet: reported as
-such. Writes everything to ``--out`` (JSON) as well. Every run goes through the engine (``engine.train``) in a
+run takes to reach a validation accuracy, and the speed-up of seed batching (K seeds of the quick-size vision
+and language models as one vectorised model against K separate runs; ``paradigms/seedbatch.py``). Writes everything to ``--out`` (JSON) as well. Every run goes through the engine (``engine.train``) in a
 temporary folder, so what it measures is what a study runs.
 """
 
@@ -113,6 +113,35 @@ def time_to_accuracy(overrides: list[str], steps: int, eval_every: int, target: 
             "train_s": reached and reached["time/train_s"], "final_val_acc": result["metrics"].get("val/acc")}
 
 
+# Seed batching is for models too small to fill a device: the quick sizes of the CPU studies.
+SEED_BATCH_SIZES = {
+    "vision": ["paradigm=vision", "size=vision_quick", "data=fashion-mnist", "data.limit_train=12000",
+               "data.val_size=500", "data.limit_test=500", "model.width=24", "block=tied"],
+    "language": ["paradigm=language", "size=language_quick", "model.width=64", "train.batch_size=32",
+                 "data.eval_batches=1", "block=tied"],
+}
+
+
+def seed_batching(name: str, overrides: list[str], k: int, steps: int, device: str, root: Path) -> dict[str, Any]:
+    """Training milliseconds per seed and step of ``k`` separate runs and of one seed batch of ``k`` (each run's
+    ``time/train_s``: evaluation excluded), and the speed-up."""
+    from tiedlab.paradigms.engine import train
+    from tiedlab.paradigms.seedbatch import train_seed_batch
+
+    def cfg(seed: int, folder: str) -> Any:
+        return compose([*overrides, f"train.max_steps={steps}", f"train.eval_every={steps}", "train.epochs=null",
+                        f"train.ckpt_every={steps}", "train.progress=false", f"train.device={device}",
+                        "train.time_limit_s=null", f"seed={seed}", f"run_dir={root / folder / str(seed)}"])
+
+    separate = [train(cfg(s, f"{name}-separate"), root / f"{name}-separate" / str(s)) for s in range(k)]
+    batch = train_seed_batch([cfg(s, f"{name}-batch") for s in range(k)],
+                             [root / f"{name}-batch" / str(s) for s in range(k)])
+    per = lambda results: 1000 * sum(r["metrics"]["time/train_s"] for r in results) / (k * steps)
+    sep_ms, batch_ms = per(separate), per(batch)
+    return {"paradigm": name, "k": k, "separate_ms_per_seed_step": sep_ms, "batch_ms_per_seed_step": batch_ms,
+            "speedup": sep_ms / batch_ms if batch_ms else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
@@ -152,8 +181,13 @@ def main(argv: list[str] | None = None) -> int:
             out["time_to_accuracy"] = tta
             print(f"vision time to val acc {tta['target_val_acc']}: step {tta['reached_at_step']}, "
                   f"{tta['train_s']} s of training (final val acc {tta['final_val_acc']})", flush=True)
-    out["seed_batching"] = "not built yet (throughput issue): no speed-up to measure"
-    print(f"seed batching: {out['seed_batching']}")
+        out["seed_batching"] = []
+        for name in [n for n in names if n in SEED_BATCH_SIZES]:
+            sizes = SIZES[name]["tiny"] if args.tiny else SEED_BATCH_SIZES[name]
+            row = seed_batching(name, sizes, 2 if args.tiny else 4, args.steps, device.type, root)
+            out["seed_batching"].append(row)
+            print(f"seed batching {name} K={row['k']}: {row['separate_ms_per_seed_step']:.2f} ms per seed-step "
+                  f"separate, {row['batch_ms_per_seed_step']:.2f} batched: {row['speedup']:.2f}x", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
     return 0 if all(r["status"] == "completed" for r in out["paradigms"]) else 1

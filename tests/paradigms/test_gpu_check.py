@@ -34,6 +34,8 @@ def test_tiny_run_on_cpu_measures_every_field(gpu_check, tmp_path):
     vision = result["paradigms"][0]
     assert vision["step_gflops"] > 0 and vision["mfu"] is None  # no known peak on a CPU
     assert set(result["time_to_accuracy"]) == {"target_val_acc", "reached_at_step", "train_s", "final_val_acc"}
+    (batching,) = result["seed_batching"]  # vision (graph cannot batch its seeds)
+    assert batching["k"] == 2 and batching["speedup"] > 0
 
 
 @pytest.mark.parametrize("name", ["vision", "ssl", "graph", "language"])
