@@ -13,7 +13,8 @@ asked to refuse randomness rather than make it differ from a separate run's).
 A paradigm opts in with ``Paradigm.seed_batch = True`` (its batch a tensor or a tuple/list/dict of tensors of one
 shape for every seed, and its training step free of host reads such as ``.item()``); a solving DEQ cannot be
 vectorised (its solver stops on a per-batch residual test) and is refused, like a paradigm that does not opt in.
-The time of a shared step is split evenly between the runs (``time/step_ms`` is the cost per seed).
+The time of a shared step is split evenly between the runs (``time/step_ms`` is the cost per seed); a run's
+``memory/peak_mb`` is the batch's (one process).
 
     python -m tiedlab.paradigms.seedbatch RUN_DIR... -- OVERRIDES   (each run's overrides: its seed=... appended)
 """
@@ -65,6 +66,8 @@ def why_not_batchable(cfg: DictConfig) -> str | None:
     if str(cfg.block.mode) == "deq":
         return ("a DEQ cannot train in a seed batch: its solver stops on a per-batch residual test, which vmap "
                 "cannot split by seed")
+    if cfg.train.compile:
+        return "train.compile=true compiles one model; a seed batch's vectorised step is not compiled"
     if cfg.mask.seed is not None:
         return f"mask.seed={cfg.mask.seed} pins one mask for every seed; a seed batch's runs draw their own (mask.seed: null)"
     return None
@@ -186,7 +189,8 @@ class SeedBatch:
                 for r in live:
                     r.optimizer.zero_grad(set_to_none=True)
                 try:
-                    losses, metrics, traces = step_fn(params, buffers, batch)
+                    with live[0].autocast:  # bf16 on CUDA, as each run alone would
+                        losses, metrics, traces = step_fn(params, buffers, batch)
                 except RuntimeError as err:
                     if "randomness" in str(err):
                         raise ValueError("the model draws random numbers in its forward pass (dropout?): a seed "
