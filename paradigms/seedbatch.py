@@ -128,6 +128,10 @@ def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
     return results  # type: ignore[return-value]
 
 
+class RandomForwardError(ValueError):
+    """The model draws random numbers in its forward pass: vmap would make them differ from separate runs'."""
+
+
 class SeedBatch:
     """The lockstep loop of K ``engine._Run``s: one vectorised forward and backward per step, then each run's own
     update, reads, evaluations and checkpoints (``_Run.update`` / ``_after_step``). A run that diverges or fails
@@ -193,11 +197,11 @@ class SeedBatch:
                         losses, metrics, traces = step_fn(params, buffers, batch)
                 except RuntimeError as err:
                     if "randomness" in str(err):
-                        raise ValueError("the model draws random numbers in its forward pass (dropout?): a seed "
+                        raise RandomForwardError("the model draws random numbers in its forward pass (dropout?): a seed "
                                          "batch cannot reproduce separate runs; set the dropout to 0 or run the "
                                          "seeds separately") from err
                     raise
-                template = live[0].recorder.take()  # the base model's hooks saw the vectorised call: not per seed
+                template = self.runs[0].recorder.take()  # the base model's hooks saw the vectorised call
                 losses.sum().backward()
                 seconds = (time.perf_counter() - t0) / len(live)
                 for k, r in enumerate(list(live)):
@@ -211,7 +215,7 @@ class SeedBatch:
                     if end:
                         ended[id(r)] = end
                         live.remove(r)
-        except ValueError:
+        except RandomForwardError:
             raise
         except Exception as err:  # noqa: BLE001 - a crash of the shared step fails every run still in the batch
             for r in live:
