@@ -151,3 +151,16 @@ def test_study_runs_group_into_seed_batches_per_cell_and_the_command_trains_them
         assert rundir.read_metrics(Path(d))["metrics"]["val/acc"] > 0
         assert "\nseed: %d\n" % seed in (Path(d) / "config.yaml").read_text()  # its own seed, from its name
     assert seedbatch.main([str(tmp_path / "no-seed-here"), "--", *batch.overrides]) == 1
+
+
+def test_a_random_forward_pass_is_refused_not_made_up(tmp_path):
+    """Dropout under vmap would draw other numbers than separate runs: the batch stops with one line."""
+    from tiedlab.paradigms.cli import compose_config
+    from tiedlab.paradigms.seedbatch import RandomForwardError
+
+    common = ["paradigm=vision", "size=vision_quick", "data=fashion-mnist", "data.limit_train=128", "data.val_size=32",
+              "data.limit_test=32", "model.width=8", "model.groups=2", "model.dropout=0.2", "train.batch_size=16",
+              "train.epochs=null", "train.max_steps=2", "train.progress=false"]
+    cfgs = [compose_config([*common, f"seed={s}", f"run_dir={tmp_path / str(s)}"]) for s in (0, 1)]
+    with pytest.raises(RandomForwardError, match=r"draws random numbers in its forward pass \(dropout\?\)"):
+        train_seed_batch(cfgs, [tmp_path / "0", tmp_path / "1"])
