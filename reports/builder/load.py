@@ -221,10 +221,14 @@ def paradigm_name(raw: str) -> str:
     return short or raw.partition(":")[0].rpartition(".")[2] or raw
 
 
-def mask_sparsity(mask: dict[str, Any]) -> float:
-    """The fraction of masked weights (1 - n/m for N:M masks); 0 without a mask."""
+def mask_sparsity(mask: dict[str, Any], depth: Any = None) -> float:
+    """The fraction of masked weights per layer (1 - n/m for N:M masks, 1 - 1/depth for disjoint masks, which
+    partition each weight between the layers); 0 without a mask."""
     if mask.get("mode", "none") == "none":
         return 0.0
+    if mask.get("mode") == "disjoint":
+        layers = to_float(depth)
+        return 1.0 - 1.0 / layers if layers and layers >= 1 else math.nan
     if mask.get("kind") == "nm":
         n, m = to_float(mask.get("n", 2)), to_float(mask.get("m", 4))
         return 1.0 - n / m if m else 0.0
@@ -232,7 +236,11 @@ def mask_sparsity(mask: dict[str, Any]) -> float:
 
 
 def mask_active(mask: dict[str, Any]) -> bool:
-    return mask.get("mode", "none") != "none" and (mask.get("kind") == "nm" or mask_sparsity(mask) > 0)
+    """Whether any weight is masked (as ``core.MaskSpec.active``: disjoint masks always, a kind other than
+    unstructured at any sparsity, unstructured masks above sparsity 0)."""
+    mode = mask.get("mode", "none")
+    return mode != "none" and (mode == "disjoint" or mask.get("kind", "unstructured") != "unstructured"
+                               or to_float(mask.get("sparsity", 0.0)) > 0)
 
 
 def variant_label(config: dict[str, Any]) -> str:
@@ -244,7 +252,7 @@ def variant_label(config: dict[str, Any]) -> str:
     else:
         label = str(mode)
     if mask_active(mask):
-        label += f"+{mask.get('mode')}/{mask.get('kind', 'unstructured')}@{mask_sparsity(mask):g}"
+        label += f"+{mask.get('mode')}/{mask.get('kind', 'unstructured')}@{mask_sparsity(mask, block.get('depth')):g}"
     if mode == "deq" and to_float((config.get("train") or {}).get("jacobian_weight", 0.0)) > 0:
         label += "+jac"
     return label
@@ -343,7 +351,8 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
         width_key=width_key,
         depth=block.get("depth") if isinstance(block.get("depth"), int) else None,
         mask_mode=str(mask.get("mode", "none")) if mask_active(mask) else "none",
-        mask_kind=str(mask.get("kind", "")) if mask_active(mask) else "", sparsity=mask_sparsity(mask), key=key,
+        mask_kind=str(mask.get("kind", "")) if mask_active(mask) else "",
+        sparsity=mask_sparsity(mask, block.get("depth")), key=key,
     )
 
 

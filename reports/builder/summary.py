@@ -10,11 +10,6 @@ from .aggregate import COLUMNS, Cell
 from .insights import INSIGHTS, RULE, InsightResult
 from .load import Run
 
-RUN_METRICS = ("params/unique", "params/dense", "params/nonzero", "params/used", "time/train_s", "time/step_ms",
-               "throughput/samples_per_s", "memory/peak_mb", "core/nfe_forward", "core/nfe_backward",
-               "core/rel_residual", "core/test_nfe_forward")
-
-
 def clean(obj: Any) -> Any:
     """JSON-safe: non-finite floats become strings, tuples lists, dataclasses dicts."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -35,7 +30,7 @@ def run_entry(run: Run) -> dict[str, Any]:
         "depth": run.depth, "mask": run.mask_mode, "mask_kind": run.mask_kind, "sparsity": run.sparsity,
         "step": run.step, "total_steps": run.total_steps, "metric": run.metric,
         "higher_is_better": run.higher_is_better, "val": run.value("val"), "test": run.value("test"),
-        "metrics": {k: run.metrics[k] for k in RUN_METRICS if k in run.metrics},
+        "metrics": dict(run.metrics),  # all of them: a rebuild may test any metric a primary comparison names
         "history_points": len(run.history),
         # DEQ runs: metrics.json's equilibrium check as it was (None: not measured or not a DEQ); a rebuild re-reads it
         "equilibrium": run.equilibrium.as_dict() if run.equilibrium is not None else None,

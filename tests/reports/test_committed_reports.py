@@ -14,7 +14,7 @@ from tiedlab.reports.build import analyse
 from tiedlab.reports.load import runs_from_summary
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = {"quick": ROOT / "reports" / "studies" / "quick", "demo": ROOT / "reports" / "studies" / "demo"}
+COMMITTED = {name: ROOT / "reports" / "studies" / name for name in ("quick", "demo", "masks")}
 PARADIGM_COLUMNS = ("vision", "graph", "language", "ssl")  # the README answer table's column order
 
 
@@ -71,3 +71,19 @@ def test_readme_states_only_the_quick_verdicts_the_report_holds():
     answer = readme.split("## Status", 1)[1]
     for phrase in ("equal within noise", "at least as accurate as DEQ everywhere", "width buys more than depth in all"):
         assert phrase not in answer
+
+
+def test_readme_states_only_the_mask_study_verdicts_its_report_holds():
+    """The README's mask-study lines (<!-- answer:masks -->): one row per primary comparison of
+    reports/studies/masks, with the verdict, effect, interval and seeds the rebuilt report holds."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- answer:masks", 1)[1].split("<!-- /answer -->", 1)[0]
+    results = rebuilt_results("masks")
+    rows = [line for line in block.splitlines() if line.startswith("| `")]
+    assert sorted(line.split("`")[1] for line in rows) == sorted(results)
+    for line in rows:
+        r = results[line.split("`")[1]]
+        cell = [c.strip() for c in line.strip("|").split("|")][2]
+        assert cell.split(" ")[0] == r.verdict, line
+        assert cell.split(" (", 1)[1].startswith(f"{r.effect:+.3g}, [{r.ci_low:+.3g}, {r.ci_high:+.3g}]"), line
+        assert f"{r.n_a}/{r.n_b} seeds" in cell, line

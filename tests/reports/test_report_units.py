@@ -306,3 +306,21 @@ def test_fit_gaps_against_shared_masks_and_the_nonzero_matched_dense_width(tmp_p
     assert plot_capacity(cells, tmp_path / "capacity.png", "capacity") and (tmp_path / "capacity.svg").exists()
     plain = [c for c in cells if c.mask_mode == "none"]
     assert not plot_capacity(plain, tmp_path / "none.png", "no masks")  # nothing to compare: no figure
+
+
+def test_disjoint_masks_are_their_own_cell_at_sparsity_one_minus_one_over_depth(tmp_path):
+    """A disjoint-mask run (its config says sparsity 0: the layers partition W) is neither the dense tied cell nor
+    a mask-free one: label, mode and sparsity 1 - 1/L, as core.MaskSpec.active has it."""
+    from .conftest import write_run
+    from tiedlab.reports.aggregate import group_cells
+    from tiedlab.reports.load import load_runs
+
+    for seed in (0, 1):
+        write_run(tmp_path, f"dense-s{seed}", depth=4, seed=seed, val=0.8)
+        write_run(tmp_path, f"disjoint-s{seed}", depth=4, seed=seed, val=0.7,
+                  mask={"mode": "disjoint", "kind": "unstructured", "sparsity": 0.0})
+    cells = {c.label: c for c in group_cells(load_runs([tmp_path]))}
+    assert sorted(cells) == ["tied", "tied+disjoint/unstructured@0.75"]
+    disjoint = cells["tied+disjoint/unstructured@0.75"]
+    assert (disjoint.mask_mode, disjoint.sparsity, len(disjoint.completed)) == ("disjoint", 0.75, 2)
+    assert len(cells["tied"].completed) == 2
