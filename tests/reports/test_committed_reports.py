@@ -83,7 +83,7 @@ def test_readme_states_only_the_mask_study_verdicts_its_report_holds():
     assert sorted(line.split("`")[1] for line in rows) == sorted(results)
     for line in rows:
         r = results[line.split("`")[1]]
-        cell = [c.strip() for c in line.strip("|").split("|")][2]
+        cell = [c.strip() for c in line.strip("|").split("|")][1]
         assert cell.split(" ")[0] == r.verdict, line
         assert cell.split(" (", 1)[1].startswith(f"{r.effect:+.3g}, [{r.ci_low:+.3g}, {r.ci_high:+.3g}]"), line
         assert f"{r.n_a}/{r.n_b} seeds" in cell, line
