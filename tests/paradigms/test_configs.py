@@ -120,14 +120,21 @@ def test_every_study_grid_composes_with_every_swept_value(hydra_ctx, study):
 
     spec = load_study(study)
     assert spec["question"] and spec["grids"]
+    composed: set[tuple[str, ...]] = set()  # grids that share their overrides share these compositions
+
+    def compose_once(overrides: list[str]) -> None:
+        if tuple(overrides) not in composed:
+            composed.add(tuple(overrides))
+            instantiate(overrides)
+
     for grid in spec["grids"]:
         overrides = [o for o in grid["overrides"]]
-        instantiate(overrides)
+        compose_once(overrides)
         for key, values in (grid.get("sweep") or {}).items():
             if key == "seed":  # any integer composes alike: the grid's own overrides were composed above
                 continue
             for value in values:
-                instantiate([*overrides, f"{key}={value}"])
+                compose_once([*overrides, f"{key}={value}"])
 
 
 def test_study_runner_dry_run_and_unknown_name(capsys, tmp_path):

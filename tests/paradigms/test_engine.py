@@ -157,7 +157,7 @@ def uninterrupted(tmp_path_factory) -> dict:
     return json.loads((root / "toy" / ",".join(sorted(SIGNALLED)) / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGUSR2, marks=pytest.mark.slow)])  # one path
 def test_a_signalled_run_checkpoints_exits_as_interrupted_and_resumes_to_the_same_metrics(tmp_path, sig,
                                                                                          uninterrupted):
     """A scheduler's SIGUSR2 (timeout warning) or SIGTERM (preemption): a checkpoint at the next step, status

@@ -18,7 +18,7 @@ from support.toy import with_changes
 
 TOY = "support.toy:ToyParadigm"
 BASE = dict(paradigm=TOY, data={}, model={"width": 32},
-            train=dict(batch_size=64, epochs=None, max_steps=24, eval_every=8, ckpt_every=8, progress=False),
+            train=dict(batch_size=64, epochs=None, max_steps=16, eval_every=8, ckpt_every=8, progress=False),
             optim=dict(lr=0.01), block={"mode": "tied", "depth": 3}, mask={"mode": "distinct", "sparsity": 0.5})
 
 
@@ -32,16 +32,17 @@ def close(a: dict, b: dict, keys) -> None:
 
 
 def test_a_seed_batch_equals_separate_runs_and_each_run_keeps_its_own_directory(tmp_path):
-    batched = train_seed_batch([cfg(0), cfg(1), cfg(2)], [tmp_path / f"b{s}" for s in range(3)])
-    separate = [train(cfg(s), tmp_path / f"s{s}") for s in range(3)]
+    """Two seeds batched against the same two seeds run separately: metrics and histories within 1e-4."""
+    batched = train_seed_batch([cfg(0), cfg(1)], [tmp_path / f"b{s}" for s in range(2)])
+    separate = [train(cfg(s), tmp_path / f"s{s}") for s in range(2)]
     keys = ("val/acc", "val/loss", "test/acc", "test/loss", "core/rel_residual", "params/used")
     for b, s in zip(batched, separate):
-        assert b["status"] == s["status"] == "completed" and b["step"] == 24
+        assert b["status"] == s["status"] == "completed" and b["step"] == 16
         close(b["metrics"], s["metrics"], keys)
     assert batched[0]["metrics"]["val/loss"] != batched[1]["metrics"]["val/loss"]  # distinct seeds, masks, order
-    for s in range(3):
+    for s in range(2):
         hb, hs = rundir.read_history(tmp_path / f"b{s}"), rundir.read_history(tmp_path / f"s{s}")
-        assert [h["step"] for h in hb] == [8, 16, 24]
+        assert [h["step"] for h in hb] == [8, 16]
         for a, b in zip(hb, hs):
             close(a, b, ("train/loss", "train/acc", "val/acc", "val/loss"))
     # each run directory is an ordinary run's: rerunning it alone finds it finished
