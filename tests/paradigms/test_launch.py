@@ -104,6 +104,7 @@ def test_gpu_ids_and_slurm_options_are_checked():
         launch.slurm_options(["partitoin=gpu"])
 
 
+@pytest.mark.slow  # about 65 s: keeps the default suite under its 10-minute budget (make test-slow runs it)
 def test_ray_places_all_grids_on_fake_gpus_k_per_gpu_and_a_killed_worker_resumes(tmp_path, monkeypatch, capsys):
     pytest.importorskip("ray")
     long = [*TOY, "train.max_steps=400", "train.ckpt_every=20", "train.batch_size=32"]
