@@ -21,8 +21,6 @@ from typing import Any, Sequence
 
 from . import launch, rundir
 
-REPLICATE_KEYS = ("seed", "data.fold")  # swept keys that tell the runs of one cell apart
-
 
 @dataclass
 class RunCost:
@@ -36,7 +34,9 @@ class RunCost:
 
     @property
     def cell(self) -> tuple[str, tuple[str, ...]]:
-        """The run's grid and swept values less the replicate keys."""
+        """The run's grid and swept values less the replicate keys (seed, data.fold)."""
+        from tiedlab.reports.load import REPLICATE_KEYS
+
         leaf = Path(self.spec.run_dir).name
         return self.spec.grid, tuple(sorted(p for p in leaf.split(",") if p.split("=")[0] not in REPLICATE_KEYS))
 

@@ -128,6 +128,17 @@ def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
     return results  # type: ignore[return-value]
 
 
+class _Bound(torch.nn.Module):
+    """``base`` as the adapter calls it, on one seed's parameters and buffers (not registered: no copies)."""
+
+    def __init__(self, base: torch.nn.Module, state: dict[str, torch.Tensor]):
+        super().__init__()
+        self.__dict__["base"], self.state = base, state
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return functional_call(self.base, self.state, args, kwargs)
+
+
 class RandomForwardError(ValueError):
     """The model draws random numbers in its forward pass: vmap would make them differ from separate runs'."""
 
@@ -146,13 +157,7 @@ class SeedBatch:
 
     def _one(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], batch: Any) -> tuple:
         """One seed's training step inside vmap: (loss, metrics, residual traces (2, depth) or an empty tensor)."""
-        base, state = self.base, {**params, **buffers}
-
-        class Bound(torch.nn.Module):  # the model as the adapter calls it, on this seed's tensors
-            def forward(self, *args: Any, **kwargs: Any) -> Any:
-                return functional_call(base, state, args, kwargs)
-
-        out = self.paradigm.training_step(Bound(), batch)
+        out = self.paradigm.training_step(_Bound(self.base, {**params, **buffers}), batch)
         stats = out.stats
         traces = (torch.stack([stats.abs_trace, stats.rel_trace]) if stats is not None
                   and isinstance(stats.abs_trace, torch.Tensor) else out.loss.new_zeros(0))
