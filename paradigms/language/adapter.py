@@ -11,7 +11,8 @@ counts tokens (``batch_size * context``), so the engine's throughput is tokens/s
 
 Evaluation runs on a fixed set of non-overlapping windows of each split (``eval_batches`` batches of
 ``eval_batch_size`` windows, evenly spaced over the split; ``eval_batches=None``: all windows), the
-same for every run with the same ``context``, and reports the token-weighted mean cross-entropy
+same for every run with the same ``context`` (``train.score_train``: as many windows of the training split,
+recorded as ``fit/...``), and reports the token-weighted mean cross-entropy
 ``{split}/loss`` (nats per token) plus ``{split}/bpc`` (char level, bits per character) or
 ``{split}/ppl`` (BPE, perplexity).
 
@@ -44,6 +45,7 @@ from .options import LanguageDataOptions, LanguageModelOptions
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 EVAL_SPLITS = ("val", "test")
+SCORED_SPLITS = ("train", *EVAL_SPLITS)  # "train": the same number of evenly spaced windows of the training split
 
 
 class LanguageParadigm(Paradigm):
@@ -56,6 +58,7 @@ class LanguageParadigm(Paradigm):
     higher_is_better = False
     data_parallel = True  # (inputs, targets) of equal-length windows, mean over tokens: slices average exactly
     seed_batch = True  # (inputs, targets) of one shape per seed (on CPU, vmap runs attention through a slow fallback)
+    scores_train = True  # eval_batches windows spread evenly over the training split, as over val and test
 
     def __init__(self, data: Any, model: Any, device: torch.device, seed: int = 0, batch_size: int = 64):
         super().__init__(data, model, device, seed, batch_size)
@@ -81,7 +84,7 @@ class LanguageParadigm(Paradigm):
                     f"{corpus.display_name} has {len(ids)}; lower model.context or raise data.max_chars")
         self.corpus = corpus
         self._eval = {s: list(splits.eval_batches(s, d.eval_batch_size, context, d.eval_batches, device=self.device))
-                      for s in EVAL_SPLITS}
+                      for s in SCORED_SPLITS}
         steps = max(1, len(corpus.train_ids) // (batch_size * context))
 
         def train_batches(generator: torch.Generator) -> Iterator[Batch]:
@@ -131,7 +134,7 @@ class LanguageParadigm(Paradigm):
         return StepOutput(loss=loss, stats=stats)
 
     def score(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
-        check_choice("split", split, EVAL_SPLITS)
+        check_choice("split", split, SCORED_SPLITS)
         self._require_corpus()
         return self._metrics(split, *_loss_sum(model, self._eval[split]))
 

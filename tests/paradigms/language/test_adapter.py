@@ -79,8 +79,15 @@ def test_evaluation_is_fixed_and_val_differs_from_test(small):
     assert val1["val/bpc"] == pytest.approx(val1["val/loss"] / math.log(2))
     assert val1["val/loss"] != test["test/loss"]
     assert abs(val1["val/loss"] - math.log(data.meta["vocab_size"])) < 0.5  # untrained: near uniform
-    with pytest.raises(ValueError, match="split='train'"):
-        paradigm.evaluate(net, data, "train")
+    fit = paradigm.evaluate(net, data, "train")  # train.score_train: as many windows, from the training split
+    assert set(fit) == {"train/loss", "train/bpc"} and fit == paradigm.evaluate(net, data, "train")
+    assert fit["train/loss"] not in (val1["val/loss"], test["test/loss"])
+    (x, _), = paradigm._eval["train"][:1]
+    assert sum(len(x) for x, _ in paradigm._eval["train"]) == 4 * 16
+    train_ids = paradigm.corpus.train_ids
+    assert any(torch.equal(x[0], train_ids[i:i + 16]) for i in range(len(train_ids) - 16))  # a training window
+    with pytest.raises(ValueError, match="split='valid'"):
+        paradigm.evaluate(net, data, "valid")
 
 
 def test_tied_head_and_param_counts(small):
