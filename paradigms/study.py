@@ -409,11 +409,36 @@ def write_study_file(runs: Path, spec: dict[str, Any], plan: dict[str, int] | No
                              "and --seed-step")
         if old.get("sequential") and not plan:
             record["sequential"] = old["sequential"]  # seeds were added sequentially: the looks stay counted
-        if (old.get("primary") or None) != (spec.get("primary") or None):
-            raise ValueError(f"{path} registered other primary comparisons than configs/study/"
-                             f"{spec.get('name')}.yaml now names: a pre-registered comparison is not changed after "
-                             "its runs; use another --runs folder for the new ones")
+        check_registration(runs, old.get("primary") or {}, spec.get("primary") or {}, spec.get("name"))
     rundir.atomic_write_bytes(path, yaml.safe_dump(record, sort_keys=False).encode())
+
+
+def check_registration(runs: Path, old: dict[str, Any], new: dict[str, Any], name: Any) -> None:
+    """A registration may only grow: the comparisons registered with earlier runs stay as they were (same
+    defaults, same entries in the same order), and the ones added after them form a family of their own
+    (``family: NAME``, a name no earlier comparison has) whose arms' grids have no runs yet, so that they are
+    registered before their data exist and corrected apart from the earlier ones.
+
+    Raises:
+        ValueError: an earlier comparison changed or was dropped, or an added one shares a family with an earlier
+            one, or one of its grids already has runs in ``runs``.
+    """
+    before, after = old.get("comparisons") or [], new.get("comparisons") or []
+    if (old.get("defaults") or None) != (new.get("defaults") or None) or after[:len(before)] != before:
+        raise ValueError(f"{runs / STUDY_FILE} registered other primary comparisons than configs/study/{name}.yaml "
+                         "now names: a pre-registered comparison is not changed after its runs (new ones may be "
+                         "appended, as a family of their own); use another --runs folder otherwise")
+    families = {str(c.get("family") or "") for c in before}
+    for index, added in enumerate(after[len(before):], start=len(before) + 1):
+        family = str(added.get("family") or "")
+        if family in families:
+            raise ValueError(f"primary comparison #{index} was added after the study's first runs: give it a family "
+                             f"of its own (family: NAME; taken: {sorted(families)}), so Holm corrects it apart")
+        for arm in ("a", "b"):
+            grid = (added.get(arm) or {}).get("grid")
+            if grid and (runs / str(grid)).is_dir() and any((runs / str(grid)).iterdir()):
+                raise ValueError(f"primary comparison #{index} was added after the study's first runs, but its grid "
+                                 f"{grid!r} already has runs in {runs}: a comparison is registered before its data")
 
 
 def sequential_plan(spec: dict[str, Any], max_seeds: int, step: int) -> dict[str, int]:

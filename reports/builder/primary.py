@@ -4,7 +4,9 @@ A study file lists, per insight and paradigm, one primary comparison under ``pri
 the swept values its runs have, never a best-of pick on the metric under test), the metric and its direction,
 the kind of claim and the smallest effect of interest ``delta``. Everything else in a report is secondary and
 descriptive. The verdicts come from ``reports.stats`` (paired or Welch t intervals, Fisher's exact test, the F
-test) with Holm's correction across the report's primary comparisons.
+test) with Holm's correction across the report's primary comparisons, family by family: comparisons added to a
+study after its first runs carry a ``family`` of their own and arms on grids of their own (``tiedlab-study``
+refuses any other change to a registration), and are corrected apart, as a study apart would be.
 
     primary:
       defaults: {delta: {acc: 0.005, knn_acc: 0.005, loss: 0.02}}
@@ -33,7 +35,7 @@ TRANSFORMS = ("none", "log")
 DIRECTIONS = ("higher", "lower")
 # The smallest effects of interest when a study names none, by metric name (accuracies are fractions).
 DEFAULT_DELTA = {"acc": 0.005, "knn_acc": 0.005, "loss": 0.02}
-_ENTRY_KEYS = {"id", "insight", "paradigm", "claim", "metric", "direction", "delta", "kind", "transform", "a", "b", "label"}
+_ENTRY_KEYS = {"id", "family", "insight", "paradigm", "claim", "metric", "direction", "delta", "kind", "transform", "a", "b", "label"}
 
 
 class RunLike(Protocol):
@@ -129,6 +131,7 @@ class PrimarySpec:
     transform: str = "none"
     label: str = ""
     id: str = ""  # set when one study pre-registers several comparisons of one insight and paradigm
+    family: str = ""  # the comparisons Holm corrects together ("": the study's first registration)
 
     @property
     def key(self) -> str:
@@ -177,7 +180,8 @@ class PrimarySpec:
                    claim=str(raw["claim"]), delta=float(delta), metric=metric,
                    direction=str(raw.get("direction", "lower" if metric.endswith("loss") else "higher")),
                    kind=str(raw.get("kind", "mean")), transform=str(raw.get("transform", "none")),
-                   label=str(raw.get("label", "")), id=str(raw.get("id") or ""))
+                   label=str(raw.get("label", "")), id=str(raw.get("id") or ""),
+                   family=str(raw.get("family") or ""))
 
     def title(self) -> str:
         return self.label or f"{self.a.title()} vs {self.b.title()}"
@@ -392,8 +396,10 @@ def seed_of(run: RunLike) -> int | None:
 def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: float = stats.ALPHA,
                        looks: int = 1, grids: Iterable[str] = (),
                        seed_limits: Mapping[str, int] | None = None) -> list[PrimaryResult]:
-    """Each spec's test on its arms' runs, then Holm across all of them (at ``alpha / looks`` per look when
-    the seeds were added sequentially: ``tiedlab-study --until-decided``). ``seed_limits`` maps a comparison's
+    """Each spec's test on its arms' runs, then Holm across the comparisons of each ``family`` (at ``alpha / looks``
+    per look when the seeds were added sequentially: ``tiedlab-study --until-decided``). A family is a
+    registration: the study's first (family "") and each later amendment on runs of its own (see
+    ``tiedlab-study``), as if each were a study apart. ``seed_limits`` maps a comparison's
     ``key`` to the seeds a comparison is read on (seeds below the limit: the look it was decided at)."""
     runs, grids = list(runs), list(grids) or sorted({s.a.grid for s in specs} | {s.b.grid for s in specs})
     results = []
@@ -448,7 +454,8 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             results[-1].groups = groups
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        results = correct(results, alpha=alpha / looks)
+        for family in dict.fromkeys(r.spec.family for r in results):  # Holm within each family, in study order
+            correct([r for r in results if r.spec.family == family], alpha=alpha / looks)
     for r in results:  # the verdict says how many runs of each arm were left out as not at equilibrium
         extra = equilibrium_text(r)
         if extra:

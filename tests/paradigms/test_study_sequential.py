@@ -67,6 +67,33 @@ def test_until_decided_freezes_decided_comparisons_and_seeds_only_undetermined_a
         study_module.study(args)
 
 
+def test_a_registration_grows_only_by_a_family_of_its_own_on_grids_without_runs(tmp_path):
+    """Appending comparisons after the first runs is an amendment: allowed as a new family whose arms' grids have
+    no runs yet; changing, dropping or reordering a registered comparison, reusing a family or adding a comparison
+    on data that exist already is refused with one line."""
+    first = {"insight": 1, "paradigm": "toy", "claim": "superiority", "delta": 0.5, "a": arm("tied"), "b": arm("deq")}
+    later = {"family": "more", "insight": 4, "paradigm": "toy", "claim": "superiority", "delta": 0.5,
+             "a": {"grid": "h", "where": {"block": "tied"}}, "b": {"grid": "h", "where": {"block": "deq"}}}
+    runs = tmp_path / "runs"
+    (runs / "g" / "block=tied,seed=0").mkdir(parents=True)
+    write = lambda *cs: study_module.write_study_file(runs, {"name": "toy", "primary": {"comparisons": list(cs)}},
+                                                      None)
+    write(first)
+    write(first, later)  # h has no runs: allowed, and recorded
+    assert yaml.safe_load((runs / "study.yaml").read_text())["primary"]["comparisons"][1]["family"] == "more"
+    write(first, later)  # the same registration again
+    with pytest.raises(ValueError, match="registered other primary comparisons"):
+        write(later, first)
+    with pytest.raises(ValueError, match="registered other primary comparisons"):
+        write(first)
+    with pytest.raises(ValueError, match=r"#3 was added .* family of its own"):
+        write(first, later, {**later, "insight": 5, "family": ""})
+    (runs / "k" / "block=tied,seed=0").mkdir(parents=True)
+    on_old_data = {**later, "family": "late", "insight": 5, "a": {"grid": "k", "where": {"block": "tied"}}}
+    with pytest.raises(ValueError, match=r"#3 .* grid 'k' already has runs"):
+        write(first, later, on_old_data)
+
+
 def test_until_decided_with_grids_selected_still_sees_every_registered_grid(tmp_path, monkeypatch):
     """--grids runs a subset, but the plan and the registered comparisons are the whole study's."""
     studies = tmp_path / "studies"

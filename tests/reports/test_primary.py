@@ -134,6 +134,22 @@ def test_holm_counts_every_primary_comparison():
     assert six[0].ci_high - six[0].ci_low > one[0].ci_high - one[0].ci_low
 
 
+def test_holm_corrects_each_family_apart():
+    """An amendment (family: NAME) is corrected as a study of its own: its comparisons do not widen the first
+    registration's intervals, and the first registration's do not widen its own."""
+    first = [spec(insight=i) for i in (1, 2)]
+    later = [spec(insight=i, family="transfer") for i in (3, 4, 5)]
+    specs = load_primaries({"primary": {"comparisons": first + later}})
+    runs = _runs([0.90, 0.905, 0.91], [0.88, 0.883, 0.89])
+    alone = evaluate_primaries(load_primaries({"primary": {"comparisons": first}}), runs)
+    both = evaluate_primaries(specs, runs)
+    assert [r.spec.family for r in both] == ["", "", "transfer", "transfer", "transfer"]
+    assert [r.level for r in both[:2]] == [r.level for r in alone] == [pytest.approx(0.025)] * 2
+    assert [r.level for r in both[2:]] == [pytest.approx(0.05 / 3)] * 3
+    assert (both[0].ci_low, both[0].ci_high) == (alone[0].ci_low, alone[0].ci_high)
+    assert "(3 comparisons)" in both[2].reason and "(2 comparisons)" in both[0].reason
+
+
 def test_run_names_match_arms_as_hydra_writes_values_and_under_a_prefix():
     arm = Arm.from_dict({"grid": "g", "where": {"flag": True, "optim.lr": "1e-3"}}, "t")
     assert arm.matches("g/flag=True,optim.lr=0.001,seed=0")
