@@ -113,8 +113,10 @@ class LanguageParadigm(Paradigm):
         return gpt2_config(m.width, m.heads, m.mlp_ratio, m.max_positions, m.dropout, vocab_size, m.block_dropout)
 
     def cell(self, data: DataBundle, twice_differentiable: bool = False) -> nn.Module:
-        return TransformerCell(self._config(data.meta["vocab_size"]), out_norm=self.model_opts.out_norm,
-                               twice_differentiable=twice_differentiable)
+        m = self.model_opts
+        return TransformerCell(self._config(data.meta["vocab_size"]), out_norm=m.out_norm,
+                               twice_differentiable=twice_differentiable, inject_norm=m.inject_norm,
+                               state_scale=m.state_scale)
 
     def build_model(self, data: DataBundle, spec: BlockSpec) -> nn.Module:
         if spec.mode == "deq" and self.model_opts.block_dropout > 0:

@@ -87,35 +87,44 @@ def causal_spec(spec: BlockSpec) -> BlockSpec:
 
 
 class TransformerCell(nn.Module):
-    """f(z, x) = LN_out(GPT2Block(z + x)): the token embedding is injected at every iteration.
+    """f(z, x) = LN_out(GPT2Block(s * z + LN_in(x))): the token embedding is injected at every iteration.
 
     ``out_norm=False`` drops LN_out (a plain pre-norm residual block). With it, every state is
     normalised, so the map is bounded and a DEQ solve settles (as in the DEQ transformer of Bai et
     al.); without it the residual stream ``z + x + ...`` has no fixed point to speak of.
+    ``inject_norm=True`` adds LN_in (the injection at unit scale; else x as it comes) and ``state_scale`` s < 1
+    damps the state's path through the block: LN_out is invariant to its input's scale, so with s = 1 the identity
+    path keeps df/dz near norm 1 or above whatever the weights.
     ``twice_differentiable=True`` computes attention with SDPA's math kernel, whose backward can itself be
     differentiated (the fused CPU kernel's cannot): a DEQ trained with the Jacobian penalty needs it.
 
     Shapes: z: (B, T, width), x: (B, T, width) -> (B, T, width)
     """
 
-    def __init__(self, config: GPT2Config, out_norm: bool = True, twice_differentiable: bool = False):
+    def __init__(self, config: GPT2Config, out_norm: bool = True, twice_differentiable: bool = False,
+                 inject_norm: bool = False, state_scale: float = 1.0):
         super().__init__()
         self.twice_differentiable = twice_differentiable
         if config._attn_implementation != CAUSAL_ATTN:
             raise ValueError(
                 f"attention implementation {config._attn_implementation!r} is not causal without an explicit mask; "
                 f"build the config with attn_implementation={CAUSAL_ATTN!r}")
+        if not 0.0 < state_scale <= 1.0:
+            raise ValueError(f"state_scale={state_scale} must be in (0, 1]")
         self.block = GPT2Block(config)
         self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon) if out_norm else None
+        self.ln_in = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon) if inject_norm else None
+        self.state_scale = float(state_scale)
 
     def forward(self, z: torch.Tensor, x: torch.Tensor, **ctx: Any) -> torch.Tensor:
         if ctx:
             raise TypeError(f"TransformerCell takes no context, got {sorted(ctx)}")
+        u = (z if self.state_scale == 1.0 else self.state_scale * z) + (self.ln_in(x) if self.ln_in is not None else x)
         if self.twice_differentiable:
             with sdpa_kernel(SDPBackend.MATH):
-                h = self.block(z + x)
+                h = self.block(u)
         else:
-            h = self.block(z + x)
+            h = self.block(u)
         return self.ln_out(h) if self.ln_out is not None else h
 
 

@@ -62,6 +62,11 @@ class LanguageModelOptions:
         block_dropout: attention and residual dropout inside the block (must be 0 for DEQ: the
             solver needs the same map at every iteration).
         out_norm: LayerNorm on the cell output (f = LN(GPT2Block(z + x))); needed for DEQ.
+        inject_norm: LayerNorm on the injected embedding (f = LN(GPT2Block(z + LN_in(x)))): the input enters every
+            iteration at unit scale instead of the embedding's (0.02 at initialisation).
+        state_scale: s in f = LN(GPT2Block(s z + x)), in (0, 1]. LN_out makes the map invariant to the scale of its
+            input, so the state's identity path has gain ~1 whatever the weights; with s < 1 and a unit-scale
+            injection the state's share of the block input, and with it df/dz, shrinks (a DEQ can contract).
         tie_head: share the LM head's matrix with the token embedding.
     """
 
@@ -73,10 +78,14 @@ class LanguageModelOptions:
     dropout: float = 0.0
     block_dropout: float = 0.0
     out_norm: bool = True
+    inject_norm: bool = False
+    state_scale: float = 1.0
     tie_head: bool = True
 
     def __post_init__(self) -> None:
         check_int("model.context", self.context)
+        if not (isinstance(self.state_scale, (int, float)) and 0.0 < self.state_scale <= 1.0):
+            raise ValueError(f"model.state_scale={self.state_scale!r} must be in (0, 1]")
         if self.context > self.max_positions:
             raise ValueError(
                 f"model.context={self.context} exceeds the positional range model.max_positions={self.max_positions}; "

@@ -275,11 +275,38 @@ def test_unknown_characters_in_held_out_text():
     ("data", {"eval_batchs": 3}, "unknown key"),
     ("model", {"width": 30, "heads": 4}, "divisible"),
     ("model", {"depth": 4}, "unknown key"),
+    ("model", {"state_scale": 0.0}, "model.state_scale=0.0 must be in"),
+    ("model", {"state_scale": 1.5}, "model.state_scale=1.5 must be in"),
 ])
 def test_bad_options(section, options, bad):
     data, model = (options, TINY) if section == "data" else (SMALL, options)
     with pytest.raises(ValueError, match=bad):
         LanguageParadigm(data, model, CPU)
+
+
+def test_inject_norm_and_state_scale_make_the_cell_a_contraction_at_initialisation():
+    """f = LN_out(GPT2Block(s z + LN_in(x))), checked against the formula; LN_out is invariant to its input's scale,
+    so the default cell (x as it comes, 0.02 at initialisation; s = 1) has df/dz of norm ~1 at its fixed point,
+    and s < 1 alone changes nothing; with the injection at unit scale it contracts, more so with s < 1."""
+    from tiedlab.core.equilibrium import spectral_norm_at
+
+    config = gpt2_config(32, 2, 4, 16, 0.0, 50, 0.0)
+    x = 0.02 * torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(1))
+    norms = {}
+    for inject_norm, scale in [(False, 1.0), (False, 0.5), (True, 1.0), (True, 0.5)]:
+        torch.manual_seed(0)
+        cell = TransformerCell(config, inject_norm=inject_norm, state_scale=scale).eval()
+        z = torch.zeros_like(x)
+        with torch.no_grad():
+            for _ in range(40):
+                z = cell(z, x)
+            u = scale * z + (torch.nn.functional.layer_norm(x, (32,), cell.ln_in.weight, cell.ln_in.bias, 1e-5)
+                             if inject_norm else x)
+            assert torch.allclose(cell(z, x), cell.ln_out(cell.block(u)), atol=1e-6)
+        norms[inject_norm, scale] = float(spectral_norm_at(lambda q: cell(q, x), z.flatten(0, 1).view(2, 16, 32),
+                                                           iters=30, generator=torch.Generator().manual_seed(0)).max())
+    assert norms[False, 1.0] > 0.95 and norms[False, 0.5] > 0.95
+    assert norms[True, 0.5] < norms[True, 1.0] < 0.75
 
 
 def test_deq_with_block_dropout_is_an_error(small):
