@@ -122,7 +122,7 @@ def header_blocks(report: Any) -> list[Block]:
         f"CUDA device: {m['cuda_device']}",
         f"total run time: {duration(report.total_train_s)} of training (sum of time/train_s over all runs)",
         (f"verdicts: {len(report.primaries)} pre-registered primary comparisons of study "
-         f"{(report.study or {}).get('name')!r}, alpha 0.05 with Holm's correction across them"
+         f"{(report.study or {}).get('name')!r}, alpha 0.05 with Holm's correction " + holm_scope(report.primaries)
          + (f", seeds added in up to {report.looks} looks (alpha/{report.looks} each)" if report.looks > 1 else "")
          + " (rule under Primary comparisons); every other comparison is descriptive" if report.primaries
          else "verdicts: none (no pre-registered primary comparisons); every comparison is descriptive"),
@@ -139,6 +139,21 @@ def header_blocks(report: Any) -> list[Block]:
                         "by this version's rules; it keeps no configs or histories, so there are no time curves and "
                         "the secondary time-to-target comparison counts every run's whole training time")
     return [Block("h1", report.title), Block("ul", items=items)]
+
+
+def family_name(family: str) -> str:
+    """A registration family as the report names it ("first registration" for the study's own)."""
+    return f"amendment {family!r}" if family else "first registration"
+
+
+def holm_scope(primaries: list[Any]) -> str:
+    """"across them", or, when comparisons were added to the study later, within each family apart."""
+    families = list(dict.fromkeys(r.spec.family for r in primaries))
+    if len(families) < 2:
+        return "across them"
+    sizes = [sum(r.spec.family == f for r in primaries) for f in families]
+    return ("within each registration, apart (" + ", ".join(f"{family_name(f)}: {n}" for f, n in zip(families, sizes))
+            + "; an amendment names comparisons added after the first runs, on grids of their own)")
 
 
 SECONDARY_NOTE = (
@@ -193,7 +208,7 @@ def primary_blocks(report: Any) -> list[Block]:
         s = r.spec
         effect = {"mean": "A - B", "divergence": "rate B - rate A", "spread": "var B / var A"}[s.kind]
         claim, n = f"{s.claim}, delta {s.delta:g}", f"{r.n_a}/{r.n_b}" + (" paired" if r.paired else "")
-        name = str(s.insight) if s.headline else f"{s.insight} ({s.id})"
+        name = (str(s.insight) if s.headline else f"{s.insight} ({s.id})") + (f" [{s.family}]" if s.family else "")
         rows.append([name, s.paradigm, s.label or "-", f"A: {s.a.title()}", f"B: {s.b.title()}",
                      claim, f"{s.kind}: {s.metric}"
                      + (f" ({s.direction} is better)" if s.kind == "mean" else "")

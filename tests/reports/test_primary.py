@@ -192,6 +192,14 @@ def test_report_reads_the_study_file_beside_the_runs_and_leads_with_the_primarie
     assert (out / "forest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in (out / "forest.svg").read_bytes()
     section = readme.split("## Primary comparisons (pre-registered)", 1)[1]
     assert section.lstrip().startswith("![Primary comparisons") and "forest.svg" in summary["files"]
+    assert "Holm's correction across them" in readme
+    # an amendment: the report says Holm ran within each registration, and which comparison belongs to which
+    (runs / "study.yaml").write_text(yaml.safe_dump({"name": "t", "grids": [{"name": "g"}], "primary": {
+        "comparisons": [spec(), spec(insight=2, family="later")]}}))
+    build_report([runs], tmp_path / "out2", "t")
+    readme = (tmp_path / "out2" / "README.md").read_text()
+    assert "within each registration, apart (first registration: 1, amendment 'later': 1;" in readme
+    assert "| 2 [later] |" in readme
 
 
 def test_convergence_note_reads_the_last_fifth_of_each_runs_history_against_delta():
