@@ -37,6 +37,7 @@ from tiedlab.core import BlockStats
 from . import rundir
 from .config import validate
 from .engine import _open_run_dir, _Run, _StopSignals, as_config
+from .shared_data import shared_data
 
 REPLICATE = ("seed", "run_dir")  # config keys that may differ between the runs of one batch (mask.seed: null only)
 
@@ -114,7 +115,8 @@ def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
                 results[i] = opened.previous
             else:
                 todo.append((i, cfg, specs[i], run_dir, opened))
-        runs = [(i, _Run(cfg, spec, run_dir, opened, list(overrides))) for i, cfg, spec, run_dir, opened in todo]
+        with shared_data():  # the K runs decode their data once
+            runs = [(i, _Run(cfg, spec, run_dir, opened, list(overrides))) for i, cfg, spec, run_dir, opened in todo]
         if len(runs) == 1:  # nothing to batch with: an ordinary run
             (i, run), = runs
             results[i] = run.finish(*run.train())

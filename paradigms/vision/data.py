@@ -35,12 +35,15 @@ their source order. The test split is the official one in its official order. ``
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
 from tiedlab.paradigms.paths import DataFormatError, DataIntegrityError, DataNotFoundError
 
 from ..base import check_int
+from ..shared_data import decoded_once
 from .data_cifar import load_cifar10
 from .data_common import VisionData, channel_stats, check_image_shape, limit, stratified_indices
 from .data_digits import load_digits
@@ -90,6 +93,9 @@ def load_vision_data(
         download: let torchvision download into ``cache_dir("vision", name)`` if no local copy exists.
         limit_train / limit_test: keep the first N after a seeded shuffle (quick tests).
 
+    Inside ``shared_data()`` (a seed batch) a second call with the same arguments and data root returns the same
+    tensors, shared by the runs the process trains together; do not modify them in place.
+
     Shapes:
         see :class:`VisionData`.
 
@@ -107,7 +113,13 @@ def load_vision_data(
     check_int("val_size", val_size, 0)
     check_int("limit_train", limit_train, allow_none=True)
     check_int("limit_test", limit_test, allow_none=True)
+    memo = ("vision", key, val_size, seed, download, limit_train, limit_test, os.environ.get("TIEDLAB_DATA"))
+    return decoded_once(memo, lambda: _load(key, val_size, seed, download, limit_train, limit_test))
 
+
+def _load(key: str, val_size: int, seed: int, download: bool, limit_train: int | None,
+          limit_test: int | None) -> VisionData:
+    """``load_vision_data`` without the per-process memo (the arguments checked, ``key`` canonical)."""
     if key == "digits":
         train_x, train_y, val_x, val_y, test_x, test_y, display, classes = load_digits(
             val_size=val_size, seed=seed

@@ -101,16 +101,21 @@ def test_diverging_runs_of_a_seed_batch_are_recorded_as_diverged_at_their_step(t
                 "mask.sparsity=0.5"]),
     ("language", ["size=language_quick", "model.width=32", "train.batch_size=4", "data.eval_batches=1"]),
 ])
-def test_real_adapters_train_a_seed_batch_like_separate_runs(tmp_path, paradigm, overrides):
+def test_real_adapters_train_a_seed_batch_like_separate_runs(tmp_path, monkeypatch, paradigm, overrides):
     """The vision cell (convolutions, GroupNorm, distinct masks) and the transformer block under vmap: the same
-    validation loss as separate runs after 6 steps."""
+    validation loss as separate runs after 6 steps. The images are decoded once for the whole process."""
     from tiedlab.paradigms.cli import compose_config
+    from tiedlab.paradigms.vision import data as vision_data
 
+    decodes, real_load = [], vision_data._load
+    monkeypatch.setattr(vision_data, "_load", lambda *a: decodes.append(a) or real_load(*a))
     common = [f"paradigm={paradigm}", *overrides, "train.epochs=null", "train.max_steps=6", "train.eval_every=6",
               "train.progress=false", "train.threads=1"]
     cfgs = lambda name: [compose_config([*common, f"seed={s}", f"run_dir={tmp_path / name / str(s)}"]) for s in (0, 1)]
     batched = train_seed_batch(cfgs("b"), [tmp_path / "b" / str(s) for s in (0, 1)])
+    assert len(decodes) == (paradigm == "vision")  # the batch's two runs share one decode
     separate = [train(c, tmp_path / "s" / str(s)) for s, c in enumerate(cfgs("s"))]
+    assert len(decodes) == 3 * (paradigm == "vision")  # separate runs decode their own
     for b, s in zip(batched, separate):
         assert b["status"] == "completed"
         close(b["metrics"], s["metrics"], ("val/loss", "test/loss"))
