@@ -6,7 +6,7 @@
 Prints, per paradigm (vision, ssl, graph, language; ``--only`` picks some): samples/s and step ms of training
 (evaluation excluded, bf16 autocast on CUDA), peak memory, and for vision an MFU estimate from the FLOPs of one
 training step (``torch.utils.flop_counter``) against the device's dense bf16 peak; then the time a short vision
-run takes to reach a validation accuracy, and the speed-up of seed batching (K seeds of the quick-size vision
+run takes to reach a validation accuracy, the vision step with channels-last convolutions, and the speed-up of seed batching (K seeds of the quick-size vision
 and language models as one vectorised model against K separate runs; ``paradigms/seedbatch.py``). Writes everything to ``--out`` (JSON) as well. Every run goes through the engine (``engine.train``) in a
 temporary folder, so what it measures is what a study runs.
 """
@@ -175,7 +175,15 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"  {row['step_gflops']:.2f} GFLOP/step, MFU {row['mfu']:.1%}" if row.get("mfu") is not None
                      else f"  {row['step_gflops']:.2f} GFLOP/step, MFU n/a (no known peak)" if "step_gflops" in row
                      else ""), flush=True)
-        if "vision" in names:
+        if "vision" in names:  # the same vision run with NHWC convolutions (train.channels_last)
+            base = next(r for r in out["paradigms"] if r["paradigm"] == "vision")
+            row = measure("vision-channels-last", [*SIZES["vision"][size], "train.channels_last=true"], args.steps,
+                          device.type, root)
+            row.pop("cfg")
+            row["speedup"] = (base["step_ms"] / row["step_ms"]) if base["step_ms"] and row["step_ms"] else None
+            out["vision_channels_last"] = row
+            print(f"vision channels-last {row['step_ms'] or math.nan:8.2f} ms/step "
+                  f"({row['speedup'] or math.nan:.2f}x the default layout's)", flush=True)
             tta = time_to_accuracy(SIZES["vision"]["tiny" if args.tiny else "paper"], max(args.steps, 2),
                                    max(1, max(args.steps, 2) // 4), 0.5, device.type, root)
             out["time_to_accuracy"] = tta

@@ -90,6 +90,7 @@ class LoopConfig:
     device: str = "auto"
     amp: bool = True
     compile: bool = False
+    channels_last: bool = False  # convolution weights and activations in NHWC (tensor cores prefer it; needs convs)
     jacobian_weight: float = 0.0
     diverge_residual: float = 1e3  # a DEQ solve whose residual grows this many times over is divergence
     time_limit_s: Optional[float] = None

@@ -425,6 +425,19 @@ def _open_run_dir(cfg: DictConfig, run_dir: Path) -> _Opened:
     return _Opened(previous, plain, fp, state_dict, finished=False)
 
 
+def to_channels_last(model: nn.Module, paradigm: str) -> nn.Module:
+    """``model`` with its 4-d weights (convolutions, their masks) in channels-last layout; a convolution whose weight
+    is channels-last computes and returns channels-last activations, so the inputs need no conversion.
+
+    Raises:
+        ValueError: the model has no 4-d weight (``train.channels_last`` would change nothing).
+    """
+    if not any(p.dim() == 4 for p in (*model.parameters(), *model.buffers())):
+        raise ValueError(f"train.channels_last=true: the {paradigm} model has no convolution weight to lay out "
+                         "channels-last; set train.channels_last=false")
+    return model.to(memory_format=torch.channels_last)
+
+
 class _Run:
     """One run's objects and its loop, in the order a reader follows them: ``__init__`` builds (data, model,
     optimiser, schedule) and restores a checkpoint; ``train`` loops over ``_step``, ``_log``, ``_evaluate_due``
@@ -447,6 +460,8 @@ class _Run:
                              f"(Paradigm.scores_train); set train.score_train=false")
         self.data = self.paradigm.build_data()
         self.model = self.paradigm.build_model(self.data, spec).to(device)
+        if cfg.train.channels_last:
+            self.model = to_channels_last(self.model, cfg.paradigm)
         self.total_steps = int(cfg.train.max_steps or math.ceil(float(cfg.train.epochs) * self.data.steps_per_epoch))
         self.optimizer = build_optimizer(cfg.optim, self.model)
         self.schedule = cosine_with_warmup(self.optimizer, int(cfg.optim.warmup_steps), self.total_steps,

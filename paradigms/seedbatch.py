@@ -69,6 +69,8 @@ def why_not_batchable(cfg: DictConfig) -> str | None:
                 "cannot split by seed")
     if cfg.train.compile:
         return "train.compile=true compiles one model; a seed batch's vectorised step is not compiled"
+    if cfg.train.channels_last:
+        return "train.channels_last=true lays out one model's weights; a seed batch's stacked weights are not"
     if cfg.mask.seed is not None:
         return f"mask.seed={cfg.mask.seed} pins one mask for every seed; a seed batch's runs draw their own (mask.seed: null)"
     return None

@@ -33,6 +33,8 @@ def test_tiny_run_on_cpu_measures_every_field(gpu_check, tmp_path):
         assert row["status"] == "completed" and row["samples_per_s"] > 0 and row["step_ms"] > 0 and row["peak_mb"] > 0
     vision = result["paradigms"][0]
     assert vision["step_gflops"] > 0 and vision["mfu"] is None  # no known peak on a CPU
+    layout = result["vision_channels_last"]
+    assert layout["status"] == "completed" and layout["speedup"] > 0
     assert set(result["time_to_accuracy"]) == {"target_val_acc", "reached_at_step", "train_s", "final_val_acc"}
     (batching,) = result["seed_batching"]  # vision (graph cannot batch its seeds)
     assert batching["k"] == 2 and batching["speedup"] > 0

@@ -77,6 +77,7 @@ def test_a_seed_batch_resumes_from_its_runs_checkpoints(tmp_path, monkeypatch):
     ({"model.width": 16}, r"may differ only in seed; they differ in \['model.width'\]"),
     ({"block.mode": "deq", "mask.mode": "none"}, r"a DEQ cannot train in a seed batch"),
     ({"mask.seed": 3}, r"mask.seed=3 pins one mask for every seed"),
+    ({"train.channels_last": True}, r"train.channels_last=true lays out one model's weights"),
 ])
 def test_what_cannot_be_one_seed_batch_is_refused(tmp_path, changes, match):
     other = dict(changes) if "model.width" in changes else {}

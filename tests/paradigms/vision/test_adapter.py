@@ -317,3 +317,28 @@ def test_truncated_data_file_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TIEDLAB_DATA", str(tmp_path))
     with pytest.raises(ValueError, match=r"mnist\.npz is truncated"):
         make(data={"name": "mnist", "channels": 1, "image_size": 28}).build_data()
+
+
+def test_channels_last_trains_the_same_model_in_nhwc(tmp_path):
+    """train.channels_last lays the convolution weights (and so the activations) out NHWC: the same losses as the
+    default layout, to float tolerance; a model without convolutions is refused with one line."""
+    from tiedlab.paradigms.cli import compose_config
+    from tiedlab.paradigms.engine import to_channels_last, train
+
+    common = ["paradigm=vision", "size=vision_quick", "data=mnist", "data.limit_train=256", "data.val_size=64",
+              "data.limit_test=64", "model.width=8", "train.batch_size=32", "train.epochs=null", "train.max_steps=4",
+              "train.eval_every=4", "train.progress=false", "train.threads=1", "mask=distinct", "mask.sparsity=0.5"]
+    runs = {flag: train(compose_config([*common, f"train.channels_last={flag}", f"run_dir={tmp_path / flag}"]),
+                        tmp_path / flag)["metrics"] for flag in ("false", "true")}
+    for key in ("val/loss", "test/loss"):
+        assert runs["true"][key] == pytest.approx(runs["false"][key], rel=1e-4)
+    layouts = {flag: [t.is_contiguous(memory_format=torch.channels_last)
+                      for t in torch.load(tmp_path / flag / "checkpoint.pt", weights_only=False)["model"].values()
+                      if t.dim() == 4 and t.shape[1] > 1 and t.shape[2] > 1]  # the checkpoints keep the layout
+               for flag in ("false", "true")}
+    assert layouts["true"] and all(layouts["true"]) and not any(layouts["false"])
+    with pytest.raises(ValueError, match="the language model has no convolution weight"):
+        to_channels_last(torch.nn.Linear(3, 3), "language")
+    conv = to_channels_last(torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3)), "vision")
+    assert conv[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert conv(torch.randn(1, 2, 8, 8)).is_contiguous(memory_format=torch.channels_last)
