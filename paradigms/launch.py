@@ -225,6 +225,9 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
     (killed, out of memory, a lost node) is retried ``retries`` times: its run resumes from its checkpoint.
     Returns one {"run", "gpu", "code"} per run (code -1: the task failed ``retries`` + 1 times)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray runs its workers at niceness 15 (RayConfig worker_niceness), so on a shared machine a study's runs would
+    # yield the cores to anything else; a local Ray gives them the launching shell's priority instead.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     import ray
 
     cpus = os.cpu_count() or 1

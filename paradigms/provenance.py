@@ -96,4 +96,23 @@ def run_provenance(device: str, threads: int | None = None, overrides: list[str]
             # the GPUs this process was given (a scheduler pins each run to its own; None: not set)
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "command": shlex.join([sys.argv[0], *sys.argv[1:]]), "overrides": list(overrides or []),
+            # the machine's load when the process started (1-minute load average) and this process's niceness:
+            # a run that shares the cores, or yields them, trains slower (its seconds say less)
+            "load_average": _load_average(), "niceness": _niceness(),
             "started": now(), "ended": None}
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the platform has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _niceness() -> int | None:
+    """This process's niceness (0: the default priority; None where the platform has none)."""
+    try:
+        return os.nice(0)
+    except (AttributeError, OSError):
+        return None

@@ -145,6 +145,8 @@ def test_ray_places_all_grids_on_fake_gpus_k_per_gpu_and_a_killed_worker_resumes
         assert m["status"] == "completed" and m["step"] == m["total_steps"], run.run_dir
         # every run saw exactly one of the declared GPUs, in every process that trained it
         assert all(s["cuda_visible_devices"] in ("0", "1", "2") for s in m["provenance"]), m["provenance"]
+        # at the launching shell's priority, not Ray's worker niceness (15)
+        assert all(s["niceness"] == os.nice(0) for s in m["provenance"]), m["provenance"]
     # the killed worker's run was resumed by Ray's retry: two processes trained it, from its checkpoint
     sessions = metrics(killed["run"])["provenance"]
     assert len(sessions) == 2, sessions

@@ -250,6 +250,7 @@ def test_every_run_records_where_it_came_from(tmp_path):
     for key in ("commit", "dirty", "packages", "host", "device", "threads", "command", "started", "ended"):
         assert key in p, key
     assert p["device"] == "cpu" and p["threads"] == 1 and p["ended"] >= p["started"]
+    assert p["niceness"] == os.nice(0) and p["load_average"] >= 0  # the priority and load it trained under
     assert p["packages"]["torch"] == torch.__version__.split("+")[0] or p["packages"]["torch"] in torch.__version__
     assert len(p["commit"]) >= 7 and isinstance(p["dirty"], bool)  # tests run from a git checkout
     assert json.loads((tmp_path / rundir.METRICS).read_text())["provenance"] == sessions
