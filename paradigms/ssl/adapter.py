@@ -13,13 +13,16 @@ subset of ``data.knn_bank_size`` images), the queries are the split. Reported si
 random initialisation (``*_random_init``) and for raw standardised pixels (``*_pixels``), so a reader
 sees what pre-training added. The trained and the random-init backbone are scored on the same features:
 ``backbone(images)``, the projected block output average-pooled as ``model.pool_size`` says (1, global
-pooling, by default: what the SSL loss trains); pixels are the full flattened image.
+pooling, by default: what the SSL loss trains); pixels are the full flattened image. Split "train"
+(``train.score_train``, recorded as ``fit/loss``) is the method's own loss on the bank's training images, two
+views per image drawn from one fixed seed: how well the weights fit their objective, the capacity measure.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -47,6 +50,7 @@ class SSLDataBundle(DataBundle):
             "bank" is the kNN memory bank (train images).
         mean / std: per-channel standardisation in [0, 1] units (from the train split).
         cache: per-split results that do not depend on the model (raw-pixel kNN and probe).
+        views: the training augmentation, (uint8 images (B, C, H, W), generator) -> two normalised views.
     """
 
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
@@ -54,6 +58,10 @@ class SSLDataBundle(DataBundle):
     std: tuple[float, ...] = ()
     num_classes: int = 0
     cache: dict[str, dict[str, float]] = field(default_factory=dict)
+    views: Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+FIT_VIEWS_SEED = 20_231_307  # the augmentation draws of the training-split fit (the same for every run)
 
 
 class SSLParadigm(Paradigm):
@@ -69,6 +77,7 @@ class SSLParadigm(Paradigm):
                      "batch's (that needs the embeddings gathered across processes, not done)")
     seed_batch = ("a step updates state outside the parameters (the momentum target, the feature caches) in place, "
                   "which a vmap over stacked parameters would share between the seeds")
+    scores_train = True  # the method's loss on the kNN bank's training images, two views with fixed draws
 
     # ----------------------------------------------------------------- data
     def build_data(self) -> SSLDataBundle:
@@ -107,16 +116,15 @@ class SSLParadigm(Paradigm):
         batch_size = self.batch_size
         lightly_views = LightlyViews(spec, mean, std) if opts.views == "lightly" else None
 
+        def views(xb: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            return lightly_views(xb, generator) if lightly_views is not None else \
+                tensor_views(xb, spec, mean, std, generator)
+
         def train_batches(generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             # labels are never read: nothing about them reaches training
             perm = torch.randperm(n_train, generator=generator, device=generator.device).to(dev)
             for i in range(0, n_train - batch_size + 1, batch_size):
-                xb = train_x.index_select(0, perm[i:i + batch_size])
-                if lightly_views is not None:
-                    v0, v1 = lightly_views(xb, generator)
-                else:
-                    v0, v1 = tensor_views(xb, spec, mean, std, generator)
-                yield v0, v1
+                yield views(train_x.index_select(0, perm[i:i + batch_size]), generator)
 
         meta = {
             "dataset": raw.display_name, "name": raw.name, "image_shape": [c, h, w], "num_classes": raw.num_classes,
@@ -126,7 +134,7 @@ class SSLParadigm(Paradigm):
         }
         return SSLDataBundle(
             train_batches=train_batches, steps_per_epoch=n_train // batch_size, samples_per_step=batch_size,
-            meta=meta, splits=splits, mean=mean, std=std, num_classes=raw.num_classes)
+            meta=meta, splits=splits, mean=mean, std=std, num_classes=raw.num_classes, views=views)
 
     # ----------------------------------------------------------------- model
     def cell(self, data: DataBundle) -> MDEQCell:
@@ -154,9 +162,11 @@ class SSLParadigm(Paradigm):
     def score(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
         if not isinstance(data, SSLDataBundle):
             raise TypeError(f"evaluate needs the SSLDataBundle that build_data returned, got {type(data).__name__}")
-        if split not in ("val", "test"):
-            raise ValueError(f"split {split!r} is not valid; choose one of ['test', 'val']")
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split {split!r} is not valid; choose one of ['test', 'train', 'val']")
         core = unwrap(model, SSLModel)
+        if split == "train":
+            return {"train/loss": self._fit_loss(model, core, data)}
         out = self._knn_and_probe(core.encode, data, split, "", core.bank_cache, weights_key(core))
         initial = core.initial_backbone
         weights = weights_key(initial)
@@ -166,6 +176,31 @@ class SSLParadigm(Paradigm):
             data.cache[split] = self._knn_and_probe(lambda x: x.flatten(1), data, split, "_pixels")
         out.update(data.cache[split])
         return {f"{split}/{k}": float(v) for k, v in out.items()}
+
+    def _fit_loss(self, model: nn.Module, core: SSLModel, data: SSLDataBundle) -> float:
+        """The method's loss on the kNN bank's training images (batches of train.batch_size, the last partial one
+        dropped), each batch's two views drawn from one fixed seed, so every run and evaluation sees the same
+        pairs: how well the weights fit their training objective (capacity). Whatever the forward changes outside
+        the parameters (a BYOL target's BatchNorm statistics) is put back.
+
+        Raises:
+            ValueError: the bank holds fewer images than one batch.
+        """
+        bank_x = data.splits["bank"][0]
+        size = self.batch_size
+        if len(bank_x) < size:
+            raise ValueError(f"the kNN bank's {len(bank_x)} images are fewer than one batch ({size}): raise "
+                             "data.knn_bank_size to score the training split")
+        kept = copy.deepcopy(core.state_dict())
+        generator = torch.Generator(device=bank_x.device).manual_seed(FIT_VIEWS_SEED)
+        total, batches = 0.0, 0
+        try:
+            for i in range(0, len(bank_x) - size + 1, size):
+                loss, _ = model(*data.views(bank_x[i:i + size], generator))
+                total, batches = total + float(loss), batches + 1
+        finally:
+            core.load_state_dict(kept)
+        return total / batches
 
     def _knn_and_probe(self, encode, data: SSLDataBundle, split: str, suffix: str,
                        bank_cache: WeightsCache | None = None, weights: tuple = ()) -> dict[str, float]:

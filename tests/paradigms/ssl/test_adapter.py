@@ -183,6 +183,32 @@ def test_random_init_and_pixel_baselines_are_reported_and_fixed():
     assert set(test) == {k.replace("val/", "test/") for k in after}
 
 
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_the_training_split_fit_is_the_loss_on_fixed_views_and_changes_nothing(method):
+    """train.score_train: the method's loss on the bank's training images with fixed view draws: the same on every
+    call, lower after training on them, and the model (a BYOL target's BatchNorm statistics too) untouched."""
+    torch.manual_seed(0)
+    paradigm, bundle, model = make(method)
+    state = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    first = paradigm.evaluate(model, bundle, "train")
+    assert set(first) == {"train/loss"} and first == paradigm.evaluate(model, bundle, "train")
+    after_eval = model.state_dict()
+    assert all(torch.equal(after_eval[k], v) for k, v in state.items())
+    if method == "byol":
+        target = {k: v.clone() for k, v in model.target.state_dict().items()}
+        paradigm.evaluate(model, bundle, "train")
+        assert all(torch.equal(model.target.state_dict()[k], v) for k, v in target.items())
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for batch in itertools.islice(bundle.train_batches(torch.Generator().manual_seed(0)), 30):
+        loss = paradigm.training_step(model, batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert paradigm.evaluate(model, bundle, "train")["train/loss"] < first["train/loss"]
+    with pytest.raises(ValueError, match="split 'valid' is not valid"):
+        paradigm.evaluate(model, bundle, "valid")
+
+
 def test_bank_features_are_encoded_once_per_weights_and_never_stale(monkeypatch):
     import tiedlab.paradigms.ssl.adapter as adapter
 
