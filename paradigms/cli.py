@@ -199,6 +199,12 @@ def study_main() -> None:
             raise
         print(f"tiedlab-study: error: {err}", file=sys.stderr)
         code = 2
+    except KeyboardInterrupt:  # Ctrl-C: the runs in flight stop with the launcher; none loses more than a checkpoint
+        if _show_traceback():
+            raise
+        print("tiedlab-study: interrupted; runs in flight stopped and resume from their last checkpoint: rerun the "
+              "same command to continue", file=sys.stderr)
+        code = 130
     sys.exit(code)
 
 

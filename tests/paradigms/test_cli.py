@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tiedlab.paradigms.rundir import MAX_NAME_BYTES, short_dirname
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -73,3 +75,19 @@ def test_a_dataset_of_another_paradigm_says_whose_it_is(tmp_path):
     done = cli(["paradigm=vision", "data=cora", "train.max_steps=1", "train.progress=false"], tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "[tiedlab] error: cora is a graph dataset, not a vision one: use tiedlab-graph data=cora" in done.stderr
+
+
+def test_an_interrupted_study_says_how_to_continue_in_one_line(monkeypatch, capsys):
+    """Ctrl-C on tiedlab-study: exit status 130 and one line (the runs resume from their checkpoints), no traceback."""
+    from tiedlab.paradigms import cli
+    from tiedlab.paradigms import study as study_module
+
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_module, "study", interrupted)
+    monkeypatch.delenv("TIEDLAB_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        cli.study_main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 130 and err.count("\n") == 1 and "rerun the same command to continue" in err
