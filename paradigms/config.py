@@ -195,6 +195,9 @@ def validate(cfg: Any) -> BlockSpec:
         raise ValueError("train.jacobian_weight > 0 needs block.jacobian_samples >= 1")
     if t.deq_warmup_steps < 0:
         raise ValueError(f"train.deq_warmup_steps={t.deq_warmup_steps} must be >= 0")
+    if spec.mode == "deq" and t.max_steps is not None and t.deq_warmup_steps >= t.max_steps:
+        raise ValueError(f"train.deq_warmup_steps={t.deq_warmup_steps} must be below train.max_steps={t.max_steps}: "
+                         "the DEQ would never be solved (a recipe sets the warm-up: lower it for a short run)")
     if t.deq_warmup_depth is not None and t.deq_warmup_depth < 1:
         raise ValueError(f"train.deq_warmup_depth={t.deq_warmup_depth} must be >= 1 or null (block.depth)")
     thresholds(cfg)

@@ -199,10 +199,10 @@ def test_study_grid_runs_into_one_directory_per_swept_value(tmp_path):
 
 
 @pytest.mark.parametrize("variant,grad", [("ift_jacobian", "ift"), ("phantom", "phantom"), ("jfb", "onestep")])
-@pytest.mark.parametrize("paradigm", ["vision", "graph", "language"])
+@pytest.mark.parametrize("paradigm", ["vision", "graph", "language", "ssl"])
 def test_deq_variants_select_their_gradient_and_the_paradigms_recipe_follows(hydra_ctx, variant, grad, paradigm):
     """deq=<variant> picks the block, solver and backward mode; the paradigm's recipe (loaded after it) adds its
-    settings: vision's and language's penalty weight and warm-up (language's unit-scale injection too), none for
+    settings: the penalty weight and warm-up of vision, language (its unit-scale injection too) and SSL, none for
     graph (no recipe file)."""
     cfg = compose(config_name="train", overrides=[f"paradigm={paradigm}", f"deq={variant}"])
     assert (cfg.block.mode, cfg.grad.mode) == ("deq", grad)
@@ -213,6 +213,8 @@ def test_deq_variants_select_their_gradient_and_the_paradigms_recipe_follows(hyd
     elif paradigm == "language":
         assert (cfg.train.jacobian_weight, cfg.block.jacobian_samples, cfg.train.deq_warmup_steps) == (0.5, 1, 100)
         assert cfg.model.inject_norm is True and cfg.solver.eval_max_iter == 30
+    elif paradigm == "ssl":
+        assert (cfg.train.jacobian_weight, cfg.block.jacobian_samples, cfg.train.deq_warmup_steps) == (4.0, 1, 50)
     else:
         assert cfg.train.deq_warmup_steps == 0
         assert cfg.train.jacobian_weight == (1.0 if variant == "ift_jacobian" else 0.0)

@@ -107,8 +107,12 @@ def test_the_warm_up_switch_resumes_exactly(tmp_path, monkeypatch, crash_at):
 
 
 def test_a_warm_up_as_long_as_the_run_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="deq_warmup_steps=30 must be below the run's 30 steps"):
-        train(cfg(train=dict(LOOP, deq_warmup_steps=30)), tmp_path)
+    """Before any data is loaded when the run names its steps (config validation), else once the epochs are
+    counted in steps (the engine)."""
+    with pytest.raises(ValueError, match=r"deq_warmup_steps=30 must be below train.max_steps=30"):
+        train(cfg(train=dict(LOOP, deq_warmup_steps=30)), tmp_path / "steps")
+    with pytest.raises(ValueError, match=r"deq_warmup_steps=30000 must be below the run's \d+ steps"):
+        train(cfg(train=dict(LOOP, max_steps=None, epochs=1, deq_warmup_steps=30000)), tmp_path / "epochs")
 
 
 def test_warm_up_of_a_tied_block_is_named_as_ignored_and_left_out_of_the_fingerprint(tmp_path, capsys):
