@@ -44,6 +44,16 @@ def make(method: str = "simclr", block: dict | None = None, batch_size: int = 16
     return paradigm, bundle, model
 
 
+def train_steps(paradigm, bundle, model, steps: int) -> None:
+    """``steps`` Adam steps (lr 3e-3) on the bundle's first training batches (generator seed 0)."""
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for batch in itertools.islice(bundle.train_batches(torch.Generator().manual_seed(0)), steps):
+        loss = paradigm.training_step(model, batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 # ----------------------------------------------------------------------------------------- contract
 
 
@@ -163,12 +173,7 @@ def test_random_init_and_pixel_baselines_are_reported_and_fixed():
         assert 0.0 <= before[f"val/{key}"] <= 1.0, key
     # before any training the model IS its random initialisation
     assert before["val/knn_acc"] == before["val/knn_acc_random_init"]
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for batch in itertools.islice(bundle.train_batches(torch.Generator().manual_seed(0)), 20):
-        loss = paradigm.training_step(model, batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(paradigm, bundle, model, 20)
     after = paradigm.evaluate(model, bundle, "val")
     assert after["val/knn_acc_random_init"] == before["val/knn_acc_random_init"]
     assert after["val/knn_acc_pixels"] == before["val/knn_acc_pixels"]
@@ -198,12 +203,7 @@ def test_the_training_split_fit_is_the_loss_on_fixed_views_and_changes_nothing(m
         target = {k: v.clone() for k, v in model.target.state_dict().items()}
         paradigm.evaluate(model, bundle, "train")
         assert all(torch.equal(model.target.state_dict()[k], v) for k, v in target.items())
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for batch in itertools.islice(bundle.train_batches(torch.Generator().manual_seed(0)), 30):
-        loss = paradigm.training_step(model, batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(paradigm, bundle, model, 30)
     assert paradigm.evaluate(model, bundle, "train")["train/loss"] < first["train/loss"]
     with pytest.raises(ValueError, match="split 'valid' is not valid"):
         paradigm.evaluate(model, bundle, "valid")
