@@ -151,6 +151,10 @@ def study(argv: list[str] | None = None) -> int:
                              "each is decided or has --max-seeds seeds (group-sequential: alpha split over the looks)")
     parser.add_argument("--max-seeds", type=int, default=10, help="seeds per arm at most (--until-decided)")
     parser.add_argument("--seed-step", type=int, default=2, help="seeds added per round (--until-decided)")
+    parser.add_argument("--budget-min", type=float, default=None,
+                        help="with --until-decided: wall minutes for this command; each look advances only the "
+                             "undetermined comparisons whose new runs fit the time left, cheapest first (estimated "
+                             "from finished runs of the same cells, as --plan does)")
     args = parser.parse_intermixed_args(argv)  # overrides before or after the flags
     launcher = choose_launcher(args)
     spec = load_study(args.name)
@@ -167,6 +171,8 @@ def study(argv: list[str] | None = None) -> int:
         print(f"study {spec.get('name')} in {runs}")
         print(format_plan(study_plan(spec, runs, args.overrides), slots=slots))
         return 0
+    if args.budget_min is not None and (not args.until_decided or args.budget_min <= 0):
+        raise ValueError(f"--budget-min={args.budget_min} needs --until-decided and a positive number of minutes")
     plan = sequential_plan(full, args.max_seeds, args.seed_step) if args.until_decided else None
     if not args.dry_run:
         write_study_file(runs, full, plan)  # the whole study (its registered comparisons), whatever --grids ran
@@ -179,7 +185,8 @@ def study(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     if plan is not None:
-        failures += add_seeds_until_decided(full, runs, plan, args.overrides, args.jobs, execute)
+        deadline = started + 60 * args.budget_min if args.budget_min is not None else None
+        failures += add_seeds_until_decided(full, runs, plan, args.overrides, args.jobs, execute, deadline)
     elapsed = time.time() - started
     counts = count_statuses(runs / grid["name"] for grid in spec["grids"])
     print(f"[tiedlab] study {args.name}: {len(spec['grids'])} grids in {elapsed / 60:.1f} min, {failures} exited non-zero; "
@@ -485,15 +492,17 @@ def seed_limits(specs: list[Any], plan: dict[str, int], state: dict[str, Any]) -
 
 
 def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, int], extra: list[str],
-                            jobs: int, execute: Any = None) -> int:
+                            jobs: int, execute: Any = None, deadline: float | None = None) -> int:
     """The looks of the group-sequential plan: at look k every primary comparison still undetermined gets seeds
     0..n_k-1 on both arms (missing or unfinished runs only) and is read on exactly those seeds at alpha/looks
     (Holm across the comparisons); a decided comparison is frozen at the look it was decided at
-    (``sequential.yaml``). A rerun replays the looks on the same data and continues where it stopped. Returns how
-    many grid commands exited non-zero."""
+    (``sequential.yaml``). A rerun replays the looks on the same data and continues where it stopped. With a
+    ``deadline`` (epoch seconds), a look advances only the comparisons whose runs fit the time left, cheapest first
+    (``fit_look_to_budget``); the others keep the seeds they have (the alpha split over every planned look stays,
+    which only makes their verdicts conservative), and ``sequential.yaml`` lists them under ``budget_skipped``. Returns how many grid commands exited non-zero."""
     from tiedlab.reports import stats
     from tiedlab.reports.load import load_runs
-    from tiedlab.reports.primary import arm_runs, evaluate_primaries, load_primaries, run_values
+    from tiedlab.reports.primary import evaluate_primaries, load_primaries
 
     specs = load_primaries(spec)
     grids = {g["name"]: g for g in spec["grids"]}
@@ -506,27 +515,21 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
         pending = [s for s in specs if s.key not in state["decided"]]
         if not pending:
             break
-        todo: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[set[int], set[str]]] = {}
-        for s in pending:
-            for arm in (s.a, s.b):
-                members = arm_runs(arm, found, grids)
-                if not members:
-                    print(f"[tiedlab] warning: arm {arm.title()} has no runs: run its grid first", flush=True)
-                    continue
-                values = run_values(members[0].name)
-                cell = tuple(sorted((k, v) for k, v in values.items() if k not in ("seed", "data.fold")))
-                folds = {run_values(r.name)["data.fold"] for r in members if "data.fold" in run_values(r.name)}
-                seeds, all_folds = todo.setdefault((arm.grid, cell), (set(), set()))
-                seeds.update(range(n))
-                all_folds.update(folds)
+        wanted = {s.key: look_cells(s, found, grids, n) for s in pending}
+        if deadline is not None:
+            advanced, skipped = fit_look_to_budget(spec, wanted, grids, runs, extra, jobs, deadline - time.time())
+            if skipped:
+                print(f"[tiedlab] look {look + 1}/{len(counts)}: {', '.join(skipped)} not advanced: their runs do not "
+                      f"fit the {max(deadline - time.time(), 0) / 60:.0f} min left of --budget-min", flush=True)
+                state.setdefault("budget_skipped", {})[look] = sorted(skipped)
+            wanted = {k: v for k, v in wanted.items() if k in advanced}
+        todo = merge_cells(wanted.values())
         look_grids = []
-        for (grid_name, cell), (seeds, folds) in todo.items():
-            grid = {"name": grid_name, "overrides": grids[grid_name].get("overrides") or [],
-                    "sweep": {**{k: [v] for k, v in cell}, **({"data.fold": sorted(folds)} if folds else {}),
-                              "seed": sorted(seeds)}}
+        for grid in cell_grids(todo, grids):
             if grid_finished(grid, runs):
                 continue
-            print(f"[tiedlab] look {look + 1}/{len(counts)}: seeds 0-{n - 1} for {grid_name} {dict(cell)}", flush=True)
+            cell = {k: v[0] for k, v in grid["sweep"].items() if k not in ("seed", "data.fold")}
+            print(f"[tiedlab] look {look + 1}/{len(counts)}: seeds 0-{n - 1} for {grid['name']} {cell}", flush=True)
             if execute is None:
                 (cmd,) = study_commands({"name": spec.get("name"), "grids": [grid]}, runs, extra, jobs)
                 print("+ " + shlex.join(cmd), flush=True)
@@ -546,6 +549,82 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
         print(f"[tiedlab] look {look + 1}/{len(counts)} ({n} seeds): {len(state['decided'])} of {len(specs)} "
               "primary comparisons decided", flush=True)
     return failures
+
+
+Cells = dict  # {(grid name, ((key, value), ...) less the replicate keys): (seeds, data folds)}
+
+
+def look_cells(comparison: Any, found: list[Any], grids: dict[str, Any], n: int) -> Cells:
+    """The cells of a comparison's two arms with seeds 0..n-1 (and the folds their runs have)."""
+    from tiedlab.reports.primary import arm_runs, run_values
+
+    out: Cells = {}
+    for arm in (comparison.a, comparison.b):
+        members = arm_runs(arm, found, grids)
+        if not members:
+            print(f"[tiedlab] warning: arm {arm.title()} has no runs: run its grid first", flush=True)
+            continue
+        values = run_values(members[0].name)
+        cell = tuple(sorted((k, v) for k, v in values.items() if k not in ("seed", "data.fold")))
+        folds = {run_values(r.name)["data.fold"] for r in members if "data.fold" in run_values(r.name)}
+        seeds, all_folds = out.setdefault((arm.grid, cell), (set(), set()))
+        seeds.update(range(n))
+        all_folds.update(folds)
+    return out
+
+
+def merge_cells(parts: Any) -> Cells:
+    out: Cells = {}
+    for part in parts:
+        for key, (seeds, folds) in part.items():
+            have_seeds, have_folds = out.setdefault(key, (set(), set()))
+            have_seeds.update(seeds)
+            have_folds.update(folds)
+    return out
+
+
+def cell_grids(cells: Cells, grids: dict[str, Any]) -> list[dict[str, Any]]:
+    """One single-cell grid per cell: its grid's overrides, the cell's values, its seeds and folds."""
+    return [{"name": grid_name, "overrides": grids[grid_name].get("overrides") or [],
+             "sweep": {**{k: [v] for k, v in cell}, **({"data.fold": sorted(folds)} if folds else {}),
+                       "seed": sorted(seeds)}}
+            for (grid_name, cell), (seeds, folds) in cells.items()]
+
+
+def fit_look_to_budget(spec: dict[str, Any], wanted: dict[str, Cells], grids: dict[str, Any], runs: Path,
+                       extra: list[str], jobs: int, left_s: float) -> tuple[set[str], list[str]]:
+    """Which comparisons a look can advance within ``left_s`` seconds: cheapest first (a comparison's runs at
+    ``look_cost_s``), each taken while the union of the taken ones' runs still fits; one whose runs cannot be
+    estimated is not taken. What is skipped depends on costs only, never on results, so the looks' alpha split
+    holds. Returns (keys taken, keys skipped)."""
+    def cost(cells: Cells) -> float | None:
+        return look_cost_s(spec, cell_grids(cells, grids), runs, extra, jobs)
+
+    alone = {key: cost(cells) for key, cells in wanted.items()}
+    taken: set[str] = set()
+    for key in sorted(wanted, key=lambda k: (alone[k] is None, alone[k] or 0.0, k)):
+        if alone[key] is None:
+            continue
+        trial = merge_cells(wanted[k] for k in taken | {key})
+        total = cost(trial)
+        if total is not None and (total == 0 or total <= left_s):  # nothing left to run costs no budget
+            taken.add(key)
+    return taken, [k for k in wanted if k not in taken]
+
+
+def look_cost_s(spec: dict[str, Any], look_grids: list[dict[str, Any]], runs: Path, extra: list[str],
+                jobs: int) -> float | None:
+    """Estimated wall seconds of a look's unfinished runs, ``jobs`` at a time: each run at the median wall time of
+    its cell's finished seeds, else its grid's seconds per step (``plan.estimate``); None when a run has neither."""
+    from .plan import estimate, run_costs
+
+    measured = run_costs(spec, runs, extra)
+    todo = [c for c in run_costs({"name": spec.get("name"), "grids": look_grids}, runs, extra)
+            if c.state not in ("done", "not_at_equilibrium", "diverged")]
+    guesses = [estimate(c, measured) for c in todo]
+    if any(g is None for g in guesses):
+        return None
+    return sum(guesses) / max(1, jobs)
 
 
 def count_statuses(folders: Any) -> dict[str, int]:

@@ -155,19 +155,21 @@ def test_study_runner_runs_only_the_selected_grids(capsys, tmp_path):
     out = capsys.readouterr().out
     ran = [line.split("hydra.sweep.dir=")[1].split()[0] for line in out.splitlines() if line.startswith("+ ")]
     expected = [g["name"] for g in load_study("quick")["grids"] if g["name"].startswith("graph_") or g["name"] == "vision_masks"]
-    assert [Path(r).name for r in ran] == expected and len(expected) == 7
+    assert [Path(r).name for r in ran] == expected and len(expected) == 9
     with pytest.raises(ValueError, match=r"--grids pattern 'grahp_\*' matches no grid of study 'quick'; valid grids: \["):
         study(["quick", "--dry-run", "--grids", "grahp_*"])
 
 
 def test_study_run_dirs_keep_swept_keys_that_are_also_fixed(tmp_path):
-    """quick's width grids fix model.width in their anchor and sweep it: the sweep wins (last override) and the run
-    directory must be named after it, or the two widths of a seed would share (and refuse) one directory."""
+    """A grid that fixes model.width in its anchor (as the shipped studies' anchors do) and sweeps it: the sweep wins
+    (last override) and the run directory must be named after it, or the two widths of a seed would share (and
+    refuse) one directory."""
     from tiedlab.paradigms.study import load_study, study_commands
 
-    spec = load_study("quick")
-    grids = [g for g in spec["grids"] if g["name"] in ("vision_width", "language_width", "graph_depth", "graph_width")]
-    assert len(grids) == 4
+    anchor = next(g for g in load_study("quick")["grids"] if g["name"] == "vision_base")["overrides"]
+    assert "model.width=24" in anchor
+    grids = [{"name": "vision_width", "overrides": anchor, "sweep": {"model.width": [12, 48], "seed": [0, 1]}},
+             {"name": "vision_depth", "overrides": [*anchor, "block.depth=2"], "sweep": {"block.depth": [2, 8]}}]
     for grid, cmd in zip(grids, study_commands({"grids": grids}, tmp_path, [], 1)):
         excluded = next(a for a in cmd if a.startswith("hydra.job.config.override_dirname.exclude_keys="))
         hidden = excluded.split("=", 1)[1].strip("[]").split(",")

@@ -107,3 +107,49 @@ def test_until_decided_with_grids_selected_still_sees_every_registered_grid(tmp_
     monkeypatch.setattr(study_module, "study_dir", lambda: studies)
     assert study_module.study(["toy", "--runs", str(tmp_path / "runs"), "--dry-run", "--grids", "g",
                                "--until-decided", "--max-seeds", "2"]) == 0
+
+
+def test_budget_min_does_not_start_a_look_estimated_to_end_past_it(tmp_path, monkeypatch, capsys):
+    """--budget-min: a look advances only the comparisons whose new runs (estimated from the finished seeds of the
+    same cells: their median wall time, jobs at a time) fit the time left, cheapest first; the state lists the rest."""
+    import json
+
+    from tiedlab.paradigms import rundir
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    study = {"name": "toy", "grids": [{"name": "g", "overrides": TOY, "sweep": {"block": ["tied", "deq"], "seed": [0, 1]}}],
+             "primary": {"comparisons": [{"insight": 4, "paradigm": "toy", "claim": "superiority", "metric": "val/acc",
+                                          "delta": 1e-6, "a": arm("tied"), "b": arm("deq")}]}}
+    (studies / "toy.yaml").write_text(yaml.safe_dump(study))
+    monkeypatch.setattr(study_module, "study_dir", lambda: studies)
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    runs = tmp_path / "runs"
+    args = ["toy", "--runs", str(runs), "--no-report", "--until-decided", "--max-seeds", "4", "--budget-min", "0.001"]
+    assert study_module.study(args) == 0
+    out = capsys.readouterr().out
+    assert "look 2/2: 4/toy not advanced: their runs do not fit the 0 min left of --budget-min" in out
+    assert sorted(p.name for p in (runs / "g").glob("block=*")) == [f"block={b},seed={s}" for b in ("deq", "tied")
+                                                                    for s in (0, 1)]
+    state = yaml.safe_load((runs / "sequential.yaml").read_text())
+    assert state == {"look": 1, "decided": {}, "budget_skipped": {1: ["4/toy"]}}
+    # the estimate: each new run at its cell's median wall time (the sessions' ended - started), jobs at a time
+    walls = {("tied", 0): 10, ("tied", 1): 20, ("deq", 0): 30, ("deq", 1): 50}
+    for (block, seed), wall in walls.items():
+        path = runs / "g" / f"block={block},seed={seed}" / rundir.METRICS
+        metrics = json.loads(path.read_text())
+        metrics["provenance"] = [{**metrics["provenance"][-1], "started": "2026-12-02T10:00:00+00:00",
+                                  "ended": f"2026-12-02T10:00:{wall:02d}+00:00"}]
+        path.write_text(json.dumps(metrics))
+    look = [{"name": "g", "overrides": TOY, "sweep": {"block": [b], "seed": [0, 1, 2, 3]}} for b in ("tied", "deq")]
+    assert study_module.look_cost_s(study, look, runs, [], jobs=2) == pytest.approx((2 * 15 + 2 * 40) / 2)
+    assert study_module.look_cost_s(study, look[:1], runs, [], jobs=1) == pytest.approx(2 * 15)
+    # cheapest first: with room for 40 s (jobs=1), the comparison needing only the tied cell is taken, not the other
+    grids = {"g": study["grids"][0]}
+    cells = lambda *blocks: {("g", (("block", b),)): ({0, 1, 2, 3}, set()) for b in blocks}
+    wanted = {"cheap": cells("tied"), "dear": cells("tied", "deq"), "free": cells()}
+    assert study_module.fit_look_to_budget(study, wanted, grids, runs, [], 1, 40.0) == ({"cheap", "free"}, ["dear"])
+    assert study_module.fit_look_to_budget(study, wanted, grids, runs, [], 1, 110.0)[0] == {"cheap", "dear", "free"}
+    with pytest.raises(ValueError, match="--budget-min=0.001 needs --until-decided"):
+        study_module.study(["toy", "--runs", str(runs), "--no-report", "--budget-min", "0.001"])
