@@ -14,8 +14,8 @@ help:  ## this list
 demo:  ## the demo study: all four paradigms on real data, a few runs each -> reports/studies/demo/
 	@source .ci/env.sh && tiedlab-study demo
 
-quick:  ## the full grid at CPU sizes, 2 seeds (52 min on a quiet 2-core CPU before the DEQ variant grids; more now) -> reports/studies/quick/
-	@source .ci/env.sh && tiedlab-study quick
+quick:  ## the primary comparisons at CPU sizes, 4-8 seeds, within 90 min on a 2-core CPU -> reports/studies/quick/
+	@source .ci/env.sh && tiedlab-study quick --jobs 2 --until-decided --max-seeds 8 --seed-step 2 --budget-min 90
 
 test:  ## the fast CPU test suite (what CI runs)
 	@source .ci/env.sh && python -m pytest -q
