@@ -4,9 +4,11 @@ A study file lists, per insight and paradigm, one primary comparison under ``pri
 the swept values its runs have, never a best-of pick on the metric under test), the metric and its direction,
 the kind of claim and the smallest effect of interest ``delta``. Everything else in a report is secondary and
 descriptive. The verdicts come from ``reports.stats`` (paired or Welch t intervals, Fisher's exact test, the F
-test) with Holm's correction across the report's primary comparisons, family by family: comparisons added to a
-study after its first runs carry a ``family`` of their own and arms on grids of their own (``tiedlab-study``
-refuses any other change to a registration), and are corrected apart, as a study apart would be.
+test) with Holm's correction across the report's primary comparisons, family by family. A ``family`` is a set of
+comparisons whose error rate is controlled together: a study may name them in its first registration (the quick
+study: one family per paradigm, since "does insight N transfer to paradigm X" is asked per paradigm); comparisons
+added after a study's first runs must carry a ``family`` of their own and arms on grids of their own
+(``tiedlab-study`` refuses any other change to a registration), and are corrected apart, as a study apart would be.
 
     primary:
       defaults: {delta: {acc: 0.005, knn_acc: 0.005, loss: 0.02}}
@@ -397,9 +399,8 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
                        looks: int = 1, grids: Iterable[str] = (),
                        seed_limits: Mapping[str, int] | None = None) -> list[PrimaryResult]:
     """Each spec's test on its arms' runs, then Holm across the comparisons of each ``family`` (at ``alpha / looks``
-    per look when the seeds were added sequentially: ``tiedlab-study --until-decided``). A family is a
-    registration: the study's first (family "") and each later amendment on runs of its own (see
-    ``tiedlab-study``), as if each were a study apart. ``seed_limits`` maps a comparison's
+    per look when the seeds were added sequentially: ``tiedlab-study --until-decided``). Families are named in
+    the study file (unnamed: family ""); an amendment is always a family of its own (see ``tiedlab-study``). ``seed_limits`` maps a comparison's
     ``key`` to the seeds a comparison is read on (seeds below the limit: the look it was decided at)."""
     runs, grids = list(runs), list(grids) or sorted({s.a.grid for s in specs} | {s.b.grid for s in specs})
     results = []

@@ -142,18 +142,19 @@ def header_blocks(report: Any) -> list[Block]:
 
 
 def family_name(family: str) -> str:
-    """A registration family as the report names it ("first registration" for the study's own)."""
-    return f"amendment {family!r}" if family else "first registration"
+    """A family of comparisons as the report names it ("unnamed" for comparisons the study file puts in none)."""
+    return f"family {family!r}" if family else "unnamed family"
 
 
 def holm_scope(primaries: list[Any]) -> str:
-    """"across them", or, when comparisons were added to the study later, within each family apart."""
+    """"across them", or, when the study names families (per paradigm, or an amendment), within each apart."""
     families = list(dict.fromkeys(r.spec.family for r in primaries))
     if len(families) < 2:
         return "across them"
     sizes = [sum(r.spec.family == f for r in primaries) for f in families]
-    return ("within each registration, apart (" + ", ".join(f"{family_name(f)}: {n}" for f, n in zip(families, sizes))
-            + "; an amendment names comparisons added after the first runs, on grids of their own)")
+    return ("within each family, apart (" + ", ".join(f"{family_name(f)}: {n}" for f, n in zip(families, sizes))
+            + "; the study file names the families, and comparisons added after its first runs always form one of "
+              "their own, on grids of their own)")
 
 
 SECONDARY_NOTE = (

@@ -198,7 +198,7 @@ def test_report_reads_the_study_file_beside_the_runs_and_leads_with_the_primarie
         "comparisons": [spec(), spec(insight=2, family="later")]}}))
     build_report([runs], tmp_path / "out2", "t")
     readme = (tmp_path / "out2" / "README.md").read_text()
-    assert "within each registration, apart (first registration: 1, amendment 'later': 1;" in readme
+    assert "within each family, apart (unnamed family: 1, family 'later': 1;" in readme
     assert "| 2 [later] |" in readme
 
 
