@@ -133,7 +133,7 @@ class PrimarySpec:
     transform: str = "none"
     label: str = ""
     id: str = ""  # set when one study pre-registers several comparisons of one insight and paradigm
-    family: str = ""  # the comparisons Holm corrects together ("": the study's first registration)
+    family: str = ""  # the comparisons Holm corrects together ("": those the study file puts in no family)
 
     @property
     def key(self) -> str:
