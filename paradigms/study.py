@@ -499,7 +499,8 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
     (``sequential.yaml``). A rerun replays the looks on the same data and continues where it stopped. With a
     ``deadline`` (epoch seconds), a look advances only the comparisons whose runs fit the time left, cheapest first
     (``fit_look_to_budget``); the others keep the seeds they have (the alpha split over every planned look stays,
-    which only makes their verdicts conservative), and ``sequential.yaml`` lists them under ``budget_skipped``. Returns how many grid commands exited non-zero."""
+    which only makes their verdicts conservative), and ``sequential.yaml`` lists them under ``budget_skipped``.
+    Returns how many grid commands exited non-zero."""
     from tiedlab.reports import stats
     from tiedlab.reports.load import load_runs
     from tiedlab.reports.primary import evaluate_primaries, load_primaries
@@ -574,6 +575,7 @@ def look_cells(comparison: Any, found: list[Any], grids: dict[str, Any], n: int)
 
 
 def merge_cells(parts: Any) -> Cells:
+    """The union of several comparisons' cells (a cell shared by two arms is run once, with both seed sets)."""
     out: Cells = {}
     for part in parts:
         for key, (seeds, folds) in part.items():
