@@ -599,8 +599,12 @@ def fit_look_to_budget(spec: dict[str, Any], wanted: dict[str, Cells], grids: di
     ``look_cost_s``), each taken while the union of the taken ones' runs still fits; one whose runs cannot be
     estimated is not taken. What is skipped depends on costs only, never on results, so the looks' alpha split
     holds. Returns (keys taken, keys skipped)."""
+    from .plan import run_costs
+
+    measured = run_costs(spec, runs, extra)  # read once: every estimate below draws on the same finished runs
+
     def cost(cells: Cells) -> float | None:
-        return look_cost_s(spec, cell_grids(cells, grids), runs, extra, jobs)
+        return look_cost_s(spec, cell_grids(cells, grids), runs, extra, jobs, measured)
 
     alone = {key: cost(cells) for key, cells in wanted.items()}
     taken: set[str] = set()
@@ -615,12 +619,12 @@ def fit_look_to_budget(spec: dict[str, Any], wanted: dict[str, Cells], grids: di
 
 
 def look_cost_s(spec: dict[str, Any], look_grids: list[dict[str, Any]], runs: Path, extra: list[str],
-                jobs: int) -> float | None:
+                jobs: int, measured: list[Any] | None = None) -> float | None:
     """Estimated wall seconds of a look's unfinished runs, ``jobs`` at a time: each run at the median wall time of
     its cell's finished seeds, else its grid's seconds per step (``plan.estimate``); None when a run has neither."""
     from .plan import estimate, run_costs
 
-    measured = run_costs(spec, runs, extra)
+    measured = run_costs(spec, runs, extra) if measured is None else measured
     todo = [c for c in run_costs({"name": spec.get("name"), "grids": look_grids}, runs, extra)
             if c.state not in ("done", "not_at_equilibrium", "diverged")]
     guesses = [estimate(c, measured) for c in todo]

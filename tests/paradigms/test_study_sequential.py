@@ -21,9 +21,18 @@ def arm(block: str) -> dict:
     return {"grid": "g", "where": {"block": block}}
 
 
-def test_until_decided_freezes_decided_comparisons_and_seeds_only_undetermined_arms(tmp_path, monkeypatch, capsys):
+def use_toy_study(study: dict, tmp_path: Path, monkeypatch) -> Path:
+    """Make ``study`` the runner's only study file (toy paradigm, one thread); returns the runs folder to use."""
     studies = tmp_path / "studies"
     studies.mkdir()
+    (studies / "toy.yaml").write_text(yaml.safe_dump(study))
+    monkeypatch.setattr(study_module, "study_dir", lambda: studies)
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    return tmp_path / "runs"
+
+
+def test_until_decided_freezes_decided_comparisons_and_seeds_only_undetermined_arms(tmp_path, monkeypatch, capsys):
     study = {"name": "toy", "grids": [{"name": "g", "overrides": TOY,
                                        "sweep": {"block": ["tied", "explicit", "deq"], "seed": [0, 1]}}],
              "primary": {"comparisons": [
@@ -33,11 +42,7 @@ def test_until_decided_freezes_decided_comparisons_and_seeds_only_undetermined_a
                  # shares the tied arm; superiority between near-identical models: undetermined to the end
                  {"insight": 4, "paradigm": "toy", "claim": "superiority", "metric": "val/acc", "delta": 1e-6,
                   "a": arm("tied"), "b": arm("deq")}]}}
-    (studies / "toy.yaml").write_text(yaml.safe_dump(study))
-    monkeypatch.setattr(study_module, "study_dir", lambda: studies)
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    runs = tmp_path / "runs"
+    runs = use_toy_study(study, tmp_path, monkeypatch)
     args = ["toy", "--runs", str(runs), "--no-report", "--until-decided", "--max-seeds", "4", "--seed-step", "2"]
     assert study_module.study(args) == 0
     out = capsys.readouterr().out
@@ -62,7 +67,7 @@ def test_until_decided_freezes_decided_comparisons_and_seeds_only_undetermined_a
     with pytest.raises(ValueError, match="sequential plan"):
         study_module.study(["toy", "--runs", str(runs), "--no-report", "--until-decided", "--max-seeds", "6"])
     study["primary"]["comparisons"][1]["delta"] = 0.1
-    (studies / "toy.yaml").write_text(yaml.safe_dump(study))
+    (tmp_path / "studies" / "toy.yaml").write_text(yaml.safe_dump(study))
     with pytest.raises(ValueError, match="registered other primary comparisons"):
         study_module.study(args)
 
@@ -116,16 +121,10 @@ def test_budget_min_does_not_start_a_look_estimated_to_end_past_it(tmp_path, mon
 
     from tiedlab.paradigms import rundir
 
-    studies = tmp_path / "studies"
-    studies.mkdir()
     study = {"name": "toy", "grids": [{"name": "g", "overrides": TOY, "sweep": {"block": ["tied", "deq"], "seed": [0, 1]}}],
              "primary": {"comparisons": [{"insight": 4, "paradigm": "toy", "claim": "superiority", "metric": "val/acc",
                                           "delta": 1e-6, "a": arm("tied"), "b": arm("deq")}]}}
-    (studies / "toy.yaml").write_text(yaml.safe_dump(study))
-    monkeypatch.setattr(study_module, "study_dir", lambda: studies)
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    runs = tmp_path / "runs"
+    runs = use_toy_study(study, tmp_path, monkeypatch)
     args = ["toy", "--runs", str(runs), "--no-report", "--until-decided", "--max-seeds", "4", "--budget-min", "0.001"]
     assert study_module.study(args) == 0
     out = capsys.readouterr().out
