@@ -60,7 +60,8 @@ GradConfig = config_node(GradSpec, "GradConfig")
 # A DEQ run's equilibrium health: the thresholds that flag it "not at equilibrium" (null: not checked), and how
 # the trainer measures it. Measuring never changes what the run trains (its RNG and buffers are restored).
 EquilibriumConfig = config_node(EquilibriumThresholds, "EquilibriumConfig", extra=(
-    ("probe_every", Optional[int], None),  # steps between gradient probes (null: at every evaluation; 0: never)
+    ("probe_every", Optional[int], None),  # steps between gradient probes, from the start (null: every evaluation;
+    #                                        0: never; any: also at the end)
     ("power_iters", int, 20),  # power-iteration steps of the spectral-norm estimate at z*
     ("reference_tol", float, 1e-6),  # the tight-tolerance reference gradient's forward and adjoint solve
     ("reference_max_iter", int, 300),
@@ -86,6 +87,7 @@ class LoopConfig:
     epochs: Optional[float] = None
     max_steps: Optional[int] = None  # wins over epochs when set
     eval_every: int = 200
+    validate_from: float = 0.0  # evaluations before this fraction of the steps record the training window only
     ckpt_every: int = 200
     device: str = "auto"
     amp: bool = True
@@ -187,6 +189,8 @@ def validate(cfg: Any) -> BlockSpec:
     for key in ("eval_every", "ckpt_every"):
         if getattr(t, key) < 1:
             raise ValueError(f"train.{key}={getattr(t, key)} must be >= 1")
+    if not 0.0 <= t.validate_from <= 1.0:
+        raise ValueError(f"train.validate_from={t.validate_from} must be in [0, 1] (a fraction of the run's steps)")
     if t.device not in DEVICES:
         raise ValueError(f"train.device={t.device!r} is not valid; choose one of {DEVICES}")
     if t.jacobian_weight < 0:

@@ -1,7 +1,8 @@
 """The one training loop every paradigm shares.
 
 ``train(cfg, run_dir)`` builds the paradigm's data and model, trains with the configured optimiser and
-schedule, evaluates every ``train.eval_every`` steps and at the end, checkpoints atomically every
+schedule, evaluates every ``train.eval_every`` steps (validating from ``train.validate_from`` of the steps on)
+and at the end, checkpoints atomically every
 ``train.ckpt_every`` steps, resumes from the run directory's checkpoint, and writes the run directory
 contract (see ``rundir``), holding its lock. A non-finite loss or an exploding solver residual ends the run
 with status ``diverged``: instability is a result, not a crash. A crash in the loop (an exception, a full disk)
@@ -279,11 +280,11 @@ class EquilibriumProbe:
 
     def grad_due(self, step: int, final: bool) -> bool:
         """Whether an evaluation at ``step`` also probes the gradient: always at the end (unless probes are off),
-        else when ``probe_every`` steps have passed since the last probe (null: at every evaluation)."""
+        else when ``probe_every`` steps have passed since the last probe or the start (null: at every evaluation)."""
         every = self.options.probe_every
         if every == 0:
             return False
-        return final or every is None or self.last_probe is None or step - self.last_probe >= every
+        return final or every is None or step - (self.last_probe or 0) >= every
 
     def verdict(self, record: dict[str, Any]) -> dict[str, Any]:
         """metrics.json's ``equilibrium``: the measured values of ``record``, the flags, the thresholds."""
@@ -728,15 +729,19 @@ class _Run:
                            f"{speed:.0f} samples/s, training ETA {eta:.0f} s")
 
     def _evaluate_due(self, time_up: bool) -> None:
-        """Validation every ``eval_every`` steps, at the last step and when time is up: into history.jsonl and
-        the tracker, with the training window's means."""
-        loop = self.loop
-        due = loop.step % self.cfg.train.eval_every == 0 or loop.step == self.total_steps or time_up
+        """Every ``eval_every`` steps, at the last step and when time is up: the training window's means into
+        history.jsonl and the tracker, with validation from ``validate_from`` of the steps on (and always at the
+        end), so a costly evaluation can run only where the report reads it (the last 20% and the end)."""
+        loop, train = self.loop, self.cfg.train
+        final = loop.step == self.total_steps or time_up
+        due = loop.step % train.eval_every == 0 or final
         if due and not self.world.is_main:  # rank 0 evaluates alone; the others wait at the next step
             loop.window = []
         elif due:
-            record = self._eval_record(("val",), final=loop.step == self.total_steps or time_up)
-            self.last_val = record
+            validate = final or loop.step >= train.validate_from * self.total_steps
+            record = self._eval_record(("val",) if validate else (), final=final)
+            if validate:
+                self.last_val = record
             rundir.append_history(self.run_dir, record)
             self.tracker.log(record, loop.step)
             loop.window = []

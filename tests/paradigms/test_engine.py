@@ -227,6 +227,7 @@ def test_corrupt_or_foreign_checkpoint_is_an_error_naming_the_file(tmp_path):
     ({"paradigm": "audio"}, r"unknown paradigm 'audio'; valid paradigms: \['graph', 'language', 'ssl', 'vision'\]"),
     ({"model.widht": 8}, r"unknown key\(s\) \['widht'\] in toy model options; valid keys: \['activation', 'scale', 'width'\]"),
     ({"train.max_steps": None}, r"set train.epochs or train.max_steps"),
+    ({"train.validate_from": 1.5}, r"train.validate_from=1.5 must be in \[0, 1\]"),
     ({"optim.name": "lbfgs"}, r"optim.name='lbfgs'.*'adamw', 'adam', 'sgd'"),
 ])
 def test_bad_values_are_rejected_before_training(tmp_path, change, match):

@@ -68,7 +68,28 @@ def test_probes_do_not_change_what_the_run_trains(tmp_path):
 def test_probe_every_sets_the_gradient_probes_steps_and_the_last_evaluation_always_probes(tmp_path):
     train(cfg(equilibrium=dict(probe_every=20)), tmp_path)
     probed = [h["step"] for h in rundir.read_history(tmp_path) if "eq/grad_cosine" in h]
-    assert probed == [10, 30]
+    assert probed == [20, 30]  # 20 steps from the start, then the end
+    train(cfg(equilibrium=dict(probe_every=30)), tmp_path / "end")
+    assert [h["step"] for h in rundir.read_history(tmp_path / "end") if "eq/grad_cosine" in h] == [30]
+
+
+def test_validate_from_skips_validation_and_probes_early_but_keeps_the_training_window(tmp_path):
+    """validate_from=0.6 of 30 steps: step 10 records the training window only, 20 and 30 validate and probe; the
+    run trains the same weights and ends with the same scores as one validated at every evaluation."""
+    late = train(cfg(train=dict(LOOP, validate_from=0.6)), tmp_path / "late")
+    every = train(cfg(), tmp_path / "every")
+    history = rundir.read_history(tmp_path / "late")
+    assert [h["step"] for h in history] == [10, 20, 30]
+    assert all("train/loss" in h for h in history)
+    assert [("val/loss" in h, "eq/rel_residual" in h, "eq/grad_cosine" in h) for h in history] == [
+        (False, False, False), (True, True, True), (True, True, True)]
+    for name, tensor in _weights(tmp_path / "late").items():
+        assert torch.equal(tensor, _weights(tmp_path / "every")[name]), name
+    assert late["metrics"]["val/loss"] == every["metrics"]["val/loss"]
+    # the same health (the spectral-norm estimate warm-starts from the previous evaluation's vector: close, not equal)
+    assert late["equilibrium"]["flags"] == every["equilibrium"]["flags"] == []
+    assert late["metrics"]["eq/grad_cosine"] == every["metrics"]["eq/grad_cosine"]
+    assert late["metrics"]["eq/spectral_norm"] == pytest.approx(every["metrics"]["eq/spectral_norm"], rel=1e-3)
 
 
 def test_a_one_step_gradient_is_judged_against_its_own_mode_and_its_distance_to_ift_recorded(tmp_path):
