@@ -5,9 +5,10 @@ schedule, evaluates every ``train.eval_every`` steps (validating from ``train.va
 and at the end, checkpoints atomically every ``train.ckpt_every`` steps, resumes from the run directory's
 checkpoint, and writes the run directory contract (see ``rundir``), holding its lock. A non-finite loss or an
 exploding solver residual ends the run with status ``diverged``: instability is a result, not a crash. A crash in
-the loop (an exception, a full disk) ends it with status ``failed`` and the reason. SIGUSR2 or SIGTERM checkpoints at the next step and ends it with
-status ``interrupted`` (rerun to resume; the command line exits with ``INTERRUPTED_EXIT``). Under ``torchrun``
-one run trains data-parallel over several processes (see ``distributed``): rank 0 alone writes and evaluates.
+the loop (an exception, a full disk) ends it with status ``failed`` and the reason. SIGUSR2 or SIGTERM
+checkpoints at the next step and ends it with status ``interrupted`` (rerun to resume; the command line exits with
+``INTERRUPTED_EXIT``). Under ``torchrun`` one run trains data-parallel over several processes (see
+``distributed``): rank 0 alone writes and evaluates.
 """
 
 from __future__ import annotations
