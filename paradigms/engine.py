@@ -748,17 +748,20 @@ class _Run:
 
     def _eval_record(self, splits: tuple[str, ...], final: bool) -> dict[str, Any]:
         """Evaluation on ``splits`` (see ``_eval_record``); a solving DEQ's validation also records its
-        equilibrium health, and the gradient probe when due."""
+        equilibrium health, and the gradient probe when due. The random-number streams are restored after, so when
+        and how often a run evaluates never changes what it trains (a data loader's iterator and a Hutchinson
+        Jacobian estimate draw from the global generator)."""
         self._set_warmup()
         probe = self.probe if self.probe is not None and not self.warming_up else None
-        with probe.capture() if probe is not None and "val" in splits else contextlib.nullcontext():
-            record = _eval_record(self.paradigm, self.model, self.data, self.loop, self.recorder, splits,
-                                  self.progress)
-        if probe is not None and "val" in splits:
-            record.update(probe.health())
-            if probe.grad_due(self.loop.step, final):
-                record.update(probe.grad_cosine(int(self.cfg.seed)))
-                probe.last_probe = self.loop.step
+        with torch.random.fork_rng(devices=_cuda_devices(self.model)):
+            with probe.capture() if probe is not None and "val" in splits else contextlib.nullcontext():
+                record = _eval_record(self.paradigm, self.model, self.data, self.loop, self.recorder, splits,
+                                      self.progress)
+            if probe is not None and "val" in splits:
+                record.update(probe.health())
+                if probe.grad_due(self.loop.step, final):
+                    record.update(probe.grad_cosine(int(self.cfg.seed)))
+                    probe.last_probe = self.loop.step
         return record
 
     def _final(self, final: dict[str, Any], status: str) -> None:

@@ -75,9 +75,11 @@ def test_probe_every_sets_the_gradient_probes_steps_and_the_last_evaluation_alwa
 
 def test_validate_from_skips_validation_and_probes_early_but_keeps_the_training_window(tmp_path):
     """validate_from=0.6 of 30 steps: step 10 records the training window only, 20 and 30 validate and probe; the
-    run trains the same weights and ends with the same scores as one validated at every evaluation."""
-    late = train(cfg(train=dict(LOOP, validate_from=0.6)), tmp_path / "late")
-    every = train(cfg(), tmp_path / "every")
+    run trains the same weights and ends with the same scores as one validated at every evaluation, also when its
+    Hutchinson Jacobian penalty draws from the global generator and so does evaluation (as a DataLoader does)."""
+    penalty = dict(block=dict(mode="deq", jacobian_samples=1), data=dict(eval_draws_rng=True))
+    late = train(cfg(**penalty, train=dict(LOOP, validate_from=0.6, jacobian_weight=0.1)), tmp_path / "late")
+    every = train(cfg(**penalty, train=dict(LOOP, jacobian_weight=0.1)), tmp_path / "every")
     history = rundir.read_history(tmp_path / "late")
     assert [h["step"] for h in history] == [10, 20, 30]
     assert all("train/loss" in h for h in history)

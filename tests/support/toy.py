@@ -23,6 +23,7 @@ class ToyData:
     limit: int | None = None
     nan_input_after: int | None = None  # test hook: poison the inputs after this many training steps
     fail_after: int | None = None  # test hook: raise a RuntimeError after this many training steps
+    eval_draws_rng: bool = False  # test hook: scoring draws from the global generator, as a DataLoader's iterator does
 
 
 @dataclass
@@ -110,6 +111,8 @@ class ToyParadigm(Paradigm):
 
     def score(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
         x, y = self.splits[split]
+        if self.data_opts.eval_draws_rng:
+            torch.empty((), dtype=torch.int64).random_()
         logits, _ = model(x)
         return {f"{split}/acc": (logits.argmax(1) == y).float().mean().item(),
                 f"{split}/loss": F.cross_entropy(logits, y).item()}
