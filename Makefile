@@ -18,7 +18,7 @@ quick:  ## the primary comparisons at CPU sizes, 4-8 seeds, within 90 min on a 2
 	@source .ci/env.sh && tiedlab-study quick --jobs 2 --until-decided --max-seeds 8 --seed-step 2 --budget-min 90
 
 test:  ## the fast CPU test suite (what CI runs)
-	@source .ci/env.sh && python -m pytest -q
+	@source .ci/env.sh && python -m pytest -q -n auto --maxprocesses=4
 
 test-slow:  ## long runs on real data (accuracy targets)
 	@source .ci/env.sh && python -m pytest -q -m slow
