@@ -10,7 +10,8 @@ training.
 Evaluation on ``split`` ("val" or "test"): the kNN memory bank is the train split (or a fixed seeded
 subset of ``data.knn_bank_size`` images), the queries are the split. Reported side by side:
 ``{split}/knn_acc`` (the primary metric), ``{split}/linear_acc``, the same two for the backbone at its
-random initialisation (``*_random_init``) and for raw standardised pixels (``*_pixels``), so a reader
+random initialisation (``*_random_init``; ``data.random_init_baseline=false`` leaves them out) and for raw
+standardised pixels (``*_pixels``), so a reader
 sees what pre-training added. The trained and the random-init backbone are scored on the same features:
 ``backbone(images)``, the projected block output average-pooled as ``model.pool_size`` says (1, global
 pooling, by default: what the SSL loss trains); pixels are the full flattened image. Split "train"
@@ -168,10 +169,11 @@ class SSLParadigm(Paradigm):
         if split == "train":
             return {"train/loss": self._fit_loss(model, core, data)}
         out = self._knn_and_probe(core.encode, data, split, "", core.bank_cache, weights_key(core))
-        initial = core.initial_backbone
-        weights = weights_key(initial)
-        out.update(core.baseline_cache.get(split, data, weights, lambda: self._knn_and_probe(
-            lambda x: initial(x)[0], data, split, "_random_init", core.bank_cache, weights)))
+        if self.data_opts.random_init_baseline:
+            initial = core.initial_backbone
+            weights = weights_key(initial)
+            out.update(core.baseline_cache.get(split, data, weights, lambda: self._knn_and_probe(
+                lambda x: initial(x)[0], data, split, "_random_init", core.bank_cache, weights)))
         if split not in data.cache:
             data.cache[split] = self._knn_and_probe(lambda x: x.flatten(1), data, split, "_pixels")
         out.update(data.cache[split])

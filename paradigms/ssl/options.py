@@ -41,6 +41,9 @@ class SSLDataOptions:
         linear_steps / linear_l2: L-BFGS iterations and L2 weight of the logistic-regression probe
             fitted on the frozen bank features.
         eval_batch_size: batch size of feature extraction.
+        random_init_baseline: also score the backbone at its random initialisation (``*_random_init`` keys, once
+            per split and run: as dear as scoring the trained backbone once, a DEQ's most of all); false leaves
+            those keys out of the record (the raw-pixel baseline is always scored: it is cheap).
     """
 
     name: str = "cifar10"
@@ -62,6 +65,7 @@ class SSLDataOptions:
     linear_steps: int = 100
     linear_l2: float = 1e-4
     eval_batch_size: int = 1000
+    random_init_baseline: bool = True
 
     def __post_init__(self) -> None:
         check_choice("data.name", self.name, VISION_DATASETS)
@@ -75,6 +79,9 @@ class SSLDataOptions:
         check_int("data.linear_steps", self.linear_steps)
         check_range("data.linear_l2", self.linear_l2, 0)
         check_int("data.eval_batch_size", self.eval_batch_size)
+        if not isinstance(self.random_init_baseline, bool):
+            raise ValueError(f"data.random_init_baseline={self.random_init_baseline!r} is not valid; choose one of "
+                             "[True, False]")
         check_range("data.crop_scale_min", self.crop_scale_min, 0, 1, low_open=True)
         check_range("data.hflip_prob", self.hflip_prob, 0, 1, allow_none=True)
         check_range("data.jitter_prob", self.jitter_prob, 0, 1)

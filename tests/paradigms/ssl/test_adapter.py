@@ -188,6 +188,24 @@ def test_random_init_and_pixel_baselines_are_reported_and_fixed():
     assert set(test) == {k.replace("val/", "test/") for k in after}
 
 
+def test_the_random_init_baseline_can_be_left_out_and_then_is_never_encoded(monkeypatch):
+    """data.random_init_baseline=false: no *_random_init keys, the initial backbone is never run, and every other
+    metric is what the default gives."""
+    import tiedlab.paradigms.ssl.adapter as adapter
+
+    torch.manual_seed(0)
+    paradigm, bundle, model = make("simclr")
+    default = paradigm.evaluate(model, bundle, "val")
+    torch.manual_seed(0)
+    paradigm, bundle, model = make("simclr", random_init_baseline=False)
+    monkeypatch.setattr(type(model), "initial_backbone", property(lambda self: pytest.fail("random init was run")))
+    without = paradigm.evaluate(model, bundle, "val")
+    assert without == {k: v for k, v in default.items() if not k.endswith("_random_init")}
+    assert len(without) == 4
+    with pytest.raises(ValueError, match=r"data.random_init_baseline='no' is not valid; choose one of \[True, Fa"):
+        make("simclr", random_init_baseline="no")
+
+
 @pytest.mark.parametrize("method", ["simclr", "byol"])
 def test_the_training_split_fit_is_the_loss_on_fixed_views_and_changes_nothing(method):
     """train.score_train: the method's loss on the bank's training images with fixed view draws: the same on every
