@@ -562,6 +562,14 @@ def forest_plot(primaries: list[Any], out: Path) -> Plot | None:
                 "all", "all", "forest")
 
 
+def forest_segment(lo: float, hi: float, clip: float = FOREST_CLIP) -> tuple[tuple[float, float], list[float]]:
+    """The drawn part of an interval [lo, hi] (in delta units) on an axis clipped at +-clip, and the edges where
+    an arrow says it goes on: one per end beyond the clip, on that end's side (an interval wholly beyond one edge
+    is a point at that edge with its arrow there, never one at the other edge)."""
+    a, b = (min(max(end, -clip), clip) for end in (lo, hi))
+    return (a, b), sorted({math.copysign(clip, end) for end in (lo, hi) if abs(end) > clip})
+
+
 def _forest(rows: list[Any], out: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -572,12 +580,11 @@ def _forest(rows: list[Any], out: Path) -> None:
         if r.spec.kind == "mean" and math.isfinite(r.effect):
             lo, hi = (r.ci_low / r.spec.delta, r.ci_high / r.spec.delta) if math.isfinite(r.ci_low) else (None, None)
             if lo is not None:
-                a, b = max(lo, -FOREST_CLIP), min(hi, FOREST_CLIP)
+                (a, b), arrows = forest_segment(lo, hi)
                 ax.plot([a, b], [y, y], color=colour, lw=2, solid_capstyle="butt")
-                for end, edge in ((lo, -FOREST_CLIP), (hi, FOREST_CLIP)):
-                    if abs(end) > FOREST_CLIP:
-                        ax.annotate("", xy=(edge, y), xytext=(edge * 0.93, y),
-                                    arrowprops={"arrowstyle": "->", "color": colour, "lw": 1.2})
+                for edge in arrows:
+                    ax.annotate("", xy=(edge, y), xytext=(edge * 0.93, y),
+                                arrowprops={"arrowstyle": "->", "color": colour, "lw": 1.2})
             ax.plot([max(min(r.effect / r.spec.delta, FOREST_CLIP), -FOREST_CLIP)], [y], "o", color=colour, ms=5)
     ax.axvline(0, color="black", lw=0.8)
     for edge in (-1, 1):

@@ -221,3 +221,14 @@ def test_convergence_note_reads_the_last_fifth_of_each_runs_history_against_delt
     assert settled.startswith("near convergence yes") and "train/loss moved by 0.015 (arm A)" in settled
     moving = convergence_note(s, [run([1, 0.6, 0.5, 0.45, 0.40])], [run([1, 0.7, 0.6, 0.55, 0.545])])
     assert moving.startswith("near convergence no")
+
+
+def test_a_forest_interval_beyond_the_clip_is_drawn_at_its_own_edge():
+    """An interval wholly right of the axis (a large effect in delta units) is a point at the right edge with an arrow
+    there, not an arrow at the left edge too; one that spans the axis gets an arrow at each edge it passes."""
+    from tiedlab.reports.plots import FOREST_CLIP, forest_segment
+
+    assert forest_segment(5.1, 8.2) == ((FOREST_CLIP, FOREST_CLIP), [FOREST_CLIP])
+    assert forest_segment(-9.0, -6.0) == ((-FOREST_CLIP, -FOREST_CLIP), [-FOREST_CLIP])
+    assert forest_segment(-7.0, 6.0) == ((-FOREST_CLIP, FOREST_CLIP), [-FOREST_CLIP, FOREST_CLIP])
+    assert forest_segment(-0.5, 2.0) == ((-0.5, 2.0), [])
