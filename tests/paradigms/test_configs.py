@@ -213,10 +213,10 @@ def test_deq_variants_select_their_gradient_and_the_paradigms_recipe_follows(hyd
     if paradigm == "vision":
         assert (cfg.train.jacobian_weight, cfg.block.jacobian_samples, cfg.train.deq_warmup_steps) == (2.0, 1, 50)
     elif paradigm == "language":
-        assert (cfg.train.jacobian_weight, cfg.block.jacobian_samples, cfg.train.deq_warmup_steps) == (0.5, 1, 100)
+        assert (cfg.train.jacobian_weight, cfg.block.jacobian_samples, cfg.train.deq_warmup_steps) == (1.0, 1, 100)
         assert cfg.model.inject_norm is True and cfg.solver.eval_max_iter == 30
     elif paradigm == "ssl":
-        assert (cfg.train.jacobian_weight, cfg.block.jacobian_samples, cfg.train.deq_warmup_steps) == (4.0, 1, 50)
+        assert (cfg.train.jacobian_weight, cfg.block.jacobian_samples, cfg.train.deq_warmup_steps) == (6.0, 1, 50)
     else:
         assert cfg.train.deq_warmup_steps == 0
         assert cfg.train.jacobian_weight == (1.0 if variant == "ift_jacobian" else 0.0)
