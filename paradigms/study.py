@@ -621,7 +621,10 @@ def fit_look_to_budget(spec: dict[str, Any], wanted: dict[str, Cells], grids: di
 def look_cost_s(spec: dict[str, Any], look_grids: list[dict[str, Any]], runs: Path, extra: list[str],
                 jobs: int, measured: list[Any] | None = None) -> float | None:
     """Estimated wall seconds of a look's unfinished runs, ``jobs`` at a time: each run at the median wall time of
-    its cell's finished seeds, else its grid's seconds per step (``plan.estimate``); None when a run has neither."""
+    its cell's finished seeds, else its grid's seconds per step (``plan.estimate``); None when a run has neither.
+    The bound of any scheduler that starts a run whenever a slot frees (Graham's list-scheduling bound):
+    sum / jobs + (1 - 1 / jobs) * the longest run, so a look whose runs do not divide evenly over the slots is
+    not taken on the hope that they will."""
     from .plan import estimate, run_costs
 
     measured = run_costs(spec, runs, extra) if measured is None else measured
@@ -630,7 +633,8 @@ def look_cost_s(spec: dict[str, Any], look_grids: list[dict[str, Any]], runs: Pa
     guesses = [estimate(c, measured) for c in todo]
     if any(g is None for g in guesses):
         return None
-    return sum(guesses) / max(1, jobs)
+    jobs = max(1, jobs)
+    return sum(guesses) / jobs + (1 - 1 / jobs) * max(guesses, default=0.0)
 
 
 def count_statuses(folders: Any) -> dict[str, int]:
