@@ -395,11 +395,24 @@ def _arm(c: Cell) -> str:
     return c.mode if c.mask_mode == "none" else f"{c.mode} {c.mask_mode}"
 
 
+def capacity_series(cells: list[Cell]) -> dict[tuple[Any, str, Any, str], list[Cell]]:
+    """The capacity plot's lines: (depth, arm, width of a masked arm's line or None, other) -> its cells in order of
+    nonzero parameters. A masked arm is drawn over density at each width, a dense one over width; cells that
+    differ in any other setting (``Cell.other``, e.g. a longer training run) are never joined into one line."""
+    out: dict[tuple[Any, str, Any, str], list[Cell]] = {}
+    for c in cells:
+        arm = _arm(c)
+        out.setdefault((c.depth, arm, c.width if arm.endswith(("shared", "distinct")) else None, c.other),
+                       []).append(c)
+    return {k: sorted(v, key=lambda c: statistics.fmean(c.values("params/nonzero")))
+            for k, v in sorted(out.items(), key=lambda kv: str(kv[0]))}
+
+
 def plot_capacity(cells: list[Cell], path: Path, title: str, colors: dict[str, str] | None = None) -> bool:
     """Training-set loss (``fit/loss``) against nonzero parameters (summed over layers: proportional to FLOPs per
     sample), one panel per depth: dense tied models over width, shared and distinct masks over density, disjoint
-    masks and explicit layers; mean over seeds with +-1 std bars, single seeds faint. Capacity reads as the lower
-    envelope: the arm lowest at a given nonzero count fits best per FLOP."""
+    masks and explicit layers (``capacity_series``); mean over seeds with +-1 std bars, single seeds faint. Capacity
+    reads as the lower envelope: the arm lowest at a given nonzero count fits best per FLOP."""
     from matplotlib.figure import Figure
 
     cells = [c for c in cells if c.values(FIT) and c.values("params/nonzero") and c.depth is not None]
@@ -412,31 +425,33 @@ def plot_capacity(cells: list[Cell], path: Path, title: str, colors: dict[str, s
     palette = {a: c or next(free) for a, c in palette.items()}
     fig = Figure(figsize=(3.3 * len(depths) + 0.6, AXES_HEIGHT + 0.35), layout="constrained")
     axes = fig.subplots(1, len(depths), sharey=True, squeeze=False)[0]
+    lines = capacity_series(cells)
+    labelled: set[str] = set()
     for ax, depth in zip(axes, depths):
         ax.set_title(f"depth {depth}")
         ax.set_xlabel("nonzero parameters (over layers)")
         ax.grid(True, alpha=0.3)
         ax.set_xscale("log", base=2)
-        at = [c for c in cells if c.depth == depth]
-        for arm in arms:
-            series = _series([c for c in at if _arm(c) == arm],
-                             lambda c: c.width if arm.endswith(("shared", "distinct")) else None)
-            for i, (_, members) in enumerate(sorted(series.items(), key=lambda kv: str(kv[0]))):
-                members = sorted(members, key=lambda c: statistics.fmean(c.values("params/nonzero")))
-                xs = [statistics.fmean(c.values("params/nonzero")) for c in members]
-                stats = [c.stat(FIT) for c in members]
-                ax.errorbar(xs, [s.mean for s in stats], yerr=[s.std or 0.0 for s in stats], color=palette[arm],
-                            ls=LINESTYLES[i % len(LINESTYLES)], marker=MARKERS[arms.index(arm) % len(MARKERS)],
-                            capsize=2, lw=1.3, ms=4, label=arm if depth == depths[0] and i == 0 else None)
-                seeds = [(x, v) for x, c in zip(xs, members) for v in c.values(FIT)]
-                ax.scatter([p[0] for p in seeds], [p[1] for p in seeds], s=8, color=palette[arm], alpha=0.3,
-                           linewidths=0)
+        seen: dict[str, int] = {}
+        for (_, arm, _, other), members in ((k, v) for k, v in lines.items() if k[0] == depth):
+            i = seen[arm] = seen.get(arm, -1) + 1
+            xs = [statistics.fmean(c.values("params/nonzero")) for c in members]
+            stats = [c.stat(FIT) for c in members]
+            label = _fmt([arm, f"[{other}]" if other else ""])
+            ax.errorbar(xs, [s.mean for s in stats], yerr=[s.std or 0.0 for s in stats], color=palette[arm],
+                        ls=LINESTYLES[i % len(LINESTYLES)], marker=MARKERS[arms.index(arm) % len(MARKERS)],
+                        capsize=2, lw=1.3, ms=4, mfc="white" if other else None,
+                        label=None if label in labelled else label)
+            labelled.add(label)
+            seeds = [(x, v) for x, c in zip(xs, members) for v in c.values(FIT)]
+            ax.scatter([p[0] for p in seeds], [p[1] for p in seeds], s=8, color=palette[arm], alpha=0.3,
+                       linewidths=0)
     axes[0].set_ylabel("training-set loss (fit/loss; lower fits better)")
     fig.suptitle(title, fontsize=9.5)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 5), frameon=False,
-               title="mean over seeds +-1 std; faint: single seeds; masked arms over density, dense over width",
-               title_fontsize=7.5)
+    handles, labels = [sum(hl, []) for hl in zip(*(ax.get_legend_handles_labels() for ax in axes))]
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 3 if len(handles) > 5 else 5),
+               frameon=False, fontsize=7, title="mean over seeds +-1 std; faint: single seeds; masked arms over "
+               "density, dense over width; open markers: cells with other settings [named]", title_fontsize=7.5)
     save_figure(fig, path)
     return True
 

@@ -280,6 +280,7 @@ def test_fit_gaps_against_shared_masks_and_the_nonzero_matched_dense_width(tmp_p
     from .conftest import write_run
     from tiedlab.reports.aggregate import group_cells
     from tiedlab.reports.load import load_runs
+    from tiedlab.reports import plots as plot_module
     from tiedlab.reports.plots import dense_gaps, mask_gaps, matched_dense, plot_capacity, plot_fit_gap
 
     fits = {("distinct", 0.75, 16): [0.30, 0.32, 0.31], ("shared", 0.75, 16): [0.40, 0.41, 0.43],
@@ -304,6 +305,19 @@ def test_fit_gaps_against_shared_masks_and_the_nonzero_matched_dense_width(tmp_p
     assert shared_points[0][1] == pytest.approx((0.40 + 0.41 + 0.43 - 0.30 - 0.32 - 0.31) / 3)
     assert plot_fit_gap(cells, tmp_path / "fitgap.png", "fit gap") and (tmp_path / "fitgap.svg").exists()
     assert plot_capacity(cells, tmp_path / "capacity.png", "capacity") and (tmp_path / "capacity.svg").exists()
+    # the capacity plot's lines: masked arms over density, dense over width, and a cell with another setting (a
+    # longer run, say) is a line of its own, never joined to the others
+    for seed, v in enumerate([0.10, 0.12]):
+        write_run(tmp_path / "long", f"distinct-long-s{seed}", width=16, depth=8, seed=seed, val=0.8,
+                  mask={"mode": "distinct", "kind": "unstructured", "sparsity": 0.75}, data={"limit_train": 500},
+                  extra={"fit/loss": v, "params/nonzero": 512})
+    with_long = group_cells(load_runs([tmp_path]))
+    lines = {k: [(c.sparsity, c.width) for c in v] for k, v in plot_module.capacity_series(with_long).items()}
+    assert lines == {(8, "tied dense", None, ""): [(0.0, 6), (0.0, 8), (0.0, 16)],
+                     (8, "tied distinct", 16, ""): [(0.75, 16), (0.5, 16)],
+                     (8, "tied distinct", 16, "data.limit_train=500"): [(0.75, 16)],
+                     (8, "tied shared", 16, ""): [(0.75, 16), (0.5, 16)]}
+    assert plot_capacity(with_long, tmp_path / "capacity2.png", "capacity")
     plain = [c for c in cells if c.mask_mode == "none"]
     assert not plot_capacity(plain, tmp_path / "none.png", "no masks")  # nothing to compare: no figure
 
