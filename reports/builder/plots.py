@@ -398,11 +398,15 @@ def _arm(c: Cell) -> str:
 def capacity_series(cells: list[Cell]) -> dict[tuple[Any, str, Any, str], list[Cell]]:
     """The capacity plot's lines: (depth, arm, width of a masked arm's line or None, other) -> its cells in order of
     nonzero parameters. A masked arm is drawn over density at each width, a dense one over width; cells that
-    differ in any other setting (``Cell.other``, e.g. a longer training run) are never joined into one line."""
+    differ in any other setting (``Cell.other``, e.g. a longer training run) are never joined into one line; a
+    setting all of them share is left out of the key."""
+    parts = {c: [p for p in c.other.split(", ") if p] for c in cells}
+    common = set.intersection(*(set(v) for v in parts.values())) if parts else set()
     out: dict[tuple[Any, str, Any, str], list[Cell]] = {}
     for c in cells:
         arm = _arm(c)
-        out.setdefault((c.depth, arm, c.width if arm.endswith(("shared", "distinct")) else None, c.other),
+        other = ", ".join(p for p in parts[c] if p not in common)
+        out.setdefault((c.depth, arm, c.width if arm.endswith(("shared", "distinct")) else None, other),
                        []).append(c)
     return {k: sorted(v, key=lambda c: statistics.fmean(c.values("params/nonzero")))
             for k, v in sorted(out.items(), key=lambda kv: str(kv[0]))}

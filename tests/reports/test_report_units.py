@@ -318,6 +318,8 @@ def test_fit_gaps_against_shared_masks_and_the_nonzero_matched_dense_width(tmp_p
                      (8, "tied distinct", 16, "data.limit_train=500"): [(0.75, 16)],
                      (8, "tied shared", 16, ""): [(0.75, 16), (0.5, 16)]}
     assert plot_capacity(with_long, tmp_path / "capacity2.png", "capacity")
+    long_only = [c for c in with_long if c.other]  # a setting every plotted cell shares is not named
+    assert list(plot_module.capacity_series(long_only)) == [(8, "tied distinct", 16, "")]
     plain = [c for c in cells if c.mask_mode == "none"]
     assert not plot_capacity(plain, tmp_path / "none.png", "no masks")  # nothing to compare: no figure
 
