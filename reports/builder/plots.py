@@ -402,12 +402,13 @@ def capacity_series(cells: list[Cell]) -> dict[tuple[Any, str, Any, str], list[C
     setting all of them share is left out of the key."""
     parts = {c: [p for p in c.other.split(", ") if p] for c in cells}
     common = set.intersection(*(set(v) for v in parts.values())) if parts else set()
-    out: dict[tuple[Any, str, Any, str], list[Cell]] = {}
-    for c in cells:
+
+    def line(c: Cell) -> tuple[Any, str, Any, str]:
         arm = _arm(c)
-        other = ", ".join(p for p in parts[c] if p not in common)
-        out.setdefault((c.depth, arm, c.width if arm.endswith(("shared", "distinct")) else None, other),
-                       []).append(c)
+        return (c.depth, arm, c.width if arm.endswith(("shared", "distinct")) else None,
+                ", ".join(p for p in parts[c] if p not in common))
+
+    out = _series(cells, line)
     return {k: sorted(v, key=lambda c: statistics.fmean(c.values("params/nonzero")))
             for k, v in sorted(out.items(), key=lambda kv: str(kv[0]))}
 
