@@ -227,6 +227,6 @@ def build_backbone(in_channels: int, opts: VisionModelOptions, spec: BlockSpec,
     """Stem + Block(cell_factory or make_cell(opts), spec) + projection + grid pool, for ``in_channels`` images."""
     stem = VisionStem(in_channels, opts.width, stride=opts.stem_stride, groups=opts.groups)
     block = Block(cell_factory or (lambda: make_cell(opts)), spec)
-    projection = (FeatureProjection(opts.width, opts.feature_mult * opts.width, opts.groups)
-                  if opts.feature_mult else None)
+    channels = opts.projection_channels
+    projection = FeatureProjection(opts.width, channels, opts.groups) if channels else None
     return VisionBackbone(stem, block, projection, pool_size=opts.pool_size)

@@ -95,6 +95,10 @@ class VisionModelOptions:
         feature_mult: the backbone maps the block's output through conv1x1 (C -> feature_mult * C)
             -> GroupNorm -> ReLU before pooling (as MDEQ's final layer does); 0 pools z itself (whose
             GroupNorm leaves the channel means of each group summing to a constant: weak features).
+            None with ``feature_channels`` set.
+        feature_channels: the projection's channels as a number, the same at every width (needs
+            ``feature_mult=None``): arms that differ in ``width`` then share the projection's output and
+            the head's size, so that only the stem, the cell and the projection's input differ.
         pool_size: the projected features are average-pooled to a pool_size x pool_size grid and
             flattened (out_features = channels * pool_size**2); 1 = global average pooling. A grid
             keeps the spatial layout a single-resolution block cannot summarise by itself.
@@ -106,7 +110,8 @@ class VisionModelOptions:
     dropout: float = 0.0
     stem_stride: int = 1
     init_scale: float = 1.0
-    feature_mult: int = 4
+    feature_mult: int | None = 4
+    feature_channels: int | None = None
     pool_size: int = 1
 
     def __post_init__(self) -> None:
@@ -120,13 +125,28 @@ class VisionModelOptions:
                 f"valid groups: {valid}")
         check_range("model.dropout", self.dropout, 0, 1, high_open=True)
         check_choice("model.stem_stride", self.stem_stride, STEM_STRIDES)
-        check_int("model.feature_mult", self.feature_mult, 0)
+        check_int("model.feature_mult", self.feature_mult, 0, allow_none=True)
+        check_int("model.feature_channels", self.feature_channels, allow_none=True)
+        if (self.feature_mult is None) == (self.feature_channels is None):
+            raise ValueError(
+                f"model.feature_mult={self.feature_mult!r} and model.feature_channels={self.feature_channels!r}: "
+                "set exactly one (feature_mult scales the projection with the width, feature_channels fixes it; "
+                "model.feature_mult=null model.feature_channels=N)")
+        if self.feature_channels is not None and self.feature_channels % self.groups:
+            raise ValueError(f"model.groups={self.groups} must divide model.feature_channels={self.feature_channels}")
         check_range("model.init_scale", self.init_scale, 0, low_open=True)
 
     @property
     def hidden(self) -> int:
         """Channels of the cell's hidden conv, E * C."""
         return self.width * self.expansion
+
+    @property
+    def projection_channels(self) -> int:
+        """Output channels of the feature projection: feature_channels, or feature_mult * width (0: none)."""
+        if self.feature_channels is not None:
+            return self.feature_channels
+        return self.feature_mult * self.width
 
 
 @dataclass

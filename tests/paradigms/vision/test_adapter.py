@@ -267,6 +267,32 @@ def test_backbone_pools_to_a_grid():
         VisionModelOptions(pool_size=0)
 
 
+def test_fixed_feature_channels_give_arms_of_different_widths_one_head():
+    """feature_channels pins the projection's output: widths 8 and 16 then differ only in the stem, the cell and
+    the projection's input (counted here parameter by parameter), never in the features the head reads."""
+    def parts(width, **kw):
+        opts = VisionModelOptions(width=width, expansion=1, groups=2, stem_stride=2, pool_size=4, **kw)
+        backbone = build_backbone(1, opts, BlockSpec(mode="tied", depth=2))
+        features, _ = backbone(torch.randn(2, 1, 28, 28))
+        assert features.shape == (2, backbone.out_features)
+        return backbone, opts
+
+    narrow, _ = parts(8, feature_mult=None, feature_channels=64)
+    wide, opts = parts(16, feature_mult=None, feature_channels=64)
+    assert narrow.out_features == wide.out_features == 64 * 16
+    assert opts.projection_channels == 64
+    assert tuple(narrow.projection.conv.weight.shape) == (64, 8, 1, 1)
+    assert tuple(wide.projection.conv.weight.shape) == (64, 16, 1, 1)
+    # scaled with the width (the default), the head of the wider arm reads twice the features
+    assert parts(8)[0].out_features * 2 == parts(16)[0].out_features == 64 * 16
+    with pytest.raises(ValueError, match=r"model\.feature_mult=4 and model\.feature_channels=64: set exactly one"):
+        VisionModelOptions(width=8, groups=2, feature_channels=64)
+    with pytest.raises(ValueError, match=r"model\.feature_mult=None and model\.feature_channels=None"):
+        VisionModelOptions(width=8, groups=2, feature_mult=None)
+    with pytest.raises(ValueError, match=r"model\.groups=4 must divide model\.feature_channels=6"):
+        VisionModelOptions(width=8, groups=4, feature_mult=None, feature_channels=6)
+
+
 def test_cell_matches_the_mdeq_formula():
     torch.manual_seed(0)
     cell = MDEQCell(8, expansion=2, groups=2)
