@@ -200,7 +200,7 @@ def study(argv: list[str] | None = None) -> int:
 
 
 def choose_launcher(args: argparse.Namespace) -> str:
-    """"multirun" (grid by grid, Hydra's launcher), "ray" (--jobs N > 1 or --gpus) or "slurm" (--slurm), from
+    """"multirun" (grid by grid, Hydra's launcher), "ray" (--jobs N > 1, --gpus or --seed-batch) or "slurm" (--slurm), from
     flags that must not contradict each other.
 
     Raises:
@@ -500,7 +500,7 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
     ``deadline`` (epoch seconds), a look advances only the comparisons whose runs fit the time left, cheapest first
     (``fit_look_to_budget``); the others keep the seeds they have (the alpha split over every planned look stays,
     which only makes their verdicts conservative), and ``sequential.yaml`` lists them under ``budget_skipped``.
-    Returns how many grid commands exited non-zero."""
+    Returns how many grid commands (Hydra's launcher) or runs (Ray) failed."""
     from tiedlab.reports import stats
     from tiedlab.reports.load import load_runs
     from tiedlab.reports.primary import evaluate_primaries, load_primaries

@@ -1,9 +1,10 @@
-"""The vision model: stem -> core Block over an MDEQ-style residual cell -> global pool (-> linear head).
+"""The vision model: stem -> core Block over an MDEQ-style residual cell -> feature projection -> pool to a grid
+(-> linear head).
 
 Pieces another paradigm can reuse (the self-supervised one builds on them):
 
 - :class:`VisionModelOptions` (defined in :mod:`.options`): width, expansion, GroupNorm groups, dropout, stem
-  stride; validated.
+  stride, init scale, the projection's channels (``feature_mult`` or ``feature_channels``), pool size; validated.
 - :class:`VisionStem`: conv3x3 (optionally stride 2) -> GroupNorm -> ReLU, images -> width-C features.
 - :class:`MDEQCell`: the cell ``f(z, x, dropout_mask=None) -> z_next`` the core Block drives.
 - :class:`VisionBackbone`: stem + Block + feature projection + average pool to a ``pool_size`` x ``pool_size``

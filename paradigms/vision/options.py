@@ -87,7 +87,7 @@ class VisionModelOptions:
     Attributes:
         width: channels C of the state z and of the injected input x.
         expansion: E; the cell's hidden conv has E * C channels (MDEQ uses 5).
-        groups: GroupNorm groups; must divide C and E * C.
+        groups: GroupNorm groups; must divide C, E * C and ``feature_channels``.
         dropout: variational dropout probability on the cell's hidden channels (one mask per forward).
         stem_stride: 1 keeps the image resolution; 2 halves it (4x fewer pixels in the block: faster).
         init_scale: multiplies the cells' conv weights after default init (< 1 makes the DEQ map
