@@ -14,7 +14,7 @@ from tiedlab.reports.build import analyse
 from tiedlab.reports.load import runs_from_summary
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = {name: ROOT / "reports" / "studies" / name for name in ("quick", "demo", "masks")}
+COMMITTED = {name: ROOT / "reports" / "studies" / name for name in ("quick", "demo", "masks", "masks_head")}
 PARADIGM_COLUMNS = ("vision", "graph", "language", "ssl")  # the README answer table's column order
 
 
@@ -102,12 +102,13 @@ def test_readme_states_only_the_quick_verdicts_the_report_holds():
         assert phrase not in answer
 
 
-def test_readme_states_only_the_mask_study_verdicts_its_report_holds():
-    """The README's mask-study lines (<!-- answer:masks -->): one row per primary comparison of
-    reports/studies/masks, with the verdict, effect, interval and seeds the rebuilt report holds."""
+@pytest.mark.parametrize("name", ["masks", "masks_head"])
+def test_readme_states_only_the_mask_study_verdicts_its_report_holds(name):
+    """The README's mask-study lines (<!-- answer:masks -->, <!-- answer:masks_head -->): one row per primary
+    comparison of reports/studies/NAME, with the verdict, effect, interval and seeds the rebuilt report holds."""
     readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- answer:masks", 1)[1].split("<!-- /answer -->", 1)[0]
-    results = rebuilt_results("masks")
+    block = readme.split(f"<!-- answer:{name} ", 1)[1].split("<!-- /answer -->", 1)[0]
+    results = rebuilt_results(name)
     rows = [line for line in block.splitlines() if line.startswith("| `")]
     assert sorted(line.split("`")[1] for line in rows) == sorted(results)
     for line in rows:
