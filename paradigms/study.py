@@ -200,8 +200,8 @@ def study(argv: list[str] | None = None) -> int:
 
 
 def choose_launcher(args: argparse.Namespace) -> str:
-    """"multirun" (grid by grid, Hydra's launcher), "ray" (--jobs N > 1, --gpus or --seed-batch) or "slurm" (--slurm), from
-    flags that must not contradict each other.
+    """"multirun" (grid by grid, Hydra's launcher), "ray" (--jobs N > 1, --gpus or --seed-batch) or "slurm"
+    (--slurm), from flags that must not contradict each other.
 
     Raises:
         ValueError: two ways of launching at once (--gpus, --jobs N, --slurm, a hydra/launcher= or

@@ -268,8 +268,8 @@ def test_backbone_pools_to_a_grid():
 
 
 def test_fixed_feature_channels_give_arms_of_different_widths_one_head():
-    """feature_channels pins the projection's output: widths 8 and 16 then differ only in the stem, the cell and
-    the projection's input (counted here parameter by parameter), never in the features the head reads."""
+    """feature_channels pins the projection's output: widths 8 and 16 then differ in the projection's input (and
+    the stem and the cell), never in the features the head reads."""
     def parts(width, **kw):
         opts = VisionModelOptions(width=width, expansion=1, groups=2, stem_stride=2, pool_size=4, **kw)
         backbone = build_backbone(1, opts, BlockSpec(mode="tied", depth=2))
