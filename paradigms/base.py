@@ -9,8 +9,8 @@ Adding a paradigm (see CONTRIBUTING.md for the whole recipe): subclass ``Paradig
 add ``configs/paradigm/<name>.yaml`` and a data file, and a test module that runs
 ``tiedlab.paradigms.contract.check_paradigm``. An adapter package is laid out the same way in every
 paradigm (ssl reuses vision's data and model modules): ``options.py`` (the ``DataOptions``/``ModelOptions``
-dataclasses, checked with the validators below), ``data.py`` or a ``data/`` package (datasets), ``model.py`` (modules) and ``adapter.py`` (the
-``Paradigm`` subclass and its ``DataBundle``).
+dataclasses, checked with the validators below), ``data.py`` or a ``data/`` package (datasets), ``model.py``
+(modules) and ``adapter.py`` (the ``Paradigm`` subclass and its ``DataBundle``).
 
 Shared helpers for adapters: the evaluation template (``Paradigm.evaluate`` runs the adapter's ``score`` in
 ``eval_mode``), ``unwrap`` (the model behind a compile/DataParallel wrapper), ``weights_key`` and
