@@ -274,7 +274,8 @@ def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[Pr
             r.effect, r.n_a, r.n_b = t.difference, t.n_b, t.n_a  # the test was called with (b, a)
         else:  # the ratio's interval at the level the verdict is read at, like a mean comparison's
             t = r.test = stats.variance_test(*r.groups, alpha=float(level))
-            r.effect, r.ci_low, r.ci_high, r.n_a, r.n_b = t.ratio, t.ci_low, t.ci_high, t.df_b + 1, t.df_a + 1
+            r.effect, r.ci_low, r.ci_high = t.ratio, t.ci_low, t.ci_high
+            r.n_a, r.n_b = (sum(len(cell) for cell in side) for side in reversed(r.groups))  # groups are (b, a)
             r.seeds_needed = stats.variance_seeds_needed(t.ratio, alpha=float(level)) if not dec else None
         favours_a = r.effect > (1.0 if r.spec.kind == "spread" else 0.0)
         if not math.isfinite(t.p):
