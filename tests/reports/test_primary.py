@@ -49,6 +49,19 @@ def test_every_shipped_study_pre_registers_valid_primaries():
                                                          for p in ("vision", "graph", "language", "ssl")}
 
 
+def test_the_paper_study_registers_the_comparisons_of_quick_on_arms_of_the_same_kind():
+    """paper is quick at GPU sizes: the same comparisons (key, family, claim, metric, delta, kind) between grids of
+    the same names, so that a GPU run answers the question the CPU run asked, not a drifted one."""
+    def registered(name):
+        return {s.key: (s.family, s.insight, s.paradigm, s.claim, s.metric, s.direction, s.kind, s.transform, s.delta,
+                        s.a.grid, s.b.grid, s.a.where, s.b.where) for s in load_primaries(load_study(name))}
+
+    quick, paper = registered("quick"), registered("paper")
+    assert paper == quick and len(paper) == 30
+    sizes = {o for g in load_study("paper")["grids"] for o in g["overrides"] if o.startswith("size=")}
+    assert sizes == {"size=vision_paper", "size=ssl_paper", "size=graph_paper", "size=language_paper"}
+
+
 @pytest.mark.parametrize("change,match", [
     ({"claim": "better"}, r"claim='better' is not valid; choose one of \('superiority', 'noninferiority', 'equivalence'\)"),
     ({"delta": -1}, r"delta=-1.0 must be a number > 0"),
@@ -105,6 +118,14 @@ def test_a_clear_effect_holds_a_null_one_stays_undetermined_and_says_how_many_se
     assert clear.verdict == "holds" and clear.test.paired and clear.test.n_a == 5
     (noisy,) = evaluate_primaries([s], _runs([0.90, 0.80], [0.85, 0.86]))
     assert noisy.verdict == "undetermined"
+
+
+def test_a_spread_comparison_counts_the_runs_of_each_arm():
+    (s,) = load_primaries({"primary": {"comparisons": [spec(kind="spread")]}})
+    (none,) = evaluate_primaries([s], [])
+    assert (none.n_a, none.n_b, none.verdict) == (0, 0, "undetermined")
+    (some,) = evaluate_primaries([s], _runs([0.90, 0.91, 0.92, 0.905], [0.80, 0.85, 0.70]))
+    assert (some.n_a, some.n_b) == (4, 3) and some.effect > 1  # arm b varies more: the ratio favours a
 
 
 def test_lower_is_better_metrics_are_signed_for_arm_a():
