@@ -2,13 +2,24 @@
 
     python benchmarks/gpu_check.py                  # the device it finds (cuda if any), paper sizes
     python benchmarks/gpu_check.py --tiny --device cpu --steps 3   # the same path at toy sizes (tested on CPU)
+    python benchmarks/gpu_check.py --study paper --steps 30 --out paper-step-times.json [KEY=VALUE ...]
+        # the training step time of every cell of a study, for `tiedlab-study paper --plan --step-times FILE`
 
 Prints, per paradigm (vision, ssl, graph, language; ``--only`` picks some): samples/s and step ms of training
 (evaluation excluded, bf16 autocast on CUDA), peak memory, and for vision an MFU estimate from the FLOPs of one
 training step (``torch.utils.flop_counter``) against the device's dense bf16 peak; then the time a short vision
-run takes to reach a validation accuracy, the vision step with channels-last convolutions, and the speed-up of seed batching (K seeds of the quick-size vision
-and language models as one vectorised model against K separate runs; ``paradigms/seedbatch.py``). Writes everything to ``--out`` (JSON) as well. Every run goes through the engine (``engine.train``) in a
-temporary folder, so what it measures is what a study runs.
+run takes to reach a validation accuracy, the vision step with channels-last convolutions, and the speed-up of seed
+batching (K seeds of the quick-size vision and language models as one vectorised model against K separate runs;
+``paradigms/seedbatch.py``). Writes everything to ``--out`` (JSON) as well. Every run goes through the engine
+(``engine.train``) in a temporary folder, so what it measures is what a study runs.
+
+``--study NAME`` measures a study instead: one short run of every cell (its first seed; the cell's own overrides,
+with a DEQ's weight-tied warm-up and gradient probe off: its steps are solver steps) and, from its history, the ms per
+training step after the first third of the steps (start-up, autotuning); times the steps of a full run of the cell
+(train.max_steps, else epochs x the data's batches per epoch) and its runs in the study's first pass, that is the
+first pass's training time per cell, for all cells and for those the pre-registered comparisons read. Evaluation is
+left out (each short run evaluates lightly, once, at its end). A DEQ's solver iterations change as it trains, so its
+early steps are an estimate of its later ones, not a measurement.
 """
 
 from __future__ import annotations
@@ -17,11 +28,12 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -142,21 +154,165 @@ def seed_batching(name: str, overrides: list[str], k: int, steps: int, device: s
             "speedup": sep_ms / batch_ms if batch_ms else None}
 
 
+# --study: evaluation kept light in the short runs (it is not what they measure; training is unchanged by these)
+LIGHT_EVAL = {"vision": ["data.limit_test=500", "train.score_train=false"],
+              "ssl": ["data.limit_test=500", "data.knn_bank_size=1000", "data.linear_steps=2",
+                      "train.score_train=false"],
+              "language": ["data.eval_batches=1", "train.score_train=false"],
+              "graph": []}
+
+
+def light_eval(run: Any) -> list[str]:
+    """``run``'s overrides with its paradigm's ``LIGHT_EVAL`` ones after them."""
+    paradigm = next(o.split("=", 1)[1] for o in run.overrides if o.split("=", 1)[0].lstrip("+~") == "paradigm")
+    return [*run.overrides, *LIGHT_EVAL[paradigm]]
+
+
+def study_cells(name: str, extra: Sequence[str] = ()) -> list[tuple[Any, int]]:
+    """The first run of every cell of study ``name`` (``plan.cell_key``: grid and swept values but the seed), with
+    the overrides ``extra``, and the number of runs of that cell in the study's first pass."""
+    from tiedlab.paradigms import launch
+    from tiedlab.paradigms.plan import cell_key
+    from tiedlab.paradigms.study import load_study
+
+    cells: dict[Any, list[Any]] = {}
+    for run in launch.study_runs(load_study(name), Path("runs") / "study" / name, extra):
+        cells.setdefault(cell_key(run), []).append(run)
+    return [(runs[0], len(runs)) for runs in cells.values()]
+
+
+def full_steps(cfg: Any) -> int:
+    """The steps of a full run of ``cfg``, as the engine counts them: train.max_steps, else epochs x the batches per
+    epoch of its data (built here, on the CPU)."""
+    from tiedlab.paradigms.base import get_paradigm
+    from tiedlab.paradigms.engine import as_config
+
+    cfg = as_config(cfg)
+    if cfg.train.max_steps:
+        return int(cfg.train.max_steps)
+    paradigm = get_paradigm(cfg.paradigm)(cfg.data, cfg.model, torch.device("cpu"), seed=0,
+                                          batch_size=int(cfg.train.batch_size))
+    return int(math.ceil(float(cfg.train.epochs) * paradigm.build_data().steps_per_epoch))
+
+
+def measure_cell(run: Any, steps: int, device: str, root: Path) -> dict[str, Any]:
+    """One short run of ``run``'s cell: milliseconds per training step over its last two thirds (``steps`` is
+    rounded up to a multiple of 3), from the training clock its history records at steps/3 and at the end."""
+    from tiedlab.paradigms.engine import train
+    from tiedlab.paradigms.rundir import read_history
+
+    third = max(1, -(-steps // 3))
+    folder = root / "study" / re.sub(r"[^A-Za-z0-9_.-]", "_", run.name)  # a Hydra value: no '=' or ','
+    cfg = compose([*light_eval(run), f"train.max_steps={3 * third}",
+                   f"train.eval_every={third}", "train.validate_from=1.0", f"train.ckpt_every={3 * third}",
+                   "train.epochs=null", "train.progress=false", f"train.device={device}", "train.time_limit_s=null",
+                   "train.deq_warmup_steps=0", "equilibrium.probe_every=0", f"run_dir={folder}"])
+    started = time.perf_counter()
+    try:
+        result = train(cfg, folder)
+    except Exception as err:  # one cell that fails (out of memory, say) is recorded and the others still measured
+        return {"status": f"failed: {type(err).__name__}: {err}"[:300], "block": str(cfg.block.mode), "step_ms": None,
+                "measured_steps": 0, "wall_s": time.perf_counter() - started, "peak_mb": None}
+    clock = {r["step"]: r["time/train_s"] for r in read_history(folder) if "time/train_s" in r}
+    ok = result["status"] == "completed" and third in clock and 3 * third in clock
+    return {"status": result["status"], "block": str(cfg.block.mode),
+            "step_ms": 1000 * (clock[3 * third] - clock[third]) / (2 * third) if ok else None,
+            "measured_steps": 2 * third, "wall_s": time.perf_counter() - started,
+            "peak_mb": result["metrics"].get("memory/peak_mb")}
+
+
+def primary_cells(name: str, cells: list[tuple[Any, int]]) -> set[Any]:
+    """The cells (``plan.cell_key``) whose runs an arm of a pre-registered comparison of study ``name`` reads."""
+    from tiedlab.paradigms.plan import cell_key
+    from tiedlab.paradigms.study import load_study
+    from tiedlab.reports.primary import load_primaries
+
+    read = set()
+    for spec in load_primaries(load_study(name)):
+        for arm in (spec.a, spec.b):
+            for run, _ in cells:
+                grid, values = cell_key(run)
+                if grid == arm.grid and all(f"{k}={v}" in values for k, v in arm.where):
+                    read.add((grid, values))
+    return read
+
+
+def _study_totals(name: str, rows: list[dict[str, Any]], cells: int) -> dict[str, Any]:
+    measured = [r for r in rows if r["train_h"] is not None]
+    return {"study": name, "cells": rows, "complete": len(rows) == cells, "unmeasured_cells": cells - len(measured),
+            "first_pass_train_h": sum(r["train_h"] for r in measured),
+            "primary_first_pass_train_h": sum(r["train_h"] for r in measured if r["primary"])}
+
+
+def study_check(name: str, steps: int, device: str, root: Path,
+                written: Callable[[dict[str, Any]], None] = lambda partial: None,
+                extra: Sequence[str] = ()) -> dict[str, Any]:
+    """Per cell of study ``name`` (with the overrides ``extra``): its measured step time and the training hours of
+    its first-pass runs; ``written`` gets the totals so far after each cell (``complete`` false until the last)."""
+    from tiedlab.paradigms.plan import cell_key
+    from tiedlab.paradigms.shared_data import shared_data
+
+    cells = study_cells(name, extra)
+    read = primary_cells(name, cells)
+    rows: list[dict[str, Any]] = []
+    with shared_data():  # each dataset decoded once for all cells
+        for run, count in cells:
+            grid, values = cell_key(run)
+            total = full_steps(compose([*light_eval(run), f"run_dir={root / 'compose'}"]))  # the same data
+            row = {"grid": grid, "cell": list(values), "runs": count, "full_steps": total,
+                   "primary": (grid, values) in read, **measure_cell(run, steps, device, root)}
+            row["train_h"] = count * total * row["step_ms"] / 3.6e6 if row["step_ms"] is not None else None
+            rows.append(row)
+            print(f"{grid:<22} {','.join(values) or '-':<28} {row['block']:<8} {count:>3} runs x {total:>6} steps x "
+                  f"{row['step_ms'] or math.nan:9.2f} ms = {row['train_h'] or math.nan:8.3f} h"
+                  f"{'' if row['primary'] else '  (descriptive)'}", flush=True)
+            written(_study_totals(name, rows, len(cells)))
+    out = _study_totals(name, rows, len(cells))
+    print(f"study {name}, first pass (training only, evaluation left out): {out['first_pass_train_h']:.2f} h, of it "
+          f"the cells the primary comparisons read {out['primary_first_pass_train_h']:.2f} h"
+          + (f"; {out['unmeasured_cells']} cells failed to measure" if out["unmeasured_cells"] else ""), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     parser.add_argument("--tiny", action="store_true", help="toy sizes (a CPU check of the whole path)")
     parser.add_argument("--steps", type=int, default=60, help="training steps per paradigm")
-    parser.add_argument("--only", default="vision,ssl,graph,language", help="comma-separated paradigms")
+    parser.add_argument("--only", default=None, help="comma-separated paradigms (default: all four)")
+    parser.add_argument("--study", default=None, metavar="NAME",
+                        help="measure the step time of every cell of study NAME instead (its own sizes)")
     parser.add_argument("--out", default=None, help="also write the results here (JSON)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="with --study: overrides added to every cell (e.g. train.threads=1)")
     args = parser.parse_args(argv)
-    names = [n for n in args.only.split(",") if n]
+    if args.study is not None and (args.tiny or args.only is not None):
+        parser.error("--study measures the study's own cells at their own sizes: drop --tiny and --only")
+    if args.overrides and args.study is None:
+        parser.error(f"overrides {args.overrides} apply to --study's cells only")
+    names = [n for n in (args.only or "vision,ssl,graph,language").split(",") if n]
     unknown = sorted(set(names) - set(SIZES))
     if unknown:
         parser.error(f"--only {unknown} not known; choose from {sorted(SIZES)}")
     os.environ.setdefault("WANDB_MODE", "disabled")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
+    if args.study is not None:
+        from tiedlab.paradigms.study import load_study
+
+        load_study(args.study)  # an unknown name fails here, naming the valid ones
+        where = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                 "torch": torch.__version__, "steps": args.steps, "overrides": args.overrides}
+
+        def write(result: dict[str, Any]) -> None:
+            if args.out:
+                Path(args.out).write_text(json.dumps({**result, **where}, indent=2, default=str) + "\n")
+
+        with tempfile.TemporaryDirectory(prefix="tiedlab-gpu-check-") as tmp:
+            result = study_check(args.study, args.steps, device.type, Path(tmp), written=write,
+                                 extra=args.overrides)
+        write(result)
+        return 0 if not result["unmeasured_cells"] else 1
     size = "tiny" if args.tiny else "paper"
     out: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                            "torch": torch.__version__, "size": size, "steps": args.steps, "paradigms": []}

@@ -8,11 +8,17 @@ verdict so far and, for an undetermined one, the seeds per arm the verdict rules
 calculation at the observed spread) and what those extra runs would cost. Nothing is estimated without a
 measurement: a grid with no finished run says "not measured", and the plan says which device the measurements
 come from (CPU now; a GPU once runs finished there).
+
+Before any run of a study has finished on a device, ``--step-times FILE`` prices its runs from the training step
+times that ``benchmarks/gpu_check.py --study NAME`` measured there, one short run per cell: a run's training
+seconds are its cell's milliseconds per step times the steps of a full run. Those estimates leave evaluation out
+and the plan says so; a finished run's own measurement always wins.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -35,10 +41,49 @@ class RunCost:
     @property
     def cell(self) -> tuple[str, tuple[str, ...]]:
         """The run's grid and swept values less the replicate keys (seed, data.fold)."""
-        from tiedlab.reports.load import REPLICATE_KEYS
+        return cell_key(self.spec)
 
-        leaf = Path(self.spec.run_dir).name
-        return self.spec.grid, tuple(sorted(p for p in leaf.split(",") if p.split("=")[0] not in REPLICATE_KEYS))
+
+def cell_key(spec: launch.RunSpec) -> tuple[str, tuple[str, ...]]:
+    """A run's grid and swept values less the replicate keys (seed, data.fold): the runs of one cell share it."""
+    from tiedlab.reports.load import REPLICATE_KEYS
+
+    leaf = Path(spec.run_dir).name
+    return spec.grid, tuple(sorted(p for p in leaf.split(",") if p.split("=")[0] not in REPLICATE_KEYS))
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """Training milliseconds per step of each cell of a study and the steps of a full run, measured on ``device``
+    by ``benchmarks/gpu_check.py --study`` (evaluation excluded)."""
+
+    study: str
+    device: str
+    cells: dict[tuple[str, tuple[str, ...]], tuple[float, int]]  # cell_key -> (ms per step, steps of a full run)
+
+    def seconds(self, cell: tuple[str, tuple[str, ...]]) -> float | None:
+        """Training seconds of one full run of ``cell`` (None: not measured)."""
+        if cell not in self.cells:
+            return None
+        ms, steps = self.cells[cell]
+        return ms * steps / 1000.0
+
+
+def load_step_times(path: str | Path, study: str) -> StepTimes:
+    """The step times ``gpu_check.py --study STUDY --out PATH`` wrote. Raises ValueError (one line) when the file
+    is missing, not such a file, or measured another study."""
+    try:
+        raw = json.loads(Path(path).read_text())
+        measured = raw["study"]
+        cells = {(c["grid"], tuple(c["cell"])): (float(c["step_ms"]), int(c["full_steps"]))
+                 for c in raw["cells"] if c.get("step_ms") is not None}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--step-times {path}: not a step-times file of benchmarks/gpu_check.py --study "
+                         f"({type(err).__name__}: {err})") from None
+    if measured != study:
+        raise ValueError(f"--step-times {path} measured study {measured!r}, not {study!r}: run "
+                         f"benchmarks/gpu_check.py --study {study}")
+    return StepTimes(measured, str(raw.get("device", "?")), cells)
 
 
 @dataclass
@@ -50,6 +95,7 @@ class GridPlan:
     measured_s: float | None  # median wall seconds per finished run
     remaining_s: float | None  # estimated seconds of the unfinished runs (None: some are not measured)
     unmeasured: int = 0  # unfinished runs without an estimate
+    from_step_times: int = 0  # unfinished runs estimated from step times alone (training only)
 
 
 @dataclass
@@ -68,6 +114,7 @@ class StudyPlan:
     grids: list[GridPlan] = field(default_factory=list)
     primaries: list[PrimaryPlan] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
+    step_times: StepTimes | None = None
 
     @property
     def remaining_s(self) -> float:
@@ -124,7 +171,7 @@ def _steps_text(costs: list[RunCost]) -> str:
     return str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
 
 
-def estimate(run: RunCost, costs: list[RunCost]) -> float | None:
+def measured_estimate(run: RunCost, costs: list[RunCost]) -> float | None:
     """Seconds ``run`` should take: the median of its cell's finished seeds, else its grid's median seconds per
     step times its steps (None when neither was measured)."""
     same_cell = [c.wall_s for c in costs if c.cell == run.cell and c.wall_s]
@@ -136,21 +183,32 @@ def estimate(run: RunCost, costs: list[RunCost]) -> float | None:
     return None
 
 
-def grid_plans(costs: list[RunCost]) -> list[GridPlan]:
+def estimate(run: RunCost, costs: list[RunCost], step_times: StepTimes | None = None) -> float | None:
+    """:func:`measured_estimate`, else (with ``step_times``) the training seconds of the run's cell from them."""
+    measured = measured_estimate(run, costs)
+    if measured is not None or step_times is None:
+        return measured
+    return step_times.seconds(run.cell)
+
+
+def grid_plans(costs: list[RunCost], step_times: StepTimes | None = None) -> list[GridPlan]:
     out = []
     for grid in dict.fromkeys(c.spec.grid for c in costs):
         members = [c for c in costs if c.spec.grid == grid]
         done = [c for c in members if c.wall_s]
         todo = [c for c in members if c.state not in ("done", "not_at_equilibrium", "diverged")]
-        guesses = [estimate(c, costs) for c in todo]
+        guesses = [estimate(c, costs, step_times) for c in todo]
         unmeasured = sum(g is None for g in guesses)
+        from_step_times = sum(measured_estimate(c, costs) is None and g is not None for c, g in zip(todo, guesses))
         out.append(GridPlan(grid, len(members), len(members) - len(todo), _steps_text(members),
                             statistics.median(c.wall_s for c in done) if done else None,
-                            sum(g for g in guesses if g is not None) if not unmeasured else None, unmeasured))
+                            sum(g for g in guesses if g is not None) if not unmeasured else None, unmeasured,
+                            from_step_times))
     return out
 
 
-def primary_plans(spec: dict[str, Any], runs: Path, costs: list[RunCost]) -> list[PrimaryPlan]:
+def primary_plans(spec: dict[str, Any], runs: Path, costs: list[RunCost],
+                  step_times: StepTimes | None = None) -> list[PrimaryPlan]:
     """Each primary comparison's state on the finished runs and the cost of the seeds it still needs."""
     from tiedlab.reports.load import load_runs
     from tiedlab.reports.primary import arm_runs, evaluate_primaries, load_primaries
@@ -171,6 +229,8 @@ def primary_plans(spec: dict[str, Any], runs: Path, costs: list[RunCost]) -> lis
                     continue
                 names = {r.name for r in arm_runs(arm, found, grids)}
                 walls = [c.wall_s for c in costs if c.wall_s and c.spec.name in names]
+                if not walls and step_times is not None:  # no run of the arm finished: its cells' step times
+                    walls = [s for c in costs if c.spec.name in names for s in [step_times.seconds(c.cell)] if s]
                 extra_runs += more
                 extra_s = None if extra_s is None or not walls else extra_s + more * statistics.median(walls)
         out.append(PrimaryPlan(s.key, s.label, f"{result.n_a}/{result.n_b}", result.verdict, result.seeds_needed,
@@ -178,10 +238,12 @@ def primary_plans(spec: dict[str, Any], runs: Path, costs: list[RunCost]) -> lis
     return out
 
 
-def study_plan(spec: dict[str, Any], runs: Path, extra: Sequence[str] = ()) -> StudyPlan:
+def study_plan(spec: dict[str, Any], runs: Path, extra: Sequence[str] = (),
+               step_times: StepTimes | None = None) -> StudyPlan:
+    """The plan of ``spec`` over its runs folder; ``step_times`` prices the runs no finished run measures."""
     costs = run_costs(spec, runs, extra)
-    return StudyPlan(grid_plans(costs), primary_plans(spec, runs, costs),
-                     sorted({c.device for c in costs if c.wall_s and c.device}))
+    return StudyPlan(grid_plans(costs, step_times), primary_plans(spec, runs, costs, step_times),
+                     sorted({c.device for c in costs if c.wall_s and c.device}), step_times)
 
 
 def _hours(seconds: float | None) -> str:
@@ -198,6 +260,8 @@ def format_plan(plan: StudyPlan, slots: int = 1) -> str:
         to_go = _hours(g.remaining_s) if g.finished < g.runs else "done"
         if g.unmeasured:
             to_go = f"{g.unmeasured} runs not measured"
+        elif g.from_step_times:
+            to_go += f" ({g.from_step_times} from step times)"
         lines.append(f"{g.name:<32} {g.runs:>5} {g.finished:>5}  {g.steps:<11} {measured:>14}  {to_go}")
     if plan.primaries:
         lines += ["", "primary comparison         n A/B   verdict        seeds/arm to decide  extra runs  extra (est.)"]
@@ -206,7 +270,10 @@ def format_plan(plan: StudyPlan, slots: int = 1) -> str:
             lines.append(f"{p.key:<26} {p.n:<7} {p.verdict:<14} {needed:>19}  {p.extra_runs:>10}  "
                          f"{_hours(p.extra_s) if p.extra_runs else '-'}")
     unmeasured = sum(g.unmeasured for g in plan.grids)
-    rests = f"measured on {', '.join(plan.devices)}" if plan.devices else "nothing measured yet"
+    rests = f"measured on {', '.join(plan.devices)}" if plan.devices else "no run finished yet"
+    if plan.step_times is not None and any(g.from_step_times for g in plan.grids):
+        rests += (f"; runs marked 'from step times': training only, evaluation left out, from the step times "
+                  f"gpu_check measured on {plan.step_times.device}")
     lines += ["", f"to go: {_hours(plan.remaining_s)} of runs" + (f" (+{unmeasured} runs not measured)" if unmeasured else "")
               + f", plus {_hours(plan.extra_s)} for the seeds the undetermined primaries need; "
               f"at {slots} run(s) at a time: {_hours((plan.remaining_s + plan.extra_s) / max(slots, 1))} "

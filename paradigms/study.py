@@ -2,7 +2,8 @@
 Hydra multirun, finished grids skipped, then its report; ``--until-decided`` adds seed rounds to the arms of
 undetermined pre-registered primary comparisons (a group-sequential plan recorded in the runs folder).
 
-    tiedlab-study NAME [--dry-run | --plan | --status] [--jobs N] [--grids 'graph_*,vision_masks'] [--until-decided] [overrides]
+    tiedlab-study NAME [--dry-run | --plan [--step-times FILE] | --status] [--jobs N] [--grids 'graph_*,vision_masks']
+                  [--until-decided] [overrides]
     tiedlab-study NAME --gpus all|0,1,.. [--per-gpu K] [--ray-address ADDR]   (Ray: all grids' runs at once)
     tiedlab-study NAME --slurm [--slurm-option KEY=VALUE ...]                  (one submitit job array; returns)
     tiedlab-study NAME --status                                                (per grid, from the run folders)
@@ -142,6 +143,10 @@ def study(argv: list[str] | None = None) -> int:
                         help="print, per grid, the runs, those finished and the estimated time of the rest (from "
                              "measured run times), and per primary comparison the seeds the verdict rules need and "
                              "their cost; run nothing")
+    parser.add_argument("--step-times", default=None, metavar="FILE",
+                        help="with --plan: price the runs no finished run measures from the training step times "
+                             "that `python benchmarks/gpu_check.py --study NAME --out FILE` measured (evaluation "
+                             "left out)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--grids", default=None,
@@ -164,12 +169,15 @@ def study(argv: list[str] | None = None) -> int:
         spec["grids"] = select_grids(spec, args.grids.split(","))
     if args.status:
         return print_status(spec, runs, args.overrides)
+    if args.step_times is not None and not args.plan:
+        raise ValueError(f"--step-times={args.step_times} prices a plan: use it with --plan")
     if args.plan:
-        from .plan import format_plan, study_plan
+        from .plan import format_plan, load_step_times, study_plan
 
+        step_times = load_step_times(args.step_times, args.name) if args.step_times is not None else None
         slots = args.jobs if args.gpus is None else (args.per_gpu or 1) * max(1, len(args.gpus.split(",")))
         print(f"study {spec.get('name')} in {runs}")
-        print(format_plan(study_plan(spec, runs, args.overrides), slots=slots))
+        print(format_plan(study_plan(spec, runs, args.overrides, step_times), slots=slots))
         return 0
     if args.budget_min is not None and (not args.until_decided or args.budget_min <= 0):
         raise ValueError(f"--budget-min={args.budget_min} needs --until-decided and a positive number of minutes")

@@ -44,3 +44,80 @@ def test_tiny_run_on_cpu_measures_every_field(gpu_check, tmp_path):
 def test_paper_sizes_compose_and_validate(gpu_check, name, tmp_path):
     cfg = gpu_check.compose([*gpu_check.SIZES[name]["paper"], "train.max_steps=60", f"run_dir={tmp_path}"])
     validate(as_config(cfg))
+
+
+TOY_STUDY = {
+    "name": "toy", "question": "does the study check price every cell?",
+    "grids": [{"name": "v", "overrides": ["paradigm=vision", "size=vision_quick", "data=mnist", "data.limit_train=320",
+                                          "data.val_size=64", "data.limit_test=64", "model.width=8",
+                                          "train.batch_size=32", "train.epochs=2", "train.deq_warmup_steps=2"],
+               "sweep": {"block": ["tied", "deq"], "seed": [0, 1]}},
+              {"name": "g", "overrides": ["paradigm=graph", "data=cora", "model.width=16", "train.epochs=7"],
+               "sweep": {"seed": [0, 1, 2]}}],
+    "primary": {"comparisons": [{"insight": 1, "paradigm": "vision", "claim": "noninferiority", "metric": "val/acc",
+                                 "a": {"grid": "v", "where": {"block": "tied"}},
+                                 "b": {"grid": "v", "where": {"block": "deq"}}}]}}
+
+
+def test_study_check_prices_every_cell_and_the_plan_reads_it(gpu_check, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from tiedlab.paradigms import study as study_module
+    from tiedlab.paradigms.engine import train
+    from tiedlab.paradigms.plan import load_step_times, study_plan
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / "toy.yaml").write_text(yaml.safe_dump(TOY_STUDY))
+    monkeypatch.setattr(study_module, "study_dir", lambda: studies)
+    out = tmp_path / "toy-step-times.json"
+    assert gpu_check.main(["--study", "toy", "--device", "cpu", "--steps", "3", "--out", str(out),
+                           "train.threads=1"]) == 0
+    result = json.loads(out.read_text())
+    assert result["overrides"] == ["train.threads=1"] and result["device"] == "cpu"
+    cells = {(c["grid"], tuple(c["cell"])): c for c in result["cells"]}
+    assert set(cells) == {("v", ("block=tied",)), ("v", ("block=deq",)), ("g", ())}
+    tied, deq, graph = cells["v", ("block=tied",)], cells["v", ("block=deq",)], cells["g", ()]
+    assert (tied["block"], deq["block"], graph["block"]) == ("tied", "deq", "tied")
+    assert (tied["runs"], deq["runs"], graph["runs"]) == (2, 2, 3) and graph["full_steps"] == 7
+    assert (tied["primary"], deq["primary"], graph["primary"]) == (True, True, False)
+    for c in cells.values():
+        assert c["status"] == "completed" and c["step_ms"] > 0 and c["measured_steps"] == 2
+        assert c["train_h"] == pytest.approx(c["runs"] * c["full_steps"] * c["step_ms"] / 3.6e6)
+    assert result["complete"] and not result["unmeasured_cells"]
+    assert result["primary_first_pass_train_h"] == pytest.approx(tied["train_h"] + deq["train_h"])
+    assert result["first_pass_train_h"] == pytest.approx(tied["train_h"] + deq["train_h"] + graph["train_h"])
+    # a full run of the cell trains exactly the steps the check priced
+    cfg = gpu_check.compose([*TOY_STUDY["grids"][0]["overrides"], "block=tied", "train.progress=false",
+                             f"run_dir={tmp_path / 'full'}"])
+    assert train(cfg, tmp_path / "full")["step"] == tied["full_steps"] == 2 * (320 // 32)
+
+    runs = tmp_path / "runs"
+    plan = study_plan(load_study_spec := study_module.load_study("toy"), runs,
+                      step_times=load_step_times(out, "toy"))
+    v, g = plan.grids
+    assert (v.from_step_times, v.unmeasured, g.from_step_times) == (4, 0, 3)
+    assert v.remaining_s == pytest.approx(3600 * (tied["train_h"] + deq["train_h"]))
+    assert study_plan(load_study_spec, runs).grids[0].unmeasured == 4  # without the file nothing is estimated
+    capsys.readouterr()
+    assert study_module.study(["toy", "--runs", str(runs), "--plan", "--step-times", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "(4 from step times)" in printed and "training only, evaluation left out" in printed
+
+
+def test_step_times_are_refused_for_another_study_a_bad_file_or_without_a_plan(gpu_check, tmp_path):
+    from tiedlab.paradigms import study as study_module
+    from tiedlab.paradigms.plan import load_step_times
+
+    measured = tmp_path / "t.json"
+    measured.write_text(json.dumps({"study": "paper", "cells": []}))
+    with pytest.raises(ValueError, match=r"measured study 'paper', not 'quick': run benchmarks/gpu_check.py --study quick"):
+        load_step_times(measured, "quick")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"not a step-times file of benchmarks/gpu_check.py --study \(KeyError"):
+        load_step_times(tmp_path / "bad.json", "quick")
+    with pytest.raises(ValueError, match=r"--step-times=.* prices a plan: use it with --plan"):
+        study_module.study(["quick", "--dry-run", "--step-times", str(measured)])
+    for argv in (["--study", "paper", "--tiny"], ["--tiny", "train.threads=1"]):  # no option silently ignored
+        with pytest.raises(SystemExit):
+            gpu_check.main(argv)
