@@ -2,8 +2,9 @@
 # Run HERE (the CPU machine), once per checkout: put into .device/ (ignored by git, carried to the GPU machine) what
 # the lent GPU machine lacks to run benchmarks/device/check.sh: wheels of the packages its image does not hold
 # (hydra-core, omegaconf, antlr4-python3-runtime, lightly: the versions of requirements.txt; its torch, torchvision,
-# torch-geometric and transformers are used as they are) and the datasets the paper sizes read (CIFAR-10,
-# Planetoid, tiny-shakespeare: 21 MB, with the data root's SHA256SUMS so that they are checked there too).
+# torch-geometric and transformers are used as they are) and the datasets gpu_check.py reads (CIFAR-10, MNIST,
+# Planetoid, tiny-shakespeare: 32 MB, with the data root's SHA256SUMS so that they are checked there too; a call
+# carries at most 64 MiB with the working tree).
 #   bash benchmarks/device/prepare.sh            # then the device tool: run(command="bash benchmarks/device/check.sh",
 #                                                #   carry=[".device"], timeout_s=590)
 set -euo pipefail
@@ -20,7 +21,8 @@ for req in "$(pin hydra-core)" "$(pin omegaconf)" "$(pin lightly)"; do
 done
 # antlr4-python3-runtime 4.9.3 (what hydra-core 1.3 needs) is published as a source archive only: build its wheel here
 python3 -m pip wheel -q --no-deps -w .device/whl "antlr4-python3-runtime==4.9.3"
-for d in cifar10-jpeg planetoid tinyshakespeare; do cp -r "$data/$d" .device/data/; done
+for d in cifar10-jpeg mnist planetoid tinyshakespeare; do cp -r "$data/$d" .device/data/; done
+chmod -R u+w .device  # the shared copies are read-only: let the next prepare.sh remove these
 cp "$data/SHA256SUMS" .device/data/
 du -sh .device/whl .device/data
 ls .device/whl
