@@ -93,13 +93,19 @@ def step_flops(cfg: Any, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
+def short_run(overrides: Sequence[str], steps: int, device: str, run_dir: Path, eval_every: int | None = None) -> Any:
+    """The config of a run of exactly ``steps`` steps on ``device`` in ``run_dir``: no epochs, time limit or progress
+    bar, one checkpoint (at the end), an evaluation every ``eval_every`` steps (default: at the end only)."""
+    return compose([*overrides, f"train.max_steps={steps}", f"train.eval_every={eval_every or steps}",
+                    f"train.ckpt_every={steps}", "train.epochs=null", "train.progress=false", f"train.device={device}",
+                    "train.time_limit_s=null", f"run_dir={run_dir}"])
+
+
 def measure(name: str, overrides: list[str], steps: int, device: str, root: Path) -> dict[str, Any]:
     """Train ``steps`` steps through the engine; samples/s, step ms and peak memory from its metrics.json."""
     from tiedlab.paradigms.engine import train
 
-    cfg = compose([*overrides, f"train.max_steps={steps}", f"train.eval_every={steps}", f"train.ckpt_every={steps}",
-                   "train.epochs=null", "train.progress=false", f"train.device={device}", "train.time_limit_s=null",
-                   f"run_dir={root / name}"])
+    cfg = short_run(overrides, steps, device, root / name)
     started = time.perf_counter()
     result = train(cfg, root / name)
     m = result["metrics"]
@@ -116,9 +122,7 @@ def time_to_accuracy(overrides: list[str], steps: int, eval_every: int, target: 
     from tiedlab.paradigms.engine import train
     from tiedlab.paradigms.rundir import read_history
 
-    cfg = compose([*overrides, f"train.max_steps={steps}", f"train.eval_every={eval_every}", "train.epochs=null",
-                   "train.progress=false", f"train.device={device}", "train.time_limit_s=null",
-                   f"run_dir={root / 'time-to-accuracy'}"])
+    cfg = short_run(overrides, steps, device, root / "time-to-accuracy", eval_every)
     result = train(cfg, root / "time-to-accuracy")
     reached = next((r for r in read_history(root / "time-to-accuracy") if r.get("val/acc", 0.0) >= target), None)
     return {"target_val_acc": target, "reached_at_step": reached and reached["step"],
@@ -142,9 +146,7 @@ def seed_batching(name: str, overrides: list[str], k: int, steps: int, device: s
     from tiedlab.paradigms.seedbatch import train_seed_batch
 
     def cfg(seed: int, folder: str) -> Any:
-        return compose([*overrides, f"train.max_steps={steps}", f"train.eval_every={steps}", "train.epochs=null",
-                        f"train.ckpt_every={steps}", "train.progress=false", f"train.device={device}",
-                        "train.time_limit_s=null", f"seed={seed}", f"run_dir={root / folder / str(seed)}"])
+        return short_run([*overrides, f"seed={seed}"], steps, device, root / folder / str(seed))
 
     separate = [train(cfg(s, f"{name}-separate"), root / f"{name}-separate" / str(s)) for s in range(k)]
     batch = train_seed_batch([cfg(s, f"{name}-batch") for s in range(k)],
@@ -204,10 +206,8 @@ def measure_cell(run: Any, steps: int, device: str, root: Path) -> dict[str, Any
 
     third = max(1, -(-steps // 3))
     folder = root / "study" / re.sub(r"[^A-Za-z0-9_.-]", "_", run.name)  # a Hydra value: no '=' or ','
-    cfg = compose([*light_eval(run), f"train.max_steps={3 * third}",
-                   f"train.eval_every={third}", "train.validate_from=1.0", f"train.ckpt_every={3 * third}",
-                   "train.epochs=null", "train.progress=false", f"train.device={device}", "train.time_limit_s=null",
-                   "train.deq_warmup_steps=0", "equilibrium.probe_every=0", f"run_dir={folder}"])
+    cfg = short_run([*light_eval(run), "train.validate_from=1.0", "train.deq_warmup_steps=0",
+                     "equilibrium.probe_every=0"], 3 * third, device, folder, eval_every=third)
     started = time.perf_counter()
     try:
         result = train(cfg, folder)
@@ -228,14 +228,8 @@ def primary_cells(name: str, cells: list[tuple[Any, int]]) -> set[Any]:
     from tiedlab.paradigms.study import load_study
     from tiedlab.reports.primary import load_primaries
 
-    read = set()
-    for spec in load_primaries(load_study(name)):
-        for arm in (spec.a, spec.b):
-            for run, _ in cells:
-                grid, values = cell_key(run)
-                if grid == arm.grid and all(f"{k}={v}" in values for k, v in arm.where):
-                    read.add((grid, values))
-    return read
+    arms = [arm for spec in load_primaries(load_study(name)) for arm in (spec.a, spec.b)]
+    return {cell_key(run) for run, _ in cells if any(arm.matches(run.name) for arm in arms)}
 
 
 def _study_totals(name: str, rows: list[dict[str, Any]], cells: int) -> dict[str, Any]:
