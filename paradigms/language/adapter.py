@@ -126,7 +126,8 @@ class LanguageParadigm(Paradigm):
         config = self._config(data.meta["vocab_size"])
         spec = causal_spec(spec)  # a DEQ is solved per position: see model.causal_spec
         penalised = spec.mode == "deq" and spec.jacobian_samples > 0  # the penalty's backward differentiates a VJP
-        return CausalLM(config, Block(lambda: self.cell(data, penalised), spec), tie_head=self.model_opts.tie_head)
+        return CausalLM(config, Block(lambda: self.cell(data, penalised), spec), tie_head=self.model_opts.tie_head,
+                        embed_width=self.model_opts.embed_width)
 
     # ----------------------------------------------------------------- train / eval
     def training_step(self, model: nn.Module, batch: Batch) -> StepOutput:

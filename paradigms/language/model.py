@@ -129,26 +129,38 @@ class TransformerCell(nn.Module):
 
 
 class CausalLM(nn.Module):
-    """token + position embedding -> core Block over the cell -> final LayerNorm -> LM head.
+    """token + position embedding [-> linear map into the cell's width] -> core Block over the cell
+    [-> linear map back] -> final LayerNorm -> LM head.
 
     The head is tied to the token embedding when ``tie_head`` (GPT-2 style), else its own matrix.
+    ``embed_width`` (None: the cell's width ``config.n_embd``) sets the width of the embeddings, the final
+    LayerNorm and the head; when it differs from the cell's, two bias-free linear maps (``embed_width -> width``
+    before the block, ``width -> embed_width`` after it) connect them, so arms of different cell widths can share
+    everything outside the cell but those maps (what vision's ``model.feature_channels`` does for its head).
     A DEQ block must be solved per position (build its spec with :func:`causal_spec`).
 
     Shapes: idx: (B, T) int64, T <= max_positions -> logits (B, T, vocab_size), BlockStats
     """
 
-    def __init__(self, config: GPT2Config, block: Block, tie_head: bool = True):
+    def __init__(self, config: GPT2Config, block: Block, tie_head: bool = True, embed_width: int | None = None):
         super().__init__()
         if block.spec.mode == "deq" and causal_spec(block.spec) != block.spec:
             raise ValueError("a DEQ block solved with one system per sequence is not causal: build its spec "
                              "with causal_spec(spec) (solver option sample_dims=2, forward and adjoint)")
+        if embed_width is not None and (not isinstance(embed_width, int) or isinstance(embed_width, bool)
+                                        or embed_width < 1):
+            raise ValueError(f"model embed_width={embed_width!r} must be an integer >= 1 or None (the cell's width)")
+        width = config.n_embd
+        outer = width if embed_width is None else embed_width
         self.max_positions = config.n_positions
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.wte = nn.Embedding(config.vocab_size, outer)
+        self.wpe = nn.Embedding(config.n_positions, outer)
         self.drop = nn.Dropout(config.embd_pdrop)
+        self.proj_in = nn.Linear(outer, width, bias=False) if outer != width else None
         self.block = block
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.proj_out = nn.Linear(width, outer, bias=False) if outer != width else None
+        self.ln_f = nn.LayerNorm(outer, eps=config.layer_norm_epsilon)
+        self.lm_head = nn.Linear(outer, config.vocab_size, bias=False)
         for emb in (self.wte, self.wpe):
             nn.init.normal_(emb.weight, std=config.initializer_range)
         if tie_head:
@@ -157,15 +169,20 @@ class CausalLM(nn.Module):
             nn.init.normal_(self.lm_head.weight, std=config.initializer_range)
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
-        """The injected input. Shapes: idx (B, T) -> (B, T, width)"""
+        """The injected input (mapped into the cell's width). Shapes: idx (B, T) -> (B, T, width)"""
         if idx.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, time), got {tuple(idx.shape)}")
         t = idx.shape[1]
         if t > self.max_positions:
             raise ValueError(f"sequence length {t} exceeds the positional range max_positions={self.max_positions}")
         pos = torch.arange(t, device=idx.device)
-        return self.drop(self.wte(idx) + self.wpe(pos))
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        return self.proj_in(x) if self.proj_in is not None else x
+
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits from the block's output. Shapes: z (B, T, width) -> (B, T, vocab_size)"""
+        return self.lm_head(self.ln_f(self.proj_out(z) if self.proj_out is not None else z))
 
     def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, BlockStats]:
         z, stats = self.block(self.embed(idx))
-        return self.lm_head(self.ln_f(z)), stats
+        return self.head(z), stats

@@ -68,6 +68,10 @@ class LanguageModelOptions:
             input, so the state's identity path has gain ~1 whatever the weights; with s < 1 and a unit-scale
             injection the state's share of the block input, and with it df/dz, shrinks (a DEQ can contract).
         tie_head: share the LM head's matrix with the token embedding.
+        embed_width: width of the token and position embeddings, the final LayerNorm and the LM head, the same at
+            every cell width (two bias-free linear maps connect it to the cell: ``model.CausalLM``); None: the
+            cell's width (no maps). Arms that differ in cell width (a FLOP-matched mask comparison) then differ in
+            the cell and those maps only.
     """
 
     width: int = 128
@@ -81,9 +85,11 @@ class LanguageModelOptions:
     inject_norm: bool = False
     state_scale: float = 1.0
     tie_head: bool = True
+    embed_width: Optional[int] = None
 
     def __post_init__(self) -> None:
         check_int("model.context", self.context)
+        check_int("model.embed_width", self.embed_width, allow_none=True)
         if not (isinstance(self.state_scale, (int, float)) and 0.0 < self.state_scale <= 1.0):
             raise ValueError(f"model.state_scale={self.state_scale!r} must be in (0, 1]")
         if self.context > self.max_positions:

@@ -101,6 +101,33 @@ def test_tied_head_and_param_counts(small):
     assert ct["params/dense"] == ce["params/unique"]
 
 
+def test_embed_width_fixes_everything_outside_the_cell(small):
+    """model.embed_width: the embeddings, final norm and (tied) head at one width whatever the cell's, joined to the
+    cell by two bias-free maps, counted by hand; at the cell's own width it builds the default model, draw for draw."""
+    paradigm, data = small
+    vocab, positions, spec = data.meta["vocab_size"], TINY["max_positions"], BlockSpec(mode="tied", depth=2)
+    narrow = LanguageParadigm(SMALL, {**TINY, "width": 16, "embed_width": 32}, CPU, batch_size=8)
+    torch.manual_seed(0)
+    net = narrow.build_model(data, spec)
+    assert net.wte.weight.shape == (vocab, 32) and net.wpe.weight.shape == (positions, 32)
+    assert net.proj_in.weight.shape == (16, 32) and net.proj_out.weight.shape == (32, 16)
+    assert net.proj_in.bias is None and net.proj_out.bias is None and net.lm_head.weight is net.wte.weight
+    cell = sum(p.numel() for p in net.block.cells[0].parameters())
+    outside = vocab * 32 + positions * 32 + 2 * 16 * 32 + 2 * 32  # wte (= head), wpe, the two maps, ln_f
+    assert model_param_counts(net)["params/unique"] == cell + outside
+    x, _ = next(iter(data.train_batches(torch.Generator().manual_seed(0))))
+    logits, _ = net(x)
+    assert logits.shape == (*x.shape, vocab) and net.embed(x).shape == (*x.shape, 16)
+    # embed_width equal to the cell's width: no maps, the default model with the same parameters
+    torch.manual_seed(1)
+    same = LanguageParadigm(SMALL, {**TINY, "embed_width": TINY["width"]}, CPU, batch_size=8).build_model(data, spec)
+    torch.manual_seed(1)
+    default = paradigm.build_model(data, spec)
+    assert same.proj_in is None and same.proj_out is None
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), default.state_dict().values()))
+    assert list(same.state_dict()) == list(default.state_dict())
+
+
 def test_austen_bpe_reports_perplexity(tmp_path):
     paradigm = LanguageParadigm({"name": "austen", "max_chars": 100_000, "vocab_size": 512, "eval_batches": 2,
                                  "eval_batch_size": 8}, TINY, CPU, batch_size=4)
@@ -137,9 +164,10 @@ CAUSAL_BLOCKS = {
 }
 
 
-def _lm(spec: dict, vocab: int = 50, out_norm: bool = True) -> CausalLM:
+def _lm(spec: dict, vocab: int = 50, out_norm: bool = True, embed_width: int | None = None) -> CausalLM:
     config = gpt2_config(32, 2, 4, 16, 0.0, vocab)
-    return CausalLM(config, Block(lambda: TransformerCell(config, out_norm), causal_spec(BlockSpec.from_dict(spec))))
+    return CausalLM(config, Block(lambda: TransformerCell(config, out_norm), causal_spec(BlockSpec.from_dict(spec))),
+                    embed_width=embed_width)
 
 
 def _future_change(net: CausalLM, at: int = 9) -> tuple[float, float, float]:
@@ -158,15 +186,16 @@ def _future_change(net: CausalLM, at: int = 9) -> tuple[float, float, float]:
     if torch.is_grad_enabled():
         x = net.embed(idx).detach().requires_grad_()
         z, _ = net.block(x)
-        net.lm_head(net.ln_f(z))[:, :at].square().sum().backward()
+        net.head(z)[:, :at].square().sum().backward()
         grad = x.grad[:, at:].abs().max().item()
     return (a[:, :at] - b[:, :at]).abs().max().item(), (a[:, at:] - b[:, at:]).abs().max().item(), grad
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("block", list(CAUSAL_BLOCKS))
-def test_future_tokens_do_not_change_the_past(block, train):
-    net = _lm(CAUSAL_BLOCKS[block]).train(train)
+@pytest.mark.parametrize("embed_width", [None, 48], ids=["cell-width", "embed-48"])
+def test_future_tokens_do_not_change_the_past(block, train, embed_width):
+    net = _lm(CAUSAL_BLOCKS[block], embed_width=embed_width).train(train)
     with torch.set_grad_enabled(train):
         past, future, grad = _future_change(net)
     assert past <= 1e-6, f"{block}: future tokens changed earlier logits by {past:.2e}"
@@ -277,6 +306,8 @@ def test_unknown_characters_in_held_out_text():
     ("model", {"depth": 4}, "unknown key"),
     ("model", {"state_scale": 0.0}, "model.state_scale=0.0 must be in"),
     ("model", {"state_scale": 1.5}, "model.state_scale=1.5 must be in"),
+    ("model", {"embed_width": 0}, "model.embed_width=0 must be null or an integer >= 1"),
+    ("model", {"embed_width": 16.0}, "model.embed_width=16.0 must be null or an integer >= 1"),
 ])
 def test_bad_options(section, options, bad):
     data, model = (options, TINY) if section == "data" else (SMALL, options)
