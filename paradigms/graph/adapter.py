@@ -150,11 +150,14 @@ class GraphParadigm(Paradigm):
         if self.data_opts.num_features is not None and self.data_opts.num_features != data.num_features:
             raise ValueError(f"data.num_features={self.data_opts.num_features} but the data has "
                              f"{data.num_features} features per node")
-        stem = InputStem(data.num_features, m.width, dropout=m.input_dropout, norm=m.stem_norm)
+        outer = m.width if m.embed_width is None else m.embed_width  # the stem's and the head's width
+        stem = InputStem(data.num_features, outer, dropout=m.input_dropout, norm=m.stem_norm)
+        maps = ((nn.Linear(outer, m.width, bias=False), nn.Linear(m.width, outer, bias=False))
+                if outer != m.width else (None, None))
         block = Block(lambda: self.cell(data), spec)
-        head = make_head(data.task, m.width, data.num_classes, m.dropout, m.head)
+        head = make_head(data.task, outer, data.num_classes, m.dropout, m.head)
         model = GraphModel(stem, block, head, task=data.task, pool=m.pool, dropout=m.dropout,
-                           cell_dropout=m.cell_dropout, z0=m.z0)
+                           cell_dropout=m.cell_dropout, z0=m.z0, proj_in=maps[0], proj_out=maps[1])
         return model.to(self.device)
 
     # ------------------------------------------------------------------ steps

@@ -1,4 +1,5 @@
-"""The graph cell and the model around the core block: input stem -> Block(cell) -> head.
+"""The graph cell and the model around the core block: input stem -> Block(cell) -> head (with
+``model.embed_width``, two bias-free maps join a stem and head of that width to a cell of another).
 
 The cell is ``z' = act(norm(gamma * conv(drop * z, edge_index) + U x))`` with ``conv`` one of PyG's
 GCNConv, SAGEConv, GINConv (2-layer MLP) or GATConv. ``x`` is the input already projected to the
@@ -158,24 +159,29 @@ def _sparse_dropout(x: Tensor, p: float) -> Tensor:
 
 
 class GraphModel(nn.Module):
-    """stem -> Block over the graph cell -> head (node logits, or pooled graph logits).
+    """stem [-> proj_in] -> Block over the graph cell [-> proj_out] -> head (node logits, or pooled graph logits).
 
     ``forward(data)`` takes a PyG ``Data``/``Batch`` with ``x``, ``edge_index`` (and ``batch`` for graph
-    tasks) and returns ``(logits, BlockStats)``.
+    tasks) and returns ``(logits, BlockStats)``. ``proj_in``/``proj_out`` (both or neither) map the stem's width
+    to the cell's and back, so that the stem and the head keep one width whatever the cell's
+    (``model.embed_width``); ``z0="input"`` starts the block from the mapped input.
 
     Shapes: data.x (N, F) -> logits (N, C) for task "node", (num_graphs, C) for task "graph"
     """
 
     def __init__(self, stem: InputStem, block: Block, head: nn.Module, *, task: str, pool: str = "sum",
-                 dropout: float = 0.0, cell_dropout: float = 0.0, z0: str = "zeros"):
+                 dropout: float = 0.0, cell_dropout: float = 0.0, z0: str = "zeros",
+                 proj_in: nn.Module | None = None, proj_out: nn.Module | None = None):
         super().__init__()
+        if (proj_in is None) != (proj_out is None):
+            raise ValueError("proj_in and proj_out come together (the stem's width to the cell's and back) or not at all")
         if task not in ("node", "graph"):
             raise ValueError(f"task must be 'node' or 'graph', got {task!r}")
         if pool not in POOLS:
             raise ValueError(f"pool {pool!r} is not valid; choose one of {POOLS}")
         if z0 not in ("zeros", "input"):
             raise ValueError(f"z0 {z0!r} is not valid; choose one of ('zeros', 'input')")
-        self.stem, self.block, self.head = stem, block, head
+        self.stem, self.proj_in, self.block, self.proj_out, self.head = stem, proj_in, block, proj_out, head
         self.task, self.pool, self.z0 = task, pool, z0
         self.dropout, self.cell_dropout = float(dropout), float(cell_dropout)
         # model selection by validation (the graph adapter's evaluate): {"val_acc", "val_loss", "test_acc"} of
@@ -198,13 +204,18 @@ class GraphModel(nn.Module):
         self.best_val = None if state["best_val"] is None else dict(state["best_val"])
 
     def forward(self, data: Any) -> tuple[Tensor, BlockStats]:
-        x = self.stem(data.x).unsqueeze(0)  # (1, N, d): the whole graph is one sample of the block
+        x = self.stem(data.x)
+        if self.proj_in is not None:
+            x = self.proj_in(x)
+        x = x.unsqueeze(0)  # (1, N, d): the whole graph is one sample of the block
         ctx: dict[str, Tensor] = {"edge_index": data.edge_index}
         if self.training and self.cell_dropout > 0:
             keep = 1.0 - self.cell_dropout
             ctx["drop"] = torch.bernoulli(torch.full_like(x, keep)) / keep
         z, stats = self.block(x, z0=x if self.z0 == "input" else None, **ctx)
         z = z.squeeze(0)
+        if self.proj_out is not None:
+            z = self.proj_out(z)
         if self.task == "node":
             z = F.dropout(z, self.dropout, self.training)
             if isinstance(self.head, GCNConv):  # GCN's last layer: one more propagation, to the classes

@@ -91,6 +91,9 @@ class GraphModelOptions:
         pool: graph tasks: sum or mean pooling of the final node states.
         head: node tasks: linear (Linear(width, C)) or conv (a GCNConv(width, C): one more propagation to
             the classes, like the GCN paper's last layer). Graph tasks need linear.
+        embed_width: width of the input stem and the head, the same at every cell width (two bias-free linear maps
+            connect it to the cell: ``model.GraphModel``); None: the cell's width (no maps). Arms that differ in
+            cell width (a FLOP-matched mask comparison) then differ in the cell and those maps only.
     """
 
     width: int = 64
@@ -109,9 +112,11 @@ class GraphModelOptions:
     sparse_input: str = "auto"
     pool: str = "sum"
     head: str = "linear"
+    embed_width: int | None = None
 
     def __post_init__(self) -> None:
         check_int("model.width", self.width)
+        check_int("model.embed_width", self.embed_width, allow_none=True)
         check_choice("model.conv", self.conv, CONVS)
         check_choice("model.norm", self.norm, NORMS)
         check_choice("model.act", self.act, ACTS)

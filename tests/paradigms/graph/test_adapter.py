@@ -76,6 +76,37 @@ def test_other_convs_run_every_mode(conv):
                    blocks=("explicit", "tied_distinct_mask", "deq_fixed_point_onestep"), overfit_steps=20)
 
 
+@pytest.mark.parametrize("data,conv,head", [({"name": "cora"}, "gcn", "conv"), ({"name": "MUTAG"}, "gin", "linear")])
+def test_embed_width_fixes_the_stem_and_the_head(data, conv, head):
+    """model.embed_width: the stem and the head at one width whatever the cell's, joined to the cell by two bias-free
+    maps, counted by hand; every block mode still runs the contract; at the cell's own width, the default model."""
+    model = {**SMALL, "width": 8, "embed_width": 16, "conv": conv, "head": head}
+    check_paradigm(GraphParadigm, data=data, model=model, blocks=("tied", "tied_distinct_mask", "deq_anderson_ift"),
+                   overfit_steps=100 if data["name"] == "MUTAG" else 30)
+    paradigm, bundle, net = _build(data, model, dict(mode="tied", depth=2))
+    wide = _build(data, {**model, "width": 16, "embed_width": None}, dict(mode="tied", depth=2))[2]
+    assert net.proj_in.weight.shape == (8, 16) and net.proj_out.weight.shape == (16, 8)
+    assert net.proj_in.bias is None and net.proj_out.bias is None
+    # outside the cell the narrow model is the wide one (stem and head at 16) plus the two maps
+    outside = lambda m: sum(p.numel() for n, p in m.named_parameters() if not n.startswith("block."))
+    assert outside(net) == outside(wide) + 2 * 8 * 16
+    assert [p.shape for p in net.stem.parameters()] == [p.shape for p in wide.stem.parameters()]
+    assert [p.shape for p in net.head.parameters()] == [p.shape for p in wide.head.parameters()]
+    batch = bundle.eval_batches["test"][0] if bundle.task == "graph" else bundle.graph
+    logits, _ = net(batch)
+    assert logits.shape[-1] == bundle.num_classes
+    torch.manual_seed(0)
+    same = _build(data, {**model, "width": 16}, dict(mode="tied", depth=2))[2]
+    torch.manual_seed(0)
+    default = _build(data, {**model, "width": 16, "embed_width": None}, dict(mode="tied", depth=2))[2]
+    assert same.proj_in is None and same.proj_out is None
+    assert list(same.state_dict()) == list(default.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), default.state_dict().values())
+               if isinstance(a, torch.Tensor))
+    with pytest.raises(ValueError, match=r"model\.embed_width=0 must be null or an integer >= 1"):
+        GraphParadigm(data, {**model, "embed_width": 0}, CPU)
+
+
 # ------------------------------------------------------------------------------------ learning
 
 
