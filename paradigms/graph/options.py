@@ -93,7 +93,11 @@ class GraphModelOptions:
             the classes, like the GCN paper's last layer). Graph tasks need linear.
         embed_width: width of the input stem and the head, the same at every cell width (two bias-free linear maps
             connect it to the cell: ``model.GraphModel``); None: the cell's width (no maps). Arms that differ in
-            cell width (a FLOP-matched mask comparison) then differ in the cell and those maps only.
+            cell width (a FLOP-matched mask comparison) then differ in the cell and those maps only. What reaches
+            the cell is still ``width``-dimensional: with ``stem_norm=none`` the stem and its map compose to one
+            linear map of rank <= width, and a linear or GCNConv head after the map back is one as well, so there
+            the option changes the parameters (and their count), not the functions; the stem's LayerNorm and a
+            graph task's MLP head sit between and do add capacity.
     """
 
     width: int = 64

@@ -71,7 +71,8 @@ class LanguageModelOptions:
         embed_width: width of the token and position embeddings, the final LayerNorm and the LM head, the same at
             every cell width (two bias-free linear maps connect it to the cell: ``model.CausalLM``); None: the
             cell's width (no maps). Arms that differ in cell width (a FLOP-matched mask comparison) then differ in
-            the cell and those maps only.
+            the cell and those maps only. The input side composes linearly (embeddings, then the map: a rank-width
+            embedding, as without the option); the output side gains the wider final LayerNorm and head.
     """
 
     width: int = 128
