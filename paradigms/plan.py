@@ -171,7 +171,7 @@ def _steps_text(costs: list[RunCost]) -> str:
     return str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
 
 
-def measured_estimate(run: RunCost, costs: list[RunCost]) -> float | None:
+def estimate(run: RunCost, costs: list[RunCost]) -> float | None:
     """Seconds ``run`` should take: the median of its cell's finished seeds, else its grid's median seconds per
     step times its steps (None when neither was measured)."""
     same_cell = [c.wall_s for c in costs if c.cell == run.cell and c.wall_s]
@@ -183,23 +183,17 @@ def measured_estimate(run: RunCost, costs: list[RunCost]) -> float | None:
     return None
 
 
-def estimate(run: RunCost, costs: list[RunCost], step_times: StepTimes | None = None) -> float | None:
-    """:func:`measured_estimate`, else (with ``step_times``) the training seconds of the run's cell from them."""
-    measured = measured_estimate(run, costs)
-    if measured is not None or step_times is None:
-        return measured
-    return step_times.seconds(run.cell)
-
-
 def grid_plans(costs: list[RunCost], step_times: StepTimes | None = None) -> list[GridPlan]:
     out = []
     for grid in dict.fromkeys(c.spec.grid for c in costs):
         members = [c for c in costs if c.spec.grid == grid]
         done = [c for c in members if c.wall_s]
         todo = [c for c in members if c.state not in ("done", "not_at_equilibrium", "diverged")]
-        guesses = [estimate(c, costs, step_times) for c in todo]
+        measured = [estimate(c, costs) for c in todo]
+        priced = [step_times.seconds(c.cell) if m is None and step_times else None for c, m in zip(todo, measured)]
+        guesses = [m if m is not None else p for m, p in zip(measured, priced)]
         unmeasured = sum(g is None for g in guesses)
-        from_step_times = sum(measured_estimate(c, costs) is None and g is not None for c, g in zip(todo, guesses))
+        from_step_times = sum(p is not None for p in priced)
         out.append(GridPlan(grid, len(members), len(members) - len(todo), _steps_text(members),
                             statistics.median(c.wall_s for c in done) if done else None,
                             sum(g for g in guesses if g is not None) if not unmeasured else None, unmeasured,
@@ -230,7 +224,8 @@ def primary_plans(spec: dict[str, Any], runs: Path, costs: list[RunCost],
                 names = {r.name for r in arm_runs(arm, found, grids)}
                 walls = [c.wall_s for c in costs if c.wall_s and c.spec.name in names]
                 if not walls and step_times is not None:  # no run of the arm finished: its cells' step times
-                    walls = [s for c in costs if c.spec.name in names for s in [step_times.seconds(c.cell)] if s]
+                    walls = [step_times.seconds(c.cell) for c in costs if c.spec.name in names]
+                    walls = [w for w in walls if w is not None]
                 extra_runs += more
                 extra_s = None if extra_s is None or not walls else extra_s + more * statistics.median(walls)
         out.append(PrimaryPlan(s.key, s.label, f"{result.n_a}/{result.n_b}", result.verdict, result.seeds_needed,

@@ -35,6 +35,7 @@ from transformers import GPT2Config
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
 from tiedlab.core import Block, BlockSpec, BlockStats
+from tiedlab.paradigms.base import check_int
 
 CAUSAL_ATTN = "sdpa"
 CAUSAL_SAMPLE_DIMS = 2  # the state is (batch, time, width): one fixed-point system per (batch, time)
@@ -147,9 +148,7 @@ class CausalLM(nn.Module):
         if block.spec.mode == "deq" and causal_spec(block.spec) != block.spec:
             raise ValueError("a DEQ block solved with one system per sequence is not causal: build its spec "
                              "with causal_spec(spec) (solver option sample_dims=2, forward and adjoint)")
-        if embed_width is not None and (not isinstance(embed_width, int) or isinstance(embed_width, bool)
-                                        or embed_width < 1):
-            raise ValueError(f"model embed_width={embed_width!r} must be an integer >= 1 or None (the cell's width)")
+        check_int("model.embed_width", embed_width, allow_none=True)
         width = config.n_embd
         outer = width if embed_width is None else embed_width
         self.max_positions = config.n_positions
