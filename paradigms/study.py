@@ -467,13 +467,26 @@ def sequential_plan(spec: dict[str, Any], max_seeds: int, step: int) -> dict[str
         raise ValueError(f"study {spec.get('name')!r} names no primary comparison: --until-decided has nothing to "
                          "decide (add a 'primary:' block to the study file)")
     grids = {g["name"]: g for g in spec["grids"]}
-    start = min(len((grids[arm.grid].get("sweep") or {}).get("seed") or [0])
-                for p in specs for arm in (p.a, p.b))
+    seeds = {arm.grid: list((grids[arm.grid].get("sweep") or {}).get("seed") or [0])
+             for p in specs for arm in (p.a, p.b)}
+    firsts = {}
+    for grid, values in seeds.items():
+        if not all(isinstance(v, int) for v in values) or values != list(range(values[0], values[0] + len(values))):
+            raise ValueError(f"grid {grid!r} sweeps seed {values}: --until-decided continues a run of consecutive "
+                             "integer seeds (e.g. [0, 1, 2, 3], or [100, 101] for a replication on fresh seeds)")
+        firsts.setdefault(values[0], []).append(grid)
+    if len(firsts) > 1:
+        starts = "; ".join(f"{first} ({', '.join(sorted(names))})" for first, names in sorted(firsts.items()))
+        raise ValueError("--until-decided pairs the arms by seed, so the primary arms' grids must start at one seed; "
+                         f"they start at {starts}")
+    start = min(len(values) for values in seeds.values())
     if step < 1 or max_seeds < start:
         raise ValueError(f"--max-seeds={max_seeds} must be >= the {start} seeds the grids start with, and "
                          f"--seed-step={step} >= 1")
     looks = stats.plan_looks(start, max_seeds, step)
-    return {"start": start, "step": step, "max_seeds": max_seeds, "looks": len(looks)}
+    (first,) = firsts
+    return {"start": start, "step": step, "max_seeds": max_seeds, "looks": len(looks),
+            **({"first_seed": first} if first else {})}  # seeds first .. first + n - 1 at a look of n seeds
 
 
 SEQUENTIAL_FILE = "sequential.yaml"  # in a study's runs folder: the look reached and the look each verdict came at
@@ -487,8 +500,9 @@ def read_sequential_state(runs: Path) -> dict[str, Any]:
 
 
 def seed_limits(specs: list[Any], plan: dict[str, int], state: dict[str, Any]) -> dict[str, int]:
-    """The seeds each primary comparison is read on: those below the seed count of the look it was decided at,
-    or of the last look reached (all the seeds of a fixed design: no limits before the first look)."""
+    """How many seeds each primary comparison is read on (the plan's first seed onwards): the seed count of the look
+    it was decided at, or of the last look reached (all the seeds of a fixed design: no limits before the first
+    look)."""
     from tiedlab.reports import stats
 
     if state.get("look", -1) < 0:
@@ -502,12 +516,13 @@ def seed_limits(specs: list[Any], plan: dict[str, int], state: dict[str, Any]) -
 def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, int], extra: list[str],
                             jobs: int, execute: Any = None, deadline: float | None = None) -> int:
     """The looks of the group-sequential plan: at look k every primary comparison still undetermined gets seeds
-    0..n_k-1 on both arms (missing or unfinished runs only) and is read on exactly those seeds at alpha/looks
-    (Holm across the comparisons); a decided comparison is frozen at the look it was decided at
-    (``sequential.yaml``). A rerun replays the looks on the same data and continues where it stopped. With a
-    ``deadline`` (epoch seconds), a look advances only the comparisons whose runs fit the time left, cheapest first
-    (``fit_look_to_budget``); the others keep the seeds they have (the alpha split over every planned look stays,
-    which only makes their verdicts conservative), and ``sequential.yaml`` lists them under ``budget_skipped``.
+    f..f+n_k-1 on both arms (f: the plan's ``first_seed``, 0 unless the grids start elsewhere; missing or
+    unfinished runs only) and is read on exactly those seeds at alpha/looks (Holm across the comparisons); a
+    decided comparison is frozen at the look it was decided at (``sequential.yaml``). A rerun replays the looks on
+    the same data and continues where it stopped. With a ``deadline`` (epoch seconds), a look advances only the
+    comparisons whose runs fit the time left, cheapest first (``fit_look_to_budget``); the others keep the seeds
+    they have (the alpha split over every planned look stays, which only makes their verdicts conservative), and
+    ``sequential.yaml`` lists them under ``budget_skipped``.
     Returns how many grid commands (Hydra's launcher) or runs (Ray) failed."""
     from tiedlab.reports import stats
     from tiedlab.reports.load import load_runs
@@ -516,6 +531,7 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
     specs = load_primaries(spec)
     grids = {g["name"]: g for g in spec["grids"]}
     counts = stats.plan_looks(plan["start"], plan["max_seeds"], plan["step"])
+    first = plan.get("first_seed", 0)
     state = read_sequential_state(runs)
     state["decided"] = dict(state.get("decided") or {})
     failures = 0
@@ -524,7 +540,7 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
         pending = [s for s in specs if s.key not in state["decided"]]
         if not pending:
             break
-        wanted = {s.key: look_cells(s, found, grids, n) for s in pending}
+        wanted = {s.key: look_cells(s, found, grids, range(first, first + n)) for s in pending}
         if deadline is not None:
             advanced, skipped = fit_look_to_budget(spec, wanted, grids, runs, extra, jobs, deadline - time.time())
             if skipped:
@@ -538,7 +554,8 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
             if grid_finished(grid, runs):
                 continue
             cell = {k: v[0] for k, v in grid["sweep"].items() if k not in ("seed", "data.fold")}
-            print(f"[tiedlab] look {look + 1}/{len(counts)}: seeds 0-{n - 1} for {grid['name']} {cell}", flush=True)
+            print(f"[tiedlab] look {look + 1}/{len(counts)}: seeds {first}-{first + n - 1} for {grid['name']} {cell}",
+                  flush=True)
             if execute is None:
                 (cmd,) = study_commands({"name": spec.get("name"), "grids": [grid]}, runs, extra, jobs)
                 print("+ " + shlex.join(cmd), flush=True)
@@ -550,7 +567,8 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
         found = load_runs([runs]) if runs.exists() else []
         state["look"] = look
         limits = seed_limits(specs, plan, state)
-        for r in evaluate_primaries(specs, found, looks=plan["looks"], grids=grids, seed_limits=limits):
+        for r in evaluate_primaries(specs, found, looks=plan["looks"], grids=grids, seed_limits=limits,
+                                    first_seed=first):
             key = r.spec.key
             if key not in state["decided"] and r.verdict != "undetermined":
                 state["decided"][key] = look
@@ -563,8 +581,8 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
 Cells = dict  # {(grid name, ((key, value), ...) less the replicate keys): (seeds, data folds)}
 
 
-def look_cells(comparison: Any, found: list[Any], grids: dict[str, Any], n: int) -> Cells:
-    """The cells of a comparison's two arms with seeds 0..n-1 (and the folds their runs have)."""
+def look_cells(comparison: Any, found: list[Any], grids: dict[str, Any], seeds: range) -> Cells:
+    """The cells of a comparison's two arms with the look's ``seeds`` (and the folds their runs have)."""
     from tiedlab.reports.primary import arm_runs, run_values
 
     out: Cells = {}
@@ -576,8 +594,8 @@ def look_cells(comparison: Any, found: list[Any], grids: dict[str, Any], n: int)
         values = run_values(members[0].name)
         cell = tuple(sorted((k, v) for k, v in values.items() if k not in ("seed", "data.fold")))
         folds = {run_values(r.name)["data.fold"] for r in members if "data.fold" in run_values(r.name)}
-        seeds, all_folds = out.setdefault((arm.grid, cell), (set(), set()))
-        seeds.update(range(n))
+        have_seeds, all_folds = out.setdefault((arm.grid, cell), (set(), set()))
+        have_seeds.update(seeds)
         all_folds.update(folds)
     return out
 

@@ -120,7 +120,8 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
     if plan:
         limits = _seed_limits(paths, specs, plan)
     grids = [g["name"] for g in (spec or {}).get("grids") or []]
-    primaries = evaluate_primaries(specs, runs, looks=looks, grids=grids, seed_limits=limits) if spec else []
+    primaries = (evaluate_primaries(specs, runs, looks=looks, grids=grids, seed_limits=limits,
+                                    first_seed=int((plan or {}).get("first_seed", 0))) if spec else [])
     return Report(title, runs, cells, evaluate(cells), guidelines(cells), inputs=[str(p) for p in paths],
                   primaries=primaries, study=spec, looks=looks, seed_limits=limits)
 

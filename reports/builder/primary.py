@@ -398,22 +398,24 @@ def seed_of(run: RunLike) -> int | None:
 
 def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: float = stats.ALPHA,
                        looks: int = 1, grids: Iterable[str] = (),
-                       seed_limits: Mapping[str, int] | None = None) -> list[PrimaryResult]:
+                       seed_limits: Mapping[str, int] | None = None, first_seed: int = 0) -> list[PrimaryResult]:
     """Each spec's test on its arms' runs, then Holm across the comparisons of each ``family`` (at ``alpha / looks``
     per look when the seeds were added sequentially: ``tiedlab-study --until-decided``). Families are named in
-    the study file (unnamed: family ""); an amendment is always a family of its own (see ``tiedlab-study``). ``seed_limits`` maps a comparison's
-    ``key`` to the seeds a comparison is read on (seeds below the limit: the look it was decided at)."""
+    the study file (unnamed: family ""); an amendment is always a family of its own (see ``tiedlab-study``).
+    ``seed_limits`` maps a comparison's ``key`` to how many seeds it is read on, from ``first_seed`` on (the look
+    it was decided at)."""
     runs, grids = list(runs), list(grids) or sorted({s.a.grid for s in specs} | {s.b.grid for s in specs})
     results = []
     for spec in specs:
         limit = (seed_limits or {}).get(spec.key)
-        a, b = ([r for r in arm_runs(arm, runs, grids) if limit is None or (seed_of(r) is not None
-                                                                         and seed_of(r) < limit)]
+        a, b = ([r for r in arm_runs(arm, runs, grids) if limit is None or (seed_of(r) is not None and
+                                                                         0 <= seed_of(r) - first_seed < limit)]
                 for arm in (spec.a, spec.b))
         notes: list[str] = [f"arm {side} ({arm.title()}) matches no run" for side, arm, members
                             in (("a", spec.a, a), ("b", spec.b, b)) if not members]
         if limit is not None:
-            notes.append(f"read on seeds < {limit} (the look it was decided at, or the last look reached)")
+            seeds = f"seeds < {limit}" if first_seed == 0 else f"seeds {first_seed}-{first_seed + limit - 1}"
+            notes.append(f"read on {seeds} (the look it was decided at, or the last look reached)")
         names = ([r.name for r in a], [r.name for r in b])
         (a, out_a), (b, out_b) = (leave_out_not_at_equilibrium(members, notes, side)
                                   for side, members in (("a", a), ("b", b)))

@@ -72,6 +72,39 @@ def test_until_decided_freezes_decided_comparisons_and_seeds_only_undetermined_a
         study_module.study(args)
 
 
+def test_until_decided_continues_from_the_grids_first_seed(tmp_path, monkeypatch, capsys):
+    """A replication on fresh seeds: grids that start at seed 100 get 102, 103 at the next look (never 0..3), and
+    the comparisons are read on seeds 100.. (the look's count of them); seeds that do not run on from one first
+    seed are refused with one line before anything runs."""
+    grid = {"name": "g", "overrides": TOY, "sweep": {"block": ["tied", "explicit", "deq"], "seed": [100, 101]}}
+    study = {"name": "toy", "grids": [grid], "primary": {"comparisons": [
+        {"insight": 1, "paradigm": "toy", "claim": "noninferiority", "metric": "val/acc", "delta": 1.0,
+         "a": arm("tied"), "b": arm("explicit")},
+        {"insight": 4, "paradigm": "toy", "claim": "superiority", "metric": "val/acc", "delta": 1e-6,
+         "a": arm("tied"), "b": arm("deq")}]}}
+    runs = use_toy_study(study, tmp_path, monkeypatch)
+    args = ["toy", "--runs", str(runs), "--no-report", "--until-decided", "--max-seeds", "4", "--seed-step", "2"]
+    assert study_module.study(args) == 0
+    assert "look 2/2: seeds 100-103 for g {'block': 'deq'}" in capsys.readouterr().out
+    assert yaml.safe_load((runs / "study.yaml").read_text())["sequential"] == {
+        "start": 2, "step": 2, "max_seeds": 4, "looks": 2, "first_seed": 100}
+    seeds = lambda block: sorted(int(p.name.split("seed=")[1]) for p in (runs / "g").glob(f"block={block},seed=*"))
+    assert seeds("explicit") == [100, 101] and seeds("tied") == seeds("deq") == [100, 101, 102, 103]
+    by_insight = {r.spec.insight: r for r in analyse([runs]).primaries}
+    assert (by_insight[1].n_a, by_insight[1].n_b) == (2, 2) and (by_insight[4].n_a, by_insight[4].n_b) == (4, 4)
+    assert any("read on seeds 100-101" in n for n in by_insight[1].notes)
+
+    plan = lambda seeds_g, seeds_h: study_module.sequential_plan(
+        {"name": "toy", "grids": [{"name": "g", "sweep": {"seed": seeds_g}}, {"name": "h", "sweep": {"seed": seeds_h}}],
+         "primary": {"comparisons": [{"insight": 1, "paradigm": "toy", "claim": "superiority", "delta": 0.5,
+                                      "a": {"grid": "g"}, "b": {"grid": "h"}}]}}, 4, 2)
+    assert plan([0, 1], [0, 1, 2]) == {"start": 2, "step": 2, "max_seeds": 4, "looks": 2}  # no first_seed key at 0
+    with pytest.raises(ValueError, match=r"grid 'g' sweeps seed \[0, 2\]: .* consecutive"):
+        plan([0, 2], [0, 1])
+    with pytest.raises(ValueError, match=r"must start at one seed; they start at 0 \(h\); 100 \(g\)"):
+        plan([100, 101], [0, 1])
+
+
 def test_a_registration_grows_only_by_a_family_of_its_own_on_grids_without_runs(tmp_path):
     """Appending comparisons after the first runs is an amendment: allowed as a new family whose arms' grids have
     no runs yet; changing, dropping or reordering a registered comparison, reusing a family or adding a comparison
