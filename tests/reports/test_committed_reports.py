@@ -15,7 +15,8 @@ from tiedlab.reports.load import runs_from_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = {name: ROOT / "reports" / "studies" / name for name in ("quick", "demo", "masks", "masks_head",
-                                                                              "masks_language", "masks_graph")}
+                                                                              "masks_language", "masks_graph",
+                                                                              "masks_ssl")}
 PARADIGM_COLUMNS = ("vision", "graph", "language", "ssl")  # the README answer table's column order
 
 
@@ -103,10 +104,10 @@ def test_readme_states_only_the_quick_verdicts_the_report_holds():
         assert phrase not in answer
 
 
-@pytest.mark.parametrize("name", ["masks", "masks_head", "masks_language", "masks_graph"])
+@pytest.mark.parametrize("name", ["masks", "masks_head", "masks_language", "masks_graph", "masks_ssl"])
 def test_readme_states_only_the_mask_study_verdicts_its_report_holds(name):
     """The README's mask-study lines (<!-- answer:masks -->, <!-- answer:masks_head -->, <!-- answer:masks_language -->,
-    <!-- answer:masks_graph -->): one row per primary
+    <!-- answer:masks_graph -->, <!-- answer:masks_ssl -->): one row per primary
     comparison of reports/studies/NAME, with the verdict, effect, interval and seeds the rebuilt report holds."""
     readme = (ROOT / "README.md").read_text()
     block = readme.split(f"<!-- answer:{name} ", 1)[1].split("<!-- /answer -->", 1)[0]
