@@ -541,13 +541,20 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
         if not pending:
             break
         wanted = {s.key: look_cells(s, found, grids, range(first, first + n)) for s in pending}
+        skipped = []
         if deadline is not None:
             advanced, skipped = fit_look_to_budget(spec, wanted, grids, runs, extra, jobs, deadline - time.time())
             if skipped:
                 print(f"[tiedlab] look {look + 1}/{len(counts)}: {', '.join(skipped)} not advanced: their runs do not "
                       f"fit the {max(deadline - time.time(), 0) / 60:.0f} min left of --budget-min", flush=True)
-                state.setdefault("budget_skipped", {})[look] = sorted(skipped)
             wanted = {k: v for k, v in wanted.items() if k in advanced}
+        # the record says what this pass skipped: a rerun that advances a look skipped before clears its entry
+        if skipped:
+            state.setdefault("budget_skipped", {})[look] = sorted(skipped)
+        elif look in (state.get("budget_skipped") or {}):
+            del state["budget_skipped"][look]
+            if not state["budget_skipped"]:
+                del state["budget_skipped"]
         todo = merge_cells(wanted.values())
         look_grids = []
         for grid in cell_grids(todo, grids):
