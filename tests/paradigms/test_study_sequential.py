@@ -32,16 +32,21 @@ def use_toy_study(study: dict, tmp_path: Path, monkeypatch) -> Path:
     return tmp_path / "runs"
 
 
+def decided_and_undetermined(seeds: list[int]) -> dict:
+    """A toy study of two comparisons sharing the tied arm, one decided at the first look and one never."""
+    return {"name": "toy", "grids": [{"name": "g", "overrides": TOY,
+                                      "sweep": {"block": ["tied", "explicit", "deq"], "seed": seeds}}],
+            "primary": {"comparisons": [
+                # a wide margin: decided at the first look (2 seeds)
+                {"insight": 1, "paradigm": "toy", "claim": "noninferiority", "metric": "val/acc", "delta": 1.0,
+                 "a": arm("tied"), "b": arm("explicit")},
+                # shares the tied arm; superiority between near-identical models: undetermined to the end
+                {"insight": 4, "paradigm": "toy", "claim": "superiority", "metric": "val/acc", "delta": 1e-6,
+                 "a": arm("tied"), "b": arm("deq")}]}}
+
+
 def test_until_decided_freezes_decided_comparisons_and_seeds_only_undetermined_arms(tmp_path, monkeypatch, capsys):
-    study = {"name": "toy", "grids": [{"name": "g", "overrides": TOY,
-                                       "sweep": {"block": ["tied", "explicit", "deq"], "seed": [0, 1]}}],
-             "primary": {"comparisons": [
-                 # a wide margin: decided at the first look (2 seeds)
-                 {"insight": 1, "paradigm": "toy", "claim": "noninferiority", "metric": "val/acc", "delta": 1.0,
-                  "a": arm("tied"), "b": arm("explicit")},
-                 # shares the tied arm; superiority between near-identical models: undetermined to the end
-                 {"insight": 4, "paradigm": "toy", "claim": "superiority", "metric": "val/acc", "delta": 1e-6,
-                  "a": arm("tied"), "b": arm("deq")}]}}
+    study = decided_and_undetermined([0, 1])
     runs = use_toy_study(study, tmp_path, monkeypatch)
     args = ["toy", "--runs", str(runs), "--no-report", "--until-decided", "--max-seeds", "4", "--seed-step", "2"]
     assert study_module.study(args) == 0
@@ -76,13 +81,7 @@ def test_until_decided_continues_from_the_grids_first_seed(tmp_path, monkeypatch
     """A replication on fresh seeds: grids that start at seed 100 get 102, 103 at the next look (never 0..3), and
     the comparisons are read on seeds 100.. (the look's count of them); seeds that do not run on from one first
     seed are refused with one line before anything runs."""
-    grid = {"name": "g", "overrides": TOY, "sweep": {"block": ["tied", "explicit", "deq"], "seed": [100, 101]}}
-    study = {"name": "toy", "grids": [grid], "primary": {"comparisons": [
-        {"insight": 1, "paradigm": "toy", "claim": "noninferiority", "metric": "val/acc", "delta": 1.0,
-         "a": arm("tied"), "b": arm("explicit")},
-        {"insight": 4, "paradigm": "toy", "claim": "superiority", "metric": "val/acc", "delta": 1e-6,
-         "a": arm("tied"), "b": arm("deq")}]}}
-    runs = use_toy_study(study, tmp_path, monkeypatch)
+    runs = use_toy_study(decided_and_undetermined([100, 101]), tmp_path, monkeypatch)
     args = ["toy", "--runs", str(runs), "--no-report", "--until-decided", "--max-seeds", "4", "--seed-step", "2"]
     assert study_module.study(args) == 0
     assert "look 2/2: seeds 100-103 for g {'block': 'deq'}" in capsys.readouterr().out
