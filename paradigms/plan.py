@@ -189,11 +189,14 @@ def grid_plans(costs: list[RunCost], step_times: StepTimes | None = None) -> lis
         members = [c for c in costs if c.spec.grid == grid]
         done = [c for c in members if c.wall_s]
         todo = [c for c in members if c.state not in ("done", "not_at_equilibrium", "diverged")]
-        measured = [estimate(c, costs) for c in todo]
-        priced = [step_times.seconds(c.cell) if m is None and step_times else None for c, m in zip(todo, measured)]
-        guesses = [m if m is not None else p for m, p in zip(measured, priced)]
+        guesses, from_step_times = [], 0
+        for run in todo:  # a measured estimate, else the run's cell priced from the step times
+            guess = estimate(run, costs)
+            if guess is None and step_times is not None:
+                guess = step_times.seconds(run.cell)
+                from_step_times += guess is not None
+            guesses.append(guess)
         unmeasured = sum(g is None for g in guesses)
-        from_step_times = sum(p is not None for p in priced)
         out.append(GridPlan(grid, len(members), len(members) - len(todo), _steps_text(members),
                             statistics.median(c.wall_s for c in done) if done else None,
                             sum(g for g in guesses if g is not None) if not unmeasured else None, unmeasured,
