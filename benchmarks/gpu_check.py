@@ -310,8 +310,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not result["unmeasured_cells"] else 1
     size = "tiny" if args.tiny else "paper"
     out: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                           "torch": torch.__version__, "size": size, "steps": args.steps, "paradigms": []}
-    with tempfile.TemporaryDirectory(prefix="tiedlab-gpu-check-") as tmp:
+                           "torch": torch.__version__, "size": size, "steps": args.steps, "complete": False, "paradigms": []}
+
+    def save() -> None:  # after each measurement: a run stopped by its time limit keeps what it measured
+        if args.out:
+            Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
+    from tiedlab.paradigms.shared_data import shared_data
+
+    with tempfile.TemporaryDirectory(prefix="tiedlab-gpu-check-") as tmp, shared_data():  # each dataset decoded once
         root = Path(tmp)
         for name in names:
             row = measure(name, SIZES[name][size], args.steps, device.type, root)
@@ -321,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["step_gflops"] = flops / 1e9
                 row["mfu"] = (flops / (row["step_ms"] / 1e3) / peak) if peak and row["step_ms"] else None
             out["paradigms"].append(row)
+            save()
             print(f"{name:9s} {row['status']:9s} {row['samples_per_s'] or math.nan:10.1f} samples/s "
                   f"{row['step_ms'] or math.nan:8.2f} ms/step {row['peak_mb'] or math.nan:9.1f} MB peak"
                   + (f"  {row['step_gflops']:.2f} GFLOP/step, MFU {row['mfu']:.1%}" if row.get("mfu") is not None
@@ -333,11 +340,13 @@ def main(argv: list[str] | None = None) -> int:
             row.pop("cfg")
             row["speedup"] = (base["step_ms"] / row["step_ms"]) if base["step_ms"] and row["step_ms"] else None
             out["vision_channels_last"] = row
+            save()
             print(f"vision channels-last {row['step_ms'] or math.nan:8.2f} ms/step "
                   f"({row['speedup'] or math.nan:.2f}x the default layout's)", flush=True)
             tta = time_to_accuracy(SIZES["vision"]["tiny" if args.tiny else "paper"], max(args.steps, 2),
                                    max(1, max(args.steps, 2) // 4), 0.5, device.type, root)
             out["time_to_accuracy"] = tta
+            save()
             print(f"vision time to val acc {tta['target_val_acc']}: step {tta['reached_at_step']}, "
                   f"{tta['train_s']} s of training (final val acc {tta['final_val_acc']})", flush=True)
         out["seed_batching"] = []
@@ -345,10 +354,11 @@ def main(argv: list[str] | None = None) -> int:
             sizes = SIZES[name]["tiny"] if args.tiny else SEED_BATCH_SIZES[name]
             row = seed_batching(name, sizes, 2 if args.tiny else 4, args.steps, device.type, root)
             out["seed_batching"].append(row)
+            save()
             print(f"seed batching {name} K={row['k']}: {row['separate_ms_per_seed_step']:.2f} ms per seed-step "
                   f"separate, {row['batch_ms_per_seed_step']:.2f} batched: {row['speedup']:.2f}x", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
+    out["complete"] = True
+    save()
     return 0 if all(r["status"] == "completed" for r in out["paradigms"]) else 1
 
 

@@ -28,7 +28,8 @@ def test_tiny_run_on_cpu_measures_every_field(gpu_check, tmp_path):
     assert gpu_check.main(["--tiny", "--device", "cpu", "--steps", "2", "--only", "vision,graph",
                            "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["device"] == "cpu" and [r["paradigm"] for r in result["paradigms"]] == ["vision", "graph"]
+    assert result["device"] == "cpu" and result["complete"]
+    assert [r["paradigm"] for r in result["paradigms"]] == ["vision", "graph"]
     for row in result["paradigms"]:
         assert row["status"] == "completed" and row["samples_per_s"] > 0 and row["step_ms"] > 0 and row["peak_mb"] > 0
     vision = result["paradigms"][0]
