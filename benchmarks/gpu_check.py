@@ -101,6 +101,20 @@ def short_run(overrides: Sequence[str], steps: int, device: str, run_dir: Path, 
                     "train.time_limit_s=null", f"run_dir={run_dir}"])
 
 
+def failure(results: Sequence[dict[str, Any]], folders: Sequence[Path]) -> str | None:
+    """Why the first failed of ``results`` (the engine's) failed: its reason and the end of its traceback (the run
+    folders are temporary, so the log and the JSON keep them); None when all completed."""
+    from tiedlab.paradigms import rundir
+
+    for result, folder in zip(results, folders):
+        if result["status"] != "completed":
+            trace = folder / rundir.TRACEBACK
+            tail = trace.read_text()[-2000:] if trace.exists() else ""
+            print(f"[gpu_check] {folder.name} {result['status']}: {result.get('reason', '')}\n{tail}", flush=True)
+            return f"{result['status']}: {result.get('reason', '')}\n{tail}"
+    return None
+
+
 def measure(name: str, overrides: list[str], steps: int, device: str, root: Path) -> dict[str, Any]:
     """Train ``steps`` steps through the engine; samples/s, step ms and peak memory from its metrics.json."""
     from tiedlab.paradigms.engine import train
@@ -112,7 +126,7 @@ def measure(name: str, overrides: list[str], steps: int, device: str, root: Path
     return {"paradigm": name, "status": result["status"], "steps": result["step"],
             "samples_per_s": m.get("throughput/samples_per_s"), "step_ms": m.get("time/step_ms"),
             "peak_mb": m.get("memory/peak_mb"), "wall_s": time.perf_counter() - started,
-            "params_unique": m.get("params/unique"), "cfg": cfg}
+            "params_unique": m.get("params/unique"), "failure": failure([result], [root / name]), "cfg": cfg}
 
 
 def time_to_accuracy(overrides: list[str], steps: int, eval_every: int, target: float, device: str,
@@ -148,13 +162,14 @@ def seed_batching(name: str, overrides: list[str], k: int, steps: int, device: s
     def cfg(seed: int, folder: str) -> Any:
         return short_run([*overrides, f"seed={seed}"], steps, device, root / folder / str(seed))
 
-    separate = [train(cfg(s, f"{name}-separate"), root / f"{name}-separate" / str(s)) for s in range(k)]
-    batch = train_seed_batch([cfg(s, f"{name}-batch") for s in range(k)],
-                             [root / f"{name}-batch" / str(s) for s in range(k)])
+    folders = {kind: [root / f"{name}-{kind}" / str(s) for s in range(k)] for kind in ("separate", "batch")}
+    separate = [train(cfg(s, f"{name}-separate"), folder) for s, folder in enumerate(folders["separate"])]
+    batch = train_seed_batch([cfg(s, f"{name}-batch") for s in range(k)], folders["batch"])
+    failed = failure([*separate, *batch], [*folders["separate"], *folders["batch"]])
     per = lambda results: 1000 * sum(r["metrics"]["time/train_s"] for r in results) / (k * steps)
-    sep_ms, batch_ms = per(separate), per(batch)
+    sep_ms, batch_ms = (None, None) if failed else (per(separate), per(batch))
     return {"paradigm": name, "k": k, "separate_ms_per_seed_step": sep_ms, "batch_ms_per_seed_step": batch_ms,
-            "speedup": sep_ms / batch_ms if batch_ms else None}
+            "speedup": sep_ms / batch_ms if batch_ms else None, "failure": failed}
 
 
 # --study: evaluation kept light in the short runs (it is not what they measure; training is unchanged by these)
@@ -216,7 +231,7 @@ def measure_cell(run: Any, steps: int, device: str, root: Path) -> dict[str, Any
                 "measured_steps": 0, "wall_s": time.perf_counter() - started, "peak_mb": None}
     clock = {r["step"]: r["time/train_s"] for r in read_history(folder) if "time/train_s" in r}
     ok = result["status"] == "completed" and third in clock and 3 * third in clock
-    return {"status": result["status"], "block": str(cfg.block.mode),
+    return {"status": result["status"], "failure": failure([result], [folder]), "block": str(cfg.block.mode),
             "step_ms": 1000 * (clock[3 * third] - clock[third]) / (2 * third) if ok else None,
             "measured_steps": 2 * third, "wall_s": time.perf_counter() - started,
             "peak_mb": result["metrics"].get("memory/peak_mb")}
@@ -343,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             save()
             print(f"vision channels-last {row['step_ms'] or math.nan:8.2f} ms/step "
                   f"({row['speedup'] or math.nan:.2f}x the default layout's)", flush=True)
-            tta = time_to_accuracy(SIZES["vision"]["tiny" if args.tiny else "paper"], max(args.steps, 2),
-                                   max(1, max(args.steps, 2) // 4), 0.5, device.type, root)
+            tta = time_to_accuracy(SIZES["vision"]["tiny" if args.tiny else "paper"], 8 * max(args.steps, 2),
+                                   max(1, args.steps // 2), 0.5, device.type, root)  # 8x the steps: long enough
             out["time_to_accuracy"] = tta
             save()
             print(f"vision time to val acc {tta['target_val_acc']}: step {tta['reached_at_step']}, "
@@ -355,8 +370,9 @@ def main(argv: list[str] | None = None) -> int:
             row = seed_batching(name, sizes, 2 if args.tiny else 4, args.steps, device.type, root)
             out["seed_batching"].append(row)
             save()
-            print(f"seed batching {name} K={row['k']}: {row['separate_ms_per_seed_step']:.2f} ms per seed-step "
-                  f"separate, {row['batch_ms_per_seed_step']:.2f} batched: {row['speedup']:.2f}x", flush=True)
+            print(f"seed batching {name} K={row['k']}: " + ("failed (above)" if row["failure"] else
+                  f"{row['separate_ms_per_seed_step']:.2f} ms per seed-step separate, "
+                  f"{row['batch_ms_per_seed_step']:.2f} batched: {row['speedup']:.2f}x"), flush=True)
     out["complete"] = True
     save()
     return 0 if all(r["status"] == "completed" for r in out["paradigms"]) else 1

@@ -144,7 +144,8 @@ class InputStem(nn.Module):
             return self.norm(self.lin(F.dropout(x, self.dropout, self.training)))
         if self.training and self.dropout > 0:
             x = _sparse_dropout(x, self.dropout)
-        return self.norm(torch.sparse.mm(x, self.lin.weight.t()) + self.lin.bias)
+        with torch.autocast(x.device.type, enabled=False):  # sparse matmul has no bf16 backward: fp32 under autocast
+            return self.norm(torch.sparse.mm(x, self.lin.weight.t()) + self.lin.bias)
 
 
 def _sparse_dropout(x: Tensor, p: float) -> Tensor:
