@@ -132,6 +132,17 @@ def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
     return results  # type: ignore[return-value]
 
 
+
+def _vmappable_attention(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """On CUDA, scaled-dot-product attention in its math form: under vmap the fused kernels' backward rejects the
+    batched log-sum-exp's strides (an H200 with torch 2.11: "LSE is not correctly aligned (strideH)"). Elsewhere
+    nothing changes."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
 class _Bound(torch.nn.Module):
     """``base`` as the adapter calls it, on one seed's parameters and buffers (not registered: no copies)."""
 
@@ -202,7 +213,7 @@ class SeedBatch:
                 for r in live:
                     r.optimizer.zero_grad(set_to_none=True)
                 try:
-                    with live[0].autocast:  # bf16 on CUDA, as each run alone would
+                    with live[0].autocast, _vmappable_attention(live[0].device):  # bf16 on CUDA, as alone
                         losses, metrics, traces = step_fn(params, buffers, batch)
                 except RuntimeError as err:
                     if "randomness" in str(err):

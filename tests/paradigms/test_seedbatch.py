@@ -171,3 +171,19 @@ def test_a_random_forward_pass_is_refused_not_made_up(tmp_path):
     cfgs = [compose_config([*common, f"seed={s}", f"run_dir={tmp_path / str(s)}"]) for s in (0, 1)]
     with pytest.raises(RandomForwardError, match=r"draws random numbers in its forward pass \(dropout\?\)"):
         train_seed_batch(cfgs, [tmp_path / "0", tmp_path / "1"])
+
+
+def test_attention_runs_in_its_math_form_inside_a_cuda_seed_batch():
+    """Under vmap the fused CUDA attention kernels' backward rejects the batched log-sum-exp (an H200 run failed at
+    step 0 with "LSE is not correctly aligned"): a CUDA seed batch asks for the math kernel alone; a CPU one changes
+    nothing."""
+    from tiedlab.paradigms.seedbatch import _vmappable_attention
+
+    flags = lambda: (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
+                     torch.backends.cuda.math_sdp_enabled())
+    before = flags()
+    with _vmappable_attention(torch.device("cpu")):
+        assert flags() == before
+    with _vmappable_attention(torch.device("cuda")):
+        assert flags() == (False, False, True)
+    assert flags() == before
