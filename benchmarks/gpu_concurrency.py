@@ -49,14 +49,15 @@ def concurrent(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     threads = max(1, (os.cpu_count() or 1) // n)  # the CPUs split between the runs, as the GPU launcher does
     command = [sys.executable, __file__, "--child", "--paradigm", args.paradigm, "--steps", str(args.steps),
                "--device", args.device, "--threads", str(threads), *(["--tiny"] if args.tiny else [])]
-    procs = [subprocess.Popen([*command, "--folder", str(root / f"n{n}" / str(i))], stdout=subprocess.PIPE, text=True)
-             for i in range(n)]
+    folders = [root / f"n{n}" / str(i) for i in range(n)]
+    procs = [subprocess.Popen([*command, "--folder", str(folder)]) for folder in folders]  # their output: ours
     rows = []
-    for proc in procs:
-        out, _ = proc.communicate()
-        lines = [line for line in out.splitlines() if line.startswith("{")]
-        rows.append(json.loads(lines[-1]) if proc.returncode == 0 and lines else
-                    {"status": f"exit {proc.returncode}", "failure": out[-2000:], "step_ms": None})
+    for proc, folder in zip(procs, folders):
+        proc.wait()
+        result = folder / "concurrency.json"
+        rows.append(json.loads(result.read_text()) if proc.returncode == 0 and result.exists() else
+                    {"status": f"exit {proc.returncode}", "failure": f"run {folder} exited {proc.returncode}",
+                     "step_ms": None})
     measured = [r["step_ms"] for r in rows if r["step_ms"]]
     throughput = sum(1000 / ms for ms in measured) if len(measured) == n else None
     return {"runs": n, "threads_per_run": threads, "step_ms": [r["step_ms"] for r in rows], "run_steps_per_s": throughput,
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.paradigm, args.tiny, args.steps, args.device, args.threads, Path(args.folder))), flush=True)
+        folder = Path(args.folder)
+        row = child(args.paradigm, args.tiny, args.steps, args.device, args.threads, folder)
+        (folder / "concurrency.json").write_text(json.dumps(row) + "\n")  # a file: the parent may stop reading
         return 0
     try:
         counts = [int(n) for n in args.runs.split(",")]

@@ -13,8 +13,8 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TIEDLAB_DATA="$PWD/.device/data" HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 repo="$PWD"
 cd /tmp
-timeout "${VISION_S:-80}" python3 "$repo/benchmarks/gpu_concurrency.py" --paradigm vision --runs 1,4 --steps 300 \
+timeout "${VISION_S:-150}" python3 "$repo/benchmarks/gpu_concurrency.py" --paradigm vision --runs 1,4 --steps 300 \
   --out "$out/vision-concurrency.json" 2>&1 | tee "$out/concurrency.log"
-timeout "${SSL_S:-60}" python3 "$repo/benchmarks/gpu_concurrency.py" --paradigm ssl --runs 1,3 --steps 120 \
+timeout "${SSL_S:-150}" python3 "$repo/benchmarks/gpu_concurrency.py" --paradigm ssl --runs 1,3 --steps 120 \
   --out "$out/ssl-concurrency.json" 2>&1 | tee -a "$out/concurrency.log"
 ls -la "$out"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,19 @@ def test_step_times_are_refused_for_another_study_a_bad_file_or_without_a_plan(g
     for argv in (["--study", "paper", "--tiny"], ["--tiny", "train.threads=1"]):  # no option silently ignored
         with pytest.raises(SystemExit):
             gpu_check.main(argv)
+
+
+def test_concurrency_check_times_runs_at_once_on_cpu(tmp_path):
+    """benchmarks/gpu_concurrency.py: N processes of the tiny vision cell at once, each timed from its history."""
+    spec = importlib.util.spec_from_file_location("gpu_concurrency", ROOT / "benchmarks" / "gpu_concurrency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "concurrency.json"
+    assert module.main(["--tiny", "--device", "cpu", "--runs", "1,2", "--steps", "3", "--out", str(out)]) == 0
+    one, two = json.loads(out.read_text())["levels"]
+    assert (one["runs"], len(one["step_ms"]), two["runs"], len(two["step_ms"])) == (1, 1, 2, 2)
+    assert all(ms > 0 for ms in [*one["step_ms"], *two["step_ms"]]) and not one["failures"] + two["failures"]
+    assert one["speedup"] == 1.0 and two["speedup"] > 0
+    assert two["threads_per_run"] == max(1, (os.cpu_count() or 1) // 2)
+    with pytest.raises(SystemExit):
+        module.main(["--runs", "0,2"])
