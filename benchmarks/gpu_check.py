@@ -6,7 +6,8 @@
         # the training step time of every cell of a study, for `tiedlab-study paper --plan --step-times FILE`
 
 Prints, per paradigm (vision, ssl, graph, language; ``--only`` picks some): samples/s and step ms of training
-(evaluation excluded, bf16 autocast on CUDA), peak memory, and for vision an MFU estimate from the FLOPs of one
+after the first third of the steps (start-up and autotuning left out; evaluation excluded; bf16 autocast on CUDA),
+the mean step ms over all steps, peak memory, and for vision an MFU estimate from the FLOPs of one
 training step (``torch.utils.flop_counter``) against the device's dense bf16 peak; then the time a short vision
 run takes to reach a validation accuracy, the vision step with channels-last convolutions, and the speed-up of seed
 batching (K seeds of the quick-size vision and language models as one vectorised model against K separate runs;
@@ -115,18 +116,35 @@ def failure(results: Sequence[dict[str, Any]], folders: Sequence[Path]) -> str |
     return None
 
 
+def steady_step_ms(folder: Path, third: int) -> float | None:
+    """Milliseconds per training step of the run in ``folder`` between steps ``third`` and ``3 * third``, from its
+    history's training clock: the first third (CUDA start-up, autotuning, first allocations) left out. None when
+    the history lacks either step (a run that failed)."""
+    from tiedlab.paradigms.rundir import read_history
+
+    clock = {r["step"]: r["time/train_s"] for r in read_history(folder) if "time/train_s" in r}
+    if third not in clock or 3 * third not in clock:
+        return None
+    return 1000 * (clock[3 * third] - clock[third]) / (2 * third)
+
+
 def measure(name: str, overrides: list[str], steps: int, device: str, root: Path) -> dict[str, Any]:
-    """Train ``steps`` steps through the engine; samples/s, step ms and peak memory from its metrics.json."""
+    """Train ``steps`` steps (rounded up to a multiple of 3) through the engine: step ms and samples/s after the
+    first third (``steady_step_ms``), the mean step ms over all steps, peak memory."""
     from tiedlab.paradigms.engine import train
 
-    cfg = short_run(overrides, steps, device, root / name)
+    third = max(1, -(-steps // 3))
+    cfg = short_run(overrides, 3 * third, device, root / name, eval_every=third)
     started = time.perf_counter()
     result = train(cfg, root / name)
     m = result["metrics"]
+    step_ms = steady_step_ms(root / name, third) if result["status"] == "completed" else None
+    per_step = m.get("throughput/samples_per_s", 0.0) * m.get("time/step_ms", 0.0) / 1000  # samples in one step
     return {"paradigm": name, "status": result["status"], "steps": result["step"],
-            "samples_per_s": m.get("throughput/samples_per_s"), "step_ms": m.get("time/step_ms"),
-            "peak_mb": m.get("memory/peak_mb"), "wall_s": time.perf_counter() - started,
-            "params_unique": m.get("params/unique"), "failure": failure([result], [root / name]), "cfg": cfg}
+            "samples_per_s": 1000 * per_step / step_ms if step_ms else None, "step_ms": step_ms,
+            "mean_step_ms": m.get("time/step_ms"), "peak_mb": m.get("memory/peak_mb"),
+            "wall_s": time.perf_counter() - started, "params_unique": m.get("params/unique"),
+            "failure": failure([result], [root / name]), "cfg": cfg}
 
 
 def time_to_accuracy(overrides: list[str], steps: int, eval_every: int, target: float, device: str,
@@ -217,7 +235,6 @@ def measure_cell(run: Any, steps: int, device: str, root: Path) -> dict[str, Any
     """One short run of ``run``'s cell: milliseconds per training step over its last two thirds (``steps`` is
     rounded up to a multiple of 3), from the training clock its history records at steps/3 and at the end."""
     from tiedlab.paradigms.engine import train
-    from tiedlab.paradigms.rundir import read_history
 
     third = max(1, -(-steps // 3))
     folder = root / "study" / re.sub(r"[^A-Za-z0-9_.-]", "_", run.name)  # a Hydra value: no '=' or ','
@@ -229,10 +246,9 @@ def measure_cell(run: Any, steps: int, device: str, root: Path) -> dict[str, Any
     except Exception as err:  # one cell that fails (out of memory, say) is recorded and the others still measured
         return {"status": f"failed: {type(err).__name__}: {err}"[:300], "block": str(cfg.block.mode), "step_ms": None,
                 "measured_steps": 0, "wall_s": time.perf_counter() - started, "peak_mb": None}
-    clock = {r["step"]: r["time/train_s"] for r in read_history(folder) if "time/train_s" in r}
-    ok = result["status"] == "completed" and third in clock and 3 * third in clock
+    step_ms = steady_step_ms(folder, third) if result["status"] == "completed" else None
     return {"status": result["status"], "failure": failure([result], [folder]), "block": str(cfg.block.mode),
-            "step_ms": 1000 * (clock[3 * third] - clock[third]) / (2 * third) if ok else None,
+            "step_ms": step_ms,
             "measured_steps": 2 * third, "wall_s": time.perf_counter() - started,
             "peak_mb": result["metrics"].get("memory/peak_mb")}
 
@@ -344,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
             out["paradigms"].append(row)
             save()
             print(f"{name:9s} {row['status']:9s} {row['samples_per_s'] or math.nan:10.1f} samples/s "
-                  f"{row['step_ms'] or math.nan:8.2f} ms/step {row['peak_mb'] or math.nan:9.1f} MB peak"
+                  f"{row['step_ms'] or math.nan:8.2f} ms/step (mean with start-up {row['mean_step_ms'] or math.nan:.2f}) "
+                  f"{row['peak_mb'] or math.nan:9.1f} MB peak"
                   + (f"  {row['step_gflops']:.2f} GFLOP/step, MFU {row['mfu']:.1%}" if row.get("mfu") is not None
                      else f"  {row['step_gflops']:.2f} GFLOP/step, MFU n/a (no known peak)" if "step_gflops" in row
                      else ""), flush=True)

@@ -3,7 +3,7 @@
     python benchmarks/gpu_concurrency.py --paradigm vision --runs 1,4 --steps 400 --out vision-concurrency.json
     python benchmarks/gpu_concurrency.py --tiny --device cpu --runs 1,2 --steps 6     # the same path on CPU (tested)
 
-The paper study's models are small for a GPU (the vision cell ran at about 6% of an H200's bf16 peak), so
+The paper study's models are small for a GPU (the vision cell ran at 11-16% of an H200's bf16 peak), so
 ``tiedlab-study paper --gpus all --per-gpu K`` may train K runs at once for nearly the price of one. This measures it
 instead of assuming it: for each N, N separate processes (as ``--per-gpu N`` starts them) each train the tied cell
 of ``gpu_check.SIZES[paradigm]`` for ``--steps`` steps; a run's ms per step is read from its history's training
@@ -31,17 +31,14 @@ import gpu_check  # noqa: E402  (benchmarks/ is not a package)
 def child(paradigm: str, tiny: bool, steps: int, device: str, threads: int, folder: Path) -> dict[str, Any]:
     """One run of the cell in this process: its status and ms per step after the first third of its steps."""
     from tiedlab.paradigms.engine import train
-    from tiedlab.paradigms.rundir import read_history
 
     third = max(1, -(-steps // 3))
     overrides = [*gpu_check.SIZES[paradigm]["tiny" if tiny else "paper"], "block=tied", "train.score_train=false",
                  f"train.threads={threads}"]
     cfg = gpu_check.short_run(overrides, 3 * third, device, folder, eval_every=third)
     result = train(cfg, folder)
-    clock = {r["step"]: r["time/train_s"] for r in read_history(folder) if "time/train_s" in r}
-    ok = result["status"] == "completed" and third in clock and 3 * third in clock
     return {"status": result["status"], "failure": gpu_check.failure([result], [folder]),
-            "step_ms": 1000 * (clock[3 * third] - clock[third]) / (2 * third) if ok else None}
+            "step_ms": gpu_check.steady_step_ms(folder, third) if result["status"] == "completed" else None}
 
 
 def concurrent(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:

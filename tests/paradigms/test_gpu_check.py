@@ -33,6 +33,7 @@ def test_tiny_run_on_cpu_measures_every_field(gpu_check, tmp_path):
     assert [r["paradigm"] for r in result["paradigms"]] == ["vision", "graph"]
     for row in result["paradigms"]:
         assert row["status"] == "completed" and row["samples_per_s"] > 0 and row["step_ms"] > 0 and row["peak_mb"] > 0
+        assert row["mean_step_ms"] > 0 and row["steps"] == 3  # --steps 2, rounded up to thirds: 1 + 2 measured
     vision = result["paradigms"][0]
     assert vision["step_gflops"] > 0 and vision["mfu"] is None  # no known peak on a CPU
     layout = result["vision_channels_last"]
