@@ -4,13 +4,14 @@
     python benchmarks/gpu_concurrency.py --tiny --device cpu --runs 1,2 --steps 6     # the same path on CPU (tested)
 
 The paper study's models are small for a GPU (the vision cell ran at 11-16% of an H200's bf16 peak), so
-``tiedlab-study paper --gpus all --per-gpu K`` may train K runs at once for nearly the price of one. This measures it
-instead of assuming it: for each N, N separate processes (as ``--per-gpu N`` starts them) each train the tied cell
-of ``gpu_check.SIZES[paradigm]`` for ``--steps`` steps; a run's ms per step is read from its history's training
-clock between the first evaluation (a third of the steps: start-up and autotuning left out) and the last. Reported per
-N: each run's ms per step (its torch threads: the machine's CPUs divided by N, as the GPU launcher divides them), and the throughput in run-steps per second against N = 1's (the speed-up of running N at
-once). The processes start together but decode their data alone, so their measured windows overlap only roughly:
-read a speed-up as an estimate.
+``tiedlab-study paper --gpus all --per-gpu K`` may train K runs at once for nearly the price of one. This measures
+it instead of assuming it: for each N, N separate processes (as ``--per-gpu N`` starts them) each train the tied
+(or, with ``--block deq``, the DEQ: every step a solver step) cell of ``gpu_check.SIZES[paradigm]`` for ``--steps``
+steps; a run's ms per step is read from its history's training clock between the first evaluation (a third of the
+steps: start-up and autotuning left out) and the last. Reported per N: each run's ms per step (its torch threads:
+the machine's CPUs divided by N, as the GPU launcher divides them), and the throughput in run-steps per second
+against N = 1's (the speed-up of running N at once). The processes start together but decode their data alone, so
+their measured windows overlap only roughly: read a speed-up as an estimate.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_check  # noqa: E402  (benchmarks/ is not a package)
 
 
-def child(paradigm: str, tiny: bool, steps: int, device: str, threads: int, folder: Path) -> dict[str, Any]:
+def child(paradigm: str, block: str, tiny: bool, steps: int, device: str, threads: int,
+          folder: Path) -> dict[str, Any]:
     """One run of the cell in this process: its status and ms per step after the first third of its steps."""
     from tiedlab.paradigms.engine import train
 
     third = max(1, -(-steps // 3))
-    overrides = [*gpu_check.SIZES[paradigm]["tiny" if tiny else "paper"], "block=tied", "train.score_train=false",
+    overrides = [*gpu_check.SIZES[paradigm]["tiny" if tiny else "paper"], f"block={block}", "train.score_train=false",
                  f"train.threads={threads}"]
+    if block == "deq":  # as the study check measures a DEQ: every step a solver step, no gradient probe
+        overrides += ["train.deq_warmup_steps=0", "equilibrium.probe_every=0"]
     cfg = gpu_check.short_run(overrides, 3 * third, device, folder, eval_every=third)
     result = train(cfg, folder)
     return {"status": result["status"], "failure": gpu_check.failure([result], [folder]),
@@ -44,7 +48,8 @@ def child(paradigm: str, tiny: bool, steps: int, device: str, threads: int, fold
 def concurrent(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """``n`` child processes at once; their rows and the throughput in run-steps per second."""
     threads = max(1, (os.cpu_count() or 1) // n)  # the CPUs split between the runs, as the GPU launcher does
-    command = [sys.executable, __file__, "--child", "--paradigm", args.paradigm, "--steps", str(args.steps),
+    command = [sys.executable, __file__, "--child", "--paradigm", args.paradigm, "--block", args.block,
+               "--steps", str(args.steps),
                "--device", args.device, "--threads", str(threads), *(["--tiny"] if args.tiny else [])]
     folders = [root / f"n{n}" / str(i) for i in range(n)]
     procs = [subprocess.Popen([*command, "--folder", str(folder)]) for folder in folders]  # their output: ours
@@ -64,6 +69,7 @@ def concurrent(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu_concurrency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--paradigm", default="vision", choices=sorted(gpu_check.SIZES))
+    parser.add_argument("--block", default="tied", choices=("tied", "deq"), help="the cell's block (default tied)")
     parser.add_argument("--runs", default="1,4", help="comma-separated numbers of runs at once (first: the reference)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
@@ -75,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         folder = Path(args.folder)
-        row = child(args.paradigm, args.tiny, args.steps, args.device, args.threads, folder)
+        row = child(args.paradigm, args.block, args.tiny, args.steps, args.device, args.threads, folder)
         (folder / "concurrency.json").write_text(json.dumps(row) + "\n")  # a file: the parent may stop reading
         return 0
     try:
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--runs {args.runs!r}: give comma-separated positive integers, e.g. 1,4")
     if not counts or min(counts) < 1:
         parser.error(f"--runs {args.runs!r}: give comma-separated positive integers, e.g. 1,4")
-    out: dict[str, Any] = {"paradigm": args.paradigm, "size": "tiny" if args.tiny else "paper", "steps": args.steps,
+    out: dict[str, Any] = {"paradigm": args.paradigm, "block": args.block, "size": "tiny" if args.tiny else "paper", "steps": args.steps,
                            "device": args.device, "levels": []}
     with tempfile.TemporaryDirectory(prefix="tiedlab-gpu-concurrency-") as tmp:
         for n in counts:
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
             shown = " ".join(f"{ms:.2f}" if ms else "failed" for ms in level["step_ms"])
-            print(f"{args.paradigm} {n} at once: ms/step {shown}; "
+            print(f"{args.paradigm} {args.block} {n} at once: ms/step {shown}; "
                   + (f"{level['run_steps_per_s']:.1f} run-steps/s, {level['speedup']:.2f}x one run's"
                      if level["speedup"] else "not measured") + "".join(f"\n  {f}" for f in level["failures"]),
                   flush=True)

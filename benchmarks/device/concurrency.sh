@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run THERE (the lent GPU machine, .device carried, like check.sh): runs at once on one GPU
-# (benchmarks/gpu_concurrency.py) for the paper-size vision and SimCLR tied cells, into $OUT. VISION_S and SSL_S
-# limit the two parts (seconds); each JSON is written after each level, so a part stopped by its limit keeps those.
+# (benchmarks/gpu_concurrency.py) for the paper-size tied and DEQ vision cells and the SimCLR DEQ cell (the DEQ
+# cells are half the paper study's cost), into $OUT. Each part has its own limit (VISION_S, VISION_DEQ_S, SSL_DEQ_S,
+# seconds; about 9 minutes in all) and writes its JSON after each level, so a part stopped by its limit keeps those.
+# EXTRA_ARGS are appended to each part's arguments (a CPU rehearsal: EXTRA_ARGS="--tiny --device cpu --steps 6").
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-/tmp/tiedlab-device-out}"
@@ -13,8 +15,12 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TIEDLAB_DATA="$PWD/.device/data" HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 repo="$PWD"
 cd /tmp
-timeout "${VISION_S:-150}" python3 "$repo/benchmarks/gpu_concurrency.py" --paradigm vision --runs 1,4 --steps 300 \
-  --out "$out/vision-concurrency.json" 2>&1 | tee "$out/concurrency.log"
-timeout "${SSL_S:-150}" python3 "$repo/benchmarks/gpu_concurrency.py" --paradigm ssl --runs 1,3 --steps 120 \
-  --out "$out/ssl-concurrency.json" 2>&1 | tee -a "$out/concurrency.log"
+part() {  # LIMIT NAME ARGS...: one gpu_concurrency.py call, its JSON $out/NAME.json, its output appended to the log
+  local limit="$1" name="$2"; shift 2
+  timeout "$limit" python3 "$repo/benchmarks/gpu_concurrency.py" "$@" ${EXTRA_ARGS:-} --out "$out/$name.json" 2>&1 \
+    | grep -v '^\[tiedlab\]' | tee -a "$out/concurrency.log"
+}
+part "${VISION_S:-150}" vision-tied-concurrency --paradigm vision --block tied --runs 1,4 --steps 300
+part "${VISION_DEQ_S:-170}" vision-deq-concurrency --paradigm vision --block deq --runs 1,4 --steps 120
+part "${SSL_DEQ_S:-190}" ssl-deq-concurrency --paradigm ssl --block deq --runs 1,2 --steps 45
 ls -la "$out"
