@@ -275,7 +275,7 @@ def study_check(name: str, steps: int, device: str, root: Path,
                 extra: Sequence[str] = ()) -> dict[str, Any]:
     """Per cell of study ``name`` (with the overrides ``extra``): its measured step time and the training hours of
     its first-pass runs; ``written`` gets the totals so far after each cell (``complete`` false until the last)."""
-    from tiedlab.paradigms.plan import cell_key
+    from tiedlab.paradigms.plan import cell_key, cell_overrides
     from tiedlab.paradigms.shared_data import shared_data
 
     cells = study_cells(name, extra)
@@ -286,6 +286,7 @@ def study_check(name: str, steps: int, device: str, root: Path,
             grid, values = cell_key(run)
             total = full_steps(compose([*light_eval(run), f"run_dir={root / 'compose'}"]))  # the same data
             row = {"grid": grid, "cell": list(values), "runs": count, "full_steps": total,
+                   "overrides": [o for o in cell_overrides(run) if o not in extra],  # the plan checks them
                    "primary": (grid, values) in read, **measure_cell(run, steps, device, root)}
             row["train_h"] = count * total * row["step_ms"] / 3.6e6 if row["step_ms"] is not None else None
             rows.append(row)

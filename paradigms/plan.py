@@ -12,11 +12,13 @@ come from (CPU now; a GPU once runs finished there).
 Before any run of a study has finished on a device, ``--step-times FILE`` prices its runs from the training step
 times that ``benchmarks/gpu_check.py --study NAME`` measured there, one short run per cell: a run's training
 seconds are its cell's milliseconds per step times the steps of a full run. Those estimates leave evaluation out
-and the plan says so; a finished run's own measurement always wins.
+and the plan says so; a finished run's own measurement always wins. The file records each cell's overrides: a
+cell the study has changed since (another budget, say) is not priced from it, and the plan says how many.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -52,6 +54,13 @@ def cell_key(spec: launch.RunSpec) -> tuple[str, tuple[str, ...]]:
     return spec.grid, tuple(sorted(p for p in leaf.split(",") if p.split("=")[0] not in REPLICATE_KEYS))
 
 
+def cell_overrides(spec: launch.RunSpec) -> list[str]:
+    """A run's overrides less the replicate keys (seed, data.fold): what every run of its cell trains with."""
+    from tiedlab.reports.load import REPLICATE_KEYS
+
+    return [o for o in spec.overrides if o.split("=")[0].lstrip("+~") not in REPLICATE_KEYS]
+
+
 @dataclass(frozen=True)
 class StepTimes:
     """Training milliseconds per step of each cell of a study and the steps of a full run, measured on ``device``
@@ -60,12 +69,21 @@ class StepTimes:
     study: str
     device: str
     cells: dict[tuple[str, tuple[str, ...]], tuple[float, int]]  # cell_key -> (ms per step, steps of a full run)
+    overrides: dict[tuple[str, tuple[str, ...]], list[str]] = field(default_factory=dict)  # cell_key -> as measured
+    extra: tuple[str, ...] = ()  # the plan's own extra overrides (not the study's: left out of the comparison)
 
-    def seconds(self, cell: tuple[str, tuple[str, ...]]) -> float | None:
-        """Training seconds of one full run of ``cell`` (None: not measured)."""
-        if cell not in self.cells:
+    def changed(self, run: RunCost) -> bool:
+        """Whether ``run``'s cell trains with other overrides than the ones measured (a study edited since): its
+        step time or steps may no longer hold. Files that do not record the overrides cannot tell (False)."""
+        measured = self.overrides.get(run.cell)
+        now = [o for o in cell_overrides(run.spec) if o not in self.extra]
+        return measured is not None and sorted(measured) != sorted(now)
+
+    def seconds(self, run: RunCost) -> float | None:
+        """Training seconds of one full run of ``run``'s cell (None: not measured, or changed since)."""
+        if run.cell not in self.cells or self.changed(run):
             return None
-        ms, steps = self.cells[cell]
+        ms, steps = self.cells[run.cell]
         return ms * steps / 1000.0
 
 
@@ -77,13 +95,15 @@ def load_step_times(path: str | Path, study: str) -> StepTimes:
         measured = raw["study"]
         cells = {(c["grid"], tuple(c["cell"])): (float(c["step_ms"]), int(c["full_steps"]))
                  for c in raw["cells"] if c.get("step_ms") is not None}
+        overrides = {(c["grid"], tuple(c["cell"])): [str(o) for o in c["overrides"]]
+                     for c in raw["cells"] if "overrides" in c}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"--step-times {path}: not a step-times file of benchmarks/gpu_check.py --study "
                          f"({type(err).__name__}: {err})") from None
     if measured != study:
         raise ValueError(f"--step-times {path} measured study {measured!r}, not {study!r}: run "
                          f"benchmarks/gpu_check.py --study {study}")
-    return StepTimes(measured, str(raw.get("device", "?")), cells)
+    return StepTimes(measured, str(raw.get("device", "?")), cells, overrides)
 
 
 @dataclass
@@ -96,6 +116,7 @@ class GridPlan:
     remaining_s: float | None  # estimated seconds of the unfinished runs (None: some are not measured)
     unmeasured: int = 0  # unfinished runs without an estimate
     from_step_times: int = 0  # unfinished runs estimated from step times alone (training only)
+    changed: int = 0  # unfinished runs whose cell changed since its step time was measured (not priced)
 
 
 @dataclass
@@ -189,18 +210,19 @@ def grid_plans(costs: list[RunCost], step_times: StepTimes | None = None) -> lis
         members = [c for c in costs if c.spec.grid == grid]
         done = [c for c in members if c.wall_s]
         todo = [c for c in members if c.state not in ("done", "not_at_equilibrium", "diverged")]
-        guesses, from_step_times = [], 0
+        guesses, from_step_times, changed = [], 0, 0
         for run in todo:  # a measured estimate, else the run's cell priced from the step times
             guess = estimate(run, costs)
             if guess is None and step_times is not None:
-                guess = step_times.seconds(run.cell)
+                guess = step_times.seconds(run)
                 from_step_times += guess is not None
+                changed += step_times.changed(run)
             guesses.append(guess)
         unmeasured = sum(g is None for g in guesses)
         out.append(GridPlan(grid, len(members), len(members) - len(todo), _steps_text(members),
                             statistics.median(c.wall_s for c in done) if done else None,
                             sum(g for g in guesses if g is not None) if not unmeasured else None, unmeasured,
-                            from_step_times))
+                            from_step_times, changed))
     return out
 
 
@@ -227,7 +249,7 @@ def primary_plans(spec: dict[str, Any], runs: Path, costs: list[RunCost],
                 names = {r.name for r in arm_runs(arm, found, grids)}
                 walls = [c.wall_s for c in costs if c.wall_s and c.spec.name in names]
                 if not walls and step_times is not None:  # no run of the arm finished: its cells' step times
-                    walls = [step_times.seconds(c.cell) for c in costs if c.spec.name in names]
+                    walls = [step_times.seconds(c) for c in costs if c.spec.name in names]
                     walls = [w for w in walls if w is not None]
                 extra_runs += more
                 extra_s = None if extra_s is None or not walls else extra_s + more * statistics.median(walls)
@@ -240,6 +262,8 @@ def study_plan(spec: dict[str, Any], runs: Path, extra: Sequence[str] = (),
                step_times: StepTimes | None = None) -> StudyPlan:
     """The plan of ``spec`` over its runs folder; ``step_times`` prices the runs no finished run measures."""
     costs = run_costs(spec, runs, extra)
+    if step_times is not None:
+        step_times = dataclasses.replace(step_times, extra=tuple(extra))
     return StudyPlan(grid_plans(costs, step_times), primary_plans(spec, runs, costs, step_times),
                      sorted({c.device for c in costs if c.wall_s and c.device}), step_times)
 
@@ -257,7 +281,8 @@ def format_plan(plan: StudyPlan, slots: int = 1) -> str:
         measured = f"{g.measured_s:.0f}" if g.measured_s is not None else "-"
         to_go = _hours(g.remaining_s) if g.finished < g.runs else "done"
         if g.unmeasured:
-            to_go = f"{g.unmeasured} runs not measured"
+            to_go = f"{g.unmeasured} runs not measured" + (f" ({g.changed} changed since the step times)"
+                                                             if g.changed else "")
         elif g.from_step_times:
             to_go += f" ({g.from_step_times} from step times)"
         lines.append(f"{g.name:<32} {g.runs:>5} {g.finished:>5}  {g.steps:<11} {measured:>14}  {to_go}")

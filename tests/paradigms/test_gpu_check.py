@@ -107,6 +107,19 @@ def test_study_check_prices_every_cell_and_the_plan_reads_it(gpu_check, tmp_path
     printed = capsys.readouterr().out
     assert "(4 from step times)" in printed and "training only, evaluation left out" in printed
 
+    # each cell records what it trained with (the measuring extras left out); a cell edited since is not priced
+    assert set(TOY_STUDY["grids"][1]["overrides"]) <= set(graph["overrides"])
+    assert not [o for o in graph["overrides"] + tied["overrides"] if o.startswith(("seed=", "train.threads="))]
+    edited = {**TOY_STUDY, "grids": [TOY_STUDY["grids"][0],
+                                     {**TOY_STUDY["grids"][1],
+                                      "overrides": [*TOY_STUDY["grids"][1]["overrides"], "train.max_steps=70"]}]}
+    (studies / "toy.yaml").write_text(yaml.safe_dump(edited))
+    v, g = study_plan(study_module.load_study("toy"), runs, step_times=load_step_times(out, "toy")).grids
+    assert (v.from_step_times, v.unmeasured, g.from_step_times, g.unmeasured, g.changed) == (4, 0, 0, 3, 3)
+    capsys.readouterr()
+    assert study_module.study(["toy", "--runs", str(runs), "--plan", "--step-times", str(out)]) == 0
+    assert "3 runs not measured (3 changed since the step times)" in capsys.readouterr().out
+
 
 def test_step_times_are_refused_for_another_study_a_bad_file_or_without_a_plan(gpu_check, tmp_path):
     from tiedlab.paradigms import study as study_module
