@@ -139,9 +139,10 @@ def measure(name: str, overrides: list[str], steps: int, device: str, root: Path
     result = train(cfg, root / name)
     m = result["metrics"]
     step_ms = steady_step_ms(root / name, third) if result["status"] == "completed" else None
-    per_step = m.get("throughput/samples_per_s", 0.0) * m.get("time/step_ms", 0.0) / 1000  # samples in one step
+    rate, mean_ms = m.get("throughput/samples_per_s"), m.get("time/step_ms")
+    per_step = rate * mean_ms / 1000 if rate and mean_ms else None  # samples in one step
     return {"paradigm": name, "status": result["status"], "steps": result["step"],
-            "samples_per_s": 1000 * per_step / step_ms if step_ms else None, "step_ms": step_ms,
+            "samples_per_s": 1000 * per_step / step_ms if per_step and step_ms else None, "step_ms": step_ms,
             "mean_step_ms": m.get("time/step_ms"), "peak_mb": m.get("memory/peak_mb"),
             "wall_s": time.perf_counter() - started, "params_unique": m.get("params/unique"),
             "failure": failure([result], [root / name]), "cfg": cfg}
@@ -158,7 +159,8 @@ def time_to_accuracy(overrides: list[str], steps: int, eval_every: int, target: 
     result = train(cfg, root / "time-to-accuracy")
     reached = next((r for r in read_history(root / "time-to-accuracy") if r.get("val/acc", 0.0) >= target), None)
     return {"target_val_acc": target, "reached_at_step": reached and reached["step"],
-            "train_s": reached and reached["time/train_s"], "final_val_acc": result["metrics"].get("val/acc")}
+            "train_s": reached and reached["time/train_s"], "final_val_acc": result["metrics"].get("val/acc"),
+            "failure": failure([result], [root / "time-to-accuracy"])}
 
 
 # Seed batching is for models too small to fill a device: the quick sizes of the CPU studies (vision on MNIST, whose
@@ -244,7 +246,9 @@ def measure_cell(run: Any, steps: int, device: str, root: Path) -> dict[str, Any
     try:
         result = train(cfg, folder)
     except Exception as err:  # one cell that fails (out of memory, say) is recorded and the others still measured
-        return {"status": f"failed: {type(err).__name__}: {err}"[:300], "block": str(cfg.block.mode), "step_ms": None,
+        reason = f"failed: {type(err).__name__}: {err}"[:300]
+        print(f"[gpu_check] {folder.name} {reason}", flush=True)
+        return {"status": reason, "failure": reason, "block": str(cfg.block.mode), "step_ms": None,
                 "measured_steps": 0, "wall_s": time.perf_counter() - started, "peak_mb": None}
     step_ms = steady_step_ms(folder, third) if result["status"] == "completed" else None
     return {"status": result["status"], "failure": failure([result], [folder]), "block": str(cfg.block.mode),
@@ -342,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not result["unmeasured_cells"] else 1
     size = "tiny" if args.tiny else "paper"
     out: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                           "torch": torch.__version__, "size": size, "steps": args.steps, "complete": False, "paradigms": []}
+                           "torch": torch.__version__, "size": size, "steps": args.steps, "complete": False,
+                           "paradigms": []}
 
     def save() -> None:  # after each measurement: a run stopped by its time limit keeps what it measured
         if args.out:
@@ -361,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             out["paradigms"].append(row)
             save()
             print(f"{name:9s} {row['status']:9s} {row['samples_per_s'] or math.nan:10.1f} samples/s "
-                  f"{row['step_ms'] or math.nan:8.2f} ms/step (mean with start-up {row['mean_step_ms'] or math.nan:.2f}) "
+                  f"{row['step_ms'] or math.nan:8.2f} ms/step "
+                  f"(mean with start-up {row['mean_step_ms'] or math.nan:.2f}) "
                   f"{row['peak_mb'] or math.nan:9.1f} MB peak"
                   + (f"  {row['step_gflops']:.2f} GFLOP/step, MFU {row['mfu']:.1%}" if row.get("mfu") is not None
                      else f"  {row['step_gflops']:.2f} GFLOP/step, MFU n/a (no known peak)" if "step_gflops" in row
@@ -393,7 +399,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['batch_ms_per_seed_step']:.2f} batched: {row['speedup']:.2f}x"), flush=True)
     out["complete"] = True
     save()
-    return 0 if all(r["status"] == "completed" for r in out["paradigms"]) else 1
+    failed = [r for r in out["paradigms"] if r["status"] != "completed"] + \
+        [r for r in [out.get("vision_channels_last"), out.get("time_to_accuracy"), *out["seed_batching"]]
+         if r and r.get("failure")]
+    return 1 if failed else 0  # every failure printed above with its reason
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ def child(paradigm: str, block: str, tiny: bool, steps: int, device: str, thread
     from tiedlab.paradigms.engine import train
 
     third = max(1, -(-steps // 3))
-    overrides = [*gpu_check.SIZES[paradigm]["tiny" if tiny else "paper"], f"block={block}", "train.score_train=false",
-                 f"train.threads={threads}"]
+    light = [] if tiny else gpu_check.LIGHT_EVAL[paradigm]  # the tiny sizes evaluate lightly already
+    overrides = [*gpu_check.SIZES[paradigm]["tiny" if tiny else "paper"], *light, f"block={block}",
+                 f"train.threads={threads}", "train.validate_from=1.0"]  # one evaluation, at the end
     if block == "deq":  # as the study check measures a DEQ: every step a solver step, no gradient probe
         overrides += ["train.deq_warmup_steps=0", "equilibrium.probe_every=0"]
     cfg = gpu_check.short_run(overrides, 3 * third, device, folder, eval_every=third)
@@ -62,7 +63,8 @@ def concurrent(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
                      "step_ms": None})
     measured = [r["step_ms"] for r in rows if r["step_ms"]]
     throughput = sum(1000 / ms for ms in measured) if len(measured) == n else None
-    return {"runs": n, "threads_per_run": threads, "step_ms": [r["step_ms"] for r in rows], "run_steps_per_s": throughput,
+    return {"runs": n, "threads_per_run": threads, "step_ms": [r["step_ms"] for r in rows],
+            "run_steps_per_s": throughput,
             "failures": [r["failure"] for r in rows if r.get("failure")]}
 
 
@@ -90,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--runs {args.runs!r}: give comma-separated positive integers, e.g. 1,4")
     if not counts or min(counts) < 1:
         parser.error(f"--runs {args.runs!r}: give comma-separated positive integers, e.g. 1,4")
-    out: dict[str, Any] = {"paradigm": args.paradigm, "block": args.block, "size": "tiny" if args.tiny else "paper", "steps": args.steps,
-                           "device": args.device, "levels": []}
+    out: dict[str, Any] = {"paradigm": args.paradigm, "block": args.block, "size": "tiny" if args.tiny else "paper",
+                           "steps": args.steps, "device": args.device, "levels": []}
     with tempfile.TemporaryDirectory(prefix="tiedlab-gpu-concurrency-") as tmp:
         for n in counts:
             level = concurrent(n, args, Path(tmp))

@@ -297,6 +297,9 @@ def format_plan(plan: StudyPlan, slots: int = 1) -> str:
     if plan.step_times is not None and any(g.from_step_times for g in plan.grids):
         rests += (f"; runs marked 'from step times': training only, evaluation left out, from the step times "
                   f"gpu_check measured on {plan.step_times.device}")
+        if not plan.step_times.overrides:
+            rests += (" (a file that does not record its cells' overrides: a cell the study changed since is priced "
+                      "as measured, so check the steps)")
     lines += ["", f"to go: {_hours(plan.remaining_s)} of runs" + (f" (+{unmeasured} runs not measured)" if unmeasured else "")
               + f", plus {_hours(plan.extra_s)} for the seeds the undetermined primaries need; "
               f"at {slots} run(s) at a time: {_hours((plan.remaining_s + plan.extra_s) / max(slots, 1))} "

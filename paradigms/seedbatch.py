@@ -132,7 +132,6 @@ def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
     return results  # type: ignore[return-value]
 
 
-
 def _vmappable_attention(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """On CUDA, scaled-dot-product attention in its math form: under vmap the fused kernels' backward rejects the
     batched log-sum-exp's strides (an H200 with torch 2.11: "LSE is not correctly aligned (strideH)"). Elsewhere
@@ -142,6 +141,7 @@ def _vmappable_attention(device: torch.device) -> contextlib.AbstractContextMana
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel(SDPBackend.MATH)
+
 
 class _Bound(torch.nn.Module):
     """``base`` as the adapter calls it, on one seed's parameters and buffers (not registered: no copies)."""

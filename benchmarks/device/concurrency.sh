@@ -8,17 +8,19 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-/tmp/tiedlab-device-out}"
 mkdir -p "$out"
-[ -d .device/whl ] || { echo "concurrency.sh: no .device/whl: run benchmarks/device/prepare.sh here and carry .device" >&2; exit 2; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl \
-  || exit 3
+[ -d .device/whl ] || {
+  echo "concurrency.sh: no .device/whl: run benchmarks/device/prepare.sh here and carry .device" >&2; exit 2; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  .device/whl/*.whl || exit 3
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . || exit 3
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TIEDLAB_DATA="$PWD/.device/data" HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 repo="$PWD"
 cd /tmp
-part() {  # LIMIT NAME ARGS...: one gpu_concurrency.py call, its JSON $out/NAME.json, its output appended to the log
+part() {  # LIMIT NAME ARGS...: one gpu_concurrency.py call, its JSON $out/NAME.json; all its output (the runs'
+  # progress lines too) appended to concurrency-runs.log, the rest to concurrency.log and the terminal
   local limit="$1" name="$2"; shift 2
   timeout "$limit" python3 "$repo/benchmarks/gpu_concurrency.py" "$@" ${EXTRA_ARGS:-} --out "$out/$name.json" 2>&1 \
-    | grep -v '^\[tiedlab\]' | tee -a "$out/concurrency.log"
+    | tee -a "$out/concurrency-runs.log" | grep -v '^\[tiedlab\]' | tee -a "$out/concurrency.log"
 }
 part "${VISION_S:-150}" vision-tied-concurrency --paradigm vision --block tied --runs 1,4 --steps 300
 part "${VISION_DEQ_S:-170}" vision-deq-concurrency --paradigm vision --block deq --runs 1,4 --steps 120

@@ -38,7 +38,8 @@ def test_tiny_run_on_cpu_measures_every_field(gpu_check, tmp_path):
     assert vision["step_gflops"] > 0 and vision["mfu"] is None  # no known peak on a CPU
     layout = result["vision_channels_last"]
     assert layout["status"] == "completed" and layout["speedup"] > 0
-    assert set(result["time_to_accuracy"]) == {"target_val_acc", "reached_at_step", "train_s", "final_val_acc"}
+    assert set(result["time_to_accuracy"]) == {"target_val_acc", "reached_at_step", "train_s", "final_val_acc",
+                                               "failure"} and result["time_to_accuracy"]["failure"] is None
     (batching,) = result["seed_batching"]  # vision (graph cannot batch its seeds)
     assert batching["k"] == 2 and batching["speedup"] > 0
 
@@ -118,7 +119,15 @@ def test_study_check_prices_every_cell_and_the_plan_reads_it(gpu_check, tmp_path
     assert (v.from_step_times, v.unmeasured, g.from_step_times, g.unmeasured, g.changed) == (4, 0, 0, 3, 3)
     capsys.readouterr()
     assert study_module.study(["toy", "--runs", str(runs), "--plan", "--step-times", str(out)]) == 0
-    assert "3 runs not measured (3 changed since the step times)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "3 runs not measured (3 changed since the step times)" in printed and "check the steps" not in printed
+    # a file written before cells recorded their overrides prices every cell, and the plan says it cannot check
+    old = tmp_path / "old-step-times.json"
+    old.write_text(json.dumps({**result, "cells": [{k: v for k, v in c.items() if k != "overrides"}
+                                                   for c in result["cells"]]}))
+    assert study_module.study(["toy", "--runs", str(runs), "--plan", "--step-times", str(old)]) == 0
+    printed = capsys.readouterr().out
+    assert "(3 from step times)" in printed and "does not record its cells' overrides" in printed
 
 
 def test_step_times_are_refused_for_another_study_a_bad_file_or_without_a_plan(gpu_check, tmp_path):
@@ -153,3 +162,8 @@ def test_concurrency_check_times_runs_at_once_on_cpu(tmp_path):
     assert two["threads_per_run"] == max(1, (os.cpu_count() or 1) // 2)
     with pytest.raises(SystemExit):
         module.main(["--runs", "0,2"])
+    deq = tmp_path / "deq.json"  # the DEQ cell, as the device script measures it
+    assert module.main(["--tiny", "--device", "cpu", "--block", "deq", "--runs", "1", "--steps", "3",
+                        "--out", str(deq)]) == 0
+    (level,) = json.loads(deq.read_text())["levels"]
+    assert level["step_ms"][0] > 0 and not level["failures"]

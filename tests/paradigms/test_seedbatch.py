@@ -173,11 +173,25 @@ def test_a_random_forward_pass_is_refused_not_made_up(tmp_path):
         train_seed_batch(cfgs, [tmp_path / "0", tmp_path / "1"])
 
 
-def test_attention_runs_in_its_math_form_inside_a_cuda_seed_batch():
+def test_attention_runs_in_its_math_form_inside_a_cuda_seed_batch(tmp_path, monkeypatch):
     """Under vmap the fused CUDA attention kernels' backward rejects the batched log-sum-exp (an H200 run failed at
     step 0 with "LSE is not correctly aligned"): a CUDA seed batch asks for the math kernel alone; a CPU one changes
-    nothing."""
+    nothing. The batch's vectorised forward runs inside the helper, once per step, with the runs' device."""
+    import contextlib
+
+    from tiedlab.paradigms import seedbatch
     from tiedlab.paradigms.seedbatch import _vmappable_attention
+
+    entered = []
+
+    def recording(device):
+        entered.append(device.type)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(seedbatch, "_vmappable_attention", recording)
+    results = train_seed_batch([cfg(0), cfg(1)], [tmp_path / "0", tmp_path / "1"])
+    assert [r["step"] for r in results] == [16, 16] and entered == ["cpu"] * 16
+    monkeypatch.undo()
 
     flags = lambda: (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
                      torch.backends.cuda.math_sdp_enabled())
