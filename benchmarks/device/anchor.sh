@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Run THERE (the lent GPU machine, .device carried, like check.sh): the MDEQ-tiny-style anchor of the DEQ issue at
+# its GPU size (configs/experiment/vision_mdeq_anchor.yaml: full CIFAR-10 at 32x32, width 64, batch 128), the DEQ
+# and its weight-tied twin side by side on the one GPU, seed 0, EPOCHS epochs (default 8: the DEQ's ~170 ms steps
+# make 50 epochs about 50 minutes there), each under LIMIT_S seconds of training (train.time_limit_s; a run stopped
+# by it still evaluates and says so). Brings back each arm's metrics.json and history.jsonl and the log, into $OUT.
+# EXTRA is appended to both arms' overrides (a CPU rehearsal: EXTRA="train.device=cpu data.limit_train=256 ...").
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out="${OUT:-/tmp/tiedlab-device-out}"
+mkdir -p "$out"
+[ -d .device/whl ] || {
+  echo "anchor.sh: no .device/whl: run benchmarks/device/prepare.sh here and carry .device" >&2; exit 2; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  .device/whl/*.whl || exit 3
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . || exit 3
+export PYTHONPATH=/tmp/site PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1 TIEDLAB_DATA="$PWD/.device/data" \
+  HF_HUB_OFFLINE=1 WANDB_MODE=disabled
+cd /tmp
+rm -rf /tmp/anchor
+for block in tied deq; do
+  # shellcheck disable=SC2086  # EXTRA is a list of overrides
+  tiedlab-vision experiment=vision_mdeq_anchor "block=$block" seed=0 data.limit_train=null model.stem_stride=1 \
+    model.width=64 train.max_steps=null "train.epochs=${EPOCHS:-8}" train.batch_size=128 train.device=cuda \
+    train.eval_every=500 train.threads=8 "train.time_limit_s=${LIMIT_S:-420}" train.progress=false \
+    "run_dir=/tmp/anchor/$block" ${EXTRA:-} > "$out/anchor-$block.log" 2>&1 &
+done
+wait
+for block in tied deq; do
+  for f in metrics.json history.jsonl; do cp "/tmp/anchor/$block/$f" "$out/anchor-$block-$f" 2>/dev/null; done
+  tail -n 4 "$out/anchor-$block.log"
+done
+ls -la "$out"
