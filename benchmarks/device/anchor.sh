@@ -6,17 +6,7 @@
 # by it still evaluates and says so). Brings back each arm's metrics.json and history.jsonl and the log, into $OUT.
 # EXTRA is appended to both arms' overrides (a CPU rehearsal: EXTRA="train.device=cpu data.limit_train=256 ...").
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-out="${OUT:-/tmp/tiedlab-device-out}"
-mkdir -p "$out"
-[ -d .device/whl ] || {
-  echo "anchor.sh: no .device/whl: run benchmarks/device/prepare.sh here and carry .device" >&2; exit 2; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-  .device/whl/*.whl || exit 3
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . || exit 3
-export PYTHONPATH=/tmp/site PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1 TIEDLAB_DATA="$PWD/.device/data" \
-  HF_HUB_OFFLINE=1 WANDB_MODE=disabled
-cd /tmp
+source "$(dirname "$0")/setup.sh" anchor.sh  # installs; sets $out and $repo; leaves us in /tmp
 rm -rf /tmp/anchor
 for block in tied deq; do
   # shellcheck disable=SC2086  # EXTRA is a list of overrides

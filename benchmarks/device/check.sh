@@ -6,16 +6,7 @@
 # `tiedlab-study paper --plan --step-times study-step-times.json`; written after each cell, so a run stopped by its
 # limit keeps the cells it measured), with their logs. CHECK_S and STUDY_S set the two limits (seconds).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-out="${OUT:-/tmp/tiedlab-device-out}"
-mkdir -p "$out"
-[ -d .device/whl ] || { echo "check.sh: no .device/whl: run benchmarks/device/prepare.sh here and carry .device" >&2; exit 2; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl \
-  || exit 3
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . || exit 3
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TIEDLAB_DATA="$PWD/.device/data" HF_HUB_OFFLINE=1 WANDB_MODE=disabled
-repo="$PWD"
-cd /tmp  # tiedlab is imported from /tmp/site, as installed
+source "$(dirname "$0")/setup.sh" check.sh  # installs; sets $out and $repo; leaves us in /tmp
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/device.txt"
 python3 -c "import torch, transformers, torch_geometric as g; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'torch_geometric', g.__version__)" | tee -a "$out/device.txt"

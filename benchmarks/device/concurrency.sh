@@ -5,17 +5,7 @@
 # seconds; about 9 minutes in all) and writes its JSON after each level, so a part stopped by its limit keeps those.
 # EXTRA_ARGS are appended to each part's arguments (a CPU rehearsal: EXTRA_ARGS="--tiny --device cpu --steps 6").
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-out="${OUT:-/tmp/tiedlab-device-out}"
-mkdir -p "$out"
-[ -d .device/whl ] || {
-  echo "concurrency.sh: no .device/whl: run benchmarks/device/prepare.sh here and carry .device" >&2; exit 2; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-  .device/whl/*.whl || exit 3
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . || exit 3
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TIEDLAB_DATA="$PWD/.device/data" HF_HUB_OFFLINE=1 WANDB_MODE=disabled
-repo="$PWD"
-cd /tmp
+source "$(dirname "$0")/setup.sh" concurrency.sh  # installs; sets $out and $repo; leaves us in /tmp
 part() {  # LIMIT NAME ARGS...: one gpu_concurrency.py call, its JSON $out/NAME.json; all its output (the runs'
   # progress lines too) appended to concurrency-runs.log, the rest to concurrency.log and the terminal
   local limit="$1" name="$2"; shift 2
