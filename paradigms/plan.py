@@ -86,6 +86,10 @@ class StepTimes:
         ms, steps = self.cells[run.cell]
         return ms * steps / 1000.0
 
+    def steps(self, run: RunCost) -> int | None:
+        """The steps of a full run of ``run``'s cell as the file counted them (None: not measured, or changed)."""
+        return None if run.cell not in self.cells or self.changed(run) else self.cells[run.cell][1]
+
 
 def load_step_times(path: str | Path, study: str) -> StepTimes:
     """The step times ``gpu_check.py --study STUDY --out PATH`` wrote. Raises ValueError (one line) when the file
@@ -185,9 +189,9 @@ def run_costs(spec: dict[str, Any], runs: Path, extra: Sequence[str]) -> list[Ru
     return out
 
 
-def _steps_text(costs: list[RunCost]) -> str:
-    steps = sorted({c.steps for c in costs if c.steps})
-    if not steps or len(steps) < len({c.steps for c in costs}):
+def _steps_text(counts: list[int | None]) -> str:
+    steps = sorted({n for n in counts if n})
+    if not steps or len(steps) < len(set(counts)):
         return "?" if not steps else f"{steps[0]}-{steps[-1]}, some ?"
     return str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
 
@@ -219,7 +223,8 @@ def grid_plans(costs: list[RunCost], step_times: StepTimes | None = None) -> lis
                 changed += step_times.changed(run)
             guesses.append(guess)
         unmeasured = sum(g is None for g in guesses)
-        out.append(GridPlan(grid, len(members), len(members) - len(todo), _steps_text(members),
+        counts = [c.steps or (step_times.steps(c) if step_times is not None else None) for c in members]
+        out.append(GridPlan(grid, len(members), len(members) - len(todo), _steps_text(counts),
                             statistics.median(c.wall_s for c in done) if done else None,
                             sum(g for g in guesses if g is not None) if not unmeasured else None, unmeasured,
                             from_step_times, changed))

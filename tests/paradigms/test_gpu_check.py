@@ -101,6 +101,7 @@ def test_study_check_prices_every_cell_and_the_plan_reads_it(gpu_check, tmp_path
                       step_times=load_step_times(out, "toy"))
     v, g = plan.grids
     assert (v.from_step_times, v.unmeasured, g.from_step_times) == (4, 0, 3)
+    assert (v.steps, g.steps) == ("20", "7")  # epoch-based runs: the steps as the check counted them
     assert v.remaining_s == pytest.approx(3600 * (tied["train_h"] + deq["train_h"]))
     assert study_plan(load_study_spec, runs).grids[0].unmeasured == 4  # without the file nothing is estimated
     capsys.readouterr()
@@ -117,6 +118,7 @@ def test_study_check_prices_every_cell_and_the_plan_reads_it(gpu_check, tmp_path
     (studies / "toy.yaml").write_text(yaml.safe_dump(edited))
     v, g = study_plan(study_module.load_study("toy"), runs, step_times=load_step_times(out, "toy")).grids
     assert (v.from_step_times, v.unmeasured, g.from_step_times, g.unmeasured, g.changed) == (4, 0, 0, 3, 3)
+    assert g.steps == "70"  # the edited cell's own max_steps, not the file's 7
     capsys.readouterr()
     assert study_module.study(["toy", "--runs", str(runs), "--plan", "--step-times", str(out)]) == 0
     printed = capsys.readouterr().out
