@@ -143,7 +143,7 @@ def measure(name: str, overrides: list[str], steps: int, device: str, root: Path
     per_step = rate * mean_ms / 1000 if rate and mean_ms else None  # samples in one step
     return {"paradigm": name, "status": result["status"], "steps": result["step"],
             "samples_per_s": 1000 * per_step / step_ms if per_step and step_ms else None, "step_ms": step_ms,
-            "mean_step_ms": m.get("time/step_ms"), "peak_mb": m.get("memory/peak_mb"),
+            "mean_step_ms": mean_ms, "peak_mb": m.get("memory/peak_mb"),
             "wall_s": time.perf_counter() - started, "params_unique": m.get("params/unique"),
             "failure": failure([result], [root / name]), "cfg": cfg}
 
@@ -233,6 +233,10 @@ def full_steps(cfg: Any) -> int:
     return int(math.ceil(float(cfg.train.epochs) * paradigm.build_data().steps_per_epoch))
 
 
+# A timed short run of a cell: one evaluation (at its end), and a DEQ's every step a solver step with no probe.
+TIMED_CELL = ("train.validate_from=1.0", "train.deq_warmup_steps=0", "equilibrium.probe_every=0")
+
+
 def measure_cell(run: Any, steps: int, device: str, root: Path) -> dict[str, Any]:
     """One short run of ``run``'s cell: milliseconds per training step over its last two thirds (``steps`` is
     rounded up to a multiple of 3), from the training clock its history records at steps/3 and at the end."""
@@ -240,8 +244,7 @@ def measure_cell(run: Any, steps: int, device: str, root: Path) -> dict[str, Any
 
     third = max(1, -(-steps // 3))
     folder = root / "study" / re.sub(r"[^A-Za-z0-9_.-]", "_", run.name)  # a Hydra value: no '=' or ','
-    cfg = short_run([*light_eval(run), "train.validate_from=1.0", "train.deq_warmup_steps=0",
-                     "equilibrium.probe_every=0"], 3 * third, device, folder, eval_every=third)
+    cfg = short_run([*light_eval(run), *TIMED_CELL], 3 * third, device, folder, eval_every=third)
     started = time.perf_counter()
     try:
         result = train(cfg, folder)
@@ -252,8 +255,7 @@ def measure_cell(run: Any, steps: int, device: str, root: Path) -> dict[str, Any
                 "measured_steps": 0, "wall_s": time.perf_counter() - started, "peak_mb": None}
     step_ms = steady_step_ms(folder, third) if result["status"] == "completed" else None
     return {"status": result["status"], "failure": failure([result], [folder]), "block": str(cfg.block.mode),
-            "step_ms": step_ms,
-            "measured_steps": 2 * third, "wall_s": time.perf_counter() - started,
+            "step_ms": step_ms, "measured_steps": 2 * third, "wall_s": time.perf_counter() - started,
             "peak_mb": result["metrics"].get("memory/peak_mb")}
 
 
@@ -352,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:  # after each measurement: a run stopped by its time limit keeps what it measured
         if args.out:
             Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
+
     from tiedlab.paradigms.shared_data import shared_data
 
     with tempfile.TemporaryDirectory(prefix="tiedlab-gpu-check-") as tmp, shared_data():  # each dataset decoded once

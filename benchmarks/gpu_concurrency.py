@@ -37,9 +37,7 @@ def child(paradigm: str, block: str, tiny: bool, steps: int, device: str, thread
     third = max(1, -(-steps // 3))
     light = [] if tiny else gpu_check.LIGHT_EVAL[paradigm]  # the tiny sizes evaluate lightly already
     overrides = [*gpu_check.SIZES[paradigm]["tiny" if tiny else "paper"], *light, f"block={block}",
-                 f"train.threads={threads}", "train.validate_from=1.0"]  # one evaluation, at the end
-    if block == "deq":  # as the study check measures a DEQ: every step a solver step, no gradient probe
-        overrides += ["train.deq_warmup_steps=0", "equilibrium.probe_every=0"]
+                 f"train.threads={threads}", *gpu_check.TIMED_CELL]  # timed as the study check times a cell
     cfg = gpu_check.short_run(overrides, 3 * third, device, folder, eval_every=third)
     result = train(cfg, folder)
     return {"status": result["status"], "failure": gpu_check.failure([result], [folder]),
@@ -50,8 +48,7 @@ def concurrent(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """``n`` child processes at once; their rows and the throughput in run-steps per second."""
     threads = max(1, (os.cpu_count() or 1) // n)  # the CPUs split between the runs, as the GPU launcher does
     command = [sys.executable, __file__, "--child", "--paradigm", args.paradigm, "--block", args.block,
-               "--steps", str(args.steps),
-               "--device", args.device, "--threads", str(threads), *(["--tiny"] if args.tiny else [])]
+               "--steps", str(args.steps), "--device", args.device, "--threads", str(threads), *(["--tiny"] if args.tiny else [])]
     folders = [root / f"n{n}" / str(i) for i in range(n)]
     procs = [subprocess.Popen([*command, "--folder", str(folder)]) for folder in folders]  # their output: ours
     rows = []
