@@ -219,18 +219,21 @@ def study_cells(name: str, extra: Sequence[str] = ()) -> list[tuple[Any, int]]:
     return [(runs[0], len(runs)) for runs in cells.values()]
 
 
-def full_steps(cfg: Any) -> int:
-    """The steps of a full run of ``cfg``, as the engine counts them: train.max_steps, else epochs x the batches per
-    epoch of its data (built here, on the CPU)."""
+def run_budget(cfg: Any) -> dict[str, Any]:
+    """The budget of a full run of ``cfg``: its ``full_steps`` as the engine counts them (train.max_steps, else
+    epochs x the batches per epoch of its data, built here on the CPU), with the ``max_steps``, ``epochs`` and
+    ``steps_per_epoch`` they come from (the plan prices the cell at another budget from them)."""
     from tiedlab.paradigms.base import get_paradigm
     from tiedlab.paradigms.engine import as_config
 
     cfg = as_config(cfg)
-    if cfg.train.max_steps:
-        return int(cfg.train.max_steps)
     paradigm = get_paradigm(cfg.paradigm)(cfg.data, cfg.model, torch.device("cpu"), seed=0,
                                           batch_size=int(cfg.train.batch_size))
-    return int(math.ceil(float(cfg.train.epochs) * paradigm.build_data().steps_per_epoch))
+    per_epoch = int(paradigm.build_data().steps_per_epoch)
+    max_steps = int(cfg.train.max_steps) if cfg.train.max_steps else None
+    epochs = float(cfg.train.epochs) if cfg.train.epochs is not None else None
+    total = max_steps if max_steps else int(math.ceil(float(epochs) * per_epoch))
+    return {"full_steps": total, "max_steps": max_steps, "epochs": epochs, "steps_per_epoch": per_epoch}
 
 
 # A timed short run of a cell: one evaluation (at its end), and a DEQ's every step a solver step with no probe.
@@ -290,8 +293,9 @@ def study_check(name: str, steps: int, device: str, root: Path,
     with shared_data():  # each dataset decoded once for all cells
         for run, count in cells:
             grid, values = cell_key(run)
-            total = full_steps(compose([*light_eval(run), f"run_dir={root / 'compose'}"]))  # the same data
-            row = {"grid": grid, "cell": list(values), "runs": count, "full_steps": total,
+            budget = run_budget(compose([*light_eval(run), f"run_dir={root / 'compose'}"]))  # the same data
+            total = budget["full_steps"]
+            row = {"grid": grid, "cell": list(values), "runs": count, **budget,
                    "overrides": [o for o in cell_overrides(run) if o not in extra],  # the plan checks them
                    "primary": (grid, values) in read, **measure_cell(run, steps, device, root)}
             row["train_h"] = count * total * row["step_ms"] / 3.6e6 if row["step_ms"] is not None else None

@@ -13,7 +13,8 @@ Before any run of a study has finished on a device, ``--step-times FILE`` prices
 times that ``benchmarks/gpu_check.py --study NAME`` measured there, one short run per cell: a run's training
 seconds are its cell's milliseconds per step times the steps of a full run. Those estimates leave evaluation out
 and the plan says so; a finished run's own measurement always wins. The file records each cell's overrides: a
-cell the study has changed since (another budget, say) is not priced from it, and the plan says how many.
+cell the study has changed since is not priced from it, and the plan says how many, except for a change of length
+alone (``train.epochs``, ``train.max_steps``): its measured milliseconds per step times its own steps.
 """
 
 from __future__ import annotations
@@ -61,6 +62,37 @@ def cell_overrides(spec: launch.RunSpec) -> list[str]:
     return [o for o in spec.overrides if o.split("=")[0].lstrip("+~") not in REPLICATE_KEYS]
 
 
+# The overrides that set a run's length: a cell that differs from its measurement in these only is priced at the
+# measured milliseconds per step times its own steps.
+BUDGET_KEYS = ("train.epochs", "train.max_steps")
+
+
+def _split_budget(overrides: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """``overrides`` as (the sorted ones that are not budget keys, the last value of each budget key given)."""
+    rest, budget = [], {}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+~") in BUDGET_KEYS:
+            budget[key.lstrip("+~")] = value
+        else:
+            rest.append(o)
+    return sorted(rest), budget
+
+
+def _null(value: str | None) -> bool:
+    return value in (None, "null", "None", "")
+
+
+@dataclass(frozen=True)
+class CellBudget:
+    """How long a measured cell's full run was: the steps it counted and what they came from (None: not recorded)."""
+
+    full_steps: int
+    max_steps: int | None = None
+    epochs: float | None = None
+    steps_per_epoch: int | None = None
+
+
 @dataclass(frozen=True)
 class StepTimes:
     """Training milliseconds per step of each cell of a study and the steps of a full run, measured on ``device``
@@ -68,36 +100,71 @@ class StepTimes:
 
     study: str
     device: str
-    cells: dict[tuple[str, tuple[str, ...]], tuple[float, int]]  # cell_key -> (ms per step, steps of a full run)
+    cells: dict[tuple[str, tuple[str, ...]], tuple[float, CellBudget]]  # cell_key -> (ms per step, its budget)
     overrides: dict[tuple[str, tuple[str, ...]], list[str]] = field(default_factory=dict)  # cell_key -> as measured
     extra: tuple[str, ...] = ()  # the plan's own extra overrides (not the study's: left out of the comparison)
 
-    def changed(self, run: RunCost) -> bool:
-        """Whether ``run``'s cell trains with other overrides than the ones measured (a study edited since): its
-        step time or steps may no longer hold. Files that do not record the overrides cannot tell (False)."""
+    def steps(self, run: RunCost) -> int | None:
+        """The steps of a full run of ``run``'s cell: the file's count when the cell trains as measured (or the file
+        does not record the overrides: it cannot tell), the cell's own budget when it changed in its length only
+        (train.max_steps, or train.epochs times the measured batches per epoch), else None."""
+        if run.cell not in self.cells:
+            return None
+        budget = self.cells[run.cell][1]
         measured = self.overrides.get(run.cell)
         now = [o for o in cell_overrides(run.spec) if o not in self.extra]
-        return measured is not None and sorted(measured) != sorted(now)
+        if measured is None or sorted(measured) == sorted(now):
+            return budget.full_steps
+        (rest_then, then), (rest_now, now_budget) = _split_budget(measured), _split_budget(now)
+        if rest_then != rest_now:
+            return None
+
+        def value(key: str, composed: float | None) -> tuple[bool, str | None]:  # (known, value as an override)
+            if key in now_budget:
+                return True, now_budget[key]
+            if key in then:  # the measured cell set it, this one does not: the size's default, not recorded
+                return False, None
+            return composed is not None or key == "train.max_steps", None if composed is None else str(composed)
+
+        known, max_steps = value("train.max_steps", budget.max_steps)
+        if not known:
+            return None
+        if not _null(max_steps):
+            return int(float(max_steps))
+        known, epochs = value("train.epochs", budget.epochs)
+        if not known or _null(epochs) or budget.steps_per_epoch is None:
+            return None
+        return int(math.ceil(float(epochs) * budget.steps_per_epoch))
+
+    def changed(self, run: RunCost) -> bool:
+        """Whether ``run``'s cell was measured but can no longer be priced from the file: it trains with other
+        overrides than the ones measured, beyond its length (a study edited since)."""
+        return run.cell in self.cells and self.steps(run) is None
+
+    def resized(self, run: RunCost) -> bool:
+        """Whether ``run``'s cell is priced at another length than the one measured."""
+        steps = self.steps(run)
+        return steps is not None and steps != self.cells[run.cell][1].full_steps
 
     def seconds(self, run: RunCost) -> float | None:
         """Training seconds of one full run of ``run``'s cell (None: not measured, or changed since)."""
-        if run.cell not in self.cells or self.changed(run):
-            return None
-        ms, steps = self.cells[run.cell]
-        return ms * steps / 1000.0
-
-    def steps(self, run: RunCost) -> int | None:
-        """The steps of a full run of ``run``'s cell as the file counted them (None: not measured, or changed)."""
-        return None if run.cell not in self.cells or self.changed(run) else self.cells[run.cell][1]
+        steps = self.steps(run)
+        return None if steps is None else self.cells[run.cell][0] * steps / 1000.0
 
 
 def load_step_times(path: str | Path, study: str) -> StepTimes:
     """The step times ``gpu_check.py --study STUDY --out PATH`` wrote. Raises ValueError (one line) when the file
     is missing, not such a file, or measured another study."""
+    def optional(cell: dict[str, Any], key: str, kind: Any) -> Any:
+        return kind(cell[key]) if cell.get(key) is not None else None
+
     try:
         raw = json.loads(Path(path).read_text())
         measured = raw["study"]
-        cells = {(c["grid"], tuple(c["cell"])): (float(c["step_ms"]), int(c["full_steps"]))
+        cells = {(c["grid"], tuple(c["cell"])): (float(c["step_ms"]),
+                                                 CellBudget(int(c["full_steps"]), optional(c, "max_steps", int),
+                                                            optional(c, "epochs", float),
+                                                            optional(c, "steps_per_epoch", int)))
                  for c in raw["cells"] if c.get("step_ms") is not None}
         overrides = {(c["grid"], tuple(c["cell"])): [str(o) for o in c["overrides"]]
                      for c in raw["cells"] if "overrides" in c}
@@ -121,6 +188,7 @@ class GridPlan:
     unmeasured: int = 0  # unfinished runs without an estimate
     from_step_times: int = 0  # unfinished runs estimated from step times alone (training only)
     changed: int = 0  # unfinished runs whose cell changed since its step time was measured (not priced)
+    resized: int = 0  # unfinished runs priced from step times at another length than the one measured
 
 
 @dataclass
@@ -214,34 +282,37 @@ def grid_plans(costs: list[RunCost], step_times: StepTimes | None = None) -> lis
         members = [c for c in costs if c.spec.grid == grid]
         done = [c for c in members if c.wall_s]
         todo = [c for c in members if c.state not in ("done", "not_at_equilibrium", "diverged")]
-        guesses, from_step_times, changed = [], 0, 0
+        guesses, from_step_times, changed, resized = [], 0, 0, 0
         for run in todo:  # a measured estimate, else the run's cell priced from the step times
             guess = estimate(run, costs)
             if guess is None and step_times is not None:
                 guess = step_times.seconds(run)
                 from_step_times += guess is not None
                 changed += step_times.changed(run)
+                resized += step_times.resized(run)
             guesses.append(guess)
         unmeasured = sum(g is None for g in guesses)
         counts = [c.steps or (step_times.steps(c) if step_times is not None else None) for c in members]
         out.append(GridPlan(grid, len(members), len(members) - len(todo), _steps_text(counts),
                             statistics.median(c.wall_s for c in done) if done else None,
                             sum(g for g in guesses if g is not None) if not unmeasured else None, unmeasured,
-                            from_step_times, changed))
+                            from_step_times, changed, resized))
     return out
 
 
-def primary_plans(spec: dict[str, Any], runs: Path, costs: list[RunCost],
-                  step_times: StepTimes | None = None) -> list[PrimaryPlan]:
-    """Each primary comparison's state on the finished runs and the cost of the seeds it still needs."""
+def primary_plans(spec: dict[str, Any], runs: Path, costs: list[RunCost], step_times: StepTimes | None = None,
+                  registered: dict[str, Any] | None = None) -> list[PrimaryPlan]:
+    """Each primary comparison's state on the finished runs and the cost of the seeds it still needs: those of
+    ``registered`` (the whole study; default ``spec``) that read only ``spec``'s grids."""
     from tiedlab.reports.load import load_runs
     from tiedlab.reports.primary import arm_runs, evaluate_primaries, load_primaries
 
-    specs = load_primaries(spec)
+    grids = [g["name"] for g in spec["grids"]]
+    # a plan of some grids (--grids) prices the comparisons that read only those
+    specs = [s for s in load_primaries(registered or spec) if s.a.grid in grids and s.b.grid in grids]
     if not specs:
         return []
     found = load_runs([runs]) if Path(runs).exists() else []
-    grids = [g["name"] for g in spec["grids"]]
     out = []
     for result in evaluate_primaries(specs, found, grids=grids):
         s = result.spec
@@ -264,12 +335,13 @@ def primary_plans(spec: dict[str, Any], runs: Path, costs: list[RunCost],
 
 
 def study_plan(spec: dict[str, Any], runs: Path, extra: Sequence[str] = (),
-               step_times: StepTimes | None = None) -> StudyPlan:
-    """The plan of ``spec`` over its runs folder; ``step_times`` prices the runs no finished run measures."""
+               step_times: StepTimes | None = None, registered: dict[str, Any] | None = None) -> StudyPlan:
+    """The plan of ``spec`` (some grids of the study ``registered``, default all) over its runs folder;
+    ``step_times`` prices the runs no finished run measures."""
     costs = run_costs(spec, runs, extra)
     if step_times is not None:
         step_times = dataclasses.replace(step_times, extra=tuple(extra))
-    return StudyPlan(grid_plans(costs, step_times), primary_plans(spec, runs, costs, step_times),
+    return StudyPlan(grid_plans(costs, step_times), primary_plans(spec, runs, costs, step_times, registered),
                      sorted({c.device for c in costs if c.wall_s and c.device}), step_times)
 
 
@@ -305,6 +377,10 @@ def format_plan(plan: StudyPlan, slots: int = 1) -> str:
         if not plan.step_times.overrides:
             rests += (" (a file that does not record its cells' overrides: a cell the study changed since is priced "
                       "as measured, so check the steps)")
+        resized = sum(g.resized for g in plan.grids)
+        if resized:
+            rests += (f"; {resized} of them at another length than measured (the measured ms per step times their "
+                      "own steps)")
     lines += ["", f"to go: {_hours(plan.remaining_s)} of runs" + (f" (+{unmeasured} runs not measured)" if unmeasured else "")
               + f", plus {_hours(plan.extra_s)} for the seeds the undetermined primaries need; "
               f"at {slots} run(s) at a time: {_hours((plan.remaining_s + plan.extra_s) / max(slots, 1))} "

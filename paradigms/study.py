@@ -49,12 +49,35 @@ def load_study(name: str) -> dict[str, Any]:
         raise ValueError(f"unknown key(s) {unknown} in {path}; valid keys: "
                          "['grids', 'name', 'primary', 'question', 'report']")
     for grid in study["grids"]:
-        bad = sorted(set(grid) - {"name", "overrides", "sweep"})
+        bad = sorted(set(grid) - {"name", "optional", "overrides", "sweep"})
         if bad:
             raise ValueError(f"unknown key(s) {bad} in grid {grid.get('name')!r} of {path}; valid keys: "
-                             "['name', 'overrides', 'sweep']")
+                             "['name', 'optional', 'overrides', 'sweep']")
+        if not isinstance(grid.get("optional", False), bool):
+            raise ValueError(f"grid {grid.get('name')!r} of {path}: optional={grid['optional']!r} must be true or "
+                             "false")
         grid["overrides"] = _flatten(grid.get("overrides") or [])
+    read = sorted({grid for grid in optional_grids(study) for arm in _primary_arms(study) if arm.get("grid") == grid})
+    if read:
+        raise ValueError(f"optional grid(s) {read} of {path} are read by a primary comparison: a registered "
+                         "comparison's grids run by default, so drop 'optional' or the comparison")
     return study
+
+
+def optional_grids(study: dict[str, Any]) -> list[str]:
+    """The names of the study's optional grids: run only when ``--grids`` names them, never read by a primary."""
+    return [g["name"] for g in study["grids"] if g.get("optional", False)]
+
+
+def default_grids(study: dict[str, Any]) -> list[dict[str, Any]]:
+    """The grids a study runs when ``--grids`` is not given: all but the optional ones."""
+    return [g for g in study["grids"] if not g.get("optional", False)]
+
+
+def _primary_arms(study: dict[str, Any]) -> list[dict[str, Any]]:
+    comparisons = (study.get("primary") or {}).get("comparisons") or []
+    return [arm for c in comparisons if isinstance(c, dict) for arm in (c.get("a"), c.get("b"))
+            if isinstance(arm, dict)]
 
 
 def _flatten(overrides: list[Any]) -> list[str]:
@@ -150,7 +173,8 @@ def study(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--grids", default=None,
-                        help="comma-separated grid names or fnmatch patterns to run (default all), e.g. 'graph_*'")
+                        help="comma-separated grid names or fnmatch patterns to run (default: every grid but the "
+                             "study's optional ones, which a pattern may name), e.g. 'graph_*'")
     parser.add_argument("--until-decided", action="store_true",
                         help="after the grids, add seed rounds to the arms of undetermined primary comparisons until "
                              "each is decided or has --max-seeds seeds (group-sequential: alpha split over the looks)")
@@ -165,19 +189,22 @@ def study(argv: list[str] | None = None) -> int:
     spec = load_study(args.name)
     runs = Path(args.runs or Path(os.environ.get("TIEDLAB_RUNS", "runs")) / "study" / args.name)
     full = dict(spec)
-    if args.grids:
-        spec["grids"] = select_grids(spec, args.grids.split(","))
+    spec["grids"] = select_grids(spec, args.grids.split(",")) if args.grids else default_grids(spec)
     if args.status:
         return print_status(spec, runs, args.overrides)
     if args.step_times is not None and not args.plan:
         raise ValueError(f"--step-times={args.step_times} prices a plan: use it with --plan")
+    # runs at once: --jobs, or --per-gpu on each listed GPU (--gpus all counts as one GPU: a safe underestimate)
+    slots = args.jobs if args.gpus is None else (args.per_gpu or 1) * max(1, len(args.gpus.split(",")))
     if args.plan:
         from .plan import format_plan, load_step_times, study_plan
 
         step_times = load_step_times(args.step_times, args.name) if args.step_times is not None else None
-        slots = args.jobs if args.gpus is None else (args.per_gpu or 1) * max(1, len(args.gpus.split(",")))
         print(f"study {spec.get('name')} in {runs}")
-        print(format_plan(study_plan(spec, runs, args.overrides, step_times), slots=slots))
+        print(format_plan(study_plan(spec, runs, args.overrides, step_times, full), slots=slots))
+        left_out = [g for g in optional_grids(full) if g not in {grid["name"] for grid in spec["grids"]}]
+        if left_out:
+            print(f"optional grids, not in this plan (select them with --grids): {', '.join(left_out)}")
         return 0
     if args.budget_min is not None and (not args.until_decided or args.budget_min <= 0):
         raise ValueError(f"--budget-min={args.budget_min} needs --until-decided and a positive number of minutes")
@@ -194,7 +221,7 @@ def study(argv: list[str] | None = None) -> int:
         return 0
     if plan is not None:
         deadline = started + 60 * args.budget_min if args.budget_min is not None else None
-        failures += add_seeds_until_decided(full, runs, plan, args.overrides, args.jobs, execute, deadline)
+        failures += add_seeds_until_decided(full, runs, plan, args.overrides, slots, execute, deadline)
     elapsed = time.time() - started
     counts = count_statuses(runs / grid["name"] for grid in spec["grids"])
     print(f"[tiedlab] study {args.name}: {len(spec['grids'])} grids in {elapsed / 60:.1f} min, {failures} exited non-zero; "

@@ -231,3 +231,47 @@ def test_a_recipe_never_replaces_what_the_command_line_chose(hydra_ctx):
         assert "options" not in (node.get("solver") or {}), path
     cfg = compose(config_name="train", overrides=["paradigm=vision", "block=deq", "solver=broyden", "grad=phantom"])
     assert (cfg.solver.name, cfg.grad.mode, cfg.train.jacobian_weight) == ("broyden", "phantom", 2.0)
+
+
+def test_optional_grids_run_only_when_selected_and_are_never_a_primary_arm(capsys, tmp_path, monkeypatch):
+    """paper's SSL grids and its phantom vision DEQ are optional: the default run and plan leave them out, --grids
+    runs them, and a study that registers a comparison on an optional grid is refused."""
+    import yaml
+
+    from tiedlab.paradigms import study as study_module
+
+    def ran(argv):
+        assert study_module.study(["paper", "--dry-run", "--runs", str(tmp_path), *argv]) == 0
+        out = capsys.readouterr().out
+        return [Path(line.split("hydra.sweep.dir=")[1].split()[0]).name for line in out.splitlines()
+                if line.startswith("+ ")]
+
+    spec = study_module.load_study("paper")
+    optional = study_module.optional_grids(spec)
+    assert set(optional) == {"vision_deq_phantom", "ssl_base", "ssl_masks", "ssl_dense_half", "ssl_depth",
+                             "ssl_width"}
+    assert ran([]) == [g["name"] for g in spec["grids"] if g["name"] not in optional]
+    assert ran(["--grids", "ssl_*"]) == ["ssl_base", "ssl_masks", "ssl_dense_half", "ssl_depth", "ssl_width"]
+    assert study_module.study(["paper", "--plan", "--runs", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "ssl_base" not in printed.split("optional grids")[0]
+    assert "optional grids, not in this plan (select them with --grids): vision_deq_phantom, ssl_base" in printed
+    # a plan of some grids prices the comparisons that read only those
+    assert study_module.study(["paper", "--plan", "--runs", str(tmp_path), "--grids", "graph_*"]) == 0
+    printed = capsys.readouterr().out
+    assert "matched/graph" in printed and "/vision" not in printed and "/language" not in printed
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    monkeypatch.setattr(study_module, "study_dir", lambda: studies)
+    toy = {"name": "toy", "grids": [{"name": "g", "overrides": ["paradigm=vision"], "sweep": {"seed": [0]}},
+                                    {"name": "h", "optional": True, "overrides": ["paradigm=vision"]}],
+           "primary": {"comparisons": [{"insight": 1, "paradigm": "vision", "claim": "superiority",
+                                        "metric": "val/acc", "a": {"grid": "g"}, "b": {"grid": "h"}}]}}
+    (studies / "toy.yaml").write_text(yaml.safe_dump(toy))
+    with pytest.raises(ValueError, match=r"optional grid\(s\) \['h'\] of .*toy.yaml are read by a primary comparison"):
+        study_module.load_study("toy")
+    toy["grids"][1]["optional"] = "yes"
+    (studies / "toy.yaml").write_text(yaml.safe_dump(toy))
+    with pytest.raises(ValueError, match=r"grid 'h' of .*: optional='yes' must be true or false"):
+        study_module.load_study("toy")

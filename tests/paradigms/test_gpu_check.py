@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,20 +110,42 @@ def test_study_check_prices_every_cell_and_the_plan_reads_it(gpu_check, tmp_path
     printed = capsys.readouterr().out
     assert "(4 from step times)" in printed and "training only, evaluation left out" in printed
 
-    # each cell records what it trained with (the measuring extras left out); a cell edited since is not priced
+    # each cell records what it trained with (the measuring extras left out) and the budget its steps come from
     assert set(TOY_STUDY["grids"][1]["overrides"]) <= set(graph["overrides"])
     assert not [o for o in graph["overrides"] + tied["overrides"] if o.startswith(("seed=", "train.threads="))]
-    edited = {**TOY_STUDY, "grids": [TOY_STUDY["grids"][0],
-                                     {**TOY_STUDY["grids"][1],
-                                      "overrides": [*TOY_STUDY["grids"][1]["overrides"], "train.max_steps=70"]}]}
-    (studies / "toy.yaml").write_text(yaml.safe_dump(edited))
-    v, g = study_plan(study_module.load_study("toy"), runs, step_times=load_step_times(out, "toy")).grids
-    assert (v.from_step_times, v.unmeasured, g.from_step_times, g.unmeasured, g.changed) == (4, 0, 0, 3, 3)
-    assert g.steps == "70"  # the edited cell's own max_steps, not the file's 7
+    assert (tied["epochs"], tied["steps_per_epoch"], tied["max_steps"]) == (2.0, 10, None)
+    assert (graph["epochs"], graph["steps_per_epoch"]) == (7.0, 1)
+
+    def edit(vision: list[str], graph_extra: list[str]) -> tuple[Any, Any]:
+        grids = [{**TOY_STUDY["grids"][0], "overrides": [*TOY_STUDY["grids"][0]["overrides"], *vision]},
+                 {**TOY_STUDY["grids"][1], "overrides": [*TOY_STUDY["grids"][1]["overrides"], *graph_extra]}]
+        (studies / "toy.yaml").write_text(yaml.safe_dump({**TOY_STUDY, "grids": grids}))
+        return tuple(study_plan(study_module.load_study("toy"), runs, step_times=load_step_times(out, "toy")).grids)
+
+    # a cell changed in its length only is priced at the measured ms per step times its own steps
+    v, g = edit(["train.epochs=5"], ["train.max_steps=70"])
+    assert (v.steps, g.steps, v.from_step_times, g.from_step_times, v.resized, g.resized) == ("50", "70", 4, 3, 4, 3)
+    assert v.remaining_s == pytest.approx(3600 * (tied["train_h"] + deq["train_h"]) * 50 / 20)
+    assert g.remaining_s == pytest.approx(3600 * graph["train_h"] * 70 / 7)
+    capsys.readouterr()
+    assert study_module.study(["toy", "--runs", str(runs), "--plan", "--step-times", str(out)]) == 0
+    assert "7 of them at another length than measured" in capsys.readouterr().out
+    # a cell changed in anything else is not priced
+    v, g = edit([], ["model.width=32"])
+    assert (v.from_step_times, v.unmeasured, v.resized, g.from_step_times, g.unmeasured, g.changed) == (4, 0, 0, 0, 3, 3)
+    assert g.steps == "?"
     capsys.readouterr()
     assert study_module.study(["toy", "--runs", str(runs), "--plan", "--step-times", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "3 runs not measured (3 changed since the step times)" in printed and "check the steps" not in printed
+    # a file without the budget it counted cannot price another number of epochs (a new max_steps it can)
+    bare = tmp_path / "bare-step-times.json"
+    bare.write_text(json.dumps({**result, "cells": [{k: v for k, v in c.items()
+                                                     if k not in ("epochs", "steps_per_epoch", "max_steps")}
+                                                    for c in result["cells"]]}))
+    edit(["train.epochs=5"], ["train.max_steps=70"])
+    v, g = study_plan(study_module.load_study("toy"), runs, step_times=load_step_times(bare, "toy")).grids
+    assert (v.unmeasured, v.changed, g.steps, g.from_step_times) == (4, 4, "70", 3)
     # a file written before cells recorded their overrides prices every cell, and the plan says it cannot check
     old = tmp_path / "old-step-times.json"
     old.write_text(json.dumps({**result, "cells": [{k: v for k, v in c.items() if k != "overrides"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tiedlab.paradigms.study import load_study
+from tiedlab.paradigms.study import load_study, optional_grids
 from tiedlab.reports import primary, stats
 from tiedlab.reports.build import build_report
 from tiedlab.reports.primary import Arm, PrimarySpec, evaluate_primaries, load_primaries, run_values
@@ -51,15 +51,20 @@ def test_every_shipped_study_pre_registers_valid_primaries():
 
 def test_the_paper_study_registers_the_comparisons_of_quick_on_arms_of_the_same_kind():
     """paper is quick at GPU sizes: the same comparisons (key, family, claim, metric, delta, kind) between grids of
-    the same names, so that a GPU run answers the question the CPU run asked, not a drifted one."""
+    the same names, so that a GPU run answers the question the CPU run asked, not a drifted one -- all but SSL's,
+    whose grids the 8-GPU-hour resize made optional (they are quick's SSL arms at the paper size, unregistered)."""
     def registered(name):
         return {s.key: (s.family, s.insight, s.paradigm, s.claim, s.metric, s.direction, s.kind, s.transform, s.delta,
                         s.a.grid, s.b.grid, s.a.where, s.b.where) for s in load_primaries(load_study(name))}
 
     quick, paper = registered("quick"), registered("paper")
-    assert paper == quick and len(paper) == 30
-    sizes = {o for g in load_study("paper")["grids"] for o in g["overrides"] if o.startswith("size=")}
+    assert paper == {k: v for k, v in quick.items() if v[0] != "ssl"} and len(paper) == 23
+    study = load_study("paper")
+    sizes = {o for g in study["grids"] for o in g["overrides"] if o.startswith("size=")}
     assert sizes == {"size=vision_paper", "size=ssl_paper", "size=graph_paper", "size=language_paper"}
+    ssl_arms = {arm["grid"] for c in load_study("quick")["primary"]["comparisons"] if c["family"] == "ssl"
+                for arm in (c["a"], c["b"])}
+    assert ssl_arms and ssl_arms <= set(optional_grids(study))
 
 
 @pytest.mark.parametrize("change,match", [
