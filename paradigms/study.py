@@ -10,7 +10,8 @@ undetermined pre-registered primary comparisons (a group-sequential plan recorde
 
 Without a launcher flag the grids run one after another as Hydra multiruns (any ``hydra/launcher=`` given as an
 override applies to each). ``--jobs N`` (N > 1), ``--gpus``, ``--slurm`` and a ``hydra/launcher=`` override each
-choose how runs are launched: two of them together are an error, never one silently replacing the other.
+choose how runs are launched: two of them together are an error, never one silently replacing the other. A grid
+marked ``optional: true`` runs only when ``--grids`` names it (and is never a primary comparison's arm).
 """
 
 from __future__ import annotations
