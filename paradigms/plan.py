@@ -93,6 +93,29 @@ class CellBudget:
     steps_per_epoch: int | None = None
 
 
+def _steps_at(budget: CellBudget, then: dict[str, str], now: dict[str, str]) -> int | None:
+    """The steps of a cell measured at ``budget`` with the length overrides ``then``, run with ``now`` instead: the
+    engine's rule (train.max_steps, else epochs x batches per epoch) on what ``now`` sets, else on what was measured.
+    None when that is not known: a key set then and not now falls back to a size default the file did not record."""
+    recorded = budget.steps_per_epoch is not None  # files before 2026-12-04 record the full steps alone
+    max_steps = now.get("train.max_steps")
+    if not _null(max_steps):
+        return int(float(max_steps))
+    if max_steps is None:  # not set now: as measured
+        if "train.max_steps" in then or not recorded:
+            return None
+        if budget.max_steps:
+            return budget.max_steps
+    epochs = now.get("train.epochs")
+    if epochs is None:
+        if "train.epochs" in then:
+            return None
+        epochs = None if budget.epochs is None else str(budget.epochs)
+    if _null(epochs) or not recorded:
+        return None
+    return int(math.ceil(float(epochs) * budget.steps_per_epoch))
+
+
 @dataclass(frozen=True)
 class StepTimes:
     """Training milliseconds per step of each cell of a study and the steps of a full run, measured on ``device``
@@ -116,25 +139,7 @@ class StepTimes:
         if measured is None or sorted(measured) == sorted(now):
             return budget.full_steps
         (rest_then, then), (rest_now, now_budget) = _split_budget(measured), _split_budget(now)
-        if rest_then != rest_now:
-            return None
-
-        def value(key: str, composed: float | None) -> tuple[bool, str | None]:  # (known, value as an override)
-            if key in now_budget:
-                return True, now_budget[key]
-            if key in then:  # the measured cell set it, this one does not: the size's default, not recorded
-                return False, None
-            return composed is not None or key == "train.max_steps", None if composed is None else str(composed)
-
-        known, max_steps = value("train.max_steps", budget.max_steps)
-        if not known:
-            return None
-        if not _null(max_steps):
-            return int(float(max_steps))
-        known, epochs = value("train.epochs", budget.epochs)
-        if not known or _null(epochs) or budget.steps_per_epoch is None:
-            return None
-        return int(math.ceil(float(epochs) * budget.steps_per_epoch))
+        return _steps_at(budget, then, now_budget) if rest_then == rest_now else None
 
     def changed(self, run: RunCost) -> bool:
         """Whether ``run``'s cell was measured but can no longer be priced from the file: it trains with other

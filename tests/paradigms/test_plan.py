@@ -61,3 +61,20 @@ def test_plan_estimates_unfinished_runs_from_measured_ones_and_prices_the_seeds_
     out = capsys.readouterr().out
     assert "2 runs not measured" in out and "at 2 run(s) at a time" in out and "measured on cpu" in out
     assert not (runs / "study.yaml").exists() and not (runs / "h").exists()  # a plan runs and writes nothing
+
+
+def test_a_cell_changed_in_length_only_is_priced_by_the_engine_rule_on_what_is_known():
+    from tiedlab.paradigms.plan import CellBudget, _steps_at
+
+    vision = CellBudget(52650, max_steps=None, epochs=150.0, steps_per_epoch=351)
+    assert _steps_at(vision, {}, {"train.epochs": "30"}) == 10530
+    assert _steps_at(vision, {"train.epochs": "375"}, {"train.epochs": "232"}) == 81432
+    assert _steps_at(vision, {"train.epochs": "375"}, {}) is None  # back to the size's default: not recorded
+    assert _steps_at(vision, {}, {"train.max_steps": "70"}) == 70
+    language = CellBudget(5000, max_steps=5000, epochs=None, steps_per_epoch=61)
+    assert _steps_at(language, {}, {"train.epochs": "3"}) == 5000  # max_steps still wins, as in the engine
+    assert _steps_at(language, {}, {"train.max_steps": "null", "train.epochs": "3"}) == 183
+    assert _steps_at(language, {"train.max_steps": "9000"}, {"train.epochs": "3"}) is None
+    old = CellBudget(500)  # a file that records the full steps alone
+    assert _steps_at(old, {}, {"train.max_steps": "70"}) == 70
+    assert _steps_at(old, {}, {"train.epochs": "14"}) is None
