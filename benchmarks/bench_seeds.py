@@ -10,6 +10,11 @@ the wall seconds of training per seed and step (from ``time/train_s`` of each ru
 start-up excluded; for (b) the wall time of a pair over its two runs), and its ratio to (a). Every run goes through
 the engine on real data in a temporary folder. Ratios measured in one process on one machine are what to compare
 (machine load moves absolute numbers); the study runner's default is whatever wins here.
+
+Last, per paradigm, the compute floor: the FLOPs of one training step of the model (``torch.utils.flop_counter``)
+over this CPU's fp32 matrix-multiply rate with all cores (measured in the same run): no way of training K seeds, a
+seed batch included, costs less per seed-step than that, so when separate runs are already near it, batching cannot
+halve them.
 """
 
 from __future__ import annotations
@@ -94,6 +99,27 @@ def batched(paradigm: str, k: int, steps: int, cores: int, root: Path) -> float 
     return sum(per_step(r, steps) for r in results) / k
 
 
+def matmul_flops_per_s(seconds: float = 2.0, n: int = 1024) -> float:
+    """This CPU's fp32 matrix-multiply rate with the current threads: n x n products for about ``seconds``."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):  # warm-up
+        a @ b
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+    return 2.0 * n ** 3 * count / (time.perf_counter() - started)
+
+
+def compute_floor(paradigm: str, steps: int, cores: int, root: Path, rate: float) -> dict[str, float]:
+    """One training step's FLOPs of the paradigm's quick model and the milliseconds they take at ``rate``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_check import compose, step_flops
+
+    flops = step_flops(compose(overrides(paradigm, steps, cores, 0, root)), torch.device("cpu"))
+    return {"step_gflop": flops / 1e9, "floor_ms": 1000.0 * flops / rate}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=list(QUICK), choices=list(QUICK))
@@ -133,8 +159,20 @@ def main(argv: list[str] | None = None) -> int:
         base = next(r for r in mine if r["k"] == min(args.ks))["separate_ms"]
         print(f"{paradigm}: seed-steps per hour {3.6e6 / base:.0f} one run at a time -> {3.6e6 / fastest:.0f} at the "
               f"best way (K={best['k']})", flush=True)
+    rate = matmul_flops_per_s()
+    print(f"compute floor: this CPU multiplies fp32 matrices at {rate / 1e9:.1f} GFLOP/s with {cores} threads",
+          flush=True)
+    floors = {}
+    for paradigm in args.only:
+        with tempfile.TemporaryDirectory() as tmp:
+            floors[paradigm] = compute_floor(paradigm, args.steps, cores, Path(tmp), rate)
+        best_separate = min(r["separate_ms"] for r in rows if r["paradigm"] == paradigm)
+        print(f"{paradigm}: {floors[paradigm]['step_gflop']:.3f} GFLOP per seed-step -> at least "
+              f"{floors[paradigm]['floor_ms']:.1f} ms; separate runs took {best_separate:.1f} ms at best "
+              f"({floors[paradigm]['floor_ms'] / best_separate:.0%} of it is the floor)", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"cores": cores, "steps": args.steps, "rows": rows}, indent=2))
+        Path(args.out).write_text(json.dumps({"cores": cores, "steps": args.steps, "rows": rows,
+                                              "matmul_gflops": rate / 1e9, "floors": floors}, indent=2))
     return 0
 
 
