@@ -222,7 +222,8 @@ def study(argv: list[str] | None = None) -> int:
         return 0
     if plan is not None:
         deadline = started + 60 * args.budget_min if args.budget_min is not None else None
-        failures += add_seeds_until_decided(full, runs, plan, args.overrides, slots, execute, deadline)
+        failures += add_seeds_until_decided(full, runs, plan, args.overrides, slots, execute, deadline,
+                                            {g["name"] for g in spec["grids"]} if args.grids else None)
     elapsed = time.time() - started
     counts = count_statuses(runs / grid["name"] for grid in spec["grids"])
     print(f"[tiedlab] study {args.name}: {len(spec['grids'])} grids in {elapsed / 60:.1f} min, {failures} exited non-zero; "
@@ -542,7 +543,8 @@ def seed_limits(specs: list[Any], plan: dict[str, int], state: dict[str, Any]) -
 
 
 def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, int], extra: list[str],
-                            jobs: int, execute: Any = None, deadline: float | None = None) -> int:
+                            jobs: int, execute: Any = None, deadline: float | None = None,
+                            selected: set[str] | None = None) -> int:
     """The looks of the group-sequential plan: at look k every primary comparison still undetermined gets seeds
     f..f+n_k-1 on both arms (f: the plan's ``first_seed``, 0 unless the grids start elsewhere; missing or
     unfinished runs only) and is read on exactly those seeds at alpha/looks (Holm across the comparisons); a
@@ -550,7 +552,8 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
     the same data and continues where it stopped. With a ``deadline`` (epoch seconds), a look advances only the
     comparisons whose runs fit the time left, cheapest first (``fit_look_to_budget``); the others keep the seeds
     they have (the alpha split over every planned look stays, which only makes their verdicts conservative), and
-    ``sequential.yaml`` lists them under ``budget_skipped``.
+    ``sequential.yaml`` lists them under ``budget_skipped``. With ``selected`` grid names (``--grids``) only the
+    comparisons whose two arms read those grids take seeds; the others keep theirs, as when the budget skips them.
     Returns how many grid commands (Hydra's launcher) or runs (Ray) failed."""
     from tiedlab.reports import stats
     from tiedlab.reports.load import load_runs
@@ -563,9 +566,13 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
     state = read_sequential_state(runs)
     state["decided"] = dict(state.get("decided") or {})
     failures = 0
+    outside = [s.key for s in specs if selected is not None and not {s.a.grid, s.b.grid} <= selected]
+    if outside:
+        print(f"[tiedlab] --grids: {len(outside)} registered comparisons read other grids and take no seeds here "
+              f"({', '.join(outside)})", flush=True)
     for look, n in enumerate(counts):
         found = load_runs([runs]) if runs.exists() else []
-        pending = [s for s in specs if s.key not in state["decided"]]
+        pending = [s for s in specs if s.key not in state["decided"] and s.key not in outside]
         if not pending:
             break
         wanted = {s.key: look_cells(s, found, grids, range(first, first + n)) for s in pending}

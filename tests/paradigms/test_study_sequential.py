@@ -146,6 +146,27 @@ def test_until_decided_with_grids_selected_still_sees_every_registered_grid(tmp_
                                "--until-decided", "--max-seeds", "2"]) == 0
 
 
+def test_until_decided_with_grids_seeds_only_the_comparisons_inside_the_selection(tmp_path, monkeypatch, capsys):
+    """--grids g: the comparison on g's arms takes its looks; the one that reads grid h (not selected) takes no
+    seeds, and h gets no runs."""
+    undetermined = {"claim": "superiority", "metric": "val/acc", "delta": 1e-6}
+    study = {"name": "toy", "grids": [{"name": "g", "overrides": TOY, "sweep": {"block": ["tied", "deq"], "seed": [0, 1]}},
+                                      {"name": "h", "overrides": TOY, "sweep": {"block": ["tied"], "seed": [0, 1]}}],
+             "primary": {"comparisons": [{"insight": 4, "paradigm": "toy", **undetermined, "a": arm("tied"),
+                                          "b": arm("deq")},
+                                         {"insight": 5, "paradigm": "toy", **undetermined, "a": arm("tied"),
+                                          "b": {"grid": "h", "where": {"block": "tied"}}}]}}
+    runs = use_toy_study(study, tmp_path, monkeypatch)
+    assert study_module.study(["toy", "--runs", str(runs), "--no-report", "--until-decided", "--max-seeds", "4",
+                               "--grids", "g"]) == 0
+    out = capsys.readouterr().out
+    assert "--grids: 1 registered comparisons read other grids and take no seeds here (5/toy)" in out
+    assert "has no runs" not in out
+    assert sorted(p.name for p in (runs / "g").glob("block=*")) == [f"block={b},seed={s}" for b in ("deq", "tied")
+                                                             for s in range(4)]
+    assert not (runs / "h").exists()
+
+
 def test_budget_min_does_not_start_a_look_estimated_to_end_past_it(tmp_path, monkeypatch, capsys):
     """--budget-min: a look advances only the comparisons whose new runs (estimated from the finished seeds of the
     same cells: their median wall time, jobs at a time) fit the time left, cheapest first; the state lists the rest."""
