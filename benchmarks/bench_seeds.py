@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_check, beside this script
+
 QUICK = {
     "vision": ["paradigm=vision", "size=vision_quick", "data=fashion-mnist", "data.limit_train=12000",
                "data.val_size=500", "data.limit_test=500", "model.width=24", "block=tied", "block.depth=4"],
@@ -113,7 +115,6 @@ def matmul_flops_per_s(seconds: float = 2.0, n: int = 1024) -> float:
 
 def compute_floor(paradigm: str, steps: int, cores: int, root: Path, rate: float) -> dict[str, float]:
     """One training step's FLOPs of the paradigm's quick model and the milliseconds they take at ``rate``."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from gpu_check import compose, step_flops
 
     flops = step_flops(compose(overrides(paradigm, steps, cores, 0, root)), torch.device("cpu"))

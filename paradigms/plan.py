@@ -237,12 +237,9 @@ def wall_seconds(metrics: dict[str, Any]) -> float | None:
 
 
 def _override_steps(overrides: Sequence[str]) -> int | None:
-    steps = None
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if key.lstrip("+~") == "train.max_steps":
-            steps = int(value) if value not in ("null", "None", "") else None
-    return steps
+    """The last train.max_steps the overrides give (None: none, or null)."""
+    value = _split_budget(overrides)[1].get("train.max_steps")
+    return None if _null(value) else int(value)
 
 
 def run_costs(spec: dict[str, Any], runs: Path, extra: Sequence[str]) -> list[RunCost]:

@@ -58,7 +58,7 @@ def load_study(name: str) -> dict[str, Any]:
             raise ValueError(f"grid {grid.get('name')!r} of {path}: optional={grid['optional']!r} must be true or "
                              "false")
         grid["overrides"] = _flatten(grid.get("overrides") or [])
-    read = sorted({grid for grid in optional_grids(study) for arm in _primary_arms(study) if arm.get("grid") == grid})
+    read = sorted(set(optional_grids(study)) & {arm.get("grid") for arm in _primary_arms(study)})
     if read:
         raise ValueError(f"optional grid(s) {read} of {path} are read by a primary comparison: a registered "
                          "comparison's grids run by default, so drop 'optional' or the comparison")
