@@ -522,24 +522,37 @@ SEQUENTIAL_FILE = "sequential.yaml"  # in a study's runs folder: the look reache
 
 
 def read_sequential_state(runs: Path) -> dict[str, Any]:
-    """{"look": index of the last look analysed (-1: none), "decided": {"INSIGHT/PARADIGM": look index}}."""
+    """{"look": index of the last look analysed (-1: none), "decided": {comparison key: the look it was decided at},
+    "read": {comparison key: the last look whose seeds it was read on}, "budget_skipped": {look: [keys]}}."""
     path = Path(runs) / SEQUENTIAL_FILE
     state = yaml.safe_load(path.read_text()) if path.exists() else None
     return state if isinstance(state, dict) else {"look": -1, "decided": {}}
 
 
+def looks_read(specs: list[Any], state: dict[str, Any]) -> dict[str, int]:
+    """The last look each comparison was read at (-1: none). A ``sequential.yaml`` written before comparisons
+    kept their own record gives the last look reached that did not skip it for the budget."""
+    if "read" in state:
+        return {s.key: int((state.get("read") or {}).get(s.key, -1)) for s in specs}
+    skipped = state.get("budget_skipped") or {}
+    last = int(state.get("look", -1))
+    return {s.key: max([k for k in range(last + 1) if s.key not in (skipped.get(k) or [])], default=-1)
+            for s in specs}
+
+
 def seed_limits(specs: list[Any], plan: dict[str, int], state: dict[str, Any]) -> dict[str, int]:
     """How many seeds each primary comparison is read on (the plan's first seed onwards): the seed count of the look
-    it was decided at, or of the last look reached (all the seeds of a fixed design: no limits before the first
-    look)."""
+    it was decided at, or of the last look it was read at (a look it took no seeds in, outside ``--grids`` or
+    skipped for the budget, does not count; all the seeds of a fixed design: no limits before the first look)."""
     from tiedlab.reports import stats
 
     if state.get("look", -1) < 0:
         return {}
     counts = stats.plan_looks(plan["start"], plan["max_seeds"], plan["step"])
-    last = counts[min(state["look"], len(counts) - 1)]
     decided = state.get("decided") or {}
-    return {s.key: counts[decided[s.key]] if s.key in decided else last for s in specs}
+    read = looks_read(specs, state)
+    return {s.key: counts[min(decided[s.key] if s.key in decided else max(read[s.key], 0), len(counts) - 1)]
+            for s in specs}
 
 
 def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, int], extra: list[str],
@@ -565,6 +578,8 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
     first = plan.get("first_seed", 0)
     state = read_sequential_state(runs)
     state["decided"] = dict(state.get("decided") or {})
+    read_before = looks_read(specs, state)
+    state["read"] = dict(read_before)
     failures = 0
     outside = [s.key for s in specs if selected is not None and not {s.a.grid, s.b.grid} <= selected]
     if outside:
@@ -583,13 +598,18 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
                 print(f"[tiedlab] look {look + 1}/{len(counts)}: {', '.join(skipped)} not advanced: their runs do not "
                       f"fit the {max(deadline - time.time(), 0) / 60:.0f} min left of --budget-min", flush=True)
             wanted = {k: v for k, v in wanted.items() if k in advanced}
-        # the record says what this pass skipped: a rerun that advances a look skipped before clears its entry
-        if skipped:
-            state.setdefault("budget_skipped", {})[look] = sorted(skipped)
-        elif look in (state.get("budget_skipped") or {}):
-            del state["budget_skipped"][look]
-            if not state["budget_skipped"]:
-                del state["budget_skipped"]
+        # the record says which comparisons a look skipped: a rerun that advances one of them clears its entry;
+        # the entries of comparisons this pass does not advance (outside --grids, decided since) stay
+        record = state.get("budget_skipped") or {}
+        entry = (set(record.get(look) or []) - set(wanted)) | set(skipped)
+        if entry:
+            record[look] = sorted(entry)
+        else:
+            record.pop(look, None)
+        if record:
+            state["budget_skipped"] = record
+        else:
+            state.pop("budget_skipped", None)
         todo = merge_cells(wanted.values())
         look_grids = []
         for grid in cell_grids(todo, grids):
@@ -607,12 +627,17 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
         if look_grids:
             failures += execute(look_grids)
         found = load_runs([runs]) if runs.exists() else []
-        state["look"] = look
+        # the comparisons this look read on its seeds; a look a comparison was read at before is a replay and
+        # decides nothing new (its verdict there is on record), nor does a look it took no seeds in
+        for key in wanted:
+            state["read"][key] = max(state["read"][key], look)
+        state["look"] = max(int(state.get("look", -1)), look)
         limits = seed_limits(specs, plan, state)
         for r in evaluate_primaries(specs, found, looks=plan["looks"], grids=grids, seed_limits=limits,
                                     first_seed=first):
             key = r.spec.key
-            if key not in state["decided"] and r.verdict != "undetermined":
+            if (key not in state["decided"] and r.verdict != "undetermined" and key in wanted
+                    and look > read_before[key]):
                 state["decided"][key] = look
         rundir.atomic_write_bytes(runs / SEQUENTIAL_FILE, yaml.safe_dump(state, sort_keys=True).encode())
         print(f"[tiedlab] look {look + 1}/{len(counts)} ({n} seeds): {len(state['decided'])} of {len(specs)} "

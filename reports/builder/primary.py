@@ -255,7 +255,7 @@ def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[Pr
          for r in results]
     release = [stats.releases(r.spec.claim) if r.spec.kind == "mean" else True for r in results]
     levels, decided = stats.holm_levels(p, release, alpha)
-    m = sum(math.isfinite(x) for x in p)
+    m = len(p)  # every registered comparison counts, read or not (stats.holm_levels)
     for r, level, dec in zip(results, levels, decided):
         if r.test is None:  # a reason set before the test (baseline not at equilibrium) stays
             r.level, r.verdict = float(level), "undetermined"

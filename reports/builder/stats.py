@@ -62,7 +62,7 @@ RULE = (
     "with no spread at all. A verdict can be false only when its interval misses the true effect. The report's "
     "primary comparisons are corrected together so that the chance of any false verdict among them is at most "
     "alpha, by Holm's step-down on each comparison's p (the smallest alpha at which its interval reaches the "
-    "claim's decision): with m comparisons of which r have released their share, the next smallest p is decided "
+    "claim's decision): with m registered comparisons (those that cannot be read count too) of which r have released their share, the next smallest p is decided "
     "if p <= alpha/(m - r) and read from its interval at level 1 - alpha/(m - r); the others are read at the level "
     "where this stops. A decided noninferiority comparison releases its share; a superiority or equivalence "
     "comparison never does, because its secondary reading (equivalent, resp. fails) could still be false, so a "
@@ -364,7 +364,9 @@ def releases(claim: str, secondary: bool = True) -> bool:
 def holm_levels(p, release, alpha: float = ALPHA):
     """Holm's step-down with release flags, vectorised over families: (levels, decided), each shaped like ``p``.
 
-    ``p``: (m,) or (N, m) claim p values; nan marks a comparison that cannot be read (it is left out of m).
+    ``p``: (m,) or (N, m) claim p values; nan marks a comparison that cannot be read (no runs, n<2, its baseline
+    set apart): it is never decided and still counts in m, so that which comparisons could be read (which can depend
+    on the outcome) never raises the others' levels.
     ``release``: (m,) booleans, whether a decided comparison hands its share on. With m readable comparisons of
     which r decided ones have released their share, the smallest remaining p is decided if p <= alpha/(m - r), at
     that level; the first that is not stops the procedure and every undecided comparison gets the level
@@ -376,7 +378,7 @@ def holm_levels(p, release, alpha: float = ALPHA):
     p = np.atleast_2d(p)
     release = np.broadcast_to(np.asarray(release, dtype=bool), p.shape)
     readable = np.isfinite(p)
-    m = readable.sum(axis=1, keepdims=True)
+    m = p.shape[1]
     order = np.argsort(np.where(readable, p, np.inf), axis=1, kind="stable")
     ps = np.take_along_axis(np.where(readable, p, np.inf), order, axis=1)
     rel = np.take_along_axis(release, order, axis=1)
@@ -416,7 +418,7 @@ def holm(comparisons: Sequence[Comparison], alpha: float = ALPHA, *, secondary: 
     is true. What remains are the released noninferiority verdicts, whose only possible error is the direction
     (holds at an effect below -delta or fails above it), as in Holm's procedure with directional decisions
     (controlled for independent t statistics: Shaffer 1980, Finner 1999; not proved for dependent ones).
-    Comparisons that cannot be read (n<2, zero spread) stay undetermined and are left out of m. The returned list
+    Comparisons that cannot be read (n<2, zero spread) stay undetermined and still count in m. The returned list
     is in the input order; p is unchanged, alpha_used is the level each was read at.
     """
     alpha = _check_alpha(alpha)
@@ -425,7 +427,7 @@ def holm(comparisons: Sequence[Comparison], alpha: float = ALPHA, *, secondary: 
     p = np.array([c.p if c.readable else math.nan for c in comparisons], dtype=float)
     release = np.array([releases(c.claim, secondary) for c in comparisons])
     levels, decided = holm_levels(p, release, alpha)
-    m = int(np.isfinite(p).sum())
+    m = len(p)  # every comparison counts, read or not
     out = []
     for c, level, dec in zip(comparisons, levels, decided):
         note = f"Holm {'decided' if dec else 'undecided'} at alpha {level:.3g} ({m} comparisons)"

@@ -54,7 +54,7 @@ def test_until_decided_freezes_decided_comparisons_and_seeds_only_undetermined_a
     assert yaml.safe_load((runs / "study.yaml").read_text())["sequential"] == {"start": 2, "step": 2,
                                                                               "max_seeds": 4, "looks": 2}
     state = yaml.safe_load((runs / "sequential.yaml").read_text())
-    assert state == {"look": 1, "decided": {"1/toy": 0}}
+    assert state == {"look": 1, "decided": {"1/toy": 0}, "read": {"1/toy": 0, "4/toy": 1}}
     seeds = lambda block: sorted(int(p.name.split("seed=")[1]) for p in (runs / "g").glob(f"block={block},seed=*"))
     assert seeds("explicit") == [0, 1]  # decided at look 1: its arm gets no more seeds
     assert seeds("tied") == seeds("deq") == [0, 1, 2, 3]  # the undetermined comparison's arms
@@ -167,6 +167,31 @@ def test_until_decided_with_grids_seeds_only_the_comparisons_inside_the_selectio
     assert not (runs / "h").exists()
 
 
+def test_a_grids_pass_keeps_the_seeds_and_looks_of_the_comparisons_outside_it(tmp_path, monkeypatch, capsys):
+    """A second pass with --grids that decides its own comparisons at the first look (and stops there) leaves the
+    others as they were: read on the seeds of the look they reached, the state's look not set back, no new verdict
+    recorded for them."""
+    g = {"name": "g", "overrides": TOY, "sweep": {"block": ["tied", "explicit"], "seed": [0, 1]}}
+    h = {"name": "h", "overrides": TOY, "sweep": {"block": ["tied", "deq"], "seed": [0, 1]}}
+    study = {"name": "toy", "grids": [g, h], "primary": {"comparisons": [
+        {"insight": 1, "paradigm": "toy", "claim": "noninferiority", "metric": "val/acc", "delta": 1.0,
+         "a": arm("tied"), "b": arm("explicit")},
+        {"insight": 4, "paradigm": "toy", "claim": "superiority", "metric": "val/acc", "delta": 1e-6,
+         "a": {"grid": "h", "where": {"block": "tied"}}, "b": {"grid": "h", "where": {"block": "deq"}}}]}}
+    runs = use_toy_study(study, tmp_path, monkeypatch)
+    args = ["toy", "--runs", str(runs), "--no-report", "--until-decided", "--max-seeds", "4"]
+    assert study_module.study(args + ["--grids", "h"]) == 0
+    assert yaml.safe_load((runs / "sequential.yaml").read_text()) == {"look": 1, "decided": {},
+                                                                      "read": {"1/toy": -1, "4/toy": 1}}
+    assert study_module.study(args + ["--grids", "g"]) == 0
+    assert yaml.safe_load((runs / "sequential.yaml").read_text()) == {"look": 1, "decided": {"1/toy": 0},
+                                                                      "read": {"1/toy": 0, "4/toy": 1}}
+    by_insight = {r.spec.insight: r for r in analyse([runs]).primaries}
+    assert by_insight[1].verdict == "holds" and by_insight[1].n_a == 2
+    assert by_insight[4].verdict == "undetermined" and (by_insight[4].n_a, by_insight[4].n_b) == (4, 4)
+    capsys.readouterr()
+
+
 def test_budget_min_does_not_start_a_look_estimated_to_end_past_it(tmp_path, monkeypatch, capsys):
     """--budget-min: a look advances only the comparisons whose new runs (estimated from the finished seeds of the
     same cells: their median wall time, jobs at a time) fit the time left, cheapest first; the state lists the rest."""
@@ -185,7 +210,7 @@ def test_budget_min_does_not_start_a_look_estimated_to_end_past_it(tmp_path, mon
     assert sorted(p.name for p in (runs / "g").glob("block=*")) == [f"block={b},seed={s}" for b in ("deq", "tied")
                                                                     for s in (0, 1)]
     state = yaml.safe_load((runs / "sequential.yaml").read_text())
-    assert state == {"look": 1, "decided": {}, "budget_skipped": {1: ["4/toy"]}}
+    assert state == {"look": 1, "decided": {}, "read": {"4/toy": 0}, "budget_skipped": {1: ["4/toy"]}}
     # the estimate: each new run at its cell's median wall time (the sessions' ended - started), jobs at a time
     walls = {("tied", 0): 10, ("tied", 1): 20, ("deq", 0): 30, ("deq", 1): 50}
     for (block, seed), wall in walls.items():
@@ -210,4 +235,4 @@ def test_budget_min_does_not_start_a_look_estimated_to_end_past_it(tmp_path, mon
     # the same command with time to spare takes the skipped look, and the record no longer says it was skipped
     assert study_module.study(args[:-2] + ["--budget-min", "60"]) == 0
     assert len(list((runs / "g").glob("block=*"))) == 8
-    assert yaml.safe_load((runs / "sequential.yaml").read_text()) == {"look": 1, "decided": {}}
+    assert yaml.safe_load((runs / "sequential.yaml").read_text()) == {"look": 1, "decided": {}, "read": {"4/toy": 1}}

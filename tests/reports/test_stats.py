@@ -247,8 +247,10 @@ def test_holm_levels_worked_examples():
     assert levels == pytest.approx([ALPHA / 3, ALPHA / 2, ALPHA]) and decided.all()
     levels, decided = S.holm_levels(p, [False] * 3)  # nothing released: Bonferroni at .05/3
     assert levels == pytest.approx([ALPHA / 3] * 3) and decided.tolist() == [True, False, False]
-    levels, decided = S.holm_levels([0.001, math.nan, 0.03], [True] * 3)  # an unreadable comparison is not counted
-    assert levels == pytest.approx([ALPHA / 2, ALPHA, ALPHA]) and decided.tolist() == [True, False, True]
+    # an unreadable comparison is never decided and still counts in m: which comparisons can be read must not
+    # raise the others' levels (0.03 > .05/2 stops the step-down)
+    levels, decided = S.holm_levels([0.001, math.nan, 0.03], [True] * 3)
+    assert levels == pytest.approx([ALPHA / 3, ALPHA / 2, ALPHA / 2]) and decided.tolist() == [True, False, False]
     assert S.releases("noninferiority") and not S.releases("superiority") and not S.releases("equivalence")
     assert S.releases("superiority", secondary=False)
 
@@ -259,12 +261,12 @@ def test_holm_superiority_family_is_bonferroni_and_reports_its_level():
     for k in range(4):
         a, b, paired = draw(rng, "paired", 6, 1, theta=[0.0, 1.5, 3.0, 0.2][k])
         comps.append(S.compare(*as_dicts(a[0], b[0], paired), claim="superiority", delta=1.0))
-    comps.append(S.compare({0: 1.0}, {0: 0.5}, claim="superiority", delta=1.0))  # n<2: left out of m
+    comps.append(S.compare({0: 1.0}, {0: 0.5}, claim="superiority", delta=1.0))  # n<2: never decided, counts in m
     out = S.holm(comps)
     for c, h in zip(comps[:4], out[:4]):
-        assert h.alpha_used == pytest.approx(ALPHA / 4)
-        assert h.verdict == S.reread(c, ALPHA / 4).verdict and "Holm" in h.reason
-        assert (h.ci_low, h.ci_high) == pytest.approx(S.interval(c.effect, c.se, c.df, ALPHA / 4))
+        assert h.alpha_used == pytest.approx(ALPHA / 5)
+        assert h.verdict == S.reread(c, ALPHA / 5).verdict and "Holm" in h.reason
+        assert (h.ci_low, h.ci_high) == pytest.approx(S.interval(c.effect, c.se, c.df, ALPHA / 5))
     assert out[4].verdict == "undetermined" and "n<2" in out[4].reason
     assert S.holm([]) == []
 
