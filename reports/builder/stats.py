@@ -69,8 +69,8 @@ RULE = (
     "family of those is read as by Bonferroni, each at level 1 - alpha/m. A sequential plan looks after 2, 4, ... "
     "seeds per arm and stops at the first verdict; each of its K looks is read at level 1 - alpha/K (equal alpha "
     "spending), so the chance of a false verdict over all its looks is at most alpha. For an undetermined "
-    f"comparison, seeds needed is the number of seeds per arm that would reach the claim's decision with power "
-    f"{POWER:.0%} at the observed effect and spread.")
+    f"comparison, seeds needed is the number of seeds per arm that would reach a verdict (the claim's decision or "
+    f"its secondary reading, whichever needs fewer) with power {POWER:.0%} at the observed effect and spread.")
 
 
 # --------------------------------------------------------------------------------------------------- checks
@@ -281,10 +281,21 @@ def summarize(a, b, *, paired: bool):
             np.full_like(se, min(n_a, n_b) - 1.0))
 
 
-def _plan(effect: float, sd: float, claim: str, delta: float, alpha: float, paired: bool) -> int | None:
+def _plan(effect: float, sd: float, claim: str, delta: float, alpha: float, paired: bool,
+          secondary: bool = True) -> int | None:
+    """Seeds per arm to reach a verdict with power POWER at the observed effect and spread: the claim's decision
+    or, with ``secondary``, its secondary reading, whichever needs fewer (a sequential plan stops on either):
+    superiority's "equivalent" (the interval within +-delta), equivalence's "fails" (beyond the margin on the
+    effect's side: superiority of |effect| - delta)."""
     if not (math.isfinite(effect) and math.isfinite(sd) and sd > 0):
         return None
-    return seeds_needed(effect, sd, claim=claim, delta=delta, alpha=alpha, paired=paired)
+    needs = [seeds_needed(effect, sd, claim=claim, delta=delta, alpha=alpha, paired=paired)]
+    if secondary and claim == "superiority":
+        needs.append(seeds_needed(effect, sd, claim="equivalence", delta=delta, alpha=alpha, paired=paired))
+    elif secondary and claim == "equivalence" and abs(effect) > delta:
+        needs.append(seeds_needed(abs(effect) - delta, sd, claim="superiority", delta=delta, alpha=alpha,
+                                  paired=paired))
+    return min((n for n in needs if n is not None), default=None)
 
 
 def compare(a: Mapping[Hashable, float], b: Mapping[Hashable, float], *, claim: str, delta: float,
@@ -349,7 +360,7 @@ def reread(c: Comparison, alpha: float, *, primary: bool = True, secondary: bool
     return replace(c, ci_low=lo, ci_high=hi, alpha_used=alpha, verdict=verdict,
                    reason=prefix + _reason(c.claim, verdict, lo, hi, c.delta, alpha),
                    seeds_needed=None if verdict != "undetermined" else _plan(c.effect, c.sd, c.claim, c.delta,
-                                                                             alpha, c.paired))
+                                                                             alpha, c.paired, secondary))
 
 
 # ------------------------------------------------------------------------------------------- multiplicity

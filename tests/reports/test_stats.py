@@ -314,6 +314,21 @@ def test_planned_seeds_reach_the_planned_power(paired, claim, effect, delta, dec
     assert abs(rate - planned) <= 0.05
 
 
+def test_seeds_to_decide_count_the_secondary_reading():
+    """A superiority comparison with an effect near 0 is decided soonest by its "equivalent" reading, which a
+    sequential plan stops on: the plan is the fewer of the two seed counts (about 19 per arm here, not hundreds)."""
+    effect, sd, delta, alpha = -0.0015, 0.007, 0.01, 0.05 / 3 / 8
+    decision = S.seeds_needed(effect, sd, claim="superiority", delta=delta, alpha=alpha, paired=True)
+    reading = S.seeds_needed(effect, sd, claim="equivalence", delta=delta, alpha=alpha, paired=True)
+    assert decision is None or decision > 100
+    assert reading is not None and reading < 40
+    assert S._plan(effect, sd, "superiority", delta, alpha, True) == reading
+    assert S._plan(effect, sd, "superiority", delta, alpha, True, secondary=False) == decision
+    # equivalence: its "fails" reading (beyond the margin) counts when the effect lies outside it
+    far = S._plan(3.0, 1.0, "equivalence", 1.0, 0.05, True)
+    assert far == S.seeds_needed(2.0, 1.0, claim="superiority", delta=1.0, alpha=0.05, paired=True)
+
+
 def test_power_is_nct_and_seeds_needed_edges():
     n, sd, effect = 8, 1.0, 1.2
     crit = stats.t.ppf(1 - ALPHA / 2, n - 1)  # Hsu's critical value; the statistic is the pooled t (2n - 2 df)
