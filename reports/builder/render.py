@@ -162,7 +162,13 @@ SECONDARY_NOTE = (
     "pre-registered and are not corrected for multiplicity; their 'd > 2 SE' screen decides about one null "
     "comparison in five at 2 seeds per side. Read them as a description of the grid; the answer is the primary "
     "comparisons above.")
-VERDICT_CLASS = {"holds": "holds", "fails": "fails", "equivalent": "holds", "undetermined": "inconclusive"}
+VERDICT_CLASS = {"holds": "holds", "fails": "fails", "equivalent": "equivalent", "undetermined": "inconclusive"}
+
+
+def verdict_class(verdict: str, claim: str) -> str:
+    """A primary row's colour class: "equivalent" is the claim holding only for an equivalence claim; for a
+    superiority claim it is a decided reading that does not support the claim (blue, as in the forest plot)."""
+    return "holds" if (verdict, claim) == ("equivalent", "equivalence") else VERDICT_CLASS.get(verdict, "")
 
 
 def _interval(result: Any) -> str:
@@ -218,7 +224,7 @@ def primary_blocks(report: Any) -> list[Block]:
                      _seeds_needed(r)])
         compact.append([name, s.paradigm, s.label or "-", s.a.title(), s.b.title(), claim, n,
                         _interval(r), fmt(r.p), r.verdict, _seeds_needed(r)])
-        classes.append(VERDICT_CLASS.get(r.verdict, ""))
+        classes.append(verdict_class(r.verdict, s.claim))
     blocks.append(Block("table", header=["insight", "paradigm", "claim", "arm A", "arm B", "claim, delta", "n A/B",
                                          "effect [CI at the verdict's level]", "p", "verdict (Holm)",
                                          "seeds/arm to decide"], rows=compact, row_classes=classes))
@@ -490,6 +496,7 @@ tr.diverged td, tr.fails td { background: #fde2e2; }
 tr.unfinished td { background: #fff4d6; }
 tr.noteq td { background: #ece4f7; }
 tr.holds td { background: #e3f6e3; }
+tr.equivalent td { background: #e4edf8; }
 code { background: #f4f4f4; padding: 1px 3px; overflow-wrap: anywhere; }
 details { margin: 0.3em 0 1.2em; } summary { cursor: pointer; color: #2a5a9a; }
 .figs { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 520px), 1fr)); gap: 1em 2em;

@@ -340,3 +340,12 @@ def test_disjoint_masks_are_their_own_cell_at_sparsity_one_minus_one_over_depth(
     disjoint = cells["tied+disjoint/unstructured@0.75"]
     assert (disjoint.mask_mode, disjoint.sparsity, len(disjoint.completed)) == ("disjoint", 0.75, 2)
     assert len(cells["tied"].completed) == 2
+
+
+def test_an_equivalent_reading_is_coloured_as_the_claim_holding_only_for_an_equivalence_claim():
+    from tiedlab.reports.render import verdict_class
+
+    assert verdict_class("equivalent", "equivalence") == "holds"
+    assert verdict_class("equivalent", "superiority") == "equivalent"  # decided, but not the claim: blue, not green
+    assert verdict_class("holds", "noninferiority") == "holds" and verdict_class("fails", "superiority") == "fails"
+    assert verdict_class("undetermined", "superiority") == "inconclusive"
