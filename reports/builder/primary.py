@@ -282,10 +282,18 @@ def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[Pr
             r.verdict, r.reason = "undetermined", getattr(t, "reason", "") or "no test"
         elif dec:
             r.verdict = "holds" if favours_a else "fails"
-            r.reason = f"Holm decided at alpha {level:.3g} ({m} comparisons): p={t.p:.3g}"
+            r.reason = f"Holm decided at alpha {level:.3g} ({m} comparisons): p={t.p:.3g}{_spread_ps(t)}"
         else:
-            r.verdict, r.reason = "undetermined", f"Holm undecided at alpha {level:.3g} ({m} comparisons): p={t.p:.3g}"
+            r.verdict, r.reason = "undetermined", (f"Holm undecided at alpha {level:.3g} ({m} comparisons): "
+                                                   f"p={t.p:.3g}{_spread_ps(t)}")
     return results
+
+
+def _spread_ps(test: Any) -> str:
+    """A spread test's two p values (the verdict reads the larger, when their directions agree)."""
+    if not hasattr(test, "p_robust"):
+        return ""
+    return f" (F test p={test.p_f:.3g}, Brown-Forsythe p={test.p_robust:.3g}: a verdict needs both)"
 
 
 def replicate_id(run: RunLike) -> Hashable:

@@ -459,17 +459,40 @@ def test_variance_f_test_matches_scipy_f():
     ss_b = sum(np.sum((np.array(g) - np.mean(g)) ** 2) for g in b_groups[:2])
     ratio = (ss_a / 4) / (ss_b / 5)
     assert (v.df_a, v.df_b) == (4, 5) and v.ratio == pytest.approx(ratio) and v.reason == ""
-    assert v.p == pytest.approx(2 * stats.f.sf(ratio, 4, 5))
+    assert v.p_f == pytest.approx(2 * stats.f.sf(ratio, 4, 5))
     assert (v.ci_low, v.ci_high) == pytest.approx((ratio / stats.f.ppf(0.975, 4, 5), ratio / stats.f.ppf(0.025, 4, 5)))
     single = S.variance_test([[1.0, 2.0, 4.0]], [[1.0, 1.5, 1.7, 2.0]])
     ratio = np.var([1.0, 2.0, 4.0], ddof=1) / np.var([1.0, 1.5, 1.7, 2.0], ddof=1)
-    assert single.p == pytest.approx(2 * min(stats.f.cdf(ratio, 2, 3), stats.f.sf(ratio, 2, 3)))
+    assert single.p_f == pytest.approx(2 * min(stats.f.cdf(ratio, 2, 3), stats.f.sf(ratio, 2, 3)))
+    # one cell per side: the robust p is scipy's Brown-Forsythe test, and the verdict reads the larger p
+    ref = stats.levene([1.0, 2.0, 4.0], [1.0, 1.5, 1.7, 2.0], center="median")
+    assert single.p_robust == pytest.approx(ref.pvalue) and single.p == max(single.p_f, single.p_robust)
+    # directions that disagree (F: A varies more; deviations from the median: A less) decide nothing
+    split = S.variance_test([[0.0] * 8 + [5.0]], [[-1.0] * 4 + [1.0] * 4 + [0.0]])
+    assert split.ratio > 1 and split.p == 1.0
     assert math.isnan(S.variance_test([[1.0]], [[1.0, 2.0]]).p)
     assert "side A" in S.variance_test([[1.0]], [[1.0, 2.0]]).reason
     assert "zero spread" in S.variance_test([[1.0, 1.0]], [[1.0, 2.0]]).reason
     bf = S.brown_forsythe([0.80, 0.86, 0.91, 0.77], [0.85, 0.86, 0.855, 0.87])
     ref = stats.levene([0.80, 0.86, 0.91, 0.77], [0.85, 0.86, 0.855, 0.87], center="median")
     assert (bf.statistic, bf.p) == pytest.approx((ref.statistic, ref.pvalue))
+
+
+@pytest.mark.parametrize("n", [4, 8, 12])
+def test_spread_verdicts_stay_calibrated_under_heavy_tails(n):
+    """Under the null (both arms from one distribution) the spread test's p falls within alpha at most about alpha
+    of the time, with normal seeds and with heavy-tailed ones (t(3); 10% of seeds at 5x the spread), where the F
+    test alone decides several times too often."""
+    rng = np.random.default_rng(1000 + n)
+    sims, alpha = 3000, 0.05
+    tails = {"normal": lambda: rng.standard_normal(n), "t3": lambda: rng.standard_t(3, n),
+             "contaminated": lambda: rng.standard_normal(n) * np.where(rng.random(n) < 0.1, 5.0, 1.0)}
+    for name, draw_one in tails.items():
+        tests = [S.variance_test([draw_one()], [draw_one()]) for _ in range(sims)]
+        rate = np.mean([t.p <= alpha for t in tests])
+        assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / sims), (name, rate)
+        if name != "normal" and n >= 8:  # the check can fail: the F test alone is far off
+            assert np.mean([t.p_f <= alpha for t in tests]) > 2.5 * alpha, name
 
 
 def test_rate_test_matches_fisher_exact():
