@@ -122,6 +122,8 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
     grids = [g["name"] for g in (spec or {}).get("grids") or []]
     primaries = (evaluate_primaries(specs, runs, looks=looks, grids=grids, seed_limits=limits,
                                     first_seed=int((plan or {}).get("first_seed", 0))) if spec else [])
+    if plan:
+        flag_departures_from_the_record(primaries, paths)
     return Report(title, runs, cells, evaluate(cells), guidelines(cells), inputs=[str(p) for p in paths],
                   primaries=primaries, study=spec, looks=looks, seed_limits=limits)
 
@@ -139,6 +141,27 @@ def _seed_limits(paths: list[str | Path], specs: list[Any], plan: dict[str, int]
         if (p / SEQUENTIAL_FILE).is_file():
             return seed_limits(specs, plan, read_sequential_state(p))
     return {}
+
+
+def flag_departures_from_the_record(primaries: list[Any], paths: list[str | Path]) -> None:
+    """Say so in a comparison's reason when its verdict here is not the one the sequential plan recorded
+    (``sequential.yaml``: decided at a look, or still undetermined): the runs it reads changed since that look
+    (a failed run retried, runs added by hand). The report's verdict stands as read; the record is what the plan
+    decided."""
+    from tiedlab.paradigms.study import SEQUENTIAL_FILE, read_sequential_state
+
+    state = next((read_sequential_state(Path(p)) for p in paths if (Path(p) / SEQUENTIAL_FILE).is_file()), None)
+    if state is None or state.get("look", -1) < 0:
+        return
+    decided = state.get("decided") or {}
+    for r in primaries:
+        key = r.spec.key
+        if key in decided and r.verdict == "undetermined":
+            r.reason += (f"; departs from the record: sequential.yaml has it decided at look {decided[key] + 1}, "
+                         "so the runs it reads changed since")
+        elif key not in decided and r.verdict != "undetermined":
+            r.reason += ("; departs from the record: no look of sequential.yaml decided it, so the runs it reads "
+                         "changed since")
 
 
 def run_commits(runs: Iterable[Run]) -> dict[str, int]:

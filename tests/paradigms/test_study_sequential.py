@@ -68,6 +68,13 @@ def test_until_decided_freezes_decided_comparisons_and_seeds_only_undetermined_a
     assert study_module.study(args) == 0
     assert "look 2/2: seeds" not in capsys.readouterr().out
     assert yaml.safe_load((runs / "sequential.yaml").read_text()) == state
+    assert not any("departs from the record" in r.reason for r in analyse([runs]).primaries)
+    # a record the runs no longer match (here: edited by hand) is said in the verdict's reason
+    (runs / "sequential.yaml").write_text(yaml.safe_dump({**state, "decided": {"4/toy": 1}}))
+    reasons = {r.spec.insight: r.reason for r in analyse([runs]).primaries}
+    assert "departs from the record: sequential.yaml has it decided at look 2" in reasons[4]
+    assert "departs from the record: no look of sequential.yaml decided it" in reasons[1]
+    (runs / "sequential.yaml").write_text(yaml.safe_dump(state))
     # the looks are fixed in advance, and so are the registered comparisons
     with pytest.raises(ValueError, match="sequential plan"):
         study_module.study(["toy", "--runs", str(runs), "--no-report", "--until-decided", "--max-seeds", "6"])
