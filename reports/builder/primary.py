@@ -4,7 +4,7 @@ A study file lists, per insight and paradigm, one primary comparison under ``pri
 the swept values its runs have, never a best-of pick on the metric under test), the metric and its direction,
 the kind of claim and the smallest effect of interest ``delta``. Everything else in a report is secondary and
 descriptive. The verdicts come from ``reports.stats`` (paired or Welch t intervals, Fisher's exact test, the F
-test) with Holm's correction across the report's primary comparisons, family by family. A ``family`` is a set of
+and Brown-Forsythe tests) with Holm's correction across the report's primary comparisons, family by family. A ``family`` is a set of
 comparisons whose error rate is controlled together: a study may name them in its first registration (the quick
 study: one family per paradigm, since "does insight N transfer to paradigm X" is asked per paradigm); comparisons
 added after a study's first runs must carry a ``family`` of their own and arms on grids of their own
@@ -20,6 +20,7 @@ added after a study's first runs must carry a ``family`` of their own and arms o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -271,6 +272,7 @@ def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[Pr
             continue
         t = r.test
         if r.spec.kind == "divergence":
+            t = r.test = dataclasses.replace(t, alpha=float(level))  # the level it is read at (it has no interval)
             r.effect, r.n_a, r.n_b = t.difference, t.n_b, t.n_a  # the test was called with (b, a)
         else:  # the ratio's interval at the level the verdict is read at, like a mean comparison's
             t = r.test = stats.variance_test(*r.groups, alpha=float(level))
@@ -448,6 +450,8 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
                 notes.append(f"paired on the {len(common)} seeds both arms have; "
                              f"{len(set(va) ^ set(vb))} unpaired replicate(s) left out")
                 va, vb = {k: va[k] for k in common}, {k: vb[k] for k in common}
+            elif set(va) != set(vb) and len(va) >= 2 and len(vb) >= 2:
+                notes.append(f"not paired: the arms share {len(common)} seed(s); Welch's t with Hsu's df")
             test = stats.compare(va, vb, claim=spec.claim, delta=spec.delta, alpha=alpha)
         elif spec.kind == "divergence":  # a positive effect favours a: fewer of its runs diverged
             ended_a = [r for r in a if r.status in ("completed", "diverged")]

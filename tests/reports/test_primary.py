@@ -197,6 +197,11 @@ def test_pairs_on_the_seeds_both_arms_have():
     runs = _runs([0.90, 0.91, 0.92, 0.93], [0.80, 0.81, 0.82])  # seed 3 of arm b is missing (failed, say)
     (r,) = evaluate_primaries([s], runs)
     assert r.paired and (r.n_a, r.n_b) == (3, 3) and any("paired on the 3 seeds" in n for n in r.notes)
+    # arms on disjoint seeds: unpaired, and said
+    disjoint = ([FakeRun(f"g/block=tied,seed={i}", metrics={"val/acc": v}) for i, v in enumerate([0.9, 0.91, 0.92])]
+                + [FakeRun(f"g/block=deq,seed={i + 10}", metrics={"val/acc": v}) for i, v in enumerate([0.8, 0.82])])
+    (u,) = evaluate_primaries([s], disjoint)
+    assert not u.paired and any("not paired: the arms share 0 seed(s)" in n for n in u.notes)
 
 
 def test_report_reads_the_study_file_beside_the_runs_and_leads_with_the_primaries(tmp_path):
