@@ -333,10 +333,12 @@ def late_change(run: Any, key: str) -> float | None:
 
 def convergence_note(spec: PrimarySpec, a: list[Any], b: list[Any]) -> str | None:
     """Whether the arms were read near convergence: the median move of the metric over the last 20% of steps in
-    each arm against the comparison's delta (None when the history does not hold the metric)."""
+    each arm's completed runs (a diverged run has no convergence to read) against the comparison's delta (None when
+    the history does not hold the metric)."""
     import statistics
 
-    moves = {side: [m for m in (late_change(r, spec.metric) for r in runs) if m is not None]
+    moves = {side: [m for m in (late_change(r, spec.metric) for r in runs
+                                if getattr(r, "status", "completed") == "completed") if m is not None]
              for side, runs in (("A", a), ("B", b))}
     if not all(moves.values()):
         return None
