@@ -216,6 +216,8 @@ def study(argv: list[str] | None = None) -> int:
         return submit_study(spec, runs, args)
     execute = (lambda grids: run_grids_with_ray(spec.get("name", "study"), grids, runs, args)) \
         if launcher == "ray" else (lambda grids: run_grids(spec.get("name", "study"), grids, runs, args))
+    if plan is not None and not args.dry_run:
+        migrate_sequential_state(full, runs, plan)  # before this command trains anything
     started = time.time()
     failures = execute(spec["grids"])
     if args.dry_run:
@@ -531,13 +533,39 @@ def read_sequential_state(runs: Path) -> dict[str, Any]:
 
 def looks_read(specs: list[Any], state: dict[str, Any]) -> dict[str, int]:
     """The last look each comparison was read at (-1: none). A ``sequential.yaml`` written before comparisons
-    kept their own record gives the last look reached that did not skip it for the budget."""
+    kept their own record gives the last look reached that did not skip it for the budget (the runner then goes
+    back to the last of those looks whose seeds its arms have: ``migrate_sequential_state``)."""
     if "read" in state:
         return {s.key: int((state.get("read") or {}).get(s.key, -1)) for s in specs}
     skipped = state.get("budget_skipped") or {}
     last = int(state.get("look", -1))
     return {s.key: max([k for k in range(last + 1) if s.key not in (skipped.get(k) or [])], default=-1)
             for s in specs}
+
+
+def migrate_sequential_state(spec: dict[str, Any], runs: Path, plan: dict[str, int]) -> None:
+    """Give a ``sequential.yaml`` written before comparisons kept their own looks its ``read`` record: the last
+    look reached that did not skip the comparison for the budget (``looks_read``), taken back to the last of those
+    whose seeds both its arms have (a comparison outside an earlier ``--grids`` pass has none). Run before the
+    command trains anything, so that only runs the record's looks could have read count."""
+    from tiedlab.reports import stats
+    from tiedlab.reports.load import load_runs
+    from tiedlab.reports.primary import load_primaries
+
+    state = read_sequential_state(runs)
+    if state.get("look", -1) < 0 or "read" in state:
+        return
+    specs = load_primaries(spec)
+    grids = {g["name"]: g for g in spec["grids"]}
+    counts = stats.plan_looks(plan["start"], plan["max_seeds"], plan["step"])
+    first = plan.get("first_seed", 0)
+    found = load_runs([runs])
+    read = looks_read(specs, state)
+    for s in specs:
+        while read[s.key] >= 0 and not has_look_seeds(s, found, grids, first, counts[read[s.key]]):
+            read[s.key] -= 1
+    state["read"] = read
+    rundir.atomic_write_bytes(runs / SEQUENTIAL_FILE, yaml.safe_dump(state, sort_keys=True).encode())
 
 
 def seed_limits(specs: list[Any], plan: dict[str, int], state: dict[str, Any]) -> dict[str, int]:
@@ -580,6 +608,7 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
     state["decided"] = dict(state.get("decided") or {})
     read_before = looks_read(specs, state)
     state["read"] = dict(read_before)
+    by_key = {s.key: s for s in specs}
     failures = 0
     outside = [s.key for s in specs if selected is not None and not {s.a.grid, s.b.grid} <= selected]
     if outside:
@@ -598,18 +627,6 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
                 print(f"[tiedlab] look {look + 1}/{len(counts)}: {', '.join(skipped)} not advanced: their runs do not "
                       f"fit the {max(deadline - time.time(), 0) / 60:.0f} min left of --budget-min", flush=True)
             wanted = {k: v for k, v in wanted.items() if k in advanced}
-        # the record says which comparisons a look skipped: a rerun that advances one of them clears its entry;
-        # the entries of comparisons this pass does not advance (outside --grids, decided since) stay
-        record = state.get("budget_skipped") or {}
-        entry = (set(record.get(look) or []) - set(wanted)) | set(skipped)
-        if entry:
-            record[look] = sorted(entry)
-        else:
-            record.pop(look, None)
-        if record:
-            state["budget_skipped"] = record
-        else:
-            state.pop("budget_skipped", None)
         todo = merge_cells(wanted.values())
         look_grids = []
         for grid in cell_grids(todo, grids):
@@ -627,17 +644,30 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
         if look_grids:
             failures += execute(look_grids)
         found = load_runs([runs]) if runs.exists() else []
-        # the comparisons this look read on its seeds; a look a comparison was read at before is a replay and
-        # decides nothing new (its verdict there is on record), nor does a look it took no seeds in
-        for key in wanted:
+        # the comparisons this look read: advanced, with runs for all its seeds on both arms. Only a look a
+        # comparison had not been read at can decide it: a replay decides nothing new (its reading there is on
+        # record), nor does a look it took no seeds in (outside --grids, skipped for the budget, arms without runs)
+        read_now = {key for key in wanted if has_look_seeds(by_key[key], found, grids, first, n)}
+        newly = {key for key in read_now if look > read_before[key]}
+        for key in read_now:
             state["read"][key] = max(state["read"][key], look)
+        # the record of the comparisons a look skipped: one read at that look since leaves it; the others stay
+        record = state.get("budget_skipped") or {}
+        entry = (set(record.get(look) or []) - newly) | set(skipped)
+        if entry:
+            record[look] = sorted(entry)
+        else:
+            record.pop(look, None)
+        if record:
+            state["budget_skipped"] = record
+        else:
+            state.pop("budget_skipped", None)
         state["look"] = max(int(state.get("look", -1)), look)
         limits = seed_limits(specs, plan, state)
         for r in evaluate_primaries(specs, found, looks=plan["looks"], grids=grids, seed_limits=limits,
                                     first_seed=first):
             key = r.spec.key
-            if (key not in state["decided"] and r.verdict != "undetermined" and key in wanted
-                    and look > read_before[key]):
+            if key not in state["decided"] and r.verdict != "undetermined" and key in newly:
                 state["decided"][key] = look
         rundir.atomic_write_bytes(runs / SEQUENTIAL_FILE, yaml.safe_dump(state, sort_keys=True).encode())
         print(f"[tiedlab] look {look + 1}/{len(counts)} ({n} seeds): {len(state['decided'])} of {len(specs)} "
@@ -646,6 +676,18 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
 
 
 Cells = dict  # {(grid name, ((key, value), ...) less the replicate keys): (seeds, data folds)}
+
+
+def has_look_seeds(comparison: Any, found: list[Any], grids: dict[str, Any], first: int, n: int) -> bool:
+    """Whether both arms of a comparison have a run for every seed of a look of ``n`` seeds from ``first``."""
+    from tiedlab.reports.primary import arm_runs, run_values
+
+    want = set(range(first, first + n))
+    for arm in (comparison.a, comparison.b):
+        seeds = {run_values(r.name).get("seed") for r in arm_runs(arm, found, grids)}
+        if not want <= {int(x) for x in seeds if x is not None}:
+            return False
+    return True
 
 
 def look_cells(comparison: Any, found: list[Any], grids: dict[str, Any], seeds: range) -> Cells:

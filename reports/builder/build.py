@@ -146,8 +146,8 @@ def _seed_limits(paths: list[str | Path], specs: list[Any], plan: dict[str, int]
 def flag_departures_from_the_record(primaries: list[Any], paths: list[str | Path]) -> None:
     """Say so in a comparison's reason when its verdict here is not the one the sequential plan recorded
     (``sequential.yaml``: decided at a look, or still undetermined): the runs it reads changed since that look
-    (a failed run retried, runs added by hand). The report's verdict stands as read; the record is what the plan
-    decided."""
+    (a failed run retried, runs added by hand), or its family's Holm levels did (a comparison decided at a later
+    look released its share). The report's verdict stands as read; the record is what the plan decided."""
     from tiedlab.paradigms.study import SEQUENTIAL_FILE, read_sequential_state
 
     state = next((read_sequential_state(Path(p)) for p in paths if (Path(p) / SEQUENTIAL_FILE).is_file()), None)
@@ -157,11 +157,11 @@ def flag_departures_from_the_record(primaries: list[Any], paths: list[str | Path
     for r in primaries:
         key = r.spec.key
         if key in decided and r.verdict == "undetermined":
-            r.reason += (f"; departs from the record: sequential.yaml has it decided at look {decided[key] + 1}, "
-                         "so the runs it reads changed since")
+            r.reason += (f"; departs from the record: sequential.yaml has it decided at look {decided[key] + 1} "
+                         "(since then the runs it reads, or its family's Holm levels, changed)")
         elif key not in decided and r.verdict != "undetermined":
-            r.reason += ("; departs from the record: no look of sequential.yaml decided it, so the runs it reads "
-                         "changed since")
+            r.reason += ("; departs from the record: no look of sequential.yaml decided it (it is read here on "
+                         "runs, or at a Holm level, that no look read it on)")
 
 
 def run_commits(runs: Iterable[Run]) -> dict[str, int]:

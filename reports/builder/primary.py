@@ -427,7 +427,7 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
                             in (("a", spec.a, a), ("b", spec.b, b)) if not members]
         if limit is not None:
             seeds = f"seeds < {limit}" if first_seed == 0 else f"seeds {first_seed}-{first_seed + limit - 1}"
-            notes.append(f"read on {seeds} (the look it was decided at, or the last look reached)")
+            notes.append(f"read on {seeds} (the look it was decided at, or the last look it was read at)")
         names = ([r.name for r in a], [r.name for r in b])
         (a, out_a), (b, out_b) = (leave_out_not_at_equilibrium(members, notes, side)
                                   for side, members in (("a", a), ("b", b)))

@@ -378,8 +378,8 @@ def holm_levels(p, release, alpha: float = ALPHA):
     ``p``: (m,) or (N, m) claim p values; nan marks a comparison that cannot be read (no runs, n<2, its baseline
     set apart): it is never decided and still counts in m, so that which comparisons could be read (which can depend
     on the outcome) never raises the others' levels.
-    ``release``: (m,) booleans, whether a decided comparison hands its share on. With m readable comparisons of
-    which r decided ones have released their share, the smallest remaining p is decided if p <= alpha/(m - r), at
+    ``release``: (m,) booleans, whether a decided comparison hands its share on. With m comparisons (readable or
+    not) of which r decided ones have released their share, the smallest remaining p is decided if p <= alpha/(m - r), at
     that level; the first that is not stops the procedure and every undecided comparison gets the level
     alpha/(m - r) reached there. With every flag True this is Holm's procedure; with every flag False, Bonferroni.
     """
@@ -600,19 +600,14 @@ def _pooled(groups: Sequence[Sequence[float]], name: str) -> tuple[float, int]:
     return (ss / df if df else math.nan), df
 
 
-def _deviations(groups: Sequence[Sequence[float]]) -> np.ndarray:
-    """Absolute deviations from each cell's median, over the cells with >= 2 values (Brown-Forsythe's z)."""
-    parts = [np.abs(x - np.median(x)) for x in (np.asarray(g, dtype=float) for g in groups) if len(x) >= 2]
-    return np.concatenate(parts) if parts else np.zeros(0)
+def robust_spread_p(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Brown-Forsythe's test of equal spread: (two-sided p, mean |x - median| of A minus that of B).
 
-
-def robust_spread_p(a_groups: Sequence[Sequence[float]], b_groups: Sequence[Sequence[float]]) -> tuple[float, float]:
-    """Brown-Forsythe's test of equal spread with cells: (two-sided p, mean deviation A - mean deviation B).
-
-    Each value's absolute deviation from its cell's median, pooled per side; the two-sample t test with pooled
-    variance on those (for one cell per side, exactly ``scipy.stats.levene(a, b, center='median')``: its F is this
-    t squared). nan p when the deviations have no spread at all."""
-    za, zb = _deviations(a_groups), _deviations(b_groups)
+    The two-sample t test with pooled variance on each value's absolute deviation from its side's median: exactly
+    ``scipy.stats.levene(a, b, center='median')`` (its F is this t squared), with the direction kept. One cell per
+    side: pooling deviations over several cells is not calibrated (cells of 2 repeat one deviation twice). nan p
+    with fewer than 2 values on a side or no spread at all in the deviations."""
+    za, zb = (np.abs(x - np.median(x)) for x in (np.asarray(a, dtype=float), np.asarray(b, dtype=float)))
     if len(za) < 2 or len(zb) < 2:
         return math.nan, math.nan
     diff = float(za.mean() - zb.mean())
@@ -637,7 +632,8 @@ def variance_test(a_groups: Sequence[Sequence[float]], b_groups: Sequence[Sequen
     occasional bad seed: at 12 seeds and alpha 0.0024 it decides 28x too often under t(3) tails, 60x with 10% of
     seeds at 5x the spread), so the verdict reads p = max(p_f, p_robust) (``robust_spread_p``) when both tests'
     directions agree and p = 1 when they do not: a decision needs both, which keeps the chance of a false one
-    within alpha whichever of the two is calibrated (tests/reports/test_stats.py simulates both tails).
+    within alpha whichever of the two is calibrated (tests/reports/test_stats.py simulates both tails). The robust
+    test takes one cell per side; with several, p is nan (no verdict) and p_f and the interval are still given.
     """
     alpha = _check_alpha(alpha)
     (va, dfa), (vb, dfb) = _pooled(a_groups, "A"), _pooled(b_groups, "B")
@@ -655,7 +651,11 @@ def variance_test(a_groups: Sequence[Sequence[float]], b_groups: Sequence[Sequen
     p_f = min(1.0, 2 * min(float(stats.f.cdf(ratio, dfa, dfb)), float(stats.f.sf(ratio, dfa, dfb))))
     lo = ratio / float(stats.f.ppf(1 - alpha / 2, dfa, dfb))
     hi = ratio / float(stats.f.ppf(alpha / 2, dfa, dfb))
-    p_robust, diff = robust_spread_p(a_groups, b_groups)
+    cells = [[g for g in side if len(g) >= 2] for side in (a_groups, b_groups)]
+    if any(len(c) != 1 for c in cells):
+        return VarianceTest(**base, ratio=ratio, ci_low=lo, ci_high=hi, p=nan, p_f=p_f,
+                            reason="the robust test takes one cell of >= 2 values per side: no verdict")
+    p_robust, diff = robust_spread_p(cells[0][0], cells[1][0])
     if not math.isfinite(p_robust):
         return VarianceTest(**base, ratio=ratio, ci_low=lo, ci_high=hi, p=nan, p_f=p_f, p_robust=p_robust,
                             reason="no spread in the deviations from the cell medians: no Brown-Forsythe test")

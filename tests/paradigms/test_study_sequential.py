@@ -72,8 +72,8 @@ def test_until_decided_freezes_decided_comparisons_and_seeds_only_undetermined_a
     # a record the runs no longer match (here: edited by hand) is said in the verdict's reason
     (runs / "sequential.yaml").write_text(yaml.safe_dump({**state, "decided": {"4/toy": 1}}))
     reasons = {r.spec.insight: r.reason for r in analyse([runs]).primaries}
-    assert "departs from the record: sequential.yaml has it decided at look 2" in reasons[4]
-    assert "departs from the record: no look of sequential.yaml decided it" in reasons[1]
+    assert "departs from the record: sequential.yaml has it decided at look 2 (since then" in reasons[4]
+    assert "departs from the record: no look of sequential.yaml decided it (it is read here" in reasons[1]
     (runs / "sequential.yaml").write_text(yaml.safe_dump(state))
     # the looks are fixed in advance, and so are the registered comparisons
     with pytest.raises(ValueError, match="sequential plan"):
@@ -190,6 +190,17 @@ def test_a_grids_pass_keeps_the_seeds_and_looks_of_the_comparisons_outside_it(tm
     assert study_module.study(args + ["--grids", "h"]) == 0
     assert yaml.safe_load((runs / "sequential.yaml").read_text()) == {"look": 1, "decided": {},
                                                                       "read": {"1/toy": -1, "4/toy": 1}}
+    # the same folder with a record written before comparisons kept their own looks: the one without runs was
+    # never read, and the pass below still decides it at its first look
+    import shutil
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(runs, legacy)
+    (legacy / "sequential.yaml").write_text(yaml.safe_dump({"look": 1, "decided": {}}))
+    assert study_module.study(["toy", "--runs", str(legacy), "--no-report", "--until-decided", "--max-seeds", "4",
+                               "--grids", "g"]) == 0
+    assert yaml.safe_load((legacy / "sequential.yaml").read_text()) == {"look": 1, "decided": {"1/toy": 0},
+                                                                        "read": {"1/toy": 0, "4/toy": 1}}
     assert study_module.study(args + ["--grids", "g"]) == 0
     assert yaml.safe_load((runs / "sequential.yaml").read_text()) == {"look": 1, "decided": {"1/toy": 0},
                                                                       "read": {"1/toy": 0, "4/toy": 1}}

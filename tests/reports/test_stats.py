@@ -458,7 +458,7 @@ def test_variance_f_test_matches_scipy_f():
     ss_a = sum(np.sum((np.array(g) - np.mean(g)) ** 2) for g in a_groups)
     ss_b = sum(np.sum((np.array(g) - np.mean(g)) ** 2) for g in b_groups[:2])
     ratio = (ss_a / 4) / (ss_b / 5)
-    assert (v.df_a, v.df_b) == (4, 5) and v.ratio == pytest.approx(ratio) and v.reason == ""
+    assert (v.df_a, v.df_b) == (4, 5) and v.ratio == pytest.approx(ratio) and "one cell" in v.reason
     assert v.p_f == pytest.approx(2 * stats.f.sf(ratio, 4, 5))
     assert (v.ci_low, v.ci_high) == pytest.approx((ratio / stats.f.ppf(0.975, 4, 5), ratio / stats.f.ppf(0.025, 4, 5)))
     single = S.variance_test([[1.0, 2.0, 4.0]], [[1.0, 1.5, 1.7, 2.0]])
@@ -493,6 +493,24 @@ def test_spread_verdicts_stay_calibrated_under_heavy_tails(n):
         assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / sims), (name, rate)
         if name != "normal" and n >= 8:  # the check can fail: the F test alone is far off
             assert np.mean([t.p_f <= alpha for t in tests]) > 2.5 * alpha, name
+
+
+def test_spread_verdicts_stay_calibrated_at_the_studies_alpha():
+    """The same at the level a study reads insight 3 at (0.05 / 3 looks / 7 comparisons), 12 seeds per arm."""
+    rng = np.random.default_rng(7)
+    sims, alpha = 12000, 0.05 / 3 / 7
+    for name, draw_one in {"t3": lambda: rng.standard_t(3, 12),
+                           "contaminated": lambda: rng.standard_normal(12) * np.where(rng.random(12) < 0.1, 5.0, 1.0)
+                           }.items():
+        tests = [S.variance_test([draw_one()], [draw_one()]) for _ in range(sims)]
+        rate = np.mean([t.p <= alpha for t in tests])
+        assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / sims), (name, rate)
+        assert np.mean([t.p_f <= alpha for t in tests]) > 10 * alpha, name  # the F test alone: far off
+
+
+def test_the_robust_spread_test_takes_one_cell_per_side():
+    several = S.variance_test([[0.80, 0.86, 0.91, 0.77], [0.70, 0.74]], [[0.85, 0.86, 0.855, 0.9]])
+    assert math.isnan(several.p) and math.isfinite(several.p_f) and "one cell" in several.reason
 
 
 def test_rate_test_matches_fisher_exact():
