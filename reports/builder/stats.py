@@ -62,8 +62,9 @@ RULE = (
     "with no spread at all. A verdict can be false only when its interval misses the true effect. The report's "
     "primary comparisons are corrected together so that the chance of any false verdict among them is at most "
     "alpha, by Holm's step-down on each comparison's p (the smallest alpha at which its interval reaches the "
-    "claim's decision): with m registered comparisons (those that cannot be read count too) of which r have released their share, the next smallest p is decided "
-    "if p <= alpha/(m - r) and read from its interval at level 1 - alpha/(m - r); the others are read at the level "
+    "claim's decision): with m registered comparisons (those that cannot be read count too) of which r have "
+    "released their share, the next smallest p is decided if p <= alpha/(m - r) and read from its interval at "
+    "level 1 - alpha/(m - r); the others are read at the level "
     "where this stops. A decided noninferiority comparison releases its share; a superiority or equivalence "
     "comparison never does, because its secondary reading (equivalent, resp. fails) could still be false, so a "
     "family of those is read as by Bonferroni, each at level 1 - alpha/m. A sequential plan looks after 2, 4, ... "
@@ -379,9 +380,10 @@ def holm_levels(p, release, alpha: float = ALPHA):
     set apart): it is never decided and still counts in m, so that which comparisons could be read (which can depend
     on the outcome) never raises the others' levels.
     ``release``: (m,) booleans, whether a decided comparison hands its share on. With m comparisons (readable or
-    not) of which r decided ones have released their share, the smallest remaining p is decided if p <= alpha/(m - r), at
-    that level; the first that is not stops the procedure and every undecided comparison gets the level
-    alpha/(m - r) reached there. With every flag True this is Holm's procedure; with every flag False, Bonferroni.
+    not) of which r decided ones have released their share, the smallest remaining p is decided if
+    p <= alpha/(m - r), at that level; the first that is not stops the procedure and every undecided comparison
+    gets the level alpha/(m - r) reached there. With every flag True this is Holm's procedure; with every flag
+    False, Bonferroni.
     """
     alpha = _check_alpha(alpha)
     p = np.asarray(p, dtype=float)
