@@ -7,8 +7,9 @@ descriptive. The verdicts come from ``reports.stats`` (paired or Welch t interva
 and Brown-Forsythe tests) with Holm's correction across the report's primary comparisons, family by family. A
 ``family`` is a set of comparisons whose error rate is controlled together: a study may name them in its first
 registration (the quick study: one family per paradigm, since "does insight N transfer to paradigm X" is asked per
-paradigm); comparisons added after a study's first runs must carry a ``family`` of their own and arms on grids of their own
-(``tiedlab-study`` refuses any other change to a registration), and are corrected apart, as a study apart would be.
+paradigm); comparisons added after a study's first runs must carry a ``family`` of their own and arms on grids of
+their own (``tiedlab-study`` refuses any other change to a registration), and are corrected apart, as a study apart
+would be.
 
     primary:
       defaults: {delta: {acc: 0.005, knn_acc: 0.005, loss: 0.02}}
