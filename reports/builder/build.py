@@ -131,16 +131,24 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
 def _seed_limits(paths: list[str | Path], specs: list[Any], plan: dict[str, int]) -> dict[str, int]:
     """The seeds each comparison of a sequential study is read on: from the runs folder's sequential.yaml, or
     the seed limits a rebuilt summary.json carried."""
-    from tiedlab.paradigms.study import SEQUENTIAL_FILE, read_sequential_state, seed_limits
+    from tiedlab.paradigms.study import seed_limits
 
     for p in paths:
         p = Path(p)
         if p.is_file() and p.suffix == ".json":
             rows = json.loads(p.read_text()).get("seed_limits") or []
             return {str(r.get("id") or f"{r['insight']}/{r['paradigm']}"): int(r["seeds"]) for r in rows}
-        if (p / SEQUENTIAL_FILE).is_file():
-            return seed_limits(specs, plan, read_sequential_state(p))
+        state = _recorded_state(p)
+        if state is not None:
+            return seed_limits(specs, plan, state)
     return {}
+
+
+def _recorded_state(path: str | Path) -> dict[str, Any] | None:
+    """The sequential plan's record (``sequential.yaml``) in a runs folder, or None without one."""
+    from tiedlab.paradigms.study import SEQUENTIAL_FILE, read_sequential_state
+
+    return read_sequential_state(Path(path)) if (Path(path) / SEQUENTIAL_FILE).is_file() else None
 
 
 def flag_departures_from_the_record(primaries: list[Any], paths: list[str | Path]) -> None:
@@ -148,9 +156,7 @@ def flag_departures_from_the_record(primaries: list[Any], paths: list[str | Path
     (``sequential.yaml``: decided at a look, or still undetermined): the runs it reads changed since that look
     (a failed run retried, runs added by hand), or its family's Holm levels did (a comparison decided at a later
     look released its share). The report's verdict stands as read; the record is what the plan decided."""
-    from tiedlab.paradigms.study import SEQUENTIAL_FILE, read_sequential_state
-
-    state = next((read_sequential_state(Path(p)) for p in paths if (Path(p) / SEQUENTIAL_FILE).is_file()), None)
+    state = next((s for s in map(_recorded_state, paths) if s is not None), None)
     if state is None or state.get("look", -1) < 0:
         return
     decided = state.get("decided") or {}
