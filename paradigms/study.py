@@ -525,7 +525,9 @@ SEQUENTIAL_FILE = "sequential.yaml"  # in a study's runs folder: the look reache
 
 def read_sequential_state(runs: Path) -> dict[str, Any]:
     """{"look": index of the last look analysed (-1: none), "decided": {comparison key: the look it was decided at},
-    "read": {comparison key: the last look whose seeds it was read on}, "budget_skipped": {look: [keys]}}."""
+    "verdicts": {comparison key: the verdict it was decided with}, "read": {comparison key: the last look whose seeds
+    it was read on}, "budget_skipped": {look: [keys]}} ("verdicts" is absent from records written before it was
+    kept)."""
     path = Path(runs) / SEQUENTIAL_FILE
     state = yaml.safe_load(path.read_text()) if path.exists() else None
     return state if isinstance(state, dict) else {"look": -1, "decided": {}}
@@ -606,6 +608,7 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
     first = plan.get("first_seed", 0)
     state = read_sequential_state(runs)
     state["decided"] = dict(state.get("decided") or {})
+    verdicts = dict(state.get("verdicts") or {})
     read_before = looks_read(specs, state)
     state["read"] = dict(read_before)
     by_key = {s.key: s for s in specs}
@@ -669,6 +672,9 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
             key = r.spec.key
             if key not in state["decided"] and r.verdict != "undetermined" and key in newly:
                 state["decided"][key] = look
+                verdicts[key] = r.verdict
+        if verdicts:
+            state["verdicts"] = verdicts
         rundir.atomic_write_bytes(runs / SEQUENTIAL_FILE, yaml.safe_dump(state, sort_keys=True).encode())
         print(f"[tiedlab] look {look + 1}/{len(counts)} ({n} seeds): {len(state['decided'])} of {len(specs)} "
               "primary comparisons decided", flush=True)

@@ -54,7 +54,8 @@ def test_until_decided_freezes_decided_comparisons_and_seeds_only_undetermined_a
     assert yaml.safe_load((runs / "study.yaml").read_text())["sequential"] == {"start": 2, "step": 2,
                                                                               "max_seeds": 4, "looks": 2}
     state = yaml.safe_load((runs / "sequential.yaml").read_text())
-    assert state == {"look": 1, "decided": {"1/toy": 0}, "read": {"1/toy": 0, "4/toy": 1}}
+    assert state == {"look": 1, "decided": {"1/toy": 0}, "verdicts": {"1/toy": "holds"},
+                     "read": {"1/toy": 0, "4/toy": 1}}
     seeds = lambda block: sorted(int(p.name.split("seed=")[1]) for p in (runs / "g").glob(f"block={block},seed=*"))
     assert seeds("explicit") == [0, 1]  # decided at look 1: its arm gets no more seeds
     assert seeds("tied") == seeds("deq") == [0, 1, 2, 3]  # the undetermined comparison's arms
@@ -74,6 +75,13 @@ def test_until_decided_freezes_decided_comparisons_and_seeds_only_undetermined_a
     reasons = {r.spec.insight: r.reason for r in analyse([runs]).primaries}
     assert "departs from the record: sequential.yaml has it decided at look 2 (since then" in reasons[4]
     assert "departs from the record: no look of sequential.yaml decided it (it is read here" in reasons[1]
+    # a decided verdict that flipped since its look (holds -> fails, say) is said too
+    (runs / "sequential.yaml").write_text(yaml.safe_dump({**state, "verdicts": {"1/toy": "fails"}}))
+    reasons = {r.spec.insight: r.reason for r in analyse([runs]).primaries}
+    assert "departs from the record: sequential.yaml has it decided 'fails' at look 1 (since then" in reasons[1]
+    # a record written before verdicts were kept says nothing about them
+    (runs / "sequential.yaml").write_text(yaml.safe_dump({k: v for k, v in state.items() if k != "verdicts"}))
+    assert not any("departs from the record" in r.reason for r in analyse([runs]).primaries)
     (runs / "sequential.yaml").write_text(yaml.safe_dump(state))
     # the looks are fixed in advance, and so are the registered comparisons
     with pytest.raises(ValueError, match="sequential plan"):
@@ -200,9 +208,11 @@ def test_a_grids_pass_keeps_the_seeds_and_looks_of_the_comparisons_outside_it(tm
     assert study_module.study(["toy", "--runs", str(legacy), "--no-report", "--until-decided", "--max-seeds", "4",
                                "--grids", "g"]) == 0
     assert yaml.safe_load((legacy / "sequential.yaml").read_text()) == {"look": 1, "decided": {"1/toy": 0},
+                                                                        "verdicts": {"1/toy": "holds"},
                                                                         "read": {"1/toy": 0, "4/toy": 1}}
     assert study_module.study(args + ["--grids", "g"]) == 0
     assert yaml.safe_load((runs / "sequential.yaml").read_text()) == {"look": 1, "decided": {"1/toy": 0},
+                                                                      "verdicts": {"1/toy": "holds"},
                                                                       "read": {"1/toy": 0, "4/toy": 1}}
     by_insight = {r.spec.insight: r for r in analyse([runs]).primaries}
     assert by_insight[1].verdict == "holds" and by_insight[1].n_a == 2
