@@ -10,9 +10,9 @@ from .aggregate import Cell, best, groups
 
 BUDGETS: tuple[tuple[str, str], ...] = (("params/unique", "unique params"), ("params/nonzero", "nonzero params"),
                                         ("time/train_s", "training s"))
-RULE = ("For each budget (the smallest, median and largest value seen over completed runs, for unique (stored) "
-        "parameters, nonzero parameters (kept by the masks, summed over layers: the FLOPs' proxy) and training "
-        "seconds), the cell with the best mean val primary metric among cells whose mean cost is "
+RULE = ("For each budget (the smallest, median and largest cell mean over the cells' completed runs, for unique "
+        "(stored) parameters, nonzero parameters (kept by the masks, summed over layers: the FLOPs' proxy) and "
+        "training seconds), the cell with the best mean val primary metric among cells whose mean cost is "
         "within the budget (preferring cells with >= 2 seeds).")
 
 
@@ -38,7 +38,9 @@ def guidelines(cells: list[Cell]) -> list[dict[str, Any]]:
         scored = [c for c in group if c.scores()]
         picks = []
         for key, name in BUDGETS:
-            values = [r.metrics.get(key, math.nan) for c in scored for r in c.completed]
+            # budgets are cell means, as the costs they are compared with (a single run's cost, say the fastest
+            # run's seconds, can lie below every cell's mean and then picks nothing)
+            values = [c.stat(key).mean for c in scored]
             for budget_name, budget in _budgets([v for v in values if math.isfinite(v)]):
                 cell = pick(scored, key, budget)
                 if cell is None:

@@ -35,8 +35,11 @@ WIDTH_KEYS = ("width", "hidden", "d_model", "hidden_channels", "channels")
 # read the same keys from run names (``primary.REPLICATE_KEYS`` is this tuple).
 REPLICATE_KEYS = ("seed", "data.fold")
 # Config keys that never distinguish one cell from another: the replicate keys, the mask seed (null: the run's
-# seed) and the run-directory bookkeeping keys (devices, logging, resume; their one list is in rundir).
-NOT_GROUPED = (*REPLICATE_KEYS, "mask.seed", *rundir.NOT_FINGERPRINTED)
+# seed), the memory layout of convolutions (``train.channels_last``: the same losses within float tolerance, like
+# the thread count; runs written before the option existed lack the key, and must still share a cell with runs
+# that set it to its default) and the run-directory bookkeeping keys (devices, logging, resume; their one list is
+# in rundir).
+NOT_GROUPED = (*REPLICATE_KEYS, "mask.seed", "train.channels_last", *rundir.NOT_FINGERPRINTED)
 # metrics.json's "equilibrium" object (DEQ runs only): its keys, and the measured values in the order reports show
 # them (``tiedlab.core.equilibrium.METRIC_KEYS``; a run may measure others, shown after these).
 EQUILIBRIUM_KEYS = ("at_equilibrium", "flags", "measured", "thresholds")

@@ -343,7 +343,7 @@ def _gap_lines(ax: Any, gaps: dict[tuple[Any, ...], list[tuple[float, float, flo
 def plot_mask_gap(cells: list[Cell], path: Path, title: str, colors: dict[str, str] | None = None) -> bool:
     """Distinct minus shared masks against mask density (log2 axis), one line per depth (and width, kind), with
     95% Welch intervals: the paper's claim that distinct masks raise capacity as density falls and depth grows."""
-    gaps = {k: v for k, v in mask_gaps(cells).items() if len(v) >= 2}
+    gaps = mask_gaps(cells)  # a depth with one density is a point with its interval
     if not gaps:
         return False
     styler = Styler(colors if colors is not None else variant_colors(cells))
@@ -360,8 +360,7 @@ def plot_fit_gap(cells: list[Cell], path: Path, title: str, colors: dict[str, st
     """On the training-set fit (``fit/loss``, the capacity measure): distinct minus shared masks (solid) and distinct
     masks minus the dense tied model of the same nonzeros and FLOPs per layer (dashed) against density, one colour
     per depth, with 95% Welch intervals; > 0: distinct fits its training data better."""
-    shared = {k: v for k, v in mask_gaps(cells, FIT).items() if len(v) >= 2}
-    dense = {k: v for k, v in dense_gaps(cells, FIT).items() if len(v) >= 2}
+    shared, dense = mask_gaps(cells, FIT), dense_gaps(cells, FIT)  # one density: a point with its interval
     if not shared and not dense:
         return False
     palette = {f"d={d}": PALETTE[i % len(PALETTE)] for i, d in enumerate(sorted({k[3] for k in [*shared, *dense]}))}

@@ -208,7 +208,33 @@ def test_replicate_and_bookkeeping_keys_have_one_list_each():
     from tiedlab.reports import load, primary
 
     assert primary.REPLICATE_KEYS is load.REPLICATE_KEYS
-    assert load.NOT_GROUPED == (*load.REPLICATE_KEYS, "mask.seed", *rundir.NOT_FINGERPRINTED)
+    assert load.NOT_GROUPED == (*load.REPLICATE_KEYS, "mask.seed", "train.channels_last", *rundir.NOT_FINGERPRINTED)
+
+
+def test_runs_from_before_an_option_existed_share_a_cell_with_runs_at_its_default_layout(tmp_path):
+    """A study that spans the commit adding ``train.channels_last``: its earlier runs lack the key, its later ones
+    have it at False; they are one cell (one line per depth in the mask pictures), and a setting that changes what
+    is computed still splits cells."""
+    import yaml
+
+    from .conftest import write_run
+    from tiedlab.reports.aggregate import group_cells
+    from tiedlab.reports.load import load_runs
+
+    from tiedlab.paradigms import rundir
+
+    def with_train(run, **train):
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["train"].update(train)
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        result = json.loads((run / "metrics.json").read_text())
+        (run / "metrics.json").write_text(json.dumps({**result, "fingerprint": rundir.fingerprint(config)}))
+
+    write_run(tmp_path, "before", seed=0)
+    with_train(write_run(tmp_path, "after", seed=1), channels_last=False)
+    with_train(write_run(tmp_path, "longer", seed=0), max_steps=800)
+    cells = group_cells(load_runs([tmp_path]))
+    assert sorted((len(c.runs), c.other) for c in cells) == [(1, "train.max_steps=800"), (2, "")]
 
 
 def test_spread_digits_interval_and_compact_values():
@@ -281,7 +307,8 @@ def test_fit_gaps_against_shared_masks_and_the_nonzero_matched_dense_width(tmp_p
     from tiedlab.reports.aggregate import group_cells
     from tiedlab.reports.load import load_runs
     from tiedlab.reports import plots as plot_module
-    from tiedlab.reports.plots import dense_gaps, mask_gaps, matched_dense, plot_capacity, plot_fit_gap
+    from tiedlab.reports.plots import (dense_gaps, mask_gaps, matched_dense, plot_capacity, plot_fit_gap,
+                                       plot_mask_gap)
 
     fits = {("distinct", 0.75, 16): [0.30, 0.32, 0.31], ("shared", 0.75, 16): [0.40, 0.41, 0.43],
             ("distinct", 0.5, 16): [0.25, 0.26, 0.27], ("shared", 0.5, 16): [0.30, 0.29, 0.31],
@@ -304,6 +331,10 @@ def test_fit_gaps_against_shared_masks_and_the_nonzero_matched_dense_width(tmp_p
     assert dense_points[0][1:] == (pytest.approx(sum(b) / 3 - sum(a) / 3), pytest.approx(ci.low), pytest.approx(ci.high))
     assert shared_points[0][1] == pytest.approx((0.40 + 0.41 + 0.43 - 0.30 - 0.32 - 0.31) / 3)
     assert plot_fit_gap(cells, tmp_path / "fitgap.png", "fit gap") and (tmp_path / "fitgap.svg").exists()
+    # one density read (a follow-up study of one cell pair): a point with its interval, not left out
+    one_density = [c for c in cells if c.sparsity == 0.75 or c.width == 8]
+    assert plot_fit_gap(one_density, tmp_path / "fitgap1.png", "fit gap") and (tmp_path / "fitgap1.svg").exists()
+    assert plot_mask_gap(one_density, tmp_path / "gap1.png", "gap")
     assert plot_capacity(cells, tmp_path / "capacity.png", "capacity") and (tmp_path / "capacity.svg").exists()
     # the capacity plot's lines: masked arms over density, dense over width, and a cell with another setting (a
     # longer run, say) is a line of its own, never joined to the others
@@ -349,3 +380,23 @@ def test_an_equivalent_reading_is_coloured_as_the_claim_holding_only_for_an_equi
     assert verdict_class("equivalent", "superiority") == "equivalent"  # decided, but not the claim: blue, not green
     assert verdict_class("holds", "noninferiority") == "holds" and verdict_class("fails", "superiority") == "fails"
     assert verdict_class("undetermined", "superiority") == "inconclusive"
+
+
+def test_guideline_budgets_are_cell_means_so_the_smallest_budget_picks_a_cell(tmp_path):
+    """The training-time budget: seeds of a cell take different seconds; the smallest budget is the cheapest cell's
+    mean (11 s), not its fastest run's 10 s, which no cell's mean is within."""
+    from .conftest import write_run
+    from tiedlab.reports.aggregate import group_cells
+    from tiedlab.reports.guidelines import guidelines
+    from tiedlab.reports.load import load_runs
+
+    for depth, times, vals in ((4, (10.0, 12.0), (0.80, 0.82)), (8, (20.0, 22.0), (0.85, 0.87))):
+        for seed, (t, v) in enumerate(zip(times, vals)):
+            write_run(tmp_path, f"d{depth}-s{seed}", depth=depth, seed=seed, train_s=t, val=v)
+    (group,) = guidelines(group_cells(load_runs([tmp_path])))
+    picks = {p["which"]: p for p in group["picks"] if p["budget"] == "time/train_s"}
+    assert sorted(picks) == ["largest", "median", "smallest"]
+    assert (picks["smallest"]["limit"], picks["smallest"]["depth"]) == (pytest.approx(11.0), 4)
+    assert (picks["median"]["limit"], picks["median"]["depth"]) == (pytest.approx(16.0), 4)
+    assert (picks["largest"]["limit"], picks["largest"]["depth"]) == (pytest.approx(21.0), 8)
+
