@@ -6,9 +6,10 @@ runs the one shared cell with every masked weight W replaced by W * M_i (times 1
 use reaches W.
 
 Orientation: dim 0 of a weight is its output, dim 1 its input (``nn.Linear`` (out, in), ``nn.Conv2d``
-(out, in, kh, kw)); N:M groups run along dim 1 at each (out, kh, kw), the layout sparse kernels use.
-transformers' ``Conv1D`` (GPT-2) stores its weight as (in, out): there the groups run along its output
-features.
+(out, in, kh, kw)); N:M groups run along the input features at each (out, kh, kw), the layout sparse kernels
+use. A cell whose 2-d weights are stored the other way round, as transformers' ``Conv1D`` (GPT-2) stores
+(in, out), says so with a method ``mask_input_dims() -> {weight name: 0}``; its groups then run along dim 0,
+still its input features.
 """
 
 from __future__ import annotations
@@ -35,18 +36,24 @@ def unstructured_mask(shape: torch.Size, sparsity: float, generator: torch.Gener
     return flat.view(shape)
 
 
-def nm_mask(shape: torch.Size, n: int, m: int, generator: torch.Generator) -> torch.Tensor:
-    """An N:M mask: in every group of m consecutive input channels (dim 1) at each output and kernel position
-    (out, kh, kw, ...), n are kept; a 2-d weight (out, in) groups along its input features.
+def nm_mask(shape: torch.Size, n: int, m: int, generator: torch.Generator, input_dim: int = 1) -> torch.Tensor:
+    """An N:M mask: in every group of m consecutive input channels (dim ``input_dim``) at each output and kernel
+    position (out, kh, kw, ...), n are kept; a 2-d weight (out, in) groups along its input features, one stored
+    (in, out) (``input_dim=0``, 2-d only) along its dim 0.
 
-    Shapes: -> (*shape) float 0/1 (shape has >= 2 dims; shape[1] a multiple of m)
+    Shapes: -> (*shape) float 0/1 (shape has >= 2 dims; shape[input_dim] a multiple of m)
     """
     if not 0 < n < m:
         raise ValueError(f"N:M needs 0 < n < m, got n={n}, m={m}")
-    if len(shape) < 2 or shape[1] % m != 0:
+    if input_dim not in (0, 1) or (input_dim == 0 and len(shape) != 2):
+        raise ValueError(f"N:M input_dim={input_dim} for a weight of shape {tuple(shape)}: choices are 1, or 0 for "
+                         "a 2-d weight stored (in, out)")
+    if len(shape) < 2 or shape[input_dim] % m != 0:
         raise ValueError(
-            f"N:M with m={m} does not fit the tensor of shape {tuple(shape)}: its input channels (dim 1) are not a "
-            f"multiple of {m}; choose an m that divides them or mask.kind='unstructured'")
+            f"N:M with m={m} does not fit the tensor of shape {tuple(shape)}: its input channels (dim {input_dim}) "
+            f"are not a multiple of {m}; choose an m that divides them or mask.kind='unstructured'")
+    if input_dim == 0:  # (in, out): the mask of the (out, in) view, transposed back
+        return nm_mask(torch.Size((shape[1], shape[0])), n, m, generator).t().contiguous()
     out, inputs, *kernel = shape
     positions = out * int(torch.Size(kernel).numel())
     keep = torch.rand(positions, inputs // m, m, generator=generator).argsort(dim=2)[..., :n]
@@ -68,10 +75,11 @@ def disjoint_masks(shape: torch.Size, parts: int, generator: torch.Generator) ->
     return [(owner == i).float().view(shape) for i in range(parts)]
 
 
-# The mask kinds, by the name a MaskSpec's ``kind`` takes: each draws one mask for a tensor of a shape.
+# The mask kinds, by the name a MaskSpec's ``kind`` takes: each draws one mask for a tensor of a shape whose input
+# features lie along ``input_dim`` (which only a structured kind reads).
 MASK_KINDS: dict[str, Any] = {
-    "unstructured": lambda spec, shape, generator: unstructured_mask(shape, spec.sparsity, generator),
-    "nm": lambda spec, shape, generator: nm_mask(shape, spec.n, spec.m, generator),
+    "unstructured": lambda spec, shape, generator, input_dim: unstructured_mask(shape, spec.sparsity, generator),
+    "nm": lambda spec, shape, generator, input_dim: nm_mask(shape, spec.n, spec.m, generator, input_dim),
 }
 
 
@@ -138,9 +146,10 @@ class MaskSpec:
     def effective_sparsity(self) -> float:
         return 1.0 - self.n / self.m if self.kind == "nm" else self.sparsity
 
-    def draw(self, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
-        """One mask of this spec for a tensor of ``shape`` (not for mode disjoint: ``disjoint_masks``)."""
-        return MASK_KINDS[self.kind](self, shape, generator)
+    def draw(self, shape: torch.Size, generator: torch.Generator, input_dim: int = 1) -> torch.Tensor:
+        """One mask of this spec for a tensor of ``shape`` whose input features lie along ``input_dim`` (not for
+        mode disjoint: ``disjoint_masks``)."""
+        return MASK_KINDS[self.kind](self, shape, generator, input_dim)
 
 
 def maskable_weights(cell: nn.Module, min_dim: int = 2) -> dict[str, torch.Tensor]:
@@ -152,7 +161,8 @@ class MaskSet(nn.Module):
     """The masks of one block: ``num_masks`` masks for each maskable weight of a cell, as buffers.
 
     ``shared`` draws one mask per weight (num_masks == 1); ``distinct`` draws one per layer.
-    Buffers are named ``m{i}__{weight name with dots as underscores}``.
+    Buffers are named ``m{i}__{weight name with dots as underscores}``. A cell with a ``mask_input_dims()``
+    method names the weights whose input features are not dim 1 (see the module docstring).
     """
 
     def __init__(self, cell: nn.Module, spec: MaskSpec, num_masks: int):
@@ -167,6 +177,11 @@ class MaskSet(nn.Module):
         if not weights:
             raise ValueError(f"masking was asked for but the cell has no weight with dim >= {spec.min_dim}")
         self.names = sorted(weights)
+        input_dims = cell.mask_input_dims() if hasattr(cell, "mask_input_dims") else {}
+        unknown = sorted(set(input_dims) - set(weights))
+        if unknown:
+            raise ValueError(f"mask_input_dims() of {type(cell).__name__} names {unknown}, which are not among its "
+                             f"maskable weights {self.names}")
         generator = torch.Generator().manual_seed(spec.seed)
         if spec.mode == "disjoint":
             if num_masks < 2:
@@ -179,8 +194,8 @@ class MaskSet(nn.Module):
             for i in range(self.num_masks):
                 for name in self.names:
                     w = weights[name]
-                    self.register_buffer(self._key(i, name), spec.draw(w.shape, generator).to(w.dtype),
-                                         persistent=True)
+                    mask = spec.draw(w.shape, generator, input_dims.get(name, 1))
+                    self.register_buffer(self._key(i, name), mask.to(w.dtype), persistent=True)
         # 1/density of each mask (rescale): kept weights carry the whole weight's scale
         self.scales = {(i, name): (self.mask(i, name).numel() / max(int(self.mask(i, name).count_nonzero()), 1)
                                    if spec.rescale else 1.0)

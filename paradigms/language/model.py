@@ -5,8 +5,8 @@ transformer needs), takes ``hidden_states`` and returns one tensor, holds its we
 parameters used through plain submodule calls (so masks and weight/spectral norms apply through
 ``torch.func.functional_call``), and has no rotary embedding (the model adds a learned positional
 embedding, GPT-2 style). Its linear maps are ``transformers.Conv1D`` with weights stored as
-``(in, out)``: an ``nm`` mask (which groups along dim 1) therefore groups along the *output* features, and
-weight norm normalises per input row.
+``(in, out)``: the cell says so (``TransformerCell.mask_input_dims``), so an ``nm`` mask groups along dim 0,
+the input features, as it does along dim 1 of an (out, in) weight; weight norm normalises per input row.
 
 Causal masking: a block built from a bare config has ``_attn_implementation=None``, which falls back
 to eager attention that, with ``attention_mask=None``, attends to *every* position (future tokens
@@ -33,6 +33,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch import nn
 from transformers import GPT2Config
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+from transformers.pytorch_utils import Conv1D
 
 from tiedlab.core import Block, BlockSpec, BlockStats
 from tiedlab.paradigms.base import check_int
@@ -127,6 +128,11 @@ class TransformerCell(nn.Module):
         else:
             h = self.block(u)
         return self.ln_out(h) if self.ln_out is not None else h
+
+    def mask_input_dims(self) -> dict[str, int]:
+        """The block's ``Conv1D`` weights are stored (in, out): N:M masks group along their dim 0, the input
+        features (``tiedlab.core.masks``)."""
+        return {f"{name}.weight": 0 for name, module in self.named_modules() if isinstance(module, Conv1D)}
 
 
 class CausalLM(nn.Module):

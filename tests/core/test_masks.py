@@ -43,6 +43,36 @@ def test_nm_on_a_linear_weight_groups_its_input_features():
     assert torch.all(mask.reshape(5, 2, 4).sum(dim=-1) == 2)
 
 
+def test_nm_on_a_weight_stored_in_out_groups_along_dim_0_when_the_cell_says_so():
+    """transformers' Conv1D stores (in, out): a cell's ``mask_input_dims()`` names such weights, and their N:M
+    groups run along dim 0, the input features; other weights keep dim 1; a name that is no maskable weight and
+    an input dim that is neither 0 nor 1 are refused."""
+    mask = nm_mask(torch.Size([8, 5]), 2, 4, torch.Generator().manual_seed(1), input_dim=0)
+    assert torch.all(mask.t().reshape(5, 2, 4).sum(dim=-1) == 2)
+
+    class InOutCell(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w_in_out = torch.nn.Parameter(torch.randn(8, 12))  # (in, out), used as z @ W
+            self.w_out_in = torch.nn.Parameter(torch.randn(8, 12))  # (out, in), used as z @ W.T
+
+        def mask_input_dims(self):
+            return {"w_in_out": 0}
+
+    cell = InOutCell()
+    masks = MaskSet(cell, MaskSpec(mode="distinct", kind="nm", n=2, m=4), num_masks=2)
+    for i in range(2):
+        assert torch.all(masks.mask(i, "w_in_out").t().reshape(12, 2, 4).sum(dim=-1) == 2)
+        assert torch.all(masks.mask(i, "w_out_in").reshape(8, 3, 4).sum(dim=-1) == 2)
+    cell.mask_input_dims = lambda: {"nope": 0}
+    with pytest.raises(ValueError, match=r"mask_input_dims\(\) of InOutCell names \['nope'\]"):
+        MaskSet(cell, MaskSpec(mode="distinct", kind="nm"), num_masks=2)
+    with pytest.raises(ValueError, match=r"input_dim=2 for a weight of shape \(8, 5\): choices are 1, or 0"):
+        nm_mask(torch.Size([8, 5]), 2, 4, torch.Generator(), input_dim=2)
+    with pytest.raises(ValueError, match=r"input_dim=0 for a weight of shape \(4, 8, 3\)"):
+        nm_mask(torch.Size([4, 8, 3]), 2, 4, torch.Generator(), input_dim=0)
+
+
 def test_nm_that_does_not_divide_the_input_channels_is_rejected():
     with pytest.raises(ValueError, match=r"m=4 does not fit the tensor of shape \(5, 3\).*input channels"):
         nm_mask(torch.Size([5, 3]), 2, 4, torch.Generator())

@@ -315,6 +315,21 @@ def test_bad_options(section, options, bad):
         LanguageParadigm(data, model, CPU)
 
 
+def test_nm_masks_group_the_gpt2_blocks_input_features():
+    """Conv1D weights are stored (in, out): a 2:4 mask keeps 2 of every 4 consecutive input features (dim 0) for
+    each output feature, in every masked weight of the cell."""
+    config = gpt2_config(32, 2, 4, 16, 0.0, 50)
+    block = Block(lambda: TransformerCell(config), BlockSpec.from_dict(
+        dict(mode="tied", depth=2, mask=dict(mode="distinct", kind="nm", n=2, m=4))))
+    assert block.masks.names == ["block.attn.c_attn.weight", "block.attn.c_proj.weight", "block.mlp.c_fc.weight",
+                                 "block.mlp.c_proj.weight"]
+    for name in block.masks.names:
+        for layer in range(2):
+            mask = block.masks.mask(layer, name)
+            inputs, outputs = mask.shape
+            assert torch.all(mask.t().reshape(outputs, inputs // 4, 4).sum(dim=-1) == 2), name
+
+
 def test_inject_norm_and_state_scale_make_the_cell_a_contraction_at_initialisation():
     """f = LN_out(GPT2Block(s z + LN_in(x))), checked against the formula; LN_out is invariant to its input's scale,
     so the default cell (x as it comes, 0.02 at initialisation; s = 1) has df/dz of norm ~1 at its fixed point,
