@@ -182,6 +182,10 @@ class MaskSet(nn.Module):
         if unknown:
             raise ValueError(f"mask_input_dims() of {type(cell).__name__} names {unknown}, which are not among its "
                              f"maskable weights {self.names}")
+        bad = {name: d for name, d in input_dims.items() if d not in (0, 1) or (d == 0 and weights[name].dim() != 2)}
+        if bad:
+            raise ValueError(f"mask_input_dims() of {type(cell).__name__} gives {bad}: the input dim is 1, or 0 for a "
+                             "2-d weight stored (in, out)")
         generator = torch.Generator().manual_seed(spec.seed)
         if spec.mode == "disjoint":
             if num_masks < 2:

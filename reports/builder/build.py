@@ -153,21 +153,20 @@ def _recorded_state(path: str | Path) -> dict[str, Any] | None:
 
 def flag_departures_from_the_record(primaries: list[Any], paths: list[str | Path]) -> None:
     """Say so in a comparison's reason when its verdict here is not the one the sequential plan recorded
-    (``sequential.yaml``: decided at a look, with which verdict where the record keeps it, or still undetermined): the runs it reads changed since that look
-    (a failed run retried, runs added by hand), or its family's Holm levels did (a comparison decided at a later
-    look released its share). The report's verdict stands as read; the record is what the plan decided."""
+    (``sequential.yaml``: decided at a look, with its verdict where the record keeps it, or still undetermined):
+    the runs it reads changed since that look (a failed run retried, runs added by hand), or its family's Holm
+    levels did (a comparison decided at a later look released its share). The report's verdict stands as read;
+    the record is what the plan decided."""
     state = next((s for s in map(_recorded_state, paths) if s is not None), None)
     if state is None or state.get("look", -1) < 0:
         return
     decided, verdicts = state.get("decided") or {}, state.get("verdicts") or {}
     for r in primaries:
         key = r.spec.key
-        if key in decided and r.verdict != "undetermined" and verdicts.get(key, r.verdict) != r.verdict:
-            r.reason += (f"; departs from the record: sequential.yaml has it decided '{verdicts[key]}' at look "
+        recorded = f" '{verdicts[key]}'" if key in verdicts else ""
+        if key in decided and (r.verdict == "undetermined" or verdicts.get(key, r.verdict) != r.verdict):
+            r.reason += (f"; departs from the record: sequential.yaml has it decided{recorded} at look "
                          f"{decided[key] + 1} (since then the runs it reads, or its family's Holm levels, changed)")
-        elif key in decided and r.verdict == "undetermined":
-            r.reason += (f"; departs from the record: sequential.yaml has it decided at look {decided[key] + 1} "
-                         "(since then the runs it reads, or its family's Holm levels, changed)")
         elif key not in decided and r.verdict != "undetermined":
             r.reason += ("; departs from the record: no look of sequential.yaml decided it (it is read here on "
                          "runs, or at a Holm level, that no look read it on)")

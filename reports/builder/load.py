@@ -35,11 +35,12 @@ WIDTH_KEYS = ("width", "hidden", "d_model", "hidden_channels", "channels")
 # read the same keys from run names (``primary.REPLICATE_KEYS`` is this tuple).
 REPLICATE_KEYS = ("seed", "data.fold")
 # Config keys that never distinguish one cell from another: the replicate keys, the mask seed (null: the run's
-# seed), the memory layout of convolutions (``train.channels_last``: the same losses within float tolerance, like
-# the thread count; runs written before the option existed lack the key, and must still share a cell with runs
-# that set it to its default) and the run-directory bookkeeping keys (devices, logging, resume; their one list is
-# in rundir).
-NOT_GROUPED = (*REPLICATE_KEYS, "mask.seed", "train.channels_last", *rundir.NOT_FINGERPRINTED)
+# seed) and the run-directory bookkeeping keys (devices, logging, resume; their one list is in rundir).
+NOT_GROUPED = (*REPLICATE_KEYS, "mask.seed", *rundir.NOT_FINGERPRINTED)
+# Options added after runs were made, at the value the runs that predate them ran with: a run whose config lacks
+# the key groups as if it had this value (so a study that spans the commit adding ``train.channels_last`` keeps one
+# cell per setting, and runs that turned the option on still form cells of their own).
+ADDED_LATER: dict[str, Any] = {"train.channels_last": False}
 # metrics.json's "equilibrium" object (DEQ runs only): its keys, and the measured values in the order reports show
 # them (``tiedlab.core.equilibrium.METRIC_KEYS``; a run may measure others, shown after these).
 EQUILIBRIUM_KEYS = ("at_equilibrium", "flags", "measured", "thresholds")
@@ -262,12 +263,13 @@ def variant_label(config: dict[str, Any]) -> str:
 
 
 def group_key(config: dict[str, Any]) -> dict[str, Any]:
-    """The flattened config less seeds, bookkeeping, and the keys a run's mode ignores.
+    """The flattened config less seeds, bookkeeping, and the keys a run's mode ignores; an option the config
+    predates at the value it ran with (``ADDED_LATER``).
 
     Solver and gradient settings only matter to DEQ; mask settings only when a mask is active
     (and n, m only for N:M masks).
     """
-    flat = flatten(config)
+    flat = {**ADDED_LATER, **flatten(config)}
     mode = (config.get("block") or {}).get("mode")
     mask = config.get("mask") or {}
 

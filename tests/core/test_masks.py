@@ -67,6 +67,9 @@ def test_nm_on_a_weight_stored_in_out_groups_along_dim_0_when_the_cell_says_so()
     cell.mask_input_dims = lambda: {"nope": 0}
     with pytest.raises(ValueError, match=r"mask_input_dims\(\) of InOutCell names \['nope'\]"):
         MaskSet(cell, MaskSpec(mode="distinct", kind="nm"), num_masks=2)
+    cell.mask_input_dims = lambda: {"w_in_out": 2}  # refused for any kind, not only the one that reads it
+    with pytest.raises(ValueError, match=r"gives \{'w_in_out': 2\}: the input dim is 1, or 0"):
+        MaskSet(cell, MaskSpec(mode="distinct", sparsity=0.5), num_masks=2)
     with pytest.raises(ValueError, match=r"input_dim=2 for a weight of shape \(8, 5\): choices are 1, or 0"):
         nm_mask(torch.Size([8, 5]), 2, 4, torch.Generator(), input_dim=2)
     with pytest.raises(ValueError, match=r"input_dim=0 for a weight of shape \(4, 8, 3\)"):

@@ -208,13 +208,13 @@ def test_replicate_and_bookkeeping_keys_have_one_list_each():
     from tiedlab.reports import load, primary
 
     assert primary.REPLICATE_KEYS is load.REPLICATE_KEYS
-    assert load.NOT_GROUPED == (*load.REPLICATE_KEYS, "mask.seed", "train.channels_last", *rundir.NOT_FINGERPRINTED)
+    assert load.NOT_GROUPED == (*load.REPLICATE_KEYS, "mask.seed", *rundir.NOT_FINGERPRINTED)
 
 
 def test_runs_from_before_an_option_existed_share_a_cell_with_runs_at_its_default_layout(tmp_path):
     """A study that spans the commit adding ``train.channels_last``: its earlier runs lack the key, its later ones
-    have it at False; they are one cell (one line per depth in the mask pictures), and a setting that changes what
-    is computed still splits cells."""
+    have it at False; they are one cell (one line per depth in the mask pictures); runs that turned it on, and a
+    setting that changes what is computed, still form cells of their own."""
     import yaml
 
     from .conftest import write_run
@@ -233,8 +233,10 @@ def test_runs_from_before_an_option_existed_share_a_cell_with_runs_at_its_defaul
     write_run(tmp_path, "before", seed=0)
     with_train(write_run(tmp_path, "after", seed=1), channels_last=False)
     with_train(write_run(tmp_path, "longer", seed=0), max_steps=800)
+    with_train(write_run(tmp_path, "nhwc", seed=0), channels_last=True)
     cells = group_cells(load_runs([tmp_path]))
-    assert sorted((len(c.runs), c.other) for c in cells) == [(1, "train.max_steps=800"), (2, "")]
+    assert sorted((len(c.runs), c.other) for c in cells) == [(1, "train.channels_last=True"),
+                                                               (1, "train.max_steps=800"), (2, "")]
 
 
 def test_spread_digits_interval_and_compact_values():
