@@ -335,7 +335,9 @@ def late_change(run: Any, key: str) -> float | None:
 def convergence_note(spec: PrimarySpec, a: list[Any], b: list[Any]) -> str | None:
     """Whether the arms were read near convergence: the median move of the metric over the last 20% of steps in
     each arm's completed runs (a diverged run has no convergence to read) against the comparison's delta (None when
-    the history does not hold the metric)."""
+    the history does not hold the metric). Under a decaying learning rate (the studies' cosine schedules) the move
+    shrinks with the rate, so "yes" says the run settled at its budget, not that a longer one would not fit better
+    (reports/studies/masks_density/RUN.md, P-budget)."""
     import statistics
 
     moves = {side: [m for m in (late_change(r, spec.metric) for r in runs
@@ -348,7 +350,7 @@ def convergence_note(spec: PrimarySpec, a: list[Any], b: list[Any]) -> str | Non
     settled = max(medians.values()) < spec.delta
     return (f"near convergence {'yes' if settled else 'no'}: over the last {LATE_FRACTION:.0%} of steps {read} moved by "
             f"{medians['A']:.3g} (arm A) and {medians['B']:.3g} (arm B), median over seeds, against delta "
-            f"{spec.delta:g}")
+            f"{spec.delta:g} (a move, not capacity: a decaying learning rate shrinks it too)")
 
 
 def _value(spec: PrimarySpec, run: RunLike) -> float:
