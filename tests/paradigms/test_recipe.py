@@ -68,7 +68,7 @@ def test_a_solver_and_a_mask_kind_added_to_the_registries_work_from_a_config(mon
 
     monkeypatch.setitem(solvers.SOLVERS, "halving", halving)
     monkeypatch.setitem(masks.MASK_KINDS, "diagonal",
-                        lambda spec, shape, generator: torch.eye(shape[0], shape[1]))
+                        lambda spec, shape, generator, input_dim: torch.eye(shape[0], shape[1]))
     base = {"seed": 0, "block": {"mode": "deq"}, "mask": {"mode": "shared", "kind": "diagonal"},
             "solver": {"name": "halving", "max_iter": 200, "tol": 1e-8, "options": {"rate": 0.7}}}
     spec = block_spec(as_config(base))
