@@ -37,6 +37,9 @@ def study_dir() -> Path:
     return Path(str(importlib.resources.files("tiedlab.configs"))) / "study"
 
 
+STUDY_KEYS = ("name", "question", "grids", "report", "primary", "budget_checks")
+
+
 def load_study(name: str) -> dict[str, Any]:
     """The study file ``configs/study/NAME.yaml``; a ValueError lists the valid names."""
     folder = study_dir()
@@ -45,10 +48,9 @@ def load_study(name: str) -> dict[str, Any]:
         valid = sorted(p.stem for p in folder.glob("*.yaml"))
         raise ValueError(f"unknown study {name!r}; valid studies: {valid}")
     study = yaml.safe_load(path.read_text())
-    unknown = sorted(set(study) - {"name", "question", "grids", "report", "primary"})
+    unknown = sorted(set(study) - set(STUDY_KEYS))
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {path}; valid keys: "
-                         "['grids', 'name', 'primary', 'question', 'report']")
+        raise ValueError(f"unknown key(s) {unknown} in {path}; valid keys: {sorted(STUDY_KEYS)}")
     for grid in study["grids"]:
         bad = sorted(set(grid) - {"name", "optional", "overrides", "sweep"})
         if bad:
@@ -62,6 +64,14 @@ def load_study(name: str) -> dict[str, Any]:
     if read:
         raise ValueError(f"optional grid(s) {read} of {path} are read by a primary comparison: a registered "
                          "comparison's grids run by default, so drop 'optional' or the comparison")
+    if study.get("budget_checks"):  # a malformed check fails here, before any run
+        from tiedlab.reports.budget import load_budget_checks
+        from tiedlab.reports.primary import load_primaries
+
+        try:
+            load_budget_checks(study, load_primaries(study))
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
     return study
 
 
@@ -456,6 +466,7 @@ def write_study_file(runs: Path, spec: dict[str, Any], plan: dict[str, int] | No
         if old.get("sequential") and not plan:
             record["sequential"] = old["sequential"]  # seeds were added sequentially: the looks stay counted
         check_registration(runs, old.get("primary") or {}, spec.get("primary") or {}, spec.get("name"))
+        check_budget_checks(runs, old.get("budget_checks") or [], spec.get("budget_checks") or [], spec.get("name"))
     rundir.atomic_write_bytes(path, yaml.safe_dump(record, sort_keys=False).encode())
 
 
@@ -485,6 +496,20 @@ def check_registration(runs: Path, old: dict[str, Any], new: dict[str, Any], nam
             if grid and (runs / str(grid)).is_dir() and any((runs / str(grid)).iterdir()):
                 raise ValueError(f"primary comparison #{index} was added after the study's first runs, but its grid "
                                  f"{grid!r} already has runs in {runs}: a comparison is registered before its data")
+
+
+def check_budget_checks(runs: Path, old: list[Any], new: list[Any], name: Any) -> None:
+    """Budget checks (``reports.budget``) may only grow: the ones recorded with earlier runs stay as they were. A
+    check changes no verdict, so one may be added when its grids already have runs; its prediction belongs in the
+    study file's header, written before them.
+
+    Raises:
+        ValueError: a recorded check changed or was dropped.
+    """
+    if new[:len(old)] != old:
+        raise ValueError(f"{runs / STUDY_FILE} recorded other budget checks than configs/study/{name}.yaml now names: "
+                         "a recorded check is not changed (new ones may be appended); use another --runs folder "
+                         "otherwise")
 
 
 def sequential_plan(spec: dict[str, Any], max_seeds: int, step: int) -> dict[str, int]:

@@ -15,6 +15,7 @@ from .aggregate import Cell, group_cells
 from .guidelines import guidelines
 from .insights import InsightResult, evaluate
 from .load import Run, load_runs, runs_from_summary
+from .budget import BudgetCheck, evaluate_budget_checks, load_budget_checks
 from .primary import PrimaryResult, evaluate_primaries, load_primaries
 from .plots import Plot, forest_plot, make_plots
 from .render import document, to_html, to_markdown
@@ -35,6 +36,7 @@ class Report:
     report_command: str = ""
     inputs: list[str] = field(default_factory=list)
     primaries: list[PrimaryResult] = field(default_factory=list)  # the study's pre-registered comparisons
+    budget_checks: list[BudgetCheck] = field(default_factory=list)  # the comparisons read again at larger budgets
     study: dict[str, Any] | None = None  # the study file the runs were made by (None: runs without a study)
     looks: int = 1  # looks of the sequential design the seeds were added by (1: a fixed design)
     rebuilt_from: str = ""  # the summary.json this report re-analysed (its run directories were not read)
@@ -124,8 +126,9 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
                                     first_seed=int((plan or {}).get("first_seed", 0))) if spec else [])
     if plan:
         flag_departures_from_the_record(primaries, paths)
+    checks = evaluate_budget_checks(load_budget_checks(spec, specs), specs, runs, grids) if spec else []
     return Report(title, runs, cells, evaluate(cells), guidelines(cells), inputs=[str(p) for p in paths],
-                  primaries=primaries, study=spec, looks=looks, seed_limits=limits)
+                  primaries=primaries, budget_checks=checks, study=spec, looks=looks, seed_limits=limits)
 
 
 def _seed_limits(paths: list[str | Path], specs: list[Any], plan: dict[str, int]) -> dict[str, int]:

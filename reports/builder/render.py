@@ -250,6 +250,42 @@ def primary_blocks(report: Any) -> list[Block]:
     return blocks
 
 
+def _steps(value: float) -> str:
+    return f"{value:,.0f}" if math.isfinite(value) else "?"
+
+
+def budget_check_blocks(report: Any) -> list[Block]:
+    """The comparisons read again at a larger budget (``budget_checks:`` in the study file): did the effect move?"""
+    from .budget import CHECK_ALPHA
+
+    checks = getattr(report, "budget_checks", [])
+    if not checks:
+        return []
+    text = ("The 20% rule of the convergence notes above is met at any budget once a cosine schedule has decayed "
+            "the learning rate, so it says a run settled at its budget, not that its model is at capacity. A budget "
+            "check trains a comparison's arms again at a larger budget on some of its seeds and tests whether the "
+            "effect (A - B, the comparison's orientation) changed by less than the comparison's delta: an "
+            f"equivalence test of the per-seed change at alpha {CHECK_ALPHA:g}, uncorrected. It is descriptive and "
+            "changes no verdict: \"stable\" says the effect at the larger budget is within delta of the one at the "
+            "registered budget, \"moved\" that it is not (the verdict then describes the registered budget only).")
+    rows, classes = [], []
+    for c in checks:
+        change = (f"{c.change:+.3g} [{c.ci_low:+.3g}, {c.ci_high:+.3g}]" if math.isfinite(c.ci_low)
+                  else f"{c.change:+.3g}" if math.isfinite(c.change) else "-")
+        arms = [f"{c.arms[side][0]:.4g} -> {c.arms[side][1]:.4g}" if side in c.arms else "-" for side in ("A", "B")]
+        rows.append([c.spec.of, f"{_steps(c.steps[0])} -> {_steps(c.steps[1])}", fmt(len(c.seeds)),
+                     f"{c.base:+.3g}" if math.isfinite(c.base) else "-",
+                     f"{c.check:+.3g}" if math.isfinite(c.check) else "-", change, *arms,
+                     f"{c.reading} ({c.reason})" if c.reason else c.reading])
+        classes.append({"stable": "holds", "moved": "fails"}.get(c.reading, ""))
+    metric = sorted({c.comparison.metric for c in checks})
+    return [Block("h2", "Budget checks (the same comparison at a larger budget)"), Block("p", text),
+            Block("table", header=["comparison", "steps", "seeds", "effect at its budget", "effect at the larger",
+                                   f"change [{100 * (1 - CHECK_ALPHA):g}% CI]", f"arm A {'/'.join(metric)}",
+                                   f"arm B {'/'.join(metric)}", "reading (delta: the comparison's)"],
+                  rows=rows, row_classes=classes)]
+
+
 def screen(text: str) -> str:
     """A secondary comparison's 2 SE screen in words that claim no verdict: "A ahead", "B ahead", "within"."""
     for word, said in (("holds", "A ahead"), ("fails", "B ahead"), ("inconclusive", "not separated")):
@@ -433,8 +469,8 @@ def run_blocks(report: Any) -> list[Block]:
 
 def document(report: Any) -> list[Block]:
     """The whole report, in order."""
-    return [*header_blocks(report), *primary_blocks(report), *insight_blocks(report), *guideline_blocks(report),
-            *cell_blocks(report), *equilibrium_blocks(report), *run_blocks(report)]
+    return [*header_blocks(report), *primary_blocks(report), *budget_check_blocks(report), *insight_blocks(report),
+            *guideline_blocks(report), *cell_blocks(report), *equilibrium_blocks(report), *run_blocks(report)]
 
 
 def _md_cell(text: str) -> str:

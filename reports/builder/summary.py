@@ -71,6 +71,14 @@ def primary_entry(result: Any) -> dict[str, Any]:
             "b_runs": result.b_runs, "test": dataclasses.asdict(test) if dataclasses.is_dataclass(test) else str(test)}
 
 
+def budget_check_entry(check: Any) -> dict[str, Any]:
+    return {"of": check.spec.of, "a": check.spec.a.title(), "b": check.spec.b.title(), "seeds": [str(s) for s in check.seeds],
+            "steps": list(check.steps), "base": check.base, "check": check.check, "change": check.change,
+            "ci_low": check.ci_low, "ci_high": check.ci_high, "delta": check.comparison.delta,
+            "reading": check.reading, "reason": check.reason,
+            "arms": {side: list(values) for side, values in check.arms.items()}}
+
+
 def summary(report: Any) -> dict[str, Any]:
     """Everything the README shows, as one JSON-ready dict."""
     return clean({
@@ -81,6 +89,7 @@ def summary(report: Any) -> dict[str, Any]:
         "study_spec": report.study,  # the registered comparisons (and sequential plan) a rebuild re-reads
         "seed_limits": [{"id": key, "seeds": n} for key, n in sorted(report.seed_limits.items())],
         "primaries": [primary_entry(r) for r in report.primaries],
+        "budget_checks": [budget_check_entry(c) for c in getattr(report, "budget_checks", [])],
         "insight_texts": {str(k): {"name": v[0], "method": v[1]} for k, v in INSIGHTS.items()},
         "runs": [run_entry(r) for r in report.runs], "cells": [cell_entry(c) for c in report.cells],
         "insights": [insight_entry(r) for r in report.insights], "guidelines": report.guidelines,
