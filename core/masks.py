@@ -200,9 +200,14 @@ class MaskSet(nn.Module):
                     w = weights[name]
                     mask = spec.draw(w.shape, generator, input_dims.get(name, 1))
                     self.register_buffer(self._key(i, name), mask.to(w.dtype), persistent=True)
-        # 1/density of each mask (rescale): kept weights carry the whole weight's scale
+        self._refresh_scales()
+        # masks restored from a checkpoint replace the drawn ones: their scales follow them
+        self.register_load_state_dict_post_hook(lambda module, incompatible: module._refresh_scales())
+
+    def _refresh_scales(self) -> None:
+        """1/density of each mask (rescale): kept weights carry the whole weight's scale."""
         self.scales = {(i, name): (self.mask(i, name).numel() / max(int(self.mask(i, name).count_nonzero()), 1)
-                                   if spec.rescale else 1.0)
+                                   if self.spec.rescale else 1.0)
                        for i in range(self.num_masks) for name in self.names}
 
     @staticmethod

@@ -111,6 +111,22 @@ def test_rescale_divides_kept_weights_by_the_density():
     assert torch.allclose(w_scaled, w_plain * 4)  # density 0.25
 
 
+def test_rescale_follows_masks_restored_from_a_checkpoint():
+    """A checkpoint's masks replace the drawn ones on load, and the 1/density scales follow them (a mask of another
+    density, as a checkpoint of another kind or version may hold, must not keep the drawn mask's scale)."""
+    cell = lambda: nn.Linear(4, 4, bias=False)  # noqa: E731 - 16 weights
+    block = build_block(cell, dict(mode="tied", depth=2, mask=dict(mode="distinct", sparsity=0.75, rescale=True)))
+    assert block.masks.scales[(1, "weight")] == 4.0
+    state = block.state_dict()
+    key = next(k for k in state if k.endswith("m1__weight"))
+    state[key] = torch.zeros(4, 4)
+    state[key][:, :2] = 1.0  # 8 of 16 kept: density 0.5
+    block.load_state_dict(state)
+    assert block.masks.scales[(1, "weight")] == 2.0 and block.masks.scales[(0, "weight")] == 4.0
+    weight = block.cells[0].weight
+    assert torch.allclose(block._layer_weights(2)[1]["weight"], weight * state[key] * 2.0)
+
+
 def test_params_used_counts_the_union_of_kept_entries():
     cell = lambda: nn.Linear(4, 4, bias=False)  # noqa: E731 - 16 weights, nothing else
     shared = build_block(cell, dict(mode="tied", depth=4, mask=dict(mode="shared", sparsity=0.5)))
