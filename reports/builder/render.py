@@ -261,29 +261,32 @@ def budget_check_blocks(report: Any) -> list[Block]:
     checks = getattr(report, "budget_checks", [])
     if not checks:
         return []
-    text = ("The 20% rule of the convergence notes above is met at any budget once a cosine schedule has decayed "
-            "the learning rate, so it says a run settled at its budget, not that its model is at capacity. A budget "
-            "check trains a comparison's arms again at a larger budget on some of its seeds and tests whether the "
-            "effect (A - B, the comparison's orientation) changed by less than the comparison's delta: an "
-            f"equivalence test of the per-seed change at alpha {CHECK_ALPHA:g}, uncorrected. It is descriptive and "
-            "changes no verdict: \"stable\" says the effect at the larger budget is within delta of the one at the "
-            "registered budget, \"moved\" that it is not (the verdict then describes the registered budget only).")
-    rows, classes = [], []
+    text = ("The 20% rule of the convergence notes above is met at any budget once a decaying learning rate (the "
+            "studies' cosine schedules) has shrunk the steps, so it says a run settled at its budget, not that its "
+            "model is at capacity. A budget check trains a comparison's arms again at a larger budget on some of its "
+            "seeds and reads the per-seed change of the effect (A - B, the comparison's orientation) against the "
+            f"comparison's delta: \"stable\" when its {100 * (1 - CHECK_ALPHA):g}% t interval lies within +-delta "
+            "(an equivalence test, each one-sided test at "
+            f"{CHECK_ALPHA / 2:g}, uncorrected), \"moved\" when it lies wholly beyond delta, else \"undetermined\". "
+            "A check is descriptive and changes no verdict; it tests the effect's size, not the verdict's claim (a "
+            "gap may shrink by more than delta and stay positive).")
+    rows = []
     for c in checks:
         change = (f"{c.change:+.3g} [{c.ci_low:+.3g}, {c.ci_high:+.3g}]" if math.isfinite(c.ci_low)
                   else f"{c.change:+.3g}" if math.isfinite(c.change) else "-")
         arms = [f"{c.arms[side][0]:.4g} -> {c.arms[side][1]:.4g}" if side in c.arms else "-" for side in ("A", "B")]
-        rows.append([c.spec.of, f"{_steps(c.steps[0])} -> {_steps(c.steps[1])}", fmt(len(c.seeds)),
+        more = f"; ~{c.seeds_needed} seeds to decide" if c.reading == "undetermined" and c.seeds_needed else ""
+        rows.append([c.spec.of, f"{_steps(c.steps[0])} -> {_steps(c.steps[1])}", ", ".join(c.seeds) or "-",
                      f"{c.base:+.3g}" if math.isfinite(c.base) else "-",
                      f"{c.check:+.3g}" if math.isfinite(c.check) else "-", change, *arms,
-                     f"{c.reading} ({c.reason})" if c.reason else c.reading])
-        classes.append({"stable": "holds", "moved": "fails"}.get(c.reading, ""))
-    metric = sorted({c.comparison.metric for c in checks})
-    return [Block("h2", "Budget checks (the same comparison at a larger budget)"), Block("p", text),
-            Block("table", header=["comparison", "steps", "seeds", "effect at its budget", "effect at the larger",
-                                   f"change [{100 * (1 - CHECK_ALPHA):g}% CI]", f"arm A {'/'.join(metric)}",
-                                   f"arm B {'/'.join(metric)}", "reading (delta: the comparison's)"],
-                  rows=rows, row_classes=classes)]
+                     c.reading + (f" ({c.reason}{more})" if c.reason else more)])
+    metric = "/".join(sorted({c.comparison.metric for c in checks}))
+    blocks = [Block("h2", "Budget checks (the same comparison at a larger budget)"), Block("p", text),
+              Block("table", header=["comparison", "steps", "seeds", "effect at its budget", "effect at the larger",
+                                     f"change [{100 * (1 - CHECK_ALPHA):g}% CI]", f"arm A {metric}",
+                                     f"arm B {metric}", "reading (delta: the comparison's)"], rows=rows)]
+    notes = [f"{c.spec.of}: {n}" for c in checks for n in c.notes]
+    return blocks + ([Block("ul", items=notes)] if notes else [])
 
 
 def screen(text: str) -> str:

@@ -72,11 +72,11 @@ def primary_entry(result: Any) -> dict[str, Any]:
 
 
 def budget_check_entry(check: Any) -> dict[str, Any]:
-    return {"of": check.spec.of, "a": check.spec.a.title(), "b": check.spec.b.title(), "seeds": [str(s) for s in check.seeds],
+    return {"of": check.spec.of, "a": check.spec.a.title(), "b": check.spec.b.title(), "seeds": list(check.seeds),
             "steps": list(check.steps), "base": check.base, "check": check.check, "change": check.change,
             "ci_low": check.ci_low, "ci_high": check.ci_high, "delta": check.comparison.delta,
-            "reading": check.reading, "reason": check.reason,
-            "arms": {side: list(values) for side, values in check.arms.items()}}
+            "reading": check.reading, "reason": check.reason, "notes": check.notes,
+            "seeds_needed": check.seeds_needed, "arms": {side: list(values) for side, values in check.arms.items()}}
 
 
 def summary(report: Any) -> dict[str, Any]:

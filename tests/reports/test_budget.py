@@ -21,7 +21,11 @@ from .conftest import write_run
 COMPARISON = {"id": "gap", "insight": 4, "paradigm": "vision", "claim": "superiority", "metric": "fit/loss",
               "delta": 0.02, "a": {"grid": "g", "where": {"mask": "distinct"}},
               "b": {"grid": "g", "where": {"mask": "shared"}}}
-STUDY = {"name": "t", "grids": [{"name": "g"}, {"name": "g2"}, {"name": "d2"}],
+SWEEP = {"mask": ["distinct", "shared"], "seed": [0, 1, 2, 3]}
+STUDY = {"name": "t", "grids": [{"name": "g", "sweep": SWEEP}, {"name": "g2", "sweep": SWEEP},
+                                {"name": "s2", "sweep": {"mask": ["shared"], "seed": [0, 1]}},
+                                {"name": "h2", "sweep": {**SWEEP, "mask.sparsity": [0.5, 0.875]}},
+                                {"name": "n2", "sweep": {"mask": ["distinct"]}}],
          "primary": {"comparisons": [COMPARISON]}}
 
 
@@ -65,31 +69,44 @@ def test_a_gap_that_stays_put_is_stable_and_one_that_shrinks_moved_with_the_pair
     assert unclear.reading == "undetermined"
 
 
-def test_a_check_reads_only_seeds_with_all_four_arms_and_says_so_below_two():
+def test_a_check_reads_only_seeds_with_all_four_arms_and_says_which_it_left_out():
     (check,), specs = checks({"of": "gap", "grid": "g2"})
     base = runs("g", [0.10, 0.11, 0.12, 0.10], [0.20, 0.21, 0.22, 0.21], 8000)
-    longer = runs("g2", [0.05, 0.06], [0.15, 0.16], 16000)  # seeds 0 and 1 only
+    longer = runs("g2", [0.05, 0.06, 0.07], [0.15, 0.16, float("nan")], 16000)  # seed 3 absent, seed 2 non-finite
     (two,) = evaluate_budget_checks([check], specs, base + longer)
-    assert len(two.seeds) == 2 and math.isfinite(two.ci_low)  # seeds 2 and 3 have no run at the larger budget
-    one = [r for r in longer if not r.name.endswith("seed=1")]
+    assert two.seeds == ["0", "1"] and math.isfinite(two.ci_low)
+    assert two.notes == ["seed(s) 2 ran at the larger budget but lack a completed run in some arm (diverged, "
+                         "unfinished, off equilibrium or non-finite): left out"]
+    one = [r for r in longer if "seed=0" in r.name]
     (short,) = evaluate_budget_checks([check], specs, base + one)
-    assert short.reading == "undetermined" and "1 seed(s)" in short.reason and math.isnan(short.change)
+    assert short.reading == "undetermined" and short.reason.startswith("1 seed(s)") and math.isnan(short.change)
+    (none,) = evaluate_budget_checks([check], specs, base)
+    assert "arm A at the larger budget (g2: mask=distinct) matches no run" in none.notes
+    seeds = runs("g", [0.1] * 12, [0.2] * 12, 8000) + runs("g2", [0.1] * 12, [0.2] * 12, 16000)
+    (many,) = evaluate_budget_checks([check], specs, seeds)
+    assert many.seeds[:3] == ["0", "1", "2"] and many.seeds[-1] == "11"  # numeric order, not "10" before "2"
 
 
-def test_explicit_arms_and_bad_checks_are_errors_naming_the_value():
-    (check,), _ = checks({"of": "gap", "a": {"grid": "g2", "where": {"mask": "distinct"}},
-                          "b": {"grid": "d2", "where": {"model.width": 16}}})
-    assert (check.a.grid, check.b.grid, check.b.where) == ("g2", "d2", (("model.width", "16"),))
+def test_a_check_arm_spanning_several_cells_or_none_is_refused_when_loaded():
+    (check,), _ = checks({"of": "gap", "a": "g2", "b": "s2"})  # each arm on its own grid, its where kept
+    assert (check.a.grid, check.b.grid, check.b.where) == ("g2", "s2", (("mask", "shared"),))
+    with pytest.raises(ValueError, match=r"grid 'h2' sweeps \['mask.sparsity'\] over several values"):
+        checks({"of": "gap", "grid": "h2"})
+    with pytest.raises(ValueError, match=r"arm b: grid 'n2' does not sweep mask=shared"):
+        checks({"of": "gap", "grid": "n2"})
+
+
+def test_bad_checks_are_errors_naming_the_value():
     with pytest.raises(ValueError, match=r"of='nope' names no primary comparison; registered: \['gap'\]"):
         checks({"of": "nope", "grid": "g2"})
     with pytest.raises(ValueError, match=r"grid 'g9' is not in the study"):
         checks({"of": "gap", "grid": "g9"})
-    with pytest.raises(ValueError, match=r"on grid 'g', the comparison's own"):
+    with pytest.raises(ValueError, match=r"grid 'g' is the comparison's own"):
         checks({"of": "gap", "grid": "g"})
-    with pytest.raises(ValueError, match=r"either grid .* or both arms"):
-        checks({"of": "gap", "grid": "g2", "a": {"grid": "g2"}})
-    with pytest.raises(ValueError, match=r"name both arms"):
-        checks({"of": "gap", "a": {"grid": "g2"}})
+    with pytest.raises(ValueError, match=r"either grid .* or the grids of both arms"):
+        checks({"of": "gap", "grid": "g2", "a": "g2"})
+    with pytest.raises(ValueError, match=r"either grid .* or the grids of both arms"):
+        checks({"of": "gap", "a": "g2"})
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['steps'\]"):
         checks({"of": "gap", "grid": "g2", "steps": 2})
 
@@ -103,17 +120,38 @@ def test_recorded_checks_may_grow_but_not_change(tmp_path):
 
 def test_the_report_shows_each_check_and_summary_json_carries_it(tmp_path):
     folder = tmp_path / "runs"
-    for grid, shift, steps in (("g", 0.0, 8000), ("g2", -0.05, 16000)):
+    for grid, steps in (("g", 8000), ("g2", 16000)):
         for seed, (d, s) in enumerate([(0.10, 0.20), (0.11, 0.21), (0.12, 0.22), (0.10, 0.21)]):
             for mask, value in (("distinct", d), ("shared", s)):
+                noise = 0.002 * seed * (mask == "shared") * (grid == "g2")  # the gap moves by 0-0.006: stable
                 path = write_run(folder / grid, f"mask={mask},seed={seed}", seed=seed, val=0.8,
-                                 extra={"fit/loss": value + shift + 0.001 * seed * (mask == "shared")})
+                                 extra={"fit/loss": value - 0.05 * (grid == "g2") + noise})
                 metrics = json.loads((path / "metrics.json").read_text())
                 (path / "metrics.json").write_text(json.dumps({**metrics, "total_steps": steps}))
     (folder / "study.yaml").write_text(yaml.safe_dump({**STUDY, "budget_checks": [{"of": "gap", "grid": "g2"}]}))
     build_report([folder], tmp_path / "out", "t")
     readme = (tmp_path / "out" / "README.md").read_text()
     section = readme.split("## Budget checks (the same comparison at a larger budget)", 1)[1].split("\n## ", 1)[0]
-    assert "| gap | 8,000 -> 16,000 | 4 |" in section and "stable" in section
+    (row,) = [line for line in section.splitlines() if line.startswith("| gap |")]
+    assert row.startswith("| gap | 8,000 -> 16,000 | 0, 1, 2, 3 | +0.102 | +0.105 |") and "| stable (" in row
     (entry,) = json.loads((tmp_path / "out" / "summary.json").read_text())["budget_checks"]
     assert entry["of"] == "gap" and entry["reading"] == "stable" and entry["steps"] == [8000.0, 16000.0]
+    assert entry["change"] == pytest.approx(0.003)
+
+
+def test_a_study_file_with_a_bad_check_fails_when_loaded_and_a_runs_folder_keeps_its_checks(tmp_path, monkeypatch):
+    from tiedlab.paradigms import study as study_module
+
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    bad = {**STUDY, "budget_checks": [{"of": "gap", "grid": "h2"}]}
+    (folder / "t.yaml").write_text(yaml.safe_dump(bad))
+    monkeypatch.setattr(study_module, "study_dir", lambda: folder)
+    with pytest.raises(ValueError, match=r"t.yaml: budget check #1, arm a: grid 'h2' sweeps \['mask.sparsity'\]"):
+        study_module.load_study("t")
+    good = {**STUDY, "budget_checks": [{"of": "gap", "grid": "g2"}]}
+    runs_folder = tmp_path / "runs"
+    study_module.write_study_file(runs_folder, good, None)
+    study_module.write_study_file(runs_folder, {**good, "budget_checks": good["budget_checks"] * 2}, None)  # grows
+    with pytest.raises(ValueError, match=r"recorded other budget checks"):
+        study_module.write_study_file(runs_folder, {**good, "budget_checks": []}, None)
