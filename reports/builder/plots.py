@@ -326,13 +326,15 @@ def dense_gaps(cells: list[Cell], key: str | None = None) -> dict[tuple[Any, ...
     return {k: sorted(v) for k, v in sorted(out.items(), key=lambda kv: str(kv[0]))}
 
 
-def _gap_lines(ax: Any, gaps: dict[tuple[Any, ...], list[tuple[float, float, float, float]]], styler: "Styler",
-               linestyle: str | None, what: str) -> set[float]:
+def _gap_lines(ax: Any, gaps: dict[tuple[Any, ...], list[tuple[float, float, float, float]]], styler: Any,
+               linestyle: str | None, what: str, by_depth: bool = False) -> set[float]:
+    """One line (or point) per key of ``gaps``; ``styler`` gets "MODE d=DEPTH" (a ``Styler``: the variant's colour)
+    or, with ``by_depth``, (depth, other) (a ``_DepthStyler``: one colour per depth and setting)."""
     densities: set[float] = set()
     for (mode, kind, width, depth, other), points in gaps.items():
         x = [p[0] for p in points]
         densities.update(x)
-        color, default_ls, marker = styler(f"{mode} d={depth}")
+        color, default_ls, marker = styler((depth, other)) if by_depth else styler(f"{mode} d={depth}")
         ax.errorbar(x, [p[1] for p in points], yerr=[[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]],
                     color=color, ls=linestyle or default_ls, marker=marker, capsize=3, lw=1.4, ms=4,
                     label=_fmt([what, mode, kind, f"w={width}" if width is not None else "",
@@ -363,27 +365,34 @@ def plot_fit_gap(cells: list[Cell], path: Path, title: str, colors: dict[str, st
     shared, dense = mask_gaps(cells, FIT), dense_gaps(cells, FIT)  # one density: a point with its interval
     if not shared and not dense:
         return False
-    palette = {f"d={d}": PALETTE[i % len(PALETTE)] for i, d in enumerate(sorted({k[3] for k in [*shared, *dense]}))}
+    styler = depth_styler([*shared, *dense])
     fig, ax = _figure(title, "mask density (1 - sparsity)", "gap in training-set loss (> 0: distinct fits better)")
     densities = set()
     for gaps, ls, what in ((shared, "-", "distinct - shared:"), (dense, "--", "distinct - dense at w*sqrt(density):")):
-        styler = _DepthStyler(palette)
-        densities |= _gap_lines(ax, gaps, styler, ls, what)
+        densities |= _gap_lines(ax, gaps, styler, ls, what, by_depth=True)
     ax.axhline(0.0, color="black", lw=0.8)
     _log2_axis(ax, densities)
     _save(fig, ax, path, note=GAP_NOTE + "; dense: the width with the masked cell's nonzeros per layer")
     return True
 
 
+def depth_styler(keys: Iterable[tuple[Any, ...]]) -> "_DepthStyler":
+    """The gap lines' styles: one colour and marker per (depth, other) of the (mode, kind, width, depth, other)
+    ``keys``, so a depth trained at two budgets is two lines."""
+    lines = sorted({(k[3], k[4]) for k in keys}, key=str)
+    return _DepthStyler({line: PALETTE[i % len(PALETTE)] for i, line in enumerate(lines)},
+                        {line: MARKERS[i % len(MARKERS)] for i, line in enumerate(lines)})
+
+
 class _DepthStyler:
-    """One colour per depth (``palette``: "d=DEPTH" -> colour), whatever the mode."""
+    """One colour and marker per (depth, other settings), whatever the mode: a depth trained at two budgets is two
+    lines that can be told apart."""
 
-    def __init__(self, palette: dict[str, str]) -> None:
-        self.palette = palette
+    def __init__(self, palette: dict[tuple[Any, str], str], markers: dict[tuple[Any, str], str]) -> None:
+        self.palette, self.markers = palette, markers
 
-    def __call__(self, label: str) -> tuple[str, str, str]:
-        depth = label.rsplit(" ", 1)[-1]
-        return self.palette.get(depth, "black"), "-", "o"
+    def __call__(self, line: tuple[Any, str]) -> tuple[str, str, str]:
+        return self.palette.get(line, "black"), "-", self.markers.get(line, "o")
 
 
 def _arm(c: Cell) -> str:

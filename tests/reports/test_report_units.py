@@ -298,6 +298,19 @@ def test_mask_gap_is_distinct_minus_shared_per_density_and_depth_with_a_welch_in
     assert (tmp_path / "gap.png").stat().st_size > 0 and (tmp_path / "gap.svg").exists()
 
 
+def test_fit_gap_lines_of_one_depth_at_two_budgets_look_different():
+    """A depth trained at two budgets (cells that differ in ``other``) is two lines of their own colour and marker;
+    the distinct - shared and distinct - dense lines of one (depth, other) share theirs."""
+    from tiedlab.reports.plots import depth_styler
+
+    short, long = ("tied", "unstructured", 16, 8, ""), ("tied", "unstructured", 16, 8, "train.max_steps=6000")
+    shallow = ("tied", "unstructured", 16, 4, "")
+    styler = depth_styler([short, long, shallow])
+    styles = {styler((k[3], k[4])) for k in (short, long, shallow)}
+    assert len(styles) == 3 and len({s[0] for s in styles}) == 3 and len({s[2] for s in styles}) == 3
+    assert styler((8, "")) == depth_styler([long, shallow, short])((8, ""))  # the keys' order does not matter
+
+
 def test_fit_gaps_against_shared_masks_and_the_nonzero_matched_dense_width(tmp_path):
     """The capacity picture of the mask study, on the training-set loss (fit/loss, lower is better): distinct minus
     shared and distinct minus the dense tied width with the masked cell's nonzeros per layer (16 * sqrt(0.25) = 8;
