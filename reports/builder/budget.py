@@ -208,3 +208,15 @@ def evaluate_budget_checks(checks: list[BudgetCheckSpec], comparisons: list[Prim
         result.change, result.ci_low, result.ci_high = test.effect, test.ci_low, test.ci_high
         result.reading, result.reason, result.seeds_needed = READINGS[test.verdict], test.reason, test.seeds_needed
     return out
+
+
+def budget_note(check: BudgetCheck) -> str:
+    """"budget check (8,000 -> 16,000 steps, seeds 0, 1): the effect +0.097 -> +0.073, change -0.025 [-0.035,
+    -0.015]: undetermined" (a primary comparison's note; its verdict stays)."""
+    steps = " -> ".join(f"{s:,.0f}" if math.isfinite(s) else "?" for s in check.steps)
+    if not math.isfinite(check.change):
+        return f"budget check ({steps} steps): {check.reading} ({check.reason})"
+    interval = f" [{check.ci_low:+.3g}, {check.ci_high:+.3g}]" if math.isfinite(check.ci_low) else ""
+    return (f"budget check ({steps} steps, seeds {', '.join(check.seeds)}): the effect {check.base:+.3g} -> "
+            f"{check.check:+.3g}, change {check.change:+.3g}{interval}: {check.reading} (descriptive; the verdict "
+            "reads the registered budget)")

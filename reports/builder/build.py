@@ -15,7 +15,7 @@ from .aggregate import Cell, group_cells
 from .guidelines import guidelines
 from .insights import InsightResult, evaluate
 from .load import Run, load_runs, runs_from_summary
-from .budget import BudgetCheck, evaluate_budget_checks, load_budget_checks
+from .budget import BudgetCheck, budget_note, evaluate_budget_checks, load_budget_checks
 from .primary import PrimaryResult, evaluate_primaries, load_primaries
 from .plots import Plot, forest_plot, make_plots
 from .render import document, to_html, to_markdown
@@ -127,6 +127,10 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
     if plan:
         flag_departures_from_the_record(primaries, paths)
     checks = evaluate_budget_checks(load_budget_checks(spec, specs), specs, runs, grids) if spec else []
+    for check in checks:  # the comparison's notes say what its budget check read (its verdict stays)
+        for r in primaries:
+            if r.spec.key == check.spec.of:
+                r.notes.append(budget_note(check))
     return Report(title, runs, cells, evaluate(cells), guidelines(cells), inputs=[str(p) for p in paths],
                   primaries=primaries, budget_checks=checks, study=spec, looks=looks, seed_limits=limits)
 

@@ -137,6 +137,10 @@ def test_the_report_shows_each_check_and_summary_json_carries_it(tmp_path):
     (entry,) = json.loads((tmp_path / "out" / "summary.json").read_text())["budget_checks"]
     assert entry["of"] == "gap" and entry["reading"] == "stable" and entry["steps"] == [8000.0, 16000.0]
     assert entry["change"] == pytest.approx(0.003)
+    (primary,) = json.loads((tmp_path / "out" / "summary.json").read_text())["primaries"]
+    assert any(n.startswith("budget check (8,000 -> 16,000 steps, seeds 0, 1, 2, 3): the effect +0.102 -> +0.105, "
+                            "change +0.003 [") and n.endswith(": stable (descriptive; the verdict reads the "
+                                                              "registered budget)") for n in primary["notes"])
 
 
 def test_a_study_file_with_a_bad_check_fails_when_loaded_and_a_runs_folder_keeps_its_checks(tmp_path, monkeypatch):
