@@ -19,6 +19,7 @@ COMMITTED = {name: ROOT / "reports" / "studies" / name for name in ("quick", "de
                                                                               "masks_ssl", "masks_density",
                                                                               "masks_graph_density",
                                                                               "masks_language_density",
+                                                                              "masks_capacity",
                                                                               "paper_graph_cpu")}
 STUDY_OF = {"paper_graph_cpu": "paper"}  # a committed report named apart from its study file (some of its grids)
 PARADIGM_COLUMNS = ("vision", "graph", "language", "ssl")  # the README answer table's column order
@@ -110,12 +111,12 @@ def test_readme_states_only_the_quick_verdicts_the_report_holds():
 
 @pytest.mark.parametrize("name", ["masks", "masks_head", "masks_language", "masks_graph", "masks_ssl",
                                   "masks_density", "masks_graph_density", "masks_language_density",
-                                  "paper_graph_cpu"])
+                                  "masks_capacity", "paper_graph_cpu"])
 def test_readme_states_only_the_mask_study_verdicts_its_report_holds(name):
     """The README's lines for the mask studies and the paper study's graph family (<!-- answer:masks -->,
     <!-- answer:masks_head -->, <!-- answer:masks_language -->, <!-- answer:masks_graph -->, <!-- answer:masks_ssl -->,
     <!-- answer:masks_density -->, <!-- answer:masks_graph_density -->, <!-- answer:masks_language_density -->,
-    <!-- answer:paper_graph_cpu -->): one row per primary comparison of reports/studies/NAME that has runs (paper's
+    <!-- answer:masks_capacity -->, <!-- answer:paper_graph_cpu -->): one row per primary comparison of reports/studies/NAME that has runs (paper's
     vision and language comparisons have none there), with the verdict, effect, interval and seeds the rebuilt
     report holds."""
     readme = (ROOT / "README.md").read_text()
