@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
@@ -84,14 +85,14 @@ def _hydra_main(cfg: DictConfig) -> Any:
         cls = get_paradigm(cfg.paradigm)
         metric = result.get("metrics", {}).get(f"val/{cls.primary_metric}")
         if _rank() and result["status"] != "failed":  # rank 0 reports the run; the others only their own failure
-            if result["status"] == "interrupted" and hydra_cfg.mode == RunMode.RUN:
+            if result["status"] == "interrupted":
                 sys.exit(INTERRUPTED_EXIT)
             return metric
         if result["status"] == "interrupted":
             _report(f"[tiedlab] interrupted: {cfg.run_dir}: {result['reason']}")
-            if hydra_cfg.mode == RunMode.RUN:
-                sys.exit(INTERRUPTED_EXIT)  # resumable: not a failure
-            raise RunError(f"[tiedlab] interrupted: {cfg.run_dir}")
+            # Resumable, not a failure. In a multirun too: the signal was meant for the whole command, so it starts
+            # no further run (a SystemExit passes through Hydra's job runner, which catches only Exception).
+            sys.exit(INTERRUPTED_EXIT)
         if result["status"] != "failed":
             m = result.get("metrics", {})
             test = m.get(f"test/{cls.primary_metric}")
@@ -190,8 +191,10 @@ def language() -> None:
 
 def study_main() -> None:
     """``tiedlab-study``: see ``tiedlab.paradigms.study``."""
+    from .launch import raise_on_sigterm, stopped_by
     from .study import study
 
+    raise_on_sigterm()  # SIGTERM stops the runs in flight (each checkpoints) before the study exits
     try:
         code = study()
     except (ValueError, OSError) as err:  # an unknown study or grid, a bad study file: one line, no traceback
@@ -199,12 +202,13 @@ def study_main() -> None:
             raise
         print(f"tiedlab-study: error: {err}", file=sys.stderr)
         code = 2
-    except KeyboardInterrupt:  # Ctrl-C: the runs in flight stop with the launcher; none loses more than a checkpoint
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (Stopped): no new run starts; none loses more than a checkpoint
         if _show_traceback():
             raise
-        print("tiedlab-study: interrupted; runs in flight stopped and resume from their last checkpoint: rerun the "
-              "same command to continue", file=sys.stderr)
-        code = 130
+        name = stopped_by()
+        print(f"tiedlab-study: stopped by {name}: no further run starts and the runs in flight stopped at a "
+              "checkpoint; rerun the same command to continue", file=sys.stderr)
+        code = 128 + int(signal.Signals[name])
     sys.exit(code)
 
 

@@ -25,6 +25,65 @@ from typing import Any, Callable, Sequence
 from . import rundir
 
 INTERRUPTED_EXIT = 75  # the exit status of a run stopped by SIGUSR2/SIGTERM after a checkpoint (EX_TEMPFAIL: resumable)
+STOP_WAIT_S = 600.0  # how long a stopped study waits for its runs in flight to checkpoint and exit (then SIGKILL)
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised in the main thread when this process gets SIGTERM under ``raise_on_sigterm``: a KeyboardInterrupt, as
+    for Ctrl-C, so that no ``except Exception`` swallows it (nor Ray's ``ray.wait``, which lets only that through)."""
+
+    def __init__(self, signame: str = "SIGTERM"):
+        super().__init__(signame)
+        self.signame = signame
+
+
+_STOPPED_BY: list[str] = []  # the signals ``raise_on_sigterm``'s handler got (Ray re-raises a bare KeyboardInterrupt)
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    _STOPPED_BY.append(signal.Signals(signum).name)
+    raise Stopped(_STOPPED_BY[-1])
+
+
+def stopped_by() -> str:
+    """The signal that stopped this process: SIGTERM if ``raise_on_sigterm``'s handler ran, else SIGINT (Ctrl-C)."""
+    return _STOPPED_BY[0] if _STOPPED_BY else "SIGINT"
+
+
+def raise_on_sigterm() -> None:
+    """From now on SIGTERM raises ``Stopped`` in this (main) thread, so that a study's driver can pass the stop on
+    to its runs in flight (``wait_passing_stops``) instead of dying and leaving them to go on alone."""
+    signal.signal(signal.SIGTERM, _raise_stopped)
+
+
+def stop_process(proc: subprocess.Popen, wait_s: float = STOP_WAIT_S) -> None:
+    """Ask ``proc`` to stop (SIGTERM: a run checkpoints at its next step and ends as interrupted; a Hydra multirun
+    then starts no further run) and wait up to ``wait_s`` seconds for it to exit; after that, or at a second
+    Ctrl-C or SIGTERM, SIGKILL it (its last checkpoint stands)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=wait_s)
+    except BaseException:  # noqa: BLE001 - out of time, or stopped again: stop now
+        proc.kill()
+        proc.wait()
+
+
+def wait_passing_stops(proc: subprocess.Popen, wait_s: float = STOP_WAIT_S) -> int:
+    """``proc.wait()``, except that a stop of this process meanwhile (Ctrl-C, or SIGTERM under
+    ``raise_on_sigterm``) is passed on to ``proc`` (``stop_process``) before it is re-raised."""
+    try:
+        return proc.wait()
+    except BaseException:
+        stop_process(proc, wait_s)
+        raise
+
+
+def call(cmd: Sequence[str], wait_s: float = STOP_WAIT_S) -> int:
+    """``subprocess.call(cmd)``, but a stop of this process is passed on to the child as SIGTERM and waited for
+    (``wait_passing_stops``), where ``subprocess.call`` would SIGKILL it at once."""
+    return wait_passing_stops(subprocess.Popen(list(cmd)), wait_s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,8 +268,15 @@ def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: bool) 
     path = Path(record) if record else None
     _event(path, event="start", run=run.name, gpu=device, pid=os.getpid())
     proc = start_run(run, env, threads)
-    _event(path, event="child", run=run.name, gpu=device, pid=proc.pid)
-    code = proc.wait()
+    try:
+        _event(path, event="child", run=run.name, gpu=device, pid=proc.pid)
+        while proc.poll() is None:  # a poll, not a blocking wait: ray.cancel's KeyboardInterrupt lands between sleeps
+            time.sleep(0.2)
+    except KeyboardInterrupt:  # ray.cancel (the study was stopped): the run checkpoints and stops
+        stop_process(proc)
+        _event(path, event="end", run=run.name, gpu=device, code=proc.returncode, stopped=True)
+        raise
+    code = proc.returncode
     _event(path, event="end", run=run.name, gpu=device, code=code)
     return {"run": run.name, "gpu": device, "code": code}
 
@@ -230,6 +296,9 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
     os.environ.setdefault("RAY_worker_niceness", "0")
     import ray
 
+    # ray.init puts its own SIGTERM handler in place (it aborts the driver, leaving the runs in flight to be killed
+    # with it): keep the caller's (``raise_on_sigterm``: stop the runs, each at a checkpoint).
+    sigterm = signal.getsignal(signal.SIGTERM)
     cpus = os.cpu_count() or 1
     if address is None:
         ids = gpu_ids(gpus) if gpus else []
@@ -251,6 +320,8 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
         total = ray.cluster_resources()
         slots = int(total.get("GPU", 0)) * per_gpu if gpus else jobs
         threads = max(1, int(total.get("CPU", cpus)) // max(1, slots))
+    if sigterm is _raise_stopped:
+        signal.signal(signal.SIGTERM, sigterm)
     try:
         options: dict[str, Any] = {"num_cpus": threads, "max_retries": retries, "retry_exceptions": False}
         if gpus:
@@ -258,16 +329,25 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
         task = ray.remote(_ray_task).options(**options)
         pending = {task.remote(r, threads, str(record) if record else None, bool(gpus)): r for r in runs}
         results = []
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            run = pending.pop(done[0])
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                run = pending.pop(done[0])
+                try:
+                    result = ray.get(done[0])
+                except Exception as err:  # noqa: BLE001 - a task that failed every retry: its run is reported
+                    result = {"run": run.name, "gpu": None, "code": -1, "error": f"{type(err).__name__}: {err}"}
+                results.append(result)
+                if on_done is not None:
+                    on_done(result)
+        except BaseException:  # Ctrl-C or SIGTERM: runs not started never start, runs in flight checkpoint and stop
+            for ref in pending:
+                ray.cancel(ref)
             try:
-                result = ray.get(done[0])
-            except Exception as err:  # noqa: BLE001 - a task that failed every retry: its run is reported
-                result = {"run": run.name, "gpu": None, "code": -1, "error": f"{type(err).__name__}: {err}"}
-            results.append(result)
-            if on_done is not None:
-                on_done(result)
+                ray.wait(list(pending), num_returns=len(pending), timeout=STOP_WAIT_S)
+            except BaseException:  # noqa: BLE001 - stopped again: shut Ray down now
+                pass
+            raise
         return results
     finally:
         ray.shutdown()

@@ -20,7 +20,6 @@ import argparse
 import fnmatch
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from . import rundir
+from . import launch, rundir
+
 
 def study_dir() -> Path:
     """The folder of study files inside the installed configs package."""
@@ -296,15 +296,13 @@ def run_grids(study_name: str, grids: list[dict[str, Any]], runs: Path, args: ar
             continue
         print("+ " + shlex.join(cmd), flush=True)
         if not args.dry_run:
-            failures += subprocess.call(cmd) != 0
+            failures += launch.call(cmd) != 0
     return failures
 
 
 def _unfinished(study_name: str, grids: list[dict[str, Any]], runs: Path, args: argparse.Namespace) -> list[Any]:
     """The runs of ``grids`` to launch: all but the finished ones (unless extra overrides were given, as for
     multirun: the engine then says whether a folder holds another config's run) and those running now."""
-    from . import launch
-
     todo = []
     for run in launch.study_runs({"name": study_name, "grids": grids}, runs, args.overrides):
         state = launch.run_state(Path(run.run_dir))
@@ -320,7 +318,6 @@ def _unfinished(study_name: str, grids: list[dict[str, Any]], runs: Path, args: 
 def _batchable_reporter() -> Any:
     """``launch.seed_batches``' test of a cell: its first run's config can train as a seed batch; says once per
     grid why not."""
-    from . import launch
     from .cli import compose_config
     from .seedbatch import why_not_batchable
 
@@ -340,8 +337,6 @@ def _batchable_reporter() -> Any:
 def run_grids_with_ray(study_name: str, grids: list[dict[str, Any]], runs: Path, args: argparse.Namespace) -> int:
     """Every unfinished run of ``grids`` at once through Ray (``launch.run_with_ray``); returns how many runs
     did not end with status 0."""
-    from . import launch
-
     todo = _unfinished(study_name, grids, runs, args)
     count = len(todo)
     if args.seed_batch:
@@ -373,8 +368,6 @@ def submit_study(spec: dict[str, Any], runs: Path, args: argparse.Namespace) -> 
     """Submit every unfinished run of the study as one submitit job array and return at once."""
     import json
 
-    from . import launch
-
     options = launch.slurm_options(args.slurm_option)
     todo = _unfinished(spec.get("name", "study"), spec["grids"], runs, args)
     if args.dry_run or not todo:
@@ -402,8 +395,6 @@ def submit_study(spec: dict[str, Any], runs: Path, args: argparse.Namespace) -> 
 def print_status(spec: dict[str, Any], runs: Path, extra: list[str]) -> int:
     """``--status``: the run folders' states per grid (``launch.run_state``), and the last submission."""
     import json
-
-    from . import launch
 
     table = launch.study_status(launch.study_runs(spec, runs, extra))
     print(f"study {spec.get('name')} in {runs}")
@@ -666,7 +657,7 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
             if execute is None:
                 (cmd,) = study_commands({"name": spec.get("name"), "grids": [grid]}, runs, extra, jobs)
                 print("+ " + shlex.join(cmd), flush=True)
-                failures += subprocess.call(cmd) != 0
+                failures += launch.call(cmd) != 0
             else:
                 look_grids.append(grid)
         if look_grids:

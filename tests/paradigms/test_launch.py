@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tiedlab.paradigms import launch, rundir
@@ -213,3 +216,57 @@ def test_slurm_study_is_one_submission_with_status_and_requeues_after_sigusr2_an
     assert study_module.study(["toy", "--runs", str(runs), "--status"]) == 0
     total = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("total")][0]
     assert total[1:4] == ["2", "2", "0"]  # runs, done, not at equilibrium
+
+
+STUDY_MAIN = ("import sys; from pathlib import Path; from tiedlab.paradigms import study; "
+              "folder = Path(sys.argv[1]); study.study_dir = lambda: folder; sys.argv = ['tiedlab-study', *sys.argv[2:]]; "
+              "from tiedlab.paradigms.cli import study_main; study_main()")
+
+
+def start_study(tmp_path: Path, argv: list[str]) -> subprocess.Popen:
+    """``tiedlab-study toy ARGV`` (the study file written by ``write_study``) as its own process, to be signalled."""
+    return subprocess.Popen([sys.executable, "-c", STUDY_MAIN, str(tmp_path / "studies"), "toy", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("argv", [[], pytest.param(["--jobs", "2"], marks=pytest.mark.slow)],
+                         ids=["multirun", "ray"])
+def test_sigterm_to_a_study_checkpoints_its_runs_in_flight_and_starts_no_other(tmp_path, monkeypatch, argv):
+    """SIGTERM to tiedlab-study (a scheduler, `kill`, a CI timeout): the runs in flight checkpoint and end as
+    interrupted, no further run starts (Hydra's multirun does not go on to its next job, Ray's pending runs are
+    cancelled), no process of the study is left, and the study exits 143 with one line."""
+    if argv:
+        pytest.importorskip("ray")
+    grids = [{"name": "g", "overrides": [*TOY, "train.max_steps=3000", "train.ckpt_every=100000",
+                                         "train.eval_every=100", "train.batch_size=32"],
+              "sweep": {"seed": [0, 1, 2]}}]
+    write_study(tmp_path, monkeypatch, grids)
+    runs = tmp_path / "runs"
+    study = start_study(tmp_path, ["--runs", str(runs), "--no-report", *argv])
+    in_flight = 2 if argv else 1
+    dirs = [runs / "g" / f"seed={s}" for s in range(3)]
+
+    def evaluated():
+        assert study.poll() is None, study.communicate()
+        started = [d for d in dirs if (d / "history.jsonl").exists()]
+        return started if len(started) >= in_flight else None
+
+    started = wait_for(evaluated, 240, f"{in_flight} runs' first evaluation")
+    holders = [holder_pid(d) for d in started]
+    study.send_signal(signal.SIGTERM)
+    out, err = study.communicate(timeout=240)
+    assert study.returncode == 128 + signal.SIGTERM, out[-2000:] + err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("tiedlab-study: stopped by SIGTERM: no further run starts"), err
+    for d in started:
+        m = metrics(d)
+        assert m["status"] == "interrupted" and m["reason"].startswith("SIGTERM at step"), (d, m)
+        assert torch.load(d / rundir.CHECKPOINT, weights_only=True)["loop"]["step"] == m["step"]
+    assert not any((d / rundir.METRICS).exists() for d in dirs if d not in started)  # never started
+    assert not any(pid and alive(pid) for pid in holders)
