@@ -57,6 +57,21 @@ def _show_traceback() -> bool:
     return os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
 
 
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+_FAILED: list[str] = []  # the runs of this process's multirun that failed so far
+
+
+def _stop_here(hydra_cfg: Any) -> None:
+    """After a run that SIGTERM/SIGUSR2 interrupted (or that got one during its final evaluation): this process
+    was asked to stop, so it starts no further run. It exits 75 (resumable), or 1 if a run of its multirun
+    failed. Launchers that train each run in a process of its own (joblib, Slurm) signalled that process alone:
+    their multirun goes on, and the run ends as a RunError like a failed one."""
+    from hydra.types import RunMode
+
+    if hydra_cfg.mode == RunMode.RUN or hydra_cfg.launcher.get("_target_") == BASIC_LAUNCHER:
+        sys.exit(1 if _FAILED else INTERRUPTED_EXIT)  # a SystemExit passes Hydra's job runner (it catches Exception)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _hydra_main(cfg: DictConfig) -> Any:
     from hydra.core.hydra_config import HydraConfig
@@ -85,14 +100,15 @@ def _hydra_main(cfg: DictConfig) -> Any:
         cls = get_paradigm(cfg.paradigm)
         metric = result.get("metrics", {}).get(f"val/{cls.primary_metric}")
         if _rank() and result["status"] != "failed":  # rank 0 reports the run; the others only their own failure
+            if result["status"] == "interrupted" or result.get("stopped_by"):
+                _stop_here(hydra_cfg)
             if result["status"] == "interrupted":
-                sys.exit(INTERRUPTED_EXIT)
+                raise RunError("")
             return metric
         if result["status"] == "interrupted":
             _report(f"[tiedlab] interrupted: {cfg.run_dir}: {result['reason']}")
-            # Resumable, not a failure. In a multirun too: the signal was meant for the whole command, so it starts
-            # no further run (a SystemExit passes through Hydra's job runner, which catches only Exception).
-            sys.exit(INTERRUPTED_EXIT)
+            _stop_here(hydra_cfg)
+            raise RunError(f"[tiedlab] interrupted: {cfg.run_dir}")
         if result["status"] != "failed":
             m = result.get("metrics", {})
             test = m.get(f"test/{cls.primary_metric}")
@@ -101,11 +117,15 @@ def _hydra_main(cfg: DictConfig) -> Any:
                     + (f", {m['time/train_s']:.1f} s training, {result.get('step')} steps"
                        if isinstance(m.get("time/train_s"), (int, float)) else "")
                     + (f" ({result['reason']})" if result.get("reason") else ""))
+            if result.get("stopped_by"):  # during the final evaluation: the run completed, nothing further starts
+                _report(f"[tiedlab] {result['stopped_by']} during the final evaluation: stopping")
+                _stop_here(hydra_cfg)
             return metric
         where = f" (rank {_rank()})" if _rank() else ""
         message = f"[tiedlab] failed{where}: {cfg.run_dir}: {result['reason']}"
     if message:
         _report(message)
+    _FAILED.append(str(cfg.run_dir))
     if hydra_cfg.mode == RunMode.RUN:
         sys.exit(1)  # one line, and no "Error executing job" from Hydra
     raise RunError(message)  # a multirun goes on with its other jobs, then exits 1
@@ -194,7 +214,7 @@ def study_main() -> None:
     from .launch import raise_on_sigterm, stopped_by
     from .study import study
 
-    raise_on_sigterm()  # SIGTERM stops the runs in flight (each checkpoints) before the study exits
+    previous = raise_on_sigterm()  # SIGTERM stops the runs in flight (each checkpoints) before the study exits
     try:
         code = study()
     except (ValueError, OSError) as err:  # an unknown study or grid, a bad study file: one line, no traceback
@@ -206,9 +226,11 @@ def study_main() -> None:
         if _show_traceback():
             raise
         name = stopped_by()
-        print(f"tiedlab-study: stopped by {name}: no further run starts and the runs in flight stopped at a "
+        print(f"tiedlab-study: stopped by {name}: no further run starts and the runs in flight were asked to "
               "checkpoint; rerun the same command to continue", file=sys.stderr)
         code = 128 + int(signal.Signals[name])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     sys.exit(code)
 
 

@@ -346,7 +346,9 @@ def _evaluate(paradigm: Paradigm, model: nn.Module, data: DataBundle, split: str
 
 
 def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Run (or resume) one training run in ``run_dir``; returns what it wrote to metrics.json.
+    """Run (or resume) one training run in ``run_dir``; returns what it wrote to metrics.json, plus
+    ``stopped_by`` (the signal's name) when a SIGTERM/SIGUSR2 came after the training loop (during the final
+    evaluation: the run still completed, and the caller should start nothing further).
 
     The process holds the run directory's lock throughout. A finished run of the same config returns at once
     (nothing is loaded or rewritten). ``overrides`` (the command line's) only sharpen the warnings about
@@ -382,9 +384,16 @@ def _train_locked(cfg: DictConfig, spec: BlockSpec, run_dir: Path, overrides: li
     opened = world.main_first(lambda: _open_run_dir(cfg, run_dir))
     if opened.finished:
         return opened.previous
-    run = _Run(cfg, spec, run_dir, opened, overrides, world)
-    status, reason = run.train()
-    return run.finish(status, reason)
+    stop = _StopSignals()  # from the build to the last write: SIGTERM/SIGUSR2 wait for a step boundary or the end
+    try:
+        run = _Run(cfg, spec, run_dir, opened, overrides, world)
+        status, reason = run.train(stop)
+        result = run.finish(status, reason)
+    finally:
+        stop.restore()
+    if stop.received and result.get("status") != "interrupted":  # it came after the loop: the run ended anyway
+        result = {**result, "stopped_by": stop.received}
+    return result
 
 
 @dataclass
@@ -555,15 +564,17 @@ class _Run:
             **({"rng_ranks": rng} if self.world.parallel else {}),
         })
 
-    def train(self) -> tuple[str, str]:
+    def train(self, stop: "_StopSignals | None" = None) -> tuple[str, str]:
         """Train to ``total_steps`` (or the time limit); returns (status, reason). A crash is a failed run; a
         SIGUSR2 or SIGTERM (a scheduler's warning before a timeout, a preemption) checkpoints at the next step
-        boundary and ends the run as ``interrupted`` (resumable)."""
+        boundary and ends the run as ``interrupted`` (resumable). ``stop``: the caller's installed handlers (they
+        stay installed after the loop); None: installed for the loop alone."""
         cfg, loop = self.cfg, self.loop
         self.progress = _progress(cfg, self.total_steps, loop.step) if self.world.is_main else None
         batches = self.batches()
         self.model.train()
-        stop = _StopSignals()
+        own = stop is None
+        stop = _StopSignals() if stop is None else stop
         try:
             while loop.step < self.total_steps:
                 ended = self._signalled(stop)
@@ -577,7 +588,8 @@ class _Run:
         except Exception as err:  # noqa: BLE001 - any crash in the loop (a full disk too) is a failed run, with why
             return "failed", self.crash_reason(err)
         finally:
-            stop.restore()
+            if own:
+                stop.restore()
             if self.progress is not None:
                 self.progress.close()
         return "completed", ""

@@ -50,40 +50,56 @@ def stopped_by() -> str:
     return _STOPPED_BY[0] if _STOPPED_BY else "SIGINT"
 
 
-def raise_on_sigterm() -> None:
+def raise_on_sigterm() -> Any:
     """From now on SIGTERM raises ``Stopped`` in this (main) thread, so that a study's driver can pass the stop on
-    to its runs in flight (``wait_passing_stops``) instead of dying and leaving them to go on alone."""
-    signal.signal(signal.SIGTERM, _raise_stopped)
+    to its runs in flight (``call``, ``run_with_ray``) instead of dying and leaving them to go on alone. Returns the
+    previous handler."""
+    return signal.signal(signal.SIGTERM, _raise_stopped)
 
 
-def stop_process(proc: subprocess.Popen, wait_s: float = STOP_WAIT_S) -> None:
-    """Ask ``proc`` to stop (SIGTERM: a run checkpoints at its next step and ends as interrupted; a Hydra multirun
-    then starts no further run) and wait up to ``wait_s`` seconds for it to exit; after that, or at a second
-    Ctrl-C or SIGTERM, SIGKILL it (its last checkpoint stands)."""
+def stop_process(proc: subprocess.Popen, wait_s: float = STOP_WAIT_S, group: bool = False) -> None:
+    """Ask ``proc`` (with ``group``: its whole process group, which it leads) to stop with SIGTERM: a run
+    checkpoints at its next step and ends as interrupted, and a Hydra multirun starts no further run. Waits up
+    to ``wait_s`` seconds for ``proc`` to exit; after that, or at a second Ctrl-C or SIGTERM, SIGKILLs it (its
+    last checkpoint stands)."""
+    def send(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
     if proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)
+    send(signal.SIGTERM)
     try:
         proc.wait(timeout=wait_s)
     except BaseException:  # noqa: BLE001 - out of time, or stopped again: stop now
-        proc.kill()
+        send(signal.SIGKILL)
         proc.wait()
 
 
-def wait_passing_stops(proc: subprocess.Popen, wait_s: float = STOP_WAIT_S) -> int:
-    """``proc.wait()``, except that a stop of this process meanwhile (Ctrl-C, or SIGTERM under
-    ``raise_on_sigterm``) is passed on to ``proc`` (``stop_process``) before it is re-raised."""
+def _stop_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (a killed study stops its multirun, which
+    checkpoints its run in flight)."""
     try:
-        return proc.wait()
-    except BaseException:
-        stop_process(proc, wait_s)
-        raise
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def call(cmd: Sequence[str], wait_s: float = STOP_WAIT_S) -> int:
-    """``subprocess.call(cmd)``, but a stop of this process is passed on to the child as SIGTERM and waited for
-    (``wait_passing_stops``), where ``subprocess.call`` would SIGKILL it at once."""
-    return wait_passing_stops(subprocess.Popen(list(cmd)), wait_s)
+    """``subprocess.call(cmd)`` for a study's Hydra multirun, in a process group of its own: Ctrl-C on the
+    terminal reaches this process alone, which passes it on with any SIGTERM it gets (under
+    ``raise_on_sigterm``) to the whole group (``stop_process``: the training processes of Hydra's joblib
+    launcher too) and waits for it to exit, where ``subprocess.call`` would SIGKILL the child at once."""
+    proc = subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=_stop_with_parent)
+    try:
+        return proc.wait()
+    except BaseException:
+        stop_process(proc, wait_s, group=True)
+        raise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,13 +218,15 @@ def _die_with_parent() -> None:
         pass
 
 
-def start_run(run: RunSpec, env: dict[str, str], threads: int | None = None) -> subprocess.Popen:
-    """Start ``run``'s training process, its output appended to ``RUN_DIR/launch.log``."""
+def start_run(run: RunSpec, env: dict[str, str], threads: int | None = None,
+              new_session: bool = False) -> subprocess.Popen:
+    """Start ``run``'s training process, its output appended to ``RUN_DIR/launch.log`` (with ``new_session``, in
+    a session of its own: a terminal's Ctrl-C does not reach it, its launcher passes a stop on)."""
     Path(run.run_dir).mkdir(parents=True, exist_ok=True)
     log = open(Path(run.run_dir) / "launch.log", "ab")  # noqa: SIM115 - the child holds it; closed when it exits
     try:
         return subprocess.Popen(run_command(run, threads), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, start_new_session=new_session)
     finally:
         log.close()
 
@@ -267,7 +285,7 @@ def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: bool) 
         env["OMP_NUM_THREADS"] = str(threads)
     path = Path(record) if record else None
     _event(path, event="start", run=run.name, gpu=device, pid=os.getpid())
-    proc = start_run(run, env, threads)
+    proc = start_run(run, env, threads, new_session=True)
     try:
         _event(path, event="child", run=run.name, gpu=device, pid=proc.pid)
         while proc.poll() is None:  # a poll, not a blocking wait: ray.cancel's KeyboardInterrupt lands between sleeps
@@ -296,9 +314,6 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
     os.environ.setdefault("RAY_worker_niceness", "0")
     import ray
 
-    # ray.init puts its own SIGTERM handler in place (it aborts the driver, leaving the runs in flight to be killed
-    # with it): keep the caller's (``raise_on_sigterm``: stop the runs, each at a checkpoint).
-    sigterm = signal.getsignal(signal.SIGTERM)
     cpus = os.cpu_count() or 1
     if address is None:
         ids = gpu_ids(gpus) if gpus else []
@@ -310,26 +325,39 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
         threads = max(1, cpus // max(1, slots))
         if gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)  # Ray hands out these ids, and only these
-        ray.init(num_cpus=max(cpus, slots * threads), num_gpus=len(ids), include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
-    else:
-        if gpus not in (None, "all"):
-            raise ValueError(f"--gpus={gpus} names devices, which on a Ray cluster (--ray-address) Ray places "
-                             "itself: use --gpus all")
-        ray.init(address=address, log_to_driver=False)
-        total = ray.cluster_resources()
-        slots = int(total.get("GPU", 0)) * per_gpu if gpus else jobs
-        threads = max(1, int(total.get("CPU", cpus)) // max(1, slots))
-    if sigterm is _raise_stopped:
-        signal.signal(signal.SIGTERM, sigterm)
+    elif gpus not in (None, "all"):
+        raise ValueError(f"--gpus={gpus} names devices, which on a Ray cluster (--ray-address) Ray places "
+                         "itself: use --gpus all")
+    # ray.init puts its own SIGTERM handler in place (sys.exit, then its C++ one, which aborts the driver and
+    # leaves the runs in flight to be killed with it): keep the caller's (``raise_on_sigterm``).
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
+        try:
+            if address is None:
+                ray.init(num_cpus=max(cpus, slots * threads), num_gpus=len(ids), include_dashboard=False,
+                         log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+                total = ray.cluster_resources()
+                slots = int(total.get("GPU", 0)) * per_gpu if gpus else jobs
+                threads = max(1, int(total.get("CPU", cpus)) // max(1, slots))
+        except SystemExit as exit_:  # Ray's handler: a SIGTERM while Ray started
+            if sigterm is _raise_stopped and exit_.code == signal.SIGTERM:
+                _STOPPED_BY.append("SIGTERM")
+                raise Stopped("SIGTERM") from None
+            raise
+        finally:
+            if sigterm is _raise_stopped:
+                signal.signal(signal.SIGTERM, sigterm)
         options: dict[str, Any] = {"num_cpus": threads, "max_retries": retries, "retry_exceptions": False}
         if gpus:
             options["num_gpus"] = 1.0 / per_gpu
         task = ray.remote(_ray_task).options(**options)
-        pending = {task.remote(r, threads, str(record) if record else None, bool(gpus)): r for r in runs}
+        pending: dict[Any, RunSpec] = {}
         results = []
         try:
+            for r in runs:
+                pending[task.remote(r, threads, str(record) if record else None, bool(gpus))] = r
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 run = pending.pop(done[0])

@@ -186,6 +186,19 @@ def test_a_signalled_run_checkpoints_exits_as_interrupted_and_resumes_to_the_sam
         assert a["metrics"][key] == uninterrupted["metrics"][key], key
 
 
+def test_a_sigterm_during_the_final_evaluation_completes_the_run_and_ends_the_multirun(tmp_path):
+    """A stop that comes after the training loop (the final evaluation) waits for the run's last write: the run
+    completes, and its multirun starts no further job; the command exits 75 (resumable)."""
+    from tiedlab.paradigms.launch import INTERRUPTED_EXIT
+
+    proc = cli(["-m", "seed=0,1", "data.sigterm_on_test=true", "train.max_steps=20"], tmp_path)
+    assert proc.returncode == INTERRUPTED_EXIT, proc.stderr[-3000:]
+    assert "SIGTERM during the final evaluation: stopping" in proc.stderr
+    done = [json.loads(p.read_text()) for p in tmp_path.rglob("metrics.json")]
+    assert [m["status"] for m in done] == ["completed"] and done[0]["step"] == 20, done
+    assert "test/acc" in done[0]["metrics"]
+
+
 def test_nan_loss_is_recorded_as_diverged(tmp_path):
     result = train(cfg(**{"data.nan_input_after": 13}), tmp_path)
     assert result["status"] == "diverged"

@@ -226,7 +226,15 @@ STUDY_MAIN = ("import sys; from pathlib import Path; from tiedlab.paradigms impo
 def start_study(tmp_path: Path, argv: list[str]) -> subprocess.Popen:
     """``tiedlab-study toy ARGV`` (the study file written by ``write_study``) as its own process, to be signalled."""
     return subprocess.Popen([sys.executable, "-c", STUDY_MAIN, str(tmp_path / "studies"), "toy", *argv],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process's group (its own session's), so that a failed test leaves nothing running."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def alive(pid: int) -> bool:
@@ -236,12 +244,14 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("argv", [[], pytest.param(["--jobs", "2"], marks=pytest.mark.slow)],
-                         ids=["multirun", "ray"])
-def test_sigterm_to_a_study_checkpoints_its_runs_in_flight_and_starts_no_other(tmp_path, monkeypatch, argv):
-    """SIGTERM to tiedlab-study (a scheduler, `kill`, a CI timeout): the runs in flight checkpoint and end as
-    interrupted, no further run starts (Hydra's multirun does not go on to its next job, Ray's pending runs are
-    cancelled), no process of the study is left, and the study exits 143 with one line."""
+@pytest.mark.parametrize("argv,sig", [([], signal.SIGTERM), ([], signal.SIGINT),
+                                      pytest.param(["--jobs", "2"], signal.SIGTERM, marks=pytest.mark.slow)],
+                         ids=["multirun", "multirun-ctrl-c", "ray"])
+def test_sigterm_to_a_study_checkpoints_its_runs_in_flight_and_starts_no_other(tmp_path, monkeypatch, argv, sig):
+    """SIGTERM to tiedlab-study (a scheduler, `kill`, a CI timeout) or Ctrl-C (SIGINT to the study: its runs are
+    in sessions of their own): the runs in flight checkpoint and end as interrupted, no further run starts
+    (Hydra's multirun does not go on to its next job, Ray's pending runs are cancelled), no process of the
+    study is left, and the study exits 128 + the signal's number with one line."""
     if argv:
         pytest.importorskip("ray")
     grids = [{"name": "g", "overrides": [*TOY, "train.max_steps=3000", "train.ckpt_every=100000",
@@ -258,12 +268,15 @@ def test_sigterm_to_a_study_checkpoints_its_runs_in_flight_and_starts_no_other(t
         started = [d for d in dirs if (d / "history.jsonl").exists()]
         return started if len(started) >= in_flight else None
 
-    started = wait_for(evaluated, 240, f"{in_flight} runs' first evaluation")
-    holders = [holder_pid(d) for d in started]
-    study.send_signal(signal.SIGTERM)
-    out, err = study.communicate(timeout=240)
-    assert study.returncode == 128 + signal.SIGTERM, out[-2000:] + err[-2000:]
-    assert err.strip().splitlines()[-1].startswith("tiedlab-study: stopped by SIGTERM: no further run starts"), err
+    try:
+        started = wait_for(evaluated, 240, f"{in_flight} runs' first evaluation")
+        holders = [holder_pid(d) for d in started]
+        study.send_signal(sig)
+        out, err = study.communicate(timeout=240)
+    finally:
+        kill_group(study)  # the study's own runs are in sessions of their own: see the last assertion
+    assert study.returncode == 128 + sig, out[-2000:] + err[-2000:]
+    assert err.strip().splitlines()[-1].startswith(f"tiedlab-study: stopped by {sig.name}: no further run starts"), err
     for d in started:
         m = metrics(d)
         assert m["status"] == "interrupted" and m["reason"].startswith("SIGTERM at step"), (d, m)

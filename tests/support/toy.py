@@ -24,6 +24,7 @@ class ToyData:
     nan_input_after: int | None = None  # test hook: poison the inputs after this many training steps
     fail_after: int | None = None  # test hook: raise a RuntimeError after this many training steps
     eval_draws_rng: bool = False  # test hook: scoring draws from the global generator, as a DataLoader's iterator does
+    sigterm_on_test: bool = False  # test hook: scoring the test split (the final evaluation) sends this process SIGTERM
 
 
 @dataclass
@@ -111,6 +112,11 @@ class ToyParadigm(Paradigm):
 
     def score(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
         x, y = self.splits[split]
+        if self.data_opts.sigterm_on_test and split == "test":
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
         if self.data_opts.eval_draws_rng:
             torch.empty((), dtype=torch.int64).random_()
         logits, _ = model(x)
