@@ -84,6 +84,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
     from .tracking import TrackerError
 
     hydra_cfg = HydraConfig.get()
+    result: dict[str, Any] = {}
     try:
         result = run_training(cfg, cfg.run_dir, list(hydra_cfg.overrides.task))
     except (ValueError, OSError, TrackerError) as err:  # config, data, checkpoint, run-directory, tracker errors
@@ -126,6 +127,8 @@ def _hydra_main(cfg: DictConfig) -> Any:
     if message:
         _report(message)
     _FAILED.append(str(cfg.run_dir))
+    if result.get("stopped_by"):  # a run that failed after a stop came: start nothing further either
+        _stop_here(hydra_cfg)
     if hydra_cfg.mode == RunMode.RUN:
         sys.exit(1)  # one line, and no "Error executing job" from Hydra
     raise RunError(message)  # a multirun goes on with its other jobs, then exits 1

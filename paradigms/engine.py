@@ -389,8 +389,12 @@ def _train_locked(cfg: DictConfig, spec: BlockSpec, run_dir: Path, overrides: li
         run = _Run(cfg, spec, run_dir, opened, overrides, world)
         status, reason = run.train(stop)
         result = run.finish(status, reason)
-    finally:
+    except BaseException:
         stop.restore()
+        if stop.received:  # deliver it now, as if it had not waited (a build error must not swallow a stop)
+            signal.raise_signal(signal.Signals[stop.received])
+        raise
+    stop.restore()
     if stop.received and result.get("status") != "interrupted":  # it came after the loop: the run ended anyway
         result = {**result, "stopped_by": stop.received}
     return result

@@ -60,22 +60,51 @@ def raise_on_sigterm() -> Any:
 def stop_process(proc: subprocess.Popen, wait_s: float = STOP_WAIT_S, group: bool = False) -> None:
     """Ask ``proc`` (with ``group``: its whole process group, which it leads) to stop with SIGTERM: a run
     checkpoints at its next step and ends as interrupted, and a Hydra multirun starts no further run. Waits up
-    to ``wait_s`` seconds for ``proc`` to exit; after that, or at a second Ctrl-C or SIGTERM, SIGKILLs it (its
-    last checkpoint stands)."""
-    def send(sig: int) -> None:
+    to ``wait_s`` seconds for ``proc`` (and every process of its group: Hydra's joblib workers outlive their
+    parent) to exit; after that, or at a second Ctrl-C or SIGTERM, SIGKILLs them (their last checkpoints stand)."""
+    def send(sig: int) -> bool:
+        """Whether anything was there to signal."""
         try:
             os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
         except ProcessLookupError:
-            pass
+            return False
+        return True
 
-    if proc.poll() is not None:
+    if proc.poll() is not None and not group:
         return
     send(signal.SIGTERM)
+    deadline = time.time() + wait_s
     try:
         proc.wait(timeout=wait_s)
+        while group and _group_alive(proc.pid):  # the group's other processes: until none is left, signalled
+            if time.time() > deadline:             # again each second (an orphaned worker may start a queued run)
+                raise TimeoutError
+            send(signal.SIGTERM)
+            time.sleep(1.0)
     except BaseException:  # noqa: BLE001 - out of time, or stopped again: stop now
         send(signal.SIGKILL)
         proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (zombies waiting for a reaper do not count)."""
+    stats = []
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stats.append(path.read_text())
+        except OSError:  # it ended meanwhile
+            continue
+    if not stats:  # no /proc: ask the kernel (a zombie counts as alive there)
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for text in stats:
+        fields = text.rsplit(")", 1)[-1].split()  # state, ppid, pgrp, ...
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 def _stop_with_parent() -> None:
@@ -334,7 +363,8 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
     try:
         try:
             if address is None:
-                ray.init(num_cpus=max(cpus, slots * threads), num_gpus=len(ids), include_dashboard=False,
+                # slots x threads CPUs, each run asking for threads: never more than ``slots`` runs at once
+                ray.init(num_cpus=slots * threads, num_gpus=len(ids), include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
             else:
                 ray.init(address=address, log_to_driver=False)

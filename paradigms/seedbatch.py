@@ -117,17 +117,19 @@ def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
                 results[i] = opened.previous
             else:
                 todo.append((i, cfg, specs[i], run_dir, opened))
+        stop = _StopSignals()  # as engine.train: a SIGTERM/SIGUSR2 waits for a step boundary or the last write
+        stack.callback(stop.restore)
         with shared_data():  # the K runs decode their data once
             runs = [(i, _Run(cfg, spec, run_dir, opened, list(overrides))) for i, cfg, spec, run_dir, opened in todo]
         if len(runs) == 1:  # nothing to batch with: an ordinary run
             (i, run), = runs
-            results[i] = run.finish(*run.train())
+            results[i] = run.finish(*run.train(stop))
         elif runs:
             steps = {run.loop.step for _, run in runs}
             if len(steps) > 1:
                 raise ValueError(f"the unfinished runs stand at steps {sorted(steps)}: a seed batch trains in "
                                  "lockstep; resume them separately")
-            for (i, run), (status, reason) in zip(runs, SeedBatch([r for _, r in runs]).train()):
+            for (i, run), (status, reason) in zip(runs, SeedBatch([r for _, r in runs]).train(stop)):
                 results[i] = run.finish(status, reason)
     return results  # type: ignore[return-value]
 
@@ -187,14 +189,15 @@ class SeedBatch:
                            rel_trace=traces[1].detach(), abs_residual=traces[0, -1].detach(),
                            rel_residual=traces[1, -1].detach(), sparsity=template.sparsity)]
 
-    def train(self) -> list[tuple[str, str]]:
-        """Train every run to its end; returns each run's (status, reason)."""
+    def train(self, stop: "_StopSignals | None" = None) -> list[tuple[str, str]]:
+        """Train every run to its end; returns each run's (status, reason). ``stop``: as ``_Run.train``'s."""
         live = list(self.runs)
         ended: dict[int, tuple[str, str]] = {}
         iterators = {id(r): r.batches() for r in live}
         for r in live:
             r.model.train()
-        stop = _StopSignals()
+        own = stop is None
+        stop = _StopSignals() if stop is None else stop
         step_fn = vmap(self._one, randomness="error")
         try:
             while live and live[0].loop.step < live[0].total_steps:
@@ -241,7 +244,8 @@ class SeedBatch:
             for r in live:
                 ended.setdefault(id(r), ("failed", r.crash_reason(err)))
         finally:
-            stop.restore()
+            if own:
+                stop.restore()
         return [ended.get(id(r), ("completed", "")) for r in self.runs]
 
 

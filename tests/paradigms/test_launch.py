@@ -244,15 +244,17 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("argv,sig", [([], signal.SIGTERM), ([], signal.SIGINT),
-                                      pytest.param(["--jobs", "2"], signal.SIGTERM, marks=pytest.mark.slow)],
-                         ids=["multirun", "multirun-ctrl-c", "ray"])
+@pytest.mark.parametrize("argv,sig", [
+    ([], signal.SIGTERM), ([], signal.SIGINT),
+    pytest.param(["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"], signal.SIGTERM, marks=pytest.mark.slow),
+    pytest.param(["--jobs", "2"], signal.SIGTERM, marks=pytest.mark.slow)],
+    ids=["multirun", "multirun-ctrl-c", "joblib", "ray"])
 def test_sigterm_to_a_study_checkpoints_its_runs_in_flight_and_starts_no_other(tmp_path, monkeypatch, argv, sig):
     """SIGTERM to tiedlab-study (a scheduler, `kill`, a CI timeout) or Ctrl-C (SIGINT to the study: its runs are
     in sessions of their own): the runs in flight checkpoint and end as interrupted, no further run starts
     (Hydra's multirun does not go on to its next job, Ray's pending runs are cancelled), no process of the
     study is left, and the study exits 128 + the signal's number with one line."""
-    if argv:
+    if "--jobs" in argv:
         pytest.importorskip("ray")
     grids = [{"name": "g", "overrides": [*TOY, "train.max_steps=3000", "train.ckpt_every=100000",
                                          "train.eval_every=100", "train.batch_size=32"],
@@ -260,7 +262,7 @@ def test_sigterm_to_a_study_checkpoints_its_runs_in_flight_and_starts_no_other(t
     write_study(tmp_path, monkeypatch, grids)
     runs = tmp_path / "runs"
     study = start_study(tmp_path, ["--runs", str(runs), "--no-report", *argv])
-    in_flight = 2 if argv else 1
+    in_flight = 2 if argv else 1  # both parallel launchers run 2 at a time
     dirs = [runs / "g" / f"seed={s}" for s in range(3)]
 
     def evaluated():

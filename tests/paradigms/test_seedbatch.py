@@ -201,3 +201,27 @@ def test_attention_runs_in_its_math_form_inside_a_cuda_seed_batch(tmp_path, monk
     with _vmappable_attention(torch.device("cuda")):
         assert flags() == (False, False, True)
     assert flags() == before
+
+
+def test_a_sigterm_during_a_seed_batchs_final_evaluation_waits_for_every_run_to_complete(tmp_path):
+    """As for a single run (tests/paradigms/test_engine.py): the stop of a seed batch that comes while its runs
+    are finishing (the first run's test score sends it) lets both runs complete and write their metrics."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tiedlab.paradigms import launch
+
+    tests = Path(__file__).resolve().parents[1]
+    grid = {"name": "g", "overrides": ["paradigm=toy", f"hydra.searchpath=[file://{tests / 'support' / 'configs'}]",
+                                       "train.max_steps=4", "train.eval_every=4", "model.width=8",
+                                       "data.sigterm_on_test=true"],
+            "sweep": {"seed": [0, 1]}}
+    (batch,) = launch.seed_batches(launch.grid_runs("s", grid, tmp_path, []), 2, lambda run: True)
+    env = {**os.environ, "PYTHONPATH": str(tests), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(launch.run_command(batch, threads=1), env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for d in batch.run_dirs:
+        m = json.loads((Path(d) / "metrics.json").read_text())
+        assert m["status"] == "completed" and "test/acc" in m["metrics"], m
