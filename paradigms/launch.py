@@ -302,7 +302,14 @@ def count_gpus() -> int:
 
 def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: bool) -> dict[str, Any]:
     """Inside a Ray worker: train ``run`` on the GPU Ray gave this task (the only device the run sees)."""
+    import threading
+
     import ray
+
+    if threading.current_thread() is threading.main_thread():
+        # ray.cancel interrupts a task through SIGINT, which a study started in the background (nohup, `&`) leaves
+        # ignored in every process it starts: without this a stopped study would wait for its runs to finish
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     env = dict(os.environ)
     device = None

@@ -223,10 +223,15 @@ STUDY_MAIN = ("import sys; from pathlib import Path; from tiedlab.paradigms impo
               "from tiedlab.paradigms.cli import study_main; study_main()")
 
 
-def start_study(tmp_path: Path, argv: list[str]) -> subprocess.Popen:
-    """``tiedlab-study toy ARGV`` (the study file written by ``write_study``) as its own process, to be signalled."""
+def start_study(tmp_path: Path, argv: list[str], background: bool = False) -> subprocess.Popen:
+    """``tiedlab-study toy ARGV`` (the study file written by ``write_study``) as its own process, to be signalled;
+    ``background``: with SIGINT ignored, as a shell's ``nohup ... &`` starts it (and everything it starts)."""
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     return subprocess.Popen([sys.executable, "-c", STUDY_MAIN, str(tmp_path / "studies"), "toy", *argv],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=ignore_sigint if background else None)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -250,8 +255,9 @@ def alive(pid: int) -> bool:
     pytest.param(["--jobs", "2"], signal.SIGTERM, marks=pytest.mark.slow)],
     ids=["multirun", "multirun-ctrl-c", "joblib", "ray"])
 def test_sigterm_to_a_study_checkpoints_its_runs_in_flight_and_starts_no_other(tmp_path, monkeypatch, argv, sig):
-    """SIGTERM to tiedlab-study (a scheduler, `kill`, a CI timeout) or Ctrl-C (SIGINT to the study: its runs are
-    in sessions of their own): the runs in flight checkpoint and end as interrupted, no further run starts
+    """SIGTERM to tiedlab-study started in the background (SIGINT ignored, as after `nohup ... &`; a scheduler,
+    `kill`, a CI timeout) or Ctrl-C (SIGINT to the study: its runs are in sessions of their own): the runs in
+    flight checkpoint and end as interrupted, no further run starts
     (Hydra's multirun does not go on to its next job, Ray's pending runs are cancelled), no process of the
     study is left, and the study exits 128 + the signal's number with one line."""
     if "--jobs" in argv:
@@ -261,7 +267,7 @@ def test_sigterm_to_a_study_checkpoints_its_runs_in_flight_and_starts_no_other(t
               "sweep": {"seed": [0, 1, 2]}}]
     write_study(tmp_path, monkeypatch, grids)
     runs = tmp_path / "runs"
-    study = start_study(tmp_path, ["--runs", str(runs), "--no-report", *argv])
+    study = start_study(tmp_path, ["--runs", str(runs), "--no-report", *argv], background=sig == signal.SIGTERM)
     in_flight = 2 if argv else 1  # both parallel launchers run 2 at a time
     dirs = [runs / "g" / f"seed={s}" for s in range(3)]
 
