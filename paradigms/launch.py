@@ -30,11 +30,8 @@ STOP_WAIT_S = 600.0  # how long a stopped study waits for its runs in flight to 
 
 class Stopped(KeyboardInterrupt):
     """Raised in the main thread when this process gets SIGTERM under ``raise_on_sigterm``: a KeyboardInterrupt, as
-    for Ctrl-C, so that no ``except Exception`` swallows it (nor Ray's ``ray.wait``, which lets only that through)."""
-
-    def __init__(self, signame: str = "SIGTERM"):
-        super().__init__(signame)
-        self.signame = signame
+    for Ctrl-C, so that no ``except Exception`` swallows it (nor Ray's ``ray.wait``, which lets only that through;
+    ``stopped_by`` names the signal)."""
 
 
 _STOPPED_BY: list[str] = []  # the signals ``raise_on_sigterm``'s handler got (Ray re-raises a bare KeyboardInterrupt)
@@ -87,35 +84,29 @@ def stop_process(proc: subprocess.Popen, wait_s: float = STOP_WAIT_S, group: boo
 
 
 def _group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` is still running (zombies waiting for a reaper do not count)."""
-    stats = []
+    """Whether a process of group ``pgid`` is still running (from /proc: zombies waiting for a reaper do not
+    count)."""
     for path in Path("/proc").glob("[0-9]*/stat"):
         try:
-            stats.append(path.read_text())
+            fields = path.read_text().rsplit(")", 1)[-1].split()  # state, ppid, pgrp, ...
         except OSError:  # it ended meanwhile
             continue
-    if not stats:  # no /proc: ask the kernel (a zombie counts as alive there)
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    for text in stats:
-        fields = text.rsplit(")", 1)[-1].split()  # state, ppid, pgrp, ...
         if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
             return True
     return False
 
 
-def _stop_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies (a killed study stops its multirun, which
-    checkpoints its run in flight)."""
-    try:
-        import ctypes
+def _on_parent_death(sig: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets ``sig`` when its parent dies (Linux's PR_SET_PDEATHSIG)."""
+    def preexec() -> None:
+        try:
+            import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    return preexec
 
 
 def call(cmd: Sequence[str], wait_s: float = STOP_WAIT_S) -> int:
@@ -123,7 +114,8 @@ def call(cmd: Sequence[str], wait_s: float = STOP_WAIT_S) -> int:
     terminal reaches this process alone, which passes it on with any SIGTERM it gets (under
     ``raise_on_sigterm``) to the whole group (``stop_process``: the training processes of Hydra's joblib
     launcher too) and waits for it to exit, where ``subprocess.call`` would SIGKILL the child at once."""
-    proc = subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=_stop_with_parent)
+    # SIGTERM if this process dies: a killed study still stops its multirun, which checkpoints its run in flight
+    proc = subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=_on_parent_death(signal.SIGTERM))
     try:
         return proc.wait()
     except BaseException:
@@ -236,17 +228,6 @@ def run_command(run: "RunSpec | SeedBatchSpec", threads: int | None = None) -> l
     return cmd
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the parent (a Ray worker, a submitit job) dies, so that a killed
-    worker never leaves an orphan holding the run's lock."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def start_run(run: RunSpec, env: dict[str, str], threads: int | None = None,
               new_session: bool = False) -> subprocess.Popen:
     """Start ``run``'s training process, its output appended to ``RUN_DIR/launch.log`` (with ``new_session``, in
@@ -255,7 +236,9 @@ def start_run(run: RunSpec, env: dict[str, str], threads: int | None = None,
     log = open(Path(run.run_dir) / "launch.log", "ab")  # noqa: SIM115 - the child holds it; closed when it exits
     try:
         return subprocess.Popen(run_command(run, threads), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, start_new_session=new_session)
+                                stdin=subprocess.DEVNULL, start_new_session=new_session,
+                                # SIGKILL when the parent (a Ray worker, a submitit job) dies: no orphan holds the lock
+                                preexec_fn=_on_parent_death(signal.SIGKILL))
     finally:
         log.close()
 
