@@ -20,6 +20,7 @@ COMMITTED = {name: ROOT / "reports" / "studies" / name for name in ("quick", "de
                                                                               "masks_graph_density",
                                                                               "masks_language_density",
                                                                               "masks_capacity",
+                                                                              "masks_ssl_density",
                                                                               "paper_graph_cpu")}
 STUDY_OF = {"paper_graph_cpu": "paper"}  # a committed report named apart from its study file (some of its grids)
 PARADIGM_COLUMNS = ("vision", "graph", "language", "ssl")  # the README answer table's column order
@@ -77,7 +78,7 @@ def cell_states(cell: str, r: object) -> bool:
     interval = (f"[{r.ci_low:+.3g}, {r.ci_high:+.3g}]" if math.isfinite(r.ci_low) and math.isfinite(r.ci_high)
                 else "no interval")
     return (cell.split(" ")[0] == r.verdict and cell.split(" (", 1)[1].startswith(f"{r.effect:+.3g}, {interval}, ")
-            and f"{r.n_a}/{r.n_b} seeds" in cell
+            and re.search(rf"(?<!\d){r.n_a}/{r.n_b} seeds", cell) is not None
             and (f"~{r.seeds_needed} seeds to decide" in cell) == bool(r.verdict == "undetermined" and r.seeds_needed))
 
 
@@ -111,12 +112,12 @@ def test_readme_states_only_the_quick_verdicts_the_report_holds():
 
 @pytest.mark.parametrize("name", ["masks", "masks_head", "masks_language", "masks_graph", "masks_ssl",
                                   "masks_density", "masks_graph_density", "masks_language_density",
-                                  "masks_capacity", "paper_graph_cpu"])
+                                  "masks_capacity", "masks_ssl_density", "paper_graph_cpu"])
 def test_readme_states_only_the_mask_study_verdicts_its_report_holds(name):
     """The README's lines for the mask studies and the paper study's graph family (<!-- answer:masks -->,
     <!-- answer:masks_head -->, <!-- answer:masks_language -->, <!-- answer:masks_graph -->, <!-- answer:masks_ssl -->,
     <!-- answer:masks_density -->, <!-- answer:masks_graph_density -->, <!-- answer:masks_language_density -->,
-    <!-- answer:masks_capacity -->, <!-- answer:paper_graph_cpu -->): one row per primary comparison of reports/studies/NAME that has runs (paper's
+    <!-- answer:masks_capacity -->, <!-- answer:masks_ssl_density -->, <!-- answer:paper_graph_cpu -->): one row per primary comparison of reports/studies/NAME that has runs (paper's
     vision and language comparisons have none there), with the verdict, effect, interval and seeds the rebuilt
     report holds."""
     readme = (ROOT / "README.md").read_text()
@@ -130,3 +131,42 @@ def test_readme_states_only_the_mask_study_verdicts_its_report_holds(name):
         assert cell.split(" ")[0] == r.verdict, line
         assert cell.split(" (", 1)[1].startswith(f"{r.effect:+.3g}, [{r.ci_low:+.3g}, {r.ci_high:+.3g}]"), line
         assert f"{r.n_a}/{r.n_b} seeds" in cell, line
+
+
+def test_readme_insight4_transfer_table_states_what_each_cited_report_holds():
+    """The README's insight-4 transfer table (<!-- answer:insight4 -->): every cell but "-" is a verdict with its
+    effect, interval and seeds followed by the committed report and comparison it comes from (`study:id`), and the
+    rebuilt report holds exactly that; the comparison is of the row's paradigm and, under a "density D" column, its
+    label names density D; every row cites at least one comparison, and none is cited twice."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- answer:insight4 ", 1)[1].split("<!-- /answer -->", 1)[0]
+    cache: dict[str, dict[str, object]] = {}
+    cited, header, rows = [], [], 0
+    for line in block.splitlines():
+        if not line.startswith("|") or line.startswith("|---"):
+            continue
+        first, *cells = [c.strip() for c in line.strip("|").split("|")]
+        if first.startswith("paradigm"):
+            header = cells
+            continue
+        rows += 1
+        paradigm = re.match(r"\w+", first).group(0).lower()
+        assert paradigm in PARADIGM_COLUMNS and len(cells) == len(header), line
+        in_row = 0
+        for column, cell in zip(header, cells):
+            if cell == "-":
+                continue
+            match = re.fullmatch(r"(.+) `(\w+):([\w/.-]+)`", cell)
+            assert match, (line, cell)
+            stated, study, key = match.groups()
+            if study not in cache:
+                cache[study] = rebuilt_results(study)
+            r = cache[study][key]
+            assert r.spec.paradigm == paradigm, (study, key, paradigm)
+            density = re.fullmatch(r"density ([\d.]+)", column)
+            assert not density or re.search(rf"density {re.escape(density.group(1))}\b", r.spec.label), (key, column)
+            assert cell_states(stated, r), (study, key, stated)
+            cited.append((study, key))
+            in_row += 1
+        assert in_row, f"a row cites nothing: {line}"
+    assert rows >= 9 and len(cited) == len(set(cited)), cited
