@@ -130,7 +130,7 @@ def test_readme_states_only_the_mask_study_verdicts_its_report_holds(name):
         cell = [c.strip() for c in line.strip("|").split("|")][1]
         assert cell.split(" ")[0] == r.verdict, line
         assert cell.split(" (", 1)[1].startswith(f"{r.effect:+.3g}, [{r.ci_low:+.3g}, {r.ci_high:+.3g}]"), line
-        assert f"{r.n_a}/{r.n_b} seeds" in cell, line
+        assert re.search(rf"(?<!\d){r.n_a}/{r.n_b} seeds", cell), line
 
 
 def test_readme_insight4_transfer_table_states_what_each_cited_report_holds():
@@ -169,4 +169,5 @@ def test_readme_insight4_transfer_table_states_what_each_cited_report_holds():
             cited.append((study, key))
             in_row += 1
         assert in_row, f"a row cites nothing: {line}"
-    assert rows >= 9 and len(cited) == len(set(cited)), cited
+    assert rows >= 10, f"{rows} rows: the two tables have five each (vision twice, graph, language, SSL)"
+    assert len(cited) == len(set(cited)), cited
