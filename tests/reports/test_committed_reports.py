@@ -4,6 +4,7 @@ state."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -26,9 +27,11 @@ STUDY_OF = {"paper_graph_cpu": "paper"}  # a committed report named apart from i
 PARADIGM_COLUMNS = ("vision", "graph", "language", "ssl")  # the README answer table's column order
 
 
+@functools.cache
 def rebuilt_results(name: str) -> dict[str, object]:
     """Each primary comparison of a committed report rebuilt from its summary.json, by key ("4/vision", or its id),
-    under the registration the summary carries (a study file may have grown by amendments since)."""
+    under the registration the summary carries (a study file may have grown by amendments since); built once per
+    process, read only."""
     summary = COMMITTED[name] / "summary.json"
     report = analyse([summary], runs=runs_from_summary(summary))
     return {r.spec.key: r for r in report.primaries}
@@ -140,7 +143,6 @@ def test_readme_insight4_transfer_table_states_what_each_cited_report_holds():
     label names density D; every row cites at least one comparison, and none is cited twice."""
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- answer:insight4 ", 1)[1].split("<!-- /answer -->", 1)[0]
-    cache: dict[str, dict[str, object]] = {}
     cited, header, rows = [], [], 0
     for line in block.splitlines():
         if not line.startswith("|") or line.startswith("|---"):
@@ -159,9 +161,7 @@ def test_readme_insight4_transfer_table_states_what_each_cited_report_holds():
             match = re.fullmatch(r"(.+) `(\w+):([\w/.-]+)`", cell)
             assert match, (line, cell)
             stated, study, key = match.groups()
-            if study not in cache:
-                cache[study] = rebuilt_results(study)
-            r = cache[study][key]
+            r = rebuilt_results(study)[key]
             assert r.spec.paradigm == paradigm, (study, key, paradigm)
             density = re.fullmatch(r"density ([\d.]+)", column)
             assert not density or re.search(rf"density {re.escape(density.group(1))}\b", r.spec.label), (key, column)
