@@ -47,6 +47,9 @@ POWER = 0.8
 CLAIMS = ("superiority", "noninferiority", "equivalence")
 VERDICTS = ("holds", "fails", "equivalent", "undetermined")
 MAX_N = 1000  # seeds_needed gives up beyond this many seeds per arm
+# Values that differ by no more than this fraction of their size count as equal: subtraction rounds (0.9 - 0.7 and
+# 0.3 - 0.1 differ in the last digit), and a t or F statistic read from rounding noise would decide anything.
+SPREAD_RTOL = 1e-12
 
 RULE = (
     "Each comparison contrasts two sides over replicates (seeds, or seed and fold): its effect is mean A - mean B, "
@@ -263,6 +266,17 @@ def _side(values: Mapping[Hashable, float], name: str) -> dict[Hashable, float]:
     return out
 
 
+def no_spread(a, b, *, paired: bool):
+    """True for each row of a and b (1-D: one comparison) without spread to judge an effect against: every paired
+    difference equal (paired), or each side's values equal (unpaired), to within SPREAD_RTOL of the largest |value|
+    of the row, so that rounding in a subtraction does not count as spread."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    tol = SPREAD_RTOL * np.maximum(np.abs(a).max(axis=-1), np.abs(b).max(axis=-1))
+    if paired:
+        return np.ptp(a - b, axis=-1) <= tol
+    return (np.ptp(a, axis=-1) <= tol) & (np.ptp(b, axis=-1) <= tol)
+
+
 def summarize(a, b, *, paired: bool):
     """(effect, sd, se, df) of the rows of a and b (1-D: one comparison; 2-D: one per row), n >= 2 a side.
 
@@ -325,15 +339,12 @@ def compare(a: Mapping[Hashable, float], b: Mapping[Hashable, float], *, claim: 
         return Comparison(**base, ci_low=nan, ci_high=nan, p=nan, verdict="undetermined",
                           reason=f"n<2: {n_a} replicate(s) for A, {n_b} for B", seeds_needed=None, sd=nan,
                           df=nan, se=nan)
-    if paired:
-        no_spread = bool(np.all(xa - xb == (xa - xb)[0]))
-    else:
-        no_spread = bool(np.all(xa == xa[0]) and np.all(xb == xb[0]))
-    if no_spread:
+    if bool(no_spread(xa, xb, paired=paired)):
         what = "every paired difference is" if paired else "each side is constant and the difference is"
         return Comparison(**base, ci_low=nan, ci_high=nan, p=nan, verdict="undetermined",
-                          reason=f"zero spread: {what} exactly {effect:.6g}, so there is no t interval "
-                                 f"(the replicates show no noise to judge it against)",
+                          reason=f"zero spread: {what} {effect:.6g} (to within {SPREAD_RTOL:g} of the values' "
+                                 f"size), so there is no t interval (the replicates show no noise to judge it "
+                                 f"against)",
                           seeds_needed=None, sd=0.0, df=nan, se=0.0)
     _, sd, se, df = (float(x) for x in summarize(xa, xb, paired=paired))
     lo, hi = (float(x) for x in interval(effect, se, df, alpha))
@@ -559,7 +570,7 @@ def batch_compare(a: np.ndarray, b: np.ndarray, *, claim: str, delta: float, alp
     _check_n(a.shape[1], "n_a")
     _check_n(b.shape[1], "n_b")
     effect, _, se, df = summarize(a, b, paired=paired)
-    se = np.where(se > 0, se, np.nan)
+    se = np.where(no_spread(a, b, paired=paired), np.nan, se)
     lo, hi = interval(effect, se, df, alpha)
     p = claim_p(claim, effect, se, df, delta)
     return Batch(effect=effect, se=se, df=df, ci_low=lo, ci_high=hi, p=p, verdict=read(claim, lo, hi, delta))
@@ -597,7 +608,8 @@ def _pooled(groups: Sequence[Sequence[float]], name: str) -> tuple[float, int]:
         if not np.all(np.isfinite(x)):
             raise ValueError(f"side {name}, cell {i}: non-finite values {x[~np.isfinite(x)].tolist()}")
         if len(x) >= 2:
-            ss += float(np.sum((x - x.mean()) ** 2))
+            if np.ptp(x) > SPREAD_RTOL * np.abs(x).max():  # else rounding in the mean, not spread
+                ss += float(np.sum((x - x.mean()) ** 2))
             df += len(x) - 1
     return (ss / df if df else math.nan), df
 
@@ -611,7 +623,7 @@ def robust_spread_p(a: Sequence[float], b: Sequence[float]) -> tuple[float, floa
     if len(za) < 2 or len(zb) < 2:
         return math.nan, math.nan
     diff = float(za.mean() - zb.mean())
-    if np.ptp(za) == 0 and np.ptp(zb) == 0:  # levene would divide 0 by 0
+    if all(np.ptp(z) <= SPREAD_RTOL * np.abs(x).max() for z, x in ((za, a), (zb, b))):  # levene: 0 / 0
         return math.nan, diff
     return brown_forsythe(a, b).p, diff
 

@@ -550,6 +550,14 @@ def test_n_below_two_and_zero_spread_are_undetermined():
     assert z.verdict == "undetermined" and "each side is constant" in z.reason
     w = S.compare({0: 0.9, 1: 0.9, 2: 0.9}, {3: 0.8, 4: 0.82, 5: 0.81}, claim="superiority", delta=0.01)
     assert w.df == pytest.approx(2) and math.isfinite(w.ci_low)  # one constant side is fine for Welch
+    # 0.2 in every seed, but 0.3 - 0.1, 0.7 - 0.5, 0.9 - 0.7 round differently: a t statistic of ~1e16 before
+    r = S.compare({0: 0.3, 1: 0.7, 2: 0.9}, {0: 0.1, 1: 0.5, 2: 0.7}, claim="noninferiority", delta=0.01)
+    assert r.verdict == "undetermined" and "zero spread" in r.reason and math.isnan(r.p)
+    rb = S.batch_compare([[0.3, 0.7, 0.9]], [[0.1, 0.5, 0.7]], claim="superiority", delta=0.01, paired=True)
+    assert rb.verdict.tolist() == ["undetermined"] and math.isnan(rb.p[0])
+    # [0.1] * 3 has a variance of 6e-34 about its rounded mean: not spread, so no F test
+    assert "zero spread on side A" in S.variance_test([[0.1, 0.1, 0.1]], [[1.0, 2.0, 1.5]]).reason
+    assert math.isnan(S.robust_spread_p([0.1, 0.1, 0.1], [0.7, 0.7, 0.7])[0])
     u = S.compare({0: 0.9, 1: 0.91}, {0: 0.9, 1: 0.905}, claim="superiority", delta=0.01)
     assert u.verdict == "undetermined" and u.seeds_needed is not None and u.seeds_needed > 2
 
