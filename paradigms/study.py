@@ -440,7 +440,8 @@ def write_study_file(runs: Path, spec: dict[str, Any], plan: dict[str, int] | No
     report reads the pre-registered comparisons and the looks from the runs folder itself.
 
     Raises:
-        ValueError: the folder already holds another study, or a sequential plan other than this one.
+        ValueError: the folder already holds another study, or a sequential plan other than this one, or runs of
+            the study's primary grids made without a plan (a fixed design: its verdicts are read at full alpha).
     """
     runs.mkdir(parents=True, exist_ok=True)
     path = runs / STUDY_FILE
@@ -456,9 +457,21 @@ def write_study_file(runs: Path, spec: dict[str, Any], plan: dict[str, int] | No
                              "and --seed-step")
         if old.get("sequential") and not plan:
             record["sequential"] = old["sequential"]  # seeds were added sequentially: the looks stay counted
+        if plan and not old.get("sequential"):
+            read = sorted(g for g in primary_grids(old) if (runs / g).is_dir() and any((runs / g).iterdir()))
+            if read:
+                raise ValueError(f"{runs} holds runs of grids {read} made without --until-decided, whose verdicts "
+                                 "may have been read at the full alpha: a sequential plan added now would not count "
+                                 "that look; use another --runs folder (or go on without --until-decided)")
         check_registration(runs, old.get("primary") or {}, spec.get("primary") or {}, spec.get("name"))
         check_budget_checks(runs, old.get("budget_checks") or [], spec.get("budget_checks") or [], spec.get("name"))
     rundir.atomic_write_bytes(path, yaml.safe_dump(record, sort_keys=False).encode())
+
+
+def primary_grids(spec: dict[str, Any]) -> set[str]:
+    """The grids the study's registered primary comparisons read (their arms' ``grid``)."""
+    return {str(arm["grid"]) for c in (spec.get("primary") or {}).get("comparisons") or []
+            for arm in (c.get("a"), c.get("b")) if isinstance(arm, dict) and arm.get("grid")}
 
 
 def check_registration(runs: Path, old: dict[str, Any], new: dict[str, Any], name: Any) -> None:

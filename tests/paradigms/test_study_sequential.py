@@ -146,6 +146,24 @@ def test_a_registration_grows_only_by_a_family_of_its_own_on_grids_without_runs(
         write(first, later, on_old_data)
 
 
+def test_a_sequential_plan_is_refused_on_runs_made_without_one(tmp_path):
+    """Runs of a fixed design may have been read at the full alpha: adding --until-decided's looks afterwards would
+    leave that reading uncounted, so a plan is refused once the primary grids hold runs made without one."""
+    first = {"insight": 1, "paradigm": "toy", "claim": "superiority", "delta": 0.5, "a": arm("tied"), "b": arm("deq")}
+    spec = {"name": "toy", "primary": {"comparisons": [first]}}
+    plan = {"start": 2, "step": 2, "max_seeds": 6, "looks": 3}
+    fresh = tmp_path / "fresh"
+    study_module.write_study_file(fresh, spec, None)  # registered, no runs yet: a plan may still be chosen
+    study_module.write_study_file(fresh, spec, plan)
+    study_module.write_study_file(fresh, spec, plan)
+    fixed = tmp_path / "fixed"
+    study_module.write_study_file(fixed, spec, None)
+    (fixed / "g" / "block=tied,seed=0").mkdir(parents=True)
+    study_module.write_study_file(fixed, spec, None)  # more fixed-design runs are fine
+    with pytest.raises(ValueError, match=r"runs of grids \['g'\] made without --until-decided"):
+        study_module.write_study_file(fixed, spec, plan)
+
+
 def test_until_decided_with_grids_selected_still_sees_every_registered_grid(tmp_path, monkeypatch):
     """--grids runs a subset, but the plan and the registered comparisons are the whole study's."""
     studies = tmp_path / "studies"
