@@ -213,6 +213,7 @@ class StudyPlan:
     primaries: list[PrimaryPlan] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
     step_times: StepTimes | None = None
+    sequential: dict[str, int] | None = None  # --until-decided's plan: the primaries are read at alpha / its looks
 
     @property
     def remaining_s(self) -> float:
@@ -303,21 +304,33 @@ def grid_plans(costs: list[RunCost], step_times: StepTimes | None = None) -> lis
 
 
 def primary_plans(spec: dict[str, Any], runs: Path, costs: list[RunCost], step_times: StepTimes | None = None,
-                  registered: dict[str, Any] | None = None) -> list[PrimaryPlan]:
+                  registered: dict[str, Any] | None = None,
+                  sequential: dict[str, int] | None = None) -> list[PrimaryPlan]:
     """Each primary comparison's state on the finished runs and the cost of the seeds it still needs: those of
-    ``registered`` (the whole study; default ``spec``) that read only ``spec``'s grids."""
+    ``registered`` (the whole study; default ``spec``) that read only ``spec``'s grids. Read as the report reads
+    them: Holm over every registered comparison of a family, and with a ``sequential`` plan (``tiedlab-study
+    --until-decided``) at alpha / looks, each on the seeds of the look its runs folder's record reached."""
+    from tiedlab.paradigms.study import SEQUENTIAL_FILE, read_sequential_state, seed_limits
     from tiedlab.reports.load import load_runs
     from tiedlab.reports.primary import arm_runs, evaluate_primaries, load_primaries
 
     grids = [g["name"] for g in spec["grids"]]
+    registered = registered or spec
+    every = load_primaries(registered)
     # a plan of some grids (--grids) prices the comparisons that read only those
-    specs = [s for s in load_primaries(registered or spec) if s.a.grid in grids and s.b.grid in grids]
-    if not specs:
+    wanted = {s.key for s in every if s.a.grid in grids and s.b.grid in grids}
+    if not wanted:
         return []
     found = load_runs([runs]) if Path(runs).exists() else []
+    limits = (seed_limits(every, sequential, read_sequential_state(runs))
+              if sequential and (Path(runs) / SEQUENTIAL_FILE).is_file() else {})
     out = []
-    for result in evaluate_primaries(specs, found, grids=grids):
+    for result in evaluate_primaries(every, found, looks=int((sequential or {}).get("looks", 1)),
+                                     grids=[g["name"] for g in registered.get("grids") or spec["grids"]],
+                                     seed_limits=limits, first_seed=int((sequential or {}).get("first_seed", 0))):
         s = result.spec
+        if s.key not in wanted:
+            continue
         extra_runs, extra_s = 0, 0.0
         if result.verdict == "undetermined" and result.seeds_needed:
             for arm, n in ((s.a, result.n_a), (s.b, result.n_b)):
@@ -337,14 +350,17 @@ def primary_plans(spec: dict[str, Any], runs: Path, costs: list[RunCost], step_t
 
 
 def study_plan(spec: dict[str, Any], runs: Path, extra: Sequence[str] = (),
-               step_times: StepTimes | None = None, registered: dict[str, Any] | None = None) -> StudyPlan:
+               step_times: StepTimes | None = None, registered: dict[str, Any] | None = None,
+               sequential: dict[str, int] | None = None) -> StudyPlan:
     """The plan of ``spec`` (some grids of the study ``registered``, default all) over its runs folder;
-    ``step_times`` prices the runs no finished run measures."""
+    ``step_times`` prices the runs no finished run measures; ``sequential``: the plan of ``--until-decided``, whose
+    looks split alpha (``primary_plans``)."""
     costs = run_costs(spec, runs, extra)
     if step_times is not None:
         step_times = dataclasses.replace(step_times, extra=tuple(extra))
-    return StudyPlan(grid_plans(costs, step_times), primary_plans(spec, runs, costs, step_times, registered),
-                     sorted({c.device for c in costs if c.wall_s and c.device}), step_times)
+    return StudyPlan(grid_plans(costs, step_times),
+                     primary_plans(spec, runs, costs, step_times, registered, sequential),
+                     sorted({c.device for c in costs if c.wall_s and c.device}), step_times, sequential)
 
 
 def _hours(seconds: float | None) -> str:
@@ -366,7 +382,12 @@ def format_plan(plan: StudyPlan, slots: int = 1) -> str:
             to_go += f" ({g.from_step_times} from step times)"
         lines.append(f"{g.name:<32} {g.runs:>5} {g.finished:>5}  {g.steps:<11} {measured:>14}  {to_go}")
     if plan.primaries:
-        lines += ["", "primary comparison         n A/B   verdict        seeds/arm to decide  extra runs  extra (est.)"]
+        seq = plan.sequential
+        lines += ["", "primary comparisons read as the report reads them: Holm within each family, "
+                  + (f"alpha / {seq['looks']} looks (--until-decided: {seq['start']} to {seq['max_seeds']} seeds "
+                     f"per arm, {seq['step']} a look; seeds to decide beyond {seq['max_seeds']} are past the plan)"
+                     if seq else "one look (a fixed design; with --until-decided, alpha is split over its looks)"),
+                  "primary comparison         n A/B   verdict        seeds/arm to decide  extra runs  extra (est.)"]
         for p in plan.primaries:
             needed = str(p.seeds_needed) if p.seeds_needed else "-"
             lines.append(f"{p.key:<26} {p.n:<7} {p.verdict:<14} {needed:>19}  {p.extra_runs:>10}  "

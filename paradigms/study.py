@@ -176,7 +176,8 @@ def study(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", action="store_true",
                         help="print, per grid, the runs, those finished and the estimated time of the rest (from "
                              "measured run times), and per primary comparison the seeds the verdict rules need and "
-                             "their cost; run nothing")
+                             "their cost, read as the report would (at alpha / looks under the runs folder's "
+                             "sequential plan or --until-decided's); run nothing")
     parser.add_argument("--step-times", default=None, metavar="FILE",
                         help="with --plan: price the runs no finished run measures from the training step times "
                              "that `python benchmarks/gpu_check.py --study NAME --out FILE` measured (evaluation "
@@ -212,7 +213,8 @@ def study(argv: list[str] | None = None) -> int:
 
         step_times = load_step_times(args.step_times, args.name) if args.step_times is not None else None
         print(f"study {spec.get('name')} in {runs}")
-        print(format_plan(study_plan(spec, runs, args.overrides, step_times, full), slots=slots))
+        print(format_plan(study_plan(spec, runs, args.overrides, step_times, full, planned_looks(runs, full, args)),
+                          slots=slots))
         left_out = [g for g in optional_grids(full) if g not in {grid["name"] for grid in spec["grids"]}]
         if left_out:
             print(f"optional grids, not in this plan (select them with --grids): {', '.join(left_out)}")
@@ -433,6 +435,22 @@ def grid_finished(grid: dict[str, Any], runs: Path) -> bool:
 
 
 STUDY_FILE = "study.yaml"  # in a study's runs folder: the study as run (its primary comparisons, the seed plan)
+
+
+def planned_looks(runs: Path, spec: dict[str, Any], args: argparse.Namespace) -> dict[str, int] | None:
+    """The sequential plan ``--plan`` reads the primaries under: the one the runs folder records, else the one
+    ``--until-decided`` (with ``--max-seeds``, ``--seed-step``) would use; None for a fixed design.
+
+    Raises:
+        ValueError: --until-decided asks for another plan than the one the runs folder records.
+    """
+    path = runs / STUDY_FILE
+    recorded = (yaml.safe_load(path.read_text()) or {}).get("sequential") if path.exists() else None
+    asked = sequential_plan(spec, args.max_seeds, args.seed_step) if args.until_decided else None
+    if recorded and asked and recorded != asked:
+        raise ValueError(f"{path} was run with the sequential plan {recorded}, not {asked}: plan it with the same "
+                         "--max-seeds and --seed-step (or without --until-decided)")
+    return recorded or asked
 
 
 def write_study_file(runs: Path, spec: dict[str, Any], plan: dict[str, int] | None) -> None:

@@ -78,3 +78,46 @@ def test_a_cell_changed_in_length_only_is_priced_by_the_engine_rule_on_what_is_k
     old = CellBudget(500)  # a file that records the full steps alone
     assert _steps_at(old, {}, {"train.max_steps": "70"}) == 70
     assert _steps_at(old, {}, {"train.epochs": "14"}) is None
+
+
+def test_plan_reads_the_primaries_as_the_report_does(tmp_path, monkeypatch, capsys):
+    """Holm over every registered comparison (a --grids plan shows some of them) and, under --until-decided, alpha
+    split over the looks: the plan's verdicts and seeds to decide are the report's, not a full-alpha reading."""
+    from tiedlab.reports.build import analyse
+
+    def comparison(insight: int, grid: str) -> dict:
+        return {"insight": insight, "paradigm": "toy", "claim": "superiority", "metric": "val/acc", "delta": 0.001,
+                "a": {"grid": grid, "where": {"block": "tied"}}, "b": {"grid": grid, "where": {"block": "explicit"}}}
+
+    spec = {"name": "toy", "grids": [{"name": g, "overrides": ["paradigm=toy", "train.max_steps=100"],
+                                      "sweep": {"block": ["tied", "explicit"], "seed": [0, 1, 2]}} for g in "gh"],
+            "primary": {"comparisons": [comparison(1, "g"), comparison(2, "h")]}}
+    runs = tmp_path / "runs"
+    sequential = study_module.sequential_plan(spec, 9, 3)  # looks at 3, 6 and 9 seeds
+    study_module.write_study_file(runs, spec, sequential)
+    for seed, (tied, explicit) in enumerate([(0.90, 0.89), (0.92, 0.915), (0.91, 0.898)]):
+        for grid in "gh":
+            finished(runs, grid, f"block=tied,seed={seed}", seed, tied, [20])
+            finished(runs, grid, f"block=explicit,seed={seed}", seed, explicit, [20])
+    report = {r.spec.key: r for r in analyse([runs]).primaries}
+    only_g = {**spec, "grids": spec["grids"][:1]}
+    (p,) = study_plan(only_g, runs, registered=spec, sequential=sequential).primaries
+    assert p.key == "1/toy" and (p.verdict, p.seeds_needed) == (report["1/toy"].verdict, report["1/toy"].seeds_needed)
+    (one_look, _) = study_plan(spec, runs).primaries
+    assert p.seeds_needed > one_look.seeds_needed  # alpha / 3 needs more seeds than alpha
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / "toy.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.setattr(study_module, "study_dir", lambda: studies)
+    assert study_module.study(["toy", "--runs", str(runs), "--plan", "--grids", "g"]) == 0  # the recorded plan
+    out = capsys.readouterr().out
+    assert "alpha / 3 looks (--until-decided: 3 to 9 seeds per arm, 3 a look" in out
+    assert f"1/toy                      3/3     undetermined   {p.seeds_needed:>19}" in out
+    with pytest.raises(ValueError, match="plan it with the same --max-seeds and --seed-step"):
+        study_module.study(["toy", "--runs", str(runs), "--plan", "--until-decided", "--max-seeds", "12"])
+    fresh = tmp_path / "fresh"  # nothing recorded: --until-decided says how it will be read
+    assert study_module.study(["toy", "--runs", str(fresh), "--plan", "--until-decided", "--max-seeds", "7"]) == 0
+    assert "alpha / 3 looks (--until-decided: 3 to 7 seeds" in capsys.readouterr().out
+    assert study_module.study(["toy", "--runs", str(fresh), "--plan"]) == 0
+    assert "one look (a fixed design" in capsys.readouterr().out
