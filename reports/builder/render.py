@@ -190,10 +190,11 @@ def primary_text(result: Any) -> str:
 
 
 def _seeds_needed(result: Any) -> str:
-    """Seeds per arm to decide an undetermined comparison at its observed effect and spread (power 80%)."""
+    """Seeds per arm to decide an undetermined comparison at its observed effect and spread (power 80%), an
+    estimate: "~N", or "> 1000" where none up to 1000 would (an effect of exactly 0 never does)."""
     if result.verdict != "undetermined" or result.spec.kind == "divergence" or not math.isfinite(result.ci_low):
         return "-"
-    return fmt(result.seeds_needed) if result.seeds_needed else "> 1000"
+    return f"~{fmt(result.seeds_needed)}" if result.seeds_needed else "> 1000"
 
 
 def primary_blocks(report: Any) -> list[Block]:
@@ -209,7 +210,10 @@ def primary_blocks(report: Any) -> list[Block]:
              f"tests at alpha/{report.looks}." if report.looks > 1 else "")
     blocks = [Block("h2", "Primary comparisons (pre-registered)")]
     blocks += [Block("img", p.title, items=[p.file, p.svg]) for p in report.plots if p.kind == "forest"]
-    blocks.append(Block("p", "Rule: " + STATS_RULE + looks))
+    blocks.append(Block("p", "Rule: " + STATS_RULE + looks + " Seeds/arm to decide (est.): the seeds per arm at "
+                        "which the verdict's level would decide with 80% power if the observed effect and spread "
+                        "were the true ones; an estimate, noisy at few seeds, and a sequential plan stops at its "
+                        "--max-seeds whatever it says."))
     rows, compact, classes = [], [], []
     for r in report.primaries:
         s = r.spec
@@ -227,10 +231,10 @@ def primary_blocks(report: Any) -> list[Block]:
         classes.append(verdict_class(r.verdict, s.claim))
     blocks.append(Block("table", header=["insight", "paradigm", "claim", "arm A", "arm B", "claim, delta", "n A/B",
                                          "effect [CI at the verdict's level]", "p", "verdict (Holm)",
-                                         "seeds/arm to decide"], rows=compact, row_classes=classes))
+                                         "seeds/arm to decide (est.)"], rows=compact, row_classes=classes))
     blocks.append(Block("table", header=["insight", "paradigm", "claim", "arm A", "arm B", "claim, delta", "test",
                                          "n A/B", "effect [CI at the verdict's level]", "p", "verdict (Holm)",
-                                         "seeds/arm to decide"], rows=rows, row_classes=classes,
+                                         "seeds/arm to decide (est.)"], rows=rows, row_classes=classes,
                         details="Full table: each comparison's test and why its verdict is what it is"))
     notes = [f"{r.spec.key}: {n}" for r in report.primaries for n in r.notes]
     if notes:
