@@ -88,8 +88,9 @@ class Cell:
 
     @property
     def ended(self) -> list[Run]:
-        """The runs a divergence rate is over: the diverged and the ``completed`` ones."""
-        return [r for r in self.runs if r.status == "diverged" or (r.status == "completed" and not set_apart(r))]
+        """The runs a divergence rate is over: every diverged and every completed one, those not at equilibrium
+        included (they did not diverge; leaving them out alone would inflate the rate)."""
+        return [r for r in self.runs if r.status in ("diverged", "completed")]
 
     @property
     def diverged(self) -> int:

@@ -432,9 +432,14 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             seeds = f"seeds < {limit}" if first_seed == 0 else f"seeds {first_seed}-{first_seed + limit - 1}"
             notes.append(f"read on {seeds} (the look it was decided at, or the last look it was read at)")
         names = ([r.name for r in a], [r.name for r in b])
-        (a, out_a), (b, out_b) = (leave_out_not_at_equilibrium(members, notes, side)
-                                  for side, members in (("a", a), ("b", b)))
-        left_out = {"a": out_a, "b": out_b}
+        if spec.kind == "divergence":  # a rate over every run that ended: one that completed off equilibrium
+            left_out = {"a": [], "b": []}  # did not diverge, and leaving it out alone would inflate the rate
+            notes.extend(f"arm {side}: {n} completed run(s) not at equilibrium counted as not diverged"
+                         for side, members in (("a", a), ("b", b)) if (n := sum(map(set_apart, members))))
+        else:
+            (a, out_a), (b, out_b) = (leave_out_not_at_equilibrium(members, notes, side)
+                                      for side, members in (("a", a), ("b", b)))
+            left_out = {"a": out_a, "b": out_b}
         if spec.kind == "divergence":
             usable = {"a": sum(r.status in ("completed", "diverged") for r in a),
                       "b": sum(r.status in ("completed", "diverged") for r in b)}
