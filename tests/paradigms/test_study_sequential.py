@@ -282,3 +282,25 @@ def test_budget_min_does_not_start_a_look_estimated_to_end_past_it(tmp_path, mon
     assert study_module.study(args[:-2] + ["--budget-min", "60"]) == 0
     assert len(list((runs / "g").glob("block=*"))) == 8
     assert yaml.safe_load((runs / "sequential.yaml").read_text()) == {"look": 1, "decided": {}, "read": {"4/toy": 1}}
+
+
+def test_a_look_is_readable_only_when_every_seed_of_both_arms_ended():
+    """A failed or interrupted run leaves its look unread (a rerun retries it, then reads the look): counting it
+    as present would read the look on fewer pairs and use it up."""
+    from types import SimpleNamespace
+
+    from tiedlab.reports.primary import load_primaries
+
+    (comparison,) = load_primaries({"primary": {"comparisons": [
+        {"insight": 1, "paradigm": "toy", "claim": "superiority", "delta": 0.5, "a": arm("tied"), "b": arm("deq")}]}})
+    grids = {"g": {"name": "g"}}
+
+    def runs(deq_seed_3: str) -> list[SimpleNamespace]:
+        return ([SimpleNamespace(name=f"g/block=tied,seed={i}", status="completed") for i in range(4)]
+                + [SimpleNamespace(name=f"g/block=deq,seed={i}", status="diverged" if i == 0 else "completed")
+                   for i in range(3)] + [SimpleNamespace(name="g/block=deq,seed=3", status=deq_seed_3)])
+
+    assert study_module.has_look_seeds(comparison, runs("completed"), grids, 0, 4)
+    for status in ("failed", "interrupted", "unreadable"):
+        assert not study_module.has_look_seeds(comparison, runs(status), grids, 0, 4), status
+    assert study_module.has_look_seeds(comparison, runs("failed"), grids, 0, 3)  # the look at 3 seeds is whole
