@@ -17,6 +17,7 @@ marked ``optional: true`` runs only when ``--grids`` names it (and is never a pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import os
 import shlex
@@ -222,32 +223,37 @@ def study(argv: list[str] | None = None) -> int:
     if args.budget_min is not None and (not args.until_decided or args.budget_min <= 0):
         raise ValueError(f"--budget-min={args.budget_min} needs --until-decided and a positive number of minutes")
     plan = sequential_plan(full, args.max_seeds, args.seed_step) if args.until_decided else None
-    if not args.dry_run:
-        write_study_file(runs, full, plan)  # the whole study (its registered comparisons), whatever --grids ran
-    if launcher == "slurm":
-        return submit_study(spec, runs, args)
-    execute = (lambda grids: run_grids_with_ray(spec.get("name", "study"), grids, runs, args)) \
-        if launcher == "ray" else (lambda grids: run_grids(spec.get("name", "study"), grids, runs, args))
-    if plan is not None and not args.dry_run:
-        migrate_sequential_state(full, runs, plan)  # before this command trains anything
-    started = time.time()
-    failures = execute(spec["grids"])
-    if args.dry_run:
-        return 0
-    if plan is not None:
-        deadline = started + 60 * args.budget_min if args.budget_min is not None else None
-        failures += add_seeds_until_decided(full, runs, plan, args.overrides, slots, execute, deadline,
-                                            {g["name"] for g in spec["grids"]} if args.grids else None)
-    elapsed = time.time() - started
-    counts = count_statuses(runs / grid["name"] for grid in spec["grids"])
-    print(f"[tiedlab] study {args.name}: {len(spec['grids'])} grids in {elapsed / 60:.1f} min, {failures} exited non-zero; "
-          f"runs: {', '.join(f'{n} {status}' for status, n in counts.items())}", flush=True)
-    if spec.get("report", True) and not args.no_report:
-        from tiedlab.reports.cli import main as report_main
+    held = contextlib.ExitStack()
+    if plan is not None and not args.dry_run:  # one --until-decided command on a runs folder at a time: each reads
+        runs.mkdir(parents=True, exist_ok=True)  # sequential.yaml once and rewrites it after every look
+        held.enter_context(rundir.hold_lock(runs))
+    with held:
+        if not args.dry_run:
+            write_study_file(runs, full, plan)  # the whole study (its registered comparisons), whatever --grids ran
+        if launcher == "slurm":
+            return submit_study(spec, runs, args)
+        execute = (lambda grids: run_grids_with_ray(spec.get("name", "study"), grids, runs, args)) \
+            if launcher == "ray" else (lambda grids: run_grids(spec.get("name", "study"), grids, runs, args))
+        if plan is not None and not args.dry_run:
+            migrate_sequential_state(full, runs, plan)  # before this command trains anything
+        started = time.time()
+        failures = execute(spec["grids"])
+        if args.dry_run:
+            return 0
+        if plan is not None:
+            deadline = started + 60 * args.budget_min if args.budget_min is not None else None
+            failures += add_seeds_until_decided(full, runs, plan, args.overrides, slots, execute, deadline,
+                                                {g["name"] for g in spec["grids"]} if args.grids else None)
+        elapsed = time.time() - started
+        counts = count_statuses(runs / grid["name"] for grid in spec["grids"])
+        print(f"[tiedlab] study {args.name}: {len(spec['grids'])} grids in {elapsed / 60:.1f} min, {failures} exited "
+              f"non-zero; runs: {', '.join(f'{n} {status}' for status, n in counts.items())}", flush=True)
+        if spec.get("report", True) and not args.no_report:
+            from tiedlab.reports.cli import main as report_main
 
-        report_main([str(runs), "--out", args.out or f"reports/studies/{args.name}", "--title", f"study {args.name}",
-                     "--command", shlex.join(["tiedlab-study", *(argv if argv is not None else sys.argv[1:])])])
-    return 1 if failures or counts["failed"] or counts["unreadable"] else 0
+            report_main([str(runs), "--out", args.out or f"reports/studies/{args.name}",
+                         "--title", f"study {args.name}", "--command", shlex.join(["tiedlab-study", *(argv if argv is not None else sys.argv[1:])])])
+        return 1 if failures or counts["failed"] or counts["unreadable"] else 0
 
 
 def choose_launcher(args: argparse.Namespace) -> str:

@@ -304,3 +304,21 @@ def test_a_look_is_readable_only_when_every_seed_of_both_arms_ended():
     for status in ("failed", "interrupted", "unreadable"):
         assert not study_module.has_look_seeds(comparison, runs(status), grids, 0, 4), status
     assert study_module.has_look_seeds(comparison, runs("failed"), grids, 0, 3)  # the look at 3 seeds is whole
+
+
+def test_one_until_decided_command_at_a_time_on_a_runs_folder(tmp_path, monkeypatch):
+    """Each --until-decided command reads sequential.yaml once and rewrites it after every look: a second one on
+    the same runs folder is refused with one line naming the holder, instead of overwriting the first one's record."""
+    from tiedlab.paradigms import rundir
+
+    study = {"name": "toy", "grids": [{"name": "g", "overrides": TOY, "sweep": {"block": ["tied", "deq"],
+                                                                                 "seed": [0, 1]}}],
+             "primary": {"comparisons": [{"insight": 1, "paradigm": "toy", "claim": "superiority", "delta": 0.5,
+                                          "a": arm("tied"), "b": arm("deq")}]}}
+    use_toy_study(study, tmp_path, monkeypatch)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with rundir.hold_lock(runs):  # as a first command would, while it runs
+        with pytest.raises(rundir.RunLockedError, match=r"runs is in use by another process \(pid \d+ on "):
+            study_module.study(["toy", "--runs", str(runs), "--until-decided", "--max-seeds", "4", "--no-report"])
+    assert not (runs / "study.yaml").exists() and not (runs / "g").exists()  # refused before anything was written
