@@ -41,6 +41,7 @@ class Report:
     looks: int = 1  # looks of the sequential design the seeds were added by (1: a fixed design)
     rebuilt_from: str = ""  # the summary.json this report re-analysed (its run directories were not read)
     seed_limits: dict[str, int] = field(default_factory=dict)  # sequential studies: seeds read
+    sequential_record: dict[str, Any] | None = None  # sequential studies: the looks' record (sequential.yaml)
     commit: str = "unknown"  # the checkout the report was built in
     run_commits: dict[str, int] = field(default_factory=dict)  # the commits the runs were trained at -> runs
     date: str = ""
@@ -124,15 +125,17 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
     grids = [g["name"] for g in (spec or {}).get("grids") or []]
     primaries = (evaluate_primaries(specs, runs, looks=looks, grids=grids, seed_limits=limits,
                                     first_seed=int((plan or {}).get("first_seed", 0))) if spec else [])
-    if plan:
-        flag_departures_from_the_record(primaries, paths)
+    record = next((s for s in map(_recorded_state, paths) if s is not None), None) if plan else None
+    if record is not None:
+        flag_departures_from_the_record(primaries, record)
     checks = evaluate_budget_checks(load_budget_checks(spec, specs), specs, runs, grids) if spec else []
     for check in checks:  # the comparison's notes say what its budget check read (its verdict stays)
         for r in primaries:
             if r.spec.key == check.spec.of:
                 r.notes.append(budget_note(check))
     return Report(title, runs, cells, evaluate(cells), guidelines(cells), inputs=[str(p) for p in paths],
-                  primaries=primaries, budget_checks=checks, study=spec, looks=looks, seed_limits=limits)
+                  primaries=primaries, budget_checks=checks, study=spec, looks=looks, seed_limits=limits,
+                  sequential_record=record)
 
 
 def _seed_limits(paths: list[str | Path], specs: list[Any], plan: dict[str, int]) -> dict[str, int]:
@@ -152,29 +155,34 @@ def _seed_limits(paths: list[str | Path], specs: list[Any], plan: dict[str, int]
 
 
 def _recorded_state(path: str | Path) -> dict[str, Any] | None:
-    """The sequential plan's record (``sequential.yaml``) in a runs folder, or None without one."""
+    """The sequential plan's record (``sequential.yaml``) in a runs folder, or the one a summary.json being rebuilt
+    carried; None without one."""
     from tiedlab.paradigms.study import SEQUENTIAL_FILE, read_sequential_state
 
-    return read_sequential_state(Path(path)) if (Path(path) / SEQUENTIAL_FILE).is_file() else None
+    path = Path(path)
+    if path.is_file() and path.suffix == ".json":
+        return json.loads(path.read_text()).get("sequential_record")
+    return read_sequential_state(path) if (path / SEQUENTIAL_FILE).is_file() else None
 
 
-def flag_departures_from_the_record(primaries: list[Any], paths: list[str | Path]) -> None:
-    """Say so in a comparison's reason when its verdict here is not the one the sequential plan recorded
-    (``sequential.yaml``: decided at a look, with its verdict where the record keeps it, or still undetermined):
-    the runs it reads changed since that look (a failed run retried, runs added by hand), or its family's Holm
-    levels did (a comparison decided at a later look released its share). The report's verdict stands as read;
-    the record is what the plan decided."""
-    state = next((s for s in map(_recorded_state, paths) if s is not None), None)
-    if state is None or state.get("look", -1) < 0:
+def flag_departures_from_the_record(primaries: list[Any], state: dict[str, Any]) -> None:
+    """Mark a comparison (``departs_from_record``, and why in its reason) whose verdict here is not the one the
+    sequential plan recorded (``state``, from sequential.yaml: decided at a look, with its verdict where the record
+    keeps it, or still undetermined): the runs it reads changed since that look (a failed run retried, runs added
+    by hand), or its family's Holm levels did (a comparison decided at a later look released its share). The
+    report's verdict stands as read, marked; the record is what the plan decided."""
+    if state.get("look", -1) < 0:
         return
     decided, verdicts = state.get("decided") or {}, state.get("verdicts") or {}
     for r in primaries:
         key = r.spec.key
         recorded = f" '{verdicts[key]}'" if key in verdicts else ""
         if key in decided and (r.verdict == "undetermined" or verdicts.get(key, r.verdict) != r.verdict):
+            r.departs_from_record = True
             r.reason += (f"; departs from the record: sequential.yaml has it decided{recorded} at look "
                          f"{decided[key] + 1} (since then the runs it reads, or its family's Holm levels, changed)")
         elif key not in decided and r.verdict != "undetermined":
+            r.departs_from_record = True
             r.reason += ("; departs from the record: no look of sequential.yaml decided it (it is read here on "
                          "runs, or at a Holm level, that no look read it on)")
 

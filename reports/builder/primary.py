@@ -245,6 +245,7 @@ class PrimaryResult:
     level: float = math.nan  # the alpha its verdict was read at (after Holm)
     groups: tuple = ()  # kind spread: the values of arm b and arm a the F test compares
     not_at_equilibrium: dict[str, list[str]] = field(default_factory=dict)  # arm ("a", "b") -> runs left out
+    departs_from_record: bool = False  # a sequential study's verdict that its looks' record does not hold
 
 
 def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[PrimaryResult]:

@@ -186,7 +186,8 @@ def primary_text(result: Any) -> str:
     left = result.not_at_equilibrium
     apart = (f"; not at equilibrium, left out: {len(left.get('a', []))}/{len(left.get('b', []))}"
              if any(left.values()) else "")
-    return f"{result.verdict}: {_interval(result)}, n={result.n_a}/{result.n_b}{more}{apart}"
+    record = "; not the sequential record's verdict" if getattr(result, "departs_from_record", False) else ""
+    return f"{result.verdict}: {_interval(result)}, n={result.n_a}/{result.n_b}{more}{apart}{record}"
 
 
 def _seeds_needed(result: Any) -> str:
@@ -227,7 +228,8 @@ def primary_blocks(report: Any) -> list[Block]:
                      n, _interval(r), fmt(r.p), r.verdict + (f" ({r.reason})" if r.reason else ""),
                      _seeds_needed(r)])
         compact.append([name, s.paradigm, s.label or "-", s.a.title(), s.b.title(), claim, n,
-                        _interval(r), fmt(r.p), r.verdict, _seeds_needed(r)])
+                        _interval(r), fmt(r.p), r.verdict + (" (not the sequential record's: see the full table)"
+                                                             if r.departs_from_record else ""), _seeds_needed(r)])
         classes.append(verdict_class(r.verdict, s.claim))
     blocks.append(Block("table", header=["insight", "paradigm", "claim", "arm A", "arm B", "claim, delta", "n A/B",
                                          "effect [CI at the verdict's level]", "p", "verdict (Holm)",

@@ -67,7 +67,8 @@ def primary_entry(result: Any) -> dict[str, Any]:
             "reason": result.reason, "p": result.p, "level": result.level, "effect": result.effect,
             "ci_low": result.ci_low, "ci_high": result.ci_high, "n_a": result.n_a, "n_b": result.n_b,
             "paired": result.paired, "seeds_needed": result.seeds_needed, "notes": result.notes,
-            "not_at_equilibrium": result.not_at_equilibrium, "a_runs": result.a_runs,
+            "not_at_equilibrium": result.not_at_equilibrium, "departs_from_record": result.departs_from_record,
+            "a_runs": result.a_runs,
             "b_runs": result.b_runs, "test": dataclasses.asdict(test) if dataclasses.is_dataclass(test) else str(test)}
 
 
@@ -88,6 +89,7 @@ def summary(report: Any) -> dict[str, Any]:
         "study": (report.study or {}).get("name"), "looks": report.looks, "rebuilt_from": report.rebuilt_from,
         "study_spec": report.study,  # the registered comparisons (and sequential plan) a rebuild re-reads
         "seed_limits": [{"id": key, "seeds": n} for key, n in sorted(report.seed_limits.items())],
+        "sequential_record": report.sequential_record,  # the looks' record, so a rebuild still flags departures
         "primaries": [primary_entry(r) for r in report.primaries],
         "budget_checks": [budget_check_entry(c) for c in getattr(report, "budget_checks", [])],
         "insight_texts": {str(k): {"name": v[0], "method": v[1]} for k, v in INSIGHTS.items()},

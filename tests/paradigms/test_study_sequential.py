@@ -79,6 +79,16 @@ def test_until_decided_freezes_decided_comparisons_and_seeds_only_undetermined_a
     (runs / "sequential.yaml").write_text(yaml.safe_dump({**state, "verdicts": {"1/toy": "fails"}}))
     reasons = {r.spec.insight: r.reason for r in analyse([runs]).primaries}
     assert "departs from the record: sequential.yaml has it decided 'fails' at look 1 (since then" in reasons[1]
+    # marked where the verdict is shown, not only in the full table's reason, and kept by a rebuild from the summary
+    from tiedlab.reports.build import build_report
+
+    build_report([runs], tmp_path / "report", "t")
+    readme = (tmp_path / "report" / "README.md").read_text()
+    assert "| holds (not the sequential record's: see the full table) |" in readme
+    assert "; not the sequential record's verdict" in readme  # the transfer table's cell
+    rebuilt = build_report([], tmp_path / "rebuilt", "t", from_summary=tmp_path / "report" / "summary.json")
+    assert [r.spec.insight for r in rebuilt.primaries if r.departs_from_record] == [1]
+    assert "departs from the record: sequential.yaml has it decided 'fails'" in rebuilt.primaries[0].reason
     # a record written before verdicts were kept says nothing about them
     (runs / "sequential.yaml").write_text(yaml.safe_dump({k: v for k, v in state.items() if k != "verdicts"}))
     assert not any("departs from the record" in r.reason for r in analyse([runs]).primaries)

@@ -72,7 +72,7 @@ def test_a_gap_that_stays_put_is_stable_and_one_that_shrinks_moved_with_the_pair
 def test_a_check_reads_only_seeds_with_all_four_arms_and_says_which_it_left_out():
     (check,), specs = checks({"of": "gap", "grid": "g2"})
     base = runs("g", [0.10, 0.11, 0.12, 0.10], [0.20, 0.21, 0.22, 0.21], 8000)
-    longer = runs("g2", [0.05, 0.06, 0.07], [0.15, 0.16, float("nan")], 16000)  # seed 3 absent, seed 2 non-finite
+    longer = runs("g2", [0.05, 0.06, 0.07], [0.15, 0.165, float("nan")], 16000)  # seed 3 absent, seed 2 non-finite
     (two,) = evaluate_budget_checks([check], specs, base + longer)
     assert two.seeds == ["0", "1"] and math.isfinite(two.ci_low)
     assert two.notes == ["seed(s) 2 ran at the larger budget but lack a completed run in some arm (diverged, "
