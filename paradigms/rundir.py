@@ -146,19 +146,25 @@ def _naming(path: Path) -> Iterator[None]:
 
 
 def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float, at any depth of dicts and lists, as a string ("nan", "inf"): JSON
+    has no NaN or infinity (Python would write a bare NaN that strict readers reject); readers parse the strings."""
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/inf; keep them visible as strings
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
     return value
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
-    clean = {k: ({kk: _finite(vv) for kk, vv in v.items()} if isinstance(v, dict) else _finite(v)) for k, v in obj.items()}
-    atomic_write_bytes(path, (json.dumps(clean, indent=2, sort_keys=True) + "\n").encode())
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def append_history(run_dir: Path, record: dict[str, Any]) -> None:
     path = Path(run_dir) / HISTORY
-    line = (json.dumps({k: _finite(v) for k, v in record.items()}, sort_keys=True) + "\n").encode()
+    line = (json.dumps(_finite(record), sort_keys=True, allow_nan=False) + "\n").encode()
     with _naming(path):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:

@@ -364,3 +364,20 @@ def _linked_history(folder: Path, target: Path) -> Path:
     run.mkdir()
     (run / rundir.HISTORY).symlink_to(target)
     return run
+
+
+def test_non_finite_numbers_are_written_as_strings_at_any_depth(tmp_path):
+    """JSON has no NaN: metrics.json (an equilibrium's measured values are nested) and history.jsonl stay strict
+    JSON that any reader parses, with "nan"/"inf" strings the report reads back as numbers."""
+    import math
+
+    metrics = {"loss": math.nan, "equilibrium": {"measured": {"grad_cosine": math.nan, "rel_residual": 0.01}},
+               "curve": [1.0, math.inf]}
+    rundir.write_json(tmp_path / "metrics.json", metrics)
+    strict = json.loads((tmp_path / "metrics.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.json"))
+    assert strict == {"loss": "nan", "equilibrium": {"measured": {"grad_cosine": "nan", "rel_residual": 0.01}},
+                      "curve": [1.0, "inf"]}
+    rundir.append_history(tmp_path, {"step": 1, "eq": {"spectral_norm": -math.inf}})
+    line = (tmp_path / rundir.HISTORY).read_text()
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(c)) == {"eq": {"spectral_norm": "-inf"}, "step": 1}
