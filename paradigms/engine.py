@@ -14,6 +14,7 @@ checkpoints at the next step and ends it with status ``interrupted`` (rerun to r
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -298,14 +299,18 @@ class EquilibriumProbe:
 
 @contextlib.contextmanager
 def _restored(model: nn.Module) -> Iterator[None]:
-    """Restore every buffer of ``model`` (norm statistics, power-iteration vectors) on exit."""
+    """Restore every buffer of ``model`` (norm statistics, power-iteration vectors) and every module's extra
+    state (modules kept outside the tree, such as a BYOL target that a training step moves) on exit."""
     saved = {name: b.detach().clone() for name, b in model.named_buffers()}
+    extra = {k: copy.deepcopy(v) for k, v in model.state_dict().items() if k.endswith("_extra_state")}
     try:
         yield
     finally:
         with torch.no_grad():
             for name, b in model.named_buffers():
                 b.copy_(saved[name])
+        if extra:
+            model.load_state_dict(extra, strict=False)
 
 
 def _cuda_devices(model: nn.Module) -> list[int]:

@@ -105,7 +105,12 @@ class SSLParadigm(Paradigm):
             raise ValueError(f"data.knn_k={opts.knn_k} exceeds the kNN memory bank of {bank_size} images; "
                              f"choose data.knn_k <= {bank_size}")
         gen = torch.Generator().manual_seed(opts.split_seed * 1_000_003 + 7)
-        bank_idx = torch.randperm(n_train, generator=gen)[:bank_size].sort().values
+        bank_idx = torch.randperm(n_train, generator=gen)[:bank_size]
+        # The bank's order is the order fit/loss cuts its batches in: never the source's (the CIFAR-10 copy is
+        # grouped by class, which made most batches one class). data.limit_train's split is a seeded shuffle
+        # already, and there the bank keeps its sorted order (earlier commits' runs score the same batches).
+        if opts.limit_train is not None:
+            bank_idx = bank_idx.sort().values
         dev = self.device
         splits = {
             "bank": (raw.train_x.index_select(0, bank_idx).to(dev), raw.train_y.index_select(0, bank_idx).to(dev)),

@@ -5,6 +5,7 @@ BYOL's momentum target, bad input, and the Hydra configs. CPU only; sklearn digi
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -505,3 +506,40 @@ def test_engine_runs_byol_end_to_end(tmp_path):
                 "core/nfe_forward", "params/unique"):
         assert key in m, key
     assert m["core/nfe_forward"] == 2  # only the online block is recorded, not the target
+
+
+def test_the_fit_batches_mix_classes_when_the_source_is_grouped_by_class(monkeypatch):
+    """fit/loss cuts the kNN bank into batches in the bank's order: on a training split grouped by class (the
+    CIFAR-10 copy without data.limit_train) the bank is in a random order, so batches are not one class each."""
+    import tiedlab.paradigms.ssl.adapter as adapter
+
+    real = adapter.load_vision_data
+
+    def grouped(*args, **kwargs):
+        data = real(*args, **kwargs)
+        order = torch.argsort(data.train_y, stable=True)
+        return dataclasses.replace(data, train_x=data.train_x[order], train_y=data.train_y[order])
+
+    monkeypatch.setattr(adapter, "load_vision_data", grouped)
+    _, bundle, _ = make("simclr")
+    labels = bundle.splits["bank"][1]
+    assert not torch.equal(labels, labels.sort().values)  # the bank does not keep the grouped order
+    classes_per_batch = [len(set(labels[i:i + 16].tolist())) for i in range(0, len(labels) - 15, 16)]
+    assert min(classes_per_batch) >= 3  # a batch of 16 from 10 classes at random: one class is vanishingly rare
+
+
+def test_the_equilibrium_probe_puts_back_a_byol_target_that_its_training_step_moved():
+    """The engine's gradient probe runs the paradigm's training step, which moves BYOL's target (kept outside the
+    module tree) towards the online weights: the probe restores it with the buffers, so probing changes nothing."""
+    from tiedlab.paradigms.engine import _restored
+
+    torch.manual_seed(0)
+    paradigm, bundle, model = make("byol")
+    train_steps(paradigm, bundle, model, 3)  # online and target weights now differ
+    batch = next(iter(bundle.train_batches(torch.Generator().manual_seed(1))))
+    before = {k: v.clone() for k, v in model.target.state_dict().items()}
+    with _restored(model):
+        paradigm.training_step(model, batch)
+        moved = any(not torch.equal(model.target.state_dict()[k], v) for k, v in before.items())
+    assert moved  # the step did move it ...
+    assert all(torch.equal(model.target.state_dict()[k], v) for k, v in before.items())  # ... and it is back
