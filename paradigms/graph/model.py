@@ -6,7 +6,13 @@ GCNConv, SAGEConv, GINConv (2-layer MLP) or GATConv. ``x`` is the input already 
 width by the stem (computed once per forward, not once per layer), ``U`` a Linear(d, d) or the identity.
 
 The block state is the whole graph as ONE sample: ``(1, N, d)``. Nodes are coupled through the
-edges, so the DEQ solvers (Anderson, Broyden) must mix and stop on the whole system, not node by node.
+edges, so the DEQ solvers (Anderson, Broyden) mix and stop on the whole system, not node by node. For graph
+tasks that system is a whole batch of disjoint graphs (as in IGNN), so a graph's DEQ output depends on the
+other graphs of its batch, within the solver's tolerance: on MUTAG (GIN, width 32, random init, 18 test graphs)
+logits batched vs one graph at a time differed by up to 2e-3 to 6e-3 at a relative residual of 5e-4 to 9e-4.
+Solving per node (solver and grad option ``sample_dims=2``: per-node mixing and holding, never across graphs)
+made them agree to 1e-6 at the same residual, for about twice the solver's iterations (30, its max_iter, against
+16-17), so it is an option, not the default.
 """
 
 from __future__ import annotations
