@@ -3,7 +3,7 @@
 
     tiedlab-vision  [overrides]    = tiedlab-train paradigm=vision [overrides]
     tiedlab-ssl / tiedlab-graph / tiedlab-language
-    tiedlab-train -m +experiment=vision_depth      (a multirun grid; hydra/launcher=local_parallel for joblib)
+    tiedlab-train -m experiment=vision_depth       (a multirun grid; hydra/launcher=local_parallel for joblib)
     tiedlab-study NAME [--dry-run] [--jobs N] [--grids 'graph_*,vision_masks'] [extra overrides]
 """
 
