@@ -251,8 +251,9 @@ def study(argv: list[str] | None = None) -> int:
         if spec.get("report", True) and not args.no_report:
             from tiedlab.reports.cli import main as report_main
 
+            command = shlex.join(["tiedlab-study", *(argv if argv is not None else sys.argv[1:])])
             report_main([str(runs), "--out", args.out or f"reports/studies/{args.name}",
-                         "--title", f"study {args.name}", "--command", shlex.join(["tiedlab-study", *(argv if argv is not None else sys.argv[1:])])])
+                         "--title", f"study {args.name}", "--command", command])
         return 1 if failures or counts["failed"] or counts["unreadable"] else 0
 
 

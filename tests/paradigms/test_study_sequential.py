@@ -4,6 +4,7 @@ grows), and a rerun replays the looks and continues (the real runner, toy paradi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -332,3 +333,16 @@ def test_one_until_decided_command_at_a_time_on_a_runs_folder(tmp_path, monkeypa
         with pytest.raises(rundir.RunLockedError, match=r"runs is in use by another process \(pid \d+ on "):
             study_module.study(["toy", "--runs", str(runs), "--until-decided", "--max-seeds", "4", "--no-report"])
     assert not (runs / "study.yaml").exists() and not (runs / "g").exists()  # refused before anything was written
+
+
+def test_a_study_ends_with_its_report_naming_the_command(tmp_path, monkeypatch):
+    study = {"name": "toy", "grids": [{"name": "g", "overrides": TOY, "sweep": {"block": ["tied", "deq"],
+                                                                                 "seed": [0, 1]}}],
+             "primary": {"comparisons": [{"insight": 1, "paradigm": "toy", "claim": "superiority", "delta": 0.5,
+                                          "a": arm("tied"), "b": arm("deq")}]}}
+    runs = use_toy_study(study, tmp_path, monkeypatch)
+    argv = ["toy", "--runs", str(runs), "--out", str(tmp_path / "report"), "--until-decided", "--max-seeds", "2"]
+    assert study_module.study(argv) == 0
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["report_command"].endswith("--command 'tiedlab-study " + " ".join(argv) + "'")
+    assert [p["id"] for p in summary["primaries"]] == ["1/toy"] and summary["sequential_record"]["look"] == 0
