@@ -85,6 +85,7 @@ class Block(nn.Module):
         same normalised W), then multiplied by the layer's mask.
         """
         cache: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        normed: dict[int, dict[str, torch.Tensor]] = {}  # once per cell: a spectral norm steps its vectors per call
         out = []
         for i in range(n_layers):
             cell_idx = i if self.spec.mode == "explicit" else 0
@@ -92,7 +93,9 @@ class Block(nn.Module):
             key = (cell_idx, mask_idx)
             if key not in cache:
                 cell = self.cells[cell_idx]
-                weights = self.norms[cell_idx](cell)
+                if cell_idx not in normed:
+                    normed[cell_idx] = self.norms[cell_idx](cell)
+                weights = dict(normed[cell_idx])
                 if mask_idx >= 0:
                     weights.update(self.masks.apply({**dict(cell.named_parameters()), **weights}, mask_idx))
                 cache[key] = weights

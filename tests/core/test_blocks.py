@@ -144,6 +144,26 @@ def test_spectral_norm_holds_from_the_first_forward_in_eval_mode():
     assert abs(torch.linalg.matrix_norm(W_eff.detach(), 2).item() - 1.0) < 1e-2
 
 
+@pytest.mark.parametrize("mode", ["tied", "deq"])
+def test_spectral_norm_with_distinct_masks_normalises_once_per_forward(mode):
+    """Every mask multiplies the same normalised weight: one power-iteration step per training forward, however
+    many masks (a step per mask changed the vectors autograd had saved, and backward failed)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, dtype=torch.float64)
+    block = build_block(lambda: TanhCell(dim=8, scale=3.0), dict(
+        mode=mode, depth=3, norm="spectral", mask=dict(mode="distinct", sparsity=0.5),
+        solver=dict(tol=1e-8, max_iter=100)))
+    norm = block.norms[0].norms["W"]
+    u, v = norm.u.clone(), norm.v.clone()
+    z, _ = block(x)
+    z.sum().backward()  # no in-place error
+    W = block.cells[0].W.detach().reshape(8, -1)
+    v1 = torch.nn.functional.normalize(W.t() @ u, dim=0)
+    torch.testing.assert_close(norm.v, v1)  # exactly one step from (u, v)
+    torch.testing.assert_close(norm.u, torch.nn.functional.normalize(W @ v1, dim=0))
+    assert not torch.equal(norm.v, v) and block.cells[0].W.grad is not None
+
+
 def test_jacobian_penalty_matches_frobenius_norm_of_linear_map():
     A = torch.randn(6, 6, dtype=torch.float64)
     z0 = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
