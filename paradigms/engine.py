@@ -100,9 +100,14 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
     """AdamW (decoupled decay), Adam (coupled L2: decay added to the gradient, as in the GCN recipe) or SGD;
-    weight decay only on weights with >= 2 dims (not norms, biases or gains)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    weight decay only on weights with >= 2 dims (not norms, biases or gains: a weight norm's gain keeps its
+    weight's rank, (out, 1, ...), so it is named, not told by its dims)."""
+    from tiedlab.core.norms import WeightNorm
+
+    gains = {id(m.gain) for m in model.modules() if isinstance(m, WeightNorm)}
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.dim() >= 2 and id(p) not in gains]
+    no_decay = [p for p in trained if p.dim() < 2 or id(p) in gains]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
@@ -157,10 +162,19 @@ def summarize(stats: list[BlockStats], prefix: str = "core/") -> dict[str, float
         f"{prefix}rel_residual": mean([s.rel_residual for s in stats]),
         f"{prefix}converged": mean([s.converged for s in stats]),
         f"{prefix}sparsity": mean([s.sparsity for s in stats]),
-        # How far the residual grew during a solve (max over the trace / first): > 1 means it blew up.
-        f"{prefix}residual_growth": mean([max(s.abs_trace) / max(s.abs_trace[0], 1e-30) if s.abs_trace else float("nan")
-                                          for s in stats]),
+        # How far the residual grew during a solve (max over the trace / first): > 1 means it blew up; a non-finite
+        # residual anywhere in the trace is infinite growth (Python's max would skip a NaN after the first entry).
+        f"{prefix}residual_growth": mean([_growth(s.abs_trace) for s in stats]),
     }
+
+
+def _growth(trace: Sequence[float]) -> float:
+    """max(trace) / trace[0] (nan for an empty trace, inf when any entry is not finite)."""
+    if not trace:
+        return float("nan")
+    if not all(math.isfinite(v) for v in trace):
+        return float("inf")
+    return max(trace) / max(trace[0], 1e-30)
 
 
 READ_EVERY = 50  # training steps read from the device at least this often (see _Run._flush)
@@ -512,7 +526,8 @@ class _Run:
         self.progress = None
         self.log_every = cfg.train.log_every if cfg.train.log_every is not None else max(1, self.total_steps // 10)
         # Steps whose loss, metrics and block statistics are still on the device, read together by ``_flush``.
-        self.pending: list[tuple[torch.Tensor, dict[str, Any], list[BlockStats]]] = []
+        # each step's loss, metrics, block statistics and whether it was a warm-up step (unrolled, not solved)
+        self.pending: list[tuple[torch.Tensor, dict[str, Any], list[BlockStats], bool]] = []
         self.last_val: dict[str, Any] = {}  # the latest in-loop validation record of this process
         self.probe = EquilibriumProbe(cfg, self.paradigm, self.model, self.data, self.recorder) \
             if spec.mode == "deq" else None
@@ -672,6 +687,7 @@ class _Run:
         decision needs them: see ``_step``). Returns why the run diverged ("" while it has not)."""
         cfg, loop, world = self.cfg, self.loop, self.world
         t0 = time.perf_counter()
+        warm = self.warming_up  # this step unrolled the DEQ's map (read before the step count moves on)
         if cfg.optim.clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(cfg.optim.clip))
         self.optimizer.step()
@@ -679,7 +695,7 @@ class _Run:
         loop.train_s += seconds + time.perf_counter() - t0  # on a GPU: launch time; _flush adds the device's wait
         loop.step += 1
         loop.samples += self.data.samples_per_step
-        self.pending.append((loss, metrics, stats))
+        self.pending.append((loss, metrics, stats, warm))
         solving = self.spec.mode == "deq" and not self.warming_up
         if solving or world.parallel or self.progress is not None:
             return self._flush(stop)
@@ -707,9 +723,9 @@ class _Run:
             loop.train_s += time.perf_counter() - t0
         losses = torch.stack([p[0].detach().to("cpu", torch.float64).reshape(()) for p in pending]).tolist()
         first = loop.step - len(pending) + 1
-        solving = self.spec.mode == "deq" and not self.warming_up
-        for i, ((_, metrics, calls), loss_value) in enumerate(zip(pending, losses)):
+        for i, ((_, metrics, calls, warm), loss_value) in enumerate(zip(pending, losses)):
             step = first + i
+            solving = self.spec.mode == "deq" and not warm
             if not math.isfinite(loss_value):
                 loop.step = step - 1  # the run's last finite step (the ones after it are not counted)
                 return f"non-finite loss ({loss_value}) at step {step}"
@@ -721,8 +737,8 @@ class _Run:
                     stop.received if stop is not None else "", loop.train_s)
                 block_stats = {k: v for k, v in agreed.items() if not k.startswith("m:")}
                 metrics = {k[2:]: v for k, v in agreed.items() if k.startswith("m:")}
-            for key, value in block_stats.items():
-                if not math.isnan(value):
+            for key, value in block_stats.items():  # the run's totals: a DEQ's are its solves' (no warm-up step)
+                if not math.isnan(value) and not (warm and self.spec.mode == "deq"):
                     total = loop.core_totals.setdefault(key, [0.0, 0])
                     total[0] += value
                     total[1] += 1
@@ -798,7 +814,8 @@ class _Run:
             final.update({k: v for k, v in record.items() if k not in ("step", "epoch", "time/train_s")})
             if self.cfg.train.score_train:
                 final.update(self._fit_scores())
-        # Training-time block statistics, averaged over every step (NFE, residuals of the train-mode solve).
+        # Training-time block statistics, averaged over every step (NFE, residuals of the train-mode solve; a
+        # DEQ's over the steps that solved, its warm-up's unrolled steps left out).
         final.update({key: total[0] / total[1] for key, total in loop.core_totals.items() if total[1]})
         final.update({
             "time/train_s": loop.train_s,

@@ -267,6 +267,22 @@ def test_adam_couples_weight_decay_to_the_gradient_and_skips_norms_and_biases():
     assert torch.equal(model[0].bias.grad, torch.zeros(2))
 
 
+def test_weight_norm_gains_are_not_decayed():
+    """A weight norm's gain has its weight's rank, (out, 1): told apart by what it is, not by its dims."""
+    from types import SimpleNamespace
+
+    from tiedlab.core import build_block
+    from tiedlab.paradigms.engine import build_optimizer
+    from support.cells import TanhCell
+
+    block = build_block(lambda: TanhCell(dim=6), dict(mode="tied", depth=2, norm="weight"))
+    gain = block.norms[0].norms["W"].gain
+    assert gain.dim() == 2
+    opt = build_optimizer(SimpleNamespace(name="adamw", lr=0.1, weight_decay=0.5, betas=[0.9, 0.999]), block)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.5 for p in g["params"]}
+    assert id(gain) not in decayed and id(block.cells[0].W) in decayed
+
+
 def test_adam_trains(tmp_path):
     result = train(cfg(**{"optim.name": "adam", "optim.weight_decay": 5e-4}), tmp_path)
     assert result["status"] == "completed"

@@ -108,6 +108,35 @@ def test_warm_up_unrolls_the_map_then_solves_it(tmp_path):
     assert history[1]["core/nfe_forward"] > 3.0 and "eq/rel_residual" in history[1]  # steps 16-20 solve
 
 
+def test_a_deq_run_reports_its_solves_statistics_not_its_warm_up_steps(tmp_path, monkeypatch):
+    """metrics.json's core/* of a DEQ are over the steps that solved: the warm-up's unrolled steps (NFE = the
+    warm-up depth) would understate its NFE and mix unrolled residuals into the solve's."""
+    from tiedlab.paradigms import engine
+
+    per_step, real = [], engine.summarize
+
+    def spy(stats, prefix="core/"):
+        out = real(stats, prefix)
+        if prefix == "core/":
+            per_step.append(out["core/nfe_forward"])
+        return out
+
+    monkeypatch.setattr(engine, "summarize", spy)
+    metrics = train(cfg(train=dict(LOOP, deq_warmup_steps=15, deq_warmup_depth=3)), tmp_path)["metrics"]
+    assert len(per_step) == 30 and per_step[:15] == [3.0] * 15
+    assert metrics["core/nfe_forward"] == pytest.approx(sum(per_step[15:]) / 15)
+    assert metrics["core/nfe_forward"] > sum(per_step) / 30  # a solve costs more than 3 unrolled layers here
+
+
+def test_residual_growth_counts_a_non_finite_residual_anywhere_in_the_solve():
+    from tiedlab.paradigms.engine import _growth
+
+    assert _growth([1.0, 2.0, 0.5]) == 2.0
+    assert _growth([1.0, 2.0, float("nan"), float("nan")]) == float("inf")  # max() alone gave 2.0
+    assert _growth([float("nan"), 1.0]) == float("inf") and _growth([1.0, float("inf")]) == float("inf")
+    assert _growth([]) != _growth([])  # nan: no trace
+
+
 @pytest.mark.parametrize("crash_at", [12, 22])
 def test_the_warm_up_switch_resumes_exactly(tmp_path, monkeypatch, crash_at):
     """A run that crashes in (12) or after (22) the warm-up, rerun from its step-10/20 checkpoint, ends with the
