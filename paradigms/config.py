@@ -256,7 +256,8 @@ def ignored_options(cfg: Any, overrides: Sequence[str] = ()) -> list[str]:
         if jacobian:
             out.append(f"{', '.join(jacobian)} ignored: the Jacobian penalty is a DEQ's (block=deq)")
     if cfg.mask.mode == "none":
-        named = sorted(k for k in keys if k.startswith("mask.") and k != "mask.mode")
+        read = {"mask.mode"} | ({"mask.min_dim"} if cfg.block.norm != "none" else set())  # a norm's weights
+        named = sorted(k for k in keys if k.startswith("mask.") and k not in read)
         if float(cfg.mask.sparsity) != 0 and "mask.sparsity" not in named:
             named.append(f"mask.sparsity={cfg.mask.sparsity}")
         if named:

@@ -69,16 +69,20 @@ class RunLockedError(RunDirError):
     """Another process holds the run directory's lock; the message names it."""
 
 
-FINGERPRINT_VERSION = 2  # 2: options a run ignores are left out (1: every key but the bookkeeping ones)
+# 3: mask.min_dim kept without a mask when a block norm reads it; 2: options a run ignores are left out; 1: every
+# key but the bookkeeping ones. A run is checked under the version its metrics.json records.
+FINGERPRINT_VERSION = 3
+FINGERPRINT_VERSIONS = (1, 2, 3)
 
 
 def active_config(config: dict[str, Any], version: int = FINGERPRINT_VERSION) -> dict[str, Any]:
     """``config`` less the keys that do not change what the run computes: bookkeeping
     (``NOT_FINGERPRINTED``) and, from version 2 on, what the run ignores: the solver, implicit gradient,
     Jacobian penalty and warm-up of a block that is not a DEQ, a warm-up of 0 steps, and the mask options when
-    there is no mask."""
-    if version not in (1, 2):
-        raise ValueError(f"fingerprint version {version!r} is not known; versions: 1, 2")
+    there is no mask (from version 3 but ``mask.min_dim`` when a weight or spectral norm picks its weights by it)."""
+    if version not in FINGERPRINT_VERSIONS:
+        raise ValueError(f"fingerprint version {version!r} is not known; versions: "
+                         f"{', '.join(map(str, FINGERPRINT_VERSIONS))}")
     plain = json.loads(json.dumps(config, default=str))
     for key in NOT_FINGERPRINTED:
         node, _, rest = key.partition(".")
@@ -98,7 +102,9 @@ def active_config(config: dict[str, Any], version: int = FINGERPRINT_VERSION) ->
             train.pop("deq_warmup_steps", None)
             train.pop("deq_warmup_depth", None)
         if (plain.get("mask") or {}).get("mode", "none") == "none":
-            plain.pop("mask", None)
+            mask = plain.pop("mask", None) or {}
+            if version >= 3 and block.get("norm", "none") != "none" and "min_dim" in mask:
+                plain["mask"] = {"min_dim": mask["min_dim"]}  # the norm's weights: those with >= min_dim dims
     return plain
 
 
@@ -112,7 +118,7 @@ def same_config(config: dict[str, Any], metrics: dict[str, Any]) -> bool:
     """Whether ``config`` is the one a run's metrics.json was written for (by the fingerprint version it
     records; runs from before versions were recorded used version 1)."""
     version = metrics.get("fingerprint_version", 1)
-    return version in (1, 2) and fingerprint(config, version) == metrics.get("fingerprint")
+    return version in FINGERPRINT_VERSIONS and fingerprint(config, version) == metrics.get("fingerprint")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -119,6 +119,26 @@ def test_ignored_options_warn_and_stay_out_of_the_fingerprint(tmp_path, capsys):
     assert "[tiedlab] warning: mask.sparsity=0.5 ignored: mask.mode=none" in err
 
 
+def test_mask_min_dim_is_fingerprinted_without_a_mask_when_a_norm_reads_it(tmp_path):
+    """mask.min_dim also picks the weights a block norm normalises (min_dim=1: the biases too): with a norm it
+    changes the model, so it is neither 'ignored' nor left out of the fingerprint; without one it is both."""
+    fp = lambda **kw: engine.fingerprint(engine.as_config(cfg(**kw)))
+    assert fp(**{"mask.min_dim": 1}) == fp()  # no mask, no norm: ignored
+    assert fp(**{"block.norm": "weight", "mask.min_dim": 1}) != fp(**{"block.norm": "weight"})
+    from tiedlab.paradigms.config import ignored_options
+
+    assert ignored_options(engine.as_config(cfg(**{"block.norm": "weight", "mask.min_dim": 1})),
+                           ["block.norm=weight", "mask.min_dim=1"]) == []
+    assert ignored_options(engine.as_config(cfg(**{"mask.min_dim": 1})), ["mask.min_dim=1"]) == [
+        "mask.min_dim ignored: mask.mode=none (choose mask=distinct or mask=shared)"]
+    train(cfg(**{"block.norm": "weight", "mask.min_dim": 1, "train.max_steps": 2}), tmp_path / "norm")
+    # a run fingerprinted under version 2 (min_dim left out) is still recognised as itself
+    metrics = json.loads((tmp_path / "norm" / rundir.METRICS).read_text())
+    config = yaml.safe_load((tmp_path / "norm" / rundir.CONFIG).read_text())
+    metrics.update(fingerprint_version=2, fingerprint=rundir.fingerprint(config, version=2))
+    assert rundir.same_config(config, metrics) and metrics["fingerprint"] != rundir.fingerprint(config)
+
+
 # ------------------------------------------------------------------------------------------ the lock
 def test_a_second_process_on_a_run_directory_is_refused(tmp_path):
     run = tmp_path / "run"
