@@ -189,6 +189,7 @@ class LoopState:
     samples: int = 0
     window: list[dict[str, float]] = field(default_factory=list)
     core_totals: dict[str, list[float]] = field(default_factory=dict)  # key -> [sum, count] over training
+    last_probe: int | None = None  # the step of a DEQ's last gradient probe (its schedule resumes with the run)
 
 
 class EquilibriumProbe:
@@ -525,12 +526,14 @@ class _Run:
         self.recorder = StatsRecorder(self.model)
         self.progress = None
         self.log_every = cfg.train.log_every if cfg.train.log_every is not None else max(1, self.total_steps // 10)
-        # Steps whose loss, metrics and block statistics are still on the device, read together by ``_flush``.
-        # each step's loss, metrics, block statistics and whether it was a warm-up step (unrolled, not solved)
+        # Steps whose loss, metrics and block statistics are still on the device, read together by ``_flush``,
+        # each with whether it was a warm-up step (unrolled, not solved).
         self.pending: list[tuple[torch.Tensor, dict[str, Any], list[BlockStats], bool]] = []
         self.last_val: dict[str, Any] = {}  # the latest in-loop validation record of this process
         self.probe = EquilibriumProbe(cfg, self.paradigm, self.model, self.data, self.recorder) \
             if spec.mode == "deq" else None
+        if self.probe is not None:
+            self.probe.last_probe = self.loop.last_probe  # a resumed run probes at the steps it would have
         self.warmup_steps = int(cfg.train.deq_warmup_steps) if spec.mode == "deq" else 0
         self.warmup_depth = int(cfg.train.deq_warmup_depth or spec.depth)
         if self.warmup_steps >= self.total_steps:
@@ -798,7 +801,7 @@ class _Run:
                 record.update(probe.health())
                 if probe.grad_due(self.loop.step, final):
                     record.update(probe.grad_cosine(int(self.cfg.seed)))
-                    probe.last_probe = self.loop.step
+                    probe.last_probe = self.loop.last_probe = self.loop.step
         return record
 
     def _final(self, final: dict[str, Any], status: str) -> None:

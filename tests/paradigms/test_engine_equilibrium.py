@@ -145,17 +145,40 @@ def test_the_warm_up_switch_resumes_exactly(tmp_path, monkeypatch, crash_at):
     train(config, tmp_path / "whole")
     step = _Run._step
 
-    def crash(self, batch):
+    def crash(self, batch, stop=None):
         if self.loop.step == crash_at:
             raise RuntimeError("simulated crash")
-        return step(self, batch)
+        return step(self, batch, stop)
 
     monkeypatch.setattr(_Run, "_step", crash)
-    assert train(config, tmp_path / "crashed")["status"] == "failed"
+    failed = train(config, tmp_path / "crashed")
+    assert failed["status"] == "failed" and "simulated crash" in failed["reason"]  # where it was meant to
     monkeypatch.setattr(_Run, "_step", step)
     assert train(config, tmp_path / "crashed")["status"] == "completed"
     for name, tensor in _weights(tmp_path / "whole").items():
         assert torch.equal(tensor, _weights(tmp_path / "crashed")[name]), name
+
+
+def test_the_gradient_probe_schedule_resumes_with_the_run(tmp_path, monkeypatch):
+    """equilibrium.probe_every: a run resumed from a checkpoint probes the gradient at the steps an uninterrupted
+    one does (the step of the last probe is part of the checkpoint)."""
+    config = cfg(train=dict(LOOP, max_steps=50), equilibrium=dict(power_iters=10, probe_every=15))
+    train(config, tmp_path / "whole")
+    step = _Run._step
+
+    def crash(self, batch, stop=None):
+        if self.loop.step == 22:
+            raise RuntimeError("simulated crash")
+        return step(self, batch, stop)
+
+    monkeypatch.setattr(_Run, "_step", crash)
+    failed = train(config, tmp_path / "crashed")
+    assert failed["status"] == "failed" and "simulated crash" in failed["reason"]  # where it was meant to
+    monkeypatch.setattr(_Run, "_step", step)
+    assert train(config, tmp_path / "crashed")["status"] == "completed"
+    probed = lambda run: [h["step"] for h in rundir.read_history(run) if "eq/grad_cosine" in h]
+    assert probed(tmp_path / "whole") == [20, 40, 50]  # 15 steps since the last probe, and the end
+    assert probed(tmp_path / "crashed") == probed(tmp_path / "whole")
 
 
 def test_a_warm_up_as_long_as_the_run_is_refused(tmp_path):
