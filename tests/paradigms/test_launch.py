@@ -262,7 +262,9 @@ def test_sigterm_to_a_study_checkpoints_its_runs_in_flight_and_starts_no_other(t
     study is left, and the study exits 128 + the signal's number with one line."""
     if "--jobs" in argv:
         pytest.importorskip("ray")
-    grids = [{"name": "g", "overrides": [*TOY, "train.max_steps=3000", "train.ckpt_every=100000",
+    # runs far longer than the signal takes to come (30,000 steps, ~2 min each; a loaded machine delays this
+    # process's polling, and at 3,000 steps the runs once ended before it): the signal stops them early
+    grids = [{"name": "g", "overrides": [*TOY, "train.max_steps=30000", "train.ckpt_every=100000",
                                          "train.eval_every=100", "train.batch_size=32"],
               "sweep": {"seed": [0, 1, 2]}}]
     write_study(tmp_path, monkeypatch, grids)
