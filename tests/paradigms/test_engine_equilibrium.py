@@ -137,24 +137,30 @@ def test_residual_growth_counts_a_non_finite_residual_anywhere_in_the_solve():
     assert _growth([]) != _growth([])  # nan: no trace
 
 
+def crash_then_resume(config, run_dir, monkeypatch, at: int) -> None:
+    """Train ``config`` into ``run_dir`` until a crash after step ``at`` (asserted: the run failed there), then
+    rerun it to completion from its last checkpoint."""
+    step = _Run._step
+
+    def crash(self, batch, stop=None):
+        if self.loop.step == at:
+            raise RuntimeError("simulated crash")
+        return step(self, batch, stop)
+
+    monkeypatch.setattr(_Run, "_step", crash)
+    failed = train(config, run_dir)
+    assert failed["status"] == "failed" and "simulated crash" in failed["reason"]  # where it was meant to
+    monkeypatch.setattr(_Run, "_step", step)
+    assert train(config, run_dir)["status"] == "completed"
+
+
 @pytest.mark.parametrize("crash_at", [12, 22])
 def test_the_warm_up_switch_resumes_exactly(tmp_path, monkeypatch, crash_at):
     """A run that crashes in (12) or after (22) the warm-up, rerun from its step-10/20 checkpoint, ends with the
     weights of an uninterrupted one."""
     config = cfg(train=dict(LOOP, deq_warmup_steps=15))
     train(config, tmp_path / "whole")
-    step = _Run._step
-
-    def crash(self, batch, stop=None):
-        if self.loop.step == crash_at:
-            raise RuntimeError("simulated crash")
-        return step(self, batch, stop)
-
-    monkeypatch.setattr(_Run, "_step", crash)
-    failed = train(config, tmp_path / "crashed")
-    assert failed["status"] == "failed" and "simulated crash" in failed["reason"]  # where it was meant to
-    monkeypatch.setattr(_Run, "_step", step)
-    assert train(config, tmp_path / "crashed")["status"] == "completed"
+    crash_then_resume(config, tmp_path / "crashed", monkeypatch, crash_at)
     for name, tensor in _weights(tmp_path / "whole").items():
         assert torch.equal(tensor, _weights(tmp_path / "crashed")[name]), name
 
@@ -164,18 +170,7 @@ def test_the_gradient_probe_schedule_resumes_with_the_run(tmp_path, monkeypatch)
     one does (the step of the last probe is part of the checkpoint)."""
     config = cfg(train=dict(LOOP, max_steps=50), equilibrium=dict(power_iters=10, probe_every=15))
     train(config, tmp_path / "whole")
-    step = _Run._step
-
-    def crash(self, batch, stop=None):
-        if self.loop.step == 22:
-            raise RuntimeError("simulated crash")
-        return step(self, batch, stop)
-
-    monkeypatch.setattr(_Run, "_step", crash)
-    failed = train(config, tmp_path / "crashed")
-    assert failed["status"] == "failed" and "simulated crash" in failed["reason"]  # where it was meant to
-    monkeypatch.setattr(_Run, "_step", step)
-    assert train(config, tmp_path / "crashed")["status"] == "completed"
+    crash_then_resume(config, tmp_path / "crashed", monkeypatch, 22)
     probed = lambda run: [h["step"] for h in rundir.read_history(run) if "eq/grad_cosine" in h]
     assert probed(tmp_path / "whole") == [20, 40, 50]  # 15 steps since the last probe, and the end
     assert probed(tmp_path / "crashed") == probed(tmp_path / "whole")
