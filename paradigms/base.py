@@ -16,12 +16,14 @@ Shared helpers for adapters: the evaluation template (``Paradigm.evaluate`` runs
 ``eval_mode``), ``unwrap`` (the model behind a compile/DataParallel wrapper), ``weights_key`` and
 ``WeightsCache`` (evaluation work reused while the weights stay), ``check_choice``/``check_int``/``check_range``
 (option errors that name the bad value and the choices), ``write_folder`` (a folder written atomically) and
-``epoch_seed``/``epoch_generator`` (the one formula for the seed of an epoch's batches).
+``epoch_seed``/``epoch_generator`` (the one formula for the seed of an epoch's batches) and ``off_the_record``
+(forwards left out of the split's block statistics).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import importlib
 import os
@@ -189,6 +191,26 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
+
+
+_OFF_THE_RECORD = contextvars.ContextVar("tiedlab_off_the_record", default=False)
+
+
+@contextlib.contextmanager
+def off_the_record() -> Iterator[None]:
+    """Block calls inside are left out of the engine's block statistics (``core/<split>_*``) and its equilibrium
+    probe: for a forward an adapter runs on another split than the one being scored (the graph adapter's
+    model selection scores "test" during a "val" evaluation)."""
+    token = _OFF_THE_RECORD.set(True)
+    try:
+        yield
+    finally:
+        _OFF_THE_RECORD.reset(token)
+
+
+def on_the_record() -> bool:
+    """False inside ``off_the_record``."""
+    return not _OFF_THE_RECORD.get()
 
 
 def unwrap(model: nn.Module, cls: type[M]) -> M:

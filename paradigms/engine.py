@@ -39,7 +39,7 @@ from tiedlab.core import Block, BlockSpec, BlockStats, GradSpec, SolverSpec, mod
 from tiedlab.core.equilibrium import equilibrium_flags, gradient_cosine
 
 from . import distributed, rundir
-from .base import DataBundle, Paradigm, epoch_generator, get_paradigm, paradigms_for_data
+from .base import DataBundle, Paradigm, epoch_generator, get_paradigm, on_the_record, paradigms_for_data
 from .config import TrainConfig, ignored_options, thresholds, validate
 from .provenance import now, run_provenance
 from .tracking import LocalTracker, make_tracker
@@ -128,14 +128,14 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
 
 
 class StatsRecorder:
-    """Collects the BlockStats of every Block call (through forward hooks) and averages them."""
+    """Collects the BlockStats of every Block call (through forward hooks; not those ``off_the_record``)."""
 
     def __init__(self, model: nn.Module):
         self.calls: list[BlockStats] = []
         self.handles = [m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, Block)]
 
     def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], BlockStats):
+        if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], BlockStats) and on_the_record():
             self.calls.append(output[1])
 
     def take(self) -> list[BlockStats]:
@@ -219,7 +219,8 @@ class EquilibriumProbe:
 
         def hook(i: int) -> Any:
             def keep(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-                self.inputs.setdefault(i, (args, kwargs))
+                if on_the_record():
+                    self.inputs.setdefault(i, (args, kwargs))
             return keep
 
         handles = [b.register_forward_pre_hook(hook(i), with_kwargs=True) for i, b in enumerate(self.blocks)]

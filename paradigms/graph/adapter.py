@@ -22,7 +22,8 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
 from tiedlab.core import Block, BlockSpec
-from tiedlab.paradigms.base import DataBundle, Paradigm, StepOutput, check_choice, unwrap, weights_key
+from tiedlab.paradigms.base import (DataBundle, Paradigm, StepOutput, check_choice, off_the_record, unwrap,
+                                   weights_key)
 
 from .data import load_planetoid, load_tu, sparse_features, stratified_holdout, validate_graph
 from .model import GraphCell, GraphModel, InputStem, make_head
@@ -182,12 +183,15 @@ class GraphParadigm(Paradigm):
         test accuracy of the best validation accuracy so far (ties: lower val loss), per model; a "test"
         evaluation reports it as ``test/acc_at_best_val`` (with ``test/best_val_acc``), next to the final
         model's ``test/acc``. The record lives on the model (``GraphModel.best_val``, saved in its state dict),
-        so a resumed run continues it.
+        so a resumed run continues it. The other split's forwards are off the record: a graph-classification
+        run's ``core/val_*`` statistics are those of the val graphs alone (a node task's one full-graph forward
+        is every split's).
         """
         check_choice("split", split, SPLITS)
         out = self._split_scores(model, data, split)
         if split in ("val", "test"):
-            other = self._split_scores(model, data, "test" if split == "val" else "val")
+            with off_the_record():
+                other = self._split_scores(model, data, "test" if split == "val" else "val")
             val, test = (out, other) if split == "val" else (other, out)
             best = self._update_best(model, val, test)
             if split == "test":

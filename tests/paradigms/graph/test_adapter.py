@@ -14,7 +14,7 @@ import yaml
 
 from tiedlab.core import BlockSpec
 from tiedlab.paradigms import rundir
-from tiedlab.paradigms.base import get_paradigm, options_from
+from tiedlab.paradigms.base import get_paradigm, on_the_record, options_from
 from tiedlab.paradigms.config import OPTIMIZERS
 from tiedlab.paradigms.contract import check_paradigm
 from tiedlab.paradigms.graph.adapter import GraphParadigm
@@ -268,6 +268,26 @@ def test_test_accuracy_at_the_best_validation(name, tmp_path):
     _, _, other = _build({"name": name}, SMALL, dict(mode="tied", depth=2))
     test = paradigm.evaluate(other, bundle, "test")
     assert test["test/acc_at_best_val"] == test["test/acc"]
+
+
+def test_block_statistics_are_the_scored_splits():
+    """A graph-classification "val" evaluation also forwards the test graphs (model selection), off the record: the
+    engine's core/val_* statistics and the equilibrium probe see the val graphs' block calls alone."""
+    from tiedlab.paradigms.engine import StatsRecorder
+
+    paradigm, bundle, model = _build({"name": "MUTAG", "eval_batch_size": 8}, SMALL, dict(mode="tied", depth=2))
+    sizes = {split: [b.num_graphs for b in bundle.eval_batches[split]] for split in ("val", "test")}
+    assert len(sizes["val"]) > 1 and len(sizes["test"]) > 1 and sizes["val"] != sizes["test"]
+    recorder, seen = StatsRecorder(model), []
+    model.block.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]) if on_the_record()
+                                          else None)
+    for split in ("val", "test"):
+        seen.clear()
+        paradigm.evaluate(model, bundle, split)
+        assert len(recorder.take()) == len(sizes[split])
+        nodes = [int(b.num_nodes) for b in bundle.eval_batches[split]]
+        assert seen == nodes  # on the record: this split's batches (a batch is one system, shape (1, nodes, width))
+    recorder.close()
 
 
 def test_tu_fold_holdout_and_generator():
