@@ -199,13 +199,16 @@ class EquilibriumProbe:
     solves each captured input again (eval budget) and returns ``eq/rel_residual`` (mean over blocks),
     ``eq/converged_fraction`` (lowest) and ``eq/spectral_norm`` (highest estimate of ||df/dz|| at z*).
     ``grad_cosine()`` compares, on one fixed training batch (the first of epoch 0), the gradient the run's
-    backward mode gives with a tight-tolerance IFT gradient. RNG states and buffers are restored after each
-    measurement, so a run with probes trains exactly as one without.
+    backward mode gives with a tight-tolerance IFT gradient: the run's gradient is taken as its steps take it
+    (under the run's ``autocast``: bf16 on CUDA), the references in full precision, so a solve that bf16 leaves
+    short of its tolerance shows. RNG states and buffers are restored after each measurement, so a run with probes
+    trains exactly as one without.
     """
 
     def __init__(self, cfg: DictConfig, paradigm: Paradigm, model: nn.Module, data: DataBundle,
-                 recorder: "StatsRecorder"):
+                 recorder: "StatsRecorder", autocast: contextlib.AbstractContextManager | None = None):
         self.cfg, self.paradigm, self.model, self.data, self.recorder = cfg, paradigm, model, data, recorder
+        self.autocast = autocast or contextlib.nullcontext()  # the run's training precision (bf16 on CUDA)
         self.options = cfg.equilibrium
         self.thresholds = thresholds(cfg)
         self.blocks = [m for m in model.modules() if isinstance(m, Block) and m.spec.mode == "deq"]
@@ -281,7 +284,7 @@ class EquilibriumProbe:
 
     def _gradient(self, seed: int, reference: Any) -> tuple[torch.Tensor | None, ...]:
         """The task loss's gradient on the probe batch, with every DEQ block solved and differentiated as
-        ``reference(block)`` says (None: as the run does); RNG and buffers restored after."""
+        ``reference(block)`` says (None: as the run does, in its precision); RNG and buffers restored after."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         with _restored(self.model), torch.random.fork_rng(devices=_cuda_devices(self.model)):
             torch.manual_seed(seed)
@@ -290,7 +293,8 @@ class EquilibriumProbe:
                     for b in self.blocks:
                         stack.enter_context(b.solved_with(*reference(b)))
                 self.model.train()
-                loss = self.paradigm.training_step(self.model, self.batch).loss
+                with self.autocast if reference is None else contextlib.nullcontext():
+                    loss = self.paradigm.training_step(self.model, self.batch).loss
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
         self.recorder.take()
         return grads
@@ -327,6 +331,11 @@ def _restored(model: nn.Module) -> Iterator[None]:
                 b.copy_(saved[name])
         if extra:
             model.load_state_dict(extra, strict=False)
+
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """The training steps' precision: bf16 autocast on CUDA when ``train.amp``, else full precision."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and amp else contextlib.nullcontext()
 
 
 def _cuda_devices(model: nn.Module) -> list[int]:
@@ -522,8 +531,7 @@ class _Run:
             rundir.write_json(run_dir / rundir.METRICS, {**self.base, "status": "running", "reason": "",
                                                          "step": self.loop.step, "metrics": dict(self.counts)})
         self.step_fn = torch.compile(self.model) if cfg.train.compile else self.model
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.train.amp
-                         else contextlib.nullcontext())
+        self.autocast = _autocast(device, bool(cfg.train.amp))
         self.recorder = StatsRecorder(self.model)
         self.progress = None
         self.log_every = cfg.train.log_every if cfg.train.log_every is not None else max(1, self.total_steps // 10)
@@ -531,8 +539,8 @@ class _Run:
         # each with whether it was a warm-up step (unrolled, not solved).
         self.pending: list[tuple[torch.Tensor, dict[str, Any], list[BlockStats], bool]] = []
         self.last_val: dict[str, Any] = {}  # the latest in-loop validation record of this process
-        self.probe = EquilibriumProbe(cfg, self.paradigm, self.model, self.data, self.recorder) \
-            if spec.mode == "deq" else None
+        self.probe = EquilibriumProbe(cfg, self.paradigm, self.model, self.data, self.recorder,
+                                      _autocast(device, bool(cfg.train.amp))) if spec.mode == "deq" else None
         if self.probe is not None:
             self.probe.last_probe = self.loop.last_probe  # a resumed run probes at the steps it would have
         self.warmup_steps = int(cfg.train.deq_warmup_steps) if spec.mode == "deq" else 0

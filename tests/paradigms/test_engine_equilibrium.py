@@ -101,6 +101,32 @@ def test_a_one_step_gradient_is_judged_against_its_own_mode_and_its_distance_to_
     assert jfb["grad_cosine"] >= 0.99 and jfb["grad_cosine_ift"] < jfb["grad_cosine"]
 
 
+def test_the_runs_gradient_is_probed_in_the_runs_precision_and_the_references_in_full(tmp_path, monkeypatch):
+    """On CUDA the steps run under bf16 autocast: the probe's "run" gradient does too (a solve that bf16 leaves short
+    of its tolerance must show), its tight references do not. A counting stand-in for the autocast context on CPU."""
+    from tiedlab.paradigms import engine
+
+    entered = {"n": 0}
+
+    class Counted:  # reusable, as torch.autocast is
+        def __enter__(self):
+            entered["n"] += 1
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(engine, "_autocast", lambda device, amp: Counted())
+    counts = {}
+    for name, every in (("probed", None), ("plain", 0)):
+        entered["n"] = 0
+        assert train(cfg(equilibrium=dict(power_iters=10, probe_every=every)), tmp_path / name)["status"] == "completed"
+        counts[name] = entered["n"]
+    probes = [h["step"] for h in rundir.read_history(tmp_path / "probed") if "eq/grad_cosine" in h]
+    assert probes == [10, 20, 30]
+    assert counts["plain"] == 30  # one per training step
+    assert counts["probed"] == 30 + len(probes)  # and one per probe: the run's gradient alone, not its references
+
+
 def test_warm_up_unrolls_the_map_then_solves_it(tmp_path):
     train(cfg(train=dict(LOOP, deq_warmup_steps=15, deq_warmup_depth=3)), tmp_path)
     history = rundir.read_history(tmp_path)
