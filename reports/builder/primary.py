@@ -225,7 +225,8 @@ def load_primaries(study: Mapping[str, Any]) -> list[PrimarySpec]:
 @dataclass
 class PrimaryResult:
     """A primary comparison's arms, its test and its (Holm-corrected) verdict. ``effect`` favours arm a when
-    positive: mean a - mean b (kind mean), rate b - rate a (divergence), variance b / variance a (spread)."""
+    positive: mean a - mean b (kind mean; mean b - mean a where lower is better, of the logs under transform log),
+    rate b - rate a (divergence), variance b / variance a (spread)."""
 
     spec: PrimarySpec
     a_runs: list[str]

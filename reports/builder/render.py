@@ -198,6 +198,15 @@ def _seeds_needed(result: Any) -> str:
     return f"~{fmt(result.seeds_needed)}" if result.seeds_needed else "> 1000"
 
 
+def effect_formula(spec: Any) -> str:
+    """How a comparison's effect is computed, signed so that a positive effect favours arm A: "A - B", "B - A"
+    (lower is better), "log B - log A", "rate B - rate A", "var B / var A"."""
+    if spec.kind != "mean":
+        return {"divergence": "rate B - rate A", "spread": "var B / var A"}[spec.kind]
+    first, second = ("A", "B") if spec.direction == "higher" else ("B", "A")
+    return f"log {first} - log {second}" if spec.transform == "log" else f"{first} - {second}"
+
+
 def primary_blocks(report: Any) -> list[Block]:
     """The pre-registered primary comparisons, their verdicts, and the transfer table built from them."""
     from .stats import RULE as STATS_RULE
@@ -218,7 +227,7 @@ def primary_blocks(report: Any) -> list[Block]:
     rows, compact, classes = [], [], []
     for r in report.primaries:
         s = r.spec
-        effect = {"mean": "A - B", "divergence": "rate B - rate A", "spread": "var B / var A"}[s.kind]
+        effect = effect_formula(s)
         claim, n = f"{s.claim}, delta {s.delta:g}", f"{r.n_a}/{r.n_b}" + (" paired" if r.paired else "")
         name = (str(s.insight) if s.headline else f"{s.insight} ({s.id})") + (f" [{s.family}]" if s.family else "")
         rows.append([name, s.paradigm, s.label or "-", f"A: {s.a.title()}", f"B: {s.b.title()}",
@@ -228,11 +237,11 @@ def primary_blocks(report: Any) -> list[Block]:
                      n, _interval(r), fmt(r.p), r.verdict + (f" ({r.reason})" if r.reason else ""),
                      _seeds_needed(r)])
         compact.append([name, s.paradigm, s.label or "-", s.a.title(), s.b.title(), claim, n,
-                        _interval(r), fmt(r.p), r.verdict + (" (not the sequential record's: see the full table)"
+                        _interval(r), fmt(r.p), fmt(r.level), r.verdict + (" (not the sequential record's: see the full table)"
                                                              if r.departs_from_record else ""), _seeds_needed(r)])
         classes.append(verdict_class(r.verdict, s.claim))
     blocks.append(Block("table", header=["insight", "paradigm", "claim", "arm A", "arm B", "claim, delta", "n A/B",
-                                         "effect [CI at the verdict's level]", "p", "verdict (Holm)",
+                                         "effect [CI at the verdict's level]", "p", "alpha (Holm)", "verdict (Holm)",
                                          "seeds/arm to decide (est.)"], rows=compact, row_classes=classes))
     blocks.append(Block("table", header=["insight", "paradigm", "claim", "arm A", "arm B", "claim, delta", "test",
                                          "n A/B", "effect [CI at the verdict's level]", "p", "verdict (Holm)",
@@ -242,18 +251,33 @@ def primary_blocks(report: Any) -> list[Block]:
     if notes:
         blocks.append(Block("ul", items=notes))
     paradigms = sorted({r.spec.paradigm for r in report.primaries})
-    by_key = {(r.spec.insight, r.spec.paradigm): r for r in report.primaries if r.spec.headline}
-    labels = {r.spec.insight: r.spec.label for r in reversed(report.primaries) if r.spec.label}
-    table = [[f"{n}. {labels.get(n, short)}"] + [primary_text(by_key[(n, p)]) if (n, p) in by_key
-                                                 else "not pre-registered" for p in paradigms]
-             for n, (short, _) in INSIGHTS.items()]
     blocks += [Block("h2", "Insight transfer"),
-               Block("p", "One pre-registered primary comparison per insight and paradigm: the verdict, the effect "
-                          "in the claim's direction (A - B; for spread var B / var A) with its interval at the level "
-                          "the verdict was read at (after Holm's correction, see the table above), the seeds per "
-                          "arm, and for an undetermined verdict the seeds per arm that would decide it."),
-               Block("table", header=["insight"] + paradigms, rows=table)]
+               Block("p", "One pre-registered primary comparison per insight and paradigm (its headline, the one "
+                          "without an id): the verdict, the effect signed so that positive favours arm A (A - B, or B - A "
+                          "where lower is better; for spread var B / var A) with its interval at the level the verdict was read at (after Holm's correction, see "
+                          "the table above), the seeds per arm, and for an undetermined verdict the seeds per arm that "
+                          "would decide it. Where an insight and paradigm has only comparisons with ids, the cell names "
+                          "them and their verdicts (their claims are in the table above)."),
+               Block("table", header=["insight"] + paradigms, rows=transfer_rows(report.primaries, paradigms))]
     return blocks
+
+
+def transfer_rows(primaries: list[Any], paradigms: list[str]) -> list[list[str]]:
+    """The insight transfer table's rows: per insight, its headline comparison's claim as the label (the insight's
+    short name when it has none) and per paradigm the headline's ``primary_text``; else "no headline comparison;
+    ID (verdict), ..." for the comparisons with ids, else "not pre-registered"."""
+    headline = {(r.spec.insight, r.spec.paradigm): r for r in primaries if r.spec.headline}
+    labels = {r.spec.insight: r.spec.label for r in reversed(primaries) if r.spec.headline and r.spec.label}
+
+    def cell(insight: int, paradigm: str) -> str:
+        if (insight, paradigm) in headline:
+            return primary_text(headline[(insight, paradigm)])
+        others = [r for r in primaries if (r.spec.insight, r.spec.paradigm) == (insight, paradigm)]
+        if others:
+            return "no headline comparison; " + ", ".join(f"{r.spec.id} ({r.verdict})" for r in others)
+        return "not pre-registered"
+
+    return [[f"{n}. {labels.get(n, short)}"] + [cell(n, p) for p in paradigms] for n, (short, _) in INSIGHTS.items()]
 
 
 def _steps(value: float) -> str:

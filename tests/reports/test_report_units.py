@@ -430,3 +430,40 @@ def test_seeds_to_decide_reads_as_an_estimate():
     assert _seeds_needed(result("holds", None)) == "-"
     assert _seeds_needed(result("undetermined", 7, low=float("nan"))) == "-"  # no interval (n<2, zero spread)
     assert _seeds_needed(result("undetermined", 7, kind="divergence")) == "-"
+
+
+def _primary(insight: int, paradigm: str, verdict: str, **raw):
+    from tiedlab.reports.primary import PrimaryResult, PrimarySpec
+
+    spec = PrimarySpec.from_dict({"insight": insight, "paradigm": paradigm, "claim": "superiority", "delta": 0.1,
+                                  "a": {"grid": "g", "where": {"block": "tied"}},
+                                  "b": {"grid": "g", "where": {"block": "deq"}}, **raw}, {}, 0)
+    return PrimaryResult(spec, [], [], None, verdict=verdict, effect=0.2, ci_low=0.1, ci_high=0.3, n_a=4, n_b=4)
+
+
+def test_transfer_rows_name_comparisons_with_ids_where_an_insight_has_no_headline():
+    """A cell shows its headline comparison, else the comparisons with ids and their verdicts (never "not
+    pre-registered" beside a registered one), and a row's label is a headline comparison's claim."""
+    from tiedlab.reports.insights import INSIGHTS
+    from tiedlab.reports.render import transfer_rows
+
+    primaries = [_primary(1, "vision", "holds", label="tied wins"),
+                 _primary(4, "graph", "holds", id="graph-fold1", label="fold 1: distinct beats shared"),
+                 _primary(4, "graph", "undetermined", id="flops/graph")]
+    rows = transfer_rows(primaries, ["graph", "vision"])
+    assert [row[0] for row in rows] == ["1. tied wins"] + [f"{n}. {INSIGHTS[n][0]}" for n in range(2, 7)]
+    assert rows[0][1:] == ["not pre-registered", "holds: +0.2 [+0.1, +0.3], n=4/4"]
+    assert rows[3][1:] == ["no headline comparison; graph-fold1 (holds), flops/graph (undetermined)",
+                           "not pre-registered"]
+
+
+@pytest.mark.parametrize("raw,formula", [
+    ({"metric": "val/acc"}, "A - B"), ({"metric": "val/loss"}, "B - A"),
+    ({"metric": "time/step_ms", "direction": "lower", "transform": "log"}, "log B - log A"),
+    ({"metric": "val/acc", "transform": "log"}, "log A - log B"),
+    ({"kind": "divergence"}, "rate B - rate A"), ({"kind": "spread"}, "var B / var A"),
+])
+def test_the_effects_formula_is_signed_so_that_positive_favours_a(raw, formula):
+    from tiedlab.reports.render import effect_formula
+
+    assert effect_formula(_primary(1, "vision", "holds", **raw).spec) == formula
