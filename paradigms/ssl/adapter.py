@@ -16,7 +16,8 @@ sees what pre-training added. The trained and the random-init backbone are score
 ``backbone(images)``, the projected block output average-pooled as ``model.pool_size`` says (1, global
 pooling, by default: what the SSL loss trains); pixels are the full flattened image. Split "train"
 (``train.score_train``, recorded as ``fit/loss``) is the method's own loss on the bank's training images, two
-views per image drawn from one fixed seed: how well the weights fit their objective, the capacity measure.
+views per image drawn from one fixed seed, the heads' BatchNorm normalising by batch statistics as in training
+(the objective the run minimised): how well the weights fit their objective, the capacity measure.
 """
 
 from __future__ import annotations
@@ -187,8 +188,11 @@ class SSLParadigm(Paradigm):
     def _fit_loss(self, model: nn.Module, core: SSLModel, data: SSLDataBundle) -> float:
         """The method's loss on the kNN bank's training images (batches of train.batch_size, the last partial one
         dropped), each batch's two views drawn from one fixed seed, so every run and evaluation sees the same
-        pairs: how well the weights fit their training objective (capacity). Whatever the forward changes outside
-        the parameters (a BYOL target's BatchNorm statistics) is put back.
+        pairs: how well the weights fit their training objective (capacity). It is that objective as a training step
+        computes it: every BatchNorm (the heads', a BYOL target's) normalises by the batch's statistics
+        (:meth:`SSLModel.batch_statistics`), not by its running ones; the rest of the model stays in eval mode
+        (no dropout; a block's eval budgets) and no gradient is taken. Whatever the forward changes outside the
+        parameters (the BatchNorm running statistics, the extra state) is put back.
 
         Raises:
             ValueError: the bank holds fewer images than one batch.
@@ -202,9 +206,10 @@ class SSLParadigm(Paradigm):
         generator = torch.Generator(device=bank_x.device).manual_seed(FIT_VIEWS_SEED)
         total, batches = 0.0, 0
         try:
-            for i in range(0, len(bank_x) - size + 1, size):
-                loss, _ = model(*data.views(bank_x[i:i + size], generator))
-                total, batches = total + float(loss), batches + 1
+            with core.batch_statistics(), torch.no_grad():
+                for i in range(0, len(bank_x) - size + 1, size):
+                    loss, _ = model(*data.views(bank_x[i:i + size], generator))
+                    total, batches = total + float(loss), batches + 1
         finally:
             core.load_state_dict(kept)
         return total / batches

@@ -21,8 +21,9 @@ counts parameters and records block statistics from it), yet ``.to()`` moves the
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -104,6 +105,23 @@ class SSLModel(nn.Module):
     def initial_backbone(self) -> VisionBackbone:
         """A frozen copy of the backbone as initialised (for the random-init kNN baseline), in eval mode."""
         return self.hidden["initial_backbone"]
+
+    @contextlib.contextmanager
+    def batch_statistics(self) -> Iterator[None]:
+        """Every BatchNorm module of the model and of the modules kept outside its tree (a BYOL target) in train
+        mode, so it normalises by the batch's statistics as a training step does; every other module keeps its
+        mode (dropout stays off, a block keeps its eval budgets). Modes restored on exit; the running statistics a
+        forward updates meanwhile are the caller's to restore."""
+        roots = (self, *self.hidden.values())
+        norms = [m for root in roots for m in root.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        modes = [m.training for m in norms]
+        try:
+            for m in norms:
+                m.train()
+            yield
+        finally:
+            for m, mode in zip(norms, modes):
+                m.train(mode)
 
     # ---------------------------------------------------------------- forward
     def before_step(self) -> None:

@@ -543,3 +543,42 @@ def test_the_equilibrium_probe_puts_back_a_byol_target_that_its_training_step_mo
         moved = any(not torch.equal(model.target.state_dict()[k], v) for k, v in before.items())
     assert moved  # the step did move it ...
     assert all(torch.equal(model.target.state_dict()[k], v) for k, v in before.items())  # ... and it is back
+
+
+# ----------------------------------------------------------------------------------------- review fixes
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "vicreg"])
+def test_the_training_split_fit_normalises_by_batch_statistics_as_training_does(method):
+    """fit/loss is the objective the run minimised: the heads' (and a BYOL target's) BatchNorm uses the batch's
+    statistics, as a training step's forward does, not the running ones an eval-mode forward would use; and the
+    running statistics it moves are put back."""
+    import copy
+
+    from tiedlab.paradigms.ssl.adapter import FIT_VIEWS_SEED
+
+    torch.manual_seed(0)
+    paradigm, bundle, model = make(method, knn_bank_size=64)
+    train_steps(paradigm, bundle, model, 5)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert norms and any(float(m.running_mean.abs().max()) > 0 for m in norms)  # non-trivial running statistics
+    state = copy.deepcopy(model.state_dict())
+    fit = paradigm.evaluate(model, bundle, "train")["train/loss"]
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items() if isinstance(v, torch.Tensor))
+    assert all(torch.equal(a, b) for a, b in zip(model.target.state_dict().values(),
+                                                  state["_extra_state"]["momentum"].values())) \
+        if method == "byol" else True
+
+    def loss_in_mode(training: bool) -> float:
+        """The mean of the method's forward over the fit's batches and views, the whole model in one mode."""
+        generator, bank, losses = torch.Generator().manual_seed(FIT_VIEWS_SEED), bundle.splits["bank"][0], []
+        model.train(training)
+        with torch.no_grad():
+            for i in range(0, len(bank) - 16 + 1, 16):
+                losses.append(float(model(*bundle.views(bank[i:i + 16], generator))[0]))
+        model.load_state_dict(copy.deepcopy(state))
+        return sum(losses) / len(losses)
+
+    assert fit == pytest.approx(loss_in_mode(True), rel=1e-6, abs=1e-7)
+    assert abs(fit - loss_in_mode(False)) > 1e-3
