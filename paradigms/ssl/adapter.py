@@ -8,7 +8,9 @@ device by :func:`~tiedlab.paradigms.ssl.views.tensor_views` (or by lightly's PIL
 training.
 
 Evaluation on ``split`` ("val" or "test"): the kNN memory bank is the train split (or a fixed seeded
-subset of ``data.knn_bank_size`` images), the queries are the split. Reported side by side:
+subset of ``data.knn_bank_size`` images), the queries are the split; only the queries' forwards are on the record
+(the engine's ``core/{split}_*`` statistics and DEQ equilibrium probe: :func:`~tiedlab.paradigms.base.off_the_record`).
+Reported side by side:
 ``{split}/knn_acc`` (the primary metric), ``{split}/linear_acc``, the same two for the backbone at its
 random initialisation (``*_random_init``; ``data.random_init_baseline=false`` leaves them out) and for raw
 standardised pixels (``*_pixels``), so a reader
@@ -31,7 +33,7 @@ from torch import nn
 
 from tiedlab.core import BlockSpec
 
-from ..base import DataBundle, Paradigm, StepOutput, WeightsCache, unwrap, weights_key
+from ..base import DataBundle, Paradigm, StepOutput, WeightsCache, off_the_record, unwrap, weights_key
 from ..vision.augment import normalize
 from ..vision.data import VisionData, load_vision_data
 from ..vision.model import MDEQCell, build_backbone, make_cell
@@ -178,8 +180,9 @@ class SSLParadigm(Paradigm):
         if self.data_opts.random_init_baseline:
             initial = core.initial_backbone
             weights = weights_key(initial)
-            out.update(core.baseline_cache.get(split, data, weights, lambda: self._knn_and_probe(
-                lambda x: initial(x)[0], data, split, "_random_init", core.bank_cache, weights)))
+            with off_the_record():  # another model's forwards (its block is not the model's: kept so if it were)
+                out.update(core.baseline_cache.get(split, data, weights, lambda: self._knn_and_probe(
+                    lambda x: initial(x)[0], data, split, "_random_init", core.bank_cache, weights)))
         if split not in data.cache:
             data.cache[split] = self._knn_and_probe(lambda x: x.flatten(1), data, split, "_pixels")
         out.update(data.cache[split])
@@ -220,7 +223,9 @@ class SSLParadigm(Paradigm):
 
         With ``bank_cache`` (one slot per suffix), a split scored on the same bundle with unchanged ``weights``
         (:func:`~tiedlab.paradigms.base.weights_key`) reuses the bank's features: val and test of one evaluation
-        encode the 10k-image bank once, not twice."""
+        encode the 10k-image bank once, not twice. The bank (training images, also the linear probe's training
+        features) is encoded :func:`~tiedlab.paradigms.base.off_the_record`: the engine's block statistics and
+        equilibrium probe see ``split``'s forwards alone."""
         opts: SSLDataOptions = self.data_opts
         bank_x, bank_y = data.splits["bank"]
         query_x, query_y = data.splits[split]
@@ -231,7 +236,8 @@ class SSLParadigm(Paradigm):
             return normalize(x, data.mean, data.std)
 
         def encode_bank() -> torch.Tensor:
-            return extract_features(encode, bank_x, prepare, opts.eval_batch_size)
+            with off_the_record():
+                return extract_features(encode, bank_x, prepare, opts.eval_batch_size)
 
         bank = encode_bank() if bank_cache is None else bank_cache.get(suffix, data, weights, encode_bank)
         queries = extract_features(encode, query_x, prepare, opts.eval_batch_size)

@@ -582,3 +582,26 @@ def test_the_training_split_fit_normalises_by_batch_statistics_as_training_does(
 
     assert fit == pytest.approx(loss_in_mode(True), rel=1e-6, abs=1e-7)
     assert abs(fit - loss_in_mode(False)) > 1e-3
+
+
+def test_block_statistics_are_the_scored_splits():
+    """A val or test evaluation also encodes the kNN bank (training images), off the record: the engine's
+    core/<split>_* statistics and the equilibrium probe see the scored split's block calls alone, whether the bank's
+    features are cached or not."""
+    from tiedlab.paradigms.base import on_the_record
+    from tiedlab.paradigms.engine import StatsRecorder
+
+    torch.manual_seed(0)
+    paradigm, bundle, model = make("simclr", eval_batch_size=64)
+    recorder, seen = StatsRecorder(model), []
+    model.backbone.block.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].shape[0]) if on_the_record() else None)
+    for split, cached in (("val", False), ("test", True), ("test", False), ("val", True)):
+        if not cached:
+            model.bank_cache.clear()
+        seen.clear()
+        paradigm.evaluate(model, bundle, split)
+        n = len(bundle.splits[split][1])
+        assert len(recorder.take()) == math.ceil(n / 64), (split, cached)
+        assert seen == [min(64, n - i) for i in range(0, n, 64)], (split, cached)  # this split's batches, in order
+    recorder.close()
