@@ -302,9 +302,9 @@ def tensor_views(images: torch.Tensor, spec: ViewSpec, mean: Sequence[float], st
 class LightlyViews:
     """lightly's ``SimCLRTransform`` over a uint8 batch, image by image on the CPU (the reference path).
 
-    Randomness: one seed drawn from the generator seeds torch's, numpy's and Python's RNGs inside a
-    forked state (lightly's transforms draw from all three), so the views depend on the generator
-    alone and the global RNG states are unchanged afterwards.
+    Randomness: one seed drawn from the generator (on its device) seeds torch's, numpy's and Python's
+    RNGs inside a forked state (lightly's transforms draw from all three), so the views depend on the
+    generator alone and the global RNG states are unchanged afterwards.
 
     Shapes: images (B, C, H, W) uint8 -> n_views tensors of (B, C, size, size) float32 on images' device
     """
@@ -328,7 +328,8 @@ class LightlyViews:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"LightlyViews expects (B, C, H, W) uint8, got {images.dtype} {tuple(images.shape)}")
         self.spec.check_fits(images.shape[1:])
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        device = generator.device if generator is not None else None  # a CUDA generator draws on its device
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device))
         arrays = images.permute(0, 2, 3, 1).cpu().numpy()
         mode = "L" if arrays.shape[-1] == 1 else "RGB"
         np_state, py_state = np.random.get_state(), random.getstate()

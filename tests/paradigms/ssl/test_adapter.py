@@ -605,3 +605,45 @@ def test_block_statistics_are_the_scored_splits():
         assert len(recorder.take()) == math.ceil(n / 64), (split, cached)
         assert seen == [min(64, n - i) for i in range(0, n, 64)], (split, cached)  # this split's batches, in order
     recorder.close()
+
+
+def test_lightly_views_draw_on_the_generators_device_and_a_cpu_generator_draws_as_before(monkeypatch):
+    """LightlyViews draws its seed on the generator's device (a CUDA generator cannot fill a CPU tensor: fit/loss on
+    CUDA with data.views=lightly), and a CPU generator gives the seed and the views it gave before."""
+    from PIL import Image
+
+    imgs = (torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
+    views = LightlyViews(ViewSpec(size=12), (0.5,) * 3, (0.25,) * 3)
+    got = views(imgs, torch.Generator().manual_seed(3))
+    # the draw as the code made it before (no device: a CPU tensor), then lightly's transform seeded with it
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(3)))
+    assert seed == 740_111_726
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        ref = [views.transform(Image.fromarray(a)) for a in imgs.permute(0, 2, 3, 1).numpy()]
+    assert all(torch.equal(got[i], torch.stack([r[i] for r in ref])) for i in range(2))
+    devices = []
+    real = torch.randint
+
+    def spy(*args, **kwargs):
+        if kwargs.get("generator") is not None:  # ours (lightly's transforms draw from the seeded global RNG)
+            devices.append((kwargs.get("device"), kwargs["generator"].device))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "randint", spy)
+    views(imgs, torch.Generator().manual_seed(3))
+    assert devices and all(d is not None and torch.device(d) == g for d, g in devices)
+
+
+@pytest.mark.gpu
+def test_lightly_views_score_the_training_split_on_cuda():
+    """data.views=lightly with train.score_train on CUDA: the fit's generator lives on the GPU, and so do its draws."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    paradigm = SSLParadigm({**DIGITS, "views": "lightly", "knn_bank_size": 64}, {**TINY, "method": "byol"},
+                           torch.device("cuda"), seed=0, batch_size=16)
+    bundle = paradigm.build_data()
+    model = paradigm.build_model(bundle, BlockSpec.from_dict(dict(mode="tied", depth=2)))
+    assert math.isfinite(paradigm.evaluate(model, bundle, "train")["train/loss"])
