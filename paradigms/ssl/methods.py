@@ -9,7 +9,8 @@
 
 Every model's ``forward(view0, view1) -> (loss, BlockStats)`` runs the backbone ONCE on the two views
 concatenated (its GroupNorm is per sample, so this equals two calls) and the heads per view (their
-BatchNorm sees one view at a time, as in lightly's examples). ``encode(images)`` gives the frozen
+BatchNorm sees one view at a time, as in lightly's examples); BYOL's target, backbone and projection head,
+runs once per view, so its BatchNorm too sees one view at a time. ``encode(images)`` gives the frozen
 features evaluation uses.
 
 Modules that are not trained live outside the module tree (``self.hidden``): the BYOL target and a
@@ -216,7 +217,7 @@ class BYOL(SSLModel):
         p0 = self.prediction_head(self.projection_head(f0))
         p1 = self.prediction_head(self.projection_head(f1))
         with torch.no_grad():
-            t0, t1 = self.target(torch.cat([view0, view1])).chunk(2)
+            t0, t1 = self.target(view0), self.target(view1)  # one view per call: its BatchNorm sees one view
         with _no_autocast(p0.device):
             return 2.0 + self.criterion(p0.float(), t1.float()) + self.criterion(p1.float(), t0.float())
 

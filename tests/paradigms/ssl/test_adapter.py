@@ -647,3 +647,17 @@ def test_lightly_views_score_the_training_split_on_cuda():
     bundle = paradigm.build_data()
     model = paradigm.build_model(bundle, BlockSpec.from_dict(dict(mode="tied", depth=2)))
     assert math.isfinite(paradigm.evaluate(model, bundle, "train")["train/loss"])
+
+
+def test_byol_target_normalises_each_view_on_its_own():
+    """The BYOL target runs once per view, as the online heads do: its BatchNorm sees batches of one view's size."""
+    torch.manual_seed(0)
+    paradigm, bundle, model = make("byol")
+    norms = [m for m in model.target.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms
+    seen = []
+    for m in norms:
+        m.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    view0, view1 = next(iter(bundle.train_batches(torch.Generator().manual_seed(0))))
+    paradigm.training_step(model, (view0, view1))
+    assert seen == [len(view0)] * (2 * len(norms))
