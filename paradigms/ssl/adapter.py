@@ -206,6 +206,7 @@ class SSLParadigm(Paradigm):
             raise ValueError(f"the kNN bank's {len(bank_x)} images are fewer than one batch ({size}): raise "
                              "data.knn_bank_size to score the training split")
         kept = copy.deepcopy(core.state_dict())
+        core.sync_hidden()  # a BYOL target unrolls as the online blocks do now
         generator = torch.Generator(device=bank_x.device).manual_seed(FIT_VIEWS_SEED)
         total, batches = 0.0, 0
         try:

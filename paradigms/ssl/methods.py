@@ -17,7 +17,9 @@ Modules that are not trained live outside the module tree (``self.hidden``): the
 frozen copy of the backbone's initial weights (the random-initialisation baseline). So the model's
 ``parameters()`` are exactly the trained ones, ``modules()`` holds exactly one core Block (the engine
 counts parameters and records block statistics from it), yet ``.to()`` moves them and
-``state_dict()`` saves them (as the model's extra state), so a resumed run is exact.
+``state_dict()`` saves them (as the model's extra state), so a resumed run is exact. What the engine sets
+on the model's blocks (a DEQ warm-up's ``warmup_depth``) reaches the target's blocks through
+:meth:`SSLModel.sync_hidden`, which runs before every loss forward.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from tiedlab.core import BlockStats
+from tiedlab.core import Block, BlockStats
 from tiedlab.paradigms.base import WeightsCache
 from tiedlab.paradigms.vision.model import VisionBackbone
 
@@ -40,6 +42,10 @@ SSL_METHODS = ("simclr", "byol", "vicreg")
 
 def _no_autocast(device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _blocks(module: nn.Module) -> list[Block]:
+    return [m for m in module.modules() if isinstance(m, Block)]
 
 
 class MomentumEncoder(nn.Module):
@@ -125,8 +131,13 @@ class SSLModel(nn.Module):
                 m.train(mode)
 
     # ---------------------------------------------------------------- forward
+    def sync_hidden(self) -> None:
+        """Make the modules kept outside the tree run as the online ones do now (BYOL: see its override); called
+        before every loss forward (by ``before_step`` and by the adapter's training-split fit)."""
+
     def before_step(self) -> None:
         """Called by the training step before every forward (BYOL updates its target here)."""
+        self.sync_hidden()
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen features of the current backbone. Shapes: (B, C, H, W) -> (B, D)"""
@@ -203,10 +214,24 @@ class BYOL(SSLModel):
             return self.momentum_base
         return float(cosine_schedule(min(step, self.momentum_steps), self.momentum_steps, self.momentum_base, 1.0))
 
+    def sync_hidden(self) -> None:
+        """The target's blocks unroll as the online ones do: each takes its online twin's ``warmup_depth`` (the
+        engine sets it on the model's blocks during a DEQ warm-up; the target is outside the tree).
+
+        Raises:
+            ValueError: the target and the online backbone hold different numbers of blocks.
+        """
+        online, target = _blocks(self.backbone), _blocks(self.target.backbone)
+        if len(online) != len(target):
+            raise ValueError(f"the BYOL target holds {len(target)} blocks, the online backbone {len(online)}")
+        for mine, theirs in zip(online, target):
+            theirs.warmup_depth = mine.warmup_depth
+
     @torch.no_grad()
     def before_step(self) -> None:
         from lightly.models.utils import update_momentum
 
+        self.sync_hidden()
         m = self.momentum_at(int(self.momentum_step))
         update_momentum(self.backbone, self.target.backbone, m=m)
         update_momentum(self.projection_head, self.target.projection_head, m=m)

@@ -661,3 +661,24 @@ def test_byol_target_normalises_each_view_on_its_own():
     view0, view1 = next(iter(bundle.train_batches(torch.Generator().manual_seed(0))))
     paradigm.training_step(model, (view0, view1))
     assert seen == [len(view0)] * (2 * len(norms))
+
+
+def test_byol_target_unrolls_while_the_online_deq_warms_up():
+    """The engine's DEQ warm-up sets warmup_depth on the model's blocks; the target (outside the module tree) follows
+    its online twin at every step and in the training-split fit: it unrolls while the online network unrolls and
+    solves when it solves."""
+    torch.manual_seed(0)
+    paradigm, bundle, model = make("byol", block=CONTRACT_BLOCKS["deq_fixed_point_onestep"])
+    depths = []
+    (target_block,) = [m for m in model.target.modules() if isinstance(m, Block)]
+    target_block.register_forward_pre_hook(lambda module, args: depths.append(module.warmup_depth))
+    batch = next(iter(bundle.train_batches(torch.Generator().manual_seed(0))))
+    for depth in (3, 3, 0):
+        model.backbone.block.warmup_depth = depth  # as the engine's _set_warmup does before a step
+        depths.clear()
+        paradigm.training_step(model, batch)
+        assert depths == [depth, depth], depth  # one target call per view
+    model.backbone.block.warmup_depth = 3
+    depths.clear()
+    paradigm.evaluate(model, bundle, "train")  # the training-split fit runs the target too
+    assert depths and set(depths) == {3}
