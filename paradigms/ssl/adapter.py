@@ -179,8 +179,8 @@ class SSLParadigm(Paradigm):
         out = self._knn_and_probe(core.encode, data, split, "", core.bank_cache, weights_key(core))
         if self.data_opts.random_init_baseline:
             initial = core.initial_backbone
-            weights = weights_key(initial)
-            with off_the_record():  # another model's forwards (its block is not the model's: kept so if it were)
+            weights = core.initial_key()  # by content: once per split and run, however often the state is reloaded
+            with off_the_record():  # the initial backbone's forwards are not the scored model's
                 out.update(core.baseline_cache.get(split, data, weights, lambda: self._knn_and_probe(
                     lambda x: initial(x)[0], data, split, "_random_init", core.bank_cache, weights)))
         if split not in data.cache:

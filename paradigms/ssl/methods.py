@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from tiedlab.core import Block, BlockStats
-from tiedlab.paradigms.base import WeightsCache
+from tiedlab.paradigms.base import WeightsCache, weights_key
 from tiedlab.paradigms.vision.model import VisionBackbone
 
 __all__ = ["SSL_METHODS", "SSLModel", "SimCLR", "BYOL", "VICReg", "build_ssl_model", "MomentumEncoder"]
@@ -46,6 +47,17 @@ def _no_autocast(device: torch.device):
 
 def _blocks(module: nn.Module) -> list[Block]:
     return [m for m in module.modules() if isinstance(m, Block)]
+
+
+def content_digest(module: nn.Module) -> str:
+    """A SHA-256 of ``module``'s state dict (every tensor's name, dtype, shape and bytes): equal for equal weights
+    however often they were reloaded, unlike :func:`~tiedlab.paradigms.base.weights_key`."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class MomentumEncoder(nn.Module):
@@ -86,10 +98,11 @@ class SSLModel(nn.Module):
         for p in initial.parameters():
             p.requires_grad_(False)
         object.__setattr__(self, "hidden", {"initial_backbone": initial.eval()})
-        # evaluation results of the initial backbone, one slot per split
+        # evaluation results of the initial backbone, one slot per split, keyed by initial_key()
         object.__setattr__(self, "baseline_cache", WeightsCache())
         # the latest memory-bank features of each encoder (see the SSL adapter's evaluate)
         object.__setattr__(self, "bank_cache", WeightsCache())
+        self._initial_digest: tuple[tuple, str] | None = None  # (weights_key, content_digest) of the initial backbone
 
     # ---------------------------------------------------------------- modules kept outside the tree
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> "SSLModel":
@@ -112,6 +125,17 @@ class SSLModel(nn.Module):
     def initial_backbone(self) -> VisionBackbone:
         """A frozen copy of the backbone as initialised (for the random-init kNN baseline), in eval mode."""
         return self.hidden["initial_backbone"]
+
+    def initial_key(self) -> tuple[str]:
+        """The key of the random-init baseline's caches: the initial backbone's :func:`content_digest`. Reloading
+        the same weights keeps it (the engine's probes reload the extra state after each measurement, which moves
+        every version counter); loading other initial weights (another run's state dict) changes it. Hashed again
+        only when the backbone's :func:`~tiedlab.paradigms.base.weights_key` moved."""
+        initial = self.initial_backbone
+        now = weights_key(initial)
+        if self._initial_digest is None or self._initial_digest[0] != now:
+            self._initial_digest = (now, content_digest(initial))
+        return (self._initial_digest[1],)
 
     @contextlib.contextmanager
     def batch_statistics(self) -> Iterator[None]:

@@ -682,3 +682,23 @@ def test_byol_target_unrolls_while_the_online_deq_warms_up():
     depths.clear()
     paradigm.evaluate(model, bundle, "train")  # the training-split fit runs the target too
     assert depths and set(depths) == {3}
+
+
+def test_the_random_init_baseline_is_not_recomputed_when_the_same_weights_are_reloaded():
+    """The engine's probes reload the model's extra state after each measurement (version counters move, weights do
+    not): the random-init baseline stays cached, computed once per split and run; other weights still recompute it
+    (the bank test above)."""
+    from tiedlab.paradigms.engine import _restored
+
+    torch.manual_seed(0)
+    paradigm, bundle, model = make("simclr")
+    calls = []
+    model.initial_backbone.register_forward_hook(lambda *args: calls.append(1))
+    first = paradigm.evaluate(model, bundle, "val")
+    assert calls
+    with _restored(model):
+        pass
+    model.load_state_dict(model.state_dict())
+    calls.clear()
+    assert paradigm.evaluate(model, bundle, "val") == first
+    assert not calls
