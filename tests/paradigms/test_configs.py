@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -106,6 +107,75 @@ def test_every_experiment_composes_and_every_swept_value_instantiates(hydra_ctx,
     for key, values in params.items():
         for value in str(values).split(","):
             instantiate([*overrides, f"{key}={value.strip()}"])
+
+
+# What a block's arm may set apart from the other arms: the block itself, its solver and backward mode (inert outside a
+# DEQ) and the DEQ recipe's training of the block (penalty, warm-up). Anything else (model.*, data.*, the optimiser,
+# the loop) would make a comparison of block modes compare something more than the block.
+BLOCK_SPECIFIC = ("block.", "solver.", "grad.", "train.jacobian_weight", "train.deq_warmup_steps",
+                  "train.deq_warmup_depth")
+
+
+def flat_keys(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {dotted key: leaf value}."""
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(flat_keys(value, f"{prefix}{key}."))
+    return out
+
+
+def arm_differences(overrides: list[str], blocks: list[str]) -> dict[str, dict[str, Any]]:
+    """The config keys outside ``BLOCK_SPECIFIC`` whose values differ between the ``block=`` arms of ``overrides``."""
+    arms = {b: flat_keys(OmegaConf.to_container(compose(config_name="train", overrides=[*overrides, f"block={b}"]),
+                                                resolve=False)) for b in blocks}
+    keys = set().union(*arms.values())
+    return {k: {b: arm.get(k, "<absent>") for b, arm in arms.items()} for k in sorted(keys)
+            if not k.startswith(BLOCK_SPECIFIC) and len({repr(arm.get(k, "<absent>")) for arm in arms.values()}) > 1}
+
+
+def block_arms() -> list[tuple[str, list[str], list[str]]]:
+    """(name, overrides, blocks) of every experiment and study grid that sweeps the block."""
+    from tiedlab.paradigms.study import load_study
+
+    found = []
+    for experiment in names("experiment"):
+        text = (CONFIGS / "experiment" / f"{experiment}.yaml").read_text()
+        params = (yaml.safe_load(text).get("hydra", {}) or {}).get("sweeper", {}).get("params", {}) or {}
+        blocks = [b.strip() for b in str(params.get("block", "")).split(",") if b.strip()]
+        if len(blocks) > 1:
+            found.append((f"experiment={experiment}",
+                          [f"paradigm={experiment.split('_')[0]}", f"experiment={experiment}"], blocks))
+    for study in names("study"):
+        for grid in load_study(study)["grids"]:
+            blocks = [str(b) for b in (grid.get("sweep") or {}).get("block", [])]
+            if len(blocks) > 1:
+                found.append((f"study {study} grid {grid['name']}", list(grid["overrides"]), blocks))
+    return found
+
+
+def test_block_arms_differ_in_the_block_alone(hydra_ctx):
+    """Every experiment and study grid that sweeps the block composes arms that differ only in the block and its
+    DEQ recipe's block training (BLOCK_SPECIFIC): a recipe that also sets a model option (language's
+    model.inject_norm) must be set on every arm, or the DEQ arm trains another model."""
+    found = block_arms()
+    assert any(name == "experiment=language_tied_vs_deq" for name, _, _ in found)  # the sweep is read
+    differing = {name: diff for name, overrides, blocks in found if (diff := arm_differences(overrides, blocks))}
+    assert differing == {}
+
+
+@pytest.mark.parametrize("experiment", names("experiment"))
+def test_an_experiment_keeps_its_deq_recipes_settings(experiment):
+    """An experiment file is loaded after the recipe: a key both set (language_tied_vs_deq's solver.eval_max_iter 24
+    against the recipe's 30) would silently train or evaluate the DEQ away from the recipe that was measured."""
+    recipe = CONFIGS / "recipe" / "deq" / f"{experiment.split('_')[0]}.yaml"
+    if not recipe.exists():
+        pytest.skip(f"no DEQ recipe for {experiment}")
+    body = {k: v for k, v in yaml.safe_load((CONFIGS / "experiment" / f"{experiment}.yaml").read_text()).items()
+            if k not in ("defaults", "hydra")}
+    ours, theirs = flat_keys(body), flat_keys(yaml.safe_load(recipe.read_text()))
+    assert {k: (ours[k], theirs[k]) for k in ours.keys() & theirs.keys() if ours[k] != theirs[k]} == {}
 
 
 @pytest.mark.parametrize("launcher", ["local_parallel", "slurm"])
