@@ -93,7 +93,7 @@ class LoopConfig:
     amp: bool = True
     compile: bool = False
     channels_last: bool = False  # convolution weights and activations in NHWC (tensor cores prefer it; needs convs)
-    jacobian_weight: float = 0.0
+    jacobian_weight: float = 0.0  # a DEQ step optimises train/loss + this x core/jacobian_loss (logged apart)
     diverge_residual: float = 1e3  # a DEQ solve whose residual grows this many times over is divergence
     time_limit_s: Optional[float] = None
     progress: Optional[bool] = None  # a progress bar (None: on a terminal, not under CI)

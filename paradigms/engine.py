@@ -177,6 +177,17 @@ def _growth(trace: Sequence[float]) -> float:
     return max(trace) / max(trace[0], 1e-30)
 
 
+def _non_finite(loss: float, jacobian: float | None, weight: float) -> str:
+    """Why the loss a step optimised, ``loss + weight * jacobian`` (the task loss alone when ``weight`` is 0 or the
+    step made no Jacobian estimate), is not finite; "" when it is."""
+    if not math.isfinite(loss):
+        return f"non-finite loss ({loss})"
+    if weight > 0 and jacobian is not None and not math.isfinite(loss + weight * jacobian):
+        return (f"non-finite loss ({loss + weight * jacobian}: the task loss {loss:.6g} plus "
+                f"train.jacobian_weight={weight:g} x core/jacobian_loss={jacobian})")
+    return ""
+
+
 READ_EVERY = 50  # training steps read from the device at least this often (see _Run._flush)
 
 
@@ -535,9 +546,9 @@ class _Run:
         self.recorder = StatsRecorder(self.model)
         self.progress = None
         self.log_every = cfg.train.log_every if cfg.train.log_every is not None else max(1, self.total_steps // 10)
-        # Steps whose loss, metrics and block statistics are still on the device, read together by ``_flush``,
-        # each with whether it was a warm-up step (unrolled, not solved).
-        self.pending: list[tuple[torch.Tensor, dict[str, Any], list[BlockStats], bool]] = []
+        # Steps whose task loss, Jacobian estimate (None: none), metrics and block statistics are still on the device,
+        # read together by ``_flush``, each with whether it was a warm-up step (unrolled, not solved).
+        self.pending: list[tuple[torch.Tensor, torch.Tensor | None, dict[str, Any], list[BlockStats], bool]] = []
         self.last_val: dict[str, Any] = {}  # the latest in-loop validation record of this process
         self.probe = EquilibriumProbe(cfg, self.paradigm, self.model, self.data, self.recorder,
                                       _autocast(device, bool(cfg.train.amp))) if spec.mode == "deq" else None
@@ -677,26 +688,29 @@ class _Run:
         t0 = time.perf_counter()
         with self.autocast:
             out = self.paradigm.training_step(self.step_fn, world.shard(batch))
-        loss = out.loss
+        jacobian = out.stats.jacobian_loss if out.stats is not None else None  # the Hutchinson estimate, if asked
         jac_weight = float(cfg.train.jacobian_weight)
-        if jac_weight > 0 and out.stats is not None and out.stats.jacobian_loss is not None:
-            loss = loss + jac_weight * out.stats.jacobian_loss
-        recorded = loss.detach()
+        penalised = jac_weight > 0 and jacobian is not None
+        loss = out.loss + jac_weight * jacobian if penalised else out.loss  # what the step optimises
+        recorded = out.loss.detach()  # train/loss: the task loss alone, comparable across block modes
         if world.parallel:
             loss_value = world.mean(loss)  # the global batch's loss: every rank decides alike, before stepping
             if not math.isfinite(loss_value):
                 return f"non-finite loss ({loss_value}) at step {loop.step + 1}"
-            recorded = torch.tensor(loss_value, dtype=torch.float64)
+            recorded = torch.tensor(world.mean(out.loss) if penalised else loss_value, dtype=torch.float64)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         world.average_gradients(self.model)  # the global batch's gradient (slices of equal size)
-        return self.update(time.perf_counter() - t0, recorded, out.metrics, self.recorder.take(), stop)
+        return self.update(time.perf_counter() - t0, recorded, out.metrics, self.recorder.take(), stop,
+                           jacobian=jacobian.detach() if jacobian is not None else None)
 
     def update(self, seconds: float, loss: torch.Tensor, metrics: dict[str, Any], stats: list[BlockStats],
-               stop: "_StopSignals | None" = None) -> str:
+               stop: "_StopSignals | None" = None, jacobian: torch.Tensor | None = None) -> str:
         """The optimiser step on the gradients in ``.grad`` (clipped), the schedule, the clock (``seconds`` of
         forward and backward plus the update's own) and the step's records into ``pending`` (read at once where a
-        decision needs them: see ``_step``). Returns why the run diverged ("" while it has not)."""
+        decision needs them: see ``_step``). ``loss`` is the task loss; ``jacobian`` the step's Hutchinson estimate
+        of the Jacobian penalty (None when the block made none), which the step optimised as
+        ``loss + train.jacobian_weight * jacobian``. Returns why the run diverged ("" while it has not)."""
         cfg, loop, world = self.cfg, self.loop, self.world
         t0 = time.perf_counter()
         warm = self.warming_up  # this step unrolled the DEQ's map (read before the step count moves on)
@@ -707,7 +721,7 @@ class _Run:
         loop.train_s += seconds + time.perf_counter() - t0  # on a GPU: launch time; _flush adds the device's wait
         loop.step += 1
         loop.samples += self.data.samples_per_step
-        self.pending.append((loss, metrics, stats, warm))
+        self.pending.append((loss, jacobian, metrics, stats, warm))
         solving = self.spec.mode == "deq" and not self.warming_up
         if solving or world.parallel or self.progress is not None:
             return self._flush(stop)
@@ -723,8 +737,9 @@ class _Run:
 
     def _flush(self, stop: "_StopSignals | None" = None) -> str:
         """Read the pending steps in one transfer (after waiting for the device, which counts as training time):
-        each step's loss and block statistics (means over the ranks) go to the loop's window and totals; returns
-        why the run diverged at the first step that did ("" when none did)."""
+        each step's task loss (``train/loss``), block statistics and Jacobian estimate (``core/jacobian_loss``;
+        means over the ranks) go to the loop's window and totals; returns why the run diverged at the first step
+        that did ("" when none did): a non-finite loss as optimised (the penalty included) or an exploding solve."""
         cfg, loop, world = self.cfg, self.loop, self.world
         pending, self.pending = self.pending, []
         if not pending:
@@ -733,15 +748,23 @@ class _Run:
             t0 = time.perf_counter()
             torch.cuda.synchronize(self.device)
             loop.train_s += time.perf_counter() - t0
-        losses = torch.stack([p[0].detach().to("cpu", torch.float64).reshape(()) for p in pending]).tolist()
+        # each step's task loss and Jacobian estimate (the loss again in its place when there is none)
+        values = [v for p in pending for v in (p[0], p[0] if p[1] is None else p[1])]
+        read = torch.stack([v.detach().to("cpu", torch.float64).reshape(()) for v in values]).tolist()
+        losses, estimates = read[0::2], read[1::2]
         first = loop.step - len(pending) + 1
-        for i, ((_, metrics, calls, warm), loss_value) in enumerate(zip(pending, losses)):
+        weight = float(cfg.train.jacobian_weight)
+        for i, ((_, jacobian, metrics, calls, warm), loss_value) in enumerate(zip(pending, losses)):
             step = first + i
             solving = self.spec.mode == "deq" and not warm
-            if not math.isfinite(loss_value):
+            jac_value = None if jacobian is None else estimates[i]
+            why = _non_finite(loss_value, jac_value, weight)
+            if why:
                 loop.step = step - 1  # the run's last finite step (the ones after it are not counted)
-                return f"non-finite loss ({loss_value}) at step {step}"
+                return f"{why} at step {step}"
             block_stats = summarize(calls)
+            if jac_value is not None:
+                block_stats["core/jacobian_loss"] = jac_value
             metrics = {k: float(v) for k, v in metrics.items()}
             if world.parallel:  # means over the ranks, any rank's stop signal, rank 0's clock (its time limit)
                 agreed, self.signal_seen, loop.train_s = world.agree(

@@ -154,6 +154,63 @@ def test_a_deq_run_reports_its_solves_statistics_not_its_warm_up_steps(tmp_path,
     assert metrics["core/nfe_forward"] > sum(per_step) / 30  # a solve costs more than 3 unrolled layers here
 
 
+def spy_on_steps(monkeypatch) -> list[tuple[float, float | None]]:
+    """(task loss, Hutchinson Jacobian estimate or None) of every training step the toy paradigm takes from now on."""
+    from support.toy import ToyParadigm
+
+    seen, real = [], ToyParadigm.training_step
+
+    def spy(self, model, batch):
+        out = real(self, model, batch)
+        estimate = out.stats.jacobian_loss
+        seen.append((out.loss.item(), None if estimate is None else estimate.item()))
+        return out
+
+    monkeypatch.setattr(ToyParadigm, "training_step", spy)
+    return seen
+
+
+def test_a_penalised_deq_records_its_task_loss_as_train_loss_and_its_penalty_apart(tmp_path, monkeypatch):
+    """train/loss is the task loss alone (comparable with a tied run's; it does not jump when the penalty starts after
+    the warm-up); the Jacobian estimate the step also optimised (x train.jacobian_weight) is core/jacobian_loss,
+    averaged over the window in history and over the solving steps in metrics.json."""
+    from statistics import fmean
+
+    seen = spy_on_steps(monkeypatch)
+    penalised = cfg(block=dict(mode="deq", jacobian_samples=1), equilibrium=dict(probe_every=0),  # no probe steps
+                    train=dict(LOOP, jacobian_weight=1.0, deq_warmup_steps=5))
+    metrics = train(penalised, tmp_path)["metrics"]
+    assert len(seen) == 30 and all(e is None for _, e in seen[:5]) and all(e > 0 for _, e in seen[5:])
+    history = rundir.read_history(tmp_path)
+    for record, window in zip(history, (seen[:10], seen[10:20], seen[20:])):
+        assert record["train/loss"] == pytest.approx(fmean(loss for loss, _ in window), rel=1e-12)
+        assert record["core/jacobian_loss"] == pytest.approx(fmean(e for _, e in window if e is not None), rel=1e-12)
+    assert metrics["core/jacobian_loss"] == pytest.approx(fmean(e for _, e in seen[5:]), rel=1e-12)
+
+
+def test_a_non_finite_jacobian_penalty_still_ends_the_run_as_diverged(tmp_path, monkeypatch):
+    """The divergence check reads the loss the step optimised: a finite task loss with a NaN penalty diverges; the
+    same NaN estimate that is only logged (train.jacobian_weight=0) does not end the run."""
+    from support.toy import ToyParadigm
+
+    real = ToyParadigm.training_step
+
+    def poisoned(self, model, batch):
+        out = real(self, model, batch)
+        if self.steps > 12:
+            out.stats.jacobian_loss = out.stats.jacobian_loss * float("nan")
+        return out
+
+    monkeypatch.setattr(ToyParadigm, "training_step", poisoned)
+    block, probes = dict(mode="deq", jacobian_samples=1), dict(probe_every=0)  # no probe's steps in the count
+    result = train(cfg(block=block, equilibrium=probes, train=dict(LOOP, jacobian_weight=1.0)), tmp_path / "penalised")
+    assert (result["status"], result["step"]) == ("diverged", 12)
+    assert result["reason"].startswith("non-finite loss (nan: the task loss ") and result["reason"].endswith(
+        "plus train.jacobian_weight=1 x core/jacobian_loss=nan) at step 13")
+    logged = train(cfg(block=block, equilibrium=probes, train=dict(LOOP, max_steps=15)), tmp_path / "logged")
+    assert logged["status"] == "completed"
+
+
 def test_residual_growth_counts_a_non_finite_residual_anywhere_in_the_solve():
     from tiedlab.paradigms.engine import _growth
 
