@@ -177,6 +177,23 @@ def _growth(trace: Sequence[float]) -> float:
     return max(trace) / max(trace[0], 1e-30)
 
 
+def phase_step_ms(loop: LoopState, warmup_steps: int) -> dict[str, float]:
+    """A DEQ run's mean step time per phase: ``time/solve_step_ms`` over the steps that solved (every DEQ run that
+    solved; its whole ``time/step_ms`` without a warm-up) and ``time/warmup_step_ms`` over its unrolled warm-up
+    steps (only with a warm-up). ``time/step_ms`` is their mean weighted by the steps. {} when the warm-up's time
+    is unknown (a run resumed from a checkpoint that did not record it)."""
+    warm_steps = min(loop.step, warmup_steps)
+    warm_s = loop.warmup_s if warm_steps else 0.0
+    if warm_s is None:
+        return {}
+    out = {}
+    if loop.step > warm_steps:
+        out["time/solve_step_ms"] = 1000 * (loop.train_s - warm_s) / (loop.step - warm_steps)
+    if warm_steps:
+        out["time/warmup_step_ms"] = 1000 * warm_s / warm_steps
+    return out
+
+
 def _non_finite(loss: float, jacobian: float | None, weight: float) -> str:
     """Why the loss a step optimised, ``loss + weight * jacobian`` (the task loss alone when ``weight`` is 0 or the
     step made no Jacobian estimate), is not finite; "" when it is."""
@@ -197,6 +214,8 @@ class LoopState:
     epoch: int = 0
     index: int = 0  # batches of ``epoch`` already consumed
     train_s: float = 0.0
+    # the part of train_s a DEQ spent on its warm-up steps (None: unknown, resumed from a checkpoint without it)
+    warmup_s: float | None = 0.0
     samples: int = 0
     window: list[dict[str, float]] = field(default_factory=list)
     core_totals: dict[str, list[float]] = field(default_factory=dict)  # key -> [sum, count] over training
@@ -585,7 +604,9 @@ class _Run:
         self.model.load_state_dict(state_dict["model"])
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self.schedule.load_state_dict(state_dict["schedule"])
-        self.loop = LoopState(**state_dict["loop"])
+        loop = dict(state_dict["loop"])
+        loop.setdefault("warmup_s", None if loop.get("step") else 0.0)  # an older checkpoint: warm-up time unknown
+        self.loop = LoopState(**loop)
         ranks = state_dict.get("rng_ranks") or [state_dict["rng"]]  # every rank's, from a data-parallel run
         if world.rank < len(ranks):
             rundir.set_rng_state(ranks[world.rank], self._cuda)
@@ -718,12 +739,15 @@ class _Run:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(cfg.optim.clip))
         self.optimizer.step()
         self.schedule.step()
-        loop.train_s += seconds + time.perf_counter() - t0  # on a GPU: launch time; _flush adds the device's wait
+        seconds += time.perf_counter() - t0  # on a GPU: launch time; _flush adds the device's wait
+        loop.train_s += seconds
+        if warm and loop.warmup_s is not None:
+            loop.warmup_s += seconds
         loop.step += 1
         loop.samples += self.data.samples_per_step
         self.pending.append((loss, jacobian, metrics, stats, warm))
-        solving = self.spec.mode == "deq" and not self.warming_up
-        if solving or world.parallel or self.progress is not None:
+        solving = self.spec.mode == "deq" and not self.warming_up  # the next step solves (the last warm-up step's
+        if solving or world.parallel or self.progress is not None:  # read too: pending never mixes the two phases)
             return self._flush(stop)
         return ""
 
@@ -747,7 +771,10 @@ class _Run:
         if self.device.type == "cuda":
             t0 = time.perf_counter()
             torch.cuda.synchronize(self.device)
-            loop.train_s += time.perf_counter() - t0
+            waited = time.perf_counter() - t0
+            loop.train_s += waited
+            if pending[0][-1] and loop.warmup_s is not None:  # the wait of warm-up steps (never mixed with solving)
+                loop.warmup_s += waited
         # each step's task loss and Jacobian estimate (the loss again in its place when there is none)
         values = [v for p in pending for v in (p[0], p[0] if p[1] is None else p[1])]
         read = torch.stack([v.detach().to("cpu", torch.float64).reshape(()) for v in values]).tolist()
@@ -854,11 +881,13 @@ class _Run:
         final.update({key: total[0] / total[1] for key, total in loop.core_totals.items() if total[1]})
         final.update({
             "time/train_s": loop.train_s,
-            "time/step_ms": 1000 * loop.train_s / max(loop.step, 1),
+            "time/step_ms": 1000 * loop.train_s / max(loop.step, 1),  # every step's, a DEQ's warm-up included
             "throughput/samples_per_s": loop.samples / max(loop.train_s, 1e-9),
             "memory/peak_mb": peak_memory_mb(self.device),
             "train/steps": loop.step,
         })
+        if self.spec.mode == "deq":
+            final.update(phase_step_ms(loop, self.warmup_steps))
         if status == "completed":
             self._checkpoint()
 

@@ -220,9 +220,9 @@ def test_residual_growth_counts_a_non_finite_residual_anywhere_in_the_solve():
     assert _growth([]) != _growth([])  # nan: no trace
 
 
-def crash_then_resume(config, run_dir, monkeypatch, at: int) -> None:
-    """Train ``config`` into ``run_dir`` until a crash after step ``at`` (asserted: the run failed there), then
-    rerun it to completion from its last checkpoint."""
+def crash_then_resume(config, run_dir, monkeypatch, at: int, between=lambda: None) -> None:
+    """Train ``config`` into ``run_dir`` until a crash after step ``at`` (asserted: the run failed there), call
+    ``between()``, then rerun it to completion from its last checkpoint."""
     step = _Run._step
 
     def crash(self, batch, stop=None):
@@ -234,6 +234,7 @@ def crash_then_resume(config, run_dir, monkeypatch, at: int) -> None:
     failed = train(config, run_dir)
     assert failed["status"] == "failed" and "simulated crash" in failed["reason"]  # where it was meant to
     monkeypatch.setattr(_Run, "_step", step)
+    between()
     assert train(config, run_dir)["status"] == "completed"
 
 
@@ -257,6 +258,69 @@ def test_the_gradient_probe_schedule_resumes_with_the_run(tmp_path, monkeypatch)
     probed = lambda run: [h["step"] for h in rundir.read_history(run) if "eq/grad_cosine" in h]
     assert probed(tmp_path / "whole") == [20, 40, 50]  # 15 steps since the last probe, and the end
     assert probed(tmp_path / "crashed") == probed(tmp_path / "whole")
+
+
+def phase_clock(monkeypatch) -> None:
+    """The engine's clock made a step counter: a training step takes 1 s while the toy DEQ warms up (its block
+    unrolled) and 3 s once it solves; nothing else moves the clock."""
+    import types
+
+    from support.toy import ToyParadigm
+    from tiedlab.paradigms import engine
+
+    clock, real = [0.0], ToyParadigm.training_step
+
+    def timed(self, model, batch):
+        clock[0] += 1.0 if model.block.warmup_depth else 3.0
+        return real(self, model, batch)
+
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(ToyParadigm, "training_step", timed)
+
+
+@pytest.mark.parametrize("crash_at", [None, 12, 22])
+def test_a_deq_run_times_its_solving_steps_apart_from_its_warm_up(tmp_path, monkeypatch, crash_at):
+    """time/step_ms stays every step's mean (warm-up included); time/solve_step_ms and time/warmup_step_ms are the
+    two phases' (the steps' mean, weighted, is time/step_ms), also in a run resumed in (12) or after (22) its warm-up
+    from its step-10/20 checkpoint."""
+    phase_clock(monkeypatch)
+    config = cfg(train=dict(LOOP, deq_warmup_steps=15), equilibrium=dict(probe_every=0))  # no probe's steps
+    if crash_at is None:
+        assert train(config, tmp_path)["status"] == "completed"
+    else:
+        crash_then_resume(config, tmp_path, monkeypatch, crash_at)
+    metrics = json.loads((tmp_path / rundir.METRICS).read_text())["metrics"]
+    assert metrics["time/warmup_step_ms"] == pytest.approx(1000.0) and metrics["time/solve_step_ms"] == pytest.approx(
+        3000.0)
+    assert metrics["time/step_ms"] == pytest.approx((15 * 1000.0 + 15 * 3000.0) / 30)
+
+
+def test_a_run_resumed_from_a_checkpoint_without_its_warm_up_time_leaves_the_phase_times_out(tmp_path, monkeypatch):
+    """A checkpoint written before the loop kept the warm-up's time: the phases cannot be told apart, so neither
+    phase time is recorded (not a split that counts the warm-up as solving); time/step_ms is."""
+    phase_clock(monkeypatch)
+    config = cfg(train=dict(LOOP, deq_warmup_steps=15), equilibrium=dict(probe_every=0))
+
+    def forget_the_warm_up_time():
+        state = torch.load(tmp_path / rundir.CHECKPOINT, weights_only=True)
+        del state["loop"]["warmup_s"]
+        rundir.save_checkpoint(tmp_path, {k: v for k, v in state.items() if k != "format"})
+
+    crash_then_resume(config, tmp_path, monkeypatch, 12, between=forget_the_warm_up_time)
+    metrics = json.loads((tmp_path / rundir.METRICS).read_text())["metrics"]
+    assert metrics["time/step_ms"] == pytest.approx((15 * 1000.0 + 15 * 3000.0) / 30)
+    assert not {"time/solve_step_ms", "time/warmup_step_ms"} & set(metrics)
+
+
+def test_every_deq_run_records_its_solving_step_time_and_only_a_warm_up_its_own(tmp_path, monkeypatch):
+    """Without a warm-up time/solve_step_ms is time/step_ms and there is no time/warmup_step_ms; a tied run has
+    neither."""
+    phase_clock(monkeypatch)
+    deq = train(cfg(equilibrium=dict(probe_every=0)), tmp_path / "deq")["metrics"]
+    assert deq["time/solve_step_ms"] == deq["time/step_ms"] == pytest.approx(3000.0)
+    assert "time/warmup_step_ms" not in deq
+    tied = train(cfg(block=dict(mode="tied")), tmp_path / "tied")["metrics"]
+    assert not {"time/solve_step_ms", "time/warmup_step_ms"} & set(tied)
 
 
 def test_a_warm_up_as_long_as_the_run_is_refused(tmp_path):
