@@ -9,10 +9,12 @@ An *epoch* is ``n_train_tokens // (batch_size * context)`` batches of uniformly 
 reads as many tokens as the train split holds (in expectation each token once). ``samples_per_step``
 counts tokens (``batch_size * context``), so the engine's throughput is tokens/s.
 
-Evaluation runs on a fixed set of non-overlapping windows of each split (``eval_batches`` batches of
-``eval_batch_size`` windows, evenly spaced over the split; ``eval_batches=None``: all windows), the
-same for every run with the same ``context`` (``train.score_train``: as many windows of the training split,
-recorded as ``fit/...``), and reports the token-weighted mean cross-entropy
+Evaluation runs on a fixed set of non-overlapping windows of each split (up to ``eval_batches`` batches of
+``eval_batch_size`` windows, evenly spaced over the split, all of them when the split has fewer: a 5% half of
+tiny-shakespeare has 871 windows of 64 characters; ``eval_batches=None``: all windows), the same for every run
+with the same ``context`` (``train.score_train``: up to as many windows of the training split, recorded as
+``fit/...``); ``DataBundle.meta`` counts them (``n_train_windows``, ``n_val_windows``, ``n_test_windows``). It
+reports the token-weighted mean cross-entropy
 ``{split}/loss`` (nats per token) plus ``{split}/bpc`` (char level, bits per character) or
 ``{split}/ppl`` (BPE, perplexity).
 
@@ -45,7 +47,7 @@ from .options import LanguageDataOptions, LanguageModelOptions
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 EVAL_SPLITS = ("val", "test")
-SCORED_SPLITS = ("train", *EVAL_SPLITS)  # "train": the same number of evenly spaced windows of the training split
+SCORED_SPLITS = ("train", *EVAL_SPLITS)  # "train": up to as many evenly spaced windows of the training split
 
 
 class LanguageParadigm(Paradigm):
@@ -58,7 +60,7 @@ class LanguageParadigm(Paradigm):
     higher_is_better = False
     data_parallel = True  # (inputs, targets) of equal-length windows, mean over tokens: slices average exactly
     seed_batch = True  # (inputs, targets) of one shape per seed (on CPU, vmap runs attention through a slow fallback)
-    scores_train = True  # eval_batches windows spread evenly over the training split, as over val and test
+    scores_train = True  # up to eval_batches x eval_batch_size windows evenly over the training split, as for val
 
     def __init__(self, data: Any, model: Any, device: torch.device, seed: int = 0, batch_size: int = 64):
         super().__init__(data, model, device, seed, batch_size)
@@ -95,7 +97,7 @@ class LanguageParadigm(Paradigm):
             "dataset": corpus.display_name, "tokenizer": corpus.tokenizer_kind, "vocab_size": corpus.vocab_size,
             "context": context, "batch_size": batch_size,
             **{f"n_{s}_tokens": len(ids) for s, ids in splits.by_split.items()},
-            **{f"n_{s}_windows": sum(len(x) for x, _ in self._eval[s]) for s in EVAL_SPLITS},
+            **{f"n_{s}_windows": sum(len(x) for x, _ in self._eval[s]) for s in SCORED_SPLITS},
             "chars_per_token": corpus.chars_per_token, "unknown_chars": list(corpus.val_unknown_chars),
             "epoch": "n_train_tokens // (batch_size * context) random windows",
         }

@@ -257,7 +257,8 @@ class Corpus(_Windows):
     """A tokenized corpus split into train/val.
 
     Shapes: ``train_ids``: ``(n_train_tokens,)``, ``val_ids``: ``(n_val_tokens,)``, int64.
-    ``chars_per_token`` is measured on the val split (val characters / val tokens).
+    ``chars_per_token`` is measured on the whole held-out text, ``val_ids`` (its characters / its tokens): the
+    val and test halves of :meth:`train_val_test` together.
     """
 
     name: str
@@ -288,7 +289,7 @@ class Corpus(_Windows):
                                        "test": self.val_ids[half:]})
 
     def bits_per_character(self, loss: float | torch.Tensor) -> float | torch.Tensor:
-        """Nats per token -> bits per character using this corpus's val ``chars_per_token``."""
+        """Nats per token -> bits per character using this corpus's held-out ``chars_per_token``."""
         return bits_per_character(loss, self.chars_per_token)
 
     def decode(self, ids: torch.Tensor | list[int]) -> str:

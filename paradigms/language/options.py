@@ -23,7 +23,8 @@ class LanguageDataOptions:
         vocab_size: BPE vocabulary size (ignored at char level).
         val_fraction: held-out fraction of the characters (val + test).
         max_chars: keep only the first max_chars characters of the source (quick runs, tests).
-        eval_batches: evaluation batches per split (None: every non-overlapping window).
+        eval_batches: evaluation batches per split, at most (a split with fewer than eval_batches x eval_batch_size
+            non-overlapping windows is evaluated on all of them; None: every window).
         eval_batch_size: windows per evaluation batch (independent of train.batch_size, so that the
             evaluated windows do not change with the training batch size).
         unknown: held-out characters outside a char-level vocabulary: "error" or "unk" (score as [UNK]).

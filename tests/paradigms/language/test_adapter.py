@@ -57,7 +57,7 @@ def test_bundle(small):
     assert data.samples_per_step == 8 * 16  # tokens per step
     assert data.steps_per_epoch == meta["n_train_tokens"] // (8 * 16)
     assert meta["n_train_tokens"] == 45_000 and meta["n_val_tokens"] + meta["n_test_tokens"] == 5_000
-    assert meta["n_val_windows"] == meta["n_test_windows"] == 4 * 16
+    assert meta["n_val_windows"] == meta["n_test_windows"] == meta["n_train_windows"] == 4 * 16
     # all randomness of an epoch comes from the generator
     a = list(data.train_batches(torch.Generator().manual_seed(3)))
     b = list(data.train_batches(torch.Generator().manual_seed(3)))
@@ -67,6 +67,17 @@ def test_bundle(small):
     assert not torch.equal(a[0][0], c[0])
     x, y = a[0]
     assert x.shape == y.shape == (8, 16) and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_eval_batches_caps_the_windows_and_a_split_with_fewer_is_scored_on_all(small):
+    """eval_batches x eval_batch_size is an upper bound: a split with fewer non-overlapping windows is evaluated on
+    every one of them (a 5% half of tiny-shakespeare at context 64: 871 < 16 x 64); the meta counts the windows
+    each split is scored on, the training split's (train.score_train) too."""
+    paradigm = LanguageParadigm({**SMALL, "eval_batches": 20}, TINY, CPU, seed=0, batch_size=8)
+    meta = paradigm.build_data().meta
+    every = len(range(0, meta["n_val_tokens"] - 16, 16))  # the 2,500-token val half's windows of 16
+    assert meta["n_val_windows"] == meta["n_test_windows"] == every == 156 < 20 * 16
+    assert meta["n_train_windows"] == 20 * 16 == sum(len(x) for x, _ in paradigm._eval["train"])
 
 
 def test_evaluation_is_fixed_and_val_differs_from_test(small):
