@@ -110,6 +110,12 @@ class Paradigm(ABC):
     scores_train: ClassVar[bool] = False  # see above: score(..., "train") works
     seed_batch: ClassVar[bool | str] = False  # see above: True, or why seeds cannot train as one vmapped model
 
+    @classmethod
+    def unread_options(cls, data: Mapping[str, Any]) -> dict[str, str]:
+        """Config keys this paradigm does not read with the ``data`` section given, each with why (the engine names
+        any of them set on the command line as ignored); none by default."""
+        return {}
+
     def __init__(self, data: Mapping[str, Any], model: Mapping[str, Any], device: torch.device, seed: int = 0,
                  batch_size: int = 128):
         """``data`` and ``model`` are the config sections; ``batch_size`` is ``train.batch_size``."""

@@ -11,7 +11,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from tiedlab.core import BlockSpec, GradSpec, MaskSpec, SolverSpec
 from tiedlab.core.equilibrium import EquilibriumThresholds
@@ -230,14 +230,15 @@ def thresholds(cfg: Any) -> EquilibriumThresholds:
     return EquilibriumThresholds(**values)
 
 
-def ignored_options(cfg: Any, overrides: Sequence[str] = ()) -> list[str]:
+def ignored_options(cfg: Any, overrides: Sequence[str] = (), unread: Mapping[str, str] | None = None) -> list[str]:
     """Options that a run would silently ignore, one message each: the solver and implicit gradient of a block
-    that is not a DEQ, mask options without a mask mode. ``overrides`` are the command line's (``key=value``),
-    so that a key set there is named even when its value equals the default. Ignored options are also left out
-    of the run's fingerprint (``rundir.active_config``).
+    that is not a DEQ, mask options without a mask mode, and the keys of ``unread`` (the paradigm's
+    ``unread_options``: key -> why) set on the command line. ``overrides`` are the command line's (``key=value``),
+    so that a key set there is named even when its value equals the default. Ignored options but the paradigm's
+    are also left out of the run's fingerprint (``rundir.active_config``).
     """
     keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
-    out = []
+    out = [f"{key} ignored: {why}" for key, why in sorted((unread or {}).items()) if key in keys]
     if cfg.block.mode != "deq":
         named = sorted(k for k in keys if k.split(".")[0] in ("solver", "grad"))
         if cfg.grad.mode != "ift" and "grad" not in named:

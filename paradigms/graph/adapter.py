@@ -63,6 +63,15 @@ class GraphParadigm(Paradigm):
     scores_train = True  # the training nodes (or graphs), without dropout
     seed_batch = "its batches are torch_geometric graphs (Data, Batch), which do not stack into one tensor per seed"
 
+    @classmethod
+    def unread_options(cls, data: Any) -> dict[str, str]:
+        """train.batch_size always (TU batches hold data.batch_size graphs); data.batch_size on a node task."""
+        out = {"train.batch_size": "a graph-classification batch holds data.batch_size graphs, and a node task "
+                                   "trains on the whole graph"}
+        if task_of(str((data or {}).get("name", ""))) == "node":
+            out["data.batch_size"] = "a node task trains on the whole graph"
+        return out
+
     def __init__(self, data: Any, model: Any, device: torch.device | str, seed: int = 0, batch_size: int = 32):
         # TU graph batches use data.batch_size (graphs per batch); node tasks are full-batch.
         super().__init__(data, model, torch.device(device), seed, batch_size)

@@ -1,7 +1,8 @@
 """The graph cell and the model around the core block: input stem -> Block(cell) -> head (with
 ``model.embed_width``, two bias-free maps join a stem and head of that width to a cell of another).
 
-The cell is ``z' = act(norm(gamma * conv(drop * z, edge_index) + U x))`` with ``conv`` one of PyG's
+The cell is ``z' = act(norm(gamma * conv(drop * (z + U x), edge_index)))`` (``model.inject_into=conv``, the default;
+``output``: ``act(norm(gamma * conv(drop * z, edge_index) + U x))``) with ``conv`` one of PyG's
 GCNConv, SAGEConv, GINConv (2-layer MLP) or GATConv. ``x`` is the input already projected to the
 width by the stem (computed once per forward, not once per layer), ``U`` a Linear(d, d) or the identity.
 
@@ -62,7 +63,8 @@ def make_conv(kind: str, width: int, *, heads: int = 1, cached: bool = False) ->
 
 
 def make_norm(kind: str, width: int) -> nn.Module:
-    """Per-node normalisation of the cell's pre-activation. Shapes: (N, width) -> (N, width)"""
+    """Normalisation of the cell's pre-activation: per node ("layer"), or over every node of the batch ("batch",
+    explicit blocks only). Shapes: (N, width) -> (N, width)"""
     if kind == "none":
         return nn.Identity()
     if kind == "layer":

@@ -433,3 +433,21 @@ def test_tied_gin_recipe_learns_mutag():
     majority = labels.bincount().max().item() / labels.numel()
     fit = paradigm.evaluate(model, bundle, "train")
     assert fit["train/acc"] >= majority + 0.08, (fit, majority)
+
+
+def test_batch_options_the_graph_paradigm_does_not_read_are_named_when_set(tmp_path, capsys):
+    """train.batch_size is never read (a TU batch is data.batch_size graphs), data.batch_size not on a node task:
+    set on the command line, each is named as ignored, with why."""
+    from tiedlab.paradigms.config import ignored_options
+    from tiedlab.paradigms.engine import as_config, train
+
+    node, graph = GraphParadigm.unread_options({"name": "cora"}), GraphParadigm.unread_options({"name": "MUTAG"})
+    assert set(node) == {"train.batch_size", "data.batch_size"} and set(graph) == {"train.batch_size"}
+    config = dict(paradigm="graph", data={"name": "MUTAG"}, model=SMALL,
+                  train=dict(batch_size=64, epochs=None, max_steps=2, eval_every=2, progress=False))
+    assert ignored_options(as_config(config), [], graph) == []  # a config file's value: not named
+    assert ignored_options(as_config(config), ["train.batch_size=64"], graph) == [
+        "train.batch_size ignored: a graph-classification batch holds data.batch_size graphs, and a node task "
+        "trains on the whole graph"]
+    train(config, tmp_path, overrides=["train.batch_size=64"])
+    assert "[tiedlab] warning: train.batch_size ignored: a graph-classification batch" in capsys.readouterr().err
