@@ -571,7 +571,7 @@ class _Run:
         self.pending: list[tuple[torch.Tensor, torch.Tensor | None, dict[str, Any], list[BlockStats], bool]] = []
         self.last_val: dict[str, Any] = {}  # the latest in-loop validation record of this process
         self.probe = EquilibriumProbe(cfg, self.paradigm, self.model, self.data, self.recorder,
-                                      _autocast(device, bool(cfg.train.amp))) if spec.mode == "deq" else None
+                                      self.autocast) if spec.mode == "deq" else None
         if self.probe is not None:
             self.probe.last_probe = self.loop.last_probe  # a resumed run probes at the steps it would have
         self.warmup_steps = int(cfg.train.deq_warmup_steps) if spec.mode == "deq" else 0
