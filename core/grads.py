@@ -13,6 +13,8 @@ vector-Jacobian products its adjoint solve cost through ``on_backward(nfe)`` whe
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -54,6 +56,8 @@ class GradSpec:
             check_solver_options(self.solver, self.options)
         if self.max_iter < 1:
             raise ValueError(f"grad max_iter={self.max_iter} must be >= 1")
+        if not 0 <= self.tol < math.inf:
+            raise ValueError(f"grad tol={self.tol!r} must be a finite number >= 0")
         if self.steps < 1:
             raise ValueError(f"grad steps={self.steps} must be >= 1")
         if not 0.0 < self.tau <= 1.0:

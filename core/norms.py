@@ -3,7 +3,9 @@
 The cell itself stays a plain module: a ``CellNorm`` holds the extra state (weight-norm gains,
 spectral-norm power-iteration vectors) and maps the cell's raw weights to normalised ones once per
 block forward. The block passes them to the cell with ``functional_call``, as it does for masks,
-so masks multiply the normalised weights and any cell works unchanged.
+so masks multiply the normalised weights and any cell works unchanged. A spectral norm therefore bounds the
+unmasked weight: a masked weight's spectral norm can be a little larger (a 0/1 mask is not a contraction in
+operator norm) and, with ``mask.rescale``, up to 1/density larger (``BlockSpec`` refuses that for a DEQ).
 """
 
 from __future__ import annotations

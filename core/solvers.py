@@ -8,7 +8,12 @@ Contract: ``solver(f, z0, *, max_iter, tol, stop_mode, sample_dims=1, **options)
   or "rel"), its own quasi-Newton history (Anderson weights, Broyden's inverse Jacobian) and its own
   stopping: a system whose current residual is <= ``tol`` is held (not updated) while it stays so.
   The solver stops when every system is held, or after ``max_iter`` evaluations of ``f``.
-- The returned ``z`` holds, per system, the iterate with the lowest residual seen.
+- The returned ``z`` holds, per system, the iterate with the lowest residual seen when the systems are
+  independent (``sample_dims=1``: one per sample). With ``sample_dims >= 2`` the systems are coupled through
+  ``f`` (a sequence's positions, a graph's nodes): a system's residual is measured against the others' values
+  at that iteration, so per-system best iterates from different iterations form a point that was never
+  evaluated, and its recorded residuals would not be its own. There the solver returns the last evaluated
+  iterate, and the residuals and converged fraction it reports are those of that one evaluation of ``f``.
 
 Why per-system holding: a system's trajectory then depends on the others only through ``f``, never
 through a shared stopping step or shared mixing weights. For a causal map (position t of ``f(z)``
@@ -33,15 +38,16 @@ STOP_MODES = ("abs", "rel")
 
 
 class _Tracker:
-    """Keeps the best iterate per system, which systems are still active, and the residual traces.
+    """Keeps the iterate to return per system (the best one seen, or with ``coupled`` the last one evaluated:
+    see the module docstring), which systems are still active, and the residual traces.
 
     Shapes: z0: (N, D), one row per system
     """
 
-    def __init__(self, z0: torch.Tensor, tol: float, stop_mode: str):
+    def __init__(self, z0: torch.Tensor, tol: float, stop_mode: str, coupled: bool = False):
         if stop_mode not in STOP_MODES:
             raise ValueError(f"stop_mode={stop_mode!r} is not valid; choose one of {STOP_MODES}")
-        self.tol, self.stop_mode = tol, stop_mode
+        self.tol, self.stop_mode, self.coupled = tol, stop_mode, coupled
         self.best = z0.clone()
         self.best_abs = torch.full((z0.shape[0],), float("inf"), device=z0.device, dtype=z0.dtype)
         self.best_rel = self.best_abs.clone()
@@ -55,7 +61,7 @@ class _Tracker:
         """
         abs_r, rel_r = residuals(fz, z)
         key, best_key = (abs_r, self.best_abs) if self.stop_mode == "abs" else (rel_r, self.best_rel)
-        better = key < best_key
+        better = torch.ones_like(key, dtype=torch.bool) if self.coupled else key < best_key
         self.best = torch.where(better[:, None], z.to(self.best.dtype), self.best)
         self.best_abs = torch.where(better, abs_r, self.best_abs)
         self.best_rel = torch.where(better, rel_r, self.best_rel)
@@ -99,8 +105,31 @@ def _check_sample_dims(sample_dims: object) -> None:
 def _check_budget(max_iter: int, tol: float) -> None:
     if max_iter < 1:
         raise ValueError(f"max_iter={max_iter} must be >= 1")
-    if not tol >= 0:
-        raise ValueError(f"tol={tol} must be >= 0")
+    if not 0 <= tol < math.inf:
+        raise ValueError(f"tol={tol} must be a finite number >= 0 (an infinite tol holds every system after one "
+                         "evaluation of f)")
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# The solvers' own options and the values each may take (checked on a spec's creation and on every call).
+OPTION_RANGES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "memory": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    "lam": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "beta": (lambda v: _finite(v) and 0 < v <= 1, "in (0, 1] (0 never leaves z0)"),
+    "damping": (lambda v: _finite(v) and 0 < v <= 1, "in (0, 1] (0 never leaves z0)"),
+    "eps": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+}
+
+
+def _check_option_values(**options: object) -> None:
+    """Raise a ValueError naming the first option whose value is out of its range (``OPTION_RANGES``)."""
+    for key, value in options.items():
+        ok, expected = OPTION_RANGES[key]
+        if not ok(value):
+            raise ValueError(f"solver option {key}={value!r} must be {expected}")
 
 
 def fixed_point(
@@ -112,13 +141,12 @@ def fixed_point(
     Shapes: z0: (B, ...) -> z: (B, ...)
     """
     _check_budget(max_iter, tol)
-    if not 0.0 < damping <= 1.0:
-        raise ValueError(f"damping={damping} must be in (0, 1]")
+    _check_option_values(damping=damping)
     shape = z0.shape
     n, dim = _systems(z0, sample_dims)
     g = lambda v: f(v.view(shape)).reshape(n, dim)  # noqa: E731
     z = z0.reshape(n, dim)
-    track = _Tracker(z, tol, stop_mode)
+    track = _Tracker(z, tol, stop_mode, coupled=sample_dims > 1)
     for k in range(1, max_iter + 1):
         fz = g(z)
         if track.update(z, fz):
@@ -141,8 +169,7 @@ def anderson(
     Shapes: z0: (B, ...) -> z: (B, ...)
     """
     _check_budget(max_iter, tol)
-    if memory < 1:
-        raise ValueError(f"memory={memory} must be >= 1")
+    _check_option_values(memory=memory, lam=lam, beta=beta)
     shape = z0.shape
     bsz, dim = _systems(z0, sample_dims)
     g = lambda v: f(v.view(shape)).reshape(bsz, dim)  # noqa: E731
@@ -150,7 +177,7 @@ def anderson(
     F = torch.zeros_like(X)
     X[:, 0] = z0.reshape(bsz, dim)
     F[:, 0] = g(X[:, 0])
-    track = _Tracker(X[:, 0], tol, stop_mode)
+    track = _Tracker(X[:, 0], tol, stop_mode, coupled=sample_dims > 1)
     if track.update(X[:, 0], F[:, 0]) or max_iter == 1:
         return track.finish(1, shape)
     eye = torch.eye(memory, dtype=z0.dtype, device=z0.device)
@@ -199,12 +226,11 @@ def broyden(
     Shapes: z0: (B, ...) -> z: (B, ...)
     """
     _check_budget(max_iter, tol)
-    if memory < 1:
-        raise ValueError(f"memory={memory} must be >= 1")
+    _check_option_values(memory=memory, eps=eps)
     shape = z0.shape
     bsz, dim = _systems(z0, sample_dims)
     x = z0.reshape(bsz, dim)
-    track = _Tracker(x, tol, stop_mode)
+    track = _Tracker(x, tol, stop_mode, coupled=sample_dims > 1)
     fx = f(x.view(shape)).reshape(bsz, dim)
     gx = fx - x
     if track.update(x, fx) or max_iter == 1:
@@ -295,8 +321,8 @@ class SolverSpec:
                 raise ValueError(f"solver {key}={value!r} must be an integer >= 1")
         for key in ("tol", "eval_tol"):
             value = getattr(self, key)
-            if value is not None and not value >= 0:
-                raise ValueError(f"solver {key}={value!r} must be >= 0")
+            if value is not None and not 0 <= value < math.inf:
+                raise ValueError(f"solver {key}={value!r} must be a finite number >= 0")
 
     @property
     def function(self) -> Callable[..., tuple[torch.Tensor, SolverStats]]:
@@ -322,11 +348,12 @@ def solver_options(name: str) -> set[str]:
 
 
 def check_solver_options(name: str, options: dict) -> None:
-    """Raise a ValueError naming any option ``name`` does not take (with the ones it does), or a bad
-    ``sample_dims``."""
+    """Raise a ValueError naming any option ``name`` does not take (with the ones it does), or a bad value
+    (``sample_dims``, or one out of its ``OPTION_RANGES`` range)."""
     valid = solver_options(name)
     bad = sorted(set(options) - valid)
     if bad:
         raise ValueError(f"solver {name!r} has no option(s) {bad}; valid options: {sorted(valid)}")
     if "sample_dims" in options:
         _check_sample_dims(options["sample_dims"])
+    _check_option_values(**{k: v for k, v in options.items() if k in OPTION_RANGES})

@@ -27,7 +27,11 @@ class BlockSpec:
             f_K o ... o f_1 with one mask per position; any other deq uses one map f (K = 1).
         eval_depth: tied only: unroll this many layers in eval mode (test-time depth); None = depth.
             With distinct masks, layers past ``depth`` reuse the masks cyclically.
-        norm: "none", "weight" or "spectral" normalisation of the cell's weights (``norms.NORMS``).
+        norm: "none", "weight" or "spectral" normalisation of the cell's weights (``norms.NORMS``), applied
+            before the masks: a masked weight's spectral norm is not bounded by the unmasked one's (a 0/1 mask
+            can raise it a little; ``mask.rescale`` multiplies it by up to 1/density), so a DEQ's recorded
+            equilibrium health, not the norm, says whether its map contracts. A DEQ with a spectral norm and a
+            rescaled mask is refused: its map is expanded by design.
         jacobian_samples: > 0 makes a training-mode DEQ forward return the Hutchinson Jacobian penalty.
         mask: which masks the layers use (see MaskSpec).
         solver: the DEQ forward solve (see SolverSpec).
@@ -55,6 +59,11 @@ class BlockSpec:
                 raise ValueError(f"block eval_depth={self.eval_depth} must be >= 1")
         if self.norm not in NORM_KINDS:
             raise ValueError(f"norm {self.norm!r} is not valid; choose one of {NORM_KINDS}")
+        if self.mode == "deq" and self.norm == "spectral" and self.mask.mode != "none" and self.mask.rescale:
+            raise ValueError(f"a deq block with norm 'spectral' and a rescaled mask (mask mode {self.mask.mode!r}, "
+                             "rescale=True): the norm bounds W before masking and rescale multiplies the kept "
+                             "weights by 1/density, so the map it should make contract is expanded; use "
+                             "mask.rescale=false, or norm 'weight' or 'none'")
         for name, cls in NESTED.items():
             if not isinstance(getattr(self, name), cls):
                 raise ValueError(f"block {name}={getattr(self, name)!r} must be a {cls.__name__} "

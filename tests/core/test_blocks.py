@@ -208,6 +208,15 @@ def test_stats_dict_has_the_engine_keys():
     (dict(solver=dict(tol=1e-3, max_iter=0)), r"solver max_iter=0 must be an integer >= 1"),
     (dict(grad=dict(options=dict(memory=3)), solver=dict(name="fixed_point")), r"no option\(s\) \['memory'\]"),
     (dict(solver="anderson"), r"block solver='anderson' must be a SolverSpec"),
+    (dict(solver=dict(tol=float("inf"))), r"solver tol=inf must be a finite number >= 0"),
+    (dict(grad=dict(tol=-1.0)), r"grad tol=-1.0 must be a finite number >= 0"),
+    (dict(solver=dict(options=dict(beta=0.0))), r"solver option beta=0.0 must be in \(0, 1\]"),
+    (dict(solver=dict(options=dict(lam=-1e-3))), r"solver option lam=-0.001 must be a finite number >= 0"),
+    (dict(solver=dict(name="broyden", options=dict(eps=0.0))), r"solver option eps=0.0 must be a finite number > 0"),
+    (dict(solver=dict(name="fixed_point", options=dict(damping=1.5))), r"solver option damping=1.5 must be in"),
+    (dict(grad=dict(solver="anderson", options=dict(memory=0))), r"solver option memory=0 must be an integer >= 1"),
+    (dict(mode="deq", norm="spectral", mask=dict(mode="distinct", sparsity=0.5, rescale=True)),
+     r"deq block with norm 'spectral' and a rescaled mask"),
 ])
 def test_invalid_specs_raise_value_errors_naming_value_and_choices(bad, match):
     with pytest.raises(ValueError, match=match):
