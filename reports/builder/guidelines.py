@@ -11,9 +11,12 @@ from .aggregate import Cell, best, groups
 BUDGETS: tuple[tuple[str, str], ...] = (("params/unique", "unique params"), ("params/nonzero", "nonzero params"),
                                         ("time/train_s", "training s"))
 RULE = ("For each budget (the smallest, median and largest cell mean over the cells' completed runs, for unique "
-        "(stored) parameters, nonzero parameters (kept by the masks, summed over layers: the FLOPs' proxy) and "
-        "training seconds), the cell with the best mean val primary metric among cells whose mean cost is "
-        "within the budget (preferring cells with >= 2 seeds).")
+        "(stored) parameters, nonzero parameters (kept by the masks, summed over the unrolled layers: the FLOPs' "
+        "proxy; DEQ cells are left out of this budget, as their count is one application of the map their solve "
+        "applies many times) and training seconds), the cell with the best mean val primary metric among cells "
+        "whose mean cost is within the budget (preferring cells with >= 2 seeds).")
+# budgets a DEQ cell is not priced under: its params/nonzero counts one application of its map, not a solve's
+NOT_FOR_DEQ = ("params/nonzero",)
 
 
 def _budgets(values: list[float]) -> list[tuple[str, float]]:
@@ -38,11 +41,12 @@ def guidelines(cells: list[Cell]) -> list[dict[str, Any]]:
         scored = [c for c in group if c.scores()]
         picks = []
         for key, name in BUDGETS:
+            priced = [c for c in scored if not (key in NOT_FOR_DEQ and c.mode == "deq")]
             # budgets are cell means, as the costs they are compared with (a single run's cost, say the fastest
             # run's seconds, can lie below every cell's mean and then picks nothing)
-            values = [c.stat(key).mean for c in scored]
+            values = [c.stat(key).mean for c in priced]
             for budget_name, budget in _budgets([v for v in values if math.isfinite(v)]):
-                cell = pick(scored, key, budget)
+                cell = pick(priced, key, budget)
                 if cell is None:
                     continue
                 stat = cell.primary()

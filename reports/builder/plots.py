@@ -425,10 +425,12 @@ def plot_capacity(cells: list[Cell], path: Path, title: str, colors: dict[str, s
     """Training-set loss (``fit/loss``) against nonzero parameters (summed over layers: proportional to FLOPs per
     sample), one panel per depth: dense tied models over width, shared and distinct masks over density, disjoint
     masks and explicit layers (``capacity_series``); mean over seeds with +-1 std bars, single seeds faint. Capacity
-    reads as the lower envelope: the arm lowest at a given nonzero count fits best per FLOP."""
+    reads as the lower envelope: the arm lowest at a given nonzero count fits best per FLOP. DEQ cells are left
+    out: their count is one application of the map, which their solve applies many times."""
     from matplotlib.figure import Figure
 
-    cells = [c for c in cells if c.values(FIT) and c.values("params/nonzero") and c.depth is not None]
+    cells = [c for c in cells if c.values(FIT) and c.values("params/nonzero") and c.depth is not None
+             and c.mode != "deq"]
     depths = sorted({c.depth for c in cells})
     if len(cells) < 3 or not any(c.mask_mode != "none" for c in cells):
         return False

@@ -467,3 +467,20 @@ def test_the_effects_formula_is_signed_so_that_positive_favours_a(raw, formula):
     from tiedlab.reports.render import effect_formula
 
     assert effect_formula(_primary(1, "vision", "holds", **raw).spec) == formula
+
+
+def test_a_deq_cell_is_not_priced_by_its_nonzero_count(tmp_path):
+    """A DEQ's params/nonzero counts one application of its map, not the ~20 its solve makes: it stays out of the
+    nonzero budget (the FLOPs' proxy) but is priced by stored parameters and time like any cell."""
+    from .conftest import write_run
+    from tiedlab.reports.aggregate import group_cells
+    from tiedlab.reports.guidelines import guidelines
+    from tiedlab.reports.load import load_runs
+
+    for seed in (0, 1):
+        write_run(tmp_path, f"tied-s{seed}", depth=4, seed=seed, val=0.80, params=1000)
+        write_run(tmp_path, f"deq-s{seed}", mode="deq", depth=1, seed=seed, val=0.85, params=1000)
+    (group,) = guidelines(group_cells(load_runs([tmp_path])))
+    nonzero = {p["mode"] for p in group["picks"] if p["budget"] == "params/nonzero"}
+    unique = {p["mode"] for p in group["picks"] if p["budget"] == "params/unique"}
+    assert nonzero == {"tied"} and unique == {"deq"}
