@@ -489,6 +489,7 @@ def write_study_file(runs: Path, spec: dict[str, Any], plan: dict[str, int] | No
                                  "may have been read at the full alpha: a sequential plan added now would not count "
                                  "that look; use another --runs folder (or go on without --until-decided)")
         check_registration(runs, old.get("primary") or {}, spec.get("primary") or {}, spec.get("name"))
+        check_primary_grids(runs, old, spec)
         check_budget_checks(runs, old.get("budget_checks") or [], spec.get("budget_checks") or [], spec.get("name"))
     rundir.atomic_write_bytes(path, yaml.safe_dump(record, sort_keys=False).encode())
 
@@ -525,6 +526,35 @@ def check_registration(runs: Path, old: dict[str, Any], new: dict[str, Any], nam
             if grid and (runs / str(grid)).is_dir() and any((runs / str(grid)).iterdir()):
                 raise ValueError(f"primary comparison #{index} was added after the study's first runs, but its grid "
                                  f"{grid!r} already has runs in {runs}: a comparison is registered before its data")
+
+
+GRID_DEFINITION = ("overrides", "sweep")  # what a grid's runs are: their fixed overrides and the values swept
+
+
+def check_primary_grids(runs: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """A grid a registered comparison reads is fixed once it has runs: its overrides and its sweep (the seeds
+    with them) stay as recorded. More seeds in the file after a fixed-design verdict was read would be a second
+    look at the full alpha; another override would pool runs of two configs in one arm. (``--until-decided``
+    adds seeds by its plan, not by the file; new grids and comparisons may still be appended.)
+
+    Raises:
+        ValueError: such a grid changed, or is gone from the study file, naming it and what differs.
+    """
+    before = {g.get("name"): g for g in old.get("grids") or []}
+    after = {g.get("name"): g for g in new.get("grids") or []}
+    for name in sorted(primary_grids(old)):
+        folder = runs / name
+        if name not in before or not (folder.is_dir() and any(folder.iterdir())):
+            continue
+        if name not in after:
+            raise ValueError(f"grid {name!r} has runs in {runs} and a registered comparison reads it, but "
+                             f"configs/study/{new.get('name')}.yaml no longer defines it; use another --runs folder")
+        changed = [k for k in GRID_DEFINITION if (before[name].get(k) or None) != (after[name].get(k) or None)]
+        if changed:
+            raise ValueError(f"grid {name!r} has runs in {runs} and a registered comparison reads it, but its "
+                             f"{' and '.join(changed)} differ from {runs / STUDY_FILE}: runs of one arm would "
+                             "mix two designs (more seeds read again at the full alpha, or two configs); use "
+                             "another --runs folder, or --until-decided from the first run to add seeds")
 
 
 def check_budget_checks(runs: Path, old: list[Any], new: list[Any], name: Any) -> None:

@@ -175,6 +175,32 @@ def test_a_sequential_plan_is_refused_on_runs_made_without_one(tmp_path):
         study_module.write_study_file(fixed, spec, plan)
 
 
+def test_a_primary_grid_with_runs_keeps_its_seeds_and_overrides(tmp_path):
+    """More seeds in the file after a fixed-design verdict was read would be a second look at the full alpha, and
+    another override would pool two configs in one arm: once a registered comparison's grid has runs, its sweep
+    and overrides are fixed. A grid no comparison reads, and a new grid, may still change."""
+    first = {"insight": 1, "paradigm": "toy", "claim": "superiority", "delta": 0.5, "a": arm("tied"), "b": arm("deq")}
+    grid = {"name": "g", "overrides": ["train.max_steps=10"], "sweep": {"block": ["tied", "deq"], "seed": [0, 1]}}
+    side = {"name": "side", "overrides": [], "sweep": {"seed": [0]}}
+    spec = {"name": "toy", "grids": [grid, side], "primary": {"comparisons": [first]}}
+    runs = tmp_path / "runs"
+    study_module.write_study_file(runs, spec, None)
+    more_seeds = {**spec, "grids": [{**grid, "sweep": {**grid["sweep"], "seed": [0, 1, 2, 3]}}, side]}
+    study_module.write_study_file(runs, more_seeds, None)  # no runs yet: the design may still change
+    study_module.write_study_file(runs, spec, None)
+    (runs / "g" / "block=tied,seed=0").mkdir(parents=True)
+    (runs / "side" / "seed=0").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"grid 'g' has runs .* its sweep differ"):
+        study_module.write_study_file(runs, more_seeds, None)
+    longer = {**spec, "grids": [{**grid, "overrides": ["train.max_steps=20"]}, side]}
+    with pytest.raises(ValueError, match=r"grid 'g' has runs .* its overrides differ"):
+        study_module.write_study_file(runs, longer, None)
+    with pytest.raises(ValueError, match=r"grid 'g' has runs .* no longer defines it"):
+        study_module.write_study_file(runs, {**spec, "grids": [side]}, None)
+    extra = {"name": "new", "overrides": [], "sweep": {"seed": [0]}}
+    study_module.write_study_file(runs, {**spec, "grids": [grid, {**side, "sweep": {"seed": [0, 1]}}, extra]}, None)
+
+
 def test_until_decided_with_grids_selected_still_sees_every_registered_grid(tmp_path, monkeypatch):
     """--grids runs a subset, but the plan and the registered comparisons are the whole study's."""
     studies = tmp_path / "studies"
