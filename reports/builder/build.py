@@ -42,6 +42,7 @@ class Report:
     rebuilt_from: str = ""  # the summary.json this report re-analysed (its run directories were not read)
     seed_limits: dict[str, int] = field(default_factory=dict)  # sequential studies: seeds read
     sequential_record: dict[str, Any] | None = None  # sequential studies: the looks' record (sequential.yaml)
+    not_registered: str = ""  # why the comparisons tested are not the ones the runs were registered with ("": they are)
     commit: str = "unknown"  # the checkout the report was built in
     run_commits: dict[str, int] = field(default_factory=dict)  # the commits the runs were trained at -> runs
     date: str = ""
@@ -111,11 +112,16 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
     cells = group_cells(runs)
     spec, limits = find_study(paths, study), {}
     recorded = find_study(paths) if study is not None else spec  # what the runs folder says it was run as
-    if recorded and recorded.get("sequential"):
-        if spec is not recorded and spec is not None:
-            if (spec.get("primary") or None) != (recorded.get("primary") or None):
+    not_registered = ""
+    if recorded and spec is not recorded and spec is not None:
+        if (spec.get("primary") or None) != (recorded.get("primary") or None):
+            if recorded.get("sequential"):  # its looks' alpha belongs to the registered comparisons
                 raise ValueError(f"--study {study} names other primary comparisons than the runs were registered "
                                  "with (study.yaml in the runs folder); report them without --study")
+            not_registered = (f"--study {study} names other primary comparisons than the runs were registered with "
+                              f"(study {recorded.get('name')!r}, recorded beside its runs): these comparisons were "
+                              "chosen after the runs, so their verdicts are not pre-registered ones")
+        if recorded.get("sequential"):
             spec = {**spec, "sequential": recorded["sequential"]}
     plan = (spec or {}).get("sequential")
     looks = int((plan or {}).get("looks", 1))
@@ -135,7 +141,7 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
                 r.notes.append(budget_note(check))
     return Report(title, runs, cells, evaluate(cells), guidelines(cells), inputs=[str(p) for p in paths],
                   primaries=primaries, budget_checks=checks, study=spec, looks=looks, seed_limits=limits,
-                  sequential_record=record)
+                  sequential_record=record, not_registered=not_registered)
 
 
 def _seed_limits(paths: list[str | Path], specs: list[Any], plan: dict[str, int]) -> dict[str, int]:
@@ -209,6 +215,8 @@ def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tie
     if from_summary is not None:  # a new analysis of an old report's results: its summary.json is the input
         report = analyse([from_summary], title, study, runs=runs_from_summary(from_summary))
         report.rebuilt_from = str(from_summary)
+        if study is None:  # the comparisons it carries are the ones that report tested: registered or not, alike
+            report.not_registered = json.loads(Path(from_summary).read_text()).get("not_registered") or ""
     else:
         report = analyse(paths, title, study)
     out = Path(out)

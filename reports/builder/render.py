@@ -121,7 +121,8 @@ def header_blocks(report: Any) -> list[Block]:
         f"machine: {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, torch {m['torch']}, "
         f"CUDA device: {m['cuda_device']}",
         f"total run time: {duration(report.total_train_s)} of training (sum of time/train_s over all runs)",
-        (f"verdicts: {len(report.primaries)} pre-registered primary comparisons of study "
+        (f"verdicts: {len(report.primaries)} "
+         f"{'primary comparisons NOT as registered (see Primary comparisons)' if report.not_registered else 'pre-registered primary comparisons'} of study "
          f"{(report.study or {}).get('name')!r}, alpha 0.05 with Holm's correction " + holm_scope(report.primaries)
          + (f", seeds added in up to {report.looks} looks (alpha/{report.looks} each)" if report.looks > 1 else "")
          + " (rule under Primary comparisons); every other comparison is descriptive" if report.primaries
@@ -218,7 +219,10 @@ def primary_blocks(report: Any) -> list[Block]:
         return [Block("h2", "Primary comparisons (pre-registered)"), Block("p", text)]
     looks = (f" The seeds were added in up to {report.looks} looks (tiedlab-study --until-decided): each look "
              f"tests at alpha/{report.looks}." if report.looks > 1 else "")
-    blocks = [Block("h2", "Primary comparisons (pre-registered)")]
+    blocks = [Block("h2", "Primary comparisons (not the registered ones)" if report.not_registered
+                    else "Primary comparisons (pre-registered)")]
+    if report.not_registered:
+        blocks.append(Block("p", report.not_registered + "."))
     blocks += [Block("img", p.title, items=[p.file, p.svg]) for p in report.plots if p.kind == "forest"]
     blocks.append(Block("p", "Rule: " + STATS_RULE + looks + " Seeds/arm to decide (est.): the seeds per arm at "
                         "which the verdict's level would decide with 80% power if the observed effect and spread "

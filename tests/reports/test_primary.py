@@ -233,6 +233,31 @@ def test_report_reads_the_study_file_beside_the_runs_and_leads_with_the_primarie
     assert "| 2 [later] |" in readme
 
 
+def test_comparisons_other_than_the_recorded_registration_are_labelled_as_chosen_after_the_runs(tmp_path):
+    """--study FILE on a fixed-design runs folder whose study.yaml registered other comparisons: the report tests
+    the file's (a re-analysis is allowed) but never calls them pre-registered, and a rebuild from its summary keeps
+    the label."""
+    runs = tmp_path / "runs"
+    for seed, (a, b) in enumerate([(0.90, 0.80), (0.91, 0.81), (0.92, 0.79), (0.905, 0.805)]):
+        write_run(runs / "g", f"block=tied,seed={seed}", mode="tied", seed=seed, val=a)
+        write_run(runs / "g", f"block=deq,seed={seed}", mode="deq", seed=seed, val=b)
+    (runs / "study.yaml").write_text(yaml.safe_dump({"name": "t", "grids": [{"name": "g"}],
+                                                     "primary": {"comparisons": [spec()]}}))
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump({"name": "t", "grids": [{"name": "g"}],
+                                      "primary": {"comparisons": [spec(claim="noninferiority", delta=0.5)]}}))
+    same = tmp_path / "same.yaml"
+    same.write_text((runs / "study.yaml").read_text())
+    build_report([runs], tmp_path / "same", "t", study=same)
+    assert "## Primary comparisons (pre-registered)" in (tmp_path / "same" / "README.md").read_text()
+    build_report([runs], tmp_path / "out", "t", study=edited)
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "## Primary comparisons (not the registered ones)" in readme and "pre-registered)" not in readme
+    assert "chosen after the runs" in readme and "primary comparisons NOT as registered" in readme
+    build_report([], tmp_path / "again", "t", from_summary=tmp_path / "out" / "summary.json")
+    assert "## Primary comparisons (not the registered ones)" in (tmp_path / "again" / "README.md").read_text()
+
+
 def test_convergence_note_reads_the_last_fifth_of_each_runs_history_against_delta():
     """'Near convergence': the metric's move over the last 20% of steps (fit/* from the train/* running mean),
     median over an arm's seeds, against the comparison's delta."""
