@@ -267,7 +267,7 @@ def group_key(config: dict[str, Any]) -> dict[str, Any]:
     predates at the value it ran with (``ADDED_LATER``).
 
     Solver and gradient settings only matter to DEQ; mask settings only when a mask is active
-    (and n, m only for N:M masks).
+    (and n, m only for N:M masks), but ``mask.min_dim`` under a weight or spectral norm (as the fingerprint).
     """
     flat = {**ADDED_LATER, **flatten(config)}
     mode = (config.get("block") or {}).get("mode")
@@ -278,8 +278,8 @@ def group_key(config: dict[str, Any]) -> dict[str, Any]:
             return True
         if mode != "deq" and key.split(".")[0] in ("solver", "grad"):
             return True
-        if key.startswith("mask.") and not mask_active(mask):
-            return True
+        if key.startswith("mask.") and not mask_active(mask):  # but min_dim: a norm picks its weights by it
+            return not (key == "mask.min_dim" and (config.get("block") or {}).get("norm", "none") != "none")
         if key in ("mask.n", "mask.m") and mask.get("kind") != "nm":
             return True
         return key == "mask.sparsity" and mask.get("kind") == "nm"

@@ -22,6 +22,7 @@ would be.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -378,6 +379,7 @@ def _values(spec: PrimarySpec, runs: list[RunLike], notes: list[str], side: str)
 
 
 EQUILIBRIUM_REASON = "baseline not at equilibrium"
+MIXED_REASON = "not read: its runs mix configs"  # see config_differences
 MIN_USABLE = 2  # an arm left with fewer usable replicates after leaving out runs not at equilibrium is undetermined
 
 
@@ -387,6 +389,31 @@ def leave_out_not_at_equilibrium(runs: list[RunLike], notes: list[str], side: st
     if out:
         notes.append(f"arm {side}: {len(out)} run(s) not at equilibrium and left out ({', '.join(sorted(out))})")
     return [r for r in runs if not set_apart(r)], out
+
+
+def config_differences(a: list[RunLike], b: list[RunLike]) -> str:
+    """How the runs a comparison reads differ where they must not ("" when they do not, or when configs are not
+    known): within an arm, in the config that defines their cell (``Run.key``: every setting but the replicate
+    keys and bookkeeping), and across both arms' DEQ runs, in the equilibrium thresholds that decide which of them
+    are set apart. Runs of an arm are told apart by their directory names only, so an edited study file or an
+    extra override could otherwise pool two configs. Configs are read from run directories only: a run rebuilt
+    from a summary has none (the report that wrote the summary checked them; summaries from before this check
+    grouped cells under the rules of their time)."""
+    out = []
+    for side, members in (("a", a), ("b", b)):
+        keys = [r.key for r in members if r.status in ("completed", "diverged") and getattr(r, "config", None)]
+        names = sorted(set().union(*keys)) if keys else []
+        differ = [n for n in names if len({json.dumps(k.get(n, "<absent>"), default=str) for k in keys}) > 1]
+        if differ:
+            shown = ", ".join(f"{n} ({' vs '.join(sorted({str(k.get(n, '<absent>')) for k in keys}))})"
+                              for n in differ[:4])
+            out.append(f"arm {side}'s runs differ in {shown}{f' and {len(differ) - 4} more' if len(differ) > 4 else ''}")
+    thresholds = {json.dumps(eq.thresholds, sort_keys=True, default=str) for r in (*a, *b) if r.status == "completed"
+                  if (eq := getattr(r, "equilibrium", None)) is not None and getattr(eq, "thresholds", None)}
+    if len(thresholds) > 1:
+        out.append(f"the DEQ runs were judged at equilibrium under {len(thresholds)} different thresholds "
+                   f"({'; '.join(sorted(thresholds))})")
+    return "; ".join(out)
 
 
 def short_of_equilibrium(left_out: dict[str, list[str]], usable: dict[str, int]) -> str:
@@ -434,6 +461,11 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             seeds = f"seeds < {limit}" if first_seed == 0 else f"seeds {first_seed}-{first_seed + limit - 1}"
             notes.append(f"read on {seeds} (the look it was decided at, or the last look it was read at)")
         names = ([r.name for r in a], [r.name for r in b])
+        mixed = config_differences(a, b)
+        if mixed:
+            results.append(PrimaryResult(spec, *names, None, reason=f"{MIXED_REASON}: {mixed}", notes=notes,
+                                         n_a=len(a), n_b=len(b)))
+            continue
         if spec.kind == "divergence":  # a rate over every run that ended: one that completed off equilibrium
             left_out = {"a": [], "b": []}  # did not diverge, and leaving it out alone would inflate the rate
             notes.extend(f"arm {side}: {n} completed run(s) not at equilibrium counted as not diverged"

@@ -258,6 +258,41 @@ def test_comparisons_other_than_the_recorded_registration_are_labelled_as_chosen
     assert "## Primary comparisons (not the registered ones)" in (tmp_path / "again" / "README.md").read_text()
 
 
+def test_an_arm_whose_runs_differ_in_config_is_not_read(tmp_path):
+    """Runs of an arm are picked by directory name: a seed trained with another override (an edited study file, an
+    extra command-line override) lands in the same arm. The comparison is then not read, and says why; DEQ runs
+    judged under different equilibrium thresholds likewise."""
+    from tiedlab.reports.load import load_runs
+
+    runs = tmp_path / "runs"
+    for seed, (a, b) in enumerate([(0.90, 0.80), (0.91, 0.81), (0.92, 0.79), (0.905, 0.805)]):
+        write_run(runs / "g", f"block=tied,seed={seed}", mode="tied", seed=seed, val=a)
+        write_run(runs / "g", f"block=deq,seed={seed}", mode="deq", seed=seed, val=b)
+    (s,) = load_primaries({"primary": {"comparisons": [spec()]}})
+    (clean,) = evaluate_primaries([s], load_runs([runs]))
+    assert clean.verdict == "holds"
+    write_run(runs / "h", "block=tied,seed=3", mode="tied", seed=3, val=0.905, data={"limit_train": 100})
+    pooled = [r for r in load_runs([runs]) if r.name != "g/block=tied,seed=3"]
+    for r in pooled:  # seed 3 of arm a from a run with another override, under the arm's directory name
+        if r.name == "h/block=tied,seed=3":
+            r.name = "g/block=tied,seed=3"
+    (mixed,) = evaluate_primaries([s], pooled)
+    assert mixed.verdict == "undetermined" and mixed.reason.startswith("not read: its runs mix configs")
+    assert "arm a's runs differ in data.limit_train (100 vs <absent>)" in mixed.reason
+    metrics = runs / "g" / "block=deq,seed=2" / "metrics.json"
+    m = json.loads(metrics.read_text())
+    m["equilibrium"] = {"at_equilibrium": True, "flags": [], "measured": {"rel_residual": 1e-3},
+                        "thresholds": {"rel_residual": 0.5}}
+    metrics.write_text(json.dumps(m))
+    other = runs / "g" / "block=deq,seed=1" / "metrics.json"
+    m = json.loads(other.read_text())
+    m["equilibrium"] = {"at_equilibrium": True, "flags": [], "measured": {"rel_residual": 1e-3},
+                        "thresholds": {"rel_residual": 0.01}}
+    other.write_text(json.dumps(m))
+    (judged,) = evaluate_primaries([s], load_runs([runs]))
+    assert judged.verdict == "undetermined" and "under 2 different thresholds" in judged.reason
+
+
 def test_convergence_note_reads_the_last_fifth_of_each_runs_history_against_delta():
     """'Near convergence': the metric's move over the last 20% of steps (fit/* from the train/* running mean),
     median over an arm's seeds, against the comparison's delta."""
