@@ -226,6 +226,10 @@ class SeedBatch:
                     raise
                 template = self.runs[0].recorder.take()  # the base model's hooks saw the vectorised call
                 losses.sum().backward()
+                with torch.no_grad():  # buffers a forward updates in place (a spectral norm's power-iteration
+                    for n, stacked in buffers.items():  # vectors) were updated in the stacked copies: each run's own
+                        for k, r in enumerate(live):
+                            r.model.get_buffer(n).copy_(stacked[k])
                 seconds = (time.perf_counter() - t0) / len(live)
                 for k, r in enumerate(list(live)):
                     r.recorder.take()

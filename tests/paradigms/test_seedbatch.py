@@ -49,6 +49,22 @@ def test_a_seed_batch_equals_separate_runs_and_each_run_keeps_its_own_directory(
     assert train(cfg(1), tmp_path / "b1")["metrics"]["val/loss"] == batched[1]["metrics"]["val/loss"]
 
 
+def test_a_forward_that_updates_buffers_updates_each_runs_own(tmp_path):
+    """A spectral norm steps its power-iteration vectors (buffers) in every training forward: in a seed batch each
+    run's vectors move as in a separate run, and its metrics and checkpointed vectors match."""
+    spectral = {"block.norm": "spectral"}
+    batched = train_seed_batch([cfg(0, **spectral), cfg(1, **spectral)], [tmp_path / f"b{s}" for s in range(2)])
+    separate = [train(cfg(s, **spectral), tmp_path / f"s{s}") for s in range(2)]
+    for b, s in zip(batched, separate):
+        close(b["metrics"], s["metrics"], ("val/acc", "val/loss", "test/loss"))
+    for s in range(2):
+        vectors = [{k: v for k, v in torch.load(tmp_path / f"{kind}{s}" / "checkpoint.pt", weights_only=True)
+                    ["model"].items() if k.endswith((".u", ".v"))} for kind in ("b", "s")]
+        assert vectors[0] and vectors[0].keys() == vectors[1].keys()
+        for k in vectors[0]:
+            torch.testing.assert_close(vectors[0][k], vectors[1][k], rtol=1e-4, atol=1e-5)
+
+
 def test_a_seed_batch_resumes_from_its_runs_checkpoints(tmp_path, monkeypatch):
     from tiedlab.paradigms import seedbatch
 
