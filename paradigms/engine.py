@@ -519,14 +519,15 @@ class _Run:
     and ``_checkpoint``; ``finish`` evaluates at the end and writes metrics.json."""
 
     def __init__(self, cfg: DictConfig, spec: BlockSpec, run_dir: Path, opened: _Opened, overrides: list[str],
-                 world: distributed.World | None = None):
+                 world: distributed.World | None = None, seed_batch: int = 1):
         self.cfg, self.spec, self.run_dir, self.fp = cfg, spec, run_dir, opened.fingerprint
         self.world = world = world or distributed.World(device=select_device(cfg.train.device))
         if cfg.train.threads:
             torch.set_num_threads(int(cfg.train.threads))
         self.device = device = world.device
         self.sessions = [*(opened.previous.get("provenance") or []),
-                         run_provenance(str(device), torch.get_num_threads(), overrides, world.size)]
+                         run_provenance(str(device), torch.get_num_threads(), overrides, world.size,
+                                        seed_batch)]
         reset_peak_memory(device)
         seed_everything(int(cfg.seed))
         self.paradigm = _make_paradigm(cfg, device)

@@ -86,13 +86,16 @@ def now() -> str:
 
 
 def run_provenance(device: str, threads: int | None = None, overrides: list[str] | None = None,
-                   world_size: int = 1) -> dict[str, Any]:
+                   world_size: int = 1, seed_batch: int = 1) -> dict[str, Any]:
     """What one process that trains a run records at its start (``ended`` is filled in at its end): ``command``
     is the process's (a whole sweep's, in a multirun), ``overrides`` this run's own, ``world_size`` the number of
-    processes that train it together (data-parallel under torchrun; ``device`` and ``threads`` are rank 0's)."""
+    processes that train it together (data-parallel under torchrun; ``device`` and ``threads`` are rank 0's),
+    ``seed_batch`` the number of runs this process trains as one vectorised model (``paradigms/seedbatch.py``;
+    their step seconds and peak memory are the batch's, its seconds divided by K)."""
     return {**code_version(), "packages": {name: package_version(name) for name in PACKAGES},
             "host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "device": device, "threads": threads, "world_size": world_size,
+            "seed_batch": seed_batch,
             # the GPUs this process was given (a scheduler pins each run to its own; None: not set)
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "command": shlex.join([sys.argv[0], *sys.argv[1:]]), "overrides": list(overrides or []),

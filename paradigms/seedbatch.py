@@ -120,7 +120,8 @@ def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
         stop = _StopSignals()  # as engine.train: a SIGTERM/SIGUSR2 waits for a step boundary or the last write
         stack.callback(stop.restore)
         with shared_data():  # the K runs decode their data once
-            runs = [(i, _Run(cfg, spec, run_dir, opened, list(overrides))) for i, cfg, spec, run_dir, opened in todo]
+            runs = [(i, _Run(cfg, spec, run_dir, opened, [*overrides, f"seed={cfg.seed}"], seed_batch=len(todo)))
+                    for i, cfg, spec, run_dir, opened in todo]
         if len(runs) == 1:  # nothing to batch with: an ordinary run
             (i, run), = runs
             results[i] = run.finish(*run.train(stop))

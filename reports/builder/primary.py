@@ -379,7 +379,7 @@ def _values(spec: PrimarySpec, runs: list[RunLike], notes: list[str], side: str)
 
 
 EQUILIBRIUM_REASON = "baseline not at equilibrium"
-MIXED_REASON = "not read: its runs mix configs"  # see config_differences
+MIXED_REASON = "not read: its runs were not made alike"  # see config_differences, seed_batch_differences
 MIN_USABLE = 2  # an arm left with fewer usable replicates after leaving out runs not at equilibrium is undetermined
 
 
@@ -414,6 +414,25 @@ def config_differences(a: list[RunLike], b: list[RunLike]) -> str:
         out.append(f"the DEQ runs were judged at equilibrium under {len(thresholds)} different thresholds "
                    f"({'; '.join(sorted(thresholds))})")
     return "; ".join(out)
+
+
+PER_PROCESS_METRICS = ("time/", "throughput/", "memory/")  # measured on the process: a seed batch's is shared
+
+
+def seed_batch_differences(metric: str, a: list[RunLike], b: list[RunLike]) -> str:
+    """For a time, throughput or memory metric: how the runs' seed batches differ ("" when every run the
+    comparison reads trained in batches of one size, or when its provenance does not say). A run trained in a seed
+    batch of K records the batch's step seconds divided by K and the batch's peak memory, so it is not compared
+    with runs trained in batches of another size (separate runs: K = 1)."""
+    if not metric.startswith(PER_PROCESS_METRICS):
+        return ""
+    sizes = {side: sorted({int(p.get("seed_batch") or 1) for r in members if r.status in ("completed", "diverged")
+                           for p in getattr(r, "provenance", None) or [] if isinstance(p, dict) and "seed_batch" in p})
+             for side, members in (("a", a), ("b", b))}
+    if len(set(sizes["a"]) | set(sizes["b"])) <= 1:
+        return ""
+    return (f"{metric} was measured in seed batches of different sizes (arm a: K = {sizes['a'] or '?'}, arm b: "
+            f"K = {sizes['b'] or '?'}): a batched run's seconds are the batch's divided by K, its memory the batch's")
 
 
 def short_of_equilibrium(left_out: dict[str, list[str]], usable: dict[str, int]) -> str:
@@ -461,7 +480,7 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             seeds = f"seeds < {limit}" if first_seed == 0 else f"seeds {first_seed}-{first_seed + limit - 1}"
             notes.append(f"read on {seeds} (the look it was decided at, or the last look it was read at)")
         names = ([r.name for r in a], [r.name for r in b])
-        mixed = config_differences(a, b)
+        mixed = "; ".join(x for x in (config_differences(a, b), seed_batch_differences(spec.metric, a, b)) if x)
         if mixed:
             results.append(PrimaryResult(spec, *names, None, reason=f"{MIXED_REASON}: {mixed}", notes=notes,
                                          n_a=len(a), n_b=len(b)))

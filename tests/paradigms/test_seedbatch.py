@@ -45,6 +45,10 @@ def test_a_seed_batch_equals_separate_runs_and_each_run_keeps_its_own_directory(
         assert [h["step"] for h in hb] == [8, 16]
         for a, b in zip(hb, hs):
             close(a, b, ("train/loss", "train/acc", "val/acc", "val/loss"))
+    for s in range(2):  # each records that it trained in a batch of 2 (its seconds are the batch's / 2), and its seed
+        (session,) = json.loads((tmp_path / f"b{s}" / "metrics.json").read_text())["provenance"]
+        (alone,) = json.loads((tmp_path / f"s{s}" / "metrics.json").read_text())["provenance"]
+        assert (session["seed_batch"], session["overrides"][-1], alone["seed_batch"]) == (2, f"seed={s}", 1)
     # each run directory is an ordinary run's: rerunning it alone finds it finished
     assert train(cfg(1), tmp_path / "b1")["metrics"]["val/loss"] == batched[1]["metrics"]["val/loss"]
 

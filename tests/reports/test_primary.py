@@ -277,7 +277,7 @@ def test_an_arm_whose_runs_differ_in_config_is_not_read(tmp_path):
         if r.name == "h/block=tied,seed=3":
             r.name = "g/block=tied,seed=3"
     (mixed,) = evaluate_primaries([s], pooled)
-    assert mixed.verdict == "undetermined" and mixed.reason.startswith("not read: its runs mix configs")
+    assert mixed.verdict == "undetermined" and mixed.reason.startswith("not read: its runs were not made alike")
     assert "arm a's runs differ in data.limit_train (100 vs <absent>)" in mixed.reason
     metrics = runs / "g" / "block=deq,seed=2" / "metrics.json"
     m = json.loads(metrics.read_text())
@@ -291,6 +291,30 @@ def test_an_arm_whose_runs_differ_in_config_is_not_read(tmp_path):
     other.write_text(json.dumps(m))
     (judged,) = evaluate_primaries([s], load_runs([runs]))
     assert judged.verdict == "undetermined" and "under 2 different thresholds" in judged.reason
+
+
+def test_step_times_from_seed_batches_of_another_size_are_not_compared():
+    """A run trained in a seed batch of K records the batch's step seconds / K: its time is not compared with that
+    of runs trained separately; accuracy still is, and times from batches of one size are."""
+    @dataclass
+    class Timed(FakeRun):
+        provenance: list = field(default_factory=list)
+
+    def arms(k_a, k_b):
+        return ([Timed(f"g/block=tied,seed={i}", metrics={"time/step_ms": 10.0 + i * i, "val/acc": 0.9 + i * i / 100},
+                       provenance=[{"seed_batch": k_a}]) for i in range(4)]
+                + [Timed(f"g/block=deq,seed={i}", metrics={"time/step_ms": 30.0 + i, "val/acc": 0.8 + i / 100},
+                         provenance=[{"seed_batch": k_b}]) for i in range(4)])
+
+    timing = load_primaries({"primary": {"comparisons": [spec(metric="time/step_ms", direction="lower",
+                                                              delta=0.1)]}})
+    accuracy = load_primaries({"primary": {"comparisons": [spec()]}})
+    (t,) = evaluate_primaries(timing, arms(4, 1))
+    assert t.verdict == "undetermined" and "measured in seed batches of different sizes (arm a: K = [4]" in t.reason
+    (acc,) = evaluate_primaries(accuracy, arms(4, 1))
+    assert acc.verdict == "holds"
+    (same,) = evaluate_primaries(timing, arms(1, 1))
+    assert same.verdict == "holds"
 
 
 def test_convergence_note_reads_the_last_fifth_of_each_runs_history_against_delta():
