@@ -290,22 +290,28 @@ def group_key(config: dict[str, Any]) -> dict[str, Any]:
 def _read_json(path: Path) -> tuple[dict[str, Any] | None, str]:
     try:
         return json.loads(path.read_text()), ""
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         return None, f"{path.name} unreadable ({type(err).__name__}: {err})"
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    """history.jsonl lines; a cut last line (a killed run) ends the history."""
+    """history.jsonl lines; a cut last line (a killed run) ends the history, as does a line that is not a JSON
+    object (an unreadable file gives no history)."""
     path = run_dir / HISTORY
     out: list[dict[str, Any]] = []
-    if not path.exists():
+    try:
+        text = path.read_text() if path.exists() else ""
+    except (OSError, UnicodeDecodeError):
         return out
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if line.strip():
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 break
+            if not isinstance(record, dict):
+                break
+            out.append(record)
     return sorted(out, key=lambda r: to_float(r.get("step", 0)))
 
 
@@ -317,16 +323,23 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
     if (run_dir / CONFIG).exists():
         try:
             config = yaml.safe_load((run_dir / CONFIG).read_text()) or {}
-        except yaml.YAMLError as err:
+        except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
             problems.append(f"config.yaml unreadable ({type(err).__name__})")
+        if not isinstance(config, dict):
+            problems.append(f"config.yaml holds a {type(config).__name__}, not a mapping")
+            config = {}
     if (run_dir / METRICS).exists():
         result, problem = _read_json(run_dir / METRICS)
+        if result is not None and not isinstance(result, dict):
+            result, problem = None, f"metrics.json holds a {type(result).__name__}, not an object"
         if result is None:
             result, status, reason = {}, "unreadable", problem
         else:
             status, reason = str(result.get("status", "unknown")), str(result.get("reason", "") or "")
     else:
         result, status, reason = {}, "missing", "no metrics.json yet (not started, or killed before its first write)"
+    if problems and status != "missing":  # results whose config cannot be read belong to no cell
+        status = "unreadable"
     if config and result.get("fingerprint") and not rundir.same_config(config, result):
         # config.yaml was edited, or the files come from two runs: never file the results under this config.
         problems.append(f"config.yaml does not match the fingerprint in metrics.json (version "

@@ -101,6 +101,25 @@ def test_unreadable_metrics_is_a_status_not_a_crash(tmp_path):
     assert (run.label, run.width, run.depth) == ("tied", 8, 2)
 
 
+@pytest.mark.parametrize("config,metrics,history,found", [
+    ("just a string\n", '{"status": "completed"}', "", "config.yaml holds a str, not a mapping"),
+    ("paradigm: vision\n", "[1, 2]", "", "metrics.json holds a list, not an object"),
+    ("paradigm: vision\n", b"\xff\xfe{", "", "metrics.json unreadable (UnicodeDecodeError"),
+    (b"\xff\xfe: x", '{"status": "completed"}', "", "config.yaml unreadable (UnicodeDecodeError)"),
+    ("paradigm: vision\n", '{"status": "completed"}', b"[1]\n\xff\n", None),
+])
+def test_a_broken_run_directory_is_a_status_never_a_crash(tmp_path, config, metrics, history, found):
+    """load_run never raises: files that are not what the run contract says make the run unreadable, naming why
+    (a history that cannot be read gives no history)."""
+    for name, text in (("config.yaml", config), ("metrics.json", metrics), ("history.jsonl", history)):
+        (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    run = load_run(tmp_path)
+    if found is None:
+        assert run.history == [] and run.status == "completed"
+    else:
+        assert run.status == "unreadable" and found in run.reason
+
+
 def test_number_formatting():
     assert fmt(0.9) == "0.9" and fmt(123456.0) == "123,456" and fmt(math.nan) == "-" and fmt(None) == "-"
     assert fmt_stat(Stat(0.9, 0.01, 3), 3) == "0.900 ± 0.01" and fmt_stat(Stat(0.9, None, 1), 1) == "0.9"
