@@ -202,6 +202,8 @@ def validate(cfg: Any) -> BlockSpec:
     if spec.mode == "deq" and t.max_steps is not None and t.deq_warmup_steps >= t.max_steps:
         raise ValueError(f"train.deq_warmup_steps={t.deq_warmup_steps} must be below train.max_steps={t.max_steps}: "
                          "the DEQ would never be solved (a recipe sets the warm-up: lower it for a short run)")
+    if t.threads is not None and t.threads < 1:
+        raise ValueError(f"train.threads={t.threads} must be >= 1 or null (torch's default: every core)")
     if t.deq_warmup_depth is not None and t.deq_warmup_depth < 1:
         raise ValueError(f"train.deq_warmup_depth={t.deq_warmup_depth} must be >= 1 or null (block.depth)")
     thresholds(cfg)
@@ -232,10 +234,13 @@ def thresholds(cfg: Any) -> EquilibriumThresholds:
 
 def ignored_options(cfg: Any, overrides: Sequence[str] = (), unread: Mapping[str, str] | None = None) -> list[str]:
     """Options that a run would silently ignore, one message each: the solver and implicit gradient of a block
-    that is not a DEQ, mask options without a mask mode, and the keys of ``unread`` (the paradigm's
-    ``unread_options``: key -> why) set on the command line. ``overrides`` are the command line's (``key=value``),
-    so that a key set there is named even when its value equals the default. Ignored options but the paradigm's
-    are also left out of the run's fingerprint (``rundir.active_config``).
+    that is not a DEQ, a DEQ's gradient options its grad.mode does not read and a warm-up depth without warm-up
+    steps, equilibrium thresholds of a block that is not a DEQ, the optimiser options of another optimiser, mask
+    options without a mask mode or of another mask kind, a wandb logger's options with the local logger, and the
+    keys of ``unread`` (the paradigm's ``unread_options``: key -> why) set on the command line. ``overrides`` are
+    the command line's (``key=value``), so that a key set there is named even when its value equals the default.
+    The solver, gradient, warm-up, Jacobian and mask options of a block that has none are also left out of the
+    run's fingerprint (``rundir.active_config``); the others are named here only.
     """
     keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
     out = [f"{key} ignored: {why}" for key, why in sorted((unread or {}).items()) if key in keys]
@@ -256,6 +261,36 @@ def ignored_options(cfg: Any, overrides: Sequence[str] = (), unread: Mapping[str
             out.append(f"{', '.join(warmup)} ignored: the warm-up unrolls a DEQ's map (block=deq)")
         if jacobian:
             out.append(f"{', '.join(jacobian)} ignored: the Jacobian penalty is a DEQ's (block=deq)")
+    else:
+        unused = {"ift": ("grad.steps", "grad.tau"), "phantom": ("grad.solver", "grad.max_iter", "grad.tol",
+                                                                "grad.options"),
+                  "onestep": ("grad.solver", "grad.max_iter", "grad.tol", "grad.options", "grad.steps", "grad.tau")}
+        named = sorted(k for k in keys if ("grad.options" if k.startswith("grad.options") else k)
+                       in unused.get(str(cfg.grad.mode), ()))
+        if named:
+            out.append(f"{', '.join(named)} ignored: grad.mode={cfg.grad.mode} does not read them (ift: solver, "
+                       "max_iter, tol, options; phantom: steps, tau; onestep: none)")
+        if not cfg.train.deq_warmup_steps and "train.deq_warmup_depth" in keys:
+            out.append("train.deq_warmup_depth ignored: train.deq_warmup_steps=0 (no warm-up)")
+    if cfg.block.mode != "deq":
+        named = sorted(k for k in keys if k.startswith("equilibrium."))
+        if named:
+            out.append(f"{', '.join(named)} ignored: equilibrium health is measured on a DEQ (block=deq)")
+    sgd_only, adam_only = ("optim.momentum", "optim.nesterov"), ("optim.betas",)
+    named = sorted(k for k in keys if k in (adam_only if cfg.optim.name == "sgd" else sgd_only))
+    if named:
+        out.append(f"{', '.join(named)} ignored: optim.name={cfg.optim.name} does not read them (sgd: momentum, "
+                   "nesterov; adam, adamw: betas)")
+    if cfg.mask.mode != "none":
+        named = sorted(k for k in keys if k in (("mask.sparsity",) if cfg.mask.kind == "nm" else ("mask.n", "mask.m")))
+        if named:
+            out.append(f"{', '.join(named)} ignored: mask.kind={cfg.mask.kind} (nm masks keep n of every m: "
+                       "mask.n, mask.m; other kinds: mask.sparsity)")
+    if cfg.logger.name == "local":
+        named = sorted(k for k in keys if k.startswith("logger.") and k not in ("logger.name", "logger.group"))
+        if named:
+            out.append(f"{', '.join(named)} ignored: logger.name=local writes only the run directory "
+                       "(logger=wandb reads them)")
     if cfg.mask.mode == "none":
         read = {"mask.mode"} | ({"mask.min_dim"} if cfg.block.norm != "none" else set())  # a norm's weights
         named = sorted(k for k in keys if k.startswith("mask.") and k not in read)

@@ -65,17 +65,24 @@ class GraphParadigm(Paradigm):
 
     @classmethod
     def unread_options(cls, data: Any) -> dict[str, str]:
-        """train.batch_size always (TU batches hold data.batch_size graphs); data.batch_size on a node task."""
+        """train.batch_size always (TU batches hold data.batch_size graphs); on a node task data.batch_size and the
+        TU split's options (data.fold is refused there: ``__init__``)."""
         out = {"train.batch_size": "a graph-classification batch holds data.batch_size graphs, and a node task "
                                    "trains on the whole graph"}
         if task_of(str((data or {}).get("name", ""))) == "node":
             out["data.batch_size"] = "a node task trains on the whole graph"
+            for key in ("data.val_fraction", "data.split_seed"):
+                out[key] = "a node task uses the dataset's fixed public split (these shape the TU folds' val hold-out)"
         return out
 
     def __init__(self, data: Any, model: Any, device: torch.device | str, seed: int = 0, batch_size: int = 32):
         # TU graph batches use data.batch_size (graphs per batch); node tasks are full-batch.
         super().__init__(data, model, torch.device(device), seed, batch_size)
         self.task = task_of(self.data_opts.name)
+        if self.task == "node" and self.data_opts.fold != 0:
+            raise ValueError(f"data.fold={self.data_opts.fold} on the node task {self.data_opts.name!r}: its split is "
+                             "the dataset's fixed public one, so every fold would train the same run (and a report "
+                             "would count the copies as replicates); folds are the TU graph tasks' (use data.fold=0)")
         if self.task == "graph" and self.model_opts.sparse_input in ("coo", "csr"):
             raise ValueError(f"model.sparse_input={self.model_opts.sparse_input!r} applies to node tasks only; "
                              f"{self.data_opts.name!r} is a graph task: use 'auto' or 'dense'")

@@ -119,6 +119,33 @@ def test_ignored_options_warn_and_stay_out_of_the_fingerprint(tmp_path, capsys):
     assert "[tiedlab] warning: mask.sparsity=0.5 ignored: mask.mode=none" in err
 
 
+@pytest.mark.parametrize("changes,named", [
+    ({"block.mode": "deq", "grad.steps": 3}, "grad.steps ignored: grad.mode=ift does not read them"),
+    ({"block.mode": "deq", "grad.mode": "phantom", "grad.tol": 1e-5, "grad.options.memory": 3},
+     "grad.options.memory, grad.tol ignored: grad.mode=phantom"),
+    ({"block.mode": "deq", "train.deq_warmup_depth": 2}, "train.deq_warmup_depth ignored: train.deq_warmup_steps=0"),
+    ({"equilibrium.rel_residual": 0.1}, "equilibrium.rel_residual ignored: equilibrium health is measured on a DEQ"),
+    ({"optim.momentum": 0.5}, "optim.momentum ignored: optim.name=adamw does not read them"),
+    ({"optim.name": "sgd", "optim.betas": [0.8, 0.9]}, "optim.betas ignored: optim.name=sgd"),
+    ({"mask.mode": "distinct", "mask.sparsity": 0.5, "mask.n": 1}, "mask.n ignored: mask.kind=unstructured"),
+    ({"logger.project": "x"}, "logger.project ignored: logger.name=local"),
+])
+def test_options_the_run_does_not_read_are_named(changes, named):
+    from tiedlab.paradigms.config import ignored_options
+
+    overrides = [f"{k}={v}" for k, v in changes.items()]
+    messages = ignored_options(engine.as_config(cfg(**changes)), overrides)
+    assert any(m.startswith(named) for m in messages), messages
+    read = {k: v for k, v in changes.items() if k in ("block.mode", "grad.mode", "optim.name", "mask.mode",
+                                                       "mask.sparsity")}
+    assert ignored_options(engine.as_config(cfg(**read)), [f"{k}={v}" for k, v in read.items()]) == []
+
+
+def test_zero_threads_is_refused_not_every_core():
+    with pytest.raises(ValueError, match=r"train.threads=0 must be >= 1 or null"):
+        engine.validate(engine.as_config(cfg(**{"train.threads": 0})))
+
+
 def test_mask_min_dim_is_fingerprinted_without_a_mask_when_a_norm_reads_it(tmp_path):
     """mask.min_dim also picks the weights a block norm normalises (min_dim=1: the biases too): with a norm it
     changes the model, so it is neither 'ignored' nor left out of the fingerprint; without one it is both."""

@@ -62,6 +62,14 @@ def test_contract_cora_gcn_head():
         GraphParadigm({"name": "cora"}, {"head": "gcn"}, CPU)
 
 
+def test_a_fold_on_a_node_task_is_refused_and_the_tu_split_options_named_as_unread():
+    """Planetoid's split is fixed: folds 1..9 of Cora would be the same run, counted by a report as replicates."""
+    with pytest.raises(ValueError, match=r"data.fold=2 on the node task 'cora'.*same run"):
+        GraphParadigm({"name": "cora", "fold": 2}, SMALL, CPU)
+    assert {"data.val_fraction", "data.split_seed", "data.batch_size"} <= set(GraphParadigm.unread_options({"name": "cora"}))
+    assert "data.split_seed" not in GraphParadigm.unread_options({"name": "MUTAG"})
+
+
 def test_contract_mutag_gin():
     # 100 steps, not 30: 32 MUTAG graphs start near the label prior (loss ~0.6) and even a bare PyG
     # GIN (2 GINConv, sum pool, MLP head, Adam 3e-3) only reaches ~0.45 after 30 steps, ~0.15 after 100.
