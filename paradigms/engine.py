@@ -363,8 +363,29 @@ def _restored(model: nn.Module) -> Iterator[None]:
             model.load_state_dict(extra, strict=False)
 
 
+def check_precision(cfg: DictConfig, previous: dict[str, Any], run_dir: Path) -> None:
+    """Refuse to resume a run on a device that changes its precision (train.device is bookkeeping, not part of
+    the fingerprint, but with train.amp it decides between bf16 autocast on CUDA and fp32).
+
+    Raises:
+        rundir.RunDirError: the last session trained in another precision, naming both and what to do.
+    """
+    sessions = [p for p in previous.get("provenance") or [] if isinstance(p, dict) and p.get("device")]
+    if not sessions:
+        return
+    device = select_device(cfg.train.device)
+    before, now = (rundir.precision(sessions[-1]["device"], bool(cfg.train.amp)),
+                   rundir.precision(device, bool(cfg.train.amp)))
+    if before != now:
+        raise rundir.RunDirError(
+            f"{run_dir} trained in {before} on {sessions[-1]['device']} and would resume in {now} on {device} "
+            f"(train.amp={cfg.train.amp}): resume it on the kind of device it started on (train.device), or use "
+            "another run directory")
+
+
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """The training steps' precision: bf16 autocast on CUDA when ``train.amp``, else full precision."""
+    """The training steps' precision: bf16 autocast on CUDA when ``train.amp``, else full precision
+    (``rundir.precision`` names it)."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and amp else contextlib.nullcontext()
 
 
@@ -495,6 +516,8 @@ def _open_run_dir(cfg: DictConfig, run_dir: Path) -> _Opened:
         print(f"[tiedlab] {run_dir} already holds a finished run ({previous['status']}); nothing to do", file=sys.stderr)
         return _Opened(previous, plain, fp, None, finished=True)
     state_dict = rundir.load_checkpoint(run_dir, fp)
+    if state_dict is not None:
+        check_precision(cfg, previous, run_dir)
     if resume == "true" and state_dict is None:
         raise rundir.CheckpointError(f"resume=true but {run_dir / rundir.CHECKPOINT} does not exist")
     return _Opened(previous, plain, fp, state_dict, finished=False)

@@ -428,3 +428,18 @@ def test_non_finite_numbers_are_written_as_strings_at_any_depth(tmp_path):
     rundir.append_history(tmp_path, {"step": 1, "eq": {"spectral_norm": -math.inf}})
     line = (tmp_path / rundir.HISTORY).read_text()
     assert json.loads(line, parse_constant=lambda c: pytest.fail(c)) == {"eq": {"spectral_norm": "-inf"}, "step": 1}
+
+
+def test_a_resume_that_would_change_precision_is_refused(tmp_path):
+    """train.device is bookkeeping, but with train.amp it picks bf16 autocast (CUDA) or fp32: a run started on a
+    GPU does not go on in fp32 on a CPU (nor the other way), while a run without amp may move."""
+    from tiedlab.paradigms.engine import check_precision
+    from tiedlab.paradigms.rundir import precision
+
+    on_gpu = {"provenance": [{"device": "cuda:0"}]}
+    with pytest.raises(rundir.RunDirError, match=r"trained in bf16 autocast on cuda:0 and would resume in fp32 on cpu"):
+        check_precision(engine.as_config(cfg(**{"train.device": "cpu", "train.amp": True})), on_gpu, tmp_path)
+    check_precision(engine.as_config(cfg(**{"train.device": "cpu", "train.amp": False})), on_gpu, tmp_path)
+    check_precision(engine.as_config(cfg(**{"train.device": "cpu"})), {"provenance": [{"device": "cpu"}]}, tmp_path)
+    assert (precision("cuda:1", True), precision("cpu", True), precision("cuda", False)) == (
+        "bf16 autocast", "fp32", "fp32")

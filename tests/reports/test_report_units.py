@@ -120,6 +120,22 @@ def test_a_broken_run_directory_is_a_status_never_a_crash(tmp_path, config, metr
         assert run.status == "unreadable" and found in run.reason
 
 
+def test_runs_trained_in_another_precision_form_a_cell_of_their_own(tmp_path):
+    """train.device is not grouped, but with train.amp a CUDA run trains in bf16 autocast and a CPU run in fp32."""
+    from .conftest import write_run
+    from tiedlab.reports.aggregate import group_cells
+    from tiedlab.reports.load import load_runs
+
+    for seed, device in enumerate(("cpu", "cpu", "cuda:0", "cuda:0")):
+        run = write_run(tmp_path, f"r{seed}", seed=seed)
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["provenance"] = [{"device": device}]
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    cells = group_cells(load_runs([tmp_path]))
+    assert len(cells) == 2 and sorted(len(c.completed) for c in cells) == [2, 2]
+    assert {c.runs[0].key["train.precision"] for c in cells} == {"bf16 autocast", "fp32"}
+
+
 def test_number_formatting():
     assert fmt(0.9) == "0.9" and fmt(123456.0) == "123,456" and fmt(math.nan) == "-" and fmt(None) == "-"
     assert fmt_stat(Stat(0.9, 0.01, 3), 3) == "0.900 ± 0.01" and fmt_stat(Stat(0.9, None, 1), 1) == "0.9"
