@@ -416,6 +416,20 @@ def config_differences(a: list[RunLike], b: list[RunLike]) -> str:
     return "; ".join(out)
 
 
+def stopped_early_notes(a: list[RunLike], b: list[RunLike]) -> list[str]:
+    """One note per arm with completed runs that stopped before their last step (``train.time_limit_s``: a cap
+    that a slow machine reaches first), naming the steps they reached: such a run is read as it ended, so an arm
+    cut short trained less than its design says."""
+    out = []
+    for side, members in (("a", a), ("b", b)):
+        cut = [r for r in members if r.status == "completed" and isinstance(getattr(r, "step", None), int)
+               and isinstance(getattr(r, "total_steps", None), int) and r.step < r.total_steps]
+        if cut:
+            out.append(f"arm {side}: {len(cut)} of {len(members)} run(s) stopped by train.time_limit_s before their "
+                       f"last step (at {', '.join(f'{r.step}/{r.total_steps}' for r in cut)} steps), read as they ended")
+    return out
+
+
 PER_PROCESS_METRICS = ("time/", "throughput/", "memory/")  # measured on the process: a seed batch's is shared
 
 
@@ -480,6 +494,7 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             seeds = f"seeds < {limit}" if first_seed == 0 else f"seeds {first_seed}-{first_seed + limit - 1}"
             notes.append(f"read on {seeds} (the look it was decided at, or the last look it was read at)")
         names = ([r.name for r in a], [r.name for r in b])
+        notes.extend(stopped_early_notes(a, b))
         mixed = "; ".join(x for x in (config_differences(a, b), seed_batch_differences(spec.metric, a, b)) if x)
         if mixed:
             results.append(PrimaryResult(spec, *names, None, reason=f"{MIXED_REASON}: {mixed}", notes=notes,

@@ -317,6 +317,21 @@ def test_step_times_from_seed_batches_of_another_size_are_not_compared():
     assert same.verdict == "holds"
 
 
+def test_runs_cut_by_the_time_limit_are_named_in_the_comparisons_notes():
+    @dataclass
+    class Stepped(FakeRun):
+        step: int = 100
+        total_steps: int = 100
+
+    runs = ([Stepped(f"g/block=tied,seed={i}", metrics={"val/acc": 0.9 + i * i / 100}) for i in range(4)]
+            + [Stepped(f"g/block=deq,seed={i}", metrics={"val/acc": 0.8 + i * i / 100}, step=60 if i < 2 else 100)
+               for i in range(4)])
+    (r,) = evaluate_primaries(load_primaries({"primary": {"comparisons": [spec()]}}), runs)
+    assert "arm b: 2 of 4 run(s) stopped by train.time_limit_s before their last step (at 60/100, 60/100 steps)" \
+        in " ".join(r.notes)
+    assert not any(n.startswith("arm a: ") and "time_limit" in n for n in r.notes)
+
+
 def test_convergence_note_reads_the_last_fifth_of_each_runs_history_against_delta():
     """'Near convergence': the metric's move over the last 20% of steps (fit/* from the train/* running mean),
     median over an arm's seeds, against the comparison's delta."""
