@@ -180,16 +180,31 @@ class PrimarySpec:
             if delta is None:
                 raise ValueError(f"{context}: no delta for metric {metric!r} (defaults name {sorted(table)}); "
                                  "set delta: the smallest effect of interest")
+        direction = raw.get("direction") or default_direction(metric)
+        if direction is None and str(raw.get("kind", "mean")) == "mean":
+            raise ValueError(f"{context}: metric {metric!r} has no known direction (accuracies are higher-is-better, "
+                             "losses and perplexities lower); set direction: higher or lower")
         return cls(insight=int(raw["insight"]), paradigm=str(raw["paradigm"]),
                    a=Arm.from_dict(raw["a"], f"{context}, arm a"), b=Arm.from_dict(raw["b"], f"{context}, arm b"),
                    claim=str(raw["claim"]), delta=float(delta), metric=metric,
-                   direction=str(raw.get("direction", "lower" if metric.endswith("loss") else "higher")),
+                   direction=str(direction or "higher"),
                    kind=str(raw.get("kind", "mean")), transform=str(raw.get("transform", "none")),
                    label=str(raw.get("label", "")), id=str(raw.get("id") or ""),
                    family=str(raw.get("family") or ""))
 
     def title(self) -> str:
         return self.label or f"{self.a.title()} vs {self.b.title()}"
+
+
+def default_direction(metric: str) -> str | None:
+    """"higher" for an accuracy (``.../acc``, ``.../knn_acc``, ``acc_at_best_val``), "lower" for a loss or
+    perplexity; None for any other metric (a time, a residual, a count: its comparison names its direction)."""
+    name = metric.rsplit("/", 1)[-1]
+    if name.endswith("loss") or name in ("ppl", "perplexity"):
+        return "lower"
+    if name == "acc" or name.endswith("_acc") or name.startswith("acc_"):
+        return "higher"
+    return None
 
 
 def load_primaries(study: Mapping[str, Any]) -> list[PrimarySpec]:

@@ -332,6 +332,17 @@ def test_runs_cut_by_the_time_limit_are_named_in_the_comparisons_notes():
     assert not any(n.startswith("arm a: ") and "time_limit" in n for n in r.notes)
 
 
+def test_a_metric_without_a_known_direction_must_name_it():
+    """A time or a residual read as higher-is-better would reverse the verdict: only accuracies, losses and
+    perplexities have a default direction."""
+    with pytest.raises(ValueError, match=r"metric 'time/step_ms' has no known direction"):
+        load_primaries({"primary": {"comparisons": [spec(metric="time/step_ms", delta=0.1)]}})
+    (t,) = load_primaries({"primary": {"comparisons": [spec(metric="time/step_ms", delta=0.1, direction="lower")]}})
+    (k,) = load_primaries({"primary": {"comparisons": [spec(metric="val/knn_acc", delta=0.01)]}})
+    (f,) = load_primaries({"primary": {"comparisons": [spec(metric="fit/loss", delta=0.01)]}})
+    assert (t.direction, k.direction, f.direction) == ("lower", "higher", "lower")
+
+
 def test_convergence_note_reads_the_last_fifth_of_each_runs_history_against_delta():
     """'Near convergence': the metric's move over the last 20% of steps (fit/* from the train/* running mean),
     median over an arm's seeds, against the comparison's delta."""
