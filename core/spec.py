@@ -59,7 +59,7 @@ class BlockSpec:
                 raise ValueError(f"block eval_depth={self.eval_depth} must be >= 1")
         if self.norm not in NORM_KINDS:
             raise ValueError(f"norm {self.norm!r} is not valid; choose one of {NORM_KINDS}")
-        if self.mode == "deq" and self.norm == "spectral" and self.mask.mode != "none" and self.mask.rescale:
+        if self.mode == "deq" and self.norm == "spectral" and self.mask.active and self.mask.rescale:
             raise ValueError(f"a deq block with norm 'spectral' and a rescaled mask (mask mode {self.mask.mode!r}, "
                              "rescale=True): the norm bounds W before masking and rescale multiplies the kept "
                              "weights by 1/density, so the map it should make contract is expanded; use "

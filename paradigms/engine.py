@@ -363,22 +363,20 @@ def _restored(model: nn.Module) -> Iterator[None]:
             model.load_state_dict(extra, strict=False)
 
 
-def check_precision(cfg: DictConfig, previous: dict[str, Any], run_dir: Path) -> None:
-    """Refuse to resume a run on a device that changes its precision (train.device is bookkeeping, not part of
-    the fingerprint, but with train.amp it decides between bf16 autocast on CUDA and fp32).
+def check_precision(cfg: DictConfig, checkpoint: dict[str, Any], run_dir: Path) -> None:
+    """Refuse to resume a checkpoint on a device that changes its precision (train.device is bookkeeping, not part
+    of the fingerprint, but with train.amp it decides between bf16 autocast on CUDA and fp32). Checkpoints record
+    the precision their steps computed in; older ones, which do not, are not checked.
 
     Raises:
-        rundir.RunDirError: the last session trained in another precision, naming both and what to do.
+        rundir.RunDirError: the checkpoint was trained in another precision, naming both and what to do.
     """
-    sessions = [p for p in previous.get("provenance") or [] if isinstance(p, dict) and p.get("device")]
-    if not sessions:
-        return
+    before = checkpoint.get("precision")
     device = select_device(cfg.train.device)
-    before, now = (rundir.precision(sessions[-1]["device"], bool(cfg.train.amp)),
-                   rundir.precision(device, bool(cfg.train.amp)))
-    if before != now:
+    now = rundir.precision(device, bool(cfg.train.amp))
+    if before is not None and before != now:
         raise rundir.RunDirError(
-            f"{run_dir} trained in {before} on {sessions[-1]['device']} and would resume in {now} on {device} "
+            f"{run_dir}'s checkpoint was trained in {before} and would resume in {now} on {device} "
             f"(train.amp={cfg.train.amp}): resume it on the kind of device it started on (train.device), or use "
             "another run directory")
 
@@ -517,7 +515,7 @@ def _open_run_dir(cfg: DictConfig, run_dir: Path) -> _Opened:
         return _Opened(previous, plain, fp, None, finished=True)
     state_dict = rundir.load_checkpoint(run_dir, fp)
     if state_dict is not None:
-        check_precision(cfg, previous, run_dir)
+        check_precision(cfg, state_dict, run_dir)
     if resume == "true" and state_dict is None:
         raise rundir.CheckpointError(f"resume=true but {run_dir / rundir.CHECKPOINT} does not exist")
     return _Opened(previous, plain, fp, state_dict, finished=False)
@@ -654,6 +652,7 @@ class _Run:
         rundir.save_checkpoint(self.run_dir, {
             "fingerprint": self.fp, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "loop": vars(self.loop).copy(), "rng": rng[0],
+            "precision": rundir.precision(self.device, bool(self.cfg.train.amp)),  # what its steps computed in
             **({"rng_ranks": rng} if self.world.parallel else {}),
         })
 

@@ -48,7 +48,7 @@ NOT_FINGERPRINTED = ("run_dir", "resume", "logger", "train.progress", "train.log
 def precision(device: Any, amp: bool) -> str:
     """What a run's training steps compute in on ``device`` (a name such as "cuda:0" or "cpu"): "bf16 autocast"
     on CUDA with ``train.amp``, else "fp32" (the engine's ``_autocast``). ``train.device`` is not fingerprinted,
-    so a resume checks this, and the report groups cells by it."""
+    so checkpoints record this and a resume checks it, and the report groups cells by it."""
     return "bf16 autocast" if str(device).startswith("cuda") and amp else "fp32"
 
 

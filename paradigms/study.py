@@ -483,7 +483,7 @@ def write_study_file(runs: Path, spec: dict[str, Any], plan: dict[str, int] | No
         if old.get("sequential") and not plan:
             record["sequential"] = old["sequential"]  # seeds were added sequentially: the looks stay counted
         if plan and not old.get("sequential"):
-            read = sorted(g for g in primary_grids(old) if (runs / g).is_dir() and any((runs / g).iterdir()))
+            read = sorted(g for g in primary_grids(old) if has_runs(runs / g))
             if read:
                 raise ValueError(f"{runs} holds runs of grids {read} made without --until-decided, whose verdicts "
                                  "may have been read at the full alpha: a sequential plan added now would not count "
@@ -523,7 +523,7 @@ def check_registration(runs: Path, old: dict[str, Any], new: dict[str, Any], nam
                              f"of its own (family: NAME; taken: {sorted(families)}), so Holm corrects it apart")
         for arm in ("a", "b"):
             grid = (added.get(arm) or {}).get("grid")
-            if grid and (runs / str(grid)).is_dir() and any((runs / str(grid)).iterdir()):
+            if grid and has_runs(runs / str(grid)):
                 raise ValueError(f"primary comparison #{index} was added after the study's first runs, but its grid "
                                  f"{grid!r} already has runs in {runs}: a comparison is registered before its data")
 
@@ -544,7 +544,7 @@ def check_primary_grids(runs: Path, old: dict[str, Any], new: dict[str, Any]) ->
     after = {g.get("name"): g for g in new.get("grids") or []}
     for name in sorted(primary_grids(old)):
         folder = runs / name
-        if name not in before or not (folder.is_dir() and any(folder.iterdir())):
+        if name not in before or not has_runs(folder):
             continue
         if name not in after:
             raise ValueError(f"grid {name!r} has runs in {runs} and a registered comparison reads it, but "
@@ -681,10 +681,11 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
     they have (the alpha split over every planned look stays, which only makes their verdicts conservative), and
     ``sequential.yaml`` lists them under ``budget_skipped``. With ``selected`` grid names (``--grids``) only the
     comparisons whose two arms read those grids take seeds; the others keep theirs, as when the budget skips them.
-    Returns how many grid commands (Hydra's launcher) or runs (Ray) failed."""
+    A comparison the report cannot read because its runs were not made alike (``primary.MIXED_REASON``) takes no
+    more seeds. Returns how many grid commands (Hydra's launcher) or runs (Ray) failed."""
     from tiedlab.reports import stats
     from tiedlab.reports.load import load_runs
-    from tiedlab.reports.primary import evaluate_primaries, load_primaries
+    from tiedlab.reports.primary import MIXED_REASON, evaluate_primaries, load_primaries
 
     specs = load_primaries(spec)
     grids = {g["name"]: g for g in spec["grids"]}
@@ -701,9 +702,10 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
     if outside:
         print(f"[tiedlab] --grids: {len(outside)} registered comparisons read other grids and take no seeds here "
               f"({', '.join(outside)})", flush=True)
+    mixed: dict[str, str] = {}  # comparisons whose runs were not made alike: more seeds cannot make them readable
     for look, n in enumerate(counts):
         found = load_runs([runs]) if runs.exists() else []
-        pending = [s for s in specs if s.key not in state["decided"] and s.key not in outside]
+        pending = [s for s in specs if s.key not in state["decided"] and s.key not in outside and s.key not in mixed]
         if not pending:
             break
         wanted = {s.key: look_cells(s, found, grids, range(first, first + n)) for s in pending}
@@ -757,6 +759,9 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
             if key not in state["decided"] and r.verdict != "undetermined" and key in newly:
                 state["decided"][key] = look
                 verdicts[key] = r.verdict
+            if r.reason.startswith(MIXED_REASON) and key not in mixed:
+                mixed[key] = r.reason
+                print(f"[tiedlab] {key} takes no more seeds: {r.reason}", flush=True)
         if verdicts:
             state["verdicts"] = verdicts
         rundir.atomic_write_bytes(runs / SEQUENTIAL_FILE, yaml.safe_dump(state, sort_keys=True).encode())
@@ -863,6 +868,12 @@ def look_cost_s(spec: dict[str, Any], look_grids: list[dict[str, Any]], runs: Pa
         return None
     jobs = max(1, jobs)
     return sum(guesses) / jobs + (1 - 1 / jobs) * max(guesses, default=0.0)
+
+
+def has_runs(folder: Path) -> bool:
+    """Whether a grid's folder holds a run directory (one with config.yaml, which the engine writes once a run's
+    config has passed validation; Hydra's own files, such as .hydra/ and multirun.yaml, are not runs)."""
+    return sum(count_statuses([folder]).values()) > 0
 
 
 def count_statuses(folders: Any) -> dict[str, int]:

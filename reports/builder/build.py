@@ -43,6 +43,7 @@ class Report:
     seed_limits: dict[str, int] = field(default_factory=dict)  # sequential studies: seeds read
     sequential_record: dict[str, Any] | None = None  # sequential studies: the looks' record (sequential.yaml)
     not_registered: str = ""  # why the comparisons tested are not the ones the runs were registered with ("": they are)
+    registered_primary: dict[str, Any] | None = None  # the comparisons the runs were registered with (None: no record)
     commit: str = "unknown"  # the checkout the report was built in
     run_commits: dict[str, int] = field(default_factory=dict)  # the commits the runs were trained at -> runs
     date: str = ""
@@ -112,17 +113,18 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
     cells = group_cells(runs)
     spec, limits = find_study(paths, study), {}
     recorded = find_study(paths) if study is not None else spec  # what the runs folder says it was run as
+    registered = registered_primary(paths, recorded)
     not_registered = ""
-    if recorded and spec is not recorded and spec is not None:
-        if (spec.get("primary") or None) != (recorded.get("primary") or None):
-            if recorded.get("sequential"):  # its looks' alpha belongs to the registered comparisons
-                raise ValueError(f"--study {study} names other primary comparisons than the runs were registered "
-                                 "with (study.yaml in the runs folder); report them without --study")
-            not_registered = (f"--study {study} names other primary comparisons than the runs were registered with "
-                              f"(study {recorded.get('name')!r}, recorded beside its runs): these comparisons were "
-                              "chosen after the runs, so their verdicts are not pre-registered ones")
-        if recorded.get("sequential"):
-            spec = {**spec, "sequential": recorded["sequential"]}
+    if spec is not None and registered is not None and (spec.get("primary") or None) != registered:
+        if (recorded or {}).get("sequential"):  # its looks' alpha belongs to the registered comparisons
+            raise ValueError(f"--study {study} names other primary comparisons than the runs were registered "
+                             "with (study.yaml in the runs folder); report them without --study")
+        not_registered = (f"the primary comparisons tested here{f' (--study {study})' if study is not None else ''} "
+                          f"are not the ones the runs were registered with (study {(recorded or {}).get('name')!r}, "
+                          "recorded beside its runs): they were chosen after the runs, so their verdicts are not "
+                          "pre-registered ones")
+    if recorded and spec is not recorded and spec is not None and recorded.get("sequential"):
+        spec = {**spec, "sequential": recorded["sequential"]}
     plan = (spec or {}).get("sequential")
     looks = int((plan or {}).get("looks", 1))
     specs = load_primaries(spec) if spec else []
@@ -141,7 +143,19 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
                 r.notes.append(budget_note(check))
     return Report(title, runs, cells, evaluate(cells), guidelines(cells), inputs=[str(p) for p in paths],
                   primaries=primaries, budget_checks=checks, study=spec, looks=looks, seed_limits=limits,
-                  sequential_record=record, not_registered=not_registered)
+                  sequential_record=record, not_registered=not_registered, registered_primary=registered)
+
+
+def registered_primary(paths: list[str | Path], recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The primary comparisons the runs were registered with: a rebuilt summary.json's ``registered_primary``
+    (the registration its report compared with, whatever it tested), else the recorded study's (``recorded``: the
+    runs folder's study.yaml or the summary's study); None without a recorded study."""
+    for p in paths:
+        if Path(p).is_file() and Path(p).suffix == ".json":
+            data = json.loads(Path(p).read_text())
+            if "registered_primary" in data:
+                return data["registered_primary"]
+    return (recorded.get("primary") or None) if recorded else None
 
 
 def _seed_limits(paths: list[str | Path], specs: list[Any], plan: dict[str, int]) -> dict[str, int]:
@@ -215,8 +229,6 @@ def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tie
     if from_summary is not None:  # a new analysis of an old report's results: its summary.json is the input
         report = analyse([from_summary], title, study, runs=runs_from_summary(from_summary))
         report.rebuilt_from = str(from_summary)
-        if study is None:  # the comparisons it carries are the ones that report tested: registered or not, alike
-            report.not_registered = json.loads(Path(from_summary).read_text()).get("not_registered") or ""
     else:
         report = analyse(paths, title, study)
     out = Path(out)

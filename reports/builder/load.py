@@ -360,9 +360,9 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
     seed = config.get("seed")
     key = group_key(config) if config else {"dir": str(run_dir)}
     devices = [p["device"] for p in result.get("provenance") or [] if isinstance(p, dict) and p.get("device")]
-    if config and devices:  # train.device is not grouped, but with train.amp it decides the precision
-        key["train.precision"] = " then ".join(dict.fromkeys(
-            rundir.precision(d, bool((config.get("train") or {}).get("amp", True))) for d in devices))
+    if config and devices:  # train.device is not grouped, but with train.amp it decides the precision: the last
+        # session's (a resume that would change it is refused, and a fresh start after a failed session trains alone)
+        key["train.precision"] = rundir.precision(devices[-1], bool((config.get("train") or {}).get("amp", True)))
     return Run(
         dir=run_dir, name=name or run_dir.name, config=config, metrics=metrics, history=read_history(run_dir),
         status=status, reason=reason, provenance=[p for p in result.get("provenance") or [] if isinstance(p, dict)],

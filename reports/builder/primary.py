@@ -406,29 +406,43 @@ def leave_out_not_at_equilibrium(runs: list[RunLike], notes: list[str], side: st
     return [r for r in runs if not set_apart(r)], out
 
 
-def config_differences(a: list[RunLike], b: list[RunLike]) -> str:
+def config_differences(a: list[RunLike], b: list[RunLike], thresholds: bool = True) -> str:
     """How the runs a comparison reads differ where they must not ("" when they do not, or when configs are not
     known): within an arm, in the config that defines their cell (``Run.key``: every setting but the replicate
-    keys and bookkeeping), and across both arms' DEQ runs, in the equilibrium thresholds that decide which of them
-    are set apart. Runs of an arm are told apart by their directory names only, so an edited study file or an
+    keys and bookkeeping; a key only some of them record, added to the config after the others ran, is not
+    compared: ``config_gaps`` names it), and across both arms' DEQ runs, in the equilibrium thresholds that decide
+    which of them are set apart (``thresholds``; not for a divergence rate, which counts those runs). Runs of an arm are told apart by their directory names only, so an edited study file or an
     extra override could otherwise pool two configs. Configs are read from run directories only: a run rebuilt
     from a summary has none (the report that wrote the summary checked them; summaries from before this check
     grouped cells under the rules of their time)."""
     out = []
     for side, members in (("a", a), ("b", b)):
         keys = [r.key for r in members if r.status in ("completed", "diverged") and getattr(r, "config", None)]
-        names = sorted(set().union(*keys)) if keys else []
-        differ = [n for n in names if len({json.dumps(k.get(n, "<absent>"), default=str) for k in keys}) > 1]
+        names = sorted(set.intersection(*(set(k) for k in keys))) if keys else []  # a key an older code version
+        differ = [n for n in names if len({json.dumps(k[n], default=str) for k in keys}) > 1]  # lacks: not compared
         if differ:
-            shown = ", ".join(f"{n} ({' vs '.join(sorted({str(k.get(n, '<absent>')) for k in keys}))})"
-                              for n in differ[:4])
+            shown = ", ".join(f"{n} ({' vs '.join(sorted({str(k[n]) for k in keys}))})" for n in differ[:4])
             out.append(f"arm {side}'s runs differ in {shown}{f' and {len(differ) - 4} more' if len(differ) > 4 else ''}")
-    thresholds = {json.dumps(eq.thresholds, sort_keys=True, default=str) for r in (*a, *b) if r.status == "completed"
-                  if (eq := getattr(r, "equilibrium", None)) is not None and getattr(eq, "thresholds", None)}
-    if len(thresholds) > 1:
-        out.append(f"the DEQ runs were judged at equilibrium under {len(thresholds)} different thresholds "
-                   f"({'; '.join(sorted(thresholds))})")
+    judged = {json.dumps(eq.thresholds, sort_keys=True, default=str) for r in (*a, *b) if r.status == "completed"
+              if (eq := getattr(r, "equilibrium", None)) is not None and getattr(eq, "thresholds", None)}
+    if thresholds and len(judged) > 1:
+        out.append(f"the DEQ runs were judged at equilibrium under {len(judged)} different thresholds "
+                   f"({'; '.join(sorted(judged))})")
     return "; ".join(out)
+
+
+def config_gaps(a: list[RunLike], b: list[RunLike]) -> list[str]:
+    """One note per arm whose runs do not all record the same config keys (runs of another code version: a key
+    added later is missing from the older runs' config.yaml), naming the keys; ``config_differences`` compares the
+    others."""
+    out = []
+    for side, members in (("a", a), ("b", b)):
+        keys = [set(r.key) for r in members if r.status in ("completed", "diverged") and getattr(r, "config", None)]
+        gaps = sorted(set().union(*keys) - set.intersection(*keys)) if keys else []
+        if gaps:
+            out.append(f"arm {side}: some runs' configs lack {', '.join(gaps[:4])}{' ...' if len(gaps) > 4 else ''} "
+                       "(written by another code version; not compared)")
+    return out
 
 
 def stopped_early_notes(a: list[RunLike], b: list[RunLike]) -> list[str]:
@@ -449,19 +463,30 @@ PER_PROCESS_METRICS = ("time/", "throughput/", "memory/")  # measured on the pro
 
 
 def seed_batch_differences(metric: str, a: list[RunLike], b: list[RunLike]) -> str:
-    """For a time, throughput or memory metric: how the runs' seed batches differ ("" when every run the
-    comparison reads trained in batches of one size, or when its provenance does not say). A run trained in a seed
-    batch of K records the batch's step seconds divided by K and the batch's peak memory, so it is not compared
-    with runs trained in batches of another size (separate runs: K = 1)."""
+    """For a time, throughput or memory metric: how the runs' seed batches differ ("" when each pair of runs of one
+    seed, or every run when the arms are not paired, trained in batches of one size, or when provenance does not
+    say). A run trained in a seed batch of K records the batch's step seconds divided by K and the batch's peak
+    memory, so it is not compared with a run trained in batches of another size (separate runs: K = 1)."""
     if not metric.startswith(PER_PROCESS_METRICS):
         return ""
-    sizes = {side: sorted({int(p.get("seed_batch") or 1) for r in members if r.status in ("completed", "diverged")
-                           for p in getattr(r, "provenance", None) or [] if isinstance(p, dict) and "seed_batch" in p})
-             for side, members in (("a", a), ("b", b))}
-    if len(set(sizes["a"]) | set(sizes["b"])) <= 1:
+
+    def sizes(members: list[RunLike]) -> dict[Hashable, tuple[int, ...]]:  # replicate -> its sessions' batch sizes
+        return {replicate_id(r): k for r in members if r.status in ("completed", "diverged")
+                if (k := tuple(sorted({int(p.get("seed_batch") or 1) for p in getattr(r, "provenance", None) or []
+                                       if isinstance(p, dict) and "seed_batch" in p})))}
+
+    ka, kb = sizes(a), sizes(b)
+    common = ka.keys() & kb.keys()
+    if common:  # paired by seed: each pair's runs must have trained in batches of one size
+        differ = sorted((str(s), ka[s], kb[s]) for s in common if ka[s] != kb[s])
+    else:
+        differ = [] if len(set(ka.values()) | set(kb.values())) <= 1 else [("-", ka, kb)]
+    if not differ:
         return ""
-    return (f"{metric} was measured in seed batches of different sizes (arm a: K = {sizes['a'] or '?'}, arm b: "
-            f"K = {sizes['b'] or '?'}): a batched run's seconds are the batch's divided by K, its memory the batch's")
+    shown = ", ".join(f"replicate {s}: K = {x} vs {y}" for s, x, y in differ[:3]) if common else \
+        f"arm a: K = {sorted(set(ka.values()))}, arm b: K = {sorted(set(kb.values()))}"
+    return (f"{metric} was measured in seed batches of different sizes ({shown}): a batched run's seconds are the "
+            "batch's divided by K, its memory the batch's")
 
 
 def short_of_equilibrium(left_out: dict[str, list[str]], usable: dict[str, int]) -> str:
@@ -509,8 +534,9 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             seeds = f"seeds < {limit}" if first_seed == 0 else f"seeds {first_seed}-{first_seed + limit - 1}"
             notes.append(f"read on {seeds} (the look it was decided at, or the last look it was read at)")
         names = ([r.name for r in a], [r.name for r in b])
-        notes.extend(stopped_early_notes(a, b))
-        mixed = "; ".join(x for x in (config_differences(a, b), seed_batch_differences(spec.metric, a, b)) if x)
+        notes.extend([*config_gaps(a, b), *stopped_early_notes(a, b)])
+        mixed = "; ".join(x for x in (config_differences(a, b, thresholds=spec.kind != "divergence"),
+                                      seed_batch_differences(spec.metric, a, b)) if x)
         if mixed:
             results.append(PrimaryResult(spec, *names, None, reason=f"{MIXED_REASON}: {mixed}", notes=notes,
                                          n_a=len(a), n_b=len(b)))

@@ -90,6 +90,7 @@ def summary(report: Any) -> dict[str, Any]:
         "study_spec": report.study,  # the registered comparisons (and sequential plan) a rebuild re-reads
         "seed_limits": [{"id": key, "seeds": n} for key, n in sorted(report.seed_limits.items())],
         "not_registered": report.not_registered,  # why its comparisons are not the registered ones ("": they are)
+        "registered_primary": report.registered_primary,  # what a rebuild compares its comparisons with
         "sequential_record": report.sequential_record,  # the looks' record, so a rebuild still flags departures
         "primaries": [primary_entry(r) for r in report.primaries],
         "budget_checks": [budget_check_entry(c) for c in getattr(report, "budget_checks", [])],

@@ -121,8 +121,9 @@ def test_ignored_options_warn_and_stay_out_of_the_fingerprint(tmp_path, capsys):
 
 @pytest.mark.parametrize("changes,named", [
     ({"block.mode": "deq", "grad.steps": 3}, "grad.steps ignored: grad.mode=ift does not read them"),
-    ({"block.mode": "deq", "grad.mode": "phantom", "grad.tol": 1e-5, "grad.options.memory": 3},
-     "grad.options.memory, grad.tol ignored: grad.mode=phantom"),
+    ({"block.mode": "deq", "grad.mode": "phantom", "grad.tol": 1e-5, "grad.max_iter": 40},
+     "grad.max_iter, grad.tol ignored: grad.mode=phantom"),
+    ({"block.mode": "deq", "grad.mode": "onestep", "grad.steps": 2}, "grad.steps ignored: grad.mode=onestep"),
     ({"block.mode": "deq", "train.deq_warmup_depth": 2}, "train.deq_warmup_depth ignored: train.deq_warmup_steps=0"),
     ({"equilibrium.rel_residual": 0.1}, "equilibrium.rel_residual ignored: equilibrium health is measured on a DEQ"),
     ({"optim.momentum": 0.5}, "optim.momentum ignored: optim.name=adamw does not read them"),
@@ -436,10 +437,14 @@ def test_a_resume_that_would_change_precision_is_refused(tmp_path):
     from tiedlab.paradigms.engine import check_precision
     from tiedlab.paradigms.rundir import precision
 
-    on_gpu = {"provenance": [{"device": "cuda:0"}]}
-    with pytest.raises(rundir.RunDirError, match=r"trained in bf16 autocast on cuda:0 and would resume in fp32 on cpu"):
+    on_gpu = {"precision": "bf16 autocast"}
+    with pytest.raises(rundir.RunDirError, match=r"checkpoint was trained in bf16 autocast and would resume in fp32"):
         check_precision(engine.as_config(cfg(**{"train.device": "cpu", "train.amp": True})), on_gpu, tmp_path)
-    check_precision(engine.as_config(cfg(**{"train.device": "cpu", "train.amp": False})), on_gpu, tmp_path)
-    check_precision(engine.as_config(cfg(**{"train.device": "cpu"})), {"provenance": [{"device": "cpu"}]}, tmp_path)
+    check_precision(engine.as_config(cfg(**{"train.device": "cpu", "train.amp": False})), {"precision": "fp32"},
+                    tmp_path)
+    check_precision(engine.as_config(cfg(**{"train.device": "cpu"})), {}, tmp_path)  # an older checkpoint
+    train(cfg(**{"train.device": "cpu", "train.max_steps": 2}), tmp_path / "run")
+    saved = torch.load(tmp_path / "run" / rundir.CHECKPOINT, weights_only=True)
+    assert saved["precision"] == "fp32"
     assert (precision("cuda:1", True), precision("cpu", True), precision("cuda", False)) == (
         "bf16 autocast", "fp32", "fp32")

@@ -18,6 +18,12 @@ TOY = ["paradigm=toy", f"hydra.searchpath=[file://{TESTS / 'support' / 'configs'
        "train.eval_every=3", "train.threads=1", "model.width=8"]
 
 
+
+def _run_dir(path):
+    """A run directory as the engine leaves it once its config passed validation (config.yaml)."""
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text("paradigm: toy\n")
+
 def arm(block: str) -> dict:
     return {"grid": "g", "where": {"block": block}}
 
@@ -138,7 +144,7 @@ def test_a_registration_grows_only_by_a_family_of_its_own_on_grids_without_runs(
     later = {"family": "more", "insight": 4, "paradigm": "toy", "claim": "superiority", "delta": 0.5,
              "a": {"grid": "h", "where": {"block": "tied"}}, "b": {"grid": "h", "where": {"block": "deq"}}}
     runs = tmp_path / "runs"
-    (runs / "g" / "block=tied,seed=0").mkdir(parents=True)
+    _run_dir(runs / "g" / "block=tied,seed=0")
     write = lambda *cs: study_module.write_study_file(runs, {"name": "toy", "primary": {"comparisons": list(cs)}},
                                                       None)
     write(first)
@@ -151,7 +157,7 @@ def test_a_registration_grows_only_by_a_family_of_its_own_on_grids_without_runs(
         write(first)
     with pytest.raises(ValueError, match=r"#3 was added .* family of its own"):
         write(first, later, {**later, "insight": 5, "family": ""})
-    (runs / "k" / "block=tied,seed=0").mkdir(parents=True)
+    _run_dir(runs / "k" / "block=tied,seed=0")
     on_old_data = {**later, "family": "late", "insight": 5, "a": {"grid": "k", "where": {"block": "tied"}}}
     with pytest.raises(ValueError, match=r"#3 .* grid 'k' already has runs"):
         write(first, later, on_old_data)
@@ -169,7 +175,7 @@ def test_a_sequential_plan_is_refused_on_runs_made_without_one(tmp_path):
     study_module.write_study_file(fresh, spec, plan)
     fixed = tmp_path / "fixed"
     study_module.write_study_file(fixed, spec, None)
-    (fixed / "g" / "block=tied,seed=0").mkdir(parents=True)
+    _run_dir(fixed / "g" / "block=tied,seed=0")
     study_module.write_study_file(fixed, spec, None)  # more fixed-design runs are fine
     with pytest.raises(ValueError, match=r"runs of grids \['g'\] made without --until-decided"):
         study_module.write_study_file(fixed, spec, plan)
@@ -187,9 +193,13 @@ def test_a_primary_grid_with_runs_keeps_its_seeds_and_overrides(tmp_path):
     study_module.write_study_file(runs, spec, None)
     more_seeds = {**spec, "grids": [{**grid, "sweep": {**grid["sweep"], "seed": [0, 1, 2, 3]}}, side]}
     study_module.write_study_file(runs, more_seeds, None)  # no runs yet: the design may still change
+    (runs / "g" / "block=tied,seed=0" / ".hydra").mkdir(parents=True)  # what Hydra leaves of a job whose config
+    (runs / "g" / "multirun.yaml").write_text("{}\n")  # failed validation: not a run
     study_module.write_study_file(runs, spec, None)
-    (runs / "g" / "block=tied,seed=0").mkdir(parents=True)
-    (runs / "side" / "seed=0").mkdir(parents=True)
+    (runs / "g" / "block=tied,seed=0" / ".hydra").rmdir()
+    (runs / "g" / "block=tied,seed=0").rmdir()
+    _run_dir(runs / "g" / "block=tied,seed=0")
+    _run_dir(runs / "side" / "seed=0")
     with pytest.raises(ValueError, match=r"grid 'g' has runs .* its sweep differ"):
         study_module.write_study_file(runs, more_seeds, None)
     longer = {**spec, "grids": [{**grid, "overrides": ["train.max_steps=20"]}, side]}

@@ -254,8 +254,12 @@ def test_comparisons_other_than_the_recorded_registration_are_labelled_as_chosen
     readme = (tmp_path / "out" / "README.md").read_text()
     assert "## Primary comparisons (not the registered ones)" in readme and "pre-registered)" not in readme
     assert "chosen after the runs" in readme and "primary comparisons NOT as registered" in readme
-    build_report([], tmp_path / "again", "t", from_summary=tmp_path / "out" / "summary.json")
+    summary = tmp_path / "out" / "summary.json"
+    for name, study in (("again", None), ("same_edit", edited), ("registered", same)):
+        build_report([], tmp_path / name, "t", from_summary=summary, study=study)
     assert "## Primary comparisons (not the registered ones)" in (tmp_path / "again" / "README.md").read_text()
+    assert "## Primary comparisons (not the registered ones)" in (tmp_path / "same_edit" / "README.md").read_text()
+    assert "## Primary comparisons (pre-registered)" in (tmp_path / "registered" / "README.md").read_text()
 
 
 def test_an_arm_whose_runs_differ_in_config_is_not_read(tmp_path):
@@ -276,9 +280,14 @@ def test_an_arm_whose_runs_differ_in_config_is_not_read(tmp_path):
     for r in pooled:  # seed 3 of arm a from a run with another override, under the arm's directory name
         if r.name == "h/block=tied,seed=3":
             r.name = "g/block=tied,seed=3"
+    (gap,) = evaluate_primaries([s], pooled)  # a key only one run records: a run of another code version
+    assert gap.verdict == "holds" and any("arm a: some runs' configs lack data.limit_train" in n for n in gap.notes)
+    for r in pooled:
+        if r.key.get("data.limit_train") is None:
+            r.key = {**r.key, "data.limit_train": 200} if r.name.startswith("g/block=tied") else r.key
     (mixed,) = evaluate_primaries([s], pooled)
     assert mixed.verdict == "undetermined" and mixed.reason.startswith("not read: its runs were not made alike")
-    assert "arm a's runs differ in data.limit_train (100 vs <absent>)" in mixed.reason
+    assert "arm a's runs differ in data.limit_train (100 vs 200)" in mixed.reason
     metrics = runs / "g" / "block=deq,seed=2" / "metrics.json"
     m = json.loads(metrics.read_text())
     m["equilibrium"] = {"at_equilibrium": True, "flags": [], "measured": {"rel_residual": 1e-3},
@@ -310,7 +319,13 @@ def test_step_times_from_seed_batches_of_another_size_are_not_compared():
                                                               delta=0.1)]}})
     accuracy = load_primaries({"primary": {"comparisons": [spec()]}})
     (t,) = evaluate_primaries(timing, arms(4, 1))
-    assert t.verdict == "undetermined" and "measured in seed batches of different sizes (arm a: K = [4]" in t.reason
+    assert t.verdict == "undetermined" and "measured in seed batches of different sizes (replicate" in t.reason
+    looks = arms(4, 4)  # a later look's seeds in batches of 2, on both arms alike: still comparable
+    for r in looks:
+        if r.name.endswith(("seed=2", "seed=3")):
+            r.provenance = [{"seed_batch": 2}]
+    (paired,) = evaluate_primaries(timing, looks)
+    assert paired.verdict == "holds"
     (acc,) = evaluate_primaries(accuracy, arms(4, 1))
     assert acc.verdict == "holds"
     (same,) = evaluate_primaries(timing, arms(1, 1))
