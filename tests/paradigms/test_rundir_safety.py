@@ -448,3 +448,15 @@ def test_a_resume_that_would_change_precision_is_refused(tmp_path):
     assert saved["precision"] == "fp32"
     assert (precision("cuda:1", True), precision("cpu", True), precision("cuda", False)) == (
         "bf16 autocast", "fp32", "fp32")
+
+
+def test_a_resume_under_other_code_is_named(tmp_path, capsys):
+    from tiedlab.paradigms.engine import warn_other_code
+    from tiedlab.paradigms.provenance import code_version
+
+    here = code_version()
+    warn_other_code({"provenance": [{"commit": here["commit"], "dirty": here["dirty"]}]}, tmp_path)
+    quiet = capsys.readouterr().err
+    assert ("warning" in quiet) == bool(here["dirty"])  # a dirty tree is never the same code
+    warn_other_code({"provenance": [{"commit": "0123abc", "dirty": False}]}, tmp_path)
+    assert "last trained at commit 0123abc, under" in capsys.readouterr().err
