@@ -204,13 +204,20 @@ def test_pairs_on_the_seeds_both_arms_have():
     assert not u.paired and any("not paired: the arms share 0 seed(s)" in n for n in u.notes)
 
 
-def test_report_reads_the_study_file_beside_the_runs_and_leads_with_the_primaries(tmp_path):
-    runs = tmp_path / "runs"
+def tied_vs_deq(runs: Path, registered: bool = True) -> None:
+    """Four seeds of a tied arm (val 0.90-0.92) and a DEQ arm (0.79-0.81) in grid g, and a study.yaml beside them
+    that registers ``spec()`` (the claim that tied beats the DEQ)."""
     for seed, (a, b) in enumerate([(0.90, 0.80), (0.91, 0.81), (0.92, 0.79), (0.905, 0.805)]):
         write_run(runs / "g", f"block=tied,seed={seed}", mode="tied", seed=seed, val=a)
         write_run(runs / "g", f"block=deq,seed={seed}", mode="deq", seed=seed, val=b)
-    (runs / "study.yaml").write_text(yaml.safe_dump({"name": "t", "grids": [{"name": "g"}],
-                                                     "primary": {"comparisons": [spec()]}}))
+    if registered:
+        (runs / "study.yaml").write_text(yaml.safe_dump({"name": "t", "grids": [{"name": "g"}],
+                                                         "primary": {"comparisons": [spec()]}}))
+
+
+def test_report_reads_the_study_file_beside_the_runs_and_leads_with_the_primaries(tmp_path):
+    runs = tmp_path / "runs"
+    tied_vs_deq(runs)
     build_report([runs], tmp_path / "out", "t")
     readme = (tmp_path / "out" / "README.md").read_text()
     assert readme.index("## Primary comparisons (pre-registered)") < readme.index("## Secondary comparisons")
@@ -238,11 +245,7 @@ def test_comparisons_other_than_the_recorded_registration_are_labelled_as_chosen
     the file's (a re-analysis is allowed) but never calls them pre-registered, and a rebuild from its summary keeps
     the label."""
     runs = tmp_path / "runs"
-    for seed, (a, b) in enumerate([(0.90, 0.80), (0.91, 0.81), (0.92, 0.79), (0.905, 0.805)]):
-        write_run(runs / "g", f"block=tied,seed={seed}", mode="tied", seed=seed, val=a)
-        write_run(runs / "g", f"block=deq,seed={seed}", mode="deq", seed=seed, val=b)
-    (runs / "study.yaml").write_text(yaml.safe_dump({"name": "t", "grids": [{"name": "g"}],
-                                                     "primary": {"comparisons": [spec()]}}))
+    tied_vs_deq(runs)
     edited = tmp_path / "edited.yaml"
     edited.write_text(yaml.safe_dump({"name": "t", "grids": [{"name": "g"}],
                                       "primary": {"comparisons": [spec(claim="noninferiority", delta=0.5)]}}))
@@ -269,9 +272,7 @@ def test_an_arm_whose_runs_differ_in_config_is_not_read(tmp_path):
     from tiedlab.reports.load import load_runs
 
     runs = tmp_path / "runs"
-    for seed, (a, b) in enumerate([(0.90, 0.80), (0.91, 0.81), (0.92, 0.79), (0.905, 0.805)]):
-        write_run(runs / "g", f"block=tied,seed={seed}", mode="tied", seed=seed, val=a)
-        write_run(runs / "g", f"block=deq,seed={seed}", mode="deq", seed=seed, val=b)
+    tied_vs_deq(runs, registered=False)
     (s,) = load_primaries({"primary": {"comparisons": [spec()]}})
     (clean,) = evaluate_primaries([s], load_runs([runs]))
     assert clean.verdict == "holds"
