@@ -262,6 +262,7 @@ class PrimaryResult:
     level: float = math.nan  # the alpha its verdict was read at (after Holm)
     groups: tuple = ()  # kind spread: the values of arm b and arm a the F test compares
     not_at_equilibrium: dict[str, list[str]] = field(default_factory=dict)  # arm ("a", "b") -> runs left out
+    diverged: dict[str, int] = field(default_factory=dict)  # arm -> its diverged runs a comparison of values left out
     departs_from_record: bool = False  # a sequential study's verdict that its looks' record does not hold
 
 
@@ -498,11 +499,15 @@ def short_of_equilibrium(left_out: dict[str, list[str]], usable: dict[str, int])
 
 
 def equilibrium_text(result: PrimaryResult) -> str:
-    """"not at equilibrium, left out: arm a 0, arm b 2" ("" when no run was)."""
-    left = result.not_at_equilibrium
-    if not any(left.values()):
-        return ""
-    return f"not at equilibrium, left out: arm a {len(left.get('a', []))}, arm b {len(left.get('b', []))}"
+    """"not at equilibrium, left out: arm a 0, arm b 2", and "diverged, left out: arm a 0, arm b 3" for a comparison
+    of final values, which a diverged run has none of ("" when no run was left out)."""
+    left, diverged = result.not_at_equilibrium, result.diverged
+    parts = []
+    if any(left.values()):
+        parts.append(f"not at equilibrium, left out: arm a {len(left.get('a', []))}, arm b {len(left.get('b', []))}")
+    if any(diverged.values()):
+        parts.append(f"diverged, left out: arm a {diverged.get('a', 0)}, arm b {diverged.get('b', 0)}")
+    return "; ".join(parts)
 
 
 def seed_of(run: RunLike) -> int | None:
@@ -522,6 +527,7 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
     ``seed_limits`` maps a comparison's ``key`` to how many seeds it is read on, from ``first_seed`` on (the look
     it was decided at)."""
     runs, grids = list(runs), list(grids) or sorted({s.a.grid for s in specs} | {s.b.grid for s in specs})
+    status_of = {r.name: r.status for r in runs}
     results = []
     for spec in specs:
         limit = (seed_limits or {}).get(spec.key)
@@ -591,7 +597,10 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
         warnings.simplefilter("ignore", RuntimeWarning)
         for family in dict.fromkeys(r.spec.family for r in results):  # Holm within each family, in study order
             correct([r for r in results if r.spec.family == family], alpha=alpha / looks)
-    for r in results:  # the verdict says how many runs of each arm were left out as not at equilibrium
+    for r in results:  # the verdict says how many runs of each arm were left out (not at equilibrium, diverged)
+        if r.spec.kind != "divergence":
+            r.diverged = {side: sum(status_of.get(name) == "diverged" for name in names)
+                          for side, names in (("a", r.a_runs), ("b", r.b_runs))}
         extra = equilibrium_text(r)
         if extra:
             r.reason = f"{r.reason}; {extra}" if r.reason else extra

@@ -348,6 +348,14 @@ def test_runs_cut_by_the_time_limit_are_named_in_the_comparisons_notes():
     assert not any(n.startswith("arm a: ") and "time_limit" in n for n in r.notes)
 
 
+def test_diverged_runs_left_out_of_a_comparison_of_values_are_counted_in_its_verdict():
+    runs = ([FakeRun(f"g/block=tied,seed={i}", metrics={"val/acc": 0.9 + i * i / 100}) for i in range(4)]
+            + [FakeRun(f"g/block=deq,seed={i}", metrics={"val/acc": 0.8 + i / 100}) for i in range(4)]
+            + [FakeRun(f"g/block=deq,seed={i}", status="diverged") for i in (4, 5)])
+    (r,) = evaluate_primaries(load_primaries({"primary": {"comparisons": [spec()]}}), runs)
+    assert r.verdict == "holds" and r.reason.endswith("diverged, left out: arm a 0, arm b 2")
+
+
 def test_a_metric_without_a_known_direction_must_name_it():
     """A time or a residual read as higher-is-better would reverse the verdict: only accuracies, losses and
     perplexities have a default direction."""
