@@ -16,7 +16,7 @@ from .guidelines import guidelines
 from .insights import InsightResult, evaluate
 from .load import Run, load_runs, runs_from_summary
 from .budget import BudgetCheck, budget_note, evaluate_budget_checks, load_budget_checks
-from .primary import PrimaryResult, evaluate_primaries, load_primaries
+from .primary import LIMIT_NOTE, PrimaryResult, evaluate_primaries, load_primaries
 from .plots import Plot, forest_plot, make_plots
 from .render import document, to_html, to_markdown
 from .summary import summary
@@ -130,9 +130,15 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
     specs = load_primaries(spec) if spec else []
     if plan:
         limits = _seed_limits(paths, specs, plan)
+    no_record = bool(plan) and not any(Path(p).is_file() for p in paths) and \
+        all(_recorded_state(p) is None for p in paths)
+    if no_record:  # the looks' record is gone, or no look was read yet: never read past the plan's last look
+        limits = {s.key: int(plan["max_seeds"]) for s in specs}
     grids = [g["name"] for g in (spec or {}).get("grids") or []]
     primaries = (evaluate_primaries(specs, runs, looks=looks, grids=grids, seed_limits=limits,
                                     first_seed=int((plan or {}).get("first_seed", 0))) if spec else [])
+    for r in primaries if no_record else []:
+        r.notes = [n.replace(LIMIT_NOTE, NO_RECORD_NOTE) for n in r.notes]
     record = next((s for s in map(_recorded_state, paths) if s is not None), None) if plan else None
     if record is not None:
         flag_departures_from_the_record(primaries, record)
@@ -144,6 +150,10 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
     return Report(title, runs, cells, evaluate(cells), guidelines(cells), inputs=[str(p) for p in paths],
                   primaries=primaries, budget_checks=checks, study=spec, looks=looks, seed_limits=limits,
                   sequential_record=record, not_registered=not_registered, registered_primary=registered)
+
+
+NO_RECORD_NOTE = ("(at most the plan's --max-seeds: no sequential.yaml beside the runs, so the look each comparison "
+                  "was decided at is unknown; deleted, or no look has been read yet)")
 
 
 def registered_primary(paths: list[str | Path], recorded: dict[str, Any] | None) -> dict[str, Any] | None:

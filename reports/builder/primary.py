@@ -394,6 +394,7 @@ def _values(spec: PrimarySpec, runs: list[RunLike], notes: list[str], side: str)
     return merged
 
 
+LIMIT_NOTE = "(the look it was decided at, or the last look it was read at)"  # why a comparison reads its seeds
 EQUILIBRIUM_REASON = "baseline not at equilibrium"
 MIXED_REASON = "not read: its runs were not made alike"  # see config_differences, seed_batch_differences
 MIN_USABLE = 2  # an arm left with fewer usable replicates after leaving out runs not at equilibrium is undetermined
@@ -538,7 +539,7 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
                             in (("a", spec.a, a), ("b", spec.b, b)) if not members]
         if limit is not None:
             seeds = f"seeds < {limit}" if first_seed == 0 else f"seeds {first_seed}-{first_seed + limit - 1}"
-            notes.append(f"read on {seeds} (the look it was decided at, or the last look it was read at)")
+            notes.append(f"read on {seeds} {LIMIT_NOTE}")
         names = ([r.name for r in a], [r.name for r in b])
         notes.extend([*config_gaps(a, b), *stopped_early_notes(a, b)])
         mixed = "; ".join(x for x in (config_differences(a, b, thresholds=spec.kind != "divergence"),

@@ -12,7 +12,7 @@ import yaml
 
 from tiedlab.paradigms.study import load_study, optional_grids
 from tiedlab.reports import primary, stats
-from tiedlab.reports.build import build_report
+from tiedlab.reports.build import analyse, build_report
 from tiedlab.reports.primary import Arm, PrimarySpec, evaluate_primaries, load_primaries, run_values
 
 from .conftest import write_run
@@ -354,6 +354,20 @@ def test_diverged_runs_left_out_of_a_comparison_of_values_are_counted_in_its_ver
             + [FakeRun(f"g/block=deq,seed={i}", status="diverged") for i in (4, 5)])
     (r,) = evaluate_primaries(load_primaries({"primary": {"comparisons": [spec()]}}), runs)
     assert r.verdict == "holds" and r.reason.endswith("diverged, left out: arm a 0, arm b 2")
+
+
+def test_without_its_looks_record_a_sequential_study_is_read_on_no_more_than_its_planned_seeds(tmp_path):
+    """sequential.yaml deleted (or no look read yet), and seeds beyond --max-seeds in the folder: the report reads each
+    comparison on the plan's --max-seeds seeds at most, and says why it cannot tell the look it was decided at."""
+    runs = tmp_path / "runs"
+    for seed in range(6):
+        write_run(runs / "g", f"block=tied,seed={seed}", mode="tied", seed=seed, val=0.9 + seed * seed / 1000)
+        write_run(runs / "g", f"block=deq,seed={seed}", mode="deq", seed=seed, val=0.8 + seed / 1000)
+    (runs / "study.yaml").write_text(yaml.safe_dump({"name": "t", "grids": [{"name": "g"}],
+                                                     "primary": {"comparisons": [spec()]},
+                                                     "sequential": {"start": 2, "step": 2, "max_seeds": 4, "looks": 2}}))
+    (r,) = analyse([runs]).primaries
+    assert (r.n_a, r.n_b) == (4, 4) and any("no sequential.yaml beside the runs" in n for n in r.notes)
 
 
 def test_a_metric_without_a_known_direction_must_name_it():
