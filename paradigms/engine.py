@@ -41,7 +41,7 @@ from tiedlab.core.equilibrium import equilibrium_flags, gradient_cosine
 from . import distributed, rundir
 from .base import DataBundle, Paradigm, epoch_generator, get_paradigm, on_the_record, paradigms_for_data
 from .config import TrainConfig, ignored_options, thresholds, validate
-from .provenance import code_version, now, run_provenance
+from .provenance import now, run_provenance
 from .tracking import LocalTracker, make_tracker
 
 
@@ -363,17 +363,17 @@ def _restored(model: nn.Module) -> Iterator[None]:
             model.load_state_dict(extra, strict=False)
 
 
-def warn_other_code(previous: dict[str, Any], run_dir: Path) -> None:
-    """Warn when a checkpoint is resumed under another commit, or from or into a dirty tree, than its last session
-    trained with: its steps then come from two code versions (metrics.json keeps each session's; the report's
-    header counts runs per commit)."""
-    sessions = [p for p in previous.get("provenance") or [] if isinstance(p, dict) and p.get("commit")]
-    if not sessions:
+def warn_other_code(sessions: list[Any], run_dir: Path) -> None:
+    """Warn when a checkpoint is resumed (``sessions``: the run's provenance entries, this process's last) under
+    another commit, or from or into a dirty tree, than its previous session trained with: its steps then come from
+    two code versions (metrics.json keeps each session's; the report's header counts runs per commit)."""
+    before = [p for p in sessions[:-1] if isinstance(p, dict) and p.get("commit")]
+    if not before:
         return
-    before, now_ = sessions[-1], code_version()
-    if (before.get("commit"), before.get("dirty")) != (now_["commit"], now_["dirty"]) or now_["dirty"]:
-        print(f"[tiedlab] warning: resuming {run_dir}, last trained at commit {before.get('commit')}"
-              f"{'+dirty' if before.get('dirty') else ''}, under {now_['commit']}{'+dirty' if now_['dirty'] else ''}: "
+    last, now_ = before[-1], sessions[-1]
+    if (last.get("commit"), last.get("dirty")) != (now_["commit"], now_["dirty"]) or now_["dirty"]:
+        print(f"[tiedlab] warning: resuming {run_dir}, last trained at commit {last.get('commit')}"
+              f"{'+dirty' if last.get('dirty') else ''}, under {now_['commit']}{'+dirty' if now_['dirty'] else ''}: "
               "its steps will come from two code versions", file=sys.stderr)
 
 
@@ -530,7 +530,6 @@ def _open_run_dir(cfg: DictConfig, run_dir: Path) -> _Opened:
     state_dict = rundir.load_checkpoint(run_dir, fp)
     if state_dict is not None:
         check_precision(cfg, state_dict, run_dir)
-        warn_other_code(previous, run_dir)
     if resume == "true" and state_dict is None:
         raise rundir.CheckpointError(f"resume=true but {run_dir / rundir.CHECKPOINT} does not exist")
     return _Opened(previous, plain, fp, state_dict, finished=False)
@@ -564,6 +563,8 @@ class _Run:
         self.sessions = [*(opened.previous.get("provenance") or []),
                          run_provenance(str(device), torch.get_num_threads(), overrides, world.size,
                                         seed_batch)]
+        if opened.state_dict is not None and world.is_main:
+            warn_other_code(self.sessions, run_dir)
         reset_peak_memory(device)
         seed_everything(int(cfg.seed))
         self.paradigm = _make_paradigm(cfg, device)

@@ -213,6 +213,7 @@ class SeedBatch:
                 t0 = time.perf_counter()
                 params = {n: torch.stack([r.model.get_parameter(n) for r in live]) for n in self.param_names}
                 buffers = {n: torch.stack([r.model.get_buffer(n) for r in live]) for n in self.buffer_names}
+                versions = {n: b._version for n, b in buffers.items()}  # an in-place update bumps it
                 batch = pytree.tree_map(lambda *xs: torch.stack(xs), *[d[2] for d in drawn])
                 for r in live:
                     r.optimizer.zero_grad(set_to_none=True)
@@ -227,10 +228,11 @@ class SeedBatch:
                     raise
                 template = self.runs[0].recorder.take()  # the base model's hooks saw the vectorised call
                 losses.sum().backward()
-                with torch.no_grad():  # buffers a forward updates in place (a spectral norm's power-iteration
-                    for n, stacked in buffers.items():  # vectors) were updated in the stacked copies: each run's own
-                        for k, r in enumerate(live):
-                            r.model.get_buffer(n).copy_(stacked[k])
+                with torch.no_grad():  # buffers the forward updated in place (a spectral norm's power-iteration
+                    for n, stacked in buffers.items():  # vectors; not the masks) go back to each run's own
+                        if stacked._version != versions[n]:
+                            for k, r in enumerate(live):
+                                r.model.get_buffer(n).copy_(stacked[k])
                 seconds = (time.perf_counter() - t0) / len(live)
                 for k, r in enumerate(list(live)):
                     r.recorder.take()

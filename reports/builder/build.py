@@ -130,8 +130,8 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
     specs = load_primaries(spec) if spec else []
     if plan:
         limits = _seed_limits(paths, specs, plan)
-    no_record = bool(plan) and not any(Path(p).is_file() for p in paths) and \
-        all(_recorded_state(p) is None for p in paths)
+    record = next((s for s in map(_recorded_state, paths) if s is not None), None) if plan else None
+    no_record = bool(plan) and record is None and not any(Path(p).is_file() for p in paths)
     if no_record:  # the looks' record is gone, or no look was read yet: never read past the plan's last look
         limits = {s.key: int(plan["max_seeds"]) for s in specs}
     grids = [g["name"] for g in (spec or {}).get("grids") or []]
@@ -139,7 +139,6 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
                                     first_seed=int((plan or {}).get("first_seed", 0))) if spec else [])
     for r in primaries if no_record else []:
         r.notes = [n.replace(LIMIT_NOTE, NO_RECORD_NOTE) for n in r.notes]
-    record = next((s for s in map(_recorded_state, paths) if s is not None), None) if plan else None
     if record is not None:
         flag_departures_from_the_record(primaries, record)
     checks = evaluate_budget_checks(load_budget_checks(spec, specs), specs, runs, grids) if spec else []

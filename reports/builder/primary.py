@@ -408,20 +408,25 @@ def leave_out_not_at_equilibrium(runs: list[RunLike], notes: list[str], side: st
     return [r for r in runs if not set_apart(r)], out
 
 
+def _recorded_keys(members: list[RunLike]) -> list[dict[str, Any]]:
+    """The cell configs (``Run.key``) of an arm's runs that ended, for runs read from run directories (a run rebuilt
+    from a summary has no config: the report that wrote the summary checked it)."""
+    return [r.key for r in members if r.status in ("completed", "diverged") and getattr(r, "config", None)]
+
+
 def config_differences(a: list[RunLike], b: list[RunLike], thresholds: bool = True) -> str:
     """How the runs a comparison reads differ where they must not ("" when they do not, or when configs are not
     known): within an arm, in the config that defines their cell (``Run.key``: every setting but the replicate
-    keys and bookkeeping; a key only some of them record, added to the config after the others ran, is not
-    compared: ``config_gaps`` names it), and across both arms' DEQ runs, in the equilibrium thresholds that decide
-    which of them are set apart (``thresholds``; not for a divergence rate, which counts those runs). Runs of an arm are told apart by their directory names only, so an edited study file or an
-    extra override could otherwise pool two configs. Configs are read from run directories only: a run rebuilt
-    from a summary has none (the report that wrote the summary checked them; summaries from before this check
-    grouped cells under the rules of their time)."""
+    keys and bookkeeping; a key only some of them record, added after the others ran, is not compared:
+    ``config_gaps`` names it), and across both arms' DEQ runs, in the equilibrium thresholds that decide which of
+    them are set apart (``thresholds``; not for a divergence rate, which counts those runs). Runs of an arm are told
+    apart by their directory names only, so an edited study file or an extra override could otherwise pool two
+    configs."""
     out = []
     for side, members in (("a", a), ("b", b)):
-        keys = [r.key for r in members if r.status in ("completed", "diverged") and getattr(r, "config", None)]
-        names = sorted(set.intersection(*(set(k) for k in keys))) if keys else []  # a key an older code version
-        differ = [n for n in names if len({json.dumps(k[n], default=str) for k in keys}) > 1]  # lacks: not compared
+        keys = _recorded_keys(members)
+        shared = sorted(set.intersection(*(set(k) for k in keys))) if keys else []
+        differ = [n for n in shared if len({json.dumps(k[n], default=str) for k in keys}) > 1]
         if differ:
             shown = ", ".join(f"{n} ({' vs '.join(sorted({str(k[n]) for k in keys}))})" for n in differ[:4])
             out.append(f"arm {side}'s runs differ in {shown}{f' and {len(differ) - 4} more' if len(differ) > 4 else ''}")
@@ -439,7 +444,7 @@ def config_gaps(a: list[RunLike], b: list[RunLike]) -> list[str]:
     others."""
     out = []
     for side, members in (("a", a), ("b", b)):
-        keys = [set(r.key) for r in members if r.status in ("completed", "diverged") and getattr(r, "config", None)]
+        keys = [set(k) for k in _recorded_keys(members)]
         gaps = sorted(set().union(*keys) - set.intersection(*keys)) if keys else []
         if gaps:
             out.append(f"arm {side}: some runs' configs lack {', '.join(gaps[:4])}{' ...' if len(gaps) > 4 else ''} "

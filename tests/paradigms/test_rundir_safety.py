@@ -455,8 +455,10 @@ def test_a_resume_under_other_code_is_named(tmp_path, capsys):
     from tiedlab.paradigms.provenance import code_version
 
     here = code_version()
-    warn_other_code({"provenance": [{"commit": here["commit"], "dirty": here["dirty"]}]}, tmp_path)
+    warn_other_code([{"commit": here["commit"], "dirty": here["dirty"]}, here], tmp_path)
     quiet = capsys.readouterr().err
     assert ("warning" in quiet) == bool(here["dirty"])  # a dirty tree is never the same code
-    warn_other_code({"provenance": [{"commit": "0123abc", "dirty": False}]}, tmp_path)
+    warn_other_code([{"commit": "0123abc", "dirty": False}, here], tmp_path)
     assert "last trained at commit 0123abc, under" in capsys.readouterr().err
+    warn_other_code([here], tmp_path)  # a fresh start: nothing to compare with
+    assert capsys.readouterr().err == ""
