@@ -111,9 +111,9 @@ class Paradigm(ABC):
     seed_batch: ClassVar[bool | str] = False  # see above: True, or why seeds cannot train as one vmapped model
 
     @classmethod
-    def unread_options(cls, data: Mapping[str, Any]) -> dict[str, str]:
-        """Config keys this paradigm does not read with the ``data`` section given, each with why (the engine names
-        any of them set on the command line as ignored); none by default."""
+    def unread_options(cls, data: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, str]:
+        """Config keys this paradigm does not read with the ``data`` and ``model`` sections given, each with why
+        (the engine names any of them set on the command line as ignored); none by default."""
         return {}
 
     def __init__(self, data: Mapping[str, Any], model: Mapping[str, Any], device: torch.device, seed: int = 0,

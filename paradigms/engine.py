@@ -456,7 +456,8 @@ def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[
     spec = validate(cfg)
     world = distributed.world_from_env()  # one process of one unless started by torchrun
     distributed.check_supported(world, cfg.paradigm, int(cfg.train.batch_size))
-    unread = get_paradigm(cfg.paradigm).unread_options(OmegaConf.to_container(cfg.data, resolve=True))
+    unread = get_paradigm(cfg.paradigm).unread_options(OmegaConf.to_container(cfg.data, resolve=True),
+                                                       OmegaConf.to_container(cfg.model, resolve=True))
     for message in ignored_options(cfg, overrides, unread) if world.is_main else ():
         print(f"[tiedlab] warning: {message}", file=sys.stderr)
     run_dir = Path(run_dir)

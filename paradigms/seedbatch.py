@@ -71,6 +71,10 @@ def why_not_batchable(cfg: DictConfig) -> str | None:
         return "train.compile=true compiles one model; a seed batch's vectorised step is not compiled"
     if cfg.train.channels_last:
         return "train.channels_last=true lays out one model's weights; a seed batch's stacked weights are not"
+    random = [f"model.{key}={value}" for key, value in cfg.model.items() if key.endswith("dropout") and value]
+    if random:
+        return (f"{', '.join(random)} draws random numbers in the forward pass, which a seed batch cannot draw per "
+                "seed as its separate runs would")
     if cfg.mask.seed is not None:
         return f"mask.seed={cfg.mask.seed} pins one mask for every seed; a seed batch's runs draw their own (mask.seed: null)"
     return None
@@ -95,11 +99,12 @@ def check_batchable(cfgs: list[DictConfig]) -> None:
 def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
                      overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Train (or resume) the runs ``cfgs[i]`` in ``run_dirs[i]`` as one seed batch; returns what each wrote to
-    metrics.json. Finished runs are skipped; the rest must stand at the same step (else: train them separately).
+    metrics.json. Finished runs are skipped; unfinished ones at different steps (a failure or kill left them there) train
+    as one batch per step, one batch after the other.
 
     Raises:
         ValueError: configs that are not one configuration with distinct seeds, a paradigm or block mode that
-            cannot be vectorised, unfinished runs at different steps; rundir.RunDirError as ``engine.train``.
+            cannot be vectorised; rundir.RunDirError as ``engine.train``.
     """
     cfgs = [as_config(c) for c in cfgs]
     if len(cfgs) != len(run_dirs):
@@ -122,16 +127,21 @@ def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
         with shared_data():  # the K runs decode their data once
             runs = [(i, _Run(cfg, spec, run_dir, opened, [*overrides, f"seed={cfg.seed}"], seed_batch=len(todo)))
                     for i, cfg, spec, run_dir, opened in todo]
-        if len(runs) == 1:  # nothing to batch with: an ordinary run
-            (i, run), = runs
-            results[i] = run.finish(*run.train(stop))
-        elif runs:
-            steps = {run.loop.step for _, run in runs}
-            if len(steps) > 1:
-                raise ValueError(f"the unfinished runs stand at steps {sorted(steps)}: a seed batch trains in "
-                                 "lockstep; resume them separately")
-            for (i, run), (status, reason) in zip(runs, SeedBatch([r for _, r in runs]).train(stop)):
-                results[i] = run.finish(status, reason)
+        at_step: dict[int, list[tuple[int, _Run]]] = {}
+        for i, run in runs:  # a batch trains in lockstep: runs a failure or a kill left at other steps train apart
+            at_step.setdefault(run.loop.step, []).append((i, run))
+        if len(at_step) > 1:
+            print(f"[tiedlab] the seed batch's unfinished runs stand at steps {sorted(at_step)}: each step's runs "
+                  "train as a batch of their own, one after the other", file=sys.stderr, flush=True)
+        for group in at_step.values():
+            for _, run in group:
+                run.sessions[-1]["seed_batch"] = len(group)  # the batch it trains in this session
+            if len(group) == 1:  # nothing to batch with: an ordinary run
+                (i, run), = group
+                results[i] = run.finish(*run.train(stop))
+            else:
+                for (i, run), (status, reason) in zip(group, SeedBatch([r for _, r in group]).train(stop)):
+                    results[i] = run.finish(status, reason)
     return results  # type: ignore[return-value]
 
 
@@ -288,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if any(r.get("status") == "interrupted" for r in results):
         return INTERRUPTED_EXIT  # signalled: checkpointed, resumable (as a single run's exit status says)
-    return 0 if all(r.get("status") == "completed" for r in results) else 1
+    return 1 if any(r.get("status") == "failed" for r in results) else 0  # as a single run: diverged is a result
 
 
 if __name__ == "__main__":

@@ -64,15 +64,25 @@ class GraphParadigm(Paradigm):
     seed_batch = "its batches are torch_geometric graphs (Data, Batch), which do not stack into one tensor per seed"
 
     @classmethod
-    def unread_options(cls, data: Any) -> dict[str, str]:
-        """train.batch_size always (TU batches hold data.batch_size graphs); on a node task data.batch_size and the
-        TU split's options (data.fold is refused there: ``__init__``)."""
+    def unread_options(cls, data: Any, model: Any) -> dict[str, str]:
+        """train.batch_size always (TU batches hold data.batch_size graphs); on a node task data.batch_size, the
+        TU split's and TU features' options (data.fold is refused there: ``__init__``) and model.pool; on a graph
+        task the Planetoid reader's options; model.heads unless model.conv=gat."""
         out = {"train.batch_size": "a graph-classification batch holds data.batch_size graphs, and a node task "
                                    "trains on the whole graph"}
         if task_of(str((data or {}).get("name", ""))) == "node":
             out["data.batch_size"] = "a node task trains on the whole graph"
             for key in ("data.val_fraction", "data.split_seed"):
                 out[key] = "a node task uses the dataset's fixed public split (these shape the TU folds' val hold-out)"
+            out["data.eval_batch_size"] = "a node task evaluates the whole graph at once (TU graphs per batch)"
+            for key in ("data.degree_as_tag", "data.max_degree"):
+                out[key] = "a Planetoid graph has its own node features (these build TU node features from degrees)"
+            out["model.pool"] = "a node task classifies nodes, not pooled graphs"
+        else:
+            for key in ("data.normalize_features", "data.source"):
+                out[key] = "a TU dataset is not read by the Planetoid reader these options configure"
+        if (model or {}).get("conv") != "gat":
+            out["model.heads"] = f"model.conv={(model or {}).get('conv')} has no attention heads (gat only)"
         return out
 
     def __init__(self, data: Any, model: Any, device: torch.device | str, seed: int = 0, batch_size: int = 32):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -82,6 +82,18 @@ class SSLParadigm(Paradigm):
     seed_batch = ("a step updates state outside the parameters (the momentum target, the feature caches) in place, "
                   "which a vmap over stacked parameters would share between the seeds")
     scores_train = True  # the method's loss on the kNN bank's training images, two views with fixed draws
+
+    @classmethod
+    def unread_options(cls, data: Any, model: Any) -> dict[str, str]:
+        """The options of the other methods: model.temperature (SimCLR's), model.momentum_* (BYOL's)."""
+        method = (model or {}).get("method")
+        out = {}
+        if method != "simclr":
+            out["model.temperature"] = f"model.method={method} has no NT-Xent temperature (simclr only)"
+        if method != "byol":
+            for key in ("model.momentum_base", "model.momentum_steps"):
+                out[key] = f"model.method={method} has no momentum target (byol only)"
+        return out
 
     # ----------------------------------------------------------------- data
     def build_data(self) -> SSLDataBundle:

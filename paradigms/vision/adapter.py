@@ -10,7 +10,7 @@ sections and :mod:`.data` for the datasets.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,15 @@ class VisionParadigm(Paradigm):
     data_parallel = True  # (images, labels), mean cross-entropy, GroupNorm: slices average to the batch
     scores_train = True  # the training images without augmentation
     seed_batch = True  # (images, labels) of one shape per seed; no host reads in the step
+
+    @classmethod
+    def unread_options(cls, data: Any, model: Any) -> dict[str, str]:
+        """data.crop_padding when the augmentation in effect has no crop (``augment_kind``: "auto" resolved)."""
+        augment = (data or {}).get("augment", "auto")
+        kind = DEFAULT_AUGMENT.get((data or {}).get("name"), augment) if augment == "auto" else augment
+        if kind in ("none", "flip"):
+            return {"data.crop_padding": f"the augmentation in effect ({kind}) has no random crop"}
+        return {}
 
     # ----------------------------------------------------------------- data
     def build_data(self) -> VisionDataBundle:

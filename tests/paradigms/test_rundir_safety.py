@@ -462,3 +462,29 @@ def test_a_resume_under_other_code_is_named(tmp_path, capsys):
     assert "last trained at commit 0123abc, under" in capsys.readouterr().err
     warn_other_code([here], tmp_path)  # a fresh start: nothing to compare with
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("paradigm,overrides,named", [
+    ("ssl", ["model.method=byol", "model.temperature=0.2"], "model.temperature ignored: model.method=byol"),
+    ("ssl", ["model.method=vicreg", "model.momentum_base=0.9"], "model.momentum_base ignored: model.method=vicreg"),
+    ("vision", ["data=fashion-mnist", "data.crop_padding=2"], "data.crop_padding ignored: the augmentation in effect (none)"),
+    ("vision", ["data=cifar10", "data.augment=flip", "data.crop_padding=2"], "data.crop_padding ignored"),
+    ("graph", ["data=cora", "model.pool=mean"], "model.pool ignored: a node task classifies nodes"),
+])
+def test_an_adapters_options_the_data_or_model_leaves_unread_are_named(paradigm, overrides, named):
+    """Sweeping an option the run does not read would make identical runs under other names (counted as cells)."""
+    from tiedlab.paradigms.base import get_paradigm
+    from tiedlab.paradigms.cli import compose_config
+    from tiedlab.paradigms.config import ignored_options
+    from omegaconf import OmegaConf
+
+    def named_for(overrides):
+        c = compose_config([f"paradigm={paradigm}", *overrides])
+        unread = get_paradigm(paradigm).unread_options(OmegaConf.to_container(c.data, resolve=True),
+                                                       OmegaConf.to_container(c.model, resolve=True))
+        return ignored_options(c, overrides, unread)
+
+    assert any(m.startswith(named) for m in named_for(overrides)), named_for(overrides)
+    read = {"ssl": ["model.method=simclr", "model.temperature=0.2"], "graph": ["data=mutag", "model.pool=mean"],
+            "vision": ["data=cifar10", "data.crop_padding=2"]}[paradigm]
+    assert named_for(read) == []

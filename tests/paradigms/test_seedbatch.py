@@ -93,6 +93,32 @@ def test_a_seed_batch_resumes_from_its_runs_checkpoints(tmp_path, monkeypatch):
         close(a["metrics"], b["metrics"], ("val/acc", "val/loss", "test/loss"))
 
 
+def test_runs_left_at_different_steps_train_as_one_batch_per_step(tmp_path, monkeypatch, capsys):
+    """A kill left seeds 0 and 1 at their step-8 checkpoint; seed 2 has not started: the rerun trains 0 and 1 as a
+    batch and 2 alone (a batch trains in lockstep), and each ends as its separate run does."""
+    from tiedlab.paradigms import seedbatch
+
+    update = seedbatch._Run.update
+
+    def crash_after_12(self, *args, **kwargs):
+        if self.loop.step == 12:
+            raise KeyboardInterrupt
+        return update(self, *args, **kwargs)
+
+    monkeypatch.setattr(seedbatch._Run, "update", crash_after_12)
+    with pytest.raises(KeyboardInterrupt):
+        train_seed_batch([cfg(0), cfg(1)], [tmp_path / "r0", tmp_path / "r1"])
+    monkeypatch.setattr(seedbatch._Run, "update", update)
+    resumed = train_seed_batch([cfg(s) for s in range(3)], [tmp_path / f"r{s}" for s in range(3)])
+    assert "stand at steps [0, 8]: each step's runs train as a batch of their own" in capsys.readouterr().err
+    for s, r in enumerate(resumed):
+        alone = train(cfg(s), tmp_path / f"s{s}")
+        assert r["status"] == "completed" and r["step"] == 16
+        close(r["metrics"], alone["metrics"], ("val/acc", "val/loss", "test/loss"))
+    assert [json.loads((tmp_path / f"r{s}" / "metrics.json").read_text())["provenance"][-1]["seed_batch"]
+            for s in range(3)] == [2, 2, 1]
+
+
 @pytest.mark.parametrize("changes,match", [
     ({"model.width": 16}, r"may differ only in seed; they differ in \['model.width'\]"),
     ({"block.mode": "deq", "mask.mode": "none"}, r"a DEQ cannot train in a seed batch"),
@@ -180,8 +206,10 @@ def test_study_runs_group_into_seed_batches_per_cell_and_the_command_trains_them
     assert seedbatch.main([str(tmp_path / "no-seed-here"), "--", *batch.overrides]) == 1
 
 
-def test_a_random_forward_pass_is_refused_not_made_up(tmp_path):
-    """Dropout under vmap would draw other numbers than separate runs: the batch stops with one line."""
+def test_a_random_forward_pass_is_refused_not_made_up(tmp_path, monkeypatch):
+    """Dropout under vmap would draw other numbers than separate runs: a config with dropout is not batchable (the
+    study runner trains its seeds separately), and a random forward the config check misses stops the batch."""
+    from tiedlab.paradigms import seedbatch
     from tiedlab.paradigms.cli import compose_config
     from tiedlab.paradigms.seedbatch import RandomForwardError
 
@@ -189,6 +217,12 @@ def test_a_random_forward_pass_is_refused_not_made_up(tmp_path):
               "data.limit_test=32", "model.width=8", "model.groups=2", "model.dropout=0.2", "train.batch_size=16",
               "train.epochs=null", "train.max_steps=2", "train.progress=false"]
     cfgs = [compose_config([*common, f"seed={s}", f"run_dir={tmp_path / str(s)}"]) for s in (0, 1)]
+    assert seedbatch.why_not_batchable(cfgs[0]).startswith("model.dropout=0.2 draws random numbers in the forward")
+    for size, key in (("vision_paper", "model.dropout=0.1"), ("language_paper", "model.dropout=0.2")):
+        assert key in seedbatch.why_not_batchable(compose_config([f"paradigm={size.split('_')[0]}", f"size={size}"]))
+    with pytest.raises(ValueError, match=r"model.dropout=0.2 draws random numbers"):
+        train_seed_batch(cfgs, [tmp_path / "0", tmp_path / "1"])
+    monkeypatch.setattr(seedbatch, "why_not_batchable", lambda cfg: None)
     with pytest.raises(RandomForwardError, match=r"draws random numbers in its forward pass \(dropout\?\)"):
         train_seed_batch(cfgs, [tmp_path / "0", tmp_path / "1"])
 

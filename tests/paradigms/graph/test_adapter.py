@@ -447,9 +447,11 @@ def test_batch_options_the_graph_paradigm_does_not_read_are_named_when_set(tmp_p
     from tiedlab.paradigms.config import ignored_options
     from tiedlab.paradigms.engine import as_config, train
 
-    node, graph = GraphParadigm.unread_options({"name": "cora"}), GraphParadigm.unread_options({"name": "MUTAG"})
-    assert set(node) == {"train.batch_size", "data.batch_size", "data.val_fraction", "data.split_seed"}
-    assert set(graph) == {"train.batch_size"}
+    node = GraphParadigm.unread_options({"name": "cora"}, {"conv": "gcn"})
+    graph = GraphParadigm.unread_options({"name": "MUTAG"}, {"conv": "gat"})
+    assert set(node) == {"train.batch_size", "data.batch_size", "data.val_fraction", "data.split_seed",
+                         "data.eval_batch_size", "data.degree_as_tag", "data.max_degree", "model.pool", "model.heads"}
+    assert set(graph) == {"train.batch_size", "data.normalize_features", "data.source"}
     config = dict(paradigm="graph", data={"name": "MUTAG"}, model=SMALL,
                   train=dict(batch_size=64, epochs=None, max_steps=2, eval_every=2, progress=False))
     assert ignored_options(as_config(config), [], graph) == []  # a config file's value: not named
