@@ -283,6 +283,42 @@ def count_gpus() -> int:
     return sum(1 for line in proc.stdout.splitlines() if line.startswith("GPU ")) if proc.returncode == 0 else 0
 
 
+def node_gpus(spec: str) -> list[str]:
+    """The GPU ids ``--gpus`` means on this node: "all" is every GPU this shell was given (the entries of
+    ``CUDA_VISIBLE_DEVICES`` when it is set, as a Slurm job or a shared machine sets it; else every GPU nvidia-smi
+    lists); listed ids must be among those entries when it is set (they are device ids as it names them).
+
+    Raises:
+        ValueError: no GPU, or a listed id outside ``CUDA_VISIBLE_DEVICES``.
+    """
+    ids = gpu_ids(spec)
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = None if given is None else [s.strip() for s in given.split(",") if s.strip()]
+    if ids is None:
+        ids = visible if visible is not None else [str(i) for i in range(count_gpus())]
+        if not ids:
+            where = "CUDA_VISIBLE_DEVICES is empty" if visible is not None else "nvidia-smi lists none"
+            raise ValueError(f"--gpus all: this machine has no GPU for the study ({where}); use --jobs N on CPU")
+    elif visible is not None:
+        outside = [i for i in ids if i not in visible]
+        if outside:
+            raise ValueError(f"--gpus={spec}: {','.join(outside)} not among the GPUs this shell was given "
+                             f"(CUDA_VISIBLE_DEVICES={given}); name ids from it, or use --gpus all")
+    return ids
+
+
+def cluster_threads(nodes: list[dict[str, float]], *, gpus: bool, per_gpu: int, jobs: int) -> int:
+    """Threads per run on a Ray cluster whose alive nodes have the ``{"CPU": n, "GPU": g}`` resources given: on
+    GPUs, the fewest CPUs any GPU node has per run slot (node CPUs / (its GPUs x ``per_gpu``)), so that every slot
+    fits its node; on CPU, the cluster's CPUs / ``jobs``, but no more than the largest node has (a run is one
+    process)."""
+    if gpus:
+        shares = [int(n.get("CPU", 0) // (n["GPU"] * per_gpu)) for n in nodes if n.get("GPU", 0) >= 1]
+        return max(1, min(shares, default=1))
+    cpus = [int(n.get("CPU", 0)) for n in nodes]
+    return max(1, min(sum(cpus) // max(1, jobs), max(cpus, default=1)))
+
+
 def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: bool) -> dict[str, Any]:
     """Inside a Ray worker: train ``run`` on the GPU Ray gave this task (the only device the run sees)."""
     import threading
@@ -335,11 +371,7 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
 
     cpus = os.cpu_count() or 1
     if address is None:
-        ids = gpu_ids(gpus) if gpus else []
-        if gpus and ids is None:
-            ids = [str(i) for i in range(count_gpus())]
-            if not ids:
-                raise ValueError("--gpus all: this machine has no GPU (nvidia-smi lists none); use --jobs N on CPU")
+        ids = node_gpus(gpus) if gpus else []
         slots = len(ids) * per_gpu if gpus else jobs
         threads = max(1, cpus // max(1, slots))
         if gpus:
@@ -358,9 +390,8 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
                          log_to_driver=False, configure_logging=False)
             else:
                 ray.init(address=address, log_to_driver=False)
-                total = ray.cluster_resources()
-                slots = int(total.get("GPU", 0)) * per_gpu if gpus else jobs
-                threads = max(1, int(total.get("CPU", cpus)) // max(1, slots))
+                nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+                threads = cluster_threads(nodes, gpus=bool(gpus), per_gpu=per_gpu, jobs=jobs)
         except SystemExit as exit_:  # Ray's handler: a SIGTERM while Ray started
             if sigterm is _raise_stopped and exit_.code == signal.SIGTERM:
                 _STOPPED_BY.append("SIGTERM")
@@ -505,6 +536,39 @@ def submit_slurm(runs: list[RunSpec], folder: Path, options: dict[str, Any], nam
     return executor.map_array(StudyRun(), runs)
 
 
+def slurm_queued(record: Path, job_name: str) -> dict[str, str]:
+    """The run directories of earlier submissions (``record``: submissions.jsonl, each line's ``jobs[i]`` trains
+    ``runs[i]``) whose latest array task is still in Slurm's queue (pending, running, requeued: this user's jobs
+    named ``job_name`` that ``squeue`` lists), each with its task id. Such a run has no lock while it waits, so
+    only the queue can tell that a new submission would train it twice.
+
+    Raises:
+        ValueError: there are earlier submissions and ``squeue`` cannot be run here.
+    """
+    import getpass
+    import shutil
+
+    if not record.exists():
+        return {}
+    latest: dict[str, str] = {}
+    for line in record.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            latest.update(zip(entry["runs"], entry["jobs"]))
+    if not latest:
+        return {}
+    if not shutil.which("squeue"):
+        raise ValueError(f"{record} lists earlier submissions, and squeue is not found here to tell which of them "
+                         "still wait in the queue: submit from a node with Slurm's commands")
+    proc = subprocess.run(["squeue", "--noheader", "--array", "--format=%i", f"--name={job_name}",
+                           f"--user={getpass.getuser()}"], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise ValueError(f"squeue failed ({proc.stderr.strip() or proc.returncode}): cannot tell which earlier "
+                         "submissions still wait in the queue")
+    queued = {line.strip() for line in proc.stdout.splitlines() if line.strip()}
+    return {run_dir: job for run_dir, job in latest.items() if job in queued}
+
+
 # --------------------------------------------------------------------------------------------------- status
 
 
@@ -514,19 +578,23 @@ STATUS_COLUMNS = ("runs", "done", "not_at_equilibrium", "diverged", "failed", "r
 def _lock_held(run_dir: Path) -> bool:
     """Whether a live process holds the run's lock, read from the holder line it wrote (``pid N on HOST since
     ...``; emptied on release) without touching the lock itself (taking it, even briefly, could refuse the run's
-    own start). On this host the pid is checked; a holder on another host counts as running."""
+    own start). On this host the pid is checked; a holder on another host counts as running while it keeps
+    touching the lock (``rundir.hold_lock``'s heartbeat): a lock untouched for ``rundir.LOCK_STALE_S`` seconds was
+    left by a holder killed with no chance to clear it (SIGKILL, out of memory, a lost node)."""
     import re
     import socket
 
+    path = run_dir / rundir.LOCK
     try:
-        text = (run_dir / rundir.LOCK).read_text(errors="replace").strip()
+        text = path.read_text(errors="replace").strip()
+        touched = path.stat().st_mtime
     except OSError:
         return False
     match = re.match(r"pid (\d+) on (\S+) since", text)
     if not match:
         return False
     if match.group(2) != socket.gethostname():
-        return True
+        return time.time() - touched < rundir.LOCK_STALE_S
     try:
         os.kill(int(match.group(1)), 0)
     except ProcessLookupError:

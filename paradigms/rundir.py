@@ -25,6 +25,7 @@ import re
 import socket
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,6 +34,8 @@ HISTORY = "history.jsonl"
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
 LOCK = "run.lock"
+LOCK_HEARTBEAT_S = 60.0  # a holder touches its lock this often, so another host can tell a live holder from a dead one
+LOCK_STALE_S = 600.0  # a lock held on another host and untouched this long: its holder was killed (``launch``)
 TRACEBACK = "traceback.txt"
 CHECKPOINT_FORMAT = 2  # 2: RNG states as tensors and lists, loadable with weights_only=True
 # interrupted: stopped by SIGUSR2/SIGTERM (a scheduler's timeout warning, a preemption) after a checkpoint; resumable
@@ -306,10 +309,20 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+def _touch_until(fd: int, stop: threading.Event) -> None:
+    """``hold_lock``'s heartbeat: set the lock file's modification time to now until ``stop`` is set."""
+    while not stop.wait(LOCK_HEARTBEAT_S):
+        try:
+            os.utime(fd)
+        except OSError:  # a full or read-only disk: the run itself will say so; a missed beat only ages the lock
+            pass
+
+
 @contextlib.contextmanager
 def hold_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir/run.lock`` (an exclusive flock, released by the kernel if the process dies) while
-    the body runs; the file names the holder.
+    the body runs; the file names the holder, and a thread touches it every ``LOCK_HEARTBEAT_S`` seconds (its
+    modification time tells a process on another host, which cannot see this one's pid, that the holder lives).
 
     Raises:
         RunLockedError: another process holds it (naming its pid, host, start time and command).
@@ -336,9 +349,14 @@ def hold_lock(run_dir: Path) -> Iterator[None]:
         holder = f"pid {os.getpid()} on {socket.gethostname()} since {started}: {' '.join(sys.argv)}".encode()
         os.pwrite(fd, holder, 0)  # then cut what an earlier, longer holder left: never an empty file
         os.ftruncate(fd, len(holder))
+        stop = threading.Event()
+        heartbeat = threading.Thread(target=_touch_until, args=(fd, stop), name="run.lock heartbeat", daemon=True)
+        heartbeat.start()
         try:
             yield
         finally:
+            stop.set()
+            heartbeat.join()
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:

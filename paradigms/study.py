@@ -378,15 +378,20 @@ def submit_study(spec: dict[str, Any], runs: Path, args: argparse.Namespace) -> 
     import json
 
     options = launch.slurm_options(args.slurm_option)
+    name = f"tiedlab-{spec.get('name', 'study')}"
     todo = _unfinished(spec.get("name", "study"), spec["grids"], runs, args)
+    if args.submitit_cluster in (None, "slurm"):  # submitit's local executor has no queue: its tasks start at once
+        queued = launch.slurm_queued(runs / ".submitit" / "submissions.jsonl", name)
+        for run in [r for r in todo if r.run_dir in queued]:
+            print(f"= {run.name}: in Slurm's queue as task {queued[run.run_dir]}; left to it", flush=True)
+        todo = [r for r in todo if r.run_dir not in queued]
     if args.dry_run or not todo:
         print(f"[tiedlab] {len(todo)} runs to submit; options {options}", flush=True)
         for run in todo if args.dry_run else []:
             print("+ " + shlex.join(launch.run_command(run)), flush=True)
         return 0
     folder = runs / ".submitit"
-    jobs = launch.submit_slurm(todo, folder, options, name=f"tiedlab-{spec.get('name', 'study')}",
-                               cluster=args.submitit_cluster)
+    jobs = launch.submit_slurm(todo, folder, options, name=name, cluster=args.submitit_cluster)
     ids = [str(j.job_id) for j in jobs]
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "submissions.jsonl", "a") as fh:

@@ -79,6 +79,66 @@ def test_run_folders_are_those_multirun_makes_and_status_reads_them(tmp_path, mo
     assert launch.run_state(tmp_path) == "stopped"
 
 
+def test_a_lock_left_on_another_host_counts_as_running_only_while_its_holder_touches_it(tmp_path, monkeypatch):
+    """A holder killed with SIGKILL on another node cannot clear its line, and its pid cannot be checked from here:
+    the lock's age tells (the holder's heartbeat touches it), so the run is resumed, not left 'running' forever."""
+    rundir.write_json(tmp_path / "metrics.json", {"status": "running", "step": 3, "total_steps": 9})
+    lock = tmp_path / rundir.LOCK
+    lock.write_text("pid 4242 on some-other-node since 2026-12-06T07:00:00+00:00: python -m tiedlab...")
+    assert launch.run_state(tmp_path) == "running"  # just written
+    old = time.time() - rundir.LOCK_STALE_S - 5
+    os.utime(lock, (old, old))
+    assert launch.run_state(tmp_path) == "stopped"
+    monkeypatch.setattr(rundir, "LOCK_HEARTBEAT_S", 0.05)
+    live = tmp_path / "live"
+    live.mkdir()
+    with rundir.hold_lock(live):
+        os.utime(live / rundir.LOCK, (old, old))
+        time.sleep(0.5)
+        assert time.time() - (live / rundir.LOCK).stat().st_mtime < 5  # the holder's heartbeat renewed it
+    assert (live / rundir.LOCK).read_text() == ""
+
+
+def test_runs_still_in_slurms_queue_are_not_submitted_again(tmp_path, monkeypatch):
+    """A queued or requeued array task holds no lock yet: only squeue tells that a rerun would train it twice."""
+    record = tmp_path / "submissions.jsonl"
+    record.write_text(json.dumps({"jobs": ["77_0", "77_1", "77_2"], "runs": ["a", "b", "c"]}) + "\n"
+                      + json.dumps({"jobs": ["81_0"], "runs": ["c"]}) + "\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    squeue.write_text("#!/bin/sh\necho \"$@\" > " + str(tmp_path / "args") + "\nprintf '77_1\\n77_2\\n99_0\\n'\n")
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    # b waits in the queue; c's latest task (81_0) is gone although 77_2 (an older one) is listed; a is done
+    assert launch.slurm_queued(record, "tiedlab-toy") == {"b": "77_1"}
+    assert "--name=tiedlab-toy" in (tmp_path / "args").read_text()
+    assert launch.slurm_queued(tmp_path / "none.jsonl", "tiedlab-toy") == {}
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="squeue is not found here"):
+        launch.slurm_queued(record, "tiedlab-toy")
+
+
+def test_gpus_are_those_this_shell_was_given_and_ray_cluster_threads_fit_a_node(monkeypatch):
+    monkeypatch.setattr(launch, "count_gpus", lambda: 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert launch.node_gpus("all") == ["0", "1", "2", "3"] and launch.node_gpus("1,3") == ["1", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # a Slurm job's or a shared machine's share
+    assert launch.node_gpus("all") == ["2", "3"] and launch.node_gpus("3") == ["3"]
+    with pytest.raises(ValueError, match=r"--gpus=0,1: 0,1 not among the GPUs this shell was given"):
+        launch.node_gpus("0,1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(ValueError, match=r"no GPU for the study \(CUDA_VISIBLE_DEVICES is empty\)"):
+        launch.node_gpus("all")
+    four = [{"CPU": 16.0}] * 4
+    assert launch.cluster_threads(four, gpus=False, per_gpu=1, jobs=2) == 16  # not 32: a run is one process
+    assert launch.cluster_threads(four, gpus=False, per_gpu=1, jobs=8) == 8
+    mixed = [{"CPU": 64.0}, {"CPU": 16.0, "GPU": 1.0}, {"CPU": 16.0, "GPU": 1.0}]  # a CPU-only head
+    assert launch.cluster_threads(mixed, gpus=True, per_gpu=2, jobs=1) == 8  # not (64+32)/4 = 24
+    assert launch.cluster_threads([{"CPU": 16.0, "GPU": 4.0}, {"CPU": 64.0, "GPU": 4.0}], gpus=True, per_gpu=2,
+                                  jobs=1) == 2
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--jobs", "2", "hydra/launcher=slurm"], "--jobs 2 and hydra/launcher=slurm"),
     (["--gpus", "all", "--slurm"], "--gpus and --slurm"),
