@@ -14,7 +14,8 @@ RULE = ("For each budget (the smallest, median and largest cell mean over the ce
         "(stored) parameters, nonzero parameters (kept by the masks, summed over the unrolled layers: the FLOPs' "
         "proxy; DEQ cells are left out of this budget, as their count is one application of the map their solve "
         "applies many times) and training seconds), the cell with the best mean val primary metric among cells "
-        "whose mean cost is within the budget (preferring cells with >= 2 seeds).")
+        "whose mean cost is within the budget (preferring cells none of whose runs diverged, then cells with >= 2 seeds; a "
+        "pick's diverged runs are shown beside it).")
 # budgets a DEQ cell is not priced under: its params/nonzero counts one application of its map, not a solve's
 NOT_FOR_DEQ = ("params/nonzero",)
 
@@ -30,8 +31,10 @@ def _budgets(values: list[float]) -> list[tuple[str, float]]:
 
 
 def pick(cells: list[Cell], key: str, budget: float) -> Cell | None:
-    """The best cell whose mean ``key`` is at most ``budget``."""
-    return best(c for c in cells if c.stat(key).mean <= budget * (1 + 1e-9))
+    """The best cell whose mean ``key`` is at most ``budget``: among the cells none of whose runs diverged, if any
+    is within it (a recommendation's mean over the runs that survived says nothing of those that did not)."""
+    within = [c for c in cells if c.stat(key).mean <= budget * (1 + 1e-9)]
+    return best(c for c in within if not c.diverged) or best(within)
 
 
 def guidelines(cells: list[Cell]) -> list[dict[str, Any]]:
@@ -55,6 +58,7 @@ def guidelines(cells: list[Cell]) -> list[dict[str, Any]]:
                     "label": cell.label, "mode": cell.mode, "depth": cell.depth, "width": cell.width,
                     "sparsity": cell.sparsity, "mask": cell.mask_mode, "other": cell.other, "title": cell.title(),
                     "metric": cell.metric, "mean": stat.mean, "std": stat.std, "n": stat.n,
+                    "diverged": cell.diverged, "runs": len(cell.runs),
                     "params_unique": cell.stat("params/unique").mean, "train_s": cell.stat("time/train_s").mean,
                 })
         if picks:

@@ -6,6 +6,8 @@ side B) signed so that a positive effect is the insight's direction, decided by 
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -39,8 +41,9 @@ INSIGHTS: dict[int, tuple[str, str]] = {
         f"Weight-tied reaches a given accuracy in less training time than DEQ: with the cells of insight 1, the target "
         f"is {TARGET_FRACTION:.0%} of the worse of the two best final values (within 5% of it when lower is better); a "
         "run's time to target is the training time (time/train_s) of its first evaluation in history.jsonl at or "
-        "beyond it (a run that never reaches it counts its whole training time, a lower bound); d = DEQ - tied "
-        "seconds. Peak memory is shown beside it."),
+        "beyond it (a run that never reaches it counts its whole training time, a lower bound, so a side with such a "
+        "run is not called ahead; without time curves, as in a rebuild from summary.json, nothing is read); d = DEQ - "
+        "tied seconds. Peak memory is shown beside it."),
     3: ("tied is more stable",
         "Weight-tied is more stable than DEQ at the same width: (a) divergence over the completed and diverged runs "
         "of every tied / DEQ cell, d = DEQ rate - tied rate with the two-proportion SE sqrt(p(1-p)(1/n_a + 1/n_b)) "
@@ -229,12 +232,24 @@ def insight2(cells: list[Cell]) -> list[Comparison]:
                         + (f", peak {memory[c].mean:.4g} MB" if unit == "s" else "")
                         + (f", {missed[c]} never reached" if missed[c] else "") + ")")
 
-            out.append(compare(
+            comparison = compare(
                 f"width={w}, target {a.metric}={target_metric:.4g}" + (", in steps" if unit == "steps" else ""),
                 shown(a, ta), shown(b, tb), [-t for t in ta], [-t for t in tb], unit, a.completed, b.completed,
                 target=target_metric, tied_s=Stat.of(ta).as_dict(), deq_s=Stat.of(tb).as_dict(),
                 tied_peak_mb=memory[a].as_dict(), deq_peak_mb=memory[b].as_dict(),
-                tied_not_reached=missed[a], deq_not_reached=missed[b]))
+                tied_not_reached=missed[a], deq_not_reached=missed[b])
+            # a run that never reached the target counts its whole training: a lower bound of its time, which
+            # flatters its side; so that side is not called ahead
+            ahead_missed = {"holds": missed[a], "fails": missed[b]}.get(comparison.verdict, 0)
+            if not any(run.curve(x) for c in (a, b) for run in c.completed):
+                comparison = dataclasses.replace(comparison, verdict="inconclusive",
+                                                 reason="no time curves (a rebuild from summary.json)")
+            elif ahead_missed:
+                comparison = dataclasses.replace(
+                    comparison, verdict="inconclusive",
+                    reason=f"{ahead_missed} run(s) of the side ahead never reached the target (their times are lower "
+                           "bounds)")
+            out.append(comparison)
     return out
 
 

@@ -150,6 +150,10 @@ class Run:
     higher_is_better: bool = True
     declared: tuple[str, bool] | None = None  # the primary metric metrics.json names, if it names one
     equilibrium: Equilibrium | None = None  # DEQ runs whose metrics.json states it; None: not measured / not a DEQ
+    # a rebuild from summary.json (no history): each history key's move over the last 20% of steps, as the summary
+    # kept it (``primary.late_change``); None: not kept (summaries written before it was)
+    late_changes: dict[str, float] | None = None
+    from_summary: bool = False  # rebuilt by ``runs_from_summary`` (no run directory read)
 
     @property
     def at_equilibrium(self) -> bool | None:
@@ -495,7 +499,8 @@ SUMMARY_CELL, SUMMARY_OTHER = "summary.cell", "summary.other"  # the cell keys o
 def runs_from_summary(path: str | Path) -> list[Run]:
     """The runs a report's summary.json lists, rebuilt for a new analysis of the same results (new rules, new
     primary comparisons) when the run directories are gone. What summary.json does not keep stays empty: the
-    config (a run's cell is the cell the summary put it in) and the history (no time curves).
+    config but the fold (a run's cell is the cell the summary put it in) and the history (no time curves; the
+    moves over the last 20% of steps that convergence notes read are kept, ``late_changes``).
 
     Raises:
         ValueError: the file is not a tiedlab summary.json.
@@ -517,8 +522,12 @@ def runs_from_summary(path: str | Path) -> list[Run]:
         # the summary's own cells: one key per cell, and the cell's description as it was ("other")
         key = ({SUMMARY_CELL: cell_of[e["name"]], SUMMARY_OTHER: cell.get("other") or ""} if cell
                else {"dir": e.get("dir")})
+        late = e.get("late_changes")
         runs.append(Run(
-            dir=Path(str(e.get("dir", e["name"]))), name=str(e["name"]), config={}, metrics=metrics, history=[],
+            dir=Path(str(e.get("dir", e["name"]))), name=str(e["name"]),
+            config={"data": {"fold": e["fold"]}} if e.get("fold") is not None else {}, metrics=metrics, history=[],
+            late_changes={str(k): to_float(v) for k, v in late.items()} if isinstance(late, dict) else None,
+            from_summary=True,
             status="unreadable" if problem else str(e.get("status", "unknown")),
             reason="; ".join(x for x in (str(e.get("reason") or ""), problem) if x), step=e.get("step"),
             total_steps=e.get("total_steps"), paradigm=str(e.get("paradigm", "?")), dataset=str(e.get("dataset", "?")),

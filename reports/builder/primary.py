@@ -339,8 +339,13 @@ def arm_runs(arm: Arm, runs: Iterable[RunLike], grids: Iterable[str] = ()) -> li
 def late_change(run: Any, key: str) -> float | None:
     """How far ``key`` moved over the last ``LATE_FRACTION`` of a run's steps: |its last evaluation - the last one
     at or before 80% of the steps| from history.jsonl (None without both). ``fit/*`` is scored once, at the end:
-    its move is read from ``train/*``, the training steps' running mean."""
+    its move is read from ``train/*``, the training steps' running mean. A run rebuilt from summary.json has no
+    history: its move is the one the summary kept (``late_changes``)."""
     hist_key = "train/" + key.split("/", 1)[1] if key.startswith("fit/") else key
+    kept = getattr(run, "late_changes", None)
+    if not getattr(run, "history", None) and kept is not None:
+        value = kept.get(hist_key)
+        return value if isinstance(value, float) and math.isfinite(value) else None
     points = [(h["step"], to_float(h.get(hist_key))) for h in getattr(run, "history", None) or []
               if isinstance(h.get("step"), int)]
     points = [p for p in points if math.isfinite(p[1])]
@@ -351,6 +356,16 @@ def late_change(run: Any, key: str) -> float | None:
     return abs(points[-1][1] - early[-1][1])
 
 
+def late_changes(run: Any) -> dict[str, float] | None:
+    """``late_change`` of every numeric key of the run's history (what a summary keeps for a rebuild's convergence
+    notes); None without a history."""
+    if not getattr(run, "history", None):
+        return getattr(run, "late_changes", None)
+    keys = sorted({k for h in run.history for k, v in h.items() if k != "step" and isinstance(v, (int, float))})
+    moves = {k: late_change(run, k) for k in keys}
+    return {k: v for k, v in moves.items() if v is not None}
+
+
 def convergence_note(spec: PrimarySpec, a: list[Any], b: list[Any]) -> str | None:
     """Whether the arms were read near convergence: the median move of the metric over the last 20% of steps in
     each arm's completed runs (a diverged run has no convergence to read) against the comparison's delta (None when
@@ -359,10 +374,15 @@ def convergence_note(spec: PrimarySpec, a: list[Any], b: list[Any]) -> str | Non
     (reports/studies/masks_density/RUN.md, P-budget)."""
     import statistics
 
-    moves = {side: [m for m in (late_change(r, spec.metric) for r in runs
-                                if getattr(r, "status", "completed") == "completed") if m is not None]
-             for side, runs in (("A", a), ("B", b))}
+    completed = {side: [r for r in runs if getattr(r, "status", "completed") == "completed"]
+                 for side, runs in (("A", a), ("B", b))}
+    moves = {side: [m for m in (late_change(r, spec.metric) for r in runs) if m is not None]
+             for side, runs in completed.items()}
     if not all(moves.values()):
+        rebuilt = [r for runs in completed.values() for r in runs]
+        if rebuilt and all(getattr(r, "from_summary", False) and r.late_changes is None for r in rebuilt):
+            return ("near convergence not read: rebuilt from a summary.json that kept neither the runs' histories "
+                    "nor their late moves (summaries written before they were); the report it was rebuilt from says")
         return None
     medians = {side: statistics.median(v) for side, v in moves.items()}
     read = "train/" + spec.metric.split("/", 1)[1] if spec.metric.startswith("fit/") else spec.metric

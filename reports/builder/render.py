@@ -374,7 +374,9 @@ def guideline_blocks(report: Any) -> list[Block]:
     for g in report.guidelines:
         rows = [[f"{p['budget_name']} <= {fmt(p['limit'])} ({p['which']})", p["title"], fmt(p["depth"]),
                  fmt(p["width"]), fmt(p["sparsity"]) + (f" ({p['mask']})" if p["mask"] != "none" else ""),
-                 f"{fmt_stat(Stat(p['mean'], p['std'], p['n']))} (n={p['n']})", fmt(p["params_unique"]),
+                 f"{fmt_stat(Stat(p['mean'], p['std'], p['n']))} (n={p['n']}"
+                 + (f"; {p['diverged']} of {p['runs']} runs diverged)" if p.get("diverged") else ")"),
+                 fmt(p["params_unique"]),
                  fmt(p["train_s"])] for p in g["picks"]]
         blocks.append(Block("h3", f"{g['paradigm']} / {g['dataset']}: best val {g['metric']} "
                                   f"({'higher' if g['higher_is_better'] else 'lower'} is better) within a budget"))
@@ -398,8 +400,10 @@ def cell_blocks(report: Any) -> list[Block]:
                   f"test {metric}", *[name for _, name in COLUMNS], "diverged / runs", "unfinished"]
         rows, classes, compact = [], [], []
         for c in cells:
-            n, apart = len(c.completed), len(c.not_at_equilibrium)
-            shown_n = f"{n} (+{apart} not at equilibrium)" if apart else str(n)
+            n, apart, reps = len(c.completed), len(c.not_at_equilibrium), len(c.replicates())
+            # intervals are over replicates (seeds, folds): run directories of one seed are one replicate
+            shown_n = (f"{n} runs, {reps} seeds" if reps != n else str(n)) + (
+                f" (+{apart} not at equilibrium)" if apart else "")
             rows.append([c.label, fmt(c.depth), fmt(c.width), *([c.other] if show_other else []), shown_n,
                          fmt_stat(c.primary("val"), n), fmt_stat(c.primary("test"), n),
                          *[fmt_stat(c.stat(key), n) for key, _ in COLUMNS], f"{c.diverged} / {len(c.runs)}",

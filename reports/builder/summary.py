@@ -9,6 +9,7 @@ from typing import Any
 from .aggregate import COLUMNS, Cell
 from .insights import INSIGHTS, RULE, InsightResult
 from .load import Run
+from .primary import late_changes
 
 def clean(obj: Any) -> Any:
     """JSON-safe: non-finite floats become strings, tuples lists, dataclasses dicts."""
@@ -32,6 +33,9 @@ def run_entry(run: Run) -> dict[str, Any]:
         "higher_is_better": run.higher_is_better, "val": run.value("val"), "test": run.value("test"),
         "metrics": dict(run.metrics),  # all of them: a rebuild may test any metric a primary comparison names
         "history_points": len(run.history),
+        "fold": (run.config.get("data") or {}).get("fold"),  # a replicate key like the seed (k-fold TU runs)
+        # each history key's move over the last 20% of steps: a rebuild's convergence notes read them
+        "late_changes": late_changes(run),
         # DEQ runs: metrics.json's equilibrium check as it was (None: not measured or not a DEQ); a rebuild re-reads it
         "equilibrium": run.equilibrium.as_dict() if run.equilibrium is not None else None,
         "code": [{"commit": p.get("commit", "unknown"), "dirty": p.get("dirty")} for p in run.provenance],
@@ -46,6 +50,7 @@ def cell_entry(cell: Cell) -> dict[str, Any]:
         "mode": cell.mode, "width": cell.width, "depth": cell.depth, "mask": cell.mask_mode,
         "mask_kind": cell.mask_kind, "sparsity": cell.sparsity, "other": cell.other, "metric": cell.metric,
         "higher_is_better": cell.higher_is_better, "n": len(cell.completed), "runs": len(cell.runs),
+        "replicates": len(cell.replicates()),  # what the stats' n count (several run directories of a seed: one)
         "diverged": cell.diverged, "unfinished": cell.unfinished, "not_at_equilibrium": len(cell.not_at_equilibrium),
         "equilibrium": cell.equilibrium() if cell.mode == "deq" else None, "seeds": cell.seeds,
         "run_names": [r.name for r in cell.runs], "stats": stats,

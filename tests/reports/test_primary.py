@@ -400,6 +400,34 @@ def test_convergence_note_reads_the_last_fifth_of_each_runs_history_against_delt
     assert settled.startswith("near convergence yes") and "train/loss moved by 0.015 (arm A)" in settled
     moving = convergence_note(s, [run([1, 0.6, 0.5, 0.45, 0.40])], [run([1, 0.7, 0.6, 0.55, 0.545])])
     assert moving.startswith("near convergence no")
+    # a rebuild from summary.json has no histories: it reads the moves the summary kept, and says when it kept none
+    a, b = [run([1, 0.6, 0.5, 0.45, 0.44]), run([1, 0.6, 0.5, 0.45, 0.43])], [run([1, 0.7, 0.6, 0.55, 0.545])]
+    assert primary.late_changes(a[0]) == {"train/loss": pytest.approx(0.01)}
+
+    def rebuilt(r, kept=True):
+        return SimpleNamespace(total_steps=1000, history=[], from_summary=True,
+                               late_changes=primary.late_changes(r) if kept else None)
+
+    assert convergence_note(s, [rebuilt(r) for r in a], [rebuilt(r) for r in b]) == settled
+    assert convergence_note(s, [rebuilt(r, False) for r in a], [rebuilt(r, False) for r in b]).startswith(
+        "near convergence not read: rebuilt from a summary.json that kept neither")
+
+
+def test_a_rebuild_from_summary_keeps_folds_as_replicates_and_the_late_moves(tmp_path):
+    """k-fold runs of one seed are replicates (a rebuild merged them into one), and the moves over the last 20% of
+    steps survive the rebuild (its convergence notes were dropped)."""
+    from tiedlab.reports.aggregate import group_cells
+    from tiedlab.reports.load import load_runs, runs_from_summary
+
+    history = [(float(t), 0.5 + 0.04 * t) for t in range(1, 11)]  # steps 10..100 of 100
+    for fold, val in ((0, 0.70), (1, 0.80)):
+        write_run(tmp_path / "runs", f"f{fold}", seed=0, val=val, data={"fold": fold}, history=history)
+    build_report([tmp_path / "runs"], tmp_path / "out")
+    (cell,) = group_cells(runs_from_summary(tmp_path / "out" / "summary.json"))
+    assert cell.primary().n == 2 and cell.duplicates == []
+    (run, _) = runs_from_summary(tmp_path / "out" / "summary.json")
+    assert run.late_changes["val/acc"] == pytest.approx(0.08) and primary.late_change(run, "val/acc") == \
+        pytest.approx(0.08)
 
 
 def test_a_forest_interval_beyond_the_clip_is_drawn_at_its_own_edge():

@@ -519,3 +519,62 @@ def test_a_deq_cell_is_not_priced_by_its_nonzero_count(tmp_path):
     nonzero = {p["mode"] for p in group["picks"] if p["budget"] == "params/nonzero"}
     unique = {p["mode"] for p in group["picks"] if p["budget"] == "params/unique"}
     assert nonzero == {"tied"} and unique == {"deq"}
+
+
+def test_guidelines_prefer_a_cell_none_of_whose_runs_diverged_and_show_divergence(tmp_path):
+    """A mean over the runs that survived says nothing of those that did not: 2 of 8 seeds completing at 0.90 is
+    not recommended over 8 of 8 at 0.85 within the same budget, and where it is the only cell its row says so."""
+    from tiedlab.reports.build import build_report
+
+    from .conftest import write_run
+
+    for s in range(8):
+        write_run(tmp_path, f"w8-s{s}", width=8, seed=s, val=0.90 + 0.001 * s,
+                  status="completed" if s < 2 else "diverged")
+        write_run(tmp_path, f"w16-s{s}", width=16, seed=s, val=0.85 + 0.001 * s)
+    report = build_report([tmp_path], tmp_path / "out")
+    picks = {(p["budget"], p["which"]): p for g in report.guidelines for p in g["picks"]}
+    assert picks[("params/unique", "largest")]["width"] == 16 and picks[("params/unique", "largest")]["diverged"] == 0
+    smallest = picks[("params/unique", "smallest")]  # only the width-8 cell is within it
+    assert (smallest["width"], smallest["diverged"], smallest["runs"]) == (8, 6, 8)
+    assert "(n=2; 6 of 8 runs diverged)" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_time_to_target_does_not_call_a_side_ahead_on_runs_that_never_reached_it(tmp_path):
+    """A run that never reaches the target counts its whole training time, a lower bound: the tied side's runs
+    stop early below the target, so their short times cannot make tied 'ahead'; a rebuild (no curves) reads none."""
+    from tiedlab.reports.build import build_report
+
+    from .conftest import write_run
+
+    for s in range(3):
+        write_run(tmp_path, f"tied-s{s}", seed=s, val=0.90, train_s=2.0 + 0.1 * s,
+                  history=[(1.0, 0.10), (2.0 + 0.1 * s, 0.20)])  # its curve never reaches the target (0.76)
+        write_run(tmp_path, f"deq-s{s}", mode="deq", seed=s, val=0.80, train_s=60.0 + s,
+                  history=[(20.0, 0.5), (40.0 + s, 0.78), (60.0 + s, 0.80)])
+    build_report([tmp_path], tmp_path / "out")
+
+    def insight2(path):
+        data = json.loads(path.read_text())
+        return next(i for i in data["insights"] if i["insight"] == 2)["comparisons"]
+
+    seconds, steps = insight2(tmp_path / "out" / "summary.json")
+    assert seconds["extra"]["tied_not_reached"] == 3 and seconds["effect"] > 2 * seconds["se"]  # 'ahead' before
+    assert seconds["verdict"] == "inconclusive" and "3 run(s) of the side ahead never reached" in seconds["reason"]
+    build_report([], tmp_path / "again", from_summary=tmp_path / "out" / "summary.json")
+    assert {c["reason"] for c in insight2(tmp_path / "again" / "summary.json")} == {
+        "no time curves (a rebuild from summary.json)"}
+
+
+def test_the_cell_table_counts_seeds_where_run_directories_repeat_one(tmp_path):
+    from tiedlab.reports.build import build_report
+
+    from .conftest import write_run
+
+    write_run(tmp_path, "a", seed=0, val=0.90)
+    write_run(tmp_path, "a-again", seed=0, val=0.80)
+    write_run(tmp_path, "b", seed=1, val=0.70)
+    build_report([tmp_path], tmp_path / "out")
+    assert "| 3 runs, 2 seeds |" in (tmp_path / "out" / "README.md").read_text()
+    (cell,) = json.loads((tmp_path / "out" / "summary.json").read_text())["cells"]
+    assert (cell["n"], cell["replicates"], cell["stats"]["val/acc"]["n"]) == (3, 2, 2)
