@@ -607,7 +607,9 @@ class _Run:
         self.log_every = cfg.train.log_every if cfg.train.log_every is not None else max(1, self.total_steps // 10)
         # Steps whose task loss, Jacobian estimate (None: none), metrics and block statistics are still on the device,
         # read together by ``_flush``, each with whether it was a warm-up step (unrolled, not solved).
-        self.pending: list[tuple[torch.Tensor, torch.Tensor | None, dict[str, Any], list[BlockStats], bool]] = []
+        # per step not yet read: task loss, Jacobian estimate, metrics, block statistics, warm-up?, its seconds
+        self.pending: list[tuple[torch.Tensor, torch.Tensor | None, dict[str, Any], list[BlockStats], bool,
+                                 float]] = []
         self.last_val: dict[str, Any] = {}  # the latest in-loop validation record of this process
         self.probe = EquilibriumProbe(cfg, self.paradigm, self.model, self.data, self.recorder,
                                       self.autocast) if spec.mode == "deq" else None
@@ -618,6 +620,10 @@ class _Run:
         if self.warmup_steps >= self.total_steps:
             raise ValueError(f"train.deq_warmup_steps={self.warmup_steps} must be below the run's {self.total_steps} "
                              "steps: the DEQ would never be solved")
+        if int(cfg.optim.warmup_steps) >= self.total_steps and self.world.is_main:  # short runs: smoke tests, timings
+            print(f"[tiedlab] warning: optim.warmup_steps={cfg.optim.warmup_steps} is not below the run's "
+                  f"{self.total_steps} steps: the learning rate rises all run and never decays (optim.min_lr_ratio "
+                  "is not reached)", file=sys.stderr)
 
     @property
     def warming_up(self) -> bool:
@@ -786,7 +792,7 @@ class _Run:
             loop.warmup_s += seconds
         loop.step += 1
         loop.samples += self.data.samples_per_step
-        self.pending.append((loss, jacobian, metrics, stats, warm))
+        self.pending.append((loss, jacobian, metrics, stats, warm, seconds))
         solving = self.spec.mode == "deq" and not self.warming_up  # the next step solves (the last warm-up step's
         if solving or world.parallel or self.progress is not None:  # read too: pending never mixes the two phases)
             return self._flush(stop)
@@ -814,7 +820,7 @@ class _Run:
             torch.cuda.synchronize(self.device)
             waited = time.perf_counter() - t0
             loop.train_s += waited
-            if pending[0][-1] and loop.warmup_s is not None:  # the wait of warm-up steps (never mixed with solving)
+            if pending[0][4] and loop.warmup_s is not None:  # the wait of warm-up steps (never mixed with solving)
                 loop.warmup_s += waited
         # each step's task loss and Jacobian estimate (the loss again in its place when there is none)
         values = [v for p in pending for v in (p[0], p[0] if p[1] is None else p[1])]
@@ -822,13 +828,18 @@ class _Run:
         losses, estimates = read[0::2], read[1::2]
         first = loop.step - len(pending) + 1
         weight = float(cfg.train.jacobian_weight)
-        for i, ((_, jacobian, metrics, calls, warm), loss_value) in enumerate(zip(pending, losses)):
+        for i, ((_, jacobian, metrics, calls, warm, _), loss_value) in enumerate(zip(pending, losses)):
             step = first + i
             solving = self.spec.mode == "deq" and not warm
             jac_value = None if jacobian is None else estimates[i]
             why = _non_finite(loss_value, jac_value, weight)
             if why:
-                loop.step = step - 1  # the run's last finite step (the ones after it are not counted)
+                loop.step = step - 1  # the run's last finite step (the ones after it are not counted, nor their time)
+                uncounted = pending[i:]
+                loop.train_s -= sum(p[-1] for p in uncounted)
+                if loop.warmup_s is not None:
+                    loop.warmup_s -= sum(p[-1] for p in uncounted if p[4])
+                loop.samples -= len(uncounted) * self.data.samples_per_step
                 return f"{why} at step {step}"
             block_stats = summarize(calls)
             if jac_value is not None:
@@ -943,6 +954,10 @@ class _Run:
     def finish(self, status: str, reason: str) -> dict[str, Any]:
         """The final evaluation, metrics.json and the tracker's summary; returns what metrics.json holds."""
         final: dict[str, Any] = dict(self.counts)
+        if status == "completed":  # the last update is read by no later step's loss: a NaN there would be scored
+            bad = next((n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+            if bad is not None:
+                status, reason = "diverged", f"non-finite weights ({bad}) after the update of step {self.loop.step}"
         try:
             self._final(final, status)
         except Exception as err:  # noqa: BLE001 - a crash in the final evaluation or a failed write fails the run

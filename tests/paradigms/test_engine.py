@@ -206,6 +206,49 @@ def test_nan_loss_is_recorded_as_diverged(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
 
 
+def test_a_diverged_run_counts_the_time_and_samples_of_its_finite_steps_alone(tmp_path):
+    """Losses are read up to 50 steps late: the steps after the first non-finite one ran, but are not the run's."""
+    result = train(cfg(**{"data.nan_input_after": 12, "train.max_steps": 40, "train.eval_every": 40,
+                          "train.ckpt_every": 40}), tmp_path)
+    m = result["metrics"]
+    assert (result["status"], result["step"], m["train/steps"]) == ("diverged", 12, 12)
+    assert m["throughput/samples_per_s"] * m["time/train_s"] == pytest.approx(12 * 128)
+    assert m["time/step_ms"] == pytest.approx(1000 * m["time/train_s"] / 12)
+
+
+def test_non_finite_weights_after_the_last_update_are_a_divergence_not_a_result(tmp_path, monkeypatch):
+    """No later step's loss reads the last update: an inf gradient there (clipped to NaN) would be scored."""
+    from tiedlab.paradigms import engine
+
+    update = engine._Run.update
+
+    def poisoned(self, *args, **kwargs):
+        if self.loop.step == self.total_steps - 1:
+            next(self.model.parameters()).grad.fill_(float("inf"))
+        return update(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine._Run, "update", poisoned)
+    result = train(cfg(), tmp_path)
+    assert result["status"] == "diverged" and result["step"] == 30, result
+    assert result["reason"].startswith("non-finite weights (") and result["reason"].endswith("after the update of step 30")
+    assert "test/acc" not in result["metrics"]
+
+
+def test_a_warm_up_as_long_as_the_run_is_named(tmp_path, capsys):
+    train(cfg(**{"optim.warmup_steps": 30}), tmp_path)
+    assert "optim.warmup_steps=30 is not below the run's 30 steps: the learning rate rises all run" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"optim.warmup_steps": -1}, r"optim.warmup_steps=-1 must be >= 0"),
+    ({"train.time_limit_s": 0}, r"train.time_limit_s=0(\.0)? must be > 0 or null"),
+])
+def test_a_schedule_or_time_limit_that_cannot_work_is_refused(tmp_path, changes, match):
+    with pytest.raises(ValueError, match=match):
+        train(cfg(**changes), tmp_path)
+
+
 def test_exploding_residual_is_recorded_as_diverged(tmp_path):
     # An undamped Picard iteration on an expansive linear cell: the residual grows 3x per step.
     result = train(cfg(**{"block.mode": "deq", "solver.name": "fixed_point", "solver.options": {"damping": 1.0},
