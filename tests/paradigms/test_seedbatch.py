@@ -69,33 +69,8 @@ def test_a_forward_that_updates_buffers_updates_each_runs_own(tmp_path):
             torch.testing.assert_close(vectors[0][k], vectors[1][k], rtol=1e-4, atol=1e-5)
 
 
-def test_a_seed_batch_resumes_from_its_runs_checkpoints(tmp_path, monkeypatch):
-    from tiedlab.paradigms import seedbatch
-
-    full = train_seed_batch([cfg(0), cfg(1)], [tmp_path / "full0", tmp_path / "full1"])
-    calls = {"n": 0}
-    update = seedbatch._Run.update
-
-    def crash_after_12(self, *args, **kwargs):  # the process dies after step 12 (checkpoint at 8)
-        calls["n"] += 1
-        if self.loop.step == 12:
-            raise KeyboardInterrupt
-        return update(self, *args, **kwargs)
-
-    monkeypatch.setattr(seedbatch._Run, "update", crash_after_12)
-    with pytest.raises(KeyboardInterrupt):
-        train_seed_batch([cfg(0), cfg(1)], [tmp_path / "r0", tmp_path / "r1"])
-    monkeypatch.setattr(seedbatch._Run, "update", update)
-    assert all(json.loads((tmp_path / f"r{s}" / "metrics.json").read_text())["status"] == "running" for s in (0, 1))
-    resumed = train_seed_batch([cfg(0), cfg(1)], [tmp_path / "r0", tmp_path / "r1"])
-    for a, b in zip(resumed, full):
-        assert len(a["provenance"]) == 2
-        close(a["metrics"], b["metrics"], ("val/acc", "val/loss", "test/loss"))
-
-
-def test_runs_left_at_different_steps_train_as_one_batch_per_step(tmp_path, monkeypatch, capsys):
-    """A kill left seeds 0 and 1 at their step-8 checkpoint; seed 2 has not started: the rerun trains 0 and 1 as a
-    batch and 2 alone (a batch trains in lockstep), and each ends as its separate run does."""
+def killed_after_step_12(monkeypatch, run_dirs) -> None:
+    """Seeds 0, 1, ... batched into ``run_dirs``, the process dying after step 12 (their checkpoints: step 8)."""
     from tiedlab.paradigms import seedbatch
 
     update = seedbatch._Run.update
@@ -107,8 +82,25 @@ def test_runs_left_at_different_steps_train_as_one_batch_per_step(tmp_path, monk
 
     monkeypatch.setattr(seedbatch._Run, "update", crash_after_12)
     with pytest.raises(KeyboardInterrupt):
-        train_seed_batch([cfg(0), cfg(1)], [tmp_path / "r0", tmp_path / "r1"])
+        train_seed_batch([cfg(s) for s in range(len(run_dirs))], run_dirs)
     monkeypatch.setattr(seedbatch._Run, "update", update)
+
+
+def test_a_seed_batch_resumes_from_its_runs_checkpoints(tmp_path, monkeypatch):
+
+    full = train_seed_batch([cfg(0), cfg(1)], [tmp_path / "full0", tmp_path / "full1"])
+    killed_after_step_12(monkeypatch, [tmp_path / "r0", tmp_path / "r1"])
+    assert all(json.loads((tmp_path / f"r{s}" / "metrics.json").read_text())["status"] == "running" for s in (0, 1))
+    resumed = train_seed_batch([cfg(0), cfg(1)], [tmp_path / "r0", tmp_path / "r1"])
+    for a, b in zip(resumed, full):
+        assert len(a["provenance"]) == 2
+        close(a["metrics"], b["metrics"], ("val/acc", "val/loss", "test/loss"))
+
+
+def test_runs_left_at_different_steps_train_as_one_batch_per_step(tmp_path, monkeypatch, capsys):
+    """A kill left seeds 0 and 1 at their step-8 checkpoint; seed 2 has not started: the rerun trains 0 and 1 as a
+    batch and 2 alone (a batch trains in lockstep), and each ends as its separate run does."""
+    killed_after_step_12(monkeypatch, [tmp_path / "r0", tmp_path / "r1"])
     resumed = train_seed_batch([cfg(s) for s in range(3)], [tmp_path / f"r{s}" for s in range(3)])
     assert "stand at steps [0, 8]: each step's runs train as a batch of their own" in capsys.readouterr().err
     for s, r in enumerate(resumed):
