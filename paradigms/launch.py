@@ -293,17 +293,24 @@ def node_gpus(spec: str) -> list[str]:
     """
     ids = gpu_ids(spec)
     given = os.environ.get("CUDA_VISIBLE_DEVICES")
-    visible = None if given is None else [s.strip() for s in given.split(",") if s.strip()]
+    visible = None
+    if given is not None:  # CUDA reads the entries up to the first that names no device ("-1", "NoDevFiles")
+        visible = []
+        for entry in (s.strip() for s in given.split(",")):
+            if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+                break
+            visible.append(entry)
     if ids is None:
         ids = visible if visible is not None else [str(i) for i in range(count_gpus())]
         if not ids:
-            where = "CUDA_VISIBLE_DEVICES is empty" if visible is not None else "nvidia-smi lists none"
+            where = (f"CUDA_VISIBLE_DEVICES={given!r} names none" if visible is not None
+                     else "nvidia-smi lists none")
             raise ValueError(f"--gpus all: this machine has no GPU for the study ({where}); use --jobs N on CPU")
     elif visible is not None:
         outside = [i for i in ids if i not in visible]
         if outside:
             raise ValueError(f"--gpus={spec}: {','.join(outside)} not among the GPUs this shell was given "
-                             f"(CUDA_VISIBLE_DEVICES={given}); name ids from it, or use --gpus all")
+                             f"(CUDA_VISIBLE_DEVICES={given}); name its integer ids, or use --gpus all")
     return ids
 
 
@@ -311,7 +318,7 @@ def cluster_threads(nodes: list[dict[str, float]], *, gpus: bool, per_gpu: int, 
     """Threads per run on a Ray cluster whose alive nodes have the ``{"CPU": n, "GPU": g}`` resources given: on
     GPUs, the fewest CPUs any GPU node has per run slot (node CPUs / (its GPUs x ``per_gpu``)), so that every slot
     fits its node; on CPU, the cluster's CPUs / ``jobs``, but no more than the largest node has (a run is one
-    process)."""
+    process; ``run_with_ray`` keeps at most ``jobs`` in flight)."""
     if gpus:
         shares = [int(n.get("CPU", 0) // (n["GPU"] * per_gpu)) for n in nodes if n.get("GPU", 0) >= 1]
         return max(1, min(shares, default=1))
@@ -406,12 +413,22 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
         task = ray.remote(_ray_task).options(**options)
         pending: dict[Any, RunSpec] = {}
         results = []
+        waiting = list(runs)
+        # on a cluster without GPUs the CPUs would hold more than ``jobs`` runs: at most ``jobs`` are in flight
+        limit = jobs if address is not None and not gpus else len(runs)
+
+        def submit() -> None:
+            run = waiting.pop(0)
+            pending[task.remote(run, threads, str(record) if record else None, bool(gpus))] = run
+
         try:
-            for r in runs:
-                pending[task.remote(r, threads, str(record) if record else None, bool(gpus))] = r
+            while waiting and len(pending) < limit:
+                submit()
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 run = pending.pop(done[0])
+                if waiting:
+                    submit()
                 try:
                     result = ray.get(done[0])
                 except Exception as err:  # noqa: BLE001 - a task that failed every retry: its run is reported
@@ -537,8 +554,8 @@ def submit_slurm(runs: list[RunSpec], folder: Path, options: dict[str, Any], nam
 
 
 def slurm_queued(record: Path, job_name: str) -> dict[str, str]:
-    """The run directories of earlier submissions (``record``: submissions.jsonl, each line's ``jobs[i]`` trains
-    ``runs[i]``) whose latest array task is still in Slurm's queue (pending, running, requeued: this user's jobs
+    """The run directories (resolved) of earlier submissions (``record``: submissions.jsonl, each line's ``jobs[i]``
+    trains ``runs[i]``) with an array task still in Slurm's queue (pending, running, requeued: this user's jobs
     named ``job_name`` that ``squeue`` lists), each with its task id. Such a run has no lock while it waits, so
     only the queue can tell that a new submission would train it twice.
 
@@ -550,23 +567,33 @@ def slurm_queued(record: Path, job_name: str) -> dict[str, str]:
 
     if not record.exists():
         return {}
-    latest: dict[str, str] = {}
+    tasks: dict[str, list[str]] = {}  # every task each run was submitted as (Slurm does not reuse job ids)
     for line in record.read_text().splitlines():
         if line.strip():
             entry = json.loads(line)
-            latest.update(zip(entry["runs"], entry["jobs"]))
-    if not latest:
+            for run_dir, job in zip(entry["runs"], entry["jobs"]):
+                tasks.setdefault(str(Path(run_dir).resolve()), []).append(str(job))
+    if not tasks:
         return {}
     if not shutil.which("squeue"):
         raise ValueError(f"{record} lists earlier submissions, and squeue is not found here to tell which of them "
                          "still wait in the queue: submit from a node with Slurm's commands")
-    proc = subprocess.run(["squeue", "--noheader", "--array", "--format=%i", f"--name={job_name}",
-                           f"--user={getpass.getuser()}"], capture_output=True, text=True, timeout=60)
+    try:
+        proc = subprocess.run(["squeue", "--noheader", "--array", "--format=%i", f"--name={job_name}",
+                               f"--user={getpass.getuser()}"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise ValueError("squeue did not answer in 60 s: cannot tell which earlier submissions still wait in the "
+                         "queue") from None
     if proc.returncode != 0:
         raise ValueError(f"squeue failed ({proc.stderr.strip() or proc.returncode}): cannot tell which earlier "
                          "submissions still wait in the queue")
     queued = {line.strip() for line in proc.stdout.splitlines() if line.strip()}
-    return {run_dir: job for run_dir, job in latest.items() if job in queued}
+    out = {}
+    for run_dir, jobs in tasks.items():
+        waiting = [job for job in jobs if job in queued]
+        if waiting:
+            out[run_dir] = waiting[-1]
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- status

@@ -311,11 +311,15 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
 
 def _touch_until(fd: int, stop: threading.Event) -> None:
     """``hold_lock``'s heartbeat: set the lock file's modification time to now until ``stop`` is set."""
+    warned = False
     while not stop.wait(LOCK_HEARTBEAT_S):
         try:
             os.utime(fd)
-        except OSError:  # a full or read-only disk: the run itself will say so; a missed beat only ages the lock
-            pass
+        except OSError as err:  # the lock ages: after LOCK_STALE_S another host's status calls the run stopped
+            if not warned:
+                print(f"[tiedlab] warning: cannot touch run.lock ({err}); another host may take this run for "
+                      "stopped after 10 minutes", file=sys.stderr, flush=True)
+                warned = True
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from tiedlab.core import BlockStats
 
 from . import rundir
 from .config import validate
-from .engine import _open_run_dir, _Run, _StopSignals, as_config
+from .engine import _open_run_dir, _Run, _StopSignals, as_config, reset_peak_memory
 from .shared_data import shared_data
 
 REPLICATE = ("seed", "run_dir")  # config keys that may differ between the runs of one batch (mask.seed: null only)
@@ -133,9 +133,11 @@ def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
         if len(at_step) > 1:
             print(f"[tiedlab] the seed batch's unfinished runs stand at steps {sorted(at_step)}: each step's runs "
                   "train as a batch of their own, one after the other", file=sys.stderr, flush=True)
-        for group in at_step.values():
+        for number, group in enumerate(at_step.values()):
             for _, run in group:
                 run.sessions[-1]["seed_batch"] = len(group)  # the batch it trains in this session
+            if number:  # a later group's peak is its own (every group's model stays in memory, as in one batch)
+                reset_peak_memory(group[0][1].device)
             if len(group) == 1:  # nothing to batch with: an ordinary run
                 (i, run), = group
                 results[i] = run.finish(*run.train(stop))

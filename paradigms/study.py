@@ -21,6 +21,7 @@ import contextlib
 import fnmatch
 import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -380,11 +381,15 @@ def submit_study(spec: dict[str, Any], runs: Path, args: argparse.Namespace) -> 
     options = launch.slurm_options(args.slurm_option)
     name = f"tiedlab-{spec.get('name', 'study')}"
     todo = _unfinished(spec.get("name", "study"), spec["grids"], runs, args)
-    if args.submitit_cluster in (None, "slurm"):  # submitit's local executor has no queue: its tasks start at once
+    # submitit's local executor (named, or chosen by its AutoExecutor where Slurm's sbatch is absent) has no queue
+    slurm = args.submitit_cluster == "slurm" or (args.submitit_cluster is None and shutil.which("sbatch"))
+    if todo and slurm and not args.dry_run:
         queued = launch.slurm_queued(runs / ".submitit" / "submissions.jsonl", name)
-        for run in [r for r in todo if r.run_dir in queued]:
-            print(f"= {run.name}: in Slurm's queue as task {queued[run.run_dir]}; left to it", flush=True)
-        todo = [r for r in todo if r.run_dir not in queued]
+        left = [r for r in todo if str(Path(r.run_dir).resolve()) in queued]
+        for run in left:
+            print(f"= {run.name}: in Slurm's queue as task {queued[str(Path(run.run_dir).resolve())]}; left to it",
+                  flush=True)
+        todo = [r for r in todo if r not in left]
     if args.dry_run or not todo:
         print(f"[tiedlab] {len(todo)} runs to submit; options {options}", flush=True)
         for run in todo if args.dry_run else []:

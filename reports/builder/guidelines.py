@@ -15,7 +15,7 @@ RULE = ("For each budget (the smallest, median and largest cell mean over the ce
         "proxy; DEQ cells are left out of this budget, as their count is one application of the map their solve "
         "applies many times) and training seconds), the cell with the best mean val primary metric among cells "
         "whose mean cost is within the budget (preferring cells none of whose runs diverged, then cells with >= 2 seeds; a "
-        "pick's diverged runs are shown beside it).")
+        "pick's diverged runs are shown beside it; a cell with fewer runs had fewer chances to diverge).")
 # budgets a DEQ cell is not priced under: its params/nonzero counts one application of its map, not a solve's
 NOT_FOR_DEQ = ("params/nonzero",)
 

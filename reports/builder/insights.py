@@ -243,7 +243,8 @@ def insight2(cells: list[Cell]) -> list[Comparison]:
             ahead_missed = {"holds": missed[a], "fails": missed[b]}.get(comparison.verdict, 0)
             if not any(run.curve(x) for c in (a, b) for run in c.completed):
                 comparison = dataclasses.replace(comparison, verdict="inconclusive",
-                                                 reason="no time curves (a rebuild from summary.json)")
+                                                 reason="no time curves (the runs' histories hold none, as in a "
+                                                        "rebuild from summary.json)")
             elif ahead_missed:
                 comparison = dataclasses.replace(
                     comparison, verdict="inconclusive",

@@ -358,9 +358,9 @@ def late_change(run: Any, key: str) -> float | None:
 
 def late_changes(run: Any) -> dict[str, float] | None:
     """``late_change`` of every numeric key of the run's history (what a summary keeps for a rebuild's convergence
-    notes); None without a history."""
+    notes; {} for a run without a history, None for a rebuilt run whose summary kept none)."""
     if not getattr(run, "history", None):
-        return getattr(run, "late_changes", None)
+        return getattr(run, "late_changes", None) if getattr(run, "from_summary", False) else {}
     keys = sorted({k for h in run.history for k, v in h.items() if k != "step" and isinstance(v, (int, float))})
     moves = {k: late_change(run, k) for k in keys}
     return {k: v for k, v in moves.items() if v is not None}

@@ -402,7 +402,8 @@ def cell_blocks(report: Any) -> list[Block]:
         for c in cells:
             n, apart, reps = len(c.completed), len(c.not_at_equilibrium), len(c.replicates())
             # intervals are over replicates (seeds, folds): run directories of one seed are one replicate
-            shown_n = (f"{n} runs, {reps} seeds" if reps != n else str(n)) + (
+            unit = "seeds" if all(isinstance(k, tuple) and k[1] is None for k in c.replicates()) else "replicates"
+            shown_n = (f"{n} runs, {reps} {unit}" if reps != n else str(n)) + (
                 f" (+{apart} not at equilibrium)" if apart else "")
             rows.append([c.label, fmt(c.depth), fmt(c.width), *([c.other] if show_other else []), shown_n,
                          fmt_stat(c.primary("val"), n), fmt_stat(c.primary("test"), n),

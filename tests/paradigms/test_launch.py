@@ -101,17 +101,19 @@ def test_a_lock_left_on_another_host_counts_as_running_only_while_its_holder_tou
 
 def test_runs_still_in_slurms_queue_are_not_submitted_again(tmp_path, monkeypatch):
     """A queued or requeued array task holds no lock yet: only squeue tells that a rerun would train it twice."""
+    a, b, c = (str((tmp_path / "runs" / name).resolve()) for name in "abc")
     record = tmp_path / "submissions.jsonl"
-    record.write_text(json.dumps({"jobs": ["77_0", "77_1", "77_2"], "runs": ["a", "b", "c"]}) + "\n"
-                      + json.dumps({"jobs": ["81_0"], "runs": ["c"]}) + "\n")
+    record.write_text(json.dumps({"jobs": ["77_0", "77_1", "77_2"], "runs": [a, b, c]}) + "\n"
+                      + json.dumps({"jobs": ["81_0"], "runs": [str(tmp_path / "runs" / "." / "c")]}) + "\n")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     squeue = bin_dir / "squeue"
     squeue.write_text("#!/bin/sh\necho \"$@\" > " + str(tmp_path / "args") + "\nprintf '77_1\\n77_2\\n99_0\\n'\n")
     squeue.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    # b waits in the queue; c's latest task (81_0) is gone although 77_2 (an older one) is listed; a is done
-    assert launch.slurm_queued(record, "tiedlab-toy") == {"b": "77_1"}
+    # b waits in the queue; so does c's first task (77_2), though its resubmission (81_0, spelled another way) is
+    # gone: either would train c; a is done
+    assert launch.slurm_queued(record, "tiedlab-toy") == {b: "77_1", c: "77_2"}
     assert "--name=tiedlab-toy" in (tmp_path / "args").read_text()
     assert launch.slurm_queued(tmp_path / "none.jsonl", "tiedlab-toy") == {}
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
@@ -127,9 +129,14 @@ def test_gpus_are_those_this_shell_was_given_and_ray_cluster_threads_fit_a_node(
     assert launch.node_gpus("all") == ["2", "3"] and launch.node_gpus("3") == ["3"]
     with pytest.raises(ValueError, match=r"--gpus=0,1: 0,1 not among the GPUs this shell was given"):
         launch.node_gpus("0,1")
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    with pytest.raises(ValueError, match=r"no GPU for the study \(CUDA_VISIBLE_DEVICES is empty\)"):
-        launch.node_gpus("all")
+    for none in ("", "-1", "NoDevFiles"):  # CUDA's ways of saying "no GPU"
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", none)
+        with pytest.raises(ValueError, match=rf"no GPU for the study \(CUDA_VISIBLE_DEVICES='{none}' names none\)"):
+            launch.node_gpus("all")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,-1,1")  # CUDA stops at the first entry that names no device
+    assert launch.node_gpus("all") == ["0"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-5e1a,MIG-77")
+    assert launch.node_gpus("all") == ["GPU-5e1a", "MIG-77"]
     four = [{"CPU": 16.0}] * 4
     assert launch.cluster_threads(four, gpus=False, per_gpu=1, jobs=2) == 16  # not 32: a run is one process
     assert launch.cluster_threads(four, gpus=False, per_gpu=1, jobs=8) == 8

@@ -563,7 +563,7 @@ def test_time_to_target_does_not_call_a_side_ahead_on_runs_that_never_reached_it
     assert seconds["verdict"] == "inconclusive" and "3 run(s) of the side ahead never reached" in seconds["reason"]
     build_report([], tmp_path / "again", from_summary=tmp_path / "out" / "summary.json")
     assert {c["reason"] for c in insight2(tmp_path / "again" / "summary.json")} == {
-        "no time curves (a rebuild from summary.json)"}
+        "no time curves (the runs' histories hold none, as in a rebuild from summary.json)"}
 
 
 def test_the_cell_table_counts_seeds_where_run_directories_repeat_one(tmp_path):
