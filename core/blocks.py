@@ -211,7 +211,8 @@ class Block(nn.Module):
     def param_counts(self) -> dict[str, int]:
         """Parameters four ways: unique (stored), dense (as if every layer had its own cell), nonzero
         (entries not masked out, summed over layers) and used (stored entries that at least one layer keeps:
-        a shared 0.5 mask leaves half of W unused, distinct masks at depth 4 about 6%)."""
+        a shared 0.5 mask leaves half of W unused, distinct masks at depth 4 about 6%; under a weight or spectral
+        norm every stored entry is used: the norm of W, masked-out entries included, scales what the mask keeps)."""
         per_cell = sum(p.numel() for p in self.cells[0].parameters()) + sum(p.numel() for p in self.norms[0].parameters())
         unique = sum(p.numel() for p in self.parameters())
         dense = per_cell * self.layers
@@ -222,7 +223,9 @@ class Block(nn.Module):
         for i in range(self.layers):
             kept = sum(int(self.masks.mask(i, n).count_nonzero()) for n in self.masks.names)
             nonzero += per_cell - masked_total + kept
-        if self.spec.mode == "explicit":  # every layer has its own weights: what it keeps is what it uses
+        if self.spec.norm != "none":  # normed before masking (``CellNorm``): the masked-out entries move the output
+            used = unique
+        elif self.spec.mode == "explicit":  # every layer has its own weights: what it keeps is what it uses
             used = nonzero
         else:
             used = unique - masked_total + self.masks.used(min(self.layers, self.masks.num_masks))

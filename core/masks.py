@@ -153,8 +153,11 @@ class MaskSpec:
 
 
 def maskable_weights(cell: nn.Module, min_dim: int = 2) -> dict[str, torch.Tensor]:
-    """The cell's parameters with at least ``min_dim`` dims, by the names functional_call takes."""
-    return {name: p for name, p in cell.named_parameters() if p.dim() >= min_dim}
+    """The cell's weights: its parameters with at least ``min_dim`` dims, by the names functional_call takes, less
+    those a cell names as no weight matrix with a method ``not_weights() -> [name]`` (GAT's attention vectors,
+    (1, heads, C)). Masks and weight or spectral norms apply to these."""
+    skip = set(cell.not_weights()) if hasattr(cell, "not_weights") else set()
+    return {name: p for name, p in cell.named_parameters() if p.dim() >= min_dim and name not in skip}
 
 
 class MaskSet(nn.Module):

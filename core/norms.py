@@ -71,7 +71,8 @@ NORM_KINDS = ("none", *NORMS)
 
 
 class CellNorm(nn.Module):
-    """The normalisation of every weight of one cell with at least ``min_dim`` dims.
+    """The normalisation of every weight of one cell (``masks.maskable_weights``: at least ``min_dim`` dims, less
+    what the cell names in ``not_weights()``).
 
     ``forward(cell)`` returns {name: normalised weight} for ``functional_call``.
     """
@@ -81,7 +82,9 @@ class CellNorm(nn.Module):
         if kind not in NORM_KINDS:
             raise ValueError(f"norm {kind!r} is not valid; choose one of {NORM_KINDS}")
         self.kind = kind
-        self.names = [n for n, p in cell.named_parameters() if p.dim() >= min_dim] if kind != "none" else []
+        from .masks import maskable_weights  # the weights a mask would cover: the same ones are normed
+
+        self.names = list(maskable_weights(cell, min_dim)) if kind != "none" else []
         params = dict(cell.named_parameters())
         self.norms = nn.ModuleDict({n.replace(".", "__"): NORMS[kind](params[n]) for n in self.names})
 

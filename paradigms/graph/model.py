@@ -104,6 +104,10 @@ class GraphCell(nn.Module):
         self.inject = nn.Linear(width, width) if inject == "linear" else nn.Identity()
         self.norm = make_norm(norm, width)
 
+    def not_weights(self) -> list[str]:
+        """GAT's attention vectors ((1, heads, C)): not weight matrices, so neither masked nor normed."""
+        return [n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1] in ("att_src", "att_dst", "att_edge")]
+
     def forward(self, z: Tensor, x: Tensor, edge_index: Tensor, drop: Tensor | None = None) -> Tensor:
         h = z.reshape(-1, self.width)
         u = self.inject(x.reshape(-1, self.width))

@@ -11,8 +11,8 @@ from .aggregate import Cell, best, groups
 BUDGETS: tuple[tuple[str, str], ...] = (("params/unique", "unique params"), ("params/nonzero", "nonzero params"),
                                         ("time/train_s", "training s"))
 RULE = ("For each budget (the smallest, median and largest cell mean over the cells' completed runs, for unique "
-        "(stored) parameters, nonzero parameters (kept by the masks, summed over the unrolled layers: the FLOPs' "
-        "proxy; DEQ cells are left out of this budget, as their count is one application of the map their solve "
+        "(stored) parameters, nonzero parameters (kept by the masks, summed over the unrolled layers: a proxy "
+        "of the weights' FLOPs, in which embeddings, stem and head count by size, not cost; DEQ cells are left out of this budget, as their count is one application of the map their solve "
         "applies many times) and training seconds), the cell with the best mean val primary metric among cells "
         "whose mean cost is within the budget (preferring cells none of whose runs diverged, then cells with >= 2 seeds; a "
         "pick's diverged runs are shown beside it; a cell with fewer runs had fewer chances to diverge).")

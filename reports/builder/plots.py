@@ -422,8 +422,8 @@ def capacity_series(cells: list[Cell]) -> dict[tuple[Any, str, Any, str], list[C
 
 
 def plot_capacity(cells: list[Cell], path: Path, title: str, colors: dict[str, str] | None = None) -> bool:
-    """Training-set loss (``fit/loss``) against nonzero parameters (summed over layers: proportional to FLOPs per
-    sample), one panel per depth: dense tied models over width, shared and distinct masks over density, disjoint
+    """Training-set loss (``fit/loss``) against nonzero parameters (summed over layers: a proxy of the weights'
+    FLOPs per sample, in which an embedding lookup or a stem or head counts by its size, not its cost), one panel per depth: dense tied models over width, shared and distinct masks over density, disjoint
     masks and explicit layers (``capacity_series``); mean over seeds with +-1 std bars, single seeds faint. Capacity
     reads as the lower envelope: the arm lowest at a given nonzero count fits best per FLOP. DEQ cells are left
     out: their count is one application of the map, which their solve applies many times."""

@@ -138,6 +138,18 @@ def test_params_used_counts_the_union_of_kept_entries():
     assert distinct.param_counts()["used"] == int(union)
     plain = build_block(cell, dict(mode="tied", depth=4))
     assert plain.param_counts()["used"] == 16
+    # a weight norm of W (masked-out entries included) scales what the mask keeps: every stored entry is used
+    normed = build_block(cell, dict(mode="tied", depth=4, norm="weight", mask=dict(mode="shared", sparsity=0.5)))
+    counts = normed.param_counts()
+    assert counts["used"] == counts["unique"] > 16 and counts["nonzero"] < counts["dense"]
+    torch.manual_seed(0)
+    tanh = build_block(lambda: TanhCell(6), dict(mode="tied", depth=3, norm="weight",
+                                                 mask=dict(mode="shared", sparsity=0.5)))
+    x = torch.randn(3, 6, dtype=torch.float64)
+    before = tanh(x)[0]
+    with torch.no_grad():  # only entries the mask removes
+        tanh.cells[0].W[tanh.masks.mask(0, "W") == 0] *= 3.0
+    assert not torch.allclose(tanh(x)[0], before)
 
 
 def test_masks_differ_between_seeds_and_come_back_from_a_state_dict():

@@ -82,6 +82,18 @@ def test_other_convs_run_every_mode(conv):
                    blocks=("explicit", "tied_distinct_mask", "deq_fixed_point_onestep"), overfit_steps=20)
 
 
+def test_gat_attention_vectors_are_neither_masked_nor_normed():
+    """They are (1, heads, C) vectors, not weight matrices: an N:M mask could not even fit them."""
+    from tiedlab.core import MaskSet, MaskSpec
+    from tiedlab.core.norms import CellNorm
+    from tiedlab.paradigms.graph.model import GraphCell
+
+    cell = GraphCell(8, "gat", heads=2)
+    masks = MaskSet(cell, MaskSpec(mode="distinct", kind="nm", n=2, m=4), num_masks=2)
+    assert masks.names == ["conv.lin.weight", "inject.weight"]
+    assert CellNorm(cell, "spectral").names == ["conv.lin.weight", "inject.weight"]
+
+
 @pytest.mark.parametrize("data,conv,head", [({"name": "cora"}, "gcn", "conv"), ({"name": "MUTAG"}, "gin", "linear")])
 def test_embed_width_fixes_the_stem_and_the_head(data, conv, head):
     """model.embed_width: the stem and the head at one width whatever the cell's, joined to the cell by two bias-free
