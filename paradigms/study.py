@@ -49,11 +49,39 @@ def load_study(name: str) -> dict[str, Any]:
     if not path.exists():
         valid = sorted(p.stem for p in folder.glob("*.yaml"))
         raise ValueError(f"unknown study {name!r}; valid studies: {valid}")
-    study = yaml.safe_load(path.read_text())
+    return read_study_file(path)
+
+
+def read_study_file(path: Path, runnable: bool = True) -> dict[str, Any]:
+    """A study file, checked before any run: its structure, grid names, primary comparisons (their arms' ``where``
+    against the grids' sweeps) and budget checks. ``runnable=False`` (``tiedlab-report --study``: a re-analysis of
+    runs that exist) checks that it is a YAML mapping alone; the report checks its comparisons.
+
+    Raises:
+        ValueError: one line naming the file and what is wrong in it.
+    """
+    try:
+        study = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(study, dict):
+        raise ValueError(f"{path} must hold a mapping with the keys {sorted(STUDY_KEYS)}, not {type(study).__name__}")
+    if not runnable:
+        return study
     unknown = sorted(set(study) - set(STUDY_KEYS))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in {path}; valid keys: {sorted(STUDY_KEYS)}")
+    grids = study.get("grids")
+    if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) and g.get("name") for g in grids):
+        raise ValueError(f"{path}: grids must be a list of mappings, each with a name")
+    names = [str(g["name"]) for g in grids]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{path}: grid name(s) {twice} appear more than once (a grid's name is its runs' folder)")
     for grid in study["grids"]:
+        if not isinstance(grid.get("sweep") or {}, dict) or not isinstance(grid.get("overrides") or [], list):
+            raise ValueError(f"grid {grid['name']!r} of {path}: sweep must be a mapping (key: [values]) and "
+                             "overrides a list")
         bad = sorted(set(grid) - {"name", "optional", "overrides", "sweep"})
         if bad:
             raise ValueError(f"unknown key(s) {bad} in grid {grid.get('name')!r} of {path}; valid keys: "
@@ -66,15 +94,40 @@ def load_study(name: str) -> dict[str, Any]:
     if read:
         raise ValueError(f"optional grid(s) {read} of {path} are read by a primary comparison: a registered "
                          "comparison's grids run by default, so drop 'optional' or the comparison")
-    if study.get("budget_checks"):  # a malformed check fails here, before any run
+    if study.get("primary") is not None or study.get("budget_checks"):  # malformed ones fail here, before any run
         from tiedlab.reports.budget import load_budget_checks
         from tiedlab.reports.primary import load_primaries
 
         try:
-            load_budget_checks(study, load_primaries(study))
+            primaries = load_primaries(study)
+            load_budget_checks(study, primaries)
+            check_arms(study, primaries)
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
     return study
+
+
+def check_arms(study: dict[str, Any], primaries: list[Any]) -> None:
+    """Each primary arm's ``where`` names keys its grid sweeps, with values it sweeps: a typo would select no run
+    (and the comparison read nothing, registered as it is).
+
+    Raises:
+        ValueError: naming the comparison, the arm, the key or value and what the grid sweeps.
+    """
+    from tiedlab.reports.primary import same_value
+
+    sweeps = {g["name"]: g.get("sweep") or {} for g in study["grids"]}
+    for p in primaries:
+        for side, arm in (("a", p.a), ("b", p.b)):
+            sweep = sweeps.get(arm.grid, {})
+            for key, value in arm.where:
+                if key not in sweep:
+                    raise ValueError(f"primary {p.key} arm {side}: where {key}={value!r}, but grid {arm.grid!r} does "
+                                     f"not sweep {key} (it sweeps {sorted(sweep)})")
+                values = sweep[key] if isinstance(sweep[key], list) else [sweep[key]]
+                if not any(same_value(str(v), value) for v in values):
+                    raise ValueError(f"primary {p.key} arm {side}: where {key}={value!r}, which grid {arm.grid!r} "
+                                     f"does not sweep (its values: {values})")
 
 
 def optional_grids(study: dict[str, Any]) -> list[str]:
@@ -192,24 +245,51 @@ def study(argv: list[str] | None = None) -> int:
     parser.add_argument("--until-decided", action="store_true",
                         help="after the grids, add seed rounds to the arms of undetermined primary comparisons until "
                              "each is decided or has --max-seeds seeds (group-sequential: alpha split over the looks)")
-    parser.add_argument("--max-seeds", type=int, default=10, help="seeds per arm at most (--until-decided)")
-    parser.add_argument("--seed-step", type=int, default=2, help="seeds added per round (--until-decided)")
+    parser.add_argument("--max-seeds", type=int, default=None, help="seeds per arm at most (--until-decided; 10)")
+    parser.add_argument("--seed-step", type=int, default=None, help="seeds added per round (--until-decided; 2)")
     parser.add_argument("--budget-min", type=float, default=None,
                         help="with --until-decided: wall minutes for this command; each look advances only the "
                              "undetermined comparisons whose new runs fit the time left, cheapest first (estimated "
                              "from finished runs of the same cells, as --plan does)")
     args = parser.parse_intermixed_args(argv)  # overrides before or after the flags
     launcher = choose_launcher(args)
+    given = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("max_seeds", "seed_step", "budget_min")
+             if getattr(args, k) is not None]
+    if given and not args.until_decided:
+        raise ValueError(f"{', '.join(given)} shape the looks of --until-decided: use them with it")
+    args.max_seeds = 10 if args.max_seeds is None else args.max_seeds
+    args.seed_step = 2 if args.seed_step is None else args.seed_step
+    if args.budget_min is not None and not args.budget_min > 0:
+        raise ValueError(f"--budget-min={args.budget_min} must be a positive number of minutes")
+    if args.grids is not None and not args.grids.strip(","):
+        raise ValueError(f"--grids={args.grids!r} names no grid (leave it out to run the study's default grids)")
+    if args.status and (args.plan or args.dry_run or args.until_decided or args.step_times is not None):
+        raise ValueError("--status reads the run directories: --plan, --dry-run, --until-decided and --step-times "
+                         "do not apply to it")
+    if args.plan and (args.dry_run or args.seed_batch is not None):
+        raise ValueError("--plan prints the plan and runs nothing: --dry-run and --seed-batch do not apply to it")
     spec = load_study(args.name)
     runs = Path(args.runs or Path(os.environ.get("TIEDLAB_RUNS", "runs")) / "study" / args.name)
+    if args.ray_address:  # the workers start in the directory their `ray start` ran in, not this one
+        runs = runs.absolute()
     full = dict(spec)
     spec["grids"] = select_grids(spec, args.grids.split(",")) if args.grids else default_grids(spec)
+    recorded = runs / STUDY_FILE
+    if recorded.exists():  # a folder of another study, whatever is asked of it
+        other = (yaml.safe_load(recorded.read_text()) or {}).get("name")
+        if other != spec.get("name"):
+            raise ValueError(f"{runs} holds the runs of study {other!r}, not {spec.get('name')!r}; use another --runs "
+                             "folder")
     if args.status:
         return print_status(spec, runs, args.overrides)
     if args.step_times is not None and not args.plan:
         raise ValueError(f"--step-times={args.step_times} prices a plan: use it with --plan")
     # runs at once: --jobs, or --per-gpu on each listed GPU (--gpus all counts as one GPU: a safe underestimate)
     slots = args.jobs if args.gpus is None else (args.per_gpu or 1) * max(1, len(args.gpus.split(",")))
+    if args.plan or args.dry_run:  # what the command would register must pass the checks the run makes (a plan's
+        # looks: planned_looks checks them against the recorded ones)
+        check_study_file(runs, full, sequential_plan(full, args.max_seeds, args.seed_step)
+                         if args.until_decided and args.dry_run else None)
     if args.plan:
         from .plan import format_plan, load_step_times, study_plan
 
@@ -221,8 +301,6 @@ def study(argv: list[str] | None = None) -> int:
         if left_out:
             print(f"optional grids, not in this plan (select them with --grids): {', '.join(left_out)}")
         return 0
-    if args.budget_min is not None and (not args.until_decided or args.budget_min <= 0):
-        raise ValueError(f"--budget-min={args.budget_min} needs --until-decided and a positive number of minutes")
     plan = sequential_plan(full, args.max_seeds, args.seed_step) if args.until_decided else None
     held = contextlib.ExitStack()
     if plan is not None and not args.dry_run:  # one --until-decided command on a runs folder at a time: each reads
@@ -253,8 +331,11 @@ def study(argv: list[str] | None = None) -> int:
             from tiedlab.reports.cli import main as report_main
 
             command = shlex.join(["tiedlab-study", *(argv if argv is not None else sys.argv[1:])])
-            report_main([str(runs), "--out", args.out or f"reports/studies/{args.name}",
-                         "--title", f"study {args.name}", "--command", command])
+            reported = report_main([str(runs), "--out", args.out or f"reports/studies/{args.name}",
+                                    "--title", f"study {args.name}", "--command", command])
+            if reported:
+                print(f"[tiedlab] the report of study {args.name} failed (exit {reported})", flush=True)
+                return 1
         return 1 if failures or counts["failed"] or counts["unreadable"] else 0
 
 
@@ -400,7 +481,7 @@ def submit_study(spec: dict[str, Any], runs: Path, args: argparse.Namespace) -> 
     ids = [str(j.job_id) for j in jobs]
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "submissions.jsonl", "a") as fh:
-        fh.write(json.dumps({"time": time.time(), "jobs": ids, "runs": [r.run_dir for r in todo],
+        fh.write(json.dumps({"time": time.time(), "jobs": ids, "runs": [str(Path(r.run_dir).absolute()) for r in todo],
                              "options": options}) + "\n")
     first = ids[0].split("_")[0]
     print(f"[tiedlab] submitted {len(todo)} runs of study {spec.get('name')} as job array {first} "
@@ -475,10 +556,23 @@ def write_study_file(runs: Path, spec: dict[str, Any], plan: dict[str, int] | No
     report reads the pre-registered comparisons and the looks from the runs folder itself.
 
     Raises:
-        ValueError: the folder already holds another study, or a sequential plan other than this one, or runs of
-            the study's primary grids made without a plan (a fixed design: its verdicts are read at full alpha).
+        ValueError: as ``check_study_file``.
     """
+    record = check_study_file(runs, spec, plan)
     runs.mkdir(parents=True, exist_ok=True)
+    rundir.atomic_write_bytes(runs / STUDY_FILE, yaml.safe_dump(record, sort_keys=False).encode())
+
+
+def check_study_file(runs: Path, spec: dict[str, Any], plan: dict[str, int] | None) -> dict[str, Any]:
+    """What ``write_study_file`` would record, after its checks against the study the runs folder recorded
+    (nothing is written: ``--plan`` and ``--dry-run`` check too).
+
+    Raises:
+        ValueError: the folder already holds another study, or a sequential plan other than this one, or runs of
+            the study's primary grids made without a plan (a fixed design: its verdicts are read at full alpha), or
+            a registered comparison, a primary grid or a budget check that changed (``check_registration``,
+            ``check_primary_grids``, ``check_budget_checks``).
+    """
     path = runs / STUDY_FILE
     record = {**spec, **({"sequential": plan} if plan else {})}
     if path.exists():
@@ -501,7 +595,7 @@ def write_study_file(runs: Path, spec: dict[str, Any], plan: dict[str, int] | No
         check_registration(runs, old.get("primary") or {}, spec.get("primary") or {}, spec.get("name"))
         check_primary_grids(runs, old, spec)
         check_budget_checks(runs, old.get("budget_checks") or [], spec.get("budget_checks") or [], spec.get("name"))
-    rundir.atomic_write_bytes(path, yaml.safe_dump(record, sort_keys=False).encode())
+    return record
 
 
 def primary_grids(spec: dict[str, Any]) -> set[str]:

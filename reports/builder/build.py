@@ -86,11 +86,11 @@ def find_study(paths: Iterable[str | Path], study: str | Path | None = None) -> 
                 if carried:
                     return carried
     if study is not None:
+        from tiedlab.paradigms.study import load_study, read_study_file
+
         path = Path(study)
         if path.suffix in (".yaml", ".yml") and path.is_file():
-            return yaml.safe_load(path.read_text())
-        from tiedlab.paradigms.study import load_study
-
+            return read_study_file(path, runnable=False)
         return load_study(str(study))
     found = {}
     for p in paths:

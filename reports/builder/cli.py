@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"tiedlab-report: {err}", file=sys.stderr)
         return 2
+    except (FileExistsError, NotADirectoryError) as err:  # --out (or a folder above it) is a file
+        print(f"tiedlab-report: error: --out {args.out}: {err.strerror}: {err.filename}", file=sys.stderr)
+        return 2
     except ValueError as err:  # a malformed study file or primary comparison
         print(f"tiedlab-report: error: {err}", file=sys.stderr)
         return 2

@@ -323,7 +323,7 @@ def test_budget_min_does_not_start_a_look_estimated_to_end_past_it(tmp_path, mon
     wanted = {"cheap": cells("tied"), "dear": cells("tied", "deq"), "free": cells()}
     assert study_module.fit_look_to_budget(study, wanted, grids, runs, [], 1, 40.0) == ({"cheap", "free"}, ["dear"])
     assert study_module.fit_look_to_budget(study, wanted, grids, runs, [], 1, 110.0)[0] == {"cheap", "dear", "free"}
-    with pytest.raises(ValueError, match="--budget-min=0.001 needs --until-decided"):
+    with pytest.raises(ValueError, match="--budget-min=0.001 shape the looks of --until-decided"):
         study_module.study(["toy", "--runs", str(runs), "--no-report", "--budget-min", "0.001"])
     # the same command with time to spare takes the skipped look, and the record no longer says it was skipped
     assert study_module.study(args[:-2] + ["--budget-min", "60"]) == 0
