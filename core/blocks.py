@@ -211,8 +211,9 @@ class Block(nn.Module):
     def param_counts(self) -> dict[str, int]:
         """Parameters four ways: unique (stored), dense (as if every layer had its own cell), nonzero
         (entries not masked out, summed over layers) and used (stored entries that at least one layer keeps:
-        a shared 0.5 mask leaves half of W unused, distinct masks at depth 4 about 6%; under a weight or spectral
-        norm every stored entry is used: the norm of W, masked-out entries included, scales what the mask keeps)."""
+        a shared 0.5 mask leaves half of W unused, distinct masks at depth 4 about 6%; W is normed before it is
+        masked, so under a spectral norm every stored entry is used, and under a weight norm every entry of an
+        output row a mask keeps any of)."""
         per_cell = sum(p.numel() for p in self.cells[0].parameters()) + sum(p.numel() for p in self.norms[0].parameters())
         unique = sum(p.numel() for p in self.parameters())
         dense = per_cell * self.layers
@@ -223,12 +224,16 @@ class Block(nn.Module):
         for i in range(self.layers):
             kept = sum(int(self.masks.mask(i, n).count_nonzero()) for n in self.masks.names)
             nonzero += per_cell - masked_total + kept
-        if self.spec.norm != "none":  # normed before masking (``CellNorm``): the masked-out entries move the output
+        if self.spec.norm == "spectral":  # normed before masking (``CellNorm``): sigma of all of W scales the output
             used = unique
-        elif self.spec.mode == "explicit":  # every layer has its own weights: what it keeps is what it uses
+        elif self.spec.mode == "explicit" and self.spec.norm == "none":  # its own weights: what it keeps it uses
             used = nonzero
-        else:
-            used = unique - masked_total + self.masks.used(min(self.layers, self.masks.num_masks))
+        elif self.spec.mode == "explicit":  # a weight norm: every entry of a row its layer's mask keeps any of
+            used = unique - masked_total * self.layers + sum(self.masks.used([i], whole_rows=True)
+                                                             for i in range(self.layers))
+        else:  # under a weight norm, the whole of each row a layer keeps any of (the row's norm reads it)
+            used = unique - masked_total + self.masks.used(min(self.layers, self.masks.num_masks),
+                                                           whole_rows=self.spec.norm == "weight")
         return {"unique": unique, "dense": dense, "nonzero": nonzero, "used": used}
 
     def extra_repr(self) -> str:

@@ -228,14 +228,19 @@ class MaskSet(nn.Module):
         return {name: weights[name] * self.mask(i, name) * self.scales[(i, name)]
                 if self.scales[(i, name)] != 1.0 else weights[name] * self.mask(i, name) for name in self.names}
 
-    def used(self, layers: int) -> int:
-        """Entries of the masked weights that at least one of the first ``layers`` layers keeps."""
+    def used(self, layers: int | range | list[int], whole_rows: bool = False) -> int:
+        """Entries of the masked weights that at least one of ``layers`` (a count: the first ones) keeps; with
+        ``whole_rows``, every entry of an output row one of them keeps any of (a weight norm reads the whole row)."""
         total = 0
         for name in self.names:
             union = torch.zeros_like(self.mask(0, name), dtype=torch.bool)
-            for i in range(layers):
+            for i in range(layers) if isinstance(layers, int) else layers:
                 union |= self.mask(i, name) != 0
-            total += int(union.sum())
+            if whole_rows:
+                rows = union.reshape(union.shape[0], -1)
+                total += int(rows.any(dim=1).sum()) * rows.shape[1]
+            else:
+                total += int(union.sum())
         return total
 
     def zero_fraction(self) -> float:

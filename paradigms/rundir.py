@@ -318,7 +318,7 @@ def _touch_until(fd: int, stop: threading.Event) -> None:
         except OSError as err:  # the lock ages: after LOCK_STALE_S another host's status calls the run stopped
             if not warned:
                 print(f"[tiedlab] warning: cannot touch run.lock ({err}); another host may take this run for "
-                      "stopped after 10 minutes", file=sys.stderr, flush=True)
+                      f"stopped after {LOCK_STALE_S / 60:g} minutes", file=sys.stderr, flush=True)
                 warned = True
 
 

@@ -116,7 +116,8 @@ def check_arms(study: dict[str, Any], primaries: list[Any]) -> None:
     """
     from tiedlab.reports.primary import same_value
 
-    sweeps = {g["name"]: g.get("sweep") or {} for g in study["grids"]}
+    # a swept +key or ~key names its runs' folders without the sign (``primary.run_values``)
+    sweeps = {g["name"]: {str(k).lstrip("+~"): v for k, v in (g.get("sweep") or {}).items()} for g in study["grids"]}
     for p in primaries:
         for side, arm in (("a", p.a), ("b", p.b)):
             sweep = sweeps.get(arm.grid, {})
@@ -286,17 +287,17 @@ def study(argv: list[str] | None = None) -> int:
         raise ValueError(f"--step-times={args.step_times} prices a plan: use it with --plan")
     # runs at once: --jobs, or --per-gpu on each listed GPU (--gpus all counts as one GPU: a safe underestimate)
     slots = args.jobs if args.gpus is None else (args.per_gpu or 1) * max(1, len(args.gpus.split(",")))
-    if args.plan or args.dry_run:  # what the command would register must pass the checks the run makes (a plan's
-        # looks: planned_looks checks them against the recorded ones)
-        check_study_file(runs, full, sequential_plan(full, args.max_seeds, args.seed_step)
-                         if args.until_decided and args.dry_run else None)
+    if args.plan:
+        looks = planned_looks(runs, full, args)  # a plan other than the recorded one: said the plan's way
+    if args.plan or args.dry_run:  # what the command would register must pass the checks the run makes
+        check_study_file(runs, full, sequential_plan(full, args.max_seeds, args.seed_step) if args.until_decided
+                         else None)
     if args.plan:
         from .plan import format_plan, load_step_times, study_plan
 
         step_times = load_step_times(args.step_times, args.name) if args.step_times is not None else None
         print(f"study {spec.get('name')} in {runs}")
-        print(format_plan(study_plan(spec, runs, args.overrides, step_times, full, planned_looks(runs, full, args)),
-                          slots=slots))
+        print(format_plan(study_plan(spec, runs, args.overrides, step_times, full, looks), slots=slots))
         left_out = [g for g in optional_grids(full) if g not in {grid["name"] for grid in spec["grids"]}]
         if left_out:
             print(f"optional grids, not in this plan (select them with --grids): {', '.join(left_out)}")
@@ -462,8 +463,8 @@ def submit_study(spec: dict[str, Any], runs: Path, args: argparse.Namespace) -> 
     options = launch.slurm_options(args.slurm_option)
     name = f"tiedlab-{spec.get('name', 'study')}"
     todo = _unfinished(spec.get("name", "study"), spec["grids"], runs, args)
-    # submitit's local executor (named, or chosen by its AutoExecutor where Slurm's sbatch is absent) has no queue
-    slurm = args.submitit_cluster == "slurm" or (args.submitit_cluster is None and shutil.which("sbatch"))
+    # submitit's local executor (named, or chosen by its AutoExecutor where Slurm's srun is absent) has no queue
+    slurm = args.submitit_cluster == "slurm" or (args.submitit_cluster is None and shutil.which("srun"))
     if todo and slurm and not args.dry_run:
         queued = launch.slurm_queued(runs / ".submitit" / "submissions.jsonl", name)
         left = [r for r in todo if str(Path(r.run_dir).resolve()) in queued]

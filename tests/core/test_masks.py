@@ -138,10 +138,15 @@ def test_params_used_counts_the_union_of_kept_entries():
     assert distinct.param_counts()["used"] == int(union)
     plain = build_block(cell, dict(mode="tied", depth=4))
     assert plain.param_counts()["used"] == 16
-    # a weight norm of W (masked-out entries included) scales what the mask keeps: every stored entry is used
-    normed = build_block(cell, dict(mode="tied", depth=4, norm="weight", mask=dict(mode="shared", sparsity=0.5)))
-    counts = normed.param_counts()
-    assert counts["used"] == counts["unique"] > 16 and counts["nonzero"] < counts["dense"]
+    # W is normed before it is masked: sigma of all of W scales what the mask keeps (every stored entry is used);
+    # a weight norm reads each output row whole (every entry of a row the mask keeps any of)
+    spectral = build_block(cell, dict(mode="tied", depth=4, norm="spectral", mask=dict(mode="shared", sparsity=0.75,
+                                                                                         seed=1)))
+    assert spectral.param_counts()["used"] == 16
+    normed = build_block(cell, dict(mode="tied", depth=4, norm="weight", mask=dict(mode="shared", sparsity=0.75,
+                                                                                   seed=1)))
+    rows = int((normed.masks.mask(0, "weight") != 0).any(dim=1).sum())
+    assert rows < 4 and normed.param_counts()["used"] == 4 + 4 * rows  # the 4 row gains, and the rows kept
     torch.manual_seed(0)
     tanh = build_block(lambda: TanhCell(6), dict(mode="tied", depth=3, norm="weight",
                                                  mask=dict(mode="shared", sparsity=0.5)))

@@ -104,7 +104,8 @@ def test_runs_still_in_slurms_queue_are_not_submitted_again(tmp_path, monkeypatc
     a, b, c = (str((tmp_path / "runs" / name).resolve()) for name in "abc")
     record = tmp_path / "submissions.jsonl"
     record.write_text(json.dumps({"jobs": ["77_0", "77_1", "77_2"], "runs": [a, b, c]}) + "\n"
-                      + json.dumps({"jobs": ["81_0"], "runs": [str(tmp_path / "runs" / "." / "c")]}) + "\n")
+                      + json.dumps({"jobs": ["81_0"], "runs": ["runs/c"]}) + "\n")  # relative, as records were
+    monkeypatch.chdir(tmp_path)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     squeue = bin_dir / "squeue"

@@ -59,6 +59,10 @@ def test_the_good_file_reads_and_numbers_match_as_numbers(tmp_path):
     widths["grids"][0]["sweep"]["model.width"] = [8, 16]
     widths["primary"]["comparisons"][0]["a"] = {"grid": "g", "where": {"block": "tied", "model.width": "8.0"}}
     study_module.read_study_file(write(tmp_path, yaml.safe_dump(widths)))
+    added = yaml.safe_load(yaml.safe_dump(GOOD))  # a swept +key names its runs' folders without the sign
+    added["grids"][0]["sweep"]["+train.extra"] = [1, 2]
+    added["primary"]["comparisons"][0]["b"] = {"grid": "g", "where": {"block": "deq", "train.extra": 2}}
+    study_module.read_study_file(write(tmp_path, yaml.safe_dump(added)))
 
 
 @pytest.mark.parametrize("argv,match", [
@@ -87,6 +91,12 @@ def test_plan_and_dry_run_refuse_what_the_run_would(tmp_path, monkeypatch):
     for flag in ("--plan", "--dry-run"):
         with pytest.raises(ValueError, match="registered"):
             study_module.study(["toy", "--runs", str(runs), flag])
+    write(tmp_path, yaml.safe_dump(GOOD))  # a fixed design's runs, then a plan of looks: refused as the run would
+    (runs / "g" / "block=tied,seed=0").mkdir(parents=True)
+    (runs / "g" / "block=tied,seed=0" / "config.yaml").write_text("seed: 0\n")
+    for flag in ("--plan", "--dry-run"):
+        with pytest.raises(ValueError, match=r"made without --until-decided"):
+            study_module.study(["toy", "--runs", str(runs), flag, "--until-decided"])
     other = tmp_path / "other"
     other.mkdir()
     (other / "study.yaml").write_text(yaml.safe_dump({"name": "demo"}))
