@@ -178,8 +178,8 @@ def validate(cfg: Any) -> BlockSpec:
         raise ValueError(f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
     if o.warmup_steps < 0:
         raise ValueError(f"optim.warmup_steps={o.warmup_steps} must be >= 0")
-    if t.time_limit_s is not None and not t.time_limit_s > 0:
-        raise ValueError(f"train.time_limit_s={t.time_limit_s} must be > 0 or null")
+    if t.time_limit_s is not None and not t.time_limit_s >= 0:  # 0: stop after the first step (tests use it)
+        raise ValueError(f"train.time_limit_s={t.time_limit_s} must be >= 0 or null")
     if o.clip is not None and not o.clip > 0:
         raise ValueError(f"optim.clip={o.clip} must be > 0 or null")
     if t.batch_size < 1:

@@ -242,7 +242,7 @@ def test_a_warm_up_as_long_as_the_run_is_named(tmp_path, capsys):
 
 @pytest.mark.parametrize("changes,match", [
     ({"optim.warmup_steps": -1}, r"optim.warmup_steps=-1 must be >= 0"),
-    ({"train.time_limit_s": 0}, r"train.time_limit_s=0(\.0)? must be > 0 or null"),
+    ({"train.time_limit_s": -1}, r"train.time_limit_s=-1(\.0)? must be >= 0 or null"),
 ])
 def test_a_schedule_or_time_limit_that_cannot_work_is_refused(tmp_path, changes, match):
     with pytest.raises(ValueError, match=match):
