@@ -28,7 +28,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -495,6 +495,17 @@ def _train_locked(cfg: DictConfig, spec: BlockSpec, run_dir: Path, overrides: li
     return result
 
 
+class _Pending(NamedTuple):
+    """One training step's records not yet read from the device (``_Run._flush`` reads them)."""
+
+    loss: torch.Tensor  # the task loss
+    jacobian: torch.Tensor | None  # the Hutchinson estimate of the Jacobian penalty, if the block made one
+    metrics: dict[str, Any]
+    stats: list[BlockStats]
+    warm: bool  # a DEQ warm-up step (unrolled, not solved)
+    seconds: float  # its share of the training clock
+
+
 @dataclass
 class _Opened:
     """What the run directory holds before training: the previous metrics.json, the config's fingerprint,
@@ -607,9 +618,7 @@ class _Run:
         self.log_every = cfg.train.log_every if cfg.train.log_every is not None else max(1, self.total_steps // 10)
         # Steps whose task loss, Jacobian estimate (None: none), metrics and block statistics are still on the device,
         # read together by ``_flush``, each with whether it was a warm-up step (unrolled, not solved).
-        # per step not yet read: task loss, Jacobian estimate, metrics, block statistics, warm-up?, its seconds
-        self.pending: list[tuple[torch.Tensor, torch.Tensor | None, dict[str, Any], list[BlockStats], bool,
-                                 float]] = []
+        self.pending: list[_Pending] = []
         self.last_val: dict[str, Any] = {}  # the latest in-loop validation record of this process
         self.probe = EquilibriumProbe(cfg, self.paradigm, self.model, self.data, self.recorder,
                                       self.autocast) if spec.mode == "deq" else None
@@ -792,7 +801,7 @@ class _Run:
             loop.warmup_s += seconds
         loop.step += 1
         loop.samples += self.data.samples_per_step
-        self.pending.append((loss, jacobian, metrics, stats, warm, seconds))
+        self.pending.append(_Pending(loss, jacobian, metrics, stats, warm, seconds))
         solving = self.spec.mode == "deq" and not self.warming_up  # the next step solves (the last warm-up step's
         if solving or world.parallel or self.progress is not None:  # read too: pending never mixes the two phases)
             return self._flush(stop)
@@ -820,10 +829,10 @@ class _Run:
             torch.cuda.synchronize(self.device)
             waited = time.perf_counter() - t0
             loop.train_s += waited
-            if pending[0][4] and loop.warmup_s is not None:  # the wait of warm-up steps (never mixed with solving)
+            if pending[0].warm and loop.warmup_s is not None:  # the wait of warm-up steps (never mixed with solving)
                 loop.warmup_s += waited
         # each step's task loss and Jacobian estimate (the loss again in its place when there is none)
-        values = [v for p in pending for v in (p[0], p[0] if p[1] is None else p[1])]
+        values = [v for p in pending for v in (p.loss, p.loss if p.jacobian is None else p.jacobian)]
         read = torch.stack([v.detach().to("cpu", torch.float64).reshape(()) for v in values]).tolist()
         losses, estimates = read[0::2], read[1::2]
         first = loop.step - len(pending) + 1
@@ -836,9 +845,9 @@ class _Run:
             if why:
                 loop.step = step - 1  # the run's last finite step (the ones after it are not counted, nor their time)
                 uncounted = pending[i:]
-                loop.train_s -= sum(p[-1] for p in uncounted)
+                loop.train_s -= sum(p.seconds for p in uncounted)
                 if loop.warmup_s is not None:
-                    loop.warmup_s -= sum(p[-1] for p in uncounted if p[4])
+                    loop.warmup_s -= sum(p.seconds for p in uncounted if p.warm)
                 loop.samples -= len(uncounted) * self.data.samples_per_step
                 return f"{why} at step {step}"
             block_stats = summarize(calls)

@@ -275,12 +275,7 @@ def study(argv: list[str] | None = None) -> int:
         runs = runs.absolute()
     full = dict(spec)
     spec["grids"] = select_grids(spec, args.grids.split(",")) if args.grids else default_grids(spec)
-    recorded = runs / STUDY_FILE
-    if recorded.exists():  # a folder of another study, whatever is asked of it
-        other = (yaml.safe_load(recorded.read_text()) or {}).get("name")
-        if other != spec.get("name"):
-            raise ValueError(f"{runs} holds the runs of study {other!r}, not {spec.get('name')!r}; use another --runs "
-                             "folder")
+    check_same_study(runs, spec.get("name"))  # whatever is asked of the folder
     if args.status:
         return print_status(spec, runs, args.overrides)
     if args.step_times is not None and not args.plan:
@@ -467,11 +462,11 @@ def submit_study(spec: dict[str, Any], runs: Path, args: argparse.Namespace) -> 
     slurm = args.submitit_cluster == "slurm" or (args.submitit_cluster is None and shutil.which("srun"))
     if todo and slurm and not args.dry_run:
         queued = launch.slurm_queued(runs / ".submitit" / "submissions.jsonl", name)
-        left = [r for r in todo if str(Path(r.run_dir).resolve()) in queued]
-        for run in left:
-            print(f"= {run.name}: in Slurm's queue as task {queued[str(Path(run.run_dir).resolve())]}; left to it",
-                  flush=True)
-        todo = [r for r in todo if r not in left]
+        waiting = {r.name: queued.get(str(Path(r.run_dir).resolve())) for r in todo}
+        for run_name, task in waiting.items():
+            if task:
+                print(f"= {run_name}: in Slurm's queue as task {task}; left to it", flush=True)
+        todo = [r for r in todo if not waiting[r.name]]
     if args.dry_run or not todo:
         print(f"[tiedlab] {len(todo)} runs to submit; options {options}", flush=True)
         for run in todo if args.dry_run else []:
@@ -564,6 +559,21 @@ def write_study_file(runs: Path, spec: dict[str, Any], plan: dict[str, int] | No
     rundir.atomic_write_bytes(runs / STUDY_FILE, yaml.safe_dump(record, sort_keys=False).encode())
 
 
+def check_same_study(runs: Path, name: Any) -> dict[str, Any] | None:
+    """The study the runs folder recorded (None: none yet).
+
+    Raises:
+        ValueError: it recorded another study.
+    """
+    path = runs / STUDY_FILE
+    if not path.exists():
+        return None
+    old = yaml.safe_load(path.read_text()) or {}
+    if old.get("name") != name:
+        raise ValueError(f"{runs} holds the runs of study {old.get('name')!r}, not {name!r}; use another --runs folder")
+    return old
+
+
 def check_study_file(runs: Path, spec: dict[str, Any], plan: dict[str, int] | None) -> dict[str, Any]:
     """What ``write_study_file`` would record, after its checks against the study the runs folder recorded
     (nothing is written: ``--plan`` and ``--dry-run`` check too).
@@ -576,11 +586,8 @@ def check_study_file(runs: Path, spec: dict[str, Any], plan: dict[str, int] | No
     """
     path = runs / STUDY_FILE
     record = {**spec, **({"sequential": plan} if plan else {})}
-    if path.exists():
-        old = yaml.safe_load(path.read_text()) or {}
-        if old.get("name") != spec.get("name"):
-            raise ValueError(f"{runs} holds the runs of study {old.get('name')!r}, not {spec.get('name')!r}; "
-                             "use another --runs folder")
+    old = check_same_study(runs, spec.get("name"))
+    if old is not None:
         if old.get("sequential") and plan and old["sequential"] != plan:
             raise ValueError(f"{path} was run with the sequential plan {old['sequential']}, not {plan}: the looks "
                              "of a group-sequential design are fixed in advance; rerun with the same --max-seeds "
