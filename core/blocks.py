@@ -21,7 +21,7 @@ from .masks import MaskSet, masked_call
 from .norms import CellNorm
 from .solvers import SolverSpec, get_solver
 from .spec import BlockSpec
-from .stats import BlockStats, residuals
+from .stats import BlockStats, SolverStats, residuals
 
 CellFactory = Callable[[], nn.Module]
 
@@ -54,10 +54,16 @@ class Block(nn.Module):
         self.warmup_depth = 0
 
     def _resolve(self) -> None:
-        """Registries looked up once per spec: the backward mode and the adjoint solver (default: the forward
-        one)."""
-        self._backward = GRAD_MODES[self.spec.grad.mode]
-        self._adjoint = get_solver(self.spec.grad.solver) if self.spec.grad.solver else self.spec.solver.function
+        """Registries looked up once per spec: the backward mode and the adjoint solver. Without a solver of its
+        own the adjoint is the forward solver as configured: its options (a fixed-point iteration's damping,
+        Anderson's memory and mixing, ``sample_dims``), with ``grad.options`` over them."""
+        grad = self.spec.grad
+        self._backward = GRAD_MODES[grad.mode]
+        if grad.solver:
+            self._adjoint, self._grad = get_solver(grad.solver), grad
+        else:
+            self._adjoint = self.spec.solver.function
+            self._grad = dataclasses.replace(grad, options={**self.spec.solver.options, **grad.options})
 
     @contextlib.contextmanager
     def solved_with(self, solver: SolverSpec, grad: GradSpec) -> Iterator["Block"]:
@@ -159,7 +165,8 @@ class Block(nn.Module):
     def equilibrium(self, x: torch.Tensor, z0: torch.Tensor | None = None, *, power_iters: int = 20,
                     rel_residual: float = 1e-2, **ctx: Any) -> dict[str, float]:
         """How well a DEQ's solve reaches its fixed point at input ``x``, with the budget of the current mode:
-        ``rel_residual`` (mean relative residual at z*), ``converged_fraction`` (samples within ``rel_residual``)
+        ``rel_residual`` (mean relative residual at z*), ``converged_fraction`` (systems within ``rel_residual``:
+        samples, or positions and nodes under the solver's ``sample_dims=2``)
         and ``spectral_norm`` (the largest per-sample estimate of ||df/dz|| at z*, ``power_iters`` steps of power
         iteration; > 1: the map does not contract there). Parameters' gradients are not touched.
 
@@ -171,7 +178,8 @@ class Block(nn.Module):
         z = torch.zeros_like(x) if z0 is None else z0
         with torch.no_grad():
             z_star, _ = self.spec.solver.solve(f, z.detach(), training=self.training)
-            out = residual_metrics(f(z_star), z_star, rel_residual)
+            out = residual_metrics(f(z_star), z_star, rel_residual,
+                                   sample_dims=int(self.spec.solver.options.get("sample_dims", 1)))
         out["spectral_norm"] = spectral_norm_at(lambda v: f(v), z_star, iters=power_iters).max().item()
         return out
 
@@ -198,10 +206,11 @@ class Block(nn.Module):
             if self.training and spec.jacobian_samples > 0:
                 stats.jacobian_loss = jacobian_frobenius(f0, z0, spec.jacobian_samples)
 
-        def on_backward(nfe: int) -> None:  # the adjoint's VJPs, plus the one through f0
-            stats.nfe_backward = (nfe + 1) * k
+        def on_backward(adjoint: SolverStats) -> None:  # the adjoint's VJPs, plus the one through f0
+            stats.nfe_backward = (adjoint.nfe + 1) * k
+            stats.adjoint_rel_residual = adjoint.rel_residual
 
-        out, extra_forward, backward = self._backward(f, z_star, spec.grad, self._adjoint, on_backward, f0=f0, z0=z0)
+        out, extra_forward, backward = self._backward(f, z_star, self._grad, self._adjoint, on_backward, f0=f0, z0=z0)
         stats.nfe_forward += extra_forward * k
         if backward is not None:
             stats.nfe_backward = backward * k

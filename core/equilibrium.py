@@ -2,8 +2,9 @@
 
 Four measurements, each cheap enough for evaluation or an occasional probe batch:
 
-- ``residual_metrics``: the mean relative residual ||f(z) - z|| / ||f(z)|| and the fraction of samples
-  whose own relative residual is within a threshold (the converged fraction);
+- ``residual_metrics``: the mean relative residual ||f(z) - z|| / ||f(z)|| and the fraction of systems
+  (samples, or positions and nodes where the solver solves per position) whose own relative residual is within
+  a threshold (the converged fraction);
 - ``spectral_norm_at``: a power-iteration estimate of ||df/dz||_2 at z, per sample (> 1 means the map
   is not a contraction there, and the fixed point may be unstable or absent);
 - ``gradient_cosine``: the cosine between two parameter gradients (the budgeted one and a
@@ -65,17 +66,25 @@ class EquilibriumThresholds:
 METRIC_KEYS = tuple(f.name for f in fields(EquilibriumThresholds))
 
 
-def residual_metrics(fz: torch.Tensor, z: torch.Tensor, rel_residual: float = 1e-2) -> dict[str, float]:
-    """The mean relative residual and the fraction of samples whose relative residual is <= ``rel_residual``.
+def residual_metrics(fz: torch.Tensor, z: torch.Tensor, rel_residual: float = 1e-2,
+                     sample_dims: int = 1) -> dict[str, float]:
+    """The mean relative residual and the fraction of systems whose relative residual is <= ``rel_residual``.
 
-    Pass the thresholds' ``rel_residual`` so the converged fraction is measured against the level
-    ``equilibrium_flags`` judges (a solver's own ``converged`` counts against its tol instead).
+    A system is what the solver solves for on its own: the first ``sample_dims`` dimensions index systems, as the
+    solvers' option of that name does (1: one per sample; 2: one per position of a sequence, or per node of a
+    graph), so one far-off position is not averaged away in its sequence's norm. Pass the thresholds'
+    ``rel_residual`` so the converged fraction is measured against the level ``equilibrium_flags`` judges (a
+    solver's own ``converged`` counts against its tol instead).
 
-    Shapes: fz, z: (B, ...), one sample per leading index -> {"rel_residual", "converged_fraction"}
+    Shapes: fz, z: (B, ...), one system per index of the first ``sample_dims`` dims -> {"rel_residual",
+    "converged_fraction"}
     """
     if fz.shape != z.shape:
         raise ValueError(f"f(z) has shape {tuple(fz.shape)} but z has {tuple(z.shape)}; they must match")
-    _, rel = residuals(fz.detach(), z.detach())
+    if isinstance(sample_dims, bool) or not isinstance(sample_dims, int) or not 1 <= sample_dims <= z.dim():
+        raise ValueError(f"sample_dims={sample_dims!r} must be an integer in [1, {z.dim()}] (the state's dims)")
+    systems = (-1, *z.shape[sample_dims:]) if sample_dims < z.dim() else (-1, 1)
+    _, rel = residuals(fz.detach().reshape(systems), z.detach().reshape(systems))
     return {"rel_residual": rel.mean().item(), "converged_fraction": (rel <= rel_residual).float().mean().item()}
 
 

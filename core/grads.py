@@ -2,8 +2,9 @@
 
 Each takes the map ``f`` (with grad to its parameters and injected input) and the solver's fixed point
 ``z_star`` (no graph), and returns ``z``: the value of f(z*) (or of the last unrolled step) with a
-graph whose backward computes the chosen gradient. ``implicit_backward`` reports the number of
-vector-Jacobian products its adjoint solve cost through ``on_backward(nfe)`` when the backward runs.
+graph whose backward computes the chosen gradient. ``implicit_backward`` reports its adjoint solve (the
+vector-Jacobian products it cost and how close it came: its ``SolverStats``) through ``on_backward(stats)`` when
+the backward runs.
 
 - ``ift``: implicit function theorem. The incoming gradient g is replaced by the solution y of the
   adjoint fixed point y = g + J^T y (J = df/dz at z*), found with any registered solver.
@@ -21,6 +22,7 @@ from typing import Callable, Optional
 import torch
 
 from .solvers import SolverFn, check_solver_options, get_solver
+from .stats import SolverStats
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 
@@ -34,8 +36,8 @@ class GradSpec:
         solver: the adjoint solver for ift (None: the forward solver).
         max_iter, tol: the adjoint solve's budget (ift).
         steps, tau: unrolled steps and damping (phantom).
-        options: the adjoint solver's own options (checked against the forward solver when ``solver`` is None,
-            by ``BlockSpec``).
+        options: the adjoint solver's own options (with ``solver`` None: laid over the forward solver's options,
+            which the adjoint then uses as the forward solve does, checked by ``BlockSpec``).
 
     The config's ``grad`` node has exactly these fields.
     """
@@ -79,7 +81,7 @@ class _AdjointIdentity(torch.autograd.Function):
 
 
 def implicit_backward(
-    f: Map, z_star: torch.Tensor, spec: GradSpec, adjoint: SolverFn, on_backward: Callable[[int], None],
+    f: Map, z_star: torch.Tensor, spec: GradSpec, adjoint: SolverFn, on_backward: Callable[[SolverStats], None],
     f0: torch.Tensor | None = None, z0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int, Optional[int]]:
     """f(z*) whose backward solves y = g + J^T y at z* with the ``adjoint`` solver function.
@@ -87,8 +89,8 @@ def implicit_backward(
     One evaluation ``f0 = f(z0)`` with ``z0 = z*.detach().requires_grad_()`` serves both as the output
     (its graph carries the gradient to the parameters and the injected input) and for the adjoint's
     vector-Jacobian products. The caller passes ``f0, z0`` in when it built them already (the block does:
-    they serve the Jacobian penalty too) and counts that evaluation; the adjoint's VJPs are reported through
-    ``on_backward(nfe)`` when the backward runs.
+    they serve the Jacobian penalty too) and counts that evaluation; the adjoint solve's ``SolverStats`` (its
+    VJPs, its residual) are reported through ``on_backward(stats)`` when the backward runs.
 
     Returns: (output, extra map evaluations in the forward pass, None: backward counted by ``on_backward``).
 
@@ -105,7 +107,7 @@ def implicit_backward(
             return torch.autograd.grad(f0, z0, y, retain_graph=True)[0] + grad
 
         y, stats = adjoint(adjoint_map, grad, max_iter=spec.max_iter, tol=spec.tol, stop_mode="rel", **spec.options)
-        on_backward(stats.nfe)
+        on_backward(stats)
         return y
 
     return _AdjointIdentity.apply(f0, solve), extra, None

@@ -58,11 +58,14 @@ class SpectralNorm(nn.Module):
         self.u.copy_(F.normalize(mat @ self.v, dim=0, eps=self.eps))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        mat = weight.reshape(weight.shape[0], -1)
-        if self.training:
-            self._power_step(mat.detach())
-        sigma = torch.dot(self.u, mat @ self.v)
-        return weight / sigma
+        # in the weight's own precision, autocast or not: sigma from bf16 products would be off by ~1e-2 and its
+        # dot with the float32 vectors fails (the cell's products under autocast are unaffected)
+        with torch.autocast(weight.device.type, enabled=False):
+            mat = weight.reshape(weight.shape[0], -1)
+            if self.training:
+                self._power_step(mat.detach())
+            sigma = torch.dot(self.u, mat @ self.v)
+            return weight / sigma
 
 
 # The normalisations, by the name a BlockSpec's ``norm`` takes ("none": the weights as they are).

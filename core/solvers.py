@@ -117,7 +117,8 @@ def _finite(v: object) -> bool:
 # The solvers' own options and the values each may take (checked on a spec's creation and on every call).
 OPTION_RANGES: dict[str, tuple[Callable[[object], bool], str]] = {
     "memory": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
-    "lam": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    # > 0: a held system repeats its last column, and lam = 0 leaves the bordered matrix exactly singular
+    "lam": (lambda v: _finite(v) and v > 0, "a finite number > 0 (the regulariser of the least-squares solve)"),
     "beta": (lambda v: _finite(v) and 0 < v <= 1, "in (0, 1] (0 never leaves z0)"),
     "damping": (lambda v: _finite(v) and 0 < v <= 1, "in (0, 1] (0 never leaves z0)"),
     "eps": (lambda v: _finite(v) and v > 0, "a finite number > 0"),

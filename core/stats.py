@@ -35,7 +35,9 @@ class BlockStats:
 
     NFE counts cell applications, so an L-layer tied block has ``nfe_forward == L`` and a DEQ whose
     map is a cycle of K masked cells counts K per solver step. ``nfe_backward`` is filled in when the
-    backward pass runs (vector-Jacobian products for ``ift``, unrolled steps for ``phantom``).
+    backward pass runs (vector-Jacobian products for ``ift``, unrolled steps for ``phantom``), and with it, for
+    ``ift``, ``adjoint_rel_residual``: the adjoint solve's mean relative residual (nan for the other modes and
+    before a backward; an adjoint that does not converge gives a gradient that is not the implicit one).
 
     For explicit and tied blocks the residual is that of the last layer, ``||z_L - z_{L-1}||``, which
     tells whether the unrolled iteration has settled; for DEQ it is the solver's residual.
@@ -57,6 +59,7 @@ class BlockStats:
     abs_residual: float = float("nan")
     rel_residual: float = float("nan")
     converged: float = float("nan")
+    adjoint_rel_residual: float = float("nan")
     sparsity: float = 0.0
     jacobian_loss: Optional[torch.Tensor] = None
 
@@ -77,6 +80,7 @@ class BlockStats:
             "core/abs_residual": float(self.abs_residual),
             "core/rel_residual": float(self.rel_residual),
             "core/converged": float(self.converged),
+            "core/adjoint_rel_residual": float(self.adjoint_rel_residual),
             "core/sparsity": float(self.sparsity),
         }
         if self.jacobian_loss is not None:

@@ -161,6 +161,7 @@ def summarize(stats: list[BlockStats], prefix: str = "core/") -> dict[str, float
         f"{prefix}abs_residual": mean([s.abs_residual for s in stats]),
         f"{prefix}rel_residual": mean([s.rel_residual for s in stats]),
         f"{prefix}converged": mean([s.converged for s in stats]),
+        f"{prefix}adjoint_rel_residual": mean([s.adjoint_rel_residual for s in stats]),
         f"{prefix}sparsity": mean([s.sparsity for s in stats]),
         # How far the residual grew during a solve (max over the trace / first): > 1 means it blew up; a non-finite
         # residual anywhere in the trace is infinite growth (Python's max would skip a NaN after the first entry).

@@ -211,7 +211,7 @@ def test_stats_dict_has_the_engine_keys():
     (dict(solver=dict(tol=float("inf"))), r"solver tol=inf must be a finite number >= 0"),
     (dict(grad=dict(tol=-1.0)), r"grad tol=-1.0 must be a finite number >= 0"),
     (dict(solver=dict(options=dict(beta=0.0))), r"solver option beta=0.0 must be in \(0, 1\]"),
-    (dict(solver=dict(options=dict(lam=-1e-3))), r"solver option lam=-0.001 must be a finite number >= 0"),
+    (dict(solver=dict(options=dict(lam=-1e-3))), r"solver option lam=-0.001 must be a finite number > 0"),
     (dict(solver=dict(name="broyden", options=dict(eps=0.0))), r"solver option eps=0.0 must be a finite number > 0"),
     (dict(solver=dict(name="fixed_point", options=dict(damping=1.5))), r"solver option damping=1.5 must be in"),
     (dict(grad=dict(solver="anderson", options=dict(memory=0))), r"solver option memory=0 must be an integer >= 1"),
@@ -240,3 +240,17 @@ def test_state_dict_round_trip_restores_masks_and_weights():
     b.load_state_dict(copy.deepcopy(a.state_dict()))
     x = torch.randn(2, 8, dtype=torch.float64)
     torch.testing.assert_close(a(x)[0], b(x)[0])
+
+
+def test_spectral_norm_under_bf16_autocast_is_the_full_precision_one():
+    """A GPU run trains under bf16 autocast: sigma is computed in the weight's precision there too (from bf16
+    products its dot with the float32 vectors failed, and sigma would be off by ~1e-2)."""
+    torch.manual_seed(0)
+    block = build_block(lambda: TanhCell(dim=8, scale=3.0, dtype=torch.float32), dict(mode="tied", depth=2, norm="spectral"))
+    plain = copy.deepcopy(block)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        normed = block.norms[0](block.cells[0])
+    expected = plain.norms[0](plain.cells[0])
+    for name in expected:
+        assert normed[name].dtype == torch.float32
+        torch.testing.assert_close(normed[name], expected[name], rtol=0, atol=0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from support.cells import TanhCell
-from tiedlab.core import (Block, BlockSpec, EquilibriumThresholds, equilibrium_flags, gradient_cosine, residual_metrics,
+from tiedlab.core import (Block, BlockSpec, build_block, EquilibriumThresholds, equilibrium_flags, gradient_cosine, residual_metrics,
                           spectral_norm_at)
 from tiedlab.core.solvers import anderson
 
@@ -198,3 +198,43 @@ def test_spectral_norm_needs_no_double_backward_and_matches_the_exact_jacobian_o
         jac = torch.autograd.functional.jacobian(lambda v: torch.tanh(v @ W.T + x[i]), z[i])
         exact = torch.linalg.matrix_norm(jac, 2).item()
         assert abs(est[i].item() - exact) <= 1e-3 * exact, (i, est[i].item(), exact)
+
+
+def test_residual_metrics_count_each_system_the_solver_solves():
+    """Per position under sample_dims=2: one position 5x off the threshold in every sequence is 1 of 64 systems
+    unconverged, not hidden in its sequence's norm (per sequence it would pass: about 0.05 / 8)."""
+    z = torch.randn(4, 64, 16)
+    fz = z.clone()
+    fz[:, 10] = z[:, 10] * (1 + 0.05 / (1 - 0.05))  # relative residual |fz - z| / |fz| = 0.05 at position 10
+    per_sequence = residual_metrics(fz, z, 1e-2)
+    per_position = residual_metrics(fz, z, 1e-2, sample_dims=2)
+    assert per_sequence["converged_fraction"] == 1.0 and per_sequence["rel_residual"] < 1e-2
+    assert per_position["converged_fraction"] == pytest.approx(63 / 64)
+    assert per_position["rel_residual"] == pytest.approx(0.05 / 64, rel=1e-4)
+    with pytest.raises(ValueError, match=r"sample_dims=4 must be an integer in \[1, 3\]"):
+        residual_metrics(fz, z, sample_dims=4)
+
+
+class _SlowPosition(torch.nn.Module):
+    """f(z) = c_t z + x per position t of a (B, T, d) state: c = 0.1, but 0.97 at position 10 (slow to converge)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.register_buffer("c", torch.full((16, 1), 0.1).index_fill_(0, torch.tensor([10]), 0.97))
+
+    def forward(self, z, x):
+        return self.w * self.c * z + x
+
+
+def test_a_deq_solved_per_position_is_judged_per_position():
+    """``Block.equilibrium`` measures the systems its solver solves (``sample_dims=2``: positions): the one slow
+    position of each sequence is unconverged after 8 iterations, which a per-sequence residual hides."""
+    solver = dict(name="fixed_point", max_iter=8, tol=1e-12, options={"sample_dims": 2})
+    block = build_block(_SlowPosition, dict(mode="deq", solver=solver)).eval()
+    x = torch.ones(3, 16, 4)
+    x[:, 10] = 0.03  # z* = 1 there, about as large as elsewhere (1.11): its residual does not dominate the norm
+    health = block.equilibrium(x, power_iters=2, rel_residual=1e-2)
+    assert health["converged_fraction"] == pytest.approx(15 / 16)
+    per_sequence = build_block(_SlowPosition, dict(mode="deq", solver={**solver, "options": {}})).eval()
+    assert per_sequence.equilibrium(x, power_iters=2, rel_residual=1e-2)["converged_fraction"] == 1.0

@@ -106,3 +106,36 @@ def test_ift_backward_nfe_is_recorded_when_backward_runs():
     assert stats.nfe_backward == 0
     z.sum().backward()
     assert 2 < stats.nfe_backward < 60
+
+
+class _Flip(torch.nn.Module):
+    """f(z) = a z + x with a = -1.5: undamped iteration diverges (|a| > 1), damping 0.7 contracts (|1 - 0.7 * 2.5| =
+    0.75), and the fixed point z* = x / 2.5 has dz*/dx = 0.4 exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(-1.5, dtype=torch.float64))
+
+    def forward(self, z, x):
+        return self.a * z + x
+
+
+def test_the_adjoint_solves_with_the_forward_solvers_options_and_records_its_residual():
+    """Without a solver of its own the adjoint is the forward solver as configured (here its damping, without which
+    y = g + J^T y diverges like the forward iteration would): the exact gradient, and the adjoint's residual
+    recorded; an explicit grad option overrides the forward one, and the non-converged adjoint shows."""
+    solver = dict(name="fixed_point", max_iter=200, tol=1e-12, stop_mode="abs", options={"damping": 0.7})
+    block = build_block(_Flip, dict(mode="deq", solver=solver, grad=dict(mode="ift", max_iter=200, tol=1e-12)))
+    x = torch.ones(2, 3, dtype=torch.float64, requires_grad=True)
+    z, stats = block(x)
+    torch.testing.assert_close(z, x.detach() / 2.5)
+    assert stats.adjoint_rel_residual != stats.adjoint_rel_residual  # nan before the backward
+    z.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 0.4))
+    assert stats.adjoint_rel_residual < 1e-10 and stats.as_dict()["core/adjoint_rel_residual"] < 1e-10
+    undamped = build_block(_Flip, dict(mode="deq", solver=solver,
+                                       grad=dict(mode="ift", max_iter=200, tol=1e-12, options={"damping": 1.0})))
+    x.grad = None
+    z, stats = undamped(x)
+    z.sum().backward()
+    assert not torch.allclose(x.grad, torch.full_like(x, 0.4)) and stats.adjoint_rel_residual > 0.1

@@ -83,6 +83,9 @@ def test_registry_errors_name_the_valid_choices():
         get_solver("anderson")(lambda z: z, torch.zeros(2, 2), stop_mode="max")
     with pytest.raises(ValueError, match="max_iter=0"):
         get_solver("broyden")(lambda z: z, torch.zeros(2, 2), max_iter=0)
+    # a held system repeats its last column: without the regulariser the bordered matrix is exactly singular
+    with pytest.raises(ValueError, match=r"solver option lam=0.0 must be a finite number > 0"):
+        check_solver_options("anderson", {"lam": 0.0})
 
 
 def _spread_linear_maps(rho: float, dim: int = 64, batch: int = 4, seeds: int = 8):
