@@ -942,8 +942,9 @@ def fit_look_to_budget(spec: dict[str, Any], wanted: dict[str, Cells], grids: di
                        extra: list[str], jobs: int, left_s: float) -> tuple[set[str], list[str]]:
     """Which comparisons a look can advance within ``left_s`` seconds: cheapest first (a comparison's runs at
     ``look_cost_s``), each taken while the union of the taken ones' runs still fits; one whose runs cannot be
-    estimated is not taken. What is skipped depends on costs only, never on results, so the looks' alpha split
-    holds. Returns (keys taken, keys skipped)."""
+    estimated is not taken. What is skipped depends on the estimated costs and on which comparisons are still
+    undecided, not on their interim effects; each planned look is read at alpha / looks whichever looks a
+    comparison takes, so the split holds. Returns (keys taken, keys skipped)."""
     from .plan import run_costs
 
     measured = run_costs(spec, runs, extra)  # read once: every estimate below draws on the same finished runs

@@ -411,7 +411,41 @@ def _values(spec: PrimarySpec, runs: list[RunLike], notes: list[str], side: str)
                      f"({', '.join(sorted({r.status for r in skipped}))})")
     merged, merge_notes = stats.merge_duplicates(grouped)
     notes.extend(f"arm {side}: {n}" for n in merge_notes)
-    return merged
+    return seeds_over_folds(merged, notes, side)
+
+
+def seeds_over_folds(values: dict[Hashable, float], notes: list[str], side: str) -> dict[Hashable, float]:
+    """One value per seed: the mean over a seed's data folds where the runs sweep ``data.fold`` (the folds of one
+    seed share its initialisation and most of their training data, so counting (seed, fold) pairs as independent
+    replicates reads a k-fold t test at several times its alpha); ids without a fold are kept as they are."""
+    if not any(isinstance(k, tuple) and k[-1] is not None for k in values):
+        return values
+    by_seed: dict[Hashable, list[float]] = {}
+    for key, value in values.items():
+        by_seed.setdefault((key[0], None) if isinstance(key, tuple) else key, []).append(value)
+    folds = sorted({len(v) for v in by_seed.values()})
+    notes.append(f"arm {side}: the folds of each seed averaged ({'/'.join(map(str, folds))} per seed): the seed is "
+                 "the replicate")
+    return {seed: sum(v) / len(v) for seed, v in by_seed.items()}
+
+
+def ended_replicates(runs: list[RunLike], notes: list[str], side: str) -> dict[Hashable, bool]:
+    """Per seed of an arm's runs that ended (completed or diverged): whether it diverged. Several runs of one seed
+    (run directories repeated by two folders or name layouts, or its data folds) are one replicate, not several:
+    training is deterministic per seed, and folds of one seed are not independent; the seed counts as diverged
+    when any of its runs did (a note says so when they disagree)."""
+    by_seed: dict[Hashable, list[bool]] = {}
+    for run in runs:
+        if run.status in ("completed", "diverged"):
+            rid = replicate_id(run)
+            by_seed.setdefault(rid[0] if isinstance(rid, tuple) else rid, []).append(run.status == "diverged")
+    repeated = {seed: v for seed, v in by_seed.items() if len(v) > 1}
+    if repeated:
+        split = sorted(str(seed) for seed, v in repeated.items() if len(set(v)) > 1)
+        notes.append(f"arm {side}: {len(repeated)} seed(s) with several runs counted once"
+                     + (f"; seed(s) {', '.join(split)} diverged in some of their runs only (counted as diverged)"
+                        if split else ""))
+    return {seed: any(v) for seed, v in by_seed.items()}
 
 
 LIMIT_NOTE = "(the look it was decided at, or the last look it was read at)"  # why a comparison reads its seeds
@@ -582,8 +616,7 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
                                       for side, members in (("a", a), ("b", b)))
             left_out = {"a": out_a, "b": out_b}
         if spec.kind == "divergence":
-            usable = {"a": sum(r.status in ("completed", "diverged") for r in a),
-                      "b": sum(r.status in ("completed", "diverged") for r in b)}
+            usable = {"a": len(ended_replicates(a, [], "a")), "b": len(ended_replicates(b, [], "b"))}
         else:
             usable = {"a": len(_values(spec, a, [], "a")), "b": len(_values(spec, b, [], "b"))}
         short = short_of_equilibrium(left_out, usable)
@@ -605,14 +638,13 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
                 notes.append(f"not paired: the arms share {len(common)} seed(s); Welch's t with Hsu's df")
             test = stats.compare(va, vb, claim=spec.claim, delta=spec.delta, alpha=alpha)
         elif spec.kind == "divergence":  # a positive effect favours a: fewer of its runs diverged
-            ended_a = [r for r in a if r.status in ("completed", "diverged")]
-            ended_b = [r for r in b if r.status in ("completed", "diverged")]
+            ended_a, ended_b = ended_replicates(a, notes, "a"), ended_replicates(b, notes, "b")
             if not ended_a or not ended_b:
                 notes.append("an arm has no completed or diverged run: no rate to compare")
                 results.append(PrimaryResult(spec, *names, None, notes=notes, not_at_equilibrium=left_out))
                 continue
-            test = stats.rate_test(sum(r.status == "diverged" for r in ended_b), len(ended_b),
-                                   sum(r.status == "diverged" for r in ended_a), len(ended_a), alpha=alpha)
+            test = stats.rate_test(sum(ended_b.values()), len(ended_b), sum(ended_a.values()), len(ended_a),
+                                   alpha=alpha)
         else:  # spread: a positive effect favours a: its runs vary less over seeds
             groups = ([list(_values(spec, b, notes, "b").values())], [list(_values(spec, a, notes, "a").values())])
             test = stats.variance_test(*groups, alpha=alpha)
@@ -622,7 +654,7 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for family in dict.fromkeys(r.spec.family for r in results):  # Holm within each family, in study order
-            correct([r for r in results if r.spec.family == family], alpha=alpha / looks)
+            correct([r for r in results if r.spec.family == family], alpha=stats.sequential_alpha(looks, alpha)[-1])
     for r in results:  # the verdict says how many runs of each arm were left out (not at equilibrium, diverged)
         if r.spec.kind != "divergence":
             r.diverged = {side: sum(status_of.get(name) == "diverged" for name in names)

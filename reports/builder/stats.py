@@ -762,20 +762,3 @@ def plan_looks(n_start: int, n_max: int, step: int) -> list[int]:
     n_max = _check_n(n_max, "n_max", low=n_start)
     looks = list(range(n_start, n_max + 1, step))
     return looks if looks[-1] == n_max else looks + [n_max]
-
-
-def sequential_decide(a: Mapping[Hashable, float], b: Mapping[Hashable, float], *, claim: str, delta: float,
-                      look: int, looks: int, alpha: float = ALPHA) -> Comparison:
-    """The verdict at look ``look`` (1-based) of ``looks``: ``compare`` at the look's level from ``sequential_alpha``.
-
-    Stop at the first verdict other than undetermined; the plan's chance of any false verdict over all its looks
-    is at most alpha. Undetermined before the last look means: run the next look's seeds.
-    """
-    looks = _check_n(looks, "looks", low=1)
-    look = _check_n(look, "look", low=1)
-    if look > looks:
-        raise ValueError(f"look={look}: must be between 1 and looks={looks}")
-    level = sequential_alpha(looks, alpha)[look - 1]
-    c = compare(a, b, claim=claim, delta=delta, alpha=level)
-    then = ("continue to the next look" if look < looks else "last look") if not c.decided else "stop"
-    return replace(c, reason=f"look {look}/{looks} at alpha {level:.3g}: {c.reason}; {then}")

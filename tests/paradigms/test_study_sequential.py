@@ -382,3 +382,36 @@ def test_a_study_ends_with_its_report_naming_the_command(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["report_command"].endswith("--command 'tiedlab-study " + " ".join(argv) + "'")
     assert [p["id"] for p in summary["primaries"]] == ["1/toy"] and summary["sequential_record"]["look"] == 0
+
+
+def test_a_look_decides_at_alpha_over_the_planned_looks(tmp_path):
+    """The runner records a decision only at the look level, alpha / looks: seeds 0-2 give p = 0.035 for the
+    superiority claim (decided at 0.05, not at 0.025 = 0.05 / 2 looks), so the first look leaves it undetermined and
+    the second, on seeds 0-5, decides it."""
+    from reports.conftest import write_run
+
+    values = {"tied": [0.80, 0.81, 0.79, 0.80, 0.80, 0.80], "deq": [0.74, 0.69, 0.70, 0.70, 0.70, 0.70]}
+    spec = {"name": "toy", "grids": [{"name": "g", "overrides": [], "sweep": {"block": ["tied", "deq"],
+                                                                                "seed": [0, 1, 2]}}],
+            "primary": {"comparisons": [{"insight": 1, "paradigm": "vision", "claim": "superiority",
+                                         "metric": "val/acc", "delta": 0.01, "a": arm("tied"), "b": arm("deq")}]}}
+    runs = tmp_path / "runs"
+    seen = []  # sequential.yaml as each look that trains finds it
+
+    def execute(grids):
+        found = runs / "sequential.yaml"
+        seen.append(yaml.safe_load(found.read_text()) if found.exists() else None)
+        for grid in grids:
+            (block,) = grid["sweep"]["block"]
+            for seed in grid["sweep"]["seed"]:  # a look's grid sweeps all its seeds: train the missing ones
+                if not (runs / "g" / f"block={block},seed={seed}").exists():
+                    write_run(runs / "g", f"block={block},seed={seed}", mode=block, seed=seed,
+                              val=values[block][seed])
+        return 0
+
+    execute([{"sweep": {"block": [block], "seed": [0, 1, 2]}} for block in values])  # the study's first pass
+    plan = {"start": 3, "step": 3, "max_seeds": 6, "looks": 2}
+    assert study_module.add_seeds_until_decided(spec, runs, plan, [], 1, execute=execute) == 0
+    assert seen[1] == {"look": 0, "decided": {}, "read": {"1/vision": 0}}  # the first look read 3 seeds: undecided
+    state = yaml.safe_load((runs / "sequential.yaml").read_text())
+    assert state["decided"] == {"1/vision": 1} and state["verdicts"] == {"1/vision": "holds"}

@@ -439,3 +439,31 @@ def test_a_forest_interval_beyond_the_clip_is_drawn_at_its_own_edge():
     assert forest_segment(-9.0, -6.0) == ((-FOREST_CLIP, -FOREST_CLIP), [-FOREST_CLIP])
     assert forest_segment(-7.0, 6.0) == ((-FOREST_CLIP, FOREST_CLIP), [-FOREST_CLIP, FOREST_CLIP])
     assert forest_segment(-0.5, 2.0) == ((-0.5, 2.0), [])
+
+
+def test_a_divergence_rate_counts_each_seed_once():
+    """Two folders (or name layouts) holding the same runs are one result per seed, not two: Fisher's test on
+    duplicated directories read 4/12 against 0/6 as p = 0.013 where the six seeds give p = 0.061."""
+    (s,) = load_primaries({"primary": {"comparisons": [spec(insight=3, kind="divergence")]}})
+    tied = [FakeRun(f"g/block=tied,seed={i}", metrics={"val/acc": 0.9}) for i in range(6)]
+    deq = [FakeRun(f"g/block=deq,seed={i}", status="diverged" if i < 4 else "completed", metrics={"val/acc": 0.9})
+           for i in range(6)]
+    (once,) = evaluate_primaries([s], tied + deq)
+    again = [FakeRun(f"g/vision/block=deq,seed={i}", status=r.status, metrics=r.metrics) for i, r in enumerate(deq)]
+    (twice,) = evaluate_primaries([s], tied + deq + again)
+    assert once.verdict == twice.verdict == "undetermined" and twice.p == pytest.approx(once.p)
+    assert (twice.n_a, twice.n_b) == (6, 6) and "arm b: 6 seed(s) with several runs counted once" in twice.notes
+    split = [FakeRun("g/vision/block=deq,seed=5", status="diverged")]  # disagrees with seed 5's completed run
+    (odd,) = evaluate_primaries([s], tied + deq + split)
+    assert any("seed(s) 5 diverged in some of their runs only (counted as diverged)" in n for n in odd.notes)
+
+
+def test_the_folds_of_a_seed_are_one_replicate_of_a_mean_comparison():
+    """k folds of each seed are averaged: the paired t test runs on seeds (df = seeds - 1), not on (seed, fold)
+    pairs, which share a seed's effect and read a k-fold t test at several times its alpha."""
+    (s,) = load_primaries({"primary": {"comparisons": [spec(delta=0.01)]}})
+    runs = [FakeRun(f"g/block={b},data.fold={f},seed={i}", metrics={"val/acc": base + step * i + 0.02 * f})
+            for b, base, step in (("tied", 0.8, 0.01), ("deq", 0.7, 0.013)) for i in range(3) for f in range(4)]
+    (r,) = evaluate_primaries([s], runs)
+    assert (r.n_a, r.n_b) == (3, 3) and r.test.df == 2
+    assert "arm a: the folds of each seed averaged (4 per seed): the seed is the replicate" in r.notes
