@@ -76,7 +76,9 @@ class _AdjointIdentity(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        with torch.enable_grad():
+        # full precision whatever autocast the backward is called under: the adjoint solver's own products
+        # (Anderson's Gram matrix and mixing) in bf16 stall it near 1e-3, as the forward solve would
+        with torch.enable_grad(), torch.autocast(grad.device.type, enabled=False):
             return ctx.solve(grad), None
 
 

@@ -231,8 +231,8 @@ class EquilibriumProbe:
     ``eq/converged_fraction`` (lowest) and ``eq/spectral_norm`` (highest estimate of ||df/dz|| at z*).
     ``grad_cosine()`` compares, on one fixed training batch (the first of epoch 0), the gradient the run's
     backward mode gives with a tight-tolerance IFT gradient: the run's gradient is taken as its steps take it
-    (under the run's ``autocast``: bf16 on CUDA), the references in full precision, so a solve that bf16 leaves
-    short of its tolerance shows. RNG states and buffers are restored after each measurement, so a run with probes
+    (under the run's ``autocast``: bf16 on CUDA for the layers around the DEQ, whose solves run in float32), the
+    references in full precision, so what bf16 does to the gradient shows. RNG states and buffers are restored after each measurement, so a run with probes
     trains exactly as one without.
     """
 
@@ -404,6 +404,12 @@ def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextMana
 
 def _cuda_devices(model: nn.Module) -> list[int]:
     return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
+def fetch_waits(device: torch.device) -> bool:
+    """Whether fetching a batch waits for the device's queued work (CUDA: the copy of host-drawn values to the
+    device does), so that a step's clock starts at its fetch, not after it."""
+    return device.type == "cuda"
 
 
 def _batches(data: DataBundle, seed: int, epoch: int, skip: int) -> Iterator[tuple[int, int, Any]]:
@@ -705,9 +711,11 @@ class _Run:
                 ended = self._signalled(stop)
                 if ended:
                     return ended
+                fetched = time.perf_counter()
                 epoch, index, batch = next(batches)
                 self._set_warmup()
-                ended = self._after_step(self._step(batch, stop), epoch, index, stop)
+                ended = self._after_step(self._step(batch, stop, fetched if fetch_waits(self.device) else None),
+                                         epoch, index, stop)
                 if ended:
                     return ended
         except Exception as err:  # noqa: BLE001 - any crash in the loop (a full disk too) is a failed run, with why
@@ -756,14 +764,17 @@ class _Run:
             self._checkpoint()
         return None
 
-    def _step(self, batch: Any, stop: "_StopSignals | None" = None) -> str:
-        """One optimiser step on ``batch`` (this rank's share of it), timed. Its loss, metrics and block statistics
-        stay on the device in ``pending`` until ``_flush`` reads them (at the next log, evaluation or checkpoint, or
-        every ``READ_EVERY`` steps), so that a step does not wait for the host; a step whose values decide at once
-        (a solving DEQ: the residual check; data-parallel ranks: the agreed loss and stop signal; a progress bar)
-        is read at once. Returns why the run diverged ("" while it has not, or not yet read)."""
+    def _step(self, batch: Any, stop: "_StopSignals | None" = None, started: float | None = None) -> str:
+        """One optimiser step on ``batch`` (this rank's share of it), timed from ``started`` (None: now). Its loss,
+        metrics and block statistics stay on the device in ``pending`` until ``_flush`` reads them (at the next
+        log, evaluation or checkpoint, or every ``READ_EVERY`` steps), so that a step does not wait for the host; a
+        step whose values decide at once (a solving DEQ: the residual check; data-parallel ranks: the agreed loss and
+        stop signal; a progress bar) is read at once. Returns why the run diverged ("" while it has not, or not yet
+        read). On CUDA the loop times a step from its batch fetch: copying the batch's host-drawn values to the
+        device waits for the steps queued before it, so a clock started after the fetch would leave the device's
+        time out (on CPU the fetch is batch building, left out of ``time/train_s``)."""
         cfg, loop, world = self.cfg, self.loop, self.world
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if started is None else started
         with self.autocast:
             out = self.paradigm.training_step(self.step_fn, world.shard(batch))
         jacobian = out.stats.jacobian_loss if out.stats is not None else None  # the Hutchinson estimate, if asked

@@ -34,7 +34,7 @@ from torch.utils import _pytree as pytree
 
 from tiedlab.core import BlockStats
 
-from . import rundir
+from . import engine, rundir
 from .config import validate
 from .engine import _open_run_dir, _Run, _StopSignals, as_config, reset_peak_memory
 from .shared_data import shared_data
@@ -221,8 +221,9 @@ class SeedBatch:
                         live.remove(r)
                 if not live:
                     break
+                fetched = time.perf_counter()  # on CUDA the fetch waits for the device: timed as in a run alone
                 drawn = [next(iterators[id(r)]) for r in live]
-                t0 = time.perf_counter()
+                t0 = fetched if engine.fetch_waits(live[0].device) else time.perf_counter()
                 params = {n: torch.stack([r.model.get_parameter(n) for r in live]) for n in self.param_names}
                 buffers = {n: torch.stack([r.model.get_buffer(n) for r in live]) for n in self.buffer_names}
                 versions = {n: b._version for n, b in buffers.items()}  # an in-place update bumps it

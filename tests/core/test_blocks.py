@@ -254,3 +254,27 @@ def test_spectral_norm_under_bf16_autocast_is_the_full_precision_one():
     for name in expected:
         assert normed[name].dtype == torch.float32
         torch.testing.assert_close(normed[name], expected[name], rtol=0, atol=0)
+
+
+def test_a_deq_under_bf16_autocast_solves_in_its_weights_precision():
+    """Under a GPU run's bf16 autocast a DEQ's solves run in float32 (in bf16 neither the forward iterates nor the
+    adjoint get below ~1e-3 and every solve ran to its budget): the same fixed point, NFE and gradient as without
+    autocast, from a bf16 input (the stem's output under autocast)."""
+    torch.manual_seed(0)
+    block = build_block(lambda: TanhCell(dim=16, scale=0.9, dtype=torch.float32),
+                        dict(mode="deq", solver=dict(tol=1e-5, max_iter=60), grad=dict(mode="ift", tol=1e-5, max_iter=60)))
+    x = torch.randn(4, 16)
+    z, stats = block(x)
+    z.square().sum().backward()
+    grad = block.cells[0].W.grad.clone()
+    block.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_amp, stats_amp = block(x.bfloat16().float())
+        z_amp.square().sum().backward()
+    assert z_amp.dtype == torch.float32 and stats_amp.converged == 1.0 and stats_amp.adjoint_rel_residual <= 1e-5
+    assert stats_amp.nfe_forward == stats.nfe_forward
+    torch.testing.assert_close(z_amp, z, rtol=0.02, atol=0.02)  # the input was rounded to bf16
+    torch.testing.assert_close(block.cells[0].W.grad, grad, rtol=0.05, atol=0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_bf16_in, _ = block(x.bfloat16())  # a bf16 input is cast to the weights' precision
+    assert z_bf16_in.dtype == torch.float32

@@ -463,3 +463,23 @@ def test_training_steps_never_read_the_device_between_log_intervals(tmp_path, mo
     strip = lambda h: {k: v for k, v in h.items() if not k.startswith("time/")}
     assert [strip(h) for h in rundir.read_history(tmp_path / "deferred")] == \
            [strip(h) for h in rundir.read_history(tmp_path / "every")]
+
+
+@pytest.mark.parametrize("waits", [False, True])
+def test_a_step_is_timed_from_its_batch_fetch_where_the_fetch_waits_for_the_device(tmp_path, monkeypatch, waits):
+    """On CUDA a batch fetch waits for the steps queued before it (the copy of its host-drawn values): the step's
+    clock starts at the fetch there, else the device's time is left out of time/train_s (a fetch made 0.3 s slow
+    here stands in for the wait, ten times a toy step); on CPU the fetch is batch building, left out."""
+    from tiedlab.paradigms import engine
+
+    def slow(*args):
+        for item in real(*args):
+            time.sleep(0.3)
+            yield item
+
+    real = engine._batches
+    monkeypatch.setattr(engine, "_batches", slow)
+    monkeypatch.setattr(engine, "fetch_waits", lambda device: waits)
+    result = train(cfg(train=dict(BASE["train"], max_steps=10, eval_every=10, ckpt_every=10)), tmp_path)
+    fetching = 10 * 0.3
+    assert (result["metrics"]["time/train_s"] >= fetching) == waits, result["metrics"]["time/train_s"]

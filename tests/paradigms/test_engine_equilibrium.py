@@ -102,8 +102,8 @@ def test_a_one_step_gradient_is_judged_against_its_own_mode_and_its_distance_to_
 
 
 def test_the_runs_gradient_is_probed_in_the_runs_precision_and_the_references_in_full(tmp_path, monkeypatch):
-    """On CUDA the steps run under bf16 autocast: the probe's "run" gradient does too (a solve that bf16 leaves short
-    of its tolerance must show), its tight references do not. A counting stand-in for the autocast context on CPU."""
+    """On CUDA the steps run under bf16 autocast: the probe's "run" gradient does too (what bf16 does to the layers
+    around the DEQ must show), its tight references do not. A counting stand-in for the autocast context on CPU."""
     from tiedlab.paradigms import engine
 
     entered = {"n": 0}
