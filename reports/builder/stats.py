@@ -52,8 +52,9 @@ MAX_N = 1000  # seeds_needed gives up beyond this many seeds per arm
 SPREAD_RTOL = 1e-12
 
 RULE = (
-    "Each comparison contrasts two sides over replicates (seeds, or seed and fold): its effect is mean A - mean B, "
-    "signed so that larger is better for A; several runs of one replicate are averaged first. When both sides hold "
+    "Each comparison contrasts two sides over replicates (seeds): its effect is mean A - mean B, signed so that "
+    "larger is better for A; several runs of one seed (a repeated run directory, the data folds of a k-fold sweep) "
+    "are averaged first. When both sides hold "
     "the same replicates (at least 2), the comparison is paired (t test on the per-replicate differences); otherwise "
     "it uses Welch's t statistic with min(n_a, n_b) - 1 degrees of freedom (Hsu's conservative choice; the "
     "Welch-Satterthwaite df is liberal at 2-3 seeds). Verdicts are read from the two-sided "
