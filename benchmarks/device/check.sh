@@ -7,7 +7,7 @@
 # limit keeps the cells it measured), with their logs. CHECK_S and STUDY_S set the two limits (seconds).
 set -uo pipefail
 source "$(dirname "$0")/setup.sh" check.sh  # installs; sets $out and $repo; leaves us in /tmp
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/device.txt"
+cat "$out/device.txt" 2>/dev/null  # the GPU, written by setup.sh
 python3 -c "import torch, transformers, torch_geometric as g; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'torch_geometric', g.__version__)" | tee -a "$out/device.txt"
 # CHECK_ARGS / STUDY_ARGS replace the two commands' arguments (a CPU rehearsal of this script:

@@ -13,6 +13,6 @@ part() {  # LIMIT NAME ARGS...: one gpu_concurrency.py call, its JSON $out/NAME.
     | tee -a "$out/concurrency-runs.log" | grep -v '^\[tiedlab\]' | tee -a "$out/concurrency.log"
 }
 part "${VISION_S:-150}" vision-tied-concurrency --paradigm vision --block tied --runs 1,4 --steps 300
-part "${VISION_DEQ_S:-170}" vision-deq-concurrency --paradigm vision --block deq --runs 1,4 --steps 120
-part "${SSL_DEQ_S:-190}" ssl-deq-concurrency --paradigm ssl --block deq --runs 1,2 --steps 45
+part "${VISION_DEQ_S:-170}" vision-deq-concurrency --paradigm vision --block deq --runs 1,4 --steps 60
+part "${SSL_DEQ_S:-190}" ssl-deq-concurrency --paradigm ssl --block deq --runs 1,2 --steps 30
 ls -la "$out"
