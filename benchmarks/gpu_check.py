@@ -145,7 +145,7 @@ def measure(name: str, overrides: list[str], steps: int, device: str, root: Path
             "samples_per_s": 1000 * per_step / step_ms if per_step and step_ms else None, "step_ms": step_ms,
             "mean_step_ms": mean_ms, "peak_mb": m.get("memory/peak_mb"),
             "wall_s": time.perf_counter() - started, "params_unique": m.get("params/unique"),
-            "failure": failure([result], [root / name]), "cfg": cfg}
+            "failure": failure([result], [root / name]), "cfg": cfg, **solve_effort(m)}
 
 
 def time_to_accuracy(overrides: list[str], steps: int, eval_every: int, target: float, device: str,
@@ -259,7 +259,17 @@ def measure_cell(run: Any, steps: int, device: str, root: Path) -> dict[str, Any
     step_ms = steady_step_ms(folder, third) if result["status"] == "completed" else None
     return {"status": result["status"], "failure": failure([result], [folder]), "block": str(cfg.block.mode),
             "step_ms": step_ms, "measured_steps": 2 * third, "wall_s": time.perf_counter() - started,
-            "peak_mb": result["metrics"].get("memory/peak_mb")}
+            "peak_mb": result["metrics"].get("memory/peak_mb"), **solve_effort(result["metrics"])}
+
+
+SOLVE_KEYS = ("core/nfe_forward", "core/nfe_backward", "core/converged", "core/adjoint_rel_residual")
+
+
+def solve_effort(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A run's mean solver effort over its training steps (NFE forward and backward, the converged fraction, the
+    IFT adjoint's residual): a DEQ whose solves run to their budget costs more per step than one that converges,
+    so a step time is read beside them. Keys without their ``core/`` prefix; those the run did not record left out."""
+    return {key.split("/", 1)[1]: metrics[key] for key in SOLVE_KEYS if key in metrics}
 
 
 def primary_cells(name: str, cells: list[tuple[Any, int]]) -> set[Any]:

@@ -84,6 +84,7 @@ def test_study_check_prices_every_cell_and_the_plan_reads_it(gpu_check, tmp_path
     assert set(cells) == {("v", ("block=tied",)), ("v", ("block=deq",)), ("g", ())}
     tied, deq, graph = cells["v", ("block=tied",)], cells["v", ("block=deq",)], cells["g", ()]
     assert (tied["block"], deq["block"], graph["block"]) == ("tied", "deq", "tied")
+    assert deq["nfe_forward"] > tied["nfe_forward"] and 0 <= deq["converged"] <= 1  # a step time beside its solves
     assert (tied["runs"], deq["runs"], graph["runs"]) == (2, 2, 3) and graph["full_steps"] == 7
     assert (tied["primary"], deq["primary"], graph["primary"]) == (True, True, False)
     for c in cells.values():
