@@ -126,12 +126,14 @@ class Block(nn.Module):
         """A DEQ solves in its weights' precision under autocast too: in bf16 (8 bits of mantissa) neither the
         forward iterates nor the adjoint's vector-Jacobian products get below a relative residual of about 1e-3,
         so every solve would run to its budget unconverged. Yields the cast of the block's floating-point inputs
-        (the stem's bf16 output) to that precision; without autocast, nothing changes."""
+        (the stem's bf16 output) to that precision (its first parameter's dtype); without autocast, nothing
+        changes."""
         device = x.device.type
         if not torch.is_autocast_enabled(device):
             yield lambda v: v
             return
-        dtype = next(self.parameters()).dtype
+        first = next(self.parameters(), None)  # the cell's weights' precision (float32 as a rule)
+        dtype = first.dtype if first is not None else torch.get_default_dtype()
         with torch.autocast(device, enabled=False):
             yield lambda v: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
 

@@ -199,8 +199,9 @@ def equilibrium_flags(
     rules = {  # name: (fails(value, threshold), comparison shown, what the number is)
         "rel_residual": (lambda v, t: v > t, ">", "mean relative residual ||f(z) - z|| / ||f(z)||"),
         "converged_fraction": (lambda v, t: v < t, "<",
-                               f"fraction of samples with relative residual <= {thresholds.rel_residual:g}"
-                               if thresholds.rel_residual is not None else "fraction of converged samples"),
+                               f"fraction of systems (samples, or positions and nodes) with relative residual <= "
+                               f"{thresholds.rel_residual:g}" if thresholds.rel_residual is not None
+                               else "fraction of converged systems"),
         "grad_cosine": (lambda v, t: v < t, "<", "cosine of the run's gradient with its backward mode after a tight-tolerance solve"),
         "spectral_norm": (lambda v, t: v > t, ">", "estimated ||df/dz||_2 at z*"),
     }

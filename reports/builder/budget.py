@@ -139,6 +139,19 @@ def _seed_label(rid: Hashable) -> str:
     return str(rid)
 
 
+def _seed_of(label: str) -> str:
+    """"3" for "3/fold 1" (and for "3")."""
+    return label.split("/fold ", 1)[0]
+
+
+def _over_folds(values: dict[str, float]) -> dict[str, float]:
+    """One value per seed: the mean over its folds (the seed is the replicate, as in the primary comparisons)."""
+    by_seed: dict[str, list[float]] = {}
+    for label, value in values.items():
+        by_seed.setdefault(_seed_of(label), []).append(value)
+    return {seed: statistics.fmean(v) for seed, v in by_seed.items()}
+
+
 def _sort_key(label: str) -> tuple:
     head = label.split("/", 1)[0]
     return (0, int(head), label) if head.isdigit() else (1, 0, label)
@@ -195,12 +208,12 @@ def evaluate_budget_checks(checks: list[BudgetCheckSpec], comparisons: list[Prim
         if dropped:
             result.notes.append(f"seed(s) {', '.join(dropped)} ran at the larger budget but lack a completed run in "
                                 "some arm (diverged, unfinished, off equilibrium or non-finite): left out")
-        result.seeds = seeds
-        if len(seeds) < 2:
-            result.reason = f"{len(seeds)} seed(s) with a completed run in all four arms; a check needs 2"
+        result.seeds = sorted({_seed_of(label) for label in seeds}, key=_sort_key)
+        if len(result.seeds) < 2:
+            result.reason = f"{len(result.seeds)} seed(s) with a completed run in all four arms; a check needs 2"
             continue
-        base = {s: values["A"][s] - values["B"][s] for s in seeds}
-        longer = {s: values["A2"][s] - values["B2"][s] for s in seeds}
+        base = _over_folds({s: values["A"][s] - values["B"][s] for s in seeds})
+        longer = _over_folds({s: values["A2"][s] - values["B2"][s] for s in seeds})
         test = stats.compare(longer, base, claim="equivalence", delta=comparison.delta, alpha=CHECK_ALPHA)
         result.arms = {side: (statistics.fmean(read[side][1][s] for s in seeds),
                               statistics.fmean(read[side + "2"][1][s] for s in seeds)) for side in ("A", "B")}

@@ -30,9 +30,10 @@ FALLBACK: tuple[tuple[str, bool], ...] = (("acc", True), ("knn_acc", True))
 # ``model`` the width is guessed to live (first present wins).
 WIDTH_KEYS = ("width", "hidden", "d_model", "hidden_channels", "channels")
 # The config keys that tell replicates of one cell apart (they change what a run computes, so unlike the
-# bookkeeping keys they are fingerprinted). ``data.fold`` is a replicate like the seed: the runs of a k-fold
-# cross-validation (TU graph tasks) form one cell whose mean and std are over the folds. The primary comparisons
-# read the same keys from run names (``primary.REPLICATE_KEYS`` is this tuple).
+# bookkeeping keys they are fingerprinted). ``data.fold`` tells runs apart like the seed: the runs of a k-fold
+# cross-validation (TU graph tasks) form one cell whose descriptive mean and std are over the folds. The primary
+# comparisons read the same keys from run names (``primary.REPLICATE_KEYS`` is this tuple) and test seeds, a
+# seed's folds averaged (folds of one seed are not independent replicates).
 REPLICATE_KEYS = ("seed", "data.fold")
 # Config keys that never distinguish one cell from another: the replicate keys, the mask seed (null: the run's
 # seed) and the run-directory bookkeeping keys (devices, logging, resume; their one list is in rundir).

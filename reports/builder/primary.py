@@ -411,22 +411,45 @@ def _values(spec: PrimarySpec, runs: list[RunLike], notes: list[str], side: str)
                      f"({', '.join(sorted({r.status for r in skipped}))})")
     merged, merge_notes = stats.merge_duplicates(grouped)
     notes.extend(f"arm {side}: {n}" for n in merge_notes)
-    return seeds_over_folds(merged, notes, side)
+    return merged
+
+
+def has_folds(values: Mapping[Hashable, float]) -> bool:
+    """Whether replicate ids carry a data fold (the runs sweep ``data.fold``)."""
+    return any(isinstance(k, tuple) and k[-1] is not None for k in values)
 
 
 def seeds_over_folds(values: dict[Hashable, float], notes: list[str], side: str) -> dict[Hashable, float]:
     """One value per seed: the mean over a seed's data folds where the runs sweep ``data.fold`` (the folds of one
     seed share its initialisation and most of their training data, so counting (seed, fold) pairs as independent
-    replicates reads a k-fold t test at several times its alpha); ids without a fold are kept as they are."""
-    if not any(isinstance(k, tuple) and k[-1] is not None for k in values):
+    replicates reads a k-fold t test at several times its alpha); ids without a fold are kept as they are. Runs
+    that sweep folds but not the seed are all one replicate (a note says so)."""
+    if not has_folds(values):
         return values
     by_seed: dict[Hashable, list[float]] = {}
     for key, value in values.items():
         by_seed.setdefault((key[0], None) if isinstance(key, tuple) else key, []).append(value)
     folds = sorted({len(v) for v in by_seed.values()})
     notes.append(f"arm {side}: the folds of each seed averaged ({'/'.join(map(str, folds))} per seed): the seed is "
-                 "the replicate")
+                 "the replicate" + ("; the runs sweep no seed, so all their folds are one replicate"
+                                    if (None, None) in by_seed else ""))
     return {seed: sum(v) / len(v) for seed, v in by_seed.items()}
+
+
+def common_folds(va: dict[Hashable, float], vb: dict[Hashable, float], notes: list[str]
+                 ) -> tuple[dict[Hashable, float], dict[Hashable, float]]:
+    """Where the runs sweep folds, both arms' seeds averaged over the folds both have for that seed: a fold one arm
+    lost (diverged, off equilibrium, not finite) is left out of the other too, so that a seed's paired difference
+    compares like folds (each fold's own difficulty would otherwise enter it). Without folds, as they are."""
+    if not (has_folds(va) or has_folds(vb)):
+        return va, vb
+    common = set(va) & set(vb)
+    unpaired = len(set(va) ^ set(vb))
+    if unpaired:
+        notes.append(f"{unpaired} (seed, fold) run(s) without their fold in the other arm left out: each seed is "
+                     "averaged over the folds both arms have")
+    va, vb = ({k: v for k, v in side.items() if k in common} for side in (va, vb))
+    return seeds_over_folds(va, notes, "a"), seeds_over_folds(vb, notes, "b")
 
 
 def ended_replicates(runs: list[RunLike], notes: list[str], side: str) -> dict[Hashable, bool]:
@@ -618,7 +641,8 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
         if spec.kind == "divergence":
             usable = {"a": len(ended_replicates(a, [], "a")), "b": len(ended_replicates(b, [], "b"))}
         else:
-            usable = {"a": len(_values(spec, a, [], "a")), "b": len(_values(spec, b, [], "b"))}
+            usable = {side: len(seeds_over_folds(_values(spec, members, [], side), [], side))
+                      for side, members in (("a", a), ("b", b))}
         short = short_of_equilibrium(left_out, usable)
         if short:
             results.append(PrimaryResult(spec, *names, None, reason=short, notes=notes, n_a=usable["a"],
@@ -628,7 +652,7 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             note = convergence_note(spec, a, b)
             if note:
                 notes.append(note)
-            va, vb = _values(spec, a, notes, "a"), _values(spec, b, notes, "b")
+            va, vb = common_folds(_values(spec, a, notes, "a"), _values(spec, b, notes, "b"), notes)
             common = set(va) & set(vb)
             if set(va) != set(vb) and len(common) >= 2:  # pair on the seeds both arms have
                 notes.append(f"paired on the {len(common)} seeds both arms have; "
@@ -646,7 +670,8 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             test = stats.rate_test(sum(ended_b.values()), len(ended_b), sum(ended_a.values()), len(ended_a),
                                    alpha=alpha)
         else:  # spread: a positive effect favours a: its runs vary less over seeds
-            groups = ([list(_values(spec, b, notes, "b").values())], [list(_values(spec, a, notes, "a").values())])
+            groups = ([list(seeds_over_folds(_values(spec, b, notes, "b"), notes, "b").values())],
+                      [list(seeds_over_folds(_values(spec, a, notes, "a"), notes, "a").values())])
             test = stats.variance_test(*groups, alpha=alpha)
         results.append(PrimaryResult(spec, *names, test, notes=notes, not_at_equilibrium=left_out))
         if spec.kind == "spread":

@@ -2,8 +2,8 @@
 
 The rule, in plain words (``RULE`` is the text the report prints):
 
-* A comparison contrasts two sides A and B over replicates (a seed, or a (seed, fold) pair). Its effect is
-  mean A - mean B, signed by the caller so that larger is better for A. Several runs of one replicate are first
+* A comparison contrasts two sides A and B over replicates (seeds; the caller averages a seed's data folds
+  first). Its effect is mean A - mean B, signed by the caller so that larger is better for A. Several runs of one replicate are first
   averaged (``merge_duplicates``).
 * It is paired (a t test on the per-replicate differences, as ``scipy.stats.ttest_rel``) when both sides hold the
   same replicates, at least 2 of them; otherwise it is Welch's t statistic (as ``scipy.stats.ttest_ind(
@@ -111,7 +111,7 @@ def _check_n(n: int, name: str = "n", low: int = 2) -> int:
 def merge_duplicates(values: Mapping[Hashable, Sequence[float]]) -> tuple[dict[Hashable, float], list[str]]:
     """One value per replicate id, with a warning for everything that was not taken as is.
 
-    ``values`` maps a replicate id (a seed, or a (seed, fold) tuple) to the values found for it: usually one, several
+    ``values`` maps a replicate id (a seed, or a (seed, fold) tuple before folds are averaged) to the values found for it: usually one, several
     when two run directories share the config and the seed. Non-finite values are dropped (one warning per id,
     with the count); an id left with no value is dropped (its warning says so); several finite values are merged
     into their mean (one warning per id naming it and the count). None counts as non-finite. Returns

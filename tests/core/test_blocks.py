@@ -278,3 +278,16 @@ def test_a_deq_under_bf16_autocast_solves_in_its_weights_precision():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         z_bf16_in, _ = block(x.bfloat16())  # a bf16 input is cast to the weights' precision
     assert z_bf16_in.dtype == torch.float32
+
+
+class _Halve(torch.nn.Module):
+    def forward(self, z, x):
+        return 0.5 * z + x
+
+
+def test_a_parameter_free_deq_under_autocast_solves_in_the_default_precision():
+    block = build_block(_Halve, dict(mode="deq", solver=dict(tol=1e-6, max_iter=60)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, stats = block(torch.ones(2, 4, dtype=torch.bfloat16))
+    assert z.dtype == torch.get_default_dtype() and stats.converged == 1.0
+    torch.testing.assert_close(z, torch.full((2, 4), 2.0), rtol=1e-5, atol=1e-5)

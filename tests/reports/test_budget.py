@@ -159,3 +159,24 @@ def test_a_study_file_with_a_bad_check_fails_when_loaded_and_a_runs_folder_keeps
     study_module.write_study_file(runs_folder, {**good, "budget_checks": good["budget_checks"] * 2}, None)  # grows
     with pytest.raises(ValueError, match=r"recorded other budget checks"):
         study_module.write_study_file(runs_folder, {**good, "budget_checks": []}, None)
+
+
+def test_a_check_over_folds_reads_each_seed_once():
+    """Runs that sweep data.fold: the change is read per seed, averaged over its folds (the seed is the replicate,
+    as in the primary comparisons), not per (seed, fold)."""
+    (check,), specs = checks({"of": "gap", "grid": "g2"})
+
+    def folded(grid, distinct, shared, steps):
+        return [FakeRun(f"{grid}/data.fold={f},mask={mask},seed={seed}", metrics={"fit/loss": value + 0.01 * f},
+                        total_steps=steps)
+                for mask, values in (("distinct", distinct), ("shared", shared)) for seed, value in enumerate(values)
+                for f in range(3)]
+
+    base = folded("g", [0.10, 0.11, 0.12], [0.20, 0.21, 0.22], 8000)
+    longer = folded("g2", [0.05, 0.061, 0.07], [0.15, 0.16, 0.171], 16000)
+    (result,) = evaluate_budget_checks([check], specs, base + longer)
+    assert result.seeds == ["0", "1", "2"]
+    change = [(s2 - d2) - (s - d) for d, s, d2, s2 in zip([0.10, 0.11, 0.12], [0.20, 0.21, 0.22],
+                                                          [0.05, 0.061, 0.07], [0.15, 0.16, 0.171])]
+    ci = scipy_stats.ttest_1samp(change, 0.0).confidence_interval(0.95)
+    assert (result.ci_low, result.ci_high) == pytest.approx((ci.low, ci.high))

@@ -467,3 +467,22 @@ def test_the_folds_of_a_seed_are_one_replicate_of_a_mean_comparison():
     (r,) = evaluate_primaries([s], runs)
     assert (r.n_a, r.n_b) == (3, 3) and r.test.df == 2
     assert "arm a: the folds of each seed averaged (4 per seed): the seed is the replicate" in r.notes
+
+
+def test_a_seed_is_averaged_over_the_folds_both_arms_have():
+    """Two arms alike fold by fold (fold f is 0.05 f harder) where one arm lost fold 0 of every seed: averaging each
+    arm over its own folds read the lost fold's ease as an effect ("holds"); over the folds both have they are
+    equal. Runs that sweep folds and no seed are one replicate, said."""
+    (s,) = load_primaries({"primary": {"comparisons": [spec(delta=0.01)]}})
+    runs = [FakeRun(f"g/block={b},data.fold={f},seed={i}", metrics={"val/acc": 0.8 - 0.05 * f + 0.001 * i * (b == "deq")})
+            for b in ("tied", "deq") for i in range(4) for f in range(4)]
+    lost = [r for r in runs if not ("block=tied" in r.name and "data.fold=0" in r.name)]
+    (r,) = evaluate_primaries([s], lost)
+    assert r.verdict != "holds" and (r.n_a, r.n_b) == (4, 4) and abs(r.test.effect) < 0.01
+    assert "4 (seed, fold) run(s) without their fold in the other arm left out: each seed is averaged over the folds " \
+           "both arms have" in r.notes
+    no_seed = [FakeRun(f"g/block={b},data.fold={f}", metrics={"val/acc": 0.8 - 0.01 * f}) for b in ("tied", "deq")
+               for f in range(5)]
+    (one,) = evaluate_primaries([s], no_seed)
+    assert one.verdict == "undetermined" and (one.n_a, one.n_b) == (1, 1)
+    assert any("the runs sweep no seed, so all their folds are one replicate" in n for n in one.notes)
