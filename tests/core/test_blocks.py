@@ -187,7 +187,11 @@ def test_stats_dict_has_the_engine_keys():
     _, stats = build_block(make, dict(mode="deq"))(torch.randn(2, 8, dtype=torch.float64))
     d = stats.as_dict()
     assert {"core/nfe_forward", "core/nfe_backward", "core/rel_residual", "core/abs_residual", "core/converged",
-            "core/sparsity"} <= set(d)
+            "core/sparsity", "core/adjoint_rel_residual"} <= set(d)
+    masked = build_block(make, dict(mode="tied", depth=2, mask=dict(mode="shared", sparsity=0.5)))
+    _, masked_stats = masked(torch.randn(2, 8, dtype=torch.float64))
+    # the masked weights' zero fraction: W and U (8x8 each) at sparsity 0.5, the bias unmasked
+    assert masked_stats.as_dict()["core/sparsity"] == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("bad,match", [

@@ -123,6 +123,8 @@ def test_a_clear_effect_holds_a_null_one_stays_undetermined_and_says_how_many_se
     assert clear.verdict == "holds" and clear.test.paired and clear.test.n_a == 5
     (noisy,) = evaluate_primaries([s], _runs([0.90, 0.80], [0.85, 0.86]))
     assert noisy.verdict == "undetermined"
+    (short,) = evaluate_primaries([s], _runs([0.90, 0.84, 0.92], [0.85, 0.86, 0.84]))  # +0.037, noisy, 3 seeds
+    assert short.verdict == "undetermined" and short.seeds_needed is not None and short.seeds_needed > 3
 
 
 def test_a_spread_comparison_counts_the_runs_of_each_arm():
@@ -131,6 +133,36 @@ def test_a_spread_comparison_counts_the_runs_of_each_arm():
     assert (none.n_a, none.n_b, none.verdict) == (0, 0, "undetermined")
     (some,) = evaluate_primaries([s], _runs([0.90, 0.91, 0.92, 0.905], [0.80, 0.85, 0.70]))
     assert (some.n_a, some.n_b) == (4, 3) and some.effect > 1  # arm b varies more: the ratio favours a
+
+
+def test_a_decided_spread_or_divergence_verdict_points_the_right_way():
+    """Which way a decided verdict points: arm a steadier (sd 0.001 against 0.05) or diverging less (0 of 12 against
+    10 of 12) holds, and with the arms swapped the same data fail."""
+    steady = [0.90 + 0.001 * (i % 3 - 1) for i in range(12)]
+    spread = [0.85 + 0.05 * (i % 3 - 1) for i in range(12)]
+    for kind, runs in (("spread", _runs(steady, spread)),
+                       ("divergence", [FakeRun(f"g/block=tied,seed={i}", metrics={"val/acc": 0.9}) for i in range(12)]
+                        + [FakeRun(f"g/block=deq,seed={i}", status="diverged" if i < 10 else "completed",
+                                   metrics={"val/acc": 0.9}) for i in range(12)])):
+        (s,) = load_primaries({"primary": {"comparisons": [spec(kind=kind)]}})
+        (r,) = evaluate_primaries([s], runs)
+        assert r.verdict == "holds" and r.effect > (1.0 if kind == "spread" else 0.0), (kind, r.effect)
+        (swapped,) = load_primaries({"primary": {"comparisons": [spec(kind=kind, a=spec()["b"], b=spec()["a"])]}})
+        (w,) = evaluate_primaries([swapped], runs)
+        assert w.verdict == "fails", (kind, w.verdict)
+
+
+def test_arms_are_paired_by_seed_whatever_order_their_runs_come_in():
+    """The order of run directories differs between arms when they come from two folders: pairing is by seed id."""
+    (s,) = load_primaries({"primary": {"comparisons": [spec()]}})
+    runs = _runs([0.90, 0.80, 0.85, 0.70], [0.889, 0.791, 0.838, 0.69])
+    (ordered,) = evaluate_primaries([s], runs)
+    (shuffled,) = evaluate_primaries([s], runs[:4] + runs[4:][::-1])
+    assert ordered.verdict == shuffled.verdict == "holds" and ordered.p == pytest.approx(shuffled.p)
+    a = {i: v for i, v in enumerate([0.90, 0.80, 0.85, 0.70])}
+    b = {3: 0.69, 2: 0.838, 0: 0.889, 1: 0.791}
+    assert stats.compare(a, b, claim="superiority", delta=0.005).p == pytest.approx(
+        stats.compare(a, dict(sorted(b.items())), claim="superiority", delta=0.005).p)
 
 
 def test_lower_is_better_metrics_are_signed_for_arm_a():

@@ -222,7 +222,9 @@ def test_node_bundle_and_cheap_eval():
     model.register_forward_hook(lambda *a: calls.append(1))
     val, test = paradigm.evaluate(model, bundle, "val"), paradigm.evaluate(model, bundle, "test")
     assert len(calls) == 1  # one full-graph forward serves both splits
-    assert not model.training or True
+    model.eval()
+    paradigm.evaluate(model, bundle, "val")
+    assert not model.training  # evaluation leaves the mode it found
     model.train()
     out = paradigm.training_step(model, bundle.graph)
     out.loss.backward()
