@@ -227,10 +227,10 @@ def crash_then_resume(config, run_dir, monkeypatch, at: int, between=lambda: Non
     ``between()``, then rerun it to completion from its last checkpoint."""
     step = _Run._step
 
-    def crash(self, batch, stop=None):
+    def crash(self, batch, *args, **kwargs):
         if self.loop.step == at:
             raise RuntimeError("simulated crash")
-        return step(self, batch, stop)
+        return step(self, batch, *args, **kwargs)
 
     monkeypatch.setattr(_Run, "_step", crash)
     failed = train(config, run_dir)
