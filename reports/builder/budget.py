@@ -133,9 +133,11 @@ class BudgetCheck:
 
 
 def _seed_label(rid: Hashable) -> str:
-    """"3" for seed 3, "3/fold 1" with a swept fold, the run name when it has neither."""
+    """"3" for seed 3, "3/fold 1" with a swept fold ("-/fold 1" without a seed: all folds one replicate, as in the
+    primary comparisons), the run name when it has neither."""
     if isinstance(rid, tuple):
-        return "/fold ".join(str(v) for v in rid if v is not None)
+        seed, fold = rid[0], rid[-1]
+        return f"{'-' if seed is None else seed}/fold {fold}" if fold is not None else str(seed)
     return str(rid)
 
 
@@ -206,7 +208,8 @@ def evaluate_budget_checks(checks: list[BudgetCheckSpec], comparisons: list[Prim
         seeds = sorted(set.intersection(*(set(v) for v in values.values())), key=_sort_key)
         dropped = sorted(started - set(seeds), key=_sort_key)
         if dropped:
-            result.notes.append(f"seed(s) {', '.join(dropped)} ran at the larger budget but lack a completed run in "
+            what = "seed/fold run(s)" if any("/fold " in d for d in dropped) else "seed(s)"
+            result.notes.append(f"{what} {', '.join(dropped)} ran at the larger budget but lack a completed run in "
                                 "some arm (diverged, unfinished, off equilibrium or non-finite): left out")
         result.seeds = sorted({_seed_of(label) for label in seeds}, key=_sort_key)
         if len(result.seeds) < 2:
@@ -215,8 +218,8 @@ def evaluate_budget_checks(checks: list[BudgetCheckSpec], comparisons: list[Prim
         base = _over_folds({s: values["A"][s] - values["B"][s] for s in seeds})
         longer = _over_folds({s: values["A2"][s] - values["B2"][s] for s in seeds})
         test = stats.compare(longer, base, claim="equivalence", delta=comparison.delta, alpha=CHECK_ALPHA)
-        result.arms = {side: (statistics.fmean(read[side][1][s] for s in seeds),
-                              statistics.fmean(read[side + "2"][1][s] for s in seeds)) for side in ("A", "B")}
+        result.arms = {side: tuple(statistics.fmean(_over_folds({s: read[name][1][s] for s in seeds}).values())
+                                   for name in (side, side + "2")) for side in ("A", "B")}
         result.base, result.check = statistics.fmean(base.values()), statistics.fmean(longer.values())
         result.change, result.ci_low, result.ci_high = test.effect, test.ci_low, test.ci_high
         result.reading, result.reason, result.seeds_needed = READINGS[test.verdict], test.reason, test.seeds_needed

@@ -438,18 +438,24 @@ def seeds_over_folds(values: dict[Hashable, float], notes: list[str], side: str)
 
 def common_folds(va: dict[Hashable, float], vb: dict[Hashable, float], notes: list[str]
                  ) -> tuple[dict[Hashable, float], dict[Hashable, float]]:
-    """Where the runs sweep folds, both arms' seeds averaged over the folds both have for that seed: a fold one arm
-    lost (diverged, off equilibrium, not finite) is left out of the other too, so that a seed's paired difference
-    compares like folds (each fold's own difficulty would otherwise enter it). Without folds, as they are."""
-    if not (has_folds(va) or has_folds(vb)):
-        return va, vb
-    common = set(va) & set(vb)
-    unpaired = len(set(va) ^ set(vb))
+    """Where the runs sweep folds, each arm's seeds averaged over their folds, and for a seed both arms have over the
+    folds both have: a fold one arm lost (diverged, off equilibrium, not finite) is left out of the other arm's mean
+    for that seed too, so that the seed's paired difference compares like folds (each fold's own difficulty would
+    otherwise enter it). A seed in one arm only keeps its own folds; an arm without folds is as it is."""
+    if not (has_folds(va) and has_folds(vb)):
+        return seeds_over_folds(va, notes, "a"), seeds_over_folds(vb, notes, "b")
+
+    def seed(key: Hashable) -> Hashable:
+        return key[0] if isinstance(key, tuple) else key
+
+    shared = {seed(k) for k in va} & {seed(k) for k in vb}
+    ka = {k: v for k, v in va.items() if seed(k) not in shared or k in vb}
+    kb = {k: v for k, v in vb.items() if seed(k) not in shared or k in va}
+    unpaired = len(va) - len(ka) + len(vb) - len(kb)
     if unpaired:
-        notes.append(f"{unpaired} (seed, fold) run(s) without their fold in the other arm left out: each seed is "
-                     "averaged over the folds both arms have")
-    va, vb = ({k: v for k, v in side.items() if k in common} for side in (va, vb))
-    return seeds_over_folds(va, notes, "a"), seeds_over_folds(vb, notes, "b")
+        notes.append(f"{unpaired} (seed, fold) run(s) whose fold the other arm lacks for that seed left out: a seed "
+                     "both arms have is averaged over the folds both have")
+    return seeds_over_folds(ka, notes, "a"), seeds_over_folds(kb, notes, "b")
 
 
 def ended_replicates(runs: list[RunLike], notes: list[str], side: str) -> dict[Hashable, bool]:
@@ -641,8 +647,12 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
         if spec.kind == "divergence":
             usable = {"a": len(ended_replicates(a, [], "a")), "b": len(ended_replicates(b, [], "b"))}
         else:
-            usable = {side: len(seeds_over_folds(_values(spec, members, [], side), [], side))
-                      for side, members in (("a", a), ("b", b))}
+            ua, ub = _values(spec, a, [], "a"), _values(spec, b, [], "b")
+            if spec.kind == "mean":  # the seeds the test will read, folds matched across the arms
+                ua, ub = common_folds(ua, ub, [])
+            else:
+                ua, ub = seeds_over_folds(ua, [], "a"), seeds_over_folds(ub, [], "b")
+            usable = {"a": len(ua), "b": len(ub)}
         short = short_of_equilibrium(left_out, usable)
         if short:
             results.append(PrimaryResult(spec, *names, None, reason=short, notes=notes, n_a=usable["a"],

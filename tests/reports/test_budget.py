@@ -180,3 +180,13 @@ def test_a_check_over_folds_reads_each_seed_once():
                                                           [0.05, 0.061, 0.07], [0.15, 0.16, 0.171])]
     ci = scipy_stats.ttest_1samp(change, 0.0).confidence_interval(0.95)
     assert (result.ci_low, result.ci_high) == pytest.approx((ci.low, ci.high))
+
+
+def test_a_check_over_folds_without_a_seed_is_one_replicate():
+    """Folds swept and no seed: one replicate, as in the primary comparisons (a check needs 2), not one per fold."""
+    (check,), specs = checks({"of": "gap", "grid": "g2"})
+    runs_ = [FakeRun(f"{grid}/data.fold={f},mask={mask}", metrics={"fit/loss": value + 0.01 * f}, total_steps=steps)
+             for grid, steps, d, sh in (("g", 8000, 0.10, 0.20), ("g2", 16000, 0.05, 0.15))
+             for mask, value in (("distinct", d), ("shared", sh)) for f in range(4)]
+    (result,) = evaluate_budget_checks([check], specs, runs_)
+    assert result.seeds == ["-"] and result.reason == "1 seed(s) with a completed run in all four arms; a check needs 2"

@@ -503,16 +503,23 @@ def test_the_folds_of_a_seed_are_one_replicate_of_a_mean_comparison():
 
 def test_a_seed_is_averaged_over_the_folds_both_arms_have():
     """Two arms alike fold by fold (fold f is 0.05 f harder) where one arm lost fold 0 of every seed: averaging each
-    arm over its own folds read the lost fold's ease as an effect ("holds"); over the folds both have they are
-    equal. Runs that sweep folds and no seed are one replicate, said."""
+    arm over its own folds read the lost fold's ease as an effect (-0.026: "fails"); over the folds both have they
+    are equivalent. A seed in one arm only keeps its folds; runs that sweep folds and no seed are one replicate, said."""
     (s,) = load_primaries({"primary": {"comparisons": [spec(delta=0.01)]}})
     runs = [FakeRun(f"g/block={b},data.fold={f},seed={i}", metrics={"val/acc": 0.8 - 0.05 * f + 0.001 * i * (b == "deq")})
             for b in ("tied", "deq") for i in range(4) for f in range(4)]
     lost = [r for r in runs if not ("block=tied" in r.name and "data.fold=0" in r.name)]
     (r,) = evaluate_primaries([s], lost)
-    assert r.verdict != "holds" and (r.n_a, r.n_b) == (4, 4) and abs(r.test.effect) < 0.01
-    assert "4 (seed, fold) run(s) without their fold in the other arm left out: each seed is averaged over the folds " \
-           "both arms have" in r.notes
+    assert r.verdict == "equivalent" and (r.n_a, r.n_b) == (4, 4) and abs(r.test.effect) < 0.01
+    assert "4 (seed, fold) run(s) whose fold the other arm lacks for that seed left out: a seed both arms have is " \
+           "averaged over the folds both have" in r.notes
+    extra = [FakeRun(f"g/block=deq,data.fold={f},seed=9", metrics={"val/acc": 0.7}) for f in range(4)]
+    (more,) = evaluate_primaries([s], lost + extra)  # seed 9 in arm b only: kept to the pairing, which says so
+    assert any(n.startswith("paired on the 4 seeds both arms have; 1 unpaired replicate(s) left out") for n in more.notes)
+    one_sided = [r for r in lost if "block=deq" in r.name and "data.fold=0" in r.name]  # b: folds; a: none swept
+    plain_a = [FakeRun(f"g/block=tied,seed={i}", metrics={"val/acc": 0.725}) for i in range(4)]
+    (mixed,) = evaluate_primaries([s], plain_a + one_sided)
+    assert (mixed.n_a, mixed.n_b) == (4, 4)  # each arm by its own seeds (before: no (seed, fold) key in common)
     no_seed = [FakeRun(f"g/block={b},data.fold={f}", metrics={"val/acc": 0.8 - 0.01 * f}) for b in ("tied", "deq")
                for f in range(5)]
     (one,) = evaluate_primaries([s], no_seed)
