@@ -414,6 +414,21 @@ def _values(spec: PrimarySpec, runs: list[RunLike], notes: list[str], side: str)
     return merged
 
 
+def replicate_seed(rid: Hashable) -> Hashable:
+    """The seed of a replicate id ((seed, fold) -> seed; a run name, the id of a run without either, as it is)."""
+    return rid[0] if isinstance(rid, tuple) else rid
+
+
+def seed_values(spec: PrimarySpec, a: list[RunLike], b: list[RunLike], notes: list[str]
+                ) -> tuple[dict[Hashable, float], dict[Hashable, float]]:
+    """Each arm's completed runs as one value per seed: repeated runs merged, folds averaged (for a mean comparison
+    over the folds both arms have for the seed, ``common_folds``)."""
+    va, vb = _values(spec, a, notes, "a"), _values(spec, b, notes, "b")
+    if spec.kind == "mean":
+        return common_folds(va, vb, notes)
+    return seeds_over_folds(va, notes, "a"), seeds_over_folds(vb, notes, "b")
+
+
 def has_folds(values: Mapping[Hashable, float]) -> bool:
     """Whether replicate ids carry a data fold (the runs sweep ``data.fold``)."""
     return any(isinstance(k, tuple) and k[-1] is not None for k in values)
@@ -428,7 +443,7 @@ def seeds_over_folds(values: dict[Hashable, float], notes: list[str], side: str)
         return values
     by_seed: dict[Hashable, list[float]] = {}
     for key, value in values.items():
-        by_seed.setdefault((key[0], None) if isinstance(key, tuple) else key, []).append(value)
+        by_seed.setdefault((replicate_seed(key), None) if isinstance(key, tuple) else key, []).append(value)
     folds = sorted({len(v) for v in by_seed.values()})
     notes.append(f"arm {side}: the folds of each seed averaged ({'/'.join(map(str, folds))} per seed): the seed is "
                  "the replicate" + ("; the runs sweep no seed, so all their folds are one replicate"
@@ -444,13 +459,9 @@ def common_folds(va: dict[Hashable, float], vb: dict[Hashable, float], notes: li
     otherwise enter it). A seed in one arm only keeps its own folds; an arm without folds is as it is."""
     if not (has_folds(va) and has_folds(vb)):
         return seeds_over_folds(va, notes, "a"), seeds_over_folds(vb, notes, "b")
-
-    def seed(key: Hashable) -> Hashable:
-        return key[0] if isinstance(key, tuple) else key
-
-    shared = {seed(k) for k in va} & {seed(k) for k in vb}
-    ka = {k: v for k, v in va.items() if seed(k) not in shared or k in vb}
-    kb = {k: v for k, v in vb.items() if seed(k) not in shared or k in va}
+    shared = {replicate_seed(k) for k in va} & {replicate_seed(k) for k in vb}
+    ka = {k: v for k, v in va.items() if replicate_seed(k) not in shared or k in vb}
+    kb = {k: v for k, v in vb.items() if replicate_seed(k) not in shared or k in va}
     unpaired = len(va) - len(ka) + len(vb) - len(kb)
     if unpaired:
         notes.append(f"{unpaired} (seed, fold) run(s) whose fold the other arm lacks for that seed left out: a seed "
@@ -466,8 +477,7 @@ def ended_replicates(runs: list[RunLike], notes: list[str], side: str) -> dict[H
     by_seed: dict[Hashable, list[bool]] = {}
     for run in runs:
         if run.status in ("completed", "diverged"):
-            rid = replicate_id(run)
-            by_seed.setdefault(rid[0] if isinstance(rid, tuple) else rid, []).append(run.status == "diverged")
+            by_seed.setdefault(replicate_seed(replicate_id(run)), []).append(run.status == "diverged")
     repeated = {seed: v for seed, v in by_seed.items() if len(v) > 1}
     if repeated:
         split = sorted(str(seed) for seed, v in repeated.items() if len(set(v)) > 1)
@@ -647,11 +657,7 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
         if spec.kind == "divergence":
             usable = {"a": len(ended_replicates(a, [], "a")), "b": len(ended_replicates(b, [], "b"))}
         else:
-            ua, ub = _values(spec, a, [], "a"), _values(spec, b, [], "b")
-            if spec.kind == "mean":  # the seeds the test will read, folds matched across the arms
-                ua, ub = common_folds(ua, ub, [])
-            else:
-                ua, ub = seeds_over_folds(ua, [], "a"), seeds_over_folds(ub, [], "b")
+            ua, ub = seed_values(spec, a, b, [])  # the seeds the test will read
             usable = {"a": len(ua), "b": len(ub)}
         short = short_of_equilibrium(left_out, usable)
         if short:
@@ -662,7 +668,7 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             note = convergence_note(spec, a, b)
             if note:
                 notes.append(note)
-            va, vb = common_folds(_values(spec, a, notes, "a"), _values(spec, b, notes, "b"), notes)
+            va, vb = seed_values(spec, a, b, notes)
             common = set(va) & set(vb)
             if set(va) != set(vb) and len(common) >= 2:  # pair on the seeds both arms have
                 notes.append(f"paired on the {len(common)} seeds both arms have; "
@@ -680,8 +686,8 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             test = stats.rate_test(sum(ended_b.values()), len(ended_b), sum(ended_a.values()), len(ended_a),
                                    alpha=alpha)
         else:  # spread: a positive effect favours a: its runs vary less over seeds
-            groups = ([list(seeds_over_folds(_values(spec, b, notes, "b"), notes, "b").values())],
-                      [list(seeds_over_folds(_values(spec, a, notes, "a"), notes, "a").values())])
+            va, vb = seed_values(spec, a, b, notes)
+            groups = ([list(vb.values())], [list(va.values())])
             test = stats.variance_test(*groups, alpha=alpha)
         results.append(PrimaryResult(spec, *names, test, notes=notes, not_at_equilibrium=left_out))
         if spec.kind == "spread":
