@@ -442,7 +442,7 @@ def cell_blocks(report: Any) -> list[Block]:
 EQUILIBRIUM_NOTE = (
     "DEQ runs whose metrics.json states an equilibrium check (`equilibrium`: the relative residual, the fraction of "
     "converged samples, the spectral norm of df/dz at z*, and grad_cosine: the cosine of the run's gradient with "
-    "the one its backward mode gives after a tight-tolerance solve, against the run's thresholds; grad_cosine_ift, "
+    "the one its backward mode gives after a tight-tolerance solve (over the DEQ blocks' parameters since 2026-12-06), against the run's thresholds; grad_cosine_ift, "
     "the cosine with the exact implicit gradient, is shown but not judged). A completed run flagged not at equilibrium is counted here and in "
     "its cell's n (\"+k not at equilibrium\"), never averaged into its cell, a comparison or a primary arm; runs "
     "written before the check are \"not measured\" and included as before. Counts and medians are over each "

@@ -65,6 +65,22 @@ def test_probes_do_not_change_what_the_run_trains(tmp_path):
     assert plain["equilibrium"]["thresholds"]["grad_cosine"] is None  # never probed: not checked, and said so
 
 
+def test_the_gradient_probe_compares_the_deq_blocks_parameters_only(tmp_path, monkeypatch):
+    """The cosine is over the DEQ block's weight and bias (the backward mode's output), not the stem's and head's: the
+    head's gradient barely depends on the solve and would dilute a wrong block gradient."""
+    from tiedlab.paradigms import engine
+
+    compared, real = [], engine.gradient_cosine
+
+    def spy(a, b):
+        compared.append([tuple(g.shape) for g in a])
+        return real(a, b)
+
+    monkeypatch.setattr(engine, "gradient_cosine", spy)
+    train(cfg(equilibrium=dict(probe_every=30)), tmp_path)
+    assert compared and all(shapes == [(16, 16), (16,)] for shapes in compared), compared
+
+
 def test_probe_every_sets_the_gradient_probes_steps_and_the_last_evaluation_always_probes(tmp_path):
     train(cfg(equilibrium=dict(probe_every=20)), tmp_path)
     probed = [h["step"] for h in rundir.read_history(tmp_path) if "eq/grad_cosine" in h]
