@@ -117,7 +117,7 @@ class WandbTracker:
         try:
             self.run = wandb.init(project=cfg.project, mode=mode, dir=str(directory), config=config,
                                   name=run_dir.name, group=cfg.group, tags=list(cfg.tags),
-                                  id=run_id, resume="allow", reinit="finish_previous",
+                                  id=run_id, resume="allow", reinit="create_new",
                                   settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S, silent=True))
         except Exception as err:  # wandb raises its own Error types, TimeoutError, OSError, ...
             hint = "" if mode == "offline" else "; logger.mode=offline logs without a network"

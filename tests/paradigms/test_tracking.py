@@ -235,3 +235,20 @@ def test_a_resumed_run_directory_continues_its_offline_wandb_run(tmp_path):
     run_id = read_run_id(tmp_path / "run")
     # two offline runs with the same id (two in one second get a "-1" folder suffix): `wandb sync` joins them
     assert len(runs) == 2 and all((run / f"run-{run_id}.wandb").exists() for run in runs), runs
+
+
+def test_two_run_directories_log_to_their_own_offline_wandb_runs_at_once(tmp_path):
+    """A seed batch trains K runs in one process: each run's tracker stays open beside the others (a second
+    wandb.init must not finish the first run, whose next log would then fail)."""
+    os.environ.pop("WANDB_MODE", None)
+    cfg = logger(mode="offline", group="quick/toy")
+    trackers = [make_tracker(cfg, tmp_path / f"seed{s}", {"seed": s}) for s in (0, 1)]
+    for step in (10, 20):
+        for s, tracker in enumerate(trackers):
+            tracker.log({"val/loss": (s + 1.0) / step}, step)
+    for tracker in trackers:
+        tracker.finish({"status": "completed"})
+    for s in (0, 1):
+        (run,) = _offline_runs(tmp_path / f"seed{s}")
+        assert (run / f"run-{read_run_id(tmp_path / f'seed{s}')}.wandb").exists()
+    assert trackers[0].run.id != trackers[1].run.id
