@@ -415,6 +415,16 @@ def _cuda_devices(model: nn.Module) -> list[int]:
     return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
 
 
+def device_wait(device: torch.device) -> float:
+    """Wait for the work queued on ``device`` (CUDA: ``torch.cuda.synchronize``); the seconds waited, 0.0 where
+    nothing is queued (CPU runs each operation as it is called)."""
+    if device.type != "cuda":
+        return 0.0
+    t0 = time.perf_counter()
+    torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 def fetch_waits(device: torch.device) -> bool:
     """Whether fetching a batch waits for the device's queued work (CUDA: the copy of host-drawn values to the
     device does), so that a step's clock starts at its fetch, not after it."""
@@ -829,12 +839,16 @@ class _Run:
         return ""
 
     def _read_due(self) -> bool:
-        """Whether the steps in ``pending`` are read now: at a log line, an evaluation, a checkpoint, the last step,
-        and at least every ``READ_EVERY`` steps (a diverged run is noticed within that many)."""
-        step, train = self.loop.step, self.cfg.train
-        return bool(self.pending) and (
-            step == self.total_steps or step % READ_EVERY == 0 or step % train.eval_every == 0
-            or step % train.ckpt_every == 0 or bool(self.log_every and step % self.log_every == 0))
+        """Whether the steps in ``pending`` are read now (``reads_after``)."""
+        return bool(self.pending) and self.reads_after(self.loop.step)
+
+    def reads_after(self, step: int) -> bool:
+        """Whether the loop reads its pending steps after ``step`` by the step count: at a log line, an evaluation,
+        a checkpoint, the last step, and at least every ``READ_EVERY`` steps (a diverged run is noticed within that
+        many); a stop signal and the time limit read too."""
+        train = self.cfg.train
+        return (step == self.total_steps or step % READ_EVERY == 0 or step % train.eval_every == 0
+                or step % train.ckpt_every == 0 or bool(self.log_every and step % self.log_every == 0))
 
     def _flush(self, stop: "_StopSignals | None" = None) -> str:
         """Read the pending steps in one transfer (after waiting for the device, which counts as training time):
@@ -845,10 +859,8 @@ class _Run:
         pending, self.pending = self.pending, []
         if not pending:
             return ""
-        if self.device.type == "cuda":
-            t0 = time.perf_counter()
-            torch.cuda.synchronize(self.device)
-            waited = time.perf_counter() - t0
+        waited = device_wait(self.device)
+        if waited:
             loop.train_s += waited
             if pending[0].warm and loop.warmup_s is not None:  # the wait of warm-up steps (never mixed with solving)
                 loop.warmup_s += waited

@@ -143,8 +143,9 @@ class SeedBatchSpec:
     (``tiedlab.paradigms.seedbatch``); its output goes to the first run's ``launch.log``."""
 
     grid: str
-    overrides: tuple[str, ...]  # the runs' overrides less their seed= (each run directory's name holds its seed)
+    overrides: tuple[str, ...]  # the runs' overrides less their seed=
     run_dirs: tuple[str, ...]
+    seeds: tuple[str, ...]  # each run's seed, as its seed= override gives it (not read back from a shortened name)
 
     @property
     def name(self) -> str:
@@ -169,8 +170,14 @@ def seed_batches(runs: Sequence[RunSpec], k: int, batchable: Callable[[RunSpec],
             continue
         for i in range(0, len(members), k):
             chunk = members[i: i + k]
-            out.append(chunk[0] if len(chunk) == 1 else SeedBatchSpec(grid, rest, tuple(r.run_dir for r in chunk)))
+            out.append(chunk[0] if len(chunk) == 1 else SeedBatchSpec(
+                grid, rest, tuple(r.run_dir for r in chunk), tuple(_seed_override(r) for r in chunk)))
     return out
+
+
+def _seed_override(run: RunSpec) -> str:
+    """The value of ``run``'s last seed= override (a seed batch's runs differ in it: each has one)."""
+    return [o.split("=", 1)[1] for o in run.overrides if o.split("=", 1)[0] == "seed"][-1]
 
 
 def sweep_values(key: str, value: Any) -> list[str]:
@@ -220,7 +227,8 @@ def run_command(run: "RunSpec | SeedBatchSpec", threads: int | None = None) -> l
     """The command line that trains ``run`` in its directory (and nothing else: Hydra's own files go into the
     run directory's ``.hydra``, as under multirun), or a seed batch's runs in theirs."""
     if isinstance(run, SeedBatchSpec):
-        cmd = [sys.executable, "-m", "tiedlab.paradigms.seedbatch", *run.run_dirs, "--", *run.overrides]
+        cmd = [sys.executable, "-m", "tiedlab.paradigms.seedbatch", "--seeds", ",".join(run.seeds), *run.run_dirs,
+               "--", *run.overrides]
         return cmd + ([f"train.threads={threads}"] if threads else [])
     cmd = [sys.executable, "-m", "tiedlab.paradigms.cli", *run.overrides, f"hydra.run.dir={_quoted(run.run_dir)}"]
     if threads:

@@ -225,7 +225,8 @@ class StudyPlan:
 
 
 def wall_seconds(metrics: dict[str, Any]) -> float | None:
-    """A run's wall time: the sum over its sessions (a resumed run has several) of ended - started."""
+    """A run's wall time: the sum over its sessions (a resumed run has several) of ended - started, a session
+    trained in a seed batch of K runs (its ``seed_batch``) counted as 1/K of it (the batch's runs share it)."""
     total = 0.0
     for session in metrics.get("provenance") or []:
         try:
@@ -233,7 +234,7 @@ def wall_seconds(metrics: dict[str, Any]) -> float | None:
             end = _dt.datetime.fromisoformat(session["ended"])
         except (KeyError, TypeError, ValueError):
             return None
-        total += (end - start).total_seconds()
+        total += (end - start).total_seconds() / max(1, int(session.get("seed_batch") or 1))
     return total or None
 
 

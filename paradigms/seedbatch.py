@@ -16,12 +16,14 @@ vectorised (its solver stops on a per-batch residual test) and is refused, like 
 The time of a shared step is split evenly between the runs (``time/step_ms`` is the cost per seed); a run's
 ``memory/peak_mb`` is the batch's (one process).
 
-    python -m tiedlab.paradigms.seedbatch RUN_DIR... -- OVERRIDES   (each run's overrides: its seed=... appended)
+    python -m tiedlab.paradigms.seedbatch --seeds S1,S2,... RUN_DIR1 RUN_DIR2 ... -- OVERRIDES
+        (each run composed from OVERRIDES and its seed=S)
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import time
 from pathlib import Path
@@ -124,6 +126,8 @@ def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
                 todo.append((i, cfg, specs[i], run_dir, opened))
         stop = _StopSignals()  # as engine.train: a SIGTERM/SIGUSR2 waits for a step boundary or the last write
         stack.callback(stop.restore)
+        stack.push(lambda kind, err, tb: _deliver_on_error(stop, err))  # runs first: a crash must not swallow a
+        # stop that waited
         with shared_data():  # the K runs decode their data once
             runs = [(i, _Run(cfg, spec, run_dir, opened, [*overrides, f"seed={cfg.seed}"], seed_batch=len(todo)))
                     for i, cfg, spec, run_dir, opened in todo]
@@ -145,6 +149,15 @@ def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
                 for (i, run), (status, reason) in zip(group, SeedBatch([r for _, r in group]).train(stop)):
                     results[i] = run.finish(status, reason)
     return results  # type: ignore[return-value]
+
+
+def _deliver_on_error(stop: _StopSignals, err: BaseException | None) -> bool:
+    """While an exception ``err`` leaves ``train_seed_batch``: a stop signal that waited for a step boundary is
+    delivered now, as if it had not waited (as ``engine.train`` does). Never swallows ``err`` (returns False)."""
+    if err is not None and stop.received:
+        stop.restore()
+        signal.raise_signal(signal.Signals[stop.received])
+    return False
 
 
 def _vmappable_attention(device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -202,6 +215,18 @@ class SeedBatch:
                            rel_trace=traces[1].detach(), abs_residual=traces[0, -1].detach(),
                            rel_residual=traces[1, -1].detach(), sparsity=template.sparsity)]
 
+    @staticmethod
+    def _reads_after_step(live: list[_Run], t0: float, stop: "_StopSignals") -> bool:
+        """Whether a run of the batch reads its pending steps after this one (its step count, a progress bar, a stop
+        signal, or its time limit, counting this step's time so far): each read waits for the device."""
+        so_far = (time.perf_counter() - t0) / len(live)
+        for r in live:
+            limit = r.cfg.train.time_limit_s
+            if r.reads_after(r.loop.step + 1) or r.progress is not None \
+                    or (limit is not None and r.loop.train_s + so_far >= float(limit)):
+                return True
+        return bool(stop.received)
+
     def train(self, stop: "_StopSignals | None" = None) -> list[tuple[str, str]]:
         """Train every run to its end; returns each run's (status, reason). ``stop``: as ``_Run.train``'s."""
         live = list(self.runs)
@@ -246,6 +271,8 @@ class SeedBatch:
                         if stacked._version != versions[n]:
                             for k, r in enumerate(live):
                                 r.model.get_buffer(n).copy_(stacked[k])
+                if self._reads_after_step(live, t0, stop):  # wait here, for all of the batch's queued work, so
+                    engine.device_wait(live[0].device)  # that the first run's read does not take the others' share
                 seconds = (time.perf_counter() - t0) / len(live)
                 for k, r in enumerate(list(live)):
                     r.recorder.take()
@@ -270,27 +297,24 @@ class SeedBatch:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tiedlab.paradigms.seedbatch RUN_DIR... -- OVERRIDES``: the runs in RUN_DIR..., each composed
-    from OVERRIDES plus its own ``seed=`` (its run directory's name must hold ``seed=N``)."""
-    import re
-
+    """``python -m tiedlab.paradigms.seedbatch --seeds S1,S2,... RUN_DIR1 RUN_DIR2 ... -- OVERRIDES``: the runs in
+    RUN_DIR..., each composed from OVERRIDES plus its own seed (given, not read from the directory's name, which
+    ``rundir.short_dirname`` may have cut)."""
     from .cli import compose_config
     from .launch import _quoted
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv:
-        print("usage: python -m tiedlab.paradigms.seedbatch RUN_DIR... -- OVERRIDES", file=sys.stderr)
+    usage = "usage: python -m tiedlab.paradigms.seedbatch --seeds S1,S2,... RUN_DIR1 RUN_DIR2 ... -- OVERRIDES"
+    if "--" not in argv or len(argv) < 2 or argv[0] != "--seeds":
+        print(usage, file=sys.stderr)
         return 2
     cut = argv.index("--")
-    run_dirs, overrides = argv[:cut], argv[cut + 1:]
+    seeds, run_dirs, overrides = argv[1].split(","), argv[2:cut], argv[cut + 1:]
     try:
-        cfgs = []
-        for d in run_dirs:
-            seed = re.search(r"(?:^|,)seed=(\d+)(?:,|$)", Path(d).name)
-            if not seed:
-                raise ValueError(f"{d}: a seed batch's run directory names its seed (seed=N), as the study runner "
-                                 "makes them")
-            cfgs.append(compose_config([*overrides, f"seed={seed.group(1)}", f"run_dir={_quoted(d)}"]))
+        if len(seeds) != len(run_dirs) or not all(_is_int(s) for s in seeds):
+            raise ValueError(f"--seeds {argv[1]} must give one integer seed per run directory ({len(run_dirs)} given)")
+        cfgs = [compose_config([*overrides, f"seed={seed}", f"run_dir={_quoted(d)}"])
+                for seed, d in zip(seeds, run_dirs)]
         results = train_seed_batch(cfgs, run_dirs, overrides)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -302,6 +326,14 @@ def main(argv: list[str] | None = None) -> int:
     if any(r.get("status") == "interrupted" for r in results):
         return INTERRUPTED_EXIT  # signalled: checkpointed, resumable (as a single run's exit status says)
     return 1 if any(r.get("status") == "failed" for r in results) else 0  # as a single run: diverged is a result
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

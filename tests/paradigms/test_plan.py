@@ -24,6 +24,15 @@ def finished(runs: Path, grid: str, leaf: str, seed: int, val: float, seconds: l
     (run / "metrics.json").write_text(json.dumps(metrics))
 
 
+def test_a_seed_batchs_session_counts_its_share_of_the_wall_time():
+    """A run trained in a seed batch of 4 shares its process's 40 s with 3 others: 10 s each, plus a resumed
+    session alone (seed_batch 1, or not recorded: older runs) in full."""
+    batch = {"started": "2026-01-01T00:00:00+00:00", "ended": "2026-01-01T00:00:40+00:00", "seed_batch": 4}
+    alone = {"started": "2026-01-01T00:01:00+00:00", "ended": "2026-01-01T00:01:05+00:00"}
+    assert wall_seconds({"provenance": [batch, alone]}) == 15.0
+    assert wall_seconds({"provenance": [batch, {**alone, "seed_batch": 1}]}) == 15.0
+
+
 def test_wall_seconds_sum_the_sessions_of_a_resumed_run():
     assert wall_seconds({"provenance": [{"started": "2026-01-01T00:00:00+00:00", "ended": "2026-01-01T00:00:30+00:00"},
                                         {"started": "2026-01-01T01:00:00+00:00", "ended": "2026-01-01T01:00:12+00:00"}]}) == 42

@@ -185,17 +185,23 @@ def test_study_runs_group_into_seed_batches_per_cell_and_the_command_trains_them
     assert kinds == [("SeedBatchSpec", 2), ("RunSpec", 1), ("RunSpec", 1), ("RunSpec", 1), ("RunSpec", 1)]
     batch = grouped[0]
     assert [Path(d).name for d in batch.run_dirs] == ["block=tied,seed=0", "block=tied,seed=1"]
-    assert not any(o.startswith("seed=") for o in batch.overrides)
+    assert not any(o.startswith("seed=") for o in batch.overrides) and batch.seeds == ("0", "1")
     cmd = launch.run_command(batch, threads=1)
     assert cmd[1:3] == ["-m", "tiedlab.paradigms.seedbatch"] and cmd[-1] == "train.threads=1"
     monkeypatch.syspath_prepend(str(tests))
-    assert seedbatch.main([*batch.run_dirs, "--", *batch.overrides, "train.threads=1"]) == 0
+    assert seedbatch.main(cmd[3:]) == 0
     for d, seed in zip(batch.run_dirs, (0, 1)):
         m = json.loads((Path(d) / "metrics.json").read_text())
         assert m["status"] == "completed" and m["step"] == 4
         assert rundir.read_metrics(Path(d))["metrics"]["val/acc"] > 0
-        assert "\nseed: %d\n" % seed in (Path(d) / "config.yaml").read_text()  # its own seed, from its name
-    assert seedbatch.main([str(tmp_path / "no-seed-here"), "--", *batch.overrides]) == 1
+        assert "\nseed: %d\n" % seed in (Path(d) / "config.yaml").read_text()  # its own seed
+    # the seeds come with the command, not from the directories' names (rundir.short_dirname may cut a long one)
+    named_otherwise = [str(tmp_path / "cut,seed=1,hash=0123"), str(tmp_path / "no-seed-here")]
+    assert seedbatch.main(["--seeds", "12,-3", *named_otherwise, "--", *batch.overrides, "train.threads=1"]) == 0
+    for d, seed in zip(named_otherwise, (12, -3)):
+        assert "\nseed: %d\n" % seed in (Path(d) / "config.yaml").read_text()
+    assert seedbatch.main(["--seeds", "0", *named_otherwise, "--", *batch.overrides]) == 1  # one seed per run
+    assert seedbatch.main([*batch.run_dirs, "--", *batch.overrides]) == 2  # no --seeds: the usage line
 
 
 def test_a_random_forward_pass_is_refused_not_made_up(tmp_path, monkeypatch):
@@ -271,3 +277,63 @@ def test_a_sigterm_during_a_seed_batchs_final_evaluation_waits_for_every_run_to_
     for d in batch.run_dirs:
         m = json.loads((Path(d) / "metrics.json").read_text())
         assert m["status"] == "completed" and "test/acc" in m["metrics"], m
+
+
+def test_the_devices_wait_at_a_read_is_shared_by_the_batchs_runs(tmp_path, monkeypatch):
+    """On CUDA a read waits for the queued work of the whole batch step: the batch waits once, before the runs'
+    updates, and splits the time evenly (the first run's read would otherwise take every run's share). A stand-in
+    device: each backward queues 0.2 s of work, which the next wait sleeps through."""
+    import time
+
+    from tiedlab.paradigms import engine
+
+    queued = [0.0]
+    backward = torch.Tensor.backward
+
+    def queue(self, *args, **kwargs):
+        backward(self, *args, **kwargs)
+        queued[0] = 0.2
+
+    def wait(device):
+        waited, queued[0] = queued[0], 0.0
+        time.sleep(waited)
+        return waited
+
+    monkeypatch.setattr(torch.Tensor, "backward", queue)
+    monkeypatch.setattr(engine, "device_wait", wait)
+    runs = train_seed_batch([cfg(s, **{"train.log_every": 0}) for s in range(2)], [tmp_path / f"b{s}" for s in range(2)])
+    seconds = [r["metrics"]["time/train_s"] for r in runs]
+    assert min(seconds) >= 0.2  # two reads (steps 8 and 16) of 0.2 s, split over 2 runs: the wait is counted
+    assert abs(seconds[0] - seconds[1]) < 0.1, seconds  # and shared (charged to seed 0 alone: 0.4 s apart)
+
+
+def test_a_stop_that_waited_is_delivered_when_the_seed_batch_then_crashes(tmp_path):
+    """A SIGTERM during the final evaluation waits for the runs to finish; if finishing then raises (a tracker
+    failing, say), the process ends by that SIGTERM, as a single run's does, not by the error alone (which
+    would leave its launcher thinking it crashed rather than was stopped)."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tests)!r})
+        from support.toy import with_changes
+        from tiedlab.paradigms import tracking
+        from tiedlab.paradigms.seedbatch import train_seed_batch
+
+        def broken(self, summary):
+            raise RuntimeError("the tracker failed")
+
+        tracking.LocalTracker.finish = broken
+        base = dict(paradigm="support.toy:ToyParadigm", data=dict(sigterm_on_test=True), model=dict(width=8),
+                    train=dict(batch_size=64, epochs=None, max_steps=4, eval_every=4, progress=False, threads=1),
+                    optim=dict(lr=0.01), block=dict(mode="tied", depth=2))
+        train_seed_batch([with_changes(base, seed=s) for s in (0, 1)], [{str(tmp_path)!r} + f"/b{{s}}" for s in (0, 1)])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    # ended by the signal (uncaught, the error alone ends it with 1; without the error the batch returns: 0)
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stderr[-3000:])
