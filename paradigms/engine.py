@@ -838,6 +838,13 @@ class _Run:
             return self._flush(stop)
         return ""
 
+    def add_wait(self, waited: float) -> None:
+        """Count ``waited`` seconds spent waiting for the device's queued steps as training time (and as warm-up
+        time when the pending steps are warm-up steps: ``pending`` never mixes the two phases)."""
+        self.loop.train_s += waited
+        if waited and self.pending and self.pending[0].warm and self.loop.warmup_s is not None:
+            self.loop.warmup_s += waited
+
     def _read_due(self) -> bool:
         """Whether the steps in ``pending`` are read now (``reads_after``)."""
         return bool(self.pending) and self.reads_after(self.loop.step)
@@ -856,14 +863,10 @@ class _Run:
         means over the ranks) go to the loop's window and totals; returns why the run diverged at the first step
         that did ("" when none did): a non-finite loss as optimised (the penalty included) or an exploding solve."""
         cfg, loop, world = self.cfg, self.loop, self.world
-        pending, self.pending = self.pending, []
-        if not pending:
+        if not self.pending:
             return ""
-        waited = device_wait(self.device)
-        if waited:
-            loop.train_s += waited
-            if pending[0].warm and loop.warmup_s is not None:  # the wait of warm-up steps (never mixed with solving)
-                loop.warmup_s += waited
+        self.add_wait(device_wait(self.device))
+        pending, self.pending = self.pending, []
         # each step's task loss and Jacobian estimate (the loss again in its place when there is none)
         values = [v for p in pending for v in (p.loss, p.loss if p.jacobian is None else p.jacobian)]
         read = torch.stack([v.detach().to("cpu", torch.float64).reshape(()) for v in values]).tolist()

@@ -216,16 +216,23 @@ class SeedBatch:
                            rel_residual=traces[1, -1].detach(), sparsity=template.sparsity)]
 
     @staticmethod
-    def _reads_after_step(live: list[_Run], t0: float, stop: "_StopSignals") -> bool:
-        """Whether a run of the batch reads its pending steps after this one (its step count, a progress bar, a stop
-        signal, or its time limit, counting this step's time so far): each read waits for the device."""
-        so_far = (time.perf_counter() - t0) / len(live)
+    def _share_wait(live: list[_Run]) -> None:
+        """Wait for the device's queued work (the whole batch step's) and count it evenly as the runs' training
+        time: left to the runs' own reads, the first would wait for all of it and the others for nothing."""
+        waited = engine.device_wait(live[0].device)
+        for r in live:
+            r.add_wait(waited / len(live))
+
+    @staticmethod
+    def _will_read(live: list[_Run], stop: "_StopSignals") -> bool:
+        """Whether a run of the batch reads its pending steps after the step it just took (``_Run._after_step``'s
+        reasons: its step count, a stop signal, its time limit)."""
         for r in live:
             limit = r.cfg.train.time_limit_s
-            if r.reads_after(r.loop.step + 1) or r.progress is not None \
-                    or (limit is not None and r.loop.train_s + so_far >= float(limit)):
+            if r.pending and (r.reads_after(r.loop.step) or bool(stop.received)
+                              or (limit is not None and r.loop.train_s >= float(limit))):
                 return True
-        return bool(stop.received)
+        return False
 
     def train(self, stop: "_StopSignals | None" = None) -> list[tuple[str, str]]:
         """Train every run to its end; returns each run's (status, reason). ``stop``: as ``_Run.train``'s."""
@@ -271,16 +278,26 @@ class SeedBatch:
                         if stacked._version != versions[n]:
                             for k, r in enumerate(live):
                                 r.model.get_buffer(n).copy_(stacked[k])
-                if self._reads_after_step(live, t0, stop):  # wait here, for all of the batch's queued work, so
-                    engine.device_wait(live[0].device)  # that the first run's read does not take the others' share
                 seconds = (time.perf_counter() - t0) / len(live)
-                for k, r in enumerate(list(live)):
+                if any(r.progress is not None for r in live):  # their updates read at once: wait for the batch first
+                    self._share_wait(live)
+                stepped, stopped = list(live), {}
+                for k, r in enumerate(stepped):
                     r.recorder.take()
                     try:
-                        stopped = r.update(seconds, losses[k].detach(), {n: v[k].detach() for n, v in metrics.items()},
-                                           self._stats(r, template[0] if template else None, traces[k]), stop)
-                        end = r._after_step(stopped, drawn[k][0], drawn[k][1], stop)
+                        stopped[k] = r.update(seconds, losses[k].detach(), {n: v[k].detach() for n, v in metrics.items()},
+                                              self._stats(r, template[0] if template else None, traces[k]), stop)
                     except Exception as err:  # noqa: BLE001 - one run's crash fails that run, not the batch
+                        ended[id(r)] = ("failed", r.crash_reason(err))
+                        live.remove(r)
+                if self._will_read(live, stop):  # the reads below wait for the device: share the wait first
+                    self._share_wait(live)
+                for k, r in enumerate(stepped):
+                    if id(r) in ended:
+                        continue
+                    try:
+                        end = r._after_step(stopped[k], drawn[k][0], drawn[k][1], stop)
+                    except Exception as err:  # noqa: BLE001
                         end = ("failed", r.crash_reason(err))
                     if end:
                         ended[id(r)] = end

@@ -81,6 +81,11 @@ def _offline_without_network() -> None:
     os.environ["WANDB_ERROR_REPORTING"] = "false"
 
 
+# The wandb runs this process opened and has not finished, by id: the runs of a seed batch log side by side
+# (``reinit="create_new"``), and a run directory opened again in the same process closes its stale run first.
+_open_runs: dict[str, Any] = {}
+
+
 class WandbTracker:
     """One wandb run per run directory, continued when the run resumes; grouped by ``logger.group``.
 
@@ -114,6 +119,9 @@ class WandbTracker:
             atomic_write_bytes(run_dir / WANDB_ID, (run_id + "\n").encode())
         directory = Path(cfg.dir or run_dir)
         directory.mkdir(parents=True, exist_ok=True)
+        stale = _open_runs.pop(run_id, None)
+        if stale is not None:  # this process opened the run before and left it open (a Ctrl-C, a crash): close it
+            stale.finish()
         try:
             self.run = wandb.init(project=cfg.project, mode=mode, dir=str(directory), config=config,
                                   name=run_dir.name, group=cfg.group, tags=list(cfg.tags),
@@ -123,6 +131,7 @@ class WandbTracker:
             hint = "" if mode == "offline" else "; logger.mode=offline logs without a network"
             raise TrackerError(f"wandb.init failed (mode {mode}, dir {directory}, run id {run_id}): "
                                f"{type(err).__name__}: {err}{hint}") from err
+        _open_runs[run_id] = self.run
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.run is not None:
@@ -133,6 +142,7 @@ class WandbTracker:
             return
         for key, value in summary.items():
             self.run.summary[key] = value
+        _open_runs.pop(self.run.id, None)
         self.run.finish()
 
 

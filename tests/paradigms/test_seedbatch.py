@@ -279,10 +279,13 @@ def test_a_sigterm_during_a_seed_batchs_final_evaluation_waits_for_every_run_to_
         assert m["status"] == "completed" and "test/acc" in m["metrics"], m
 
 
-def test_the_devices_wait_at_a_read_is_shared_by_the_batchs_runs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("diverges", [False, True])
+def test_the_devices_wait_at_a_read_is_shared_by_the_batchs_runs(tmp_path, monkeypatch, diverges):
     """On CUDA a read waits for the queued work of the whole batch step: the batch waits once, before the runs'
-    updates, and splits the time evenly (the first run's read would otherwise take every run's share). A stand-in
-    device: each backward queues 0.2 s of work, which the next wait sleeps through."""
+    reads, and splits the time evenly (the first run's read would otherwise take every run's share); a run that
+    diverged after the first read (NaN inputs from step 12, read at step 16) keeps both waits, as a run alone does
+    (its steps after the last finite one are not counted, the device's time is). A stand-in device: each backward
+    queues 1 s of work, which the next wait sleeps through."""
     import time
 
     from tiedlab.paradigms import engine
@@ -292,7 +295,7 @@ def test_the_devices_wait_at_a_read_is_shared_by_the_batchs_runs(tmp_path, monke
 
     def queue(self, *args, **kwargs):
         backward(self, *args, **kwargs)
-        queued[0] = 0.2
+        queued[0] = 1.0
 
     def wait(device):
         waited, queued[0] = queued[0], 0.0
@@ -301,10 +304,12 @@ def test_the_devices_wait_at_a_read_is_shared_by_the_batchs_runs(tmp_path, monke
 
     monkeypatch.setattr(torch.Tensor, "backward", queue)
     monkeypatch.setattr(engine, "device_wait", wait)
-    runs = train_seed_batch([cfg(s, **{"train.log_every": 0}) for s in range(2)], [tmp_path / f"b{s}" for s in range(2)])
+    changes = {"train.log_every": 0, **({"data.nan_input_after": 11} if diverges else {})}
+    runs = train_seed_batch([cfg(s, **changes) for s in range(2)], [tmp_path / f"b{s}" for s in range(2)])
+    assert [r["status"] for r in runs] == ["diverged" if diverges else "completed"] * 2
     seconds = [r["metrics"]["time/train_s"] for r in runs]
-    assert min(seconds) >= 0.2  # two reads (steps 8 and 16) of 0.2 s, split over 2 runs: the wait is counted
-    assert abs(seconds[0] - seconds[1]) < 0.1, seconds  # and shared (charged to seed 0 alone: 0.4 s apart)
+    assert min(seconds) >= 1.0, seconds  # two reads (steps 8 and 16) of 1 s, split over 2 runs: the wait is counted
+    assert abs(seconds[0] - seconds[1]) < 0.3, seconds  # and shared (charged to seed 0 alone: 2 s apart)
 
 
 def test_a_stop_that_waited_is_delivered_when_the_seed_batch_then_crashes(tmp_path):

@@ -252,3 +252,16 @@ def test_two_run_directories_log_to_their_own_offline_wandb_runs_at_once(tmp_pat
         (run,) = _offline_runs(tmp_path / f"seed{s}")
         assert (run / f"run-{read_run_id(tmp_path / f'seed{s}')}.wandb").exists()
     assert trackers[0].run.id != trackers[1].run.id
+
+
+def test_a_run_directory_opened_again_in_the_same_process_closes_its_stale_wandb_run(tmp_path):
+    """A run left open (a Ctrl-C, a crash before the tracker finished) and resumed in the same process (a notebook,
+    the Python API): the stale wandb run is closed and the run continues under its id, not refused as in use."""
+    os.environ.pop("WANDB_MODE", None)
+    cfg = logger(mode="offline", group="quick/toy")
+    left_open = make_tracker(cfg, tmp_path / "run", {"seed": 0})
+    left_open.log({"val/loss": 0.5}, 10)
+    resumed = make_tracker(cfg, tmp_path / "run", {"seed": 0})
+    resumed.log({"val/loss": 0.25}, 20)
+    resumed.finish({"status": "completed"})
+    assert resumed.run.id == left_open.run.id == read_run_id(tmp_path / "run")
