@@ -134,6 +134,29 @@ def test_diverging_runs_of_a_seed_batch_are_recorded_as_diverged_at_their_step(t
         train_seed_batch([cfg(0), cfg(1, **poisoned)], [tmp_path / "c", tmp_path / "d"])
 
 
+def test_one_seed_diverging_leaves_the_others_training_as_if_alone(tmp_path, monkeypatch):
+    """Seed 0's inputs turn NaN from its 6th batch: it ends diverged at step 5, and seed 1 trains on in a batch of
+    its own to the same weights and scores as a separate run (the NaN never reaches its parameters or statistics)."""
+    from tiedlab.paradigms import engine
+
+    real = engine._Run.batches
+
+    def batches(self):
+        for n, (epoch, index, (x, y)) in enumerate(real(self)):
+            yield epoch, index, (x * float("nan") if int(self.cfg.seed) == 0 and n >= 5 else x, y)
+
+    monkeypatch.setattr(engine._Run, "batches", batches)
+    poisoned, healthy = train_seed_batch([cfg(0), cfg(1)], [tmp_path / "b0", tmp_path / "b1"])
+    monkeypatch.setattr(engine._Run, "batches", real)
+    alone = train(cfg(1), tmp_path / "alone")
+    assert (poisoned["status"], poisoned["step"]) == ("diverged", 5)
+    assert healthy["status"] == "completed" and healthy["step"] == 16
+    close(healthy["metrics"], alone["metrics"], ("val/acc", "val/loss", "test/acc", "test/loss"))
+    for name, tensor in torch.load(tmp_path / "b1" / rundir.CHECKPOINT, weights_only=True)["model"].items():
+        assert torch.allclose(tensor, torch.load(tmp_path / "alone" / rundir.CHECKPOINT, weights_only=True)["model"][name],
+                              rtol=1e-4, atol=1e-6), name
+
+
 @pytest.mark.parametrize("paradigm,overrides", [
     ("vision", ["size=vision_quick", "data=fashion-mnist", "data.limit_train=256", "data.val_size=64",
                 "data.limit_test=64", "model.width=8", "model.groups=2", "train.batch_size=32", "mask=distinct",
