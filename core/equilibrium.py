@@ -37,8 +37,9 @@ class EquilibriumThresholds:
         converged_fraction: the run is flagged when fewer samples than this are converged.
         grad_cosine: the run is flagged when its gradient's cosine with the gradient its backward mode gives
             after a tight-tolerance solve (and, for IFT, a tight adjoint solve) is below this: the budget is
-            too small for the gradient the run means to take. (The engine compares the DEQ blocks' parameters.) (How far phantom and one-step gradients are from
-            the implicit one is an approximation by design; the engine records it apart, unjudged.)
+            too small for the gradient the run means to take (the engine compares the DEQ blocks' parameters).
+            (How far phantom and one-step gradients are from the implicit one is an approximation by design; the
+            engine records it apart, unjudged.)
         spectral_norm: the run is flagged when the estimated ||df/dz||_2 at z* is above this
             (default None: not checked; 1.0 asks for a contraction at z*).
     """

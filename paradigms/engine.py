@@ -230,10 +230,10 @@ class EquilibriumProbe:
     solves each captured input again (eval budget) and returns ``eq/rel_residual`` (mean over blocks),
     ``eq/converged_fraction`` (lowest) and ``eq/spectral_norm`` (highest estimate of ||df/dz|| at z*).
     ``grad_cosine()`` compares, on one fixed training batch (the first of epoch 0), the gradient of the DEQ blocks'
-    parameters the run's backward mode gives with a tight-tolerance one: the run's gradient is taken as its steps take it
-    (under the run's ``autocast``: bf16 on CUDA for the layers around the DEQ, whose solves run in float32), the
-    references in full precision, so what bf16 does to the gradient shows. RNG states and buffers are restored after each measurement, so a run with probes
-    trains exactly as one without.
+    parameters the run's backward mode gives with a tight-tolerance one: the run's gradient is taken as its steps
+    take it (under the run's ``autocast``: bf16 on CUDA for the layers around the DEQ, whose solves run in float32),
+    the references in full precision, so what bf16 does to the gradient shows. RNG states and buffers are restored
+    after each measurement, so a run with probes trains exactly as one without.
     """
 
     def __init__(self, cfg: DictConfig, paradigm: Paradigm, model: nn.Module, data: DataBundle,
@@ -852,7 +852,7 @@ class _Run:
     def reads_after(self, step: int) -> bool:
         """Whether the loop reads its pending steps after ``step`` by the step count: at a log line, an evaluation,
         a checkpoint, the last step, and at least every ``READ_EVERY`` steps (a diverged run is noticed within that
-        many); a stop signal and the time limit read too."""
+        many). A stop signal and the time limit read too (``_after_step``)."""
         train = self.cfg.train
         return (step == self.total_steps or step % READ_EVERY == 0 or step % train.eval_every == 0
                 or step % train.ckpt_every == 0 or bool(self.log_every and step % self.log_every == 0))

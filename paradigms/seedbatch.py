@@ -285,7 +285,8 @@ class SeedBatch:
                 for k, r in enumerate(stepped):
                     r.recorder.take()
                     try:
-                        stopped[k] = r.update(seconds, losses[k].detach(), {n: v[k].detach() for n, v in metrics.items()},
+                        stopped[k] = r.update(seconds, losses[k].detach(),
+                                              {n: v[k].detach() for n, v in metrics.items()},
                                               self._stats(r, template[0] if template else None, traces[k]), stop)
                     except Exception as err:  # noqa: BLE001 - one run's crash fails that run, not the batch
                         ended[id(r)] = ("failed", r.crash_reason(err))

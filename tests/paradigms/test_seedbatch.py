@@ -152,9 +152,9 @@ def test_one_seed_diverging_leaves_the_others_training_as_if_alone(tmp_path, mon
     assert (poisoned["status"], poisoned["step"]) == ("diverged", 5)
     assert healthy["status"] == "completed" and healthy["step"] == 16
     close(healthy["metrics"], alone["metrics"], ("val/acc", "val/loss", "test/acc", "test/loss"))
+    separate = torch.load(tmp_path / "alone" / rundir.CHECKPOINT, weights_only=True)["model"]
     for name, tensor in torch.load(tmp_path / "b1" / rundir.CHECKPOINT, weights_only=True)["model"].items():
-        assert torch.allclose(tensor, torch.load(tmp_path / "alone" / rundir.CHECKPOINT, weights_only=True)["model"][name],
-                              rtol=1e-4, atol=1e-6), name
+        assert torch.allclose(tensor, separate[name], rtol=1e-4, atol=1e-6), name
 
 
 @pytest.mark.parametrize("paradigm,overrides", [

@@ -28,7 +28,8 @@ COMMITTED = {name: ROOT / "reports" / "studies" / name for name in ("quick", "de
                                                                               "masks_ssl_density_rerun",
                                                                               "masks_ssl_grids_rerun")}
 STUDY_OF = {"paper_graph_cpu": "paper", "quick_ssl": "quick", "masks_ssl_rerun": "masks_ssl",
-            "masks_ssl_density_rerun": "masks_ssl_density", "masks_ssl_grids_rerun": "masks"}  # a committed report named apart from its study file (some of its grids)
+            "masks_ssl_density_rerun": "masks_ssl_density",
+            "masks_ssl_grids_rerun": "masks"}  # a committed report named apart from its study file (some of its grids)
 PARADIGM_COLUMNS = ("vision", "graph", "language", "ssl")  # the README answer table's column order
 
 
