@@ -26,10 +26,11 @@ COMMITTED = {name: ROOT / "reports" / "studies" / name for name in ("quick", "de
                                                                               "paper_graph_cpu", "quick_ssl",
                                                                               "masks_ssl_rerun",
                                                                               "masks_ssl_density_rerun",
-                                                                              "masks_ssl_grids_rerun")}
+                                                                              "masks_ssl_grids_rerun",
+                                                                              "masks_head_ssl_rerun")}
 STUDY_OF = {"paper_graph_cpu": "paper", "quick_ssl": "quick", "masks_ssl_rerun": "masks_ssl",
             "masks_ssl_density_rerun": "masks_ssl_density",
-            "masks_ssl_grids_rerun": "masks"}  # a committed report named apart from its study file (some of its grids)
+            "masks_ssl_grids_rerun": "masks", "masks_head_ssl_rerun": "masks_head"}  # a committed report named apart from its study file (some of its grids)
 PARADIGM_COLUMNS = ("vision", "graph", "language", "ssl")  # the README answer table's column order
 
 
