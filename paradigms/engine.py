@@ -769,7 +769,7 @@ class _Run:
         """What follows a step on batch ``index`` of ``epoch``: read the pending steps when due, evaluate, stop at
         the time limit, checkpoint. Returns (status, reason) when the run ends here, None to go on."""
         cfg, loop = self.cfg, self.loop
-        time_up = cfg.train.time_limit_s is not None and loop.train_s >= float(cfg.train.time_limit_s)
+        time_up = self.time_up()
         if not stopped and (time_up or stop.received or self._read_due()):
             stopped = self._flush(stop)
         if stopped:
@@ -844,6 +844,11 @@ class _Run:
         self.loop.train_s += waited
         if waited and self.pending and self.pending[0].warm and self.loop.warmup_s is not None:
             self.loop.warmup_s += waited
+
+    def time_up(self) -> bool:
+        """Whether the run has used its ``train.time_limit_s`` of training time."""
+        limit = self.cfg.train.time_limit_s
+        return limit is not None and self.loop.train_s >= float(limit)
 
     def _read_due(self) -> bool:
         """Whether the steps in ``pending`` are read now (``reads_after``)."""

@@ -227,12 +227,7 @@ class SeedBatch:
     def _will_read(live: list[_Run], stop: "_StopSignals") -> bool:
         """Whether a run of the batch reads its pending steps after the step it just took (``_Run._after_step``'s
         reasons: its step count, a stop signal, its time limit)."""
-        for r in live:
-            limit = r.cfg.train.time_limit_s
-            if r.pending and (r.reads_after(r.loop.step) or bool(stop.received)
-                              or (limit is not None and r.loop.train_s >= float(limit))):
-                return True
-        return False
+        return any(r.pending and (r.reads_after(r.loop.step) or bool(stop.received) or r.time_up()) for r in live)
 
     def train(self, stop: "_StopSignals | None" = None) -> list[tuple[str, str]]:
         """Train every run to its end; returns each run's (status, reason). ``stop``: as ``_Run.train``'s."""
