@@ -12,6 +12,7 @@ resume do the rest.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -639,10 +640,59 @@ def _lock_held(run_dir: Path) -> bool:
     return True
 
 
+FINISHED_STATES = ("done", "not_at_equilibrium", "diverged")  # a study reuses these runs instead of training them
+
+
+@functools.lru_cache(maxsize=None)
+def _composed(overrides: tuple[str, ...], run_dir: str) -> dict[str, Any]:
+    """The resolved config a run of ``overrides`` in ``run_dir`` would train now (cached: configs do not change
+    while a command runs, and a study asks again at every look)."""
+    from omegaconf import OmegaConf
+
+    from .cli import compose_config
+
+    return OmegaConf.to_container(compose_config([*overrides, f"run_dir={_quoted(run_dir)}"]), resolve=True)
+
+
+def check_reused(runs: Sequence[RunSpec]) -> None:
+    """Every finished run of ``runs`` (``FINISHED_STATES``: what a study skips, whose results it reports) was
+    trained with the config its grid and the command's overrides compose now. A study skips a finished run by its
+    directory, whose name holds only the swept values: without this check the runs of an earlier command with other
+    overrides (``train.max_steps=50``), or of a grid whose overrides were edited since, would be reported as this
+    study's runs.
+
+    Raises:
+        ValueError: naming the first run of another config, its fingerprint and the one composed now.
+    """
+    for run in runs:
+        if run_state(Path(run.run_dir)) not in FINISHED_STATES:
+            continue
+        metrics = rundir.read_metrics(Path(run.run_dir))
+        config = _composed(tuple(run.overrides), run.run_dir)
+        if not rundir.same_config(config, metrics):
+            raise ValueError(
+                f"{run.run_dir} holds a finished run of another config than its grid and this command's overrides "
+                f"compose now (fingerprint {metrics.get('fingerprint')} != {rundir.fingerprint(config)}); the study "
+                "would report it as this grid's run: use another --runs folder, or delete that run to train it again")
+
+
+def _used_its_time_limit(run_dir: Path, metrics: dict[str, Any]) -> bool:
+    """Whether a completed run trained for the ``train.time_limit_s`` its config.yaml gives (the engine's test)."""
+    import yaml
+
+    try:
+        limit = ((yaml.safe_load((run_dir / rundir.CONFIG).read_text()) or {}).get("train") or {}).get("time_limit_s")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
+    spent = (metrics.get("metrics") or {}).get("time/train_s")
+    return isinstance(limit, (int, float)) and isinstance(spent, (int, float)) and spent >= float(limit)
+
+
 def run_state(run_dir: Path) -> str:
     """done | not_at_equilibrium (done, but a DEQ that did not end at equilibrium) | diverged | failed |
-    running (its process holds the lock) | stopped (started, not running: interrupted, killed or time-limited;
-    a rerun resumes it) | pending (never started)."""
+    running (its process holds the lock) | stopped (started, not running: interrupted or killed; a rerun resumes
+    it) | pending (never started). A run that ended at its ``train.time_limit_s`` is done, as the engine counts it
+    (a rerun with the same limit trains nothing; one with a larger limit, given as an override, continues it)."""
     try:
         metrics = rundir.read_metrics(run_dir)
     except rundir.RunDirError:
@@ -654,7 +704,8 @@ def run_state(run_dir: Path) -> str:
         return "diverged"
     if status == "failed":
         return "failed"
-    if status == "completed" and metrics.get("step", 0) >= metrics.get("total_steps", 1):
+    if status == "completed" and (metrics.get("step", 0) >= metrics.get("total_steps", 1)
+                                  or _used_its_time_limit(run_dir, metrics)):
         eq = metrics.get("equilibrium")
         return "not_at_equilibrium" if isinstance(eq, dict) and eq.get("at_equilibrium") is False else "done"
     if metrics or (run_dir / rundir.CHECKPOINT).exists():

@@ -253,7 +253,7 @@ def run_costs(spec: dict[str, Any], runs: Path, extra: Sequence[str]) -> list[Ru
             metrics = rundir.read_metrics(Path(run.run_dir))
         except rundir.RunDirError:
             metrics = {}
-        finished = state in ("done", "not_at_equilibrium", "diverged")
+        finished = state in launch.FINISHED_STATES
         sessions = metrics.get("provenance") or [{}]
         out.append(RunCost(run, state, metrics.get("total_steps") or _override_steps(run.overrides),
                            wall_seconds(metrics) if finished else None,
@@ -285,7 +285,7 @@ def grid_plans(costs: list[RunCost], step_times: StepTimes | None = None) -> lis
     for grid in dict.fromkeys(c.spec.grid for c in costs):
         members = [c for c in costs if c.spec.grid == grid]
         done = [c for c in members if c.wall_s]
-        todo = [c for c in members if c.state not in ("done", "not_at_equilibrium", "diverged")]
+        todo = [c for c in members if c.state not in launch.FINISHED_STATES]
         guesses, from_step_times, changed, resized = [], 0, 0, 0
         for run in todo:  # a measured estimate, else the run's cell priced from the step times
             guess = estimate(run, costs)

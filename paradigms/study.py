@@ -318,7 +318,8 @@ def study(argv: list[str] | None = None) -> int:
         if plan is not None:
             deadline = started + 60 * args.budget_min if args.budget_min is not None else None
             failures += add_seeds_until_decided(full, runs, plan, args.overrides, slots, execute, deadline,
-                                                {g["name"] for g in spec["grids"]} if args.grids else None)
+                                                {g["name"] for g in spec["grids"]} if args.grids else None,
+                                                args.seed_batch or 1)
         elapsed = time.time() - started
         counts = count_statuses(runs / grid["name"] for grid in spec["grids"])
         print(f"[tiedlab] study {args.name}: {len(spec['grids'])} grids in {elapsed / 60:.1f} min, {failures} exited "
@@ -376,6 +377,7 @@ def run_grids(study_name: str, grids: list[dict[str, Any]], runs: Path, args: ar
     """Each grid as one Hydra multirun, one after another (finished grids skipped); returns how many exited
     non-zero."""
     failures = 0
+    launch.check_reused(launch.study_runs({"name": study_name, "grids": grids}, runs, args.overrides))
     cmds = study_commands({"name": study_name, "grids": grids}, runs, args.overrides, 1)
     for grid, cmd in zip(grids, cmds):
         if not args.dry_run and not args.overrides and grid_finished(grid, runs):
@@ -389,17 +391,31 @@ def run_grids(study_name: str, grids: list[dict[str, Any]], runs: Path, args: ar
 
 def _unfinished(study_name: str, grids: list[dict[str, Any]], runs: Path, args: argparse.Namespace) -> list[Any]:
     """The runs of ``grids`` to launch: all but the finished ones (unless extra overrides were given, as for
-    multirun: the engine then says whether a folder holds another config's run) and those running now."""
+    multirun: the engine then says whether a folder holds another config's run) and those running now.
+
+    Raises:
+        ValueError: a finished run was trained with another config (``launch.check_reused``).
+    """
     todo = []
-    for run in launch.study_runs({"name": study_name, "grids": grids}, runs, args.overrides):
+    every = launch.study_runs({"name": study_name, "grids": grids}, runs, args.overrides)
+    launch.check_reused(every)
+    for run in every:
         state = launch.run_state(Path(run.run_dir))
         if state == "running":
             print(f"= {run.name}: running in another process; left to it", flush=True)
-        elif state in ("done", "not_at_equilibrium", "diverged") and not args.overrides:
+        elif state in launch.FINISHED_STATES and not args.overrides:
             continue
         else:
             todo.append(run)
     return todo
+
+
+def _batchable_quietly(run: Any) -> bool:
+    """Whether ``run``'s cell trains as a seed batch (``seedbatch.why_not_batchable``), saying nothing."""
+    from .cli import compose_config
+    from .seedbatch import why_not_batchable
+
+    return why_not_batchable(compose_config([*run.overrides, f"run_dir={launch._quoted(run.run_dir)}"])) is None
 
 
 def _batchable_reporter() -> Any:
@@ -506,8 +522,9 @@ def print_status(spec: dict[str, Any], runs: Path, extra: list[str]) -> int:
 
 
 def grid_finished(grid: dict[str, Any], runs: Path) -> bool:
-    """Whether every run of a grid already finished (completed all its steps, or diverged), by the run
-    directory names Hydra gives its sweep (the sorted ``key=value`` pairs of the swept keys)."""
+    """Whether every run of a grid already finished (``launch.FINISHED_STATES``: all its steps or its time limit
+    trained, or diverged), by the run directory names Hydra gives its sweep (the sorted ``key=value`` pairs of the
+    swept keys)."""
     import itertools
 
     sweep = grid.get("sweep") or {}
@@ -515,17 +532,8 @@ def grid_finished(grid: dict[str, Any], runs: Path) -> bool:
         return False
     keys = list(sweep)
     values = [v if isinstance(v, list) else [v] for v in sweep.values()]
-    for combo in itertools.product(*values):
-        name = ",".join(sorted(f"{k}={v}" for k, v in zip(keys, combo)))
-        try:
-            metrics = rundir.read_metrics(runs / grid["name"] / name)
-        except rundir.RunDirError:
-            return False
-        done = metrics.get("status") == "diverged" or (
-            metrics.get("status") == "completed" and metrics.get("step", 0) >= metrics.get("total_steps", 1))
-        if not done:
-            return False
-    return True
+    return all(launch.run_state(runs / grid["name"] / ",".join(sorted(f"{k}={v}" for k, v in zip(keys, combo))))
+               in launch.FINISHED_STATES for combo in itertools.product(*values))
 
 
 STUDY_FILE = "study.yaml"  # in a study's runs folder: the study as run (its primary comparisons, the seed plan)
@@ -539,7 +547,7 @@ def planned_looks(runs: Path, spec: dict[str, Any], args: argparse.Namespace) ->
         ValueError: --until-decided asks for another plan than the one the runs folder records.
     """
     path = runs / STUDY_FILE
-    recorded = (yaml.safe_load(path.read_text()) or {}).get("sequential") if path.exists() else None
+    recorded = (read_record(path) or {}).get("sequential") if path.exists() else None
     asked = sequential_plan(spec, args.max_seeds, args.seed_step) if args.until_decided else None
     if recorded and asked and recorded != asked:
         raise ValueError(f"{path} was run with the sequential plan {recorded}, not {asked}: plan it with the same "
@@ -568,7 +576,7 @@ def check_same_study(runs: Path, name: Any) -> dict[str, Any] | None:
     path = runs / STUDY_FILE
     if not path.exists():
         return None
-    old = yaml.safe_load(path.read_text()) or {}
+    old = read_record(path) or {}
     if old.get("name") != name:
         raise ValueError(f"{runs} holds the runs of study {old.get('name')!r}, not {name!r}; use another --runs folder")
     return old
@@ -719,14 +727,32 @@ def sequential_plan(spec: dict[str, Any], max_seeds: int, step: int) -> dict[str
 SEQUENTIAL_FILE = "sequential.yaml"  # in a study's runs folder: the look reached and the look each verdict came at
 
 
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A record the runner keeps in a runs folder (study.yaml, sequential.yaml): a YAML mapping, or None when empty.
+
+    Raises:
+        ValueError: one line naming the file, when it is not valid YAML or not a mapping (edited or damaged by
+            hand: the runner writes each atomically).
+    """
+    try:
+        record = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML ({' '.join(str(err).split())}): restore it, or use another "
+                         "--runs folder") from None
+    if record is not None and not isinstance(record, dict):
+        raise ValueError(f"{path} must hold a mapping, not {type(record).__name__}: restore it, or use another "
+                         "--runs folder")
+    return record
+
+
 def read_sequential_state(runs: Path) -> dict[str, Any]:
     """{"look": index of the last look analysed (-1: none), "decided": {comparison key: the look it was decided at},
     "verdicts": {comparison key: the verdict it was decided with}, "read": {comparison key: the last look whose seeds
     it was read on}, "budget_skipped": {look: [keys]}} ("verdicts" is absent from records written before it was
     kept)."""
     path = Path(runs) / SEQUENTIAL_FILE
-    state = yaml.safe_load(path.read_text()) if path.exists() else None
-    return state if isinstance(state, dict) else {"look": -1, "decided": {}}
+    state = read_record(path) if path.exists() else None
+    return state or {"look": -1, "decided": {}}
 
 
 def looks_read(specs: list[Any], state: dict[str, Any]) -> dict[str, int]:
@@ -783,7 +809,7 @@ def seed_limits(specs: list[Any], plan: dict[str, int], state: dict[str, Any]) -
 
 def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, int], extra: list[str],
                             jobs: int, execute: Any = None, deadline: float | None = None,
-                            selected: set[str] | None = None) -> int:
+                            selected: set[str] | None = None, seed_batch: int = 1) -> int:
     """The looks of the group-sequential plan: at look k every primary comparison still undetermined gets seeds
     f..f+n_k-1 on both arms (f: the plan's ``first_seed``, 0 unless the grids start elsewhere; missing or
     unfinished runs only) and is read on exactly those seeds at alpha/looks (Holm across the comparisons); a
@@ -794,7 +820,8 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
     ``sequential.yaml`` lists them under ``budget_skipped``. With ``selected`` grid names (``--grids``) only the
     comparisons whose two arms read those grids take seeds; the others keep theirs, as when the budget skips them.
     A comparison the report cannot read because its runs were not made alike (``primary.MIXED_REASON``) takes no
-    more seeds. Returns how many grid commands (Hydra's launcher) or runs (Ray) failed."""
+    more seeds. ``seed_batch``: the runner's --seed-batch, which the budget's estimate prices (``look_cost_s``).
+    Returns how many grid commands (Hydra's launcher) or runs (Ray) failed."""
     from tiedlab.reports import stats
     from tiedlab.reports.load import load_runs
     from tiedlab.reports.primary import MIXED_REASON, evaluate_primaries, load_primaries
@@ -823,7 +850,8 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
         wanted = {s.key: look_cells(s, found, grids, range(first, first + n)) for s in pending}
         skipped = []
         if deadline is not None:
-            advanced, skipped = fit_look_to_budget(spec, wanted, grids, runs, extra, jobs, deadline - time.time())
+            advanced, skipped = fit_look_to_budget(spec, wanted, grids, runs, extra, jobs, deadline - time.time(),
+                                                   seed_batch)
             if skipped:
                 print(f"[tiedlab] look {look + 1}/{len(counts)}: {', '.join(skipped)} not advanced: their runs do not "
                       f"fit the {max(deadline - time.time(), 0) / 60:.0f} min left of --budget-min", flush=True)
@@ -832,6 +860,7 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
         look_grids = []
         for grid in cell_grids(todo, grids):
             if grid_finished(grid, runs):
+                launch.check_reused(launch.grid_runs(spec.get("name", "study"), grid, runs, extra))
                 continue
             cell = {k: v[0] for k, v in grid["sweep"].items() if k not in ("seed", "data.fold")}
             print(f"[tiedlab] look {look + 1}/{len(counts)}: seeds {first}-{first + n - 1} for {grid['name']} {cell}",
@@ -901,15 +930,18 @@ def has_look_seeds(comparison: Any, found: list[Any], grids: dict[str, Any], fir
 
 
 def look_cells(comparison: Any, found: list[Any], grids: dict[str, Any], seeds: range) -> Cells:
-    """The cells of a comparison's two arms with the look's ``seeds`` (and the folds their runs have)."""
+    """The cells of a comparison's two arms with the look's ``seeds`` (and the folds their runs have); none while
+    an arm has no runs (seeds of the other arm alone could never be read)."""
     from tiedlab.reports.primary import arm_runs, run_values
 
     out: Cells = {}
-    for arm in (comparison.a, comparison.b):
-        members = arm_runs(arm, found, grids)
-        if not members:
-            print(f"[tiedlab] warning: arm {arm.title()} has no runs: run its grid first", flush=True)
-            continue
+    arms = {arm: arm_runs(arm, found, grids) for arm in (comparison.a, comparison.b)}
+    empty = [arm.title() for arm, members in arms.items() if not members]
+    if empty:
+        print(f"[tiedlab] warning: arm {' and '.join(empty)} has no runs: run its grid first; this comparison "
+              "takes no seeds at this look", flush=True)
+        return out
+    for arm, members in arms.items():
         values = run_values(members[0].name)
         cell = tuple(sorted((k, v) for k, v in values.items() if k not in ("seed", "data.fold")))
         folds = {run_values(r.name)["data.fold"] for r in members if "data.fold" in run_values(r.name)}
@@ -939,7 +971,8 @@ def cell_grids(cells: Cells, grids: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def fit_look_to_budget(spec: dict[str, Any], wanted: dict[str, Cells], grids: dict[str, Any], runs: Path,
-                       extra: list[str], jobs: int, left_s: float) -> tuple[set[str], list[str]]:
+                       extra: list[str], jobs: int, left_s: float, seed_batch: int = 1
+                       ) -> tuple[set[str], list[str]]:
     """Which comparisons a look can advance within ``left_s`` seconds: cheapest first (a comparison's runs at
     ``look_cost_s``), each taken while the union of the taken ones' runs still fits; one whose runs cannot be
     estimated is not taken. What is skipped depends on the estimated costs and on which comparisons are still
@@ -950,7 +983,7 @@ def fit_look_to_budget(spec: dict[str, Any], wanted: dict[str, Cells], grids: di
     measured = run_costs(spec, runs, extra)  # read once: every estimate below draws on the same finished runs
 
     def cost(cells: Cells) -> float | None:
-        return look_cost_s(spec, cell_grids(cells, grids), runs, extra, jobs, measured)
+        return look_cost_s(spec, cell_grids(cells, grids), runs, extra, jobs, measured, seed_batch)
 
     alone = {key: cost(cells) for key, cells in wanted.items()}
     taken: set[str] = set()
@@ -965,20 +998,26 @@ def fit_look_to_budget(spec: dict[str, Any], wanted: dict[str, Cells], grids: di
 
 
 def look_cost_s(spec: dict[str, Any], look_grids: list[dict[str, Any]], runs: Path, extra: list[str],
-                jobs: int, measured: list[Any] | None = None) -> float | None:
+                jobs: int, measured: list[Any] | None = None, seed_batch: int = 1) -> float | None:
     """Estimated wall seconds of a look's unfinished runs, ``jobs`` at a time: each run at the median wall time of
     its cell's finished seeds, else its grid's seconds per step (``plan.estimate``); None when a run has neither.
-    The bound of any scheduler that starts a run whenever a slot frees (Graham's list-scheduling bound):
-    sum / jobs + (1 - 1 / jobs) * the longest run, so a look whose runs do not divide evenly over the slots is
-    not taken on the hope that they will."""
+    With ``seed_batch`` > 1 the runs the runner would batch (``launch.seed_batches``) hold one slot together, for
+    the sum of their estimates (a batched run's measured time is its share, 1/K, of its batch's). The bound of any
+    scheduler that starts a run whenever a slot frees (Graham's list-scheduling bound): sum / jobs + (1 - 1 / jobs)
+    * the longest run (or batch), so a look whose runs do not divide evenly over the slots is not taken on the
+    hope that they will."""
     from .plan import estimate, run_costs
 
     measured = run_costs(spec, runs, extra) if measured is None else measured
     todo = [c for c in run_costs({"name": spec.get("name"), "grids": look_grids}, runs, extra)
-            if c.state not in ("done", "not_at_equilibrium", "diverged")]
-    guesses = [estimate(c, measured) for c in todo]
-    if any(g is None for g in guesses):
+            if c.state not in launch.FINISHED_STATES]
+    each = {c.spec.run_dir: estimate(c, measured) for c in todo}
+    if any(g is None for g in each.values()):
         return None
+    units = launch.seed_batches([c.spec for c in todo], seed_batch, _batchable_quietly) if seed_batch > 1 \
+        else [c.spec for c in todo]
+    guesses = [sum(each[d] for d in u.run_dirs) if isinstance(u, launch.SeedBatchSpec) else each[u.run_dir]
+               for u in units]
     jobs = max(1, jobs)
     return sum(guesses) / jobs + (1 - 1 / jobs) * max(guesses, default=0.0)
 

@@ -79,6 +79,50 @@ def test_run_folders_are_those_multirun_makes_and_status_reads_them(tmp_path, mo
     assert launch.run_state(tmp_path) == "stopped"
 
 
+def test_a_run_that_used_its_time_limit_is_done_as_the_engine_counts_it(tmp_path):
+    """A run the engine ended at its train.time_limit_s (completed, step < total) is done: a study neither prices
+    it as a run still to train nor waits for it; short of its limit (or with none) it is stopped."""
+    ended = {"status": "completed", "step": 30, "total_steps": 100, "metrics": {"time/train_s": 61.0}}
+    for limit, state in ((60, "done"), (120, "stopped"), (None, "stopped")):
+        run = tmp_path / f"limit={limit}"
+        run.mkdir()
+        rundir.write_json(run / rundir.METRICS, ended)
+        (run / rundir.CONFIG).write_text(yaml.safe_dump({"train": {"time_limit_s": limit}}))
+        assert launch.run_state(run) == state, limit
+    grid = tmp_path / "g" / "seed=0"
+    grid.mkdir(parents=True)
+    rundir.write_json(grid / rundir.METRICS, ended)
+    (grid / rundir.CONFIG).write_text(yaml.safe_dump({"train": {"time_limit_s": 60}}))
+    assert study_module.grid_finished({"name": "g", "sweep": {"seed": [0]}}, tmp_path)
+
+
+def test_a_finished_run_of_another_config_is_refused_not_reported_as_the_grids(tmp_path, monkeypatch):
+    """A study skips a finished run by its folder, named after the swept values only: runs an earlier command made
+    with other overrides, or made before the grid's overrides were edited, are refused (multirun, Ray and the
+    looks' paths), not reused and reported as this grid's; the same command again reuses them."""
+    import argparse
+
+    grids = [{"name": "g", "overrides": [*TOY, "train.max_steps=2"], "sweep": {"seed": [0, 1]}}]
+    write_study(tmp_path, monkeypatch, grids)
+    runs = tmp_path / "runs"
+    assert study_module.study(["toy", "--runs", str(runs), "--no-report", "train.max_steps=1"]) == 0
+    made = {d: metrics(d)["total_steps"] for d in sorted(str(p.parent) for p in runs.rglob(rundir.METRICS))}
+    assert list(made.values()) == [1, 1]
+    with pytest.raises(ValueError, match=r"g/seed=0 holds a finished run of another config .* --runs folder"):
+        study_module.study(["toy", "--runs", str(runs), "--no-report"])
+    with pytest.raises(ValueError, match=r"holds a finished run of another config"):  # the Ray and Slurm paths
+        study_module._unfinished("toy", grids, runs, argparse.Namespace(overrides=[]))
+    with pytest.raises(ValueError, match=r"holds a finished run of another config"):  # a look's finished cell
+        launch.check_reused(launch.grid_runs("toy", {**grids[0], "sweep": {"seed": [1]}}, runs, []))
+    assert study_module.study(["toy", "--runs", str(runs), "--no-report", "train.max_steps=1"]) == 0
+    assert study_module._unfinished("toy", grids, runs, argparse.Namespace(overrides=["train.max_steps=1"]))
+    edited = [{**grids[0], "overrides": [*TOY, "train.max_steps=1", "model.width=4"]}]
+    write_study(tmp_path, monkeypatch, edited)  # the grid's overrides edited after its runs
+    with pytest.raises(ValueError, match=r"holds a finished run of another config"):
+        study_module.study(["toy", "--runs", str(runs), "--no-report"])
+    assert {d: metrics(d)["total_steps"] for d in made} == made  # nothing was trained over them
+
+
 def test_a_lock_left_on_another_host_counts_as_running_only_while_its_holder_touches_it(tmp_path, monkeypatch):
     """A holder killed with SIGKILL on another node cannot clear its line, and its pid cannot be checked from here:
     the lock's age tells (the holder's heartbeat touches it), so the run is resumed, not left 'running' forever."""

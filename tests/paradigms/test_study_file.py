@@ -104,6 +104,26 @@ def test_plan_and_dry_run_refuse_what_the_run_would(tmp_path, monkeypatch):
         study_module.study(["toy", "--runs", str(other), "--status"])
 
 
+@pytest.mark.parametrize("name,text,match", [
+    ("study.yaml", "name: [\n", r"runs/study.yaml is not valid YAML \(.*\): restore it, or use another --runs"),
+    ("study.yaml", "- toy\n", r"runs/study.yaml must hold a mapping, not list"),
+    ("sequential.yaml", "look: [\n", r"runs/sequential.yaml is not valid YAML"),
+    ("sequential.yaml", "3\n", r"runs/sequential.yaml must hold a mapping, not int"),
+])
+def test_a_damaged_record_in_the_runs_folder_is_one_line_naming_it(tmp_path, monkeypatch, name, text, match):
+    """The runner's own records (study.yaml, sequential.yaml) edited or damaged by hand: one line naming the file,
+    not a traceback, and a damaged look record is never read as 'no look yet' (the looks would be counted again)."""
+    monkeypatch.setattr(study_module, "study_dir", lambda: tmp_path)
+    write(tmp_path, yaml.safe_dump(GOOD))
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    if name == "sequential.yaml":
+        study_module.write_study_file(runs, study_module.load_study("toy"), None)
+    (runs / name).write_text(text)
+    with pytest.raises(ValueError, match=match):
+        study_module.study(["toy", "--runs", str(runs), "--plan", "--until-decided"])
+
+
 def test_the_report_refuses_an_empty_or_broken_study_file_and_an_out_that_is_a_file(tmp_path, capsys):
     from reports.conftest import write_run
 

@@ -317,6 +317,12 @@ def test_budget_min_does_not_start_a_look_estimated_to_end_past_it(tmp_path, mon
     # a scheduler that fills a slot as it frees (started in the order 15, 40, 15, 40 they take 70 s, not 55)
     assert study_module.look_cost_s(study, look, runs, [], jobs=2) == pytest.approx((2 * 15 + 2 * 40) / 2 + 40 / 2)
     assert study_module.look_cost_s(study, look[:1], runs, [], jobs=1) == pytest.approx(2 * 15)
+    # --seed-batch 2: the tied cell's two new seeds hold one slot together (30 s), not one each (15 s and 15 s);
+    # a DEQ's seeds cannot be batched and still take a slot each
+    assert study_module.look_cost_s(study, look[:1], runs, [], jobs=2) == pytest.approx(30 / 2 + 15 / 2)
+    assert study_module.look_cost_s(study, look[:1], runs, [], jobs=2, seed_batch=2) == pytest.approx(30 / 2 + 30 / 2)
+    batched = study_module.look_cost_s(study, look, runs, [], jobs=2, seed_batch=2)
+    assert batched == pytest.approx((30 + 2 * 40) / 2 + 40 / 2)
     # cheapest first: with room for 40 s (jobs=1), the comparison needing only the tied cell is taken, not the other
     grids = {"g": study["grids"][0]}
     cells = lambda *blocks: {("g", (("block", b),)): ({0, 1, 2, 3}, set()) for b in blocks}
@@ -353,6 +359,24 @@ def test_a_look_is_readable_only_when_every_seed_of_both_arms_ended():
     assert study_module.has_look_seeds(comparison, runs("failed"), grids, 0, 3)  # the look at 3 seeds is whole
 
 
+def test_a_comparison_with_an_arm_without_runs_takes_no_seeds(capsys):
+    """Seeds for one arm alone could never be read (the look needs both): while arm b has no runs (its grid failed
+    to start, say), a look trains nothing for the comparison and says why; once both have runs it seeds both."""
+    from types import SimpleNamespace
+
+    from tiedlab.reports.primary import load_primaries
+
+    (comparison,) = load_primaries({"primary": {"comparisons": [
+        {"insight": 1, "paradigm": "toy", "claim": "superiority", "delta": 0.5, "a": arm("tied"), "b": arm("deq")}]}})
+    grids = {"g": {"name": "g"}}
+    tied = [SimpleNamespace(name=f"g/block=tied,seed={i}", status="completed") for i in range(2)]
+    assert study_module.look_cells(comparison, tied, grids, range(2, 4)) == {}
+    assert "arm g: block=deq has no runs: run its grid first; this comparison takes no seeds" in capsys.readouterr().out
+    deq = [SimpleNamespace(name=f"g/block=deq,seed={i}", status="completed") for i in range(2)]
+    assert study_module.look_cells(comparison, tied + deq, grids, range(2, 4)) == {
+        ("g", (("block", "tied"),)): ({2, 3}, set()), ("g", (("block", "deq"),)): ({2, 3}, set())}
+
+
 def test_one_until_decided_command_at_a_time_on_a_runs_folder(tmp_path, monkeypatch):
     """Each --until-decided command reads sequential.yaml once and rewrites it after every look: a second one on
     the same runs folder is refused with one line naming the holder, instead of overwriting the first one's record."""
@@ -384,11 +408,14 @@ def test_a_study_ends_with_its_report_naming_the_command(tmp_path, monkeypatch):
     assert [p["id"] for p in summary["primaries"]] == ["1/toy"] and summary["sequential_record"]["look"] == 0
 
 
-def test_a_look_decides_at_alpha_over_the_planned_looks(tmp_path):
+def test_a_look_decides_at_alpha_over_the_planned_looks(tmp_path, monkeypatch):
     """The runner records a decision only at the look level, alpha / looks: seeds 0-2 give p = 0.035 for the
     superiority claim (decided at 0.05, not at 0.025 = 0.05 / 2 looks), so the first look leaves it undetermined and
     the second, on seeds 0-5, decides it."""
     from reports.conftest import write_run
+
+    # written metrics stand in for trained runs: no config composes to their fingerprint (test_launch checks that)
+    monkeypatch.setattr(study_module.launch, "check_reused", lambda runs: None)
 
     values = {"tied": [0.80, 0.81, 0.79, 0.80, 0.80, 0.80], "deq": [0.74, 0.69, 0.70, 0.70, 0.70, 0.70]}
     spec = {"name": "toy", "grids": [{"name": "g", "overrides": [], "sweep": {"block": ["tied", "deq"],
