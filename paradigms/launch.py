@@ -370,6 +370,15 @@ def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: bool) 
     return {"run": run.name, "gpu": device, "code": code}
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: what a Slurm allocation, a cgroup cpuset or taskset
+    gives), which the runs' threads split; ``os.cpu_count()`` counts the whole machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on this platform (macOS)
+        return os.cpu_count() or 1
+
+
 def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: int, address: str | None,
                  record: Path | None, retries: int = 3,
                  on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
@@ -385,7 +394,7 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
     os.environ.setdefault("RAY_worker_niceness", "0")
     import ray
 
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     if address is None:
         ids = node_gpus(gpus) if gpus else []
         slots = len(ids) * per_gpu if gpus else jobs

@@ -269,9 +269,12 @@ def _steps_text(counts: list[int | None]) -> str:
 
 
 def estimate(run: RunCost, costs: list[RunCost]) -> float | None:
-    """Seconds ``run`` should take: the median of its cell's finished seeds, else its grid's median seconds per
-    step times its steps (None when neither was measured)."""
-    same_cell = [c.wall_s for c in costs if c.cell == run.cell and c.wall_s]
+    """Seconds ``run`` should take: the median of its cell's finished seeds (those that trained all their steps
+    when any did: a run that diverged early says little of a whole one), else its grid's median seconds per step
+    times its steps (None when neither was measured)."""
+    finished = [c for c in costs if c.cell == run.cell and c.wall_s]
+    whole = [c for c in finished if c.state != "diverged"]
+    same_cell = [c.wall_s for c in (whole or finished)]
     if same_cell:
         return statistics.median(same_cell)
     per_step = [c.wall_s / c.steps for c in costs if c.spec.grid == run.spec.grid and c.wall_s and c.steps]

@@ -915,16 +915,19 @@ Cells = dict  # {(grid name, ((key, value), ...) less the replicate keys): (seed
 
 
 def has_look_seeds(comparison: Any, found: list[Any], grids: dict[str, Any], first: int, n: int) -> bool:
-    """Whether both arms of a comparison have a run that ended (completed or diverged) for every seed of a look of
-    ``n`` seeds from ``first``: a failed, interrupted or unreadable run does not make a look readable (a rerun of the
-    command retries it, then reads the look)."""
+    """Whether both arms of a comparison have runs that ended (completed or diverged) for every seed of a look of
+    ``n`` seeds from ``first``, every run of the seed (each data fold): a failed, interrupted or unreadable run does
+    not make a look readable (a rerun of the command retries it, then reads the look)."""
     from tiedlab.reports.primary import arm_runs, run_values
 
     want = set(range(first, first + n))
     for arm in (comparison.a, comparison.b):
-        seeds = {run_values(r.name).get("seed") for r in arm_runs(arm, found, grids)
-                 if r.status in ("completed", "diverged")}
-        if not want <= {int(x) for x in seeds if x is not None}:
+        ended: dict[int, bool] = {}
+        for r in arm_runs(arm, found, grids):
+            seed = run_values(r.name).get("seed")
+            if seed is not None:
+                ended[int(seed)] = ended.get(int(seed), True) and r.status in ("completed", "diverged")
+        if not want <= {seed for seed, all_ended in ended.items() if all_ended}:
             return False
     return True
 

@@ -189,6 +189,12 @@ def test_gpus_are_those_this_shell_was_given_and_ray_cluster_threads_fit_a_node(
     assert launch.cluster_threads(mixed, gpus=True, per_gpu=2, jobs=1) == 8  # not (64+32)/4 = 24
     assert launch.cluster_threads([{"CPU": 16.0, "GPU": 4.0}, {"CPU": 64.0, "GPU": 4.0}], gpus=True, per_gpu=2,
                                   jobs=1) == 2
+    # a local study splits the CPUs this process may use (a Slurm allocation's, a cpuset's), not the machine's
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert launch.usable_cpus() == 3
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert launch.usable_cpus() == 64
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -72,6 +72,21 @@ def test_plan_estimates_unfinished_runs_from_measured_ones_and_prices_the_seeds_
     assert not (runs / "study.yaml").exists() and not (runs / "h").exists()  # a plan runs and writes nothing
 
 
+def test_a_run_is_estimated_from_its_cells_whole_runs_not_one_that_diverged_early():
+    """A DEQ that diverged after a few steps ended in seconds: counted in its cell's median it would price the next
+    seeds (and a look's budget) far too low; it is used only when no seed of the cell trained to its end."""
+    from tiedlab.paradigms import launch
+    from tiedlab.paradigms.plan import RunCost, estimate
+
+    def cost(seed, state, wall):
+        return RunCost(launch.RunSpec("g", (), f"/runs/g/block=deq,seed={seed}"), state, 100, wall, "cpu")
+
+    costs = [cost(0, "done", 40.0), cost(1, "diverged", 2.0), cost(2, "diverged", 3.0)]
+    todo = cost(3, "pending", None)
+    assert estimate(todo, costs) == pytest.approx(40.0)  # not the median of 40, 2, 3
+    assert estimate(todo, costs[1:]) == pytest.approx(2.5)  # every seed diverged: what there is
+
+
 def test_a_cell_changed_in_length_only_is_priced_by_the_engine_rule_on_what_is_known():
     from tiedlab.paradigms.plan import CellBudget, _steps_at
 

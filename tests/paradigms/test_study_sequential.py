@@ -357,6 +357,11 @@ def test_a_look_is_readable_only_when_every_seed_of_both_arms_ended():
     for status in ("failed", "interrupted", "unreadable"):
         assert not study_module.has_look_seeds(comparison, runs(status), grids, 0, 4), status
     assert study_module.has_look_seeds(comparison, runs("failed"), grids, 0, 3)  # the look at 3 seeds is whole
+    folds = [SimpleNamespace(name=f"g/block={b},data.fold={f},seed={i}", status="completed")
+             for b in ("tied", "deq") for f in (0, 1) for i in range(2)]
+    assert study_module.has_look_seeds(comparison, folds, grids, 0, 2)
+    folds[-1].status = "failed"  # deq, fold 1, seed 1: the seed is not whole though fold 0 ended
+    assert not study_module.has_look_seeds(comparison, folds, grids, 0, 2)
 
 
 def test_a_comparison_with_an_arm_without_runs_takes_no_seeds(capsys):
