@@ -653,42 +653,79 @@ FINISHED_STATES = ("done", "not_at_equilibrium", "diverged")  # a study reuses t
 
 
 @functools.lru_cache(maxsize=None)
-def _composed(overrides: tuple[str, ...], run_dir: str) -> dict[str, Any]:
-    """The resolved config a run of ``overrides`` in ``run_dir`` would train now (cached: configs do not change
-    while a command runs, and a study asks again at every look)."""
+def _cell_config(overrides: tuple[str, ...]) -> dict[str, Any]:
+    """The config a run of ``overrides`` (its cell's: no seed or fold) would record in config.yaml now, resolved
+    and flattened as the report groups cells (``reports.load.group_key``: less seeds, bookkeeping and what the
+    run's mode ignores). The bookkeeping keys go before resolving: outside a Hydra app their ``${hydra:...}``
+    values (the run directory, a logger tag) do not resolve. Cached: the configs do not change while a command
+    runs, and a study asks at every look.
+
+    Raises:
+        ValueError: the overrides do not compose, or a compared key does not resolve outside a Hydra app.
+    """
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from tiedlab.reports.load import NOT_GROUPED, group_key
 
     from .cli import compose_config
 
-    return OmegaConf.to_container(compose_config([*overrides, f"run_dir={_quoted(run_dir)}"]), resolve=True)
+    try:
+        plain = OmegaConf.to_container(compose_config(list(overrides)))
+        for key in NOT_GROUPED:
+            node, _, leaf = key.rpartition(".")
+            parent = plain.get(node) if node else plain
+            if isinstance(parent, dict):
+                parent.pop(leaf, None)
+        return group_key(OmegaConf.to_container(OmegaConf.create(plain), resolve=True))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ValueError(f"the overrides {' '.join(overrides)} do not compose ({' '.join(str(err).split())}), so "
+                         "the study cannot check that its finished runs are of this config") from None
 
 
 def check_reused(runs: Sequence[RunSpec]) -> None:
-    """Every finished run of ``runs`` (``FINISHED_STATES``: what a study skips, whose results it reports) was
+    """Every finished run of ``runs`` (``FINISHED_STATES``: what a study skips, and whose results it reports) was
     trained with the config its grid and the command's overrides compose now. A study skips a finished run by its
     directory, whose name holds only the swept values: without this check the runs of an earlier command with other
     overrides (``train.max_steps=50``), or of a grid whose overrides were edited since, would be reported as this
-    study's runs.
+    study's runs. Compared as the report compares an arm's runs (``reports.primary.config_differences``): on the
+    keys both configs hold, so a run written before an option was added is still reused. One composition per cell.
 
     Raises:
-        ValueError: naming the first run of another config, its fingerprint and the one composed now.
+        ValueError: naming the first such run and the keys that differ.
     """
+    import yaml
+
+    from tiedlab.reports.load import REPLICATE_KEYS, group_key
+
     for run in runs:
         if run_state(Path(run.run_dir)) not in FINISHED_STATES:
             continue
-        metrics = rundir.read_metrics(Path(run.run_dir))
-        config = _composed(tuple(run.overrides), run.run_dir)
-        if not rundir.same_config(config, metrics):
+        cell = tuple(o for o in run.overrides if o.split("=", 1)[0].lstrip("+~") not in REPLICATE_KEYS)
+        now = _cell_config(cell)
+        try:
+            recorded = group_key(yaml.safe_load((Path(run.run_dir) / rundir.CONFIG).read_text()) or {})
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"{run.run_dir} holds a finished run whose {rundir.CONFIG} cannot be read "
+                             f"({type(err).__name__}); restore it, or delete the run to train it again") from None
+        differ = sorted(k for k in set(now) & set(recorded)
+                        if json.dumps(now[k], default=str) != json.dumps(recorded[k], default=str))
+        if differ:
+            shown = ", ".join(f"{k}={recorded[k]} (now {now[k]})" for k in differ[:3])
             raise ValueError(
                 f"{run.run_dir} holds a finished run of another config than its grid and this command's overrides "
-                f"compose now (fingerprint {metrics.get('fingerprint')} != {rundir.fingerprint(config)}); the study "
+                f"compose now: {shown}{f' and {len(differ) - 3} more' if len(differ) > 3 else ''}; the study "
                 "would report it as this grid's run: use another --runs folder, or delete that run to train it again")
 
 
-def _used_its_time_limit(run_dir: Path, metrics: dict[str, Any]) -> bool:
-    """Whether a completed run trained for the ``train.time_limit_s`` its config.yaml gives (the engine's test)."""
+def used_time_limit(run_dir: Path, metrics: dict[str, Any]) -> bool:
+    """Whether a run ended by its ``train.time_limit_s``: completed short of its last step after training for the
+    limit its config.yaml records (the engine's test, at that limit: a rerun under a larger one continues it)."""
     import yaml
 
+    if metrics.get("status") != "completed" or metrics.get("step", 0) >= metrics.get("total_steps", 1):
+        return False
     try:
         limit = ((yaml.safe_load((run_dir / rundir.CONFIG).read_text()) or {}).get("train") or {}).get("time_limit_s")
     except (OSError, yaml.YAMLError, AttributeError):
@@ -699,9 +736,9 @@ def _used_its_time_limit(run_dir: Path, metrics: dict[str, Any]) -> bool:
 
 def run_state(run_dir: Path) -> str:
     """done | not_at_equilibrium (done, but a DEQ that did not end at equilibrium) | diverged | failed |
-    running (its process holds the lock) | stopped (started, not running: interrupted or killed; a rerun resumes
-    it) | pending (never started). A run that ended at its ``train.time_limit_s`` is done, as the engine counts it
-    (a rerun with the same limit trains nothing; one with a larger limit, given as an override, continues it)."""
+    running (its process holds the lock) | stopped (started, not running: interrupted, killed or time-limited;
+    a rerun resumes it, or for a run that used its time limit trains nothing unless the limit grew,
+    ``used_time_limit``) | pending (never started)."""
     try:
         metrics = rundir.read_metrics(run_dir)
     except rundir.RunDirError:
@@ -713,8 +750,7 @@ def run_state(run_dir: Path) -> str:
         return "diverged"
     if status == "failed":
         return "failed"
-    if status == "completed" and (metrics.get("step", 0) >= metrics.get("total_steps", 1)
-                                  or _used_its_time_limit(run_dir, metrics)):
+    if status == "completed" and metrics.get("step", 0) >= metrics.get("total_steps", 1):
         eq = metrics.get("equilibrium")
         return "not_at_equilibrium" if isinstance(eq, dict) and eq.get("at_equilibrium") is False else "done"
     if metrics or (run_dir / rundir.CHECKPOINT).exists():

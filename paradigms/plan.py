@@ -36,8 +36,9 @@ class RunCost:
     """One run of the study as the plan sees it."""
 
     spec: launch.RunSpec
-    state: str  # launch.run_state
-    steps: int | None  # total steps (metrics.json, else the last train.max_steps override; None: unknown)
+    state: str  # launch.run_state ("done" for a run that used its train.time_limit_s: launch.used_time_limit)
+    steps: int | None  # total steps (metrics.json, else the last train.max_steps override; None: unknown); the
+    #                    steps it trained for a run its time limit ended
     wall_s: float | None  # measured wall seconds of a finished run (None: not finished)
     device: str | None  # where it ran ("cpu", "cuda:0"; None: not run)
 
@@ -253,10 +254,12 @@ def run_costs(spec: dict[str, Any], runs: Path, extra: Sequence[str]) -> list[Ru
             metrics = rundir.read_metrics(Path(run.run_dir))
         except rundir.RunDirError:
             metrics = {}
-        finished = state in launch.FINISHED_STATES
+        # a run its time limit ended trains nothing when rerun under that limit: priced as done, per step trained
+        limited = state == "stopped" and launch.used_time_limit(Path(run.run_dir), metrics)
+        finished = state in launch.FINISHED_STATES or limited
         sessions = metrics.get("provenance") or [{}]
-        out.append(RunCost(run, state, metrics.get("total_steps") or _override_steps(run.overrides),
-                           wall_seconds(metrics) if finished else None,
+        steps = metrics.get("step") if limited else metrics.get("total_steps") or _override_steps(run.overrides)
+        out.append(RunCost(run, "done" if limited else state, steps, wall_seconds(metrics) if finished else None,
                            sessions[-1].get("device") if metrics else None))
     return out
 
@@ -269,9 +272,9 @@ def _steps_text(counts: list[int | None]) -> str:
 
 
 def estimate(run: RunCost, costs: list[RunCost]) -> float | None:
-    """Seconds ``run`` should take: the median of its cell's finished seeds (those that trained all their steps
-    when any did: a run that diverged early says little of a whole one), else its grid's median seconds per step
-    times its steps (None when neither was measured)."""
+    """Seconds ``run`` should take: the median of its cell's finished seeds (those that did not diverge, when any:
+    a run that diverged early says little of a whole one), else its grid's median seconds per step times its steps
+    (None when neither was measured)."""
     finished = [c for c in costs if c.cell == run.cell and c.wall_s]
     whole = [c for c in finished if c.state != "diverged"]
     same_cell = [c.wall_s for c in (whole or finished)]

@@ -287,6 +287,8 @@ def study(argv: list[str] | None = None) -> int:
     if args.plan or args.dry_run:  # what the command would register must pass the checks the run makes
         check_study_file(runs, full, sequential_plan(full, args.max_seeds, args.seed_step) if args.until_decided
                          else None)
+    if args.plan:  # and the runs it would reuse (a dry run checks them on its way)
+        launch.check_reused(launch.study_runs(spec, runs, args.overrides))
     if args.plan:
         from .plan import format_plan, load_step_times, study_plan
 
@@ -390,8 +392,8 @@ def run_grids(study_name: str, grids: list[dict[str, Any]], runs: Path, args: ar
 
 
 def _unfinished(study_name: str, grids: list[dict[str, Any]], runs: Path, args: argparse.Namespace) -> list[Any]:
-    """The runs of ``grids`` to launch: all but the finished ones (unless extra overrides were given, as for
-    multirun: the engine then says whether a folder holds another config's run) and those running now.
+    """The runs of ``grids`` to launch: all but the finished ones (all of them when extra overrides were given,
+    as for multirun) and those running now.
 
     Raises:
         ValueError: a finished run was trained with another config (``launch.check_reused``).
@@ -411,11 +413,19 @@ def _unfinished(study_name: str, grids: list[dict[str, Any]], runs: Path, args: 
 
 
 def _batchable_quietly(run: Any) -> bool:
-    """Whether ``run``'s cell trains as a seed batch (``seedbatch.why_not_batchable``), saying nothing."""
-    from .cli import compose_config
-    from .seedbatch import why_not_batchable
+    """Whether ``run``'s cell trains as a seed batch (``seedbatch.why_not_batchable``), saying nothing; one
+    composition per cell (a look's budget asks for every union of comparisons it tries)."""
+    cell = tuple(o for o in run.overrides if o.split("=", 1)[0] != "seed")
+    if cell not in _BATCHABLE:
+        from .cli import compose_config
+        from .seedbatch import why_not_batchable
 
-    return why_not_batchable(compose_config([*run.overrides, f"run_dir={launch._quoted(run.run_dir)}"])) is None
+        _BATCHABLE[cell] = why_not_batchable(
+            compose_config([*run.overrides, f"run_dir={launch._quoted(run.run_dir)}"])) is None
+    return _BATCHABLE[cell]
+
+
+_BATCHABLE: dict[tuple[str, ...], bool] = {}  # _batchable_quietly's answers, per cell, for this process
 
 
 def _batchable_reporter() -> Any:
@@ -522,9 +532,9 @@ def print_status(spec: dict[str, Any], runs: Path, extra: list[str]) -> int:
 
 
 def grid_finished(grid: dict[str, Any], runs: Path) -> bool:
-    """Whether every run of a grid already finished (``launch.FINISHED_STATES``: all its steps or its time limit
-    trained, or diverged), by the run directory names Hydra gives its sweep (the sorted ``key=value`` pairs of the
-    swept keys)."""
+    """Whether every run of a grid already finished (``launch.FINISHED_STATES``: all its steps trained, or
+    diverged), by the run directory names Hydra gives its sweep (the sorted ``key=value`` pairs of the swept
+    keys). A run its time limit ended is not: the engine decides whether the limit it is given now continues it."""
     import itertools
 
     sweep = grid.get("sweep") or {}

@@ -79,21 +79,19 @@ def test_run_folders_are_those_multirun_makes_and_status_reads_them(tmp_path, mo
     assert launch.run_state(tmp_path) == "stopped"
 
 
-def test_a_run_that_used_its_time_limit_is_done_as_the_engine_counts_it(tmp_path):
-    """A run the engine ended at its train.time_limit_s (completed, step < total) is done: a study neither prices
-    it as a run still to train nor waits for it; short of its limit (or with none) it is stopped."""
+def test_a_run_its_time_limit_ended_is_told_apart_and_left_to_the_engine(tmp_path):
+    """A run the engine ended at its train.time_limit_s (completed, step < total) used the limit its config.yaml
+    records (``used_time_limit``, what a plan prices it by); it stays "stopped" for the runner, whose rerun lets
+    the engine decide by the limit given now (the same: nothing to train; a larger one: it continues)."""
     ended = {"status": "completed", "step": 30, "total_steps": 100, "metrics": {"time/train_s": 61.0}}
-    for limit, state in ((60, "done"), (120, "stopped"), (None, "stopped")):
-        run = tmp_path / f"limit={limit}"
-        run.mkdir()
+    for limit, used in ((60, True), (120, False), (None, False)):
+        run = tmp_path / "g" / f"seed={limit}"
+        run.mkdir(parents=True)
         rundir.write_json(run / rundir.METRICS, ended)
         (run / rundir.CONFIG).write_text(yaml.safe_dump({"train": {"time_limit_s": limit}}))
-        assert launch.run_state(run) == state, limit
-    grid = tmp_path / "g" / "seed=0"
-    grid.mkdir(parents=True)
-    rundir.write_json(grid / rundir.METRICS, ended)
-    (grid / rundir.CONFIG).write_text(yaml.safe_dump({"train": {"time_limit_s": 60}}))
-    assert study_module.grid_finished({"name": "g", "sweep": {"seed": [0]}}, tmp_path)
+        assert launch.used_time_limit(run, ended) is used and launch.run_state(run) == "stopped", limit
+    assert not launch.used_time_limit(run, {**ended, "step": 100})  # trained all its steps: plainly done
+    assert not study_module.grid_finished({"name": "g", "sweep": {"seed": [60]}}, tmp_path)
 
 
 def test_a_finished_run_of_another_config_is_refused_not_reported_as_the_grids(tmp_path, monkeypatch):
@@ -108,12 +106,19 @@ def test_a_finished_run_of_another_config_is_refused_not_reported_as_the_grids(t
     assert study_module.study(["toy", "--runs", str(runs), "--no-report", "train.max_steps=1"]) == 0
     made = {d: metrics(d)["total_steps"] for d in sorted(str(p.parent) for p in runs.rglob(rundir.METRICS))}
     assert list(made.values()) == [1, 1]
-    with pytest.raises(ValueError, match=r"g/seed=0 holds a finished run of another config .* --runs folder"):
+    with pytest.raises(ValueError, match=r"g/seed=0 holds a finished run of another config than its grid and "
+                                         r"this command's overrides compose now: train.max_steps=1 \(now 2\); .* "
+                                         r"--runs folder"):
         study_module.study(["toy", "--runs", str(runs), "--no-report"])
     with pytest.raises(ValueError, match=r"holds a finished run of another config"):  # the Ray and Slurm paths
         study_module._unfinished("toy", grids, runs, argparse.Namespace(overrides=[]))
     with pytest.raises(ValueError, match=r"holds a finished run of another config"):  # a look's finished cell
         launch.check_reused(launch.grid_runs("toy", {**grids[0], "sweep": {"seed": [1]}}, runs, []))
+    # a run written before an option existed (its config.yaml lacks the key) is compared on the keys it has
+    older = Path(next(iter(made))) / rundir.CONFIG
+    config = yaml.safe_load(older.read_text())
+    del config["optim"]["weight_decay"]
+    older.write_text(yaml.safe_dump(config))
     assert study_module.study(["toy", "--runs", str(runs), "--no-report", "train.max_steps=1"]) == 0
     assert study_module._unfinished("toy", grids, runs, argparse.Namespace(overrides=["train.max_steps=1"]))
     edited = [{**grids[0], "overrides": [*TOY, "train.max_steps=1", "model.width=4"]}]

@@ -41,6 +41,8 @@ def test_wall_seconds_sum_the_sessions_of_a_resumed_run():
 
 def test_plan_estimates_unfinished_runs_from_measured_ones_and_prices_the_seeds_a_verdict_needs(tmp_path, monkeypatch,
                                                                                                 capsys):
+    # written metrics stand in for trained runs: no config composes to them (test_launch checks the reuse check)
+    monkeypatch.setattr(study_module.launch, "check_reused", lambda runs: None)
     spec = {"name": "toy", "grids": [
         {"name": "g", "overrides": ["paradigm=toy", "train.max_steps=100"],
          "sweep": {"block": ["tied", "explicit"], "seed": [0, 1, 2, 3]}},
@@ -87,6 +89,26 @@ def test_a_run_is_estimated_from_its_cells_whole_runs_not_one_that_diverged_earl
     assert estimate(todo, costs[1:]) == pytest.approx(2.5)  # every seed diverged: what there is
 
 
+def test_a_run_its_time_limit_ended_is_priced_as_done_per_step_it_trained(tmp_path):
+    """A run cut by train.time_limit_s (30 of 100 steps in 45 s) trains nothing when rerun under that limit: the
+    plan counts it finished, and a cell of the grid not yet measured is priced at 1.5 s a step, not 0.45."""
+    from tiedlab.paradigms.plan import run_costs
+
+    spec = {"name": "toy", "grids": [{"name": "g", "overrides": ["paradigm=toy", "train.max_steps=100"],
+                                      "sweep": {"block": ["tied", "explicit"], "seed": [0]}}]}
+    runs = tmp_path / "runs"
+    finished(runs, "g", "block=tied,seed=0", 0, 0.9, [45])
+    cut = runs / "g" / "block=tied,seed=0"
+    metrics = json.loads((cut / "metrics.json").read_text())
+    metrics.update(step=30, metrics={**metrics["metrics"], "time/train_s": 45.0})
+    (cut / "metrics.json").write_text(json.dumps(metrics))
+    (cut / "config.yaml").write_text(yaml.safe_dump({"train": {"time_limit_s": 45}}))
+    tied = next(c for c in run_costs(spec, runs, []) if c.spec.run_dir == str(cut))
+    assert (tied.state, tied.steps, tied.wall_s) == ("done", 30, pytest.approx(45.0))
+    (g,) = study_plan(spec, runs).grids
+    assert g.finished == 1 and g.remaining_s == pytest.approx(100 * 45.0 / 30)
+
+
 def test_a_cell_changed_in_length_only_is_priced_by_the_engine_rule_on_what_is_known():
     from tiedlab.paradigms.plan import CellBudget, _steps_at
 
@@ -108,6 +130,8 @@ def test_plan_reads_the_primaries_as_the_report_does(tmp_path, monkeypatch, caps
     """Holm over every registered comparison (a --grids plan shows some of them) and, under --until-decided, alpha
     split over the looks: the plan's verdicts and seeds to decide are the report's, not a full-alpha reading."""
     from tiedlab.reports.build import analyse
+
+    monkeypatch.setattr(study_module.launch, "check_reused", lambda runs: None)  # written metrics, not trained runs
 
     def comparison(insight: int, grid: str) -> dict:
         return {"insight": insight, "paradigm": "toy", "claim": "superiority", "metric": "val/acc", "delta": 0.001,
