@@ -236,6 +236,34 @@ def test_pairs_on_the_seeds_both_arms_have():
     assert not u.paired and any("not paired: the arms share 0 seed(s)" in n for n in u.notes)
 
 
+def test_a_log_ratio_comparison_pairs_the_logs_and_drops_a_value_with_no_log():
+    """transform: log on a lower-is-better metric (step time): the effect is the mean over seeds of log(b / a), the
+    paired t test's on those logs; a step time of 0 has no log: that seed is dropped on both sides, and said."""
+    import numpy as np
+    from scipy import stats as sps
+
+    (s,) = load_primaries({"primary": {"comparisons": [spec(metric="time/step_ms", direction="lower", transform="log", delta=0.1)]}})
+    tied, deq = [10.0, 11.0, 9.5, 10.5, 0.0], [30.0, 35.0, 27.0, 33.0, 31.0]
+    (r,) = evaluate_primaries([s], _runs(tied, deq, "time/step_ms"))
+    logs = np.log(np.array(deq[:4]) / np.array(tied[:4]))
+    assert r.paired and (r.n_a, r.n_b) == (4, 4) and r.verdict == "holds"
+    assert r.effect == pytest.approx(logs.mean())
+    low, high = sps.ttest_1samp(logs, 0.0).confidence_interval(1 - r.level)
+    assert (r.ci_low, r.ci_high) == (pytest.approx(low), pytest.approx(high))
+    assert any("non-finite" in n and "4" in n for n in r.notes), r.notes
+
+
+def test_noninferiority_on_a_lower_is_better_metric_allows_a_loss_worse_by_less_than_delta():
+    """Arm a's loss 0.01 worse than b's (delta 0.05): noninferior, holds; 0.2 worse: fails; the effect is signed for
+    arm a (negative: a is worse)."""
+    (s,) = load_primaries({"primary": {"comparisons": [spec(metric="val/loss", claim="noninferiority", delta=0.05)]}})
+    b = [1.50, 1.52, 1.49, 1.51, 1.50]
+    (close,) = evaluate_primaries([s], _runs([v + 0.01 + 0.001 * i for i, v in enumerate(b)], b, "val/loss"))
+    assert close.verdict == "holds" and close.effect == pytest.approx(-0.012) and close.ci_low > -0.05
+    (far,) = evaluate_primaries([s], _runs([v + 0.2 + 0.001 * i for i, v in enumerate(b)], b, "val/loss"))
+    assert far.verdict == "fails" and far.ci_high < -0.05
+
+
 def tied_vs_deq(runs: Path, registered: bool = True) -> None:
     """Four seeds of a tied arm (val 0.90-0.92) and a DEQ arm (0.79-0.81) in grid g, and a study.yaml beside them
     that registers ``spec()`` (the claim that tied beats the DEQ)."""
