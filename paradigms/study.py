@@ -287,11 +287,10 @@ def study(argv: list[str] | None = None) -> int:
     if args.plan or args.dry_run:  # what the command would register must pass the checks the run makes
         check_study_file(runs, full, sequential_plan(full, args.max_seeds, args.seed_step) if args.until_decided
                          else None)
-    if args.plan:  # and the runs it would reuse (a dry run checks them on its way)
-        launch.check_reused(launch.study_runs(spec, runs, args.overrides))
     if args.plan:
         from .plan import format_plan, load_step_times, study_plan
 
+        launch.check_reused(launch.study_runs(spec, runs, args.overrides))  # as the run would (a dry run does)
         step_times = load_step_times(args.step_times, args.name) if args.step_times is not None else None
         print(f"study {spec.get('name')} in {runs}")
         print(format_plan(study_plan(spec, runs, args.overrides, step_times, full, looks), slots=slots))
