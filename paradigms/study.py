@@ -411,32 +411,34 @@ def _unfinished(study_name: str, grids: list[dict[str, Any]], runs: Path, args: 
     return todo
 
 
-def _batchable_quietly(run: Any) -> bool:
-    """Whether ``run``'s cell trains as a seed batch (``seedbatch.why_not_batchable``), saying nothing; one
-    composition per cell (a look's budget asks for every union of comparisons it tries)."""
+def _why_not_batchable(run: Any) -> str | None:
+    """Why ``run``'s cell cannot train as a seed batch (``seedbatch.why_not_batchable``; None: it can), composed
+    once per cell for this process (a look's budget asks again for every union of comparisons it tries)."""
     cell = tuple(o for o in run.overrides if o.split("=", 1)[0] != "seed")
-    if cell not in _BATCHABLE:
+    if cell not in _WHY_NOT_BATCHABLE:
         from .cli import compose_config
         from .seedbatch import why_not_batchable
 
-        _BATCHABLE[cell] = why_not_batchable(
-            compose_config([*run.overrides, f"run_dir={launch._quoted(run.run_dir)}"])) is None
-    return _BATCHABLE[cell]
+        _WHY_NOT_BATCHABLE[cell] = why_not_batchable(
+            compose_config([*run.overrides, f"run_dir={launch._quoted(run.run_dir)}"]))
+    return _WHY_NOT_BATCHABLE[cell]
 
 
-_BATCHABLE: dict[tuple[str, ...], bool] = {}  # _batchable_quietly's answers, per cell, for this process
+_WHY_NOT_BATCHABLE: dict[tuple[str, ...], str | None] = {}
+
+
+def _batchable_quietly(run: Any) -> bool:
+    """Whether ``run``'s cell trains as a seed batch, saying nothing (a look's price)."""
+    return _why_not_batchable(run) is None
 
 
 def _batchable_reporter() -> Any:
     """``launch.seed_batches``' test of a cell: its first run's config can train as a seed batch; says once per
     grid why not."""
-    from .cli import compose_config
-    from .seedbatch import why_not_batchable
-
     said: set[str] = set()
 
     def batchable(run: Any) -> bool:
-        why = why_not_batchable(compose_config([*run.overrides, f"run_dir={launch._quoted(run.run_dir)}"]))
+        why = _why_not_batchable(run)
         cell = ",".join(p for p in Path(run.run_dir).name.split(",") if not p.startswith("seed="))
         if why and why not in said:
             said.add(why)
