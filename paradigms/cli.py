@@ -136,7 +136,24 @@ def _hydra_main(cfg: DictConfig) -> Any:
 
 def _main() -> None:
     """Hydra's app with tiedlab's error reporting: a failed run or a bad config, data file, run directory or
-    override prints one line (no traceback; ``TIEDLAB_TRACEBACK=1`` shows it) and exits with status 1."""
+    override prints one line (no traceback; ``TIEDLAB_TRACEBACK=1`` shows it) and exits with status 1. A process
+    of a multi-process run (torchrun's ``WORLD_SIZE`` > 1) leaves through ``distributed.exit_process``."""
+    try:
+        _main_reported()
+    except SystemExit as done:
+        _exit_if_parallel(done.code)
+        raise
+    _exit_if_parallel(0)
+
+
+def _exit_if_parallel(code: int | str | None) -> None:
+    if os.environ.get("WORLD_SIZE", "").strip().isdigit() and int(os.environ["WORLD_SIZE"]) > 1:
+        from .distributed import exit_process
+
+        exit_process(code)
+
+
+def _main_reported() -> None:
     from hydra.errors import HydraException
 
     if not _show_traceback():

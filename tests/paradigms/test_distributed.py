@@ -151,3 +151,25 @@ def test_shard_takes_this_ranks_contiguous_slice():
         World(rank=0, size=4).shard(x)
     with pytest.raises(ValueError, match="type object cannot be split"):
         World(rank=0, size=2).shard(object())
+
+
+@pytest.mark.parametrize("code,status,printed", [(None, 0, ""), (3, 3, ""), ("a message", 1, "a message")])
+def test_a_worker_leaves_through_its_exit_handlers_then_exits_at_once(code, status, printed, tmp_path):
+    """``exit_process``: buffered output is written, the exit handlers run (``_leave`` is one), and nothing of the
+    interpreter's teardown does (an object's finalizer there never runs), whatever code ``SystemExit`` carried."""
+    script = f"""
+import atexit, sys
+from tiedlab.paradigms.distributed import exit_process
+
+class Teardown:
+    def __del__(self):
+        open({str(tmp_path / 'teardown')!r}, 'w').close()
+
+keep = Teardown()
+atexit.register(lambda: open({str(tmp_path / 'handler')!r}, 'w').close())
+sys.stdout.write('buffered')
+exit_process({code!r})
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr.strip()) == (status, "buffered", printed)
+    assert (tmp_path / "handler").exists() and not (tmp_path / "teardown").exists()
