@@ -280,8 +280,6 @@ def study(argv: list[str] | None = None) -> int:
         return print_status(spec, runs, args.overrides)
     if args.step_times is not None and not args.plan:
         raise ValueError(f"--step-times={args.step_times} prices a plan: use it with --plan")
-    # runs at once: --jobs, or --per-gpu on each listed GPU (--gpus all counts as one GPU: a safe underestimate)
-    slots = args.jobs if args.gpus is None else (args.per_gpu or 1) * max(1, len(args.gpus.split(",")))
     if args.plan:
         looks = planned_looks(runs, full, args)  # a plan other than the recorded one: said the plan's way
     if args.plan or args.dry_run:  # what the command would register must pass the checks the run makes
@@ -293,7 +291,10 @@ def study(argv: list[str] | None = None) -> int:
         launch.check_reused(launch.study_runs(spec, runs, args.overrides))  # as the run would (a dry run does)
         step_times = load_step_times(args.step_times, args.name) if args.step_times is not None else None
         print(f"study {spec.get('name')} in {runs}")
+        slots, slots_note = study_slots(args)
         print(format_plan(study_plan(spec, runs, args.overrides, step_times, full, looks), slots=slots))
+        if slots_note:
+            print(slots_note)
         left_out = [g for g in optional_grids(full) if g not in {grid["name"] for grid in spec["grids"]}]
         if left_out:
             print(f"optional grids, not in this plan (select them with --grids): {', '.join(left_out)}")
@@ -318,6 +319,9 @@ def study(argv: list[str] | None = None) -> int:
             return 0
         if plan is not None:
             deadline = started + 60 * args.budget_min if args.budget_min is not None else None
+            slots, slots_note = study_slots(args)
+            if slots_note and deadline is not None:
+                print(f"[tiedlab] {slots_note}", flush=True)
             failures += add_seeds_until_decided(full, runs, plan, args.overrides, slots, execute, deadline,
                                                 {g["name"] for g in spec["grids"]} if args.grids else None,
                                                 args.seed_batch or 1)
@@ -1034,6 +1038,28 @@ def look_cost_s(spec: dict[str, Any], look_grids: list[dict[str, Any]], runs: Pa
                for u in units]
     jobs = max(1, jobs)
     return sum(guesses) / jobs + (1 - 1 / jobs) * max(guesses, default=0.0)
+
+
+def study_slots(args: argparse.Namespace) -> tuple[int, str]:
+    """How many runs the study trains at once, which prices its plan and its looks: ``--jobs``, or ``--per-gpu``
+    on each GPU of ``--gpus`` (``--gpus all``: those this node gives, as the runner places them), and a line
+    saying what was assumed where the count cannot be known here ("" otherwise): ``--gpus all`` with
+    ``--ray-address`` (the cluster's GPUs are counted once Ray has joined it) or on a node without a GPU (a plan
+    made on a login node); both count one GPU, which overprices a look rather than starting one that overruns."""
+    if args.gpus is None:
+        return args.jobs, ""
+    per_gpu = args.per_gpu or 1
+    if args.gpus != "all":
+        return per_gpu * len(args.gpus.split(",")), ""
+    if args.ray_address:
+        return per_gpu, (f"--gpus all with --ray-address counts one GPU ({per_gpu} run(s) at once) in the plan's "
+                         "and the looks' times (the cluster's GPUs are known only once the study joins it): they "
+                         "are upper bounds")
+    try:
+        return per_gpu * len(launch.node_gpus("all")), ""
+    except ValueError:
+        return per_gpu, (f"--gpus all counts one GPU ({per_gpu} run(s) at once) in the plan's and the looks' times: "
+                         "this node shows none")
 
 
 def has_runs(folder: Path) -> bool:

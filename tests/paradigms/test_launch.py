@@ -202,6 +202,30 @@ def test_gpus_are_those_this_shell_was_given_and_ray_cluster_threads_fit_a_node(
     assert launch.usable_cpus() == 64
 
 
+def test_a_studys_runs_at_once_price_its_plan_and_looks_on_every_gpu_it_places_runs_on(monkeypatch):
+    """``--gpus all`` counts the GPUs the runner will use (each with ``--per-gpu`` runs), not one: a look priced on
+    one GPU of eight was eight times too long and never taken; where the count is unknown here, one GPU and a
+    line saying so."""
+    import argparse
+
+    def slots(**given):
+        args = {"jobs": 1, "gpus": None, "per_gpu": None, "ray_address": None, **given}
+        return study_module.study_slots(argparse.Namespace(**args))
+
+    monkeypatch.setattr(launch, "count_gpus", lambda: 8)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert slots(jobs=2) == (2, "")
+    assert slots(gpus="all") == (8, "") and slots(gpus="all", per_gpu=3) == (24, "")
+    assert slots(gpus="0,5", per_gpu=2) == (4, "")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")  # a Slurm job's share of the node
+    assert slots(gpus="all", per_gpu=2) == (6, "")
+    count, note = slots(gpus="all", per_gpu=2, ray_address="auto")
+    assert count == 2 and "--ray-address counts one GPU (2 run(s) at once)" in note and "upper bounds" in note
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a login node: the plan is still made, on one GPU, said so
+    assert slots(gpus="all") == (1, "--gpus all counts one GPU (1 run(s) at once) in the plan's and the looks' "
+                                    "times: this node shows none")
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--jobs", "2", "hydra/launcher=slurm"], "--jobs 2 and hydra/launcher=slurm"),
     (["--gpus", "all", "--slurm"], "--gpus and --slurm"),
