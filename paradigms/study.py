@@ -938,13 +938,24 @@ def has_look_seeds(comparison: Any, found: list[Any], grids: dict[str, Any], fir
     want = set(range(first, first + n))
     for arm in (comparison.a, comparison.b):
         ended: dict[int, bool] = {}
+        folds: dict[int, set[str]] = {}
         for r in arm_runs(arm, found, grids):
-            seed = run_values(r.name).get("seed")
-            if seed is not None:
-                ended[int(seed)] = ended.get(int(seed), True) and r.status in ("completed", "diverged")
-        if not want <= {seed for seed, all_ended in ended.items() if all_ended}:
+            values = run_values(r.name)
+            if values.get("seed") is not None:
+                seed = int(values["seed"])
+                ended[seed] = ended.get(seed, True) and r.status in ("completed", "diverged")
+                folds.setdefault(seed, set()).add(values.get("data.fold", ""))
+        # a fold whose run crashed before writing its config is not among the runs found: count the grid's folds
+        swept = swept_folds(grids.get(arm.grid))
+        if not want <= {seed for seed, all_ended in ended.items() if all_ended and swept <= folds[seed]}:
             return False
     return True
+
+
+def swept_folds(grid: dict[str, Any] | None) -> set[str]:
+    """The data folds a grid sweeps (``data.fold`` in its ``sweep``), as run names spell them; empty when it
+    sweeps none."""
+    return {str(f) for f in ((grid or {}).get("sweep") or {}).get("data.fold") or []}
 
 
 def look_cells(comparison: Any, found: list[Any], grids: dict[str, Any], seeds: range) -> Cells:
@@ -962,7 +973,8 @@ def look_cells(comparison: Any, found: list[Any], grids: dict[str, Any], seeds: 
     for arm, members in arms.items():
         values = run_values(members[0].name)
         cell = tuple(sorted((k, v) for k, v in values.items() if k not in ("seed", "data.fold")))
-        folds = {run_values(r.name)["data.fold"] for r in members if "data.fold" in run_values(r.name)}
+        folds = swept_folds(grids.get(arm.grid)) | {run_values(r.name)["data.fold"] for r in members
+                                                     if "data.fold" in run_values(r.name)}
         have_seeds, all_folds = out.setdefault((arm.grid, cell), (set(), set()))
         have_seeds.update(seeds)
         all_folds.update(folds)

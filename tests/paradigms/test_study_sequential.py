@@ -362,6 +362,15 @@ def test_a_look_is_readable_only_when_every_seed_of_both_arms_ended():
     assert study_module.has_look_seeds(comparison, folds, grids, 0, 2)
     folds[-1].status = "failed"  # deq, fold 1, seed 1: the seed is not whole though fold 0 ended
     assert not study_module.has_look_seeds(comparison, folds, grids, 0, 2)
+    # a fold whose run crashed before writing its config is not found at all: the grid's sweep says it is missing
+    swept = {"g": {"name": "g", "sweep": {"block": ["tied", "deq"], "data.fold": [0, 1], "seed": [0, 1]}}}
+    folds[-1].status = "completed"
+    assert study_module.has_look_seeds(comparison, folds, swept, 0, 2)
+    assert study_module.has_look_seeds(comparison, folds[:-1], grids, 0, 2)  # blind without the sweep
+    assert not study_module.has_look_seeds(comparison, folds[:-1], swept, 0, 2)
+    assert study_module.has_look_seeds(comparison, folds[:-1], swept, 0, 1)
+    assert study_module.look_cells(comparison, [f for f in folds if "fold=0" in f.name], swept, range(2, 4)) == {
+        ("g", (("block", "tied"),)): ({2, 3}, {"0", "1"}), ("g", (("block", "deq"),)): ({2, 3}, {"0", "1"})}
 
 
 def test_a_comparison_with_an_arm_without_runs_takes_no_seeds(capsys):
