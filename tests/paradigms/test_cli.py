@@ -55,9 +55,16 @@ def test_short_names_are_unchanged_and_long_ones_are_distinct():
     assert a != b and len(a.encode()) <= MAX_NAME_BYTES
 
 
-def test_help_names_the_command(tmp_path):
+def test_help_names_the_command_and_study_files_are_not_a_run_option(tmp_path):
     done = cli(["--help"], tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("tiedlab is powered by Hydra")
+    # the study group is listed (Hydra lists every group of the search path): the help says what it is
+    assert "\nstudy: " in done.stdout and "all but study: its files are the studies that\n`tiedlab-study NAME` runs" \
+        in done.stdout
+    wrong = cli([*TOY, "study=quick"], tmp_path)
+    assert wrong.returncode == 1 and wrong.stderr.strip().splitlines()[-1] == (
+        "[tiedlab] error: study is not an option of a run: a study runs with `tiedlab-study NAME` "
+        "(configs/study/NAME.yaml)")
 
 
 def test_a_run_off_a_terminal_logs_its_steps_and_evaluations_and_a_summary(tmp_path):
