@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
@@ -183,9 +184,10 @@ class Block(nn.Module):
                     rel_residual: float = 1e-2, **ctx: Any) -> dict[str, float]:
         """How well a DEQ's solve reaches its fixed point at input ``x``, with the budget of the current mode:
         ``rel_residual`` (mean relative residual at z*), ``converged_fraction`` (systems within ``rel_residual``:
-        samples, or positions and nodes under the solver's ``sample_dims=2``)
-        and ``spectral_norm`` (the largest per-sample estimate of ||df/dz|| at z*, ``power_iters`` steps of power
-        iteration; > 1: the map does not contract there). Parameters' gradients are not touched.
+        samples, or positions and nodes under the solver's ``sample_dims=2``), ``systems`` (how many, to pool
+        several inputs' measures) and ``spectral_norm`` (the largest per-sample estimate of ||df/dz|| at z*,
+        ``power_iters`` steps of power iteration; > 1: the map does not contract there). Parameters' gradients are
+        not touched.
 
         Shapes: x: (B, ...) -> {name: float}
         """
@@ -195,8 +197,9 @@ class Block(nn.Module):
         z = torch.zeros_like(x) if z0 is None else z0
         with torch.no_grad():
             z_star, _ = self.spec.solver.solve(f, z.detach(), training=self.training)
-            out = residual_metrics(f(z_star), z_star, rel_residual,
-                                   sample_dims=int(self.spec.solver.options.get("sample_dims", 1)))
+            sample_dims = int(self.spec.solver.options.get("sample_dims", 1))
+            out = residual_metrics(f(z_star), z_star, rel_residual, sample_dims=sample_dims)
+        out["systems"] = float(math.prod(z_star.shape[:sample_dims]))
         out["spectral_norm"] = spectral_norm_at(lambda v: f(v), z_star, iters=power_iters).max().item()
         return out
 

@@ -223,12 +223,24 @@ class LoopState:
     last_probe: int | None = None  # the step of a DEQ's last gradient probe (its schedule resumes with the run)
 
 
+def _pooled(calls: list[dict[str, float]]) -> dict[str, float]:
+    """One block's ``Block.equilibrium`` measures of several inputs as one: the residual and the converged fraction
+    averaged over all their systems, the systems summed, the largest spectral norm."""
+    total = sum(c["systems"] for c in calls)
+    return {"rel_residual": sum(c["rel_residual"] * c["systems"] for c in calls) / total,
+            "converged_fraction": sum(c["converged_fraction"] * c["systems"] for c in calls) / total,
+            "systems": total, "spectral_norm": max(c["spectral_norm"] for c in calls)}
+
+
 class EquilibriumProbe:
     """Measures a DEQ run's equilibrium health without changing what it trains.
 
-    ``capture()`` records the input of every DEQ block's first call during a validation pass; ``health()`` then
-    solves each captured input again (eval budget) and returns ``eq/rel_residual`` (mean over blocks),
-    ``eq/converged_fraction`` (lowest) and ``eq/spectral_norm`` (highest estimate of ||df/dz|| at z*).
+    ``capture()`` records the input of every call of every DEQ block during a validation pass (every batch of
+    the split); ``health()`` then solves each captured input again (eval budget) and returns
+    ``eq/rel_residual`` (per block the mean over every system of the split, then the mean over blocks),
+    ``eq/converged_fraction`` (per block the fraction of the split's systems; the lowest block's),
+    ``eq/systems`` (how many systems a block solved over the split: the fewest) and ``eq/spectral_norm``
+    (highest estimate of ||df/dz|| at z*).
     ``grad_cosine()`` compares, on one fixed training batch (the first of epoch 0), the gradient of the DEQ blocks'
     parameters the run's backward mode gives with a tight-tolerance one: the run's gradient is taken as its steps
     take it (under the run's ``autocast``: bf16 on CUDA for the layers around the DEQ, whose solves run in float32),
@@ -243,7 +255,7 @@ class EquilibriumProbe:
         self.options = cfg.equilibrium
         self.thresholds = thresholds(cfg)
         self.blocks = [m for m in model.modules() if isinstance(m, Block) and m.spec.mode == "deq"]
-        self.inputs: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self.inputs: dict[int, list[tuple[tuple[Any, ...], dict[str, Any]]]] = {}
         self.batch: Any = None
         self.last_probe: int | None = None  # the step of the last gradient probe
 
@@ -254,7 +266,7 @@ class EquilibriumProbe:
         def hook(i: int) -> Any:
             def keep(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                 if on_the_record():
-                    self.inputs.setdefault(i, (args, kwargs))
+                    self.inputs.setdefault(i, []).append((args, kwargs))
             return keep
 
         handles = [b.register_forward_pre_hook(hook(i), with_kwargs=True) for i, b in enumerate(self.blocks)]
@@ -265,18 +277,22 @@ class EquilibriumProbe:
                 h.remove()
 
     def health(self) -> dict[str, float]:
-        """Residual, converged fraction and spectral norm at the captured inputs (eval mode)."""
+        """Residual, converged fraction and spectral norm at the captured inputs (eval mode), each block's pooled
+        over all its calls weighted by their systems."""
         found = []
         was_training = self.model.training
         self.model.eval()
         try:
             with _restored(self.model):
-                for i, (args, kwargs) in self.inputs.items():
-                    kwargs = dict(kwargs)
-                    z0 = args[1] if len(args) > 1 else kwargs.pop("z0", None)
-                    found.append(self.blocks[i].equilibrium(
-                        args[0], z0, power_iters=int(self.options.power_iters),
-                        rel_residual=float(self.thresholds.rel_residual or 1e-2), **kwargs))
+                for i, calls in self.inputs.items():
+                    each = []
+                    for args, kwargs in calls:
+                        kwargs = dict(kwargs)
+                        z0 = args[1] if len(args) > 1 else kwargs.pop("z0", None)
+                        each.append(self.blocks[i].equilibrium(
+                            args[0], z0, power_iters=int(self.options.power_iters),
+                            rel_residual=float(self.thresholds.rel_residual or 1e-2), **kwargs))
+                    found.append(_pooled(each))
         finally:
             self.model.train(was_training)
             self.recorder.take()
@@ -285,6 +301,7 @@ class EquilibriumProbe:
             return {}
         return {"eq/rel_residual": sum(f["rel_residual"] for f in found) / len(found),
                 "eq/converged_fraction": min(f["converged_fraction"] for f in found),
+                "eq/systems": min(f["systems"] for f in found),
                 "eq/spectral_norm": max(f["spectral_norm"] for f in found)}
 
     def grad_cosine(self, seed: int) -> dict[str, float]:
@@ -350,7 +367,7 @@ class EquilibriumProbe:
     def verdict(self, record: dict[str, Any]) -> dict[str, Any]:
         """metrics.json's ``equilibrium``: the measured values of ``record``, the flags, the thresholds."""
         measured = {k.split("/", 1)[1]: record[k] for k in ("eq/rel_residual", "eq/converged_fraction",
-                                                             "eq/spectral_norm", "eq/grad_cosine",
+                                                             "eq/systems", "eq/spectral_norm", "eq/grad_cosine",
                                                              "eq/grad_cosine_ift") if k in record}
         flags = equilibrium_flags(measured, self.thresholds)
         return {"at_equilibrium": not flags, "flags": flags, "measured": measured,

@@ -42,6 +42,18 @@ def test_a_solved_deq_records_its_health_at_every_evaluation_and_is_at_equilibri
     assert json.loads((tmp_path / rundir.METRICS).read_text())["equilibrium"] == eq
 
 
+def test_health_counts_every_validation_batch_not_the_first_alone(tmp_path):
+    """The validation split scored in two batches of 100, the second poisoned: its 100 systems do not converge, so
+    half the split is off equilibrium (a probe that kept the first batch alone certified the run)."""
+    whole = train(cfg(data=dict(val_batch=100), train={**LOOP, "max_steps": 10}), tmp_path / "whole")
+    assert whole["equilibrium"]["measured"]["systems"] == 200 and whole["equilibrium"]["at_equilibrium"]
+    half = train(cfg(data=dict(val_batch=100, nan_val_from=100), train={**LOOP, "max_steps": 10}), tmp_path / "half")
+    measured = half["equilibrium"]["measured"]
+    assert measured["systems"] == 200 and measured["converged_fraction"] == 0.5
+    assert not half["equilibrium"]["at_equilibrium"]
+    assert any(f.startswith("converged_fraction") for f in half["equilibrium"]["flags"])
+
+
 def test_a_deq_stopped_after_three_solver_steps_is_flagged_not_at_equilibrium(tmp_path, capsys):
     result = train(cfg(solver=dict(max_iter=3), grad=dict(mode="onestep")), tmp_path)
     assert result["status"] == "completed"

@@ -25,6 +25,8 @@ class ToyData:
     fail_after: int | None = None  # test hook: raise a RuntimeError after this many training steps
     eval_draws_rng: bool = False  # test hook: scoring draws from the global generator, as a DataLoader's iterator does
     sigterm_on_test: bool = False  # test hook: scoring the test split (the final evaluation) sends this process SIGTERM
+    val_batch: int | None = None  # test hook: score the splits in batches of this many samples (one batch: None)
+    nan_val_from: int | None = None  # test hook: poison the validation inputs from this index on
 
 
 @dataclass
@@ -119,7 +121,11 @@ class ToyParadigm(Paradigm):
             os.kill(os.getpid(), signal.SIGTERM)
         if self.data_opts.eval_draws_rng:
             torch.empty((), dtype=torch.int64).random_()
-        logits, _ = model(x)
+        if split == "val" and self.data_opts.nan_val_from is not None:
+            x = x.clone()
+            x[self.data_opts.nan_val_from:] = float("nan")
+        size = self.data_opts.val_batch or len(x)
+        logits = torch.cat([model(x[i:i + size])[0] for i in range(0, len(x), size)])
         return {f"{split}/acc": (logits.argmax(1) == y).float().mean().item(),
                 f"{split}/loss": F.cross_entropy(logits, y).item()}
 

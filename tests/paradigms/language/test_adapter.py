@@ -417,4 +417,5 @@ def test_a_deq_with_the_jacobian_penalty_trains_and_its_equilibrium_can_be_measu
     plain = paradigm.build_model(data, BlockSpec(mode="deq", solver=SolverSpec(max_iter=6))).eval()
     x = plain.embed(batch[0]).detach()
     health = plain.block.equilibrium(x, power_iters=3)
-    assert set(health) == {"rel_residual", "converged_fraction", "spectral_norm"} and health["spectral_norm"] > 0
+    assert set(health) == {"rel_residual", "converged_fraction", "systems", "spectral_norm"}
+    assert health["spectral_norm"] > 0 and health["systems"] == x.shape[0] * x.shape[1]  # solved per position
