@@ -190,9 +190,24 @@ class Run:
 
 
 def set_apart(run: Any) -> bool:
-    """Whether a run completed but is flagged not at equilibrium: counted and shown, never averaged into a cell or
-    a primary arm. Takes any run-like object (one without ``at_equilibrium`` was not measured)."""
-    return getattr(run, "status", None) == "completed" and getattr(run, "at_equilibrium", None) is False
+    """Whether a run completed but is not certified at equilibrium: flagged, or a DEQ (``mode`` "deq") whose
+    metrics.json holds no equilibrium check (a baseline must be shown to work before it is compared). Counted and
+    shown, never averaged into a cell or a primary arm. Takes any run-like object (one without ``at_equilibrium``
+    was not measured; one without ``mode`` is judged by its flag alone)."""
+    if getattr(run, "status", None) != "completed":
+        return False
+    at = getattr(run, "at_equilibrium", None)
+    return at is False or (at is None and getattr(run, "mode", None) == "deq")
+
+
+NOT_MEASURED = "not measured (a DEQ run whose metrics.json holds no equilibrium check)"
+
+
+def apart_reasons(run: Any) -> list[str]:
+    """Why ``set_apart`` sets a run apart: its flags, or ``NOT_MEASURED``; [] for a run it keeps."""
+    if not set_apart(run):
+        return []
+    return list(getattr(run, "equilibrium_flags", None) or []) or [NOT_MEASURED]
 
 
 def to_float(value: Any) -> float:

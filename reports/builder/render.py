@@ -13,7 +13,7 @@ from typing import Any
 from . import guidelines as guide
 from .aggregate import COLUMNS, Stat, groups
 from .insights import INSIGHTS, NEEDS, RULE
-from .load import EQUILIBRIUM_MEASURES, set_apart
+from .load import EQUILIBRIUM_MEASURES, apart_reasons, set_apart
 
 
 @dataclass
@@ -478,7 +478,7 @@ def equilibrium_blocks(report: Any) -> list[Block]:
     if flagged:
         blocks.append(Block("h3", "Runs not at equilibrium (counted, not averaged)"))
         blocks.append(Block("table", header=["run", "cell", "seed", "flags", "val", "test"], rows=[
-            [r.name, c.title(), fmt(r.seed), "; ".join(r.equilibrium_flags), fmt(r.value("val")), fmt(r.value("test"))]
+            [r.name, c.title(), fmt(r.seed), "; ".join(apart_reasons(r)), fmt(r.value("val")), fmt(r.value("test"))]
             for c, r in flagged], row_classes=["noteq"] * len(flagged)))
     return blocks
 
@@ -496,7 +496,7 @@ def run_blocks(report: Any) -> list[Block]:
     rows, classes = [], []
     for r in report.runs:
         status, cls = _run_status(r)
-        reason = "; ".join(x for x in (r.reason, *(r.equilibrium_flags if cls == "noteq" else [])) if x)
+        reason = "; ".join(x for x in (r.reason, *apart_reasons(r)) if x)
         rows.append([r.name, r.paradigm, r.dataset, r.label, fmt(r.width), fmt(r.depth), fmt(r.seed), status,
                      reason, f"{fmt(r.step)} / {fmt(r.total_steps)}", fmt(r.value("val")),
                      fmt(r.value("test")), fmt(r.metrics.get("time/train_s"))])

@@ -13,6 +13,7 @@ import yaml
 from tiedlab.paradigms import rundir
 
 ABSENT = object()  # write_run(equilibrium=ABSENT): metrics.json has no "equilibrium" key (runs written before it)
+AS_ENGINE = object()  # write_run's default: a completed DEQ run gets a check at equilibrium, other runs none
 
 
 def eq_check(rel_residual: float | None = 1e-3, converged_fraction: float | None = 1.0,
@@ -36,9 +37,10 @@ def write_run(root: Path, name: str, *, paradigm: str = "vision", dataset: str =
               solver: str = "anderson", grad: str = "ift", jac: float = 0.0, train_s: float = 10.0,
               params: int | None = None, memory: float = 100.0, history: list[tuple[float, float]] | None = None,
               extra: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
-              equilibrium: Any = ABSENT) -> Path:
+              equilibrium: Any = AS_ENGINE) -> Path:
     """One run dir: config.yaml always; metrics.json unless ``status`` is None (with ``equilibrium`` as its
-    "equilibrium" value unless ABSENT); history.jsonl from ``history``."""
+    "equilibrium" value unless ABSENT; by default a completed DEQ run gets ``eq_check()``, at equilibrium, as the
+    engine writes one for every DEQ run; None writes null: not measured); history.jsonl from ``history``."""
     run = root / name
     run.mkdir(parents=True)
     config = {
@@ -75,6 +77,8 @@ def write_run(root: Path, name: str, *, paradigm: str = "vision", dataset: str =
     if status == "diverged":
         metrics["core/rel_residual"] = "nan"  # stored as a string, like the engine does
     metrics.update(extra or {})
+    if equilibrium is AS_ENGINE:
+        equilibrium = eq_check() if mode == "deq" and status == "completed" else ABSENT
     top = {} if equilibrium is ABSENT else {"equilibrium": equilibrium}
     (run / "metrics.json").write_text(json.dumps({**top,
         "status": status, "reason": reason, "step": 100 if status == "completed" else 40, "total_steps": 100,

@@ -16,15 +16,16 @@ import yaml
 
 from tiedlab.reports.aggregate import flag_kind, group_cells
 from tiedlab.reports.build import analyse, build_report
-from tiedlab.reports.load import load_run, load_runs, parse_equilibrium, runs_from_summary
+from tiedlab.reports.load import NOT_MEASURED, load_run, load_runs, parse_equilibrium, runs_from_summary
 from tiedlab.reports.primary import EQUILIBRIUM_REASON, evaluate_primaries, load_primaries
 
-from .conftest import eq_check, write_run
+from .conftest import ABSENT, eq_check, write_run
 
 AT = [eq_check(), eq_check(rel_residual=2e-3, converged_fraction=0.98, spectral_norm=0.9, grad_cosine=0.98)]
 OFF = [eq_check(rel_residual=0.21, converged_fraction=0.3, spectral_norm=1.15, grad_cosine=0.63),
        eq_check(rel_residual=0.05, converged_fraction=0.95, spectral_norm=1.3, grad_cosine=math.nan)]
 FLAGGED = ["g/block=deq,seed=3", "g/block=deq,seed=4"]
+APART = ["g/block=deq,seed=2", *FLAGGED]  # the unmeasured DEQ run is set apart with the flagged ones
 
 
 def _study(*comparisons: dict) -> dict:
@@ -38,13 +39,13 @@ def _comparison(insight: int, grid: str) -> dict:
 
 def build_runs(root: Path) -> Path:
     """Grid g (width 32): tied seeds 0-4 (0.90 ... 0.94); DEQ seeds 0, 1 at equilibrium (0.80, 0.82), seed 2
-    written before the check (0.84, not measured), seeds 3, 4 not at equilibrium (0.50, 0.40: they would drag the
-    mean down). Grid h (width 64): tied seeds 0-2, DEQ seed 0 at equilibrium and seeds 1, 2 not: one usable run."""
+    written before the check (0.84, not measured: not certified, so set apart too), seeds 3, 4 not at equilibrium
+    (0.50, 0.40: they would drag the mean down). Grid h (width 64): tied seeds 0-2, DEQ seed 0 at equilibrium and seeds 1, 2 not: one usable run."""
     g, h = root / "g", root / "h"
     for seed, val in enumerate([0.90, 0.91, 0.92, 0.93, 0.94]):
         write_run(g, f"block=tied,seed={seed}", seed=seed, val=val)
     for seed, (val, check) in enumerate(zip([0.80, 0.82, 0.84, 0.50, 0.40], [*AT, None, *OFF])):
-        kw = {"equilibrium": check} if check is not None else {}
+        kw = {"equilibrium": check if check is not None else ABSENT}
         write_run(g, f"block=deq,seed={seed}", mode="deq", seed=seed, val=val, train_s=40.0, **kw)
     for seed, val in enumerate([0.90, 0.91, 0.92]):
         write_run(h, f"block=tied,seed={seed}", seed=seed, val=val, width=64)
@@ -84,11 +85,11 @@ def test_the_check_is_read_and_old_runs_are_not_measured(eq_report):
 def test_flagged_runs_are_counted_apart_and_never_averaged(eq_report):
     _, report, _ = eq_report
     cell = _deq_cell(report, 32)
-    assert [r.name for r in cell.not_at_equilibrium] == FLAGGED
-    assert len(cell.completed) == 3 and {r.seed for r in cell.completed} == {0, 1, 2}  # the old run is included
+    assert [r.name for r in cell.not_at_equilibrium] == APART
+    assert len(cell.completed) == 2 and {r.seed for r in cell.completed} == {0, 1}  # the unmeasured run is not
     stat = cell.primary("val")
-    assert stat.n == 3 and stat.mean == pytest.approx(0.82) and stat.std == pytest.approx(0.02)
-    assert cell.stat("test/acc").mean == pytest.approx(0.81)
+    assert stat.n == 2 and stat.mean == pytest.approx(0.81) and stat.std == pytest.approx(0.02 / 2 ** 0.5)
+    assert cell.stat("test/acc").mean == pytest.approx(0.80)
     assert cell.unfinished == 0 and cell.diverged == 0 and len(cell.ended) == 5  # a divergence rate counts all
     eq = cell.equilibrium()
     assert (eq["at"], eq["not_at"], eq["not_measured"]) == (2, 2, 1)
@@ -101,15 +102,15 @@ def test_flagged_runs_are_counted_apart_and_never_averaged(eq_report):
 def test_primary_arms_leave_flagged_runs_out_and_say_how_many(eq_report, tmp_path):
     runs, report, _ = eq_report
     g, h = report.primaries
-    assert g.not_at_equilibrium == {"a": [], "b": FLAGGED}
-    assert any(f"arm b: 2 run(s) not at equilibrium and left out ({', '.join(FLAGGED)})" in n for n in g.notes)
-    assert g.verdict == "holds" and (g.n_a, g.n_b) == (3, 3) and g.paired  # paired on seeds 0, 1, 2
-    assert g.effect == pytest.approx(0.09)  # mean of 0.90-0.80, 0.91-0.82, 0.92-0.84
-    assert g.reason.endswith("; not at equilibrium, left out: arm a 0, arm b 2")
+    assert g.not_at_equilibrium == {"a": [], "b": APART}
+    assert any(f"arm b: 3 run(s) not at equilibrium and left out ({', '.join(APART)})" in n for n in g.notes)
+    assert (g.n_a, g.n_b) == (2, 2) and g.paired  # paired on seeds 0, 1
+    assert g.effect == pytest.approx(0.095)  # mean of 0.90-0.80, 0.91-0.82
+    assert g.verdict == "undetermined" and g.reason.endswith("; not at equilibrium, left out: arm a 0, arm b 3")
     # leaving them out is exactly deleting their run directories
     bare = tmp_path / "bare"
     shutil.copytree(runs, bare)
-    for name in FLAGGED:
+    for name in APART:
         shutil.rmtree(bare / name)
     same = analyse([bare]).primaries[0]
     assert (same.verdict, same.effect, same.p, same.ci_low, same.ci_high) == (g.verdict, g.effect, g.p, g.ci_low,
@@ -132,21 +133,23 @@ def test_markdown_shows_counts_medians_flags_and_the_flagged_runs(eq_report, che
     readme = (out / "README.md").read_text()
     table = readme.split("\n## vision / cifar10\n", 1)[1].split("\n## ", 1)[0]
     compact, full = [line for line in table.splitlines() if line.startswith("| deq anderson+ift | 4 | 32 |")]
-    assert "| 3 (+2 not at equilibrium) | 0.820 [0.770, 0.870] |" in compact  # 0.82 ± 4.30 * 0.02 / sqrt(3)
-    assert "| 3 (+2 not at equilibrium) | 0.820 ± 0.02 |" in full
+    assert "| 2 (+3 not at equilibrium) | 0.81 [0.68, 0.94] |" in compact  # 0.81 ± 12.7 * 0.02 / 2
+    assert "| 2 (+3 not at equilibrium) | 0.810 ± 0.014 |" in full
     section = readme.split("## Equilibrium", 1)[1].split("\n## ", 1)[0]
     row = next(line for line in section.splitlines() if "deq anderson+ift d=4 w=32" in line)
     assert row.startswith("| vision / cifar10 | deq anderson+ift d=4 w=32 | 2 | 2 | 1 | 0.026 | 0.965 | 1.025 | 0.98 |")
     assert row.endswith("| rel_residual > 0.01 (2), converged_fraction < 0.9 (1), grad_cosine < 0.95 (1), 1 more |")
     flagged = section.split("### Runs not at equilibrium (counted, not averaged)", 1)[1]
-    for name in [*FLAGGED, "h/block=deq,seed=1", "h/block=deq,seed=2"]:
+    for name in [*APART, "h/block=deq,seed=1", "h/block=deq,seed=2"]:
         assert f"| {name} |" in flagged
     assert "rel_residual 0.21 > 0.01" in flagged and "| g/block=deq,seed=0 |" not in flagged
+    assert f"| g/block=deq,seed=2 | deq anderson+ift d=4 w=32 | 2 | {NOT_MEASURED} |" in flagged
     runs_table = readme.split("## Runs", 1)[1]
-    assert runs_table.count("completed, not at equilibrium (not averaged)") == 4
-    assert "not at equilibrium: 4 completed DEQ run(s) flagged" in readme
+    assert runs_table.count("completed, not at equilibrium (not averaged)") == 5
+    assert "not at equilibrium: 5 completed DEQ run(s) flagged" in readme
     assert "baseline not at equilibrium: arm b has 1 usable replicate(s)" in readme
-    assert "| holds: +0.09 [+0.0542, +0.126], n=3/3; not at equilibrium, left out: 0/2 |" in readme  # transfer
+    assert "| undetermined: +0.095 [-0.0323, +0.222], n=2/2; ~3 seeds/arm to decide; not at equilibrium, left out: " \
+           "0/3 |" in readme  # transfer
     assert "| undetermined: -, n=3/1; not at equilibrium, left out: 0/2 |" in readme
     parser = check_html(out)
     assert 'class="noteq"' in (out / "index.html").read_text() and parser.counts["table"] >= 6
@@ -156,7 +159,7 @@ def test_summary_carries_the_counts_and_rebuilds_the_same_verdicts(eq_report, tm
     _, report, out = eq_report
     data = json.loads((out / "summary.json").read_text())
     cell = next(c for c in data["cells"] if c["mode"] == "deq" and c["width"] == 32)
-    assert (cell["n"], cell["not_at_equilibrium"]) == (3, 2)
+    assert (cell["n"], cell["not_at_equilibrium"]) == (2, 3)
     assert {k: cell["equilibrium"][k] for k in ("at", "not_at", "not_measured")} == {"at": 2, "not_at": 2,
                                                                                      "not_measured": 1}
     assert next(c for c in data["cells"] if c["mode"] == "tied")["equilibrium"] is None

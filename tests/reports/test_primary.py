@@ -360,7 +360,7 @@ def test_an_arm_whose_runs_differ_in_config_is_not_read(tmp_path):
                         "thresholds": {"rel_residual": 0.01}}
     other.write_text(json.dumps(m))
     (judged,) = evaluate_primaries([s], load_runs([runs]))
-    assert judged.verdict == "undetermined" and "under 2 different thresholds" in judged.reason
+    assert judged.verdict == "undetermined" and "under 3 different thresholds" in judged.reason
 
 
 def test_step_times_from_seed_batches_of_another_size_are_not_compared():
