@@ -323,12 +323,18 @@ class EquilibriumProbe:
                 grad = GradSpec("ift", solver=grad.solver, options=grad.options, **tight)
             return solver, grad
 
-        grads = {name: self._gradient(seed, refs) for name, refs in (
-            ("run", None), ("same", lambda b: reference(b, False)), ("ift", lambda b: reference(b, True)))
-            if not (name == "ift" and all(b.spec.grad.mode == "ift" for b in self.blocks))}
+        grads, residuals = {}, []
+        for name, refs in (("run", None), ("same", lambda b: reference(b, False)),
+                           ("ift", lambda b: reference(b, True))):
+            if name == "ift" and all(b.spec.grad.mode == "ift" for b in self.blocks):
+                continue
+            grads[name], solves = self._gradient(seed, refs)
+            if refs is not None:
+                residuals += [r for s in solves for r in (s.rel_residual, s.adjoint_rel_residual) if math.isfinite(r)]
         out = {"eq/grad_cosine": gradient_cosine(grads["run"], grads["same"])}
         out["eq/grad_cosine_ift"] = gradient_cosine(grads["run"], grads["ift"]) if "ift" in grads \
             else out["eq/grad_cosine"]
+        out["eq/reference_rel_residual"] = max(residuals) if residuals else math.nan
         return out
 
     def judged_parameters(self) -> list[nn.Parameter]:
@@ -338,10 +344,10 @@ class EquilibriumProbe:
         (a quick vision DEQ: 1 - cosine 1.1e-4 over all parameters, 5.0e-4 over the block's)."""
         return list({id(p): p for b in self.blocks for p in b.parameters() if p.requires_grad}.values())
 
-    def _gradient(self, seed: int, reference: Any) -> tuple[torch.Tensor | None, ...]:
+    def _gradient(self, seed: int, reference: Any) -> tuple[tuple[torch.Tensor | None, ...], list[BlockStats]]:
         """The task loss's gradient on the probe batch over ``judged_parameters()``, with every DEQ block solved
-        and differentiated as ``reference(block)`` says (None: as the run does, in its precision); RNG and buffers
-        restored after."""
+        and differentiated as ``reference(block)`` says (None: as the run does, in its precision), and the DEQ
+        blocks' statistics of that step (their forward and adjoint residuals); RNG and buffers restored after."""
         params = self.judged_parameters()
         with _restored(self.model), torch.random.fork_rng(devices=_cuda_devices(self.model)):
             torch.manual_seed(seed)
@@ -353,8 +359,7 @@ class EquilibriumProbe:
                 with self.autocast if reference is None else contextlib.nullcontext():
                     loss = self.paradigm.training_step(self.model, self.batch).loss
                 grads = torch.autograd.grad(loss, params, allow_unused=True) if params else ()
-        self.recorder.take()
-        return grads
+        return grads, [s.resolve() for s in self.recorder.take() if s.mode == "deq"]
 
     def grad_due(self, step: int, final: bool) -> bool:
         """Whether an evaluation at ``step`` also probes the gradient: always at the end (unless probes are off),
@@ -368,7 +373,8 @@ class EquilibriumProbe:
         """metrics.json's ``equilibrium``: the measured values of ``record``, the flags, the thresholds."""
         measured = {k.split("/", 1)[1]: record[k] for k in ("eq/rel_residual", "eq/converged_fraction",
                                                              "eq/systems", "eq/spectral_norm", "eq/grad_cosine",
-                                                             "eq/grad_cosine_ift") if k in record}
+                                                             "eq/grad_cosine_ift", "eq/reference_rel_residual")
+                    if k in record}
         flags = equilibrium_flags(measured, self.thresholds)
         return {"at_equilibrium": not flags, "flags": flags, "measured": measured,
                 "thresholds": dataclasses.asdict(self.thresholds)}
