@@ -368,3 +368,19 @@ def test_warm_up_of_a_tied_block_is_named_as_ignored_and_left_out_of_the_fingerp
     assert "train.deq_warmup_steps=5 ignored" in capsys.readouterr().err
     b = train(cfg(**tied), tmp_path / "b")
     assert a["fingerprint"] == b["fingerprint"] and "equilibrium" not in a
+
+
+def test_the_gradient_probes_reference_is_tighter_than_the_run_and_its_residual_is_recorded(tmp_path):
+    """The reference solves may not be looser or shorter than the run's (the cosine would compare a gradient with
+    a worse one); how far they got is recorded."""
+    with pytest.raises(ValueError, match=r"reference_tol=0.001 must be below solver.tol=0.001 and grad.tol=0.0001"):
+        train(cfg(equilibrium=dict(reference_tol=1e-3)), tmp_path / "loose")
+    with pytest.raises(ValueError, match=r"reference_max_iter=20 must be at least solver.max_iter=40"):
+        train(cfg(solver=dict(max_iter=40), equilibrium=dict(reference_max_iter=20)), tmp_path / "short")
+    assert train(cfg(grad=dict(mode="phantom"), equilibrium=dict(reference_tol=1e-5)), tmp_path / "phantom")
+    eq = train(cfg(train={**LOOP, "max_steps": 10}), tmp_path / "run")["equilibrium"]
+    reached = eq["measured"]["reference_rel_residual"]
+    assert 0 < reached <= 1e-6  # the toy's contraction lets the reference solves reach their tolerance
+    capped = train(cfg(train={**LOOP, "max_steps": 10}, solver=dict(max_iter=4), grad=dict(max_iter=4),
+                       equilibrium=dict(reference_max_iter=4)), tmp_path / "capped")
+    assert capped["equilibrium"]["measured"]["reference_rel_residual"] > 1e-4  # stopped by its budget first
