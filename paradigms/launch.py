@@ -652,6 +652,23 @@ def _lock_held(run_dir: Path) -> bool:
 FINISHED_STATES = ("done", "not_at_equilibrium", "diverged")  # a study reuses these runs instead of training them
 
 
+def judged_thresholds(config: dict[str, Any]) -> dict[str, Any]:
+    """A DEQ run's equilibrium thresholds from its (unresolved or recorded) config, as ``equilibrium.NAME`` keys
+    ({} for other blocks): not grouped on (a report compares them per arm), but a finished run judged under other
+    thresholds than a command asks for is not that command's run (``check_reused``). The gradient's threshold is
+    None when the run never probes its gradient, as the engine judges (``config.thresholds``)."""
+    from tiedlab.core import EquilibriumThresholds
+
+    section = config.get("equilibrium")
+    if (config.get("block") or {}).get("mode") != "deq" or not isinstance(section, dict):
+        return {}
+    out = {f"equilibrium.{f.name}": section[f.name] for f in dataclasses.fields(EquilibriumThresholds)
+           if f.name in section}
+    if section.get("probe_every") == 0 and "equilibrium.grad_cosine" in out:
+        out["equilibrium.grad_cosine"] = None
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def _cell_config(overrides: tuple[str, ...]) -> dict[str, Any]:
     """The config a run of ``overrides`` (its cell's: no seed or fold) would record in config.yaml now, resolved
@@ -673,12 +690,13 @@ def _cell_config(overrides: tuple[str, ...]) -> dict[str, Any]:
 
     try:
         plain = OmegaConf.to_container(compose_config(list(overrides)))
+        judged = judged_thresholds(plain)
         for key in NOT_GROUPED:
             node, _, leaf = key.rpartition(".")
             parent = plain.get(node) if node else plain
             if isinstance(parent, dict):
                 parent.pop(leaf, None)
-        return group_key(OmegaConf.to_container(OmegaConf.create(plain), resolve=True))
+        return {**group_key(OmegaConf.to_container(OmegaConf.create(plain), resolve=True)), **judged}
     except (HydraException, OmegaConfBaseException) as err:
         raise ValueError(f"the overrides {' '.join(overrides)} do not compose ({' '.join(str(err).split())}), so "
                          "the study cannot check that its finished runs are of this config") from None
@@ -705,7 +723,8 @@ def check_reused(runs: Sequence[RunSpec]) -> None:
         cell = tuple(o for o in run.overrides if o.split("=", 1)[0].lstrip("+~") not in REPLICATE_KEYS)
         now = _cell_config(cell)
         try:
-            recorded = group_key(yaml.safe_load((Path(run.run_dir) / rundir.CONFIG).read_text()) or {})
+            raw = yaml.safe_load((Path(run.run_dir) / rundir.CONFIG).read_text()) or {}
+            recorded = {**group_key(raw), **judged_thresholds(raw)}
         except (OSError, yaml.YAMLError) as err:
             raise ValueError(f"{run.run_dir} holds a finished run whose {rundir.CONFIG} cannot be read "
                              f"({type(err).__name__}); restore it, or delete the run to train it again") from None

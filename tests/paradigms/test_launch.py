@@ -128,6 +128,23 @@ def test_a_finished_run_of_another_config_is_refused_not_reported_as_the_grids(t
     assert {d: metrics(d)["total_steps"] for d in made} == made  # nothing was trained over them
 
 
+def test_a_deq_run_judged_under_other_equilibrium_thresholds_is_not_reused(tmp_path, monkeypatch):
+    """Thresholds are not grouped on (they do not change what trains), but a finished DEQ run keeps the verdict of
+    the thresholds it was judged under: a command asking for others would report it under the wrong ones."""
+    grids = [{"name": "g", "overrides": [*TOY, "block=deq", "train.max_steps=2"], "sweep": {"seed": [0]}}]
+    write_study(tmp_path, monkeypatch, grids)
+    runs = tmp_path / "runs"
+    assert study_module.study(["toy", "--runs", str(runs), "--no-report"]) == 0
+    with pytest.raises(ValueError, match=r"equilibrium.rel_residual=0.01 \(now 0.001\)"):
+        study_module.study(["toy", "--runs", str(runs), "--no-report", "equilibrium.rel_residual=0.001"])
+    assert study_module.study(["toy", "--runs", str(runs), "--no-report", "equilibrium.power_iters=5"]) == 0
+    deq = {"block": {"mode": "deq"}, "equilibrium": {"rel_residual": 0.01, "converged_fraction": 0.9,
+                                                      "grad_cosine": 0.95, "spectral_norm": None, "probe_every": 0}}
+    assert launch.judged_thresholds(deq) == {"equilibrium.rel_residual": 0.01, "equilibrium.converged_fraction": 0.9,
+                                             "equilibrium.grad_cosine": None, "equilibrium.spectral_norm": None}
+    assert launch.judged_thresholds({**deq, "block": {"mode": "tied"}}) == {}
+
+
 def test_a_lock_left_on_another_host_counts_as_running_only_while_its_holder_touches_it(tmp_path, monkeypatch):
     """A holder killed with SIGKILL on another node cannot clear its line, and its pid cannot be checked from here:
     the lock's age tells (the holder's heartbeat touches it), so the run is resumed, not left 'running' forever."""
