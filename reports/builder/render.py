@@ -389,6 +389,12 @@ COMPACT = (("fit/loss", "fit loss"), ("params/unique", "params unique"), ("param
            ("params/nonzero", "params nonzero"), ("time/train_s", "train s"), ("memory/peak_mb", "peak MB"))
 
 
+PARAMS_NOTE = ("Parameters: unique = stored (a tied cell once); dense = as if every layer had its own cell; "
+               "nonzero = entries no mask removes, summed over the layers of one forward; used = stored entries some "
+               "layer keeps. A DEQ's dense and nonzero count one application of its map, which a forward applies "
+               "NFE times; none of them is a FLOP count (the matched-compute arms: reports/targets/flops-matching.md).")
+
+
 def cell_blocks(report: Any) -> list[Block]:
     """Per paradigm and dataset: a compact table (variant, depth, width, n, the primary metric with its 95%
     interval, parameters, time, memory), every column behind a disclosure, then the plots."""
@@ -428,7 +434,7 @@ def cell_blocks(report: Any) -> list[Block]:
                                  "(running, failed, no metrics.json) runs, and completed DEQ runs flagged not at "
                                  "equilibrium (\"+k not at equilibrium\"), are counted, not averaged. Every column "
                                  "(test metric, dense and nonzero parameters, step time, throughput, NFE, residual) "
-                                 "as mean ± sample std (ddof=1) is in the full table below it."))
+                                 "as mean ± sample std (ddof=1) is in the full table below it. " + PARAMS_NOTE))
         blocks.append(Block("table", header=[compact_header[i] for i in keep],
                             rows=[[row[i] for i in keep] for row in compact], row_classes=classes))
         blocks.append(Block("table", header=header, rows=rows, row_classes=classes,

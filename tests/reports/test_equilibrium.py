@@ -153,6 +153,8 @@ def test_markdown_shows_counts_medians_flags_and_the_flagged_runs(eq_report, che
     assert "| undetermined: -, n=3/1; not at equilibrium, left out: 0/2 |" in readme
     parser = check_html(out)
     assert 'class="noteq"' in (out / "index.html").read_text() and parser.counts["table"] >= 6
+    # which parameter counts the tables show, and that a DEQ's count one application of its map
+    assert "Parameters: unique = stored (a tied cell once)" in readme and "which a forward applies NFE times" in readme
 
 
 def test_summary_carries_the_counts_and_rebuilds_the_same_verdicts(eq_report, tmp_path):
