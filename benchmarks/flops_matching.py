@@ -1,4 +1,4 @@
-"""The compute behind the studies' matched-compute comparisons (the ``flops/*`` ids): distinct masks at width w and
+"""The compute behind the studies' matched-compute comparisons (the ``flops`` and ``flops/*`` ids): distinct masks at width w and
 density d against the dense tied model at width about w * sqrt(d), which the study files label "the same nonzeros
 and FLOPs" (per layer of the cell). This counts what each arm's model computes, to say how near that is.
 
@@ -134,7 +134,7 @@ def comparisons(study_name: str) -> list[tuple[str, str, list[str], str, list[st
     runs = [r for g in spec["grids"] for r in launch.grid_runs(study_name, g, Path("runs"), [])]
     out = []
     for comparison in load_primaries(spec):
-        if not comparison.id.startswith("flops/"):
+        if comparison.id != "flops" and not comparison.id.startswith("flops/"):
             continue
         arms = []
         for arm in (comparison.a, comparison.b):

@@ -186,8 +186,8 @@ class Block(nn.Module):
         ``rel_residual`` (mean relative residual at z*), ``converged_fraction`` (systems within ``rel_residual``:
         samples, or positions and nodes under the solver's ``sample_dims=2``), ``systems`` (how many, to pool
         several inputs' measures) and ``spectral_norm`` (the largest per-sample estimate of ||df/dz|| at z*,
-        ``power_iters`` steps of power iteration; > 1: the map does not contract there). Parameters' gradients are
-        not touched.
+        ``power_iters`` steps of power iteration, nan for 0; > 1: the map does not contract there). Parameters'
+        gradients are not touched.
 
         Shapes: x: (B, ...) -> {name: float}
         """
@@ -200,7 +200,8 @@ class Block(nn.Module):
             sample_dims = int(self.spec.solver.options.get("sample_dims", 1))
             out = residual_metrics(f(z_star), z_star, rel_residual, sample_dims=sample_dims)
         out["systems"] = float(math.prod(z_star.shape[:sample_dims]))
-        out["spectral_norm"] = spectral_norm_at(lambda v: f(v), z_star, iters=power_iters).max().item()
+        out["spectral_norm"] = (spectral_norm_at(lambda v: f(v), z_star, iters=power_iters).max().item()
+                                if power_iters > 0 else math.nan)
         return out
 
     def _forward_deq(self, z: torch.Tensor, x: torch.Tensor, ctx: dict[str, Any]) -> tuple[torch.Tensor, BlockStats]:

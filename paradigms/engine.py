@@ -28,7 +28,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -225,22 +225,31 @@ class LoopState:
 
 def _pooled(calls: list[dict[str, float]]) -> dict[str, float]:
     """One block's ``Block.equilibrium`` measures of several inputs as one: the residual and the converged fraction
-    averaged over all their systems, the systems summed, the largest spectral norm."""
+    averaged over all their systems (nan without any), the systems summed, the first call's spectral norm (the
+    only one estimated)."""
     total = sum(c["systems"] for c in calls)
-    return {"rel_residual": sum(c["rel_residual"] * c["systems"] for c in calls) / total,
-            "converged_fraction": sum(c["converged_fraction"] * c["systems"] for c in calls) / total,
-            "systems": total, "spectral_norm": max(c["spectral_norm"] for c in calls)}
+    mean = (lambda key: sum(c[key] * c["systems"] for c in calls if c["systems"]) / total) if total \
+        else (lambda key: math.nan)
+    return {"rel_residual": mean("rel_residual"), "converged_fraction": mean("converged_fraction"),
+            "systems": total, "spectral_norm": calls[0]["spectral_norm"] if calls else math.nan}
+
+
+def _moved(tree: Any, device: torch.device) -> Any:
+    """Every tensor of a nested tuple, list or dict on ``device`` (the others as they are)."""
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, tree)
 
 
 class EquilibriumProbe:
     """Measures a DEQ run's equilibrium health without changing what it trains.
 
-    ``capture()`` records the input of every call of every DEQ block during a validation pass (every batch of
-    the split); ``health()`` then solves each captured input again (eval budget) and returns
+    ``capture()`` records the input of every call of every DEQ block while the validation split is scored (every
+    batch; held in host memory); ``health()`` then solves each captured input again (eval budget) and returns
     ``eq/rel_residual`` (per block the mean over every system of the split, then the mean over blocks),
     ``eq/converged_fraction`` (per block the fraction of the split's systems; the lowest block's),
     ``eq/systems`` (how many systems a block solved over the split: the fewest) and ``eq/spectral_norm``
-    (highest estimate of ||df/dz|| at z*).
+    (highest estimate of ||df/dz|| at z*, on each block's first validation batch).
     ``grad_cosine()`` compares, on one fixed training batch (the first of epoch 0), the gradient of the DEQ blocks'
     parameters the run's backward mode gives with a tight-tolerance one: the run's gradient is taken as its steps
     take it (under the run's ``autocast``: bf16 on CUDA for the layers around the DEQ, whose solves run in float32),
@@ -265,8 +274,8 @@ class EquilibriumProbe:
 
         def hook(i: int) -> Any:
             def keep(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-                if on_the_record():
-                    self.inputs.setdefault(i, []).append((args, kwargs))
+                if on_the_record():  # held in host memory until ``health``: a GPU keeps none of the split
+                    self.inputs.setdefault(i, []).append(_moved((args, kwargs), torch.device("cpu")))
             return keep
 
         handles = [b.register_forward_pre_hook(hook(i), with_kwargs=True) for i, b in enumerate(self.blocks)]
@@ -277,20 +286,23 @@ class EquilibriumProbe:
                 h.remove()
 
     def health(self) -> dict[str, float]:
-        """Residual, converged fraction and spectral norm at the captured inputs (eval mode), each block's pooled
-        over all its calls weighted by their systems."""
+        """Residual and converged fraction at the captured inputs (eval mode), each block's pooled over all its
+        calls weighted by their systems, and the spectral norm estimated at its first call (the power iteration
+        on every batch would cost more than the validation itself)."""
         found = []
         was_training = self.model.training
         self.model.eval()
+        device = next(self.model.parameters()).device
         try:
             with _restored(self.model):
                 for i, calls in self.inputs.items():
                     each = []
-                    for args, kwargs in calls:
+                    for n, captured in enumerate(calls):
+                        args, kwargs = _moved(captured, device)
                         kwargs = dict(kwargs)
                         z0 = args[1] if len(args) > 1 else kwargs.pop("z0", None)
                         each.append(self.blocks[i].equilibrium(
-                            args[0], z0, power_iters=int(self.options.power_iters),
+                            args[0], z0, power_iters=int(self.options.power_iters) if n == 0 else 0,
                             rel_residual=float(self.thresholds.rel_residual or 1e-2), **kwargs))
                     found.append(_pooled(each))
         finally:
@@ -330,7 +342,7 @@ class EquilibriumProbe:
                 continue
             grads[name], solves = self._gradient(seed, refs)
             if refs is not None:
-                residuals += [r for s in solves for r in (s.rel_residual, s.adjoint_rel_residual) if math.isfinite(r)]
+                residuals += [r for s in solves for r in (s.rel_residual, s.adjoint_rel_residual) if not math.isnan(r)]
         out = {"eq/grad_cosine": gradient_cosine(grads["run"], grads["same"])}
         out["eq/grad_cosine_ift"] = gradient_cosine(grads["run"], grads["ift"]) if "ift" in grads \
             else out["eq/grad_cosine"]
@@ -978,9 +990,9 @@ class _Run:
         self._set_warmup()
         probe = self.probe if self.probe is not None and not self.warming_up else None
         with torch.random.fork_rng(devices=_cuda_devices(self.model)):
-            with probe.capture() if probe is not None and "val" in splits else contextlib.nullcontext():
-                record = _eval_record(self.paradigm, self.model, self.data, self.loop, self.recorder, splits,
-                                      self.progress)
+            record = _eval_record(self.paradigm, self.model, self.data, self.loop, self.recorder, splits,
+                                  self.progress, during=lambda split: probe.capture() if probe is not None
+                                  and split == "val" else contextlib.nullcontext())
             if probe is not None and "val" in splits:
                 record.update(probe.health())
                 if probe.grad_due(self.loop.step, final):
@@ -1139,9 +1151,11 @@ def _say(progress: Any, line: str) -> None:
 
 
 def _eval_record(paradigm: Paradigm, model: nn.Module, data: DataBundle, loop: LoopState, recorder: StatsRecorder,
-                 splits: tuple[str, ...], progress: Any = None) -> dict[str, Any]:
+                 splits: tuple[str, ...], progress: Any = None,
+                 during: Callable[[str], contextlib.AbstractContextManager] | None = None) -> dict[str, Any]:
     """Evaluation on ``splits`` plus the training window's means, stamped with step and training time; says
-    what it evaluates and what came out (evaluation can take longer than training)."""
+    what it evaluates and what came out (evaluation can take longer than training). Each split is scored inside
+    ``during(split)`` (the equilibrium probe's capture of the validation split alone)."""
     record: dict[str, Any] = {"step": loop.step, "epoch": loop.epoch, "time/train_s": loop.train_s}
     if loop.window:
         keys = set().union(*loop.window)
@@ -1152,7 +1166,8 @@ def _eval_record(paradigm: Paradigm, model: nn.Module, data: DataBundle, loop: L
     for split in splits:
         _say(progress, f"[tiedlab] step {loop.step}: evaluating {split} ...")
         t0 = time.perf_counter()
-        scores = _evaluate(paradigm, model, data, split, recorder)
+        with during(split) if during is not None else contextlib.nullcontext():
+            scores = _evaluate(paradigm, model, data, split, recorder)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in scores.items() if not k.startswith("core/"))
         _say(progress, f"[tiedlab] step {loop.step}: {shown} ({time.perf_counter() - t0:.1f} s)")
         record.update(scores)

@@ -689,8 +689,10 @@ def _cell_config(overrides: tuple[str, ...]) -> dict[str, Any]:
     from .cli import compose_config
 
     try:
-        plain = OmegaConf.to_container(compose_config(list(overrides)))
-        judged = judged_thresholds(plain)
+        composed = compose_config(list(overrides))
+        plain = OmegaConf.to_container(composed)
+        judged = judged_thresholds({"block": {"mode": OmegaConf.select(composed, "block.mode")},
+                                    "equilibrium": OmegaConf.to_container(composed.equilibrium, resolve=True)})
         for key in NOT_GROUPED:
             node, _, leaf = key.rpartition(".")
             parent = plain.get(node) if node else plain

@@ -955,7 +955,8 @@ def has_look_seeds(comparison: Any, found: list[Any], grids: dict[str, Any], fir
 def swept_folds(grid: dict[str, Any] | None) -> set[str]:
     """The data folds a grid sweeps (``data.fold`` in its ``sweep``), as run names spell them; empty when it
     sweeps none."""
-    return {str(f) for f in ((grid or {}).get("sweep") or {}).get("data.fold") or []}
+    value = ((grid or {}).get("sweep") or {}).get("data.fold")
+    return set() if value is None else {str(f) for f in launch.sweep_values("data.fold", value)}
 
 
 def look_cells(comparison: Any, found: list[Any], grids: dict[str, Any], seeds: range) -> Cells:

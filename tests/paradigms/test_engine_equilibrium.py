@@ -52,6 +52,10 @@ def test_health_counts_every_validation_batch_not_the_first_alone(tmp_path):
     assert measured["systems"] == 200 and measured["converged_fraction"] == 0.5
     assert not half["equilibrium"]["at_equilibrium"]
     assert any(f.startswith("converged_fraction") for f in half["equilibrium"]["flags"])
+    # a run killed in its final evaluation evaluates val and test in one go on resuming: test is not captured
+    (tmp_path / "whole" / rundir.METRICS).unlink()
+    again = train(cfg(data=dict(val_batch=100), train={**LOOP, "max_steps": 10}), tmp_path / "whole")
+    assert again["equilibrium"]["measured"]["systems"] == 200
 
 
 def test_a_deq_stopped_after_three_solver_steps_is_flagged_not_at_equilibrium(tmp_path, capsys):
@@ -377,6 +381,13 @@ def test_the_gradient_probes_reference_is_tighter_than_the_run_and_its_residual_
         train(cfg(equilibrium=dict(reference_tol=1e-3)), tmp_path / "loose")
     with pytest.raises(ValueError, match=r"reference_max_iter=20 must be at least solver.max_iter=40"):
         train(cfg(solver=dict(max_iter=40), equilibrium=dict(reference_max_iter=20)), tmp_path / "short")
+    # what the reference never reads is not checked: an eval budget, a run to its budget (tol 0), no probe at all
+    from tiedlab.paradigms.config import validate
+    from tiedlab.paradigms.engine import as_config
+
+    for fine in (dict(solver=dict(eval_max_iter=500)), dict(solver=dict(tol=0.0)),
+                 dict(equilibrium=dict(reference_tol=1e-2, probe_every=0))):
+        validate(as_config(cfg(**fine)))
     assert train(cfg(grad=dict(mode="phantom"), equilibrium=dict(reference_tol=1e-5)), tmp_path / "phantom")
     eq = train(cfg(train={**LOOP, "max_steps": 10}), tmp_path / "run")["equilibrium"]
     reached = eq["measured"]["reference_rel_residual"]

@@ -369,6 +369,10 @@ def test_a_look_is_readable_only_when_every_seed_of_both_arms_ended():
     assert study_module.has_look_seeds(comparison, folds[:-1], grids, 0, 2)  # blind without the sweep
     assert not study_module.has_look_seeds(comparison, folds[:-1], swept, 0, 2)
     assert study_module.has_look_seeds(comparison, folds[:-1], swept, 0, 1)
+    for spelled in ("0,1", "range(0,2)"):  # a sweep as Hydra's sweeper spells it
+        other = {"g": {"name": "g", "sweep": {"data.fold": spelled}}}
+        assert study_module.swept_folds(other["g"]) == {"0", "1"}
+        assert not study_module.has_look_seeds(comparison, folds[:-1], other, 0, 2)
     assert study_module.look_cells(comparison, [f for f in folds if "fold=0" in f.name], swept, range(2, 4)) == {
         ("g", (("block", "tied"),)): ({2, 3}, {"0", "1"}), ("g", (("block", "deq"),)): ({2, 3}, {"0", "1"})}
 
