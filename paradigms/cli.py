@@ -143,11 +143,22 @@ def _main() -> None:
     except SystemExit as done:
         _exit_if_parallel(done.code)
         raise
+    except BaseException as err:  # a traceback on request (TIEDLAB_TRACEBACK=1), Ctrl-C: shown, then the same exit
+        if _parallel():
+            import traceback
+
+            traceback.print_exc()
+            _exit_if_parallel(130 if isinstance(err, KeyboardInterrupt) else 1)
+        raise
     _exit_if_parallel(0)
 
 
+def _parallel() -> bool:
+    return os.environ.get("WORLD_SIZE", "").strip().isdigit() and int(os.environ["WORLD_SIZE"]) > 1
+
+
 def _exit_if_parallel(code: int | str | None) -> None:
-    if os.environ.get("WORLD_SIZE", "").strip().isdigit() and int(os.environ["WORLD_SIZE"]) > 1:
+    if _parallel():
         from .distributed import exit_process
 
         exit_process(code)
