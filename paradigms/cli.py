@@ -137,7 +137,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
 def _main() -> None:
     """Hydra's app with tiedlab's error reporting: a failed run or a bad config, data file, run directory or
     override prints one line (no traceback; ``TIEDLAB_TRACEBACK=1`` shows it) and exits with status 1. A process
-    of a multi-process run (torchrun's ``WORLD_SIZE`` > 1) leaves through ``distributed.exit_process``."""
+    of a multi-process run that joined its process group leaves through ``distributed.exit_process``."""
     try:
         _main_reported()
     except SystemExit as done:
@@ -154,7 +154,10 @@ def _main() -> None:
 
 
 def _parallel() -> bool:
-    return os.environ.get("WORLD_SIZE", "").strip().isdigit() and int(os.environ["WORLD_SIZE"]) > 1
+    """Whether this process joined a multi-process run's process group (an error before joining exits as usual:
+    without the group's barrier a fast exit could get a peer killed before it printed the error)."""
+    distributed = sys.modules.get(f"{__package__}.distributed")
+    return distributed is not None and distributed.joined()
 
 
 def _exit_if_parallel(code: int | str | None) -> None:

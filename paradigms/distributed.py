@@ -76,6 +76,7 @@ class World:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
             atexit.register(_leave)
+            _JOINED.append(True)
         if (dist.get_rank(), dist.get_world_size()) != (self.rank, self.size):
             raise RuntimeError(f"the process group has rank {dist.get_rank()} of {dist.get_world_size()}, the "
                                f"environment says {self.rank} of {self.size}")
@@ -219,6 +220,15 @@ class World:
         return out
 
 
+_JOINED: list[bool] = []  # one entry once this process joined a process group (``World.join``)
+
+
+def joined() -> bool:
+    """Whether this process joined a process group: its exit then goes through ``_leave``'s barrier, so every
+    rank has done its work (printed, written) before any leaves, and may leave through ``exit_process``."""
+    return bool(_JOINED)
+
+
 def _leave() -> None:
     """Tear the process group down together: without the barrier a rank could destroy its gloo context while a peer
     still finishes its last collective, and the peer aborts at exit ("terminate called without an active
@@ -234,7 +244,7 @@ def _leave() -> None:
 
 
 def exit_process(code: int | str | None) -> NoReturn:
-    """End a process of a multi-process run with ``code`` (``SystemExit``'s: None is 0, a message is printed and
+    """End a process of a multi-process run (one that ``joined``) with ``code`` (``SystemExit``'s: None is 0, a message is printed and
     is 1): the exit handlers run (``_leave``'s barrier and ``destroy_process_group``, logging's flush), then the
     process exits at once, without the interpreter's teardown. After a clean ``destroy_process_group`` that
     teardown still aborted a worker now and then ("terminate called without an active exception", SIGABRT after
