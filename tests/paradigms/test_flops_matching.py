@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[2]
+from support.benchmarks import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def fm():
-    spec = importlib.util.spec_from_file_location("flops_matching", ROOT / "benchmarks" / "flops_matching.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("flops_matching")
 
 
 def test_the_counter_prices_sparse_products_message_passing_and_cpu_attention(fm):

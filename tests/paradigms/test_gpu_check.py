@@ -3,10 +3,8 @@ its paper-size configs compose and validate."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,15 +12,13 @@ import pytest
 from tiedlab.paradigms.config import validate
 from tiedlab.paradigms.engine import as_config
 
-ROOT = Path(__file__).resolve().parents[2]
+from support.benchmarks import load_benchmark
+
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check")
 
 
 def test_tiny_run_on_cpu_measures_every_field(gpu_check, tmp_path):
@@ -176,9 +172,7 @@ def test_step_times_are_refused_for_another_study_a_bad_file_or_without_a_plan(g
 
 def test_concurrency_check_times_runs_at_once_on_cpu(tmp_path):
     """benchmarks/gpu_concurrency.py: N processes of the tiny vision cell at once, each timed from its history."""
-    spec = importlib.util.spec_from_file_location("gpu_concurrency", ROOT / "benchmarks" / "gpu_concurrency.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("gpu_concurrency")
     out = tmp_path / "concurrency.json"
     assert module.main(["--tiny", "--device", "cpu", "--runs", "1,2", "--steps", "3", "--out", str(out)]) == 0
     one, two = json.loads(out.read_text())["levels"]
