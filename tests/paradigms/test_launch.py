@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -389,13 +390,15 @@ STUDY_MAIN = ("import sys; from pathlib import Path; from tiedlab.paradigms impo
 
 def start_study(tmp_path: Path, argv: list[str], background: bool = False) -> subprocess.Popen:
     """``tiedlab-study toy ARGV`` (the study file written by ``write_study``) as its own process, to be signalled;
-    ``background``: with SIGINT ignored, as a shell's ``nohup ... &`` starts it (and everything it starts)."""
-    def ignore_sigint() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ``background``: with SIGINT ignored, as a shell's ``nohup ... &`` starts it (and everything it starts); else
+    with SIGINT's default action whatever the test runner's is (a test suite started with ``&`` ignores it, and
+    every process it starts would too)."""
+    def sigint(action: Any) -> Callable[[], None]:
+        return lambda: signal.signal(signal.SIGINT, action)
 
     return subprocess.Popen([sys.executable, "-c", STUDY_MAIN, str(tmp_path / "studies"), "toy", *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=ignore_sigint if background else None)
+                            preexec_fn=sigint(signal.SIG_IGN if background else signal.SIG_DFL))
 
 
 def kill_group(proc: subprocess.Popen) -> None:
