@@ -194,11 +194,11 @@ def _did_you_mean(message: str) -> str | None:
     from .config import closest_keys
 
     match = re.search(r"Could not override '([^']+)'", message)
+    if (match and match.group(1) == "study") or message.startswith("In 'study/"):  # study=NAME, +study=NAME
+        return "study is not an option of a run: a study runs with `tiedlab-study NAME` (configs/study/NAME.yaml)"
     if not match:
         return None
     key = match.group(1)
-    if key == "study":
-        return "study is not an option of a run: a study runs with `tiedlab-study NAME` (configs/study/NAME.yaml)"
     near = closest_keys(key)
     hint = f"; did you mean {' or '.join(near)}?" if near else "; see `--help` or configs/train.yaml for the valid keys"
     return f"unknown key {key}{hint}"

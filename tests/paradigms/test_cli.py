@@ -61,10 +61,11 @@ def test_help_names_the_command_and_study_files_are_not_a_run_option(tmp_path):
     # the study group is listed (Hydra lists every group of the search path): the help says what it is
     assert "\nstudy: " in done.stdout and "all but study: its files are the studies that\n`tiedlab-study NAME` runs" \
         in done.stdout
-    wrong = cli([*TOY, "study=quick"], tmp_path)
-    assert wrong.returncode == 1 and wrong.stderr.strip().splitlines()[-1] == (
-        "[tiedlab] error: study is not an option of a run: a study runs with `tiedlab-study NAME` "
-        "(configs/study/NAME.yaml)")
+    for override in ("study=quick", "+study=quick"):
+        wrong = cli([*TOY, override], tmp_path)
+        assert wrong.returncode == 1 and wrong.stderr.strip().splitlines()[-1] == (
+            "[tiedlab] error: study is not an option of a run: a study runs with `tiedlab-study NAME` "
+            "(configs/study/NAME.yaml)"), override
 
 
 def test_a_run_off_a_terminal_logs_its_steps_and_evaluations_and_a_summary(tmp_path):
