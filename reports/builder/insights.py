@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from .aggregate import Cell, Stat, best, groups
-from .load import Run
+from .load import Run, to_float
 
 Z = 2.0  # a comparison is decided when |effect| > Z * SE
 SATURATION = 0.25  # insight 5: the last depth step gains less than this fraction of the first
@@ -200,15 +200,18 @@ def insight1(cells: list[Cell]) -> list[Comparison]:
     return out
 
 
-def time_to_target(run: Run, target_score: float, x: str = "time/train_s") -> tuple[float, bool]:
+def time_to_target(run: Run, target_score: float, x: str = "time/train_s") -> tuple[float, bool, bool]:
     """(training seconds, or steps with ``x="step"``, at the first evaluation whose score reaches ``target_score``,
-    reached?). Its resolution is the run's evaluation interval (``train.eval_every``)."""
+    reached?, censored?). Its resolution is the run's evaluation interval (``train.eval_every``); censored: reached
+    at a first validation that came after evaluations without one (``train.validate_from``), so the target was met
+    at or before it, how long before unknown."""
     curve = run.curve(x)
-    for t, v in curve:
+    for i, (t, v) in enumerate(curve):
         if run.score(v) >= target_score:
-            return t, True
+            earlier = [to_float(rec.get(x)) for rec in run.history]
+            return t, True, i == 0 and any(e < t for e in earlier if math.isfinite(e))
     total = run.metrics.get("time/train_s" if x == "time/train_s" else "train/steps", math.nan)
-    return (total if math.isfinite(total) else (curve[-1][0] if curve else math.nan)), False
+    return (total if math.isfinite(total) else (curve[-1][0] if curve else math.nan)), False, False
 
 
 def insight2(cells: list[Cell]) -> list[Comparison]:
@@ -224,8 +227,9 @@ def insight2(cells: list[Cell]) -> list[Comparison]:
         # seconds to the target (step time and learning speed together) and steps to it (learning speed alone)
         for x, unit in (("time/train_s", "s"), ("step", "steps")):
             times = {c: [time_to_target(r, target, x) for r in c.completed] for c in (a, b)}
-            ta, tb = ([t for t, _ in times[c] if math.isfinite(t)] for c in (a, b))
-            missed = {c: sum(not ok for _, ok in times[c]) for c in (a, b)}
+            ta, tb = ([t for t, _, _ in times[c] if math.isfinite(t)] for c in (a, b))
+            missed = {c: sum(not ok for _, ok, _ in times[c]) for c in (a, b)}
+            censored = sum(late for c in (a, b) for _, _, late in times[c])
 
             def shown(c: Cell, values: list[float]) -> str:
                 return (f"{c.title()} ({statistics.fmean(values) if values else math.nan:.3g} {unit}"
@@ -250,6 +254,11 @@ def insight2(cells: list[Cell]) -> list[Comparison]:
                     comparison, verdict="inconclusive",
                     reason=f"{ahead_missed} run(s) of the side ahead never reached the target (their times are lower "
                            "bounds)")
+            elif censored:  # validation that starts late (train.validate_from) times the start of validation
+                comparison = dataclasses.replace(
+                    comparison, verdict="inconclusive",
+                    reason=f"{censored} run(s) reached the target at their first validation, after evaluations "
+                           "without one (train.validate_from): their times are upper bounds")
             out.append(comparison)
     return out
 

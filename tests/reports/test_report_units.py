@@ -566,6 +566,27 @@ def test_time_to_target_does_not_call_a_side_ahead_on_runs_that_never_reached_it
         "no time curves (the runs' histories hold none, as in a rebuild from summary.json)"}
 
 
+def test_time_to_target_is_not_read_when_validation_starts_late(tmp_path):
+    """With train.validate_from the first validation comes after evaluations without one: a run that meets the
+    target there met it at or before that step, so neither side is called ahead on it (quick's rows were)."""
+    from tiedlab.reports.build import build_report
+
+    from .conftest import write_run
+
+    for s in range(3):
+        for name, mode, first in (("tied", "tied", 80), ("deq", "deq", 32)):  # validation from 80% of the steps
+            run = write_run(tmp_path, f"{name}-s{s}", mode=mode, seed=s, val=0.9 - 0.01 * s, train_s=float(first))
+            lines = [{"step": step, "epoch": 0, "time/train_s": step / 10, "train/loss": 1.0} for step in (10, 20)]
+            lines += [{"step": step, "epoch": 0, "time/train_s": step / 10, "train/loss": 1.0,
+                       "val/acc": 0.9 - 0.01 * s} for step in (first, first + 10)]
+            (run / "history.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    build_report([tmp_path], tmp_path / "out")
+    data = json.loads((tmp_path / "out" / "summary.json").read_text())
+    for comparison in next(i for i in data["insights"] if i["insight"] == 2)["comparisons"]:
+        assert comparison["verdict"] == "inconclusive", comparison
+        assert comparison["reason"].startswith("6 run(s) reached the target at their first validation"), comparison
+
+
 def test_the_cell_table_counts_seeds_where_run_directories_repeat_one(tmp_path):
     from tiedlab.reports.build import build_report
 
