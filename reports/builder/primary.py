@@ -336,6 +336,17 @@ def arm_runs(arm: Arm, runs: Iterable[RunLike], grids: Iterable[str] = ()) -> li
     return chosen
 
 
+def late_span(run: Any, key: str) -> float | None:
+    """The fraction of a run's steps ``late_change`` spans: from the last evaluation at or before 80% of the steps
+    to the end, more than ``LATE_FRACTION`` when no evaluation falls at 80% (None without a history)."""
+    hist_key = "train/" + key.split("/", 1)[1] if key.startswith("fit/") else key
+    steps = [h["step"] for h in getattr(run, "history", None) or []
+             if isinstance(h.get("step"), int) and math.isfinite(to_float(h.get(hist_key)))]
+    total = getattr(run, "total_steps", None) or (steps[-1] if steps else 0)
+    early = [s for s in steps if s <= (1 - LATE_FRACTION) * total]
+    return (total - early[-1]) / total if early and total else None
+
+
 def late_change(run: Any, key: str) -> float | None:
     """How far ``key`` moved over the last ``LATE_FRACTION`` of a run's steps: |its last evaluation - the last one
     at or before 80% of the steps| from history.jsonl (None without both). ``fit/*`` is scored once, at the end:
@@ -387,7 +398,13 @@ def convergence_note(spec: PrimarySpec, a: list[Any], b: list[Any]) -> str | Non
     medians = {side: statistics.median(v) for side, v in moves.items()}
     read = "train/" + spec.metric.split("/", 1)[1] if spec.metric.startswith("fit/") else spec.metric
     settled = max(medians.values()) < spec.delta
-    return (f"near convergence {'yes' if settled else 'no'}: over the last {LATE_FRACTION:.0%} of steps {read} moved by "
+    spans = [x for runs in completed.values() for x in (late_span(r, spec.metric) for r in runs) if x is not None]
+    span = max(spans, default=math.nan)
+    over = (f"the last {LATE_FRACTION:.0%} of steps or more (from the last evaluation at or before "
+            f"{1 - LATE_FRACTION:.0%} of them; a rebuild does not know which)" if not spans else
+            f"the last {LATE_FRACTION:.0%} of steps" if span <= LATE_FRACTION + 1e-9 else
+            f"the last {span:.0%} of steps (no evaluation at {1 - LATE_FRACTION:.0%} of them: from the one before)")
+    return (f"near convergence {'yes' if settled else 'no'}: over {over} {read} moved by "
             f"{medians['A']:.3g} (arm A) and {medians['B']:.3g} (arm B), median over seeds, against delta "
             f"{spec.delta:g} (a move, not capacity: a decaying learning rate shrinks it too)")
 

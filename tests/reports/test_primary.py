@@ -468,7 +468,14 @@ def test_convergence_note_reads_the_last_fifth_of_each_runs_history_against_delt
         return SimpleNamespace(total_steps=1000, history=[], from_summary=True,
                                late_changes=primary.late_changes(r) if kept else None)
 
-    assert convergence_note(s, [rebuilt(r) for r in a], [rebuilt(r) for r in b]) == settled
+    again = convergence_note(s, [rebuilt(r) for r in a], [rebuilt(r) for r in b])
+    assert again.split(" train/loss moved by ")[1] == settled.split(" train/loss moved by ")[1]
+    assert "over the last 20% of steps or more (from the last evaluation at or before 80% of them" in again
+    # evaluations every 500 of 1,500 steps: the move is read from step 1,000, a third of the run, and said so
+    third = [SimpleNamespace(total_steps=1500, history=[{"step": 500 * (i + 1), "train/loss": v}
+                                                        for i, v in enumerate((1.0, 0.5, 0.49))])]
+    assert "over the last 33% of steps (no evaluation at 80% of them: from the one before) train/loss moved by " \
+        "0.01 (arm A)" in convergence_note(s, third, third)
     assert convergence_note(s, [rebuilt(r, False) for r in a], [rebuilt(r, False) for r in b]).startswith(
         "near convergence not read: rebuilt from a summary.json that kept neither")
 
