@@ -239,13 +239,18 @@ def validate(cfg: Any) -> BlockSpec:
 
 
 def thresholds(cfg: Any) -> EquilibriumThresholds:
-    """The run's equilibrium thresholds (validated by the core); the gradient's is not checked when the run never
-    probes its gradient (``equilibrium.probe_every=0``)."""
-    e = cfg.equilibrium
-    values = {f.name: e[f.name] for f in dataclasses.fields(EquilibriumThresholds)}
-    if e.probe_every == 0:
+    """The run's equilibrium thresholds (validated by the core): ``threshold_values`` of its config."""
+    return EquilibriumThresholds(**threshold_values(cfg.equilibrium))
+
+
+def threshold_values(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The equilibrium thresholds an ``equilibrium`` config section sets (those it holds: a run's config.yaml from
+    before a threshold existed lacks it); the gradient's is None, not checked, when the run never probes its
+    gradient (``probe_every=0``)."""
+    values = {f.name: section[f.name] for f in dataclasses.fields(EquilibriumThresholds) if f.name in section}
+    if section.get("probe_every") == 0 and "grad_cosine" in values:
         values["grad_cosine"] = None
-    return EquilibriumThresholds(**values)
+    return values
 
 
 def ignored_options(cfg: Any, overrides: Sequence[str] = (), unread: Mapping[str, str] | None = None) -> list[str]:

@@ -228,8 +228,10 @@ def _pooled(calls: list[dict[str, float]]) -> dict[str, float]:
     averaged over all their systems (nan without any), the systems summed, the first call's spectral norm (the
     only one estimated)."""
     total = sum(c["systems"] for c in calls)
-    mean = (lambda key: sum(c[key] * c["systems"] for c in calls if c["systems"]) / total) if total \
-        else (lambda key: math.nan)
+
+    def mean(key: str) -> float:
+        return sum(c[key] * c["systems"] for c in calls if c["systems"]) / total if total else math.nan
+
     return {"rel_residual": mean("rel_residual"), "converged_fraction": mean("converged_fraction"),
             "systems": total, "spectral_norm": calls[0]["spectral_norm"] if calls else math.nan}
 

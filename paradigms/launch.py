@@ -653,20 +653,16 @@ FINISHED_STATES = ("done", "not_at_equilibrium", "diverged")  # a study reuses t
 
 
 def judged_thresholds(config: dict[str, Any]) -> dict[str, Any]:
-    """A DEQ run's equilibrium thresholds from its (unresolved or recorded) config, as ``equilibrium.NAME`` keys
-    ({} for other blocks): not grouped on (a report compares them per arm), but a finished run judged under other
-    thresholds than a command asks for is not that command's run (``check_reused``). The gradient's threshold is
-    None when the run never probes its gradient, as the engine judges (``config.thresholds``)."""
-    from tiedlab.core import EquilibriumThresholds
+    """A DEQ run's equilibrium thresholds from its resolved config, as the engine judges them
+    (``config.threshold_values``), under ``equilibrium.NAME`` keys ({} for other blocks): not grouped on (a report
+    compares them per arm), but a finished run judged under other thresholds than a command asks for is not that
+    command's run (``check_reused``)."""
+    from .config import threshold_values
 
     section = config.get("equilibrium")
     if (config.get("block") or {}).get("mode") != "deq" or not isinstance(section, dict):
         return {}
-    out = {f"equilibrium.{f.name}": section[f.name] for f in dataclasses.fields(EquilibriumThresholds)
-           if f.name in section}
-    if section.get("probe_every") == 0 and "equilibrium.grad_cosine" in out:
-        out["equilibrium.grad_cosine"] = None
-    return out
+    return {f"equilibrium.{name}": value for name, value in threshold_values(section).items()}
 
 
 @functools.lru_cache(maxsize=None)

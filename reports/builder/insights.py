@@ -208,8 +208,7 @@ def time_to_target(run: Run, target_score: float, x: str = "time/train_s") -> tu
     curve = run.curve(x)
     for i, (t, v) in enumerate(curve):
         if run.score(v) >= target_score:
-            earlier = [to_float(rec.get(x)) for rec in run.history]
-            return t, True, i == 0 and any(e < t for e in earlier if math.isfinite(e))
+            return t, True, i == 0 and any(to_float(rec.get(x)) < t for rec in run.history)
     total = run.metrics.get("time/train_s" if x == "time/train_s" else "train/steps", math.nan)
     return (total if math.isfinite(total) else (curve[-1][0] if curve else math.nan)), False, False
 

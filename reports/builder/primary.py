@@ -336,27 +336,10 @@ def arm_runs(arm: Arm, runs: Iterable[RunLike], grids: Iterable[str] = ()) -> li
     return chosen
 
 
-def late_span(run: Any, key: str) -> float | None:
-    """The fraction of a run's steps ``late_change`` spans: from the last evaluation at or before 80% of the steps
-    to the end, more than ``LATE_FRACTION`` when no evaluation falls at 80% (None without a history)."""
+def _late_window(run: Any, key: str) -> tuple[tuple[int, float], tuple[int, float], int] | None:
+    """(the last evaluation of ``key`` in history.jsonl, the last one at or before 80% of the steps, the run's
+    steps), each evaluation as (step, value); None without both. ``fit/*`` is read from ``train/*``."""
     hist_key = "train/" + key.split("/", 1)[1] if key.startswith("fit/") else key
-    steps = [h["step"] for h in getattr(run, "history", None) or []
-             if isinstance(h.get("step"), int) and math.isfinite(to_float(h.get(hist_key)))]
-    total = getattr(run, "total_steps", None) or (steps[-1] if steps else 0)
-    early = [s for s in steps if s <= (1 - LATE_FRACTION) * total]
-    return (total - early[-1]) / total if early and total else None
-
-
-def late_change(run: Any, key: str) -> float | None:
-    """How far ``key`` moved over the last ``LATE_FRACTION`` of a run's steps: |its last evaluation - the last one
-    at or before 80% of the steps| from history.jsonl (None without both). ``fit/*`` is scored once, at the end:
-    its move is read from ``train/*``, the training steps' running mean. A run rebuilt from summary.json has no
-    history: its move is the one the summary kept (``late_changes``)."""
-    hist_key = "train/" + key.split("/", 1)[1] if key.startswith("fit/") else key
-    kept = getattr(run, "late_changes", None)
-    if not getattr(run, "history", None) and kept is not None:
-        value = kept.get(hist_key)
-        return value if isinstance(value, float) and math.isfinite(value) else None
     points = [(h["step"], to_float(h.get(hist_key))) for h in getattr(run, "history", None) or []
               if isinstance(h.get("step"), int)]
     points = [p for p in points if math.isfinite(p[1])]
@@ -364,7 +347,27 @@ def late_change(run: Any, key: str) -> float | None:
     early = [p for p in points if p[0] <= (1 - LATE_FRACTION) * total]
     if len(points) < 2 or not early or early[-1] == points[-1]:
         return None
-    return abs(points[-1][1] - early[-1][1])
+    return points[-1], early[-1], total
+
+
+def late_span(run: Any, key: str) -> float | None:
+    """The fraction of a run's steps ``late_change`` spans: from the last evaluation at or before 80% of the steps
+    to the end, more than ``LATE_FRACTION`` when no evaluation falls at 80% (None without a history)."""
+    window = _late_window(run, key)
+    return (window[2] - window[1][0]) / window[2] if window else None
+
+
+def late_change(run: Any, key: str) -> float | None:
+    """How far ``key`` moved over the last ``LATE_FRACTION`` of a run's steps: |its last evaluation - the last one
+    at or before 80% of the steps| from history.jsonl (None without both). ``fit/*`` is scored once, at the end:
+    its move is read from ``train/*``, the training steps' running mean. A run rebuilt from summary.json has no
+    history: its move is the one the summary kept (``late_changes``)."""
+    kept = getattr(run, "late_changes", None)
+    if not getattr(run, "history", None) and kept is not None:
+        value = kept.get("train/" + key.split("/", 1)[1] if key.startswith("fit/") else key)
+        return value if isinstance(value, float) and math.isfinite(value) else None
+    window = _late_window(run, key)
+    return abs(window[0][1] - window[1][1]) if window else None
 
 
 def late_changes(run: Any) -> dict[str, float] | None:
