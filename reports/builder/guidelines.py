@@ -7,6 +7,7 @@ import statistics
 from typing import Any
 
 from .aggregate import Cell, best, groups
+from .load import seed_batch_sizes
 
 BUDGETS: tuple[tuple[str, str], ...] = (("params/unique", "unique params"), ("params/nonzero", "nonzero params"),
                                         ("time/train_s", "training s"))
@@ -15,7 +16,11 @@ RULE = ("For each budget (the smallest, median and largest cell mean over the ce
         "of the weights' FLOPs, in which embeddings, stem and head count by size, not cost; DEQ cells are left out of this budget, as their count is one application of the map their solve "
         "applies many times) and training seconds), the cell with the best mean val primary metric among cells "
         "whose mean cost is within the budget (preferring cells none of whose runs diverged, then cells with >= 2 seeds; a "
-        "pick's diverged runs are shown beside it; a cell with fewer runs had fewer chances to diverge).")
+        "pick's diverged runs are shown beside it; a cell with fewer runs had fewer chances to diverge). Training "
+        "seconds are not a budget where the cells' runs trained in seed batches of different sizes (a batched run's "
+        "seconds are its batch's divided by K).")
+# budgets measured on the training process: a seed batch of K shares them (seconds / K), so they compare at one K
+PER_PROCESS = ("time/train_s",)
 # budgets a DEQ cell is not priced under: its params/nonzero counts one application of its map, not a solve's
 NOT_FOR_DEQ = ("params/nonzero",)
 
@@ -42,9 +47,14 @@ def guidelines(cells: list[Cell]) -> list[dict[str, Any]]:
     out = []
     for (paradigm, dataset), group in groups(cells).items():
         scored = [c for c in group if c.scores()]
-        picks = []
+        picks, notes = [], []
         for key, name in BUDGETS:
             priced = [c for c in scored if not (key in NOT_FOR_DEQ and c.mode == "deq")]
+            sizes = sorted({k for c in priced for r in c.completed if (k := seed_batch_sizes(r))})
+            if key in PER_PROCESS and len(sizes) > 1:
+                notes.append(f"no {name} budget: the cells' runs trained in seed batches of different sizes "
+                             f"(K = {', '.join('/'.join(map(str, k)) for k in sizes)})")
+                continue
             # budgets are cell means, as the costs they are compared with (a single run's cost, say the fastest
             # run's seconds, can lie below every cell's mean and then picks nothing)
             values = [c.stat(key).mean for c in priced]
@@ -61,7 +71,7 @@ def guidelines(cells: list[Cell]) -> list[dict[str, Any]]:
                     "diverged": cell.diverged, "runs": len(cell.runs),
                     "params_unique": cell.stat("params/unique").mean, "train_s": cell.stat("time/train_s").mean,
                 })
-        if picks:
+        if picks or notes:
             out.append({"paradigm": paradigm, "dataset": dataset, "metric": group[0].metric,
-                        "higher_is_better": group[0].higher_is_better, "picks": picks})
+                        "higher_is_better": group[0].higher_is_better, "picks": picks, "notes": notes})
     return out

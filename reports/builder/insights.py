@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from .aggregate import Cell, Stat, best, groups
-from .load import Run, to_float
+from .load import Run, seed_batch_sizes, to_float
 
 Z = 2.0  # a comparison is decided when |effect| > Z * SE
 SATURATION = 0.25  # insight 5: the last depth step gains less than this fraction of the first
@@ -42,8 +42,9 @@ INSIGHTS: dict[int, tuple[str, str]] = {
         f"is {TARGET_FRACTION:.0%} of the worse of the two best final values (within 5% of it when lower is better); a "
         "run's time to target is the training time (time/train_s) of its first evaluation in history.jsonl at or "
         "beyond it (a run that never reaches it counts its whole training time, a lower bound, so a side with such a "
-        "run is not called ahead; without time curves, as in a rebuild from summary.json, nothing is read); d = DEQ - "
-        "tied seconds. Peak memory is shown beside it."),
+        "run is not called ahead; without time curves, as in a rebuild from summary.json, or when the runs trained in "
+        "seed batches of different sizes, whose seconds are a batch's divided by K, the seconds are not read); d = "
+        "DEQ - tied seconds. Peak memory is shown beside it."),
     3: ("tied is more stable",
         "Weight-tied is more stable than DEQ at the same width: (a) divergence over the completed and diverged runs "
         "of every tied / DEQ cell, d = DEQ rate - tied rate with the two-proportion SE sqrt(p(1-p)(1/n_a + 1/n_b)) "
@@ -63,7 +64,8 @@ INSIGHTS: dict[int, tuple[str, str]] = {
         "Width buys more than depth: for each variant, from each (width, depth) of the grid, one step up in width vs "
         "one step up in depth (the next larger value in the grid, a doubling in the usual grids); d = m(wider) - "
         "m(deeper). Unique parameters and step time of both sides are shown (for tied models depth adds no unique "
-        "parameters, so this favours depth at matched parameters)."),
+        "parameters, so this favours depth at matched parameters; step times only when both sides trained in seed "
+        "batches of one size)."),
 }
 
 
@@ -213,6 +215,13 @@ def time_to_target(run: Run, target_score: float, x: str = "time/train_s") -> tu
     return (total if math.isfinite(total) else (curve[-1][0] if curve else math.nan)), False, False
 
 
+def mixed_seed_batches(runs: Iterable[Run]) -> str:
+    """"K = 1 vs 4" when the runs trained in seed batches of different sizes, so that their seconds (a batch's,
+    divided by K) and memory (a batch's) do not compare; "" when they did not, or their provenance does not say."""
+    sizes = {k for r in runs if (k := seed_batch_sizes(r))}
+    return "" if len(sizes) <= 1 else "K = " + " vs ".join("/".join(map(str, k)) for k in sorted(sizes))
+
+
 def insight2(cells: list[Cell]) -> list[Comparison]:
     out = []
     for w, tied, deq in _tied_vs_deq(cells):
@@ -244,10 +253,16 @@ def insight2(cells: list[Cell]) -> list[Comparison]:
             # a run that never reached the target counts its whole training: a lower bound of its time, which
             # flatters its side; so that side is not called ahead
             ahead_missed = {"holds": missed[a], "fails": missed[b]}.get(comparison.verdict, 0)
+            mixed = mixed_seed_batches(a.completed + b.completed) if unit == "s" else ""
             if not any(run.curve(x) for c in (a, b) for run in c.completed):
                 comparison = dataclasses.replace(comparison, verdict="inconclusive",
                                                  reason="no time curves (the runs' histories hold none, as in a "
                                                         "rebuild from summary.json)")
+            elif mixed:
+                comparison = dataclasses.replace(
+                    comparison, verdict="inconclusive",
+                    reason=f"the runs trained in seed batches of different sizes ({mixed}): a batched run's seconds "
+                           "are its batch's divided by K")
             elif ahead_missed:
                 comparison = dataclasses.replace(
                     comparison, verdict="inconclusive",
@@ -380,14 +395,21 @@ def insight6(cells: list[Cell]) -> list[Comparison]:
                 wide, deep = grid.get((widths[i + 1], d)), grid.get((w, depths[j + 1]))
                 if wide is None or deep is None:
                     continue
+                # step times compare only when both cells' runs trained in seed batches of one size
+                mixed = mixed_seed_batches(wide.completed + deep.completed)
                 extra = {"wider_params": wide.stat("params/unique").mean,
                          "deeper_params": deep.stat("params/unique").mean,
-                         "wider_step_ms": wide.stat("time/step_ms").mean,
-                         "deeper_step_ms": deep.stat("time/step_ms").mean}
+                         "wider_step_ms": math.nan if mixed else wide.stat("time/step_ms").mean,
+                         "deeper_step_ms": math.nan if mixed else deep.stat("time/step_ms").mean}
+
+                def cost(c: Cell, params: float, step_ms: float) -> str:
+                    timed = f"ms/step not compared: seed batches of {mixed}" if mixed else f"{step_ms:.3g} ms/step"
+                    return f"{side(c)}, {params:.4g} params, {timed}"
+
                 out.append(compare(
                     f"{label} from w={w}, d={d}{f' [{other}]' if other else ''}",
-                    f"{side(wide)}, {extra['wider_params']:.4g} params, {extra['wider_step_ms']:.3g} ms/step",
-                    f"{side(deep)}, {extra['deeper_params']:.4g} params, {extra['deeper_step_ms']:.3g} ms/step",
+                    cost(wide, extra["wider_params"], extra["wider_step_ms"]),
+                    cost(deep, extra["deeper_params"], extra["deeper_step_ms"]),
                     wide.scores(), deep.scores(), wide.metric, wide.completed, deep.completed, **extra))
     return out
 

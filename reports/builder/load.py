@@ -189,6 +189,15 @@ class Run:
         return out
 
 
+def seed_batch_sizes(run: Any) -> tuple[int, ...]:
+    """The sizes of the seed batches a run trained in, one per distinct size over its sessions (1: trained alone;
+    () when its provenance does not say). A run trained in a batch of K records the batch's step seconds divided by
+    K and the batch's peak memory (``paradigms/seedbatch.py``), so its time and memory compare only with runs of the
+    same K. Takes any run-like object."""
+    return tuple(sorted({int(p.get("seed_batch") or 1) for p in getattr(run, "provenance", None) or []
+                         if isinstance(p, dict) and "seed_batch" in p}))
+
+
 def set_apart(run: Any) -> bool:
     """Whether a run completed but is not certified at equilibrium: flagged, or a DEQ (``mode`` "deq") whose
     metrics.json holds no equilibrium check (a baseline must be shown to work before it is compared). Counted and

@@ -24,12 +24,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable, Mapping, Protocol
 
 from . import stats
 from .load import REPLICATE_KEYS  # the run-name keys that tell replicates apart (seed, fold), never arms
+from .load import seed_batch_sizes  # the seed-batch sizes a run trained in: its time and memory compare at one K
 from .load import set_apart  # completed runs flagged not at equilibrium: left out of the arms, counted
 from .load import to_float
 
@@ -338,12 +340,14 @@ def arm_runs(arm: Arm, runs: Iterable[RunLike], grids: Iterable[str] = ()) -> li
 
 def _late_window(run: Any, key: str) -> tuple[tuple[int, float], tuple[int, float], int] | None:
     """(the last evaluation of ``key`` in history.jsonl, the last one at or before 80% of the steps, the run's
-    steps), each evaluation as (step, value); None without both. ``fit/*`` is read from ``train/*``."""
+    steps), each evaluation as (step, value); None without both. ``fit/*`` is read from ``train/*``. The steps are
+    those the run made: a run that ``train.time_limit_s`` stopped early is read over the end of what it trained."""
     hist_key = "train/" + key.split("/", 1)[1] if key.startswith("fit/") else key
     points = [(h["step"], to_float(h.get(hist_key))) for h in getattr(run, "history", None) or []
               if isinstance(h.get("step"), int)]
     points = [p for p in points if math.isfinite(p[1])]
-    total = getattr(run, "total_steps", None) or (points[-1][0] if points else 0)
+    made = [n for n in (getattr(run, "total_steps", None), getattr(run, "step", None)) if isinstance(n, int) and n > 0]
+    total = min(made) if made else (points[-1][0] if points else 0)
     early = [p for p in points if p[0] <= (1 - LATE_FRACTION) * total]
     if len(points) < 2 or not early or early[-1] == points[-1]:
         return None
@@ -380,18 +384,27 @@ def late_changes(run: Any) -> dict[str, float] | None:
     return {k: v for k, v in moves.items() if v is not None}
 
 
+def per_seed_moves(runs: list[Any], key: str) -> list[float]:
+    """``late_change`` of ``key`` per seed: the mean of its runs' moves where a seed has several (the data folds of
+    a k-fold grid, a repeated run; at least the move of their mean), so that each seed counts once, as in the
+    comparison's test."""
+    by_seed: dict[Hashable, list[float]] = {}
+    for run in runs:
+        if (move := late_change(run, key)) is not None:
+            seed = replicate_seed(replicate_id(run)) if hasattr(run, "name") else id(run)  # unnamed: its own
+            by_seed.setdefault(seed, []).append(move)
+    return [sum(v) / len(v) for v in by_seed.values()]
+
+
 def convergence_note(spec: PrimarySpec, a: list[Any], b: list[Any]) -> str | None:
     """Whether the arms were read near convergence: the median move of the metric over the last 20% of steps in
     each arm's completed runs (a diverged run has no convergence to read) against the comparison's delta (None when
     the history does not hold the metric). Under a decaying learning rate (the studies' cosine schedules) the move
     shrinks with the rate, so "yes" says the run settled at its budget, not that a longer one would not fit better
     (reports/studies/masks_density/RUN.md, P-budget)."""
-    import statistics
-
     completed = {side: [r for r in runs if getattr(r, "status", "completed") == "completed"]
                  for side, runs in (("A", a), ("B", b))}
-    moves = {side: [m for m in (late_change(r, spec.metric) for r in runs) if m is not None]
-             for side, runs in completed.items()}
+    moves = {side: per_seed_moves(runs, spec.metric) for side, runs in completed.items()}
     if not all(moves.values()):
         rebuilt = [r for runs in completed.values() for r in runs]
         if rebuilt and all(getattr(r, "from_summary", False) and r.late_changes is None for r in rebuilt):
@@ -582,6 +595,25 @@ def stopped_early_notes(a: list[RunLike], b: list[RunLike]) -> list[str]:
 PER_PROCESS_METRICS = ("time/", "throughput/", "memory/")  # measured on the process: a seed batch's is shared
 
 
+def warmup_notes(metric: str, a: list[RunLike], b: list[RunLike]) -> list[str]:
+    """For ``time/step_ms`` or ``time/train_s``: one note per arm whose DEQ runs trained their first steps unrolled
+    (``train.deq_warmup_steps``, about a tied step's cost each), which the metric includes, with the mean step time
+    of the steps that solved and of the warm-up (``time/solve_step_ms``, ``time/warmup_step_ms``; runs that record
+    them), so that a reader sees how far the warm-up lowers the DEQ's cost."""
+    if metric not in ("time/step_ms", "time/train_s"):
+        return []
+    out = []
+    for side, members in (("a", a), ("b", b)):
+        warm = [r for r in members if r.status == "completed"
+                if math.isfinite(to_float(r.metrics.get("time/warmup_step_ms")))]
+        if warm:
+            solve, unrolled = (statistics.fmean(to_float(r.metrics.get(k)) for r in warm)
+                               for k in ("time/solve_step_ms", "time/warmup_step_ms"))
+            out.append(f"arm {side}: {metric} includes the unrolled warm-up of {len(warm)} DEQ run(s) "
+                       f"(train.deq_warmup_steps; mean ms per step: {solve:.3g} solving, {unrolled:.3g} warm-up)")
+    return out
+
+
 def seed_batch_differences(metric: str, a: list[RunLike], b: list[RunLike]) -> str:
     """For a time, throughput or memory metric: how the runs' seed batches differ ("" when each pair of runs of one
     seed, or every run when the arms are not paired, trained in batches of one size, or when provenance does not
@@ -592,8 +624,7 @@ def seed_batch_differences(metric: str, a: list[RunLike], b: list[RunLike]) -> s
 
     def sizes(members: list[RunLike]) -> dict[Hashable, tuple[int, ...]]:  # replicate -> its sessions' batch sizes
         return {replicate_id(r): k for r in members if r.status in ("completed", "diverged")
-                if (k := tuple(sorted({int(p.get("seed_batch") or 1) for p in getattr(r, "provenance", None) or []
-                                       if isinstance(p, dict) and "seed_batch" in p})))}
+                if (k := seed_batch_sizes(r))}
 
     ka, kb = sizes(a), sizes(b)
     common = ka.keys() & kb.keys()
@@ -659,7 +690,7 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             seeds = f"seeds < {limit}" if first_seed == 0 else f"seeds {first_seed}-{first_seed + limit - 1}"
             notes.append(f"read on {seeds} {LIMIT_NOTE}")
         names = ([r.name for r in a], [r.name for r in b])
-        notes.extend([*config_gaps(a, b), *stopped_early_notes(a, b)])
+        notes.extend([*config_gaps(a, b), *stopped_early_notes(a, b), *warmup_notes(spec.metric, a, b)])
         mixed = "; ".join(x for x in (config_differences(a, b, thresholds=spec.kind != "divergence"),
                                       seed_batch_differences(spec.metric, a, b)) if x)
         if mixed:

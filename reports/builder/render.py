@@ -380,8 +380,10 @@ def guideline_blocks(report: Any) -> list[Block]:
                  fmt(p["train_s"])] for p in g["picks"]]
         blocks.append(Block("h3", f"{g['paradigm']} / {g['dataset']}: best val {g['metric']} "
                                   f"({'higher' if g['higher_is_better'] else 'lower'} is better) within a budget"))
-        blocks.append(Block("table", header=["budget", "best cell", "depth", "width", "sparsity", f"val {g['metric']}",
-                                             "params unique", "train s"], rows=rows))
+        if rows:
+            blocks.append(Block("table", header=["budget", "best cell", "depth", "width", "sparsity",
+                                                 f"val {g['metric']}", "params unique", "train s"], rows=rows))
+        blocks.extend(Block("p", note) for note in g.get("notes") or [])
     return blocks
 
 

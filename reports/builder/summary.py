@@ -38,7 +38,8 @@ def run_entry(run: Run) -> dict[str, Any]:
         "late_changes": late_changes(run),
         # DEQ runs: metrics.json's equilibrium check as it was (None: not measured or not a DEQ); a rebuild re-reads it
         "equilibrium": run.equilibrium.as_dict() if run.equilibrium is not None else None,
-        "code": [{"commit": p.get("commit", "unknown"), "dirty": p.get("dirty")} for p in run.provenance],
+        "code": [{"commit": p.get("commit", "unknown"), "dirty": p.get("dirty"),
+                  **({"seed_batch": p["seed_batch"]} if "seed_batch" in p else {})} for p in run.provenance],
     }
 
 

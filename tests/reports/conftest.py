@@ -37,10 +37,11 @@ def write_run(root: Path, name: str, *, paradigm: str = "vision", dataset: str =
               solver: str = "anderson", grad: str = "ift", jac: float = 0.0, train_s: float = 10.0,
               params: int | None = None, memory: float = 100.0, history: list[tuple[float, float]] | None = None,
               extra: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
-              equilibrium: Any = AS_ENGINE) -> Path:
+              equilibrium: Any = AS_ENGINE, seed_batch: int | None = None) -> Path:
     """One run dir: config.yaml always; metrics.json unless ``status`` is None (with ``equilibrium`` as its
     "equilibrium" value unless ABSENT; by default a completed DEQ run gets ``eq_check()``, at equilibrium, as the
-    engine writes one for every DEQ run; None writes null: not measured); history.jsonl from ``history``."""
+    engine writes one for every DEQ run; None writes null: not measured); history.jsonl from ``history``;
+    ``seed_batch``: the provenance says it trained in a seed batch of that size (None: the provenance is silent)."""
     run = root / name
     run.mkdir(parents=True)
     config = {
@@ -83,7 +84,8 @@ def write_run(root: Path, name: str, *, paradigm: str = "vision", dataset: str =
     (run / "metrics.json").write_text(json.dumps({**top,
         "status": status, "reason": reason, "step": 100 if status == "completed" else 40, "total_steps": 100,
         "paradigm": paradigm, "dataset": dataset, "data": {"dataset": dataset}, "fingerprint": rundir.fingerprint(config), "fingerprint_version": rundir.FINGERPRINT_VERSION,
-        "provenance": [{"commit": "abc1234", "dirty": False, "host": "testhost", "started": "2026-01-01T00:00:00+00:00"}],
+        "provenance": [{"commit": "abc1234", "dirty": False, "host": "testhost", "started": "2026-01-01T00:00:00+00:00",
+                        **({} if seed_batch is None else {"seed_batch": seed_batch})}],
         "metrics": metrics}))
     return run
 

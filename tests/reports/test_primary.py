@@ -393,6 +393,23 @@ def test_step_times_from_seed_batches_of_another_size_are_not_compared():
     assert same.verdict == "holds"
 
 
+def test_a_step_time_comparison_says_how_much_of_the_deqs_time_was_its_unrolled_warm_up():
+    """time/step_ms averages a DEQ's cheap unrolled warm-up steps in (conservative for 'tied is cheaper'): the
+    comparison's notes give the solving and warm-up steps' means; an accuracy comparison does not."""
+    runs = ([FakeRun(f"g/block=tied,seed={i}", metrics={"time/step_ms": 10.0 + i, "val/acc": 0.9}) for i in range(4)]
+            + [FakeRun(f"g/block=deq,seed={i}", metrics={"time/step_ms": 25.0 + i, "val/acc": 0.8,
+                                                         "time/solve_step_ms": 28.0 + i, "time/warmup_step_ms": 10.0})
+               for i in range(4)])
+    (t,) = evaluate_primaries(load_primaries({"primary": {"comparisons": [
+        spec(metric="time/step_ms", direction="lower", delta=0.1, a={"grid": "g", "where": {"block": "deq"}},
+             b={"grid": "g", "where": {"block": "tied"}})]}}), runs)
+    assert "arm a: time/step_ms includes the unrolled warm-up of 4 DEQ run(s) (train.deq_warmup_steps; mean ms per " \
+        "step: 29.5 solving, 10 warm-up)" in t.notes
+    assert not any("warm-up" in n for n in t.notes if n.startswith("arm b"))
+    (acc,) = evaluate_primaries(load_primaries({"primary": {"comparisons": [spec()]}}), runs)
+    assert not any("warm-up" in n for n in acc.notes)
+
+
 def test_runs_cut_by_the_time_limit_are_named_in_the_comparisons_notes():
     @dataclass
     class Stepped(FakeRun):
@@ -478,6 +495,32 @@ def test_convergence_note_reads_the_last_fifth_of_each_runs_history_against_delt
         "0.01 (arm A)" in convergence_note(s, third, third)
     assert convergence_note(s, [rebuilt(r, False) for r in a], [rebuilt(r, False) for r in b]).startswith(
         "near convergence not read: rebuilt from a summary.json that kept neither")
+
+
+def test_convergence_note_counts_each_seed_once_and_reads_runs_cut_short_over_what_they_trained():
+    """A seed's folds are one replicate in the test, so they are one move in the median (their mean move); a run
+    that train.time_limit_s stopped at step 600 of 1,000 is read over its last 20% of what it trained (it was left
+    out: no evaluation after 80% of the planned steps)."""
+    from types import SimpleNamespace
+
+    from tiedlab.reports.primary import convergence_note, late_change
+
+    def run(name, move, total=1000, step=None):  # evaluations every 100 steps, the last one `move` below the one before
+        made = step or total
+        values = [1.0 - 0.001 * i for i in range(made // 100 - 1)] + [1.0 - 0.001 * (made // 100 - 2) - move]
+        return SimpleNamespace(name=name, status="completed", total_steps=total, step=made,
+                               history=[{"step": 100 * (i + 1), "train/loss": v} for i, v in enumerate(values)])
+
+    (s,) = load_primaries({"primary": {"comparisons": [spec(metric="fit/loss", delta=0.02)]}})
+    # over the last 200 steps: seed 0 in three folds moved 0.051 each, seeds 1 and 2 moved 0.002
+    folds = [run(f"g/block=tied,data.fold={f},seed=0", 0.05) for f in range(3)]
+    a = folds + [run(f"g/block=tied,data.fold=0,seed={i}", 0.001) for i in (1, 2)]
+    b = [run(f"g/block=deq,seed={i}", 0.001) for i in range(3)]
+    note = convergence_note(s, a, b)
+    assert note.startswith("near convergence yes") and "moved by 0.002 (arm A)" in note  # over runs: 0.051, "no"
+    cut = run("g/block=deq,seed=0", 0.05, step=600)
+    assert late_change(cut, "fit/loss") == pytest.approx(0.051)  # step 400 -> 600 (was None: dropped)
+    assert "moved by 0.002 (arm A) and 0.051 (arm B)" in convergence_note(s, a[3:], [cut])
 
 
 def test_a_rebuild_from_summary_keeps_folds_as_replicates_and_the_late_moves(tmp_path):

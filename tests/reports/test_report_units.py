@@ -587,6 +587,46 @@ def test_time_to_target_is_not_read_when_validation_starts_late(tmp_path):
         assert comparison["reason"].startswith("6 run(s) reached the target at their first validation"), comparison
 
 
+def test_seconds_from_seed_batches_of_different_sizes_are_not_compared_outside_the_primaries(tmp_path):
+    """A run trained in a seed batch of K records its batch's seconds / K: time to target (insight 2), insight 6's
+    ms/step and the training-seconds guideline budget do not set such runs beside runs of another K; with one K on
+    every run they read as before, and a rebuild from summary.json keeps the sizes."""
+    from tiedlab.reports.build import build_report
+
+    from .conftest import write_run
+
+    def study(root, k_deq):
+        for s in range(3):
+            write_run(root, f"tied-s{s}", seed=s, val=0.90, train_s=10.0 + s, seed_batch=3,
+                      history=[(5.0, 0.5), (10.0 + s, 0.90)])
+            write_run(root, f"deq-s{s}", mode="deq", seed=s, val=0.80, train_s=60.0 + s, seed_batch=k_deq,
+                      history=[(30.0, 0.5), (60.0 + s, 0.80)])
+            for width, depth in ((16, 2), (32, 2), (16, 4)):  # insight 6: wider (32, 2) vs deeper (16, 4)
+                write_run(root, f"w{width}d{depth}-s{s}", width=width, depth=depth, seed=s, val=0.5 + width / 100,
+                          train_s=float(width * depth), seed_batch=k_deq if depth == 4 else 3)
+        return build_report([root], root / "out")
+
+    def read(report):
+        by = {i.insight: i.comparisons for i in report.insights}
+        seconds = next(c for c in by[2] if "in steps" not in c.setting)
+        wider = next(c for c in by[6] if "from w=16, d=2" in c.setting)
+        budgets = {p["budget"] for g in report.guidelines for p in g["picks"]}
+        notes = [n for g in report.guidelines for n in g.get("notes", [])]
+        return seconds, wider, budgets, notes
+
+    seconds, wider, budgets, notes = read(study(tmp_path / "mixed", k_deq=1))
+    assert seconds.verdict == "inconclusive" and "seed batches of different sizes (K = 1 vs 3)" in seconds.reason
+    assert "ms/step not compared: seed batches of K = 1 vs 3" in wider.b and math.isnan(wider.extra["deeper_step_ms"])
+    assert "time/train_s" not in budgets and "params/unique" in budgets
+    assert notes == ["no training s budget: the cells' runs trained in seed batches of different sizes (K = 1, 3)"]
+    rebuilt = build_report([], tmp_path / "again", from_summary=tmp_path / "mixed" / "out" / "summary.json")
+    assert [n for g in rebuilt.guidelines for n in g.get("notes", [])] == notes
+
+    seconds, wider, budgets, notes = read(study(tmp_path / "alike", k_deq=3))
+    assert seconds.verdict == "holds" and "ms/step not compared" not in wider.b
+    assert "time/train_s" in budgets and notes == []
+
+
 def test_the_cell_table_counts_seeds_where_run_directories_repeat_one(tmp_path):
     from tiedlab.reports.build import build_report
 
