@@ -47,7 +47,9 @@ class BlockStats:
     floats in one transfer (``as_dict`` and the engine's summaries call it at their log intervals).
 
     ``jacobian_loss`` is the Hutchinson estimate of ``||df/dz||_F^2 / numel`` (a tensor with graph, to
-    be weighted and added to the loss) when the block was asked for it, else None.
+    be weighted and added to the loss) when the block was asked for it, else None. Its vector-Jacobian products
+    (``jacobian_samples`` through the map at z*, and their double backward) are in neither NFE count: a run's step
+    time measures them.
     """
 
     mode: str
