@@ -1033,7 +1033,8 @@ def look_cost_s(spec: dict[str, Any], look_grids: list[dict[str, Any]], runs: Pa
     """Estimated wall seconds of a look's unfinished runs, ``jobs`` at a time: each run at the median wall time of
     its cell's finished seeds, else its grid's seconds per step (``plan.estimate``); None when a run has neither.
     With ``seed_batch`` > 1 the runs the runner would batch (``launch.seed_batches``) hold one slot together, for
-    the sum of their estimates (a batched run's measured time is its share, 1/K, of its batch's). The bound of any
+    the sum of their estimates (a batched run's measured time is its share, 1/K, of its batch's; runs measured
+    alone price a batch at the sum of their times, an upper bound where batching pays). The bound of any
     scheduler that starts a run whenever a slot frees (Graham's list-scheduling bound): sum / jobs + (1 - 1 / jobs)
     * the longest run (or batch), so a look whose runs do not divide evenly over the slots is not taken on the
     hope that they will."""
