@@ -253,6 +253,20 @@ def threshold_values(section: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
+# the measurement settings a judged value depends on: a check under other settings is another check
+MEASURED_WITH = {"spectral_norm": ("power_iters",), "grad_cosine": ("reference_tol", "reference_max_iter")}
+
+
+def measurement_values(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of an ``equilibrium`` config section that the judged measurements depend on (those it holds):
+    the power iterations when the spectral norm is judged, the reference solve's tolerance and budget when the
+    gradient is ({} when neither is). A run measured with other settings is judged by another test, so the reuse
+    check and the report compare them as they compare the thresholds (``threshold_values``)."""
+    judged = threshold_values(section)
+    return {key: section[key] for name, keys in MEASURED_WITH.items() if judged.get(name) is not None
+            for key in keys if key in section}
+
+
 def ignored_options(cfg: Any, overrides: Sequence[str] = (), unread: Mapping[str, str] | None = None) -> list[str]:
     """Options that a run would silently ignore, one message each: the solver and implicit gradient of a block
     that is not a DEQ, a DEQ's gradient options its grad.mode does not read and a warm-up depth without warm-up

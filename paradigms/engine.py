@@ -40,7 +40,7 @@ from tiedlab.core.equilibrium import equilibrium_flags, gradient_cosine
 
 from . import distributed, rundir
 from .base import DataBundle, Paradigm, epoch_generator, get_paradigm, on_the_record, paradigms_for_data
-from .config import TrainConfig, ignored_options, thresholds, validate
+from .config import TrainConfig, ignored_options, measurement_values, thresholds, validate
 from .provenance import now, run_provenance
 from .tracking import LocalTracker, make_tracker
 
@@ -384,14 +384,16 @@ class EquilibriumProbe:
         return final or every is None or step - (self.last_probe or 0) >= every
 
     def verdict(self, record: dict[str, Any]) -> dict[str, Any]:
-        """metrics.json's ``equilibrium``: the measured values of ``record``, the flags, the thresholds."""
+        """metrics.json's ``equilibrium``: the measured values of ``record``, the flags, the thresholds and the
+        settings the judged values were measured with (``config.measurement_values``)."""
         measured = {k.split("/", 1)[1]: record[k] for k in ("eq/rel_residual", "eq/converged_fraction",
                                                              "eq/systems", "eq/spectral_norm", "eq/grad_cosine",
                                                              "eq/grad_cosine_ift", "eq/reference_rel_residual")
                     if k in record}
         flags = equilibrium_flags(measured, self.thresholds)
         return {"at_equilibrium": not flags, "flags": flags, "measured": measured,
-                "thresholds": dataclasses.asdict(self.thresholds)}
+                "thresholds": dataclasses.asdict(self.thresholds),
+                "measured_with": measurement_values(OmegaConf.to_container(self.options, resolve=True))}
 
 
 @contextlib.contextmanager
@@ -602,7 +604,9 @@ def _open_run_dir(cfg: DictConfig, run_dir: Path) -> _Opened:
     if _finished(cfg, previous):
         print(f"[tiedlab] {run_dir} already holds a finished run ({previous['status']}); nothing to do", file=sys.stderr)
         return _Opened(previous, plain, fp, None, finished=True)
-    state_dict = rundir.load_checkpoint(run_dir, fp)
+    # the checkpoint was written with the fingerprint of the version its metrics.json records (checked just above)
+    state_dict = rundir.load_checkpoint(
+        run_dir, rundir.fingerprint(plain, previous.get("fingerprint_version", 1)) if previous else fp)
     if state_dict is not None:
         check_precision(cfg, state_dict, run_dir)
     if resume == "true" and state_dict is None:

@@ -12,6 +12,7 @@ resume do the rest.
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import functools
 import itertools
 import json
@@ -623,9 +624,11 @@ STATUS_COLUMNS = ("runs", "done", "not_at_equilibrium", "diverged", "failed", "r
 def _lock_held(run_dir: Path) -> bool:
     """Whether a live process holds the run's lock, read from the holder line it wrote (``pid N on HOST since
     ...``; emptied on release) without touching the lock itself (taking it, even briefly, could refuse the run's
-    own start). On this host the pid is checked; a holder on another host counts as running while it keeps
-    touching the lock (``rundir.hold_lock``'s heartbeat): a lock untouched for ``rundir.LOCK_STALE_S`` seconds was
-    left by a holder killed with no chance to clear it (SIGKILL, out of memory, a lost node)."""
+    own start). On this host the pid is checked, and that its process started before the holder line's time (a
+    holder killed with SIGKILL leaves its line, and the pid may since name another process: a restarted container
+    counts pids from 1 again); a holder on another host counts as running while it keeps touching the lock
+    (``rundir.hold_lock``'s heartbeat): a lock untouched for ``rundir.LOCK_STALE_S`` seconds was left by a holder
+    killed with no chance to clear it (SIGKILL, out of memory, a lost node)."""
     import re
     import socket
 
@@ -635,18 +638,38 @@ def _lock_held(run_dir: Path) -> bool:
         touched = path.stat().st_mtime
     except OSError:
         return False
-    match = re.match(r"pid (\d+) on (\S+) since", text)
+    match = re.match(r"pid (\d+) on (\S+) since (\S+):", text)
     if not match:
         return False
     if match.group(2) != socket.gethostname():
         return time.time() - touched < rundir.LOCK_STALE_S
+    pid = int(match.group(1))
     try:
-        os.kill(int(match.group(1)), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    started = process_start_time(pid)
+    try:
+        since = _dt.datetime.fromisoformat(match.group(3)).timestamp()
+    except ValueError:
+        since = None
+    # the holder wrote its line after it started (the line's time has whole seconds, /proc's boot time too): a start
+    # later than that is another process's
+    return started is None or since is None or started <= since + 2.0
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from /proc (None where /proc does not say: not
+    Linux, or the process is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time, in clock ticks
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
 
 
 FINISHED_STATES = ("done", "not_at_equilibrium", "diverged")  # a study reuses these runs instead of training them
@@ -654,15 +677,17 @@ FINISHED_STATES = ("done", "not_at_equilibrium", "diverged")  # a study reuses t
 
 def judged_thresholds(config: dict[str, Any]) -> dict[str, Any]:
     """A DEQ run's equilibrium thresholds from its resolved config, as the engine judges them
-    (``config.threshold_values``), under ``equilibrium.NAME`` keys ({} for other blocks): not grouped on (a report
-    compares them per arm), but a finished run judged under other thresholds than a command asks for is not that
-    command's run (``check_reused``)."""
-    from .config import threshold_values
+    (``config.threshold_values``), and the measurement settings the judged values depend on
+    (``config.measurement_values``), under ``equilibrium.NAME`` keys ({} for other blocks): not grouped on (a
+    report compares them per arm), but a finished run judged under other thresholds or measured otherwise than a
+    command asks for is not that command's run (``check_reused``)."""
+    from .config import measurement_values, threshold_values
 
     section = config.get("equilibrium")
     if (config.get("block") or {}).get("mode") != "deq" or not isinstance(section, dict):
         return {}
-    return {f"equilibrium.{name}": value for name, value in threshold_values(section).items()}
+    return {f"equilibrium.{name}": value
+            for name, value in {**threshold_values(section), **measurement_values(section)}.items()}
 
 
 @functools.lru_cache(maxsize=None)

@@ -44,7 +44,7 @@ NOT_GROUPED = (*REPLICATE_KEYS, "mask.seed", *rundir.NOT_FINGERPRINTED)
 ADDED_LATER: dict[str, Any] = {"train.channels_last": False}
 # metrics.json's "equilibrium" object (DEQ runs only): its keys, and the measured values in the order reports show
 # them (``tiedlab.core.equilibrium.METRIC_KEYS``; a run may measure others, shown after these).
-EQUILIBRIUM_KEYS = ("at_equilibrium", "flags", "measured", "thresholds")
+EQUILIBRIUM_KEYS = ("at_equilibrium", "flags", "measured", "thresholds", "measured_with")
 EQUILIBRIUM_REQUIRED = ("at_equilibrium", "flags", "measured")
 EQUILIBRIUM_MEASURES = ("rel_residual", "converged_fraction", "spectral_norm", "grad_cosine")
 
@@ -53,17 +53,26 @@ EQUILIBRIUM_MEASURES = ("rel_residual", "converged_fraction", "spectral_norm", "
 class Equilibrium:
     """A DEQ run's equilibrium check as its metrics.json states it: whether it is at its fixed point, the reasons
     it is not (``flags``, empty when it is), what was measured (nan: not measured or undefined) and the thresholds
-    it was judged against (None: not checked)."""
+    it was judged against (None: not checked), and the settings the judged values were measured with
+    (``measured_with``: power iterations, the reference solve's tolerance and budget; empty in runs from before it
+    was recorded)."""
 
     at_equilibrium: bool
     flags: tuple[str, ...] = ()
     measured: dict[str, float] = field(default_factory=dict)
     thresholds: dict[str, float | None] = field(default_factory=dict)
+    measured_with: dict[str, float | None] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The metrics.json form (``parse_equilibrium`` reads it back)."""
         return {"at_equilibrium": self.at_equilibrium, "flags": list(self.flags), "measured": dict(self.measured),
-                "thresholds": dict(self.thresholds)}
+                "thresholds": dict(self.thresholds),
+                **({"measured_with": dict(self.measured_with)} if self.measured_with else {})}
+
+    def judged_by(self) -> dict[str, Any]:
+        """What decided the verdict besides the measured values: the thresholds and the settings the measurements
+        used (runs judged under different ones were judged by different tests)."""
+        return {**self.thresholds, **{f"measured_with.{k}": v for k, v in self.measured_with.items()}}
 
 
 def _number(value: Any, what: str, allow_none: bool) -> float | None:
@@ -92,7 +101,8 @@ def parse_equilibrium(raw: Any) -> Equilibrium | None:
     """metrics.json's ``"equilibrium"`` value: None when absent or null (not measured), else an ``Equilibrium``.
 
     The shape: ``{"at_equilibrium": bool, "flags": [str, ...], "measured": {name: number | null},
-    "thresholds": {name: number | null}}`` ("thresholds" optional; non-finite numbers as "nan"/"inf" strings; a
+    "thresholds": {name: number | null}, "measured_with": {name: number}}`` ("thresholds" and "measured_with"
+    optional; non-finite numbers as "nan"/"inf" strings; a
     null measured value reads as nan). ``at_equilibrium`` is false exactly when ``flags`` names a reason.
 
     Raises:
@@ -106,7 +116,7 @@ def parse_equilibrium(raw: Any) -> Equilibrium | None:
     missing = [k for k in EQUILIBRIUM_REQUIRED if k not in raw]
     if unknown or missing:
         raise ValueError(f"equilibrium has unknown key(s) {unknown} / lacks {missing}; its keys are "
-                         f"{list(EQUILIBRIUM_KEYS)} (thresholds optional)")
+                         f"{list(EQUILIBRIUM_KEYS)} (thresholds and measured_with optional)")
     at, flags = raw["at_equilibrium"], raw["flags"]
     if not isinstance(at, bool):
         raise ValueError(f"equilibrium.at_equilibrium={at!r} must be true or false")
@@ -118,7 +128,8 @@ def parse_equilibrium(raw: Any) -> Equilibrium | None:
     measured = {k: math.nan if v is None else v
                 for k, v in _numbers(raw["measured"], "equilibrium.measured", allow_none=True).items()}
     thresholds = _numbers(raw.get("thresholds") or {}, "equilibrium.thresholds", allow_none=True)
-    return Equilibrium(at, tuple(flags), measured, thresholds)
+    measured_with = _numbers(raw.get("measured_with") or {}, "equilibrium.measured_with", allow_none=True)
+    return Equilibrium(at, tuple(flags), measured, thresholds, measured_with)
 
 
 @dataclass
@@ -451,7 +462,8 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
     """(run dir, display name) for each run dir given or found below a folder given.
 
     Hidden folders (e.g. Hydra's ``.hydra``, which holds its own config.yaml) are skipped, and the
-    search does not descend into a run dir.
+    search does not descend into a run dir. Symbolic links to folders are followed (a report may gather runs
+    linked in from elsewhere), each folder read once (a link to a folder above it does not loop).
 
     Raises:
         FileNotFoundError: a path that does not exist.
@@ -466,9 +478,14 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
         if is_run_dir(p):
             found.setdefault(p.resolve(), p.resolve().name)
             continue
-        for root, dirs, _files in os.walk(p):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        seen: set[Path] = set()
+        for root, dirs, _files in os.walk(p, followlinks=True):
             here = Path(root)
+            if here.resolve() in seen:
+                dirs[:] = []
+                continue
+            seen.add(here.resolve())
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             if here != p and is_run_dir(here):
                 found.setdefault(here.resolve(), prefix + str(here.relative_to(p)))
                 dirs[:] = []

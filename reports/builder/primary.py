@@ -544,8 +544,10 @@ def config_differences(a: list[RunLike], b: list[RunLike], thresholds: bool = Tr
     """How the runs a comparison reads differ where they must not ("" when they do not, or when configs are not
     known): within an arm, in the config that defines their cell (``Run.key``: every setting but the replicate
     keys and bookkeeping; a key only some of them record, added after the others ran, is not compared:
-    ``config_gaps`` names it), and across both arms' DEQ runs, in the equilibrium thresholds that decide which of
-    them are set apart (``thresholds``; not for a divergence rate, which counts those runs). Runs of an arm are told
+    ``config_gaps`` names it), and across both arms' DEQ runs, in the equilibrium thresholds and measurement
+    settings that decide which of them are set apart (``thresholds``; each compared over the runs that record it;
+    not for a
+    divergence rate, which counts those runs). Runs of an arm are told
     apart by their directory names only, so an edited study file or an extra override could otherwise pool two
     configs."""
     out = []
@@ -556,11 +558,15 @@ def config_differences(a: list[RunLike], b: list[RunLike], thresholds: bool = Tr
         if differ:
             shown = ", ".join(f"{n} ({' vs '.join(sorted({str(k[n]) for k in keys}))})" for n in differ[:4])
             out.append(f"arm {side}'s runs differ in {shown}{f' and {len(differ) - 4} more' if len(differ) > 4 else ''}")
-    judged = {json.dumps(eq.thresholds, sort_keys=True, default=str) for r in (*a, *b) if r.status == "completed"
-              if (eq := getattr(r, "equilibrium", None)) is not None and getattr(eq, "thresholds", None)}
-    if thresholds and len(judged) > 1:
-        out.append(f"the DEQ runs were judged at equilibrium under {len(judged)} different thresholds "
-                   f"({'; '.join(sorted(judged))})")
+    judged: dict[str, set[str]] = {}  # each threshold or setting: its values over the runs that record it
+    for r in (*a, *b):
+        if r.status == "completed" and (eq := getattr(r, "equilibrium", None)) is not None:
+            for key, value in eq.judged_by().items():
+                judged.setdefault(key, set()).add(json.dumps(value, default=str))
+    differ = {k: v for k, v in sorted(judged.items()) if len(v) > 1}
+    if thresholds and differ:
+        out.append("the DEQ runs were judged at equilibrium under different thresholds or measurement settings ("
+                   + "; ".join(f"{k}: {' vs '.join(sorted(v))}" for k, v in differ.items()) + ")")
     return "; ".join(out)
 
 

@@ -39,6 +39,7 @@ def test_a_solved_deq_records_its_health_at_every_evaluation_and_is_at_equilibri
     assert eq["measured"]["grad_cosine"] >= 0.95
     assert eq["thresholds"] == {"rel_residual": 0.01, "converged_fraction": 0.9, "grad_cosine": 0.95,
                                 "spectral_norm": None}
+    assert eq["measured_with"] == {"reference_tol": 1e-6, "reference_max_iter": 300}  # the gradient's reference
     assert json.loads((tmp_path / rundir.METRICS).read_text())["equilibrium"] == eq
 
 
@@ -79,6 +80,7 @@ def test_probes_do_not_change_what_the_run_trains(tmp_path):
     assert probed["metrics"]["val/loss"] == plain["metrics"]["val/loss"]
     assert "eq/grad_cosine" not in plain["metrics"] and "grad_cosine" not in plain["equilibrium"]["measured"]
     assert plain["equilibrium"]["thresholds"]["grad_cosine"] is None  # never probed: not checked, and said so
+    assert plain["equilibrium"]["measured_with"] == {}  # nor measured with a reference
 
 
 def test_the_gradient_probe_compares_the_deq_blocks_parameters_only(tmp_path, monkeypatch):

@@ -138,12 +138,45 @@ def test_a_deq_run_judged_under_other_equilibrium_thresholds_is_not_reused(tmp_p
     assert study_module.study(["toy", "--runs", str(runs), "--no-report"]) == 0
     with pytest.raises(ValueError, match=r"equilibrium.rel_residual=0.01 \(now 0.001\)"):
         study_module.study(["toy", "--runs", str(runs), "--no-report", "equilibrium.rel_residual=0.001"])
+    # the gradient is judged against a reference solve: one of another tolerance is another test
+    with pytest.raises(ValueError, match=r"equilibrium.reference_tol=1e-06 \(now 1e-07\)"):
+        study_module.study(["toy", "--runs", str(runs), "--no-report", "equilibrium.reference_tol=1e-7"])
+    # the spectral norm is not judged (no threshold), so its power iterations do not matter
     assert study_module.study(["toy", "--runs", str(runs), "--no-report", "equilibrium.power_iters=5"]) == 0
     deq = {"block": {"mode": "deq"}, "equilibrium": {"rel_residual": 0.01, "converged_fraction": 0.9,
-                                                      "grad_cosine": 0.95, "spectral_norm": None, "probe_every": 0}}
+                                                      "grad_cosine": 0.95, "spectral_norm": None, "probe_every": 0,
+                                                      "power_iters": 20, "reference_tol": 1e-6,
+                                                      "reference_max_iter": 300}}
     assert launch.judged_thresholds(deq) == {"equilibrium.rel_residual": 0.01, "equilibrium.converged_fraction": 0.9,
                                              "equilibrium.grad_cosine": None, "equilibrium.spectral_norm": None}
+    judged = {**deq, "equilibrium": {**deq["equilibrium"], "probe_every": None, "spectral_norm": 1.0}}
+    assert launch.judged_thresholds(judged) == {
+        "equilibrium.rel_residual": 0.01, "equilibrium.converged_fraction": 0.9, "equilibrium.grad_cosine": 0.95,
+        "equilibrium.spectral_norm": 1.0, "equilibrium.power_iters": 20, "equilibrium.reference_tol": 1e-6,
+        "equilibrium.reference_max_iter": 300}
     assert launch.judged_thresholds({**deq, "block": {"mode": "tied"}}) == {}
+
+
+def test_a_lock_whose_pid_now_names_a_younger_process_is_not_running(tmp_path):
+    """A holder killed with SIGKILL leaves its line; its pid may later name another process (pids are reused, and a
+    restarted container counts from 1 again): a live pid whose process started after the line was written is not
+    the holder, so the run is resumed, not left 'running' forever."""
+    import datetime as dt
+    import socket
+
+    rundir.write_json(tmp_path / "metrics.json", {"status": "running", "step": 3, "total_steps": 9})
+    started = launch.process_start_time(os.getpid())
+    assert started is not None and abs(started - time.time()) < 10 * 24 * 3600  # /proc read right
+
+    def held_since(when):
+        stamp = dt.datetime.fromtimestamp(when).astimezone().isoformat(timespec="seconds")
+        (tmp_path / rundir.LOCK).write_text(f"pid {os.getpid()} on {socket.gethostname()} since {stamp}: python ...")
+        return launch.run_state(tmp_path)
+
+    assert held_since(time.time()) == "running"  # this process, alive, started before its line
+    assert held_since(started - 3600) == "stopped"  # the line is older than the process holding its pid now
+    with rundir.hold_lock(tmp_path):  # the line the lock writes, read back
+        assert launch.run_state(tmp_path) == "running"
 
 
 def test_a_lock_left_on_another_host_counts_as_running_only_while_its_holder_touches_it(tmp_path, monkeypatch):

@@ -355,6 +355,32 @@ def test_runs_fingerprinted_before_version_2_still_resume_and_report(tmp_path):
         train(cfg(**{"optim.lr": 0.02}), tmp_path)
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_unfinished_run_of_an_older_fingerprint_version_resumes_from_its_checkpoint(tmp_path, version):
+    """metrics.json and the checkpoint of a run stopped under an older version hold that version's fingerprint: the
+    checkpoint is checked at it too, as metrics.json is (it was checked at the current version, and every stopped
+    run of another version failed to resume, 'another config', and was relaunched by each study to fail again)."""
+    part = train(cfg(**{"block.norm": "spectral", "train.time_limit_s": 0.0}), tmp_path)
+    assert part["step"] == 1
+    config = yaml.safe_load((tmp_path / rundir.CONFIG).read_text())
+    old = rundir.fingerprint(config, version=version)
+    assert old != rundir.fingerprint(config)  # spectral norm, no mask: min_dim is fingerprinted from version 3
+    metrics = json.loads((tmp_path / rundir.METRICS).read_text())
+    metrics.update(fingerprint=old, **({"fingerprint_version": version} if version > 1 else {}))
+    if version == 1:
+        del metrics["fingerprint_version"]  # runs before versions were recorded
+    (tmp_path / rundir.METRICS).write_text(json.dumps(metrics))
+    state = torch.load(tmp_path / rundir.CHECKPOINT, weights_only=True)
+    torch.save({**state, "fingerprint": old}, tmp_path / rundir.CHECKPOINT)
+    whole = train(cfg(**{"block.norm": "spectral", "train.time_limit_s": None}), tmp_path)
+    assert whole["status"] == "completed" and whole["step"] == whole["total_steps"] == 10
+    torch.save({**state, "fingerprint": "0" * 16}, tmp_path / rundir.CHECKPOINT)  # still refused: another config
+    metrics.update(status="interrupted")
+    (tmp_path / rundir.METRICS).write_text(json.dumps(metrics))
+    with pytest.raises(rundir.CheckpointError, match="belongs to a run with a different config"):
+        train(cfg(**{"block.norm": "spectral", "train.time_limit_s": None}), tmp_path)
+
+
 def test_a_crash_in_the_final_evaluation_records_failed(tmp_path, monkeypatch):
     from support.toy import ToyParadigm
 

@@ -185,8 +185,8 @@ def test_without_any_deq_run_there_is_no_equilibrium_section(tmp_path):
 
 
 @pytest.mark.parametrize("value,match", [
-    ("yes", r"equilibrium must be an object with keys \['at_equilibrium', 'flags', 'measured', 'thresholds'\], "
-            r"got 'yes'"),
+    ("yes", r"equilibrium must be an object with keys \['at_equilibrium', 'flags', 'measured', 'thresholds', "
+            r"'measured_with'\], got 'yes'"),
     ({**AT[0], "at_equilibrium": "no"}, r"equilibrium.at_equilibrium='no' must be true or false"),
     ({**AT[0], "flags": "rel_residual"}, r"equilibrium.flags='rel_residual' must be a list of strings"),
     ({**AT[0], "measured": {"rel_residual": "small"}}, r"equilibrium.measured.rel_residual='small' must be a number"),

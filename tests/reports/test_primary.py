@@ -360,7 +360,24 @@ def test_an_arm_whose_runs_differ_in_config_is_not_read(tmp_path):
                         "thresholds": {"rel_residual": 0.01}}
     other.write_text(json.dumps(m))
     (judged,) = evaluate_primaries([s], load_runs([runs]))
-    assert judged.verdict == "undetermined" and "under 3 different thresholds" in judged.reason
+    assert judged.verdict == "undetermined" and "settings (rel_residual: 0.01 vs 0.5)" in judged.reason
+    # the same thresholds, measured with another reference solve: another test; a run that does not record its
+    # settings (written before they were) is compared on its thresholds alone
+    for path in (runs / "g").glob("block=deq,seed=*/metrics.json"):
+        m = json.loads(path.read_text())
+        m["equilibrium"] = {"at_equilibrium": True, "flags": [], "measured": {"rel_residual": 1e-3},
+                            "thresholds": {"rel_residual": 0.01}}
+        if path in (metrics, other):
+            m["equilibrium"]["measured_with"] = {"reference_tol": 1e-6 if path == metrics else 1e-8}
+        path.write_text(json.dumps(m))
+    (measured,) = evaluate_primaries([s], load_runs([runs]))
+    assert measured.verdict == "undetermined" and measured.reason.endswith(
+        "under different thresholds or measurement settings (measured_with.reference_tol: 1e-06 vs 1e-08)")
+    m = json.loads(other.read_text())
+    m["equilibrium"]["measured_with"] = {"reference_tol": 1e-6}
+    other.write_text(json.dumps(m))
+    (alike,) = evaluate_primaries([s], load_runs([runs]))
+    assert alike.verdict == "holds", alike.reason
 
 
 def test_step_times_from_seed_batches_of_another_size_are_not_compared():

@@ -93,6 +93,19 @@ def test_find_run_dirs_skips_hidden_folders_and_does_not_descend(tmp_path):
     assert failed.status == "failed" and failed.reason == "RuntimeError at step 3: boom" and failed.label == "?"
 
 
+def test_find_run_dirs_follows_links_to_run_dirs_and_folders_once(tmp_path):
+    """A seed linked in from elsewhere is found (it was skipped without a word, and an arm lost it), and a link to a
+    folder above does not loop."""
+    runs, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    for run in (runs / "g" / "seed=0", elsewhere / "seed=1", elsewhere / "sub" / "seed=2"):
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text("paradigm: vision\n")
+    (runs / "g" / "seed=1").symlink_to(elsewhere / "seed=1", target_is_directory=True)
+    (runs / "g" / "sub").symlink_to(elsewhere / "sub", target_is_directory=True)
+    (runs / "g" / "loop").symlink_to(runs, target_is_directory=True)
+    assert [name for _, name in find_run_dirs([runs])] == ["g/seed=0", "g/seed=1", "g/sub/seed=2"]
+
+
 def test_unreadable_metrics_is_a_status_not_a_crash(tmp_path):
     (tmp_path / "config.yaml").write_text("paradigm: vision\nblock: {mode: tied, depth: 2}\nmodel: {width: 8}\n")
     (tmp_path / "metrics.json").write_text('{"status": "compl')
