@@ -98,12 +98,15 @@ def test_committed_report_verdicts_are_what_its_summary_decides(name):
         assert rows == [[_md(c) for c in row] for row in transfer_rows(results, columns)], name
 
 
-# Fields a committed report states that its rebuild under the current rule gives otherwise, with the reason in the
-# report's RUN.md; any other difference fails.
+# Fields a committed report states that its rebuild under the current rule gives otherwise, per comparison ("*":
+# every one), with the reason in the report's RUN.md; any other difference fails.
 STATED_UNDER_AN_EARLIER_RULE = {
     # seeds to decide counted to the claim's decision only; the spread test's p was the F test's alone; the families
     # without runs were read as if they had 0 comparisons (reports/studies/paper_graph_cpu/RUN.md)
-    "paper_graph_cpu": {"seeds_needed", "p", "level"},
+    "paper_graph_cpu": {"*": {"seeds_needed", "p", "level"}},
+    # a spread verdict needs 8 seeds a side since 2026-12-06: read at 6 (and 8 against 7), their p is nan now
+    "quick": {"3/vision": {"p"}, "3/language": {"p"}, "3/ssl": {"p"}},
+    "quick_ssl": {"3/ssl": {"p"}},
 }
 
 
@@ -120,12 +123,14 @@ def test_committed_report_numbers_are_what_its_summary_decides(name):
     """Every number a committed report states for a primary comparison (effect, interval, n, p, the alpha it was
     read at, the seeds to decide) is its rebuild's, but for the fields listed as stated under an earlier rule."""
     results = rebuilt_results(name)
-    skip = STATED_UNDER_AN_EARLIER_RULE.get(name, set())
-    fields = [f for f in ("verdict", "effect", "ci_low", "ci_high", "n_a", "n_b", "p", "level", "seeds_needed")
-              if f not in skip]
+    earlier = STATED_UNDER_AN_EARLIER_RULE.get(name, {})
     summary = json.loads((COMMITTED[name] / "summary.json").read_text())
     for stated in summary["primaries"]:
-        rebuilt = results[stated.get("id") or f"{stated['insight']}/{stated['paradigm']}"]
+        key = stated.get("id") or f"{stated['insight']}/{stated['paradigm']}"
+        rebuilt = results[key]
+        skip = earlier.get("*", set()) | earlier.get(key, set())
+        fields = [f for f in ("verdict", "effect", "ci_low", "ci_high", "n_a", "n_b", "p", "level", "seeds_needed")
+                  if f not in skip]
         wrong = {f: (stated.get(f), getattr(rebuilt, f)) for f in fields if not _same(stated.get(f), getattr(rebuilt, f))}
         assert not wrong, (name, rebuilt.spec.key, wrong)
 
