@@ -226,7 +226,8 @@ def primary_blocks(report: Any) -> list[Block]:
     blocks += [Block("img", p.title, items=[p.file, p.svg]) for p in report.plots if p.kind == "forest"]
     blocks.append(Block("p", "Rule: " + STATS_RULE + looks + " Seeds/arm to decide (est.): the seeds per arm at "
                         "which the verdict's level would decide with 80% power if the observed effect and spread "
-                        "were the true ones; an estimate, noisy at few seeds, and a sequential plan stops at its "
+                        "were the true ones; an estimate, noisy at few seeds and optimistic (it takes the fewer of "
+                        "the claim's decision and the secondary reading), and a sequential plan stops at its "
                         "--max-seeds whatever it says."))
     rows, compact, classes = [], [], []
     for r in report.primaries:
