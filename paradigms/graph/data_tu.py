@@ -247,6 +247,8 @@ def load_tu(name: str, *, degree_as_tag: bool | None = None, max_degree: int | N
         if max_degree < 0:
             raise ValueError(f"max_degree must be >= 0, got {max_degree}")
         tags = np.minimum(tags, max_degree)
+    # one-hot over the tags of every graph, test folds included (as GIN's and PyG's TU loaders do): a tag seen only
+    # in held-out graphs gets a column whose input weights training never moves (NCI1 fold 1: 2 in val, 2 in test)
     vocab, tag_idx = np.unique(tags, return_inverse=True)
     num_features = int(vocab.size)
     x_all = torch.zeros(total, num_features, dtype=torch.float32)
