@@ -132,7 +132,8 @@ def same_config(config: dict[str, Any], metrics: dict[str, Any]) -> bool:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename, the file and then the
+    folder synced to disk (so that a machine crash leaves the old file or the new one, and the rename).
 
     Raises:
         OSError: naming ``path`` (a full disk's ENOSPC names no file by itself).
@@ -148,6 +149,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder (the names in it: a rename or a new file); a file system that cannot is left as it is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (and platforms) do not sync folders: nothing more can be done here
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -217,11 +233,21 @@ def truncate_history(run_dir: Path, step: int) -> None:
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     """Atomically write ``checkpoint.pt`` (temp file, then rename). ``state`` holds tensors and plain
-    Python values only (see ``rng_state``), so that it loads with ``weights_only=True``."""
+    Python values only (see ``rng_state``), so that it loads with ``weights_only=True``. history.jsonl is synced
+    first: a machine crash must not keep a checkpoint at step N and lose history lines before it (a resume cuts
+    the history after N, ``truncate_history``, but cannot refill a gap)."""
     import io
 
     import torch
 
+    history = Path(run_dir) / HISTORY
+    if history.exists():
+        with _naming(history):
+            fd = os.open(history, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     buf = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **state}, buf)
     atomic_write_bytes(Path(run_dir) / CHECKPOINT, buf.getvalue())

@@ -514,3 +514,27 @@ def test_an_adapters_options_the_data_or_model_leaves_unread_are_named(paradigm,
     read = {"ssl": ["model.method=simclr", "model.temperature=0.2"], "graph": ["data=mutag", "model.pool=mean"],
             "vision": ["data=cifar10", "data.crop_padding=2"]}[paradigm]
     assert named_for(read) == []
+
+
+def test_a_checkpoint_is_written_after_the_history_it_follows_is_on_disk(tmp_path, monkeypatch):
+    """A machine crash must not keep a checkpoint at step N and lose history lines before N: history.jsonl is
+    synced before the checkpoint is written, and the checkpoint's rename is synced with its folder."""
+    rundir.append_history(tmp_path, {"step": 1, "train/loss": 1.0})
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    rundir.save_checkpoint(tmp_path, {"step": 1})
+    checkpoint = str(tmp_path / rundir.CHECKPOINT)
+    assert events[0] == ("fsync", str(tmp_path / rundir.HISTORY))
+    assert events[-2:] == [("replace", checkpoint), ("fsync", str(tmp_path))]
+    assert ("fsync", checkpoint) not in events  # the temp file is synced under its own name, before the rename
