@@ -45,7 +45,9 @@ FINISHED = ("completed", "diverged")
 # Config keys that do not change what a run computes: they may differ between a run and its resume, and
 # the report never groups cells by them. The one list of run-directory bookkeeping keys.
 NOT_FINGERPRINTED = ("run_dir", "resume", "logger", "train.progress", "train.log_every", "train.time_limit_s",
-                     "train.device", "train.threads", "equilibrium")
+                     "train.device", "train.threads", "equilibrium", "train.ckpt_every")
+# the bookkeeping keys a fingerprint version still hashed: an older run is checked as it was fingerprinted
+FINGERPRINTED_UNTIL = {"train.ckpt_every": 3}
 
 
 def precision(device: Any, amp: bool) -> str:
@@ -79,10 +81,11 @@ class RunLockedError(RunDirError):
     """Another process holds the run directory's lock; the message names it."""
 
 
+# 4: train.ckpt_every left out (how often a run saves changes nothing it computes, and a resume may change it);
 # 3: mask.min_dim kept without a mask when a block norm reads it; 2: options a run ignores are left out; 1: every
 # key but the bookkeeping ones. A run is checked under the version its metrics.json records.
-FINGERPRINT_VERSION = 3
-FINGERPRINT_VERSIONS = (1, 2, 3)
+FINGERPRINT_VERSION = 4
+FINGERPRINT_VERSIONS = (1, 2, 3, 4)
 
 
 def active_config(config: dict[str, Any], version: int = FINGERPRINT_VERSION) -> dict[str, Any]:
@@ -95,6 +98,8 @@ def active_config(config: dict[str, Any], version: int = FINGERPRINT_VERSION) ->
                          f"{', '.join(map(str, FINGERPRINT_VERSIONS))}")
     plain = json.loads(json.dumps(config, default=str))
     for key in NOT_FINGERPRINTED:
+        if version <= FINGERPRINTED_UNTIL.get(key, 0):
+            continue
         node, _, rest = key.partition(".")
         if rest:
             (plain.get(node) or {}).pop(rest, None)

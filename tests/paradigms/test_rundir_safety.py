@@ -355,7 +355,7 @@ def test_runs_fingerprinted_before_version_2_still_resume_and_report(tmp_path):
         train(cfg(**{"optim.lr": 0.02}), tmp_path)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_unfinished_run_of_an_older_fingerprint_version_resumes_from_its_checkpoint(tmp_path, version):
     """metrics.json and the checkpoint of a run stopped under an older version hold that version's fingerprint: the
     checkpoint is checked at it too, as metrics.json is (it was checked at the current version, and every stopped
@@ -364,7 +364,7 @@ def test_an_unfinished_run_of_an_older_fingerprint_version_resumes_from_its_chec
     assert part["step"] == 1
     config = yaml.safe_load((tmp_path / rundir.CONFIG).read_text())
     old = rundir.fingerprint(config, version=version)
-    assert old != rundir.fingerprint(config)  # spectral norm, no mask: min_dim is fingerprinted from version 3
+    assert old != rundir.fingerprint(config)  # min_dim fingerprinted from version 3, ckpt_every until it
     metrics = json.loads((tmp_path / rundir.METRICS).read_text())
     metrics.update(fingerprint=old, **({"fingerprint_version": version} if version > 1 else {}))
     if version == 1:
@@ -538,3 +538,19 @@ def test_a_checkpoint_is_written_after_the_history_it_follows_is_on_disk(tmp_pat
     assert events[0] == ("fsync", str(tmp_path / rundir.HISTORY))
     assert events[-2:] == [("replace", checkpoint), ("fsync", str(tmp_path))]
     assert ("fsync", checkpoint) not in events  # the temp file is synced under its own name, before the rename
+
+
+def test_a_run_resumes_with_another_checkpoint_interval_and_trains_the_same(tmp_path):
+    """How often a run saves changes nothing it computes (not fingerprinted from version 4): a run stopped by its
+    time limit resumes under another train.ckpt_every, and ends with the weights of a run that never stopped."""
+    part = train(cfg(**{"train.time_limit_s": 0.0, "train.ckpt_every": 5}), tmp_path / "resumed")
+    assert part["step"] == 1
+    resumed = train(cfg(**{"train.time_limit_s": None, "train.ckpt_every": 3}), tmp_path / "resumed")
+    whole = train(cfg(**{"train.ckpt_every": 5}), tmp_path / "whole")
+    assert resumed["step"] == whole["step"] == 10 and resumed["fingerprint"] == whole["fingerprint"]
+    for name, tensor in torch.load(tmp_path / "whole" / rundir.CHECKPOINT, weights_only=True)["model"].items():
+        assert torch.equal(tensor, torch.load(tmp_path / "resumed" / rundir.CHECKPOINT,
+                                              weights_only=True)["model"][name]), name
+    config = yaml.safe_load((tmp_path / "whole" / rundir.CONFIG).read_text())
+    assert rundir.fingerprint(config, 3) != rundir.fingerprint({**config, "train": {**config["train"],
+                                                                                      "ckpt_every": 3}}, 3)
