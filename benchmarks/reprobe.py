@@ -1,0 +1,68 @@
+"""Re-probe finished DEQ runs on their final weights: the gradient check of their equilibrium health again, over
+the DEQ blocks' parameters (what the engine judges, ``EquilibriumProbe.judged_parameters``) and over every
+trainable parameter (what it judged before 2026-12-06), at a chosen thread count.
+
+    python benchmarks/reprobe.py RUN_DIR [RUN_DIR ...] [--threads N]
+
+Prints one JSON line per run: its recorded ``eq/grad_cosine``, the re-probed cosines and their references'
+residuals. The run directory is only read: its config and last checkpoint (a completed run's final weights) are
+rebuilt in a temporary folder. With the thread count the run trained with (its provenance says), the blocks'
+cosine reproduces the recorded one; the order of floating-point sums moves a marginal run's reading with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+
+def reprobe(run_dir: Path, threads: int) -> dict[str, object]:
+    """The run's gradient cosines on its final weights at ``threads`` threads (see the module docstring)."""
+    from omegaconf import OmegaConf
+
+    from tiedlab.paradigms import engine, rundir
+
+    config = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
+    metrics = rundir.read_metrics(run_dir)
+    if metrics.get("status") != "completed" or (config.get("block") or {}).get("mode") != "deq":
+        raise ValueError(f"{run_dir} holds no completed DEQ run (status {metrics.get('status')!r})")
+    state = rundir.load_checkpoint(run_dir, rundir.fingerprint(config, metrics.get("fingerprint_version", 1)))
+    if state is None or state["loop"]["step"] != metrics.get("step"):
+        raise ValueError(f"{run_dir}: no checkpoint of its final step {metrics.get('step')}")
+    cfg = engine.as_config(config)
+    cfg.train.threads = threads
+    cfg.train.progress = False
+    spec = engine.validate(cfg)
+    out: dict[str, object] = {"run": str(run_dir), "threads": threads,
+                              "recorded": (metrics.get("metrics") or {}).get("eq/grad_cosine")}
+    with tempfile.TemporaryDirectory() as tmp:
+        opened = engine._Opened({}, OmegaConf.to_container(cfg, resolve=True), state["fingerprint"], state, False)
+        run = engine._Run(cfg, spec, Path(tmp), opened, [])
+        probe = run.probe
+        out["blocks"] = probe.grad_cosine(int(cfg.seed))
+        probe.judged_parameters = lambda: [p for p in run.model.parameters() if p.requires_grad]
+        out["all_parameters"] = probe.grad_cosine(int(cfg.seed))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories of completed DEQ runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = parser.parse_args(argv)
+    for run_dir in args.runs:
+        try:
+            print(json.dumps(reprobe(run_dir, args.threads)), flush=True)
+        except (ValueError, OSError) as err:
+            print(f"reprobe: {err}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

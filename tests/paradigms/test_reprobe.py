@@ -1,0 +1,38 @@
+"""benchmarks/reprobe.py: a finished DEQ run's gradient check, re-probed on its final weights, is the recorded one."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tiedlab.paradigms import rundir
+from tiedlab.paradigms.engine import train
+
+from support.benchmarks import load_benchmark
+from support.toy import with_changes
+
+TOY = dict(paradigm="support.toy:ToyParadigm", data={}, model={"width": 16}, optim=dict(lr=0.01),
+           train=dict(batch_size=64, epochs=None, max_steps=20, eval_every=10, ckpt_every=10, progress=False,
+                      log_every=0), block=dict(mode="deq"), equilibrium=dict(power_iters=5))
+
+
+def test_a_reprobe_on_the_final_weights_reproduces_the_recorded_cosine_and_leaves_the_run_alone(tmp_path):
+    reprobe = load_benchmark("reprobe").reprobe
+    threads = torch.get_num_threads()
+    result = train(with_changes(TOY), tmp_path / "deq")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "deq").iterdir()}
+    try:
+        again = reprobe(tmp_path / "deq", threads)
+    finally:
+        torch.set_num_threads(threads)
+    assert again["recorded"] == result["metrics"]["eq/grad_cosine"]
+    assert again["blocks"]["eq/grad_cosine"] == pytest.approx(again["recorded"], abs=1e-12)
+    assert math.isfinite(again["all_parameters"]["eq/grad_cosine"])
+    assert again["all_parameters"]["eq/grad_cosine"] != again["blocks"]["eq/grad_cosine"]  # the head's too
+    assert {p.name: p.read_bytes() for p in (tmp_path / "deq").iterdir()} == before  # only read
+    train(with_changes(TOY, block=dict(mode="tied")), tmp_path / "tied")
+    with pytest.raises(ValueError, match="holds no completed DEQ run"):
+        reprobe(tmp_path / "tied", threads)
+    assert (tmp_path / "deq" / rundir.CHECKPOINT).exists()
