@@ -2,10 +2,12 @@
 the DEQ blocks' parameters (what the engine judges, ``EquilibriumProbe.judged_parameters``) and over every
 trainable parameter (what it judged before 2026-12-06), at a chosen thread count.
 
-    python benchmarks/reprobe.py RUN_DIR [RUN_DIR ...] [--threads N]
+    python benchmarks/reprobe.py RUN_DIR [RUN_DIR ...] [--threads N] [--set train.amp=false ...]
 
 Prints one JSON line per run: its recorded ``eq/grad_cosine``, the re-probed cosines and their references'
-residuals. The run directory is only read: its config and last checkpoint (a completed run's final weights) are
+residuals. ``--set`` changes how the probe measures, not the model: ``train.amp`` (on CUDA the run's gradient is
+taken under bf16 autocast, its references in float32: ``train.amp=false`` takes both in float32 and so tells a
+flag for precision from one for the solve), ``train.device`` and the ``equilibrium.*`` settings. The run directory is only read: its config and last checkpoint (a completed run's final weights) are
 rebuilt in a temporary folder. With the thread count the run trained with (its provenance says), the blocks'
 cosine reproduces the recorded one; the order of floating-point sums moves a marginal run's reading with it.
 """
@@ -21,8 +23,12 @@ from pathlib import Path
 import yaml
 
 
-def reprobe(run_dir: Path, threads: int) -> dict[str, object]:
-    """The run's gradient cosines on its final weights at ``threads`` threads (see the module docstring)."""
+MEASUREMENT_KEYS = ("train.amp", "train.device", "equilibrium.")  # what --set may change: not the model
+
+
+def reprobe(run_dir: Path, threads: int, changes: dict[str, object] | None = None) -> dict[str, object]:
+    """The run's gradient cosines on its final weights at ``threads`` threads, with the measurement settings
+    ``changes`` (see the module docstring)."""
     from omegaconf import OmegaConf
 
     from tiedlab.paradigms import engine, rundir
@@ -37,8 +43,12 @@ def reprobe(run_dir: Path, threads: int) -> dict[str, object]:
     cfg = engine.as_config(config)
     cfg.train.threads = threads
     cfg.train.progress = False
+    for key, value in (changes or {}).items():
+        if not key.startswith(MEASUREMENT_KEYS) or key == "equilibrium.":
+            raise ValueError(f"--set {key}: only how the probe measures may change ({', '.join(MEASUREMENT_KEYS)}*)")
+        OmegaConf.update(cfg, key, value, merge=False)
     spec = engine.validate(cfg)
-    out: dict[str, object] = {"run": str(run_dir), "threads": threads,
+    out: dict[str, object] = {"run": str(run_dir), "threads": threads, "set": dict(changes or {}),
                               "recorded": (metrics.get("metrics") or {}).get("eq/grad_cosine")}
     with tempfile.TemporaryDirectory() as tmp:
         opened = engine._Opened({}, OmegaConf.to_container(cfg, resolve=True), state["fingerprint"], state, False)
@@ -54,10 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories of completed DEQ runs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"a measurement setting ({', '.join(MEASUREMENT_KEYS)}*), repeatable")
     args = parser.parse_args(argv)
+    changes = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item}: expected KEY=VALUE")
+        changes[key] = yaml.safe_load(value)
     for run_dir in args.runs:
         try:
-            print(json.dumps(reprobe(run_dir, args.threads)), flush=True)
+            print(json.dumps(reprobe(run_dir, args.threads, changes)), flush=True)
         except (ValueError, OSError) as err:
             print(f"reprobe: {err}", file=sys.stderr)
             return 2
