@@ -604,9 +604,13 @@ def _open_run_dir(cfg: DictConfig, run_dir: Path) -> _Opened:
     if _finished(cfg, previous):
         print(f"[tiedlab] {run_dir} already holds a finished run ({previous['status']}); nothing to do", file=sys.stderr)
         return _Opened(previous, plain, fp, None, finished=True)
-    # the checkpoint was written with the fingerprint of the version its metrics.json records (checked just above)
+    # the checkpoint was written with the fingerprint of the version its metrics.json records (checked just above);
+    # it is rewritten under the current one before metrics.json is (a crash in between would leave them disagreeing)
     state_dict = rundir.load_checkpoint(
         run_dir, rundir.fingerprint(plain, previous.get("fingerprint_version", 1)) if previous else fp)
+    if state_dict is not None and state_dict["fingerprint"] != fp:
+        state_dict["fingerprint"] = fp
+        rundir.save_checkpoint(run_dir, state_dict)
     if state_dict is not None:
         check_precision(cfg, state_dict, run_dir)
     if resume == "true" and state_dict is None:

@@ -372,6 +372,21 @@ def test_an_unfinished_run_of_an_older_fingerprint_version_resumes_from_its_chec
     (tmp_path / rundir.METRICS).write_text(json.dumps(metrics))
     state = torch.load(tmp_path / rundir.CHECKPOINT, weights_only=True)
     torch.save({**state, "fingerprint": old}, tmp_path / rundir.CHECKPOINT)
+    # a resume that dies before its first checkpoint (metrics.json rewritten under the current version by then)
+    # still leaves a run that resumes: the old checkpoint was rewritten under the current fingerprint first
+    real_run = engine._Run
+
+    def dies(*args, **kwargs):
+        real_run(*args, **kwargs)
+        raise RuntimeError("killed before the first checkpoint (planted)")
+
+    engine._Run = dies
+    try:
+        with pytest.raises(RuntimeError, match="planted"):
+            train(cfg(**{"block.norm": "spectral", "train.time_limit_s": None}), tmp_path)
+    finally:
+        engine._Run = real_run
+    assert json.loads((tmp_path / rundir.METRICS).read_text())["fingerprint"] == rundir.fingerprint(config)
     whole = train(cfg(**{"block.norm": "spectral", "train.time_limit_s": None}), tmp_path)
     assert whole["status"] == "completed" and whole["step"] == whole["total_steps"] == 10
     torch.save({**state, "fingerprint": "0" * 16}, tmp_path / rundir.CHECKPOINT)  # still refused: another config
