@@ -629,9 +629,9 @@ def robust_spread_p(a: Sequence[float], b: Sequence[float]) -> tuple[float, floa
     return brown_forsythe(a, b).p, diff
 
 
-# the fewest values per side a spread verdict is read at: with fewer (4 or 6; an even count repeats its middle
-# deviation) Brown-Forsythe and the F test are both liberal under skewed seed outcomes, lognormal ones deciding 3-6x
-# too often at 4 seeds (tests/reports/test_stats.py, test_spread_needs_eight_values_a_side)
+# the fewest values per side a spread verdict is read at: with fewer (4 or 6 in the simulations) Brown-Forsythe and
+# the F test are both liberal under skewed seed outcomes, lognormal ones deciding 2-6x too often at 4 seeds
+# (tests/reports/test_stats.py, test_spread_needs_eight_values_a_side)
 MIN_SPREAD_N = 8
 
 
