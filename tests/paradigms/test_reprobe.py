@@ -18,7 +18,7 @@ TOY = dict(paradigm="support.toy:ToyParadigm", data={}, model={"width": 16}, opt
                       log_every=0), block=dict(mode="deq"), equilibrium=dict(power_iters=5))
 
 
-def test_a_reprobe_on_the_final_weights_reproduces_the_recorded_cosine_and_leaves_the_run_alone(tmp_path):
+def test_a_reprobe_on_the_final_weights_reproduces_the_recorded_cosine_and_leaves_the_run_alone(tmp_path, capsys):
     reprobe = load_benchmark("reprobe").reprobe
     threads = torch.get_num_threads()
     result = train(with_changes(TOY), tmp_path / "deq")
@@ -28,6 +28,7 @@ def test_a_reprobe_on_the_final_weights_reproduces_the_recorded_cosine_and_leave
     finally:
         torch.set_num_threads(threads)
     assert again["recorded"] == result["metrics"]["eq/grad_cosine"]
+    assert (again["trained_in"], again["probed_in"]) == ("fp32", "fp32")
     assert again["blocks"]["eq/grad_cosine"] == pytest.approx(again["recorded"], abs=1e-12)
     assert math.isfinite(again["all_parameters"]["eq/grad_cosine"])
     assert again["all_parameters"]["eq/grad_cosine"] != again["blocks"]["eq/grad_cosine"]  # the head's too
@@ -38,6 +39,10 @@ def test_a_reprobe_on_the_final_weights_reproduces_the_recorded_cosine_and_leave
         reprobe(tmp_path / "deq", threads, {"model.width": 8})
     torch.set_num_threads(threads)
     train(with_changes(TOY, block=dict(mode="tied")), tmp_path / "tied")
-    with pytest.raises(ValueError, match="holds no completed DEQ run"):
+    with pytest.raises(ValueError, match=r"holds no completed DEQ run \(block.mode=tied, status 'completed'\)"):
         reprobe(tmp_path / "tied", threads)
+    assert load_benchmark("reprobe").main([str(tmp_path / "tied"), str(tmp_path / "deq"),
+                                           "--threads", str(threads)]) == 2
+    printed = capsys.readouterr()
+    assert f'"run": "{tmp_path / "deq"}"' in printed.out and printed.err.count("reprobe: ") == 1  # still re-probed
     assert (tmp_path / "deq" / rundir.CHECKPOINT).exists()
