@@ -12,7 +12,6 @@ resume do the rest.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import functools
 import itertools
 import json
@@ -624,9 +623,10 @@ STATUS_COLUMNS = ("runs", "done", "not_at_equilibrium", "diverged", "failed", "r
 def _lock_held(run_dir: Path) -> bool:
     """Whether a live process holds the run's lock, read from the holder line it wrote (``pid N on HOST since
     ...``; emptied on release) without touching the lock itself (taking it, even briefly, could refuse the run's
-    own start). On this host the pid is checked, and that its process started before the holder line's time (a
-    holder killed with SIGKILL leaves its line, and the pid may since name another process: a restarted container
-    counts pids from 1 again); a holder on another host counts as running while it keeps touching the lock
+    own start). On this host the pid is checked, and that its process is the one that wrote the line (the line
+    records its process's start, ``rundir.process_start_ticks``: a holder killed with SIGKILL leaves its line, and
+    the pid may since name another process, as when a restarted container counts pids from 1 again; a line without
+    it, from an older tiedlab, is judged by its pid alone); a holder on another host counts as running while it keeps touching the lock
     (``rundir.hold_lock``'s heartbeat): a lock untouched for ``rundir.LOCK_STALE_S`` seconds was left by a holder
     killed with no chance to clear it (SIGKILL, out of memory, a lost node)."""
     import re
@@ -638,7 +638,7 @@ def _lock_held(run_dir: Path) -> bool:
         touched = path.stat().st_mtime
     except OSError:
         return False
-    match = re.match(r"pid (\d+) on (\S+) since (\S+):", text)
+    match = re.match(r"pid (\d+) on (\S+) since \S+?(?: \(process start (\d+)\))?:(?:\s|$)", text)
     if not match:
         return False
     if match.group(2) != socket.gethostname():
@@ -650,26 +650,9 @@ def _lock_held(run_dir: Path) -> bool:
         return False
     except PermissionError:
         pass
-    started = process_start_time(pid)
-    try:
-        since = _dt.datetime.fromisoformat(match.group(3)).timestamp()
-    except ValueError:
-        since = None
-    # the holder wrote its line after it started (the line's time has whole seconds, /proc's boot time too): a start
-    # later than that is another process's
-    return started is None or since is None or started <= since + 2.0
-
-
-def process_start_time(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch), from /proc (None where /proc does not say: not
-    Linux, or the process is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time, in clock ticks
-    except (OSError, IndexError, ValueError, StopIteration):
-        return None
+    wrote = match.group(3)
+    now = rundir.process_start_ticks(pid)
+    return wrote is None or now is None or int(wrote) == now
 
 
 FINISHED_STATES = ("done", "not_at_equilibrium", "diverged")  # a study reuses these runs instead of training them

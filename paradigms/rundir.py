@@ -353,6 +353,15 @@ def _touch_until(fd: int, stop: threading.Event) -> None:
                 warned = True
 
 
+def process_start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (/proc/PID/stat's field 22; None where /proc does
+    not say: not Linux, or no such process). Unlike a wall-clock time it does not move when the clock is set."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 @contextlib.contextmanager
 def hold_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir/run.lock`` (an exclusive flock, released by the kernel if the process dies) while
@@ -381,7 +390,9 @@ def hold_lock(run_dir: Path) -> Iterator[None]:
             raise RunLockedError(f"{run_dir} is in use by another process ({holder}); wait for it to end or "
                                  "use another run directory") from None
         started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        holder = f"pid {os.getpid()} on {socket.gethostname()} since {started}: {' '.join(sys.argv)}".encode()
+        ticks = process_start_ticks(os.getpid())  # tells this process from a later one given the same pid
+        holder = (f"pid {os.getpid()} on {socket.gethostname()} since {started}"
+                  f"{'' if ticks is None else f' (process start {ticks})'}: {' '.join(sys.argv)}").encode()
         os.pwrite(fd, holder, 0)  # then cut what an earlier, longer holder left: never an empty file
         os.ftruncate(fd, len(holder))
         stop = threading.Event()

@@ -157,25 +157,28 @@ def test_a_deq_run_judged_under_other_equilibrium_thresholds_is_not_reused(tmp_p
     assert launch.judged_thresholds({**deq, "block": {"mode": "tied"}}) == {}
 
 
-def test_a_lock_whose_pid_now_names_a_younger_process_is_not_running(tmp_path):
+def test_a_lock_whose_pid_now_names_another_process_is_not_running(tmp_path):
     """A holder killed with SIGKILL leaves its line; its pid may later name another process (pids are reused, and a
-    restarted container counts from 1 again): a live pid whose process started after the line was written is not
-    the holder, so the run is resumed, not left 'running' forever."""
-    import datetime as dt
+    restarted container counts from 1 again): the line records its process's start (clock ticks since boot, which
+    a clock step does not move), so a live pid of another start is not the holder and the run is resumed, not left
+    'running' forever. A line without it (an older tiedlab) is judged by its pid alone."""
     import socket
 
     rundir.write_json(tmp_path / "metrics.json", {"status": "running", "step": 3, "total_steps": 9})
-    started = launch.process_start_time(os.getpid())
-    assert started is not None and abs(started - time.time()) < 10 * 24 * 3600  # /proc read right
+    ticks = rundir.process_start_ticks(os.getpid())
+    assert ticks is not None and rundir.process_start_ticks(2 ** 30) is None
 
-    def held_since(when):
-        stamp = dt.datetime.fromtimestamp(when).astimezone().isoformat(timespec="seconds")
-        (tmp_path / rundir.LOCK).write_text(f"pid {os.getpid()} on {socket.gethostname()} since {stamp}: python ...")
+    def held(start):
+        stamp = f" (process start {start})" if start is not None else ""
+        (tmp_path / rundir.LOCK).write_text(
+            f"pid {os.getpid()} on {socket.gethostname()} since 2026-12-06T07:00:00+00:00{stamp}: python ...")
         return launch.run_state(tmp_path)
 
-    assert held_since(time.time()) == "running"  # this process, alive, started before its line
-    assert held_since(started - 3600) == "stopped"  # the line is older than the process holding its pid now
+    assert held(ticks) == "running"  # this process wrote it
+    assert held(ticks + 1) == "stopped"  # another process, given this pid, after the writer died
+    assert held(None) == "running"  # an older line: the pid alone
     with rundir.hold_lock(tmp_path):  # the line the lock writes, read back
+        assert f"(process start {ticks}): " in (tmp_path / rundir.LOCK).read_text()
         assert launch.run_state(tmp_path) == "running"
 
 
