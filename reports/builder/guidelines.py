@@ -7,7 +7,7 @@ import statistics
 from typing import Any
 
 from .aggregate import Cell, best, groups
-from .load import seed_batch_sizes
+from .load import PER_PROCESS_METRICS, mixed_seed_batches
 
 BUDGETS: tuple[tuple[str, str], ...] = (("params/unique", "unique params"), ("params/nonzero", "nonzero params"),
                                         ("time/train_s", "training s"))
@@ -19,8 +19,6 @@ RULE = ("For each budget (the smallest, median and largest cell mean over the ce
         "pick's diverged runs are shown beside it; a cell with fewer runs had fewer chances to diverge). Training "
         "seconds are not a budget where the cells' runs trained in seed batches of different sizes (a batched run's "
         "seconds are its batch's divided by K).")
-# budgets measured on the training process: a seed batch of K shares them (seconds / K), so they compare at one K
-PER_PROCESS = ("time/train_s",)
 # budgets a DEQ cell is not priced under: its params/nonzero counts one application of its map, not a solve's
 NOT_FOR_DEQ = ("params/nonzero",)
 
@@ -50,10 +48,10 @@ def guidelines(cells: list[Cell]) -> list[dict[str, Any]]:
         picks, notes = [], []
         for key, name in BUDGETS:
             priced = [c for c in scored if not (key in NOT_FOR_DEQ and c.mode == "deq")]
-            sizes = sorted({k for c in priced for r in c.completed if (k := seed_batch_sizes(r))})
-            if key in PER_PROCESS and len(sizes) > 1:
-                notes.append(f"no {name} budget: the cells' runs trained in seed batches of different sizes "
-                             f"(K = {', '.join('/'.join(map(str, k)) for k in sizes)})")
+            mixed = mixed_seed_batches(r for c in priced for r in c.completed) \
+                if key.startswith(PER_PROCESS_METRICS) else ""
+            if mixed:
+                notes.append(f"no {name} budget: the cells' runs trained in seed batches of different sizes ({mixed})")
                 continue
             # budgets are cell means, as the costs they are compared with (a single run's cost, say the fastest
             # run's seconds, can lie below every cell's mean and then picks nothing)

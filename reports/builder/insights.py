@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from .aggregate import Cell, Stat, best, groups
-from .load import Run, seed_batch_sizes, to_float
+from .load import Run, mixed_seed_batches, to_float
 
 Z = 2.0  # a comparison is decided when |effect| > Z * SE
 SATURATION = 0.25  # insight 5: the last depth step gains less than this fraction of the first
@@ -50,7 +50,8 @@ INSIGHTS: dict[int, tuple[str, str]] = {
         "of every tied / DEQ cell, d = DEQ rate - tied rate with the two-proportion SE sqrt(p(1-p)(1/n_a + 1/n_b)) "
         "(p: the pooled rate); (b) spread over seeds, d = ln(pooled within-cell variance of DEQ / of tied) with "
         "SE = sqrt(2/df_a + 2/df_b) (df = sum of n - 1 over cells with >= 2 seeds; the large-sample SE of a log "
-        "variance). Both use the 2 SE rule."),
+        "variance). Both use the 2 SE rule, a screen: at a few seeds, and with skewed seed outcomes, (b) calls a "
+        "difference more often than its SE says (the primary spread verdict needs 8 seeds a side and two tests)."),
     4: ("distinct masks win",
         "Distinct masks beat a shared mask and no mask at the same unique parameters: among tied runs of the same "
         "width and depth (masks add no parameters), best distinct vs best shared cell of the same mask kind and "
@@ -215,13 +216,6 @@ def time_to_target(run: Run, target_score: float, x: str = "time/train_s") -> tu
     return (total if math.isfinite(total) else (curve[-1][0] if curve else math.nan)), False, False
 
 
-def mixed_seed_batches(runs: Iterable[Run]) -> str:
-    """"K = 1 vs 4" when the runs trained in seed batches of different sizes, so that their seconds (a batch's,
-    divided by K) and memory (a batch's) do not compare; "" when they did not, or their provenance does not say."""
-    sizes = {k for r in runs if (k := seed_batch_sizes(r))}
-    return "" if len(sizes) <= 1 else "K = " + " vs ".join("/".join(map(str, k)) for k in sorted(sizes))
-
-
 def insight2(cells: list[Cell]) -> list[Comparison]:
     out = []
     for w, tied, deq in _tied_vs_deq(cells):
@@ -230,7 +224,8 @@ def insight2(cells: list[Cell]) -> list[Comparison]:
             continue
         worse = min(a.score(), b.score())
         target = worse - (1 - TARGET_FRACTION) * abs(worse)
-        memory = {c: c.stat("memory/peak_mb") for c in (a, b)}
+        mixed = mixed_seed_batches(a.completed + b.completed)  # seconds and memory then do not compare
+        memory = {c: c.stat("memory/peak_mb") if not mixed else Stat.of([]) for c in (a, b)}
         target_metric = target if a.higher_is_better else -target
         # seconds to the target (step time and learning speed together) and steps to it (learning speed alone)
         for x, unit in (("time/train_s", "s"), ("step", "steps")):
@@ -241,7 +236,7 @@ def insight2(cells: list[Cell]) -> list[Comparison]:
 
             def shown(c: Cell, values: list[float]) -> str:
                 return (f"{c.title()} ({statistics.fmean(values) if values else math.nan:.3g} {unit}"
-                        + (f", peak {memory[c].mean:.4g} MB" if unit == "s" else "")
+                        + (f", peak {memory[c].mean:.4g} MB" if unit == "s" and not mixed else "")
                         + (f", {missed[c]} never reached" if missed[c] else "") + ")")
 
             comparison = compare(
@@ -253,12 +248,11 @@ def insight2(cells: list[Cell]) -> list[Comparison]:
             # a run that never reached the target counts its whole training: a lower bound of its time, which
             # flatters its side; so that side is not called ahead
             ahead_missed = {"holds": missed[a], "fails": missed[b]}.get(comparison.verdict, 0)
-            mixed = mixed_seed_batches(a.completed + b.completed) if unit == "s" else ""
             if not any(run.curve(x) for c in (a, b) for run in c.completed):
                 comparison = dataclasses.replace(comparison, verdict="inconclusive",
                                                  reason="no time curves (the runs' histories hold none, as in a "
                                                         "rebuild from summary.json)")
-            elif mixed:
+            elif mixed and unit == "s":
                 comparison = dataclasses.replace(
                     comparison, verdict="inconclusive",
                     reason=f"the runs trained in seed batches of different sizes ({mixed}): a batched run's seconds "

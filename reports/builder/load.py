@@ -200,6 +200,10 @@ class Run:
         return out
 
 
+# metrics measured on the training process: a seed batch of K shares them (seconds / K, the batch's peak memory)
+PER_PROCESS_METRICS = ("time/", "throughput/", "memory/")
+
+
 def seed_batch_sizes(run: Any) -> tuple[int, ...]:
     """The sizes of the seed batches a run trained in, one per distinct size over its sessions (1: trained alone;
     () when its provenance does not say). A run trained in a batch of K records the batch's step seconds divided by
@@ -207,6 +211,16 @@ def seed_batch_sizes(run: Any) -> tuple[int, ...]:
     same K. Takes any run-like object."""
     return tuple(sorted({int(p.get("seed_batch") or 1) for p in getattr(run, "provenance", None) or []
                          if isinstance(p, dict) and "seed_batch" in p}))
+
+
+def mixed_seed_batches(runs: Iterable[Any]) -> str:
+    """"K = 1 vs 4" when the runs trained in seed batches of different sizes ("unknown" for runs whose provenance
+    does not say, beside runs whose does), so that their per-process metrics (``PER_PROCESS_METRICS``) do not
+    compare; "" when they trained alike, or no run's provenance says."""
+    sizes = {seed_batch_sizes(r) for r in runs}
+    if len(sizes) <= 1:
+        return ""
+    return "K = " + " vs ".join("/".join(map(str, k)) if k else "unknown" for k in sorted(sizes))
 
 
 def set_apart(run: Any) -> bool:

@@ -31,7 +31,7 @@ from typing import Any, Hashable, Iterable, Mapping, Protocol
 
 from . import stats
 from .load import REPLICATE_KEYS  # the run-name keys that tell replicates apart (seed, fold), never arms
-from .load import seed_batch_sizes  # the seed-batch sizes a run trained in: its time and memory compare at one K
+from .load import PER_PROCESS_METRICS, seed_batch_sizes  # time and memory compare at one seed-batch size
 from .load import set_apart  # completed runs flagged not at equilibrium: left out of the arms, counted
 from .load import to_float
 
@@ -598,7 +598,6 @@ def stopped_early_notes(a: list[RunLike], b: list[RunLike]) -> list[str]:
     return out
 
 
-PER_PROCESS_METRICS = ("time/", "throughput/", "memory/")  # measured on the process: a seed batch's is shared
 
 
 def warmup_notes(metric: str, a: list[RunLike], b: list[RunLike]) -> list[str]:
@@ -610,14 +609,29 @@ def warmup_notes(metric: str, a: list[RunLike], b: list[RunLike]) -> list[str]:
         return []
     out = []
     for side, members in (("a", a), ("b", b)):
-        warm = [r for r in members if r.status == "completed"
-                if math.isfinite(to_float(r.metrics.get("time/warmup_step_ms")))]
+        done = [r for r in members if r.status == "completed"]
+        warm = [r for r in done if math.isfinite(to_float(r.metrics.get("time/warmup_step_ms")))]
         if warm:
             solve, unrolled = (statistics.fmean(to_float(r.metrics.get(k)) for r in warm)
                                for k in ("time/solve_step_ms", "time/warmup_step_ms"))
             out.append(f"arm {side}: {metric} includes the unrolled warm-up of {len(warm)} DEQ run(s) "
                        f"(train.deq_warmup_steps; mean ms per step: {solve:.3g} solving, {unrolled:.3g} warm-up)")
+        # runs from before the phases were timed: their config says whether they warmed up
+        timed = {id(r) for r in warm}
+        untimed = [r for r in done if id(r) not in timed and _warmup_steps(r)]
+        if untimed:
+            steps = "/".join(map(str, sorted({_warmup_steps(r) for r in untimed})))
+            out.append(f"arm {side}: {metric} includes the unrolled warm-up of {len(untimed)} DEQ run(s) "
+                       f"(train.deq_warmup_steps={steps}; its time was not recorded)")
     return out
+
+
+def _warmup_steps(run: RunLike) -> int:
+    """A DEQ run's warm-up steps as its config records them (0: none, not a DEQ, or no config: a rebuild)."""
+    config = getattr(run, "config", None) or {}
+    if (config.get("block") or {}).get("mode") != "deq":
+        return 0
+    return int((config.get("train") or {}).get("deq_warmup_steps") or 0)
 
 
 def seed_batch_differences(metric: str, a: list[RunLike], b: list[RunLike]) -> str:

@@ -425,6 +425,16 @@ def test_a_step_time_comparison_says_how_much_of_the_deqs_time_was_its_unrolled_
     assert not any("warm-up" in n for n in t.notes if n.startswith("arm b"))
     (acc,) = evaluate_primaries(load_primaries({"primary": {"comparisons": [spec()]}}), runs)
     assert not any("warm-up" in n for n in acc.notes)
+    for r in runs[4:6]:  # runs from before the phases were timed: their config says they warmed up
+        r.metrics = {k: v for k, v in r.metrics.items() if "warmup" not in k and "solve" not in k}
+        r.config, r.key = {"block": {"mode": "deq"}, "train": {"deq_warmup_steps": 50}}, {}
+    (older,) = evaluate_primaries(load_primaries({"primary": {"comparisons": [
+        spec(metric="time/step_ms", direction="lower", delta=0.1, a={"grid": "g", "where": {"block": "deq"}},
+             b={"grid": "g", "where": {"block": "tied"}})]}}), runs)
+    assert "arm a: time/step_ms includes the unrolled warm-up of 2 DEQ run(s) (train.deq_warmup_steps; mean ms " \
+        "per step: 30.5 solving, 10 warm-up)" in older.notes
+    assert "arm a: time/step_ms includes the unrolled warm-up of 2 DEQ run(s) (train.deq_warmup_steps=50; its " \
+        "time was not recorded)" in older.notes
 
 
 def test_runs_cut_by_the_time_limit_are_named_in_the_comparisons_notes():

@@ -631,13 +631,16 @@ def test_seconds_from_seed_batches_of_different_sizes_are_not_compared_outside_t
     assert seconds.verdict == "inconclusive" and "seed batches of different sizes (K = 1 vs 3)" in seconds.reason
     assert "ms/step not compared: seed batches of K = 1 vs 3" in wider.b and math.isnan(wider.extra["deeper_step_ms"])
     assert "time/train_s" not in budgets and "params/unique" in budgets
-    assert notes == ["no training s budget: the cells' runs trained in seed batches of different sizes (K = 1, 3)"]
+    assert notes == ["no training s budget: the cells' runs trained in seed batches of different sizes (K = 1 vs 3)"]
+    assert "peak" not in seconds.a and math.isnan(seconds.extra["deq_peak_mb"]["mean"])  # a batch's memory
     rebuilt = build_report([], tmp_path / "again", from_summary=tmp_path / "mixed" / "out" / "summary.json")
     assert [n for g in rebuilt.guidelines for n in g.get("notes", [])] == notes
 
     seconds, wider, budgets, notes = read(study(tmp_path / "alike", k_deq=3))
-    assert seconds.verdict == "holds" and "ms/step not compared" not in wider.b
+    assert seconds.verdict == "holds" and "ms/step not compared" not in wider.b and "peak" in seconds.a
     assert "time/train_s" in budgets and notes == []
+    seconds, *_ = read(study(tmp_path / "silent", k_deq=None))  # a provenance that does not say, beside K = 3
+    assert seconds.verdict == "inconclusive" and "(K = unknown vs 3)" in seconds.reason
 
 
 def test_the_cell_table_counts_seeds_where_run_directories_repeat_one(tmp_path):
