@@ -220,7 +220,12 @@ def mixed_seed_batches(runs: Iterable[Any]) -> str:
     sizes = {seed_batch_sizes(r) for r in runs}
     if len(sizes) <= 1:
         return ""
-    return "K = " + " vs ".join("/".join(map(str, k)) if k else "unknown" for k in sorted(sizes))
+    return "K = " + " vs ".join(map(seed_batch_label, sorted(sizes)))
+
+
+def seed_batch_label(sizes: tuple[int, ...]) -> str:
+    """``seed_batch_sizes`` as a report says it: "4", "1/4" (sessions of each), "unknown" (provenance silent)."""
+    return "/".join(map(str, sizes)) if sizes else "unknown"
 
 
 def set_apart(run: Any) -> bool:

@@ -31,7 +31,7 @@ from typing import Any, Hashable, Iterable, Mapping, Protocol
 
 from . import stats
 from .load import REPLICATE_KEYS  # the run-name keys that tell replicates apart (seed, fold), never arms
-from .load import PER_PROCESS_METRICS, seed_batch_sizes  # time and memory compare at one seed-batch size
+from .load import PER_PROCESS_METRICS, seed_batch_label, seed_batch_sizes  # time and memory: at one seed batch
 from .load import set_apart  # completed runs flagged not at equilibrium: left out of the arms, counted
 from .load import to_float
 
@@ -447,6 +447,13 @@ def _values(spec: PrimarySpec, runs: list[RunLike], notes: list[str], side: str)
     return merged
 
 
+def replicate_name(rid: Hashable) -> str:
+    """A replicate id as a note says it: "seed 3", "seed 3, fold 1", or the run's name."""
+    if not isinstance(rid, tuple):
+        return str(rid)
+    return ", ".join(f"{k.split('.')[-1]} {v}" for k, v in zip(REPLICATE_KEYS, rid) if v is not None)
+
+
 def replicate_seed(rid: Hashable) -> Hashable:
     """The seed of a replicate id ((seed, fold) -> seed; a run name, the id of a run without either, as it is)."""
     return rid[0] if isinstance(rid, tuple) else rid
@@ -636,26 +643,28 @@ def _warmup_steps(run: RunLike) -> int:
 
 def seed_batch_differences(metric: str, a: list[RunLike], b: list[RunLike]) -> str:
     """For a time, throughput or memory metric: how the runs' seed batches differ ("" when each pair of runs of one
-    seed, or every run when the arms are not paired, trained in batches of one size, or when provenance does not
-    say). A run trained in a seed batch of K records the batch's step seconds divided by K and the batch's peak
-    memory, so it is not compared with a run trained in batches of another size (separate runs: K = 1)."""
+    seed, or every run when the arms are not paired, trained in batches of one size, or when no provenance says).
+    A run trained in a seed batch of K records the batch's step seconds divided by K and the batch's peak memory,
+    so it is not compared with a run trained in batches of another size (separate runs: K = 1), nor with one whose
+    provenance does not say beside one whose does (``mixed_seed_batches``' rule)."""
     if not metric.startswith(PER_PROCESS_METRICS):
         return ""
 
     def sizes(members: list[RunLike]) -> dict[Hashable, tuple[int, ...]]:  # replicate -> its sessions' batch sizes
-        return {replicate_id(r): k for r in members if r.status in ("completed", "diverged")
-                if (k := seed_batch_sizes(r))}
+        return {replicate_id(r): seed_batch_sizes(r) for r in members if r.status in ("completed", "diverged")}
 
     ka, kb = sizes(a), sizes(b)
     common = ka.keys() & kb.keys()
     if common:  # paired by seed: each pair's runs must have trained in batches of one size
-        differ = sorted((str(s), ka[s], kb[s]) for s in common if ka[s] != kb[s])
+        differ = sorted((replicate_name(s), ka[s], kb[s]) for s in common if ka[s] != kb[s])
     else:
         differ = [] if len(set(ka.values()) | set(kb.values())) <= 1 else [("-", ka, kb)]
     if not differ:
         return ""
-    shown = ", ".join(f"replicate {s}: K = {x} vs {y}" for s, x, y in differ[:3]) if common else \
-        f"arm a: K = {sorted(set(ka.values()))}, arm b: K = {sorted(set(kb.values()))}"
+    shown = ", ".join(f"{s}: K = {seed_batch_label(x)} vs {seed_batch_label(y)}"
+                      for s, x, y in differ[:3]) if common else \
+        "; ".join(f"arm {side}: K = {', '.join(map(seed_batch_label, sorted(set(k.values()))))}"
+                  for side, k in (("a", ka), ("b", kb)))
     return (f"{metric} was measured in seed batches of different sizes ({shown}): a batched run's seconds are the "
             "batch's divided by K, its memory the batch's")
 

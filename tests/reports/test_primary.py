@@ -397,7 +397,7 @@ def test_step_times_from_seed_batches_of_another_size_are_not_compared():
                                                               delta=0.1)]}})
     accuracy = load_primaries({"primary": {"comparisons": [spec()]}})
     (t,) = evaluate_primaries(timing, arms(4, 1))
-    assert t.verdict == "undetermined" and "measured in seed batches of different sizes (replicate" in t.reason
+    assert t.verdict == "undetermined" and "measured in seed batches of different sizes (seed 0: K = 4 vs 1" in t.reason
     looks = arms(4, 4)  # a later look's seeds in batches of 2, on both arms alike: still comparable
     for r in looks:
         if r.name.endswith(("seed=2", "seed=3")):
@@ -408,6 +408,15 @@ def test_step_times_from_seed_batches_of_another_size_are_not_compared():
     assert acc.verdict == "holds"
     (same,) = evaluate_primaries(timing, arms(1, 1))
     assert same.verdict == "holds"
+    silent = arms(1, 1)  # arm b's provenance does not say (a run from before it did): not set beside K = 1
+    for r in silent[4:]:
+        r.provenance = []
+    (unknown,) = evaluate_primaries(timing, silent)
+    assert unknown.verdict == "undetermined" and "(seed 0: K = 1 vs unknown, seed 1: K = 1 vs unknown" in unknown.reason
+    for r in silent:  # no provenance says: compared, as before seed batches existed
+        r.provenance = []
+    (before,) = evaluate_primaries(timing, silent)
+    assert before.verdict == "holds"
 
 
 def test_a_step_time_comparison_says_how_much_of_the_deqs_time_was_its_unrolled_warm_up():
