@@ -630,8 +630,8 @@ def robust_spread_p(a: Sequence[float], b: Sequence[float]) -> tuple[float, floa
 
 
 # the fewest values per side a spread verdict is read at: with fewer (4 or 6 in the simulations) Brown-Forsythe and
-# the F test are both liberal under skewed seed outcomes, lognormal ones deciding 2-6x too often at 4 seeds
-# (tests/reports/test_stats.py, test_spread_needs_eight_values_a_side)
+# the F test are both liberal under skewed seed outcomes, lognormal ones deciding together 2-5x too often at 4 seeds
+# (benchmarks/spread_calibration.py; tests/reports/test_stats.py, test_spread_needs_eight_values_a_side)
 MIN_SPREAD_N = 8
 
 
@@ -649,7 +649,7 @@ def variance_test(a_groups: Sequence[Sequence[float]], b_groups: Sequence[Sequen
     seeds at 5x the spread), so the verdict reads p = max(p_f, p_robust) (``robust_spread_p``) when both tests'
     directions agree and p = 1 when they do not: a decision needs both. Neither is calibrated under every
     distribution, and their agreement does not make it so at small n: with 4 lognormal seeds a side (sigma 1.5-2)
-    both decide together 3-6x too often at the studies' levels. So a verdict also needs ``MIN_SPREAD_N`` (8) values a
+    both decide together 2-5x too often at the studies' levels (benchmarks/spread_calibration.py). So a verdict also needs ``MIN_SPREAD_N`` (8) values a
     side, where the simulations of tests/reports/test_stats.py (normal, t(3), 10% of seeds at 5x the spread,
     lognormal sigma 1 and 1.5) keep its rate within alpha; with fewer, p is nan and p_f and the interval are given.
     The robust test takes one cell per side; with several, p is nan (no verdict) likewise.

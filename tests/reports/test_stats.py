@@ -639,3 +639,14 @@ def test_variance_seeds_needed_reaches_the_power_it_promises():
     assert 0.75 <= power <= 0.95  # the smallest n reaching 80%: at or just above it
     assert S.variance_seeds_needed(4.0, power=0.5) < n
     assert S.variance_seeds_needed(1.0) is None
+
+
+def test_the_spread_calibration_benchmark_prints_its_table(capsys):
+    """benchmarks/spread_calibration.py, the command behind the README's numbers, runs (a few simulations)."""
+    from support.benchmarks import load_benchmark
+
+    assert load_benchmark("spread_calibration").main(["--sims", "5", "--seeds", "4,8"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 4 |") or
+            line.startswith("| 8 |")]
+    assert len(rows) == 12 and all(line.count("x)") == 4 for line in rows)
+    assert all("/ 0.0000 (0.0x)" in line for line in rows if line.startswith("| 4 |"))  # no verdict below 8
