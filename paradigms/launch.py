@@ -320,6 +320,12 @@ def node_gpus(spec: str) -> list[str]:
         if outside:
             raise ValueError(f"--gpus={spec}: {','.join(outside)} not among the GPUs this shell was given "
                              f"(CUDA_VISIBLE_DEVICES={given}); name its integer ids, or use --gpus all")
+    else:  # a run given an id the node lacks would see no GPU and train on CPU (train.device=auto)
+        have = count_gpus()
+        outside = [i for i in ids if not i.isdigit() or int(i) >= have]
+        if outside:
+            raise ValueError(f"--gpus={spec}: {','.join(outside)} not among this node's {have} GPU(s) (nvidia-smi); "
+                             "name ids below that, or use --gpus all")
     return ids
 
 
@@ -550,7 +556,11 @@ def submit_slurm(runs: list[RunSpec], folder: Path, options: dict[str, Any], nam
                  cluster: str | None = None) -> list[Any]:
     """Submit every run as one job array (at most ``array_parallelism`` running at once) and return the jobs
     without waiting. A job that times out is requeued (up to ``max_num_timeout`` times; preemptions without
-    limit) and resumes its run. ``cluster`` "local" runs the same submission as local processes (tests)."""
+    limit) and resumes its run. ``cluster`` "local" runs the same submission as local processes (tests).
+
+    Raises:
+        ValueError: sbatch refused the array (one line, with Slurm's message).
+    """
     import submitit
 
     o = dict(options)
@@ -568,7 +578,13 @@ def submit_slurm(runs: list[RunSpec], folder: Path, options: dict[str, Any], nam
         if o.get(key) is not None:
             params[f"slurm_{key}"] = o.pop(key)
     executor.update_parameters(**params)
-    return executor.map_array(StudyRun(), runs)
+    from submitit.core.utils import FailedJobError
+
+    try:
+        return executor.map_array(StudyRun(), runs)
+    except FailedJobError as err:  # sbatch refused the array (a partition, account or limit): its own words
+        said = " ".join(str(err).split())
+        raise ValueError(f"Slurm refused the submission of {len(runs)} runs: {said[:400]}") from None
 
 
 def slurm_queued(record: Path, job_name: str) -> dict[str, str]:
@@ -704,8 +720,26 @@ def _cell_config(overrides: tuple[str, ...]) -> dict[str, Any]:
                 parent.pop(leaf, None)
         return {**group_key(OmegaConf.to_container(OmegaConf.create(plain), resolve=True)), **judged}
     except (HydraException, OmegaConfBaseException) as err:
-        raise ValueError(f"the overrides {' '.join(overrides)} do not compose ({' '.join(str(err).split())}), so "
-                         "the study cannot check that its finished runs are of this config") from None
+        raise ValueError(f"the overrides {' '.join(overrides)} do not compose ({' '.join(str(err).split())}): "
+                         "fix the grid's or the command's") from None
+
+
+def _cell_of(run: RunSpec) -> tuple[str, ...]:
+    """The overrides of ``run``'s cell: its own less the replicate keys (seed, fold)."""
+    from tiedlab.reports.load import REPLICATE_KEYS
+
+    return tuple(o for o in run.overrides if o.split("=", 1)[0].lstrip("+~") not in REPLICATE_KEYS)
+
+
+def check_composes(runs: Sequence[RunSpec]) -> None:
+    """Compose the cell of one run of each grid (``_cell_config``, cached), so that a mistyped override of a grid
+    or of the command is one line before anything is launched, not a failure in every task a scheduler starts.
+
+    Raises:
+        ValueError: naming the overrides that do not compose.
+    """
+    for run in {run.grid: run for run in runs}.values():
+        _cell_config(_cell_of(run))
 
 
 def check_reused(runs: Sequence[RunSpec]) -> None:
@@ -721,13 +755,12 @@ def check_reused(runs: Sequence[RunSpec]) -> None:
     """
     import yaml
 
-    from tiedlab.reports.load import REPLICATE_KEYS, group_key
+    from tiedlab.reports.load import group_key
 
     for run in runs:
         if run_state(Path(run.run_dir)) not in FINISHED_STATES:
             continue
-        cell = tuple(o for o in run.overrides if o.split("=", 1)[0].lstrip("+~") not in REPLICATE_KEYS)
-        now = _cell_config(cell)
+        now = _cell_config(_cell_of(run))
         try:
             raw = yaml.safe_load((Path(run.run_dir) / rundir.CONFIG).read_text()) or {}
             recorded = {**group_key(raw), **judged_thresholds(raw)}
@@ -763,7 +796,9 @@ def run_state(run_dir: Path) -> str:
     """done | not_at_equilibrium (done, but a DEQ that did not end at equilibrium) | diverged | failed |
     running (its process holds the lock) | stopped (started, not running: interrupted, killed or time-limited;
     a rerun resumes it, or for a run that used its time limit trains nothing unless the limit grew,
-    ``used_time_limit``) | pending (never started)."""
+    ``used_time_limit``) | pending (never started). A run that took its lock and released it without writing
+    metrics.json failed before training (missing data, a bad override: its cli.log says); one whose lock still
+    names a holder that is gone was killed before it wrote anything (stopped)."""
     try:
         metrics = rundir.read_metrics(run_dir)
     except rundir.RunDirError:
@@ -780,7 +815,11 @@ def run_state(run_dir: Path) -> str:
         return "not_at_equilibrium" if isinstance(eq, dict) and eq.get("at_equilibrium") is False else "done"
     if metrics or (run_dir / rundir.CHECKPOINT).exists():
         return "stopped"
-    return "pending"
+    try:
+        holder = (run_dir / rundir.LOCK).read_text(errors="replace").strip()
+    except OSError:
+        return "pending"
+    return "stopped" if holder else "failed"
 
 
 def study_status(runs: list[RunSpec]) -> dict[str, dict[str, int]]:

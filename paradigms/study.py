@@ -395,20 +395,23 @@ def run_grids(study_name: str, grids: list[dict[str, Any]], runs: Path, args: ar
 
 
 def _unfinished(study_name: str, grids: list[dict[str, Any]], runs: Path, args: argparse.Namespace) -> list[Any]:
-    """The runs of ``grids`` to launch: all but the finished ones (all of them when extra overrides were given,
-    as for multirun) and those running now.
+    """The runs of ``grids`` to launch: all but the finished ones (``launch.check_reused`` has checked that they
+    are this command's, extra overrides included) and those running now. One run of each grid is composed first,
+    so that a mistyped override is one line here, not a failure in every task a scheduler starts.
 
     Raises:
-        ValueError: a finished run was trained with another config (``launch.check_reused``).
+        ValueError: a finished run was trained with another config (``launch.check_reused``), or a grid's
+            overrides and the command's do not compose.
     """
     todo = []
     every = launch.study_runs({"name": study_name, "grids": grids}, runs, args.overrides)
     launch.check_reused(every)
+    launch.check_composes(every)
     for run in every:
         state = launch.run_state(Path(run.run_dir))
         if state == "running":
             print(f"= {run.name}: running in another process; left to it", flush=True)
-        elif state in launch.FINISHED_STATES and not args.overrides:
+        elif state in launch.FINISHED_STATES:
             continue
         else:
             todo.append(run)
@@ -423,8 +426,13 @@ def _why_not_batchable(run: Any) -> str | None:
         from .cli import compose_config
         from .seedbatch import why_not_batchable
 
-        _WHY_NOT_BATCHABLE[cell] = why_not_batchable(
-            compose_config([*run.overrides, f"run_dir={launch._quoted(run.run_dir)}"]))
+        from hydra.errors import HydraException
+
+        try:
+            composed = compose_config([*run.overrides, f"run_dir={launch._quoted(run.run_dir)}"])
+        except HydraException as err:
+            raise ValueError(f"{run.name}: its overrides do not compose ({str(err).splitlines()[0]})") from None
+        _WHY_NOT_BATCHABLE[cell] = why_not_batchable(composed)
     return _WHY_NOT_BATCHABLE[cell]
 
 

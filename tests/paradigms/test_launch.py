@@ -121,7 +121,8 @@ def test_a_finished_run_of_another_config_is_refused_not_reported_as_the_grids(t
     del config["optim"]["weight_decay"]
     older.write_text(yaml.safe_dump(config))
     assert study_module.study(["toy", "--runs", str(runs), "--no-report", "train.max_steps=1"]) == 0
-    assert study_module._unfinished("toy", grids, runs, argparse.Namespace(overrides=["train.max_steps=1"]))
+    # reused, not refused; and finished as this command composes them: nothing to launch
+    assert study_module._unfinished("toy", grids, runs, argparse.Namespace(overrides=["train.max_steps=1"])) == []
     edited = [{**grids[0], "overrides": [*TOY, "train.max_steps=1", "model.width=4"]}]
     write_study(tmp_path, monkeypatch, edited)  # the grid's overrides edited after its runs
     with pytest.raises(ValueError, match=r"holds a finished run of another config"):
@@ -182,6 +183,17 @@ def test_a_lock_whose_pid_now_names_another_process_is_not_running(tmp_path):
         assert launch.run_state(tmp_path) == "running"
 
 
+def test_a_run_that_exited_before_writing_metrics_is_failed_and_one_killed_then_is_stopped(tmp_path):
+    """A Slurm task that dies on missing data leaves its lock (released, empty) and no metrics.json: --status said
+    'pending' (never started) forever; one killed before it wrote anything leaves its holder's line."""
+    assert launch.run_state(tmp_path) == "pending"
+    (tmp_path / rundir.LOCK).write_text("")  # taken and released
+    assert launch.run_state(tmp_path) == "failed"
+    (tmp_path / rundir.LOCK).write_text("pid 999999 on some-host since 2026-12-06T07:00:00+00:00: python ...")
+    os.utime(tmp_path / rundir.LOCK, (time.time() - rundir.LOCK_STALE_S - 5,) * 2)
+    assert launch.run_state(tmp_path) == "stopped"
+
+
 def test_a_lock_left_on_another_host_counts_as_running_only_while_its_holder_touches_it(tmp_path, monkeypatch):
     """A holder killed with SIGKILL on another node cannot clear its line, and its pid cannot be checked from here:
     the lock's age tells (the holder's heartbeat touches it), so the run is resumed, not left 'running' forever."""
@@ -229,6 +241,8 @@ def test_gpus_are_those_this_shell_was_given_and_ray_cluster_threads_fit_a_node(
     monkeypatch.setattr(launch, "count_gpus", lambda: 4)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert launch.node_gpus("all") == ["0", "1", "2", "3"] and launch.node_gpus("1,3") == ["1", "3"]
+    with pytest.raises(ValueError, match=r"--gpus=1,5: 5 not among this node's 4 GPU\(s\)"):
+        launch.node_gpus("1,5")  # its runs would see no GPU and train on CPU
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # a Slurm job's or a shared machine's share
     assert launch.node_gpus("all") == ["2", "3"] and launch.node_gpus("3") == ["3"]
     with pytest.raises(ValueError, match=r"--gpus=0,1: 0,1 not among the GPUs this shell was given"):
@@ -315,6 +329,8 @@ def test_ray_places_all_grids_on_fake_gpus_k_per_gpu_and_a_killed_worker_resumes
     grids = [{"name": "a", "overrides": long, "sweep": {"seed": [0, 1, 2, 3]}},
              {"name": "b", "overrides": [*TOY, "train.max_steps=30", "block=explicit"], "sweep": {"seed": [0, 1, 2]}}]
     write_study(tmp_path, monkeypatch, grids)
+    monkeypatch.setattr(launch, "count_gpus", lambda: 3)  # the fake node's GPUs
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     runs = tmp_path / "runs"
     events = runs / ".launch" / "events.jsonl"
     killed: dict[str, str] = {}
@@ -496,3 +512,38 @@ def test_sigterm_to_a_study_checkpoints_its_runs_in_flight_and_starts_no_other(t
         assert torch.load(d / rundir.CHECKPOINT, weights_only=True)["loop"]["step"] == m["step"]
     assert not any((d / rundir.METRICS).exists() for d in dirs if d not in started)  # never started
     assert not any(pid and alive(pid) for pid in holders)
+
+
+def test_a_submission_slurm_refuses_is_one_line_with_its_words(tmp_path, monkeypatch):
+    """sbatch refusing the array (a partition, an account) was a 38-line traceback; now one line with its message."""
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, script in (("sbatch", "echo 'sbatch: error: invalid partition specified: gpux' >&2\nexit 1"),
+                         ("srun", "exit 0")):  # submitit looks for srun to tell a Slurm cluster
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{script}\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    run = launch.RunSpec("g", ("paradigm=vision", "seed=0"), str(tmp_path / "runs" / "g" / "seed=0"))
+    with pytest.raises(ValueError, match=r"^Slurm refused the submission of 1 runs: .*invalid partition specified: "
+                                         r"gpux") as err:
+        launch.submit_slurm([run], tmp_path / ".submitit", {"timeout_min": 5, "partition": "gpux"}, name="t",
+                            cluster="slurm")
+    assert "\n" not in str(err.value)
+
+
+def test_a_scheduler_submission_skips_finished_runs_under_extra_overrides_and_refuses_a_typo_in_one_line(
+        tmp_path, monkeypatch, capsys):
+    """With an extra override that does not change the runs (a bookkeeping key), the finished runs are this
+    command's (check_reused) and are not submitted again (each cost a queued job); a mistyped override is one line
+    before anything is submitted, not a failure in every task."""
+    grids = [{"name": "g", "overrides": [*TOY, "train.max_steps=2"], "sweep": {"seed": [0, 1]}}]
+    write_study(tmp_path, monkeypatch, grids)
+    runs = tmp_path / "runs"
+    assert study_module.study(["toy", "--runs", str(runs), "--no-report"]) == 0
+    capsys.readouterr()
+    assert study_module.study(["toy", "--runs", str(runs), "--slurm", "--dry-run", "train.threads=1"]) == 0
+    assert "[tiedlab] 0 runs to submit" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"do not compose \(Could not override 'model.widht'") as err:
+        study_module.study(["toy", "--runs", str(runs), "--slurm", "--dry-run", "model.widht=3"])
+    assert "\n" not in str(err.value)  # the command line prints it as one line (tiedlab-study: error: ...)
