@@ -4,7 +4,7 @@ and its ratio to alpha, with and without the ``MIN_SPREAD_N`` rule (the two test
 
     python benchmarks/spread_calibration.py [--sims 4000] [--seeds 4,6,8,12]
 
-Prints a markdown table (about a minute at the defaults). The distributions: normal, t(3), 10% of seeds at 5x the
+Prints a markdown table (1.5-2 minutes at the defaults on a 2-core CPU). The distributions: normal, t(3), 10% of seeds at 5x the
 spread, exponential, lognormal (sigma 1.5 and 2; skewed seed outcomes).
 """
 
