@@ -341,8 +341,12 @@ def cluster_threads(nodes: list[dict[str, float]], *, gpus: bool, per_gpu: int, 
     return max(1, min(sum(cpus) // max(1, jobs), max(cpus, default=1)))
 
 
-def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: bool) -> dict[str, Any]:
-    """Inside a Ray worker: train ``run`` on the GPU Ray gave this task (the only device the run sees)."""
+RAY_GPU = "ray"  # ``_ray_task``'s device: the GPU share Ray gave the task (a cluster), not one named by the driver
+
+
+def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: str | None) -> dict[str, Any]:
+    """Inside a Ray worker: train ``run`` on ``gpu`` (a device id the driver placed it on; ``RAY_GPU``: the GPU
+    Ray gave this task; None: no GPU), the only device the run sees."""
     import threading
 
     import ray
@@ -354,9 +358,8 @@ def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: bool) 
 
     env = dict(os.environ)
     device = None
-    if gpu:
-        ids = ray.get_gpu_ids()
-        device = ",".join(str(i) for i in ids)
+    if gpu is not None:
+        device = ",".join(str(i) for i in ray.get_gpu_ids()) if gpu == RAY_GPU else gpu
         env["CUDA_VISIBLE_DEVICES"] = device
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -376,6 +379,11 @@ def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: bool) 
     return {"run": run.name, "gpu": device, "code": code}
 
 
+def _gpu_slot(n: int) -> str:
+    """The Ray resource that stands for this node's ``n``-th GPU given to the study (``per_gpu`` units of it)."""
+    return f"tiedlab_gpu_{n}"
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity: what a Slurm allocation, a cgroup cpuset or taskset
     gives), which the runs' threads split; ``os.cpu_count()`` counts the whole machine's."""
@@ -388,10 +396,12 @@ def usable_cpus() -> int:
 def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: int, address: str | None,
                  record: Path | None, retries: int = 3,
                  on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Train ``runs`` with Ray: on GPUs (``gpus`` "all" or ids), ``per_gpu`` at a time on each (a fractional GPU
-    resource of 1/per_gpu per run, so Ray never puts more than ``per_gpu`` on one), each run pinned to its GPU;
-    without GPUs, ``jobs`` at a time with the CPU cores split between them. On a Ray cluster (``address``) the
-    runs go wherever the cluster has room (the runs folder must be on a shared file system). A worker that dies
+    """Train ``runs`` with Ray: on GPUs (``gpus`` "all" or ids), ``per_gpu`` at a time on each, each run pinned to
+    its GPU: on this node the driver places each run on the GPU with the fewest runs in flight (a resource of
+    ``per_gpu`` units per GPU, one per run; Ray's fractional GPUs would fill the first GPUs first and leave the
+    others idle when fewer runs than slots are left); on a Ray cluster (``address``) a fractional GPU resource of
+    1/per_gpu per run, placed by Ray wherever the cluster has room (the runs folder on a shared file system).
+    Without GPUs, ``jobs`` at a time with the CPU cores split between them. A worker that dies
     (killed, out of memory, a lost node) is retried ``retries`` times: its run resumes from its checkpoint.
     Returns one {"run", "gpu", "code"} per run (code -1: the task failed ``retries`` + 1 times)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -417,8 +427,8 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
         try:
             if address is None:
                 # slots x threads CPUs, each run asking for threads: never more than ``slots`` runs at once
-                ray.init(num_cpus=slots * threads, num_gpus=len(ids), include_dashboard=False,
-                         log_to_driver=False, configure_logging=False)
+                ray.init(num_cpus=slots * threads, num_gpus=0, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False, resources={_gpu_slot(n): per_gpu for n in range(len(ids))})
             else:
                 ray.init(address=address, log_to_driver=False)
                 nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
@@ -431,26 +441,40 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
         finally:
             if sigterm is _raise_stopped:
                 signal.signal(signal.SIGTERM, sigterm)
+        placed = address is None and bool(gpus)  # this node's GPUs, placed by the driver
         options: dict[str, Any] = {"num_cpus": threads, "max_retries": retries, "retry_exceptions": False}
-        if gpus:
+        if gpus and not placed:
             options["num_gpus"] = 1.0 / per_gpu
-        task = ray.remote(_ray_task).options(**options)
-        pending: dict[Any, RunSpec] = {}
+        remote = ray.remote(_ray_task)
+        task = remote.options(**options)
+        on_gpu = [remote.options(**options, resources={_gpu_slot(n): 1}) for n in range(len(ids))] if placed else []
+        pending: dict[Any, tuple[RunSpec, int | None]] = {}  # a task: its run and the GPU (index) it was placed on
+        in_flight = [0] * (len(ids) if placed else 0)
         results = []
         waiting = list(runs)
-        # on a cluster without GPUs the CPUs would hold more than ``jobs`` runs: at most ``jobs`` are in flight
-        limit = jobs if address is not None and not gpus else len(runs)
+        # at most a slot's worth in flight: this node's GPU slots; on a cluster without GPUs ``jobs`` (its CPUs
+        # would hold more)
+        limit = len(ids) * per_gpu if placed else jobs if address is not None and not gpus else len(runs)
+        where = str(record) if record else None
 
         def submit() -> None:
             run = waiting.pop(0)
-            pending[task.remote(run, threads, str(record) if record else None, bool(gpus))] = run
+            if placed:
+                n = min(range(len(ids)), key=lambda i: in_flight[i])  # the least loaded, the lowest index first
+                in_flight[n] += 1
+                ref = on_gpu[n].remote(run, threads, where, ids[n])
+                pending[ref] = (run, n)
+            else:
+                pending[task.remote(run, threads, where, RAY_GPU if gpus else None)] = (run, None)
 
         try:
             while waiting and len(pending) < limit:
                 submit()
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
-                run = pending.pop(done[0])
+                run, n = pending.pop(done[0])
+                if n is not None:
+                    in_flight[n] -= 1
                 if waiting:
                     submit()
                 try:

@@ -547,3 +547,21 @@ def test_a_scheduler_submission_skips_finished_runs_under_extra_overrides_and_re
     with pytest.raises(ValueError, match=r"do not compose \(Could not override 'model.widht'") as err:
         study_module.study(["toy", "--runs", str(runs), "--slurm", "--dry-run", "model.widht=3"])
     assert "\n" not in str(err.value)  # the command line prints it as one line (tiedlab-study: error: ...)
+
+
+def _fake_ray_task(run, threads, record, gpu):
+    """A Ray task that trains nothing: holds its slot a moment and says where it was placed."""
+    time.sleep(1.0)
+    return {"run": run.name, "gpu": gpu, "code": 0}
+
+
+def test_ray_spreads_fewer_runs_than_slots_over_every_gpu(monkeypatch):
+    """4 runs with --per-gpu 4 on 4 GPUs: one on each (Ray's fractional shares put all four on GPU 0, and a look or
+    a study's last runs crowded the first GPUs while the others idled)."""
+    pytest.importorskip("ray")
+    monkeypatch.setattr(launch, "count_gpus", lambda: 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(launch, "_ray_task", _fake_ray_task)
+    runs = [launch.RunSpec("g", (f"seed={i}",), f"/nonexistent/g/seed={i}") for i in range(4)]
+    results = launch.run_with_ray(runs, gpus="all", per_gpu=4, jobs=1, address=None, record=None)
+    assert sorted(r["gpu"] for r in results) == ["0", "1", "2", "3"], results
