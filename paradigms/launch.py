@@ -370,7 +370,9 @@ def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: str | 
         _event(path, event="child", run=run.name, gpu=device, pid=proc.pid)
         while proc.poll() is None:  # a poll, not a blocking wait: ray.cancel's KeyboardInterrupt lands between sleeps
             time.sleep(0.2)
-    except KeyboardInterrupt:  # ray.cancel (the study was stopped): the run checkpoints and stops
+    except (KeyboardInterrupt, SystemExit):  # ray.cancel (the study was stopped), or a SIGTERM to the worker (Ray's
+        # handler exits: a preemption or `scancel` signals every process of the job): the run checkpoints and stops
+        # before the worker goes (it would take the run with it, ``_on_parent_death``)
         stop_process(proc)
         _event(path, event="end", run=run.name, gpu=device, code=proc.returncode, stopped=True)
         raise

@@ -565,3 +565,36 @@ def test_ray_spreads_fewer_runs_than_slots_over_every_gpu(monkeypatch):
     runs = [launch.RunSpec("g", (f"seed={i}",), f"/nonexistent/g/seed={i}") for i in range(4)]
     results = launch.run_with_ray(runs, gpus="all", per_gpu=4, jobs=1, address=None, record=None)
     assert sorted(r["gpu"] for r in results) == ["0", "1", "2", "3"], results
+
+
+def test_a_sigterm_to_a_ray_worker_lets_its_run_checkpoint_before_the_worker_exits(tmp_path, monkeypatch):
+    """Ray's workers exit on SIGTERM (their handler raises SystemExit), and a run dies with its worker: a signal to
+    the whole job (a preemption, scancel) killed the runs before they could checkpoint. The worker now stops its
+    run (SIGTERM, then waits for it) before it exits. Here a stand-in run takes 1 s to 'checkpoint'."""
+    marker = tmp_path / "checkpointed"
+    child = ("import signal, sys, time\n"
+             "def stop(*_):\n    time.sleep(1.0)\n"
+             f"    open({str(marker)!r}, 'w').write('yes')\n    sys.exit(75)\n"
+             "signal.signal(signal.SIGTERM, stop)\nprint('ready', flush=True)\ntime.sleep(60)\n")
+    started = []
+
+    def start(run, env, threads=None, new_session=False):
+        proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        started.append(proc)
+        return proc
+
+    def exit_on_sigterm(signum, frame):  # what Ray's worker does
+        raise SystemExit(signum)
+
+    monkeypatch.setattr(launch, "start_run", start)
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        with pytest.raises(SystemExit):
+            launch._ray_task(launch.RunSpec("g", ("seed=0",), str(tmp_path / "g" / "seed=0")), None, None, None)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, previous)
+    assert marker.read_text() == "yes" and started[0].returncode == 75
