@@ -283,13 +283,23 @@ def gpu_ids(spec: str) -> list[str] | None:
 
 
 def count_gpus() -> int:
-    """How many GPUs this machine has (nvidia-smi; CUDA is never initialised in this process)."""
+    """How many GPUs this machine has (nvidia-smi; CUDA is never initialised in this process; 0 when nvidia-smi
+    is absent or does not answer)."""
+    return listed_gpus() or 0
+
+
+def listed_gpus() -> int | None:
+    """How many GPUs nvidia-smi lists (None: no nvidia-smi, or it failed or did not answer in 30 s: not known, as
+    in a container that mounts the CUDA library alone)."""
     import shutil
 
     if not shutil.which("nvidia-smi"):
-        return 0
-    proc = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=30)
-    return sum(1 for line in proc.stdout.splitlines() if line.startswith("GPU ")) if proc.returncode == 0 else 0
+        return None
+    try:
+        proc = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return sum(1 for line in proc.stdout.splitlines() if line.startswith("GPU ")) if proc.returncode == 0 else None
 
 
 def node_gpus(spec: str) -> list[str]:
@@ -320,8 +330,7 @@ def node_gpus(spec: str) -> list[str]:
         if outside:
             raise ValueError(f"--gpus={spec}: {','.join(outside)} not among the GPUs this shell was given "
                              f"(CUDA_VISIBLE_DEVICES={given}); name its integer ids, or use --gpus all")
-    else:  # a run given an id the node lacks would see no GPU and train on CPU (train.device=auto)
-        have = count_gpus()
+    elif (have := listed_gpus()) is not None:  # an id the node lacks: its runs would see no GPU, train on CPU
         outside = [i for i in ids if not i.isdigit() or int(i) >= have]
         if outside:
             raise ValueError(f"--gpus={spec}: {','.join(outside)} not among this node's {have} GPU(s) (nvidia-smi); "
@@ -758,14 +767,15 @@ def _cell_of(run: RunSpec) -> tuple[str, ...]:
 
 
 def check_composes(runs: Sequence[RunSpec]) -> None:
-    """Compose the cell of one run of each grid (``_cell_config``, cached), so that a mistyped override of a grid
-    or of the command is one line before anything is launched, not a failure in every task a scheduler starts.
+    """Compose each cell of ``runs`` once (``_cell_config``, cached), so that a mistyped override of a grid, of a
+    swept value or of the command is one line before anything is launched, not a failure in every task a
+    scheduler starts.
 
     Raises:
         ValueError: naming the overrides that do not compose.
     """
-    for run in {run.grid: run for run in runs}.values():
-        _cell_config(_cell_of(run))
+    for cell in dict.fromkeys(_cell_of(run) for run in runs):
+        _cell_config(cell)
 
 
 def check_reused(runs: Sequence[RunSpec]) -> None:
@@ -845,6 +855,8 @@ def run_state(run_dir: Path) -> str:
         holder = (run_dir / rundir.LOCK).read_text(errors="replace").strip()
     except OSError:
         return "pending"
+    if _lock_held(run_dir) or (run_dir / rundir.METRICS).exists():  # it started since the reads above
+        return "running"
     return "stopped" if holder else "failed"
 
 

@@ -204,13 +204,35 @@ class Run:
 PER_PROCESS_METRICS = ("time/", "throughput/", "memory/")
 
 
+# seed batches exist since this time (commit 7918ec6); provenance records a session's batch size since 35e65b8
+SEED_BATCHES_SINCE = "2026-12-02T05:07:36+00:00"
+
+
 def seed_batch_sizes(run: Any) -> tuple[int, ...]:
-    """The sizes of the seed batches a run trained in, one per distinct size over its sessions (1: trained alone;
-    () when its provenance does not say). A run trained in a batch of K records the batch's step seconds divided by
-    K and the batch's peak memory (``paradigms/seedbatch.py``), so its time and memory compare only with runs of the
-    same K. Takes any run-like object."""
-    return tuple(sorted({int(p.get("seed_batch") or 1) for p in getattr(run, "provenance", None) or []
-                         if isinstance(p, dict) and "seed_batch" in p}))
+    """The sizes of the seed batches a run trained in, one per distinct size over its sessions (1: trained alone,
+    as every session that started before seed batches existed did; () when its provenance does not say). A run
+    trained in a batch of K records the batch's step seconds divided by K and the batch's peak memory
+    (``paradigms/seedbatch.py``), so its time and memory compare only with runs of the same K. Takes any run-like
+    object."""
+    sizes = set()
+    for p in getattr(run, "provenance", None) or []:
+        if not isinstance(p, dict):
+            continue
+        if "seed_batch" in p:
+            sizes.add(int(p.get("seed_batch") or 1))
+        elif _started_before(p.get("started"), SEED_BATCHES_SINCE):
+            sizes.add(1)
+    return tuple(sorted(sizes))
+
+
+def _started_before(started: Any, when: str) -> bool:
+    """Whether an ISO time (a session's ``started``) lies before ``when`` (False when it is not a time)."""
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(str(started)) < dt.datetime.fromisoformat(when)
+    except (TypeError, ValueError):
+        return False
 
 
 def mixed_seed_batches(runs: Iterable[Any]) -> str:

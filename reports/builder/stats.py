@@ -649,10 +649,11 @@ def variance_test(a_groups: Sequence[Sequence[float]], b_groups: Sequence[Sequen
     seeds at 5x the spread), so the verdict reads p = max(p_f, p_robust) (``robust_spread_p``) when both tests'
     directions agree and p = 1 when they do not: a decision needs both. Neither is calibrated under every
     distribution, and their agreement does not make it so at small n: with 4 lognormal seeds a side (sigma 1.5-2)
-    both decide together 2-5x too often at the studies' levels (benchmarks/spread_calibration.py). So a verdict also needs ``MIN_SPREAD_N`` (8) values a
-    side, where the simulations of tests/reports/test_stats.py (normal, t(3), 10% of seeds at 5x the spread,
-    lognormal sigma 1 and 1.5) keep its rate within alpha; with fewer, p is nan and p_f and the interval are given.
-    The robust test takes one cell per side; with several, p is nan (no verdict) likewise.
+    both decide together 2-5x too often at the studies' levels (benchmarks/spread_calibration.py). So a verdict
+    also needs ``MIN_SPREAD_N`` (8) values a side, where the simulations (tests/reports/test_stats.py;
+    benchmarks/spread_calibration.py) keep its rate within alpha but for lognormal seeds at a family's level
+    (1.2-1.3x at 8 seeds); with fewer, p is nan and p_f and the interval are given. The robust test takes one cell
+    per side; with several, p is nan (no verdict) likewise.
     """
     alpha = _check_alpha(alpha)
     (va, dfa), (vb, dfb) = _pooled(a_groups, "A"), _pooled(b_groups, "B")

@@ -238,11 +238,14 @@ def test_runs_still_in_slurms_queue_are_not_submitted_again(tmp_path, monkeypatc
 
 
 def test_gpus_are_those_this_shell_was_given_and_ray_cluster_threads_fit_a_node(monkeypatch):
-    monkeypatch.setattr(launch, "count_gpus", lambda: 4)
+    monkeypatch.setattr(launch, "listed_gpus", lambda: 4)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert launch.node_gpus("all") == ["0", "1", "2", "3"] and launch.node_gpus("1,3") == ["1", "3"]
     with pytest.raises(ValueError, match=r"--gpus=1,5: 5 not among this node's 4 GPU\(s\)"):
         launch.node_gpus("1,5")  # its runs would see no GPU and train on CPU
+    monkeypatch.setattr(launch, "listed_gpus", lambda: None)  # no nvidia-smi (CUDA may still work): not refused
+    assert launch.node_gpus("1,5") == ["1", "5"]
+    monkeypatch.setattr(launch, "listed_gpus", lambda: 4)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # a Slurm job's or a shared machine's share
     assert launch.node_gpus("all") == ["2", "3"] and launch.node_gpus("3") == ["3"]
     with pytest.raises(ValueError, match=r"--gpus=0,1: 0,1 not among the GPUs this shell was given"):
@@ -280,7 +283,7 @@ def test_a_studys_runs_at_once_price_its_plan_and_looks_on_every_gpu_it_places_r
         args = {"jobs": 1, "gpus": None, "per_gpu": None, "ray_address": None, **given}
         return study_module.study_slots(argparse.Namespace(**args))
 
-    monkeypatch.setattr(launch, "count_gpus", lambda: 8)
+    monkeypatch.setattr(launch, "listed_gpus", lambda: 8)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert slots(jobs=2) == (2, "")
     assert slots(gpus="all") == (8, "") and slots(gpus="all", per_gpu=3) == (24, "")
@@ -329,7 +332,7 @@ def test_ray_places_all_grids_on_fake_gpus_k_per_gpu_and_a_killed_worker_resumes
     grids = [{"name": "a", "overrides": long, "sweep": {"seed": [0, 1, 2, 3]}},
              {"name": "b", "overrides": [*TOY, "train.max_steps=30", "block=explicit"], "sweep": {"seed": [0, 1, 2]}}]
     write_study(tmp_path, monkeypatch, grids)
-    monkeypatch.setattr(launch, "count_gpus", lambda: 3)  # the fake node's GPUs
+    monkeypatch.setattr(launch, "listed_gpus", lambda: 3)  # the fake node's GPUs
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     runs = tmp_path / "runs"
     events = runs / ".launch" / "events.jsonl"
@@ -559,7 +562,7 @@ def test_ray_spreads_fewer_runs_than_slots_over_every_gpu(monkeypatch):
     """4 runs with --per-gpu 4 on 4 GPUs: one on each (Ray's fractional shares put all four on GPU 0, and a look or
     a study's last runs crowded the first GPUs while the others idled)."""
     pytest.importorskip("ray")
-    monkeypatch.setattr(launch, "count_gpus", lambda: 4)
+    monkeypatch.setattr(launch, "listed_gpus", lambda: 4)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(launch, "_ray_task", _fake_ray_task)
     runs = [launch.RunSpec("g", (f"seed={i}",), f"/nonexistent/g/seed={i}") for i in range(4)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -639,8 +640,15 @@ def test_seconds_from_seed_batches_of_different_sizes_are_not_compared_outside_t
     seconds, wider, budgets, notes = read(study(tmp_path / "alike", k_deq=3))
     assert seconds.verdict == "holds" and "ms/step not compared" not in wider.b and "peak" in seconds.a
     assert "time/train_s" in budgets and notes == []
-    seconds, *_ = read(study(tmp_path / "silent", k_deq=None))  # a provenance that does not say, beside K = 3
-    assert seconds.verdict == "inconclusive" and "(K = unknown vs 3)" in seconds.reason
+    # a provenance that does not say: K = 1 for a session from before seed batches existed (the fixture's, 2026-01),
+    # unknown after
+    seconds, *_ = read(study(tmp_path / "silent", k_deq=None))
+    assert seconds.verdict == "inconclusive" and "(K = 1 vs 3)" in seconds.reason
+    from tiedlab.reports.load import mixed_seed_batches, seed_batch_sizes
+
+    later = SimpleNamespace(provenance=[{"started": "2026-12-04T10:00:00+00:00"}])
+    assert seed_batch_sizes(later) == () and seed_batch_sizes(SimpleNamespace(provenance=[])) == ()
+    assert mixed_seed_batches([later, SimpleNamespace(provenance=[{"seed_batch": 3}])]) == "K = unknown vs 3"
 
 
 def test_the_cell_table_counts_seeds_where_run_directories_repeat_one(tmp_path):
