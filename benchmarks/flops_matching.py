@@ -1,6 +1,6 @@
-"""The compute behind the studies' matched-compute comparisons (the ``flops`` and ``flops/*`` ids): distinct masks at width w and
-density d against the dense tied model at width about w * sqrt(d), which the study files label "the same nonzeros
-and FLOPs" (per layer of the cell). This counts what each arm's model computes, to say how near that is.
+"""The compute behind the studies' matched-compute comparisons (the ``flops`` and ``flops/*`` ids): distinct masks
+at width w and density d against the dense tied model at width about w * sqrt(d), which the study files label "the
+same nonzeros and FLOPs" (per layer of the cell). This counts what each arm's model computes, to say how near that is.
 
     python benchmarks/flops_matching.py [--studies quick,masks,...] [--out FILE.md]
 

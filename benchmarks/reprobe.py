@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 
-MEASUREMENT_KEYS = ("train.amp", "train.device", "equilibrium.")  # what --set may change: not the model
+MEASUREMENT_KEYS = ("train.amp", "train.device", "equilibrium.")  # what --set may change (equilibrium.*): not the model
 
 
 def reprobe(run_dir: Path, threads: int | None = None, changes: dict[str, object] | None = None
@@ -57,7 +57,7 @@ def reprobe(run_dir: Path, threads: int | None = None, changes: dict[str, object
     cfg.train.progress = False
     cfg.logger.name = "local"
     for key, value in (changes or {}).items():
-        if not key.startswith(MEASUREMENT_KEYS) or key == "equilibrium.":
+        if not (key in MEASUREMENT_KEYS[:2] or (key.startswith("equilibrium.") and key != "equilibrium.")):
             raise ValueError(f"--set {key}: only how the probe measures may change ({', '.join(MEASUREMENT_KEYS)}*)")
         OmegaConf.update(cfg, key, value, merge=False)
     spec = engine.validate(cfg)

@@ -4,8 +4,8 @@ and its ratio to alpha, with and without the ``MIN_SPREAD_N`` rule (the two test
 
     python benchmarks/spread_calibration.py [--sims 4000] [--seeds 4,6,8,12]
 
-Prints a markdown table (1.5-2 minutes at the defaults on a 2-core CPU). The distributions: normal, t(3), 10% of seeds at 5x the
-spread, exponential, lognormal (sigma 1.5 and 2; skewed seed outcomes).
+Prints a markdown table (1.5-2 minutes at the defaults on a 2-core CPU). The distributions: normal, t(3), 10% of
+seeds at 5x the spread, exponential, lognormal (sigma 1.5 and 2; skewed seed outcomes).
 """
 
 from __future__ import annotations

@@ -677,9 +677,9 @@ def _lock_held(run_dir: Path) -> bool:
     own start). On this host the pid is checked, and that its process is the one that wrote the line (the line
     records its process's start, ``rundir.process_start_ticks``: a holder killed with SIGKILL leaves its line, and
     the pid may since name another process, as when a restarted container counts pids from 1 again; a line without
-    it, from an older tiedlab, is judged by its pid alone); a holder on another host counts as running while it keeps touching the lock
-    (``rundir.hold_lock``'s heartbeat): a lock untouched for ``rundir.LOCK_STALE_S`` seconds was left by a holder
-    killed with no chance to clear it (SIGKILL, out of memory, a lost node)."""
+    it, from an older tiedlab, is judged by its pid alone); a holder on another host counts as running while it
+    keeps touching the lock (``rundir.hold_lock``'s heartbeat): a lock untouched for ``rundir.LOCK_STALE_S`` seconds
+    was left by a holder killed with no chance to clear it (SIGKILL, out of memory, a lost node)."""
     import re
     import socket
 

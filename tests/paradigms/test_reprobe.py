@@ -35,8 +35,9 @@ def test_a_reprobe_on_the_final_weights_reproduces_the_recorded_cosine_and_leave
     assert {p.name: p.read_bytes() for p in (tmp_path / "deq").iterdir()} == before  # only read
     other = reprobe(tmp_path / "deq", threads, {"equilibrium.reference_tol": 1e-5, "train.amp": False})
     assert other["blocks"]["eq/grad_cosine"] != again["blocks"]["eq/grad_cosine"]  # a looser reference
-    with pytest.raises(ValueError, match=r"--set model.width: only how the probe measures may change"):
-        reprobe(tmp_path / "deq", threads, {"model.width": 8})
+    for key in ("model.width", "train.amp_scale"):
+        with pytest.raises(ValueError, match=rf"--set {key}: only how the probe measures may change"):
+            reprobe(tmp_path / "deq", threads, {key: 8})
     torch.set_num_threads(threads)
     train(with_changes(TOY, block=dict(mode="tied")), tmp_path / "tied")
     with pytest.raises(ValueError, match=r"holds no completed DEQ run \(block.mode=tied, status 'completed'\)"):
