@@ -237,19 +237,31 @@ def run_command(run: "RunSpec | SeedBatchSpec", threads: int | None = None) -> l
     return cmd
 
 
-def start_run(run: RunSpec, env: dict[str, str], threads: int | None = None,
-              new_session: bool = False) -> subprocess.Popen:
+def start_run(run: RunSpec, env: dict[str, str], threads: int | None = None, new_session: bool = False,
+              death_signal: int = signal.SIGKILL) -> subprocess.Popen:
     """Start ``run``'s training process, its output appended to ``RUN_DIR/launch.log`` (with ``new_session``, in
-    a session of its own: a terminal's Ctrl-C does not reach it, its launcher passes a stop on)."""
+    a session of its own: a terminal's Ctrl-C does not reach it, its launcher passes a stop on). The process gets
+    ``death_signal`` when its launcher dies: SIGKILL leaves no orphan holding the run's lock; SIGTERM lets the run
+    checkpoint and stop on its own (it holds the lock until it has)."""
     Path(run.run_dir).mkdir(parents=True, exist_ok=True)
     log = open(Path(run.run_dir) / "launch.log", "ab")  # noqa: SIM115 - the child holds it; closed when it exits
     try:
         return subprocess.Popen(run_command(run, threads), env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=new_session,
-                                # SIGKILL when the parent (a Ray worker, a submitit job) dies: no orphan holds the lock
-                                preexec_fn=_on_parent_death(signal.SIGKILL))
+                                preexec_fn=_on_parent_death(death_signal))
     finally:
         log.close()
+
+
+def wait_for_locks(run_dirs: Sequence[str | Path], wait_s: float = STOP_WAIT_S) -> list[str]:
+    """Wait up to ``wait_s`` seconds until no live process holds the lock of any of ``run_dirs`` (runs that
+    outlived their launcher, checkpointing); returns those still held then."""
+    deadline = time.time() + wait_s
+    held = [str(d) for d in run_dirs if _lock_held(Path(d))]
+    while held and time.time() < deadline:
+        time.sleep(0.2)
+        held = [d for d in held if _lock_held(Path(d))]
+    return held
 
 
 def _event(record: Path | None, **fields: Any) -> None:
@@ -373,16 +385,26 @@ def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: str | 
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     path = Path(record) if record else None
+    # A retried task (its worker died) waits for the run's previous process, which checkpoints on its own
+    # (its death signal is SIGTERM) and holds the run's lock until it has.
+    wait_for_locks([run.run_dir])
     _event(path, event="start", run=run.name, gpu=device, pid=os.getpid())
-    proc = start_run(run, env, threads, new_session=True)
+    proc = start_run(run, env, threads, new_session=True, death_signal=signal.SIGTERM)
     try:
         _event(path, event="child", run=run.name, gpu=device, pid=proc.pid)
         while proc.poll() is None:  # a poll, not a blocking wait: ray.cancel's KeyboardInterrupt lands between sleeps
             time.sleep(0.2)
     except (KeyboardInterrupt, SystemExit):  # ray.cancel (the study was stopped), or a SIGTERM to the worker (Ray's
         # handler exits: a preemption or `scancel` signals every process of the job): the run checkpoints and stops
-        # before the worker goes (it would take the run with it, ``_on_parent_death``)
-        stop_process(proc)
+        # before the worker goes. The next signal (the driver's cancel after a job-wide SIGTERM) is ignored until it
+        # has: it would SIGKILL the run (``stop_process``'s second stop)
+        main = threading.current_thread() is threading.main_thread()
+        ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+        try:
+            stop_process(proc)
+        finally:
+            for sig, handler in ignored.items():
+                signal.signal(sig, handler)
         _event(path, event="end", run=run.name, gpu=device, code=proc.returncode, stopped=True)
         raise
     code = proc.returncode
@@ -434,6 +456,7 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
     # ray.init puts its own SIGTERM handler in place (sys.exit, then its C++ one, which aborts the driver and
     # leaves the runs in flight to be killed with it): keep the caller's (``raise_on_sigterm``).
     sigterm = signal.getsignal(signal.SIGTERM)
+    stopping: list[str] = []  # the run dirs of the runs in flight when the study was stopped
     try:
         try:
             if address is None:
@@ -496,6 +519,7 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
                 if on_done is not None:
                     on_done(result)
         except BaseException:  # Ctrl-C or SIGTERM: runs not started never start, runs in flight checkpoint and stop
+            stopping.extend(run.run_dir for run, _ in pending.values())
             for ref in pending:
                 ray.cancel(ref)
             try:
@@ -506,6 +530,9 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
         return results
     finally:
         ray.shutdown()
+        # A run whose worker went first (a job-wide SIGTERM reaches Ray's processes too; the shutdown kills the
+        # workers) checkpoints on its own: the study ends after its runs in flight have.
+        wait_for_locks(stopping)
 
 
 # --------------------------------------------------------------------------------------------------- Slurm

@@ -474,11 +474,14 @@ def alive(pid: int) -> bool:
 @pytest.mark.parametrize("argv,sig", [
     ([], signal.SIGTERM), ([], signal.SIGINT),
     pytest.param(["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"], signal.SIGTERM, marks=pytest.mark.slow),
-    pytest.param(["--jobs", "2"], signal.SIGTERM, marks=pytest.mark.slow)],
-    ids=["multirun", "multirun-ctrl-c", "joblib", "ray"])
+    pytest.param(["--jobs", "2"], signal.SIGTERM, marks=pytest.mark.slow),
+    pytest.param(["--jobs", "2", "group"], signal.SIGTERM, marks=pytest.mark.slow),
+    pytest.param(["--jobs", "2", "job"], signal.SIGTERM, marks=pytest.mark.slow)],
+    ids=["multirun", "multirun-ctrl-c", "joblib", "ray", "ray-process-group", "ray-every-process"])
 def test_sigterm_to_a_study_checkpoints_its_runs_in_flight_and_starts_no_other(tmp_path, monkeypatch, argv, sig):
     """SIGTERM to tiedlab-study started in the background (SIGINT ignored, as after `nohup ... &`; a scheduler,
-    `kill`, a CI timeout) or Ctrl-C (SIGINT to the study: its runs are in sessions of their own): the runs in
+    `kill`, a CI timeout) or Ctrl-C (SIGINT to the study: its runs are in sessions of their own), and for Ray a
+    SIGTERM to the study's process group or to every process of it (Ray's workers exit on it): the runs in
     flight checkpoint and end as interrupted, no further run starts
     (Hydra's multirun does not go on to its next job, Ray's pending runs are cancelled), no process of the
     study is left, and the study exits 128 + the signal's number with one line."""
@@ -489,6 +492,13 @@ def test_sigterm_to_a_study_checkpoints_its_runs_in_flight_and_starts_no_other(t
     grids = [{"name": "g", "overrides": [*TOY, "train.max_steps=30000", "train.ckpt_every=100000",
                                          "train.eval_every=100", "train.batch_size=32"],
               "sweep": {"seed": [0, 1, 2]}}]
+    # "group": the signal goes to the study's process group (`kill -TERM -PGID`: Ray's processes too, not the runs,
+    # in sessions of their own); "job": to every process, runs included (a Slurm preemption, `scancel`)
+    to = next((a for a in argv if a in ("group", "job")), None)
+    argv = [a for a in argv if a not in ("group", "job")]
+    if to:  # steps of 2 s, as a real model's: a run's stop waits for its step in flight, then checkpoints (Ray's
+        # processes and the driver's cancel killed the runs first: failed every time with steps of 2 s)
+        grids[0]["overrides"] += ["data.step_sleep_s=2", "train.eval_every=1"]
     write_study(tmp_path, monkeypatch, grids)
     runs = tmp_path / "runs"
     study = start_study(tmp_path, ["--runs", str(runs), "--no-report", *argv], background=sig == signal.SIGTERM)
@@ -503,7 +513,12 @@ def test_sigterm_to_a_study_checkpoints_its_runs_in_flight_and_starts_no_other(t
     try:
         started = wait_for(evaluated, 240, f"{in_flight} runs' first evaluation")
         holders = [holder_pid(d) for d in started]
-        study.send_signal(sig)
+        if to:
+            os.killpg(study.pid, sig)
+            for pid in holders if to == "job" else []:
+                os.kill(pid, sig)
+        else:
+            study.send_signal(sig)
         out, err = study.communicate(timeout=240)
     finally:
         kill_group(study)  # the study's own runs are in sessions of their own: see the last assertion
@@ -581,7 +596,7 @@ def test_a_sigterm_to_a_ray_worker_lets_its_run_checkpoint_before_the_worker_exi
              "signal.signal(signal.SIGTERM, stop)\nprint('ready', flush=True)\ntime.sleep(60)\n")
     started = []
 
-    def start(run, env, threads=None, new_session=False):
+    def start(run, env, threads=None, new_session=False, death_signal=None):
         proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
         started.append(proc)

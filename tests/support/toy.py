@@ -27,6 +27,7 @@ class ToyData:
     sigterm_on_test: bool = False  # test hook: scoring the test split (the final evaluation) sends this process SIGTERM
     val_batch: int | None = None  # test hook: score the splits in batches of this many samples (one batch: None)
     nan_val_from: int | None = None  # test hook: poison the validation inputs from this index on
+    step_sleep_s: float = 0.0  # test hook: every training step takes this much longer (a stop waits for the step)
 
 
 @dataclass
@@ -108,6 +109,10 @@ class ToyParadigm(Paradigm):
             raise RuntimeError(f"planted failure after {self.data_opts.fail_after} steps")
         if self.data_opts.nan_input_after is not None and self.steps > self.data_opts.nan_input_after:
             x = x * float("nan")
+        if self.data_opts.step_sleep_s:
+            import time
+
+            time.sleep(self.data_opts.step_sleep_s)
         logits, stats = model(x)
         loss = F.cross_entropy(logits, y)
         return StepOutput(loss, stats, {"train/acc": (logits.argmax(1) == y).float().mean()})
