@@ -142,10 +142,23 @@ class Paradigm(ABC):
         """Loss (and block stats) of one batch in train mode."""
 
     def evaluate(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
-        """Quality on ``split`` ("val", "test", or "train" where ``scores_train``): ``score`` in eval mode under no_grad, the model's mode
-        restored after (an error too)."""
+        """Quality on ``split`` ("val", "test", or "train" where ``scores_train``): ``score`` in eval mode under
+        no_grad, the model's mode restored after (an error too).
+
+        Raises:
+            ValueError: ``score`` gave a key without the ``split/`` prefix (a test score would overwrite a
+                validation one) or, on val and test, no ``split/primary_metric`` (what reports rank and decide by).
+        """
         with eval_mode(model):
-            return self.score(model, data, split)
+            out = self.score(model, data, split)
+        name = type(self).__name__
+        stray = sorted(k for k in out if not k.startswith(f"{split}/"))
+        if stray:
+            raise ValueError(f"{name}.score(split={split!r}) gave {stray}: every key must start with '{split}/'")
+        if split != "train" and f"{split}/{self.primary_metric}" not in out:
+            raise ValueError(f"{name}.score(split={split!r}) gave no '{split}/{self.primary_metric}' (its "
+                             f"primary_metric); it gave {sorted(out)}")
+        return out
 
     @abstractmethod
     def score(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:

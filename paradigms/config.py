@@ -269,8 +269,8 @@ def measurement_values(section: Mapping[str, Any]) -> dict[str, Any]:
 
 def ignored_options(cfg: Any, overrides: Sequence[str] = (), unread: Mapping[str, str] | None = None) -> list[str]:
     """Options that a run would silently ignore, one message each: the solver and implicit gradient of a block
-    that is not a DEQ, a DEQ's gradient options its grad.mode does not read and a warm-up depth without warm-up
-    steps, equilibrium thresholds of a block that is not a DEQ, the optimiser options of another optimiser, mask
+    that is not a DEQ, a DEQ's gradient options its grad.mode does not read, a warm-up depth without warm-up
+    steps and the depth of a DEQ without distinct masks that no warm-up reads, equilibrium thresholds of a block that is not a DEQ, the optimiser options of another optimiser, mask
     options without a mask mode or of another mask kind, a wandb logger's options with the local logger, and the
     keys of ``unread`` (the paradigm's ``unread_options``: key -> why) set on the command line. ``overrides`` are
     the command line's (``key=value``), so that a key set there is named even when its value equals the default.
@@ -306,6 +306,11 @@ def ignored_options(cfg: Any, overrides: Sequence[str] = (), unread: Mapping[str
                        "tol; phantom: steps, tau; onestep: neither)")
         if not cfg.train.deq_warmup_steps and "train.deq_warmup_depth" in keys:
             out.append("train.deq_warmup_depth ignored: train.deq_warmup_steps=0 (no warm-up)")
+        warmup_reads_depth = cfg.train.deq_warmup_steps and cfg.train.deq_warmup_depth is None
+        if "block.depth" in keys and cfg.mask.mode != "distinct" and not warmup_reads_depth:
+            out.append(f"block.depth ignored: a DEQ with mask.mode={cfg.mask.mode} solves for one cell's fixed point "
+                       "(block.depth counts a DEQ's distinct masks, and its warm-up's layers when "
+                       "train.deq_warmup_depth=null)")
     if cfg.block.mode != "deq":
         named = sorted(k for k in keys if k.startswith("equilibrium."))
         if named:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -483,3 +484,18 @@ def test_a_step_is_timed_from_its_batch_fetch_where_the_fetch_waits_for_the_devi
     result = train(cfg(train=dict(BASE["train"], max_steps=10, eval_every=10, ckpt_every=10)), tmp_path)
     fetching = 10 * 0.3
     assert (result["metrics"]["time/train_s"] >= fetching) == waits, result["metrics"]["time/train_s"]
+
+
+@pytest.mark.parametrize("keys,match", [
+    ({"{split}/accuracy": 0.5}, r"ToyParadigm.score\(split='val'\) gave no 'val/acc' \(its primary_metric\)"),
+    ({"acc": 0.5, "{split}/acc": 0.5}, r"ToyParadigm.score\(split='val'\) gave \['acc'\]: every key must start")])
+def test_a_score_without_its_primary_metric_or_split_prefix_fails_the_run(tmp_path, monkeypatch, keys, match):
+    """A score naming its metric otherwise ran to 'completed' with val/acc=None, and an unprefixed key of the test
+    split overwrote the validation one in metrics.json."""
+    from support.toy import ToyParadigm
+
+    monkeypatch.setattr(ToyParadigm, "score", lambda self, model, data, split: {k.format(split=split): v
+                                                                               for k, v in keys.items()})
+    result = train(cfg(), tmp_path)
+    assert result["status"] == "failed", result
+    assert re.search(match, result["reason"]), result["reason"]
