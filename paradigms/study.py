@@ -238,6 +238,10 @@ def study(argv: list[str] | None = None) -> int:
                         help="with --plan: price the runs no finished run measures from the training step times "
                              "that `python benchmarks/gpu_check.py --study NAME --out FILE` measured (evaluation "
                              "left out)")
+    parser.add_argument("--arms", action="store_true",
+                        help="print, per primary comparison, every config key its two arms set otherwise (each "
+                             "arm's cell composed from the study file and configs/ now, with the command's "
+                             "overrides); run nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--grids", default=None,
@@ -267,6 +271,12 @@ def study(argv: list[str] | None = None) -> int:
     if args.status and (args.plan or args.dry_run or args.until_decided or args.step_times is not None):
         raise ValueError("--status reads the run directories: --plan, --dry-run, --until-decided and --step-times "
                          "do not apply to it")
+    other = [f"--{k.replace('_', '-')}" for k in ("status", "plan", "dry_run", "until_decided", "no_report")
+             if getattr(args, k)] + [f"--{k.replace('_', '-')}" for k in ("step_times", "seed_batch", "grids")
+                                     if getattr(args, k) is not None]
+    if args.arms and other:
+        raise ValueError(f"--arms prints the primary comparisons' arms and runs nothing: {', '.join(other)} do not "
+                         "apply to it")
     if args.plan and (args.dry_run or args.seed_batch is not None):
         raise ValueError("--plan prints the plan and runs nothing: --dry-run and --seed-batch do not apply to it")
     spec = load_study(args.name)
@@ -275,6 +285,8 @@ def study(argv: list[str] | None = None) -> int:
         runs = runs.absolute()
     full = dict(spec)
     spec["grids"] = select_grids(spec, args.grids.split(",")) if args.grids else default_grids(spec)
+    if args.arms:
+        return print_arms(full, runs, args.overrides)
     check_same_study(runs, spec.get("name"))  # whatever is asked of the folder
     if args.status:
         return print_status(spec, runs, args.overrides)
@@ -524,6 +536,34 @@ def submit_study(spec: dict[str, Any], runs: Path, args: argparse.Namespace) -> 
           f"after a timeout or preemption); logs in {folder}\n"
           f"[tiedlab] follow it with: tiedlab-study {args.name} --status"
           + (f" --runs {args.runs}" if args.runs else ""), flush=True)
+    return 0
+
+
+def print_arms(full: dict[str, Any], runs: Path, extra: list[str]) -> int:
+    """``--arms``: per primary comparison, its arms and every key of their cells' configs that differs
+    (``reports.primary.arm_differences`` on ``launch._cell_config``: what a run of each arm would record now,
+    flattened as the report groups cells). What a label says is matched, and what is not, is checked here before
+    any compute is spent; the report lists the same from the runs' own configs."""
+    from tiedlab.reports.primary import arm_differences, arm_runs, load_primaries
+
+    specs = load_primaries(full)
+    if not specs:
+        print(f"study {full.get('name')} registers no primary comparisons")
+        return 0
+    runs_of = launch.study_runs(full, runs, extra)  # every grid, optional ones too: an arm may live in one
+    grids = [g["name"] for g in full.get("grids") or []]
+    print(f"study {full.get('name')}: what each primary comparison's arms set otherwise (A vs B), composed now")
+    for spec in specs:
+        cells = []
+        for arm in (spec.a, spec.b):
+            chosen = arm_runs(arm, runs_of, grids)
+            cells.append([launch._cell_config(launch._cell_of(chosen[0]))] if chosen else [])
+        print(f"\n{spec.key}: {spec.label or '-'}\n  A: {spec.a.title()}\n  B: {spec.b.title()}")
+        if not all(cells):
+            print("  an arm selects no run of its grid")
+            continue
+        for line in arm_differences(*cells) or ["nothing: the arms compose to the same config"]:
+            print(f"  {line}")
     return 0
 
 

@@ -238,6 +238,11 @@ def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tie
     if from_summary is not None:  # a new analysis of an old report's results: its summary.json is the input
         report = analyse([from_summary], title, study, runs=runs_from_summary(from_summary))
         report.rebuilt_from = str(from_summary)
+        # a summary's runs carry no configs: what the arms differ in is the summary's (from its run directories)
+        stored = {p.get("id"): p.get("differ") or [] for p in json.loads(Path(from_summary).read_text())
+                  .get("primaries") or []}
+        for r in report.primaries:
+            r.differ = r.differ or list(stored.get(r.spec.key, []))
     else:
         report = analyse(paths, title, study)
     out = Path(out)

@@ -31,6 +31,7 @@ from typing import Any, Hashable, Iterable, Mapping, Protocol
 
 from . import stats
 from .load import REPLICATE_KEYS  # the run-name keys that tell replicates apart (seed, fold), never arms
+from .load import mixed_seed_batches  # arms trained in seed batches of other sizes: their times do not compare
 from .load import PER_PROCESS_METRICS, seed_batch_label, seed_batch_sizes  # time and memory: at one seed batch
 from .load import set_apart  # completed runs flagged not at equilibrium: left out of the arms, counted
 from .load import to_float
@@ -266,6 +267,8 @@ class PrimaryResult:
     not_at_equilibrium: dict[str, list[str]] = field(default_factory=dict)  # arm ("a", "b") -> runs left out
     diverged: dict[str, int] = field(default_factory=dict)  # arm -> its diverged runs a comparison of values left out
     departs_from_record: bool = False  # a sequential study's verdict that its looks' record does not hold
+    differ: list[str] = field(default_factory=list)  # what arm b's cell config sets otherwise than arm a's
+    matching: str = ""  # arm b's stored, used and nonzero parameters, step and training time over arm a's
 
 
 def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[PrimaryResult]:
@@ -577,6 +580,56 @@ def config_differences(a: list[RunLike], b: list[RunLike], thresholds: bool = Tr
     return "; ".join(out)
 
 
+def arm_differences(keys_a: list[Mapping[str, Any]], keys_b: list[Mapping[str, Any]]) -> list[str]:
+    """What two arms' cell configs (``Run.key``, or ``launch._cell_config``: flattened, less seeds and
+    bookkeeping) set otherwise: ``"key: A vs B"`` for each key both arms record with other values (an arm whose
+    runs disagree shows its values joined by "/"), then the sections only one arm has (``"only B: grad.*,
+    solver.*"``: what its mode reads); [] when either arm's configs are unknown. What a comparison is about
+    shows up here too (``block.mode: tied vs deq``), beside anything else that differs (a DEQ recipe's norm)."""
+    if not keys_a or not keys_b:
+        return []
+
+    def values(keys: list[Mapping[str, Any]], name: str) -> str:
+        return " / ".join(sorted({_text(k[name]) for k in keys}))
+
+    shared_a = set.intersection(*(set(k) for k in keys_a))
+    shared_b = set.intersection(*(set(k) for k in keys_b))
+    out = [f"{name}: {values(keys_a, name)} vs {values(keys_b, name)}" for name in sorted(shared_a & shared_b)
+           if values(keys_a, name) != values(keys_b, name)]
+    for side, own, other in (("A", shared_a, shared_b), ("B", shared_b, shared_a)):
+        sections = sorted({name.rsplit(".", 1)[0] + ".*" if "." in name else name for name in own - other})
+        if sections:
+            out.append(f"only {side}: {', '.join(sections)}")
+    return out
+
+
+# what arm_matching compares, by what it says (params/nonzero sums each layer's unmasked entries: what a forward
+# pass multiplies with, a DEQ's counted once; core/nfe_forward: the cell calls of a training forward, a solve's)
+MATCHED = (("stored", "params/unique"), ("used", "params/used"), ("nonzero over layers", "params/nonzero"),
+           ("forward cell calls", "core/nfe_forward"), ("step time", "time/step_ms"),
+           ("training time", "time/train_s"))
+
+
+def arm_matching(a: list[RunLike], b: list[RunLike]) -> str:
+    """How the arms match in size and compute: arm b's median over its completed runs of each ``MATCHED``
+    metric, over arm a's (``"B/A: stored 1x, used 1x, nonzero over layers 0.66x, ..., step time 3.05x"``;
+    a metric an arm's runs do not record is left out, as are the times when the arms trained in seed batches of
+    other sizes: ``mixed_seed_batches``). Descriptive: the times are measured (machine load moves them)."""
+    parts = []
+    mixed = mixed_seed_batches([r for r in (*a, *b) if r.status == "completed"])
+    for name, key in MATCHED:
+        if mixed and key.startswith(PER_PROCESS_METRICS):
+            continue
+        medians = []
+        for members in (a, b):
+            got = [v for r in members if r.status == "completed"
+                   and isinstance(v := (getattr(r, "metrics", None) or {}).get(key), (int, float)) and math.isfinite(v)]
+            medians.append(statistics.median(got) if got else None)
+        if medians[0] and medians[1] is not None:
+            parts.append(f"{name} {medians[1] / medians[0]:.3g}x")
+    return "B/A: " + ", ".join(parts) if parts else ""
+
+
 def config_gaps(a: list[RunLike], b: list[RunLike]) -> list[str]:
     """One note per arm whose runs do not all record the same config keys (runs of another code version: a key
     added later is missing from the older runs' config.yaml), naming the keys; ``config_differences`` compares the
@@ -719,12 +772,13 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             seeds = f"seeds < {limit}" if first_seed == 0 else f"seeds {first_seed}-{first_seed + limit - 1}"
             notes.append(f"read on {seeds} {LIMIT_NOTE}")
         names = ([r.name for r in a], [r.name for r in b])
+        described = {"differ": arm_differences(_recorded_keys(a), _recorded_keys(b)), "matching": arm_matching(a, b)}
         notes.extend([*config_gaps(a, b), *stopped_early_notes(a, b), *warmup_notes(spec.metric, a, b)])
         mixed = "; ".join(x for x in (config_differences(a, b, thresholds=spec.kind != "divergence"),
                                       seed_batch_differences(spec.metric, a, b)) if x)
         if mixed:
             results.append(PrimaryResult(spec, *names, None, reason=f"{MIXED_REASON}: {mixed}", notes=notes,
-                                         n_a=len(a), n_b=len(b)))
+                                         n_a=len(a), n_b=len(b), **described))
             continue
         if spec.kind == "divergence":  # a rate over every run that ended: one that completed off equilibrium
             left_out = {"a": [], "b": []}  # did not diverge, and leaving it out alone would inflate the rate
@@ -742,7 +796,7 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
         short = short_of_equilibrium(left_out, usable)
         if short:
             results.append(PrimaryResult(spec, *names, None, reason=short, notes=notes, n_a=usable["a"],
-                                         n_b=usable["b"], not_at_equilibrium=left_out))
+                                         n_b=usable["b"], not_at_equilibrium=left_out, **described))
             continue
         if spec.kind == "mean":
             note = convergence_note(spec, a, b)
@@ -761,7 +815,8 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             ended_a, ended_b = ended_replicates(a, notes, "a"), ended_replicates(b, notes, "b")
             if not ended_a or not ended_b:
                 notes.append("an arm has no completed or diverged run: no rate to compare")
-                results.append(PrimaryResult(spec, *names, None, notes=notes, not_at_equilibrium=left_out))
+                results.append(PrimaryResult(spec, *names, None, notes=notes, not_at_equilibrium=left_out,
+                                             **described))
                 continue
             test = stats.rate_test(sum(ended_b.values()), len(ended_b), sum(ended_a.values()), len(ended_a),
                                    alpha=alpha)
@@ -769,7 +824,7 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             va, vb = seed_values(spec, a, b, notes)
             groups = ([list(vb.values())], [list(va.values())])
             test = stats.variance_test(*groups, alpha=alpha)
-        results.append(PrimaryResult(spec, *names, test, notes=notes, not_at_equilibrium=left_out))
+        results.append(PrimaryResult(spec, *names, test, notes=notes, not_at_equilibrium=left_out, **described))
         if spec.kind == "spread":
             results[-1].groups = groups
     with warnings.catch_warnings():

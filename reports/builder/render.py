@@ -240,7 +240,7 @@ def primary_blocks(report: Any) -> list[Block]:
                      + (f" ({s.direction} is better)" if s.kind == "mean" else "")
                      + (", log" if s.transform == "log" else "") + f"; effect {effect}",
                      n, _interval(r), fmt(r.p), r.verdict + (f" ({r.reason})" if r.reason else ""),
-                     _seeds_needed(r)])
+                     _seeds_needed(r), arms_text(r)])
         compact.append([name, s.paradigm, s.label or "-", s.a.title(), s.b.title(), claim, n,
                         _interval(r), fmt(r.p), fmt(r.level), r.verdict + (" (not the sequential record's: see the full table)"
                                                              if r.departs_from_record else ""), _seeds_needed(r)])
@@ -250,8 +250,14 @@ def primary_blocks(report: Any) -> list[Block]:
                                          "seeds/arm to decide (est.)"], rows=compact, row_classes=classes))
     blocks.append(Block("table", header=["insight", "paradigm", "claim", "arm A", "arm B", "claim, delta", "test",
                                          "n A/B", "effect [CI at the verdict's level]", "p", "verdict (Holm)",
-                                         "seeds/arm to decide (est.)"], rows=rows, row_classes=classes,
-                        details="Full table: each comparison's test and why its verdict is what it is"))
+                                         "seeds/arm to decide (est.)", "how the arms differ (B vs A)"],
+                        rows=rows, row_classes=classes,
+                        details="Full table: each comparison's test, why its verdict is what it is, and how its arms "
+                                "differ: every config key they set otherwise (from the runs' config.yaml; blank "
+                                "when the report did not read them) and arm B's parameters (stored; used; nonzero "
+                                "over layers: the unmasked entries a forward pass multiplies with, a DEQ's cell "
+                                "counted once), forward cell calls (a DEQ's solver iterations) and measured step "
+                                "and training time over arm A's, medians over completed runs"))
     notes = [f"{r.spec.key}: {n}" for r in report.primaries for n in r.notes]
     if notes:
         blocks.append(Block("ul", items=notes))
@@ -265,6 +271,11 @@ def primary_blocks(report: Any) -> list[Block]:
                           "them and their verdicts (their claims are in the table above)."),
                Block("table", header=["insight"] + paradigms, rows=transfer_rows(report.primaries, paradigms))]
     return blocks
+
+
+def arms_text(result: Any) -> str:
+    """A primary comparison's ``differ`` and ``matching``, as its row in the full table says them."""
+    return "; ".join(x for x in ("; ".join(result.differ), result.matching) if x) or "-"
 
 
 def transfer_rows(primaries: list[Any], paradigms: list[str]) -> list[list[str]]:

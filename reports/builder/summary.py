@@ -74,6 +74,7 @@ def primary_entry(result: Any) -> dict[str, Any]:
             "ci_low": result.ci_low, "ci_high": result.ci_high, "n_a": result.n_a, "n_b": result.n_b,
             "paired": result.paired, "seeds_needed": result.seeds_needed, "notes": result.notes,
             "not_at_equilibrium": result.not_at_equilibrium, "departs_from_record": result.departs_from_record,
+            "differ": result.differ, "matching": result.matching,
             "a_runs": result.a_runs,
             "b_runs": result.b_runs, "test": dataclasses.asdict(test) if dataclasses.is_dataclass(test) else str(test)}
 

@@ -616,3 +616,30 @@ def test_a_sigterm_to_a_ray_worker_lets_its_run_checkpoint_before_the_worker_exi
         timer.cancel()
         signal.signal(signal.SIGTERM, previous)
     assert marker.read_text() == "yes" and started[0].returncode == 75
+
+
+def test_arms_prints_every_key_each_comparisons_arms_set_otherwise_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    """A comparison's label can claim more matching than its arms have (a DEQ recipe's norm, a half-width arm with
+    half the heads): --arms composes each arm's cell now and names every key they set otherwise."""
+    grids = [{"name": "g", "overrides": [*TOY, "train.max_steps=2"], "sweep": {"block": ["tied", "deq"], "seed": [0]}},
+             {"name": "h", "overrides": [*TOY, "train.max_steps=2", "block=tied", "model.width=16",
+                                         "optim.lr=0.02"], "sweep": {"seed": [0]}}]
+    write_study(tmp_path, monkeypatch, grids)
+    study_file = tmp_path / "studies" / "toy.yaml"
+    study = yaml.safe_load(study_file.read_text())
+    study["primary"] = {"comparisons": [
+        {"insight": 1, "paradigm": "toy", "claim": "noninferiority", "metric": "val/acc", "label": "same cell",
+         "a": {"grid": "g", "where": {"block": "tied"}}, "b": {"grid": "g", "where": {"block": "deq"}}},
+        {"insight": 6, "paradigm": "toy", "claim": "superiority", "metric": "val/acc",
+         "a": {"grid": "h"}, "b": {"grid": "g", "where": {"block": "tied"}}}]}
+    study_file.write_text(yaml.safe_dump(study))
+    runs = tmp_path / "runs"
+    assert study_module.study(["toy", "--runs", str(runs), "--arms", "block.depth=3"]) == 0
+    out = capsys.readouterr().out
+    first, second = out.split("\n\n")[1:3]
+    assert first.splitlines()[:3] == ["1/toy: same cell", "  A: g: block=tied", "  B: g: block=deq"]
+    assert "  block.mode: tied vs deq" in first and "  only B: equilibrium.*, grad.*, solver.*, solver.options.*" in first
+    assert second.splitlines()[3:] == ["  model.width: 16 vs 8", "  optim.lr: 0.02 vs 0.01"], second
+    assert not runs.exists()  # ran nothing, wrote nothing
+    with pytest.raises(ValueError, match=r"^--arms prints .*: --dry-run do not apply to it$"):
+        study_module.study(["toy", "--runs", str(runs), "--arms", "--dry-run"])

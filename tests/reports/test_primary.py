@@ -639,3 +639,41 @@ def test_a_seed_is_averaged_over_the_folds_both_arms_have():
     (one,) = evaluate_primaries([s], no_seed)
     assert one.verdict == "undetermined" and (one.n_a, one.n_b) == (1, 1)
     assert any("the runs sweep no seed, so all their folds are one replicate" in n for n in one.notes)
+
+
+def test_each_comparison_says_every_config_key_its_arms_set_otherwise_and_how_they_match(tmp_path):
+    """A label can claim more matching than was done (a DEQ arm with its recipe's norm, a half-width arm with half
+    the heads): the report lists every key the arms' cell configs set otherwise, the sections only one arm has,
+    and arm B's parameters and measured times over arm A's; a rebuild from summary.json keeps the config part."""
+    runs = tmp_path / "runs"
+    for seed in range(4):
+        write_run(runs / "g", f"block=tied,seed={seed}", mode="tied", seed=seed, val=0.90 + 0.01 * seed, train_s=10.0,
+                  params=1000)
+        write_run(runs / "g", f"block=deq,seed={seed}", mode="deq", seed=seed, val=0.80 + 0.01 * seed,
+                  train_s=30.0 + seed, params=1000, width=32, data={"noise": 0.1})
+    (runs / "study.yaml").write_text(yaml.safe_dump({"name": "t", "grids": [{"name": "g"}],
+                                                     "primary": {"comparisons": [spec()]}}))
+    report = build_report([runs], tmp_path / "out", "t")
+    (r,) = report.primaries
+    assert r.differ == ["block.mode: tied vs deq", "only B: data.*, grad.*, solver.*"], r.differ
+    # medians: stored 1000 both; train_s 10 vs 31.5; step_ms 10x; nfe 4 vs 20; nonzero equal (the fake's)
+    assert r.matching == ("B/A: stored 1x, nonzero over layers 1x, forward cell calls 5x, step time 3.15x, "
+                          "training time 3.15x"), r.matching
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "block.mode: tied vs deq; only B: data.*, grad.*, solver.*; B/A: stored 1x" in readme
+    rebuilt = build_report([], tmp_path / "again", "t", from_summary=tmp_path / "out" / "summary.json")
+    assert (rebuilt.primaries[0].differ, rebuilt.primaries[0].matching) == (r.differ, r.matching)
+    # an arm whose runs disagree on a key shows its values; times are left out across seed-batch sizes
+    keys_a = [{"model.width": 32, "block.mode": "tied"}, {"model.width": 64, "block.mode": "tied"}]
+    assert primary.arm_differences(keys_a, [{"model.width": 32, "block.mode": "deq"}]) == [
+        "block.mode: tied vs deq", "model.width: 32 / 64 vs 32"]
+    assert primary.arm_differences(keys_a, []) == []
+    other = tmp_path / "batched"
+    for seed in range(2):
+        write_run(other / "g", f"block=tied,seed={seed}", mode="tied", seed=seed, seed_batch=1)
+        write_run(other / "g", f"block=deq,seed={seed}", mode="deq", seed=seed, seed_batch=4)
+    from tiedlab.reports.load import load_runs
+
+    loaded = load_runs([other])
+    a, b = ([x for x in loaded if f"block={m}" in x.name] for m in ("tied", "deq"))
+    assert primary.arm_matching(a, b) == "B/A: stored 1x, nonzero over layers 1x, forward cell calls 5x"
