@@ -84,8 +84,8 @@ class Paradigm(ABC):
 
     Class attributes:
         name: registry key.
-        Options: dataclass of the paradigm's ``data`` and ``model`` config sections, so that a
-            misspelt key is an error naming the valid ones.
+        DataOptions, ModelOptions: dataclasses of the paradigm's ``data`` and ``model`` config sections, so
+            that a misspelt key is an error naming the valid ones.
         primary_metric: the quality key reports rank by (e.g. ``"acc"``), and whether higher is better.
         width_key: the config key of the model's width, written to metrics.json for the report (None: none).
         data_parallel: True when one run may train data-parallel over several processes (torchrun; see

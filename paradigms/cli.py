@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -46,6 +47,18 @@ class RunError(Exception):
 
 def _report(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _log_in_run_dir(run_dir: Any, message: str) -> None:
+    """Append ``message`` to the run directory's cli.log (Hydra's job log, which holds logging records, not what
+    this module prints), so that a run that failed or never started says why where ``--status`` counts it."""
+    try:
+        folder = Path(str(run_dir))
+        if folder.is_dir():
+            with open(folder / "cli.log", "a") as log:
+                log.write(message + "\n")
+    except OSError:
+        pass  # a read-only or vanished folder: the message was printed
 
 
 def _rank() -> int:
@@ -126,6 +139,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
         message = f"[tiedlab] failed{where}: {cfg.run_dir}: {result['reason']}"
     if message:
         _report(message)
+        _log_in_run_dir(cfg.run_dir, message)
     _FAILED.append(str(cfg.run_dir))
     if result.get("stopped_by"):  # a run that failed after a stop came: start nothing further either
         _stop_here(hydra_cfg)

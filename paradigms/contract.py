@@ -65,7 +65,15 @@ def check_paradigm(
             out.loss.backward()
             opt.step()
             losses.append(out.loss.item())
-        assert losses[-1] < overfit_ratio * losses[0], f"{key}: one batch did not overfit: {losses[0]:.4f} -> {losses[-1]:.4f}"
+        if not losses[-1] < overfit_ratio * losses[0]:
+            solve = ""
+            if spec.mode == "deq":  # a map that does not contract trains badly: say so, not only the losses
+                last = out.stats.resolve() if hasattr(out.stats, "resolve") else out.stats
+                solve = (f"; the last solve's relative residual {float(last.rel_residual):.3g}, converged fraction "
+                         f"{float(last.converged):.3g} (a map that does not contract: see configs/recipe/README.md)")
+            raise AssertionError(f"{key}: one batch did not overfit in {overfit_steps} Adam steps at lr {lr:g}: "
+                                 f"{losses[0]:.4f} -> {losses[-1]:.4f}, not below {overfit_ratio:g}x{solve} "
+                                 "(check_paradigm's lr, overfit_steps and overfit_ratio set the test)")
 
         for split in ("val", "test"):
             metrics = paradigm.evaluate(net, bundle, split)

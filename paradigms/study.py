@@ -43,7 +43,13 @@ STUDY_KEYS = ("name", "question", "grids", "report", "primary", "budget_checks")
 
 
 def load_study(name: str) -> dict[str, Any]:
-    """The study file ``configs/study/NAME.yaml``; a ValueError lists the valid names."""
+    """The study file ``configs/study/NAME.yaml``, or the file ``name`` names when it ends in .yaml or .yml (a
+    study kept outside the repository); a ValueError lists the valid names."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"no study file {name}")
+        return read_study_file(path)
     folder = study_dir()
     path = folder / f"{name}.yaml"
     if not path.exists():
@@ -199,7 +205,8 @@ _HIDDEN_KEYS = ("paradigm", "hydra.searchpath", *rundir.NOT_FINGERPRINTED, "logg
 def study(argv: list[str] | None = None) -> int:
     """Run every grid of a named study, then build its report."""
     parser = argparse.ArgumentParser(prog="tiedlab-study", description=study.__doc__)
-    parser.add_argument("name", help="a file in configs/study/ (without .yaml)")
+    parser.add_argument("name", help="a file in configs/study/ (without .yaml), or the path of a study file "
+                                     "(ending in .yaml) kept elsewhere")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. train.device=cpu")
     parser.add_argument("--runs", default=None, help="where run directories go (default runs/study/NAME)")
     parser.add_argument("--out", default=None, help="report folder (default reports/studies/NAME)")
@@ -280,6 +287,8 @@ def study(argv: list[str] | None = None) -> int:
     if args.plan and (args.dry_run or args.seed_batch is not None):
         raise ValueError("--plan prints the plan and runs nothing: --dry-run and --seed-batch do not apply to it")
     spec = load_study(args.name)
+    if args.name.endswith((".yaml", ".yml")):  # a study file outside configs/study: named by its file's stem
+        args.name = Path(args.name).stem
     runs = Path(args.runs or Path(os.environ.get("TIEDLAB_RUNS", "runs")) / "study" / args.name)
     if args.ray_address:  # the workers start in the directory their `ray start` ran in, not this one
         runs = runs.absolute()

@@ -44,7 +44,7 @@ class Report:
     sequential_record: dict[str, Any] | None = None  # sequential studies: the looks' record (sequential.yaml)
     not_registered: str = ""  # why the comparisons tested are not the ones the runs were registered with ("": they are)
     registered_primary: dict[str, Any] | None = None  # the comparisons the runs were registered with (None: no record)
-    commit: str = "unknown"  # the checkout the report was built in
+    commit: str = "unknown"  # the commit of the code that built the report ("+dirty": its tree had changes)
     run_commits: dict[str, int] = field(default_factory=dict)  # the commits the runs were trained at -> runs
     date: str = ""
     machine: dict[str, Any] = field(default_factory=dict)
@@ -252,7 +252,8 @@ def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tie
     report.plots = ([forest] if forest else []) + make_plots(report.cells, out)
     report.commands = list(commands)
     report.report_command = report_command
-    report.commit = provenance.git_commit()
+    code = provenance.code_version()  # the code that analysed the runs, wherever the command ran from
+    report.commit = code["commit"] + ("+dirty" if code["dirty"] else "")
     report.run_commits = run_commits(report.runs)
     report.date = provenance.now()
     report.machine = provenance.machine()

@@ -643,3 +643,18 @@ def test_arms_prints_every_key_each_comparisons_arms_set_otherwise_and_runs_noth
     assert not runs.exists()  # ran nothing, wrote nothing
     with pytest.raises(ValueError, match=r"^--arms prints .*: --dry-run do not apply to it$"):
         study_module.study(["toy", "--runs", str(runs), "--arms", "--dry-run"])
+
+
+def test_a_study_file_outside_the_repository_runs_by_its_path(tmp_path, monkeypatch, capsys):
+    """CONTRIBUTING's out-of-tree paradigm keeps its study file in its own folder: `tiedlab-study PATH.yaml`."""
+    write_study(tmp_path, monkeypatch, [])  # the environment only: the study file below is not in the studies folder
+    path = tmp_path / "mine" / "sines.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump({"name": "sines", "grids": [
+        {"name": "g", "overrides": [*TOY, "train.max_steps=2"], "sweep": {"seed": [0]}}]}))
+    runs = tmp_path / "runs"
+    assert study_module.study([str(path), "--runs", str(runs), "--no-report"]) == 0
+    assert metrics(runs / "g" / "seed=0")["status"] == "completed"
+    assert "[tiedlab] study sines:" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"^no study file .*nothere.yaml$"):
+        study_module.study([str(tmp_path / "nothere.yaml")])

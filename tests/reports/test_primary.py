@@ -677,3 +677,17 @@ def test_each_comparison_says_every_config_key_its_arms_set_otherwise_and_how_th
     loaded = load_runs([other])
     a, b = ([x for x in loaded if f"block={m}" in x.name] for m in ("tied", "deq"))
     assert primary.arm_matching(a, b) == "B/A: stored 1x, nonzero over layers 1x, forward cell calls 5x"
+
+
+def test_the_report_names_the_commit_of_the_code_that_built_it_wherever_it_ran(tmp_path, monkeypatch):
+    """Built from a folder outside the checkout, the header said 'commit: unknown' (git ran in the current
+    folder)."""
+    from tiedlab.paradigms import provenance
+
+    runs = tmp_path / "runs"
+    tied_vs_deq(runs)
+    monkeypatch.chdir(tmp_path)  # not a git checkout
+    assert provenance.git_commit() == "unknown"
+    report = build_report([runs], tmp_path / "out", "t")
+    code = provenance.code_version()
+    assert code["commit"] != "unknown" and report.commit == code["commit"] + ("+dirty" if code["dirty"] else "")
