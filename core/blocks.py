@@ -243,7 +243,7 @@ class Block(nn.Module):
         (entries not masked out, summed over layers) and used (stored entries that at least one layer keeps:
         a shared 0.5 mask leaves half of W unused, distinct masks at depth 4 about 6%; W is normed before it is
         masked, so under a spectral norm every stored entry is used, and under a weight norm every entry of an
-        output row a mask keeps any of)."""
+        output unit's row a mask keeps any of: dim 0, or dim 1 of a weight the cell stores (in, out))."""
         per_cell = sum(p.numel() for p in self.cells[0].parameters()) + sum(p.numel() for p in self.norms[0].parameters())
         unique = sum(p.numel() for p in self.parameters())
         dense = per_cell * self.layers

@@ -8,8 +8,8 @@ use reaches W.
 Orientation: dim 0 of a weight is its output, dim 1 its input (``nn.Linear`` (out, in), ``nn.Conv2d``
 (out, in, kh, kw)); N:M groups run along the input features at each (out, kh, kw), the layout sparse kernels
 use. A cell whose 2-d weights are stored the other way round, as transformers' ``Conv1D`` (GPT-2) stores
-(in, out), says so with a method ``mask_input_dims() -> {weight name: 0}``; its groups then run along dim 0,
-still its input features.
+(in, out), says so with a method ``mask_input_dims() -> {weight name: 0}`` (``input_dims``); its groups then run
+along dim 0, still its input features, and its output units along dim 1 (a weight norm's rows, ``core.norms``).
 """
 
 from __future__ import annotations
@@ -160,6 +160,26 @@ def maskable_weights(cell: nn.Module, min_dim: int = 2) -> dict[str, torch.Tenso
     return {name: p for name, p in cell.named_parameters() if p.dim() >= min_dim and name not in skip}
 
 
+def input_dims(cell: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, int]:
+    """{name: the dim of its input features} for each of ``weights`` (a cell's ``maskable_weights``): 1, or 0 for a
+    2-d weight the cell's ``mask_input_dims()`` says is stored (in, out); its output units lie along 1 - that dim.
+
+    Raises:
+        ValueError: ``mask_input_dims()`` names a weight not among ``weights``, or gives a dim other than 1 or 0
+            (0 for a 2-d weight only).
+    """
+    declared = cell.mask_input_dims() if hasattr(cell, "mask_input_dims") else {}
+    unknown = sorted(set(declared) - set(weights))
+    if unknown:
+        raise ValueError(f"mask_input_dims() of {type(cell).__name__} names {unknown}, which are not among its "
+                         f"maskable weights {sorted(weights)}")
+    bad = {name: d for name, d in declared.items() if d not in (0, 1) or (d == 0 and weights[name].dim() != 2)}
+    if bad:
+        raise ValueError(f"mask_input_dims() of {type(cell).__name__} gives {bad}: the input dim is 1, or 0 for a "
+                         "2-d weight stored (in, out)")
+    return {name: declared.get(name, 1) for name in weights}
+
+
 class MaskSet(nn.Module):
     """The masks of one block: ``num_masks`` masks for each maskable weight of a cell, as buffers.
 
@@ -173,6 +193,7 @@ class MaskSet(nn.Module):
         self.spec = spec
         self.num_masks = 1 if spec.mode == "shared" else num_masks
         self.names: list[str] = []
+        self.input_dims: dict[str, int] = {}
         if not spec.active:
             self.num_masks = 0
             return
@@ -180,15 +201,7 @@ class MaskSet(nn.Module):
         if not weights:
             raise ValueError(f"masking was asked for but the cell has no weight with dim >= {spec.min_dim}")
         self.names = sorted(weights)
-        input_dims = cell.mask_input_dims() if hasattr(cell, "mask_input_dims") else {}
-        unknown = sorted(set(input_dims) - set(weights))
-        if unknown:
-            raise ValueError(f"mask_input_dims() of {type(cell).__name__} names {unknown}, which are not among its "
-                             f"maskable weights {self.names}")
-        bad = {name: d for name, d in input_dims.items() if d not in (0, 1) or (d == 0 and weights[name].dim() != 2)}
-        if bad:
-            raise ValueError(f"mask_input_dims() of {type(cell).__name__} gives {bad}: the input dim is 1, or 0 for a "
-                             "2-d weight stored (in, out)")
+        self.input_dims = input_dims(cell, weights)
         generator = torch.Generator().manual_seed(spec.seed)
         if spec.mode == "disjoint":
             if num_masks < 2:
@@ -201,7 +214,7 @@ class MaskSet(nn.Module):
             for i in range(self.num_masks):
                 for name in self.names:
                     w = weights[name]
-                    mask = spec.draw(w.shape, generator, input_dims.get(name, 1))
+                    mask = spec.draw(w.shape, generator, self.input_dims[name])
                     self.register_buffer(self._key(i, name), mask.to(w.dtype), persistent=True)
         self._refresh_scales()
         # masks restored from a checkpoint replace the drawn ones: their scales follow them
@@ -230,13 +243,15 @@ class MaskSet(nn.Module):
 
     def used(self, layers: int | range | list[int], whole_rows: bool = False) -> int:
         """Entries of the masked weights that at least one of ``layers`` (a count: the first ones) keeps; with
-        ``whole_rows``, every entry of an output row one of them keeps any of (a weight norm reads the whole row)."""
+        ``whole_rows``, every entry of an output row one of them keeps any of (a weight norm reads the whole row; a
+        weight's rows lie along its output dim, 1 - its input dim)."""
         total = 0
         for name in self.names:
             union = torch.zeros_like(self.mask(0, name), dtype=torch.bool)
             for i in range(layers) if isinstance(layers, int) else layers:
                 union |= self.mask(i, name) != 0
             if whole_rows:
+                union = union.movedim(1 - self.input_dims[name], 0)
                 rows = union.reshape(union.shape[0], -1)
                 total += int(rows.any(dim=1).sum()) * rows.shape[1]
             else:

@@ -6,6 +6,9 @@ block forward. The block passes them to the cell with ``functional_call``, as it
 so masks multiply the normalised weights and any cell works unchanged. A spectral norm therefore bounds the
 unmasked weight: a masked weight's spectral norm can be a little larger (a 0/1 mask is not a contraction in
 operator norm) and, with ``mask.rescale``, up to 1/density larger (``BlockSpec`` refuses that for a DEQ).
+
+Orientation: a weight's output units lie along dim 0, or along dim 1 for a 2-d weight its cell stores (in, out)
+(``mask_input_dims()``, as the masks read it: ``masks.input_dims``), such as GPT-2's ``Conv1D``.
 """
 
 from __future__ import annotations
@@ -17,17 +20,22 @@ from torch import nn
 
 
 class WeightNorm(nn.Module):
-    """W -> g * W / ||W|| per output unit (dim 0); g starts at ||W|| so the initial weight is unchanged.
+    """W -> g * W / ||W|| per output unit (dim ``out_dim``: 0, or 1 for a 2-d weight stored (in, out)); g starts at
+    ||W|| so the initial weight is unchanged.
 
-    Shapes: weight: (out, ...) -> (out, ...)
+    Shapes: weight: (out, ...) -> (out, ...), gain (out, 1, ...); out_dim=1: (in, out) -> (in, out), gain (1, out)
     """
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, out_dim: int = 0):
         super().__init__()
-        self.gain = nn.Parameter(_row_norm(weight.detach()).clone())
+        self.out_dim = _check_out_dim(weight, out_dim)
+        self.gain = nn.Parameter(_row_norm(weight.detach(), out_dim).clone())
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * (self.gain / _row_norm(weight).clamp_min(1e-12))
+        return weight * (self.gain / _row_norm(weight, self.out_dim).clamp_min(1e-12))
+
+    def extra_repr(self) -> str:
+        return f"out_dim={self.out_dim}"
 
 
 class SpectralNorm(nn.Module):
@@ -36,12 +44,14 @@ class SpectralNorm(nn.Module):
     The singular vectors are converged on the initial weight at construction (``init_iters`` steps, as
     torch's ``spectral_norm`` does), so the normalised weight has spectral norm ~1 from the first
     forward, in eval mode too (random vectors would under-estimate sigma and leave a DEQ map expansive).
+    ``out_dim`` 1 (a 2-d weight stored (in, out)) is checked, and changes nothing: sigma(W) = sigma(W^T).
 
-    Shapes: weight: (out, ...) -> (out, ...)
+    Shapes: weight: (dim 0, ...) -> (dim 0, ...); u: (dim 0,), v: (rest,)
     """
 
-    def __init__(self, weight: torch.Tensor, eps: float = 1e-12, init_iters: int = 15):
+    def __init__(self, weight: torch.Tensor, eps: float = 1e-12, init_iters: int = 15, *, out_dim: int = 0):
         super().__init__()
+        _check_out_dim(weight, out_dim)
         out = weight.shape[0]
         rest = weight[0].numel()
         g = torch.Generator().manual_seed(0)
@@ -85,16 +95,32 @@ class CellNorm(nn.Module):
         if kind not in NORM_KINDS:
             raise ValueError(f"norm {kind!r} is not valid; choose one of {NORM_KINDS}")
         self.kind = kind
-        from .masks import maskable_weights  # the weights a mask would cover: the same ones are normed
+        from .masks import input_dims, maskable_weights  # the weights a mask would cover: the same ones are normed
 
-        self.names = list(maskable_weights(cell, min_dim)) if kind != "none" else []
-        params = dict(cell.named_parameters())
-        self.norms = nn.ModuleDict({n.replace(".", "__"): NORMS[kind](params[n]) for n in self.names})
+        weights = maskable_weights(cell, min_dim) if kind != "none" else {}
+        self.names = list(weights)
+        out_dims = {n: 1 - d for n, d in input_dims(cell, weights).items()} if weights else {}
+        self.norms = nn.ModuleDict({n.replace(".", "__"): NORMS[kind](weights[n], out_dim=out_dims[n])
+                                    for n in self.names})
 
     def forward(self, cell: nn.Module) -> dict[str, torch.Tensor]:
         params = dict(cell.named_parameters())
         return {n: self.norms[n.replace(".", "__")](params[n]) for n in self.names}
 
 
-def _row_norm(weight: torch.Tensor) -> torch.Tensor:
-    return weight.reshape(weight.shape[0], -1).norm(dim=1).view(-1, *([1] * (weight.dim() - 1)))
+def _check_out_dim(weight: torch.Tensor, out_dim: int) -> int:
+    if out_dim not in (0, 1) or (out_dim == 1 and weight.dim() != 2):
+        raise ValueError(f"out_dim={out_dim} for a weight of shape {tuple(weight.shape)}: choices are 0, or 1 for a "
+                         "2-d weight stored (in, out)")
+    return out_dim
+
+
+def _row_norm(weight: torch.Tensor, out_dim: int = 0) -> torch.Tensor:
+    """The norm of each output unit's weights, shaped to broadcast against the weight.
+
+    Shapes: weight: (..., out at out_dim, ...) -> 1 everywhere but out at out_dim
+    """
+    rows = weight.movedim(out_dim, 0)
+    shape = [1] * weight.dim()
+    shape[out_dim] = -1
+    return rows.reshape(rows.shape[0], -1).norm(dim=1).view(shape)

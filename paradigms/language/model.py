@@ -6,7 +6,8 @@ parameters used through plain submodule calls (so masks and weight/spectral norm
 ``torch.func.functional_call``), and has no rotary embedding (the model adds a learned positional
 embedding, GPT-2 style). Its linear maps are ``transformers.Conv1D`` with weights stored as
 ``(in, out)``: the cell says so (``TransformerCell.mask_input_dims``), so an ``nm`` mask groups along dim 0,
-the input features, as it does along dim 1 of an (out, in) weight; weight norm normalises per input row.
+the input features, as it does along dim 1 of an (out, in) weight, and a weight norm normalises per output feature,
+dim 1 (one gain per column).
 
 Causal masking: a block built from a bare config has ``_attn_implementation=None``, which falls back
 to eager attention that, with ``attention_mask=None``, attends to *every* position (future tokens
@@ -131,7 +132,7 @@ class TransformerCell(nn.Module):
 
     def mask_input_dims(self) -> dict[str, int]:
         """The block's ``Conv1D`` weights are stored (in, out): N:M masks group along their dim 0, the input
-        features (``tiedlab.core.masks``)."""
+        features (``tiedlab.core.masks``), and a weight norm normalises along dim 1, the output features."""
         return {f"{name}.weight": 0 for name, module in self.named_modules() if isinstance(module, Conv1D)}
 
 

@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from support.cells import CtxWeightCell, TanhCell
-from tiedlab.core import Block, BlockSpec, build_block, jacobian_frobenius, model_param_counts
+from support.cells import CtxWeightCell, InOutCell, TanhCell
+from tiedlab.core import Block, BlockSpec, WeightNorm, build_block, jacobian_frobenius, model_param_counts
 
 make = lambda: TanhCell(dim=8, scale=0.6)  # noqa: E731
 
@@ -134,6 +134,26 @@ def test_weight_norm_starts_at_the_raw_weight_and_spectral_norm_bounds_it():
         sn(x)
     W_eff = sn._layer_weights(1)[0]["W"]
     assert abs(torch.linalg.matrix_norm(W_eff.detach(), 2).item() - 1.0) < 1e-3
+
+
+def test_weight_norm_normalises_each_output_unit_along_the_dim_the_cell_declares():
+    """A weight the cell stores (in, out) (``mask_input_dims``, as GPT-2's Conv1D) is normed per output unit, a
+    column: its gain is (1, out), and scaling one output unit's weights leaves the block's function unchanged (it
+    was normed per input feature, which changed it). A weight stored (out, in) keeps its rows."""
+    torch.manual_seed(0)
+    block = build_block(lambda: InOutCell(dim=6), dict(mode="tied", depth=3, norm="weight"))
+    norms = block.norms[0].norms
+    assert norms["W"].gain.shape == (1, 6) and norms["U"].gain.shape == (6, 1)
+    normed = block.norms[0](block.cells[0])
+    torch.testing.assert_close(normed["W"], block.cells[0].W)  # the gain starts at the output units' norms
+    x = torch.randn(4, 6, dtype=torch.float64)
+    before = block(x)[0]
+    with torch.no_grad():
+        block.cells[0].W[:, 2] *= 3.0  # output unit 2 of W (in, out)
+        block.cells[0].U[1] *= 3.0  # output unit 1 of U (out, in)
+    torch.testing.assert_close(block(x)[0], before)
+    with pytest.raises(ValueError, match=r"out_dim=1 for a weight of shape \(4, 8, 3\): choices are 0, or 1 for a 2-d"):
+        WeightNorm(torch.randn(4, 8, 3), out_dim=1)
 
 
 def test_spectral_norm_holds_from_the_first_forward_in_eval_mode():

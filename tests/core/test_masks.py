@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from support.cells import TanhCell
+from support.cells import InOutCell, TanhCell
 from tiedlab.core import MaskSet, MaskSpec, build_block
 from tiedlab.core.masks import disjoint_masks, nm_mask, unstructured_mask
 
@@ -155,6 +155,18 @@ def test_params_used_counts_the_union_of_kept_entries():
     with torch.no_grad():  # only entries the mask removes
         tanh.cells[0].W[tanh.masks.mask(0, "W") == 0] *= 3.0
     assert not torch.allclose(tanh(x)[0], before)
+
+
+def test_params_used_under_a_weight_norm_counts_the_output_units_the_cell_declares():
+    """A weight stored (in, out) (``mask_input_dims``) has its output units along dim 1: a weight norm reads each
+    column whole, so ``used`` counts every entry of a column the mask keeps any of (and one gain per column)."""
+    torch.manual_seed(0)
+    block = build_block(lambda: InOutCell(dim=8), dict(mode="tied", depth=4, norm="weight",
+                                                       mask=dict(mode="shared", sparsity=0.9, seed=1)))
+    kept = {name: block.masks.mask(0, name) != 0 for name in ("W", "U")}
+    columns, rows = int(kept["W"].any(dim=0).sum()), int(kept["U"].any(dim=1).sum())
+    assert columns < 8 and columns != int(kept["W"].any(dim=1).sum())  # the two readings differ here
+    assert block.param_counts()["used"] == 8 + 8 + 8 * columns + 8 * rows + 8  # gains, columns, rows, b
 
 
 def test_masks_differ_between_seeds_and_come_back_from_a_state_dict():

@@ -341,6 +341,21 @@ def test_nm_masks_group_the_gpt2_blocks_input_features():
             assert torch.all(mask.t().reshape(outputs, inputs // 4, 4).sum(dim=-1) == 2), name
 
 
+def test_weight_norm_normalises_the_gpt2_blocks_output_features():
+    """Conv1D weights are stored (in, out): a weight norm keeps one gain per output feature (dim 1), as the masks
+    read them, and ``used`` counts each output column a mask keeps any of."""
+    config = gpt2_config(16, 2, 4, 16, 0.0, 50)
+    block = Block(lambda: TransformerCell(config), BlockSpec.from_dict(
+        dict(mode="tied", depth=2, norm="weight", mask=dict(mode="shared", sparsity=0.99))))
+    cell, used = block.cells[0], 0
+    for name in block.masks.names:
+        inputs, outputs = cell.get_parameter(name).shape
+        assert block.norms[0].norms[name.replace(".", "__")].gain.shape == (1, outputs), name
+        used += inputs * int(block.masks.mask(0, name).any(dim=0).sum())
+    weights = sum(cell.get_parameter(name).numel() for name in block.masks.names)
+    assert block.param_counts()["used"] == block.param_counts()["unique"] - weights + used
+
+
 def test_inject_norm_and_state_scale_make_the_cell_a_contraction_at_initialisation():
     """f = LN_out(GPT2Block(s z + LN_in(x))), checked against the formula; LN_out is invariant to its input's scale,
     so the default cell (x as it comes, 0.02 at initialisation; s = 1) has df/dz of norm ~1 at its fixed point,
