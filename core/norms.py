@@ -74,7 +74,10 @@ class SpectralNorm(nn.Module):
             mat = weight.reshape(weight.shape[0], -1)
             if self.training:
                 self._power_step(mat.detach())
-            sigma = torch.dot(self.u, mat @ self.v)
+            # the buffers are stepped in place by the next training forward: autograd keeps copies, as torch's
+            # spectral_norm does (else two forwards before one backward fail on the first's saved vectors)
+            u, v = self.u.clone(), self.v.clone()
+            sigma = torch.dot(u, mat @ v)
             return weight / sigma
 
 

@@ -184,6 +184,23 @@ def test_spectral_norm_with_distinct_masks_normalises_once_per_forward(mode):
     assert not torch.equal(norm.v, v) and block.cells[0].W.grad is not None
 
 
+@pytest.mark.parametrize("mode", ["tied", "deq"])
+def test_two_training_forwards_with_a_spectral_norm_then_one_backward(mode):
+    """Each forward differentiates through the power-iteration vectors it used (clones, as torch's spectral_norm
+    does): the next training forward's in-place step no longer breaks its backward ("modified by an inplace
+    operation"), and the gradient is the sum of the two forwards' own."""
+    torch.manual_seed(0)
+    block = build_block(lambda: TanhCell(dim=8, scale=3.0), dict(mode=mode, depth=2, norm="spectral",
+                                                                  solver=dict(tol=1e-8, max_iter=100)))
+    twin = copy.deepcopy(block)
+    x1, x2 = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
+    (block(x1)[0].square().sum() + block(x2)[0].square().sum()).backward()
+    twin(x1)[0].square().sum().backward()  # one backward per forward: the vectors are not stepped in between
+    twin(x2)[0].square().sum().backward()
+    for p, q in zip(block.parameters(), twin.parameters()):  # to rounding: one graph sums the paths in its order
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+
+
 def test_jacobian_penalty_matches_frobenius_norm_of_linear_map():
     A = torch.randn(6, 6, dtype=torch.float64)
     z0 = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
