@@ -45,9 +45,7 @@ class Block(nn.Module):
         self.cells = nn.ModuleList(cell_factory() for _ in range(n_cells))
         self.norms = nn.ModuleList(CellNorm(cell, self.spec.norm, self.spec.mask.min_dim) for cell in self.cells)
         self.masks = MaskSet(self.cells[0], self.spec.mask, num_masks=self.spec.depth)
-        self.layers = self.spec.depth
-        if self.spec.mode == "deq" and self.masks.num_masks <= 1:
-            self.layers = 1  # without distinct masks a cycle f o ... o f has the fixed point of f
+        self.layers = self.spec.cycle  # a deq without distinct masks: 1 (a cycle f o ... o f has the fixed point of f)
         self._resolve()
         self._sparsity = self.masks.zero_fraction()
         # DEQ warm-up (set by the trainer): > 0 unrolls the DEQ's map this many times with plain backprop, as a

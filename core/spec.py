@@ -73,6 +73,14 @@ class BlockSpec:
         if self.jacobian_samples < 0:
             raise ValueError(f"jacobian_samples={self.jacobian_samples} must be >= 0")
 
+    @property
+    def cycle(self) -> int:
+        """K, the layers of a deq's map f_K o ... o f_1: ``depth`` with one mask per layer (mask mode distinct or
+        disjoint, active), else 1 (one map f: a cycle of it has the fixed point of f). Other modes: ``depth``."""
+        if self.mode != "deq":
+            return self.depth
+        return self.depth if self.mask.active and self.mask.mode in ("distinct", "disjoint") else 1
+
     @classmethod
     def from_dict(cls, config: Mapping[str, Any] | None = None, **overrides: Any) -> "BlockSpec":
         """Build from a (possibly nested) mapping such as a Hydra/OmegaConf node; keyword overrides win.
