@@ -100,7 +100,7 @@ class LoopConfig:
     log_every: Optional[int] = None  # without a bar, a log line every this many steps (None: ~10 per run; 0: none)
     threads: Optional[int] = None
     deq_warmup_steps: int = 0  # a DEQ's first steps unroll its map as a weight-tied model (MDEQ's pretraining)
-    deq_warmup_depth: Optional[int] = None  # layers unrolled in the warm-up (None: block.depth)
+    deq_warmup_depth: Optional[int] = None  # layers unrolled in the warm-up (None: block.depth; a multiple of K)
     score_train: bool = False  # the final evaluation also scores the training split (fit/...: capacity)
 
 
@@ -210,6 +210,12 @@ def validate(cfg: Any) -> BlockSpec:
         raise ValueError(f"train.threads={t.threads} must be >= 1 or null (torch's default: every core)")
     if t.deq_warmup_depth is not None and t.deq_warmup_depth < 1:
         raise ValueError(f"train.deq_warmup_depth={t.deq_warmup_depth} must be >= 1 or null (block.depth)")
+    if spec.mode == "deq" and t.deq_warmup_depth is not None and t.deq_warmup_depth % spec.cycle:
+        k = spec.cycle  # the warm-up unrolls masks 0, 1, ... cyclically: it must end on the last, as f_K o ... o f_1
+        raise ValueError(f"train.deq_warmup_depth={t.deq_warmup_depth} must be a multiple of the DEQ's K={k} distinct "
+                         f"masks (block.depth, mask.mode={spec.mask.mode}): the warm-up would end on mask "
+                         f"{(t.deq_warmup_depth - 1) % k}, the solved map on mask {k - 1}; choose {k}, {2 * k}, ... "
+                         "or null (block.depth)")
     thresholds(cfg)
     e = cfg.equilibrium
     if e.probe_every is not None and e.probe_every < 0:

@@ -368,6 +368,27 @@ def test_a_warm_up_as_long_as_the_run_is_refused(tmp_path):
         train(cfg(train=dict(LOOP, max_steps=None, epochs=1, deq_warmup_steps=30000)), tmp_path / "epochs")
 
 
+def test_a_warm_up_depth_that_is_no_multiple_of_the_distinct_masks_is_refused(tmp_path):
+    """A DEQ with K distinct masks solves f_K o ... o f_1; its warm-up unrolls masks 0, 1, ... cyclically, so a depth
+    that is no multiple of K ends on another mask (6 of K=4: on mask 1) and trains the head on another state. Refused
+    before any data is loaded; the default (block.depth = K), its multiples and any depth of a one-map DEQ pass."""
+    from tiedlab.paradigms.config import validate
+    from tiedlab.paradigms.engine import as_config
+
+    distinct = {"block.depth": 4, "mask.mode": "distinct", "mask.sparsity": 0.5, "train.deq_warmup_steps": 5}
+    with pytest.raises(ValueError, match=r"^train.deq_warmup_depth=6 must be a multiple of the DEQ's K=4 distinct "
+                                         r"masks .*end on mask 1, the solved map on mask 3; choose 4, 8, \.\.\. or null"):
+        train(cfg(**distinct, **{"train.deq_warmup_depth": 6}), tmp_path)
+    assert not (tmp_path / rundir.CHECKPOINT).exists()
+    for depth in (None, 4, 8):
+        assert validate(as_config(cfg(**distinct, **{"train.deq_warmup_depth": depth}))).cycle == 4
+    assert validate(as_config(cfg(**{"train.deq_warmup_steps": 5, "train.deq_warmup_depth": 3}))).cycle == 1
+    assert validate(as_config(cfg(**{**distinct, "mask.mode": "shared", "train.deq_warmup_depth": 3}))).cycle == 1
+    with pytest.raises(ValueError, match=r"deq_warmup_depth=3 must be a multiple of the DEQ's K=2 distinct masks "
+                                         r"\(block.depth, mask.mode=disjoint\)"):
+        validate(as_config(cfg(**{"block.depth": 2, "mask.mode": "disjoint", "train.deq_warmup_depth": 3})))
+
+
 def test_warm_up_of_a_tied_block_is_named_as_ignored_and_left_out_of_the_fingerprint(tmp_path, capsys):
     tied = dict(block=dict(mode="tied"))
     a = train(cfg(**tied, train=dict(LOOP, deq_warmup_steps=5)), tmp_path / "a")
