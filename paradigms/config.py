@@ -313,9 +313,9 @@ def ignored_options(cfg: Any, overrides: Sequence[str] = (), unread: Mapping[str
         if not cfg.train.deq_warmup_steps and "train.deq_warmup_depth" in keys:
             out.append("train.deq_warmup_depth ignored: train.deq_warmup_steps=0 (no warm-up)")
         warmup_reads_depth = cfg.train.deq_warmup_steps and cfg.train.deq_warmup_depth is None
-        if "block.depth" in keys and cfg.mask.mode != "distinct" and not warmup_reads_depth:
+        if "block.depth" in keys and cfg.mask.mode not in ("distinct", "disjoint") and not warmup_reads_depth:
             out.append(f"block.depth ignored: a DEQ with mask.mode={cfg.mask.mode} solves for one cell's fixed point "
-                       "(block.depth counts a DEQ's distinct masks, and its warm-up's layers when "
+                       "(block.depth counts a DEQ's distinct or disjoint masks, and its warm-up's layers when "
                        "train.deq_warmup_depth=null)")
     if cfg.block.mode != "deq":
         named = sorted(k for k in keys if k.startswith("equilibrium."))

@@ -149,6 +149,7 @@ def test_options_the_run_does_not_read_are_named(changes, named):
 
 @pytest.mark.parametrize("changes", [
     {"block.mode": "deq", "block.depth": 4, "mask.mode": "distinct", "mask.sparsity": 0.5},  # K = 4 masks
+    {"block.mode": "deq", "block.depth": 4, "mask.mode": "disjoint", "mask.sparsity": 0.75},
     {"block.mode": "deq", "block.depth": 4, "train.deq_warmup_steps": 5},  # the warm-up unrolls 4 layers
     {"block.mode": "tied", "block.depth": 4}])
 def test_a_depth_the_run_reads_is_not_named(changes):
