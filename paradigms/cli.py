@@ -94,16 +94,19 @@ def _hydra_main(cfg: DictConfig) -> Any:
     from .distributed import SameOnEveryRank
     from .engine import train as run_training
 
+    from .rundir import RunLockedError
     from .tracking import TrackerError
 
     hydra_cfg = HydraConfig.get()
     result: dict[str, Any] = {}
+    ours = True  # the run directory is this process's (not another's, whose lock refused this one)
     try:
         result = run_training(cfg, cfg.run_dir, list(hydra_cfg.overrides.task))
     except (ValueError, OSError, TrackerError) as err:  # config, data, checkpoint, run-directory, tracker errors
         if _show_traceback():
             raise
         message = f"[tiedlab] error: {err}"
+        ours = not isinstance(err, RunLockedError)
         if _rank() and isinstance(err, SameOnEveryRank):
             message = ""  # rank 0 prints it
     except Exception as err:  # noqa: BLE001 - a crash while building the run: one line, the trace on request
@@ -139,7 +142,8 @@ def _hydra_main(cfg: DictConfig) -> Any:
         message = f"[tiedlab] failed{where}: {cfg.run_dir}: {result['reason']}"
     if message:
         _report(message)
-        _log_in_run_dir(cfg.run_dir, message)
+        if ours:
+            _log_in_run_dir(cfg.run_dir, message)
     _FAILED.append(str(cfg.run_dir))
     if result.get("stopped_by"):  # a run that failed after a stop came: start nothing further either
         _stop_here(hydra_cfg)

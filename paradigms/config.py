@@ -210,7 +210,7 @@ def validate(cfg: Any) -> BlockSpec:
         raise ValueError(f"train.threads={t.threads} must be >= 1 or null (torch's default: every core)")
     if t.deq_warmup_depth is not None and t.deq_warmup_depth < 1:
         raise ValueError(f"train.deq_warmup_depth={t.deq_warmup_depth} must be >= 1 or null (block.depth)")
-    if spec.mode == "deq" and t.deq_warmup_depth is not None and t.deq_warmup_depth % spec.cycle:
+    if spec.mode == "deq" and t.deq_warmup_steps and t.deq_warmup_depth is not None and t.deq_warmup_depth % spec.cycle:
         k = spec.cycle  # the warm-up unrolls masks 0, 1, ... cyclically: it must end on the last, as f_K o ... o f_1
         raise ValueError(f"train.deq_warmup_depth={t.deq_warmup_depth} must be a multiple of the DEQ's K={k} distinct "
                          f"masks (block.depth, mask.mode={spec.mask.mode}): the warm-up would end on mask "
@@ -313,8 +313,9 @@ def ignored_options(cfg: Any, overrides: Sequence[str] = (), unread: Mapping[str
         if not cfg.train.deq_warmup_steps and "train.deq_warmup_depth" in keys:
             out.append("train.deq_warmup_depth ignored: train.deq_warmup_steps=0 (no warm-up)")
         warmup_reads_depth = cfg.train.deq_warmup_steps and cfg.train.deq_warmup_depth is None
-        if "block.depth" in keys and cfg.mask.mode not in ("distinct", "disjoint") and not warmup_reads_depth:
-            out.append(f"block.depth ignored: a DEQ with mask.mode={cfg.mask.mode} solves for one cell's fixed point "
+        if "block.depth" in keys and block_spec(cfg).cycle == 1 and not warmup_reads_depth:
+            out.append(f"block.depth ignored: a DEQ with mask.mode={cfg.mask.mode} (no distinct or disjoint masks "
+                       "that keep any weight out) solves for one cell's fixed point "
                        "(block.depth counts a DEQ's distinct or disjoint masks, and its warm-up's layers when "
                        "train.deq_warmup_depth=null)")
     if cfg.block.mode != "deq":

@@ -253,14 +253,23 @@ def start_run(run: RunSpec, env: dict[str, str], threads: int | None = None, new
         log.close()
 
 
+def held_here(run_dirs: Sequence[str | Path]) -> dict[str, int]:
+    """The run dirs among ``run_dirs`` whose lock a live process on this host holds -> its pid (``lock_holder``)."""
+    import socket
+
+    here = socket.gethostname()
+    return {str(d): holder[1] for d in run_dirs if (holder := lock_holder(Path(d))) and holder[0] == here}
+
+
 def wait_for_locks(run_dirs: Sequence[str | Path], wait_s: float = STOP_WAIT_S) -> list[str]:
-    """Wait up to ``wait_s`` seconds until no live process holds the lock of any of ``run_dirs`` (runs that
-    outlived their launcher, checkpointing); returns those still held then."""
+    """Wait up to ``wait_s`` seconds until no live process on this host holds the lock of any of ``run_dirs``
+    (runs that outlived their launcher, checkpointing); returns those still held then. A holder on another host
+    is not waited for (a lost node's lock goes stale only after ``rundir.LOCK_STALE_S``)."""
     deadline = time.time() + wait_s
-    held = [str(d) for d in run_dirs if _lock_held(Path(d))]
+    held = list(held_here(run_dirs))
     while held and time.time() < deadline:
         time.sleep(0.2)
-        held = [d for d in held if _lock_held(Path(d))]
+        held = list(held_here(held))
     return held
 
 
@@ -456,7 +465,8 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
     # ray.init puts its own SIGTERM handler in place (sys.exit, then its C++ one, which aborts the driver and
     # leaves the runs in flight to be killed with it): keep the caller's (``raise_on_sigterm``).
     sigterm = signal.getsignal(signal.SIGTERM)
-    stopping: list[str] = []  # the run dirs of the runs in flight when the study was stopped
+    stopping: dict[str, int] = {}  # the runs in flight when the study was stopped: run dir -> its process's pid
+    hurry: list[bool] = []  # stopped a second time: the runs in flight are killed, not waited for
     try:
         try:
             if address is None:
@@ -519,20 +529,33 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
                 if on_done is not None:
                     on_done(result)
         except BaseException:  # Ctrl-C or SIGTERM: runs not started never start, runs in flight checkpoint and stop
-            stopping.extend(run.run_dir for run, _ in pending.values())
+            stopping.update(held_here([run.run_dir for run, _ in pending.values()]))  # the runs in flight
             for ref in pending:
                 ray.cancel(ref)
             try:
                 ray.wait(list(pending), num_returns=len(pending), timeout=STOP_WAIT_S)
-            except BaseException:  # noqa: BLE001 - stopped again: shut Ray down now
-                pass
+            except BaseException:  # noqa: BLE001 - stopped again: shut Ray down now, and the runs with it
+                hurry.append(True)
             raise
         return results
     finally:
         ray.shutdown()
         # A run whose worker went first (a job-wide SIGTERM reaches Ray's processes too; the shutdown kills the
-        # workers) checkpoints on its own: the study ends after its runs in flight have.
-        wait_for_locks(stopping)
+        # workers) checkpoints on its own: the study ends after its runs in flight have, or at a second stop
+        # kills them (their last checkpoints stand), as ``stop_process`` does.
+        try:
+            if not hurry:
+                wait_for_locks(list(stopping))
+        except BaseException:  # noqa: BLE001 - stopped again while waiting
+            hurry.append(True)
+            raise
+        finally:
+            for run_dir, pid in held_here(list(stopping)).items() if hurry else ():
+                if pid == stopping[run_dir]:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
 
 
 # --------------------------------------------------------------------------------------------------- Slurm
@@ -699,14 +722,20 @@ STATUS_COLUMNS = ("runs", "done", "not_at_equilibrium", "diverged", "failed", "r
 
 
 def _lock_held(run_dir: Path) -> bool:
-    """Whether a live process holds the run's lock, read from the holder line it wrote (``pid N on HOST since
-    ...``; emptied on release) without touching the lock itself (taking it, even briefly, could refuse the run's
-    own start). On this host the pid is checked, and that its process is the one that wrote the line (the line
-    records its process's start, ``rundir.process_start_ticks``: a holder killed with SIGKILL leaves its line, and
-    the pid may since name another process, as when a restarted container counts pids from 1 again; a line without
-    it, from an older tiedlab, is judged by its pid alone); a holder on another host counts as running while it
-    keeps touching the lock (``rundir.hold_lock``'s heartbeat): a lock untouched for ``rundir.LOCK_STALE_S`` seconds
-    was left by a holder killed with no chance to clear it (SIGKILL, out of memory, a lost node)."""
+    """Whether a live process holds the run's lock (``lock_holder``)."""
+    return lock_holder(run_dir) is not None
+
+
+def lock_holder(run_dir: Path) -> tuple[str, int] | None:
+    """(host, pid) of the live process that holds the run's lock, read from the holder line it wrote (``pid N on
+    HOST since ...``; emptied on release) without touching the lock itself (taking it, even briefly, could refuse
+    the run's own start); None when no live process holds it. On this host the pid is checked, and that its process
+    is the one that wrote the line (the line records its process's start, ``rundir.process_start_ticks``: a holder
+    killed with SIGKILL leaves its line, and the pid may since name another process, as when a restarted container
+    counts pids from 1 again; a line without it, from an older tiedlab, is judged by its pid alone); a holder on
+    another host counts as live while it keeps touching the lock (``rundir.hold_lock``'s heartbeat): a lock
+    untouched for ``rundir.LOCK_STALE_S`` seconds was left by a holder killed with no chance to clear it (SIGKILL,
+    out of memory, a lost node)."""
     import re
     import socket
 
@@ -715,22 +744,22 @@ def _lock_held(run_dir: Path) -> bool:
         text = path.read_text(errors="replace").strip()
         touched = path.stat().st_mtime
     except OSError:
-        return False
+        return None
     match = re.match(r"pid (\d+) on (\S+) since \S+?(?: \(process start (\d+)\))?:(?:\s|$)", text)
     if not match:
-        return False
-    if match.group(2) != socket.gethostname():
-        return time.time() - touched < rundir.LOCK_STALE_S
-    pid = int(match.group(1))
+        return None
+    host, pid = match.group(2), int(match.group(1))
+    if host != socket.gethostname():
+        return (host, pid) if time.time() - touched < rundir.LOCK_STALE_S else None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return None
     except PermissionError:
         pass
     wrote = match.group(3)
     now = rundir.process_start_ticks(pid)
-    return wrote is None or now is None or int(wrote) == now
+    return (host, pid) if wrote is None or now is None or int(wrote) == now else None
 
 
 FINISHED_STATES = ("done", "not_at_equilibrium", "diverged")  # a study reuses these runs instead of training them

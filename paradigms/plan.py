@@ -158,6 +158,12 @@ class StepTimes:
         return None if steps is None else self.cells[run.cell][0] * steps / 1000.0
 
 
+def _study_id(study: Any) -> str:
+    """A study's name, or a study file's path (``tiedlab-study PATH.yaml``) resolved, as measured and as asked."""
+    text = str(study)
+    return str(Path(text).resolve()) if text.endswith((".yaml", ".yml")) else text
+
+
 def load_step_times(path: str | Path, study: str) -> StepTimes:
     """The step times ``gpu_check.py --study STUDY --out PATH`` wrote. Raises ValueError (one line) when the file
     is missing, not such a file, or measured another study."""
@@ -177,7 +183,7 @@ def load_step_times(path: str | Path, study: str) -> StepTimes:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"--step-times {path}: not a step-times file of benchmarks/gpu_check.py --study "
                          f"({type(err).__name__}: {err})") from None
-    if measured != study:
+    if _study_id(measured) != _study_id(study):
         raise ValueError(f"--step-times {path} measured study {measured!r}, not {study!r}: run "
                          f"benchmarks/gpu_check.py --study {study}")
     return StepTimes(measured, str(raw.get("device", "?")), cells, overrides)

@@ -278,17 +278,24 @@ def study(argv: list[str] | None = None) -> int:
     if args.status and (args.plan or args.dry_run or args.until_decided or args.step_times is not None):
         raise ValueError("--status reads the run directories: --plan, --dry-run, --until-decided and --step-times "
                          "do not apply to it")
-    other = [f"--{k.replace('_', '-')}" for k in ("status", "plan", "dry_run", "until_decided", "no_report")
-             if getattr(args, k)] + [f"--{k.replace('_', '-')}" for k in ("step_times", "seed_batch", "grids")
-                                     if getattr(args, k) is not None]
+    other = ([f"--{k.replace('_', '-')}" for k in ("status", "plan", "dry_run", "until_decided", "no_report",
+                                                     "slurm", "slurm_option") if getattr(args, k)]
+             + [f"--{k.replace('_', '-')}" for k in ("step_times", "seed_batch", "grids", "gpus", "per_gpu",
+                                                     "ray_address", "submitit_cluster", "out")
+                if getattr(args, k) is not None] + (["--jobs"] if args.jobs != 1 else []))
     if args.arms and other:
         raise ValueError(f"--arms prints the primary comparisons' arms and runs nothing: {', '.join(other)} do not "
                          "apply to it")
     if args.plan and (args.dry_run or args.seed_batch is not None):
         raise ValueError("--plan prints the plan and runs nothing: --dry-run and --seed-batch do not apply to it")
     spec = load_study(args.name)
-    if args.name.endswith((".yaml", ".yml")):  # a study file outside configs/study: named by its file's stem
+    ref = args.ref = args.name  # how a later command names the study (a study file's path, or a shipped name)
+    if args.name.endswith((".yaml", ".yml")):  # a study file outside configs/study: its folders by the file's stem
         args.name = Path(args.name).stem
+        if (study_dir() / f"{args.name}.yaml").exists() and (args.runs is None or (
+                args.out is None and not (args.no_report or args.status or args.plan or args.arms or args.dry_run))):
+            raise ValueError(f"{ref} has the name of the shipped study {args.name!r}: give it --runs (and --out, "
+                             "or --no-report), so that its runs and report stay out of that study's folders")
     runs = Path(args.runs or Path(os.environ.get("TIEDLAB_RUNS", "runs")) / "study" / args.name)
     if args.ray_address:  # the workers start in the directory their `ray start` ran in, not this one
         runs = runs.absolute()
@@ -310,7 +317,7 @@ def study(argv: list[str] | None = None) -> int:
         from .plan import format_plan, load_step_times, study_plan
 
         launch.check_reused(launch.study_runs(spec, runs, args.overrides))  # as the run would (a dry run does)
-        step_times = load_step_times(args.step_times, args.name) if args.step_times is not None else None
+        step_times = load_step_times(args.step_times, ref) if args.step_times is not None else None
         print(f"study {spec.get('name')} in {runs}")
         slots, slots_note = study_slots(args)
         print(format_plan(study_plan(spec, runs, args.overrides, step_times, full, looks), slots=slots))
@@ -543,7 +550,7 @@ def submit_study(spec: dict[str, Any], runs: Path, args: argparse.Namespace) -> 
     print(f"[tiedlab] submitted {len(todo)} runs of study {spec.get('name')} as job array {first} "
           f"(at most {options.get('array_parallelism')} at once, {options.get('timeout_min')} min per job, requeued "
           f"after a timeout or preemption); logs in {folder}\n"
-          f"[tiedlab] follow it with: tiedlab-study {args.name} --status"
+          f"[tiedlab] follow it with: tiedlab-study {getattr(args, 'ref', args.name)} --status"
           + (f" --runs {args.runs}" if args.runs else ""), flush=True)
     return 0
 

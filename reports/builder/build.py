@@ -238,13 +238,16 @@ def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tie
     if from_summary is not None:  # a new analysis of an old report's results: its summary.json is the input
         report = analyse([from_summary], title, study, runs=runs_from_summary(from_summary))
         report.rebuilt_from = str(from_summary)
-        # a summary's runs carry no configs: what the arms differ in is the summary's (from its run directories)
-        stored = {p.get("id"): p.get("differ") or [] for p in json.loads(Path(from_summary).read_text())
-                  .get("primaries") or []}
+        # a summary's runs carry no configs: what the arms differ in is the summary's (from its run directories),
+        # for a comparison of the same arms (a rebuild may test other comparisons under the same ids)
+        stored = {(p.get("id"), p.get("a"), p.get("b")): p.get("differ") or []
+                  for p in json.loads(Path(from_summary).read_text()).get("primaries") or []}
         for r in report.primaries:
-            r.differ = r.differ or list(stored.get(r.spec.key, []))
+            r.differ = r.differ or list(stored.get((r.spec.key, r.spec.a.title(), r.spec.b.title()), []))
     else:
         report = analyse(paths, title, study)
+    code = provenance.code_version()  # before anything is written: a report folder inside the checkout would
+    # make its tree dirty
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _remove_old_plots(out)
@@ -252,8 +255,7 @@ def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tie
     report.plots = ([forest] if forest else []) + make_plots(report.cells, out)
     report.commands = list(commands)
     report.report_command = report_command
-    code = provenance.code_version()  # the code that analysed the runs, wherever the command ran from
-    report.commit = code["commit"] + ("+dirty" if code["dirty"] else "")
+    report.commit = code["commit"] + ("+dirty" if code["dirty"] else "")  # the code that analysed the runs
     report.run_commits = run_commits(report.runs)
     report.date = provenance.now()
     report.machine = provenance.machine()

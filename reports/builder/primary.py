@@ -582,29 +582,28 @@ def config_differences(a: list[RunLike], b: list[RunLike], thresholds: bool = Tr
 
 def arm_differences(keys_a: list[Mapping[str, Any]], keys_b: list[Mapping[str, Any]]) -> list[str]:
     """What two arms' cell configs (``Run.key``, or ``launch._cell_config``: flattened, less seeds and
-    bookkeeping) set otherwise: ``"key: A vs B"`` for each key both arms record with other values (an arm whose
-    runs disagree shows its values joined by "/"), then the sections only one arm has (``"only B: grad.*,
-    solver.*"``: what its mode reads); [] when either arm's configs are unknown. What a comparison is about
-    shows up here too (``block.mode: tied vs deq``), beside anything else that differs (a DEQ recipe's norm)."""
+    bookkeeping) set otherwise: ``"key: A vs B"`` for each key both arms record with other values (each side's
+    values over the runs that record it, joined by "/" when they disagree), then the sections of the keys no run of
+    the other arm records (``"only B: grad.*, solver.*"``: what its mode reads); [] when either arm's configs are
+    unknown. What a comparison is about shows up here too (``block.mode: tied vs deq``), beside anything else that
+    differs (a DEQ recipe's norm). A key only some runs of an arm record (another code version) is named by
+    ``config_gaps``."""
     if not keys_a or not keys_b:
         return []
 
     def values(keys: list[Mapping[str, Any]], name: str) -> str:
-        return " / ".join(sorted({_text(k[name]) for k in keys}))
+        return " / ".join(sorted({_text(k[name]) for k in keys if name in k}))
 
-    shared_a = set.intersection(*(set(k) for k in keys_a))
-    shared_b = set.intersection(*(set(k) for k in keys_b))
-    out = [f"{name}: {values(keys_a, name)} vs {values(keys_b, name)}" for name in sorted(shared_a & shared_b)
+    all_a, all_b = set().union(*keys_a), set().union(*keys_b)
+    out = [f"{name}: {values(keys_a, name)} vs {values(keys_b, name)}" for name in sorted(all_a & all_b)
            if values(keys_a, name) != values(keys_b, name)]
-    for side, own, other in (("A", shared_a, shared_b), ("B", shared_b, shared_a)):
+    for side, own, other in (("A", all_a, all_b), ("B", all_b, all_a)):
         sections = sorted({name.rsplit(".", 1)[0] + ".*" if "." in name else name for name in own - other})
         if sections:
             out.append(f"only {side}: {', '.join(sections)}")
     return out
 
 
-# what arm_matching compares, by what it says (params/nonzero sums each layer's unmasked entries: what a forward
-# pass multiplies with, a DEQ's counted once; core/nfe_forward: the cell calls of a training forward, a solve's)
 MATCHED = (("stored", "params/unique"), ("used", "params/used"), ("nonzero over layers", "params/nonzero"),
            ("forward cell calls", "core/nfe_forward"), ("step time", "time/step_ms"),
            ("training time", "time/train_s"))

@@ -386,7 +386,10 @@ def test_a_warm_up_depth_that_is_no_multiple_of_the_distinct_masks_is_refused(tm
     assert validate(as_config(cfg(**{**distinct, "mask.mode": "shared", "train.deq_warmup_depth": 3}))).cycle == 1
     with pytest.raises(ValueError, match=r"deq_warmup_depth=3 must be a multiple of the DEQ's K=2 distinct masks "
                                          r"\(block.depth, mask.mode=disjoint\)"):
-        validate(as_config(cfg(**{"block.depth": 2, "mask.mode": "disjoint", "train.deq_warmup_depth": 3})))
+        validate(as_config(cfg(**{"block.depth": 2, "mask.mode": "disjoint", "train.deq_warmup_steps": 5,
+                                  "train.deq_warmup_depth": 3})))
+    # without warm-up steps the depth is unread (named as ignored), not refused
+    assert validate(as_config(cfg(**{**distinct, "train.deq_warmup_steps": 0, "train.deq_warmup_depth": 6}))).cycle == 4
 
 
 def test_warm_up_of_a_tied_block_is_named_as_ignored_and_left_out_of_the_fingerprint(tmp_path, capsys):

@@ -641,8 +641,10 @@ def test_arms_prints_every_key_each_comparisons_arms_set_otherwise_and_runs_noth
     assert "  block.mode: tied vs deq" in first and "  only B: equilibrium.*, grad.*, solver.*, solver.options.*" in first
     assert second.splitlines()[3:] == ["  model.width: 16 vs 8", "  optim.lr: 0.02 vs 0.01"], second
     assert not runs.exists()  # ran nothing, wrote nothing
-    with pytest.raises(ValueError, match=r"^--arms prints .*: --dry-run do not apply to it$"):
-        study_module.study(["toy", "--runs", str(runs), "--arms", "--dry-run"])
+    for flag, named in ((["--dry-run"], "--dry-run"), (["--jobs", "2"], "--jobs"), (["--out", "x"], "--out"),
+                        (["--gpus", "all", "--per-gpu", "2"], "--gpus, --per-gpu")):
+        with pytest.raises(ValueError, match=rf"^--arms prints .*: {named} do not apply to it$"):
+            study_module.study(["toy", "--runs", str(runs), "--arms", *flag])
 
 
 def test_a_study_file_outside_the_repository_runs_by_its_path(tmp_path, monkeypatch, capsys):
@@ -658,3 +660,42 @@ def test_a_study_file_outside_the_repository_runs_by_its_path(tmp_path, monkeypa
     assert "[tiedlab] study sines:" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"^no study file .*nothere.yaml$"):
         study_module.study([str(tmp_path / "nothere.yaml")])
+    # named like a shipped study (the studies folder holds toy.yaml here): its folders would be that study's
+    clash = tmp_path / "mine" / "toy.yaml"
+    clash.write_text(path.read_text())
+    with pytest.raises(ValueError, match=r"toy.yaml has the name of the shipped study 'toy': give it --runs"):
+        study_module.study([str(clash), "--no-report"])
+    with pytest.raises(ValueError, match=r"give it --runs \(and --out, or --no-report\)"):
+        study_module.study([str(clash), "--runs", str(runs)])
+    assert study_module.study([str(clash), "--runs", str(tmp_path / "runs2"), "--no-report"]) == 0
+
+
+@pytest.mark.slow  # about 20 s
+def test_a_second_sigterm_to_a_ray_study_kills_its_runs_in_flight_at_once(tmp_path, monkeypatch):
+    """A second stop does not wait for the runs to checkpoint (2 s steps here): they are killed, their last
+    checkpoints stand, and no process of the study is left; the study exits with the signal's status."""
+    pytest.importorskip("ray")
+    grids = [{"name": "g", "overrides": [*TOY, "train.max_steps=30000", "train.ckpt_every=100000",
+                                         "train.eval_every=1", "train.batch_size=32", "data.step_sleep_s=2"],
+              "sweep": {"seed": [0, 1, 2]}}]
+    write_study(tmp_path, monkeypatch, grids)
+    runs = tmp_path / "runs"
+    study = start_study(tmp_path, ["--runs", str(runs), "--no-report", "--jobs", "2"], background=True)
+    dirs = [runs / "g" / f"seed={s}" for s in range(3)]
+
+    def evaluated():
+        assert study.poll() is None, study.communicate()
+        started = [d for d in dirs if (d / "history.jsonl").exists()]
+        return started if len(started) >= 2 else None
+
+    try:
+        started = wait_for(evaluated, 240, "2 runs' first evaluation")
+        holders = [holder_pid(d) for d in started]
+        study.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        study.send_signal(signal.SIGTERM)
+        out, err = study.communicate(timeout=60)
+    finally:
+        kill_group(study)
+    assert study.returncode == 128 + signal.SIGTERM, out[-2000:] + err[-2000:]
+    assert not any(pid and alive(pid) for pid in holders)

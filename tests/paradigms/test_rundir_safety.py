@@ -125,11 +125,13 @@ def test_ignored_options_warn_and_stay_out_of_the_fingerprint(tmp_path, capsys):
      "grad.max_iter, grad.tol ignored: grad.mode=phantom"),
     ({"block.mode": "deq", "grad.mode": "onestep", "grad.steps": 2}, "grad.steps ignored: grad.mode=onestep"),
     ({"block.mode": "deq", "train.deq_warmup_depth": 2}, "train.deq_warmup_depth ignored: train.deq_warmup_steps=0"),
-    ({"block.mode": "deq", "block.depth": 7}, "block.depth ignored: a DEQ with mask.mode=none solves for one"),
+    ({"block.mode": "deq", "block.depth": 7}, "block.depth ignored: a DEQ with mask.mode=none (no distinct or"),
     ({"block.mode": "deq", "block.depth": 7, "mask.mode": "shared", "mask.sparsity": 0.5},
      "block.depth ignored: a DEQ with mask.mode=shared"),
     ({"block.mode": "deq", "block.depth": 7, "train.deq_warmup_steps": 5, "train.deq_warmup_depth": 3},
      "block.depth ignored"),
+    ({"block.mode": "deq", "block.depth": 7, "mask.mode": "distinct", "mask.sparsity": 0.0},  # keeps every weight
+     "block.depth ignored: a DEQ with mask.mode=distinct (no distinct or disjoint masks"),
     ({"equilibrium.rel_residual": 0.1}, "equilibrium.rel_residual ignored: equilibrium health is measured on a DEQ"),
     ({"optim.momentum": 0.5}, "optim.momentum ignored: optim.name=adamw does not read them"),
     ({"optim.name": "sgd", "optim.betas": [0.8, 0.9]}, "optim.betas ignored: optim.name=sgd"),
@@ -149,7 +151,7 @@ def test_options_the_run_does_not_read_are_named(changes, named):
 
 @pytest.mark.parametrize("changes", [
     {"block.mode": "deq", "block.depth": 4, "mask.mode": "distinct", "mask.sparsity": 0.5},  # K = 4 masks
-    {"block.mode": "deq", "block.depth": 4, "mask.mode": "disjoint", "mask.sparsity": 0.75},
+    {"block.mode": "deq", "block.depth": 4, "mask.mode": "disjoint"},
     {"block.mode": "deq", "block.depth": 4, "train.deq_warmup_steps": 5},  # the warm-up unrolls 4 layers
     {"block.mode": "tied", "block.depth": 4}])
 def test_a_depth_the_run_reads_is_not_named(changes):

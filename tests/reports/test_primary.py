@@ -668,6 +668,15 @@ def test_each_comparison_says_every_config_key_its_arms_set_otherwise_and_how_th
     assert primary.arm_differences(keys_a, [{"model.width": 32, "block.mode": "deq"}]) == [
         "block.mode: tied vs deq", "model.width: 32 / 64 vs 32"]
     assert primary.arm_differences(keys_a, []) == []
+    # a key only some runs of an arm record (another code version) is compared over the runs that record it
+    assert primary.arm_differences([{"model.heads": 4}, {}], [{"model.heads": 2}]) == ["model.heads: 4 vs 2"]
+    assert primary.arm_differences([{"train.x": None}, {}], [{"train.x": None}]) == []
+    # a rebuild testing other arms under the same id does not inherit the old arms' differences
+    swapped = tmp_path / "swapped.yaml"
+    swapped.write_text(yaml.safe_dump({"name": "t", "grids": [{"name": "g"}], "primary": {"comparisons": [
+        spec(a={"grid": "g", "where": {"block": "deq"}}, b={"grid": "g", "where": {"block": "tied"}})]}}))
+    other = build_report([], tmp_path / "other", "t", study=swapped, from_summary=tmp_path / "out" / "summary.json")
+    assert other.primaries[0].differ == [] and other.primaries[0].matching.startswith("B/A: stored 1x")
     other = tmp_path / "batched"
     for seed in range(2):
         write_run(other / "g", f"block=tied,seed={seed}", mode="tied", seed=seed, seed_batch=1)
@@ -691,3 +700,22 @@ def test_the_report_names_the_commit_of_the_code_that_built_it_wherever_it_ran(t
     report = build_report([runs], tmp_path / "out", "t")
     code = provenance.code_version()
     assert code["commit"] != "unknown" and report.commit == code["commit"] + ("+dirty" if code["dirty"] else "")
+
+
+def test_a_report_written_into_a_clean_checkout_does_not_call_it_dirty(tmp_path, monkeypatch):
+    """The plots went into the report folder before git status ran: a report built inside the tree (the default
+    reports/studies/NAME) always said +dirty."""
+    import subprocess
+
+    from tiedlab.paradigms import provenance
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for cmd in (["init", "-q"], ["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "--allow-empty",
+                                "-m", "x"]):
+        subprocess.run(["git", *cmd], cwd=repo, check=True)
+    monkeypatch.setattr(provenance, "CODE_DIR", repo)
+    runs = tmp_path / "runs"
+    tied_vs_deq(runs)
+    report = build_report([runs], repo / "reports" / "t", "t")
+    assert report.commit == provenance.git_commit(repo) and "+dirty" not in report.commit
