@@ -394,6 +394,9 @@ def format_plan(plan: StudyPlan, slots: int = 1) -> str:
         elif g.from_step_times:
             to_go += f" ({g.from_step_times} from step times)"
         lines.append(f"{g.name:<32} {g.runs:>5} {g.finished:>5}  {g.steps:<11} {measured:>14}  {to_go}")
+    if any("?" in g.steps for g in plan.grids):
+        lines.append("steps/run ?: no train.max_steps in the overrides (train.epochs or the config's default sets "
+                     "them) and no run of the cell has recorded its steps yet")
     if plan.primaries:
         seq = plan.sequential
         lines += ["", "primary comparisons read as the report reads them: Holm within each family, "

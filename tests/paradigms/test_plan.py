@@ -169,3 +169,16 @@ def test_plan_reads_the_primaries_as_the_report_does(tmp_path, monkeypatch, caps
     assert "alpha / 3 looks (--until-decided: 3 to 7 seeds" in capsys.readouterr().out
     assert study_module.study(["toy", "--runs", str(fresh), "--plan"]) == 0
     assert "one look (a fixed design" in capsys.readouterr().out
+
+
+def test_a_grid_whose_steps_are_not_known_yet_is_explained(tmp_path, monkeypatch):
+    from tiedlab.paradigms.plan import format_plan
+
+    monkeypatch.setattr(study_module.launch, "check_reused", lambda runs: None)
+    spec = {"name": "toy", "grids": [{"name": "e", "overrides": ["paradigm=toy", "train.epochs=3"],
+                                      "sweep": {"seed": [0, 1]}}]}
+    text = format_plan(study_plan(spec, tmp_path / "runs"))
+    row = next(line for line in text.splitlines() if line.startswith("e "))
+    assert row.split()[3] == "?" and "steps/run ?: no train.max_steps in the overrides" in text
+    spec["grids"][0]["overrides"].append("train.max_steps=50")
+    assert "steps/run ?" not in format_plan(study_plan(spec, tmp_path / "runs"))
