@@ -18,16 +18,9 @@ class TanhCell(nn.Module):
         return torch.tanh(z @ self.W.T + x @ self.U.T + self.b)
 
 
-class InOutCell(nn.Module):
+class InOutCell(TanhCell):
     """z' = tanh(z W + x U^T + b): W is stored (in, out), as GPT-2's ``Conv1D`` stores it, and ``mask_input_dims``
     says so; U is stored (out, in) as usual."""
-
-    def __init__(self, dim: int = 6, scale: float = 0.5, dtype=torch.float64):
-        super().__init__()
-        w = torch.randn(dim, dim, dtype=dtype)
-        self.W = nn.Parameter(scale * w / torch.linalg.matrix_norm(w, 2))
-        self.U = nn.Parameter(torch.randn(dim, dim, dtype=dtype) / dim**0.5)
-        self.b = nn.Parameter(torch.zeros(dim, dtype=dtype))
 
     def forward(self, z, x):
         return torch.tanh(z @ self.W + x @ self.U.T + self.b)
