@@ -1084,24 +1084,33 @@ class _Run:
 class _StopSignals:
     """SIGUSR2 and SIGTERM only set ``received`` (the signal's name) while installed, so that the loop can
     checkpoint at a step boundary; ``restore`` puts the previous handlers back. Installed only in the main
-    thread (Python delivers signals there; elsewhere the process keeps its handlers)."""
+    thread (Python delivers signals there; elsewhere the process keeps its handlers). From the first signal on, the
+    process has ``rundir.STOP_WAIT_S`` seconds until ``restore`` (its launcher waits as long), then it SIGKILLs
+    itself: a run whose launcher died (a Ray worker's run outlives it to checkpoint) must not hang holding its lock."""
 
     SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.received = ""
         self.previous: dict[int, Any] = {}
+        self.deadline: threading.Timer | None = None
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = self.received or signal.Signals(signum).name
+        if self.deadline is None:
+            self.deadline = threading.Timer(rundir.STOP_WAIT_S, os.kill, (os.getpid(), signal.SIGKILL))
+            self.deadline.daemon = True
+            self.deadline.start()
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
+        if self.deadline is not None:
+            self.deadline.cancel()
 
 
 def _make_paradigm(cfg: Any, device: torch.device) -> Paradigm:

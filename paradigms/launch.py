@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 from . import rundir
 
 INTERRUPTED_EXIT = 75  # the exit status of a run stopped by SIGUSR2/SIGTERM after a checkpoint (EX_TEMPFAIL: resumable)
-STOP_WAIT_S = 600.0  # how long a stopped study waits for its runs in flight to checkpoint and exit (then SIGKILL)
+STOP_WAIT_S = rundir.STOP_WAIT_S  # how long a stopped study waits for its runs in flight to checkpoint and exit
 
 
 class Stopped(KeyboardInterrupt):

@@ -36,6 +36,9 @@ CHECKPOINT = "checkpoint.pt"
 LOCK = "run.lock"
 LOCK_HEARTBEAT_S = 60.0  # a holder touches its lock this often, so another host can tell a live holder from a dead one
 LOCK_STALE_S = 600.0  # a lock held on another host and untouched this long: its holder was killed (``launch``)
+# A run asked to stop (SIGTERM, SIGUSR2) has this long to checkpoint and exit: its launcher SIGKILLs it after, and so
+# does the run itself (``engine._StopSignals``: a run whose launcher died first would hold its lock forever if it hung)
+STOP_WAIT_S = 600.0
 TRACEBACK = "traceback.txt"
 CHECKPOINT_FORMAT = 2  # 2: RNG states as tensors and lists, loadable with weights_only=True
 # interrupted: stopped by SIGUSR2/SIGTERM (a scheduler's timeout warning, a preemption) after a checkpoint; resumable

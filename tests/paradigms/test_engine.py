@@ -508,3 +508,24 @@ def test_a_score_without_its_primary_metric_or_split_prefix_fails_the_run(tmp_pa
     result = train(cfg(), tmp_path)
     assert result["status"] == "failed", result
     assert re.search(match, result["reason"]), result["reason"]
+
+
+@pytest.mark.parametrize("restored", [False, True])
+def test_a_stopped_run_that_hangs_ends_itself_after_the_stop_wait(restored):
+    """A Ray run outlives its worker to checkpoint (SIGTERM as its death signal): one that then hung would hold its
+    lock forever. From the first stop signal on it has rundir.STOP_WAIT_S (here 0.5 s) until its handlers are
+    restored, then it SIGKILLs itself; restored in time, it lives on."""
+    code = ("import os, signal, time\n"
+            "from tiedlab.paradigms import engine, rundir\n"
+            "rundir.STOP_WAIT_S = 0.5\n"
+            "stop = engine._StopSignals()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(0.1)\n"
+            f"{'stop.restore()' if restored else 'pass'}\n"
+            "time.sleep(2.0)\n"
+            "print(stop.received, flush=True)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    if restored:
+        assert proc.returncode == 0 and proc.stdout.strip() == "SIGTERM", proc.stderr
+    else:
+        assert proc.returncode == -signal.SIGKILL and proc.stdout == "", proc.stderr
