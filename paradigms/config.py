@@ -276,9 +276,9 @@ def measurement_values(section: Mapping[str, Any]) -> dict[str, Any]:
 def ignored_options(cfg: Any, overrides: Sequence[str] = (), unread: Mapping[str, str] | None = None) -> list[str]:
     """Options that a run would silently ignore, one message each: the solver and implicit gradient of a block
     that is not a DEQ, a DEQ's gradient options its grad.mode does not read, a warm-up depth without warm-up
-    steps and the depth of a DEQ without distinct masks that no warm-up reads, equilibrium thresholds of a block that is not a DEQ, the optimiser options of another optimiser, mask
-    options without a mask mode or of another mask kind, a wandb logger's options with the local logger, and the
-    keys of ``unread`` (the paradigm's ``unread_options``: key -> why) set on the command line. ``overrides`` are
+    steps and the depth of a DEQ with one map (no distinct or disjoint masks) that no warm-up reads, equilibrium
+    thresholds of a block that is not a DEQ, the optimiser options of another optimiser, mask options without a
+    mask mode or of another mask kind, a wandb logger's options with the local logger, and the keys of ``unread`` (the paradigm's ``unread_options``: key -> why) set on the command line. ``overrides`` are
     the command line's (``key=value``), so that a key set there is named even when its value equals the default.
     The solver, gradient, warm-up, Jacobian and mask options of a block that has none are also left out of the
     run's fingerprint (``rundir.active_config``); the others are named here only.

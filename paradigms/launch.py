@@ -811,7 +811,10 @@ def _cell_config(overrides: tuple[str, ...]) -> dict[str, Any]:
                 parent.pop(leaf, None)
         return {**group_key(OmegaConf.to_container(OmegaConf.create(plain), resolve=True)), **judged}
     except (HydraException, OmegaConfBaseException) as err:
-        raise ValueError(f"the overrides {' '.join(overrides)} do not compose ({' '.join(str(err).split())}): "
+        from .cli import _did_you_mean
+
+        why = _did_you_mean(str(err)) or " ".join(str(err).split())  # a mistyped key: the keys it was near
+        raise ValueError(f"the overrides {' '.join(overrides)} do not compose ({why}): "
                          "fix the grid's or the command's") from None
 
 

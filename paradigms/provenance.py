@@ -38,13 +38,19 @@ def git_commit(cwd: str | Path | None = None) -> str:
     return out or "unknown"
 
 
+OUTPUT_DIRS = ("reports/",)  # what the tool writes into its checkout (reports, their RUN.md): not the code
+
+
 def code_version() -> dict[str, Any]:
     """The commit of the code that is running (not of the current folder) and whether its tree was dirty
-    (tracked files changed; None when it is not a git checkout)."""
+    (files changed or added since the commit, but under ``OUTPUT_DIRS``; None when it is not a git checkout)."""
     commit = git_commit(CODE_DIR)
-    # untracked files count too (a new module the run imported); ignored ones (runs/, .venv/) do not
-    status = _git(["status", "--porcelain"], CODE_DIR) if commit != "unknown" else None
-    return {"commit": commit, "dirty": None if status is None else bool(status.strip()), "path": str(CODE_DIR)}
+    # untracked files count too (a new module the run imported); ignored ones (runs/, .venv/) do not, nor do the
+    # reports a study writes into the checkout (every run after a report would otherwise read as modified code)
+    status = _git(["status", "--porcelain", "--untracked-files=all"], CODE_DIR) if commit != "unknown" else None
+    changed = [line[3:].split(" -> ")[-1].strip('"') for line in (status or "").splitlines() if line.strip()]
+    dirty = None if status is None else any(not path.startswith(OUTPUT_DIRS) for path in changed)
+    return {"commit": commit, "dirty": dirty, "path": str(CODE_DIR)}
 
 
 def package_version(name: str) -> str:

@@ -206,7 +206,7 @@ def study(argv: list[str] | None = None) -> int:
     """Run every grid of a named study, then build its report."""
     parser = argparse.ArgumentParser(prog="tiedlab-study", description=study.__doc__)
     parser.add_argument("name", help="a file in configs/study/ (without .yaml), or the path of a study file "
-                                     "(ending in .yaml) kept elsewhere")
+                                     "(ending in .yaml) kept elsewhere, named by its name: key")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. train.device=cpu")
     parser.add_argument("--runs", default=None, help="where run directories go (default runs/study/NAME)")
     parser.add_argument("--out", default=None, help="report folder (default reports/studies/NAME)")
@@ -286,12 +286,15 @@ def study(argv: list[str] | None = None) -> int:
     if args.arms and other:
         raise ValueError(f"--arms prints the primary comparisons' arms and runs nothing: {', '.join(other)} do not "
                          "apply to it")
+    if args.plan and args.budget_min is not None:
+        raise ValueError(f"--budget-min={args.budget_min} cuts a run's looks to the time left; --plan prices every "
+                         "look in full: leave it out")
     if args.plan and (args.dry_run or args.seed_batch is not None):
         raise ValueError("--plan prints the plan and runs nothing: --dry-run and --seed-batch do not apply to it")
     spec = load_study(args.name)
     ref = args.ref = args.name  # how a later command names the study (a study file's path, or a shipped name)
-    if args.name.endswith((".yaml", ".yml")):  # a study file outside configs/study: its folders by the file's stem
-        args.name = Path(args.name).stem
+    if args.name.endswith((".yaml", ".yml")):  # a study file outside configs/study: named by its name: key (an
+        args.name = str(spec.get("name") or Path(args.name).stem)  # amended copy is the same study), else its stem
         if (study_dir() / f"{args.name}.yaml").exists() and (args.runs is None or (
                 args.out is None and not (args.no_report or args.status or args.plan or args.arms or args.dry_run))):
             raise ValueError(f"{ref} has the name of the shipped study {args.name!r}: give it --runs (and --out, "
@@ -316,7 +319,9 @@ def study(argv: list[str] | None = None) -> int:
     if args.plan:
         from .plan import format_plan, load_step_times, study_plan
 
-        launch.check_reused(launch.study_runs(spec, runs, args.overrides))  # as the run would (a dry run does)
+        planned = launch.study_runs(spec, runs, args.overrides)
+        launch.check_reused(planned)  # as the run would (a dry run does)
+        launch.check_composes(planned)  # a mistyped key of a grid or the command: one line, as the run gives it
         step_times = load_step_times(args.step_times, ref) if args.step_times is not None else None
         print(f"study {spec.get('name')} in {runs}")
         slots, slots_note = study_slots(args)
@@ -711,20 +716,39 @@ def check_registration(runs: Path, old: dict[str, Any], new: dict[str, Any], nam
     """
     before, after = old.get("comparisons") or [], new.get("comparisons") or []
     if (old.get("defaults") or None) != (new.get("defaults") or None) or after[:len(before)] != before:
-        raise ValueError(f"{runs / STUDY_FILE} registered other primary comparisons than configs/study/{name}.yaml "
-                         "now names: a pre-registered comparison is not changed after its runs (new ones may be "
-                         "appended, as a family of their own); use another --runs folder otherwise")
+        raise ValueError(f"{runs / STUDY_FILE} registered other primary comparisons than the file of study "
+                         f"{name!r} now names ({registration_change(old, new)}): a pre-registered comparison is not "
+                         "changed after its runs (new ones may be appended, as a family of their own); use another "
+                         "--runs folder otherwise")
     families = {str(c.get("family") or "") for c in before}
     for index, added in enumerate(after[len(before):], start=len(before) + 1):
         family = str(added.get("family") or "")
         if family in families:
+            taken = ", ".join(repr(f) if f else "the unnamed family" for f in sorted(families))
             raise ValueError(f"primary comparison #{index} was added after the study's first runs: give it a family "
-                             f"of its own (family: NAME; taken: {sorted(families)}), so Holm corrects it apart")
+                             f"of its own (family: NAME; taken: {taken}), so Holm corrects it apart")
         for arm in ("a", "b"):
             grid = (added.get(arm) or {}).get("grid")
             if grid and has_runs(runs / str(grid)):
                 raise ValueError(f"primary comparison #{index} was added after the study's first runs, but its grid "
                                  f"{grid!r} already has runs in {runs}: a comparison is registered before its data")
+
+
+def registration_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The first difference between two registrations (``primary:`` sections), in words: the defaults, or a
+    comparison's changed keys with their values, or a comparison dropped."""
+    if (old.get("defaults") or None) != (new.get("defaults") or None):
+        return f"defaults {old.get('defaults')} -> {new.get('defaults')}"
+    before, after = old.get("comparisons") or [], new.get("comparisons") or []
+    for index, was in enumerate(before, start=1):
+        name = f"#{index} ({was.get('id') or was.get('insight')}/{was.get('paradigm')})"
+        if index > len(after):
+            return f"comparison {name} dropped"
+        now = after[index - 1]
+        keys = [k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+        if keys:
+            return f"comparison {name}: " + ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in keys)
+    return "the same comparisons"
 
 
 GRID_DEFINITION = ("overrides", "sweep")  # what a grid's runs are: their fixed overrides and the values swept
@@ -747,13 +771,13 @@ def check_primary_grids(runs: Path, old: dict[str, Any], new: dict[str, Any]) ->
             continue
         if name not in after:
             raise ValueError(f"grid {name!r} has runs in {runs} and a registered comparison reads it, but "
-                             f"configs/study/{new.get('name')}.yaml no longer defines it; use another --runs folder")
+                             f"the file of study {new.get('name')!r} no longer defines it; use another --runs folder")
         changed = [k for k in GRID_DEFINITION if (before[name].get(k) or None) != (after[name].get(k) or None)]
         if changed:
             raise ValueError(f"grid {name!r} has runs in {runs} and a registered comparison reads it, but its "
                              f"{' and '.join(changed)} differ from {runs / STUDY_FILE}: runs of one arm would "
                              "mix two designs (more seeds read again at the full alpha, or two configs); use "
-                             "another --runs folder, or --until-decided from the first run to add seeds")
+                             "another --runs folder (seeds are added by --until-decided's looks, not by the file)")
 
 
 def check_budget_checks(runs: Path, old: list[Any], new: list[Any], name: Any) -> None:
@@ -765,7 +789,7 @@ def check_budget_checks(runs: Path, old: list[Any], new: list[Any], name: Any) -
         ValueError: a recorded check changed or was dropped.
     """
     if new[:len(old)] != old:
-        raise ValueError(f"{runs / STUDY_FILE} recorded other budget checks than configs/study/{name}.yaml now names: "
+        raise ValueError(f"{runs / STUDY_FILE} recorded other budget checks than the file of study {name!r} now names: "
                          "a recorded check is not changed (new ones may be appended); use another --runs folder "
                          "otherwise")
 

@@ -141,6 +141,7 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
         r.notes = [n.replace(LIMIT_NOTE, NO_RECORD_NOTE) for n in r.notes]
     if record is not None:
         flag_departures_from_the_record(primaries, record)
+        note_budget_skips(primaries, record)
     checks = evaluate_budget_checks(load_budget_checks(spec, specs), specs, runs, grids) if spec else []
     for check in checks:  # the comparison's notes say what its budget check read (its verdict stays)
         for r in primaries:
@@ -214,6 +215,16 @@ def flag_departures_from_the_record(primaries: list[Any], state: dict[str, Any])
             r.departs_from_record = True
             r.reason += ("; departs from the record: no look of sequential.yaml decided it (it is read here on "
                          "runs, or at a Holm level, that no look read it on)")
+
+
+def note_budget_skips(primaries: list[Any], state: dict[str, Any]) -> None:
+    """A note on each comparison a look left behind for ``--budget-min`` (sequential.yaml's ``budget_skipped``:
+    look -> keys): it was not advanced there, so it is read on fewer seeds than that look's."""
+    for look, keys in sorted((state.get("budget_skipped") or {}).items()):
+        for r in primaries:
+            if r.spec.key in keys:
+                r.notes.append(f"not advanced at look {int(look) + 1}: its runs did not fit the time --budget-min "
+                               "left (a later command without it, or with more time, adds them)")
 
 
 def run_commits(runs: Iterable[Run]) -> dict[str, int]:

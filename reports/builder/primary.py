@@ -291,6 +291,11 @@ def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[Pr
         if r.spec.kind == "mean":
             c = stats.reread(r.test, float(level), primary=bool(dec),
                              note=f"Holm {'decided' if dec else 'undecided'} at alpha {level:.3g} ({m} comparisons)")
+            if not dec and c.verdict != "undetermined":  # the secondary reading (superiority's "equivalent",
+                # equivalence's "fails"), not the claim: say so, beside the claim's p
+                c = dataclasses.replace(c, reason=(
+                    f"the {c.claim} claim is undecided by Holm at alpha {level:.3g} ({m} comparisons; p={c.p:.3g}); "
+                    f"its secondary reading: {c.reason.split(': ', 1)[-1]}"))
             r.test, r.verdict, r.reason = c, c.verdict, c.reason
             r.effect, r.ci_low, r.ci_high, r.n_a, r.n_b = c.effect, c.ci_low, c.ci_high, c.n_a, c.n_b
             r.paired, r.seeds_needed = c.paired, c.seeds_needed

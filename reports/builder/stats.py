@@ -24,7 +24,8 @@ The rule, in plain words (``RULE`` is the text the report prints):
   share of alpha on to the others only if it has no other reading left that could still be false. A superiority
   claim's "equivalent" reading and an equivalence claim's "fails" reading could be, so those comparisons keep
   their share; a family of such comparisons is read as by Bonferroni, each at level 1 - alpha/m.
-* A sequential plan looks after 2, 4, ... seeds per arm and stops at the first verdict; each of its K looks is
+* A sequential plan looks after its first pass's seeds and again after each ``--seed-step`` more (quick: 4, 6, 8
+  seeds per arm) and stops at the first verdict; each of its K looks is
   read at level 1 - alpha/K (equal alpha spending), so over all looks the chance of a false verdict is at most
   alpha, and a rerun that resumes reaches the same verdict at the same look.
 
@@ -71,9 +72,9 @@ RULE = (
     "level 1 - alpha/(m - r); the others are read at the level "
     "where this stops. A decided noninferiority comparison releases its share; a superiority or equivalence "
     "comparison never does, because its secondary reading (equivalent, resp. fails) could still be false, so a "
-    "family of those is read as by Bonferroni, each at level 1 - alpha/m. A sequential plan looks after 2, 4, ... "
-    "seeds per arm and stops at the first verdict; each of its K looks is read at level 1 - alpha/K (equal alpha "
-    "spending), so the chance of a false verdict over all its looks is at most alpha. For an undetermined "
+    "family of those is read as by Bonferroni, each at level 1 - alpha/m. A sequential plan looks after its first "
+    "pass's seeds and again after each --seed-step more (quick: 4, 6, 8 seeds per arm) and stops at the first "
+    "verdict; each of its K looks is read at level 1 - alpha/K (equal alpha spending), so the chance of a false verdict over all its looks is at most alpha. For an undetermined "
     f"comparison, seeds needed is the number of seeds per arm that would reach a verdict (the claim's decision or "
     f"its secondary reading, whichever needs fewer) with power {POWER:.0%} at the observed effect and spread.")
 

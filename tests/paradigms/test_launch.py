@@ -307,6 +307,7 @@ def test_a_studys_runs_at_once_price_its_plan_and_looks_on_every_gpu_it_places_r
     (["--ray-address", "auto"], "--ray-address needs"),
     (["--seed-batch", "4", "--slurm"], r"--seed-batch=4 needs K >= 2 and the Ray path"),
     (["--seed-batch", "1", "--jobs", "2"], r"--seed-batch=1 needs K >= 2"),
+    (["--plan", "--until-decided", "--budget-min", "30"], r"--budget-min=30.0 cuts a run's looks .* --plan prices"),
 ])
 def test_launcher_flags_that_contradict_are_errors(tmp_path, monkeypatch, argv, match):
     write_study(tmp_path, monkeypatch, [{"name": "g", "overrides": TOY, "sweep": {"seed": [0]}}])
@@ -562,9 +563,13 @@ def test_a_scheduler_submission_skips_finished_runs_under_extra_overrides_and_re
     capsys.readouterr()
     assert study_module.study(["toy", "--runs", str(runs), "--slurm", "--dry-run", "train.threads=1"]) == 0
     assert "[tiedlab] 0 runs to submit" in capsys.readouterr().out
-    with pytest.raises(ValueError, match=r"do not compose \(Could not override 'model.widht'") as err:
+    with pytest.raises(ValueError, match=r"do not compose \(unknown key model.widht; see `--help`") as err:
         study_module.study(["toy", "--runs", str(runs), "--slurm", "--dry-run", "model.widht=3"])
     assert "\n" not in str(err.value)  # the command line prints it as one line (tiedlab-study: error: ...)
+    assert "+model.widht" not in str(err.value)  # not Hydra's hint to add a key nothing reads
+    with pytest.raises(ValueError, match=r"do not compose \(unknown key train.max_stpes; did you mean "
+                                         r"train.max_steps"):  # --plan checks what the run checks
+        study_module.study(["toy", "--runs", str(runs), "--plan", "train.max_stpes=3"])
 
 
 def _fake_ray_task(run, threads, record, gpu):
@@ -662,12 +667,17 @@ def test_a_study_file_outside_the_repository_runs_by_its_path(tmp_path, monkeypa
         study_module.study([str(tmp_path / "nothere.yaml")])
     # named like a shipped study (the studies folder holds toy.yaml here): its folders would be that study's
     clash = tmp_path / "mine" / "toy.yaml"
-    clash.write_text(path.read_text())
+    clash.write_text(path.read_text().replace("name: sines", "name: toy"))
     with pytest.raises(ValueError, match=r"toy.yaml has the name of the shipped study 'toy': give it --runs"):
         study_module.study([str(clash), "--no-report"])
     with pytest.raises(ValueError, match=r"give it --runs \(and --out, or --no-report\)"):
         study_module.study([str(clash), "--runs", str(runs)])
     assert study_module.study([str(clash), "--runs", str(tmp_path / "runs2"), "--no-report"]) == 0
+    # named by its name: key, not its file's stem (an amended copy of a study is the same study)
+    copy = tmp_path / "mine" / "sines-amended.yaml"
+    copy.write_text(path.read_text())
+    assert study_module.study([str(copy), "--runs", str(runs), "--no-report"]) == 0
+    assert "[tiedlab] study sines:" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # about 20 s

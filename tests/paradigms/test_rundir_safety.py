@@ -587,3 +587,30 @@ def test_a_run_resumes_with_another_checkpoint_interval_and_trains_the_same(tmp_
     config = yaml.safe_load((tmp_path / "whole" / rundir.CONFIG).read_text())
     assert rundir.fingerprint(config, 3) != rundir.fingerprint({**config, "train": {**config["train"],
                                                                                       "ckpt_every": 3}}, 3)
+
+
+def test_reports_written_into_the_checkout_do_not_make_its_code_dirty(tmp_path, monkeypatch):
+    """A study writes its report into reports/studies/NAME: every run after it was recorded as '+dirty' (read
+    as modified code). A change outside reports/ still counts, tracked or not."""
+    import subprocess
+
+    from tiedlab.paradigms import provenance
+
+    repo = tmp_path / "repo"
+    (repo / "reports").mkdir(parents=True)
+    (repo / "reports" / "old.md").write_text("a\n")
+    (repo / "code.py").write_text("x = 1\n")
+    for cmd in (["init", "-q"], ["add", "-A"],
+                ["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "-m", "x"]):
+        subprocess.run(["git", *cmd], cwd=repo, check=True)
+    monkeypatch.setattr(provenance, "CODE_DIR", repo)
+    assert provenance.code_version()["dirty"] is False
+    (repo / "reports" / "studies" / "mine").mkdir(parents=True)
+    (repo / "reports" / "studies" / "mine" / "README.md").write_text("report\n")
+    (repo / "reports" / "old.md").write_text("b\n")
+    assert provenance.code_version()["dirty"] is False
+    (repo / "helper.py").write_text("y = 2\n")
+    assert provenance.code_version()["dirty"] is True
+    (repo / "helper.py").unlink()
+    (repo / "code.py").write_text("x = 2\n")
+    assert provenance.code_version()["dirty"] is True

@@ -151,11 +151,17 @@ def test_a_registration_grows_only_by_a_family_of_its_own_on_grids_without_runs(
     write(first, later)  # h has no runs: allowed, and recorded
     assert yaml.safe_load((runs / "study.yaml").read_text())["primary"]["comparisons"][1]["family"] == "more"
     write(first, later)  # the same registration again
-    with pytest.raises(ValueError, match="registered other primary comparisons"):
+    with pytest.raises(ValueError, match=r"registered other primary comparisons than the file of study 'toy' now names "
+                                         r"\(comparison #1 \(1/toy\): a .*family None -> 'more'"):
         write(later, first)
-    with pytest.raises(ValueError, match="registered other primary comparisons"):
+    with pytest.raises(ValueError, match=r"registered other primary comparisons .*\(comparison #2 \(4/toy\) "
+                                         r"dropped\)"):
         write(first)
-    with pytest.raises(ValueError, match=r"#3 was added .* family of its own"):
+    with pytest.raises(ValueError, match=r"registered other primary comparisons .*\(comparison #1 \(1/toy\): "
+                                         r"delta 0.5 -> 0.25\)"):
+        write({**first, "delta": 0.25}, later)
+    with pytest.raises(ValueError, match=r"#3 was added .* family of its own \(family: NAME; taken: the unnamed "
+                                         r"family, 'more'\)"):
         write(first, later, {**later, "insight": 5, "family": ""})
     _run_dir(runs / "k" / "block=tied,seed=0")
     on_old_data = {**later, "family": "late", "insight": 5, "a": {"grid": "k", "where": {"block": "tied"}}}
@@ -304,6 +310,8 @@ def test_budget_min_does_not_start_a_look_estimated_to_end_past_it(tmp_path, mon
                                                                     for s in (0, 1)]
     state = yaml.safe_load((runs / "sequential.yaml").read_text())
     assert state == {"look": 1, "decided": {}, "read": {"4/toy": 0}, "budget_skipped": {1: ["4/toy"]}}
+    (read,) = analyse([runs]).primaries  # the report says why it reads 2 seeds, not the look's 4
+    assert "not advanced at look 2: its runs did not fit the time --budget-min left" in " ".join(read.notes)
     # the estimate: each new run at its cell's median wall time (the sessions' ended - started), jobs at a time
     walls = {("tied", 0): 10, ("tied", 1): 20, ("deq", 0): 30, ("deq", 1): 50}
     for (block, seed), wall in walls.items():

@@ -4,6 +4,7 @@ Holm's correction, the report's primary section, and the study runner's seed rou
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -719,3 +720,15 @@ def test_a_report_written_into_a_clean_checkout_does_not_call_it_dirty(tmp_path,
     tied_vs_deq(runs)
     report = build_report([runs], repo / "reports" / "t", "t")
     assert report.commit == provenance.git_commit(repo) and "+dirty" not in report.commit
+
+
+def test_a_superioritys_equivalent_reading_says_the_claim_is_undecided_and_its_p():
+    """An "equivalent" verdict of a superiority claim read "Holm undecided at alpha ...: CI within +-delta" beside
+    the claim's p (0.63 in a user's report): the reason now says the claim is undecided and this is its secondary
+    reading."""
+    (s,) = load_primaries({"primary": {"comparisons": [spec(delta=0.05)]}})
+    (r,) = evaluate_primaries([s], _runs([0.900, 0.902, 0.899, 0.901, 0.900, 0.901],
+                                         [0.901, 0.900, 0.900, 0.899, 0.902, 0.900]))
+    assert r.verdict == "equivalent", r.reason
+    assert re.fullmatch(r"the superiority claim is undecided by Holm at alpha 0.05 \(1 comparisons; p=0\.\d+\); "
+                        r"its secondary reading: 95% CI \[\S+, \S+\] within \+-0.05", r.reason), r.reason
