@@ -848,6 +848,18 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return record
 
 
+SEQUENTIAL_HEADER = ("# tiedlab-study --until-decided's record. Looks count from 0 (look 0: the first pass; the log's "
+                     "'look 1/K'); -1: none.\n# decided / verdicts: the look a comparison was decided at and its "
+                     "verdict; read: the last look whose seeds it was read on;\n# budget_skipped: look -> the "
+                     "comparisons --budget-min left behind there.\n")
+
+
+def write_sequential_state(runs: Path, state: dict[str, Any]) -> None:
+    """``sequential.yaml`` (``read_sequential_state``'s dict) with a header that says how to read it."""
+    text = SEQUENTIAL_HEADER + yaml.safe_dump(state, sort_keys=True)
+    rundir.atomic_write_bytes(runs / SEQUENTIAL_FILE, text.encode())
+
+
 def read_sequential_state(runs: Path) -> dict[str, Any]:
     """{"look": index of the last look analysed (-1: none), "decided": {comparison key: the look it was decided at},
     "verdicts": {comparison key: the verdict it was decided with}, "read": {comparison key: the last look whose seeds
@@ -892,7 +904,7 @@ def migrate_sequential_state(spec: dict[str, Any], runs: Path, plan: dict[str, i
         while read[s.key] >= 0 and not has_look_seeds(s, found, grids, first, counts[read[s.key]]):
             read[s.key] -= 1
     state["read"] = read
-    rundir.atomic_write_bytes(runs / SEQUENTIAL_FILE, yaml.safe_dump(state, sort_keys=True).encode())
+    write_sequential_state(runs, state)
 
 
 def seed_limits(specs: list[Any], plan: dict[str, int], state: dict[str, Any]) -> dict[str, int]:
@@ -1008,7 +1020,7 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
                 print(f"[tiedlab] {key} takes no more seeds: {r.reason}", flush=True)
         if verdicts:
             state["verdicts"] = verdicts
-        rundir.atomic_write_bytes(runs / SEQUENTIAL_FILE, yaml.safe_dump(state, sort_keys=True).encode())
+        write_sequential_state(runs, state)
         print(f"[tiedlab] look {look + 1}/{len(counts)} ({n} seeds): {len(state['decided'])} of {len(specs)} "
               "primary comparisons decided", flush=True)
     return failures

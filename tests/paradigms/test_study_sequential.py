@@ -310,6 +310,8 @@ def test_budget_min_does_not_start_a_look_estimated_to_end_past_it(tmp_path, mon
                                                                     for s in (0, 1)]
     state = yaml.safe_load((runs / "sequential.yaml").read_text())
     assert state == {"look": 1, "decided": {}, "read": {"4/toy": 0}, "budget_skipped": {1: ["4/toy"]}}
+    assert (runs / "sequential.yaml").read_text().startswith("# tiedlab-study --until-decided's record. Looks "
+                                                             "count from 0 (look 0: the first pass")
     (read,) = analyse([runs]).primaries  # the report says why it reads 2 seeds, not the look's 4
     assert "not advanced at look 2: its runs did not fit the time --budget-min left" in " ".join(read.notes)
     # the estimate: each new run at its cell's median wall time (the sessions' ended - started), jobs at a time
