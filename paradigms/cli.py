@@ -35,9 +35,16 @@ def compose_config(overrides: list[str]) -> DictConfig:
     """The run config the command line builds from ``overrides``, without starting a Hydra app (Hydra's compose
     API; set ``run_dir`` among the overrides: the default one names Hydra's output folder)."""
     from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
-    with initialize_config_module(config_module="tiedlab.configs", version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+    outer = get_gh_backup()  # a Hydra context this process holds already (a caller's compose): set aside, restored
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="tiedlab.configs", version_base="1.3"):
+            return compose(config_name="train", overrides=overrides)
+    finally:
+        restore_gh_from_backup(outer)
 
 
 class RunError(Exception):

@@ -321,11 +321,12 @@ def study(argv: list[str] | None = None) -> int:
 
         planned = launch.study_runs(spec, runs, args.overrides)
         launch.check_reused(planned)  # as the run would (a dry run does)
-        launch.check_composes(planned)  # a mistyped key of a grid or the command: one line, as the run gives it
         step_times = load_step_times(args.step_times, ref) if args.step_times is not None else None
-        print(f"study {spec.get('name')} in {runs}")
         slots, slots_note = study_slots(args)
-        print(format_plan(study_plan(spec, runs, args.overrides, step_times, full, looks), slots=slots))
+        text = format_plan(study_plan(spec, runs, args.overrides, step_times, full, looks), slots=slots)
+        launch.check_composes(planned)  # a mistyped key of a grid or the command: one line, as the run gives it
+        print(f"study {spec.get('name')} in {runs}")
+        print(text)
         if slots_note:
             print(slots_note)
         left_out = [g for g in optional_grids(full) if g not in {grid["name"] for grid in spec["grids"]}]

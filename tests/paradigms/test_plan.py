@@ -43,6 +43,7 @@ def test_plan_estimates_unfinished_runs_from_measured_ones_and_prices_the_seeds_
                                                                                                 capsys):
     # written metrics stand in for trained runs: no config composes to them (test_launch checks the reuse check)
     monkeypatch.setattr(study_module.launch, "check_reused", lambda runs: None)
+    monkeypatch.setattr(study_module.launch, "check_composes", lambda runs: None)  # a paradigm off the search path
     spec = {"name": "toy", "grids": [
         {"name": "g", "overrides": ["paradigm=toy", "train.max_steps=100"],
          "sweep": {"block": ["tied", "explicit"], "seed": [0, 1, 2, 3]}},
@@ -133,6 +134,8 @@ def test_plan_reads_the_primaries_as_the_report_does(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(study_module.launch, "check_reused", lambda runs: None)  # written metrics, not trained runs
 
+    monkeypatch.setattr(study_module.launch, "check_composes", lambda runs: None)  # a paradigm off the search path
+
     def comparison(insight: int, grid: str) -> dict:
         return {"insight": insight, "paradigm": "toy", "claim": "superiority", "metric": "val/acc", "delta": 0.001,
                 "a": {"grid": grid, "where": {"block": "tied"}}, "b": {"grid": grid, "where": {"block": "explicit"}}}
@@ -175,6 +178,8 @@ def test_a_grid_whose_steps_are_not_known_yet_is_explained(tmp_path, monkeypatch
     from tiedlab.paradigms.plan import format_plan
 
     monkeypatch.setattr(study_module.launch, "check_reused", lambda runs: None)
+
+    monkeypatch.setattr(study_module.launch, "check_composes", lambda runs: None)  # a paradigm off the search path
     spec = {"name": "toy", "grids": [{"name": "e", "overrides": ["paradigm=toy", "train.epochs=3"],
                                       "sweep": {"seed": [0, 1]}}]}
     text = format_plan(study_plan(spec, tmp_path / "runs"))

@@ -444,6 +444,7 @@ def test_a_look_decides_at_alpha_over_the_planned_looks(tmp_path, monkeypatch):
 
     # written metrics stand in for trained runs: no config composes to their fingerprint (test_launch checks that)
     monkeypatch.setattr(study_module.launch, "check_reused", lambda runs: None)
+    monkeypatch.setattr(study_module.launch, "check_composes", lambda runs: None)  # a paradigm off the search path
 
     values = {"tied": [0.80, 0.81, 0.79, 0.80, 0.80, 0.80], "deq": [0.74, 0.69, 0.70, 0.70, 0.70, 0.70]}
     spec = {"name": "toy", "grids": [{"name": "g", "overrides": [], "sweep": {"block": ["tied", "deq"],
