@@ -253,6 +253,27 @@ def start_run(run: RunSpec, env: dict[str, str], threads: int | None = None, new
         log.close()
 
 
+def started_children(record: Path, since: float) -> set[int]:
+    """The pids of the training processes Ray tasks started since ``since`` (``RUNS/.launch/events.jsonl``'s
+    "child" lines on this host): a study's own runs, not another command's that holds a lock in the same folder."""
+    import socket
+
+    try:
+        lines = record.read_text().splitlines()
+    except OSError:
+        return set()
+    out = set()
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if (event.get("event") == "child" and float(event.get("t", 0)) >= since
+                and event.get("host") in (socket.gethostname(), os.uname().nodename)):
+            out.add(int(event["pid"]))
+    return out
+
+
 def held_here(run_dirs: Sequence[str | Path]) -> dict[str, int]:
     """The run dirs among ``run_dirs`` whose lock a live process on this host holds -> its pid (``lock_holder``)."""
     import socket
@@ -465,6 +486,7 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
     # ray.init puts its own SIGTERM handler in place (sys.exit, then its C++ one, which aborts the driver and
     # leaves the runs in flight to be killed with it): keep the caller's (``raise_on_sigterm``).
     sigterm = signal.getsignal(signal.SIGTERM)
+    started = time.time()
     stopping: dict[str, int] = {}  # the runs in flight when the study was stopped: run dir -> its process's pid
     hurry: list[bool] = []  # stopped a second time: the runs in flight are killed, not waited for
     try:
@@ -529,7 +551,9 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
                 if on_done is not None:
                     on_done(result)
         except BaseException:  # Ctrl-C or SIGTERM: runs not started never start, runs in flight checkpoint and stop
-            stopping.update(held_here([run.run_dir for run, _ in pending.values()]))  # the runs in flight
+            ours = started_children(record, since=started) if record else None  # the processes this study started
+            stopping.update({d: pid for d, pid in held_here([run.run_dir for run, _ in pending.values()]).items()
+                             if ours is None or pid in ours})  # the runs in flight
             for ref in pending:
                 ray.cancel(ref)
             try:
@@ -539,23 +563,34 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
             raise
         return results
     finally:
-        ray.shutdown()
-        # A run whose worker went first (a job-wide SIGTERM reaches Ray's processes too; the shutdown kills the
-        # workers) checkpoints on its own: the study ends after its runs in flight have, or at a second stop
-        # kills them (their last checkpoints stand), as ``stop_process`` does.
         try:
-            if not hurry:
-                wait_for_locks(list(stopping))
-        except BaseException:  # noqa: BLE001 - stopped again while waiting
+            ray.shutdown()
+        except BaseException:  # noqa: BLE001 - stopped again while Ray shut down: the runs in flight are killed
             hurry.append(True)
             raise
         finally:
-            for run_dir, pid in held_here(list(stopping)).items() if hurry else ():
-                if pid == stopping[run_dir]:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            _end_runs_in_flight(stopping, hurry)
+
+
+def _end_runs_in_flight(stopping: dict[str, int], hurry: list[bool]) -> None:
+    """After ``run_with_ray`` shut Ray down: wait for the runs that were in flight when the study was stopped
+    (``stopping``: run dir -> pid) to release their locks, or with ``hurry`` (stopped again) SIGKILL them. A run
+    whose worker went first (a job-wide SIGTERM reaches Ray's processes too; the shutdown kills the workers)
+    checkpoints on its own: the study ends after its runs in flight have, or at a second stop kills them (their
+    last checkpoints stand), as ``stop_process`` does."""
+    try:
+        if not hurry:
+            wait_for_locks(list(stopping))
+    except BaseException:  # noqa: BLE001 - stopped again while waiting
+        hurry.append(True)
+        raise
+    finally:
+        for run_dir, pid in held_here(list(stopping)).items() if hurry else ():
+            if pid == stopping[run_dir]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 # --------------------------------------------------------------------------------------------------- Slurm

@@ -38,7 +38,7 @@ def git_commit(cwd: str | Path | None = None) -> str:
     return out or "unknown"
 
 
-OUTPUT_DIRS = ("reports/",)  # what the tool writes into its checkout (reports, their RUN.md): not the code
+OUTPUT_DIRS = ("reports/studies/",)  # where studies write their reports into the checkout: not the code
 
 
 def code_version() -> dict[str, Any]:
@@ -48,7 +48,9 @@ def code_version() -> dict[str, Any]:
     # untracked files count too (a new module the run imported); ignored ones (runs/, .venv/) do not, nor do the
     # reports a study writes into the checkout (every run after a report would otherwise read as modified code)
     status = _git(["status", "--porcelain", "--untracked-files=all"], CODE_DIR) if commit != "unknown" else None
-    changed = [line[3:].split(" -> ")[-1].strip('"') for line in (status or "").splitlines() if line.strip()]
+    # each changed path, both sides of a rename (a module moved into reports/studies/ leaves its old place)
+    changed = [path.strip('"') for line in (status or "").splitlines() if line.strip()
+               for path in line[3:].split(" -> ")]
     dirty = None if status is None else any(not path.startswith(OUTPUT_DIRS) for path in changed)
     return {"commit": commit, "dirty": dirty, "path": str(CODE_DIR)}
 

@@ -77,6 +77,12 @@ def read_study_file(path: Path, runnable: bool = True) -> dict[str, Any]:
     unknown = sorted(set(study) - set(STUDY_KEYS))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in {path}; valid keys: {sorted(STUDY_KEYS)}")
+    import re
+
+    name = study.get("name")
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(name)):
+        raise ValueError(f"{path}: name={name!r} must be letters, digits, '_', '.' or '-' (it names the study's "
+                         "runs and report folders)")
     grids = study.get("grids")
     if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) and g.get("name") for g in grids):
         raise ValueError(f"{path}: grids must be a list of mappings, each with a name")
@@ -737,18 +743,30 @@ def check_registration(runs: Path, old: dict[str, Any], new: dict[str, Any], nam
 
 def registration_change(old: dict[str, Any], new: dict[str, Any]) -> str:
     """The first difference between two registrations (``primary:`` sections), in words: the defaults, or a
-    comparison's changed keys with their values, or a comparison dropped."""
+    comparison's changed keys with their values (a key set on one side only reads "(absent)" on the other), or a
+    comparison dropped; entries that are not mappings (a hand-edited record) are shown as they are."""
     if (old.get("defaults") or None) != (new.get("defaults") or None):
         return f"defaults {old.get('defaults')} -> {new.get('defaults')}"
     before, after = old.get("comparisons") or [], new.get("comparisons") or []
+    if not isinstance(before, list) or not isinstance(after, list):
+        return f"comparisons {before!r} -> {after!r}"
+
+    def shown(entry: dict[str, Any], key: Any) -> str:
+        return repr(entry[key]) if key in entry else "(absent)"
+
     for index, was in enumerate(before, start=1):
-        name = f"#{index} ({was.get('id') or was.get('insight')}/{was.get('paradigm')})"
+        name = (f"#{index} ({was.get('id') or was.get('insight')}/{was.get('paradigm')})" if isinstance(was, dict)
+                else f"#{index}")
         if index > len(after):
             return f"comparison {name} dropped"
         now = after[index - 1]
-        keys = [k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+        if not isinstance(was, dict) or not isinstance(now, dict):
+            if was != now:
+                return f"comparison {name}: {was!r} -> {now!r}"
+            continue
+        keys = [k for k in sorted(set(was) | set(now), key=str) if shown(was, k) != shown(now, k)]
         if keys:
-            return f"comparison {name}: " + ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in keys)
+            return f"comparison {name}: " + ", ".join(f"{k} {shown(was, k)} -> {shown(now, k)}" for k in keys)
     return "the same comparisons"
 
 

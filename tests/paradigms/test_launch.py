@@ -665,6 +665,10 @@ def test_a_study_file_outside_the_repository_runs_by_its_path(tmp_path, monkeypa
     assert "[tiedlab] study sines:" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"^no study file .*nothere.yaml$"):
         study_module.study([str(tmp_path / "nothere.yaml")])
+    escape = tmp_path / "mine" / "escape.yaml"
+    escape.write_text(path.read_text().replace("name: sines", "name: ../../x"))
+    with pytest.raises(ValueError, match=r"escape.yaml: name='../../x' must be letters, digits"):
+        study_module.study([str(escape), "--no-report"])
     # named like a shipped study (the studies folder holds toy.yaml here): its folders would be that study's
     clash = tmp_path / "mine" / "toy.yaml"
     clash.write_text(path.read_text().replace("name: sines", "name: toy"))
@@ -709,3 +713,17 @@ def test_a_second_sigterm_to_a_ray_study_kills_its_runs_in_flight_at_once(tmp_pa
         kill_group(study)
     assert study.returncode == 128 + signal.SIGTERM, out[-2000:] + err[-2000:]
     assert not any(pid and alive(pid) for pid in holders)
+
+
+def test_a_stopped_ray_study_waits_for_and_kills_only_the_runs_it_started(tmp_path):
+    """A second stop SIGKILLs the runs in flight by the pids their locks name: only those this study's tasks
+    started (the events log's "child" lines since it began, on this host), not another command's run that holds
+    a lock in the same folder."""
+    record = tmp_path / ".launch" / "events.jsonl"
+    launch._event(record, event="child", run="g/seed=0", gpu=None, pid=111)
+    t = time.time()
+    launch._event(record, event="child", run="g/seed=1", gpu=None, pid=222)
+    launch._event(record, event="start", run="g/seed=2", gpu=None, pid=333)
+    with record.open("a") as fh:
+        fh.write(json.dumps({"event": "child", "pid": 444, "t": t + 1, "host": "elsewhere"}) + "\n" + "{cut\n")
+    assert launch.started_children(record, since=t) == {222}

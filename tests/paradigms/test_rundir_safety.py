@@ -591,14 +591,15 @@ def test_a_run_resumes_with_another_checkpoint_interval_and_trains_the_same(tmp_
 
 def test_reports_written_into_the_checkout_do_not_make_its_code_dirty(tmp_path, monkeypatch):
     """A study writes its report into reports/studies/NAME: every run after it was recorded as '+dirty' (read
-    as modified code). A change outside reports/ still counts, tracked or not."""
+    as modified code). A change outside reports/studies/ still counts, tracked or not, and both sides of a rename."""
     import subprocess
 
     from tiedlab.paradigms import provenance
 
     repo = tmp_path / "repo"
-    (repo / "reports").mkdir(parents=True)
-    (repo / "reports" / "old.md").write_text("a\n")
+    (repo / "reports" / "studies").mkdir(parents=True)
+    (repo / "reports" / "studies" / "old.md").write_text("a\n")
+    (repo / "reports" / "stats.py").write_text("alpha = 0.05\n")  # the analysis code lives beside them
     (repo / "code.py").write_text("x = 1\n")
     for cmd in (["init", "-q"], ["add", "-A"],
                 ["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "-m", "x"]):
@@ -607,7 +608,14 @@ def test_reports_written_into_the_checkout_do_not_make_its_code_dirty(tmp_path, 
     assert provenance.code_version()["dirty"] is False
     (repo / "reports" / "studies" / "mine").mkdir(parents=True)
     (repo / "reports" / "studies" / "mine" / "README.md").write_text("report\n")
-    (repo / "reports" / "old.md").write_text("b\n")
+    (repo / "reports" / "studies" / "old.md").write_text("b\n")
+    assert provenance.code_version()["dirty"] is False
+    (repo / "reports" / "stats.py").write_text("alpha = 0.1\n")
+    assert provenance.code_version()["dirty"] is True
+    subprocess.run(["git", "checkout", "-q", "reports/stats.py"], cwd=repo, check=True)
+    subprocess.run(["git", "mv", "code.py", "reports/studies/code.py"], cwd=repo, check=True)  # a rename: both sides
+    assert provenance.code_version()["dirty"] is True
+    subprocess.run(["git", "mv", "reports/studies/code.py", "code.py"], cwd=repo, check=True)
     assert provenance.code_version()["dirty"] is False
     (repo / "helper.py").write_text("y = 2\n")
     assert provenance.code_version()["dirty"] is True

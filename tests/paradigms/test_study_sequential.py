@@ -152,7 +152,7 @@ def test_a_registration_grows_only_by_a_family_of_its_own_on_grids_without_runs(
     assert yaml.safe_load((runs / "study.yaml").read_text())["primary"]["comparisons"][1]["family"] == "more"
     write(first, later)  # the same registration again
     with pytest.raises(ValueError, match=r"registered other primary comparisons than the file of study 'toy' now names "
-                                         r"\(comparison #1 \(1/toy\): a .*family None -> 'more'"):
+                                         r"\(comparison #1 \(1/toy\): a .*family \(absent\) -> 'more'"):
         write(later, first)
     with pytest.raises(ValueError, match=r"registered other primary comparisons .*\(comparison #2 \(4/toy\) "
                                          r"dropped\)"):
@@ -160,6 +160,10 @@ def test_a_registration_grows_only_by_a_family_of_its_own_on_grids_without_runs(
     with pytest.raises(ValueError, match=r"registered other primary comparisons .*\(comparison #1 \(1/toy\): "
                                          r"delta 0.5 -> 0.25\)"):
         write({**first, "delta": 0.25}, later)
+    with pytest.raises(ValueError, match=r"\(comparison #1 \(1/toy\): family \(absent\) -> None\)"):
+        write({**first, "family": None}, later)  # null and absent differ: the message names it
+    assert study_module.registration_change({"comparisons": ["x"]}, {"comparisons": ["y"]}) == "comparison #1: 'x' -> 'y'"
+    assert study_module.registration_change({"comparisons": {"a": 1}}, {"comparisons": []}).startswith("comparisons {")
     with pytest.raises(ValueError, match=r"#3 was added .* family of its own \(family: NAME; taken: the unnamed "
                                          r"family, 'more'\)"):
         write(first, later, {**later, "insight": 5, "family": ""})
