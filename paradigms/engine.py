@@ -1085,63 +1085,39 @@ class _StopSignals:
     """SIGUSR2 and SIGTERM only set ``received`` (the signal's name) while installed, so that the loop can
     checkpoint at a step boundary; ``restore`` puts the previous handlers back. Installed only in the main
     thread (Python delivers signals there; elsewhere the process keeps its handlers). From the first signal on, the
-    process has ``rundir.STOP_WAIT_S`` seconds until ``restore`` (a launcher waits as long), then it SIGKILLs
-    itself: a run whose launcher died (a Ray worker's run outlives it to checkpoint) must not hang holding its lock.
-    The deadline is armed by a thread that reads the signal numbers Python's C-level handler writes to a wakeup
-    pipe (``signal.set_wakeup_fd``), so a main thread stuck in native code (a collective, a driver call) still gets
-    it; any earlier wakeup fd is put back by ``restore``."""
+    process has ``rundir.STOP_WAIT_S`` seconds until ``restore`` (a launcher waits as long), then a watchdog thread
+    SIGKILLs it: a run whose launcher died (a Ray worker's run outlives it to checkpoint) must not hang holding its
+    lock. Python runs a handler between bytecodes, so a main thread already stuck in native code when the signal
+    comes never arms the deadline (its launcher's SIGKILL, or an operator, ends it)."""
 
     SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.received = ""
         self.previous: dict[int, Any] = {}
-        self.deadline: threading.Timer | None = None
-        self._lock = threading.Lock()
-        self._wakeup: tuple[int, int, int] | None = None  # (read end, write end, the wakeup fd before)
+        self.armed_at: float | None = None  # when the first stop signal came (time.monotonic)
+        self._done = threading.Event()
         if threading.current_thread() is threading.main_thread():
+            threading.Thread(target=self._watch, daemon=True, name="tiedlab-stop-deadline").start()
             for sig in self.SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._handle)
-            read, write = os.pipe()
-            os.set_blocking(write, False)
-            self._wakeup = (read, write, signal.set_wakeup_fd(write, warn_on_full_buffer=False))
-            threading.Thread(target=self._watch, args=(read,), daemon=True, name="tiedlab-stop-deadline").start()
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = self.received or signal.Signals(signum).name
+        if self.armed_at is None:
+            self.armed_at = time.monotonic()  # a plain assignment: the watchdog reads it (no thread starts here)
 
-    def _watch(self, read: int) -> None:
-        """Arm the deadline at the first stop signal's byte on the wakeup pipe; at end of file (``restore`` closed
-        the write end) it closes the read end and returns (closed by ``restore``, its number could be reused by a
-        file this loop would then read)."""
-        while True:
-            try:
-                data = os.read(read, 64)
-            except OSError:
-                data = b""
-            if not data:
-                with contextlib.suppress(OSError):
-                    os.close(read)
-                return
-            if any(byte in self.SIGNALS for byte in data):
-                with self._lock:
-                    if self.deadline is None and self._wakeup is not None:
-                        self.deadline = threading.Timer(rundir.STOP_WAIT_S, os.kill, (os.getpid(), signal.SIGKILL))
-                        self.deadline.daemon = True
-                        self.deadline.start()
+    def _watch(self) -> None:
+        """SIGKILL this process ``rundir.STOP_WAIT_S`` after the first stop signal, unless ``restore`` came first."""
+        while not self._done.wait(min(1.0, rundir.STOP_WAIT_S / 4)):
+            if self.armed_at is not None and time.monotonic() - self.armed_at > rundir.STOP_WAIT_S:
+                os.kill(os.getpid(), signal.SIGKILL)
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
-        with self._lock:
-            wakeup, self._wakeup = self._wakeup, None
-            if self.deadline is not None:
-                self.deadline.cancel()
-        if wakeup is not None:
-            _, write, before = wakeup
-            signal.set_wakeup_fd(before)
-            os.close(write)  # the watcher reads end of file, closes the read end and returns
+        self._done.set()
 
 
 def _make_paradigm(cfg: Any, device: torch.device) -> Paradigm:

@@ -255,7 +255,8 @@ def start_run(run: RunSpec, env: dict[str, str], threads: int | None = None, new
 
 def started_children(record: Path, since: float) -> set[int]:
     """The pids of the training processes Ray tasks started since ``since`` (``RUNS/.launch/events.jsonl``'s
-    "child" lines on this host): a study's own runs, not another command's that holds a lock in the same folder."""
+    "child" lines on this host): a study's own runs, not another command's that holds a lock in the same folder
+    (an empty set when the log cannot be read)."""
     import socket
 
     try:
@@ -267,6 +268,8 @@ def started_children(record: Path, since: float) -> set[int]:
         try:
             event = json.loads(line)
         except ValueError:
+            continue
+        if not isinstance(event, dict):
             continue
         if (event.get("event") == "child" and float(event.get("t", 0)) >= since
                 and event.get("host") in (socket.gethostname(), os.uname().nodename)):
@@ -551,9 +554,11 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
                 if on_done is not None:
                     on_done(result)
         except BaseException:  # Ctrl-C or SIGTERM: runs not started never start, runs in flight checkpoint and stop
-            ours = started_children(record, since=started) if record else None  # the processes this study started
+            # the runs in flight: those of the processes this study's tasks started, by the events log (an
+            # unreadable or empty log, as on a file system that lost the lines: every run holding a pending lock)
+            ours = (started_children(record, since=started) if record else set()) or None
             stopping.update({d: pid for d, pid in held_here([run.run_dir for run, _ in pending.values()]).items()
-                             if ours is None or pid in ours})  # the runs in flight
+                             if ours is None or pid in ours})
             for ref in pending:
                 ray.cancel(ref)
             try:

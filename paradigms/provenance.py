@@ -47,10 +47,16 @@ def code_version() -> dict[str, Any]:
     commit = git_commit(CODE_DIR)
     # untracked files count too (a new module the run imported); ignored ones (runs/, .venv/) do not, nor do the
     # reports a study writes into the checkout (every run after a report would otherwise read as modified code)
-    status = _git(["status", "--porcelain", "--untracked-files=all"], CODE_DIR) if commit != "unknown" else None
-    # each changed path, both sides of a rename (a module moved into reports/studies/ leaves its old place)
-    changed = [path.strip('"') for line in (status or "").splitlines() if line.strip()
-               for path in line[3:].split(" -> ")]
+    status = _git(["status", "--porcelain", "-z", "--untracked-files=all"], CODE_DIR) if commit != "unknown" else None
+    # NUL-separated "XY path" entries, a rename's or copy's followed by its old path: both sides count (a module
+    # moved into reports/studies/ leaves its old place)
+    changed, entries = [], (status or "").split("\0")
+    while entries:
+        entry = entries.pop(0)
+        if len(entry) > 3:
+            changed.append(entry[3:])
+            if entry[0] in "RC" and entries:
+                changed.append(entries.pop(0))
     dirty = None if status is None else any(not path.startswith(OUTPUT_DIRS) for path in changed)
     return {"commit": commit, "dirty": dirty, "path": str(CODE_DIR)}
 

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import fnmatch
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -77,8 +78,6 @@ def read_study_file(path: Path, runnable: bool = True) -> dict[str, Any]:
     unknown = sorted(set(study) - set(STUDY_KEYS))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in {path}; valid keys: {sorted(STUDY_KEYS)}")
-    import re
-
     name = study.get("name")
     if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(name)):
         raise ValueError(f"{path}: name={name!r} must be letters, digits, '_', '.' or '-' (it names the study's "
@@ -751,6 +750,8 @@ def registration_change(old: dict[str, Any], new: dict[str, Any]) -> str:
     if not isinstance(before, list) or not isinstance(after, list):
         return f"comparisons {before!r} -> {after!r}"
 
+    absent = object()  # a key set on one side only (compared with ==, as check_registration compares)
+
     def shown(entry: dict[str, Any], key: Any) -> str:
         return repr(entry[key]) if key in entry else "(absent)"
 
@@ -764,7 +765,7 @@ def registration_change(old: dict[str, Any], new: dict[str, Any]) -> str:
             if was != now:
                 return f"comparison {name}: {was!r} -> {now!r}"
             continue
-        keys = [k for k in sorted(set(was) | set(now), key=str) if shown(was, k) != shown(now, k)]
+        keys = [k for k in sorted(set(was) | set(now), key=str) if was.get(k, absent) != now.get(k, absent)]
         if keys:
             return f"comparison {name}: " + ", ".join(f"{k} {shown(was, k)} -> {shown(now, k)}" for k in keys)
     return "the same comparisons"

@@ -510,25 +510,25 @@ def test_a_score_without_its_primary_metric_or_split_prefix_fails_the_run(tmp_pa
     assert re.search(match, result["reason"]), result["reason"]
 
 
-@pytest.mark.parametrize("restored,native", [(False, False), (True, False), (False, True)])
-def test_a_stopped_run_that_hangs_ends_itself_after_the_stop_wait(restored, native):
+@pytest.mark.parametrize("restored,hang", [(False, False), (True, False), (False, True)])
+def test_a_stopped_run_that_hangs_ends_itself_after_the_stop_wait(restored, hang):
     """A Ray run outlives its worker to checkpoint (SIGTERM as its death signal): one that then hung would hold its
     lock forever. From the first stop signal on it has rundir.STOP_WAIT_S (here 0.5 s) until its handlers are
-    restored, then it SIGKILLs itself, also when its main thread is stuck in native code (a mutex here: Python's
-    handler never runs there); restored in time, it lives on."""
-    hang = ("import ctypes, threading\n"
-            "libc = ctypes.CDLL(None)\n"
-            "m = ctypes.create_string_buffer(64)\n"  # PTHREAD_MUTEX_INITIALIZER: zeros
-            "libc.pthread_mutex_lock(m)\n"
-            "threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
-            "libc.pthread_mutex_lock(m)\n")  # a deadlock in native code
+    restored, then it SIGKILLs itself, also when it hangs in native code after the signal (a mutex deadlock here);
+    restored in time, it lives on."""
+    deadlock = ("import ctypes\n"
+                "libc = ctypes.CDLL(None)\n"
+                "m = ctypes.create_string_buffer(64)\n"  # PTHREAD_MUTEX_INITIALIZER: zeros
+                "libc.pthread_mutex_lock(m)\n"
+                "libc.pthread_mutex_lock(m)\n")  # a deadlock in native code, after the signal was handled
     code = ("import os, signal, time\n"
             "from tiedlab.paradigms import engine, rundir\n"
             "rundir.STOP_WAIT_S = 0.5\n"
             "stop = engine._StopSignals()\n"
-            + (hang if native else "os.kill(os.getpid(), signal.SIGTERM)\n")
-            + "time.sleep(0.1)\n"
-            f"{'stop.restore()' if restored else 'pass'}\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(0.1)\n"
+            + (deadlock if hang else "")
+            + f"{'stop.restore()' if restored else 'pass'}\n"
             "time.sleep(2.0)\n"
             "print(stop.received, flush=True)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

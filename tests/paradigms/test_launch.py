@@ -725,5 +725,6 @@ def test_a_stopped_ray_study_waits_for_and_kills_only_the_runs_it_started(tmp_pa
     launch._event(record, event="child", run="g/seed=1", gpu=None, pid=222)
     launch._event(record, event="start", run="g/seed=2", gpu=None, pid=333)
     with record.open("a") as fh:
-        fh.write(json.dumps({"event": "child", "pid": 444, "t": t + 1, "host": "elsewhere"}) + "\n" + "{cut\n")
+        fh.write(json.dumps({"event": "child", "pid": 444, "t": t + 1, "host": "elsewhere"}) + "\n" + "{cut\n3\n")
     assert launch.started_children(record, since=t) == {222}
+    assert launch.started_children(tmp_path / "none.jsonl", since=t) == set()  # the driver then takes every run

@@ -617,6 +617,8 @@ def test_reports_written_into_the_checkout_do_not_make_its_code_dirty(tmp_path, 
     assert provenance.code_version()["dirty"] is True
     subprocess.run(["git", "mv", "reports/studies/code.py", "code.py"], cwd=repo, check=True)
     assert provenance.code_version()["dirty"] is False
+    (repo / "reports" / "studies" / "a -> b.md").write_text("a name with an arrow\n")
+    assert provenance.code_version()["dirty"] is False
     (repo / "helper.py").write_text("y = 2\n")
     assert provenance.code_version()["dirty"] is True
     (repo / "helper.py").unlink()

@@ -163,6 +163,10 @@ def test_a_registration_grows_only_by_a_family_of_its_own_on_grids_without_runs(
     with pytest.raises(ValueError, match=r"\(comparison #1 \(1/toy\): family \(absent\) -> None\)"):
         write({**first, "family": None}, later)  # null and absent differ: the message names it
     assert study_module.registration_change({"comparisons": ["x"]}, {"comparisons": ["y"]}) == "comparison #1: 'x' -> 'y'"
+    # compared as check_registration compares (1 == 1.0): the change it names is the one that refused it
+    assert study_module.registration_change(
+        {"comparisons": [{**first, "delta": 1}, later]},
+        {"comparisons": [{**first, "delta": 1.0}, {**later, "delta": 0.25}]}).startswith("comparison #2 (4/toy): delta")
     assert study_module.registration_change({"comparisons": {"a": 1}}, {"comparisons": []}).startswith("comparisons {")
     with pytest.raises(ValueError, match=r"#3 was added .* family of its own \(family: NAME; taken: the unnamed "
                                          r"family, 'more'\)"):
