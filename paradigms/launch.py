@@ -395,6 +395,7 @@ def cluster_threads(nodes: list[dict[str, float]], *, gpus: bool, per_gpu: int, 
     return max(1, min(sum(cpus) // max(1, jobs), max(cpus, default=1)))
 
 
+STOPPING = "stopping"  # beside the events log while a stopped study ends: a task Ray retries then starts no run
 RAY_GPU = "ray"  # ``_ray_task``'s device: the GPU share Ray gave the task (a cluster), not one named by the driver
 
 
@@ -421,6 +422,9 @@ def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: str | 
     # A retried task (its worker died) waits for the run's previous process, which checkpoints on its own
     # (its death signal is SIGTERM) and holds the run's lock until it has.
     wait_for_locks([run.run_dir])
+    if path is not None and (path.parent / STOPPING).exists():  # a task Ray retried after the study was stopped
+        _event(path, event="end", run=run.name, gpu=device, code=INTERRUPTED_EXIT, stopped=True, started=False)
+        return {"run": run.name, "gpu": device, "code": INTERRUPTED_EXIT}
     _event(path, event="start", run=run.name, gpu=device, pid=os.getpid())
     proc = start_run(run, env, threads, new_session=True, death_signal=signal.SIGTERM)
     try:
@@ -525,6 +529,8 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
         # would hold more)
         limit = len(ids) * per_gpu if placed else jobs if address is not None and not gpus else len(runs)
         where = str(record) if record else None
+        if record is not None:  # a previous study's stop, over: this one's tasks start their runs
+            (record.parent / STOPPING).unlink(missing_ok=True)
 
         def submit() -> None:
             run = waiting.pop(0)
@@ -554,6 +560,9 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
                 if on_done is not None:
                     on_done(result)
         except BaseException:  # Ctrl-C or SIGTERM: runs not started never start, runs in flight checkpoint and stop
+            if record is not None:  # a worker that exits on the signal is retried by Ray: its task starts no run
+                record.parent.mkdir(parents=True, exist_ok=True)
+                (record.parent / STOPPING).write_text(f"{os.getpid()}\n")
             # the runs in flight: those of the processes this study's tasks started, by the events log (an
             # unreadable or empty log, as on a file system that lost the lines: every run holding a pending lock)
             ours = (started_children(record, since=started) if record else set()) or None

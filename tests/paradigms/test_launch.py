@@ -728,3 +728,21 @@ def test_a_stopped_ray_study_waits_for_and_kills_only_the_runs_it_started(tmp_pa
         fh.write(json.dumps({"event": "child", "pid": 444, "t": t + 1, "host": "elsewhere"}) + "\n" + "{cut\n3\n")
     assert launch.started_children(record, since=t) == {222}
     assert launch.started_children(tmp_path / "none.jsonl", since=t) == set()  # the driver then takes every run
+
+
+def test_a_task_ray_retries_after_the_study_was_stopped_starts_no_run(tmp_path, monkeypatch):
+    """A job-wide SIGTERM ends workers too, and Ray retries their tasks: under load a retried task started the run
+    again after the study had waited for it, and the run outlived the study. The stopped driver leaves a marker
+    beside the events log; a task that finds it starts nothing."""
+    record = tmp_path / ".launch" / "events.jsonl"
+    record.parent.mkdir()
+    (record.parent / launch.STOPPING).write_text("1\n")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a run was started")
+
+    monkeypatch.setattr(launch, "start_run", refuse)
+    run = launch.RunSpec("g", ("seed=0",), str(tmp_path / "g" / "seed=0"))
+    result = launch._ray_task(run, None, str(record), None)
+    assert result["code"] == launch.INTERRUPTED_EXIT
+    assert json.loads(record.read_text().splitlines()[-1])["started"] is False
