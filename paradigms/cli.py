@@ -206,9 +206,15 @@ def _main_reported() -> None:
     except (HydraException, ValueError) as err:  # a bad override, group choice or config value
         if _show_traceback():
             raise
-        cause = f" ({str(err.__cause__).strip().splitlines()[0]})" if err.__cause__ and str(err.__cause__).strip() else ""
-        _report(f"[tiedlab] error: {_did_you_mean(str(err)) or _one_line(str(err)) + cause}")
+        _report(f"[tiedlab] error: {config_error(err)}")
         sys.exit(1)
+
+
+def config_error(err: BaseException) -> str:
+    """A config error on one line: a mistyped key as "unknown key K; did you mean ...", else Hydra's message
+    (``_one_line``) with its cause."""
+    cause = f" ({str(err.__cause__).strip().splitlines()[0]})" if err.__cause__ and str(err.__cause__).strip() else ""
+    return _did_you_mean(str(err)) or _one_line(str(err)) + cause
 
 
 def _did_you_mean(message: str) -> str | None:

@@ -210,7 +210,8 @@ def validate(cfg: Any) -> BlockSpec:
         raise ValueError(f"train.threads={t.threads} must be >= 1 or null (torch's default: every core)")
     if t.deq_warmup_depth is not None and t.deq_warmup_depth < 1:
         raise ValueError(f"train.deq_warmup_depth={t.deq_warmup_depth} must be >= 1 or null (block.depth)")
-    if spec.mode == "deq" and t.deq_warmup_steps and t.deq_warmup_depth is not None and t.deq_warmup_depth % spec.cycle:
+    warmup_depth = t.deq_warmup_depth if spec.mode == "deq" and t.deq_warmup_steps else None  # read by a warm-up
+    if warmup_depth is not None and warmup_depth % spec.cycle:
         k = spec.cycle  # the warm-up unrolls masks 0, 1, ... cyclically: it must end on the last, as f_K o ... o f_1
         raise ValueError(f"train.deq_warmup_depth={t.deq_warmup_depth} must be a multiple of the DEQ's K={k} distinct "
                          f"masks (block.depth, mask.mode={spec.mask.mode}): the warm-up would end on mask "
@@ -278,7 +279,8 @@ def ignored_options(cfg: Any, overrides: Sequence[str] = (), unread: Mapping[str
     that is not a DEQ, a DEQ's gradient options its grad.mode does not read, a warm-up depth without warm-up
     steps and the depth of a DEQ with one map (no distinct or disjoint masks) that no warm-up reads, equilibrium
     thresholds of a block that is not a DEQ, the optimiser options of another optimiser, mask options without a
-    mask mode or of another mask kind, a wandb logger's options with the local logger, and the keys of ``unread`` (the paradigm's ``unread_options``: key -> why) set on the command line. ``overrides`` are
+    mask mode or of another mask kind, a wandb logger's options with the local logger, and the keys of ``unread``
+    (the paradigm's ``unread_options``: key -> why) set on the command line. ``overrides`` are
     the command line's (``key=value``), so that a key set there is named even when its value equals the default.
     The solver, gradient, warm-up, Jacobian and mask options of a block that has none are also left out of the
     run's fingerprint (``rundir.active_config``); the others are named here only.

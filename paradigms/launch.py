@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -257,8 +258,6 @@ def started_children(record: Path, since: float) -> set[int]:
     """The pids of the training processes Ray tasks started since ``since`` (``RUNS/.launch/events.jsonl``'s
     "child" lines on this host): a study's own runs, not another command's that holds a lock in the same folder
     (an empty set when the log cannot be read)."""
-    import socket
-
     try:
         lines = record.read_text().splitlines()
     except OSError:
@@ -272,15 +271,13 @@ def started_children(record: Path, since: float) -> set[int]:
         if not isinstance(event, dict):
             continue
         if (event.get("event") == "child" and float(event.get("t", 0)) >= since
-                and event.get("host") in (socket.gethostname(), os.uname().nodename)):
+                and event.get("host") == socket.gethostname()):
             out.add(int(event["pid"]))
     return out
 
 
 def held_here(run_dirs: Sequence[str | Path]) -> dict[str, int]:
     """The run dirs among ``run_dirs`` whose lock a live process on this host holds -> its pid (``lock_holder``)."""
-    import socket
-
     here = socket.gethostname()
     return {str(d): holder[1] for d in run_dirs if (holder := lock_holder(Path(d))) and holder[0] == here}
 
@@ -302,7 +299,7 @@ def _event(record: Path | None, **fields: Any) -> None:
     if record is None:
         return
     record.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps({**fields, "t": time.time(), "host": os.uname().nodename}) + "\n").encode()
+    line = (json.dumps({**fields, "t": time.time(), "host": socket.gethostname()}) + "\n").encode()
     fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
@@ -786,7 +783,6 @@ def lock_holder(run_dir: Path) -> tuple[str, int] | None:
     untouched for ``rundir.LOCK_STALE_S`` seconds was left by a holder killed with no chance to clear it (SIGKILL,
     out of memory, a lost node)."""
     import re
-    import socket
 
     path = run_dir / rundir.LOCK
     try:
@@ -860,10 +856,9 @@ def _cell_config(overrides: tuple[str, ...]) -> dict[str, Any]:
                 parent.pop(leaf, None)
         return {**group_key(OmegaConf.to_container(OmegaConf.create(plain), resolve=True)), **judged}
     except (HydraException, OmegaConfBaseException) as err:
-        from .cli import _did_you_mean
+        from .cli import config_error
 
-        why = _did_you_mean(str(err)) or " ".join(str(err).split())  # a mistyped key: the keys it was near
-        raise ValueError(f"the overrides {' '.join(overrides)} do not compose ({why}): "
+        raise ValueError(f"the overrides {' '.join(overrides)} do not compose ({config_error(err)}): "
                          "fix the grid's or the command's") from None
 
 

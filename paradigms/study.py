@@ -467,10 +467,12 @@ def _why_not_batchable(run: Any) -> str | None:
 
         from hydra.errors import HydraException
 
+        from .cli import config_error
+
         try:
             composed = compose_config([*run.overrides, f"run_dir={launch._quoted(run.run_dir)}"])
         except HydraException as err:
-            raise ValueError(f"{run.name}: its overrides do not compose ({str(err).splitlines()[0]})") from None
+            raise ValueError(f"{run.name}: its overrides do not compose ({config_error(err)})") from None
         _WHY_NOT_BATCHABLE[cell] = why_not_batchable(composed)
     return _WHY_NOT_BATCHABLE[cell]
 
@@ -561,7 +563,7 @@ def submit_study(spec: dict[str, Any], runs: Path, args: argparse.Namespace) -> 
     print(f"[tiedlab] submitted {len(todo)} runs of study {spec.get('name')} as job array {first} "
           f"(at most {options.get('array_parallelism')} at once, {options.get('timeout_min')} min per job, requeued "
           f"after a timeout or preemption); logs in {folder}\n"
-          f"[tiedlab] follow it with: tiedlab-study {getattr(args, 'ref', args.name)} --status"
+          f"[tiedlab] follow it with: tiedlab-study {args.ref} --status"
           + (f" --runs {args.runs}" if args.runs else ""), flush=True)
     return 0
 
