@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -19,9 +20,10 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from . import console
 from .config import TrainConfig
 
-from .rundir import short_dirname
+from .rundir import CHECKPOINT, short_dirname
 
 CONFIG_PATH = "pkg://tiedlab.configs"
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
@@ -29,6 +31,7 @@ if not OmegaConf.has_resolver("tiedlab_dirname"):  # run directory names within 
     OmegaConf.register_new_resolver("tiedlab_dirname", short_dirname)
 from .launch import INTERRUPTED_EXIT  # a run stopped by SIGUSR2/SIGTERM after a checkpoint: resumable
 TRACEBACK_ENV = "TIEDLAB_TRACEBACK"  # set to 1 to see the full traceback of a reported error
+CTRL_C_EXIT = 128 + signal.SIGINT  # a command stopped by Ctrl-C (its run checkpointed first, unless pressed twice)
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -68,6 +71,12 @@ def _log_in_run_dir(run_dir: Any, message: str) -> None:
         pass  # a read-only or vanished folder: the message was printed
 
 
+def _console_closed(reason: str) -> None:
+    """A line in the run's log (Hydra's job log, cli.log) when nothing more reaches the console."""
+    logging.getLogger("tiedlab").warning(f"[tiedlab] {reason}: what this process writes there is dropped; the "
+                                         "run goes on (its metrics.json and this log record it)")
+
+
 def _rank() -> int:
     """This process's rank under torchrun (0 otherwise): the other ranks print only their own errors."""
     return int(os.environ.get("RANK") or 0)
@@ -81,15 +90,23 @@ BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 _FAILED: list[str] = []  # the runs of this process's multirun that failed so far
 
 
-def _stop_here(hydra_cfg: Any) -> None:
-    """After a run that SIGTERM/SIGUSR2 interrupted (or that got one during its final evaluation): this process
-    was asked to stop, so it starts no further run. It exits 75 (resumable), or 1 if a run of its multirun
-    failed. Launchers that train each run in a process of its own (joblib, Slurm) signalled that process alone:
-    their multirun goes on, and the run ends as a RunError like a failed one."""
+def _stop_here(hydra_cfg: Any, signal_name: str) -> None:
+    """After a run that a stop signal interrupted (or that got one during its final evaluation): this process
+    was asked to stop, so it starts no further run. It exits 75 (resumable; 130 after Ctrl-C), or 1 if a run of
+    its multirun failed. Launchers that train each run in a process of its own (joblib, Slurm) signalled that
+    process alone: their multirun goes on, and the run ends as a RunError like a failed one."""
     from hydra.types import RunMode
 
     if hydra_cfg.mode == RunMode.RUN or hydra_cfg.launcher.get("_target_") == BASIC_LAUNCHER:
-        sys.exit(1 if _FAILED else INTERRUPTED_EXIT)  # a SystemExit passes Hydra's job runner (it catches Exception)
+        _leave(1 if _FAILED else CTRL_C_EXIT if signal_name == "SIGINT" else INTERRUPTED_EXIT)
+
+
+def _leave(code: int) -> None:
+    """Exit with ``code`` after a stop (a SystemExit passes Hydra's job runner, which catches Exception); a Ctrl-C
+    while the interpreter shuts down (the run is already recorded) exits at once, without a traceback."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(code))
+    sys.exit(code)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
@@ -107,8 +124,18 @@ def _hydra_main(cfg: DictConfig) -> Any:
     hydra_cfg = HydraConfig.get()
     result: dict[str, Any] = {}
     ours = True  # the run directory is this process's (not another's, whose lock refused this one)
+    if console.closed():  # an earlier run of this multirun found the reader gone: this run's log says so too
+        _console_closed(f"the console closed before this run ({'; '.join(console.closed())})")
     try:
         result = run_training(cfg, cfg.run_dir, list(hydra_cfg.overrides.task))
+    except KeyboardInterrupt:  # Ctrl-C twice, or after another stop signal: the run stopped where it was
+        if _show_traceback():
+            raise
+        again = ("resumes from its last checkpoint" if (Path(str(cfg.run_dir)) / CHECKPOINT).is_file()
+                 else "starts again (it had no checkpoint yet)")
+        _report(f"[tiedlab] stopped by Ctrl-C: {cfg.run_dir} was not checkpointed now; rerunning the same command "
+                f"{again}")
+        _leave(CTRL_C_EXIT)
     except (ValueError, OSError, TrackerError) as err:  # config, data, checkpoint, run-directory, tracker errors
         if _show_traceback():
             raise
@@ -125,13 +152,13 @@ def _hydra_main(cfg: DictConfig) -> Any:
         metric = result.get("metrics", {}).get(f"val/{cls.primary_metric}")
         if _rank() and result["status"] != "failed":  # rank 0 reports the run; the others only their own failure
             if result["status"] == "interrupted" or result.get("stopped_by"):
-                _stop_here(hydra_cfg)
+                _stop_here(hydra_cfg, result.get("stopped_by", ""))
             if result["status"] == "interrupted":
                 raise RunError("")
             return metric
         if result["status"] == "interrupted":
             _report(f"[tiedlab] interrupted: {cfg.run_dir}: {result['reason']}")
-            _stop_here(hydra_cfg)
+            _stop_here(hydra_cfg, result.get("stopped_by", ""))
             raise RunError(f"[tiedlab] interrupted: {cfg.run_dir}")
         if result["status"] != "failed":
             m = result.get("metrics", {})
@@ -143,7 +170,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
                     + (f" ({result['reason']})" if result.get("reason") else ""))
             if result.get("stopped_by"):  # during the final evaluation: the run completed, nothing further starts
                 _report(f"[tiedlab] {result['stopped_by']} during the final evaluation: stopping")
-                _stop_here(hydra_cfg)
+                _stop_here(hydra_cfg, result["stopped_by"])
             return metric
         where = f" (rank {_rank()})" if _rank() else ""
         message = f"[tiedlab] failed{where}: {cfg.run_dir}: {result['reason']}"
@@ -153,7 +180,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
             _log_in_run_dir(cfg.run_dir, message)
     _FAILED.append(str(cfg.run_dir))
     if result.get("stopped_by"):  # a run that failed after a stop came: start nothing further either
-        _stop_here(hydra_cfg)
+        _stop_here(hydra_cfg, result["stopped_by"])
     if hydra_cfg.mode == RunMode.RUN:
         sys.exit(1)  # one line, and no "Error executing job" from Hydra
     raise RunError(message)  # a multirun goes on with its other jobs, then exits 1
@@ -173,7 +200,10 @@ def _main() -> None:
             import traceback
 
             traceback.print_exc()
-            _exit_if_parallel(130 if isinstance(err, KeyboardInterrupt) else 1)
+            _exit_if_parallel(CTRL_C_EXIT if isinstance(err, KeyboardInterrupt) else 1)
+        if isinstance(err, KeyboardInterrupt) and not _show_traceback():  # before a run began (or after it ended)
+            _report("[tiedlab] stopped by Ctrl-C")
+            _leave(CTRL_C_EXIT)
         raise
     _exit_if_parallel(0)
 
@@ -194,6 +224,8 @@ def _exit_if_parallel(code: int | str | None) -> None:
 
 def _main_reported() -> None:
     from hydra.errors import HydraException
+
+    console.guard(_console_closed)  # a reader that exits (`| head`) or a terminal that hangs up ends no run
 
     if not _show_traceback():
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing a trace: reported below
@@ -281,6 +313,7 @@ def study_main() -> None:
     from .launch import raise_on_sigterm, stopped_by
     from .study import study
 
+    console.guard()  # a reader that exits (`| head`) or a terminal that hangs up stops no study
     previous = raise_on_sigterm()  # SIGTERM stops the runs in flight (each checkpoints) before the study exits
     try:
         code = study()
@@ -297,7 +330,8 @@ def study_main() -> None:
               "checkpoint; rerun the same command to continue", file=sys.stderr)
         code = 128 + int(signal.Signals[name])
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     sys.exit(code)
 
 

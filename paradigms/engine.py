@@ -5,9 +5,9 @@ schedule, evaluates every ``train.eval_every`` steps (validating from ``train.va
 and at the end, checkpoints atomically every ``train.ckpt_every`` steps, resumes from the run directory's
 checkpoint, and writes the run directory contract (see ``rundir``), holding its lock. A non-finite loss or an
 exploding solver residual ends the run with status ``diverged``: instability is a result, not a crash. A crash in
-the loop (an exception, a full disk) ends it with status ``failed`` and the reason. SIGUSR2 or SIGTERM
-checkpoints at the next step and ends it with status ``interrupted`` (rerun to resume; the command line exits with
-``INTERRUPTED_EXIT``). Under ``torchrun`` one run trains data-parallel over several processes (see
+the loop (an exception, a full disk) ends it with status ``failed`` and the reason. SIGUSR2 or SIGTERM (and
+Ctrl-C or a hang-up where they have their default handling) checkpoints at the next step and ends it with status
+``interrupted`` (rerun to resume; the command line exits with ``INTERRUPTED_EXIT``, 130 after Ctrl-C). Under ``torchrun`` one run trains data-parallel over several processes (see
 ``distributed``): rank 0 alone writes and evaluates.
 """
 
@@ -505,8 +505,9 @@ def _evaluate(paradigm: Paradigm, model: nn.Module, data: DataBundle, split: str
 
 def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run (or resume) one training run in ``run_dir``; returns what it wrote to metrics.json, plus
-    ``stopped_by`` (the signal's name) when a SIGTERM/SIGUSR2 came after the training loop (during the final
-    evaluation: the run still completed, and the caller should start nothing further).
+    ``stopped_by`` (the signal's name) when a stop signal (SIGTERM, SIGUSR2; Ctrl-C, a hang-up) ended the run
+    (``interrupted``) or came after its training loop (during the final evaluation: the run still completed); the
+    caller should start nothing further either way.
 
     The process holds the run directory's lock throughout. A finished run of the same config returns at once
     (nothing is loaded or rewritten). ``overrides`` (the command line's) only sharpen the warnings about
@@ -549,13 +550,11 @@ def _train_locked(cfg: DictConfig, spec: BlockSpec, run_dir: Path, overrides: li
         run = _Run(cfg, spec, run_dir, opened, overrides, world)
         status, reason = run.train(stop)
         result = run.finish(status, reason)
-    except BaseException:
-        stop.restore()
-        if stop.received:  # deliver it now, as if it had not waited (a build error must not swallow a stop)
-            signal.raise_signal(signal.Signals[stop.received])
+    except BaseException as err:
+        stop.deliver(err)  # a build error must not swallow a stop that waited
         raise
     stop.restore()
-    if stop.received and result.get("status") != "interrupted":  # it came after the loop: the run ended anyway
+    if stop.received:  # the signal that ended the run, or that came after its loop (the run ended anyway)
         result = {**result, "stopped_by": stop.received}
     return result
 
@@ -1083,7 +1082,10 @@ class _Run:
 
 class _StopSignals:
     """SIGUSR2 and SIGTERM only set ``received`` (the signal's name) while installed, so that the loop can
-    checkpoint at a step boundary; ``restore`` puts the previous handlers back. Installed only in the main
+    checkpoint at a step boundary; ``restore`` puts the previous handlers back. Ctrl-C (SIGINT) and a terminal's
+    hang-up (SIGHUP) do the same where the process has their default handling (not under ``nohup`` or a shell's
+    ``&``, which ignore them, nor in a host that set its own): the first Ctrl-C says so on stderr, a second one (or
+    one after another stop signal) raises KeyboardInterrupt at once. Installed only in the main
     thread (Python delivers signals there; elsewhere the process keeps its handlers). From the first signal on, the
     process has ``rundir.STOP_WAIT_S`` seconds until ``restore`` (a launcher waits as long), then a watchdog thread
     SIGKILLs it: a run whose launcher died (a Ray worker's run outlives it to checkpoint) must not hang holding its
@@ -1091,6 +1093,7 @@ class _StopSignals:
     comes never arms the deadline (its launcher's SIGKILL, or an operator, ends it)."""
 
     SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+    TERMINAL = {signal.SIGINT: signal.default_int_handler, signal.SIGHUP: signal.SIG_DFL}  # and their defaults
 
     def __init__(self) -> None:
         self.received = ""
@@ -1101,8 +1104,15 @@ class _StopSignals:
             threading.Thread(target=self._watch, daemon=True, name="tiedlab-stop-deadline").start()
             for sig in self.SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._handle)
+            for sig, default in self.TERMINAL.items():
+                if signal.getsignal(sig) is default:
+                    self.previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:
+            if self.received:
+                raise KeyboardInterrupt  # Ctrl-C after a stop: stop now (the last checkpoint stands)
+            _tell("[tiedlab] Ctrl-C: the run checkpoints at its next step and stops (Ctrl-C again: stop now)")
         self.received = self.received or signal.Signals(signum).name
         if self.armed_at is None:
             self.armed_at = time.monotonic()  # a plain assignment: the watchdog reads it (no thread starts here)
@@ -1113,11 +1123,27 @@ class _StopSignals:
             if self.armed_at is not None and time.monotonic() - self.armed_at > rundir.STOP_WAIT_S:
                 os.kill(os.getpid(), signal.SIGKILL)
 
+    def deliver(self, err: BaseException) -> None:
+        """While ``err`` ends the run: put the previous handlers back and deliver a stop signal that waited for a
+        step boundary now, as if it had not waited (a KeyboardInterrupt, a second Ctrl-C, is that stop already)."""
+        self.restore()
+        if self.received and not isinstance(err, KeyboardInterrupt):
+            signal.raise_signal(signal.Signals[self.received])
+
     def restore(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
         self._done.set()
+
+
+def _tell(line: str) -> None:
+    """``line`` on stderr from a signal handler: one unbuffered write (a print there could re-enter the stream's
+    buffer that the interrupted code was writing); on a terminal on a line of its own (after ^C or a progress bar)."""
+    try:
+        os.write(2, (("\n" if os.isatty(2) else "") + line + "\n").encode())
+    except OSError:
+        pass  # no console left: the run's record says why it stopped
 
 
 def _make_paradigm(cfg: Any, device: torch.device) -> Paradigm:

@@ -31,9 +31,9 @@ STOP_WAIT_S = rundir.STOP_WAIT_S  # how long a stopped study waits for its runs 
 
 
 class Stopped(KeyboardInterrupt):
-    """Raised in the main thread when this process gets SIGTERM under ``raise_on_sigterm``: a KeyboardInterrupt, as
-    for Ctrl-C, so that no ``except Exception`` swallows it (nor Ray's ``ray.wait``, which lets only that through;
-    ``stopped_by`` names the signal)."""
+    """Raised in the main thread when this process gets SIGTERM (or SIGHUP) under ``raise_on_sigterm``: a
+    KeyboardInterrupt, as for Ctrl-C, so that no ``except Exception`` swallows it (nor Ray's ``ray.wait``, which lets
+    only that through; ``stopped_by`` names the signal)."""
 
 
 _STOPPED_BY: list[str] = []  # the signals ``raise_on_sigterm``'s handler got (Ray re-raises a bare KeyboardInterrupt)
@@ -49,11 +49,15 @@ def stopped_by() -> str:
     return _STOPPED_BY[0] if _STOPPED_BY else "SIGINT"
 
 
-def raise_on_sigterm() -> Any:
+def raise_on_sigterm() -> dict[int, Any]:
     """From now on SIGTERM raises ``Stopped`` in this (main) thread, so that a study's driver can pass the stop on
-    to its runs in flight (``call``, ``run_with_ray``) instead of dying and leaving them to go on alone. Returns the
-    previous handler."""
-    return signal.signal(signal.SIGTERM, _raise_stopped)
+    to its runs in flight (``call``, ``run_with_ray``) instead of dying and leaving them to go on alone; so does a
+    terminal's hang-up (SIGHUP), unless this process ignores it (``nohup``). Returns the previous handlers (for
+    ``signal.signal``)."""
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_stopped)}
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _raise_stopped)
+    return previous
 
 
 def stop_process(proc: subprocess.Popen, wait_s: float = STOP_WAIT_S, group: bool = False) -> None:

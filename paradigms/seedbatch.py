@@ -23,7 +23,6 @@ The time of a shared step is split evenly between the runs (``time/step_ms`` is 
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 import time
 from pathlib import Path
@@ -154,9 +153,8 @@ def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
 def _deliver_on_error(stop: _StopSignals, err: BaseException | None) -> bool:
     """While an exception ``err`` leaves ``train_seed_batch``: a stop signal that waited for a step boundary is
     delivered now, as if it had not waited (as ``engine.train`` does). Never swallows ``err`` (returns False)."""
-    if err is not None and stop.received:
-        stop.restore()
-        signal.raise_signal(signal.Signals[stop.received])
+    if err is not None:
+        stop.deliver(err)
     return False
 
 

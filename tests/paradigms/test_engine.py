@@ -37,9 +37,17 @@ def cli(args: list[str], runs: Path, **kw) -> subprocess.Popen | subprocess.Comp
     cmd = [sys.executable, "-m", "tiedlab.paradigms.cli", *flags, "paradigm=toy",
            f"hydra.searchpath=[file://{TESTS / 'support' / 'configs'}]", "train.progress=false", "train.threads=1",
            *[a for a in args if not a.startswith("-")]]
-    if kw.pop("background", False):
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if kw.pop("background", False):  # Ctrl-C and a hang-up with their default actions, however the suite started
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                preexec_fn=default_stop_signals)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def default_stop_signals() -> None:
+    """In a child before it runs: SIGINT and SIGHUP as a terminal's command gets them (a suite started with
+    `nohup` or `&` ignores them, and so would every process it starts)."""
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def test_run_directory_contract(tmp_path):
@@ -158,11 +166,14 @@ def uninterrupted(tmp_path_factory) -> dict:
     return json.loads((root / "toy" / ",".join(sorted(SIGNALLED)) / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGUSR2, marks=pytest.mark.slow)])  # one path
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGUSR2, marks=pytest.mark.slow), signal.SIGINT,
+                                 signal.SIGHUP])
 def test_a_signalled_run_checkpoints_exits_as_interrupted_and_resumes_to_the_same_metrics(tmp_path, sig,
                                                                                          uninterrupted):
-    """A scheduler's SIGUSR2 (timeout warning) or SIGTERM (preemption): a checkpoint at the next step, status
-    interrupted, exit status 75 (resumable, not failed); the rerun ends where an uninterrupted run ends."""
+    """A scheduler's SIGUSR2 (timeout warning) or SIGTERM (preemption), Ctrl-C, a terminal that hung up: a
+    checkpoint at the next step, status interrupted, exit status 75 (resumable, not failed; 130 after Ctrl-C) and
+    no traceback; the rerun ends where an uninterrupted run ends. Ctrl-C and a hang-up killed the run where it was
+    (Ctrl-C with a traceback), its metrics.json left "running"."""
     from tiedlab.paradigms.launch import INTERRUPTED_EXIT
 
     args = SIGNALLED
@@ -174,7 +185,10 @@ def test_a_signalled_run_checkpoints_exits_as_interrupted_and_resumes_to_the_sam
     assert (run_dir / "history.jsonl").exists(), "the run never evaluated"
     proc.send_signal(sig)
     out = proc.communicate(timeout=120)[0].decode()
-    assert proc.returncode == INTERRUPTED_EXIT, out[-3000:]
+    assert proc.returncode == (130 if sig == signal.SIGINT else INTERRUPTED_EXIT), out[-3000:]
+    assert "Traceback" not in out
+    if sig == signal.SIGINT:
+        assert "[tiedlab] Ctrl-C: the run checkpoints at its next step and stops (Ctrl-C again: stop now)" in out
     stopped = json.loads((run_dir / "metrics.json").read_text())
     assert stopped["status"] == "interrupted" and 100 <= stopped["step"] < 600, stopped
     assert stopped["reason"].startswith(f"{sig.name} at step {stopped['step']}/600: checkpointed")
@@ -185,6 +199,29 @@ def test_a_signalled_run_checkpoints_exits_as_interrupted_and_resumes_to_the_sam
     assert a["status"] == "completed" and len(a["provenance"]) == 2
     for key in ("val/loss", "test/acc", "test/loss"):
         assert a["metrics"][key] == uninterrupted["metrics"][key], key
+
+
+def test_a_second_ctrl_c_stops_the_run_at_once_in_one_line_and_a_rerun_resumes_it(tmp_path):
+    """Ctrl-C twice (or after a scheduler's SIGTERM): the run stops where it is, without waiting for a step
+    boundary; one line says what a rerun does; the lock is released and the rerun completes the run."""
+    args = ["train.max_steps=10", "train.eval_every=1", "train.ckpt_every=2", "data.step_sleep_s=0.3"]
+    run_dir = tmp_path / "toy" / ",".join(sorted(args))
+    proc = cli(args, tmp_path, background=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "checkpoint.pt").exists():
+        time.sleep(0.02)
+    assert (run_dir / "checkpoint.pt").exists(), "the run never checkpointed"
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)  # within the 0.3 s step: a second Ctrl-C does not wait for its end
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130 and "Traceback" not in out, out[-3000:]
+    assert out.strip().splitlines()[-1] == (f"[tiedlab] stopped by Ctrl-C: {run_dir} was not checkpointed now; "
+                                             "rerunning the same command resumes from its last checkpoint")
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "running"  # killed, as a SIGKILL would
+    resumed = cli(args, tmp_path)
+    assert resumed.returncode == 0 and "resuming" in resumed.stderr, resumed.stderr[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
 
 
 def test_a_sigterm_during_the_final_evaluation_completes_the_run_and_ends_the_multirun(tmp_path):

@@ -450,7 +450,7 @@ def start_study(tmp_path: Path, argv: list[str], background: bool = False) -> su
     with SIGINT's default action whatever the test runner's is (a test suite started with ``&`` ignores it, and
     every process it starts would too)."""
     def sigint(action: Any) -> Callable[[], None]:
-        return lambda: signal.signal(signal.SIGINT, action)
+        return lambda: (signal.signal(signal.SIGINT, action), signal.signal(signal.SIGHUP, signal.SIG_DFL))
 
     return subprocess.Popen([sys.executable, "-c", STUDY_MAIN, str(tmp_path / "studies"), "toy", *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -473,15 +473,16 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("argv,sig", [
-    ([], signal.SIGTERM), ([], signal.SIGINT),
+    ([], signal.SIGTERM), ([], signal.SIGINT), ([], signal.SIGHUP),
     pytest.param(["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"], signal.SIGTERM, marks=pytest.mark.slow),
     pytest.param(["--jobs", "2"], signal.SIGTERM, marks=pytest.mark.slow),
     pytest.param(["--jobs", "2", "group"], signal.SIGTERM, marks=pytest.mark.slow),
     pytest.param(["--jobs", "2", "job"], signal.SIGTERM, marks=pytest.mark.slow)],
-    ids=["multirun", "multirun-ctrl-c", "joblib", "ray", "ray-process-group", "ray-every-process"])
+    ids=["multirun", "multirun-ctrl-c", "multirun-hangup", "joblib", "ray", "ray-process-group", "ray-every-process"])
 def test_sigterm_to_a_study_checkpoints_its_runs_in_flight_and_starts_no_other(tmp_path, monkeypatch, argv, sig):
     """SIGTERM to tiedlab-study started in the background (SIGINT ignored, as after `nohup ... &`; a scheduler,
-    `kill`, a CI timeout) or Ctrl-C (SIGINT to the study: its runs are in sessions of their own), and for Ray a
+    `kill`, a CI timeout), Ctrl-C (SIGINT to the study: its runs are in sessions of their own) or a terminal's
+    hang-up (SIGHUP: it killed the study, leaving its runs to stop on their own), and for Ray a
     SIGTERM to the study's process group or to every process of it (Ray's workers exit on it): the runs in
     flight checkpoint and end as interrupted, no further run starts
     (Hydra's multirun does not go on to its next job, Ray's pending runs are cancelled), no process of the
