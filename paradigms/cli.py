@@ -124,6 +124,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
     hydra_cfg = HydraConfig.get()
     result: dict[str, Any] = {}
     ours = True  # the run directory is this process's (not another's, whose lock refused this one)
+    console.guard(_console_closed)  # in a launcher's worker process (joblib) too
     if console.closed():  # an earlier run of this multirun found the reader gone: this run's log says so too
         _console_closed(f"the console closed before this run ({'; '.join(console.closed())})")
     try:

@@ -56,16 +56,21 @@ def environment(runs: Path) -> dict[str, str]:
     return env
 
 
-def test_a_multirun_whose_reader_exits_completes_every_run_and_each_log_says_why_it_printed_nothing(tmp_path):
-    code = reader_exits_after_one_line([sys.executable, "-m", "tiedlab.paradigms.cli", "-m", *TOY, "seed=0,1,2"],
-                                       tmp_path, environment(tmp_path / "runs"))
+@pytest.mark.parametrize("launcher", [[], pytest.param(["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"],
+                                                        marks=pytest.mark.slow)], ids=["basic", "joblib"])
+def test_a_multirun_whose_reader_exits_completes_every_run_and_each_log_says_why_it_printed_nothing(tmp_path,
+                                                                                                  launcher):
+    """In one process (Hydra's basic launcher) or in joblib's workers, which write to the same pipe."""
+    code = reader_exits_after_one_line([sys.executable, "-m", "tiedlab.paradigms.cli", "-m", *TOY, "seed=0,1,2",
+                                        *launcher], tmp_path, environment(tmp_path / "runs"))
     dirs = run_dirs(tmp_path / "runs")
     assert code == 0 and len(dirs) == 3
     for d in dirs:
         m = json.loads((d / "metrics.json").read_text())
         assert m["status"] == "completed" and m["step"] == 4, m.get("reason")
         assert "closed (Broken pipe)" in (d / "cli.log").read_text()
-    assert "the console closed before this run" in (dirs[-1] / "cli.log").read_text()
+    if not launcher:
+        assert "the console closed before this run" in (dirs[-1] / "cli.log").read_text()
 
 
 def test_a_study_whose_reader_exits_completes_its_runs(tmp_path):
