@@ -47,6 +47,17 @@ def test_registry_finds_the_adapter():
     assert get_paradigm("graph") is GraphParadigm
 
 
+def test_importing_the_adapter_prints_no_deprecation_warning():
+    """torch_geometric's import used torch.jit.script, deprecated in torch 2.14: every graph run began with a
+    two-line FutureWarning no user could act on (filtered for that import alone)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", "import tiedlab.paradigms.graph.adapter"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
+
+
 def test_contract_cora():
     res = check_paradigm(GraphParadigm, data={"name": "cora"}, model=SMALL)
     assert set(res) >= {"explicit", "tied", "deq_anderson_ift"}
