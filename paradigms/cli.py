@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -71,10 +70,25 @@ def _log_in_run_dir(run_dir: Any, message: str) -> None:
         pass  # a read-only or vanished folder: the message was printed
 
 
+_RUN_DIR: list[str] = []  # the run directory of the job in progress: its cli.log gets the console's notes
+
+
 def _console_closed(reason: str) -> None:
-    """A line in the run's log (Hydra's job log, cli.log) when nothing more reaches the console."""
-    logging.getLogger("tiedlab").warning(f"[tiedlab] {reason}: what this process writes there is dropped; the "
-                                         "run goes on (its metrics.json and this log record it)")
+    """A line in the run's cli.log when nothing more reaches the console (written directly, not through logging:
+    this is called from inside a write, which may be a logging handler's)."""
+    if _RUN_DIR:
+        _log_in_run_dir(_RUN_DIR[0], f"[tiedlab] {reason}: what this process writes there is dropped (the run's "
+                                     "metrics.json and this log record it)")
+
+
+def _terminal_stops(hydra_cfg: Any) -> bool:
+    """Whether Ctrl-C and a hang-up stop this process's run with a checkpoint: in a run or a multirun of one process.
+    Not in joblib's workers (their parent's Ctrl-C ends the workers anyway) nor under torchrun (its agent passes the
+    terminal's Ctrl-C on as a second one): there Ctrl-C ends the run where it is, as before."""
+    from hydra.types import RunMode
+
+    one_process = hydra_cfg.mode == RunMode.RUN or hydra_cfg.launcher.get("_target_") == BASIC_LAUNCHER
+    return one_process and "RANK" not in os.environ
 
 
 def _rank() -> int:
@@ -124,11 +138,13 @@ def _hydra_main(cfg: DictConfig) -> Any:
     hydra_cfg = HydraConfig.get()
     result: dict[str, Any] = {}
     ours = True  # the run directory is this process's (not another's, whose lock refused this one)
+    _RUN_DIR[:] = [str(cfg.run_dir)]
     console.guard(_console_closed)  # in a launcher's worker process (joblib) too
     if console.closed():  # an earlier run of this multirun found the reader gone: this run's log says so too
         _console_closed(f"the console closed before this run ({'; '.join(console.closed())})")
     try:
-        result = run_training(cfg, cfg.run_dir, list(hydra_cfg.overrides.task))
+        result = run_training(cfg, cfg.run_dir, list(hydra_cfg.overrides.task),
+                              terminal_stops=_terminal_stops(hydra_cfg))
     except KeyboardInterrupt:  # Ctrl-C twice, or after another stop signal: the run stopped where it was
         if _show_traceback():
             raise

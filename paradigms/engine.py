@@ -503,11 +503,13 @@ def _evaluate(paradigm: Paradigm, model: nn.Module, data: DataBundle, split: str
     return {k: float(v) for k, v in out.items()}
 
 
-def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = (),
+          terminal_stops: bool = False) -> dict[str, Any]:
     """Run (or resume) one training run in ``run_dir``; returns what it wrote to metrics.json, plus
-    ``stopped_by`` (the signal's name) when a stop signal (SIGTERM, SIGUSR2; Ctrl-C, a hang-up) ended the run
-    (``interrupted``) or came after its training loop (during the final evaluation: the run still completed); the
-    caller should start nothing further either way.
+    ``stopped_by`` (the signal's name) when a stop signal (SIGTERM, SIGUSR2; with ``terminal_stops``, Ctrl-C and a
+    hang-up too: the command line's runs) ended the run (``interrupted``) or came after its training loop (during the
+    final evaluation: the run still completed); the caller should start nothing further either way. Without
+    ``terminal_stops`` Ctrl-C raises KeyboardInterrupt as usual (a test session, a notebook's loop over runs).
 
     The process holds the run directory's lock throughout. A finished run of the same config returns at once
     (nothing is loaded or rewritten). ``overrides`` (the command line's) only sharpen the warnings about
@@ -534,18 +536,18 @@ def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[
             stack.enter_context(rundir.hold_lock(run_dir))
 
         world.main_first(hold, then_others=False)
-        return _train_locked(cfg, spec, run_dir, list(overrides), world)
+        return _train_locked(cfg, spec, run_dir, list(overrides), world, terminal_stops)
 
 
 def _train_locked(cfg: DictConfig, spec: BlockSpec, run_dir: Path, overrides: list[str],
-                  world: distributed.World | None = None) -> dict[str, Any]:
+                  world: distributed.World | None = None, terminal_stops: bool = False) -> dict[str, Any]:
     """Check the run directory, then build, train, evaluate and record the run (the lock is held by rank 0;
     the other ranks read the run directory after rank 0 checked it, before it writes)."""
     world = world or distributed.World(device=select_device(cfg.train.device))
     opened = world.main_first(lambda: _open_run_dir(cfg, run_dir))
     if opened.finished:
         return opened.previous
-    stop = _StopSignals()  # from the build to the last write: SIGTERM/SIGUSR2 wait for a step boundary or the end
+    stop = _StopSignals(terminal_stops)  # from the build to the last write: a stop waits for a step boundary or the end
     try:
         run = _Run(cfg, spec, run_dir, opened, overrides, world)
         status, reason = run.train(stop)
@@ -1083,19 +1085,19 @@ class _Run:
 class _StopSignals:
     """SIGUSR2 and SIGTERM only set ``received`` (the signal's name) while installed, so that the loop can
     checkpoint at a step boundary; ``restore`` puts the previous handlers back. Ctrl-C (SIGINT) and a terminal's
-    hang-up (SIGHUP) do the same where the process has their default handling (not under ``nohup`` or a shell's
-    ``&``, which ignore them, nor in a host that set its own): the first Ctrl-C says so on stderr, a second one (or
-    one after another stop signal) raises KeyboardInterrupt at once. Installed only in the main
+    hang-up (SIGHUP) do the same with ``terminal`` (the command line's runs), where the process has their default
+    handling (not under ``nohup``, which ignores them, nor in a host that set its own): the first Ctrl-C says so on
+    stderr, a second one (or one after another stop signal) raises KeyboardInterrupt at once. Installed only in the main
     thread (Python delivers signals there; elsewhere the process keeps its handlers). From the first signal on, the
     process has ``rundir.STOP_WAIT_S`` seconds until ``restore`` (a launcher waits as long), then a watchdog thread
     SIGKILLs it: a run whose launcher died (a Ray worker's run outlives it to checkpoint) must not hang holding its
-    lock. Python runs a handler between bytecodes, so a main thread already stuck in native code when the signal
+    lock (not after Ctrl-C: its user is there to press it again). Python runs a handler between bytecodes, so a main thread already stuck in native code when the signal
     comes never arms the deadline (its launcher's SIGKILL, or an operator, ends it)."""
 
     SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
     TERMINAL = {signal.SIGINT: signal.default_int_handler, signal.SIGHUP: signal.SIG_DFL}  # and their defaults
 
-    def __init__(self) -> None:
+    def __init__(self, terminal: bool = False) -> None:
         self.received = ""
         self.previous: dict[int, Any] = {}
         self.armed_at: float | None = None  # when the first stop signal came (time.monotonic)
@@ -1104,17 +1106,20 @@ class _StopSignals:
             threading.Thread(target=self._watch, daemon=True, name="tiedlab-stop-deadline").start()
             for sig in self.SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._handle)
-            for sig, default in self.TERMINAL.items():
+            for sig, default in self.TERMINAL.items() if terminal else ():
                 if signal.getsignal(sig) is default:
                     self.previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT:
-            if self.received:
-                raise KeyboardInterrupt  # Ctrl-C after a stop: stop now (the last checkpoint stands)
-            _tell("[tiedlab] Ctrl-C: the run checkpoints at its next step and stops (Ctrl-C again: stop now)")
-        self.received = self.received or signal.Signals(signum).name
-        if self.armed_at is None:
+        if signum == signal.SIGINT and self.received:
+            raise KeyboardInterrupt  # Ctrl-C after a stop: stop now (the last checkpoint stands)
+        first = not self.received
+        self.received = self.received or signal.Signals(signum).name  # before the line below: a Ctrl-C that
+        # comes while it is written runs this handler again, inside this one, and must count as the second
+        if first and signum == signal.SIGINT:
+            _tell("[tiedlab] Ctrl-C: stopping at the next step with a checkpoint, or after the final evaluation "
+                  "(Ctrl-C again: stop now)")
+        if self.armed_at is None and signum != signal.SIGINT:
             self.armed_at = time.monotonic()  # a plain assignment: the watchdog reads it (no thread starts here)
 
     def _watch(self) -> None:

@@ -45,7 +45,8 @@ def _raise_stopped(signum: int, frame: Any) -> None:
 
 
 def stopped_by() -> str:
-    """The signal that stopped this process: SIGTERM if ``raise_on_sigterm``'s handler ran, else SIGINT (Ctrl-C)."""
+    """The signal that stopped this process: the first that ``raise_on_sigterm``'s handler got (SIGTERM, SIGHUP),
+    else SIGINT (Ctrl-C)."""
     return _STOPPED_BY[0] if _STOPPED_BY else "SIGINT"
 
 

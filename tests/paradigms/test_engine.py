@@ -188,7 +188,8 @@ def test_a_signalled_run_checkpoints_exits_as_interrupted_and_resumes_to_the_sam
     assert proc.returncode == (130 if sig == signal.SIGINT else INTERRUPTED_EXIT), out[-3000:]
     assert "Traceback" not in out
     if sig == signal.SIGINT:
-        assert "[tiedlab] Ctrl-C: the run checkpoints at its next step and stops (Ctrl-C again: stop now)" in out
+        assert ("[tiedlab] Ctrl-C: stopping at the next step with a checkpoint, or after the final evaluation (Ctrl-C "
+                "again: stop now)") in out
     stopped = json.loads((run_dir / "metrics.json").read_text())
     assert stopped["status"] == "interrupted" and 100 <= stopped["step"] < 600, stopped
     assert stopped["reason"].startswith(f"{sig.name} at step {stopped['step']}/600: checkpointed")
@@ -202,18 +203,22 @@ def test_a_signalled_run_checkpoints_exits_as_interrupted_and_resumes_to_the_sam
 
 
 def test_a_second_ctrl_c_stops_the_run_at_once_in_one_line_and_a_rerun_resumes_it(tmp_path):
-    """Ctrl-C twice (or after a scheduler's SIGTERM): the run stops where it is, without waiting for a step
-    boundary; one line says what a rerun does; the lock is released and the rerun completes the run."""
-    args = ["train.max_steps=10", "train.eval_every=1", "train.ckpt_every=2", "data.step_sleep_s=0.3"]
+    """Ctrl-C twice: the run stops where it is, without waiting for its step to end; one line says what a rerun
+    does; the lock is released and the rerun completes the run."""
+    args = ["train.max_steps=3", "train.eval_every=1", "train.ckpt_every=1", "data.step_sleep_s=2.0"]
     run_dir = tmp_path / "toy" / ",".join(sorted(args))
     proc = cli(args, tmp_path, background=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (run_dir / "checkpoint.pt").exists():
         time.sleep(0.02)
     assert (run_dir / "checkpoint.pt").exists(), "the run never checkpointed"
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(0.05)  # within the 0.3 s step: a second Ctrl-C does not wait for its end
+    time.sleep(0.5)  # inside step 2 (2 s; the evaluation and checkpoint of step 1 take milliseconds)
     proc.send_signal(signal.SIGINT)
+    seen = []
+    while not seen or not seen[-1].startswith(b"[tiedlab] Ctrl-C: stopping at the next step"):
+        seen.append(proc.stdout.readline())
+        assert seen[-1], b"".join(seen)[-3000:]  # the first Ctrl-C said so before the run ended
+    proc.send_signal(signal.SIGINT)  # within the step: the second does not wait for its end
     out = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 130 and "Traceback" not in out, out[-3000:]
     assert out.strip().splitlines()[-1] == (f"[tiedlab] stopped by Ctrl-C: {run_dir} was not checkpointed now; "
@@ -222,6 +227,27 @@ def test_a_second_ctrl_c_stops_the_run_at_once_in_one_line_and_a_rerun_resumes_i
     resumed = cli(args, tmp_path)
     assert resumed.returncode == 0 and "resuming" in resumed.stderr, resumed.stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_ctrl_c_to_a_run_trained_in_process_raises_keyboardinterrupt_as_before(tmp_path):
+    """Only the command line's runs take Ctrl-C as a stop: code that calls train() itself (a test session, a
+    notebook's loop over seeds) is interrupted at once, as Python does by default."""
+    import threading
+
+    def ctrl_c_once_training() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (tmp_path / "r" / "history.jsonl").exists():
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's Python has it
+    try:
+        threading.Thread(target=ctrl_c_once_training, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg(**{"train.max_steps": 40, "train.eval_every": 1, "data.step_sleep_s": 0.2}), tmp_path / "r")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["status"] == "running"
 
 
 def test_a_sigterm_during_the_final_evaluation_completes_the_run_and_ends_the_multirun(tmp_path):
