@@ -28,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Build the report; 0 on success, 1 when no run directory was found, 2 for a path that does not exist."""
+    """Build the report; 0 on success, 1 when no run directory was found, 2 for a path that does not exist, 130
+    after Ctrl-C."""
     args = parser().parse_args(argv)
     invocation = shlex.join(["tiedlab-report", *(argv if argv is not None else sys.argv[1:])])
     try:
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # a malformed study file or primary comparison
         print(f"tiedlab-report: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # one line, not a traceback
+        print(f"tiedlab-report: stopped by Ctrl-C: {args.out} may be incomplete; rerun the command", file=sys.stderr)
+        return 130
     counts: dict[str, int] = {}
     for run in report.runs:
         counts[run.status] = counts.get(run.status, 0) + 1

@@ -174,6 +174,19 @@ def test_cli_errors(tmp_path, capsys):
     assert "is not a tiedlab report's summary.json" in capsys.readouterr().err
 
 
+def test_ctrl_c_while_building_is_one_line_naming_the_folder(tmp_path, capsys, monkeypatch):
+    from tiedlab.reports import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_report", interrupted)
+    (tmp_path / "runs").mkdir()
+    assert cli.main([str(tmp_path / "runs"), "--out", str(tmp_path / "r")]) == 130
+    assert capsys.readouterr().err == (f"tiedlab-report: stopped by Ctrl-C: {tmp_path / 'r'} may be incomplete; "
+                                       "rerun the command\n")
+
+
 def test_cross_validation_folds_are_replicates_of_one_cell(tmp_path):
     from tiedlab.reports.aggregate import group_cells
     from tiedlab.reports.load import load_runs
