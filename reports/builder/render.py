@@ -268,7 +268,11 @@ def primary_blocks(report: Any) -> list[Block]:
                           "where lower is better; for spread var B / var A) with its interval at the level the verdict was read at (after Holm's correction, see "
                           "the table above), the seeds per arm, and for an undetermined verdict the seeds per arm that "
                           "would decide it. Where an insight and paradigm has only comparisons with ids, the cell names "
-                          "them and their verdicts (their claims are in the table above)."),
+                          "them and their verdicts (their claims are in the table above). A row's label is its "
+                          "headline comparison's registered wording; a verdict says what the test decided: a "
+                          "noninferiority claim holds when A is not worse than B by more than delta (the table "
+                          "above gives each delta), whatever the label says (\"at least as accurate\", \"within "
+                          "delta\"), and only an equivalence test reads two arms as equal."),
                Block("table", header=["insight"] + paradigms, rows=transfer_rows(report.primaries, paradigms))]
     return blocks
 

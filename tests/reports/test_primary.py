@@ -286,6 +286,7 @@ def test_report_reads_the_study_file_beside_the_runs_and_leads_with_the_primarie
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["primaries"][0]["verdict"] == "holds" and summary["study"] == "t"
     assert stats.RULE in readme
+    assert "a noninferiority claim holds when A is not worse than B by more than delta" in readme  # not its label
     # the headline figure: the forest plot of the primaries, PNG and SVG, at the top of the primary section
     out = tmp_path / "out"
     assert (out / "forest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in (out / "forest.svg").read_bytes()

@@ -648,5 +648,11 @@ def test_the_spread_calibration_benchmark_prints_its_table(capsys):
     assert load_benchmark("spread_calibration").main(["--sims", "5", "--seeds", "4,8"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 4 |") or
             line.startswith("| 8 |")]
-    assert len(rows) == 12 and all(line.count("x)") == 4 for line in rows)
+    assert len(rows) == 16 and all(line.count("x)") == 4 for line in rows)  # 8 distributions at 2 seed counts
     assert all("/ 0.0000 (0.0x)" in line for line in rows if line.startswith("| 4 |"))  # no verdict below 8
+    assert load_benchmark("spread_calibration").main(["--sims", "5", "--seeds", "8", "--dists", "chi2(1)"]) == 0
+    assert [line.split("|")[2].strip() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| 8 |")] == ["chi2(1)"]
+    with pytest.raises(SystemExit):  # a mistyped distribution is refused, naming the choices
+        load_benchmark("spread_calibration").main(["--dists", "chi2"])
+    assert "unknown distribution(s) ['chi2']; choose from normal" in capsys.readouterr().err
