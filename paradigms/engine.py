@@ -5,10 +5,10 @@ schedule, evaluates every ``train.eval_every`` steps (validating from ``train.va
 and at the end, checkpoints atomically every ``train.ckpt_every`` steps, resumes from the run directory's
 checkpoint, and writes the run directory contract (see ``rundir``), holding its lock. A non-finite loss or an
 exploding solver residual ends the run with status ``diverged``: instability is a result, not a crash. A crash in
-the loop (an exception, a full disk) ends it with status ``failed`` and the reason. SIGUSR2 or SIGTERM (and
-Ctrl-C or a hang-up where they have their default handling) checkpoints at the next step and ends it with status
-``interrupted`` (rerun to resume; the command line exits with ``INTERRUPTED_EXIT``, 130 after Ctrl-C). Under ``torchrun`` one run trains data-parallel over several processes (see
-``distributed``): rank 0 alone writes and evaluates.
+the loop (an exception, a full disk) ends it with status ``failed`` and the reason. SIGUSR2 or SIGTERM (and, for
+the command line's runs, Ctrl-C or a hang-up) checkpoints at the next step and ends it with status ``interrupted``
+(rerun to resume; the command line exits with ``INTERRUPTED_EXIT``, 130 after Ctrl-C). Under ``torchrun`` one run
+trains data-parallel over several processes (see ``distributed``): rank 0 alone writes and evaluates.
 """
 
 from __future__ import annotations
@@ -547,7 +547,7 @@ def _train_locked(cfg: DictConfig, spec: BlockSpec, run_dir: Path, overrides: li
     opened = world.main_first(lambda: _open_run_dir(cfg, run_dir))
     if opened.finished:
         return opened.previous
-    stop = _StopSignals(terminal_stops)  # from the build to the last write: a stop waits for a step boundary or the end
+    stop = _StopSignals(terminal_stops)  # from the build to the last write: a stop waits for a step boundary
     try:
         run = _Run(cfg, spec, run_dir, opened, overrides, world)
         status, reason = run.train(stop)
@@ -1087,12 +1087,13 @@ class _StopSignals:
     checkpoint at a step boundary; ``restore`` puts the previous handlers back. Ctrl-C (SIGINT) and a terminal's
     hang-up (SIGHUP) do the same with ``terminal`` (the command line's runs), where the process has their default
     handling (not under ``nohup``, which ignores them, nor in a host that set its own): the first Ctrl-C says so on
-    stderr, a second one (or one after another stop signal) raises KeyboardInterrupt at once. Installed only in the main
-    thread (Python delivers signals there; elsewhere the process keeps its handlers). From the first signal on, the
-    process has ``rundir.STOP_WAIT_S`` seconds until ``restore`` (a launcher waits as long), then a watchdog thread
-    SIGKILLs it: a run whose launcher died (a Ray worker's run outlives it to checkpoint) must not hang holding its
-    lock (not after Ctrl-C: its user is there to press it again). Python runs a handler between bytecodes, so a main thread already stuck in native code when the signal
-    comes never arms the deadline (its launcher's SIGKILL, or an operator, ends it)."""
+    stderr, a second one (or one after another stop signal) raises KeyboardInterrupt at once. Installed only in the
+    main thread (Python delivers signals there; elsewhere the process keeps its handlers). From the first signal on
+    (but Ctrl-C: its user is there to press it again), the process has ``rundir.STOP_WAIT_S`` seconds until
+    ``restore`` (a launcher waits as long), then a watchdog thread SIGKILLs it: a run whose launcher died (a Ray
+    worker's run outlives it to checkpoint) must not hang holding its lock. Python runs a handler between bytecodes,
+    so a main thread already stuck in native code when the signal comes never arms the deadline (its launcher's
+    SIGKILL, or an operator, ends it)."""
 
     SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
     TERMINAL = {signal.SIGINT: signal.default_int_handler, signal.SIGHUP: signal.SIG_DFL}  # and their defaults

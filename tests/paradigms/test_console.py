@@ -79,8 +79,8 @@ def test_a_study_whose_reader_exits_completes_its_runs(tmp_path):
     (studies / "toy.yaml").write_text(yaml.safe_dump({"name": "toy", "grids": [
         {"name": "g", "overrides": TOY, "sweep": {"seed": [0, 1]}}]}))
     main = ("import sys; from pathlib import Path; from tiedlab.paradigms import study; "
-            "folder = Path(sys.argv[1]); study.study_dir = lambda: folder; sys.argv = ['tiedlab-study', *sys.argv[2:]]; "
-            "from tiedlab.paradigms.cli import study_main; study_main()")
+            "folder = Path(sys.argv[1]); study.study_dir = lambda: folder; "
+            "sys.argv = ['tiedlab-study', *sys.argv[2:]]; from tiedlab.paradigms.cli import study_main; study_main()")
     runs = tmp_path / "runs"
     code = reader_exits_after_one_line([sys.executable, "-c", main, str(studies), "toy", "--runs", str(runs),
                                         "--no-report"], tmp_path, environment(runs))

@@ -53,8 +53,8 @@ def test_importing_the_adapter_prints_no_deprecation_warning():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", "import tiedlab.paradigms.graph.adapter"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c",
+                           "import tiedlab.paradigms.graph.adapter"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
 
 
