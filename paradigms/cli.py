@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -117,9 +118,14 @@ def _stop_here(hydra_cfg: Any, signal_name: str) -> None:
 
 def _leave(code: int) -> None:
     """Exit with ``code`` after a stop (a SystemExit passes Hydra's job runner, which catches Exception); a Ctrl-C
-    while the interpreter shuts down (the run is already recorded) exits at once, without a traceback."""
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(code))
+    while the interpreter shuts down (the run is already recorded) exits at once, without a traceback (set at exit:
+    a program that called this CLI in-process and caught the SystemExit keeps its Ctrl-C)."""
+
+    def quiet_ctrl_c() -> None:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, lambda signum, frame: os._exit(code))
+
+    atexit.register(quiet_ctrl_c)  # the last registered runs first, before the libraries' exit handlers
     sys.exit(code)
 
 

@@ -1,8 +1,8 @@
 """A console whose reader went away does not end the work it reports on.
 
 A run or a study prints progress on stdout and stderr. When the reader of a pipe exits (``tiedlab-vision -m ... |
-head``, a killed ``tee``) a write raises BrokenPipeError; after a terminal hung up on a process that ignores the
-hang-up (``nohup`` without a redirect), EIO. Unguarded, either failed the run in flight (its traceback recorded) and
+head``, a killed ``tee``) a write raises BrokenPipeError; after a terminal hung up on a run that goes on (to its
+checkpoint), EIO. Unguarded, either failed the run in flight (its traceback recorded) and
 every later run of a multirun. ``guard`` wraps both streams: the first such error points the stream's file
 descriptor at ``os.devnull`` (so that nothing written later, by this process or by a buffer flushed at exit, fails)
 and calls ``on_close`` once with a line that says so; the work goes on and what it records (metrics.json, history,

@@ -28,8 +28,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Build the report; 0 on success, 1 when no run directory was found, 2 for a path that does not exist, 130
-    after Ctrl-C."""
+    """Build the report; 0 on success, 1 when no run directory was found, 2 for a path that does not exist. Ctrl-C
+    raises KeyboardInterrupt (tiedlab-study builds its report in its own process: its stop is its own)."""
     args = parser().parse_args(argv)
     invocation = shlex.join(["tiedlab-report", *(argv if argv is not None else sys.argv[1:])])
     try:
@@ -47,9 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # a malformed study file or primary comparison
         print(f"tiedlab-report: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # one line, not a traceback
-        print(f"tiedlab-report: stopped by Ctrl-C: {args.out} may be incomplete; rerun the command", file=sys.stderr)
-        return 130
     counts: dict[str, int] = {}
     for run in report.runs:
         counts[run.status] = counts.get(run.status, 0) + 1
@@ -63,5 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    """``tiedlab-report``: ``main``, and Ctrl-C as one line (exit 130) instead of a traceback."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("tiedlab-report: stopped by Ctrl-C: the report folder (--out) may be incomplete; rerun the command",
+              file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

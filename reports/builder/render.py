@@ -272,7 +272,8 @@ def primary_blocks(report: Any) -> list[Block]:
                           "headline comparison's registered wording; a verdict says what the test decided: a "
                           "noninferiority claim holds when A is not worse than B by more than delta (the table "
                           "above gives each delta), whatever the label says (\"at least as accurate\", \"within "
-                          "delta\"), and only an equivalence test reads two arms as equal."),
+                          "delta\"); \"equivalent\" (an equivalence claim, or a superiority claim's secondary "
+                          "reading) says the effect lies within +-delta."),
                Block("table", header=["insight"] + paradigms, rows=transfer_rows(report.primaries, paradigms))]
     return blocks
 

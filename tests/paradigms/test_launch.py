@@ -482,7 +482,7 @@ def alive(pid: int) -> bool:
 def test_sigterm_to_a_study_checkpoints_its_runs_in_flight_and_starts_no_other(tmp_path, monkeypatch, argv, sig):
     """SIGTERM to tiedlab-study started in the background (SIGINT ignored, as after `nohup ... &`; a scheduler,
     `kill`, a CI timeout), Ctrl-C (SIGINT to the study: its runs are in sessions of their own) or a terminal's
-    hang-up (SIGHUP: it killed the study, leaving its runs to stop on their own), and for Ray a
+    hang-up (SIGHUP, which killed the study before, leaving its runs to stop on their own), and for Ray a
     SIGTERM to the study's process group or to every process of it (Ray's workers exit on it): the runs in
     flight checkpoint and end as interrupted, no further run starts
     (Hydra's multirun does not go on to its next job, Ray's pending runs are cancelled), no process of the

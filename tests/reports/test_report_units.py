@@ -174,7 +174,10 @@ def test_cli_errors(tmp_path, capsys):
     assert "is not a tiedlab report's summary.json" in capsys.readouterr().err
 
 
-def test_ctrl_c_while_building_is_one_line_naming_the_folder(tmp_path, capsys, monkeypatch):
+def test_ctrl_c_while_building_is_one_line_and_a_caller_of_main_gets_the_interrupt(tmp_path, capsys, monkeypatch):
+    """The command: one line, exit 130 (was a traceback). ``main`` called by another program (tiedlab-study builds
+    its report in its own process) lets it through: the study's SIGTERM, raised as a KeyboardInterrupt, is its own
+    stop (exit 143), not the report's."""
     from tiedlab.reports import cli
 
     def interrupted(*args, **kwargs):
@@ -182,9 +185,14 @@ def test_ctrl_c_while_building_is_one_line_naming_the_folder(tmp_path, capsys, m
 
     monkeypatch.setattr(cli, "build_report", interrupted)
     (tmp_path / "runs").mkdir()
-    assert cli.main([str(tmp_path / "runs"), "--out", str(tmp_path / "r")]) == 130
-    assert capsys.readouterr().err == (f"tiedlab-report: stopped by Ctrl-C: {tmp_path / 'r'} may be incomplete; "
-                                       "rerun the command\n")
+    monkeypatch.setattr("sys.argv", ["tiedlab-report", str(tmp_path / "runs"), "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit) as done:
+        cli.run()
+    assert done.value.code == 130
+    assert capsys.readouterr().err == ("tiedlab-report: stopped by Ctrl-C: the report folder (--out) may be "
+                                       "incomplete; rerun the command\n")
+    with pytest.raises(KeyboardInterrupt):
+        cli.main([str(tmp_path / "runs"), "--out", str(tmp_path / "r")])
 
 
 def test_cross_validation_folds_are_replicates_of_one_cell(tmp_path):
