@@ -86,10 +86,14 @@ def _terminal_stops(hydra_cfg: Any) -> bool:
     """Whether Ctrl-C and a hang-up stop this process's run with a checkpoint: in a run or a multirun of one process.
     Not in joblib's workers (their parent's Ctrl-C ends the workers anyway) nor under torchrun (its agent passes the
     terminal's Ctrl-C on as a second one): there Ctrl-C ends the run where it is, as before."""
+    return _one_process(hydra_cfg) and "RANK" not in os.environ
+
+
+def _one_process(hydra_cfg: Any) -> bool:
+    """A single run, or a multirun whose jobs run one after another in this process (Hydra's basic launcher)."""
     from hydra.types import RunMode
 
-    one_process = hydra_cfg.mode == RunMode.RUN or hydra_cfg.launcher.get("_target_") == BASIC_LAUNCHER
-    return one_process and "RANK" not in os.environ
+    return hydra_cfg.mode == RunMode.RUN or hydra_cfg.launcher.get("_target_") == BASIC_LAUNCHER
 
 
 def _rank() -> int:
@@ -110,9 +114,7 @@ def _stop_here(hydra_cfg: Any, signal_name: str) -> None:
     was asked to stop, so it starts no further run. It exits 75 (resumable; 130 after Ctrl-C), or 1 if a run of
     its multirun failed. Launchers that train each run in a process of its own (joblib, Slurm) signalled that
     process alone: their multirun goes on, and the run ends as a RunError like a failed one."""
-    from hydra.types import RunMode
-
-    if hydra_cfg.mode == RunMode.RUN or hydra_cfg.launcher.get("_target_") == BASIC_LAUNCHER:
+    if _one_process(hydra_cfg):
         _leave(1 if _FAILED else CTRL_C_EXIT if signal_name == "SIGINT" else INTERRUPTED_EXIT)
 
 
