@@ -89,6 +89,16 @@ def _terminal_stops(hydra_cfg: Any) -> bool:
     return _one_process(hydra_cfg) and "RANK" not in os.environ
 
 
+def _hydra_record(cfg: DictConfig, hydra_cfg: Any) -> dict[str, str]:
+    """Hydra's record of the command (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``, as Hydra writes
+    them), for the engine to write once the run directory is this process's: Hydra's own writer is off
+    (``hydra.output_subdir: null`` in train.yaml) because it wrote before the lock was tried, so a command refused by
+    another's run rewrote that run's record."""
+    return {".hydra/config.yaml": OmegaConf.to_yaml(cfg),
+            ".hydra/hydra.yaml": OmegaConf.to_yaml({"hydra": hydra_cfg}),
+            ".hydra/overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task)}
+
+
 def _one_process(hydra_cfg: Any) -> bool:
     """A single run, or a multirun whose jobs run one after another in this process (Hydra's basic launcher)."""
     from hydra.types import RunMode
@@ -152,7 +162,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
         _console_closed(f"the console closed before this run ({'; '.join(console.closed())})")
     try:
         result = run_training(cfg, cfg.run_dir, list(hydra_cfg.overrides.task),
-                              terminal_stops=_terminal_stops(hydra_cfg))
+                              terminal_stops=_terminal_stops(hydra_cfg), record=_hydra_record(cfg, hydra_cfg))
     except KeyboardInterrupt:  # Ctrl-C twice, or after another stop signal: the run stopped where it was
         if _show_traceback():
             raise
@@ -254,8 +264,9 @@ def _main_reported() -> None:
 
     if not _show_traceback():
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing a trace: reported below
-    if _rank():  # under torchrun, rank 0 alone writes the run directory (Hydra's .hydra/ and log file too)
-        sys.argv = [*sys.argv, "hydra.output_subdir=null", "hydra/job_logging=none"]
+    if _rank():  # under torchrun, rank 0 alone writes the run directory (Hydra's log file too)
+        sys.argv = [*sys.argv, "hydra/job_logging=none"]
+    sys.argv = [*sys.argv, *_hydra_dir_of_run_dir(sys.argv[1:])]
     try:
         _hydra_main()
     except RunError:
@@ -265,6 +276,16 @@ def _main_reported() -> None:
             raise
         _report(f"[tiedlab] error: {config_error(err)}")
         sys.exit(1)
+
+
+def _hydra_dir_of_run_dir(args: list[str]) -> list[str]:
+    """``hydra.run.dir=X`` for a single run given ``run_dir=X``, so that Hydra's log (cli.log) is written in the run
+    directory (not in the directory the other overrides name, which may be another run's) and no stray directory
+    is made. A multirun's jobs keep their sweep directories (Hydra's log of each job is there)."""
+    if any(a in ("-m", "--multirun") for a in args) or any(a.startswith("hydra.run.dir=") for a in args):
+        return []
+    given = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("run_dir=")]
+    return [f"hydra.run.dir={given[-1]}"] if given else []
 
 
 def config_error(err: BaseException) -> str:

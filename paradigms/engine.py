@@ -28,7 +28,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -504,7 +504,7 @@ def _evaluate(paradigm: Paradigm, model: nn.Module, data: DataBundle, split: str
 
 
 def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = (),
-          terminal_stops: bool = False) -> dict[str, Any]:
+          terminal_stops: bool = False, record: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Run (or resume) one training run in ``run_dir``; returns what it wrote to metrics.json, plus
     ``stopped_by`` (the signal's name) when a stop signal (SIGTERM, SIGUSR2; with ``terminal_stops``, Ctrl-C and a
     hang-up too: the command line's runs) ended the run (``interrupted``) or came after its training loop (during the
@@ -513,7 +513,9 @@ def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = (),
 
     The process holds the run directory's lock throughout. A finished run of the same config returns at once
     (nothing is loaded or rewritten). ``overrides`` (the command line's) only sharpen the warnings about
-    ignored options.
+    ignored options. ``record`` maps paths relative to ``run_dir`` to the text the command leaves there (the
+    command line's Hydra record, ``.hydra/*.yaml``): written once the run directory is this process's (locked,
+    of this config, unfinished), so that a refused command rewrites nothing of another's run.
 
     Raises:
         ValueError: bad config values, unknown names, missing or corrupt data (before training starts).
@@ -536,15 +538,28 @@ def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = (),
             stack.enter_context(rundir.hold_lock(run_dir))
 
         world.main_first(hold, then_others=False)
-        return _train_locked(cfg, spec, run_dir, list(overrides), world, terminal_stops)
+        return _train_locked(cfg, spec, run_dir, list(overrides), world, terminal_stops, record or {})
 
 
 def _train_locked(cfg: DictConfig, spec: BlockSpec, run_dir: Path, overrides: list[str],
-                  world: distributed.World | None = None, terminal_stops: bool = False) -> dict[str, Any]:
+                  world: distributed.World | None = None, terminal_stops: bool = False,
+                  record: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Check the run directory, then build, train, evaluate and record the run (the lock is held by rank 0;
     the other ranks read the run directory after rank 0 checked it, before it writes)."""
     world = world or distributed.World(device=select_device(cfg.train.device))
-    opened = world.main_first(lambda: _open_run_dir(cfg, run_dir))
+
+    def open_run_dir() -> _Opened:
+        opened = _open_run_dir(cfg, run_dir)
+        if world.is_main and not opened.finished:
+            for name, text in (record or {}).items():
+                folder = (run_dir / name).parent
+                if folder.is_symlink():  # never written through (a planted link to another place)
+                    raise rundir.RunDirError(f"{folder} is a symbolic link: remove it (the run writes its own)")
+                folder.mkdir(parents=True, exist_ok=True)
+                rundir.write_text(run_dir / name, text)
+        return opened
+
+    opened = world.main_first(open_run_dir)
     if opened.finished:
         return opened.previous
     stop = _StopSignals(terminal_stops)  # from the build to the last write: a stop waits for a step boundary

@@ -8,6 +8,8 @@
                     written atomically, read with ``weights_only=True`` (a planted pickle never runs)
     run.lock        held by the process that trains the run, for the run's lifetime
     traceback.txt   where a run that crashed (status failed) crashed
+    .hydra/         the command line's Hydra record (config, hydra, overrides), written once the lock is held;
+                    cli.log is Hydra's log of the command (neither is read by reports)
 
 torch is imported only by the checkpoint functions, so reports can use the rest without it.
 """

@@ -216,16 +216,48 @@ def test_the_same_command_twice_trains_once_and_the_second_says_who_holds_it(tmp
         while not (tmp_path / "run" / rundir.METRICS).exists():
             assert time.monotonic() < deadline and first.poll() is None, "the first run never started"
             time.sleep(0.05)
-        second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=240)
+        record = {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()}
+        assert "- train.max_steps=1000000\n" in record["overrides.yaml"]
+        second = subprocess.run([*args, "train.time_limit_s=3600"], env=env, capture_output=True, text=True,
+                                timeout=240)
         assert second.returncode != 0
         assert "Traceback" not in second.stderr
         assert f"is in use by another process (pid {first.pid} on" in second.stderr
         assert first.poll() is None  # still training, undisturbed
+        # Hydra's record of the first command is the first's (Hydra wrote the second's over it before the lock)
+        assert {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()} == record
     finally:
         first.kill()
         first.wait(timeout=60)
     steps = [r["step"] for r in rundir.read_history(tmp_path / "run")]
     assert steps == sorted(set(steps))  # every record once: only one process wrote
+
+
+def test_a_run_dir_given_holds_the_commands_record_and_log_and_nothing_is_written_elsewhere(tmp_path):
+    """``run_dir=X``: Hydra's record (.hydra/) and log (cli.log) are X's; Hydra made the directory the other
+    overrides name (another run's, if one had that name) and wrote both there. A finished run's record stays."""
+    runs, run = tmp_path / "runs", tmp_path / "elsewhere" / "run"
+    done = cli([f"run_dir={run}"], runs)
+    assert done.returncode == 0, done.stderr
+    assert not runs.exists()
+    assert (run / "cli.log").is_file()
+    assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())[-1] == f"run_dir={run}"
+    assert yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["output_dir"] == str(run)
+    record = (run / ".hydra" / "overrides.yaml").read_text()
+    again = cli([f"run_dir={run}", "train.time_limit_s=3600"], runs)  # a finished run: nothing is rewritten
+    assert again.returncode == 0, again.stderr
+    assert (run / ".hydra" / "overrides.yaml").read_text() == record
+
+
+def test_a_planted_link_for_the_commands_record_is_refused(tmp_path):
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run.mkdir()
+    elsewhere.mkdir()
+    (run / ".hydra").symlink_to(elsewhere)
+    refused = cli([f"run_dir={run}"], tmp_path / "runs")
+    assert refused.returncode == 1
+    assert f"[tiedlab] error: {run / '.hydra'} is a symbolic link" in refused.stderr
+    assert list(elsewhere.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------ failures
