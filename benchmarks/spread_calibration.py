@@ -1,11 +1,17 @@
-"""How often the spread verdict (insight 3: the F test and Brown-Forsythe's, both needed) decides a difference of
-spread that is not there: both arms' seeds from one distribution, per seed count and level, the false-decision rate
-and its ratio to alpha, with and without the ``MIN_SPREAD_N`` rule (the two tests' agreement read at any n).
+"""How often the spread verdict (insight 3: the F, Brown-Forsythe and Fligner-Killeen tests, all three needed)
+decides a difference of spread that is not there: both arms' seeds from one distribution, per seed count and level,
+the false-decision rate and its ratio to alpha, for the verdict (``stats.variance_test``: at ``MIN_SPREAD_N`` seeds
+a side or more) and for the F and Brown-Forsythe tests alone (the rule before 2026-12-07), read at any seed count.
 
-    python benchmarks/spread_calibration.py [--sims 4000] [--seeds 4,6,8,12] [--dists "chi2(1),weibull(0.5)"]
+    python benchmarks/spread_calibration.py [--sims 200000] [--seeds 8,10,12,16] [--dists "chi2(1),weibull(0.5)"]
+        [--levels 0.0167,0.00208,0.00104,0.00052] [--sd-ratio 1]
 
-Prints a markdown table (1.5-2 minutes at the defaults on a 2-core CPU). The distributions: normal, t(3), 10% of
-seeds at 5x the spread, exponential, lognormal (sigma 1.5 and 2), chi2(1) and weibull(0.5) (skewed seed outcomes).
+Prints a markdown table (half a minute at the defaults on a 2-core CPU: the tests run vectorised,
+``stats.spread_tests``; each cell's first 200 simulations are checked against ``stats.variance_test`` one by one).
+The distributions: normal, t(3), 10% of seeds at 5x the spread, exponential, lognormal (sigma 1.5 and 2), chi2(1)
+and weibull(0.5) (skewed seed outcomes). The levels: a study's per-look level (3 looks), and those of one comparison
+of a family of 8, 16 and 32 at 3 looks. With ``--sd-ratio R`` arm A's seeds are R times as spread (the rates are
+then the tests' power to find that difference).
 """
 
 from __future__ import annotations
@@ -17,58 +23,92 @@ import sys
 import numpy as np
 
 DISTRIBUTIONS = {
-    "normal": lambda rng, n: rng.standard_normal(n),
-    "t(3)": lambda rng, n: rng.standard_t(3, n),
-    "10% at 5x": lambda rng, n: rng.standard_normal(n) * np.where(rng.random(n) < 0.1, 5.0, 1.0),
-    "exponential": lambda rng, n: rng.exponential(size=n),
-    "lognormal 1.5": lambda rng, n: rng.lognormal(0.0, 1.5, n),
-    "lognormal 2": lambda rng, n: rng.lognormal(0.0, 2.0, n),
-    "chi2(1)": lambda rng, n: rng.chisquare(1, n),
-    "weibull(0.5)": lambda rng, n: rng.weibull(0.5, n),
+    "normal": lambda rng, s: rng.standard_normal(s),
+    "t(3)": lambda rng, s: rng.standard_t(3, s),
+    "10% at 5x": lambda rng, s: rng.standard_normal(s) * np.where(rng.random(s) < 0.1, 5.0, 1.0),
+    "exponential": lambda rng, s: rng.exponential(size=s),
+    "lognormal 1.5": lambda rng, s: rng.lognormal(0.0, 1.5, s),
+    "lognormal 2": lambda rng, s: rng.lognormal(0.0, 2.0, s),
+    "chi2(1)": lambda rng, s: rng.chisquare(1, s),
+    "weibull(0.5)": lambda rng, s: rng.weibull(0.5, s),
 }
-LEVELS = (0.05 / 3, 0.05 / 3 / 8)  # a study's per-look level (3 looks), and that of one of a family of 8
+LEVELS = (0.05 / 3, 0.05 / 3 / 8, 0.05 / 3 / 16, 0.05 / 3 / 32)
+CHUNK = 50_000  # simulations drawn and tested at once
+CHECKED = 200  # simulations of each cell compared with stats.variance_test one by one
 
 
-def agreed_p(a: np.ndarray, b: np.ndarray) -> float:
-    """The p the verdict reads when both tests are read whatever n is: max(F test's, Brown-Forsythe's) when their
-    directions agree, else 1 (``stats.variance_test`` without its seed minimum)."""
+def two_tests_p(tests) -> np.ndarray:
+    """The p the rule before 2026-12-07 read (max of the F and Brown-Forsythe tests' when their directions agree,
+    else 1), at any seed count."""
+    agree = (tests.ratio != 1) & (tests.robust_diff != 0) & ((tests.ratio > 1) == (tests.robust_diff > 0))
+    return np.where(agree, np.fmax(tests.p_f, tests.p_robust), 1.0)
+
+
+def false_rates(draw, n: int, sims: int, levels, rng: np.random.Generator,
+                sd_ratio: float = 1.0) -> tuple[list[float], list[float]]:
+    """Per level, the share of ``sims`` simulations (n seeds a side from ``draw``; arm A's times ``sd_ratio``, 1: the
+    null) decided by the verdict, and by the F and Brown-Forsythe tests alone."""
     from tiedlab.reports import stats
 
-    test = stats.variance_test([a], [b])
-    p_robust, diff = stats.robust_spread_p(a, b)
-    agree = (test.ratio > 1) == (diff > 0) and test.ratio != 1 and diff != 0
-    return max(test.p_f, p_robust) if agree and math.isfinite(p_robust) else 1.0
+    verdict, two = np.zeros(len(levels)), np.zeros(len(levels))
+    done = 0
+    while done < sims:
+        size = min(CHUNK, sims - done)
+        a, b = draw(rng, (size, n)) * sd_ratio, draw(rng, (size, n))
+        tests = stats.spread_tests(a, b)
+        p = tests.p if n >= stats.MIN_SPREAD_N else np.full(size, np.nan)
+        if done == 0:  # the vectorised tests are the verdict's: checked against variance_test row by row
+            for i in range(min(CHECKED, size)):
+                one = stats.variance_test([a[i]], [b[i]])
+                if not (np.isclose(one.p, p[i], rtol=1e-9, atol=0, equal_nan=True)
+                        and np.isclose(one.p_f, tests.p_f[i], rtol=1e-9, atol=0)):
+                    raise AssertionError(f"spread_tests and variance_test differ at n={n}, row {i}: {one} vs "
+                                         f"p={p[i]}, p_f={tests.p_f[i]}")
+        old = two_tests_p(tests)
+        for j, alpha in enumerate(levels):
+            verdict[j] += int(np.sum(p <= alpha))
+            two[j] += int(np.sum(old <= alpha))
+        done += size
+    return [v / sims for v in verdict], [t / sims for t in two]
 
 
 def main(argv: list[str] | None = None) -> int:
     from tiedlab.reports import stats
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sims", type=int, default=4000, help="simulated pairs of arms per cell (default 4000)")
-    parser.add_argument("--seeds", default="4,6,8,12", help="seeds per arm, comma-separated (default 4,6,8,12)")
+    parser.add_argument("--sims", type=int, default=200_000, help="simulated pairs of arms per cell (default 200000)")
+    parser.add_argument("--seeds", default="8,10,12,16", help="seeds per arm, comma-separated (default 8,10,12,16)")
     parser.add_argument("--dists", default=",".join(DISTRIBUTIONS),
                         help=f"distributions, comma-separated (default all: {', '.join(DISTRIBUTIONS)})")
+    parser.add_argument("--levels", default=",".join(f"{a:.3g}" for a in LEVELS),
+                        help="levels alpha, comma-separated (default: a look's 0.0167 and 0.0167 / 8, 16, 32)")
+    parser.add_argument("--sd-ratio", type=float, default=1.0,
+                        help="arm A's seeds this many times as spread as B's (default 1: the null)")
+    parser.add_argument("--seed", type=int, default=2026, help="the simulations' random seed (default 2026)")
     args = parser.parse_args(argv)
     seeds = [int(n) for n in args.seeds.split(",")]
+    if min(seeds) < 2 or args.sims < 1:
+        parser.error(f"--seeds {args.seeds} and --sims {args.sims}: need >= 2 seeds per arm and >= 1 simulation")
     unknown = sorted(set(args.dists.split(",")) - set(DISTRIBUTIONS))
     if unknown:
         parser.error(f"unknown distribution(s) {unknown}; choose from {', '.join(DISTRIBUTIONS)}")
-    dists = {name: DISTRIBUTIONS[name] for name in args.dists.split(",")}
-    rng = np.random.default_rng(2026)
-    print(f"False spread verdicts under the null, {args.sims} simulations a cell (rate, x alpha; MIN_SPREAD_N = "
-          f"{stats.MIN_SPREAD_N}: below it the verdict reads no p)\n")
-    header = " | ".join(f"alpha {a:.4f}: both tests / verdict" for a in LEVELS)
-    print(f"| seeds | distribution | {header} |")
-    print("|---:|---|" + "---|" * len(LEVELS))
+    levels = [float(a) for a in args.levels.split(",")]
+    if not all(0 < a < 1 for a in levels):
+        parser.error(f"--levels {args.levels}: each level must lie in (0, 1)")
+    if not (math.isfinite(args.sd_ratio) and args.sd_ratio > 0):
+        parser.error(f"--sd-ratio {args.sd_ratio}: must be a positive number")
+    rng = np.random.default_rng(args.seed)
+    what = ("False spread verdicts under the null" if args.sd_ratio == 1 else
+            f"Spread verdicts with arm A's seeds {args.sd_ratio:g}x as spread (power)")
+    print(f"{what}, {args.sims} simulations a cell: rate (x alpha) of the verdict "
+          f"(three tests; no p below MIN_SPREAD_N = {stats.MIN_SPREAD_N} seeds) / of the F and Brown-Forsythe tests "
+          f"alone, at any seed count\n")
+    print("| seeds | distribution | " + " | ".join(f"alpha {a:.3g}" for a in levels) + " |")
+    print("|---:|---|" + "---|" * len(levels))
     for n in seeds:
-        for name, draw in dists.items():
-            pairs = [(draw(rng, n), draw(rng, n)) for _ in range(args.sims)]
-            agreed = np.array([agreed_p(a, b) for a, b in pairs])
-            verdict = np.array([stats.variance_test([a], [b]).p for a, b in pairs])
-            cells = []
-            for alpha in LEVELS:
-                both, read = float(np.mean(agreed <= alpha)), float(np.mean(verdict <= alpha))
-                cells.append(f"{both:.4f} ({both / alpha:.1f}x) / {read:.4f} ({read / alpha:.1f}x)")
+        for name in args.dists.split(","):
+            verdict, two = false_rates(DISTRIBUTIONS[name], n, args.sims, levels, rng, args.sd_ratio)
+            cells = [f"{v:.5f} ({v / a:.2f}x) / {t:.5f} ({t / a:.2f}x)" for v, t, a in zip(verdict, two, levels)]
             print(f"| {n} | {name} | " + " | ".join(cells) + " |", flush=True)
     return 0
 

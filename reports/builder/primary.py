@@ -3,8 +3,8 @@
 A study file lists, per insight and paradigm, one primary comparison under ``primary:``: two arms (a grid and
 the swept values its runs have, never a best-of pick on the metric under test), the metric and its direction,
 the kind of claim and the smallest effect of interest ``delta``. Everything else in a report is secondary and
-descriptive. The verdicts come from ``reports.stats`` (paired or Welch t intervals, Fisher's exact test, the F
-and Brown-Forsythe tests) with Holm's correction across the report's primary comparisons, family by family. A
+descriptive. The verdicts come from ``reports.stats`` (paired or Welch t intervals, Fisher's exact test, the F,
+Brown-Forsythe and Fligner-Killeen tests) with Holm's correction across the report's primary comparisons, family by family. A
 ``family`` is a set of comparisons whose error rate is controlled together: a study may name them in its first
 registration (the quick study: one family per paradigm, since "does insight N transfer to paradigm X" is asked per
 paradigm); comparisons added after a study's first runs must carry a ``family`` of their own and arms on grids of
@@ -322,10 +322,11 @@ def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[Pr
 
 
 def _spread_ps(test: Any) -> str:
-    """A spread test's two p values (the verdict reads the larger, when their directions agree)."""
+    """A spread test's three p values (the verdict reads the largest, when their directions agree)."""
     if not hasattr(test, "p_robust"):
         return ""
-    return f" (F test p={test.p_f:.3g}, Brown-Forsythe p={test.p_robust:.3g}: a verdict needs both)"
+    return (f" (F test p={test.p_f:.3g}, Brown-Forsythe p={test.p_robust:.3g}, Fligner-Killeen p={test.p_rank:.3g}: "
+            "a verdict needs all three)")
 
 
 def replicate_id(run: RunLike) -> Hashable:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Hashable, Mapping, Sequence
+from typing import Any, Hashable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from scipy import integrate, stats
@@ -51,6 +51,12 @@ MAX_N = 1000  # seeds_needed gives up beyond this many seeds per arm
 # Values that differ by no more than this fraction of their size count as equal: subtraction rounds (0.9 - 0.7 and
 # 0.3 - 0.1 differ in the last digit), and a t or F statistic read from rounding noise would decide anything.
 SPREAD_RTOL = 1e-12
+
+# the fewest values per side a spread verdict is read at: with fewer the three tests together are liberal under
+# skewed seed outcomes (at 8 seeds, Weibull(0.5) ones: 1.13x alpha at a family's level 0.0021), and Fligner-Killeen
+# cannot reach p <= 0.001 (benchmarks/spread_calibration.py; tests/reports/test_stats.py)
+MIN_SPREAD_N = 10
+
 
 RULE = (
     "Each comparison contrasts two sides over replicates (seeds): its effect is mean A - mean B, signed so that "
@@ -74,8 +80,8 @@ RULE = (
     "divergence comparison (it has no secondary reading); a superiority or equivalence comparison of means never "
     "does, because its secondary reading (equivalent, resp. fails) could still be false, so a family of those is "
     "read as by Bonferroni, each at level 1 - alpha/m. A spread comparison (the variance ratio over seeds) is decided "
-    "by the F test and the Brown-Forsythe test together (both within the level, in one direction; at least 8 seeds a "
-    "side) and has no margin: it holds at any ratio beyond 1 that they detect. A sequential plan looks after its first "
+    "by the F, Brown-Forsythe and Fligner-Killeen tests together (all three within the level, in one direction; at "
+    f"least {MIN_SPREAD_N} seeds a side) and has no margin: it holds at any ratio beyond 1 that they detect. A sequential plan looks after its first "
     "pass's seeds and again after each --seed-step more (quick: 4, 6, 8 seeds per arm) and stops at the first "
     "verdict; each of its K looks is read at level 1 - alpha/K (equal alpha spending), so the chance of a false verdict over all its looks is at most alpha. For an undetermined "
     f"comparison, seeds needed is the number of seeds per arm that would reach a verdict (the claim's decision or "
@@ -587,7 +593,8 @@ def batch_compare(a: np.ndarray, b: np.ndarray, *, claim: str, delta: float, alp
 @dataclass(frozen=True)
 class VarianceTest:
     """var A / var B on pooled within-cell variances: the F test's two-sided p (``p_f``) and 1 - alpha interval of
-    the ratio, the robust Brown-Forsythe test's two-sided p (``p_robust``), and ``p``, the p the verdict reads.
+    the ratio, the robust Brown-Forsythe (``p_robust``) and Fligner-Killeen (``p_rank``) tests' two-sided p, and
+    ``p``, the p the verdict reads.
 
     reason is "" when computed, else says why p and the interval are nan.
     """
@@ -604,6 +611,7 @@ class VarianceTest:
     reason: str
     p_f: float = math.nan
     p_robust: float = math.nan
+    p_rank: float = math.nan
 
 
 def _pooled(groups: Sequence[Sequence[float]], name: str) -> tuple[float, int]:
@@ -619,30 +627,62 @@ def _pooled(groups: Sequence[Sequence[float]], name: str) -> tuple[float, int]:
     return (ss / df if df else math.nan), df
 
 
-def robust_spread_p(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """Brown-Forsythe's test of equal spread (``brown_forsythe``) with its direction: (two-sided p, mean
-    |x - median| of A minus that of B). One cell per side: pooling deviations over several cells is not calibrated
-    (cells of 2 repeat one deviation twice). nan p with fewer than 2 values on a side or no spread at all in the
-    deviations."""
-    za, zb = (np.abs(x - np.median(x)) for x in (np.asarray(a, dtype=float), np.asarray(b, dtype=float)))
-    if len(za) < 2 or len(zb) < 2:
-        return math.nan, math.nan
-    diff = float(za.mean() - zb.mean())
-    if all(np.ptp(z) <= SPREAD_RTOL * np.abs(x).max() for z, x in ((za, a), (zb, b))):  # levene: 0 / 0
-        return math.nan, diff
-    return brown_forsythe(a, b).p, diff
+class SpreadTests(NamedTuple):
+    """The spread verdict's three tests on rows of values (``spread_tests``), each an array over the rows."""
+
+    ratio: np.ndarray  # var A / var B (ddof 1)
+    p_f: np.ndarray  # the F test's two-sided p
+    p_robust: np.ndarray  # Brown-Forsythe's (Levene's about the medians) two-sided p; nan: no spread to test
+    robust_diff: np.ndarray  # mean |x - median| of A minus that of B
+    p_rank: np.ndarray  # Fligner-Killeen's (about the medians) two-sided p; nan likewise
+    rank_diff: np.ndarray  # mean normal score of the ranked |x - median| of A minus that of B
+    p: np.ndarray  # the verdict's p: the largest of the three when all say the same side varies more, else 1
 
 
-# the fewest values per side a spread verdict is read at: with fewer (4 or 6 in the simulations) Brown-Forsythe and
-# the F test are both liberal under skewed seed outcomes, lognormal ones deciding together 2-5x too often at 4 seeds
-# (benchmarks/spread_calibration.py; tests/reports/test_stats.py, test_spread_needs_eight_values_a_side)
-MIN_SPREAD_N = 8
+def spread_tests(a: Any, b: Any) -> SpreadTests:
+    """The F, Brown-Forsythe and Fligner-Killeen tests of equal spread of a and b, row by row (a: (rows, n_a),
+    b: (rows, n_b), n >= 2; one row: 1-D), equal to ``scipy.stats.f``, ``levene(center='median')`` and
+    ``fligner(center='median')`` on each row (tested), vectorised so that the null simulations that check the
+    verdict's level run the verdict's own code.
+
+    Brown-Forsythe's statistic with two samples is the square of the pooled two-sample t statistic of the absolute
+    deviations from each sample's median; Fligner-Killeen's ranks those deviations over both samples, scores rank r
+    as Phi^-1(1/2 + r / (2(N + 1))) and compares the samples' mean scores (chi2 with 1 df). Both robust p are nan
+    where no deviation differs from another beyond rounding (``SPREAD_RTOL``): nothing to rank or compare.
+
+    Shapes: a (rows, n_a) or (n_a,), b likewise -> each field (rows,) (a float array of one row for 1-D input).
+    """
+    a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
+    (rows, na), nb = a.shape, b.shape[1]
+    if b.shape[0] != rows or min(na, nb) < 2:
+        raise ValueError(f"spread_tests needs rows of >= 2 values a side, as many rows: got {a.shape} and {b.shape}")
+    ratio = a.var(axis=1, ddof=1) / b.var(axis=1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_f = np.minimum(1.0, 2 * np.minimum(stats.f.cdf(ratio, na - 1, nb - 1), stats.f.sf(ratio, na - 1, nb - 1)))
+        za, zb = np.abs(a - np.median(a, axis=1, keepdims=True)), np.abs(b - np.median(b, axis=1, keepdims=True))
+        robust_diff = za.mean(axis=1) - zb.mean(axis=1)
+        flat = (np.ptp(za, axis=1) <= SPREAD_RTOL * np.abs(a).max(axis=1)) & \
+               (np.ptp(zb, axis=1) <= SPREAD_RTOL * np.abs(b).max(axis=1))  # levene: 0 / 0
+        pooled = (za.var(axis=1, ddof=1) * (na - 1) + zb.var(axis=1, ddof=1) * (nb - 1)) / (na + nb - 2)
+        t = robust_diff / np.sqrt(pooled * (1 / na + 1 / nb))
+        p_robust = np.where(flat, np.nan, 2 * stats.t.sf(np.abs(t), na + nb - 2))
+        n = na + nb
+        score = stats.norm.ppf(0.5 + stats.rankdata(np.concatenate([za, zb], axis=1), axis=1) / (2 * (n + 1)))
+        sa, sb, mean = score[:, :na].mean(axis=1), score[:, na:].mean(axis=1), score.mean(axis=1)
+        chi2 = (na * (sa - mean) ** 2 + nb * (sb - mean) ** 2) / score.var(axis=1, ddof=1)
+        p_rank = np.where(flat, np.nan, stats.chi2.sf(chi2, 1))
+    rank_diff = sa - sb
+    up = ratio > 1
+    agree = (ratio != 1) & (robust_diff != 0) & (rank_diff != 0) & (up == (robust_diff > 0)) & (up == (rank_diff > 0))
+    p = np.where(agree, np.fmax(p_f, np.maximum(p_robust, p_rank)), 1.0)
+    p = np.where(np.isnan(p_robust) | np.isnan(p_rank), np.nan, p)
+    return SpreadTests(ratio, p_f, p_robust, robust_diff, p_rank, rank_diff, p)
 
 
 def variance_test(a_groups: Sequence[Sequence[float]], b_groups: Sequence[Sequence[float]],
                   alpha: float = ALPHA) -> VarianceTest:
-    """Spread of side A vs side B, each side pooling several cells (e.g. widths): the F test and the robust
-    Brown-Forsythe test, and a verdict only where both agree.
+    """Spread of side A vs side B, each side pooling several cells (e.g. widths): the F test and two robust tests
+    (Brown-Forsythe, Fligner-Killeen), and a verdict only where all three agree.
 
     Each side's variance is the pooled within-cell variance sum of squares about each cell's mean / df, with
     df = sum of (n - 1) over its cells (cells of one value add nothing). ratio = var_a / var_b; under normality
@@ -650,15 +690,15 @@ def variance_test(a_groups: Sequence[Sequence[float]], b_groups: Sequence[Sequen
     ``p_f`` = 2 x min(F.cdf, F.sf) capped at 1, and the interval [ratio / F_{1-alpha/2}, ratio / F_{alpha/2}] of
     the true ratio. The F test is exact under normality and badly liberal with heavy tails (a DEQ arm with an
     occasional bad seed: at 12 seeds and alpha 0.0024 it decides 28x too often under t(3) tails, 60x with 10% of
-    seeds at 5x the spread), so the verdict reads p = max(p_f, p_robust) (``robust_spread_p``) when both tests'
-    directions agree and p = 1 when they do not: a decision needs both. Neither is calibrated under every
-    distribution, and their agreement does not make it so at small n: with 4 lognormal seeds a side (sigma 1.5-2)
-    both decide together 2-5x too often at the studies' levels (benchmarks/spread_calibration.py). So a verdict
-    also needs ``MIN_SPREAD_N`` (8) values a side, where the simulations (tests/reports/test_stats.py;
-    benchmarks/spread_calibration.py) keep its rate within alpha but for skewed seeds at a family's level
-    (0.05/3/8; at 8 seeds lognormal 1.2-1.3x, chi2(1) 1.4x, Weibull(0.5) 1.5x, 600,000 simulations); with fewer,
-    p is nan and p_f and the interval are given. The robust test takes one cell
-    per side; with several, p is nan (no verdict) likewise.
+    seeds at 5x the spread); Brown-Forsythe's with it is still liberal under skewed seeds at a family's level
+    (chi2(1) seeds: 1.3-1.7x alpha at 10 seeds and levels 0.0021-0.0005), and Fligner-Killeen's alone far more so
+    (3-12x). So the verdict reads p = the largest of the three (``spread_tests``) when all three say the same side
+    varies more and p = 1 when they do not: a decision needs all three, and ``MIN_SPREAD_N`` (10) values a side.
+    There the null simulations (benchmarks/spread_calibration.py, 2,000,000 a cell; tests/reports/test_stats.py)
+    keep its rate within alpha under normal, t(3), contaminated, exponential, lognormal, chi2(1) and Weibull(0.5)
+    seeds at levels 0.0167 to 0.0005 (the highest, chi2(1) and Weibull(0.5) at 0.001: 1.02-1.03x, within the
+    simulation's error). With fewer values, p is nan and p_f and the interval are given. The robust tests take one
+    cell per side; with several, p is nan (no verdict) likewise.
     """
     alpha = _check_alpha(alpha)
     (va, dfa), (vb, dfb) = _pooled(a_groups, "A"), _pooled(b_groups, "B")
@@ -679,19 +719,19 @@ def variance_test(a_groups: Sequence[Sequence[float]], b_groups: Sequence[Sequen
     cells = [[g for g in side if len(g) >= 2] for side in (a_groups, b_groups)]
     if any(len(c) != 1 for c in cells):
         return VarianceTest(**base, ratio=ratio, ci_low=lo, ci_high=hi, p=nan, p_f=p_f,
-                            reason="the robust test takes one cell of >= 2 values per side: no verdict")
+                            reason="the robust tests take one cell of >= 2 values per side: no verdict")
     if min(len(cells[0][0]), len(cells[1][0])) < MIN_SPREAD_N:
         return VarianceTest(**base, ratio=ratio, ci_low=lo, ci_high=hi, p=nan, p_f=p_f,
                             reason=f"a spread verdict needs >= {MIN_SPREAD_N} values a side (has "
                                    f"{len(cells[0][0])} and {len(cells[1][0])}): with fewer its level is not kept "
                                    "under skewed seed outcomes")
-    p_robust, diff = robust_spread_p(cells[0][0], cells[1][0])
-    if not math.isfinite(p_robust):
-        return VarianceTest(**base, ratio=ratio, ci_low=lo, ci_high=hi, p=nan, p_f=p_f, p_robust=p_robust,
-                            reason="no spread in the deviations from the cell medians: no Brown-Forsythe test")
-    agree = (ratio > 1) == (diff > 0) and ratio != 1 and diff != 0
-    return VarianceTest(**base, ratio=ratio, ci_low=lo, ci_high=hi, p=max(p_f, p_robust) if agree else 1.0,
-                        p_f=p_f, p_robust=p_robust, reason="")
+    tests = SpreadTests(*(float(field[0]) for field in spread_tests(cells[0][0], cells[1][0])))
+    if not math.isfinite(tests.p):
+        return VarianceTest(**base, ratio=ratio, ci_low=lo, ci_high=hi, p=nan, p_f=p_f, p_robust=tests.p_robust,
+                            p_rank=tests.p_rank,
+                            reason="no spread in the deviations from the cell medians: no robust test")
+    return VarianceTest(**base, ratio=ratio, ci_low=lo, ci_high=hi, p=tests.p, p_f=p_f, p_robust=tests.p_robust,
+                        p_rank=tests.p_rank, reason="")
 
 
 def variance_seeds_needed(ratio: float, *, alpha: float = ALPHA, power: float = POWER,
@@ -700,7 +740,8 @@ def variance_seeds_needed(ratio: float, *, alpha: float = ALPHA, power: float = 
     variance ratio ``ratio`` (either direction) with the given power: the smallest n >= ``MIN_SPREAD_N`` with
     P(F > F_{1-alpha/2}(n-1, n-1) / r) + P(F < F_{alpha/2}(n-1, n-1) / r) >= power, F ~ F(n-1, n-1)
     (``scipy.stats.f``); None for a ratio of 1, a non-finite one, or beyond max_n. A lower bound under normal
-    data: the verdict also needs the Brown-Forsythe test (``variance_test``), which has less power."""
+    data: the verdict also needs the Brown-Forsythe and Fligner-Killeen tests (``variance_test``), which have less
+    power."""
     alpha = _check_alpha(alpha)
     if not (math.isfinite(ratio) and ratio > 0) or ratio == 1.0:
         return None
