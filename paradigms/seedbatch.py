@@ -330,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # run by hand (the study runner starts it in a session of its own, out of Ctrl-C's way)
+        from .cli import CTRL_C_EXIT
+
+        print(f"[tiedlab] stopped by Ctrl-C: the batch's runs were not checkpointed now; rerunning the same command "
+              f"resumes each from its last checkpoint ({', '.join(run_dirs)})", file=sys.stderr)
+        return CTRL_C_EXIT
     for d, r in zip(run_dirs, results):
         print(f"[tiedlab] {d}: {r.get('status')}{' (' + r['reason'] + ')' if r.get('reason') else ''}", file=sys.stderr)
     from .launch import INTERRUPTED_EXIT

@@ -227,6 +227,20 @@ def test_study_runs_group_into_seed_batches_per_cell_and_the_command_trains_them
     assert seedbatch.main([*batch.run_dirs, "--", *batch.overrides]) == 2  # no --seeds: the usage line
 
 
+def test_ctrl_c_to_a_seed_batch_run_by_hand_is_one_line(tmp_path, monkeypatch, capsys):
+    from tiedlab.paradigms import seedbatch
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(seedbatch, "train_seed_batch", interrupted)
+    run_dirs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert seedbatch.main(["--seeds", "0,1", *run_dirs, "--", "paradigm=vision"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("[tiedlab] stopped by Ctrl-C: the batch's runs were not checkpointed now;") and run_dirs[1] in err
+
+
 def test_a_random_forward_pass_is_refused_not_made_up(tmp_path, monkeypatch):
     """Dropout under vmap would draw other numbers than separate runs: a config with dropout is not batchable (the
     study runner trains its seeds separately), and a random forward the config check misses stops the batch."""
