@@ -150,7 +150,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
     from .distributed import SameOnEveryRank
     from .engine import train as run_training
 
-    from .rundir import RunLockedError
+    from .rundir import OtherRunError, RunLockedError
     from .tracking import TrackerError
 
     hydra_cfg = HydraConfig.get()
@@ -175,7 +175,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
         if _show_traceback():
             raise
         message = f"[tiedlab] error: {err}"
-        ours = not isinstance(err, RunLockedError)
+        ours = not isinstance(err, (RunLockedError, OtherRunError))  # another's run: its cli.log stays its own
         if _rank() and isinstance(err, SameOnEveryRank):
             message = ""  # rank 0 prints it
     except Exception as err:  # noqa: BLE001 - a crash while building the run: one line, the trace on request
@@ -276,16 +276,24 @@ def _main_reported() -> None:
             raise
         _report(f"[tiedlab] error: {config_error(err)}")
         sys.exit(1)
+    except OSError as err:  # Hydra could not make the run's directory (a file there, no permission)
+        if _show_traceback():
+            raise
+        _report(f"[tiedlab] error: {err}")
+        sys.exit(1)
 
 
 def _hydra_dir_of_run_dir(args: list[str]) -> list[str]:
     """``hydra.run.dir=X`` for a single run given ``run_dir=X``, so that Hydra's log (cli.log) is written in the run
     directory (not in the directory the other overrides name, which may be another run's) and no stray directory
-    is made. A multirun's jobs keep their sweep directories (Hydra's log of each job is there)."""
-    if any(a in ("-m", "--multirun") for a in args) or any(a.startswith("hydra.run.dir=") for a in args):
+    is made. A multirun's jobs keep their sweep directories (Hydra's log of each job is there), as does a run_dir
+    that names Hydra's own directory (``${hydra:...}``, which would name itself) or none (refused by the engine)."""
+    if any(a in ("-m", "--multirun") for a in args) or any(a.lstrip("+").startswith("hydra.run.dir=") for a in args):
         return []
     given = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("run_dir=")]
-    return [f"hydra.run.dir={given[-1]}"] if given else []
+    if not given or given[-1].strip() in ("", "null") or "${hydra:" in given[-1]:
+        return []  # no directory (refused by the engine), or one named after Hydra's own: Hydra's stays its default
+    return [f"hydra.run.dir={given[-1]}"]
 
 
 def config_error(err: BaseException) -> str:

@@ -522,6 +522,8 @@ def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = (),
         rundir.RunDirError: the run directory holds another config's run or an unusable checkpoint, or another
             process is using it (``RunLockedError``).
     """
+    if run_dir is None or not str(run_dir).strip():
+        raise ValueError(f"run_dir={run_dir!r}: give a directory, or leave run_dir out for the one the overrides name")
     cfg = as_config(cfg)
     spec = validate(cfg)
     world = distributed.world_from_env()  # one process of one unless started by torchrun
@@ -608,13 +610,13 @@ def _open_run_dir(cfg: DictConfig, run_dir: Path) -> _Opened:
     """
     resume = str(cfg.resume).lower()
     if resume == "false" and ((run_dir / rundir.CHECKPOINT).exists() or (run_dir / rundir.METRICS).exists()):
-        raise rundir.RunDirError(
+        raise rundir.OtherRunError(
             f"resume=false but {run_dir} already holds a run; use another run directory or delete it")
     previous = rundir.read_metrics(run_dir)
     plain = OmegaConf.to_container(cfg, resolve=True)
     fp = rundir.fingerprint(plain)
     if previous and not rundir.same_config(plain, previous):
-        raise rundir.RunDirError(
+        raise rundir.OtherRunError(
             f"{run_dir} holds a {previous.get('status', '?')} run of another config (fingerprint "
             f"{previous.get('fingerprint')} != {fp}); use another run directory, or delete it to start over")
     if _finished(cfg, previous):

@@ -86,6 +86,11 @@ class RunLockedError(RunDirError):
     """Another process holds the run directory's lock; the message names it."""
 
 
+class OtherRunError(RunDirError):
+    """The run directory holds another run (another config's, or any under resume=false): the refused command
+    writes nothing there, not even its error line in cli.log."""
+
+
 # 4: train.ckpt_every left out (how often a run saves changes nothing it computes, and a resume may change it);
 # 3: mask.min_dim kept without a mask when a block norm reads it; 2: options a run ignores are left out; 1: every
 # key but the bookkeeping ones. A run is checked under the version its metrics.json records.

@@ -249,6 +249,33 @@ def test_a_run_dir_given_holds_the_commands_record_and_log_and_nothing_is_writte
     assert (run / ".hydra" / "overrides.yaml").read_text() == record
 
 
+def test_run_dir_edge_cases_are_one_line_or_where_they_say(tmp_path):
+    runs = tmp_path / "runs"
+    (tmp_path / "afile").write_text("")
+    for bad, says in ((tmp_path / "afile", "File exists"), ("", "run_dir='': give a directory"),
+                      ("null", "run_dir=None: give a directory")):
+        refused = cli([f"run_dir={bad}"], runs)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert refused.stderr.startswith("[tiedlab] error: ") and says in refused.stderr, refused.stderr
+    # a run_dir under Hydra's own directory: Hydra's stays the one the overrides name, the run is below it
+    nested = cli(["run_dir=${hydra:runtime.output_dir}/sub"], runs)
+    assert nested.returncode == 0, nested.stderr
+    (found,) = runs.rglob("metrics.json")
+    assert found.parent.name == "sub" and (found.parent.parent / "cli.log").is_file()
+    # an explicit hydra.run.dir (with + or ++ too) keeps Hydra's log where it says
+    both = cli([f"run_dir={tmp_path / 'r'}", f"++hydra.run.dir={tmp_path / 'h'}"], runs)
+    assert both.returncode == 0 and (tmp_path / "h" / "cli.log").is_file() and not (tmp_path / "r" / "cli.log").exists()
+
+
+def test_a_command_refused_by_another_configs_run_writes_nothing_there(tmp_path):
+    run = tmp_path / "run"
+    assert cli([f"run_dir={run}"], tmp_path / "runs").returncode == 0
+    log = (run / "cli.log").read_text()
+    other = cli([f"run_dir={run}", "train.max_steps=7"], tmp_path / "runs")
+    assert other.returncode == 1 and "run of another config" in other.stderr
+    assert (run / "cli.log").read_text() == log
+
+
 def test_a_planted_link_for_the_commands_record_is_refused(tmp_path):
     run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     run.mkdir()
