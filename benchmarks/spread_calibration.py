@@ -4,14 +4,16 @@ the false-decision rate and its ratio to alpha, for the verdict (``stats.varianc
 a side or more) and for the F and Brown-Forsythe tests alone (the rule before 2026-12-07), read at any seed count.
 
     python benchmarks/spread_calibration.py [--sims 200000] [--seeds 8,10,12,16] [--dists "chi2(1),weibull(0.5)"]
-        [--levels 0.0167,0.00208,0.00104,0.00052] [--sd-ratio 1]
+        [--levels 0.0167,0.00208,0.00104,0.00052] [--sd-ratio 1] [--ties STEPS [--tie-offset 0.5]]
 
 Prints a markdown table (half a minute at the defaults on a 2-core CPU: the tests run vectorised,
 ``stats.spread_tests``; each cell's first 200 simulations are checked against ``stats.variance_test`` one by one).
 The distributions: normal, t(3), 10% of seeds at 5x the spread, exponential, lognormal (sigma 1.5 and 2), chi2(1)
 and weibull(0.5) (skewed seed outcomes). The levels: a study's per-look level (3 looks), and those of one comparison
 of a family of 8, 16 and 32 at 3 looks. With ``--sd-ratio R`` arm A's seeds are R times as spread (the rates are
-then the tests' power to find that difference).
+then the tests' power to find that difference). With ``--ties STEPS`` the outcomes are discrete, as accuracies on a
+validation split are: each distribution scaled to STEPS grid steps of standard deviation, shifted by
+``--tie-offset`` of a step (0.5: its mode half a step off the grid) and rounded to the grid, so that seeds tie.
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ def two_tests_p(tests) -> np.ndarray:
     return np.where(agree, np.fmax(tests.p_f, tests.p_robust), 1.0)
 
 
+def on_a_grid(draw, steps: float, offset: float):
+    """``draw`` scaled to ``steps`` grid steps of standard deviation (measured on a million draws), shifted by
+    ``offset`` of a step and rounded to the grid: discrete outcomes that tie."""
+    sd = float(np.std(draw(np.random.default_rng(0), 1_000_000)))
+    return lambda rng, shape: np.round(draw(rng, shape) / sd * steps + offset)
+
+
 def false_rates(draw, n: int, sims: int, levels, rng: np.random.Generator,
                 sd_ratio: float = 1.0) -> tuple[list[float], list[float]]:
     """Per level, the share of ``sims`` simulations (n seeds a side from ``draw``; arm A's times ``sd_ratio``, 1: the
@@ -61,7 +70,7 @@ def false_rates(draw, n: int, sims: int, levels, rng: np.random.Generator,
             for i in range(min(CHECKED, size)):
                 one = stats.variance_test([a[i]], [b[i]])
                 if not (np.isclose(one.p, p[i], rtol=1e-9, atol=0, equal_nan=True)
-                        and np.isclose(one.p_f, tests.p_f[i], rtol=1e-9, atol=0)):
+                        and np.isclose(one.p_f, tests.p_f[i], rtol=1e-9, atol=0, equal_nan=True)):
                     raise AssertionError(f"spread_tests and variance_test differ at n={n}, row {i}: {one} vs "
                                          f"p={p[i]}, p_f={tests.p_f[i]}")
         old = two_tests_p(tests)
@@ -84,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="levels alpha, comma-separated (default: a look's 0.0167 and 0.0167 / 8, 16, 32)")
     parser.add_argument("--sd-ratio", type=float, default=1.0,
                         help="arm A's seeds this many times as spread as B's (default 1: the null)")
+    parser.add_argument("--ties", type=float, default=None, metavar="STEPS",
+                        help="discrete outcomes: STEPS grid steps of standard deviation, rounded to the grid")
+    parser.add_argument("--tie-offset", type=float, default=0.5,
+                        help="with --ties, the shift before rounding, in grid steps (default 0.5)")
     parser.add_argument("--seed", type=int, default=2026, help="the simulations' random seed (default 2026)")
     args = parser.parse_args(argv)
     seeds = [int(n) for n in args.seeds.split(",")]
@@ -97,9 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--levels {args.levels}: each level must lie in (0, 1)")
     if not (math.isfinite(args.sd_ratio) and args.sd_ratio > 0):
         parser.error(f"--sd-ratio {args.sd_ratio}: must be a positive number")
+    if args.ties is not None and not (math.isfinite(args.ties) and args.ties > 0):
+        parser.error(f"--ties {args.ties}: must be a positive number of grid steps")
     rng = np.random.default_rng(args.seed)
     what = ("False spread verdicts under the null" if args.sd_ratio == 1 else
             f"Spread verdicts with arm A's seeds {args.sd_ratio:g}x as spread (power)")
+    if args.ties is not None:
+        what += f", outcomes on a grid ({args.ties:g} steps of standard deviation, offset {args.tie_offset:g})"
     print(f"{what}, {args.sims} simulations a cell: rate (x alpha) of the verdict "
           f"(three tests; no p below MIN_SPREAD_N = {stats.MIN_SPREAD_N} seeds) / of the F and Brown-Forsythe tests "
           f"alone, at any seed count\n")
@@ -107,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---:|---|" + "---|" * len(levels))
     for n in seeds:
         for name in args.dists.split(","):
-            verdict, two = false_rates(DISTRIBUTIONS[name], n, args.sims, levels, rng, args.sd_ratio)
+            draw = DISTRIBUTIONS[name]
+            if args.ties is not None:
+                draw = on_a_grid(draw, args.ties, args.tie_offset)
+            verdict, two = false_rates(draw, n, args.sims, levels, rng, args.sd_ratio)
             cells = [f"{v:.5f} ({v / a:.2f}x) / {t:.5f} ({t / a:.2f}x)" for v, t, a in zip(verdict, two, levels)]
             print(f"| {n} | {name} | " + " | ".join(cells) + " |", flush=True)
     return 0

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 
 from .aggregate import Cell, Stat, best, groups
 from .load import Run, mixed_seed_batches, to_float
+from .stats import MIN_SPREAD_N
 
 Z = 2.0  # a comparison is decided when |effect| > Z * SE
 SATURATION = 0.25  # insight 5: the last depth step gains less than this fraction of the first
@@ -51,7 +52,8 @@ INSIGHTS: dict[int, tuple[str, str]] = {
         "(p: the pooled rate); (b) spread over seeds, d = ln(pooled within-cell variance of DEQ / of tied) with "
         "SE = sqrt(2/df_a + 2/df_b) (df = sum of n - 1 over cells with >= 2 seeds; the large-sample SE of a log "
         "variance). Both use the 2 SE rule, a screen: at a few seeds, and with skewed seed outcomes, (b) calls a "
-        "difference more often than its SE says (the primary spread verdict needs 8 seeds a side and two tests)."),
+        f"difference more often than its SE says (the primary spread verdict needs {MIN_SPREAD_N} seeds a side and "
+        "three tests)."),
     4: ("distinct masks win",
         "Distinct masks beat a shared mask and no mask at the same unique parameters: among tied runs of the same "
         "width and depth (masks add no parameters), best distinct vs best shared cell of the same mask kind and "

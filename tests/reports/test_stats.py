@@ -537,6 +537,12 @@ def test_the_vectorised_spread_tests_are_scipys_row_by_row():
             assert np.allclose([S.variance_test([x], [y]).p for x, y in zip(a, b)], t.p)
     with pytest.raises(ValueError, match=r"rows of >= 2 values a side"):
         S.spread_tests([[1.0, 2.0]], [[1.0]])
+    # a constant side reads no p, as variance_test (no F test); each side's deviations constant but unequal: scipy's
+    b = rng.normal(0.9, 0.01, 10)
+    assert np.isnan(S.spread_tests([0.95] * 10, b).p).all() and math.isnan(S.variance_test([[0.95] * 10], [b]).p)
+    two = S.spread_tests([0.0, 1.0] * 5, [0.0, 0.2] * 5)
+    assert two.p_robust[0] == 0.0 and two.p_rank[0] == pytest.approx(stats.fligner([0, 1] * 5, [0, 0.2] * 5).pvalue)
+    assert two.p[0] == pytest.approx(S.variance_test([[0.0, 1.0] * 5], [[0.0, 0.2] * 5]).p_f)
 
 
 def skewed_false_rates(n: int, alpha: float, sims: int = 400_000) -> dict[str, tuple[float, float]]:
@@ -568,8 +574,8 @@ def test_spread_verdicts_stay_calibrated_under_skewed_seeds_at_a_familys_level()
 
 
 def test_spread_needs_ten_values_a_side():
-    """At 8 seeds a side the three tests together are liberal under Weibull(0.5) seeds at a family's level (about
-    1.13x), and Fligner-Killeen's p cannot reach 0.001 there: no spread verdict is read below MIN_SPREAD_N = 10 (the
+    """At 8 seeds a side the three tests together are liberal under Weibull(0.5) seeds at a family's level (1.10x),
+    and Fligner-Killeen's p cannot reach 0.001 there: no spread verdict is read below MIN_SPREAD_N = 10 (the
     F test and its interval are still given)."""
     alpha = 0.05 / 3 / 8
     three, _ = skewed_false_rates(8, alpha)["weibull(0.5)"]
@@ -700,6 +706,15 @@ def test_the_spread_calibration_benchmark_prints_its_table(capsys):
                                                       "--levels", "0.05"]) == 0
     assert [line.split("|")[2].strip() for line in capsys.readouterr().out.splitlines()
             if line.startswith("| 10 |")] == ["chi2(1)"]
+    # discrete outcomes: rounded to a grid, they tie (constant sides included), each checked against variance_test
+    assert load_benchmark("spread_calibration").main(["--sims", "400", "--seeds", "10", "--ties", "1.5",
+                                                      "--dists", "chi2(1),normal", "--levels", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "outcomes on a grid (1.5 steps of standard deviation, offset 0.5)" in out
+    assert len([line for line in out.splitlines() if line.startswith("| 10 |")]) == 2
+    with pytest.raises(SystemExit):
+        load_benchmark("spread_calibration").main(["--ties", "0"])
+    assert "--ties 0.0: must be a positive number of grid steps" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a mistyped distribution is refused, naming the choices
         load_benchmark("spread_calibration").main(["--dists", "chi2"])
     assert "unknown distribution(s) ['chi2']; choose from normal" in capsys.readouterr().err
