@@ -156,6 +156,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     with _naming(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # as a plain open() would (mkstemp's 0600 hid runs from a group)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
@@ -165,6 +166,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             Path(tmp).unlink(missing_ok=True)
             raise
         _sync_folder(path.parent)
+
+
+def _umask() -> int:
+    """The process's umask: read where Linux shows it (changing a umask to read it races with other threads'
+    file creation), else set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _sync_folder(folder: Path) -> None:

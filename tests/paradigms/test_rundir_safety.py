@@ -276,6 +276,19 @@ def test_a_command_refused_by_another_configs_run_writes_nothing_there(tmp_path)
     assert (run / "cli.log").read_text() == log
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_run_files_have_the_permissions_of_a_plain_write(tmp_path, umask, mode):
+    """A run's files are written through a temp file (mkstemp: 0600): they get what the umask gives a plain write,
+    so that a group can read a shared run folder."""
+    old = os.umask(umask)
+    try:
+        train(cfg(), tmp_path / "run")
+    finally:
+        os.umask(old)
+    for name in (rundir.CONFIG, rundir.METRICS, rundir.CHECKPOINT):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == mode, name
+
+
 def test_a_planted_link_for_the_commands_record_is_refused(tmp_path):
     run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     run.mkdir()
