@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="arm A's seeds this many times as spread as B's (default 1: the null)")
     parser.add_argument("--ties", type=float, default=None, metavar="STEPS",
                         help="discrete outcomes: STEPS grid steps of standard deviation, rounded to the grid")
-    parser.add_argument("--tie-offset", type=float, default=0.5,
+    parser.add_argument("--tie-offset", type=float, default=None,
                         help="with --ties, the shift before rounding, in grid steps (default 0.5)")
     parser.add_argument("--seed", type=int, default=2026, help="the simulations' random seed (default 2026)")
     args = parser.parse_args(argv)
@@ -112,11 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sd-ratio {args.sd_ratio}: must be a positive number")
     if args.ties is not None and not (math.isfinite(args.ties) and args.ties > 0):
         parser.error(f"--ties {args.ties}: must be a positive number of grid steps")
+    if args.tie_offset is not None and args.ties is None:
+        parser.error("--tie-offset applies to outcomes on a grid: give --ties STEPS too")
+    offset = 0.5 if args.tie_offset is None else args.tie_offset
     rng = np.random.default_rng(args.seed)
     what = ("False spread verdicts under the null" if args.sd_ratio == 1 else
             f"Spread verdicts with arm A's seeds {args.sd_ratio:g}x as spread (power)")
     if args.ties is not None:
-        what += f", outcomes on a grid ({args.ties:g} steps of standard deviation, offset {args.tie_offset:g})"
+        what += f", outcomes on a grid ({args.ties:g} steps of standard deviation, offset {offset:g})"
     print(f"{what}, {args.sims} simulations a cell: rate (x alpha) of the verdict "
           f"(three tests; no p below MIN_SPREAD_N = {stats.MIN_SPREAD_N} seeds) / of the F and Brown-Forsythe tests "
           f"alone, at any seed count\n")
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.dists.split(","):
             draw = DISTRIBUTIONS[name]
             if args.ties is not None:
-                draw = on_a_grid(draw, args.ties, args.tie_offset)
+                draw = on_a_grid(draw, args.ties, offset)
             verdict, two = false_rates(draw, n, args.sims, levels, rng, args.sd_ratio)
             cells = [f"{v:.5f} ({v / a:.2f}x) / {t:.5f} ({t / a:.2f}x)" for v, t, a in zip(verdict, two, levels)]
             print(f"| {n} | {name} | " + " | ".join(cells) + " |", flush=True)

@@ -715,6 +715,9 @@ def test_the_spread_calibration_benchmark_prints_its_table(capsys):
     with pytest.raises(SystemExit):
         load_benchmark("spread_calibration").main(["--ties", "0"])
     assert "--ties 0.0: must be a positive number of grid steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an option that would be ignored is refused
+        load_benchmark("spread_calibration").main(["--tie-offset", "0"])
+    assert "--tie-offset applies to outcomes on a grid: give --ties STEPS too" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a mistyped distribution is refused, naming the choices
         load_benchmark("spread_calibration").main(["--dists", "chi2"])
     assert "unknown distribution(s) ['chi2']; choose from normal" in capsys.readouterr().err
