@@ -99,13 +99,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --ties, the shift before rounding, in grid steps (default 0.5)")
     parser.add_argument("--seed", type=int, default=2026, help="the simulations' random seed (default 2026)")
     args = parser.parse_args(argv)
-    seeds = [int(n) for n in args.seeds.split(",")]
+    try:
+        seeds = [int(n) for n in args.seeds.split(",")]
+        levels = [float(a) for a in args.levels.split(",")]
+    except ValueError as err:
+        parser.error(f"--seeds {args.seeds} / --levels {args.levels}: comma-separated numbers ({err})")
     if min(seeds) < 2 or args.sims < 1:
         parser.error(f"--seeds {args.seeds} and --sims {args.sims}: need >= 2 seeds per arm and >= 1 simulation")
     unknown = sorted(set(args.dists.split(",")) - set(DISTRIBUTIONS))
     if unknown:
         parser.error(f"unknown distribution(s) {unknown}; choose from {', '.join(DISTRIBUTIONS)}")
-    levels = [float(a) for a in args.levels.split(",")]
     if not all(0 < a < 1 for a in levels):
         parser.error(f"--levels {args.levels}: each level must lie in (0, 1)")
     if not (math.isfinite(args.sd_ratio) and args.sd_ratio > 0):

@@ -62,6 +62,8 @@ def _report(message: str) -> None:
 def _log_in_run_dir(run_dir: Any, message: str) -> None:
     """Append ``message`` to the run directory's cli.log (Hydra's job log, which holds logging records, not what
     this module prints), so that a run that failed or never started says why where ``--status`` counts it."""
+    if run_dir is None or not str(run_dir).strip():
+        return  # no run directory (refused as such): not the current folder
     try:
         folder = Path(str(run_dir))
         if folder.is_dir():

@@ -88,7 +88,8 @@ class RunLockedError(RunDirError):
 
 class OtherRunError(RunDirError):
     """The run directory holds another run (another config's, or any under resume=false): the refused command
-    writes nothing there, not even its error line in cli.log."""
+    writes nothing there, not even its error line in cli.log (Hydra's log handler, opened before, may create an
+    empty cli.log)."""
 
 
 # 4: train.ckpt_every left out (how often a run saves changes nothing it computes, and a resume may change it);
@@ -228,7 +229,8 @@ def append_history(run_dir: Path, record: dict[str, Any]) -> None:
     path = Path(run_dir) / HISTORY
     line = (json.dumps(_finite(record), sort_keys=True, allow_nan=False) + "\n").encode()
     with _naming(path):
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        # 0o666: the umask decides, as for the atomic writes
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         try:
             os.write(fd, line)
         finally:
@@ -400,7 +402,7 @@ def hold_lock(run_dir: Path) -> Iterator[None]:
 
     path = Path(run_dir) / LOCK
     try:  # O_NOFOLLOW: a planted symlink must not make us truncate the file it points at
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)  # the umask decides
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise RunDirError(f"{path} is a symbolic link; a run directory's files must be plain files") from None

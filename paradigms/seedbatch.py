@@ -334,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         from .cli import CTRL_C_EXIT
 
         print(f"[tiedlab] stopped by Ctrl-C: the batch's runs were not checkpointed now; rerunning the same command "
-              f"resumes each from its last checkpoint ({', '.join(run_dirs)})", file=sys.stderr)
+              f"resumes each from its last checkpoint, or starts it again if it had none ({', '.join(run_dirs)})",
+              file=sys.stderr)
         return CTRL_C_EXIT
     for d, r in zip(run_dirs, results):
         print(f"[tiedlab] {d}: {r.get('status')}{' (' + r['reason'] + ')' if r.get('reason') else ''}", file=sys.stderr)

@@ -39,7 +39,7 @@ def cli(args: list[str], runs: Path, env: dict[str, str] | None = None) -> subpr
     full_env = {**os.environ, "TIEDLAB_RUNS": str(runs), "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1",
                 **(env or {})}
     full_env.pop("TIEDLAB_TRACEBACK", None) if env is None or "TIEDLAB_TRACEBACK" not in env else None
-    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=240)
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=240, cwd=runs.parent)
 
 
 class Payload:
@@ -257,6 +257,7 @@ def test_run_dir_edge_cases_are_one_line_or_where_they_say(tmp_path):
         refused = cli([f"run_dir={bad}"], runs)
         assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
         assert refused.stderr.startswith("[tiedlab] error: ") and says in refused.stderr, refused.stderr
+        assert not (tmp_path / "cli.log").exists()  # no run directory: not the current folder's log either
     # a run_dir under Hydra's own directory: Hydra's stays the one the overrides name, the run is below it
     nested = cli(["run_dir=${hydra:runtime.output_dir}/sub"], runs)
     assert nested.returncode == 0, nested.stderr
@@ -285,7 +286,7 @@ def test_run_files_have_the_permissions_of_a_plain_write(tmp_path, umask, mode):
         train(cfg(), tmp_path / "run")
     finally:
         os.umask(old)
-    for name in (rundir.CONFIG, rundir.METRICS, rundir.CHECKPOINT):
+    for name in (rundir.CONFIG, rundir.METRICS, rundir.CHECKPOINT, rundir.HISTORY, rundir.LOCK):
         assert (tmp_path / "run" / name).stat().st_mode & 0o777 == mode, name
 
 
