@@ -346,7 +346,9 @@ def test_the_devices_wait_at_a_read_is_shared_by_the_batchs_runs(tmp_path, monke
     assert [r["status"] for r in runs] == ["diverged" if diverges else "completed"] * 2
     seconds = [r["metrics"]["time/train_s"] for r in runs]
     assert min(seconds) >= 1.0, seconds  # two reads (steps 8 and 16) of 1 s, split over 2 runs: the wait is counted
-    assert abs(seconds[0] - seconds[1]) < 0.3, seconds  # and shared (charged to seed 0 alone: 2 s apart)
+    # and shared: charged to seed 0 alone they would be 2 s apart (a loaded machine moved the runs' own compute
+    # time apart by 0.44 s once, against a bound of 0.3 s)
+    assert abs(seconds[0] - seconds[1]) < 1.0, seconds
 
 
 def test_a_stop_that_waited_is_delivered_when_the_seed_batch_then_crashes(tmp_path):
