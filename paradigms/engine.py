@@ -540,7 +540,7 @@ def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = (),
             stack.enter_context(rundir.hold_lock(run_dir))
 
         world.main_first(hold, then_others=False)
-        return _train_locked(cfg, spec, run_dir, list(overrides), world, terminal_stops, record or {})
+        return _train_locked(cfg, spec, run_dir, list(overrides), world, terminal_stops, record)
 
 
 def _train_locked(cfg: DictConfig, spec: BlockSpec, run_dir: Path, overrides: list[str],
