@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import console
 from .config import TrainConfig
 
-from .rundir import CHECKPOINT, short_dirname
+from .rundir import CHECKPOINT, RunLog, short_dirname
 
 CONFIG_PATH = "pkg://tiedlab.configs"
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
@@ -59,29 +59,15 @@ def _report(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _log_in_run_dir(run_dir: Any, message: str) -> None:
-    """Append ``message`` to the run directory's cli.log (Hydra's job log, which holds logging records, not what
-    this module prints), so that a run that failed or never started says why where ``--status`` counts it."""
-    if run_dir is None or not str(run_dir).strip():
-        return  # no run directory (refused as such): not the current folder
-    try:
-        folder = Path(str(run_dir))
-        if folder.is_dir():
-            with open(folder / "cli.log", "a") as log:
-                log.write(message + "\n")
-    except OSError:
-        pass  # a read-only or vanished folder: the message was printed
-
-
-_RUN_DIR: list[str] = []  # the run directory of the job in progress: its cli.log gets the console's notes
+_LOG: list[RunLog] = []  # the command log of the job in progress: it gets the console's notes
 
 
 def _console_closed(reason: str) -> None:
     """A line in the run's cli.log when nothing more reaches the console (written directly, not through logging:
     this is called from inside a write, which may be a logging handler's)."""
-    if _RUN_DIR:
-        _log_in_run_dir(_RUN_DIR[0], f"[tiedlab] {reason}: what this process writes there is dropped (the run's "
-                                     "metrics.json and this log record it)")
+    if _LOG:
+        _LOG[0].note(f"[tiedlab] {reason}: what this process writes there is dropped (the run's metrics.json and "
+                     "this log record it)")
 
 
 def _terminal_stops(hydra_cfg: Any) -> bool:
@@ -146,25 +132,34 @@ def _leave(code: int) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _hydra_main(cfg: DictConfig) -> Any:
     from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    log = RunLog()  # the run's cli.log, opened by the engine once the run directory is this process's
+    _LOG[:] = [log]
+    try:
+        return _job(cfg, hydra_cfg, log)
+    finally:
+        _LOG[:] = []
+        log.close()
+
+
+def _job(cfg: DictConfig, hydra_cfg: Any, log: RunLog) -> Any:
+    """One job of the Hydra app (see ``_hydra_main``); its lines in the run's log go through ``log``."""
     from hydra.types import RunMode
 
     from .base import get_paradigm
     from .distributed import SameOnEveryRank
     from .engine import train as run_training
-
-    from .rundir import OtherRunError, RunLockedError
     from .tracking import TrackerError
 
-    hydra_cfg = HydraConfig.get()
     result: dict[str, Any] = {}
-    ours = True  # the run directory is this process's (not another's, whose lock refused this one)
-    _RUN_DIR[:] = [str(cfg.run_dir)]
     console.guard(_console_closed)  # in a launcher's worker process (joblib) too
     if console.closed():  # an earlier run of this multirun found the reader gone: this run's log says so too
         _console_closed(f"the console closed before this run ({'; '.join(console.closed())})")
     try:
         result = run_training(cfg, cfg.run_dir, list(hydra_cfg.overrides.task),
-                              terminal_stops=_terminal_stops(hydra_cfg), record=_hydra_record(cfg, hydra_cfg))
+                              terminal_stops=_terminal_stops(hydra_cfg), record=_hydra_record(cfg, hydra_cfg),
+                              log=log)
     except KeyboardInterrupt:  # Ctrl-C twice, or after another stop signal: the run stopped where it was
         if _show_traceback():
             raise
@@ -177,7 +172,6 @@ def _hydra_main(cfg: DictConfig) -> Any:
         if _show_traceback():
             raise
         message = f"[tiedlab] error: {err}"
-        ours = not isinstance(err, (RunLockedError, OtherRunError))  # another's run: its cli.log stays its own
         if _rank() and isinstance(err, SameOnEveryRank):
             message = ""  # rank 0 prints it
     except Exception as err:  # noqa: BLE001 - a crash while building the run: one line, the trace on request
@@ -213,8 +207,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
         message = f"[tiedlab] failed{where}: {cfg.run_dir}: {result['reason']}"
     if message:
         _report(message)
-        if ours:
-            _log_in_run_dir(cfg.run_dir, message)
+        log.note(message)  # written only where the run directory was this process's (the log opened)
     _FAILED.append(str(cfg.run_dir))
     if result.get("stopped_by"):  # a run that failed after a stop came: start nothing further either
         _stop_here(hydra_cfg, result["stopped_by"])
@@ -266,7 +259,7 @@ def _main_reported() -> None:
 
     if not _show_traceback():
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing a trace: reported below
-    if _rank():  # under torchrun, rank 0 alone writes the run directory (Hydra's log file too)
+    if _rank():  # under torchrun, rank 0 alone prints logging records (and alone writes the run directory)
         sys.argv = [*sys.argv, "hydra/job_logging=none"]
     sys.argv = [*sys.argv, *_hydra_dir_of_run_dir(sys.argv[1:])]
     try:
@@ -286,10 +279,10 @@ def _main_reported() -> None:
 
 
 def _hydra_dir_of_run_dir(args: list[str]) -> list[str]:
-    """``hydra.run.dir=X`` for a single run given ``run_dir=X``, so that Hydra's log (cli.log) is written in the run
-    directory (not in the directory the other overrides name, which may be another run's) and no stray directory
-    is made. A multirun's jobs keep their sweep directories (Hydra's log of each job is there), as does a run_dir
-    that names Hydra's own directory (``${hydra:...}``, which would name itself) or none (refused by the engine)."""
+    """``hydra.run.dir=X`` for a single run given ``run_dir=X``, so that Hydra makes no stray directory (the one the
+    other overrides name, which may be another run's). A multirun's jobs keep their sweep directories, as does a
+    run_dir that names Hydra's own directory (``${hydra:...}``, which would name itself) or none (refused by the
+    engine)."""
     if any(a in ("-m", "--multirun") for a in args) or any(a.lstrip("+").startswith("hydra.run.dir=") for a in args):
         return []
     given = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("run_dir=")]

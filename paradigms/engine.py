@@ -504,7 +504,8 @@ def _evaluate(paradigm: Paradigm, model: nn.Module, data: DataBundle, split: str
 
 
 def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = (),
-          terminal_stops: bool = False, record: Mapping[str, str] | None = None) -> dict[str, Any]:
+          terminal_stops: bool = False, record: Mapping[str, str] | None = None,
+          log: rundir.RunLog | None = None) -> dict[str, Any]:
     """Run (or resume) one training run in ``run_dir``; returns what it wrote to metrics.json, plus
     ``stopped_by`` (the signal's name) when a stop signal (SIGTERM, SIGUSR2; with ``terminal_stops``, Ctrl-C and a
     hang-up too: the command line's runs) ended the run (``interrupted``) or came after its training loop (during the
@@ -515,7 +516,8 @@ def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = (),
     (nothing is loaded or rewritten). ``overrides`` (the command line's) only sharpen the warnings about
     ignored options. ``record`` maps paths relative to ``run_dir`` to the text the command leaves there (the
     command line's Hydra record, ``.hydra/*.yaml``): written once the run directory is this process's (locked,
-    of this config, unfinished), so that a refused command rewrites nothing of another's run.
+    of this config, unfinished), so that a refused command rewrites nothing of another's run. ``log`` (the
+    command's cli.log) is opened then too; the caller closes it.
 
     Raises:
         ValueError: bad config values, unknown names, missing or corrupt data (before training starts).
@@ -540,12 +542,12 @@ def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = (),
             stack.enter_context(rundir.hold_lock(run_dir))
 
         world.main_first(hold, then_others=False)
-        return _train_locked(cfg, spec, run_dir, list(overrides), world, terminal_stops, record)
+        return _train_locked(cfg, spec, run_dir, list(overrides), world, terminal_stops, record, log)
 
 
 def _train_locked(cfg: DictConfig, spec: BlockSpec, run_dir: Path, overrides: list[str],
                   world: distributed.World | None = None, terminal_stops: bool = False,
-                  record: Mapping[str, str] | None = None) -> dict[str, Any]:
+                  record: Mapping[str, str] | None = None, log: rundir.RunLog | None = None) -> dict[str, Any]:
     """Check the run directory, then build, train, evaluate and record the run (the lock is held by rank 0;
     the other ranks read the run directory after rank 0 checked it, before it writes)."""
     world = world or distributed.World(device=select_device(cfg.train.device))
@@ -553,6 +555,8 @@ def _train_locked(cfg: DictConfig, spec: BlockSpec, run_dir: Path, overrides: li
     def open_run_dir() -> _Opened:
         opened = _open_run_dir(cfg, run_dir)
         if world.is_main and not opened.finished:
+            if log is not None:
+                log.open(run_dir)
             for name, text in (record or {}).items():
                 folder = (run_dir / name).parent
                 if folder.is_symlink():  # never written through (a planted link to another place)

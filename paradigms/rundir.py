@@ -8,8 +8,9 @@
                     written atomically, read with ``weights_only=True`` (a planted pickle never runs)
     run.lock        held by the process that trains the run, for the run's lifetime
     traceback.txt   where a run that crashed (status failed) crashed
-    .hydra/         the command line's Hydra record (config, hydra, overrides), written once the lock is held;
-                    cli.log is Hydra's log of the command (neither is read by reports)
+    .hydra/         the command line's Hydra record (config, hydra, overrides), written once the lock is held
+    cli.log         the command line's log (logging records, its error lines), opened once the lock is held
+                    (``RunLog``; neither is read by reports)
 
 torch is imported only by the checkpoint functions, so reports can use the rest without it.
 """
@@ -21,6 +22,7 @@ import datetime as _dt
 import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -36,6 +38,7 @@ HISTORY = "history.jsonl"
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
 LOCK = "run.lock"
+COMMAND_LOG = "cli.log"
 LOCK_HEARTBEAT_S = 60.0  # a holder touches its lock this often, so another host can tell a live holder from a dead one
 LOCK_STALE_S = 600.0  # a lock held on another host and untouched this long: its holder was killed (``launch``)
 # A run asked to stop (SIGTERM, SIGUSR2) has this long to checkpoint and exit: its launcher SIGKILLs it after, and so
@@ -88,8 +91,7 @@ class RunLockedError(RunDirError):
 
 class OtherRunError(RunDirError):
     """The run directory holds another run (another config's, or any under resume=false): the refused command
-    writes nothing there, not even its error line in cli.log (Hydra's log handler, opened before, may create an
-    empty cli.log)."""
+    writes nothing there, not even its error line in cli.log (``RunLog`` is opened only once the run is its own)."""
 
 
 # 4: train.ckpt_every left out (how often a run saves changes nothing it computes, and a resume may change it);
@@ -240,6 +242,72 @@ def append_history(run_dir: Path, record: dict[str, Any]) -> None:
 def write_text(path: Path, text: str) -> None:
     """``path`` replaced atomically by ``text`` (a symlink at ``path`` is replaced, never followed)."""
     atomic_write_bytes(Path(path), text.encode())
+
+
+class RunLog(logging.Handler):
+    """The command's log in a run directory (cli.log): the logging records of its run and the command's own lines
+    (``note``), appended. The engine opens it once the run directory is this process's (locked, of this config,
+    unfinished), never through a symbolic link, so a command refused by another's run, or one that failed before it
+    held the lock, writes nothing there; lines noted before it opens wait for it and are dropped if it never does.
+    While open it is a handler of the root logger (the level is the logger's: Hydra's job logging sets INFO)."""
+
+    FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter(self.FORMAT))
+        self.path: Path | None = None
+        self._fd: int | None = None
+        self._waiting: list[str] = []
+
+    def open(self, run_dir: Path) -> None:
+        """Start writing to ``run_dir``'s cli.log (created with the umask's permissions; a link there is refused)."""
+        if self._fd is not None:
+            raise RuntimeError(f"the command log is open already ({self.path})")
+        path = Path(run_dir) / COMMAND_LOG
+        with _naming(path):
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    raise RunDirError(f"{path} is a symbolic link: remove it (the run writes its own)") from err
+                raise
+        self.path = path
+        waiting, self._waiting = self._waiting, []
+        for line in waiting:
+            self.note(line)
+        logging.getLogger().addHandler(self)
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
+    def note(self, line: str) -> None:
+        """Append ``line`` (kept until the log opens); a write that fails is dropped (the console has the line)."""
+        with self.lock:
+            if self._fd is None:
+                self._waiting.append(line)
+                return
+            try:
+                os.write(self._fd, (line.rstrip("\n") + "\n").encode())
+            except OSError:
+                pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.note(self.format(record))
+        except Exception:  # noqa: BLE001 - logging's contract: a handler reports its own failure
+            self.handleError(record)
+
+    def close(self) -> None:
+        """Stop writing (idempotent): off the root logger, the file closed, waiting lines dropped."""
+        logging.getLogger().removeHandler(self)
+        with self.lock:
+            self._waiting = []
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+        super().close()
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:

@@ -400,13 +400,17 @@ def test_misspelt_top_level_key_is_an_error(tmp_path):
         train(cfg() | {"blok": {"mode": "tied"}}, tmp_path)
 
 
-def test_a_run_that_never_started_says_why_in_its_cli_log(tmp_path):
-    """--status counts a run that exited before training as failed and points at its cli.log, which was empty
-    (Hydra's job log holds logging records, not the error line)."""
-    proc = cli(["optim.lr=-1", "train.max_steps=2"], tmp_path)
-    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("[tiedlab] error: optim.lr=-1")
+def test_a_run_that_failed_after_taking_its_directory_says_why_in_its_cli_log(tmp_path):
+    """--status counts a run that exited before training as failed and points at its cli.log: the error line is
+    there once the run held its directory (an error in building the model); a config refused before that (a bad
+    value) writes no cli.log, as it touched no run."""
+    proc = cli(["+model.activation=sigmoid", "train.max_steps=2"], tmp_path)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("[tiedlab] error: activation=")
     (log,) = tmp_path.glob("**/cli.log")
     assert log.read_text().strip() == proc.stderr.strip().splitlines()[-1]
+    refused = cli(["optim.lr=-1", "train.max_steps=2"], tmp_path / "refused")
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith("[tiedlab] error: optim.lr=-1")
+    assert not list((tmp_path / "refused").glob("**/cli.log"))
 
 
 def test_cli_reports_bad_group_choice_with_valid_options(tmp_path):

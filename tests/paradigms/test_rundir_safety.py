@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -262,19 +263,25 @@ def test_run_dir_edge_cases_are_one_line_or_where_they_say(tmp_path):
     nested = cli(["run_dir=${hydra:runtime.output_dir}/sub"], runs)
     assert nested.returncode == 0, nested.stderr
     (found,) = runs.rglob("metrics.json")
-    assert found.parent.name == "sub" and (found.parent.parent / "cli.log").is_file()
-    # an explicit hydra.run.dir (with + or ++ too) keeps Hydra's log where it says
+    assert found.parent.name == "sub" and (found.parent / "cli.log").is_file()
+    # an explicit hydra.run.dir (with + or ++ too) is Hydra's directory; the run's log is the run's
     both = cli([f"run_dir={tmp_path / 'r'}", f"++hydra.run.dir={tmp_path / 'h'}"], runs)
-    assert both.returncode == 0 and (tmp_path / "h" / "cli.log").is_file() and not (tmp_path / "r" / "cli.log").exists()
+    assert both.returncode == 0 and (tmp_path / "r" / "cli.log").is_file() and not (tmp_path / "h" / "cli.log").exists()
 
 
 def test_a_command_refused_by_another_configs_run_writes_nothing_there(tmp_path):
+    """Not its error line, and no log at all: Hydra's log handler opened (created) cli.log before the lock."""
     run = tmp_path / "run"
     assert cli([f"run_dir={run}"], tmp_path / "runs").returncode == 0
-    log = (run / "cli.log").read_text()
-    other = cli([f"run_dir={run}", "train.max_steps=7"], tmp_path / "runs")
-    assert other.returncode == 1 and "run of another config" in other.stderr
-    assert (run / "cli.log").read_text() == log
+    (run / "cli.log").write_text("the run's own lines\n")
+    for other in (["train.max_steps=7"], ["resume=false"]):
+        refused = cli([f"run_dir={run}", *other], tmp_path / "runs")
+        assert refused.returncode == 1 and refused.stderr.startswith("[tiedlab] error: "), refused.stderr
+        assert (run / "cli.log").read_text() == "the run's own lines\n"
+    (run / "cli.log").unlink()
+    refused = cli([f"run_dir={run}", "train.max_steps=7"], tmp_path / "runs")
+    assert refused.returncode == 1 and "run of another config" in refused.stderr
+    assert not (run / "cli.log").exists()
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
@@ -302,6 +309,37 @@ def test_a_planted_link_for_the_commands_record_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ failures
+def test_a_planted_link_for_the_commands_log_is_refused_and_its_target_untouched(tmp_path):
+    run, target = tmp_path / "run", tmp_path / "target.txt"
+    run.mkdir()
+    target.write_text("mine\n")
+    (run / "cli.log").symlink_to(target)
+    refused = cli([f"run_dir={run}"], tmp_path / "runs")
+    assert refused.returncode == 1
+    assert f"[tiedlab] error: {run / 'cli.log'} is a symbolic link" in refused.stderr, refused.stderr
+    assert target.read_text() == "mine\n"
+
+
+def test_the_command_log_takes_logging_records_only_while_open_and_notes_wait_for_it(tmp_path):
+    log = rundir.RunLog()
+    log.note("before")
+    logging.getLogger("tiedlab.test").warning("not yet")
+    assert not (tmp_path / "cli.log").exists()
+    log.open(tmp_path)
+    try:
+        logging.getLogger("tiedlab.test").warning("now")
+        log.note("after")
+    finally:
+        log.close()
+    logging.getLogger("tiedlab.test").warning("closed")
+    lines = (tmp_path / "cli.log").read_text().splitlines()
+    assert lines[0] == "before" and lines[1].endswith("[tiedlab.test][WARNING] - now") and lines[2:] == ["after"]
+    never = rundir.RunLog()
+    never.note("dropped")
+    never.close()
+    assert log not in logging.getLogger().handlers
+
+
 def test_a_write_error_names_the_file(tmp_path, monkeypatch):
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
