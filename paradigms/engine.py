@@ -552,18 +552,20 @@ def _train_locked(cfg: DictConfig, spec: BlockSpec, run_dir: Path, overrides: li
     the other ranks read the run directory after rank 0 checked it, before it writes)."""
     world = world or distributed.World(device=select_device(cfg.train.device))
 
+    def own() -> None:  # the command's log and record, once the directory is this run's (rank 0 writes)
+        if not world.is_main:
+            return
+        if log is not None:
+            log.open(run_dir)
+        for name, text in (record or {}).items():
+            folder = (run_dir / name).parent
+            if folder.is_symlink():  # never written through (a planted link to another place)
+                raise rundir.RunDirError(f"{folder} is a symbolic link: remove it (the run writes its own)")
+            folder.mkdir(parents=True, exist_ok=True)
+            rundir.write_text(run_dir / name, text)
+
     def open_run_dir() -> _Opened:
-        opened = _open_run_dir(cfg, run_dir)
-        if world.is_main and not opened.finished:
-            if log is not None:
-                log.open(run_dir)
-            for name, text in (record or {}).items():
-                folder = (run_dir / name).parent
-                if folder.is_symlink():  # never written through (a planted link to another place)
-                    raise rundir.RunDirError(f"{folder} is a symbolic link: remove it (the run writes its own)")
-                folder.mkdir(parents=True, exist_ok=True)
-                rundir.write_text(run_dir / name, text)
-        return opened
+        return _open_run_dir(cfg, run_dir, own)
 
     opened = world.main_first(open_run_dir)
     if opened.finished:
@@ -605,9 +607,10 @@ class _Opened:
     finished: bool
 
 
-def _open_run_dir(cfg: DictConfig, run_dir: Path) -> _Opened:
+def _open_run_dir(cfg: DictConfig, run_dir: Path, on_own: Callable[[], None] | None = None) -> _Opened:
     """Refuse a run directory of another config (or a used one under resume=false); say whether its run
-    already finished; load its checkpoint.
+    already finished; load its checkpoint. ``on_own`` is called once the directory is known to be this run's and
+    unfinished, before its checkpoint is read (the command's record and log: a bad checkpoint is logged there).
 
     Raises:
         rundir.RunDirError: as above; rundir.CheckpointError: resume=true without a checkpoint, or a bad one.
@@ -626,6 +629,8 @@ def _open_run_dir(cfg: DictConfig, run_dir: Path) -> _Opened:
     if _finished(cfg, previous):
         print(f"[tiedlab] {run_dir} already holds a finished run ({previous['status']}); nothing to do", file=sys.stderr)
         return _Opened(previous, plain, fp, None, finished=True)
+    if on_own is not None:
+        on_own()
     # the checkpoint was written with the fingerprint of the version its metrics.json records (checked just above);
     # it is rewritten under the current one before metrics.json is (a crash in between would leave them disagreeing)
     state_dict = rundir.load_checkpoint(

@@ -9,8 +9,8 @@
     run.lock        held by the process that trains the run, for the run's lifetime
     traceback.txt   where a run that crashed (status failed) crashed
     .hydra/         the command line's Hydra record (config, hydra, overrides), written once the lock is held
-    cli.log         the command line's log (logging records, its error lines), opened once the lock is held
-                    (``RunLog``; neither is read by reports)
+    cli.log         the command line's log (the logging records from then on, its error lines), opened once the
+                    lock is held (``RunLog``); reports read neither
 
 torch is imported only by the checkpoint functions, so reports can use the rest without it.
 """
@@ -27,6 +27,7 @@ import math
 import os
 import re
 import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -266,13 +267,19 @@ class RunLog(logging.Handler):
             raise RuntimeError(f"the command log is open already ({self.path})")
         path = Path(run_dir) / COMMAND_LOG
         with _naming(path):
-            try:
-                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            try:  # O_NONBLOCK: a planted FIFO must not hang the run while it holds its lock
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
             except OSError as err:
                 if err.errno == errno.ELOOP:
                     raise RunDirError(f"{path} is a symbolic link: remove it (the run writes its own)") from err
+                if err.errno == errno.ENXIO:  # a FIFO without a reader
+                    raise RunDirError(f"{path} is not a regular file: remove it (the run writes its own)") from err
                 raise
-        self.path = path
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunDirError(f"{path} is not a regular file: remove it (the run writes its own)")
+        os.set_blocking(fd, True)
+        self._fd, self.path = fd, path
         waiting, self._waiting = self._waiting, []
         for line in waiting:
             self.note(line)

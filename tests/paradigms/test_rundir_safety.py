@@ -235,8 +235,9 @@ def test_the_same_command_twice_trains_once_and_the_second_says_who_holds_it(tmp
 
 
 def test_a_run_dir_given_holds_the_commands_record_and_log_and_nothing_is_written_elsewhere(tmp_path):
-    """``run_dir=X``: Hydra's record (.hydra/) and log (cli.log) are X's; Hydra made the directory the other
-    overrides name (another run's, if one had that name) and wrote both there. A finished run's record stays."""
+    """``run_dir=X``: the command's record (.hydra/) and log (cli.log) are X's, and Hydra makes no directory the
+    other overrides name (it did, another run's if one had that name, and wrote both there). A finished run's
+    record stays."""
     runs, run = tmp_path / "runs", tmp_path / "elsewhere" / "run"
     done = cli([f"run_dir={run}"], runs)
     assert done.returncode == 0, done.stderr
@@ -320,6 +321,29 @@ def test_a_planted_link_for_the_commands_log_is_refused_and_its_target_untouched
     assert target.read_text() == "mine\n"
 
 
+def test_a_planted_fifo_for_the_commands_log_is_refused_not_waited_on(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    os.mkfifo(run / "cli.log")
+    refused = cli([f"run_dir={run}"], tmp_path / "runs")  # hung, holding the run's lock, until killed
+    assert refused.returncode == 1
+    assert f"[tiedlab] error: {run / 'cli.log'} is not a regular file" in refused.stderr, refused.stderr
+
+
+def test_an_error_in_reading_the_runs_own_checkpoint_is_in_its_log(tmp_path):
+    run = tmp_path / "run"
+    missing = cli([f"run_dir={run}", "resume=true"], tmp_path / "runs")
+    assert missing.returncode == 1 and "resume=true but" in missing.stderr
+    assert (run / "cli.log").read_text() == missing.stderr
+    assert cli([f"run_dir={run}", "train.max_steps=3"], tmp_path / "runs").returncode == 0
+    (run / "metrics.json").write_text(json.dumps({**json.loads((run / "metrics.json").read_text()),
+                                                  "status": "interrupted"}))  # killed after its checkpoint
+    (run / "checkpoint.pt").write_bytes(b"garbage")
+    corrupt = cli([f"run_dir={run}", "train.max_steps=3"], tmp_path / "runs")
+    assert corrupt.returncode == 1 and "corrupt" in corrupt.stderr, corrupt.stderr
+    assert (run / "cli.log").read_text() == missing.stderr + corrupt.stderr
+
+
 def test_the_command_log_takes_logging_records_only_while_open_and_notes_wait_for_it(tmp_path):
     log = rundir.RunLog()
     log.note("before")
@@ -333,6 +357,7 @@ def test_the_command_log_takes_logging_records_only_while_open_and_notes_wait_fo
         log.close()
     logging.getLogger("tiedlab.test").warning("closed")
     lines = (tmp_path / "cli.log").read_text().splitlines()
+    assert (tmp_path / "cli.log").stat().st_mode & 0o777 == 0o666 & ~rundir._umask()
     assert lines[0] == "before" and lines[1].endswith("[tiedlab.test][WARNING] - now") and lines[2:] == ["after"]
     never = rundir.RunLog()
     never.note("dropped")

@@ -723,3 +723,27 @@ def test_the_spread_calibration_benchmark_prints_its_table(capsys):
     with pytest.raises(SystemExit):  # a mistyped distribution is refused, naming the choices
         load_benchmark("spread_calibration").main(["--dists", "chi2"])
     assert "unknown distribution(s) ['chi2']; choose from normal" in capsys.readouterr().err
+
+
+def test_the_benchmarks_permutation_candidate_only_narrows_the_verdict(capsys):
+    """``--permutations B``: the verdict with a permutation test of the median-centred deviations (the candidate fix
+    for ties the calibration table reports on) decides a subset of what the verdict decides; its p is a permutation p."""
+    from support.benchmarks import load_benchmark
+
+    bench = load_benchmark("spread_calibration")
+    rng = np.random.default_rng(0)
+    same = rng.standard_normal(10)
+    assert bench.permutation_p(same, same.copy(), 999, rng) == 1.0
+    spread = bench.permutation_p(rng.standard_normal(12) * 20, rng.standard_normal(12), 999, rng)
+    assert spread == pytest.approx(1 / 1000)  # no relabelling as extreme: the smallest p B relabellings give
+    assert bench.main(["--sims", "3000", "--seeds", "10", "--dists", "chi2(1)", "--levels", "0.05,0.0167",
+                       "--sd-ratio", "3", "--permutations", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "with a permutation test (200 relabellings)" in out
+    (row,) = [line for line in out.splitlines() if line.startswith("| 10 |")]
+    for cell in row.split("|")[3:5]:
+        verdict, _, joint = (float(part.split()[0]) for part in cell.split(" / "))
+        assert 0 < joint <= verdict  # power under a 3x spread, never more than the verdict's
+    with pytest.raises(SystemExit):
+        bench.main(["--permutations", "-1"])
+    assert "--permutations -1: a number of relabellings" in capsys.readouterr().err
