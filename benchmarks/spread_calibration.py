@@ -4,7 +4,7 @@ the false-decision rate and its ratio to alpha, for the verdict (``stats.varianc
 a side or more) and for the F and Brown-Forsythe tests alone (the rule before 2026-12-07), read at any seed count.
 
     python benchmarks/spread_calibration.py [--sims 200000] [--seeds 8,10,12,16] [--dists "chi2(1),weibull(0.5)"]
-        [--levels 0.0167,0.00208,0.00104,0.00052] [--sd-ratio 1] [--ties STEPS [--tie-offset 0.5]]
+        [--levels 0.0167,0.00208,0.00104,0.00052] [--sd-ratio 1] [--ties STEPS [--tie-offset 0.5]] [--permutations B]
 
 Prints a markdown table (half a minute at the defaults on a 2-core CPU: the tests run vectorised,
 ``stats.spread_tests``; each cell's first 200 simulations are checked against ``stats.variance_test`` one by one).
@@ -14,6 +14,8 @@ of a family of 8, 16 and 32 at 3 looks. With ``--sd-ratio R`` arm A's seeds are 
 then the tests' power to find that difference). With ``--ties STEPS`` the outcomes are discrete, as accuracies on a
 validation split are: each distribution scaled to STEPS grid steps of standard deviation, shifted by
 ``--tie-offset`` of a step (0.5: its mode half a step off the grid) and rounded to the grid, so that seeds tie.
+``--permutations B`` adds a third rate: the verdict together with a permutation test of the median-centred
+deviations (``permutation_p``; a candidate fix for the ties, not the rule), B relabellings a simulation.
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ def two_tests_p(tests) -> np.ndarray:
     return np.where(agree, np.fmax(tests.p_f, tests.p_robust), 1.0)
 
 
+def permutation_p(a: np.ndarray, b: np.ndarray, permutations: int, rng: np.random.Generator) -> float:
+    """Two-sided p of Brown-Forsythe's difference (mean |x - median| of a minus that of b) over ``permutations``
+    random relabellings of the pooled deviations, (1 + as large or larger) / (1 + permutations). Exact if the
+    deviations were exchangeable; they are not quite (each side's median is its own), which is what the benchmark
+    measures. Shapes: a (n_a,), b (n_b,) -> float."""
+    z = np.concatenate([np.abs(a - np.median(a)), np.abs(b - np.median(b))])
+    observed = abs(z[: len(a)].mean() - z[len(a):].mean())
+    shuffled = z[np.argsort(rng.random((permutations, len(z))), axis=1)]
+    diffs = np.abs(shuffled[:, : len(a)].mean(axis=1) - shuffled[:, len(a):].mean(axis=1))
+    return float((1 + np.sum(diffs >= observed * (1 - 1e-12))) / (1 + permutations))
+
+
 def on_a_grid(draw, steps: float, offset: float):
     """``draw`` scaled to ``steps`` grid steps of standard deviation (measured on a million draws), shifted by
     ``offset`` of a step and rounded to the grid: discrete outcomes that tie."""
@@ -53,13 +67,17 @@ def on_a_grid(draw, steps: float, offset: float):
     return lambda rng, shape: np.round(draw(rng, shape) / sd * steps + offset)
 
 
-def false_rates(draw, n: int, sims: int, levels, rng: np.random.Generator,
-                sd_ratio: float = 1.0) -> tuple[list[float], list[float]]:
+def false_rates(draw, n: int, sims: int, levels, rng: np.random.Generator, sd_ratio: float = 1.0,
+                permutations: int = 0, perm_rng: np.random.Generator | None = None
+                ) -> tuple[list[float], list[float], list[float]]:
     """Per level, the share of ``sims`` simulations (n seeds a side from ``draw``; arm A's times ``sd_ratio``, 1: the
-    null) decided by the verdict, and by the F and Brown-Forsythe tests alone."""
+    null) decided by the verdict, by the F and Brown-Forsythe tests alone, and (with ``permutations``) by the verdict
+    together with ``permutation_p`` (drawing from ``perm_rng``, so that ``rng``'s simulations are those drawn
+    without it), computed only where the verdict decides at the largest level."""
     from tiedlab.reports import stats
 
-    verdict, two = np.zeros(len(levels)), np.zeros(len(levels))
+    verdict, two, with_perm = np.zeros(len(levels)), np.zeros(len(levels)), np.zeros(len(levels))
+    perm_rng = np.random.default_rng(0) if perm_rng is None else perm_rng
     done = 0
     while done < sims:
         size = min(CHUNK, sims - done)
@@ -74,11 +92,15 @@ def false_rates(draw, n: int, sims: int, levels, rng: np.random.Generator,
                     raise AssertionError(f"spread_tests and variance_test differ at n={n}, row {i}: {one} vs "
                                          f"p={p[i]}, p_f={tests.p_f[i]}")
         old = two_tests_p(tests)
+        joint = np.full(size, np.nan)
+        for i in np.flatnonzero(p <= max(levels)) if permutations else ():
+            joint[i] = max(p[i], permutation_p(a[i], b[i], permutations, perm_rng))
         for j, alpha in enumerate(levels):
             verdict[j] += int(np.sum(p <= alpha))
             two[j] += int(np.sum(old <= alpha))
+            with_perm[j] += int(np.sum(joint <= alpha))
         done += size
-    return [v / sims for v in verdict], [t / sims for t in two]
+    return [v / sims for v in verdict], [t / sims for t in two], [w / sims for w in with_perm]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="discrete outcomes: STEPS grid steps of standard deviation, rounded to the grid")
     parser.add_argument("--tie-offset", type=float, default=None,
                         help="with --ties, the shift before rounding, in grid steps (default 0.5)")
+    parser.add_argument("--permutations", type=int, default=0, metavar="B",
+                        help="also the verdict with a permutation test of the median-centred deviations, B "
+                             "relabellings (default 0: not run)")
     parser.add_argument("--seed", type=int, default=2026, help="the simulations' random seed (default 2026)")
     args = parser.parse_args(argv)
     try:
@@ -117,15 +142,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--ties {args.ties}: must be a positive number of grid steps")
     if args.tie_offset is not None and args.ties is None:
         parser.error("--tie-offset applies to outcomes on a grid: give --ties STEPS too")
+    if args.permutations < 0:
+        parser.error(f"--permutations {args.permutations}: a number of relabellings, >= 0")
     offset = 0.5 if args.tie_offset is None else args.tie_offset
-    rng = np.random.default_rng(args.seed)
+    rng, perm_rng = np.random.default_rng(args.seed), np.random.default_rng([args.seed, 1])
     what = ("False spread verdicts under the null" if args.sd_ratio == 1 else
             f"Spread verdicts with arm A's seeds {args.sd_ratio:g}x as spread (power)")
     if args.ties is not None:
         what += f", outcomes on a grid ({args.ties:g} steps of standard deviation, offset {offset:g})"
     print(f"{what}, {args.sims} simulations a cell: rate (x alpha) of the verdict "
           f"(three tests; no p below MIN_SPREAD_N = {stats.MIN_SPREAD_N} seeds) / of the F and Brown-Forsythe tests "
-          f"alone, at any seed count\n")
+          f"alone, at any seed count"
+          + (f" / of the verdict with a permutation test ({args.permutations} relabellings)" if args.permutations
+             else "") + "\n")
     print("| seeds | distribution | " + " | ".join(f"alpha {a:.3g}" for a in levels) + " |")
     print("|---:|---|" + "---|" * len(levels))
     for n in seeds:
@@ -133,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
             draw = DISTRIBUTIONS[name]
             if args.ties is not None:
                 draw = on_a_grid(draw, args.ties, offset)
-            verdict, two = false_rates(draw, n, args.sims, levels, rng, args.sd_ratio)
-            cells = [f"{v:.5f} ({v / a:.2f}x) / {t:.5f} ({t / a:.2f}x)" for v, t, a in zip(verdict, two, levels)]
+            verdict, two, joint = false_rates(draw, n, args.sims, levels, rng, args.sd_ratio, args.permutations,
+                                              perm_rng)
+            cells = [f"{v:.5f} ({v / a:.2f}x) / {t:.5f} ({t / a:.2f}x)"
+                     + (f" / {w:.5f} ({w / a:.2f}x)" if args.permutations else "")
+                     for v, t, w, a in zip(verdict, two, joint, levels)]
             print(f"| {n} | {name} | " + " | ".join(cells) + " |", flush=True)
     return 0
 
