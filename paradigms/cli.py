@@ -152,6 +152,10 @@ def _job(cfg: DictConfig, hydra_cfg: Any, log: RunLog) -> Any:
     from .engine import train as run_training
     from .tracking import TrackerError
 
+    def say(line: str) -> None:  # on the console, and in the run's log where the run directory was this process's
+        _report(line)
+        log.note(line)
+
     result: dict[str, Any] = {}
     console.guard(_console_closed)  # in a launcher's worker process (joblib) too
     if console.closed():  # an earlier run of this multirun found the reader gone: this run's log says so too
@@ -165,8 +169,7 @@ def _job(cfg: DictConfig, hydra_cfg: Any, log: RunLog) -> Any:
             raise
         again = ("resumes from its last checkpoint" if (Path(str(cfg.run_dir)) / CHECKPOINT).is_file()
                  else "starts again (it had no checkpoint yet)")
-        _report(f"[tiedlab] stopped by Ctrl-C: {cfg.run_dir} was not checkpointed now; rerunning the same command "
-                f"{again}")
+        say(f"[tiedlab] stopped by Ctrl-C: {cfg.run_dir} was not checkpointed now; rerunning the same command {again}")
         _leave(CTRL_C_EXIT)
     except (ValueError, OSError, TrackerError) as err:  # config, data, checkpoint, run-directory, tracker errors
         if _show_traceback():
@@ -188,26 +191,25 @@ def _job(cfg: DictConfig, hydra_cfg: Any, log: RunLog) -> Any:
                 raise RunError("")
             return metric
         if result["status"] == "interrupted":
-            _report(f"[tiedlab] interrupted: {cfg.run_dir}: {result['reason']}")
+            say(f"[tiedlab] interrupted: {cfg.run_dir}: {result['reason']}")
             _stop_here(hydra_cfg, result.get("stopped_by", ""))
             raise RunError(f"[tiedlab] interrupted: {cfg.run_dir}")
         if result["status"] != "failed":
             m = result.get("metrics", {})
             test = m.get(f"test/{cls.primary_metric}")
-            _report(f"[tiedlab] {result['status']}: {cfg.run_dir} val/{cls.primary_metric}={metric}"
-                    + (f" test/{cls.primary_metric}={test}" if test is not None else "")
-                    + (f", {m['time/train_s']:.1f} s training, {result.get('step')} steps"
-                       if isinstance(m.get("time/train_s"), (int, float)) else "")
-                    + (f" ({result['reason']})" if result.get("reason") else ""))
+            say(f"[tiedlab] {result['status']}: {cfg.run_dir} val/{cls.primary_metric}={metric}"
+                + (f" test/{cls.primary_metric}={test}" if test is not None else "")
+                + (f", {m['time/train_s']:.1f} s training, {result.get('step')} steps"
+                   if isinstance(m.get("time/train_s"), (int, float)) else "")
+                + (f" ({result['reason']})" if result.get("reason") else ""))
             if result.get("stopped_by"):  # during the final evaluation: the run completed, nothing further starts
-                _report(f"[tiedlab] {result['stopped_by']} during the final evaluation: stopping")
+                say(f"[tiedlab] {result['stopped_by']} during the final evaluation: stopping")
                 _stop_here(hydra_cfg, result["stopped_by"])
             return metric
         where = f" (rank {_rank()})" if _rank() else ""
         message = f"[tiedlab] failed{where}: {cfg.run_dir}: {result['reason']}"
     if message:
-        _report(message)
-        log.note(message)  # written only where the run directory was this process's (the log opened)
+        say(message)
     _FAILED.append(str(cfg.run_dir))
     if result.get("stopped_by"):  # a run that failed after a stop came: start nothing further either
         _stop_here(hydra_cfg, result["stopped_by"])

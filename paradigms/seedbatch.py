@@ -23,6 +23,7 @@ The time of a shared step is split evenly between the runs (``time/step_ms`` is 
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import time
 from pathlib import Path
@@ -97,19 +98,21 @@ def check_batchable(cfgs: list[DictConfig]) -> None:
         raise ValueError(f"{why}; run its seeds separately")
 
 
-def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
-                     overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path], overrides: Sequence[str] = (),
+                     logs: Sequence[rundir.RunLog] | None = None) -> list[dict[str, Any]]:
     """Train (or resume) the runs ``cfgs[i]`` in ``run_dirs[i]`` as one seed batch; returns what each wrote to
     metrics.json. Finished runs are skipped; unfinished ones at different steps (a failure or kill left them there) train
-    as one batch per step, one batch after the other.
+    as one batch per step, one batch after the other. ``logs[i]`` (run i's cli.log) is opened once run i's directory
+    is known to be its own (as ``engine.train`` does); the caller closes them.
 
     Raises:
         ValueError: configs that are not one configuration with distinct seeds, a paradigm or block mode that
             cannot be vectorised; rundir.RunDirError as ``engine.train``.
     """
     cfgs = [as_config(c) for c in cfgs]
-    if len(cfgs) != len(run_dirs):
-        raise ValueError(f"{len(cfgs)} configs for {len(run_dirs)} run directories")
+    if len(cfgs) != len(run_dirs) or (logs is not None and len(logs) != len(run_dirs)):
+        raise ValueError(f"{len(cfgs)} configs and {'no' if logs is None else len(logs)} logs for {len(run_dirs)} run "
+                         "directories")
     specs = [validate(c) for c in cfgs]
     check_batchable(cfgs)
     results: list[dict[str, Any] | None] = [None] * len(cfgs)
@@ -118,7 +121,7 @@ def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path],
         for i, (cfg, run_dir) in enumerate(zip(cfgs, map(Path, run_dirs))):
             run_dir.mkdir(parents=True, exist_ok=True)
             stack.enter_context(rundir.hold_lock(run_dir))
-            opened = _open_run_dir(cfg, run_dir)
+            opened = _open_run_dir(cfg, run_dir, None if logs is None else functools.partial(logs[i].open, run_dir))
             if opened.finished:
                 results[i] = opened.previous
             else:
@@ -326,19 +329,38 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--seeds {argv[1]} must give one integer seed per run directory ({len(run_dirs)} given)")
         cfgs = [compose_config([*overrides, f"seed={seed}", f"run_dir={_quoted(d)}"])
                 for seed, d in zip(seeds, run_dirs)]
-        results = train_seed_batch(cfgs, run_dirs, overrides)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    logs = [rundir.RunLog() for _ in run_dirs]  # each run's cli.log, opened once its directory is the run's
+    try:
+        return _train_and_report(cfgs, run_dirs, overrides, logs)
+    finally:
+        for log in logs:
+            log.close()
+
+
+def _train_and_report(cfgs: list[DictConfig], run_dirs: list[str], overrides: list[str],
+                      logs: list[rundir.RunLog]) -> int:
+    """``main``'s batch: trained, each outcome printed and noted in its run's log; the exit status."""
+    def say(line: str, which: Sequence[rundir.RunLog] = logs) -> None:
+        print(line, file=sys.stderr)
+        for log in which:
+            log.note(line)  # only in the logs that opened (the runs whose directories were theirs)
+
+    try:
+        results = train_seed_batch(cfgs, run_dirs, overrides, logs)
+    except (ValueError, OSError) as err:
+        say(f"error: {err}")
         return 1
     except KeyboardInterrupt:  # run by hand (the study runner starts it in a session of its own, out of Ctrl-C's way)
         from .cli import CTRL_C_EXIT
 
-        print(f"[tiedlab] stopped by Ctrl-C: the batch's runs were not checkpointed now; rerunning the same command "
-              f"resumes each from its last checkpoint, or starts it again if it had none ({', '.join(run_dirs)})",
-              file=sys.stderr)
+        say(f"[tiedlab] stopped by Ctrl-C: the batch's runs were not checkpointed now; rerunning the same command "
+            f"resumes each from its last checkpoint, or starts it again if it had none ({', '.join(run_dirs)})")
         return CTRL_C_EXIT
-    for d, r in zip(run_dirs, results):
-        print(f"[tiedlab] {d}: {r.get('status')}{' (' + r['reason'] + ')' if r.get('reason') else ''}", file=sys.stderr)
+    for d, r, log in zip(run_dirs, results, logs):
+        say(f"[tiedlab] {d}: {r.get('status')}{' (' + r['reason'] + ')' if r.get('reason') else ''}", [log])
     from .launch import INTERRUPTED_EXIT
 
     if any(r.get("status") == "interrupted" for r in results):

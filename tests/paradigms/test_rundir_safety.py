@@ -242,13 +242,14 @@ def test_a_run_dir_given_holds_the_commands_record_and_log_and_nothing_is_writte
     done = cli([f"run_dir={run}"], runs)
     assert done.returncode == 0, done.stderr
     assert not runs.exists()
-    assert (run / "cli.log").is_file()
+    log = (run / "cli.log").read_text()
+    assert log.startswith(f"[tiedlab] completed: {run} ") and log.count("\n") == 1  # its outcome line
     assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())[-1] == f"run_dir={run}"
     assert yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["output_dir"] == str(run)
     record = (run / ".hydra" / "overrides.yaml").read_text()
     again = cli([f"run_dir={run}", "train.time_limit_s=3600"], runs)  # a finished run: nothing is rewritten
     assert again.returncode == 0, again.stderr
-    assert (run / ".hydra" / "overrides.yaml").read_text() == record
+    assert (run / ".hydra" / "overrides.yaml").read_text() == record and (run / "cli.log").read_text() == log
 
 
 def test_run_dir_edge_cases_are_one_line_or_where_they_say(tmp_path):
@@ -341,7 +342,9 @@ def test_an_error_in_reading_the_runs_own_checkpoint_is_in_its_log(tmp_path):
     (run / "checkpoint.pt").write_bytes(b"garbage")
     corrupt = cli([f"run_dir={run}", "train.max_steps=3"], tmp_path / "runs")
     assert corrupt.returncode == 1 and "corrupt" in corrupt.stderr, corrupt.stderr
-    assert (run / "cli.log").read_text() == missing.stderr + corrupt.stderr
+    lines = (run / "cli.log").read_text().splitlines()
+    assert lines[0] == missing.stderr.strip() and lines[1].startswith("[tiedlab] completed: ")
+    assert lines[2:] == [corrupt.stderr.strip()]
 
 
 def test_the_command_log_takes_logging_records_only_while_open_and_notes_wait_for_it(tmp_path):

@@ -218,6 +218,12 @@ def test_study_runs_group_into_seed_batches_per_cell_and_the_command_trains_them
         assert m["status"] == "completed" and m["step"] == 4
         assert rundir.read_metrics(Path(d))["metrics"]["val/acc"] > 0
         assert "\nseed: %d\n" % seed in (Path(d) / "config.yaml").read_text()  # its own seed
+        assert (Path(d) / "cli.log").read_text().startswith(f"[tiedlab] {d}: completed")  # its own outcome only
+    # an error is noted in the logs of the runs whose directories were theirs when it came (here the first one's)
+    refused = [str(tmp_path / "r5"), str(tmp_path / "r6")]
+    assert seedbatch.main(["--seeds", "5,6", *refused, "--", *batch.overrides, "resume=true"]) == 1
+    assert (Path(refused[0]) / "cli.log").read_text().startswith("error: resume=true but")
+    assert not (Path(refused[1]) / "cli.log").exists()
     # the seeds come with the command, not from the directories' names (rundir.short_dirname may cut a long one)
     named_otherwise = [str(tmp_path / "cut,seed=1,hash=0123"), str(tmp_path / "no-seed-here")]
     assert seedbatch.main(["--seeds", "12,-3", *named_otherwise, "--", *batch.overrides, "train.threads=1"]) == 0
