@@ -747,3 +747,19 @@ def test_the_benchmarks_permutation_candidate_only_narrows_the_verdict(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--permutations", "-1"])
     assert "--permutations -1: a number of relabellings" in capsys.readouterr().err
+
+
+def test_the_verdict_calibration_benchmark_reads_the_t_rules_level(capsys):
+    """benchmarks/verdict_calibration.py, the command behind reports/targets/verdict-calibration.md: normal per-seed
+    differences are decided at alpha (the paired t test is exact), skewed ones far more often."""
+    from support.benchmarks import load_benchmark
+
+    assert load_benchmark("verdict_calibration").main(["--sims", "200000", "--seeds", "4", "--levels", "0.05",
+                                                       "--dists", "normal,chi2(1)"]) == 0
+    rows = {line.split("|")[2].strip(): line.split("|")[3] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| 4 |")}
+    normal, skewed = (float(rows[name].split()[0]) for name in ("normal", "chi2(1)"))
+    assert normal == pytest.approx(0.05, abs=0.0025) and skewed > 2 * 0.05
+    with pytest.raises(SystemExit):
+        load_benchmark("verdict_calibration").main(["--dists", "gamma"])
+    assert "unknown distribution(s) ['gamma']" in capsys.readouterr().err
