@@ -111,6 +111,7 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
     paths = list(paths)
     runs = load_runs(paths) if runs is None else runs
     cells = group_cells(runs)
+    refuse_study_parents(paths)
     spec, limits = find_study(paths, study), {}
     recorded = find_study(paths) if study is not None else spec  # what the runs folder says it was run as
     registered = registered_primary(paths, recorded)
@@ -150,6 +151,26 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
     return Report(title, runs, cells, evaluate(cells), guidelines(cells), inputs=[str(p) for p in paths],
                   primaries=primaries, budget_checks=checks, study=spec, looks=looks, seed_limits=limits,
                   sequential_record=record, not_registered=not_registered, registered_primary=registered)
+
+
+def refuse_study_parents(paths: list[str | Path]) -> None:
+    """Refuse an input folder that holds study runs folders below it but is none itself (``runs/study`` rather than
+    ``runs/study/quick``): its report would read their runs without the registration and the looks' record kept
+    beside them (every seed at the full alpha, even with ``--study``), and mix the studies' runs.
+
+    Raises:
+        ValueError: naming the study folders to report instead.
+    """
+    for p in paths:
+        folder = Path(p)
+        if not folder.is_dir() or (folder / STUDY_FILE).is_file():
+            continue
+        nested = sorted(str(f.parent) for f in folder.rglob(STUDY_FILE))
+        if nested:
+            shown = ", ".join(nested[:4]) + (f" and {len(nested) - 4} more" if len(nested) > 4 else "")
+            raise ValueError(f"{folder} holds the runs folders of studies ({shown}), whose registration and looks' "
+                             f"record are read only from the folder itself: report each study's folder, e.g. "
+                             f"tiedlab-report {nested[0]}")
 
 
 NO_RECORD_NOTE = ("(at most the plan's --max-seeds: no sequential.yaml beside the runs, so the look each comparison "

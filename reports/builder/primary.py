@@ -177,6 +177,9 @@ class PrimarySpec:
             raise ValueError(f"{context}: missing key(s) {missing}")
         metric = str(raw.get("metric", "val/acc"))
         delta = raw.get("delta")
+        if delta is None and str(raw.get("transform", "none")) != "none":  # the defaults are in the metric's units
+            raise ValueError(f"{context}: transform {raw.get('transform')!r} needs its own delta (the defaults are "
+                             f"in the units of {metric!r}, not of its {raw.get('transform')}); set delta")
         if delta is None:
             table = defaults.get("delta") or {}
             delta = table.get(metric.rsplit("/", 1)[-1])
@@ -737,14 +740,22 @@ def short_of_equilibrium(left_out: dict[str, list[str]], usable: dict[str, int])
 
 def equilibrium_text(result: PrimaryResult) -> str:
     """"not at equilibrium, left out: arm a 0, arm b 2", and "diverged, left out: arm a 0, arm b 3" for a comparison
-    of final values, which a diverged run has none of ("" when no run was left out)."""
+    of final values, which a diverged run has none of, then what that does to the verdict ("" when no run was left
+    out): it is read on the runs kept, and where an arm's lost runs were its bad draws its kept ones flatter it, so
+    that a false verdict for that arm is more likely than the level says."""
     left, diverged = result.not_at_equilibrium, result.diverged
     parts = []
     if any(left.values()):
         parts.append(f"not at equilibrium, left out: arm a {len(left.get('a', []))}, arm b {len(left.get('b', []))}")
     if any(diverged.values()):
         parts.append(f"diverged, left out: arm a {diverged.get('a', 0)}, arm b {diverged.get('b', 0)}")
+    if parts:
+        parts.append(LEFT_OUT_NOTE)
     return "; ".join(parts)
+
+
+LEFT_OUT_NOTE = ("read on the runs kept, which flatter an arm whose lost runs were its bad draws (its divergence and "
+                 "equilibrium counts are the other half of the answer)")
 
 
 def seed_of(run: RunLike) -> int | None:

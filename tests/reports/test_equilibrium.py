@@ -17,7 +17,7 @@ import yaml
 from tiedlab.reports.aggregate import flag_kind, group_cells
 from tiedlab.reports.build import analyse, build_report
 from tiedlab.reports.load import NOT_MEASURED, load_run, load_runs, parse_equilibrium, runs_from_summary
-from tiedlab.reports.primary import EQUILIBRIUM_REASON, evaluate_primaries, load_primaries
+from tiedlab.reports.primary import EQUILIBRIUM_REASON, LEFT_OUT_NOTE, evaluate_primaries, load_primaries
 
 from .conftest import ABSENT, eq_check, write_run
 
@@ -106,7 +106,7 @@ def test_primary_arms_leave_flagged_runs_out_and_say_how_many(eq_report, tmp_pat
     assert any(f"arm b: 3 run(s) not at equilibrium and left out ({', '.join(APART)})" in n for n in g.notes)
     assert (g.n_a, g.n_b) == (2, 2) and g.paired  # paired on seeds 0, 1
     assert g.effect == pytest.approx(0.095)  # mean of 0.90-0.80, 0.91-0.82
-    assert g.verdict == "undetermined" and g.reason.endswith("; not at equilibrium, left out: arm a 0, arm b 3")
+    assert g.verdict == "undetermined" and g.reason.endswith("; not at equilibrium, left out: arm a 0, arm b 3; " + LEFT_OUT_NOTE)
     # leaving them out is exactly deleting their run directories
     bare = tmp_path / "bare"
     shutil.copytree(runs, bare)
@@ -122,7 +122,7 @@ def test_an_arm_left_with_one_usable_run_is_undetermined_baseline_not_at_equilib
     h = report.primaries[1]
     assert h.verdict == "undetermined" and h.test is None and (h.n_a, h.n_b) == (3, 1)  # the usable replicates
     assert h.reason == (f"{EQUILIBRIUM_REASON}: arm b has 1 usable replicate(s) after 2 not at equilibrium were "
-                        "left out (needs 2); not at equilibrium, left out: arm a 0, arm b 2")
+                        "left out (needs 2); not at equilibrium, left out: arm a 0, arm b 2; " + LEFT_OUT_NOTE)
     assert h.not_at_equilibrium == {"a": [], "b": ["h/block=deq,seed=1", "h/block=deq,seed=2"]}
     assert h.level == 0.025 and math.isnan(h.p)  # no test, never decided, still counted by Holm: g is read at 0.025
     assert report.primaries[0].level == 0.025

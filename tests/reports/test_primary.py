@@ -252,6 +252,9 @@ def test_a_log_ratio_comparison_pairs_the_logs_and_drops_a_value_with_no_log():
     low, high = sps.ttest_1samp(logs, 0.0).confidence_interval(1 - r.level)
     assert (r.ci_low, r.ci_high) == (pytest.approx(low), pytest.approx(high))
     assert any("non-finite" in n and "4" in n for n in r.notes), r.notes
+    # the default deltas are in the metric's units (a loss's 0.02), not its log's: a log ratio sets its own
+    with pytest.raises(ValueError, match=r"transform 'log' needs its own delta .* set delta"):
+        load_primaries({"primary": {"comparisons": [spec(metric="val/loss", transform="log")]}})
 
 
 def test_noninferiority_on_a_lower_is_better_metric_allows_a_loss_worse_by_less_than_delta():
@@ -300,6 +303,18 @@ def test_report_reads_the_study_file_beside_the_runs_and_leads_with_the_primarie
     readme = (tmp_path / "out2" / "README.md").read_text()
     assert "within each family, apart (unnamed family: 1, family 'later': 1;" in readme
     assert "| 2 [later] |" in readme
+
+
+def test_a_folder_above_a_studys_runs_folder_is_refused_with_the_folder_to_report(tmp_path):
+    """``runs/study`` instead of ``runs/study/t``: the study.yaml and looks' record beside the runs are read only
+    from the folder itself, so the report read every seed at the full alpha (with --study too) and called it so."""
+    tied_vs_deq(tmp_path / "runs" / "study" / "t")
+    for study in (None, tmp_path / "runs" / "study" / "t" / "study.yaml"):
+        with pytest.raises(ValueError, match=r"holds the runs folders of studies .*report each study's folder, e\.g\. "
+                                             f"tiedlab-report {tmp_path / 'runs' / 'study' / 't'}$"):
+            build_report([tmp_path / "runs" / "study"], tmp_path / "out", "t", study=study)
+    build_report([tmp_path / "runs" / "study" / "t"], tmp_path / "out", "t")  # the study's own folder
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["primaries"][0]["verdict"] == "holds"
 
 
 def test_comparisons_other_than_the_recorded_registration_are_labelled_as_chosen_after_the_runs(tmp_path):
@@ -468,7 +483,7 @@ def test_diverged_runs_left_out_of_a_comparison_of_values_are_counted_in_its_ver
             + [FakeRun(f"g/block=deq,seed={i}", metrics={"val/acc": 0.8 + i / 100}) for i in range(4)]
             + [FakeRun(f"g/block=deq,seed={i}", status="diverged") for i in (4, 5)])
     (r,) = evaluate_primaries(load_primaries({"primary": {"comparisons": [spec()]}}), runs)
-    assert r.verdict == "holds" and r.reason.endswith("diverged, left out: arm a 0, arm b 2")
+    assert r.verdict == "holds" and r.reason.endswith("diverged, left out: arm a 0, arm b 2; " + primary.LEFT_OUT_NOTE)
 
 
 def test_without_its_looks_record_a_sequential_study_is_read_on_no_more_than_its_planned_seeds(tmp_path):
