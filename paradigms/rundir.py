@@ -285,10 +285,6 @@ class RunLog(logging.Handler):
             self.note(line)
         logging.getLogger().addHandler(self)
 
-    @property
-    def is_open(self) -> bool:
-        return self._fd is not None
-
     def note(self, line: str) -> None:
         """Append ``line`` (kept until the log opens); a write that fails is dropped (the console has the line)."""
         with self.lock:
