@@ -419,9 +419,16 @@ def choose_launcher(args: argparse.Namespace) -> str:
 
 def run_grids(study_name: str, grids: list[dict[str, Any]], runs: Path, args: argparse.Namespace) -> int:
     """Each grid as one Hydra multirun, one after another (finished grids skipped); returns how many exited
-    non-zero."""
+    non-zero.
+
+    Raises:
+        ValueError: a finished run was trained with another config, or a grid's overrides and the command's do not
+            compose (``launch.check_reused``, ``launch.check_composes``).
+    """
     failures = 0
-    launch.check_reused(launch.study_runs({"name": study_name, "grids": grids}, runs, args.overrides))
+    planned = launch.study_runs({"name": study_name, "grids": grids}, runs, args.overrides)
+    launch.check_reused(planned)
+    launch.check_composes(planned)  # a mistyped override: one line before any grid starts (a dry run's too)
     cmds = study_commands({"name": study_name, "grids": grids}, runs, args.overrides, 1)
     for grid, cmd in zip(grids, cmds):
         if not args.dry_run and not args.overrides and grid_finished(grid, runs):

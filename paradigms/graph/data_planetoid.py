@@ -114,8 +114,8 @@ def _planetoid_from_pyg(key: str, download: bool) -> Data:
         )
         raise DataNotFoundError(
             f"source='pyg' needs the raw Planetoid files ind.{key}.*; missing: {where}. Put them in "
-            f"<data root>/planetoid/raw/, pass download=True to let PyG download them into {raw_cache}, "
-            "or use source='npz'."
+            f"<data root>/planetoid/raw/, or use data.source=npz (the shared data's copy); from Python, "
+            f"download=True lets PyG download them into {raw_cache}."
         )
     # else: PyG finds the raw files already in the cache, or downloads them there.
     dataset = Planetoid(str(root), pyg_name, split="public", force_reload=copied)

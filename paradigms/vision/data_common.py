@@ -144,7 +144,7 @@ def not_found(label: str, tried: list[str], env_note: str | None) -> DataNotFoun
     return DataNotFoundError(
         f"no copy of {label} found. Looked at:\n{lines}{note}\n"
         f"Fix: set ${DATA_ENV} to the shared data folder (e.g. export {DATA_ENV}=/path/to/shared/data) "
-        f"or pass download=True to let torchvision download it into the cache."
+        f"or set data.download=true (download=True from Python) to let torchvision download it into the cache."
     )
 
 
@@ -169,7 +169,7 @@ def torchvision_split(
         reason = " ".join(str(exc).split())[:200]
         raise DataFormatError(
             f"torchvision {cls_name} under {root} could not be read ({type(exc).__name__}: {reason}). "
-            f"Fix: delete that folder and copy it again, or pass download=True."
+            f"Fix: delete that folder and copy it again, or set data.download=true (download=True from Python)."
         ) from exc
 
     def to_tensors(ds: object) -> tuple[torch.Tensor, torch.Tensor]:

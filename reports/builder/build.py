@@ -259,6 +259,10 @@ def run_commits(runs: Iterable[Run]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
+class NoRunsError(Exception):
+    """The inputs of a report hold no run directory (a study whose runs all failed to start, a mistyped path)."""
+
+
 def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tiedlab report",
                  commands: Iterable[str] = (), report_command: str = "", study: str | Path | None = None,
                  from_summary: str | Path | None = None) -> Report:
@@ -266,6 +270,7 @@ def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tie
 
     Raises:
         FileNotFoundError: a path in ``paths`` does not exist.
+        NoRunsError: ``paths`` hold no run directory: nothing is written (a report already in ``out`` stays).
     """
     if from_summary is not None:  # a new analysis of an old report's results: its summary.json is the input
         report = analyse([from_summary], title, study, runs=runs_from_summary(from_summary))
@@ -277,7 +282,11 @@ def build_report(paths: Iterable[str | Path], out: str | Path, title: str = "tie
         for r in report.primaries:
             r.differ = r.differ or list(stored.get((r.spec.key, r.spec.a.title(), r.spec.b.title()), []))
     else:
+        paths = list(paths)
         report = analyse(paths, title, study)
+        if not report.runs:
+            raise NoRunsError(f"no run directories (with config.yaml or metrics.json) under "
+                              f"{' '.join(map(str, paths))}: nothing written to {out}")
     code = provenance.code_version()  # before anything is written: a report folder inside the checkout would
     # make its tree dirty
     out = Path(out)

@@ -571,6 +571,10 @@ def test_a_scheduler_submission_skips_finished_runs_under_extra_overrides_and_re
     with pytest.raises(ValueError, match=r"do not compose \(unknown key train.max_stpes; did you mean "
                                          r"train.max_steps"):  # --plan checks what the run checks
         study_module.study(["toy", "--runs", str(runs), "--plan", "train.max_stpes=3"])
+    for launcher in ([], ["--dry-run"]):  # grid by grid too: before any grid starts (each failed on it)
+        with pytest.raises(ValueError, match=r"do not compose \(unknown key block.deph; did you mean block.depth"):
+            study_module.study(["toy", "--runs", str(tmp_path / "fresh"), *launcher, "block.deph=3"])
+        assert not (tmp_path / "fresh").exists() or not list((tmp_path / "fresh").rglob("metrics.json"))
 
 
 def _fake_ray_task(run, threads, record, gpu):

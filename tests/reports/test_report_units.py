@@ -165,9 +165,15 @@ def test_cli_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 1
-    assert "no run directories" in capsys.readouterr().err
-    assert (tmp_path / "r" / "README.md").exists()  # an empty report still says so
-    assert "No runs: nothing to describe." in (tmp_path / "r" / "README.md").read_text()
+    assert "no run directories" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    # a report already in --out stays (a study whose runs all failed to start rewrote it as an empty one)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "README.md").write_text("the last report\n")
+    (tmp_path / "r" / "plot.png").write_bytes(b"png")
+    assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 1
+    assert "nothing written to" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["README.md", "plot.png"]
+    assert (tmp_path / "r" / "README.md").read_text() == "the last report\n"
     assert main(["--out", str(tmp_path / "r")]) == 2  # run folders or --from-summary are required
     assert "give run folders or --from-summary FILE" in capsys.readouterr().err
     assert main(["--from-summary", str(tmp_path / "nope.json"), "--out", str(tmp_path / "r")]) == 2

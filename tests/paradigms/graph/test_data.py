@@ -119,7 +119,7 @@ def test_planetoid_pyg_missing_raw_without_download(tmp_path, monkeypatch):
     (root / "planetoid").mkdir(parents=True)
     monkeypatch.setenv("TIEDLAB_DATA", str(root))
     monkeypatch.setenv("TIEDLAB_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(DataNotFoundError, match=r"ind\.cora\..*download=True"):
+    with pytest.raises(DataNotFoundError, match=r"ind\.cora\..*data\.source=npz.*download=True"):
         load_planetoid("cora", source="pyg")
     with pytest.raises(DataNotFoundError, match="cora.npz"):
         load_planetoid("cora")

@@ -290,7 +290,7 @@ def test_cifar_missing_everywhere(fake_root: Path) -> None:
     msg = str(err.value)
     assert str(fake_root / "cifar10-jpeg" / "cifar10_jpeg.npz") in msg
     assert str(fake_root / "cifar10" / "cifar-10-batches-py") in msg
-    assert "TIEDLAB_DATA" in msg and "download=True" in msg
+    assert "TIEDLAB_DATA" in msg and "data.download=true" in msg
 
 
 def test_data_root_unset(monkeypatch: pytest.MonkeyPatch) -> None:
