@@ -740,8 +740,8 @@ def short_of_equilibrium(left_out: dict[str, list[str]], usable: dict[str, int])
 
 def equilibrium_text(result: PrimaryResult) -> str:
     """"not at equilibrium, left out: arm a 0, arm b 2", and "diverged, left out: arm a 0, arm b 3" for a comparison
-    of final values, which a diverged run has none of, then what that does to the verdict ("" when no run was left
-    out): it is read on the runs kept, and where an arm's lost runs were its bad draws its kept ones flatter it, so
+    of final values, which a diverged run has none of, then, for a comparison read, what that does to its verdict
+    ("" when no run was left out): it is read on the runs kept, and where an arm's lost runs were its bad draws its kept ones flatter it, so
     that a false verdict for that arm is more likely than the level says."""
     left, diverged = result.not_at_equilibrium, result.diverged
     parts = []
@@ -749,7 +749,7 @@ def equilibrium_text(result: PrimaryResult) -> str:
         parts.append(f"not at equilibrium, left out: arm a {len(left.get('a', []))}, arm b {len(left.get('b', []))}")
     if any(diverged.values()):
         parts.append(f"diverged, left out: arm a {diverged.get('a', 0)}, arm b {diverged.get('b', 0)}")
-    if parts:
+    if parts and result.test is not None:  # read (not undetermined for want of runs)
         parts.append(LEFT_OUT_NOTE)
     return "; ".join(parts)
 
