@@ -420,6 +420,10 @@ def format_plan(plan: StudyPlan, slots: int = 1) -> str:
         if resized:
             rests += (f"; {resized} of them at another length than measured (the measured ms per step times their "
                       "own steps)")
+    if unmeasured and not plan.remaining_s:  # "0.0 min (+126 not measured)" read as an estimate: there is none
+        lines += ["", f"to go: not estimated: none of the {unmeasured} unfinished runs' cells has a measured run yet "
+                      f"({rests}); train some, or give --step-times FILE"]
+        return "\n".join(lines)
     lines += ["", f"to go: {_hours(plan.remaining_s)} of runs" + (f" (+{unmeasured} runs not measured)" if unmeasured else "")
               + f", plus {_hours(plan.extra_s)} for the seeds the undetermined primaries need; "
               f"at {slots} run(s) at a time: {_hours((plan.remaining_s + plan.extra_s) / max(slots, 1))} "

@@ -73,6 +73,11 @@ def test_plan_estimates_unfinished_runs_from_measured_ones_and_prices_the_seeds_
     out = capsys.readouterr().out
     assert "2 runs not measured" in out and "at 2 run(s) at a time" in out and "measured on cpu" in out
     assert not (runs / "study.yaml").exists() and not (runs / "h").exists()  # a plan runs and writes nothing
+    # a fresh runs folder has nothing measured: the plan says so instead of "0.0 min of runs (+10 not measured)"
+    assert study_module.study(["toy", "--runs", str(tmp_path / "fresh"), "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "to go: not estimated: none of the 10 unfinished runs' cells has a measured run yet" in out
+    assert "0.0 min" not in out
 
 
 def test_a_run_is_estimated_from_its_cells_whole_runs_not_one_that_diverged_early():
