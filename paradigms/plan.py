@@ -212,6 +212,7 @@ class PrimaryPlan:
     seeds_needed: int | None
     extra_runs: int
     extra_s: float | None
+    needed_text: str = "-"  # as the report writes it: "~N", "> 1000" (none up to 1000 would decide it), "-"
 
 
 @dataclass
@@ -326,6 +327,7 @@ def primary_plans(spec: dict[str, Any], runs: Path, costs: list[RunCost], step_t
     from tiedlab.paradigms.study import SEQUENTIAL_FILE, read_sequential_state, seed_limits
     from tiedlab.reports.load import load_runs
     from tiedlab.reports.primary import arm_runs, evaluate_primaries, load_primaries
+    from tiedlab.reports.render import seeds_needed_text
 
     grids = [g["name"] for g in spec["grids"]]
     registered = registered or spec
@@ -358,7 +360,7 @@ def primary_plans(spec: dict[str, Any], runs: Path, costs: list[RunCost], step_t
                 extra_runs += more
                 extra_s = None if extra_s is None or not walls else extra_s + more * statistics.median(walls)
         out.append(PrimaryPlan(s.key, s.label, f"{result.n_a}/{result.n_b}", result.verdict, result.seeds_needed,
-                               extra_runs, extra_s))
+                               extra_runs, extra_s, seeds_needed_text(result)))
     return out
 
 
@@ -405,7 +407,7 @@ def format_plan(plan: StudyPlan, slots: int = 1) -> str:
                      if seq else "one look (a fixed design; with --until-decided, alpha is split over its looks)"),
                   "primary comparison         n A/B   verdict        seeds/arm to decide  extra runs  extra (est.)"]
         for p in plan.primaries:
-            needed = str(p.seeds_needed) if p.seeds_needed else "-"
+            needed = p.needed_text
             lines.append(f"{p.key:<26} {p.n:<7} {p.verdict:<14} {needed:>19}  {p.extra_runs:>10}  "
                          f"{_hours(p.extra_s) if p.extra_runs else '-'}")
     unmeasured = sum(g.unmeasured for g in plan.grids)

@@ -191,7 +191,7 @@ def primary_text(result: Any) -> str:
     return f"{result.verdict}: {_interval(result)}, n={result.n_a}/{result.n_b}{more}{apart}{record}"
 
 
-def _seeds_needed(result: Any) -> str:
+def seeds_needed_text(result: Any) -> str:
     """Seeds per arm to decide an undetermined comparison at its observed effect and spread (power 80%), an
     estimate: "~N", or "> 1000" where none up to 1000 would (an effect of exactly 0 never does)."""
     if result.verdict != "undetermined" or result.spec.kind == "divergence" or not math.isfinite(result.ci_low):
@@ -240,10 +240,10 @@ def primary_blocks(report: Any) -> list[Block]:
                      + (f" ({s.direction} is better)" if s.kind == "mean" else "")
                      + (", log" if s.transform == "log" else "") + f"; effect {effect}",
                      n, _interval(r), fmt(r.p), r.verdict + (f" ({r.reason})" if r.reason else ""),
-                     _seeds_needed(r), arms_text(r)])
+                     seeds_needed_text(r), arms_text(r)])
         compact.append([name, s.paradigm, s.label or "-", s.a.title(), s.b.title(), claim, n,
                         _interval(r), fmt(r.p), fmt(r.level), r.verdict + (" (not the sequential record's: see the full table)"
-                                                             if r.departs_from_record else ""), _seeds_needed(r)])
+                                                             if r.departs_from_record else ""), seeds_needed_text(r)])
         classes.append(verdict_class(r.verdict, s.claim))
     blocks.append(Block("table", header=["insight", "paradigm", "claim", "arm A", "arm B", "claim, delta", "n A/B",
                                          "effect [CI at the verdict's level]", "p", "alpha (Holm)", "verdict (Holm)",

@@ -496,16 +496,16 @@ def test_guideline_budgets_are_cell_means_so_the_smallest_budget_picks_a_cell(tm
 def test_seeds_to_decide_reads_as_an_estimate():
     from types import SimpleNamespace
 
-    from tiedlab.reports.render import _seeds_needed
+    from tiedlab.reports.render import seeds_needed_text
 
     def result(verdict: str, needed: int | None, kind: str = "mean", low: float = -0.1) -> SimpleNamespace:
         return SimpleNamespace(verdict=verdict, seeds_needed=needed, spec=SimpleNamespace(kind=kind), ci_low=low)
 
-    assert _seeds_needed(result("undetermined", 7)) == "~7"
-    assert _seeds_needed(result("undetermined", None)) == "> 1000"  # none up to 1000 would decide it
-    assert _seeds_needed(result("holds", None)) == "-"
-    assert _seeds_needed(result("undetermined", 7, low=float("nan"))) == "-"  # no interval (n<2, zero spread)
-    assert _seeds_needed(result("undetermined", 7, kind="divergence")) == "-"
+    assert seeds_needed_text(result("undetermined", 7)) == "~7"
+    assert seeds_needed_text(result("undetermined", None)) == "> 1000"  # none up to 1000 would decide it
+    assert seeds_needed_text(result("holds", None)) == "-"
+    assert seeds_needed_text(result("undetermined", 7, low=float("nan"))) == "-"  # no interval (n<2, zero spread)
+    assert seeds_needed_text(result("undetermined", 7, kind="divergence")) == "-"
 
 
 def _primary(insight: int, paradigm: str, verdict: str, **raw):
