@@ -338,6 +338,8 @@ def study(argv: list[str] | None = None) -> int:
         if left_out:
             print(f"optional grids, not in this plan (select them with --grids): {', '.join(left_out)}")
         return 0
+    if launcher == "ray" and args.gpus is not None and args.ray_address is None and not args.dry_run:
+        launch.node_gpus(args.gpus)  # no GPU here for --gpus: one line before anything is written or counted
     plan = sequential_plan(full, args.max_seeds, args.seed_step) if args.until_decided else None
     held = contextlib.ExitStack()
     if plan is not None and not args.dry_run:  # one --until-decided command on a runs folder at a time: each reads

@@ -577,6 +577,15 @@ def test_a_scheduler_submission_skips_finished_runs_under_extra_overrides_and_re
         assert not (tmp_path / "fresh").exists() or not list((tmp_path / "fresh").rglob("metrics.json"))
 
 
+def test_gpus_on_a_machine_without_one_is_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    write_study(tmp_path, monkeypatch, [{"name": "g", "overrides": [*TOY, "train.max_steps=2"], "sweep": {"seed": [0]}}])
+    monkeypatch.setattr(launch, "count_gpus", lambda: 0)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(ValueError, match="--gpus all: this machine has no GPU for the study"):
+        study_module.study(["toy", "--runs", str(tmp_path / "runs"), "--gpus", "all"])
+    assert not (tmp_path / "runs").exists() and "runs to train" not in capsys.readouterr().out
+
+
 def _fake_ray_task(run, threads, record, gpu):
     """A Ray task that trains nothing: holds its slot a moment and says where it was placed."""
     time.sleep(1.0)
