@@ -10,7 +10,7 @@ a true effect of 0 ("holds" and "fails" of a superiority claim); the worse side 
 rates, which under normal differences are alpha/2 each: a noninferiority claim at its boundary (-delta) is decided
 falsely at that rate by its "holds" reading, and a skewed difference inflates one side while it deflates the other.
 The rows run the verdict's own vectorised code (``stats.batch_compare``, equal to ``stats.compare`` row by row,
-tested); half a minute at the defaults' seed counts on a 2-core CPU.
+tested); about 90 s at the defaults on a 2-core CPU.
 
 The distributions of a per-seed difference: normal; t(3) (heavy tails); 10% of seeds at 5x the spread (symmetric
 contamination); 10% of seeds 4 standard deviations off (an occasional bad seed on one side, as a DEQ arm's may be);

@@ -111,7 +111,7 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
     paths = list(paths)
     runs = load_runs(paths) if runs is None else runs
     cells = group_cells(runs)
-    refuse_study_parents(paths)
+    refuse_study_parents(paths, study)
     spec, limits = find_study(paths, study), {}
     recorded = find_study(paths) if study is not None else spec  # what the runs folder says it was run as
     registered = registered_primary(paths, recorded)
@@ -153,10 +153,11 @@ def analyse(paths: Iterable[str | Path], title: str = "tiedlab report", study: s
                   sequential_record=record, not_registered=not_registered, registered_primary=registered)
 
 
-def refuse_study_parents(paths: list[str | Path]) -> None:
+def refuse_study_parents(paths: list[str | Path], study: str | Path | None = None) -> None:
     """Refuse an input folder that holds study runs folders below it but is none itself (``runs/study`` rather than
     ``runs/study/quick``): its report would read their runs without the registration and the looks' record kept
-    beside them (every seed at the full alpha, even with ``--study``), and mix the studies' runs.
+    beside them (every seed at the full alpha, even with ``--study``), and mix the studies' runs. With ``study``
+    (primary comparisons to test), a folder inside a study's runs folder (one grid's) is refused likewise.
 
     Raises:
         ValueError: naming the study folders to report instead.
@@ -165,6 +166,10 @@ def refuse_study_parents(paths: list[str | Path]) -> None:
         folder = Path(p)
         if not folder.is_dir() or (folder / STUDY_FILE).is_file():
             continue
+        above = next((d for d in folder.resolve().parents if (d / STUDY_FILE).is_file()), None)
+        if study is not None and above is not None:
+            raise ValueError(f"{folder} is inside the runs folder of a study ({above}), whose registration and looks' "
+                             f"record are read only from that folder: report it, e.g. tiedlab-report {above}")
         nested = sorted(str(f.parent) for f in folder.rglob(STUDY_FILE))
         if nested:
             shown = ", ".join(nested[:4]) + (f" and {len(nested) - 4} more" if len(nested) > 4 else "")

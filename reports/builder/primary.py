@@ -177,6 +177,8 @@ class PrimarySpec:
             raise ValueError(f"{context}: missing key(s) {missing}")
         metric = str(raw.get("metric", "val/acc"))
         delta = raw.get("delta")
+        if str(raw.get("transform", "none")) not in TRANSFORMS:  # before the delta it would need
+            raise ValueError(f"{context}: transform={raw.get('transform')!r} is not valid; choose one of {TRANSFORMS}")
         if delta is None and str(raw.get("transform", "none")) != "none":  # the defaults are in the metric's units
             raise ValueError(f"{context}: transform {raw.get('transform')!r} needs its own delta (the defaults are "
                              f"in the units of {metric!r}, not of its {raw.get('transform')}); set delta")

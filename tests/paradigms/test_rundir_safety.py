@@ -312,14 +312,18 @@ def test_a_planted_link_for_the_commands_record_is_refused(tmp_path):
 
 # ------------------------------------------------------------------------------------------ failures
 def test_a_planted_link_for_the_commands_log_is_refused_and_its_target_untouched(tmp_path):
-    run, target = tmp_path / "run", tmp_path / "target.txt"
+    """A link to a file that exists stays unwritten, and one to a file that does not is not created through it
+    (Hydra's handler created it: opening is enough)."""
+    run, target, missing = tmp_path / "run", tmp_path / "target.txt", tmp_path / "missing.txt"
     run.mkdir()
     target.write_text("mine\n")
-    (run / "cli.log").symlink_to(target)
-    refused = cli([f"run_dir={run}"], tmp_path / "runs")
-    assert refused.returncode == 1
-    assert f"[tiedlab] error: {run / 'cli.log'} is a symbolic link" in refused.stderr, refused.stderr
-    assert target.read_text() == "mine\n"
+    for planted in (target, missing):
+        (run / "cli.log").unlink(missing_ok=True)
+        (run / "cli.log").symlink_to(planted)
+        refused = cli([f"run_dir={run}"], tmp_path / "runs")
+        assert refused.returncode == 1
+        assert f"[tiedlab] error: {run / 'cli.log'} is a symbolic link" in refused.stderr, refused.stderr
+    assert target.read_text() == "mine\n" and not missing.exists()
 
 
 def test_a_planted_fifo_for_the_commands_log_is_refused_not_waited_on(tmp_path):

@@ -255,6 +255,8 @@ def test_a_log_ratio_comparison_pairs_the_logs_and_drops_a_value_with_no_log():
     # the default deltas are in the metric's units (a loss's 0.02), not its log's: a log ratio sets its own
     with pytest.raises(ValueError, match=r"transform 'log' needs its own delta .* set delta"):
         load_primaries({"primary": {"comparisons": [spec(metric="val/loss", transform="log")]}})
+    with pytest.raises(ValueError, match=r"transform='lg' is not valid; choose one of \('none', 'log'\)"):
+        load_primaries({"primary": {"comparisons": [spec(metric="val/loss", transform="lg")]}})
 
 
 def test_noninferiority_on_a_lower_is_better_metric_allows_a_loss_worse_by_less_than_delta():
@@ -313,6 +315,11 @@ def test_a_folder_above_a_studys_runs_folder_is_refused_with_the_folder_to_repor
         with pytest.raises(ValueError, match=r"holds the runs folders of studies .*report each study's folder, e\.g\. "
                                              f"tiedlab-report {tmp_path / 'runs' / 'study' / 't'}$"):
             build_report([tmp_path / "runs" / "study"], tmp_path / "out", "t", study=study)
+    # one grid's folder with --study: the looks' record is the study folder's; without, no verdict is read there
+    with pytest.raises(ValueError, match=r"is inside the runs folder of a study .* tiedlab-report "):
+        build_report([tmp_path / "runs" / "study" / "t" / "g"], tmp_path / "out", "t",
+                     study=tmp_path / "runs" / "study" / "t" / "study.yaml")
+    assert not build_report([tmp_path / "runs" / "study" / "t" / "g"], tmp_path / "grid", "t").primaries
     build_report([tmp_path / "runs" / "study" / "t"], tmp_path / "out", "t")  # the study's own folder
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["primaries"][0]["verdict"] == "holds"
 
