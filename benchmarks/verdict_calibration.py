@@ -3,7 +3,10 @@ difference that is not there when those differences are not normal: per seed cou
 per-seed differences (centred on a true effect of 0, the superiority claim's boundary), the rate of a false verdict.
 
     python benchmarks/verdict_calibration.py [--sims 1000000] [--seeds 4,6,8,10,16] [--dists "normal,chi2(1)"]
-        [--levels 0.0167,0.00208,0.00104]
+        [--levels 0.0167,0.00208,0.00104] [--unpaired]
+
+``--unpaired``: arms that share no seeds (Welch's statistic with Hsu's df): arm A's seeds from the distribution,
+scaled to unit standard deviation, against a normal arm B of the same spread and mean.
 
 Each cell reads "two-sided rate (x alpha) / worse side (x alpha/2)": the two-sided rate counts both false readings at
 a true effect of 0 ("holds" and "fails" of a superiority claim); the worse side is the larger of the two one-sided
@@ -41,19 +44,24 @@ LEVELS = (0.05 / 3, 0.05 / 3 / 8, 0.05 / 3 / 16)
 CHUNK = 200_000  # simulations drawn and tested at once
 
 
-def false_rates(draw, n: int, sims: int, levels, rng: np.random.Generator) -> tuple[list[float], list[float]]:
-    """Per level, the share of ``sims`` simulated comparisons (n per-seed differences from ``draw``, a true effect of
-    0) that the paired t rule decides ("holds" or "fails"), and the larger of the shares of either reading alone."""
+def false_rates(draw, n: int, sims: int, levels, rng: np.random.Generator,
+                unpaired: bool = False) -> tuple[list[float], list[float]]:
+    """Per level, the share of ``sims`` simulated comparisons (a true effect of 0) that the t rule decides ("holds" or
+    "fails"), and the larger of the shares of either reading alone: n per-seed differences from ``draw`` (the paired
+    t test), or with ``unpaired`` n seeds of arm A from ``draw`` scaled to unit standard deviation against n of a
+    normal arm B (Welch's statistic with Hsu's df, the rule for arms that share no seeds)."""
     from tiedlab.reports import stats
 
+    sd = float(np.std(draw(np.random.default_rng(0), 2_000_000))) if unpaired else 1.0
     holds, fails = np.zeros(len(levels)), np.zeros(len(levels))
     done = 0
     while done < sims:
         size = min(CHUNK, sims - done)
-        a = draw(rng, (size, n))
+        a = draw(rng, (size, n)) / sd
+        b = rng.standard_normal((size, n)) if unpaired else np.zeros_like(a)
         for j, alpha in enumerate(levels):
-            verdict = stats.batch_compare(a, np.zeros_like(a), claim="superiority", delta=1.0, alpha=alpha,
-                                          paired=True).verdict
+            verdict = stats.batch_compare(a, b, claim="superiority", delta=1.0, alpha=alpha,
+                                          paired=not unpaired).verdict
             holds[j] += int(np.sum(verdict == "holds"))
             fails[j] += int(np.sum(verdict == "fails"))
         done += size
@@ -68,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"distributions, comma-separated (default all: {', '.join(DISTRIBUTIONS)})")
     parser.add_argument("--levels", default=",".join(f"{a:.3g}" for a in LEVELS),
                         help="levels alpha, comma-separated (default: a look's 0.0167 and 0.0167 / 8, 16)")
+    parser.add_argument("--unpaired", action="store_true",
+                        help="arms that share no seeds: arm A's seeds from the distribution (unit SD), arm B's normal; "
+                             "Welch's statistic with Hsu's df")
     parser.add_argument("--seed", type=int, default=2026, help="the simulations' random seed (default 2026)")
     args = parser.parse_args(argv)
     try:
@@ -83,13 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     if not all(0 < a < 1 for a in levels):
         parser.error(f"--levels {args.levels}: each level must lie in (0, 1)")
     rng = np.random.default_rng(args.seed)
-    print(f"False verdicts of the paired t rule at a true effect of 0, {args.sims} simulations a cell: two-sided rate "
+    rule = ("Welch's t rule (arm A from the distribution, arm B normal, no shared seeds)" if args.unpaired
+            else "the paired t rule")
+    print(f"False verdicts of {rule} at a true effect of 0, {args.sims} simulations a cell: two-sided rate "
           "(x alpha) / the worse one-sided rate (x alpha/2)\n")
-    print("| seeds | per-seed difference | " + " | ".join(f"alpha {a:.3g}" for a in levels) + " |")
+    print(f"| seeds | {'arm A' if args.unpaired else 'per-seed difference'} | "
+          + " | ".join(f"alpha {a:.3g}" for a in levels) + " |")
     print("|---:|---|" + "---|" * len(levels))
     for n in seeds:
         for name in args.dists.split(","):
-            both, worse = false_rates(DISTRIBUTIONS[name], n, args.sims, levels, rng)
+            both, worse = false_rates(DISTRIBUTIONS[name], n, args.sims, levels, rng, args.unpaired)
             cells = [f"{r:.5f} ({r / a:.2f}x) / {w:.5f} ({2 * w / a:.2f}x)" for r, w, a in zip(both, worse, levels)]
             print(f"| {n} | {name} | " + " | ".join(cells) + " |", flush=True)
     return 0

@@ -760,6 +760,13 @@ def test_the_verdict_calibration_benchmark_reads_the_t_rules_level(capsys):
             if line.startswith("| 4 |")}
     normal, skewed = (float(rows[name].split()[0]) for name in ("normal", "chi2(1)"))
     assert normal == pytest.approx(0.05, abs=0.0025) and skewed > 2 * 0.05
+    # arms that share no seeds: Welch's statistic with Hsu's df is conservative under normal arms
+    assert load_benchmark("verdict_calibration").main(["--sims", "200000", "--seeds", "4", "--levels", "0.05",
+                                                       "--dists", "normal", "--unpaired"]) == 0
+    out = capsys.readouterr().out
+    assert "Welch's t rule" in out
+    (row,) = [line for line in out.splitlines() if line.startswith("| 4 |")]
+    assert float(row.split("|")[3].split()[0]) < 0.05 - 0.0025
     with pytest.raises(SystemExit):
         load_benchmark("verdict_calibration").main(["--dists", "gamma"])
     assert "unknown distribution(s) ['gamma']" in capsys.readouterr().err
