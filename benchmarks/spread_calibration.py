@@ -26,6 +26,8 @@ import sys
 
 import numpy as np
 
+from simulation_grid import add_grid_arguments, read_grid  # benchmarks/, a sibling module
+
 DISTRIBUTIONS = {
     "normal": lambda rng, s: rng.standard_normal(s),
     "t(3)": lambda rng, s: rng.standard_t(3, s),
@@ -107,12 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     from tiedlab.reports import stats
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sims", type=int, default=200_000, help="simulated pairs of arms per cell (default 200000)")
-    parser.add_argument("--seeds", default="8,10,12,16", help="seeds per arm, comma-separated (default 8,10,12,16)")
-    parser.add_argument("--dists", default=",".join(DISTRIBUTIONS),
-                        help=f"distributions, comma-separated (default all: {', '.join(DISTRIBUTIONS)})")
-    parser.add_argument("--levels", default=",".join(f"{a:.3g}" for a in LEVELS),
-                        help="levels alpha, comma-separated (default: a look's 0.0167 and 0.0167 / 8, 16, 32)")
+    add_grid_arguments(parser, sims=200_000, what="simulated pairs of arms", seeds="8,10,12,16",
+                       distributions=DISTRIBUTIONS, levels=LEVELS,
+                       levels_help="a look's 0.0167 and 0.0167 / 8, 16, 32")
     parser.add_argument("--sd-ratio", type=float, default=1.0,
                         help="arm A's seeds this many times as spread as B's (default 1: the null)")
     parser.add_argument("--ties", type=float, default=None, metavar="STEPS",
@@ -122,20 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--permutations", type=int, default=0, metavar="B",
                         help="also the verdict with a permutation test of the median-centred deviations, B "
                              "relabellings (default 0: not run)")
-    parser.add_argument("--seed", type=int, default=2026, help="the simulations' random seed (default 2026)")
     args = parser.parse_args(argv)
-    try:
-        seeds = [int(n) for n in args.seeds.split(",")]
-        levels = [float(a) for a in args.levels.split(",")]
-    except ValueError as err:
-        parser.error(f"--seeds {args.seeds} / --levels {args.levels}: comma-separated numbers ({err})")
-    if min(seeds) < 2 or args.sims < 1:
-        parser.error(f"--seeds {args.seeds} and --sims {args.sims}: need >= 2 seeds per arm and >= 1 simulation")
-    unknown = sorted(set(args.dists.split(",")) - set(DISTRIBUTIONS))
-    if unknown:
-        parser.error(f"unknown distribution(s) {unknown}; choose from {', '.join(DISTRIBUTIONS)}")
-    if not all(0 < a < 1 for a in levels):
-        parser.error(f"--levels {args.levels}: each level must lie in (0, 1)")
+    seeds, levels = read_grid(parser, args, DISTRIBUTIONS)
     if not (math.isfinite(args.sd_ratio) and args.sd_ratio > 0):
         parser.error(f"--sd-ratio {args.sd_ratio}: must be a positive number")
     if args.ties is not None and not (math.isfinite(args.ties) and args.ties > 0):

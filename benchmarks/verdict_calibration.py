@@ -30,6 +30,8 @@ import sys
 
 import numpy as np
 
+from simulation_grid import add_grid_arguments, read_grid  # benchmarks/, a sibling module
+
 # each draws per-seed differences with a true mean of 0 (centred analytically)
 DISTRIBUTIONS = {
     "normal": lambda rng, s: rng.standard_normal(s),
@@ -70,29 +72,13 @@ def false_rates(draw, n: int, sims: int, levels, rng: np.random.Generator,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sims", type=int, default=1_000_000, help="simulated comparisons per cell (default 1000000)")
-    parser.add_argument("--seeds", default="4,6,8,10,16", help="seeds per arm, comma-separated (default 4,6,8,10,16)")
-    parser.add_argument("--dists", default=",".join(DISTRIBUTIONS),
-                        help=f"distributions, comma-separated (default all: {', '.join(DISTRIBUTIONS)})")
-    parser.add_argument("--levels", default=",".join(f"{a:.3g}" for a in LEVELS),
-                        help="levels alpha, comma-separated (default: a look's 0.0167 and 0.0167 / 8, 16)")
+    add_grid_arguments(parser, sims=1_000_000, what="simulated comparisons", seeds="4,6,8,10,16",
+                       distributions=DISTRIBUTIONS, levels=LEVELS, levels_help="a look's 0.0167 and 0.0167 / 8, 16")
     parser.add_argument("--unpaired", action="store_true",
                         help="arms that share no seeds: arm A's seeds from the distribution (unit SD), arm B's normal; "
                              "Welch's statistic with Hsu's df")
-    parser.add_argument("--seed", type=int, default=2026, help="the simulations' random seed (default 2026)")
     args = parser.parse_args(argv)
-    try:
-        seeds = [int(n) for n in args.seeds.split(",")]
-        levels = [float(a) for a in args.levels.split(",")]
-    except ValueError as err:
-        parser.error(f"--seeds {args.seeds} / --levels {args.levels}: comma-separated numbers ({err})")
-    if min(seeds) < 2 or args.sims < 1:
-        parser.error(f"--seeds {args.seeds} and --sims {args.sims}: need >= 2 seeds per arm and >= 1 simulation")
-    unknown = sorted(set(args.dists.split(",")) - set(DISTRIBUTIONS))
-    if unknown:
-        parser.error(f"unknown distribution(s) {unknown}; choose from {', '.join(DISTRIBUTIONS)}")
-    if not all(0 < a < 1 for a in levels):
-        parser.error(f"--levels {args.levels}: each level must lie in (0, 1)")
+    seeds, levels = read_grid(parser, args, DISTRIBUTIONS)
     rng = np.random.default_rng(args.seed)
     rule = ("Welch's t rule (arm A from the distribution, arm B normal, no shared seeds)" if args.unpaired
             else "the paired t rule")

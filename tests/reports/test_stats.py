@@ -767,6 +767,10 @@ def test_the_verdict_calibration_benchmark_reads_the_t_rules_level(capsys):
     assert "Welch's t rule" in out
     (row,) = [line for line in out.splitlines() if line.startswith("| 4 |")]
     assert float(row.split("|")[3].split()[0]) < 0.05 - 0.0025
+    for name in ("verdict_calibration", "spread_calibration"):  # argparse formats help with %: "10% at 5x" broke it
+        with pytest.raises(SystemExit):
+            load_benchmark(name).main(["--help"])
+        assert "10% at 5x" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         load_benchmark("verdict_calibration").main(["--dists", "gamma"])
     assert "unknown distribution(s) ['gamma']" in capsys.readouterr().err
