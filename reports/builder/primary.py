@@ -176,12 +176,12 @@ class PrimarySpec:
         if missing:
             raise ValueError(f"{context}: missing key(s) {missing}")
         metric = str(raw.get("metric", "val/acc"))
-        delta = raw.get("delta")
-        if str(raw.get("transform", "none")) not in TRANSFORMS:  # before the delta it would need
-            raise ValueError(f"{context}: transform={raw.get('transform')!r} is not valid; choose one of {TRANSFORMS}")
-        if delta is None and str(raw.get("transform", "none")) != "none":  # the defaults are in the metric's units
-            raise ValueError(f"{context}: transform {raw.get('transform')!r} needs its own delta (the defaults are "
-                             f"in the units of {metric!r}, not of its {raw.get('transform')}); set delta")
+        delta, transform = raw.get("delta"), str(raw.get("transform", "none"))
+        if transform not in TRANSFORMS:  # named before the delta it would need (``__post_init__`` checks it too)
+            raise ValueError(f"{context}: transform={transform!r} is not valid; choose one of {TRANSFORMS}")
+        if delta is None and transform != "none":  # the default deltas are in the metric's units
+            raise ValueError(f"{context}: transform {transform!r} needs its own delta (the defaults are in the units "
+                             f"of {metric!r}, not of its {transform}); set delta")
         if delta is None:
             table = defaults.get("delta") or {}
             delta = table.get(metric.rsplit("/", 1)[-1])
@@ -196,7 +196,7 @@ class PrimarySpec:
                    a=Arm.from_dict(raw["a"], f"{context}, arm a"), b=Arm.from_dict(raw["b"], f"{context}, arm b"),
                    claim=str(raw["claim"]), delta=float(delta), metric=metric,
                    direction=str(direction or "higher"),
-                   kind=str(raw.get("kind", "mean")), transform=str(raw.get("transform", "none")),
+                   kind=str(raw.get("kind", "mean")), transform=transform,
                    label=str(raw.get("label", "")), id=str(raw.get("id") or ""),
                    family=str(raw.get("family") or ""))
 
@@ -743,8 +743,8 @@ def short_of_equilibrium(left_out: dict[str, list[str]], usable: dict[str, int])
 def equilibrium_text(result: PrimaryResult) -> str:
     """"not at equilibrium, left out: arm a 0, arm b 2", and "diverged, left out: arm a 0, arm b 3" for a comparison
     of final values, which a diverged run has none of, then, for a comparison read, what that does to its verdict
-    ("" when no run was left out): it is read on the runs kept, and where an arm's lost runs were its bad draws its kept ones flatter it, so
-    that a false verdict for that arm is more likely than the level says."""
+    ("" when no run was left out): it is read on the runs kept, and where an arm's lost runs were its bad draws its
+    kept ones flatter it, so that a false verdict for that arm is more likely than the level says."""
     left, diverged = result.not_at_equilibrium, result.diverged
     parts = []
     if any(left.values()):
