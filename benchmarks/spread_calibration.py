@@ -5,6 +5,7 @@ a side or more) and for the F and Brown-Forsythe tests alone (the rule before 20
 
     python benchmarks/spread_calibration.py [--sims 200000] [--seeds 8,10,12,16] [--dists "chi2(1),weibull(0.5)"]
         [--levels 0.0167,0.00208,0.00104,0.00052] [--sd-ratio 1] [--ties STEPS [--tie-offset 0.5]] [--permutations B]
+        [--margin 4]
 
 Prints a markdown table (half a minute at the defaults on a 2-core CPU: the tests run vectorised,
 ``stats.spread_tests``; each cell's first 200 simulations are checked against ``stats.variance_test`` one by one).
@@ -16,6 +17,9 @@ validation split are: each distribution scaled to STEPS grid steps of standard d
 ``--tie-offset`` of a step (0.5: its mode half a step off the grid) and rounded to the grid, so that seeds tie.
 ``--permutations B`` adds a third rate: the verdict together with a permutation test of the median-centred
 deviations (``permutation_p``; a candidate fix for the ties, not the rule), B relabellings a simulation.
+``--margin M`` prints instead the rate of the secondary reading, "alike within a variance ratio of M"
+(``stats.spread_equivalence_p``), with arm A's seeds on the margin (sqrt(M) and 1/sqrt(M) times as spread: a
+false reading) or, given ``--sd-ratio``, that many times as spread (its power; 1: arms alike).
 """
 
 from __future__ import annotations
@@ -105,6 +109,29 @@ def false_rates(draw, n: int, sims: int, levels, rng: np.random.Generator, sd_ra
     return [v / sims for v in verdict], [t / sims for t in two], [w / sims for w in with_perm]
 
 
+def equivalent_rates(draw, n: int, sims: int, levels, rng: np.random.Generator, sd_ratio: float,
+                     margin: float) -> list[float]:
+    """Per level, the share of ``sims`` simulations (n seeds a side from ``draw``, arm A's times ``sd_ratio``) read
+    "alike within ``margin``" (``stats.spread_equivalence_p``; no p below ``MIN_SPREAD_N`` seeds), the first
+    ``CHECKED`` checked against ``stats.variance_test``."""
+    from tiedlab.reports import stats
+
+    hits, done = np.zeros(len(levels)), 0
+    while done < sims:
+        size = min(CHUNK, sims - done)
+        a, b = draw(rng, (size, n)) * sd_ratio, draw(rng, (size, n))
+        p = stats.spread_equivalence_p(a, b, margin) if n >= stats.MIN_SPREAD_N else np.full(size, np.nan)
+        if done == 0:
+            for i in range(min(CHECKED, size)):
+                one = stats.variance_test([a[i]], [b[i]], margin=margin)
+                if not np.isclose(one.p_equiv, p[i], rtol=1e-9, atol=0, equal_nan=True):
+                    raise AssertionError(f"spread_equivalence_p and variance_test differ at n={n}, row {i}: "
+                                         f"{one.p_equiv} vs {p[i]}")
+        hits += [int(np.sum(p <= alpha)) for alpha in levels]
+        done += size
+    return list(hits / sims)
+
+
 def main(argv: list[str] | None = None) -> int:
     from tiedlab.reports import stats
 
@@ -112,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     add_grid_arguments(parser, sims=200_000, what="simulated pairs of arms", seeds="8,10,12,16",
                        distributions=DISTRIBUTIONS, levels=LEVELS,
                        levels_help="a look's 0.0167 and 0.0167 / 8, 16, 32")
-    parser.add_argument("--sd-ratio", type=float, default=1.0,
-                        help="arm A's seeds this many times as spread as B's (default 1: the null)")
+    parser.add_argument("--sd-ratio", type=float, default=None,
+                        help="arm A's seeds this many times as spread as B's (default 1: the null; with --margin, "
+                             "on the margin both ways)")
     parser.add_argument("--ties", type=float, default=None, metavar="STEPS",
                         help="discrete outcomes: STEPS grid steps of standard deviation, rounded to the grid")
     parser.add_argument("--tie-offset", type=float, default=None,
@@ -121,9 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--permutations", type=int, default=0, metavar="B",
                         help="also the verdict with a permutation test of the median-centred deviations, B "
                              "relabellings (default 0: not run)")
+    parser.add_argument("--margin", type=float, default=None, metavar="M",
+                        help="the rate of the secondary reading 'alike within a variance ratio of M' instead, arm "
+                             "A on the margin (sd sqrt(M) and 1/sqrt(M) times B's) or at --sd-ratio")
     args = parser.parse_args(argv)
     seeds, levels = read_grid(parser, args, DISTRIBUTIONS)
-    if not (math.isfinite(args.sd_ratio) and args.sd_ratio > 0):
+    if args.sd_ratio is not None and not (math.isfinite(args.sd_ratio) and args.sd_ratio > 0):
         parser.error(f"--sd-ratio {args.sd_ratio}: must be a positive number")
     if args.ties is not None and not (math.isfinite(args.ties) and args.ties > 0):
         parser.error(f"--ties {args.ties}: must be a positive number of grid steps")
@@ -131,8 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tie-offset applies to outcomes on a grid: give --ties STEPS too")
     if args.permutations < 0:
         parser.error(f"--permutations {args.permutations}: a number of relabellings, >= 0")
+    if args.margin is not None and not (math.isfinite(args.margin) and args.margin > 1):
+        parser.error(f"--margin {args.margin}: a variance ratio > 1")
+    if args.margin is not None and args.permutations:
+        parser.error("--permutations reads the verdict's level, --margin its secondary reading's: give one")
     offset = 0.5 if args.tie_offset is None else args.tie_offset
     rng, perm_rng = np.random.default_rng(args.seed), np.random.default_rng([args.seed, 1])
+    if args.margin is not None:
+        return print_equivalent_rates(args, seeds, levels, offset, rng)
+    args.sd_ratio = 1.0 if args.sd_ratio is None else args.sd_ratio
     what = ("False spread verdicts under the null" if args.sd_ratio == 1 else
             f"Spread verdicts with arm A's seeds {args.sd_ratio:g}x as spread (power)")
     if args.ties is not None:
@@ -154,6 +192,36 @@ def main(argv: list[str] | None = None) -> int:
             cells = [f"{v:.5f} ({v / a:.2f}x) / {t:.5f} ({t / a:.2f}x)"
                      + (f" / {w:.5f} ({w / a:.2f}x)" if args.permutations else "")
                      for v, t, w, a in zip(verdict, two, joint, levels)]
+            print(f"| {n} | {name} | " + " | ".join(cells) + " |", flush=True)
+    return 0
+
+
+def print_equivalent_rates(args: argparse.Namespace, seeds: list[int], levels: list[float], offset: float,
+                           rng: np.random.Generator) -> int:
+    """The ``--margin`` table: per seed count, distribution and level, the rate (x alpha) of the reading "alike
+    within the margin", arm A on the margin both ways (two rates, "A sqrt(M)x / A 1/sqrt(M)x"; no --sd-ratio) or at
+    --sd-ratio."""
+    from tiedlab.reports import stats
+
+    on_margin = args.sd_ratio is None
+    ratios = [math.sqrt(args.margin), 1 / math.sqrt(args.margin)] if on_margin else [args.sd_ratio]
+    what = (f"False 'alike within a variance ratio of {args.margin:g}' readings, arm A's seeds on the margin "
+            f"({ratios[0]:g}x / {ratios[1]:g}x as spread)" if on_margin else
+            f"'Alike within a variance ratio of {args.margin:g}' readings with arm A's seeds {args.sd_ratio:g}x as "
+            "spread (power)")
+    if args.ties is not None:
+        what += f", outcomes on a grid ({args.ties:g} steps of standard deviation, offset {offset:g})"
+    print(f"{what}, {args.sims} simulations a cell: rate (x alpha); no p below MIN_SPREAD_N = "
+          f"{stats.MIN_SPREAD_N} seeds\n")
+    print("| seeds | distribution | " + " | ".join(f"alpha {a:.3g}" for a in levels) + " |")
+    print("|---:|---|" + "---|" * len(levels))
+    for n in seeds:
+        for name in args.dists.split(","):
+            draw = DISTRIBUTIONS[name]
+            if args.ties is not None:
+                draw = on_a_grid(draw, args.ties, offset)
+            rates = [equivalent_rates(draw, n, args.sims, levels, rng, r, args.margin) for r in ratios]
+            cells = [" / ".join(f"{rate[j]:.5f} ({rate[j] / a:.2f}x)" for rate in rates) for j, a in enumerate(levels)]
             print(f"| {n} | {name} | " + " | ".join(cells) + " |", flush=True)
     return 0
 

@@ -284,7 +284,8 @@ def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[Pr
         return []
     p = [math.nan if r.test is None else r.test.p if r.spec.kind != "mean" or r.test.readable else math.nan
          for r in results]
-    release = [stats.releases(r.spec.claim) if r.spec.kind == "mean" else True for r in results]
+    release = [stats.releases(r.spec.claim) if r.spec.kind == "mean" else r.spec.kind == "divergence"
+               for r in results]  # a spread comparison keeps its share: its "equivalent" reading could be false
     levels, decided = stats.holm_levels(p, release, alpha)
     m = len(p)  # every registered comparison counts, read or not (stats.holm_levels)
     for r, level, dec in zip(results, levels, decided):
@@ -313,13 +314,19 @@ def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[Pr
             t = r.test = stats.variance_test(*r.groups, alpha=float(level))
             r.effect, r.ci_low, r.ci_high = t.ratio, t.ci_low, t.ci_high
             r.n_a, r.n_b = (sum(len(cell) for cell in side) for side in reversed(r.groups))  # groups are (b, a)
-            r.seeds_needed = stats.variance_seeds_needed(t.ratio, alpha=float(level)) if not dec else None
+            r.seeds_needed = (stats.variance_seeds_needed(t.ratio, alpha=float(level), margin=t.margin)
+                              if not dec and not t.p_equiv <= level else None)
         favours_a = r.effect > (1.0 if r.spec.kind == "spread" else 0.0)
         if not math.isfinite(t.p):
             r.verdict, r.reason = "undetermined", getattr(t, "reason", "") or "no test"
         elif dec:
             r.verdict = "holds" if favours_a else "fails"
             r.reason = f"Holm decided at alpha {level:.3g} ({m} comparisons): p={t.p:.3g}{_spread_ps(t)}"
+        elif r.spec.kind == "spread" and t.p_equiv <= level:  # the secondary reading, as a superiority's
+            r.verdict, r.reason = "equivalent", (
+                f"the superiority claim is undecided by Holm at alpha {level:.3g} ({m} comparisons; p={t.p:.3g}); "
+                f"its secondary reading: the variance ratio lies within [1/{t.margin:g}, {t.margin:g}] "
+                f"(two one-sided tests, each of the F, Brown-Forsythe and Fligner-Killeen tests: p={t.p_equiv:.3g})")
         else:
             r.verdict, r.reason = "undetermined", (f"Holm undecided at alpha {level:.3g} ({m} comparisons): "
                                                    f"p={t.p:.3g}{_spread_ps(t)}")
@@ -327,11 +334,14 @@ def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[Pr
 
 
 def _spread_ps(test: Any) -> str:
-    """A spread test's three p values (the verdict reads the largest, when their directions agree)."""
+    """A spread test's three p values (the verdict reads the largest, when their directions agree) and its
+    secondary reading's."""
     if not hasattr(test, "p_robust"):
         return ""
+    alike = (f"; alike within a variance ratio of {test.margin:g}, the secondary reading: p={test.p_equiv:.3g}"
+             if math.isfinite(test.p_equiv) else "")
     return (f" (F test p={test.p_f:.3g}, Brown-Forsythe p={test.p_robust:.3g}, Fligner-Killeen p={test.p_rank:.3g}: "
-            "a verdict needs all three)")
+            f"a verdict needs all three{alike})")
 
 
 def replicate_id(run: RunLike) -> Hashable:

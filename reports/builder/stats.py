@@ -24,6 +24,9 @@ The rule, in plain words (``RULE`` is the text the report prints):
   share of alpha on to the others only if it has no other reading left that could still be false. A superiority
   claim's "equivalent" reading and an equivalence claim's "fails" reading could be, so those comparisons keep
   their share; a family of such comparisons is read as by Bonferroni, each at level 1 - alpha/m.
+* A spread comparison (``variance_test``) reads the variance ratio with the F, Brown-Forsythe and Fligner-Killeen
+  tests together; its smallest effect of interest is a ratio of ``SPREAD_MARGIN`` (4) either way, which its
+  secondary reading, "equivalent", tests by two one-sided readings of the scaled arms (``spread_equivalence_p``).
 * A sequential plan looks after its first pass's seeds and again after each ``--seed-step`` more (quick: 4, 6, 8
   seeds per arm) and stops at the first verdict; each of its K looks is
   read at level 1 - alpha/K (equal alpha spending), so over all looks the chance of a false verdict is at most
@@ -56,6 +59,11 @@ SPREAD_RTOL = 1e-12
 # skewed seed outcomes (at 8 seeds, Weibull(0.5) ones: 1.10x alpha at a family's level 0.0021), and Fligner-Killeen
 # cannot reach p <= 0.001 (benchmarks/spread_calibration.py; tests/reports/test_stats.py)
 MIN_SPREAD_N = 10
+# A spread comparison's smallest effect of interest: a variance ratio of 4 (standard deviations 2x apart) either way.
+# Its secondary reading, "equivalent", needs the three tests to place the ratio within [1/4, 4] (``spread_tests`` of
+# one arm scaled by 1/2 and by 2: two one-sided tests); a spread verdict "holds" at any ratio beyond 1 they detect,
+# as a superiority claim of means holds at any difference beyond 0.
+SPREAD_MARGIN = 4.0
 
 
 RULE = (
@@ -76,12 +84,17 @@ RULE = (
     "claim's decision): with m registered comparisons (those that cannot be read count too) of which r have "
     "released their share, the next smallest p is decided if p <= alpha/(m - r) and read from its interval at "
     "level 1 - alpha/(m - r); the others are read at the level "
-    "where this stops. A decided noninferiority comparison releases its share, as does a decided spread or "
-    "divergence comparison (it has no secondary reading); a superiority or equivalence comparison of means never "
-    "does, because its secondary reading (equivalent, resp. fails) could still be false, so a family of those is "
+    "where this stops. A decided noninferiority comparison releases its share, as does a decided divergence "
+    "comparison (it has no secondary reading); a superiority or equivalence comparison of means, or a spread "
+    "comparison, never does, because its secondary reading (equivalent, resp. fails) could still be false, so a "
+    "family of those is "
     "read as by Bonferroni, each at level 1 - alpha/m. A spread comparison (the variance ratio over seeds) is decided "
     "by the F, Brown-Forsythe and Fligner-Killeen tests together (all three within the level, in one direction; at "
-    f"least {MIN_SPREAD_N} seeds a side) and has no margin: it holds at any ratio beyond 1 that they detect. A sequential plan looks after its first "
+    f"least {MIN_SPREAD_N} seeds a side): it holds at any ratio beyond 1 that they detect; its smallest effect of "
+    f"interest is a variance ratio of {SPREAD_MARGIN:g} either way (standard deviations {math.sqrt(SPREAD_MARGIN):g}x "
+    "apart), and it is read equivalent (its secondary reading) when the same three tests, on one arm's values scaled "
+    f"by {math.sqrt(SPREAD_MARGIN):g} and by 1/{math.sqrt(SPREAD_MARGIN):g}, place the ratio within "
+    f"[1/{SPREAD_MARGIN:g}, {SPREAD_MARGIN:g}] at the level (two one-sided tests). A sequential plan looks after its first "
     "pass's seeds and again after each --seed-step more (quick: 4, 6, 8 seeds per arm) and stops at the first "
     "verdict; each of its K looks is read at level 1 - alpha/K (equal alpha spending), so the chance of a false verdict over all its looks is at most alpha. For an undetermined "
     f"comparison, seeds needed is the number of seeds per arm that would reach a verdict (the claim's decision or "
@@ -107,6 +120,12 @@ def _check_alpha(alpha: float) -> float:
     if not (isinstance(alpha, (int, float, np.floating)) and 0 < alpha < 1):
         raise ValueError(f"alpha={alpha!r}: must be a number strictly between 0 and 1")
     return float(alpha)
+
+
+def _check_margin(margin: float) -> float:
+    if not (isinstance(margin, (int, float, np.floating, np.integer)) and math.isfinite(margin) and margin > 1):
+        raise ValueError(f"margin={margin!r}: a spread comparison's margin is a variance ratio > 1")
+    return float(margin)
 
 
 def _check_n(n: int, name: str = "n", low: int = 2) -> int:
@@ -612,6 +631,8 @@ class VarianceTest:
     p_f: float = math.nan
     p_robust: float = math.nan
     p_rank: float = math.nan
+    p_equiv: float = math.nan  # the secondary reading's p: spread alike within the margin (``spread_equivalence_p``)
+    margin: float = SPREAD_MARGIN
 
 
 def _pooled(groups: Sequence[Sequence[float]], name: str) -> tuple[float, int]:
@@ -684,8 +705,30 @@ def spread_tests(a: Any, b: Any) -> SpreadTests:
     return SpreadTests(ratio, p_f, p_robust, robust_diff, p_rank, rank_diff, p)
 
 
+def spread_equivalence_p(a: Any, b: Any, margin: float = SPREAD_MARGIN) -> np.ndarray:
+    """The p of "a and b spread alike": var a / var b within [1/margin, margin], by two one-sided tests, each the
+    verdict's three tests (``spread_tests``) on a's values scaled by s = sqrt(margin): a / s against b rejects
+    "var a >= margin var b" when a / s varies less than b (all three tests agreeing), a * s against b rejects
+    "var a <= var b / margin" when a * s varies more. p is the larger of the two tests' two-sided p (1 where a test
+    points the other way), as an equivalence claim of means reads 2 x the larger one-sided p: the equivalence is
+    decided at level alpha exactly when the two-sided 1 - alpha readings of both scaled comparisons lie beyond the
+    margins. The three tests are scale-equivariant (F's ratio scales by s^2, the deviations from a median by s), so
+    at a true ratio on the margin the scaled arms spread alike and each test keeps the level the null simulations
+    give the verdict (equal seeds a side; ``benchmarks/spread_calibration.py --margin``). nan where ``spread_tests``
+    reads no p.
+
+    Shapes: a (rows, n_a) or (n_a,), b likewise -> (rows,).
+    """
+    s = math.sqrt(_check_margin(margin))
+    a = np.asarray(a, dtype=float)
+    below, above = spread_tests(a / s, b), spread_tests(a * s, b)
+    p_below = np.where(below.ratio < 1, below.p, np.where(np.isnan(below.p), np.nan, 1.0))
+    p_above = np.where(above.ratio > 1, above.p, np.where(np.isnan(above.p), np.nan, 1.0))
+    return np.maximum(p_below, p_above)  # nan where either reads none
+
+
 def variance_test(a_groups: Sequence[Sequence[float]], b_groups: Sequence[Sequence[float]],
-                  alpha: float = ALPHA) -> VarianceTest:
+                  alpha: float = ALPHA, margin: float = SPREAD_MARGIN) -> VarianceTest:
     """Spread of side A vs side B, each side pooling several cells (e.g. widths): the F test and two robust tests
     (Brown-Forsythe, Fligner-Killeen), and a verdict only where all three agree.
 
@@ -705,12 +748,13 @@ def variance_test(a_groups: Sequence[Sequence[float]], b_groups: Sequence[Sequen
     outcomes that tie (a small validation split's accuracies) strongly skewed seeds still decide up to 1.55x alpha at
     a family's level (chi2(1) at 2.5-3 grid steps of standard deviation; ``--ties``). With fewer values, p is nan and
     p_f and the interval are given. The robust tests take one cell per side; with several, p is nan (no verdict)
-    likewise.
+    likewise. Where p is read, ``p_equiv`` is the secondary reading's (``spread_equivalence_p`` at ``margin``, a
+    variance ratio): at most alpha when the three tests place the ratio within [1/margin, margin].
     """
-    alpha = _check_alpha(alpha)
+    alpha, margin = _check_alpha(alpha), _check_margin(margin)
     (va, dfa), (vb, dfb) = _pooled(a_groups, "A"), _pooled(b_groups, "B")
     nan = math.nan
-    base = dict(var_a=va, var_b=vb, df_a=dfa, df_b=dfb, alpha=alpha)
+    base = dict(var_a=va, var_b=vb, df_a=dfa, df_b=dfb, alpha=alpha, margin=margin)
     if dfa == 0 or dfb == 0:
         which = " and ".join(s for s, d in (("A", dfa), ("B", dfb)) if d == 0)
         return VarianceTest(**base, ratio=nan, ci_low=nan, ci_high=nan, p=nan,
@@ -737,25 +781,30 @@ def variance_test(a_groups: Sequence[Sequence[float]], b_groups: Sequence[Sequen
         return VarianceTest(**base, ratio=ratio, ci_low=lo, ci_high=hi, p=nan, p_f=p_f, p_robust=tests.p_robust,
                             p_rank=tests.p_rank,
                             reason="no spread in the deviations from the cell medians: no robust test")
+    p_equiv = float(spread_equivalence_p(cells[0][0], cells[1][0], margin)[0])
     return VarianceTest(**base, ratio=ratio, ci_low=lo, ci_high=hi, p=tests.p, p_f=p_f, p_robust=tests.p_robust,
-                        p_rank=tests.p_rank, reason="")
+                        p_rank=tests.p_rank, p_equiv=p_equiv, reason="")
 
 
 def variance_seeds_needed(ratio: float, *, alpha: float = ALPHA, power: float = POWER,
-                          max_n: int = MAX_N) -> int | None:
-    """Seeds per arm (one cell each) for the two-sided F test of equal spread at level alpha to detect a true
-    variance ratio ``ratio`` (either direction) with the given power: the smallest n >= ``MIN_SPREAD_N`` with
-    P(F > F_{1-alpha/2}(n-1, n-1) / r) + P(F < F_{alpha/2}(n-1, n-1) / r) >= power, F ~ F(n-1, n-1)
-    (``scipy.stats.f``); None for a ratio of 1, a non-finite one, or beyond max_n. A lower bound under normal
-    data: the verdict also needs the Brown-Forsythe and Fligner-Killeen tests (``variance_test``), which have less
-    power."""
-    alpha = _check_alpha(alpha)
-    if not (math.isfinite(ratio) and ratio > 0) or ratio == 1.0:
+                          max_n: int = MAX_N, margin: float = SPREAD_MARGIN) -> int | None:
+    """Seeds per arm (one cell each) for the F test at level alpha to reach a spread comparison's decision or its
+    secondary reading, whichever needs fewer, at a true variance ratio ``ratio``, with the given power: the smallest
+    n >= ``MIN_SPREAD_N`` where, with F ~ F(n-1, n-1) (``scipy.stats.f``), either the two-sided test of equal
+    spread rejects, P(F > F_{1-alpha/2} / r) + P(F < F_{alpha/2} / r), or its 1 - alpha interval
+    [r F / F_{1-alpha/2}, r F / F_{alpha/2}] lies within [1/margin, margin], reaches ``power``. None for a
+    non-finite ratio or one <= 0, or beyond max_n. A lower bound under normal data: the verdict also needs the
+    Brown-Forsythe and Fligner-Killeen tests (``variance_test``), which have less power."""
+    alpha, margin = _check_alpha(alpha), _check_margin(margin)
+    if not (math.isfinite(ratio) and ratio > 0):
         return None
     for n in range(MIN_SPREAD_N, max_n + 1):
         df = n - 1
         hi, lo = float(stats.f.ppf(1 - alpha / 2, df, df)), float(stats.f.ppf(alpha / 2, df, df))
-        if float(stats.f.sf(hi / ratio, df, df)) + float(stats.f.cdf(lo / ratio, df, df)) >= power:
+        differ = float(stats.f.sf(hi / ratio, df, df)) + float(stats.f.cdf(lo / ratio, df, df))
+        low, high = hi / margin / ratio, lo * margin / ratio  # F's range where the interval lies within the margins
+        alike = max(0.0, float(stats.f.cdf(high, df, df)) - float(stats.f.cdf(low, df, df)))
+        if max(differ, alike) >= power:
             return n
     return None
 

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -151,6 +152,33 @@ def test_a_decided_spread_or_divergence_verdict_points_the_right_way():
         (swapped,) = load_primaries({"primary": {"comparisons": [spec(kind=kind, a=spec()["b"], b=spec()["a"])]}})
         (w,) = evaluate_primaries([swapped], runs)
         assert w.verdict == "fails", (kind, w.verdict)
+
+
+def test_arms_that_vary_alike_read_equivalent_and_a_spread_comparison_keeps_its_share_of_alpha():
+    """40 seeds a side of one spread (sd 0.01): the claim is undecided and the secondary reading says the variance
+    ratio lies within [1/4, 4], its reason naming it; no seeds are asked for. Arm b 3x as spread: never equivalent.
+    A decided spread comparison keeps its share of alpha (its equivalent reading could have been false), so an
+    undecided comparison beside it is read at alpha / 2, not alpha."""
+    rng = np.random.default_rng(4)
+    a, b = 0.9 + 0.01 * rng.standard_normal(40), 0.85 + 0.01 * rng.standard_normal(40)
+    (s,) = load_primaries({"primary": {"comparisons": [spec(insight=3, kind="spread")]}})
+    (alike,) = evaluate_primaries([s], _runs(a, b))
+    assert alike.verdict == "equivalent" and alike.seeds_needed is None, alike.reason
+    assert "its secondary reading: the variance ratio lies within [1/4, 4]" in alike.reason
+    assert 1 / 4 < alike.ci_low < 1 < alike.ci_high < 4
+    (apart,) = evaluate_primaries([s], _runs(a, 0.85 + 3 * (b - 0.85)))
+    assert apart.verdict != "equivalent" and apart.effect > 1
+    steady = [0.90 + 0.001 * (i % 3 - 1) for i in range(12)]
+    spread = [0.85 + 0.05 * (i % 3 - 1) for i in range(12)]
+    runs = [FakeRun(f"g/block=tied,seed={i}", metrics={"val/acc": v, "val/loss": 1.0 + 0.1 * (i % 2)})
+            for i, v in enumerate(steady)]
+    runs += [FakeRun(f"g/block=deq,seed={i}", metrics={"val/acc": v, "val/loss": 1.0 + 0.1 * ((i // 2) % 2)})
+             for i, v in enumerate(spread)]
+    specs = load_primaries({"primary": {"comparisons": [spec(insight=3, kind="spread"),
+                                                        spec(metric="val/loss", delta=0.01)]}})
+    decided, other = evaluate_primaries(specs, runs)
+    assert decided.verdict == "holds" and decided.level == pytest.approx(0.025)
+    assert other.verdict == "undetermined" and other.level == pytest.approx(0.025)  # not 0.05: no share released
 
 
 def test_arms_are_paired_by_seed_whatever_order_their_runs_come_in():

@@ -692,7 +692,75 @@ def test_variance_seeds_needed_reaches_the_power_it_promises():
     power = np.mean((ratio > crit_hi) | (ratio < crit_lo))
     assert 0.75 <= power <= 0.95  # the smallest n reaching 80%: at or just above it
     assert S.variance_seeds_needed(4.0, power=0.5) < n
-    assert S.variance_seeds_needed(1.0) is None
+    assert S.variance_seeds_needed(float("nan")) is None and S.variance_seeds_needed(0.0) is None
+
+
+def test_variance_seeds_needed_counts_the_equivalent_reading_and_reaches_its_power():
+    """At a true ratio of 1 no n detects a difference; the secondary reading needs the n at which the F interval
+    falls within [1/4, 4] 80% of the time (simulated: within 5 points above); the verdict, which needs the robust
+    tests too, gets there less often (its power is a fraction of the F test's, never more)."""
+    n = S.variance_seeds_needed(1.0, alpha=0.05)
+    assert n is not None and S.variance_seeds_needed(1.0, alpha=0.05, margin=2.25) > n
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((4000, n)), rng.standard_normal((4000, n))
+    ratio, df = a.var(axis=1, ddof=1) / b.var(axis=1, ddof=1), n - 1
+    inside = (ratio / stats.f.ppf(0.975, df, df) > 1 / 4) & (ratio / stats.f.ppf(0.025, df, df) < 4)
+    assert 0.78 <= inside.mean() <= 0.88, inside.mean()
+    verdict = S.spread_equivalence_p(a, b) <= 0.05
+    assert verdict.mean() <= inside.mean() and verdict.mean() > 0.3, verdict.mean()
+    with pytest.raises(ValueError, match=r"margin=1.0: a spread comparison's margin is a variance ratio > 1"):
+        S.variance_seeds_needed(1.0, margin=1.0)
+
+
+def _scores_diff(x, y):
+    """Fligner-Killeen's direction by hand: mean normal score of x's ranked |deviation from its median| minus y's."""
+    z = np.concatenate([np.abs(x - np.median(x)), np.abs(y - np.median(y))])
+    score = stats.norm.ppf(0.5 + stats.rankdata(z) / (2 * (len(z) + 1)))
+    return score[: len(x)].mean() - score[len(x):].mean()
+
+
+def test_the_spread_equivalence_p_is_two_one_sided_readings_of_the_scaled_arms():
+    """By hand from scipy: the F, Brown-Forsythe (levene about the medians) and Fligner-Killeen tests of a / 2
+    against b, read where all three say a / 2 varies less, and of a * 2 against b, read where all three say it varies
+    more (else 1); p is the larger. And it decides only where variance_test's F interval lies within [1/4, 4]."""
+    rng = np.random.default_rng(11)
+    for na, nb in [(12, 12), (40, 40), (30, 45)]:
+        a = rng.lognormal(0.0, 0.4, (80, na)) * rng.uniform(0.4, 2.5, (80, 1))
+        b = rng.lognormal(0.0, 0.4, (80, nb))
+        got = S.spread_equivalence_p(a, b)
+        for x, y, p in zip(a, b, got):
+            readings = []
+            for scale, way in ((0.5, -1.0), (2.0, 1.0)):
+                xs = x * scale
+                r = xs.var(ddof=1) / y.var(ddof=1)
+                p_f = 2 * min(stats.f.cdf(r, na - 1, nb - 1), stats.f.sf(r, na - 1, nb - 1))
+                dev = np.abs(xs - np.median(xs)).mean() - np.abs(y - np.median(y)).mean()
+                agree = np.sign(np.log(r)) == np.sign(dev) == np.sign(_scores_diff(xs, y)) == way
+                readings.append(max(p_f, stats.levene(xs, y, center="median").pvalue,
+                                    stats.fligner(xs, y, center="median").pvalue) if agree else 1.0)
+            assert p == pytest.approx(max(readings), rel=1e-9), (x, y)
+            t = S.variance_test([x], [y], alpha=0.05)
+            assert t.p_equiv == pytest.approx(p, rel=1e-9)
+            if p <= 0.05:
+                assert 1 / 4 < t.ci_low and t.ci_high < 4, (t.ci_low, t.ci_high)
+        assert (got == 1.0).any() and (na == 12 or (got <= 0.05).any())  # both outcomes occur (at 40 seeds)
+    with pytest.raises(ValueError, match=r"margin=0.5: a spread comparison's margin is a variance ratio > 1"):
+        S.spread_equivalence_p(a, b, margin=0.5)
+
+
+@pytest.mark.parametrize("scale", [2.0, 0.5])
+def test_the_spread_equivalence_keeps_its_level_on_the_margin(scale):
+    """With arm A's seeds exactly on the margin (standard deviation 2x or 1/2x B's: a variance ratio of 4 or 1/4),
+    "alike within 4" is false: the equivalent reading decides it at most alpha of the time under normal and skewed
+    seeds, at 40 seeds a side (where it can be reached: it is, for normal seeds) and a look's level (40,000
+    simulations each; the check can fail: a scaled arm is the null the verdict's own simulations calibrate)."""
+    alpha, sims = 0.05 / 3, 40_000
+    rng = np.random.default_rng(int(scale * 10))
+    bound = alpha + 3 * math.sqrt(alpha * (1 - alpha) / sims)
+    for name, draw in {"normal": lambda s: rng.standard_normal(s), "chi2(1)": lambda s: rng.chisquare(1, s)}.items():
+        rate = np.mean(S.spread_equivalence_p(draw((sims, 40)) * scale, draw((sims, 40))) <= alpha)
+        assert rate <= bound, (name, rate / alpha)
+        assert name != "normal" or rate > 0.002, rate  # reached (0.21x alpha in the benchmark): not vacuous
 
 
 def test_the_spread_calibration_benchmark_prints_its_table(capsys):
@@ -723,6 +791,31 @@ def test_the_spread_calibration_benchmark_prints_its_table(capsys):
     with pytest.raises(SystemExit):  # a mistyped distribution is refused, naming the choices
         load_benchmark("spread_calibration").main(["--dists", "chi2"])
     assert "unknown distribution(s) ['chi2']; choose from normal" in capsys.readouterr().err
+
+
+def test_the_spread_calibration_benchmark_reads_the_equivalent_reading_on_the_margin(capsys):
+    """``--margin M``: the rate of "alike within M" with arm A on the margin both ways (two rates a cell), or at
+    --sd-ratio (one: its power, which for arms alike at 60 seeds is high); each checked against variance_test."""
+    from support.benchmarks import load_benchmark
+
+    bench = load_benchmark("spread_calibration")
+    assert bench.main(["--sims", "300", "--seeds", "8,12", "--dists", "normal", "--levels", "0.05", "--margin", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "arm A's seeds on the margin (2x / 0.5x as spread)" in out
+    rows = [line for line in out.splitlines() if line.startswith(("| 8 |", "| 12 |"))]
+    assert len(rows) == 2 and all(line.count("x)") == 2 for line in rows)
+    assert rows[0].split("|")[3].strip() == "0.00000 (0.00x) / 0.00000 (0.00x)"  # below MIN_SPREAD_N: no reading
+    assert bench.main(["--sims", "2000", "--seeds", "60", "--dists", "normal", "--levels", "0.05", "--margin", "4",
+                       "--sd-ratio", "1"]) == 0  # arms alike at 60 seeds: mostly read alike
+    out = capsys.readouterr().out
+    assert "with arm A's seeds 1x as spread (power)" in out
+    (row,) = [line for line in out.splitlines() if line.startswith("| 60 |")]
+    assert row.count("x)") == 1 and float(row.split("|")[3].split()[0]) > 0.5
+    for bad, message in ((["--margin", "1"], "--margin 1.0: a variance ratio > 1"),
+                         (["--margin", "4", "--permutations", "10"], "--permutations reads the verdict's level")):
+        with pytest.raises(SystemExit):
+            bench.main(bad)
+        assert message in capsys.readouterr().err
 
 
 def test_the_benchmarks_permutation_candidate_only_narrows_the_verdict(capsys):
