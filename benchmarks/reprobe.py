@@ -60,7 +60,7 @@ def reprobe(run_dir: Path, threads: int | None = None, changes: dict[str, object
         if not (key in MEASUREMENT_KEYS[:2] or (key.startswith("equilibrium.") and key != "equilibrium.")):
             raise ValueError(f"--set {key}: only how the probe measures may change ({', '.join(MEASUREMENT_KEYS)}*)")
         OmegaConf.update(cfg, key, value, merge=False)
-    spec = engine.validate(cfg)
+    spec = engine.check_values(cfg)
     out: dict[str, object] = {"run": str(run_dir), "threads": threads, "set": dict(changes or {}),
                               "trained_in": state.get("precision"),
                               "probed_in": rundir.precision(engine.select_device(cfg.train.device),

@@ -39,8 +39,8 @@ from tiedlab.core import Block, BlockSpec, BlockStats, GradSpec, SolverSpec, mod
 from tiedlab.core.equilibrium import equilibrium_flags, gradient_cosine
 
 from . import distributed, rundir
-from .base import DataBundle, Paradigm, epoch_generator, get_paradigm, on_the_record, paradigms_for_data
-from .config import TrainConfig, ignored_options, measurement_values, thresholds, validate
+from .base import DataBundle, Paradigm, epoch_generator, get_paradigm, on_the_record
+from .config import TrainConfig, check_values, ignored_options, measurement_values, thresholds
 from .provenance import now, run_provenance
 from .tracking import LocalTracker, make_tracker
 
@@ -527,7 +527,7 @@ def train(cfg: Any, run_dir: str | Path, overrides: Sequence[str] = (),
     if run_dir is None or not str(run_dir).strip():
         raise ValueError(f"run_dir={run_dir!r}: give a directory, or leave run_dir out for the one the overrides name")
     cfg = as_config(cfg)
-    spec = validate(cfg)
+    spec = check_values(cfg)  # a bad paradigm option too: refused before the run directory is touched
     world = distributed.world_from_env()  # one process of one unless started by torchrun
     distributed.check_supported(world, cfg.paradigm, int(cfg.train.batch_size))
     unread = get_paradigm(cfg.paradigm).unread_options(OmegaConf.to_container(cfg.data, resolve=True),
@@ -699,7 +699,8 @@ class _Run:
         self.signal_seen = ""  # a stop signal any rank received, as the ranks agreed after the last step
 
         self.base = {"fingerprint": self.fp, "fingerprint_version": rundir.FINGERPRINT_VERSION,
-                     "paradigm": cfg.paradigm, "dataset": self.data.meta.get("dataset"),
+                     "paradigm": cfg.paradigm, "paradigm_name": self.paradigm.name,
+                     "dataset": self.data.meta.get("dataset"),
                      "primary_metric": {"name": self.paradigm.primary_metric,
                                         "higher_is_better": self.paradigm.higher_is_better},
                      "total_steps": self.total_steps, "data": self.data.meta, "provenance": self.sessions,
@@ -1179,20 +1180,9 @@ def _tell(line: str) -> None:
 
 
 def _make_paradigm(cfg: Any, device: torch.device) -> Paradigm:
-    """The run's paradigm adapter. A dataset config of another paradigm (``tiedlab-vision data=cora``) is an
-    error that says whose it is."""
-    try:
-        return get_paradigm(cfg.paradigm)(cfg.data, cfg.model, device, seed=int(cfg.seed),
-                                          batch_size=int(cfg.train.batch_size))
-    except ValueError as err:
-        if "data options" not in str(err):
-            raise
-        owners = [p for p in paradigms_for_data(OmegaConf.to_container(cfg.data)) if p != cfg.paradigm]
-        if not owners:
-            raise
-        name = cfg.data.get("name", "this dataset")
-        raise ValueError(f"{name} is a {' or '.join(owners)} dataset, not a {cfg.paradigm} one: use "
-                         f"tiedlab-{owners[0]} data={name} (or paradigm={owners[0]})") from err
+    """The run's paradigm adapter (its options were checked before the lock: ``config.check_values``)."""
+    return get_paradigm(cfg.paradigm)(cfg.data, cfg.model, device, seed=int(cfg.seed),
+                                      batch_size=int(cfg.train.batch_size))
 
 
 def _width(cfg: DictConfig, paradigm: Paradigm) -> dict[str, Any]:

@@ -839,7 +839,8 @@ def _cell_config(overrides: tuple[str, ...]) -> dict[str, Any]:
     runs, and a study asks at every look.
 
     Raises:
-        ValueError: the overrides do not compose, or a compared key does not resolve outside a Hydra app.
+        ValueError: the overrides do not compose, give a value a run refuses (``config.check_values``), or a
+            compared key does not resolve outside a Hydra app.
     """
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -848,9 +849,11 @@ def _cell_config(overrides: tuple[str, ...]) -> dict[str, Any]:
     from tiedlab.reports.load import NOT_GROUPED, group_key
 
     from .cli import compose_config
+    from .config import check_values
 
     try:
         composed = compose_config(list(overrides))
+        check_values(composed)  # a bad value: one line now, not a failure in every run of the cell
         plain = OmegaConf.to_container(composed)
         judged = judged_thresholds({"block": {"mode": OmegaConf.select(composed, "block.mode")},
                                     "equilibrium": OmegaConf.to_container(composed.equilibrium, resolve=True)})
@@ -865,6 +868,9 @@ def _cell_config(overrides: tuple[str, ...]) -> dict[str, Any]:
 
         raise ValueError(f"the overrides {' '.join(overrides)} do not compose ({config_error(err)}): "
                          "fix the grid's or the command's") from None
+    except ValueError as err:
+        raise ValueError(f"the overrides {' '.join(overrides)} give a run that would fail ({err}): fix the grid's "
+                         "or the command's") from None
 
 
 def _cell_of(run: RunSpec) -> tuple[str, ...]:
@@ -875,12 +881,12 @@ def _cell_of(run: RunSpec) -> tuple[str, ...]:
 
 
 def check_composes(runs: Sequence[RunSpec]) -> None:
-    """Compose each cell of ``runs`` once (``_cell_config``, cached), so that a mistyped override of a grid, of a
-    swept value or of the command is one line before anything is launched, not a failure in every task a
-    scheduler starts.
+    """Compose each cell of ``runs`` once and check its values (``_cell_config``, cached), so that a mistyped
+    override of a grid, of a swept value or of the command, or a value a run refuses, is one line before anything
+    is launched, not a failure in every task a scheduler starts.
 
     Raises:
-        ValueError: naming the overrides that do not compose.
+        ValueError: naming the overrides that do not compose or give a refused value.
     """
     for cell in dict.fromkeys(_cell_of(run) for run in runs):
         _cell_config(cell)

@@ -37,7 +37,7 @@ from torch.utils import _pytree as pytree
 from tiedlab.core import BlockStats
 
 from . import engine, rundir
-from .config import validate
+from .config import check_values
 from .engine import _open_run_dir, _Run, _StopSignals, as_config, reset_peak_memory
 from .shared_data import shared_data
 
@@ -113,7 +113,7 @@ def train_seed_batch(cfgs: Sequence[Any], run_dirs: Sequence[str | Path], overri
     if len(cfgs) != len(run_dirs) or (logs is not None and len(logs) != len(run_dirs)):
         raise ValueError(f"{len(cfgs)} configs and {'no' if logs is None else len(logs)} logs for {len(run_dirs)} run "
                          "directories")
-    specs = [validate(c) for c in cfgs]
+    specs = [check_values(c) for c in cfgs]
     check_batchable(cfgs)
     results: list[dict[str, Any] | None] = [None] * len(cfgs)
     with contextlib.ExitStack() as stack:

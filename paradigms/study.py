@@ -321,6 +321,7 @@ def study(argv: list[str] | None = None) -> int:
     if args.plan or args.dry_run:  # what the command would register must pass the checks the run makes
         check_study_file(runs, full, sequential_plan(full, args.max_seeds, args.seed_step) if args.until_decided
                          else None)
+    check_primary_paradigms(full, runs, args.overrides)  # before anything is registered or run
     if args.plan:
         from .plan import format_plan, load_step_times, study_plan
 
@@ -367,7 +368,7 @@ def study(argv: list[str] | None = None) -> int:
                                                 {g["name"] for g in spec["grids"]} if args.grids else None,
                                                 args.seed_batch or 1)
         elapsed = time.time() - started
-        counts = count_statuses(runs / grid["name"] for grid in spec["grids"])
+        counts = closing_counts(spec, runs, args.overrides)
         print(f"[tiedlab] study {args.name}: {len(spec['grids'])} grids in {elapsed / 60:.1f} min, {failures} exited "
               f"non-zero; runs: {', '.join(f'{n} {status}' for status, n in counts.items())}", flush=True)
         if spec.get("report", True) and not args.no_report:
@@ -379,7 +380,7 @@ def study(argv: list[str] | None = None) -> int:
             if reported:
                 print(f"[tiedlab] the report of study {args.name} failed (exit {reported})", flush=True)
                 return 1
-        return 1 if failures or counts["failed"] or counts["unreadable"] else 0
+        return 1 if failures or counts["failed"] else 0
 
 
 def choose_launcher(args: argparse.Namespace) -> str:
@@ -575,6 +576,39 @@ def submit_study(spec: dict[str, Any], runs: Path, args: argparse.Namespace) -> 
           f"[tiedlab] follow it with: tiedlab-study {args.ref} --status"
           + (f" --runs {args.runs}" if args.runs else ""), flush=True)
     return 0
+
+
+def check_primary_paradigms(full: dict[str, Any], runs: Path, extra: list[str]) -> None:
+    """Each primary comparison names the paradigm its arms' runs train (the adapter's ``name``, which the report
+    shows): a typo, or an out-of-tree adapter named by its class, would register a transfer-table column no run
+    fills. One composition per arm's cell (``launch._cell_config``, cached; an arm that selects no run is left to
+    the report, a cell that does not compose to ``launch.check_composes``).
+
+    Raises:
+        ValueError: naming the comparison, the paradigm it registers and the one its arm's grid trains.
+    """
+    from tiedlab.reports.primary import arm_runs, load_primaries
+
+    from .base import get_paradigm
+
+    specs = load_primaries(full)
+    if not specs:
+        return
+    runs_of = launch.study_runs(full, runs, extra)
+    grids = [g["name"] for g in full.get("grids") or []]
+    for spec in specs:
+        for side, arm in (("a", spec.a), ("b", spec.b)):
+            chosen = arm_runs(arm, runs_of, grids)
+            try:
+                cell = launch._cell_config(launch._cell_of(chosen[0])) if chosen else None
+            except ValueError:  # a cell that does not compose: said by launch.check_composes, in every command
+                continue  # that composes (a dry run, --plan, a run), with the other cells' errors
+            if cell is None:
+                continue
+            name = get_paradigm(str(cell["paradigm"])).name
+            if name != spec.paradigm:
+                raise ValueError(f"primary comparison {spec.key}: paradigm {spec.paradigm!r}, but arm {side} (grid "
+                                 f"{arm.grid!r}) trains paradigm {name!r}: register the paradigm its runs train")
 
 
 def print_arms(full: dict[str, Any], runs: Path, extra: list[str]) -> int:
@@ -1205,6 +1239,23 @@ def study_slots(args: argparse.Namespace) -> tuple[int, str]:
     except ValueError:
         return per_gpu, (f"--gpus all counts one GPU ({per_gpu} run(s) at once) in the plan's and the looks' times: "
                          "this node shows none")
+
+
+def closing_counts(spec: dict[str, Any], runs: Path, extra: list[str]) -> dict[str, int]:
+    """How many of the study's runs are in each state ``--status`` counts (``launch.run_state``: done,
+    not_at_equilibrium, diverged, failed, running, stopped, pending): every run its grids sweep, written or not (a run
+    that failed before it wrote its config is failed, one never started pending), and any other run directory in a
+    grid's folder (the seeds a sequential look added)."""
+    dirs = {Path(r.run_dir) for r in launch.study_runs(spec, runs, extra)}
+    for grid in spec["grids"]:
+        folder = runs / grid["name"]
+        for config in folder.rglob(rundir.CONFIG) if folder.is_dir() else []:
+            if not any(part.startswith(".") for part in config.relative_to(folder).parts):  # not .hydra/config.yaml
+                dirs.add(config.parent)
+    counts = dict.fromkeys(launch.STATUS_COLUMNS[1:], 0)
+    for run_dir in dirs:
+        counts[launch.run_state(run_dir)] += 1
+    return counts
 
 
 def has_runs(folder: Path) -> bool:

@@ -298,7 +298,9 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def paradigm_name(raw: str) -> str:
-    """"vision" -> "vision"; "support.toy:ToyParadigm" -> "toy" (class name, lowercased, less "paradigm")."""
+    """The name of a run's paradigm where its metrics.json does not record the adapter's (``paradigm_name``, since
+    2026-12-07): "vision" -> "vision"; "support.toy:ToyParadigm" -> "toy" (class name, lowercased, less
+    "paradigm")."""
     if ":" not in raw and "." not in raw:
         return raw
     cls = raw.rpartition(":")[2] if ":" in raw else raw.rpartition(".")[2]
@@ -449,7 +451,7 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
         status=status, reason=reason, provenance=[p for p in result.get("provenance") or [] if isinstance(p, dict)],
         declared=_declared(result.get("primary_metric")), equilibrium=equilibrium,
         step=result.get("step"), total_steps=result.get("total_steps"),
-        paradigm=paradigm_name(raw_paradigm), dataset=str(dataset), seed=seed if isinstance(seed, int) else None,
+        paradigm=str(result.get("paradigm_name") or paradigm_name(raw_paradigm)), dataset=str(dataset), seed=seed if isinstance(seed, int) else None,
         mode=str(block.get("mode", "?")), label=variant_label(config) if config else "?", width=width,
         width_key=width_key,
         depth=block.get("depth") if isinstance(block.get("depth"), int) else None,

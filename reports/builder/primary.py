@@ -152,6 +152,12 @@ class PrimarySpec:
         return not self.id
 
     def __post_init__(self) -> None:
+        from .insights import INSIGHTS  # the transfer table's rows
+
+        if isinstance(self.insight, bool) or self.insight not in INSIGHTS:
+            raise ValueError(f"insight={self.insight!r} is not one of the transfer table's rows {sorted(INSIGHTS)}: "
+                             "name the insight the comparison informs (a question of your own takes an id, e.g. "
+                             "id: NAME/PARADIGM, beside the insight it bears on)")
         if self.claim not in stats.CLAIMS:
             raise ValueError(f"claim={self.claim!r} is not valid; choose one of {stats.CLAIMS}")
         if self.kind not in KINDS:
@@ -192,7 +198,10 @@ class PrimarySpec:
         if direction is None and str(raw.get("kind", "mean")) == "mean":
             raise ValueError(f"{context}: metric {metric!r} has no known direction (accuracies are higher-is-better, "
                              "losses and perplexities lower); set direction: higher or lower")
-        return cls(insight=int(raw["insight"]), paradigm=str(raw["paradigm"]),
+        insight = raw["insight"]
+        if isinstance(insight, bool) or not isinstance(insight, int):
+            raise ValueError(f"{context}: insight={insight!r} must be an integer (the transfer table's row)")
+        return cls(insight=insight, paradigm=str(raw["paradigm"]),
                    a=Arm.from_dict(raw["a"], f"{context}, arm a"), b=Arm.from_dict(raw["b"], f"{context}, arm b"),
                    claim=str(raw["claim"]), delta=float(delta), metric=metric,
                    direction=str(direction or "higher"),

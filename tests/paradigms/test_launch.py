@@ -80,6 +80,65 @@ def test_run_folders_are_those_multirun_makes_and_status_reads_them(tmp_path, mo
     assert launch.run_state(tmp_path) == "stopped"
 
 
+def test_the_studys_closing_count_is_every_run_its_grids_sweep_as_status_reads_them(tmp_path):
+    """The line a study ends with counts what --status counts: a run that took its lock and left before writing
+    anything (a failure before training) is failed, one never started pending, and a run directory beside the
+    sweep's (a seed a sequential look added) counts too."""
+    spec = {"name": "toy", "grids": [{"name": "g", "overrides": list(TOY), "sweep": {"seed": [0, 1, 2]}}]}
+    runs = tmp_path / "runs"
+    for seed in (0, 3):  # seed 3: added by a look, not in the sweep
+        run = runs / "g" / f"seed={seed}"
+        run.mkdir(parents=True)
+        (run / rundir.CONFIG).write_text("seed: 0\n")
+        rundir.write_json(run / rundir.METRICS, {"status": "completed", "step": 2, "total_steps": 2})
+    (runs / "g" / "seed=1").mkdir()
+    (runs / "g" / "seed=1" / rundir.LOCK).write_text("")  # its lock released with nothing written: failed
+    counts = study_module.closing_counts(spec, runs, [])
+    assert counts == {"done": 2, "not_at_equilibrium": 0, "diverged": 0, "failed": 1, "running": 0, "stopped": 0,
+                      "pending": 1}
+
+
+def test_a_grid_value_a_run_would_refuse_is_one_line_before_anything_runs(tmp_path, monkeypatch):
+    """A value every run of a cell would refuse (a paradigm's own option too) is refused by --dry-run and by the
+    study before any run directory is made, naming the overrides and the value."""
+    grids = [{"name": "g", "overrides": [*TOY, "train.max_steps=2"], "sweep": {"optim.lr": [0.01, -1], "seed": [0]}}]
+    write_study(tmp_path, monkeypatch, grids)
+    runs = tmp_path / "runs"
+    for extra in (["--dry-run"], []):
+        with pytest.raises(ValueError, match=r"the overrides .*optim.lr=-1 .*give a run that would fail "
+                                             r"\(optim.lr=-1.0 must be > 0\)"):
+            study_module.study(["toy", "--runs", str(runs), "--no-report", *extra])
+    assert not (runs / "g").exists()
+    from tiedlab.paradigms.config import check_values
+    from tiedlab.paradigms.cli import compose_config
+
+    with pytest.raises(ValueError, match=r"model.width=-1 must be an integer >= 1"):  # a paradigm's option
+        check_values(compose_config(["paradigm=vision", "model.width=-1"]))
+
+
+def test_a_primary_comparison_registers_the_paradigm_its_arms_train(tmp_path, monkeypatch):
+    """A comparison's paradigm is the one its arms' runs train (the adapter's name): a typo is refused before
+    anything is registered or run, by --dry-run and --plan too; the paradigm its runs record is that name."""
+    grids = [{"name": "g", "overrides": [*TOY, "train.max_steps=2"], "sweep": {"block": ["tied", "deq"], "seed": [0]}}]
+    write_study(tmp_path, monkeypatch, grids)
+    study_file = tmp_path / "studies" / "toy.yaml"
+    raw = yaml.safe_load(study_file.read_text())
+    raw["primary"] = {"defaults": {"delta": {"acc": 0.01}}, "comparisons": [
+        {"insight": 1, "paradigm": "toyy", "claim": "noninferiority", "metric": "val/acc",
+         "a": {"grid": "g", "where": {"block": "tied"}}, "b": {"grid": "g", "where": {"block": "deq"}}}]}
+    study_file.write_text(yaml.safe_dump(raw))
+    runs = tmp_path / "runs"
+    for extra in (["--dry-run"], ["--plan"], []):
+        with pytest.raises(ValueError, match=r"primary comparison 1/toyy: paradigm 'toyy', but arm a \(grid 'g'\) "
+                                             r"trains paradigm 'toy'"):
+            study_module.study(["toy", "--runs", str(runs), "--no-report", *extra])
+    assert not runs.exists()
+    raw["primary"]["comparisons"][0]["paradigm"] = "toy"
+    study_file.write_text(yaml.safe_dump(raw))
+    assert study_module.study(["toy", "--runs", str(runs), "--no-report"]) == 0
+    assert {metrics(p.parent)["paradigm_name"] for p in runs.rglob(rundir.METRICS)} == {"toy"}
+
+
 def test_a_run_its_time_limit_ended_is_told_apart_and_left_to_the_engine(tmp_path):
     """A run the engine ended at its train.time_limit_s (completed, step < total) used the limit its config.yaml
     records (``used_time_limit``, what a plan prices it by); it stays "stopped" for the runner, whose rerun lets

@@ -163,7 +163,7 @@ def test_a_depth_the_run_reads_is_not_named(changes):
 
 def test_zero_threads_is_refused_not_every_core():
     with pytest.raises(ValueError, match=r"train.threads=0 must be >= 1 or null"):
-        engine.validate(engine.as_config(cfg(**{"train.threads": 0})))
+        engine.check_values(engine.as_config(cfg(**{"train.threads": 0})))
 
 
 def test_mask_min_dim_is_fingerprinted_without_a_mask_when_a_norm_reads_it(tmp_path):
@@ -444,7 +444,7 @@ def test_a_study_with_a_failed_run_counts_it_and_exits_non_zero(tmp_path, monkey
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert cli_module.study(["toy", "--runs", str(tmp_path / "runs"), "--no-report"]) == 1
     out = capsys.readouterr().out
-    assert "runs: 1 completed, 0 diverged, 1 failed, 0 unfinished, 0 unreadable" in out
+    assert "runs: 1 done, 0 not_at_equilibrium, 0 diverged, 1 failed, 0 running, 0 stopped, 0 pending" in out
 
 
 # ---------------------------------------------------------------------------------------- provenance

@@ -77,6 +77,8 @@ def test_the_paper_study_registers_the_comparisons_of_quick_on_arms_of_the_same_
     ({"colour": "red"}, r"unknown key\(s\) \['colour'\]"),
     ({"a": {"grid": "g", "where": {"seed": 0}}}, r"\['seed'\] tell replicates apart"),
     ({"kind": "spread", "claim": "noninferiority"}, r"kind=spread tests a difference only"),
+    ({"insight": 7}, r"insight=7 is not one of the transfer table's rows \[1, 2, 3, 4, 5, 6\]"),
+    ({"insight": "3"}, r"insight='3' must be an integer"),
 ])
 def test_bad_primary_entries_are_errors_naming_the_value(change, match):
     with pytest.raises(ValueError, match=match):

@@ -72,6 +72,19 @@ def test_paradigm_name(raw, short):
     assert paradigm_name(raw) == short
 
 
+def test_a_run_is_named_by_its_adapters_name_where_metrics_json_records_it(tmp_path):
+    """An out-of-tree adapter's class name need not be its name (``TabularRegressor``, name "tabreg"): the run is
+    read by the name the engine records (``paradigm_name``), so that every section of a report says one name;
+    a run from before it was recorded falls back on the class name."""
+    from .conftest import write_run
+
+    run = write_run(tmp_path, "r", paradigm="pkg.adapter:TabularRegressor")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert load_run(run).paradigm == "tabularregressor"
+    (run / "metrics.json").write_text(json.dumps({**metrics, "paradigm_name": "tabreg"}))
+    assert load_run(run).paradigm == "tabreg"
+
+
 def test_to_float_reads_the_strings_run_dirs_use_for_non_finite():
     assert math.isnan(to_float("nan")) and to_float("inf") == math.inf and to_float(3) == 3.0
     assert math.isnan(to_float(None)) and math.isnan(to_float("x")) and math.isnan(to_float(True))
