@@ -230,17 +230,30 @@ def _quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _sets(run: "RunSpec | SeedBatchSpec", key: str) -> bool:
+    """Whether ``run``'s overrides (its grid's and the command's) set ``key``."""
+    return any(o.split("=", 1)[0].lstrip("+~") == key for o in run.overrides)
+
+
 def run_command(run: "RunSpec | SeedBatchSpec", threads: int | None = None) -> list[str]:
     """The command line that trains ``run`` in its directory (and nothing else: Hydra's own files go into the
-    run directory's ``.hydra``, as under multirun), or a seed batch's runs in theirs."""
+    run directory's ``.hydra``, as under multirun), or a seed batch's runs in theirs. ``threads`` (the launcher's
+    share of the cores) is given as ``train.threads`` unless the run's overrides set it: theirs is kept."""
+    share = [f"train.threads={threads}"] if threads and not _sets(run, "train.threads") else []
     if isinstance(run, SeedBatchSpec):
-        cmd = [sys.executable, "-m", "tiedlab.paradigms.seedbatch", "--seeds", ",".join(run.seeds), *run.run_dirs,
-               "--", *run.overrides]
-        return cmd + ([f"train.threads={threads}"] if threads else [])
-    cmd = [sys.executable, "-m", "tiedlab.paradigms.cli", *run.overrides, f"hydra.run.dir={_quoted(run.run_dir)}"]
-    if threads:
-        cmd.append(f"train.threads={threads}")
-    return cmd
+        return [sys.executable, "-m", "tiedlab.paradigms.seedbatch", "--seeds", ",".join(run.seeds), *run.run_dirs,
+                "--", *run.overrides, *share]
+    return [sys.executable, "-m", "tiedlab.paradigms.cli", *run.overrides, f"hydra.run.dir={_quoted(run.run_dir)}",
+            *share]
+
+
+def on_gpu(run: "RunSpec | SeedBatchSpec") -> "RunSpec | SeedBatchSpec":
+    """``run`` told to train on CUDA (``train.device=cuda``) unless its overrides name a device: a launcher that
+    hands a run a GPU (``--gpus``, ``--slurm`` with ``gpus_per_node``) must not let ``train.device=auto`` fall back
+    to the CPU unseen where the GPU is not visible; the run fails in one line instead. ``train.device`` is not
+    fingerprinted: a run started without it resumes."""
+    return run if _sets(run, "train.device") else dataclasses.replace(run, overrides=(*run.overrides,
+                                                                                    "train.device=cuda"))
 
 
 def start_run(run: RunSpec, env: dict[str, str], threads: int | None = None, new_session: bool = False,
@@ -397,13 +410,22 @@ def cluster_threads(nodes: list[dict[str, float]], *, gpus: bool, per_gpu: int, 
     return max(1, min(sum(cpus) // max(1, jobs), max(cpus, default=1)))
 
 
-STOPPING = "stopping"  # beside the events log while a stopped study ends: a task Ray retries then starts no run
+STOPPING = "stopping"  # a stopped study's marker beside the events log (``stop_marker``): its tasks Ray retries
+# then start no run; each study its own, so that two studies on one runs folder do not stop each other's
 RAY_GPU = "ray"  # ``_ray_task``'s device: the GPU share Ray gave the task (a cluster), not one named by the driver
 
 
-def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: str | None) -> dict[str, Any]:
+def stop_marker(record: Path) -> Path:
+    """This study's stop marker beside its events log ``record``: named by host, process and start, so that only
+    this study's tasks read it and only this study writes and removes it."""
+    return record.parent / f"{STOPPING}-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+
+
+def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: str | None,
+              stopped: str | None = None) -> dict[str, Any]:
     """Inside a Ray worker: train ``run`` on ``gpu`` (a device id the driver placed it on; ``RAY_GPU``: the GPU
-    Ray gave this task; None: no GPU), the only device the run sees."""
+    Ray gave this task; None: no GPU), the only device the run sees, unless the study's stop marker ``stopped``
+    exists (a task Ray retried after the study was stopped)."""
     import threading
 
     import ray
@@ -418,13 +440,14 @@ def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: str | 
     if gpu is not None:
         device = ",".join(str(i) for i in ray.get_gpu_ids()) if gpu == RAY_GPU else gpu
         env["CUDA_VISIBLE_DEVICES"] = device
+        run = on_gpu(run)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     path = Path(record) if record else None
     # A retried task (its worker died) waits for the run's previous process, which checkpoints on its own
     # (its death signal is SIGTERM) and holds the run's lock until it has.
     wait_for_locks([run.run_dir])
-    if path is not None and (path.parent / STOPPING).exists():  # a task Ray retried after the study was stopped
+    if stopped is not None and Path(stopped).exists():  # a task Ray retried after the study was stopped
         _event(path, event="end", run=run.name, gpu=device, code=INTERRUPTED_EXIT, stopped=True, started=False)
         return {"run": run.name, "gpu": device, "code": INTERRUPTED_EXIT}
     _event(path, event="start", run=run.name, gpu=device, pid=os.getpid())
@@ -497,6 +520,7 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
     sigterm = signal.getsignal(signal.SIGTERM)
     started = time.time()
     stopping: dict[str, int] = {}  # the runs in flight when the study was stopped: run dir -> its process's pid
+    marker: Path | None = None  # this study's stop marker (``stop_marker``), written once it is stopped
     hurry: list[bool] = []  # stopped a second time: the runs in flight are killed, not waited for
     try:
         try:
@@ -531,18 +555,18 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
         # would hold more)
         limit = len(ids) * per_gpu if placed else jobs if address is not None and not gpus else len(runs)
         where = str(record) if record else None
-        if record is not None:  # a previous study's stop, over: this one's tasks start their runs
-            (record.parent / STOPPING).unlink(missing_ok=True)
+        marker = stop_marker(record) if record is not None else None
+        stop = str(marker) if marker is not None else None
 
         def submit() -> None:
             run = waiting.pop(0)
             if placed:
                 n = min(range(len(ids)), key=lambda i: in_flight[i])  # the least loaded, the lowest index first
                 in_flight[n] += 1
-                ref = on_gpu[n].remote(run, threads, where, ids[n])
+                ref = on_gpu[n].remote(run, threads, where, ids[n], stop)
                 pending[ref] = (run, n)
             else:
-                pending[task.remote(run, threads, where, RAY_GPU if gpus else None)] = (run, None)
+                pending[task.remote(run, threads, where, RAY_GPU if gpus else None, stop)] = (run, None)
 
         try:
             while waiting and len(pending) < limit:
@@ -562,9 +586,9 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
                 if on_done is not None:
                     on_done(result)
         except BaseException:  # Ctrl-C or SIGTERM: runs not started never start, runs in flight checkpoint and stop
-            if record is not None:  # a worker that exits on the signal is retried by Ray: its task starts no run
-                record.parent.mkdir(parents=True, exist_ok=True)
-                (record.parent / STOPPING).write_text(f"{os.getpid()}\n")
+            if marker is not None:  # a worker that exits on the signal is retried by Ray: its task starts no run
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(f"{os.getpid()}\n")
             # the runs in flight: those of the processes this study's tasks started, by the events log (an
             # unreadable or empty log, as on a file system that lost the lines: every run holding a pending lock)
             ours = (started_children(record, since=started) if record else set()) or None
@@ -586,6 +610,8 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
             raise
         finally:
             _end_runs_in_flight(stopping, hurry)
+            if marker is not None:  # Ray is down: no task of this study is left to read it
+                marker.unlink(missing_ok=True)
 
 
 def _end_runs_in_flight(stopping: dict[str, int], hurry: list[bool]) -> None:
@@ -685,6 +711,11 @@ def slurm_options(given: Sequence[str]) -> dict[str, Any]:
         if not sep or key not in SLURM_KEYS:
             raise ValueError(f"--slurm-option {item!r}: expected KEY=VALUE with KEY one of {list(SLURM_KEYS)}")
         options[key] = yaml.safe_load(value)
+    for key, allowed in (("nodes", (1,)), ("tasks_per_node", (1,)), ("gpus_per_node", (0, 1))):
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or value not in allowed):  # more would sit idle, or
+            raise ValueError(f"--slurm-option {key}={value}: a task trains one run, in one process on at most one "
+                             f"GPU; {key} must be {' or '.join(map(str, allowed))}")  # start the run twice
     return options
 
 
@@ -700,6 +731,9 @@ def submit_slurm(runs: list[RunSpec], folder: Path, options: dict[str, Any], nam
     import submitit
 
     o = dict(options)
+    # submitit requeues a job once its checkpoint returns: the run must have stopped before Slurm kills the job,
+    # signal_delay_s after its warning (submitit's default 90 s)
+    stop_wait_s = max(10.0, float(o.get("signal_delay_s") or 90) - 30.0)
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster,
                                      slurm_max_num_timeout=int(o.pop("max_num_timeout", 3)))
     params: dict[str, Any] = {"name": name, "timeout_min": int(o.pop("timeout_min", 60))}
@@ -717,7 +751,7 @@ def submit_slurm(runs: list[RunSpec], folder: Path, options: dict[str, Any], nam
     from submitit.core.utils import FailedJobError
 
     try:
-        return executor.map_array(StudyRun(), runs)
+        return executor.map_array(StudyRun(stop_wait_s), runs)
     except FailedJobError as err:  # sbatch refused the array (a partition, account or limit): its own words
         said = " ".join(str(err).split())
         raise ValueError(f"Slurm refused the submission of {len(runs)} runs: {said[:400]}") from None

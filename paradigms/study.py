@@ -411,6 +411,9 @@ def choose_launcher(args: argparse.Namespace) -> str:
     if args.seed_batch is not None and (args.seed_batch < 2 or args.slurm or hydra_launcher):
         raise ValueError(f"--seed-batch={args.seed_batch} needs K >= 2 and the Ray path (--jobs N or --gpus; "
                          "with neither, one run at a time), not --slurm or a hydra/launcher= override")
+    if args.slurm and args.out is not None:
+        raise ValueError(f"--out {args.out}: --slurm returns once the runs are submitted and builds no report; build "
+                         "it when they ended: tiedlab-report RUNS --out DIR")
     if args.slurm and args.until_decided:
         raise ValueError("--until-decided reads results between its seed rounds, so it needs a launcher that waits: "
                          "use --gpus or --jobs, or run the looks after the Slurm jobs ended")
@@ -560,9 +563,12 @@ def submit_study(spec: dict[str, Any], runs: Path, args: argparse.Namespace) -> 
     if args.dry_run or not todo:
         print(f"[tiedlab] {len(todo)} runs to submit; options {options}", flush=True)
         for run in todo if args.dry_run else []:
+            run = launch.on_gpu(run) if options.get("gpus_per_node") else run
             print("+ " + shlex.join(launch.run_command(run)), flush=True)
         return 0
     folder = runs / ".submitit"
+    if options.get("gpus_per_node"):  # each task's run on its GPU, or a one-line failure: never the CPU unseen
+        todo = [launch.on_gpu(r) for r in todo]
     jobs = launch.submit_slurm(todo, folder, options, name=name, cluster=args.submitit_cluster)
     ids = [str(j.job_id) for j in jobs]
     folder.mkdir(parents=True, exist_ok=True)

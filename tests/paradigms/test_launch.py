@@ -383,6 +383,71 @@ def test_gpu_ids_and_slurm_options_are_checked():
     assert options["partition"] == "gpu" and options["timeout_min"] == 90 and options["max_num_timeout"] > 0
     with pytest.raises(ValueError, match="KEY=VALUE"):
         launch.slurm_options(["partitoin=gpu"])
+    # one task trains one run in one process: a second task would find its run locked, a second GPU sit idle
+    for bad, must in (("tasks_per_node=2", "1"), ("nodes=2", "1"), ("gpus_per_node=2", "0 or 1")):
+        with pytest.raises(ValueError, match=rf"--slurm-option {bad}: a task trains one run.*must be {must}"):
+            launch.slurm_options([bad])
+    assert launch.slurm_options(["gpus_per_node=0"])["gpus_per_node"] == 0
+
+
+def test_a_run_keeps_the_threads_and_device_its_overrides_set():
+    """The launcher's share of the cores is given as train.threads unless the run's overrides set it (theirs was
+    overridden, unseen); a run handed a GPU trains with train.device=cuda unless they name a device."""
+    run = launch.RunSpec("g", ("paradigm=vision", "seed=0"), "/r/g/seed=0")
+    assert launch.run_command(run, threads=4)[-1] == "train.threads=4"
+    mine = launch.RunSpec("g", ("paradigm=vision", "train.threads=2", "seed=0"), "/r/g/seed=0")
+    assert [o for o in launch.run_command(mine, threads=4) if o.startswith("train.threads")] == ["train.threads=2"]
+    batch = launch.SeedBatchSpec("g", ("paradigm=vision", "train.threads=2"), ("/r/a", "/r/b"), ("0", "1"))
+    assert [o for o in launch.run_command(batch, threads=4) if o.startswith("train.threads")] == ["train.threads=2"]
+    assert launch.on_gpu(run).overrides[-1] == "train.device=cuda" and launch.on_gpu(batch).overrides[-1] == \
+        "train.device=cuda"
+    cpu = launch.RunSpec("g", ("train.device=cpu", "seed=0"), "/r/g/seed=0")
+    assert launch.on_gpu(cpu) == cpu
+
+
+def test_slurm_submissions_put_runs_on_their_gpu_stop_them_in_time_and_refuse_an_unused_out(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """With gpus_per_node the submitted runs train on CUDA (never the CPU unseen); a task waits for its run to stop
+    at most signal_delay_s - 30 s (Slurm kills the job then, and submitit requeues only after the wait); --out,
+    which --slurm never writes, is refused."""
+    pytest.importorskip("submitit")
+    write_study(tmp_path, monkeypatch, [{"name": "g", "overrides": [*TOY, "train.max_steps=2"], "sweep": {"seed": [0]}}])
+    runs = tmp_path / "runs"
+    assert study_module.study(["toy", "--runs", str(runs), "--slurm", "--dry-run", "--submitit-cluster", "local"]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("+ ")]
+    assert "train.device=cuda" in line
+    submitted, real_submit = {}, launch.submit_slurm
+
+    def submit(todo, folder, options, name, cluster=None):
+        submitted.update(runs=todo, options=options)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(launch, "submit_slurm", submit)
+    with pytest.raises(ValueError, match="stop here"):
+        study_module.study(["toy", "--runs", str(runs), "--slurm", "--submitit-cluster", "local",
+                            "--slurm-option", "gpus_per_node=0"])
+    assert not any("train.device" in o for o in submitted["runs"][0].overrides)
+    with pytest.raises(ValueError, match=r"--out x: --slurm returns once the runs are submitted and builds no report"):
+        study_module.study(["toy", "--runs", str(runs), "--slurm", "--out", "x"])
+    waits = []
+    monkeypatch.setattr(launch, "StudyRun", lambda stop_wait_s=600.0: waits.append(stop_wait_s))
+
+    class Executor:
+        def __init__(self, **kwargs):
+            pass
+
+        def update_parameters(self, **kwargs):
+            pass
+
+        def map_array(self, fn, runs):
+            return []
+
+    import submitit
+
+    monkeypatch.setattr(submitit, "AutoExecutor", Executor)
+    for delay, wait in ((120, 90.0), (None, 60.0), (20, 10.0)):
+        real_submit([], tmp_path, {"signal_delay_s": delay}, "n")
+        assert waits[-1] == wait, (delay, waits)
 
 
 @pytest.mark.slow  # about 65 s: keeps the default suite under its 10-minute budget (make test-slow runs it)
@@ -462,7 +527,7 @@ def test_slurm_study_is_one_submission_with_status_and_requeues_after_sigusr2_an
     write_study(tmp_path, monkeypatch, grids)
     runs = tmp_path / "runs"
     argv = ["toy", "--runs", str(runs), "--no-report", "--slurm", "--submitit-cluster", "local",
-            "--slurm-option", "timeout_min=20"]
+            "--slurm-option", "timeout_min=20", "--slurm-option", "gpus_per_node=0"]  # this machine's CPU
     assert study_module.study(argv) == 0
     out = capsys.readouterr().out
     # returned once submitted: neither 1500-step run has finished when the command returns
@@ -645,7 +710,7 @@ def test_gpus_on_a_machine_without_one_is_one_line_before_anything_is_written(tm
     assert not (tmp_path / "runs").exists() and "runs to train" not in capsys.readouterr().out
 
 
-def _fake_ray_task(run, threads, record, gpu):
+def _fake_ray_task(run, threads, record, gpu, stopped=None):
     """A Ray task that trains nothing: holds its slot a moment and says where it was placed."""
     time.sleep(1.0)
     return {"run": run.name, "gpu": gpu, "code": 0}
@@ -809,13 +874,22 @@ def test_a_task_ray_retries_after_the_study_was_stopped_starts_no_run(tmp_path, 
     beside the events log; a task that finds it starts nothing."""
     record = tmp_path / ".launch" / "events.jsonl"
     record.parent.mkdir()
-    (record.parent / launch.STOPPING).write_text("1\n")
+    ours, theirs = launch.stop_marker(record), launch.stop_marker(record)
+    assert ours != theirs and ours.parent == record.parent
+    theirs.write_text("1\n")  # another study on this runs folder was stopped: not this one's business
 
     def refuse(*args, **kwargs):
         raise AssertionError("a run was started")
 
-    monkeypatch.setattr(launch, "start_run", refuse)
+    def started(run, env, threads=None, new_session=False, death_signal=None):
+        assert "train.device=cuda" in run.overrides and env["CUDA_VISIBLE_DEVICES"] == "1"  # on its GPU, or fails
+        return subprocess.Popen([sys.executable, "-c", "pass"])
+
+    monkeypatch.setattr(launch, "start_run", started)
     run = launch.RunSpec("g", ("seed=0",), str(tmp_path / "g" / "seed=0"))
-    result = launch._ray_task(run, None, str(record), None)
+    assert launch._ray_task(run, None, str(record), "1", str(ours))["code"] == 0
+    ours.write_text("1\n")
+    monkeypatch.setattr(launch, "start_run", refuse)
+    result = launch._ray_task(run, None, str(record), None, str(ours))
     assert result["code"] == launch.INTERRUPTED_EXIT
     assert json.loads(record.read_text().splitlines()[-1])["started"] is False
