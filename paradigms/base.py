@@ -163,7 +163,9 @@ class Paradigm(ABC):
     @abstractmethod
     def score(self, model: nn.Module, data: DataBundle, split: str) -> dict[str, float]:
         """Quality on ``split`` as ``{f"{split}/acc": ..., f"{split}/loss": ...}``; ``evaluate`` calls it with the
-        model in eval mode and gradients off. Must include ``f"{split}/{primary_metric}"``."""
+        model in eval mode and gradients off. Must include ``f"{split}/{primary_metric}"``, and with
+        ``scores_train`` ``"train/loss"`` for the split "train" (the training objective: the report's capacity
+        measure, ``fit/loss``)."""
 
     def artifacts(self, run_dir: str) -> None:
         """Save what a run directory needs to be reloaded without the data root (e.g. a tokenizer)."""

@@ -46,6 +46,11 @@ def check_paradigm(
         bundle: DataBundle = paradigm.build_data()
         assert bundle.steps_per_epoch >= 1 and bundle.samples_per_step >= 1, key
         assert "dataset" in bundle.meta, f"{cls.name}: DataBundle.meta must name the dataset"
+        if not results:  # one epoch's batches, once: the engine sizes train.epochs runs by steps_per_epoch
+            yielded = sum(1 for _ in bundle.train_batches(torch.Generator().manual_seed(0)))
+            assert yielded == bundle.steps_per_epoch, (
+                f"{cls.name}: DataBundle.steps_per_epoch is {bundle.steps_per_epoch} but train_batches yields "
+                f"{yielded} batches an epoch (a run of train.epochs=E would train E x {bundle.steps_per_epoch} steps)")
         spec = BlockSpec.from_dict(CONTRACT_BLOCKS[key])
         net = paradigm.build_model(bundle, spec).to(device)
         counts = model_param_counts(net)
@@ -82,5 +87,10 @@ def check_paradigm(
             for name, value in metrics.items():
                 assert name.startswith(f"{split}/"), f"{key}: metric {name!r} is not under {split}/"
                 assert isinstance(value, float) and math.isfinite(value), f"{key}: {name}={value!r}"
+        if cls.scores_train is True and not results:  # train.score_train's fit/loss: the report's capacity measure
+            fit = paradigm.evaluate(net, bundle, "train")
+            assert "train/loss" in fit, (f"{key}: scores_train is True but evaluate('train') lacks 'train/loss' (the "
+                                         "training objective, which the report's capacity comparisons read as "
+                                         f"fit/loss): {sorted(fit)}")
         results[key] = {"first": losses[0], "last": losses[-1]}
     return results

@@ -235,19 +235,39 @@ def _started_before(started: Any, when: str) -> bool:
         return False
 
 
+def world_sizes(run: Any) -> tuple[int, ...]:
+    """The numbers of processes (``torchrun`` ranks) a run's sessions trained over, one per distinct number (a
+    session that does not record it trained alone: 1). A rank's step time and its memory are one process's share."""
+    return tuple(sorted({int(p.get("world_size") or 1) for p in getattr(run, "provenance", None) or []
+                         if isinstance(p, dict)})) or (1,)
+
+
+def process_layout(run: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """How a run's processes shared its work: its seed batch sizes (``seed_batch_sizes``) and its world sizes
+    (``world_sizes``). Its time and memory compare only with runs of the same layout."""
+    return seed_batch_sizes(run), world_sizes(run)
+
+
 def mixed_seed_batches(runs: Iterable[Any]) -> str:
     """"K = 1 vs 4" when the runs trained in seed batches of different sizes ("unknown" for runs whose provenance
-    does not say, beside runs whose does), so that their per-process metrics (``PER_PROCESS_METRICS``) do not
-    compare; "" when they trained alike, or no run's provenance says."""
-    sizes = {seed_batch_sizes(r) for r in runs}
-    if len(sizes) <= 1:
+    does not say, beside runs whose does), or over different numbers of processes ("K = 1 vs 1 over 2 processes"),
+    so that their per-process metrics (``PER_PROCESS_METRICS``) do not compare; "" when they trained alike, or no
+    run's provenance says."""
+    layouts = {process_layout(r) for r in runs}
+    if len(layouts) <= 1:
         return ""
-    return "K = " + " vs ".join(map(seed_batch_label, sorted(sizes)))
+    return "K = " + " vs ".join(map(layout_label, sorted(layouts)))
 
 
 def seed_batch_label(sizes: tuple[int, ...]) -> str:
     """``seed_batch_sizes`` as a report says it: "4", "1/4" (sessions of each), "unknown" (provenance silent)."""
     return "/".join(map(str, sizes)) if sizes else "unknown"
+
+
+def layout_label(layout: tuple[tuple[int, ...], tuple[int, ...]]) -> str:
+    """``process_layout`` as a report says it: the seed batch label, with " over N processes" unless 1."""
+    sizes, worlds = layout
+    return seed_batch_label(sizes) + ("" if worlds == (1,) else f" over {'/'.join(map(str, worlds))} processes")
 
 
 def set_apart(run: Any) -> bool:

@@ -32,7 +32,7 @@ from typing import Any, Hashable, Iterable, Mapping, Protocol
 from . import stats
 from .load import REPLICATE_KEYS  # the run-name keys that tell replicates apart (seed, fold), never arms
 from .load import mixed_seed_batches  # arms trained in seed batches of other sizes: their times do not compare
-from .load import PER_PROCESS_METRICS, seed_batch_label, seed_batch_sizes  # time and memory: at one seed batch
+from .load import PER_PROCESS_METRICS, layout_label, process_layout  # time and memory: at one layout
 from .load import set_apart  # completed runs flagged not at equilibrium: left out of the arms, counted
 from .load import to_float
 
@@ -351,6 +351,23 @@ def _spread_ps(test: Any) -> str:
              if math.isfinite(test.p_equiv) else "")
     return (f" (F test p={test.p_f:.3g}, Brown-Forsythe p={test.p_robust:.3g}, Fligner-Killeen p={test.p_rank:.3g}: "
             f"a verdict needs all three{alike})")
+
+
+def missing_metric_notes(spec: PrimarySpec, a: list[RunLike], b: list[RunLike]) -> list[str]:
+    """A note per arm whose completed runs all lack the comparison's metric (a metric another paradigm writes,
+    a typo), naming the metrics of its kind that they record: else the comparison reads "n<2: 0 replicates" with
+    runs in both arms and no hint why. Divergence comparisons read statuses, not a metric: none."""
+    if spec.kind == "divergence":
+        return []
+    notes = []
+    split = spec.metric.split("/", 1)[0] + "/" if "/" in spec.metric else ""
+    for side, members in (("a", a), ("b", b)):
+        completed = [r for r in members if r.status == "completed"]
+        if completed and not any(spec.metric in r.metrics for r in completed):
+            have = sorted({k for r in completed for k in r.metrics if k.startswith(split)})[:6]
+            notes.append(f"arm {side}: none of its {len(completed)} completed run(s) records {spec.metric}"
+                         + (f" (they record {', '.join(have)})" if have else ""))
+    return notes
 
 
 def replicate_id(run: RunLike) -> Hashable:
@@ -724,16 +741,17 @@ def _warmup_steps(run: RunLike) -> int:
 
 
 def seed_batch_differences(metric: str, a: list[RunLike], b: list[RunLike]) -> str:
-    """For a time, throughput or memory metric: how the runs' seed batches differ ("" when each pair of runs of one
-    seed, or every run when the arms are not paired, trained in batches of one size, or when no provenance says).
+    """For a time, throughput or memory metric: how the runs' seed batches or process counts differ ("" when each
+    pair of runs of one seed, or every run when the arms are not paired, trained alike, or when no provenance says).
     A run trained in a seed batch of K records the batch's step seconds divided by K and the batch's peak memory,
-    so it is not compared with a run trained in batches of another size (separate runs: K = 1), nor with one whose
-    provenance does not say beside one whose does (``mixed_seed_batches``' rule)."""
+    and a torchrun rank one process's share, so it is not compared with a run trained in batches of another size
+    (separate runs: K = 1) or over another number of processes, nor with one whose provenance does not say beside
+    one whose does (``mixed_seed_batches``' rule)."""
     if not metric.startswith(PER_PROCESS_METRICS):
         return ""
 
-    def sizes(members: list[RunLike]) -> dict[Hashable, tuple[int, ...]]:  # replicate -> its sessions' batch sizes
-        return {replicate_id(r): seed_batch_sizes(r) for r in members if r.status in ("completed", "diverged")}
+    def sizes(members: list[RunLike]) -> dict[Hashable, tuple]:  # replicate -> its sessions' batch and world sizes
+        return {replicate_id(r): process_layout(r) for r in members if r.status in ("completed", "diverged")}
 
     ka, kb = sizes(a), sizes(b)
     common = ka.keys() & kb.keys()
@@ -743,12 +761,13 @@ def seed_batch_differences(metric: str, a: list[RunLike], b: list[RunLike]) -> s
         differ = [] if len(set(ka.values()) | set(kb.values())) <= 1 else [("-", ka, kb)]
     if not differ:
         return ""
-    shown = ", ".join(f"{s}: K = {seed_batch_label(x)} vs {seed_batch_label(y)}"
+    shown = ", ".join(f"{s}: K = {layout_label(x)} vs {layout_label(y)}"
                       for s, x, y in differ[:3]) if common else \
-        "; ".join(f"arm {side}: K = {', '.join(map(seed_batch_label, sorted(set(k.values()))))}"
+        "; ".join(f"arm {side}: K = {', '.join(map(layout_label, sorted(set(k.values()))))}"
                   for side, k in (("a", ka), ("b", kb)))
-    return (f"{metric} was measured in seed batches of different sizes ({shown}): a batched run's seconds are the "
-            "batch's divided by K, its memory the batch's")
+    return (f"{metric} was measured in seed batches of different sizes or over different numbers of processes "
+            f"({shown}): a batched run's seconds are the batch's divided by K, its memory the batch's; a torchrun "
+            "rank's, one process's share")
 
 
 def short_of_equilibrium(left_out: dict[str, list[str]], usable: dict[str, int]) -> str:
@@ -810,7 +829,8 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
             notes.append(f"read on {seeds} {LIMIT_NOTE}")
         names = ([r.name for r in a], [r.name for r in b])
         described = {"differ": arm_differences(_recorded_keys(a), _recorded_keys(b)), "matching": arm_matching(a, b)}
-        notes.extend([*config_gaps(a, b), *stopped_early_notes(a, b), *warmup_notes(spec.metric, a, b)])
+        notes.extend([*missing_metric_notes(spec, a, b), *config_gaps(a, b), *stopped_early_notes(a, b),
+                      *warmup_notes(spec.metric, a, b)])
         mixed = "; ".join(x for x in (config_differences(a, b, thresholds=spec.kind != "divergence"),
                                       seed_batch_differences(spec.metric, a, b)) if x)
         if mixed:

@@ -27,3 +27,34 @@ def test_a_batch_that_does_not_overfit_names_the_knobs_and_a_deqs_solve():
     assert text.endswith("(check_paradigm's lr, overfit_steps and overfit_ratio set the test)")
     with pytest.raises(AssertionError, match=r"^tied: one batch did not overfit .* not below 0.7x \(check_paradigm"):
         check_paradigm(ToyParadigm, data={}, model={"width": 16}, blocks=("tied",), lr=0.0)
+
+
+def test_a_bundle_that_declares_more_steps_than_it_yields_is_caught():
+    """steps_per_epoch sizes a run of train.epochs: an adapter that declares 5 more batches than it yields would
+    train 2 epochs as several, unseen; the contract counts one epoch's batches."""
+    import dataclasses
+
+    class Overstated(ToyParadigm):
+        def build_data(self):
+            bundle = super().build_data()
+            return dataclasses.replace(bundle, steps_per_epoch=bundle.steps_per_epoch + 5)
+
+    with pytest.raises(AssertionError, match=r"^toy: DataBundle.steps_per_epoch is \d+ but train_batches "
+                                             r"yields \d+ batches an epoch"):
+        check_paradigm(Overstated, data={}, model={"width": 16}, blocks=("tied",))
+
+
+def test_an_evaluation_without_its_loss_is_caught():
+    """fit/loss is the report's capacity measure: a paradigm that scores its training split (scores_train) but gives
+    no train/loss there would show no capacity at all; the contract asks for it."""
+
+    class Scored(ToyParadigm):
+        scores_train = True  # the toy's score takes its training split
+
+    class NoLoss(Scored):
+        def score(self, model, data, split):
+            return {k: v for k, v in super().score(model, data, split).items() if not k.endswith("/loss")}
+
+    check_paradigm(Scored, data={}, model={"width": 16}, blocks=("tied",))
+    with pytest.raises(AssertionError, match=r"tied: scores_train is True but evaluate\('train'\) lacks 'train/loss'"):
+        check_paradigm(NoLoss, data={}, model={"width": 16}, blocks=("tied",))

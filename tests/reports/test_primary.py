@@ -131,6 +131,21 @@ def test_a_clear_effect_holds_a_null_one_stays_undetermined_and_says_how_many_se
     assert short.verdict == "undetermined" and short.seeds_needed is not None and short.seeds_needed > 3
 
 
+def test_arms_whose_runs_lack_the_metric_say_which_they_record():
+    """A metric the arms' runs never write (another paradigm's, a typo) reads n<2 as before, with a note per arm
+    naming what its runs record, not only "0 replicates"."""
+    (s,) = load_primaries({"primary": {"comparisons": [spec()]}})
+    runs = _runs([0.1, 0.2], [0.3, 0.4], metric="val/mse")
+    for r in runs:
+        r.metrics["val/r2"] = 0.5
+    (r,) = evaluate_primaries([s], runs)
+    assert r.verdict == "undetermined" and r.n_a == 0
+    assert r.notes[:2] == ["arm a: none of its 2 completed run(s) records val/acc (they record val/mse, val/r2)",
+                           "arm b: none of its 2 completed run(s) records val/acc (they record val/mse, val/r2)"]
+    (fine,) = evaluate_primaries([s], _runs([0.9, 0.91], [0.8, 0.82]))
+    assert not any("records" in n for n in fine.notes)
+
+
 def test_a_spread_comparison_counts_the_runs_of_each_arm():
     (s,) = load_primaries({"primary": {"comparisons": [spec(kind="spread")]}})
     (none,) = evaluate_primaries([s], [])
@@ -451,7 +466,7 @@ def test_step_times_from_seed_batches_of_another_size_are_not_compared():
                                                               delta=0.1)]}})
     accuracy = load_primaries({"primary": {"comparisons": [spec()]}})
     (t,) = evaluate_primaries(timing, arms(4, 1))
-    assert t.verdict == "undetermined" and "measured in seed batches of different sizes (seed 0: K = 4 vs 1" in t.reason
+    assert t.verdict == "undetermined" and "over different numbers of processes (seed 0: K = 4 vs 1" in t.reason
     looks = arms(4, 4)  # a later look's seeds in batches of 2, on both arms alike: still comparable
     for r in looks:
         if r.name.endswith(("seed=2", "seed=3")):
@@ -471,6 +486,13 @@ def test_step_times_from_seed_batches_of_another_size_are_not_compared():
         r.provenance = []
     (before,) = evaluate_primaries(timing, silent)
     assert before.verdict == "holds"
+    ranks = arms(1, 1)  # arm b's runs trained over 2 torchrun processes: a rank's time is one process's share
+    for r in ranks[4:]:
+        r.provenance = [{"seed_batch": 1, "world_size": 2}]
+    (spread_out,) = evaluate_primaries(timing, ranks)
+    assert spread_out.verdict == "undetermined" and "(seed 0: K = 1 vs 1 over 2 processes" in spread_out.reason
+    (acc,) = evaluate_primaries(accuracy, ranks)
+    assert acc.verdict == "holds"
 
 
 def test_a_step_time_comparison_says_how_much_of_the_deqs_time_was_its_unrolled_warm_up():

@@ -689,6 +689,9 @@ def test_seconds_from_seed_batches_of_different_sizes_are_not_compared_outside_t
     later = SimpleNamespace(provenance=[{"started": "2026-12-04T10:00:00+00:00"}])
     assert seed_batch_sizes(later) == () and seed_batch_sizes(SimpleNamespace(provenance=[])) == ()
     assert mixed_seed_batches([later, SimpleNamespace(provenance=[{"seed_batch": 3}])]) == "K = unknown vs 3"
+    resumed = SimpleNamespace(provenance=[{"seed_batch": 1, "world_size": 2}, {"seed_batch": 1, "world_size": 1}])
+    assert mixed_seed_batches([resumed, SimpleNamespace(provenance=[{"seed_batch": 1}])]) == \
+        "K = 1 vs 1 over 1/2 processes"
 
 
 def test_the_cell_table_counts_seeds_where_run_directories_repeat_one(tmp_path):
