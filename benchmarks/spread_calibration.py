@@ -180,6 +180,20 @@ def main(argv: list[str] | None = None) -> int:
           f"alone, at any seed count"
           + (f" / of the verdict with a permutation test ({args.permutations} relabellings)" if args.permutations
              else "") + "\n")
+
+    def cells(draw, n: int) -> list[str]:
+        verdict, two, joint = false_rates(draw, n, args.sims, levels, rng, args.sd_ratio, args.permutations, perm_rng)
+        return [f"{v:.5f} ({v / a:.2f}x) / {t:.5f} ({t / a:.2f}x)"
+                + (f" / {w:.5f} ({w / a:.2f}x)" if args.permutations else "")
+                for v, t, w, a in zip(verdict, two, joint, levels)]
+
+    print_table(args, seeds, levels, offset, cells)
+    return 0
+
+
+def print_table(args: argparse.Namespace, seeds: list[int], levels: list[float], offset: float, cells) -> None:
+    """The markdown table: a header of the levels, then a row per seed count and distribution (on the grid with
+    ``--ties``) with the cells ``cells(draw, n)`` gives."""
     print("| seeds | distribution | " + " | ".join(f"alpha {a:.3g}" for a in levels) + " |")
     print("|---:|---|" + "---|" * len(levels))
     for n in seeds:
@@ -187,13 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             draw = DISTRIBUTIONS[name]
             if args.ties is not None:
                 draw = on_a_grid(draw, args.ties, offset)
-            verdict, two, joint = false_rates(draw, n, args.sims, levels, rng, args.sd_ratio, args.permutations,
-                                              perm_rng)
-            cells = [f"{v:.5f} ({v / a:.2f}x) / {t:.5f} ({t / a:.2f}x)"
-                     + (f" / {w:.5f} ({w / a:.2f}x)" if args.permutations else "")
-                     for v, t, w, a in zip(verdict, two, joint, levels)]
-            print(f"| {n} | {name} | " + " | ".join(cells) + " |", flush=True)
-    return 0
+            print(f"| {n} | {name} | " + " | ".join(cells(draw, n)) + " |", flush=True)
 
 
 def print_equivalent_rates(args: argparse.Namespace, seeds: list[int], levels: list[float], offset: float,
@@ -213,16 +221,12 @@ def print_equivalent_rates(args: argparse.Namespace, seeds: list[int], levels: l
         what += f", outcomes on a grid ({args.ties:g} steps of standard deviation, offset {offset:g})"
     print(f"{what}, {args.sims} simulations a cell: rate (x alpha); no p below MIN_SPREAD_N = "
           f"{stats.MIN_SPREAD_N} seeds\n")
-    print("| seeds | distribution | " + " | ".join(f"alpha {a:.3g}" for a in levels) + " |")
-    print("|---:|---|" + "---|" * len(levels))
-    for n in seeds:
-        for name in args.dists.split(","):
-            draw = DISTRIBUTIONS[name]
-            if args.ties is not None:
-                draw = on_a_grid(draw, args.ties, offset)
-            rates = [equivalent_rates(draw, n, args.sims, levels, rng, r, args.margin) for r in ratios]
-            cells = [" / ".join(f"{rate[j]:.5f} ({rate[j] / a:.2f}x)" for rate in rates) for j, a in enumerate(levels)]
-            print(f"| {n} | {name} | " + " | ".join(cells) + " |", flush=True)
+
+    def cells(draw, n: int) -> list[str]:
+        rates = [equivalent_rates(draw, n, args.sims, levels, rng, r, args.margin) for r in ratios]
+        return [" / ".join(f"{rate[j]:.5f} ({rate[j] / a:.2f}x)" for rate in rates) for j, a in enumerate(levels)]
+
+    print_table(args, seeds, levels, offset, cells)
     return 0
 
 

@@ -158,19 +158,22 @@ def _plain_node(node: Any) -> dict[str, Any]:
 
 def check_values(cfg: Any) -> BlockSpec:
     """Every value a run reads, checked before anything is written or loaded: the shared sections (``validate``)
-    and the paradigm's data and model options, built as its adapter builds them (``DataOptions``, ``ModelOptions``;
-    this imports the adapter; a dataset config of another paradigm is named as such). Returns the block spec.
+    and the paradigm's: its adapter is built (its ``DataOptions``, ``ModelOptions`` and own cross-checks; an
+    adapter's constructor loads no data, CONTRIBUTING); a dataset config of another paradigm is named as such.
+    Imports the adapter. Returns the block spec.
 
     Raises:
         ValueError: naming the bad value and the valid choices.
     """
     spec = validate(cfg)
-    from .base import get_paradigm, options_from, paradigms_for_data
+    import torch
+
+    from .base import get_paradigm, paradigms_for_data
 
     cls = get_paradigm(cfg.paradigm)
     data = _plain_node(cfg.data)
-    try:
-        options_from(cls.DataOptions, data, f"{cls.name} data")
+    try:  # the adapter's own constructor: its options and its cross-checks (an adapter loads no data there)
+        cls(data, _plain_node(cfg.model), torch.device("cpu"), seed=int(cfg.seed), batch_size=int(cfg.train.batch_size))
     except ValueError as err:  # a dataset config of another paradigm (tiedlab-vision data=cora): say whose it is
         owners = [p for p in paradigms_for_data(data) if p != cfg.paradigm] if "data options" in str(err) else []
         if not owners:
@@ -178,7 +181,6 @@ def check_values(cfg: Any) -> BlockSpec:
         name = data.get("name", "this dataset")
         raise ValueError(f"{name} is a {' or '.join(owners)} dataset, not a {cfg.paradigm} one: use "
                          f"tiedlab-{owners[0]} data={name} (or paradigm={owners[0]})") from err
-    options_from(cls.ModelOptions, _plain_node(cfg.model), f"{cls.name} model")
     return spec
 
 

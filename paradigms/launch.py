@@ -887,7 +887,11 @@ def _cell_config(overrides: tuple[str, ...]) -> dict[str, Any]:
 
     try:
         composed = compose_config(list(overrides))
-        check_values(composed)  # a bad value: one line now, not a failure in every run of the cell
+        try:
+            check_values(composed)  # a bad value: one line now, not a failure in every run of the cell
+        except ValueError as err:
+            raise ValueError(f"the overrides {' '.join(overrides)} give a run that would fail ({err}): fix the "
+                             "grid's or the command's") from None
         plain = OmegaConf.to_container(composed)
         judged = judged_thresholds({"block": {"mode": OmegaConf.select(composed, "block.mode")},
                                     "equilibrium": OmegaConf.to_container(composed.equilibrium, resolve=True)})
@@ -902,9 +906,6 @@ def _cell_config(overrides: tuple[str, ...]) -> dict[str, Any]:
 
         raise ValueError(f"the overrides {' '.join(overrides)} do not compose ({config_error(err)}): "
                          "fix the grid's or the command's") from None
-    except ValueError as err:
-        raise ValueError(f"the overrides {' '.join(overrides)} give a run that would fail ({err}): fix the grid's "
-                         "or the command's") from None
 
 
 def _cell_of(run: RunSpec) -> tuple[str, ...]:

@@ -288,7 +288,9 @@ class PrimaryResult:
 def correct(results: list[PrimaryResult], alpha: float = stats.ALPHA) -> list[PrimaryResult]:
     """Holm across every primary comparison of a report (``stats.holm_levels``): a mean comparison is re-read
     from its interval at its level (``stats.reread``); a divergence or spread test is decided when its p is within
-    its level, in the direction its effect has (it has no other reading, so it releases its share like Holm's)."""
+    its level, in the direction its effect has. A divergence test has no other reading and releases its share like
+    Holm's; a spread test, undecided, reads "equivalent" when its ``p_equiv`` is within the level (the variance
+    ratio within the margin), so it keeps its share, as a superiority comparison of means does."""
     if not results:
         return []
     p = [math.nan if r.test is None else r.test.p if r.spec.kind != "mean" or r.test.readable else math.nan

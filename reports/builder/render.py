@@ -14,6 +14,7 @@ from . import guidelines as guide
 from .aggregate import COLUMNS, Stat, groups
 from .insights import INSIGHTS, NEEDS, RULE
 from .load import EQUILIBRIUM_MEASURES, apart_reasons, set_apart
+from .stats import SPREAD_MARGIN
 
 
 @dataclass
@@ -233,7 +234,9 @@ def primary_blocks(report: Any) -> list[Block]:
     for r in report.primaries:
         s = r.spec
         effect = effect_formula(s)
-        claim, n = f"{s.claim}, delta {s.delta:g}", f"{r.n_a}/{r.n_b}" + (" paired" if r.paired else "")
+        margin = (f"margin: variance ratio {SPREAD_MARGIN:g} either way" if s.kind == "spread" else
+                  "no margin" if s.kind == "divergence" else f"delta {s.delta:g}")
+        claim, n = f"{s.claim}, {margin}", f"{r.n_a}/{r.n_b}" + (" paired" if r.paired else "")
         name = (str(s.insight) if s.headline else f"{s.insight} ({s.id})") + (f" [{s.family}]" if s.family else "")
         rows.append([name, s.paradigm, s.label or "-", f"A: {s.a.title()}", f"B: {s.b.title()}",
                      claim, f"{s.kind}: {s.metric}"
@@ -273,7 +276,8 @@ def primary_blocks(report: Any) -> list[Block]:
                           "noninferiority claim holds when A is not worse than B by more than delta (the table "
                           "above gives each delta), whatever the label says (\"at least as accurate\", \"within "
                           "delta\"); \"equivalent\" (an equivalence claim, or a superiority claim's secondary "
-                          "reading) says the effect lies within +-delta."),
+                          "reading) says the effect lies within +-delta (for spread: the variance ratio within "
+                          f"[1/{SPREAD_MARGIN:g}, {SPREAD_MARGIN:g}])."),
                Block("table", header=["insight"] + paradigms, rows=transfer_rows(report.primaries, paradigms))]
     return blocks
 

@@ -453,9 +453,11 @@ def test_slurm_submissions_put_runs_on_their_gpu_stop_them_in_time_and_refuse_an
 @pytest.mark.slow  # about 65 s: keeps the default suite under its 10-minute budget (make test-slow runs it)
 def test_ray_places_all_grids_on_fake_gpus_k_per_gpu_and_a_killed_worker_resumes(tmp_path, monkeypatch, capsys):
     pytest.importorskip("ray")
-    long = [*TOY, "train.max_steps=400", "train.ckpt_every=20", "train.batch_size=32"]
+    # the fake GPUs are this CPU: the runs name it (a run handed a GPU otherwise trains with train.device=cuda)
+    long = [*TOY, "train.max_steps=400", "train.ckpt_every=20", "train.batch_size=32", "train.device=cpu"]
     grids = [{"name": "a", "overrides": long, "sweep": {"seed": [0, 1, 2, 3]}},
-             {"name": "b", "overrides": [*TOY, "train.max_steps=30", "block=explicit"], "sweep": {"seed": [0, 1, 2]}}]
+             {"name": "b", "overrides": [*TOY, "train.max_steps=30", "block=explicit", "train.device=cpu"],
+              "sweep": {"seed": [0, 1, 2]}}]
     write_study(tmp_path, monkeypatch, grids)
     monkeypatch.setattr(launch, "listed_gpus", lambda: 3)  # the fake node's GPUs
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -893,3 +895,14 @@ def test_a_task_ray_retries_after_the_study_was_stopped_starts_no_run(tmp_path, 
     result = launch._ray_task(run, None, str(record), None, str(ours))
     assert result["code"] == launch.INTERRUPTED_EXIT
     assert json.loads(record.read_text().splitlines()[-1])["started"] is False
+
+
+def test_an_adapters_own_cross_checks_are_made_when_a_cell_is_composed():
+    """check_values builds the adapter, so the checks its constructor makes across options (graph: a fold on a node
+    task) refuse a cell at composition, as its options' own do, not after each run took its lock."""
+    from tiedlab.paradigms.cli import compose_config
+    from tiedlab.paradigms.config import check_values
+
+    with pytest.raises(ValueError, match=r"data.fold=1 on the node task 'cora'"):
+        check_values(compose_config(["paradigm=graph", "data=cora", "data.fold=1"]))
+    check_values(compose_config(["paradigm=graph", "data=cora"]))
