@@ -929,7 +929,9 @@ def check_composes(runs: Sequence[RunSpec]) -> None:
 
 def check_reused(runs: Sequence[RunSpec]) -> None:
     """Every finished run of ``runs`` (``FINISHED_STATES``: what a study skips, and whose results it reports) was
-    trained with the config its grid and the command's overrides compose now. A study skips a finished run by its
+    trained with the config its grid and the command's overrides compose now, and every stopped or failed one that
+    recorded metrics was started with it (the engine refuses to resume a run of another config: a scheduler's task
+    for it would fail; its equilibrium thresholds, not fingerprinted, may differ). A study skips a finished run by its
     directory, whose name holds only the swept values: without this check the runs of an earlier command with other
     overrides (``train.max_steps=50``), or of a grid whose overrides were edited since, would be reported as this
     study's runs. Compared as the report compares an arm's runs (``reports.primary.config_differences``): on the
@@ -943,23 +945,29 @@ def check_reused(runs: Sequence[RunSpec]) -> None:
     from tiedlab.reports.load import group_key
 
     for run in runs:
-        if run_state(Path(run.run_dir)) not in FINISHED_STATES:
+        state = run_state(Path(run.run_dir))
+        finished = state in FINISHED_STATES
+        if not finished and not (state in ("stopped", "failed") and (Path(run.run_dir) / rundir.METRICS).exists()):
             continue
         now = _cell_config(_cell_of(run))
+        what = "a finished" if finished else f"an unfinished ({state})"
         try:
             raw = yaml.safe_load((Path(run.run_dir) / rundir.CONFIG).read_text()) or {}
-            recorded = {**group_key(raw), **judged_thresholds(raw)}
+            judged = judged_thresholds(raw)
+            recorded = {**group_key(raw), **(judged if finished else {})}
         except (OSError, yaml.YAMLError) as err:
-            raise ValueError(f"{run.run_dir} holds a finished run whose {rundir.CONFIG} cannot be read "
+            raise ValueError(f"{run.run_dir} holds {what} run whose {rundir.CONFIG} cannot be read "
                              f"({type(err).__name__}); restore it, or delete the run to train it again") from None
         differ = sorted(k for k in set(now) & set(recorded)
                         if json.dumps(now[k], default=str) != json.dumps(recorded[k], default=str))
         if differ:
             shown = ", ".join(f"{k}={recorded[k]} (now {now[k]})" for k in differ[:3])
+            why = ("the study would report it as this grid's run" if finished else
+                   "the run would refuse to resume it, in every task a scheduler starts for it")
             raise ValueError(
-                f"{run.run_dir} holds a finished run of another config than its grid and this command's overrides "
-                f"compose now: {shown}{f' and {len(differ) - 3} more' if len(differ) > 3 else ''}; the study "
-                "would report it as this grid's run: use another --runs folder, or delete that run to train it again")
+                f"{run.run_dir} holds {what} run of another config than its grid and this command's overrides "
+                f"compose now: {shown}{f' and {len(differ) - 3} more' if len(differ) > 3 else ''}; {why}: use "
+                "another --runs folder, or delete that run to train it again")
 
 
 def used_time_limit(run_dir: Path, metrics: dict[str, Any]) -> bool:

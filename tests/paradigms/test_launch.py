@@ -189,6 +189,24 @@ def test_a_finished_run_of_another_config_is_refused_not_reported_as_the_grids(t
     assert {d: metrics(d)["total_steps"] for d in made} == made  # nothing was trained over them
 
 
+def test_a_stopped_run_of_another_config_is_refused_before_a_task_is_spent_on_it(tmp_path, monkeypatch):
+    """A stopped (or failed) run that recorded metrics under another config would be refused by the engine in every
+    task launched for it (one wasted array task a run under Slurm): the study refuses it first, in one line; a
+    stopped run of the grid's own config is resumed as before."""
+    grids = [{"name": "g", "overrides": [*TOY, "train.max_steps=4"], "sweep": {"seed": [0]}}]
+    write_study(tmp_path, monkeypatch, grids)
+    runs = tmp_path / "runs"
+    assert study_module.study(["toy", "--runs", str(runs), "--no-report", "model.width=4"]) == 0
+    run = runs / "g" / "seed=0"
+    rundir.write_json(run / rundir.METRICS, {**metrics(run), "status": "interrupted", "step": 2})
+    assert launch.run_state(run) == "stopped"
+    with pytest.raises(ValueError, match=r"g/seed=0 holds an unfinished \(stopped\) run of another config than its "
+                                         r"grid and this command's overrides compose now: model.width=4 \(now 8\); "
+                                         r"the run would refuse to resume it"):
+        study_module.study(["toy", "--runs", str(runs), "--no-report"])
+    launch.check_reused(launch.grid_runs("toy", grids[0], runs, ["model.width=4"]))  # its own config: resumed
+
+
 def test_a_deq_run_judged_under_other_equilibrium_thresholds_is_not_reused(tmp_path, monkeypatch):
     """Thresholds are not grouped on (they do not change what trains), but a finished DEQ run keeps the verdict of
     the thresholds it was judged under: a command asking for others would report it under the wrong ones."""
