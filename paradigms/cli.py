@@ -314,7 +314,11 @@ def _did_you_mean(message: str) -> str | None:
         return None
     key = match.group(1)
     near = closest_keys(key)
-    hint = f"; did you mean {' or '.join(near)}?" if near else "; see `--help` or configs/train.yaml for the valid keys"
+    section = key.split(".", 1)[0]
+    hint = (f"; did you mean {' or '.join(near)}?" if near else
+            "; the paradigm's model keys are those of its configs/paradigm/NAME.yaml" if section == "model" else
+            "; the dataset's data keys are those of its configs/data/NAME.yaml" if section == "data" else
+            "; see `--help` or configs/train.yaml for the valid keys")
     return f"unknown key {key}{hint}"
 
 

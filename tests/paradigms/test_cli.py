@@ -32,6 +32,17 @@ def test_a_mistyped_key_gets_the_closest_valid_one_and_no_plus(tmp_path):
     assert "+block" not in done.stderr
 
 
+def test_a_mistyped_model_or_data_key_without_a_near_one_says_where_the_keys_are():
+    """A paradigm's model and data keys are not in train.yaml, which the hint named for every key (review)."""
+    from tiedlab.paradigms.cli import _did_you_mean
+
+    assert _did_you_mean("Could not override 'model.widht'.") == (
+        "unknown key model.widht; the paradigm's model keys are those of its configs/paradigm/NAME.yaml")
+    assert _did_you_mean("Could not override 'data.limt'.") == (
+        "unknown key data.limt; the dataset's data keys are those of its configs/data/NAME.yaml")
+    assert _did_you_mean("Could not override 'zzz.qqq'.").endswith("see `--help` or configs/train.yaml for the valid keys")
+
+
 def test_a_plus_override_of_an_unknown_key_is_refused_not_ignored(tmp_path):
     done = cli([*TOY, "+block.depht=4"], tmp_path)
     assert done.returncode == 1
