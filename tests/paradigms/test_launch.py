@@ -708,7 +708,8 @@ def test_a_scheduler_submission_skips_finished_runs_under_extra_overrides_and_re
     capsys.readouterr()
     assert study_module.study(["toy", "--runs", str(runs), "--slurm", "--dry-run", "train.threads=1"]) == 0
     assert "[tiedlab] 0 runs to submit" in capsys.readouterr().out
-    with pytest.raises(ValueError, match=r"do not compose \(unknown key model.widht; see `--help`") as err:
+    with pytest.raises(ValueError, match=r"do not compose \(unknown key model.widht; the paradigm's model keys are "
+                                         r"those of ") as err:
         study_module.study(["toy", "--runs", str(runs), "--slurm", "--dry-run", "model.widht=3"])
     assert "\n" not in str(err.value)  # the command line prints it as one line (tiedlab-study: error: ...)
     assert "+model.widht" not in str(err.value)  # not Hydra's hint to add a key nothing reads
