@@ -560,15 +560,14 @@ def submit_study(spec: dict[str, Any], runs: Path, args: argparse.Namespace) -> 
             if task:
                 print(f"= {run_name}: in Slurm's queue as task {task}; left to it", flush=True)
         todo = [r for r in todo if not waiting[r.name]]
+    if options.get("gpus_per_node"):  # each task's run on its GPU, or a one-line failure: never the CPU unseen
+        todo = [launch.on_gpu(r) for r in todo]
     if args.dry_run or not todo:
         print(f"[tiedlab] {len(todo)} runs to submit; options {options}", flush=True)
         for run in todo if args.dry_run else []:
-            run = launch.on_gpu(run) if options.get("gpus_per_node") else run
             print("+ " + shlex.join(launch.run_command(run)), flush=True)
         return 0
     folder = runs / ".submitit"
-    if options.get("gpus_per_node"):  # each task's run on its GPU, or a one-line failure: never the CPU unseen
-        todo = [launch.on_gpu(r) for r in todo]
     jobs = launch.submit_slurm(todo, folder, options, name=name, cluster=args.submitit_cluster)
     ids = [str(j.job_id) for j in jobs]
     folder.mkdir(parents=True, exist_ok=True)
@@ -584,6 +583,19 @@ def submit_study(spec: dict[str, Any], runs: Path, args: argparse.Namespace) -> 
     return 0
 
 
+def arms_first_runs(full: dict[str, Any], runs: Path, extra: list[str]) -> list[tuple[Any, tuple[Any, Any]]]:
+    """Per primary comparison of the study ``full``, the first run its arm a and its arm b select (None: the arm
+    selects none), over every grid, optional ones too (an arm may live in one): a run of each arm's cell, for
+    composing what the arms' runs would record."""
+    from tiedlab.reports.primary import arm_runs, load_primaries
+
+    specs = load_primaries(full)
+    runs_of = launch.study_runs(full, runs, extra) if specs else []
+    grids = [g["name"] for g in full.get("grids") or []]
+    return [(spec, tuple(next(iter(arm_runs(arm, runs_of, grids)), None) for arm in (spec.a, spec.b)))
+            for spec in specs]
+
+
 def check_primary_paradigms(full: dict[str, Any], runs: Path, extra: list[str]) -> None:
     """Each primary comparison names the paradigm its arms' runs train (the adapter's ``name``, which the report
     shows): a typo, or an out-of-tree adapter named by its class, would register a transfer-table column no run
@@ -593,20 +605,12 @@ def check_primary_paradigms(full: dict[str, Any], runs: Path, extra: list[str]) 
     Raises:
         ValueError: naming the comparison, the paradigm it registers and the one its arm's grid trains.
     """
-    from tiedlab.reports.primary import arm_runs, load_primaries
-
     from .base import get_paradigm
 
-    specs = load_primaries(full)
-    if not specs:
-        return
-    runs_of = launch.study_runs(full, runs, extra)
-    grids = [g["name"] for g in full.get("grids") or []]
-    for spec in specs:
-        for side, arm in (("a", spec.a), ("b", spec.b)):
-            chosen = arm_runs(arm, runs_of, grids)
+    for spec, firsts in arms_first_runs(full, runs, extra):
+        for side, arm, first in zip("ab", (spec.a, spec.b), firsts):
             try:
-                cell = launch._cell_config(launch._cell_of(chosen[0])) if chosen else None
+                cell = launch._cell_config(launch._cell_of(first)) if first else None
             except ValueError:  # a cell that does not compose: said by launch.check_composes, in every command
                 continue  # that composes (a dry run, --plan, a run), with the other cells' errors
             if cell is None:
@@ -622,20 +626,15 @@ def print_arms(full: dict[str, Any], runs: Path, extra: list[str]) -> int:
     (``reports.primary.arm_differences`` on ``launch._cell_config``: what a run of each arm would record now,
     flattened as the report groups cells). What a label says is matched, and what is not, is checked here before
     any compute is spent; the report lists the same from the runs' own configs."""
-    from tiedlab.reports.primary import arm_differences, arm_runs, load_primaries
+    from tiedlab.reports.primary import arm_differences
 
-    specs = load_primaries(full)
-    if not specs:
+    arms = arms_first_runs(full, runs, extra)
+    if not arms:
         print(f"study {full.get('name')} registers no primary comparisons")
         return 0
-    runs_of = launch.study_runs(full, runs, extra)  # every grid, optional ones too: an arm may live in one
-    grids = [g["name"] for g in full.get("grids") or []]
     print(f"study {full.get('name')}: what each primary comparison's arms set otherwise (A vs B), composed now")
-    for spec in specs:
-        cells = []
-        for arm in (spec.a, spec.b):
-            chosen = arm_runs(arm, runs_of, grids)
-            cells.append([launch._cell_config(launch._cell_of(chosen[0]))] if chosen else [])
+    for spec, firsts in arms:
+        cells = [[launch._cell_config(launch._cell_of(first))] if first else [] for first in firsts]
         print(f"\n{spec.key}: {spec.label or '-'}\n  A: {spec.a.title()}\n  B: {spec.b.title()}")
         if not all(cells):
             print("  an arm selects no run of its grid")
