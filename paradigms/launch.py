@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import rundir
+from .provenance import RUNS_PER_DEVICE_ENV
 
 INTERRUPTED_EXIT = 75  # the exit status of a run stopped by SIGUSR2/SIGTERM after a checkpoint (EX_TEMPFAIL: resumable)
 STOP_WAIT_S = rundir.STOP_WAIT_S  # how long a stopped study waits for its runs in flight to checkpoint and exit
@@ -116,13 +117,15 @@ def _on_parent_death(sig: int) -> Callable[[], None]:
     return preexec
 
 
-def call(cmd: Sequence[str], wait_s: float = STOP_WAIT_S) -> int:
+def call(cmd: Sequence[str], wait_s: float = STOP_WAIT_S, runs_per_device: int | None = None) -> int:
     """``subprocess.call(cmd)`` for a study's Hydra multirun, in a process group of its own: Ctrl-C on the
     terminal reaches this process alone, which passes it on with any SIGTERM it gets (under
     ``raise_on_sigterm``) to the whole group (``stop_process``: the training processes of Hydra's joblib
-    launcher too) and waits for it to exit, where ``subprocess.call`` would SIGKILL the child at once."""
+    launcher too) and waits for it to exit, where ``subprocess.call`` would SIGKILL the child at once. Its runs
+    record ``runs_per_device`` (``sharing_env``)."""
     # SIGTERM if this process dies: a killed study still stops its multirun, which checkpoints its run in flight
-    proc = subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=_on_parent_death(signal.SIGTERM))
+    proc = subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=_on_parent_death(signal.SIGTERM),
+                            env=sharing_env(dict(os.environ), runs_per_device))
     try:
         return proc.wait()
     except BaseException:
@@ -254,6 +257,16 @@ def on_gpu(run: "RunSpec | SeedBatchSpec") -> "RunSpec | SeedBatchSpec":
     fingerprinted: a run started without it resumes."""
     return run if _sets(run, "train.device") else dataclasses.replace(run, overrides=(*run.overrides,
                                                                                     "train.device=cuda"))
+
+
+def sharing_env(env: dict[str, str], runs_per_device: int | None) -> dict[str, str]:
+    """``env`` telling the runs started with it how many runs their launcher trains at once on their device
+    (``provenance.RUNS_PER_DEVICE_ENV``, recorded by each run: step times compare only between runs timed
+    alike); None removes an inherited value (the launcher does not know)."""
+    env.pop(RUNS_PER_DEVICE_ENV, None)
+    if runs_per_device is not None:
+        env[RUNS_PER_DEVICE_ENV] = str(runs_per_device)
+    return env
 
 
 def start_run(run: RunSpec, env: dict[str, str], threads: int | None = None, new_session: bool = False,
@@ -422,10 +435,10 @@ def stop_marker(record: Path) -> Path:
 
 
 def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: str | None,
-              stopped: str | None = None) -> dict[str, Any]:
+              stopped: str | None = None, runs_per_device: int | None = None) -> dict[str, Any]:
     """Inside a Ray worker: train ``run`` on ``gpu`` (a device id the driver placed it on; ``RAY_GPU``: the GPU
     Ray gave this task; None: no GPU), the only device the run sees, unless the study's stop marker ``stopped``
-    exists (a task Ray retried after the study was stopped)."""
+    exists (a task Ray retried after the study was stopped). The run records ``runs_per_device``."""
     import threading
 
     import ray
@@ -435,7 +448,7 @@ def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: str | 
         # ignored in every process it starts: without this a stopped study would wait for its runs to finish
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    env = dict(os.environ)
+    env = sharing_env(dict(os.environ), runs_per_device)
     device = None
     if gpu is not None:
         device = ",".join(str(i) for i in ray.get_gpu_ids()) if gpu == RAY_GPU else gpu
@@ -541,6 +554,10 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
             if sigterm is _raise_stopped:
                 signal.signal(signal.SIGTERM, sigterm)
         placed = address is None and bool(gpus)  # this node's GPUs, placed by the driver
+        # what each run records of its device's sharing: at most per_gpu runs on a GPU (Ray's fractional GPUs on a
+        # cluster too), ``jobs`` on this machine's CPU; a CPU run Ray places on a cluster's node shares it with
+        # whatever else Ray put there (unknown)
+        share = per_gpu if gpus else jobs if address is None else None
         options: dict[str, Any] = {"num_cpus": threads, "max_retries": retries, "retry_exceptions": False}
         if gpus and not placed:
             options["num_gpus"] = 1.0 / per_gpu
@@ -563,10 +580,10 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
             if placed:
                 n = min(range(len(ids)), key=lambda i: in_flight[i])  # the least loaded, the lowest index first
                 in_flight[n] += 1
-                ref = on_gpu[n].remote(run, threads, where, ids[n], stop)
+                ref = on_gpu[n].remote(run, threads, where, ids[n], stop, share)
                 pending[ref] = (run, n)
             else:
-                pending[task.remote(run, threads, where, RAY_GPU if gpus else None, stop)] = (run, None)
+                pending[task.remote(run, threads, where, RAY_GPU if gpus else None, stop, share)] = (run, None)
 
         try:
             while waiting and len(pending) < limit:
@@ -644,12 +661,13 @@ class StudyRun:
     waits for it to checkpoint and exit, and returns the same run for submitit to requeue: the requeued job
     resumes from the run's checkpoint."""
 
-    def __init__(self, stop_wait_s: float = 600.0):
+    def __init__(self, stop_wait_s: float = 600.0, runs_per_device: int | None = None):
         self.stop_wait_s = stop_wait_s
+        self.runs_per_device = runs_per_device  # what the run records of its device's sharing (``sharing_env``)
         self._proc: subprocess.Popen | None = None
 
     def __call__(self, run: RunSpec) -> int:
-        self._proc = start_run(run, dict(os.environ))
+        self._proc = start_run(run, sharing_env(dict(os.environ), self.runs_per_device))
         code = self._proc.wait()
         self._proc = None
         if code == INTERRUPTED_EXIT:
@@ -684,10 +702,10 @@ class StudyRun:
                     proc.kill()  # the last checkpoint stands
                     deadline = float("inf")
                 time.sleep(0.05)
-        return submitit.helpers.DelayedSubmission(StudyRun(self.stop_wait_s), run)
+        return submitit.helpers.DelayedSubmission(StudyRun(self.stop_wait_s, self.runs_per_device), run)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"stop_wait_s": self.stop_wait_s, "_proc": None}
+        return {"stop_wait_s": self.stop_wait_s, "runs_per_device": self.runs_per_device, "_proc": None}
 
 
 SLURM_KEYS = ("timeout_min", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "nodes", "partition",
@@ -734,6 +752,8 @@ def submit_slurm(runs: list[RunSpec], folder: Path, options: dict[str, Any], nam
     # submitit requeues a job once its checkpoint returns: the run must have stopped before Slurm kills the job,
     # signal_delay_s after its warning (submitit's default 90 s)
     stop_wait_s = max(10.0, float(o.get("signal_delay_s") or 90) - 30.0)
+    # a task given a GPU has it to itself (Slurm's gres); one on CPU shares its node with jobs the study does not know
+    share = 1 if int(o.get("gpus_per_node") or 0) == 1 else None
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster,
                                      slurm_max_num_timeout=int(o.pop("max_num_timeout", 3)))
     params: dict[str, Any] = {"name": name, "timeout_min": int(o.pop("timeout_min", 60))}
@@ -751,7 +771,7 @@ def submit_slurm(runs: list[RunSpec], folder: Path, options: dict[str, Any], nam
     from submitit.core.utils import FailedJobError
 
     try:
-        return executor.map_array(StudyRun(stop_wait_s), runs)
+        return executor.map_array(StudyRun(stop_wait_s, share), runs)
     except FailedJobError as err:  # sbatch refused the array (a partition, account or limit): its own words
         said = " ".join(str(err).split())
         raise ValueError(f"Slurm refused the submission of {len(runs)} runs: {said[:400]}") from None

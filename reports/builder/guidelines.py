@@ -7,7 +7,7 @@ import statistics
 from typing import Any
 
 from .aggregate import Cell, best, groups
-from .load import PER_PROCESS_METRICS, mixed_seed_batches
+from .load import PER_PROCESS_METRICS, mixed_layouts
 
 BUDGETS: tuple[tuple[str, str], ...] = (("params/unique", "unique params"), ("params/nonzero", "nonzero params"),
                                         ("time/train_s", "training s"))
@@ -17,8 +17,9 @@ RULE = ("For each budget (the smallest, median and largest cell mean over the ce
         "applies many times) and training seconds), the cell with the best mean val primary metric among cells "
         "whose mean cost is within the budget (preferring cells none of whose runs diverged, then cells with >= 2 seeds; a "
         "pick's diverged runs are shown beside it; a cell with fewer runs had fewer chances to diverge). Training "
-        "seconds are not a budget where the cells' runs trained in seed batches of different sizes (a batched run's "
-        "seconds are its batch's divided by K).")
+        "seconds are not a budget where the cells' runs did not train alike (seed batches of different sizes: a "
+        "batched run's seconds are its batch's divided by K; other thread or process counts; other runs sharing the "
+        "device).")
 # budgets a DEQ cell is not priced under: its params/nonzero counts one application of its map, not a solve's
 NOT_FOR_DEQ = ("params/nonzero",)
 
@@ -48,10 +49,10 @@ def guidelines(cells: list[Cell]) -> list[dict[str, Any]]:
         picks, notes = [], []
         for key, name in BUDGETS:
             priced = [c for c in scored if not (key in NOT_FOR_DEQ and c.mode == "deq")]
-            mixed = mixed_seed_batches(r for c in priced for r in c.completed) \
+            mixed = mixed_layouts(r for c in priced for r in c.completed) \
                 if key.startswith(PER_PROCESS_METRICS) else ""
             if mixed:
-                notes.append(f"no {name} budget: the cells' runs trained in seed batches of different sizes ({mixed})")
+                notes.append(f"no {name} budget: the cells' runs did not train alike ({mixed})")
                 continue
             # budgets are cell means, as the costs they are compared with (a single run's cost, say the fastest
             # run's seconds, can lie below every cell's mean and then picks nothing)

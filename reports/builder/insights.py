@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from .aggregate import Cell, Stat, best, groups
-from .load import Run, mixed_seed_batches, to_float
+from .load import Run, mixed_layouts, to_float
 from .stats import MIN_SPREAD_N
 
 Z = 2.0  # a comparison is decided when |effect| > Z * SE
@@ -43,8 +43,9 @@ INSIGHTS: dict[int, tuple[str, str]] = {
         f"is {TARGET_FRACTION:.0%} of the worse of the two best final values (within 5% of it when lower is better); a "
         "run's time to target is the training time (time/train_s) of its first evaluation in history.jsonl at or "
         "beyond it (a run that never reaches it counts its whole training time, a lower bound, so a side with such a "
-        "run is not called ahead; without time curves, as in a rebuild from summary.json, or when the runs trained in "
-        "seed batches of different sizes, whose seconds are a batch's divided by K, the seconds are not read); d = "
+        "run is not called ahead; without time curves, as in a rebuild from summary.json, or when the runs did not "
+        "train alike (seed batches of different sizes, whose seconds are a batch's divided by K, other thread or "
+        "process counts, other runs sharing the device), the seconds are not read); d = "
         "DEQ - tied seconds. Peak memory is shown beside it."),
     3: ("tied is more stable",
         "Weight-tied is more stable than DEQ at the same width: (a) divergence over the completed and diverged runs "
@@ -226,7 +227,7 @@ def insight2(cells: list[Cell]) -> list[Comparison]:
             continue
         worse = min(a.score(), b.score())
         target = worse - (1 - TARGET_FRACTION) * abs(worse)
-        mixed = mixed_seed_batches(a.completed + b.completed)  # seconds and memory then do not compare
+        mixed = mixed_layouts(a.completed + b.completed)  # seconds and memory then do not compare
         memory = {c: c.stat("memory/peak_mb") if not mixed else Stat.of([]) for c in (a, b)}
         target_metric = target if a.higher_is_better else -target
         # seconds to the target (step time and learning speed together) and steps to it (learning speed alone)
@@ -257,8 +258,8 @@ def insight2(cells: list[Cell]) -> list[Comparison]:
             elif mixed and unit == "s":
                 comparison = dataclasses.replace(
                     comparison, verdict="inconclusive",
-                    reason=f"the runs trained in seed batches of different sizes ({mixed}): a batched run's seconds "
-                           "are its batch's divided by K")
+                    reason=f"the runs did not train alike ({mixed}): a batched run's seconds are its batch's "
+                           "divided by K; threads, processes and runs sharing the device change a step's seconds")
             elif ahead_missed:
                 comparison = dataclasses.replace(
                     comparison, verdict="inconclusive",
@@ -391,15 +392,15 @@ def insight6(cells: list[Cell]) -> list[Comparison]:
                 wide, deep = grid.get((widths[i + 1], d)), grid.get((w, depths[j + 1]))
                 if wide is None or deep is None:
                     continue
-                # step times compare only when both cells' runs trained in seed batches of one size
-                mixed = mixed_seed_batches(wide.completed + deep.completed)
+                # step times compare only when both cells' runs trained alike (``mixed_layouts``)
+                mixed = mixed_layouts(wide.completed + deep.completed)
                 extra = {"wider_params": wide.stat("params/unique").mean,
                          "deeper_params": deep.stat("params/unique").mean,
                          "wider_step_ms": math.nan if mixed else wide.stat("time/step_ms").mean,
                          "deeper_step_ms": math.nan if mixed else deep.stat("time/step_ms").mean}
 
                 def cost(c: Cell, params: float, step_ms: float) -> str:
-                    timed = f"ms/step not compared: seed batches of {mixed}" if mixed else f"{step_ms:.3g} ms/step"
+                    timed = f"ms/step not compared: {mixed}" if mixed else f"{step_ms:.3g} ms/step"
                     return f"{side(c)}, {params:.4g} params, {timed}"
 
                 out.append(compare(

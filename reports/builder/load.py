@@ -242,21 +242,65 @@ def world_sizes(run: Any) -> tuple[int, ...]:
                          if isinstance(p, dict)})) or (1,)
 
 
-def process_layout(run: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """How a run's processes shared its work: its seed batch sizes (``seed_batch_sizes``) and its world sizes
-    (``world_sizes``). Its time and memory compare only with runs of the same layout."""
-    return seed_batch_sizes(run), world_sizes(run)
+def _recorded(run: Any, key: str) -> tuple[int, ...]:
+    """The distinct values a run's sessions recorded for a provenance ``key`` (0: a session that recorded none, or
+    a run without provenance: unknown)."""
+    return tuple(sorted({int(p.get(key) or 0) for p in getattr(run, "provenance", None) or []
+                         if isinstance(p, dict)})) or (0,)
 
 
-def mixed_seed_batches(runs: Iterable[Any]) -> str:
-    """"K = 1 vs 4" when the runs trained in seed batches of different sizes ("unknown" for runs whose provenance
-    does not say, beside runs whose does), or over different numbers of processes ("K = 1 vs 1 over 2 processes"),
-    so that their per-process metrics (``PER_PROCESS_METRICS``) do not compare; "" when they trained alike, or no
-    run's provenance says."""
-    layouts = {process_layout(r) for r in runs}
-    if len(layouts) <= 1:
-        return ""
-    return "K = " + " vs ".join(map(layout_label, sorted(layouts)))
+Layout = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+
+
+def process_layout(run: Any) -> Layout:
+    """How a run's processes shared their work and their machine: its seed batch sizes (``seed_batch_sizes``), its
+    world sizes (``world_sizes``), the threads each session trained with and the most runs its launcher trained at
+    once on its device (``runs_per_device``; 0: a session that does not say). Its time and memory compare only
+    with runs of the same layout."""
+    return seed_batch_sizes(run), world_sizes(run), _recorded(run, "threads"), _recorded(run, "runs_per_device")
+
+
+def mixed_layouts(runs: Iterable[Any]) -> str:
+    """What differs in how the runs trained ("K = 1 vs 4": seed batches of different sizes, "unknown" for runs whose
+    provenance does not say beside runs whose does, "K = 1 vs 1 over 2 processes": different numbers of
+    processes; "threads 1 vs 2"; "runs per device 1 vs 2"), so that their per-process metrics
+    (``PER_PROCESS_METRICS``) do not compare; "" when they trained alike, or no run's provenance says."""
+    return layout_difference({process_layout(r) for r in runs})
+
+
+def _values_label(values: tuple[int, ...]) -> str:
+    return "/".join(str(v) if v else "unknown" for v in values)
+
+
+# a layout's parts as a report names them: the seed batches with their processes ("K = 4 over 2 processes"), the
+# threads, the runs per device; each with the part of the layout it reads and how it says it
+LAYOUT_PARTS = (("K = ", lambda x: x[:2], lambda v: layout_label(v)),
+                ("threads ", lambda x: x[2], _values_label),
+                ("runs per device ", lambda x: x[3], _values_label))
+
+
+def differing_parts(layouts: Iterable[Layout]) -> list[int]:
+    """The indices into ``LAYOUT_PARTS`` of the parts in which ``layouts`` differ."""
+    layouts = list(layouts)
+    return [i for i, (_, part, _) in enumerate(LAYOUT_PARTS) if len({part(x) for x in layouts}) > 1]
+
+
+def layout_difference(layouts: Iterable[Layout], ordered: bool = False) -> str:
+    """What differs between ``layouts``, "; "-joined: "K = 1 vs 4" (seed batch sizes, with processes:
+    ``layout_label``), "threads 1 vs 2", "runs per device 2 vs 1" ("" when alike); each part's values in
+    increasing order ("unknown" first), or with ``ordered`` in the layouts' order (a pair: "K = 4 vs 1")."""
+    layouts = list(layouts)
+    out = []
+    for i in differing_parts(layouts):
+        name, part, label = LAYOUT_PARTS[i]
+        values = list(dict.fromkeys(part(x) for x in layouts))
+        out.append(name + " vs ".join(label(v) for v in (values if ordered else sorted(values))))
+    return "; ".join(out)
+
+
+def layout_parts_label(layout: Layout, parts: Iterable[int]) -> str:
+    """``layout``'s ``parts`` (indices into ``LAYOUT_PARTS``) as a report says them: "K = 1, threads 2"."""
+    return ", ".join(LAYOUT_PARTS[i][0] + LAYOUT_PARTS[i][2](LAYOUT_PARTS[i][1](layout)) for i in parts)
 
 
 def seed_batch_label(sizes: tuple[int, ...]) -> str:
@@ -264,9 +308,9 @@ def seed_batch_label(sizes: tuple[int, ...]) -> str:
     return "/".join(map(str, sizes)) if sizes else "unknown"
 
 
-def layout_label(layout: tuple[tuple[int, ...], tuple[int, ...]]) -> str:
-    """``process_layout`` as a report says it: the seed batch label, with " over N processes" unless 1."""
-    sizes, worlds = layout
+def layout_label(layout: tuple[tuple[int, ...], ...]) -> str:
+    """A layout's seed batches as a report says them: the seed batch label, with " over N processes" unless 1."""
+    sizes, worlds = layout[:2]
     return seed_batch_label(sizes) + ("" if worlds == (1,) else f" over {'/'.join(map(str, worlds))} processes")
 
 

@@ -31,8 +31,9 @@ from typing import Any, Hashable, Iterable, Mapping, Protocol
 
 from . import stats
 from .load import REPLICATE_KEYS  # the run-name keys that tell replicates apart (seed, fold), never arms
-from .load import mixed_seed_batches  # arms trained in seed batches of other sizes: their times do not compare
-from .load import PER_PROCESS_METRICS, layout_label, process_layout  # time and memory: at one layout
+from .load import mixed_layouts  # arms trained in other layouts (seed batches, threads...): their times do not compare
+from .load import (PER_PROCESS_METRICS, differing_parts, layout_difference,  # time and memory: at one layout
+                   layout_parts_label, process_layout)
 from .load import set_apart  # completed runs flagged not at equilibrium: left out of the arms, counted
 from .load import to_float
 
@@ -581,7 +582,7 @@ def ended_replicates(runs: list[RunLike], notes: list[str], side: str) -> dict[H
 
 LIMIT_NOTE = "(the look it was decided at, or the last look it was read at)"  # why a comparison reads its seeds
 EQUILIBRIUM_REASON = "baseline not at equilibrium"
-MIXED_REASON = "not read: its runs were not made alike"  # see config_differences, seed_batch_differences
+MIXED_REASON = "not read: its runs were not made alike"  # see config_differences, layout_differences
 MIN_USABLE = 2  # an arm left with fewer usable replicates after leaving out runs not at equilibrium is undetermined
 
 
@@ -661,10 +662,10 @@ MATCHED = (("stored", "params/unique"), ("used", "params/used"), ("nonzero over 
 def arm_matching(a: list[RunLike], b: list[RunLike]) -> str:
     """How the arms match in size and compute: arm b's median over its completed runs of each ``MATCHED``
     metric, over arm a's (``"B/A: stored 1x, used 1x, nonzero over layers 0.66x, ..., step time 3.05x"``;
-    a metric an arm's runs do not record is left out, as are the times when the arms trained in seed batches of
-    other sizes: ``mixed_seed_batches``). Descriptive: the times are measured (machine load moves them)."""
+    a metric an arm's runs do not record is left out, as are the times when the arms did not train alike:
+    ``mixed_layouts``). Descriptive: the times are measured (machine load moves them)."""
     parts = []
-    mixed = mixed_seed_batches([r for r in (*a, *b) if r.status == "completed"])
+    mixed = mixed_layouts([r for r in (*a, *b) if r.status == "completed"])
     for name, key in MATCHED:
         if mixed and key.startswith(PER_PROCESS_METRICS):
             continue
@@ -742,34 +743,38 @@ def _warmup_steps(run: RunLike) -> int:
     return int((config.get("train") or {}).get("deq_warmup_steps") or 0)
 
 
-def seed_batch_differences(metric: str, a: list[RunLike], b: list[RunLike]) -> str:
-    """For a time, throughput or memory metric: how the runs' seed batches or process counts differ ("" when each
-    pair of runs of one seed, or every run when the arms are not paired, trained alike, or when no provenance says).
-    A run trained in a seed batch of K records the batch's step seconds divided by K and the batch's peak memory,
-    and a torchrun rank one process's share, so it is not compared with a run trained in batches of another size
-    (separate runs: K = 1) or over another number of processes, nor with one whose provenance does not say beside
-    one whose does (``mixed_seed_batches``' rule)."""
+def layout_differences(metric: str, a: list[RunLike], b: list[RunLike]) -> str:
+    """For a time, throughput or memory metric: how the runs' layouts (``process_layout``: seed batches, process
+    counts, threads, runs sharing the device) differ ("" when each pair of runs of one seed, or every run when the
+    arms are not paired, trained alike, or when no provenance says). A run trained in a seed batch of K records the
+    batch's step seconds divided by K and the batch's peak memory, and a torchrun rank one process's share, so it is
+    not compared with a run trained in batches of another size (separate runs: K = 1) or over another number of
+    processes, nor with threads or runs per device other than its own, nor with one whose provenance does not say
+    beside one whose does (``mixed_layouts``' rule)."""
     if not metric.startswith(PER_PROCESS_METRICS):
         return ""
 
-    def sizes(members: list[RunLike]) -> dict[Hashable, tuple]:  # replicate -> its sessions' batch and world sizes
+    def sizes(members: list[RunLike]) -> dict[Hashable, tuple]:  # replicate -> its layout
         return {replicate_id(r): process_layout(r) for r in members if r.status in ("completed", "diverged")}
 
     ka, kb = sizes(a), sizes(b)
     common = ka.keys() & kb.keys()
-    if common:  # paired by seed: each pair's runs must have trained in batches of one size
+    if common:  # paired by seed: each pair's runs must have trained alike
         differ = sorted((replicate_name(s), ka[s], kb[s]) for s in common if ka[s] != kb[s])
     else:
         differ = [] if len(set(ka.values()) | set(kb.values())) <= 1 else [("-", ka, kb)]
     if not differ:
         return ""
-    shown = ", ".join(f"{s}: K = {layout_label(x)} vs {layout_label(y)}"
-                      for s, x, y in differ[:3]) if common else \
-        "; ".join(f"arm {side}: K = {', '.join(map(layout_label, sorted(set(k.values()))))}"
-                  for side, k in (("a", ka), ("b", kb)))
-    return (f"{metric} was measured in seed batches of different sizes or over different numbers of processes "
-            f"({shown}): a batched run's seconds are the batch's divided by K, its memory the batch's; a torchrun "
-            "rank's, one process's share")
+    if common:
+        shown = ", ".join(f"{s}: {layout_difference([x, y], ordered=True)}" for s, x, y in differ[:3])
+    else:
+        parts = differing_parts([*ka.values(), *kb.values()])
+        shown = "; ".join(f"arm {side}: " + " or ".join(layout_parts_label(x, parts) for x in sorted(set(k.values())))
+                          for side, k in (("a", ka), ("b", kb)))
+    return (f"{metric} was measured in seed batches of different sizes, over different numbers of processes or "
+            f"threads, or with other runs sharing the device ({shown}): a batched run's seconds are the batch's "
+            "divided by K, its memory the batch's; a torchrun rank's, one process's share; threads and runs sharing "
+            "a device change a step's seconds")
 
 
 def short_of_equilibrium(left_out: dict[str, list[str]], usable: dict[str, int]) -> str:
@@ -834,7 +839,7 @@ def evaluate_primaries(specs: list[PrimarySpec], runs: list[RunLike], alpha: flo
         notes.extend([*missing_metric_notes(spec, a, b), *config_gaps(a, b), *stopped_early_notes(a, b),
                       *warmup_notes(spec.metric, a, b)])
         mixed = "; ".join(x for x in (config_differences(a, b, thresholds=spec.kind != "divergence"),
-                                      seed_batch_differences(spec.metric, a, b)) if x)
+                                      layout_differences(spec.metric, a, b)) if x)
         if mixed:
             results.append(PrimaryResult(spec, *names, None, reason=f"{MIXED_REASON}: {mixed}", notes=notes,
                                          n_a=len(a), n_b=len(b), **described))

@@ -447,8 +447,9 @@ def test_slurm_submissions_put_runs_on_their_gpu_stop_them_in_time_and_refuse_an
     assert not any("train.device" in o for o in submitted["runs"][0].overrides)
     with pytest.raises(ValueError, match=r"--out x: --slurm returns once the runs are submitted and builds no report"):
         study_module.study(["toy", "--runs", str(runs), "--slurm", "--out", "x"])
-    waits = []
-    monkeypatch.setattr(launch, "StudyRun", lambda stop_wait_s=600.0: waits.append(stop_wait_s))
+    waits, shares = [], []
+    monkeypatch.setattr(launch, "StudyRun", lambda stop_wait_s=600.0, runs_per_device=None: (
+        waits.append(stop_wait_s), shares.append(runs_per_device)))
 
     class Executor:
         def __init__(self, **kwargs):
@@ -466,6 +467,10 @@ def test_slurm_submissions_put_runs_on_their_gpu_stop_them_in_time_and_refuse_an
     for delay, wait in ((120, 90.0), (None, 60.0), (20, 10.0)):
         real_submit([], tmp_path, {"signal_delay_s": delay}, "n")
         assert waits[-1] == wait, (delay, waits)
+    # what its runs record of their device's sharing: a GPU of their own; on CPU, jobs the study does not know
+    for gpus, share in ((1, 1), (0, None), (None, None)):
+        real_submit([], tmp_path, {"gpus_per_node": gpus}, "n")
+        assert shares[-1] == share, (gpus, shares)
 
 
 @pytest.mark.slow  # about 65 s: keeps the default suite under its 10-minute budget (make test-slow runs it)
@@ -515,6 +520,7 @@ def test_ray_places_all_grids_on_fake_gpus_k_per_gpu_and_a_killed_worker_resumes
         assert all(s["cuda_visible_devices"] in ("0", "1", "2") for s in m["provenance"]), m["provenance"]
         # at the launching shell's priority, not Ray's worker niceness (15)
         assert all(s["niceness"] == os.nice(0) for s in m["provenance"]), m["provenance"]
+        assert all(s["runs_per_device"] == 2 for s in m["provenance"]), m["provenance"]  # --per-gpu 2
     # the killed worker's run was resumed by Ray's retry: two processes trained it, from its checkpoint
     sessions = metrics(killed["run"])["provenance"]
     assert len(sessions) == 2, sessions
@@ -575,6 +581,8 @@ def test_slurm_study_is_one_submission_with_status_and_requeues_after_sigusr2_an
         m = metrics(run_dir)
         assert m["step"] == m["total_steps"] == 1500
         assert len(m["provenance"]) == 2, m["provenance"]  # interrupted once, then resumed by the requeued job
+        # on a CPU node the task shares with jobs the study does not know (and the requeued job says so again)
+        assert [s["runs_per_device"] for s in m["provenance"]] == [None, None]
         log = (run_dir / "launch.log").read_text()
         assert "interrupted" in log and "resuming" in log
     assert "SIGUSR2" in (a / "launch.log").read_text() and "SIGTERM" in (b / "launch.log").read_text()

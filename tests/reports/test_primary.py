@@ -466,7 +466,7 @@ def test_step_times_from_seed_batches_of_another_size_are_not_compared():
                                                               delta=0.1)]}})
     accuracy = load_primaries({"primary": {"comparisons": [spec()]}})
     (t,) = evaluate_primaries(timing, arms(4, 1))
-    assert t.verdict == "undetermined" and "over different numbers of processes (seed 0: K = 4 vs 1" in t.reason
+    assert t.verdict == "undetermined" and "sharing the device (seed 0: K = 4 vs 1, seed 1: K = 4 vs 1" in t.reason
     looks = arms(4, 4)  # a later look's seeds in batches of 2, on both arms alike: still comparable
     for r in looks:
         if r.name.endswith(("seed=2", "seed=3")):
@@ -493,6 +493,19 @@ def test_step_times_from_seed_batches_of_another_size_are_not_compared():
     assert spread_out.verdict == "undetermined" and "(seed 0: K = 1 vs 1 over 2 processes" in spread_out.reason
     (acc,) = evaluate_primaries(accuracy, ranks)
     assert acc.verdict == "holds"
+    shared = arms(1, 1)  # seed 1's DEQ run shared its device with another run and had one thread: not compared
+    for r in shared:
+        r.provenance = [{"seed_batch": 1, "threads": 2, "runs_per_device": 1}]
+    shared[5].provenance = [{"seed_batch": 1, "threads": 1, "runs_per_device": 2}]
+    (sharing,) = evaluate_primaries(timing, shared)
+    assert sharing.verdict == "undetermined"
+    assert "(seed 1: threads 2 vs 1; runs per device 1 vs 2)" in sharing.reason, sharing.reason
+    unpaired = arms(1, 1)  # arms not paired by seed: what differs, per arm
+    for i, r in enumerate(unpaired):
+        r.provenance = [{"seed_batch": 1, "threads": 1 if i < 4 else 2}]
+        r.name = r.name.replace("seed=", "seed=1") if i >= 4 else r.name
+    (apart,) = evaluate_primaries(timing, unpaired)
+    assert apart.verdict == "undetermined" and "(arm a: threads 1; arm b: threads 2)" in apart.reason, apart.reason
 
 
 def test_a_step_time_comparison_says_how_much_of_the_deqs_time_was_its_unrolled_warm_up():

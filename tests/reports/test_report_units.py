@@ -669,10 +669,10 @@ def test_seconds_from_seed_batches_of_different_sizes_are_not_compared_outside_t
         return seconds, wider, budgets, notes
 
     seconds, wider, budgets, notes = read(study(tmp_path / "mixed", k_deq=1))
-    assert seconds.verdict == "inconclusive" and "seed batches of different sizes (K = 1 vs 3)" in seconds.reason
-    assert "ms/step not compared: seed batches of K = 1 vs 3" in wider.b and math.isnan(wider.extra["deeper_step_ms"])
+    assert seconds.verdict == "inconclusive" and "did not train alike (K = 1 vs 3)" in seconds.reason
+    assert "ms/step not compared: K = 1 vs 3" in wider.b and math.isnan(wider.extra["deeper_step_ms"])
     assert "time/train_s" not in budgets and "params/unique" in budgets
-    assert notes == ["no training s budget: the cells' runs trained in seed batches of different sizes (K = 1 vs 3)"]
+    assert notes == ["no training s budget: the cells' runs did not train alike (K = 1 vs 3)"]
     assert "peak" not in seconds.a and math.isnan(seconds.extra["deq_peak_mb"]["mean"])  # a batch's memory
     rebuilt = build_report([], tmp_path / "again", from_summary=tmp_path / "mixed" / "out" / "summary.json")
     assert [n for g in rebuilt.guidelines for n in g.get("notes", [])] == notes
@@ -684,14 +684,23 @@ def test_seconds_from_seed_batches_of_different_sizes_are_not_compared_outside_t
     # unknown after
     seconds, *_ = read(study(tmp_path / "silent", k_deq=None))
     assert seconds.verdict == "inconclusive" and "(K = 1 vs 3)" in seconds.reason
-    from tiedlab.reports.load import mixed_seed_batches, seed_batch_sizes
+    from tiedlab.reports.load import mixed_layouts, seed_batch_sizes
 
     later = SimpleNamespace(provenance=[{"started": "2026-12-04T10:00:00+00:00"}])
     assert seed_batch_sizes(later) == () and seed_batch_sizes(SimpleNamespace(provenance=[])) == ()
-    assert mixed_seed_batches([later, SimpleNamespace(provenance=[{"seed_batch": 3}])]) == "K = unknown vs 3"
+    assert mixed_layouts([later, SimpleNamespace(provenance=[{"seed_batch": 3}])]) == "K = unknown vs 3"
     resumed = SimpleNamespace(provenance=[{"seed_batch": 1, "world_size": 2}, {"seed_batch": 1, "world_size": 1}])
-    assert mixed_seed_batches([resumed, SimpleNamespace(provenance=[{"seed_batch": 1}])]) == \
+    assert mixed_layouts([resumed, SimpleNamespace(provenance=[{"seed_batch": 1}])]) == \
         "K = 1 vs 1 over 1/2 processes"
+    # threads and the runs sharing the device (recorded when a study launched the run) are part of how a run trained
+    alone, shared = ({"seed_batch": 1, "threads": 2, "runs_per_device": 1},
+                     {"seed_batch": 1, "threads": 1, "runs_per_device": 2})
+    assert mixed_layouts([SimpleNamespace(provenance=[alone]), SimpleNamespace(provenance=[shared])]) == \
+        "threads 1 vs 2; runs per device 1 vs 2"
+    assert mixed_layouts([SimpleNamespace(provenance=[alone]), SimpleNamespace(provenance=[dict(alone)])]) == ""
+    by_hand = {"seed_batch": 3, "threads": 2, "runs_per_device": None}  # started by hand: the sharing is unknown
+    assert mixed_layouts([SimpleNamespace(provenance=[alone]), SimpleNamespace(provenance=[by_hand])]) == \
+        "K = 1 vs 3; runs per device unknown vs 1"
 
 
 def test_the_cell_table_counts_seeds_where_run_directories_repeat_one(tmp_path):
