@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import rundir
-from .provenance import RUNS_PER_DEVICE_ENV
+from .provenance import PROCESSES_PER_DEVICE_ENV
 
 INTERRUPTED_EXIT = 75  # the exit status of a run stopped by SIGUSR2/SIGTERM after a checkpoint (EX_TEMPFAIL: resumable)
 STOP_WAIT_S = rundir.STOP_WAIT_S  # how long a stopped study waits for its runs in flight to checkpoint and exit
@@ -117,15 +117,15 @@ def _on_parent_death(sig: int) -> Callable[[], None]:
     return preexec
 
 
-def call(cmd: Sequence[str], wait_s: float = STOP_WAIT_S, runs_per_device: int | None = None) -> int:
+def call(cmd: Sequence[str], wait_s: float = STOP_WAIT_S) -> int:
     """``subprocess.call(cmd)`` for a study's Hydra multirun, in a process group of its own: Ctrl-C on the
     terminal reaches this process alone, which passes it on with any SIGTERM it gets (under
     ``raise_on_sigterm``) to the whole group (``stop_process``: the training processes of Hydra's joblib
     launcher too) and waits for it to exit, where ``subprocess.call`` would SIGKILL the child at once. Its runs
-    record ``runs_per_device`` (``sharing_env``)."""
+    record how many of them train at once (``multirun_share``)."""
     # SIGTERM if this process dies: a killed study still stops its multirun, which checkpoints its run in flight
     proc = subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=_on_parent_death(signal.SIGTERM),
-                            env=sharing_env(dict(os.environ), runs_per_device))
+                            env=sharing_env(dict(os.environ), multirun_share(cmd)))
     try:
         return proc.wait()
     except BaseException:
@@ -259,13 +259,38 @@ def on_gpu(run: "RunSpec | SeedBatchSpec") -> "RunSpec | SeedBatchSpec":
                                                                                     "train.device=cuda"))
 
 
-def sharing_env(env: dict[str, str], runs_per_device: int | None) -> dict[str, str]:
-    """``env`` telling the runs started with it how many runs their launcher trains at once on their device
-    (``provenance.RUNS_PER_DEVICE_ENV``, recorded by each run: step times compare only between runs timed
-    alike); None removes an inherited value (the launcher does not know)."""
-    env.pop(RUNS_PER_DEVICE_ENV, None)
-    if runs_per_device is not None:
-        env[RUNS_PER_DEVICE_ENV] = str(runs_per_device)
+def multirun_share(cmd: Sequence[str]) -> int | None:
+    """How many training processes a Hydra multirun command runs at once on this machine's device, by its launcher
+    (the last ``hydra/launcher=`` override): Hydra's basic launcher one (1); ``local_parallel`` (joblib) its
+    ``hydra.launcher.n_jobs`` (configs/hydra/launcher/local_parallel.yaml's unless given; None for joblib's
+    "all cores but ..." values below 1); any other launcher (the submitit Slurm one) None: unknown."""
+    def last(key: str) -> str | None:
+        given = [o.split("=", 1)[1] for o in cmd if "=" in o and o.split("=", 1)[0].lstrip("+~") == key]
+        return given[-1] if given else None
+
+    chosen = last("hydra/launcher")
+    if chosen is None or chosen == "basic":
+        return 1
+    if chosen != "local_parallel":
+        return None
+    n_jobs = last("hydra.launcher.n_jobs")
+    if n_jobs is None:
+        import importlib.resources
+
+        import yaml
+
+        config = importlib.resources.files("tiedlab.configs") / "hydra" / "launcher" / "local_parallel.yaml"
+        n_jobs = str(yaml.safe_load(config.read_text()).get("n_jobs"))
+    return int(n_jobs) if n_jobs.isdigit() and int(n_jobs) >= 1 else None
+
+
+def sharing_env(env: dict[str, str], processes_per_device: int | None) -> dict[str, str]:
+    """``env`` telling the runs started with it how many training processes their launcher runs at once on their
+    device (``provenance.PROCESSES_PER_DEVICE_ENV``, recorded by each run: step times compare only between runs
+    timed alike); None removes an inherited value (the launcher does not know)."""
+    env.pop(PROCESSES_PER_DEVICE_ENV, None)
+    if processes_per_device is not None:
+        env[PROCESSES_PER_DEVICE_ENV] = str(processes_per_device)
     return env
 
 
@@ -435,10 +460,10 @@ def stop_marker(record: Path) -> Path:
 
 
 def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: str | None,
-              stopped: str | None = None, runs_per_device: int | None = None) -> dict[str, Any]:
+              stopped: str | None = None, processes_per_device: int | None = None) -> dict[str, Any]:
     """Inside a Ray worker: train ``run`` on ``gpu`` (a device id the driver placed it on; ``RAY_GPU``: the GPU
     Ray gave this task; None: no GPU), the only device the run sees, unless the study's stop marker ``stopped``
-    exists (a task Ray retried after the study was stopped). The run records ``runs_per_device``."""
+    exists (a task Ray retried after the study was stopped). The run records ``processes_per_device``."""
     import threading
 
     import ray
@@ -448,7 +473,7 @@ def _ray_task(run: RunSpec, threads: int | None, record: str | None, gpu: str | 
         # ignored in every process it starts: without this a stopped study would wait for its runs to finish
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    env = sharing_env(dict(os.environ), runs_per_device)
+    env = sharing_env(dict(os.environ), processes_per_device)
     device = None
     if gpu is not None:
         device = ",".join(str(i) for i in ray.get_gpu_ids()) if gpu == RAY_GPU else gpu
@@ -499,6 +524,13 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # no affinity on this platform (macOS)
         return os.cpu_count() or 1
+
+
+def ray_share(gpus: str | None, per_gpu: int, jobs: int, address: str | None) -> int | None:
+    """What each run ``run_with_ray`` starts records of its device's sharing: at most ``per_gpu`` processes on a GPU
+    (Ray's fractional GPUs on a cluster too), ``jobs`` on this machine's CPU; None for a CPU run Ray places on a
+    cluster's node, which it shares with whatever else Ray put there."""
+    return per_gpu if gpus else jobs if address is None else None
 
 
 def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: int, address: str | None,
@@ -554,10 +586,7 @@ def run_with_ray(runs: list[RunSpec], *, gpus: str | None, per_gpu: int, jobs: i
             if sigterm is _raise_stopped:
                 signal.signal(signal.SIGTERM, sigterm)
         placed = address is None and bool(gpus)  # this node's GPUs, placed by the driver
-        # what each run records of its device's sharing: at most per_gpu runs on a GPU (Ray's fractional GPUs on a
-        # cluster too), ``jobs`` on this machine's CPU; a CPU run Ray places on a cluster's node shares it with
-        # whatever else Ray put there (unknown)
-        share = per_gpu if gpus else jobs if address is None else None
+        share = ray_share(gpus, per_gpu, jobs, address)
         options: dict[str, Any] = {"num_cpus": threads, "max_retries": retries, "retry_exceptions": False}
         if gpus and not placed:
             options["num_gpus"] = 1.0 / per_gpu
@@ -661,13 +690,15 @@ class StudyRun:
     waits for it to checkpoint and exit, and returns the same run for submitit to requeue: the requeued job
     resumes from the run's checkpoint."""
 
-    def __init__(self, stop_wait_s: float = 600.0, runs_per_device: int | None = None):
+    processes_per_device: int | None = None  # unpickled from a task submitted before it existed: unknown
+
+    def __init__(self, stop_wait_s: float = 600.0, processes_per_device: int | None = None):
         self.stop_wait_s = stop_wait_s
-        self.runs_per_device = runs_per_device  # what the run records of its device's sharing (``sharing_env``)
+        self.processes_per_device = processes_per_device  # what the run records of its device's sharing (``sharing_env``)
         self._proc: subprocess.Popen | None = None
 
     def __call__(self, run: RunSpec) -> int:
-        self._proc = start_run(run, sharing_env(dict(os.environ), self.runs_per_device))
+        self._proc = start_run(run, sharing_env(dict(os.environ), self.processes_per_device))
         code = self._proc.wait()
         self._proc = None
         if code == INTERRUPTED_EXIT:
@@ -702,10 +733,10 @@ class StudyRun:
                     proc.kill()  # the last checkpoint stands
                     deadline = float("inf")
                 time.sleep(0.05)
-        return submitit.helpers.DelayedSubmission(StudyRun(self.stop_wait_s, self.runs_per_device), run)
+        return submitit.helpers.DelayedSubmission(StudyRun(self.stop_wait_s, self.processes_per_device), run)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"stop_wait_s": self.stop_wait_s, "runs_per_device": self.runs_per_device, "_proc": None}
+        return {"stop_wait_s": self.stop_wait_s, "processes_per_device": self.processes_per_device, "_proc": None}
 
 
 SLURM_KEYS = ("timeout_min", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "nodes", "partition",
@@ -752,10 +783,11 @@ def submit_slurm(runs: list[RunSpec], folder: Path, options: dict[str, Any], nam
     # submitit requeues a job once its checkpoint returns: the run must have stopped before Slurm kills the job,
     # signal_delay_s after its warning (submitit's default 90 s)
     stop_wait_s = max(10.0, float(o.get("signal_delay_s") or 90) - 30.0)
-    # a task given a GPU has it to itself (Slurm's gres); one on CPU shares its node with jobs the study does not know
-    share = 1 if int(o.get("gpus_per_node") or 0) == 1 else None
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster,
                                      slurm_max_num_timeout=int(o.pop("max_num_timeout", 3)))
+    # a Slurm task given a GPU has it to itself (gres); one on CPU shares its node with jobs the study does not know,
+    # and submitit's local executor starts every task at once, all on the same GPUs
+    share = 1 if executor.cluster == "slurm" and int(o.get("gpus_per_node") or 0) == 1 else None
     params: dict[str, Any] = {"name": name, "timeout_min": int(o.pop("timeout_min", 60))}
     for key in ("gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "nodes"):
         if o.get(key) is not None:

@@ -22,9 +22,10 @@ from typing import Any
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "torch-geometric", "transformers", "tokenizers", "lightly",
             "hydra-core", "omegaconf")
 CODE_DIR = Path(__file__).resolve().parents[1]  # the checkout (or installed tree) this code runs from
-# Set by a study's launcher for the processes it starts: the most runs it trains at once on one device (a GPU, or
-# the machine's CPU cores), which a run records (``runs_per_device``): runs that share a device train slower.
-RUNS_PER_DEVICE_ENV = "TIEDLAB_RUNS_PER_DEVICE"
+# Set by a study's launcher for the processes it starts: the most training processes it runs at once on one device
+# (a GPU, or the machine's CPU cores), which a run records (``processes_per_device``): processes sharing a device
+# train slower.
+PROCESSES_PER_DEVICE_ENV = "TIEDLAB_PROCESSES_PER_DEVICE"
 
 
 def _git(args: list[str], cwd: str | Path | None) -> str | None:
@@ -108,12 +109,12 @@ def run_provenance(device: str, threads: int | None = None, overrides: list[str]
     is the process's (a whole sweep's, in a multirun), ``overrides`` this run's own, ``world_size`` the number of
     processes that train it together (data-parallel under torchrun; ``device`` and ``threads`` are rank 0's),
     ``seed_batch`` the number of runs this process trains as one vectorised model (``paradigms/seedbatch.py``;
-    their step seconds and peak memory are the batch's, its seconds divided by K), ``runs_per_device`` how many
-    runs the launcher that started it trains at once on its device (None: no launcher said)."""
+    their step seconds and peak memory are the batch's, its seconds divided by K), ``processes_per_device`` how many
+    training processes the launcher that started it runs at once on its device (None: no launcher said)."""
     return {**code_version(), "packages": {name: package_version(name) for name in PACKAGES},
             "host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "device": device, "threads": threads, "world_size": world_size,
-            "seed_batch": seed_batch, "runs_per_device": runs_per_device(),
+            "seed_batch": seed_batch, "processes_per_device": processes_per_device(),
             # the GPUs this process was given (a scheduler pins each run to its own; None: not set)
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "command": shlex.join([sys.argv[0], *sys.argv[1:]]), "overrides": list(overrides or []),
@@ -123,21 +124,22 @@ def run_provenance(device: str, threads: int | None = None, overrides: list[str]
             "started": now(), "ended": None}
 
 
-def runs_per_device() -> int | None:
-    """The most runs the study launcher that started this process trains at once on its device
-    (``$TIEDLAB_RUNS_PER_DEVICE``: ``--per-gpu`` on a GPU, ``--jobs`` on this machine's CPU, 1 for a sequential
-    study or a Slurm task on a GPU of its own); None when no launcher says (a run started by hand, a CPU run
-    placed by Ray on a cluster or by Slurm, beside jobs the study does not know).
+def processes_per_device() -> int | None:
+    """The most training processes (a seed batch is one) the study launcher that started this process runs at once
+    on its device (``$TIEDLAB_PROCESSES_PER_DEVICE``: ``--per-gpu`` on a GPU, ``--jobs`` on this machine's CPU, 1
+    for a study's grids run one at a time, joblib's ``n_jobs`` under ``hydra/launcher=local_parallel``, 1 for a
+    Slurm task on a GPU of its own); None when no launcher says (a run started by hand, a CPU run placed by Ray on a
+    cluster or by Slurm, beside jobs the study does not know, submitit's local executor, Hydra's Slurm launcher).
 
     Raises:
         ValueError: the variable is set to something other than a positive integer.
     """
-    value = os.environ.get(RUNS_PER_DEVICE_ENV)
+    value = os.environ.get(PROCESSES_PER_DEVICE_ENV)
     if value is None or value == "":
         return None
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{RUNS_PER_DEVICE_ENV}={value!r} must be a positive integer (the launcher's runs at once "
-                         "on one device) or unset")
+        raise ValueError(f"{PROCESSES_PER_DEVICE_ENV}={value!r} must be a positive integer (the launcher's "
+                         "training processes at once on one device) or unset")
     return int(value)
 
 

@@ -442,7 +442,7 @@ def run_grids(study_name: str, grids: list[dict[str, Any]], runs: Path, args: ar
             continue
         print("+ " + shlex.join(cmd), flush=True)
         if not args.dry_run:
-            failures += launch.call(cmd, runs_per_device=1) != 0  # one run at a time
+            failures += launch.call(cmd) != 0
     return failures
 
 
@@ -1053,7 +1053,7 @@ def add_seeds_until_decided(spec: dict[str, Any], runs: Path, plan: dict[str, in
             if execute is None:
                 (cmd,) = study_commands({"name": spec.get("name"), "grids": [grid]}, runs, extra, jobs)
                 print("+ " + shlex.join(cmd), flush=True)
-                failures += launch.call(cmd, runs_per_device=jobs) != 0
+                failures += launch.call(cmd) != 0
             else:
                 look_grids.append(grid)
         if look_grids:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from .aggregate import Cell, Stat, best, groups
-from .load import Run, mixed_layouts, to_float
+from .load import Run, layout_why, mixed_layouts, process_layout, to_float
 from .stats import MIN_SPREAD_N
 
 Z = 2.0  # a comparison is decided when |effect| > Z * SE
@@ -227,8 +227,10 @@ def insight2(cells: list[Cell]) -> list[Comparison]:
             continue
         worse = min(a.score(), b.score())
         target = worse - (1 - TARGET_FRACTION) * abs(worse)
-        mixed = mixed_layouts(a.completed + b.completed)  # seconds and memory then do not compare
-        memory = {c: c.stat("memory/peak_mb") if not mixed else Stat.of([]) for c in (a, b)}
+        mixed = mixed_layouts(a.completed + b.completed)  # seconds then do not compare
+        why = layout_why(process_layout(r) for r in a.completed + b.completed)
+        apart = mixed_layouts(a.completed + b.completed, timing=False)  # memory then does not compare
+        memory = {c: c.stat("memory/peak_mb") if not apart else Stat.of([]) for c in (a, b)}
         target_metric = target if a.higher_is_better else -target
         # seconds to the target (step time and learning speed together) and steps to it (learning speed alone)
         for x, unit in (("time/train_s", "s"), ("step", "steps")):
@@ -258,8 +260,7 @@ def insight2(cells: list[Cell]) -> list[Comparison]:
             elif mixed and unit == "s":
                 comparison = dataclasses.replace(
                     comparison, verdict="inconclusive",
-                    reason=f"the runs did not train alike ({mixed}): a batched run's seconds are its batch's "
-                           "divided by K; threads, processes and runs sharing the device change a step's seconds")
+                    reason=f"the runs did not train alike ({mixed}): {why}")
             elif ahead_missed:
                 comparison = dataclasses.replace(
                     comparison, verdict="inconclusive",

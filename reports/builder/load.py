@@ -251,51 +251,74 @@ def _recorded(run: Any, key: str) -> tuple[int, ...]:
 
 Layout = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
+# ``processes_per_device`` is recorded by runs a study launched since this time (commit 84bf38d): a session before it
+# does not say, and its runs' seconds do not compare with those of runs that do
+PROCESSES_PER_DEVICE_SINCE = "2026-12-07"
 
-def process_layout(run: Any) -> Layout:
+
+def process_layout(run: Any, timing: bool = True) -> Layout:
     """How a run's processes shared their work and their machine: its seed batch sizes (``seed_batch_sizes``), its
-    world sizes (``world_sizes``), the threads each session trained with and the most runs its launcher trained at
-    once on its device (``runs_per_device``; 0: a session that does not say). Its time and memory compare only
-    with runs of the same layout."""
-    return seed_batch_sizes(run), world_sizes(run), _recorded(run, "threads"), _recorded(run, "runs_per_device")
+    world sizes (``world_sizes``) and, for ``timing`` (seconds, throughput: not memory, which neither moves), the
+    threads each session trained with and the most training processes its launcher ran at once on its device
+    (``processes_per_device``; 0: a session that does not say; () when not ``timing``). Its time and memory compare
+    only with runs of the same layout."""
+    if not timing:
+        return seed_batch_sizes(run), world_sizes(run), (), ()
+    return seed_batch_sizes(run), world_sizes(run), _recorded(run, "threads"), _recorded(run, "processes_per_device")
 
 
-def mixed_layouts(runs: Iterable[Any]) -> str:
+def is_timing(metric: str) -> bool:
+    """Whether ``metric`` is a time or a throughput (threads and a shared device move it), not a memory."""
+    return not metric.startswith("memory/")
+
+
+def mixed_layouts(runs: Iterable[Any], timing: bool = True) -> str:
     """What differs in how the runs trained ("K = 1 vs 4": seed batches of different sizes, "unknown" for runs whose
     provenance does not say beside runs whose does, "K = 1 vs 1 over 2 processes": different numbers of
-    processes; "threads 1 vs 2"; "runs per device 1 vs 2"), so that their per-process metrics
-    (``PER_PROCESS_METRICS``) do not compare; "" when they trained alike, or no run's provenance says."""
-    return layout_difference({process_layout(r) for r in runs})
+    processes; for ``timing``, "threads 1 vs 2" and "processes per device 1 vs 2"), so that their per-process
+    metrics (``PER_PROCESS_METRICS``) do not compare; "" when they trained alike, or no run's provenance says.
+    ``layout_why`` says why."""
+    return layout_difference({process_layout(r, timing) for r in runs})
 
 
 def _values_label(values: tuple[int, ...]) -> str:
-    return "/".join(str(v) if v else "unknown" for v in values)
+    return "/".join(str(v) if v else "unrecorded" for v in values)
 
 
 # a layout's parts as a report names them: the seed batches with their processes ("K = 4 over 2 processes"), the
-# threads, the runs per device; each with the part of the layout it reads and how it says it
-LAYOUT_PARTS = (("K = ", lambda x: x[:2], lambda v: layout_label(v)),
-                ("threads ", lambda x: x[2], _values_label),
-                ("runs per device ", lambda x: x[3], _values_label))
+# threads, the processes per device; each with the part of the layout it reads, how it says it and why runs that
+# differ in it do not compare
+LAYOUT_PARTS = (("K = ", lambda x: x[:2], lambda v: layout_label(v),
+                 "a batched run's seconds are its batch's divided by K and its memory the batch's, a torchrun "
+                 "rank's one process's share"),
+                ("threads ", lambda x: x[2], _values_label, "a step's seconds depend on its threads"),
+                ("processes per device ", lambda x: x[3], _values_label,
+                 "processes sharing a device slow each other's steps (recorded by runs a study launched since "
+                 f"{PROCESSES_PER_DEVICE_SINCE})"))
 
 
 def differing_parts(layouts: Iterable[Layout]) -> list[int]:
     """The indices into ``LAYOUT_PARTS`` of the parts in which ``layouts`` differ."""
     layouts = list(layouts)
-    return [i for i, (_, part, _) in enumerate(LAYOUT_PARTS) if len({part(x) for x in layouts}) > 1]
+    return [i for i, (_, part, _, _) in enumerate(LAYOUT_PARTS) if len({part(x) for x in layouts}) > 1]
 
 
 def layout_difference(layouts: Iterable[Layout], ordered: bool = False) -> str:
     """What differs between ``layouts``, "; "-joined: "K = 1 vs 4" (seed batch sizes, with processes:
-    ``layout_label``), "threads 1 vs 2", "runs per device 2 vs 1" ("" when alike); each part's values in
+    ``layout_label``), "threads 1 vs 2", "processes per device 2 vs 1" ("" when alike); each part's values in
     increasing order ("unknown" first), or with ``ordered`` in the layouts' order (a pair: "K = 4 vs 1")."""
     layouts = list(layouts)
     out = []
     for i in differing_parts(layouts):
-        name, part, label = LAYOUT_PARTS[i]
+        name, part, label, _ = LAYOUT_PARTS[i]
         values = list(dict.fromkeys(part(x) for x in layouts))
         out.append(name + " vs ".join(label(v) for v in (values if ordered else sorted(values))))
     return "; ".join(out)
+
+
+def layout_why(layouts: Iterable[Layout]) -> str:
+    """Why runs of ``layouts`` do not compare: the reason of each part in which they differ, "; "-joined."""
+    return "; ".join(LAYOUT_PARTS[i][3] for i in differing_parts(layouts))
 
 
 def layout_parts_label(layout: Layout, parts: Iterable[int]) -> str:

@@ -32,8 +32,8 @@ from typing import Any, Hashable, Iterable, Mapping, Protocol
 from . import stats
 from .load import REPLICATE_KEYS  # the run-name keys that tell replicates apart (seed, fold), never arms
 from .load import mixed_layouts  # arms trained in other layouts (seed batches, threads...): their times do not compare
-from .load import (PER_PROCESS_METRICS, differing_parts, layout_difference,  # time and memory: at one layout
-                   layout_parts_label, process_layout)
+from .load import (PER_PROCESS_METRICS, differing_parts, is_timing,  # time and memory: at one layout
+                   layout_difference, layout_parts_label, layout_why, process_layout)
 from .load import set_apart  # completed runs flagged not at equilibrium: left out of the arms, counted
 from .load import to_float
 
@@ -745,17 +745,18 @@ def _warmup_steps(run: RunLike) -> int:
 
 def layout_differences(metric: str, a: list[RunLike], b: list[RunLike]) -> str:
     """For a time, throughput or memory metric: how the runs' layouts (``process_layout``: seed batches, process
-    counts, threads, runs sharing the device) differ ("" when each pair of runs of one seed, or every run when the
-    arms are not paired, trained alike, or when no provenance says). A run trained in a seed batch of K records the
-    batch's step seconds divided by K and the batch's peak memory, and a torchrun rank one process's share, so it is
-    not compared with a run trained in batches of another size (separate runs: K = 1) or over another number of
-    processes, nor with threads or runs per device other than its own, nor with one whose provenance does not say
-    beside one whose does (``mixed_layouts``' rule)."""
+    counts and, for a time, threads and processes sharing the device) differ ("" when each pair of runs of one
+    seed, or every run when the arms are not paired, trained alike, or when no provenance says). A run trained in a
+    seed batch of K records the batch's step seconds divided by K and the batch's peak memory, and a torchrun rank
+    one process's share, so it is not compared with a run trained in batches of another size (separate runs: K = 1)
+    or over another number of processes, nor its seconds with threads or processes per device other than its own,
+    nor with one whose provenance does not say beside one whose does (``mixed_layouts``' rule)."""
     if not metric.startswith(PER_PROCESS_METRICS):
         return ""
 
     def sizes(members: list[RunLike]) -> dict[Hashable, tuple]:  # replicate -> its layout
-        return {replicate_id(r): process_layout(r) for r in members if r.status in ("completed", "diverged")}
+        return {replicate_id(r): process_layout(r, is_timing(metric)) for r in members
+                if r.status in ("completed", "diverged")}
 
     ka, kb = sizes(a), sizes(b)
     common = ka.keys() & kb.keys()
@@ -771,10 +772,7 @@ def layout_differences(metric: str, a: list[RunLike], b: list[RunLike]) -> str:
         parts = differing_parts([*ka.values(), *kb.values()])
         shown = "; ".join(f"arm {side}: " + " or ".join(layout_parts_label(x, parts) for x in sorted(set(k.values())))
                           for side, k in (("a", ka), ("b", kb)))
-    return (f"{metric} was measured in seed batches of different sizes, over different numbers of processes or "
-            f"threads, or with other runs sharing the device ({shown}): a batched run's seconds are the batch's "
-            "divided by K, its memory the batch's; a torchrun rank's, one process's share; threads and runs sharing "
-            "a device change a step's seconds")
+    return f"{metric} was measured by runs that did not train alike ({shown}): {layout_why([*ka.values(), *kb.values()])}"
 
 
 def short_of_equilibrium(left_out: dict[str, list[str]], usable: dict[str, int]) -> str:

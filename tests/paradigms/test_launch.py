@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -314,6 +315,21 @@ def test_runs_still_in_slurms_queue_are_not_submitted_again(tmp_path, monkeypatc
         launch.slurm_queued(record, "tiedlab-toy")
 
 
+def test_each_launcher_tells_its_runs_how_many_training_processes_share_their_device():
+    """What a run records as ``processes_per_device``: Ray's --per-gpu on GPUs (on a cluster too), --jobs on this
+    machine's CPU, unknown for CPU runs Ray places on a cluster; a Hydra multirun by its launcher override."""
+    assert launch.ray_share("0,1", 3, 1, None) == 3 and launch.ray_share("all", 2, 1, "auto") == 2
+    assert launch.ray_share(None, 1, 4, None) == 4 and launch.ray_share(None, 1, 4, "auto") is None
+    grid = ["python", "-m", "tiedlab.paradigms.cli", "-m", "seed=0,1"]
+    assert launch.multirun_share(grid) == 1  # Hydra's basic launcher: one run at a time
+    assert launch.multirun_share([*grid, "hydra/launcher=local_parallel"]) == 2  # the config's n_jobs
+    assert launch.multirun_share([*grid, "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=4"]) == 4
+    assert launch.multirun_share([*grid, "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=-1"]) is None
+    assert launch.multirun_share([*grid, "hydra/launcher=slurm"]) is None
+    env = launch.sharing_env({"PATH": "/bin"}, launch.multirun_share([*grid, "hydra/launcher=local_parallel"]))
+    assert env == {"PATH": "/bin", "TIEDLAB_PROCESSES_PER_DEVICE": "2"}
+
+
 def test_gpus_are_those_this_shell_was_given_and_ray_cluster_threads_fit_a_node(monkeypatch):
     monkeypatch.setattr(launch, "listed_gpus", lambda: 4)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -447,13 +463,13 @@ def test_slurm_submissions_put_runs_on_their_gpu_stop_them_in_time_and_refuse_an
     assert not any("train.device" in o for o in submitted["runs"][0].overrides)
     with pytest.raises(ValueError, match=r"--out x: --slurm returns once the runs are submitted and builds no report"):
         study_module.study(["toy", "--runs", str(runs), "--slurm", "--out", "x"])
-    waits, shares = [], []
-    monkeypatch.setattr(launch, "StudyRun", lambda stop_wait_s=600.0, runs_per_device=None: (
-        waits.append(stop_wait_s), shares.append(runs_per_device)))
+    waits, shares, study_run = [], [], launch.StudyRun
+    monkeypatch.setattr(launch, "StudyRun", lambda stop_wait_s=600.0, processes_per_device=None: (
+        waits.append(stop_wait_s), shares.append(processes_per_device)))
 
     class Executor:
-        def __init__(self, **kwargs):
-            pass
+        def __init__(self, cluster=None, **kwargs):
+            self.cluster = cluster or "slurm"  # submitit's: "local" or the one it found
 
         def update_parameters(self, **kwargs):
             pass
@@ -467,10 +483,16 @@ def test_slurm_submissions_put_runs_on_their_gpu_stop_them_in_time_and_refuse_an
     for delay, wait in ((120, 90.0), (None, 60.0), (20, 10.0)):
         real_submit([], tmp_path, {"signal_delay_s": delay}, "n")
         assert waits[-1] == wait, (delay, waits)
-    # what its runs record of their device's sharing: a GPU of their own; on CPU, jobs the study does not know
-    for gpus, share in ((1, 1), (0, None), (None, None)):
-        real_submit([], tmp_path, {"gpus_per_node": gpus}, "n")
-        assert shares[-1] == share, (gpus, shares)
+    # what its runs record of their device's sharing: a GPU of their own; on CPU, jobs the study does not know; the
+    # local executor starts every task at once on the same GPUs
+    for gpus, cluster, share in ((1, None, 1), (0, None, None), (None, None, None), (1, "local", None)):
+        real_submit([], tmp_path, {"gpus_per_node": gpus}, "n", cluster=cluster)
+        assert shares[-1] == share, (gpus, cluster, shares)
+    # a task pickled before StudyRun recorded the sharing (queued across an update) still runs: unknown sharing
+    with monkeypatch.context() as m:  # the state the previous version pickled
+        m.setattr(study_run, "__getstate__", lambda self: {"stop_wait_s": 60.0, "_proc": None})
+        queued = pickle.dumps(study_run(60.0, 1))
+    assert pickle.loads(queued).processes_per_device is None
 
 
 @pytest.mark.slow  # about 65 s: keeps the default suite under its 10-minute budget (make test-slow runs it)
@@ -520,7 +542,7 @@ def test_ray_places_all_grids_on_fake_gpus_k_per_gpu_and_a_killed_worker_resumes
         assert all(s["cuda_visible_devices"] in ("0", "1", "2") for s in m["provenance"]), m["provenance"]
         # at the launching shell's priority, not Ray's worker niceness (15)
         assert all(s["niceness"] == os.nice(0) for s in m["provenance"]), m["provenance"]
-        assert all(s["runs_per_device"] == 2 for s in m["provenance"]), m["provenance"]  # --per-gpu 2
+        assert all(s["processes_per_device"] == 2 for s in m["provenance"]), m["provenance"]  # --per-gpu 2
     # the killed worker's run was resumed by Ray's retry: two processes trained it, from its checkpoint
     sessions = metrics(killed["run"])["provenance"]
     assert len(sessions) == 2, sessions
@@ -582,7 +604,7 @@ def test_slurm_study_is_one_submission_with_status_and_requeues_after_sigusr2_an
         assert m["step"] == m["total_steps"] == 1500
         assert len(m["provenance"]) == 2, m["provenance"]  # interrupted once, then resumed by the requeued job
         # on a CPU node the task shares with jobs the study does not know (and the requeued job says so again)
-        assert [s["runs_per_device"] for s in m["provenance"]] == [None, None]
+        assert [s["processes_per_device"] for s in m["provenance"]] == [None, None]
         log = (run_dir / "launch.log").read_text()
         assert "interrupted" in log and "resuming" in log
     assert "SIGUSR2" in (a / "launch.log").read_text() and "SIGTERM" in (b / "launch.log").read_text()

@@ -470,16 +470,16 @@ def test_a_run_records_how_many_runs_its_launcher_trains_at_once_on_its_device(t
     launcher that does not know (a CPU task on a Slurm node), records None, never an inherited value."""
     from tiedlab.paradigms import launch, provenance
 
-    monkeypatch.setenv(provenance.RUNS_PER_DEVICE_ENV, "7")  # a shell that kept a study's value
-    assert provenance.RUNS_PER_DEVICE_ENV not in launch.sharing_env(dict(os.environ), None)
+    monkeypatch.setenv(provenance.PROCESSES_PER_DEVICE_ENV, "7")  # a shell that kept a study's value
+    assert provenance.PROCESSES_PER_DEVICE_ENV not in launch.sharing_env(dict(os.environ), None)
     monkeypatch.setattr(os, "environ", launch.sharing_env(dict(os.environ), 2))
-    assert train(cfg(), tmp_path / "shared")["provenance"][0]["runs_per_device"] == 2
+    assert train(cfg(), tmp_path / "shared")["provenance"][0]["processes_per_device"] == 2
     monkeypatch.setattr(os, "environ", launch.sharing_env(dict(os.environ), None))
-    assert train(cfg(), tmp_path / "alone")["provenance"][0]["runs_per_device"] is None
+    assert train(cfg(), tmp_path / "alone")["provenance"][0]["processes_per_device"] is None
     for bad in ("0", "two", "-1"):
-        monkeypatch.setenv(provenance.RUNS_PER_DEVICE_ENV, bad)
-        with pytest.raises(ValueError, match=f"TIEDLAB_RUNS_PER_DEVICE='{bad}' must be a positive integer"):
-            provenance.runs_per_device()
+        monkeypatch.setenv(provenance.PROCESSES_PER_DEVICE_ENV, bad)
+        with pytest.raises(ValueError, match=f"TIEDLAB_PROCESSES_PER_DEVICE='{bad}' must be a positive integer"):
+            provenance.processes_per_device()
 
 
 def test_a_resumed_run_keeps_every_process_in_its_provenance(tmp_path, monkeypatch):

@@ -69,7 +69,7 @@ def test_until_decided_freezes_decided_comparisons_and_seeds_only_undetermined_a
     assert "look 2/2: seeds 0-3 for g {'block': 'deq'}" in out and "for g {'block': 'explicit'}" not in out
     for run_dir in (runs / "g").glob("block=*"):  # one run at a time, which each run records
         sessions = json.loads((run_dir / "metrics.json").read_text())["provenance"]
-        assert [s["runs_per_device"] for s in sessions] == [1], run_dir
+        assert [s["processes_per_device"] for s in sessions] == [1], run_dir
     by_insight = {r.spec.insight: r for r in analyse([runs]).primaries}
     # frozen at its look: read on seeds 0-1 although the tied arm now has 4, at alpha / 2 looks
     assert by_insight[1].verdict == "holds" and (by_insight[1].n_a, by_insight[1].n_b) == (2, 2)

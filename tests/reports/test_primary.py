@@ -466,7 +466,9 @@ def test_step_times_from_seed_batches_of_another_size_are_not_compared():
                                                               delta=0.1)]}})
     accuracy = load_primaries({"primary": {"comparisons": [spec()]}})
     (t,) = evaluate_primaries(timing, arms(4, 1))
-    assert t.verdict == "undetermined" and "sharing the device (seed 0: K = 4 vs 1, seed 1: K = 4 vs 1" in t.reason
+    assert t.verdict == "undetermined" and "did not train alike (seed 0: K = 4 vs 1, seed 1: K = 4 vs 1" in t.reason
+    assert t.reason.endswith("a batched run's seconds are its batch's divided by K and its memory the batch's, a "
+                             "torchrun rank's one process's share"), t.reason
     looks = arms(4, 4)  # a later look's seeds in batches of 2, on both arms alike: still comparable
     for r in looks:
         if r.name.endswith(("seed=2", "seed=3")):
@@ -495,11 +497,18 @@ def test_step_times_from_seed_batches_of_another_size_are_not_compared():
     assert acc.verdict == "holds"
     shared = arms(1, 1)  # seed 1's DEQ run shared its device with another run and had one thread: not compared
     for r in shared:
-        r.provenance = [{"seed_batch": 1, "threads": 2, "runs_per_device": 1}]
-    shared[5].provenance = [{"seed_batch": 1, "threads": 1, "runs_per_device": 2}]
+        r.provenance = [{"seed_batch": 1, "threads": 2, "processes_per_device": 1}]
+    shared[5].provenance = [{"seed_batch": 1, "threads": 1, "processes_per_device": 2}]
     (sharing,) = evaluate_primaries(timing, shared)
     assert sharing.verdict == "undetermined"
-    assert "(seed 1: threads 2 vs 1; runs per device 1 vs 2)" in sharing.reason, sharing.reason
+    assert "(seed 1: threads 2 vs 1; processes per device 1 vs 2): a step's seconds depend on its threads; " \
+           "processes sharing a device slow each other's steps" in sharing.reason, sharing.reason
+    for r in shared:  # memory moves with neither: compared
+        r.metrics["memory/peak_mb"] = r.metrics["time/step_ms"]
+    memory = load_primaries({"primary": {"comparisons": [spec(metric="memory/peak_mb", direction="lower",
+                                                              delta=0.1)]}})
+    (peak,) = evaluate_primaries(memory, shared)
+    assert peak.verdict == "holds", peak.reason
     unpaired = arms(1, 1)  # arms not paired by seed: what differs, per arm
     for i, r in enumerate(unpaired):
         r.provenance = [{"seed_batch": 1, "threads": 1 if i < 4 else 2}]

@@ -693,14 +693,17 @@ def test_seconds_from_seed_batches_of_different_sizes_are_not_compared_outside_t
     assert mixed_layouts([resumed, SimpleNamespace(provenance=[{"seed_batch": 1}])]) == \
         "K = 1 vs 1 over 1/2 processes"
     # threads and the runs sharing the device (recorded when a study launched the run) are part of how a run trained
-    alone, shared = ({"seed_batch": 1, "threads": 2, "runs_per_device": 1},
-                     {"seed_batch": 1, "threads": 1, "runs_per_device": 2})
+    alone, shared = ({"seed_batch": 1, "threads": 2, "processes_per_device": 1},
+                     {"seed_batch": 1, "threads": 1, "processes_per_device": 2})
     assert mixed_layouts([SimpleNamespace(provenance=[alone]), SimpleNamespace(provenance=[shared])]) == \
-        "threads 1 vs 2; runs per device 1 vs 2"
+        "threads 1 vs 2; processes per device 1 vs 2"
     assert mixed_layouts([SimpleNamespace(provenance=[alone]), SimpleNamespace(provenance=[dict(alone)])]) == ""
-    by_hand = {"seed_batch": 3, "threads": 2, "runs_per_device": None}  # started by hand: the sharing is unknown
+    by_hand = {"seed_batch": 3, "threads": 2, "processes_per_device": None}  # started by hand: the sharing is unknown
     assert mixed_layouts([SimpleNamespace(provenance=[alone]), SimpleNamespace(provenance=[by_hand])]) == \
-        "K = 1 vs 3; runs per device unknown vs 1"
+        "K = 1 vs 3; processes per device unrecorded vs 1"
+    # memory moves with neither the threads nor the processes sharing a device
+    assert mixed_layouts([SimpleNamespace(provenance=[alone]), SimpleNamespace(provenance=[shared])],
+                         timing=False) == ""
 
 
 def test_the_cell_table_counts_seeds_where_run_directories_repeat_one(tmp_path):
