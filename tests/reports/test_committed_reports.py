@@ -111,11 +111,8 @@ STATED_UNDER_AN_EARLIER_RULE = {
     # seeds to decide counted to the claim's decision only; the spread test's p was the F test's alone; the families
     # without runs were read as if they had 0 comparisons (reports/studies/paper_graph_cpu/RUN.md)
     "paper_graph_cpu": {"*": {"seeds_needed", "p", "level"}},
-    # a spread verdict needs 8 seeds a side since 2026-12-06 and 10 since 2026-12-07: read at 6, 8 against 7 and 8
-    # (graph), their p is nan now; and since 2026-12-07 its seeds to decide count its secondary reading (alike
-    # within a variance ratio of 4) too (reports/studies/quick/RUN.md, "Later")
-    "quick": {"3/vision": {"p", "seeds_needed"}, "3/language": {"p", "seeds_needed"},
-              "3/ssl": {"p", "seeds_needed"}, "3/graph": {"p", "seeds_needed"}},
+    # a spread verdict needs 10 seeds a side since 2026-12-07: read at 6, its p is nan now; and since 2026-12-07 its
+    # seeds to decide count its secondary reading (alike within a variance ratio of 4) too (reports/studies/quick/RUN.md)
     "quick_ssl": {"3/ssl": {"p", "seeds_needed"}},
 }
 
