@@ -490,9 +490,12 @@ def test_slurm_submissions_put_runs_on_their_gpu_stop_them_in_time_and_refuse_an
         assert shares[-1] == share, (gpus, cluster, shares)
     # a task pickled before StudyRun recorded the sharing (queued across an update) still runs: unknown sharing
     with monkeypatch.context() as m:  # the state the previous version pickled
+        m.setattr(launch, "StudyRun", study_run)  # pickle finds the class by its name
         m.setattr(study_run, "__getstate__", lambda self: {"stop_wait_s": 60.0, "_proc": None})
         queued = pickle.dumps(study_run(60.0, 1))
-    assert pickle.loads(queued).processes_per_device is None
+        m.undo()  # StudyRun's own __getstate__ again (pickle finds the class by its name: not the stand-in above)
+        m.setattr(launch, "StudyRun", study_run)
+        assert pickle.loads(queued).processes_per_device is None
 
 
 @pytest.mark.slow  # about 65 s: keeps the default suite under its 10-minute budget (make test-slow runs it)
@@ -761,10 +764,11 @@ def test_gpus_on_a_machine_without_one_is_one_line_before_anything_is_written(tm
     assert not (tmp_path / "runs").exists() and "runs to train" not in capsys.readouterr().out
 
 
-def _fake_ray_task(run, threads, record, gpu, stopped=None):
-    """A Ray task that trains nothing: holds its slot a moment and says where it was placed."""
+def _fake_ray_task(run, threads, record, gpu, stopped=None, processes_per_device=None):
+    """A Ray task that trains nothing: holds its slot a moment and says where it was placed and what its run would
+    record of its device's sharing."""
     time.sleep(1.0)
-    return {"run": run.name, "gpu": gpu, "code": 0}
+    return {"run": run.name, "gpu": gpu, "code": 0, "share": processes_per_device}
 
 
 def test_ray_spreads_fewer_runs_than_slots_over_every_gpu(monkeypatch):
@@ -777,6 +781,7 @@ def test_ray_spreads_fewer_runs_than_slots_over_every_gpu(monkeypatch):
     runs = [launch.RunSpec("g", (f"seed={i}",), f"/nonexistent/g/seed={i}") for i in range(4)]
     results = launch.run_with_ray(runs, gpus="all", per_gpu=4, jobs=1, address=None, record=None)
     assert sorted(r["gpu"] for r in results) == ["0", "1", "2", "3"], results
+    assert {r["share"] for r in results} == {4}  # what each run records: up to 4 processes on its GPU
 
 
 def test_a_sigterm_to_a_ray_worker_lets_its_run_checkpoint_before_the_worker_exits(tmp_path, monkeypatch):
