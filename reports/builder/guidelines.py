@@ -18,7 +18,7 @@ RULE = ("For each budget (the smallest, median and largest cell mean over the ce
         "whose mean cost is within the budget (preferring cells none of whose runs diverged, then cells with >= 2 seeds; a "
         "pick's diverged runs are shown beside it; a cell with fewer runs had fewer chances to diverge). Training "
         "seconds are not a budget where the cells' runs did not train alike (seed batches of different sizes: a "
-        "batched run's seconds are its batch's divided by K; other thread or process counts; other runs sharing the "
+        "batched run's seconds are its batch's divided by K; other thread or process counts; other processes sharing the "
         "device).")
 # budgets a DEQ cell is not priced under: its params/nonzero counts one application of its map, not a solve's
 NOT_FOR_DEQ = ("params/nonzero",)

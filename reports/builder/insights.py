@@ -45,7 +45,7 @@ INSIGHTS: dict[int, tuple[str, str]] = {
         "beyond it (a run that never reaches it counts its whole training time, a lower bound, so a side with such a "
         "run is not called ahead; without time curves, as in a rebuild from summary.json, or when the runs did not "
         "train alike (seed batches of different sizes, whose seconds are a batch's divided by K, other thread or "
-        "process counts, other runs sharing the device), the seconds are not read); d = "
+        "process counts, other processes sharing the device), the seconds are not read); d = "
         "DEQ - tied seconds. Peak memory is shown beside it."),
     3: ("tied is more stable",
         "Weight-tied is more stable than DEQ at the same width: (a) divergence over the completed and diverged runs "

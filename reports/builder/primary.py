@@ -768,11 +768,13 @@ def layout_differences(metric: str, a: list[RunLike], b: list[RunLike]) -> str:
         return ""
     if common:
         shown = ", ".join(f"{s}: {layout_difference([x, y], ordered=True)}" for s, x, y in differ[:3])
+        apart = [layout for _, x, y in differ for layout in (x, y)]  # why: from the pairs that differ
     else:
-        parts = differing_parts([*ka.values(), *kb.values()])
+        apart = [*ka.values(), *kb.values()]
+        parts = differing_parts(apart)
         shown = "; ".join(f"arm {side}: " + " or ".join(layout_parts_label(x, parts) for x in sorted(set(k.values())))
                           for side, k in (("a", ka), ("b", kb)))
-    return f"{metric} was measured by runs that did not train alike ({shown}): {layout_why([*ka.values(), *kb.values()])}"
+    return f"{metric} was measured by runs that did not train alike ({shown}): {layout_why(apart)}"
 
 
 def short_of_equilibrium(left_out: dict[str, list[str]], usable: dict[str, int]) -> str:

@@ -503,6 +503,11 @@ def test_step_times_from_seed_batches_of_another_size_are_not_compared():
     assert sharing.verdict == "undetermined"
     assert "(seed 1: threads 2 vs 1; processes per device 1 vs 2): a step's seconds depend on its threads; " \
            "processes sharing a device slow each other's steps" in sharing.reason, sharing.reason
+    for i in (2, 3, 6, 7):  # seeds 2-3 trained in seed batches of 2 in both arms: alike, and not a reason
+        shared[i].provenance = [{**shared[i].provenance[0], "seed_batch": 2}]
+    (sharing,) = evaluate_primaries(timing, shared)
+    assert "(seed 1: threads 2 vs 1; processes per device 1 vs 2)" in sharing.reason
+    assert "batch" not in sharing.reason.split("):", 1)[1], sharing.reason
     for r in shared:  # memory moves with neither: compared
         r.metrics["memory/peak_mb"] = r.metrics["time/step_ms"]
     memory = load_primaries({"primary": {"comparisons": [spec(metric="memory/peak_mb", direction="lower",
